@@ -1,0 +1,38 @@
+"""Converter errors; all derive from :class:`edge_agent.errors.EdgeError`.
+
+::
+
+    ConverterError
+    ├── ModelSourceError     MODEL is missing, corrupt, or not a Keras file / SavedModel
+    ├── DatasetError         DATA is missing, empty, undecodable, or the wrong shape
+    ├── UnsupportedOpsError  full-integer quantization impossible: names the ops
+    └── OutputError          the output path cannot be written
+"""
+
+from __future__ import annotations
+
+from edge_agent.errors import BadInputError, EdgeError
+
+
+class ConverterError(EdgeError):
+    """Root of converter failures; the CLI prints the message as one line."""
+
+
+class ModelSourceError(ConverterError, BadInputError):
+    """The model path is missing, corrupt, or not a model."""
+
+
+class DatasetError(ConverterError, BadInputError):
+    """A dataset is missing, empty, undecodable, or does not match the model input."""
+
+
+class UnsupportedOpsError(ConverterError):
+    """The requested quantization cannot be done; ``ops`` names the culprits."""
+
+    def __init__(self, message: str, ops: list[str]):
+        self.ops = ops
+        super().__init__(message)
+
+
+class OutputError(ConverterError, BadInputError):
+    """The output path is not writable."""

@@ -1,0 +1,102 @@
+"""What quantization cost: accuracy, agreement, output error, per-class metrics, latency.
+
+Both models (float32 TFLite and quantized TFLite) run on the same LiteRT runtime, so
+the comparison isolates quantization from the runtime.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from edge_agent.runtime.model import LoadedModel
+
+Progress = Callable[[int], None]
+
+
+def run_model(model: LoadedModel, x: np.ndarray, progress: Progress | None = None,
+              chunk: int = 64) -> np.ndarray:
+    """Dequantized first output for every sample of ``x`` (float model units)."""
+    outs = []
+    for i in range(0, len(x), chunk):
+        outs.append(model.predict(x[i:i + chunk])[0])
+        if progress:
+            progress(min(chunk, len(x) - i))
+    return np.concatenate(outs) if outs else np.zeros((0,), np.float32)
+
+
+def per_class(y_true: np.ndarray, y_pred: np.ndarray, labels: tuple[str, ...]
+              ) -> list[dict[str, Any]]:
+    """Precision, recall, F1 and support per class (0 where undefined, like sklearn)."""
+    rows = []
+    for c, name in enumerate(labels):
+        tp = int(np.sum((y_pred == c) & (y_true == c)))
+        fp = int(np.sum((y_pred == c) & (y_true != c)))
+        fn = int(np.sum((y_pred != c) & (y_true == c)))
+        prec = tp / (tp + fp) if tp + fp else 0.0
+        rec = tp / (tp + fn) if tp + fn else 0.0
+        f1 = 2 * prec * rec / (prec + rec) if prec + rec else 0.0
+        rows.append({"label": name, "precision": round(prec, 4), "recall": round(rec, 4),
+                     "f1": round(f1, 4), "support": tp + fn})
+    return rows
+
+
+@dataclass(frozen=True)
+class Comparison:
+    float_accuracy: float | None
+    quant_accuracy: float | None
+    agreement: float
+    max_abs_diff: float
+    mean_abs_diff: float
+    per_class: list[dict[str, Any]]
+    samples: int
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "samples": self.samples,
+            "float_top1": self.float_accuracy, "quant_top1": self.quant_accuracy,
+            "top1_drop_pp": (None if self.float_accuracy is None or self.quant_accuracy is None
+                             else round(100 * (self.float_accuracy - self.quant_accuracy), 3)),
+            "top1_agreement": self.agreement,
+            "max_abs_output_diff": self.max_abs_diff,
+            "mean_abs_output_diff": self.mean_abs_diff,
+            "per_class": self.per_class,
+        }
+
+
+def compare(f_out: np.ndarray, q_out: np.ndarray, y: np.ndarray | None,
+            labels: tuple[str, ...]) -> Comparison:
+    f_pred = f_out.reshape(len(f_out), -1).argmax(1)
+    q_pred = q_out.reshape(len(q_out), -1).argmax(1)
+    diff = np.abs(f_out.astype(np.float64) - q_out.astype(np.float64))
+    fa = qa = None
+    rows: list[dict[str, Any]] = []
+    if y is not None:
+        fa = round(float(np.mean(f_pred == y)), 4)
+        qa = round(float(np.mean(q_pred == y)), 4)
+        rows = per_class(y, q_pred, labels)
+    return Comparison(fa, qa, round(float(np.mean(f_pred == q_pred)), 4),
+                      round(float(diff.max()), 6), round(float(diff.mean()), 6), rows, len(f_out))
+
+
+def latency_ms(model: LoadedModel, sample: np.ndarray, runs: int = 50,
+               warmup: int = 5) -> dict[str, float]:
+    """Per-invoke latency on this machine: one sample, ``runs`` timed invokes."""
+    from edge_agent.runtime.quant import coerce_input
+
+    raw = coerce_input(sample[None, ...] if sample.ndim == len(model.input_spec.shape) - 1
+                       else sample, model.input_spec)
+    for _ in range(warmup):
+        model.invoke_raw(raw)
+    times = []
+    for _ in range(runs):
+        t = time.perf_counter()
+        model.invoke_raw(raw)
+        times.append((time.perf_counter() - t) * 1e3)
+    a = np.asarray(times)
+    return {"mean": round(float(a.mean()), 4), "p50": round(float(np.percentile(a, 50)), 4),
+            "p90": round(float(np.percentile(a, 90)), 4), "runs": runs}

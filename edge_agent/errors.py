@@ -1,0 +1,81 @@
+"""The project's error tree, split by who is at fault.
+
+::
+
+    EdgeError                       root of everything this project raises on purpose
+    ├── BadInputError               the caller / user gave us something wrong (4xx, exit 2)
+    │   ├── ConfigError             a config file or flag: names the file and the key
+    │   ├── ProfileError            a device profile: names the file and the key
+    │   ├── BundleError             a model bundle is malformed (missing file, bad manifest)
+    │   └── InvalidRequestError     a prediction request (shape, dtype, JSON, image bytes)
+    ├── ModelError                  a model does not do what its bundle promises
+    │   ├── ModelLoadError          the runtime refused to load it
+    │   └── GoldenMismatchError     it loads but does not reproduce its golden vectors
+    ├── RuntimeUnavailableError     no usable LiteRT runtime / delegate on this machine
+    ├── UpdateError                 a bad or malicious update (edge_agent.update.errors)
+    └── TransportError              MQTT / HTTP / disk transport failed (not the data's fault)
+
+Messages say what was expected and what was got; they are shown to users as one line.
+"""
+
+from __future__ import annotations
+
+
+class EdgeError(Exception):
+    """Root of every exception this project raises deliberately."""
+
+
+class BadInputError(EdgeError):
+    """Input from a user or client is wrong; never becomes a traceback or a 5xx."""
+
+
+class ConfigError(BadInputError):
+    """A configuration value is invalid; the message names the file and the key."""
+
+    def __init__(self, message: str, *, source: str | None = None, key: str | None = None):
+        self.source = source
+        self.key = key
+        where = ""
+        if source and key:
+            where = f"{source}: {key}: "
+        elif source:
+            where = f"{source}: "
+        elif key:
+            where = f"{key}: "
+        super().__init__(f"{where}{message}")
+
+
+class ProfileError(ConfigError):
+    """A device profile TOML file is invalid or unknown."""
+
+
+class BundleError(BadInputError):
+    """A model bundle is malformed: missing files, bad manifest, hash mismatch."""
+
+
+class InvalidRequestError(BadInputError):
+    """A prediction request is malformed (JSON, shape, dtype, undecodable image)."""
+
+
+class ModelError(EdgeError):
+    """A model does not behave as its bundle promises."""
+
+
+class ModelLoadError(ModelError):
+    """The runtime refused to load the model (corrupt file, unsupported op)."""
+
+
+class GoldenMismatchError(ModelError):
+    """The model loads but its outputs differ from the golden vectors in the manifest."""
+
+
+class RuntimeUnavailableError(EdgeError):
+    """No usable LiteRT runtime or requested delegate on this machine."""
+
+
+class UpdateError(EdgeError):
+    """A model update was refused: bad, malicious, or failed on this device."""
+
+
+class TransportError(EdgeError):
+    """A transport (MQTT, HTTP, disk) failed; not the fault of the data."""
