@@ -7,7 +7,8 @@
     │   ├── ConfigError             a config file or flag: names the file and the key
     │   ├── ProfileError            a device profile: names the file and the key
     │   ├── BundleError             a model bundle is malformed (missing file, bad manifest)
-    │   └── InvalidRequestError     a prediction request (shape, dtype, JSON, image bytes)
+    │   ├── InvalidRequestError     a prediction request (shape, dtype, JSON, image bytes)
+    │   └── NotFoundError           an unknown model, version or route (404)
     ├── ModelError                  a model does not do what its bundle promises
     │   ├── ModelLoadError          the runtime refused to load it
     │   └── GoldenMismatchError     it loads but does not reproduce its golden vectors
@@ -55,6 +56,10 @@ class BundleError(BadInputError):
 
 class InvalidRequestError(BadInputError):
     """A prediction request is malformed (JSON, shape, dtype, undecodable image)."""
+
+
+class NotFoundError(BadInputError):
+    """An unknown model name or version (HTTP 404)."""
 
 
 class ModelError(EdgeError):

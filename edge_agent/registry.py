@@ -1,0 +1,280 @@
+"""Served models: versions loaded in memory, the active one per name, and atomic swaps.
+
+Concurrency model: a :class:`ServedModel` owns a fixed pool of interpreters (one per
+worker); a request borrows one for the duration of an invoke, so no interpreter is ever
+used by two threads at once. Swapping the active version replaces a dict entry under a
+lock; requests already holding the old ``ServedModel`` finish on it (nothing is closed
+under them), so a swap fails no request. Old versions are dropped once unreferenced.
+
+Raises NotFoundError (unknown model/version), InvalidRequestError (bad input),
+ModelLoadError / GoldenMismatchError (a bundle that does not load or verify).
+"""
+
+from __future__ import annotations
+
+import enum
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from edge_agent.bundle import Bundle, Manifest
+from edge_agent.errors import EdgeError, InvalidRequestError, NotFoundError, TransportError
+from edge_agent.hooks import Hooks, PredictionRecord
+from edge_agent.runtime.backends import Runtime
+from edge_agent.runtime.model import GoldenResult, LoadedModel, verify_golden
+from edge_agent.runtime.preprocess import decode_image
+from edge_agent.runtime.quant import coerce_input, dequantize
+
+DelegateFactory = Callable[[], Sequence[Any]]
+
+
+class ModelState(str, enum.Enum):
+    """TensorFlow Serving's version states."""
+
+    LOADING = "LOADING"
+    AVAILABLE = "AVAILABLE"
+    UNLOADING = "UNLOADING"
+    END = "END"
+
+
+@dataclass(frozen=True)
+class Prediction:
+    model: str
+    version: int
+    outputs: list[np.ndarray]  # dequantized, batch first, one per output tensor
+    probabilities: np.ndarray | None  # (batch, classes) for classification models
+    top1: np.ndarray | None
+    confidence: np.ndarray | None
+
+
+def softmax(x: np.ndarray) -> np.ndarray:
+    z = x - x.max(axis=-1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+class ServedModel:
+    """One version of one model, ready to serve from ``workers`` interpreters."""
+
+    def __init__(self, bundle: Bundle, runtime: Runtime, *, workers: int = 1,
+                 num_threads: int | None = None, delegates: DelegateFactory | None = None,
+                 hooks: Hooks | None = None, borrow_timeout_s: float = 30.0) -> None:
+        self.bundle = bundle
+        self.manifest: Manifest = bundle.manifest
+        self.runtime = runtime
+        self.hooks = hooks or Hooks()
+        self.state = ModelState.LOADING
+        self.borrow_timeout_s = borrow_timeout_s
+        self._pool: queue.Queue[LoadedModel] = queue.Queue()
+        t0 = time.perf_counter()
+        first = None
+        for _ in range(max(1, workers)):
+            m = LoadedModel(runtime, bundle.model_bytes, num_threads=num_threads,
+                            delegates=delegates() if delegates else ())
+            first = first or m
+            self._pool.put(m)
+        assert first is not None
+        self.workers = max(1, workers)
+        self.input_spec = first.input_spec
+        self.output_specs = first.output_specs
+        self.load_time_s = time.perf_counter() - t0
+        self.loaded_at = time.time()
+        self.state = ModelState.AVAILABLE
+
+    @property
+    def name(self) -> str:
+        return self.manifest.name
+
+    @property
+    def version(self) -> int:
+        return self.manifest.version
+
+    @contextmanager
+    def borrow(self) -> Iterator[LoadedModel]:
+        """Exclusive use of one interpreter. Raises TransportError on timeout."""
+        try:
+            m = self._pool.get(timeout=self.borrow_timeout_s)
+        except queue.Empty as e:
+            raise TransportError(f"{self.name} v{self.version}: no interpreter free within "
+                                 f"{self.borrow_timeout_s:g} s") from e
+        try:
+            yield m
+        finally:
+            self._pool.put(m)
+
+    def verify_golden(self) -> GoldenResult:
+        with self.borrow() as m:
+            return verify_golden(self.bundle, self.runtime, model=m)
+
+    def predict(self, x: np.ndarray, *, source: str = "api",
+                request_id: str | None = None) -> Prediction:
+        """Float (model units) or raw-dtype input batch → a :class:`Prediction`.
+
+        Every call, failed or not, is reported to the hooks. Raises InvalidRequestError.
+        """
+        t0 = time.perf_counter()
+        raw = None
+        try:
+            raw = coerce_input(x, self.input_spec)
+            if raw.shape[0] == 0:
+                raise InvalidRequestError("empty batch: send at least one instance")
+            with self.borrow() as m:
+                outs = m.invoke_raw(raw)
+            deq = [dequantize(o, s) for o, s in zip(outs, self.output_specs, strict=True)]
+            probs = top1 = conf = None
+            if self.manifest.task == "classification":
+                flat = deq[0].reshape(len(deq[0]), -1)
+                probs = flat if self.manifest.output_is_probability else softmax(flat)
+                top1 = probs.argmax(axis=1)
+                conf = probs.max(axis=1)
+        except EdgeError as e:
+            self._record(source, request_id, False, time.perf_counter() - t0,
+                         0 if raw is None else len(raw), error=str(e))
+            raise
+        self._record(source, request_id, True, time.perf_counter() - t0, len(raw),
+                     top1=top1, confidence=conf, probabilities=probs, inputs_raw=raw)
+        return Prediction(self.name, self.version, deq, probs, top1, conf)
+
+    def decode_images(self, images: Sequence[bytes]) -> np.ndarray:
+        """Encoded images → a float batch in model units (bundle preprocessing)."""
+        shape = self.input_spec.shape
+        if len(shape) != 4:
+            raise InvalidRequestError(f"{self.name} does not take images (input {list(shape)})")
+        size = (int(shape[1]), int(shape[2]))
+        arrs = [decode_image(b, self.manifest.preprocessing, size) for b in images]
+        batch = np.stack(arrs)
+        if batch.shape[-1] != shape[3]:
+            raise InvalidRequestError(f"image has {batch.shape[-1]} channels, model takes "
+                                      f"{shape[3]}")
+        return batch
+
+    def top_k(self, pred: Prediction, k: int = 5) -> list[list[dict[str, Any]]]:
+        """Top-k labels and scores per sample (labels from the manifest, else indices)."""
+        if pred.probabilities is None:
+            raise InvalidRequestError(f"{self.name} is not a classification model")
+        labels = self.manifest.labels
+        out = []
+        for row in pred.probabilities:
+            idx = np.argsort(-row)[:k]
+            out.append([{"label": labels[i] if i < len(labels) else str(int(i)),
+                         "index": int(i), "score": round(float(row[i]), 6)} for i in idx])
+        return out
+
+    def _record(self, source: str, request_id: str | None, ok: bool, latency: float,
+                batch: int, **kw: Any) -> None:
+        self.hooks.emit_prediction(PredictionRecord(
+            model=self.name, version=self.version, source=source, ok=ok, latency_s=latency,
+            batch=batch, request_id=request_id, input_spec=self.input_spec, **kw))
+
+
+class ModelRegistry:
+    """All served models by name → version, and which version is active per name."""
+
+    def __init__(self, runtime: Runtime, hooks: Hooks | None = None, *, workers: int = 1,
+                 num_threads: int | None = None, delegates: DelegateFactory | None = None,
+                 max_loaded_versions: int = 2) -> None:
+        self.runtime = runtime
+        self.hooks = hooks or Hooks()
+        self.workers = workers
+        self.num_threads = num_threads
+        self.delegates = delegates
+        self.max_loaded_versions = max_loaded_versions
+        self._lock = threading.RLock()
+        self._models: dict[str, dict[int, ServedModel]] = {}
+        self._active: dict[str, int] = {}
+
+    def build(self, bundle: Bundle) -> ServedModel:
+        """Load a bundle into a new ServedModel without serving it (test-load)."""
+        return ServedModel(bundle, self.runtime, workers=self.workers,
+                           num_threads=self.num_threads, delegates=self.delegates,
+                           hooks=self.hooks)
+
+    def add(self, served: ServedModel, *, activate: bool = True) -> None:
+        """Make ``served`` reachable; if ``activate``, the default for its name (atomic)."""
+        with self._lock:
+            versions = self._models.setdefault(served.name, {})
+            versions[served.version] = served
+            if activate or served.name not in self._active:
+                self._active[served.name] = served.version
+            self._evict(served.name)
+        self.hooks.emit_models_changed()
+
+    def load(self, bundle: Bundle, *, activate: bool = True, verify: bool = True) -> ServedModel:
+        """Build, optionally check golden vectors, then add. Nothing changes on failure."""
+        served = self.build(bundle)
+        if verify and bundle.manifest.golden:
+            served.verify_golden()
+        self.add(served, activate=activate)
+        return served
+
+    def _evict(self, name: str) -> None:
+        versions = self._models[name]
+        active = self._active.get(name)
+        for v in sorted(versions):
+            if len(versions) <= self.max_loaded_versions:
+                break
+            if v != active:
+                versions.pop(v).state = ModelState.END
+
+    def activate(self, name: str, version: int) -> None:
+        with self._lock:
+            if version not in self._models.get(name, {}):
+                raise NotFoundError(f"model {name!r} version {version} is not loaded")
+            self._active[name] = version
+        self.hooks.emit_models_changed()
+
+    def unload(self, name: str, version: int | None = None) -> None:
+        with self._lock:
+            versions = self._models.get(name, {})
+            for v in [version] if version is not None else list(versions):
+                sm = versions.pop(v, None)
+                if sm:
+                    sm.state = ModelState.END
+            if not versions:
+                self._models.pop(name, None)
+                self._active.pop(name, None)
+            elif self._active.get(name) not in versions:
+                self._active[name] = max(versions)
+        self.hooks.emit_models_changed()
+
+    def get(self, name: str, version: int | None = None) -> ServedModel:
+        """The requested version, or the active one. Raises NotFoundError."""
+        with self._lock:
+            versions = self._models.get(name)
+            if not versions:
+                raise NotFoundError(f"model {name!r} not found (serving: "
+                                    f"{', '.join(sorted(self._models)) or 'none'})")
+            v = self._active[name] if version is None else version
+            sm = versions.get(v)
+            if sm is None:
+                raise NotFoundError(f"model {name!r} has no version {version} (loaded: "
+                                    f"{', '.join(map(str, sorted(versions)))})")
+            return sm
+
+    def names(self) -> list[str]:
+        with self._lock:
+            return sorted(self._models)
+
+    def versions(self, name: str) -> list[ServedModel]:
+        with self._lock:
+            return [self._models[name][v] for v in sorted(self._models.get(name, {}))]
+
+    def active_version(self, name: str) -> int | None:
+        with self._lock:
+            return self._active.get(name)
+
+    def snapshot(self) -> list[dict[str, Any]]:
+        """What is loaded, for status/birth messages."""
+        with self._lock:
+            return [{"name": n, "active": self._active.get(n),
+                     "versions": [{"version": v, "state": sm.state.value,
+                                   "sha256": sm.manifest.model_sha256,
+                                   "loaded_at": sm.loaded_at}
+                                  for v, sm in sorted(vs.items())]}
+                    for n, vs in sorted(self._models.items())]
