@@ -53,7 +53,7 @@ def test_swap_while_serving_fails_no_request(digits, registry: ModelRegistry) ->
         while not stop.is_set():
             try:
                 versions.add(registry.get("digits").predict(x).version)
-            except BaseException as e:  # noqa: BLE001
+            except BaseException as e:
                 errors.append(e)
 
     threads = [threading.Thread(target=client) for _ in range(4)]
