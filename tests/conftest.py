@@ -107,7 +107,8 @@ class Broker:
                                      stderr=open(self.log, "ab"))  # noqa: SIM115
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
-            with contextlib.suppress(OSError), socket.create_connection((self.host, self.port), 0.2):
+            with contextlib.suppress(OSError):
+                socket.create_connection((self.host, self.port), 0.2).close()
                 return
             if self.proc.poll() is not None:
                 raise RuntimeError(f"mosquitto exited: {self.log.read_text()[-2000:]}")

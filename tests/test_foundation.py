@@ -65,7 +65,7 @@ def test_bad_profile_names_file_and_key(tmp_path: Path, mutate, key: str) -> Non
 
 
 def test_unknown_profile_lists_known() -> None:
-    with pytest.raises(ProfileError, match="unknown device profile 'rpi9'.*rpi4"):
+    with pytest.raises(ProfileError, match=r"unknown device profile 'rpi9'.*rpi4"):
         load_profile("rpi9")
 
 
