@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Set up a fresh Debian machine for edge-inference: system packages and a project venv.
+# Idempotent; safe to run again. Usage: scripts/setup.sh [extras]   (default: converter,dev)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+extras="${1:-converter,dev}"
+
+sudo_() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
+need=()
+for p in mosquitto python3-venv; do
+  dpkg -s "$p" >/dev/null 2>&1 || need+=("$p")
+done
+if [ "${#need[@]}" -gt 0 ]; then
+  echo "setup: installing ${need[*]} (apt)"
+  sudo_ env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+  sudo_ env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+# Debian starts a system mosquitto on :1883; our tests and demo start their own brokers.
+
+PY="${PYTHON:-python3}"
+if [ ! -x .venv/bin/python ]; then
+  echo "setup: creating .venv with $($PY --version)"
+  "$PY" -m venv .venv
+fi
+.venv/bin/python -m pip install -q --upgrade pip
+echo "setup: pip install -e .[$extras]"
+.venv/bin/python -m pip install -q -e ".[$extras]"
