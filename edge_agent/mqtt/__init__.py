@@ -1,0 +1,29 @@
+"""MQTT transport: one self-healing connection per agent, topics, payloads, outbox.
+
+Public surface (everything else is an implementation detail)::
+
+    MqttConfig      the validated [mqtt] section (from_section / from_url)
+    MqttClient      the connection: start/connect/stop, subscribe, publish, is_connected
+    Will, Message   Last Will / farewell messages; incoming message with MQTT 5 fields
+    Topics          the topic scheme for one device
+    shared_client   the agent's one client (None without [mqtt] url)
+    MqttError, MqttConnectError, MqttNotConnectedError
+"""
+
+from edge_agent.mqtt.client import Message, MqttClient, Will
+from edge_agent.mqtt.config import MqttConfig
+from edge_agent.mqtt.errors import MqttConnectError, MqttError, MqttNotConnectedError
+from edge_agent.mqtt.shared import shared_client
+from edge_agent.mqtt.topics import Topics
+
+__all__ = [
+    "Message",
+    "MqttClient",
+    "MqttConfig",
+    "MqttConnectError",
+    "MqttError",
+    "MqttNotConnectedError",
+    "Topics",
+    "Will",
+    "shared_client",
+]

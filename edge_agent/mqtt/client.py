@@ -1,0 +1,536 @@
+"""One MQTT connection per agent, kept alive: the transport every MQTT feature shares.
+
+:class:`MqttClient` wraps paho-mqtt 2.x (``CallbackAPIVersion.VERSION2``) and owns two
+threads: the *network* thread (connect, ``loop()``, reconnect with exponential backoff and
+jitter) and the *dispatch* thread, on which every subscription handler and connection
+listener runs, in arrival order. Handlers therefore never stall keepalives, but a slow
+handler delays the handlers behind it: hand long work to your own thread.
+
+Each connection attempt uses a fresh paho client, so nothing paho queued in memory for a
+dead connection is ever re-sent behind our back: durable delivery (resend after reconnect,
+delete after PUBACK) is the outbox's job (:mod:`edge_agent.mqtt.outbox`), not paho's.
+
+``protocol="auto"`` speaks MQTT 5 and falls back to 3.1.1 when the broker refuses it
+(amqtt, old brokers); the working version is kept for later reconnects.
+
+There must be one client per device id (a broker drops the older of two connections with
+the same client id): inside the agent get it from :func:`edge_agent.mqtt.shared_client`.
+
+Raises :class:`~edge_agent.mqtt.errors.MqttConnectError` from :meth:`connect` /
+:meth:`wait_connected` (with ``kind`` = tls / auth / socket / protocol / timeout).
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import random
+import ssl
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+
+from edge_agent.errors import InvalidRequestError
+from edge_agent.mqtt.config import MqttConfig
+from edge_agent.mqtt.errors import MqttConnectError
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[str, bytes], None]
+AckCallback = Callable[[int], None]  # MQTT reason code of the PUBACK (0 = accepted)
+ErrorHook = Callable[[str, BaseException], None]
+
+_V5, _V311 = MQTTProtocolVersion.MQTTv5, MQTTProtocolVersion.MQTTv311
+# CONNACK codes meaning "I don't speak this protocol version" (3.1.1 rc 1, MQTT 5 0x84)
+_BAD_PROTOCOL = {1, 0x84}
+_AUTH = {4, 5, 0x86, 0x87, 0x8C}  # bad user name or password / not authorized / bad auth
+
+
+@dataclass(frozen=True)
+class Will:
+    """A message the broker publishes for us (Last Will) or we publish on clean stop."""
+
+    topic: str
+    payload: bytes
+    qos: int = 1
+    retain: bool = True
+
+
+@dataclass(frozen=True)
+class Message:
+    """An incoming message with the MQTT 5 request/response fields when present."""
+
+    topic: str
+    payload: bytes
+    qos: int
+    retain: bool
+    response_topic: str | None = None
+    correlation_data: bytes | None = None
+
+
+@dataclass
+class _Sub:
+    topic_filter: str
+    handler: Callable[[Message], None]
+    qos: int
+    max_bytes: int
+
+
+class MqttClient:
+    """A self-healing MQTT connection with durable subscriptions (see module docstring)."""
+
+    def __init__(self, *, config: MqttConfig, client_id: str,
+                 will: Will | Callable[[], Will] | None = None,
+                 farewell: Will | Callable[[], Will] | None = None,
+                 on_handler_error: ErrorHook | None = None,
+                 dispatch_queue: int = 1000) -> None:
+        if not client_id:
+            raise ValueError("client_id must not be empty")
+        self.config = config
+        self.client_id = config.client_id or client_id
+        self.will = will  # a callable is re-evaluated at every connect (fresh seq, state)
+        self.farewell = farewell
+        self.on_handler_error = on_handler_error
+        self._ssl = config.ssl_context() if config.tls else None
+        self._lock = threading.RLock()
+        self._cond = threading.Condition(self._lock)
+        self._paho: paho.Client | None = None
+        self._connected = False
+        self._acks: dict[int, AckCallback] = {}
+        self._subs: list[_Sub] = []
+        self._listeners: list[tuple[Callable[[], None] | None, Callable[[], None] | None]] = []
+        self._stop = threading.Event()
+        self._net: threading.Thread | None = None
+        self._dispatch_q: queue.Queue[Callable[[], None] | None] = queue.Queue(dispatch_queue)
+        self._dispatcher: threading.Thread | None = None
+        self._protocol = _V311 if config.protocol == "3.1.1" else _V5
+        self.last_error: MqttConnectError | None = None
+        self.connects = 0  # successful CONNACKs so far (tests, telemetry)
+        self.dropped_incoming = 0  # messages lost because the dispatch queue was full
+        self._attempt_log: list[str] = []
+        self._conn_refusal: MqttConnectError | None = None
+
+    # ---- lifecycle -------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start connecting in the background (idempotent). Never blocks on the network."""
+        with self._lock:
+            if self._net is not None:
+                return
+            self._stop.clear()
+            self._dispatcher = threading.Thread(target=self._dispatch_loop, daemon=True,
+                                                name=f"mqtt-dispatch-{self.client_id}")
+            self._net = threading.Thread(target=self._net_loop, daemon=True,
+                                         name=f"mqtt-net-{self.client_id}")
+            self._dispatcher.start()
+            self._net.start()
+
+    def connect(self, timeout_s: float | None = None) -> None:
+        """Start and wait for the first CONNACK. Raises MqttConnectError (clear reason)."""
+        self.start()
+        self.wait_connected(timeout_s if timeout_s is not None else self.config.connect_timeout_s,
+                            raise_error=True)
+
+    def wait_connected(self, timeout_s: float, *, raise_error: bool = False) -> bool:
+        """Block until connected (True) or ``timeout_s`` passes (False, or raise the reason).
+
+        With ``raise_error`` a TLS or authentication refusal raises at once rather than
+        after the timeout: it will not fix itself.
+        """
+        deadline = time.monotonic() + timeout_s
+        with self._cond:
+            while not self._connected:
+                err = self.last_error
+                if raise_error and err is not None and err.kind in ("tls", "auth"):
+                    raise err
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    if not raise_error:
+                        return False
+                    if err is not None:
+                        raise err
+                    raise MqttConnectError(f"no connection to {self.config.url} within "
+                                           f"{timeout_s:g} s", kind="timeout")
+                self._cond.wait(min(left, 0.2))
+        return True
+
+    @property
+    def is_connected(self) -> bool:
+        return self._connected
+
+    @property
+    def protocol(self) -> str:
+        """``"5"`` or ``"3.1.1"``: what the current (or next) connection speaks."""
+        return "5" if self._protocol == _V5 else "3.1.1"
+
+    def stop(self, timeout_s: float = 5.0) -> None:
+        """Publish ``farewell`` (the clean-shutdown offline status) if connected, disconnect
+        (so the broker discards the Last Will), and join both threads. Idempotent."""
+        with self._lock:
+            net, disp = self._net, self._dispatcher
+            if net is None:
+                return
+        bye = self.farewell() if callable(self.farewell) else self.farewell
+        if bye is not None and self._connected:
+            done = threading.Event()
+            if self.publish(bye.topic, bye.payload, bye.qos, bye.retain,
+                            on_ack=lambda _rc: done.set()):
+                done.wait(min(2.0, timeout_s))
+        self._stop.set()
+        with self._lock:
+            c = self._paho
+        if c is not None:
+            try:
+                c.disconnect()
+            except Exception:  # a dying socket: the loop below notices too
+                log.debug("disconnect failed", exc_info=True)
+        net.join(timeout_s)
+        self._enqueue_dispatch(None, block=True)
+        if disp is not None:
+            disp.join(timeout_s)
+        with self._lock:
+            self._net = self._dispatcher = None
+            self._dispatch_q = queue.Queue(self._dispatch_q.maxsize)
+
+    # ---- pub/sub ---------------------------------------------------------------------
+
+    def publish(self, topic: str, payload: bytes | str, qos: int = 1, retain: bool = False, *,
+                on_ack: AckCallback | None = None, properties: Properties | None = None) -> bool:
+        """Hand a message to the live connection; False (nothing sent) when disconnected.
+
+        ``on_ack(reason_code)`` runs on the network thread when the broker acknowledged
+        it (QoS 1/2) or when it was written (QoS 0); it must be quick. Messages that must
+        survive outages go through the outbox instead.
+        """
+        data = payload.encode("utf-8") if isinstance(payload, str) else bytes(payload)
+        with self._lock:
+            c = self._paho
+            if c is None or not self._connected:
+                return False
+            try:
+                info = c.publish(topic, data, qos=qos, retain=retain, properties=properties)
+            except (ValueError, OSError) as e:
+                log.warning("publish to %s failed: %s", topic, e)
+                return False
+            if info.rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_QUEUE_SIZE):
+                return False
+            if on_ack is not None:
+                if info.is_published() and qos == 0:
+                    on_ack(0)
+                else:
+                    self._acks[info.mid] = on_ack
+        return True
+
+    def subscribe(self, topic_filter: str, handler: Handler, qos: int = 1, *,
+                  max_bytes: int | None = None) -> Callable[[], None]:
+        """Call ``handler(topic, payload)`` for every matching message, on the dispatch thread.
+
+        The subscription is renewed after every reconnect. Payloads over ``max_bytes``
+        (default ``config.max_incoming_bytes``) are not passed on; ``on_handler_error``
+        hears about them, and about handlers that raise. Returns an unsubscribe function.
+        """
+        return self.subscribe_message(topic_filter, lambda m: handler(m.topic, m.payload), qos,
+                                      max_bytes=max_bytes)
+
+    def subscribe_message(self, topic_filter: str, handler: Callable[[Message], None],
+                          qos: int = 1, *, max_bytes: int | None = None) -> Callable[[], None]:
+        """Like :meth:`subscribe` but the handler gets a :class:`Message` (MQTT 5 fields)."""
+        check_filter(topic_filter)
+        sub = _Sub(topic_filter, handler, qos, max_bytes or self.config.max_incoming_bytes)
+        with self._lock:
+            self._subs.append(sub)
+            c = self._paho if self._connected else None
+        if c is not None:
+            c.subscribe(topic_filter, qos)
+
+        def remove() -> None:
+            with self._lock:
+                if sub in self._subs:
+                    self._subs.remove(sub)
+                still = any(s.topic_filter == topic_filter for s in self._subs)
+                c = self._paho if self._connected else None
+            if c is not None and not still:
+                c.unsubscribe(topic_filter)
+        return remove
+
+    def add_listener(self, *, on_connect: Callable[[], None] | None = None,
+                     on_disconnect: Callable[[], None] | None = None) -> Callable[[], None]:
+        """Run ``on_connect`` after every successful (re)connect and subscription renewal,
+        ``on_disconnect`` after every loss; both on the dispatch thread."""
+        item = (on_connect, on_disconnect)
+        with self._lock:
+            self._listeners.append(item)
+            connected = self._connected
+        if connected and on_connect is not None:
+            self._enqueue_dispatch(on_connect)
+
+        def remove() -> None:
+            with self._lock:
+                if item in self._listeners:
+                    self._listeners.remove(item)
+        return remove
+
+    # ---- network thread --------------------------------------------------------------
+
+    def _make_paho(self, protocol: MQTTProtocolVersion) -> paho.Client:
+        c = paho.Client(CallbackAPIVersion.VERSION2, client_id=self.client_id,
+                        protocol=protocol, clean_session=None if protocol == _V5 else True)
+        c.connect_timeout = self.config.connect_timeout_s
+        c.max_inflight_messages_set(self.config.max_inflight)
+        c.max_queued_messages_set(0)
+        if self._ssl is not None:
+            c.tls_set_context(self._ssl)
+        if self.config.username is not None:
+            c.username_pw_set(self.config.username, self.config.password)
+        will = self.will() if callable(self.will) else self.will
+        if will is not None:
+            c.will_set(will.topic, will.payload, will.qos, will.retain)
+        c.on_connect = self._on_connect
+        c.on_disconnect = self._on_disconnect
+        c.on_message = self._on_message
+        c.on_publish = self._on_publish
+        c.on_log = self._on_log
+        return c
+
+    def _net_loop(self) -> None:
+        failures = 0
+        while not self._stop.is_set():
+            err = self._session(self._protocol)
+            if err is not None and err.kind == "protocol" and self.config.protocol == "auto" \
+                    and self._protocol == _V5 and not self._stop.is_set():
+                log.info("%s refused MQTT 5 (%s); trying MQTT 3.1.1", self.config.url, err)
+                self._protocol = _V311
+                err = self._session(_V311)
+                if err is not None and err.kind == "protocol":
+                    self._protocol = _V5
+            if self._stop.is_set():
+                break
+            if err is None:
+                failures = 0  # the connection was up: start backing off from scratch
+            else:
+                failures += 1
+                self._set_error(err)
+            delay = min(self.config.reconnect_max_s,
+                        self.config.reconnect_min_s * 2 ** min(failures, 30))
+            self._stop.wait(random.uniform(delay / 2, delay))  # "equal jitter" backoff
+
+    def _session(self, protocol: MQTTProtocolVersion) -> MqttConnectError | None:
+        """One connection attempt and its lifetime. None if it got connected at all."""
+        c = self._make_paho(protocol)
+        self._attempt_log = []
+        self._conn_refusal = None
+        props = None
+        if protocol == _V5:
+            props = Properties(PacketTypes.CONNECT)
+            props.SessionExpiryInterval = 0
+        try:
+            if protocol == _V5:
+                c.connect(self.config.host, self.config.port, self.config.keepalive_s,
+                          clean_start=True, properties=props)
+            else:
+                c.connect(self.config.host, self.config.port, self.config.keepalive_s)
+        except ssl.SSLCertVerificationError as e:
+            return MqttConnectError(
+                f"TLS: cannot verify the broker {self.config.url}: {e.verify_message} "
+                f"(is mqtt.ca_file the CA that signed the broker's certificate, and does the "
+                f"certificate name {self.config.host!r}?)", kind="tls")
+        except ssl.SSLError as e:
+            return MqttConnectError(f"TLS handshake with {self.config.url} failed: "
+                                    f"{e.reason or e}", kind="tls")
+        except OSError as e:
+            return MqttConnectError(f"cannot reach {self.config.url}: {e.strerror or e}",
+                                    kind="socket")
+        with self._lock:
+            self._paho = c
+        got_connack = False
+        stop_deadline: float | None = None
+        # A broker that does not speak MQTT 5 may just stay silent (amqtt does): give up
+        # on the CONNACK early in auto mode so the 3.1.1 fallback is quick.
+        connack_wait = self.config.connect_timeout_s
+        if protocol == _V5 and self.config.protocol == "auto":
+            connack_wait = min(connack_wait, 3.0)
+        connack_deadline = time.monotonic() + connack_wait
+        try:
+            while True:
+                if not got_connack and not self._connected and self._conn_refusal is None \
+                        and time.monotonic() > connack_deadline:
+                    self._attempt_log.append(f"no CONNACK within {connack_wait:g} s")
+                    break
+                if self._stop.is_set():
+                    # stop() sent DISCONNECT: let the loop flush it, but not forever
+                    stop_deadline = stop_deadline or time.monotonic() + 2.0
+                    if not self._connected or time.monotonic() > stop_deadline:
+                        break
+                try:
+                    rc = c.loop(timeout=0.5)
+                except Exception as e:  # paho bug or a callback of ours: drop the link
+                    log.exception("mqtt network loop failed")
+                    self._attempt_log.append(str(e))
+                    rc = MQTTErrorCode.MQTT_ERR_UNKNOWN
+                got_connack = got_connack or self._connected
+                if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                    break
+        finally:
+            with self._lock:
+                self._paho = None
+                self._acks.clear()
+                was = self._connected
+                self._connected = False
+                self._cond.notify_all()
+            if was:
+                self._notify_listeners(connected=False)
+        if got_connack:
+            return None
+        if self._conn_refusal is not None:
+            return self._conn_refusal
+        return self._closed_before_connack(protocol)
+
+    def _closed_before_connack(self, protocol: MQTTProtocolVersion) -> MqttConnectError:
+        detail = "; ".join(self._attempt_log[-2:]) or "connection closed"
+        low = detail.lower()
+        if "alert" in low or "certificate" in low:
+            return MqttConnectError(
+                f"TLS: the broker {self.config.url} rejected our client certificate "
+                f"(mqtt.cert_file / mqtt.key_file): {detail}", kind="tls")
+        if protocol == _V5 and self.config.protocol == "auto":
+            return MqttConnectError(f"{self.config.url} closed the connection before CONNACK "
+                                    f"(no MQTT 5?): {detail}", kind="protocol")
+        return MqttConnectError(f"{self.config.url} closed the connection before CONNACK: "
+                                f"{detail}", kind="refused")
+
+    def _set_error(self, err: MqttConnectError) -> None:
+        with self._cond:
+            if self.last_error is None or str(self.last_error) != str(err):
+                log.warning("mqtt: %s (retrying with backoff)", err)
+            self.last_error = err
+            self._cond.notify_all()
+
+    # ---- paho callbacks (network thread; quick) ---------------------------------------
+
+    def _on_log(self, _c: paho.Client, _u: Any, level: int, buf: str) -> None:
+        if level in (paho.MQTT_LOG_ERR, paho.MQTT_LOG_WARNING):
+            self._attempt_log.append(buf)
+
+    def _on_connect(self, c: paho.Client, _u: Any, _flags: Any, rc: ReasonCode,
+                    _props: Any) -> None:
+        if rc.is_failure:
+            code = rc.value
+            if code in _BAD_PROTOCOL:
+                kind = "protocol"
+            elif code in _AUTH:
+                kind = "auth"
+            else:
+                kind = "refused"
+            hint = " (check mqtt.username / mqtt.password)" if kind == "auth" else ""
+            self._conn_refusal = MqttConnectError(
+                f"{self.config.url} refused the connection: {rc}{hint}", kind=kind, rc=code)
+            return
+        with self._lock:
+            subs: dict[str, int] = {}
+            for s in self._subs:
+                subs[s.topic_filter] = max(subs.get(s.topic_filter, 0), s.qos)
+        if subs:
+            c.subscribe(list(subs.items()))
+        with self._cond:
+            self._connected = True
+            self.connects += 1
+            self.last_error = None
+            self._cond.notify_all()
+        log.info("mqtt: connected to %s as %s (MQTT %s)", self.config.url, self.client_id,
+                 self.protocol)
+        self._notify_listeners(connected=True)
+
+    def _on_disconnect(self, _c: paho.Client, _u: Any, _flags: Any, rc: ReasonCode,
+                       _props: Any) -> None:
+        if self._connected and not self._stop.is_set():
+            log.warning("mqtt: lost connection to %s: %s", self.config.url, rc)
+            if rc.value == 0x8E:
+                log.error("mqtt: another client connected with client id %r; there must be "
+                          "one MqttClient per device", self.client_id)
+
+    def _on_publish(self, _c: paho.Client, _u: Any, mid: int, rc: ReasonCode,
+                    _props: Any) -> None:
+        with self._lock:
+            cb = self._acks.pop(mid, None)
+        if cb is not None:
+            try:
+                cb(rc.value)
+            except Exception:
+                log.exception("publish ack callback failed")
+
+    def _on_message(self, _c: paho.Client, _u: Any, msg: paho.MQTTMessage) -> None:
+        props = getattr(msg, "properties", None)
+        m = Message(msg.topic, bytes(msg.payload), msg.qos, bool(msg.retain),
+                    getattr(props, "ResponseTopic", None),
+                    getattr(props, "CorrelationData", None))
+        with self._lock:
+            subs = [s for s in self._subs if paho.topic_matches_sub(s.topic_filter, m.topic)]
+        for s in subs:
+            self._enqueue_dispatch(lambda s=s: self._deliver(s, m))  # type: ignore[misc]
+
+    # ---- dispatch thread -------------------------------------------------------------
+
+    def _enqueue_dispatch(self, fn: Callable[[], None] | None, block: bool = False) -> None:
+        try:
+            self._dispatch_q.put(fn, block=block, timeout=5 if block else None)
+        except queue.Full:
+            self.dropped_incoming += 1
+            log.warning("mqtt: dispatch queue full, dropped a message (%d so far)",
+                        self.dropped_incoming)
+
+    def _dispatch_loop(self) -> None:
+        q = self._dispatch_q
+        while True:
+            fn = q.get()
+            if fn is None:
+                return
+            try:
+                fn()
+            except Exception:
+                log.exception("mqtt listener failed")
+
+    def _deliver(self, s: _Sub, m: Message) -> None:
+        if len(m.payload) > s.max_bytes:
+            self._handler_error(m.topic, InvalidRequestError(
+                f"payload of {len(m.payload)} bytes on {m.topic} exceeds the {s.max_bytes}-byte "
+                "limit; ignored"))
+            return
+        try:
+            s.handler(m)
+        except Exception as e:
+            self._handler_error(m.topic, e)
+
+    def _handler_error(self, topic: str, e: BaseException) -> None:
+        log.warning("mqtt: message on %s rejected: %s", topic, e)
+        if self.on_handler_error is not None:
+            try:
+                self.on_handler_error(topic, e)
+            except Exception:
+                log.exception("on_handler_error failed")
+
+    def _notify_listeners(self, *, connected: bool) -> None:
+        with self._lock:
+            cbs = [on if connected else off for on, off in self._listeners]
+        for cb in cbs:
+            if cb is not None:
+                self._enqueue_dispatch(cb)
+
+
+def check_filter(topic_filter: str) -> str:
+    """Validate a subscription filter (MQTT 3.1.1 §4.7). Raises ValueError."""
+    if not topic_filter or len(topic_filter.encode()) > 65535:
+        raise ValueError(f"bad topic filter {topic_filter!r}")
+    levels = topic_filter.split("/")
+    for i, lvl in enumerate(levels):
+        if ("#" in lvl and (lvl != "#" or i != len(levels) - 1)) or ("+" in lvl and lvl != "+"):
+            raise ValueError(f"bad topic filter {topic_filter!r}: wildcards must fill a level "
+                             "and # must be last")
+    return topic_filter

@@ -1,0 +1,100 @@
+"""The agent's single MQTT connection, shared by telemetry, MQTT requests and updates.
+
+A broker allows one connection per client id, and the client id is the device id, so
+every component that talks MQTT must use the same :class:`MqttClient`::
+
+    from edge_agent.mqtt import shared_client
+    client = shared_client(agent)          # None when no [mqtt] url is configured
+    if client is not None:
+        client.subscribe(f"edge/{agent.device_id}/requests/+", handler)
+
+Subscribing before the client is started is fine (subscriptions are made on connect).
+The telemetry component (:mod:`edge_agent.telemetry.service`) owns the lifecycle: it
+sets the Last Will, starts the client, and stops it (publishing ``offline``) on shutdown.
+Handler exceptions and oversized payloads on *any* subscribed topic become rate-limited
+``mqtt.bad_message`` error events on the agent's hooks.
+
+Raises ConfigError (bad ``[mqtt]`` section, naming the key).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import weakref
+from typing import Any
+
+from edge_agent.mqtt.client import MqttClient, Will
+from edge_agent.mqtt.config import MqttConfig
+from edge_agent.mqtt.topics import Topics
+
+_lock = threading.Lock()
+_clients: weakref.WeakKeyDictionary[Any, MqttClient] = weakref.WeakKeyDictionary()
+
+
+def config_source(agent: Any) -> str:
+    """Where the agent's config came from, for error messages."""
+    cfg = getattr(agent, "config", None)
+    for attr in ("source", "path", "file"):
+        v = getattr(cfg, attr, None)
+        if v:
+            return str(v)
+    return "agent config"
+
+
+def mqtt_config(agent: Any) -> MqttConfig | None:
+    """The validated ``[mqtt]`` section, or None when no broker URL is configured."""
+    sections = getattr(getattr(agent, "config", None), "sections", None) or {}
+    raw = sections.get("mqtt") or {}
+    if not raw or not raw.get("url"):
+        return None
+    return MqttConfig.from_section(dict(raw), config_source(agent))
+
+
+class _RateLimit:
+    """At most ``burst`` events per ``per_s`` per key; the rest are counted, not sent."""
+
+    def __init__(self, burst: int = 10, per_s: float = 60.0) -> None:
+        self.burst, self.per_s = burst, per_s
+        self._seen: dict[str, list[float]] = {}
+        self.suppressed = 0
+        self._lock = threading.Lock()
+
+    def allow(self, key: str) -> bool:
+        now = time.monotonic()
+        with self._lock:
+            times = [t for t in self._seen.get(key, []) if now - t < self.per_s]
+            ok = len(times) < self.burst
+            if ok:
+                times.append(now)
+            else:
+                self.suppressed += 1
+            self._seen[key] = times
+            return ok
+
+
+def shared_client(agent: Any, *, will: Will | None = None) -> MqttClient | None:
+    """The agent's MQTT client (created on first call), or None without ``[mqtt] url``."""
+    with _lock:
+        client = _clients.get(agent)
+        if client is not None:
+            return client
+        cfg = mqtt_config(agent)
+        if cfg is None:
+            return None
+        topics = Topics(agent.device_id, cfg.topic_prefix)
+        limiter = _RateLimit()
+        hooks = getattr(agent, "hooks", None)
+
+        def on_error(topic: str, exc: BaseException) -> None:
+            if hooks is not None and limiter.allow(topic):
+                hooks.emit_event("error", "mqtt.bad_message",
+                                 f"message on {topic} rejected: {exc}", topic=topic,
+                                 error=type(exc).__name__,
+                                 suppressed_before=limiter.suppressed)
+
+        default_will = Will(topics.status, b'{"state":"offline"}', qos=1, retain=True)
+        client = MqttClient(config=cfg, client_id=agent.device_id, will=will or default_will,
+                            on_handler_error=on_error)
+        _clients[agent] = client
+        return client

@@ -1,0 +1,171 @@
+"""MqttClient against a real Mosquitto (and amqtt for the MQTT 3.1.1 fallback)."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from edge_agent.errors import ConfigError
+from edge_agent.mqtt import MqttClient, MqttConfig, Will
+from edge_agent.mqtt.client import check_filter
+from edge_agent.mqtt.embedded import start_embedded_broker
+from tests.telemetry.conftest import free_port
+from tests.telemetry.conftest import wait_for as _wait
+
+
+def _client(url: str, cid: str, **kw) -> MqttClient:
+    cfg = MqttConfig.from_url(url, reconnect_min_s=0.05, reconnect_max_s=0.5, keepalive_s=5)
+    return MqttClient(config=cfg, client_id=cid, **kw)
+
+
+def test_roundtrip_over_mqtt5_with_ack(mosquitto) -> None:
+    c = _client(mosquitto.url, "dev-a")
+    got: list[tuple[str, bytes]] = []
+    c.subscribe("edge/dev-a/#", lambda t, p: got.append((t, p)))
+    c.connect(5)
+    try:
+        assert c.protocol == "5"
+        acks: list[int] = []
+        assert c.publish("edge/dev-a/x", b"hello", on_ack=acks.append)
+        _wait(lambda: got and acks)
+        assert got == [("edge/dev-a/x", b"hello")] and acks == [0]  # 0: delivered to a subscriber
+    finally:
+        c.stop()
+
+
+def test_falls_back_to_mqtt311_on_amqtt() -> None:
+    broker = start_embedded_broker("127.0.0.1", free_port())
+    c = _client(broker.url, "dev-b")
+    got: list[bytes] = []
+    c.subscribe("t/#", lambda _t, p: got.append(p))
+    try:
+        c.connect(10)
+        assert c.protocol == "3.1.1"
+        assert c.publish("t/1", b"x")
+        _wait(lambda: got == [b"x"])
+    finally:
+        c.stop()
+        broker.stop()
+
+
+def test_resubscribes_after_broker_restart(mosquitto) -> None:
+    c = _client(mosquitto.url, "dev-c")
+    got: list[bytes] = []
+    ups: list[int] = []
+    c.subscribe("r/#", lambda _t, p: got.append(p))
+    c.add_listener(on_connect=lambda: ups.append(1))
+    c.connect(5)
+    try:
+        mosquitto.stop()
+        _wait(lambda: not c.is_connected)
+        assert not c.publish("r/1", b"lost")  # refused while down, not silently queued
+        mosquitto.start()
+        assert c.wait_connected(10)
+        _wait(lambda: len(ups) == 2)
+        other = _client(mosquitto.url, "other")
+        other.connect(5)
+        other.publish("r/1", b"after")
+        _wait(lambda: got == [b"after"])
+        other.stop()
+    finally:
+        c.stop()
+
+
+def test_last_will_on_abrupt_loss_and_farewell_on_clean_stop(mosquitto) -> None:
+    watcher = _client(mosquitto.url, "watcher")
+    seen: list[bytes] = []
+    watcher.subscribe("s/dev-d", lambda _t, p: seen.append(p))
+    watcher.connect(5)
+    c = _client(mosquitto.url, "dev-d", will=Will("s/dev-d", b"lost"),
+                farewell=Will("s/dev-d", b"bye"))
+    c.connect(5)
+    c.publish("s/dev-d", b"up", retain=True)
+    _wait(lambda: seen == [b"up"])
+    c.stop()
+    _wait(lambda: seen == [b"up", b"bye"])
+    time.sleep(0.3)
+    assert seen == [b"up", b"bye"]  # clean stop: the will is not published
+    c2 = _client(mosquitto.url, "dev-d", will=lambda: Will("s/dev-d", b"lost"))
+    c2.connect(5)
+    # kill the socket under it: the broker sees a broken connection and fires the will
+    with c2._lock:
+        sock = c2._paho.socket()  # type: ignore[union-attr]
+    c2._stop.set()  # no reconnect
+    sock.close()
+    _wait(lambda: seen[-1:] == [b"lost"])
+    c2.stop()
+    watcher.stop()
+
+
+def test_handler_exceptions_and_big_payloads_are_reported_not_fatal(mosquitto) -> None:
+    errors: list[tuple[str, str]] = []
+    c = _client(mosquitto.url, "dev-e",
+                on_handler_error=lambda t, e: errors.append((t, type(e).__name__)))
+    ok: list[bytes] = []
+
+    def handler(_t: str, p: bytes) -> None:
+        if p == b"boom":
+            raise ValueError("boom")
+        ok.append(p)
+
+    c.subscribe("h/#", handler, max_bytes=1024)
+    c.connect(5)
+    try:
+        c.publish("h/1", b"boom")
+        c.publish("h/1", b"x" * 2048)
+        c.publish("h/1", b"fine")
+        _wait(lambda: ok == [b"fine"])
+        assert errors == [("h/1", "ValueError"), ("h/1", "InvalidRequestError")]
+        assert c.is_connected
+    finally:
+        c.stop()
+
+
+def test_slow_handler_does_not_block_the_network_thread(mosquitto) -> None:
+    release = threading.Event()
+    c = _client(mosquitto.url, "dev-f")
+    c.subscribe("slow", lambda _t, _p: release.wait(5))
+    c.connect(5)
+    try:
+        c.publish("slow", b"1")
+        time.sleep(0.2)
+        acks: list[int] = []
+        c.publish("other", b"2", on_ack=acks.append)
+        _wait(lambda: acks and acks[0] < 0x80, 3)  # acked while the handler is still blocked
+    finally:
+        release.set()
+        c.stop()
+
+
+@pytest.mark.parametrize("raw, key", [
+    ({"url": "http://x"}, "mqtt.url"),
+    ({"url": "mqtt://x/path"}, "mqtt.url"),
+    ({"url": "mqtt://x", "ca_file": "/nonexistent"}, "mqtt.ca_file"),
+    ({"url": "mqtts://x", "ca_file": "/nonexistent"}, "mqtt.ca_file"),
+    ({"url": "mqtts://x", "cert_file": __file__}, "mqtt.key_file"),
+    ({"url": "mqtt://x", "password": "p"}, "mqtt.password"),
+    ({"url": "mqtt://x", "keepalive_s": "30"}, "mqtt.keepalive_s"),
+    ({"url": "mqtt://x", "protocol": "4"}, "mqtt.protocol"),
+    ({"url": "mqtt://x", "groups": ["a/b"]}, "mqtt.groups"),
+    ({"url": "mqtt://x", "bogus": 1}, "mqtt.bogus"),
+    ({}, "mqtt.url"),
+])
+def test_config_errors_name_the_key(raw, key) -> None:
+    with pytest.raises(ConfigError) as ei:
+        MqttConfig.from_section(raw, "agent.toml")
+    assert ei.value.key == key and "agent.toml" in str(ei.value)
+
+
+def test_config_url_defaults_and_credentials() -> None:
+    c = MqttConfig.from_section({"url": "mqtts://u%40x:p%3Aw@broker"}, "f")
+    assert (c.host, c.port, c.tls, c.username, c.password) == ("broker", 8883, True, "u@x", "p:w")
+    assert "p:w" not in repr(c) and c.url == "mqtts://broker:8883"
+    assert MqttConfig.from_url("mqtt://h").port == 1883
+
+
+@pytest.mark.parametrize("f", ["a/#/b", "a/b#", "a/+b", ""])
+def test_bad_filters_are_refused(f: str) -> None:
+    with pytest.raises(ValueError):
+        check_filter(f)
