@@ -100,6 +100,10 @@ def _import(name: str) -> Runtime | None:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             mod = importlib.import_module(modname)
+            if name == "tensorflow":
+                # ``import tensorflow.lite`` yields the source package, which has no
+                # Interpreter; the public API is the ``lite`` attribute of tensorflow.
+                mod = importlib.import_module("tensorflow").lite
     except Exception:
         return None
     if name == "tensorflow":
