@@ -1,13 +1,18 @@
-"""Orchestrate one conversion: load → convert float & quantized → evaluate → bundle.
+"""Orchestrate one conversion: check → load → convert float & quantized → evaluate → bundle.
 
-The bundle is built in memory and written atomically at the very end, so a failure at
-any step leaves nothing at the output path.
+Cheap checks (profile, options, paths) run before TensorFlow is imported, so most bad
+input fails in well under a second. The bundle is built in memory and written
+atomically at the very end, so a failure at any step leaves nothing at the output path.
+
+Raises the :mod:`converter.errors` tree, ``ProfileError``, ``ModelLoadError`` and
+``RuntimeUnavailableError``.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import os
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -16,13 +21,15 @@ from typing import Any
 import numpy as np
 
 import converter
-from converter.data import Dataset, load_dataset
-from converter.errors import DatasetError, OutputError
+from converter.data import Dataset, check_data_path, load_dataset
+from converter.errors import DatasetError, OptionError, OutputError
 from converter.evaluate import compare, latency_ms, run_model
-from converter.quantize import convert, list_ops
-from converter.support import op_support
-from converter.tfload import import_tf, load_source
+from converter.quantize import convert, inspect_graph
+from converter.report import build_warnings
+from converter.support import delegate_summary, memory_check, op_support
+from converter.tfload import check_model_path, import_tf, load_source
 from edge_agent.bundle import (
+    BUNDLE_FILES,
     Bundle,
     DriftReference,
     EncodedArray,
@@ -39,6 +46,8 @@ from edge_agent.runtime.quant import coerce_input
 
 CONFIDENCE_EDGES = tuple(round(x, 2) for x in np.linspace(0.0, 1.0, 11))
 GOLDEN_COUNT = 4
+MODES = ("int8", "int16x8", "float16", "dynamic")
+IO_DTYPES = ("int8", "uint8", "float32")
 
 
 @dataclass
@@ -55,6 +64,8 @@ class ConvertOptions:
     name: str | None = None
     version: int = 1
     preprocessing: Preprocessing = field(default_factory=Preprocessing)
+    color: str | None = None  # rgb | grayscale; default: from the input's channels
+    trust_model: bool = False  # let Keras deserialize Python lambdas
     golden_atol: float = 2.0  # quantized steps: runtimes may round differently by a step
     latency_runs: int = 50
 
@@ -65,6 +76,131 @@ class Steps:
     def stage(self, name: str) -> None: ...
     def start(self, name: str, total: int) -> Callable[[int], None]:
         return lambda n: None
+
+
+def preflight(opts: ConvertOptions) -> DeviceProfile:
+    """Every check that needs no TensorFlow: options, profile, model/data/output paths."""
+    if opts.mode not in MODES:
+        raise OptionError(f"--mode must be one of {', '.join(MODES)}, got {opts.mode!r}")
+    if opts.io_dtype is not None and opts.io_dtype not in IO_DTYPES:
+        raise OptionError(f"--io-dtype must be one of {', '.join(IO_DTYPES)}, "
+                          f"got {opts.io_dtype!r}")
+    if opts.version < 1:
+        raise OptionError(f"--version must be a positive integer, got {opts.version}")
+    if opts.samples < 1:
+        raise OptionError(f"--samples must be >= 1, got {opts.samples}")
+    if opts.latency_runs < 0:
+        raise OptionError(f"--latency-runs must be >= 0, got {opts.latency_runs}")
+    pre = opts.preprocessing
+    if any(s == 0 for s in pre.std):
+        raise OptionError(f"--std must not contain 0, got {list(pre.std)}")
+    profile = load_profile(opts.profile)
+    if profile.requires_full_integer and opts.mode != "int8":
+        raise OptionError(f"profile {profile.name} ({profile.delegate}) runs only full-integer "
+                          f"models; --mode {opts.mode} would not run on its accelerator")
+    if profile.requires_full_integer and (opts.io_dtype or profile.io_dtype) == "float32":
+        raise OptionError(f"profile {profile.name} ({profile.delegate}) needs integer model "
+                          "input and output; drop --io-dtype float32")
+    check_output_path(opts.output)
+    check_model_path(opts.model)
+    check_data_path(opts.representative)
+    if opts.eval_data is not None:
+        check_data_path(opts.eval_data)
+    if opts.labels_file is not None and not opts.labels_file.is_file():
+        raise DatasetError(f"{opts.labels_file}: no such labels file")
+    return profile
+
+
+def check_output_path(out: Path) -> None:
+    """Refuse an output we could not write, or one whose replacement would destroy data.
+
+    Probes the nearest existing ancestor by creating (and removing) a temp file there,
+    which also works for root and read-only mounts, where ``os.access`` lies.
+    """
+    if out.exists():
+        if out.suffix == ".tar" and not out.is_file():
+            raise OutputError(f"{out}: exists and is not a file")
+        if out.suffix != ".tar" and not out.is_dir():
+            raise OutputError(f"{out}: exists and is not a bundle directory or .tar")
+        if out.is_dir():
+            foreign = sorted(p.name for p in out.iterdir() if p.name not in BUNDLE_FILES)
+            if foreign:
+                raise OutputError(f"{out}: exists and holds files that are not a bundle "
+                                  f"({', '.join(foreign[:3])}); refusing to replace it")
+    probe = out.parent if str(out.parent) else Path(".")
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise OutputError(f"{out}: cannot write here ({probe} is not a directory)")
+    try:
+        fd, name = tempfile.mkstemp(dir=probe, prefix=".edge-convert-probe-")
+    except OSError as e:
+        raise OutputError(f"{out}: cannot write here ({probe}: {e.strerror})") from e
+    os.close(fd)
+    os.unlink(name)
+
+
+def _preprocessing(opts: ConvertOptions, shape: tuple[int, ...]) -> Preprocessing:
+    pre = opts.preprocessing
+    if len(shape) == 3:
+        color = opts.color or ("grayscale" if shape[2] == 1 else "rgb")
+        if (color == "grayscale") != (shape[2] == 1):
+            raise OptionError(f"--color {color} does not match the model input's {shape[2]} "
+                              "channel(s)")
+        pre = replace(pre, color=color, resize=pre.resize or (shape[0], shape[1]))
+        for key, vals in (("mean", pre.mean), ("std", pre.std)):
+            if len(vals) not in (1, shape[2]):
+                raise OptionError(f"--{key} needs 1 or {shape[2]} values, got {len(vals)}")
+    return pre
+
+
+def _labels(opts: ConvertOptions, out_classes: int, ev: Dataset | None,
+            rep: Dataset) -> tuple[tuple[str, ...], Dataset | None]:
+    """The model's class names, and ``ev`` with folder class indices mapped onto them.
+
+    Folder datasets number their classes by sorted folder name; when a folder holds only
+    some classes, those numbers are not the model's output indices, so they are mapped
+    by name through the labels (``--labels`` or a .npz ``labels`` array).
+    """
+    labels: tuple[str, ...] = ()
+    if opts.labels_file:
+        try:
+            text = opts.labels_file.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            raise DatasetError(f"{opts.labels_file}: cannot read labels ({e})") from e
+        labels = tuple(ln.strip() for ln in text.splitlines() if ln.strip())
+        if not labels:
+            raise DatasetError(f"{opts.labels_file}: labels file is empty")
+        if len(set(labels)) != len(labels):
+            raise DatasetError(f"{opts.labels_file}: labels are not unique")
+    else:
+        for d in (ev, rep):
+            if d is not None and d.kind == "npz" and d.labels:
+                labels = d.labels
+                break
+        else:
+            for d in (ev, rep):
+                if d is not None and d.kind == "folder" and len(d.labels) == out_classes:
+                    labels = d.labels
+                    break
+    if labels and len(labels) != out_classes:
+        raise DatasetError(f"{len(labels)} labels given but the model outputs {out_classes} "
+                           "values")
+    if ev is not None and ev.kind == "folder" and ev.y is not None:
+        if not labels:
+            raise DatasetError(f"{ev.source}: {len(ev.labels)} class folders but the model "
+                               f"outputs {out_classes} classes; pass --labels FILE to map "
+                               "folder names to outputs")
+        missing = [c for c in ev.labels if c not in labels]
+        if missing:
+            raise DatasetError(f"{ev.source}: class folder(s) {', '.join(missing[:5])} are not "
+                               "among the model's labels")
+        index = np.asarray([labels.index(c) for c in ev.labels], dtype=np.int64)
+        ev = replace(ev, y=index[ev.y])
+    if ev is not None and ev.y is not None and len(ev.y) and int(ev.y.max()) >= out_classes:
+        raise DatasetError(f"{ev.source}: class index {int(ev.y.max())} but the model "
+                           f"outputs only {out_classes} classes")
+    return labels, ev
 
 
 def _softmax(x: np.ndarray) -> np.ndarray:
@@ -78,110 +214,83 @@ def _is_probability(out: np.ndarray) -> bool:
     return bool(np.all(flat >= -1e-3) and np.allclose(flat.sum(1), 1.0, atol=2e-2))
 
 
-def _check_output_path(out: Path) -> None:
-    parent = out.parent if out.parent != Path("") else Path(".")
-    if out.exists() and not out.is_dir() and out.suffix != ".tar":
-        raise OutputError(f"{out}: exists and is not a bundle directory or .tar")
-    probe = parent
-    while not probe.exists():
-        probe = probe.parent
-    if not os.access(probe, os.W_OK) or not probe.is_dir():
-        raise OutputError(f"{out}: cannot write here ({probe} is not a writable directory)")
+def _golden(qmodel: LoadedModel, x: np.ndarray, atol_quant: float) -> tuple[GoldenVector, ...]:
+    """A few real samples: their raw input tensors and the raw outputs they must give."""
+    out = []
+    for i in np.linspace(0, len(x) - 1, min(GOLDEN_COUNT, len(x))).astype(int):
+        raw_in = coerce_input(x[i:i + 1], qmodel.input_spec)
+        raw_out = qmodel.invoke_raw(raw_in)[0]
+        spec = qmodel.output_specs[0]
+        atol = atol_quant if spec.quantized else 1e-4 * max(1.0, float(np.abs(raw_out).max()))
+        out.append(GoldenVector(EncodedArray.encode(raw_in), EncodedArray.encode(raw_out),
+                                atol))
+    return tuple(out)
 
 
-def _load_labels(opts: ConvertOptions, *datasets: Dataset | None) -> tuple[str, ...]:
-    if opts.labels_file:
-        try:
-            text = opts.labels_file.read_text(encoding="utf-8")
-        except OSError as e:
-            raise DatasetError(f"{opts.labels_file}: cannot read labels ({e.strerror})") from e
-        labels = tuple(ln.strip() for ln in text.splitlines() if ln.strip())
-        if not labels:
-            raise DatasetError(f"{opts.labels_file}: labels file is empty")
-        return labels
-    for d in datasets:
-        if d is not None and d.labels:
-            return d.labels
-    return ()
+def _drift(q_rep: np.ndarray, x: np.ndarray, is_prob: bool, classes: int) -> DriftReference:
+    """Calibration-time statistics of the quantized model (what the device will see)."""
+    probs = q_rep.reshape(len(q_rep), -1)
+    probs = probs if is_prob else _softmax(probs)
+    cls_hist = np.bincount(probs.argmax(1), minlength=classes) / len(probs)
+    conf_hist, _ = np.histogram(probs.max(1), bins=np.asarray(CONFIDENCE_EDGES))
+    axes = tuple(range(x.ndim - 1))
+    return DriftReference(
+        samples=len(probs),
+        class_hist=tuple(round(float(v), 6) for v in cls_hist),
+        confidence_edges=CONFIDENCE_EDGES,
+        confidence_hist=tuple(round(float(v), 6) for v in conf_hist / max(1, conf_hist.sum())),
+        input_mean=tuple(round(float(v), 6) for v in np.atleast_1d(x.mean(axis=axes))),
+        input_std=tuple(round(float(v), 6) for v in np.atleast_1d(x.std(axis=axes))),
+    )
 
 
 def build_bundle(opts: ConvertOptions, steps: Steps | None = None) -> tuple[Bundle, dict[str, Any]]:
     """Run the conversion and return the bundle (not yet written) and the report."""
     steps = steps or Steps()
-    profile: DeviceProfile = load_profile(opts.profile)
-    _check_output_path(opts.output)
+    profile = preflight(opts)
     io_dtype = opts.io_dtype or profile.io_dtype
-    if profile.requires_full_integer and opts.mode != "int8":
-        raise OutputError(f"profile {profile.name} ({profile.delegate}) runs only full-integer "
-                          f"models; --mode {opts.mode} would not run on its accelerator")
     steps.stage("loading model")
-    src = load_source(opts.model)
-    shape = src.input_shape
-    pre = opts.preprocessing
-    if pre.resize is None and len(shape) == 3:
-        pre = replace(pre, resize=(shape[0], shape[1]))
-        if shape[2] == 1:
-            pre = replace(pre, color="grayscale")
+    src = load_source(opts.model, trust=opts.trust_model)
+    pre = _preprocessing(opts, src.input_shape)
     steps.stage("loading data")
-    rep = load_dataset(opts.representative, shape, pre, samples=opts.samples)
-    ev = (load_dataset(opts.eval_data, shape, pre, need_labels=True)
+    rep = load_dataset(opts.representative, src.input_shape, pre, samples=opts.samples)
+    ev = (load_dataset(opts.eval_data, src.input_shape, pre, need_labels=True)
           if opts.eval_data else None)
-    labels = _load_labels(opts, ev, rep)
 
     tf = import_tf()
-    tick = steps.start("converting", 2)
-    float_bytes = convert(src, "float32", "float32", None)
-    tick(1)
-    quant_bytes = convert(src, opts.mode, io_dtype, rep.x)
-    tick(1)
+    with tempfile.TemporaryDirectory(prefix="edge-convert-") as work:
+        steps.stage("exporting graph")
+        exported = src.export(Path(work))
+        steps.stage("converting float32")
+        float_bytes = convert(exported, "float32", "float32", None)
+        tick: Callable[[int], None] | None = None
+        if opts.mode in ("int8", "int16x8"):
+            tick = steps.start(f"calibrating {opts.mode}", len(rep.x))
+        else:
+            steps.stage(f"converting {opts.mode}")
+        quant_bytes = convert(exported, opts.mode, io_dtype, rep.x, tick)
 
     runtime = select_runtime()
     threads = min(profile.default_threads, os.cpu_count() or 1)
     fmodel = LoadedModel(runtime, float_bytes, num_threads=threads)
     qmodel = LoadedModel(runtime, quant_bytes, num_threads=threads)
     out_classes = int(np.prod(qmodel.output_specs[0].shape[1:]))
-    if labels and len(labels) != out_classes:
-        raise DatasetError(f"{len(labels)} labels given but the model outputs {out_classes} "
-                           "values")
+    labels, ev = _labels(opts, out_classes, ev, rep)
 
     data = ev if ev is not None else rep
-    tick = steps.start("evaluating", 2 * len(data.x))
+    tick = steps.start("evaluating", 2 * len(data.x) + (len(rep.x) if ev is not None else 0))
     f_out = run_model(fmodel, data.x, tick)
     q_out = run_model(qmodel, data.x, tick)
+    q_rep = q_out if ev is None else run_model(qmodel, rep.x, tick)
     is_prob = _is_probability(f_out)
     comp = compare(f_out, q_out, data.y, labels or tuple(str(i) for i in range(out_classes)))
 
-    steps.stage("measuring latency")
-    lat_f = latency_ms(fmodel, data.x[0], runs=opts.latency_runs)
-    lat_q = latency_ms(qmodel, data.x[0], runs=opts.latency_runs)
+    runs = opts.latency_runs
+    tick = steps.start("measuring latency", 2 * runs)
+    lat_f = latency_ms(fmodel, data.x[0], runs=runs, progress=tick)
+    lat_q = latency_ms(qmodel, data.x[0], runs=runs, progress=tick)
 
-    # Golden vectors: a few real samples, their raw input tensors and raw outputs.
-    golden = []
-    for i in np.linspace(0, len(data.x) - 1, min(GOLDEN_COUNT, len(data.x))).astype(int):
-        raw_in = coerce_input(data.x[i:i + 1], qmodel.input_spec)
-        raw_out = qmodel.invoke_raw(raw_in)[0]
-        atol = opts.golden_atol if qmodel.output_specs[0].quantized else 1e-4
-        golden.append(GoldenVector(EncodedArray.encode(raw_in), EncodedArray.encode(raw_out),
-                                   atol))
-
-    # Drift reference from the quantized model on calibration data (what the device sees).
-    q_rep = q_out if ev is None else run_model(qmodel, rep.x)
-    probs = q_rep.reshape(len(q_rep), -1)
-    probs = probs if is_prob else _softmax(probs)
-    cls_hist = np.bincount(probs.argmax(1), minlength=out_classes) / len(probs)
-    conf_hist, _ = np.histogram(probs.max(1), bins=np.asarray(CONFIDENCE_EDGES))
-    axes = tuple(range(rep.x.ndim - 1))
-    drift = DriftReference(
-        samples=len(probs),
-        class_hist=tuple(round(float(v), 6) for v in cls_hist),
-        confidence_edges=CONFIDENCE_EDGES,
-        confidence_hist=tuple(round(float(v), 6) for v in conf_hist / max(1, conf_hist.sum())),
-        input_mean=tuple(round(float(v), 6) for v in np.atleast_1d(rep.x.mean(axis=axes))),
-        input_std=tuple(round(float(v), 6) for v in np.atleast_1d(rep.x.std(axis=axes))),
-    )
-
-    ops = list_ops(quant_bytes)
-    support = op_support(ops, profile)
+    graph = inspect_graph(quant_bytes)
     name = opts.name or opts.model.stem
     manifest = Manifest(
         name=name,
@@ -197,34 +306,42 @@ def build_bundle(opts: ConvertOptions, steps: Steps | None = None) -> tuple[Bund
         output_is_probability=is_prob,
         labels=labels,
         target_profiles=(profile.name,),
-        golden=tuple(golden),
-        drift_reference=drift,
+        golden=_golden(qmodel, data.x, opts.golden_atol),
+        drift_reference=_drift(q_rep, rep.x, is_prob, out_classes),
         converter_version=converter.__version__,
         tensorflow_version=tf.__version__,
     )
     report: dict[str, Any] = {
         "name": name, "version": opts.version, "profile": profile.name,
-        "mode": opts.mode, "io_dtype": io_dtype, "source": str(opts.model),
+        "mode": opts.mode, "io_dtype": qmodel.input_spec.dtype, "source": str(opts.model),
         "runtime": str(runtime), "threads": threads,
+        "calibration": {"data": rep.source, "samples": len(rep.x), "requested": opts.samples},
         "size": {"float_bytes": len(float_bytes), "quant_bytes": len(quant_bytes),
                  "ratio": round(len(quant_bytes) / len(float_bytes), 4)},
         "evaluation": {"data": data.source, "labelled": data.y is not None, **comp.as_dict()},
         "latency_ms": {"float": lat_f, "quant": lat_q,
-                       "speedup": round(lat_f["mean"] / max(lat_q["mean"], 1e-9), 3)},
-        "ops": support,
-        "unsupported_on_delegate": [r["op"] for r in support if not r["delegate"]],
-        "memory": {"budget_mb": profile.memory_budget_mb,
-                   "model_mb": round(len(quant_bytes) / 2**20, 3),
-                   "fits": len(quant_bytes) / 2**20 < profile.memory_budget_mb / 4},
+                       "speedup": (round(lat_f["mean"] / lat_q["mean"], 3)
+                                   if runs and lat_q["mean"] > 0 else None)},
+        "ops": op_support(graph.ops, profile, graph),
+        "delegate": delegate_summary(graph, profile),
+        "memory": memory_check(graph, len(quant_bytes), profile),
     }
+    report["unsupported_on_delegate"] = [r["op"] for r in report["ops"] if not r["delegate"]]
+    report["warnings"] = build_warnings(report, has_eval=ev is not None)
     return Bundle(manifest, quant_bytes, report, str(opts.output)), report
+
+
+def write_output(bundle: Bundle, out: Path) -> None:
+    """Write atomically (temp beside ``out``, then rename); OutputError on failure."""
+    try:
+        write_bundle(bundle, out)
+    except OSError as e:
+        raise OutputError(f"{out}: cannot write bundle ({e.strerror or e})") from e
 
 
 def convert_to_bundle(opts: ConvertOptions, steps: Steps | None = None) -> dict[str, Any]:
     """Build and write the bundle atomically; returns the report."""
     bundle, report = build_bundle(opts, steps)
-    try:
-        write_bundle(bundle, opts.output)
-    except OSError as e:
-        raise OutputError(f"{opts.output}: cannot write bundle ({e.strerror or e})") from e
+    (steps or Steps()).stage("writing bundle")
+    write_output(bundle, opts.output)
     return report

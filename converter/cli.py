@@ -1,19 +1,33 @@
 """``edge-convert``: convert, inspect and verify model bundles; list device profiles.
 
-Exit codes: 0 ok, 1 verification failed, 2 bad input / conversion impossible.
+Exit codes: 0 ok; 1 verification failed; 2 bad input (model, data, profile, output
+path, bundle, flags); 3 the requested quantization is impossible (names the ops);
+4 environment (no usable LiteRT runtime, model rejected by the runtime); 130 interrupted.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import sys
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn, TextIO
 
-from edge_agent.errors import EdgeError
+from converter.errors import UnsupportedOpsError
+from edge_agent.errors import BadInputError, EdgeError
+
+EXIT_OK, EXIT_VERIFY, EXIT_BAD_INPUT, EXIT_IMPOSSIBLE, EXIT_ENV = 0, 1, 2, 3, 4
+PROG = "edge-convert"
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line on stderr (exit 2), like every other error."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_BAD_INPUT, f"{PROG}: error: {message} (see '{self.prog} --help')\n")
 
 
 def _floats(s: str) -> tuple[float, ...]:
@@ -24,82 +38,140 @@ def _floats(s: str) -> tuple[float, ...]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="edge-convert", description=__doc__)
-    sub = p.add_subparsers(dest="cmd", required=True)
+    p = _Parser(prog=PROG, description="Convert Keras/SavedModel models into int8 TFLite "
+                "bundles for edge boards; inspect and verify bundles.",
+                epilog="exit codes: 0 ok, 1 verification failed, 2 bad input, 3 quantization "
+                "impossible, 4 no usable runtime, 130 interrupted")
+    sub = p.add_subparsers(dest="cmd", required=True, parser_class=_Parser)
     c = sub.add_parser("convert", help="quantize a Keras/SavedModel model into a bundle")
     c.add_argument("model", type=Path, help=".keras, .h5 or SavedModel directory")
     c.add_argument("--representative", type=Path, required=True,
                    help="calibration data: image folder, .npz or .npy")
-    c.add_argument("--profile", required=True, help="device profile name (edge-convert profiles)")
-    c.add_argument("--eval", dest="eval_data", type=Path, help="labelled evaluation data")
-    c.add_argument("--labels", type=Path, help="labels file, one per line")
-    c.add_argument("--mode", default="int8", choices=["int8", "int16x8", "float16", "dynamic"])
+    c.add_argument("--profile", required=True, help="device profile name (edge-convert profiles)"
+                   " or path to a profile .toml")
+    c.add_argument("--eval", dest="eval_data", type=Path,
+                   help="labelled evaluation data: image folder or .npz with x, y")
+    c.add_argument("--labels", type=Path, help="labels file, one class name per line")
+    c.add_argument("--mode", default="int8", choices=["int8", "int16x8", "float16", "dynamic"],
+                   help="quantization (default int8: every op int8)")
     c.add_argument("--io-dtype", choices=["int8", "uint8", "float32"],
                    help="model input/output dtype (default: the profile's)")
-    c.add_argument("--samples", type=int, default=200, help="representative samples (default 200)")
+    c.add_argument("--samples", type=int, default=200,
+                   help="representative samples drawn, deterministically (default 200)")
     c.add_argument("--name", help="model name (default: the model file's stem)")
     c.add_argument("--version", type=int, default=1, help="positive integer version")
-    c.add_argument("--mean", type=_floats, default=(0.0,), help="per-channel mean (pixels)")
-    c.add_argument("--std", type=_floats, default=(255.0,), help="per-channel std (pixels)")
+    c.add_argument("--mean", type=_floats, default=(0.0,),
+                   help="per-channel mean in pixels, model input = (pixel - mean) / std")
+    c.add_argument("--std", type=_floats, default=(255.0,), help="per-channel std in pixels")
     c.add_argument("--color", choices=["rgb", "grayscale"], help="default: from input channels")
-    c.add_argument("-o", "--output", type=Path, required=True, help="bundle dir or .tar")
+    c.add_argument("--latency-runs", type=int, default=50,
+                   help="timed invokes per model for the latency figures (0 skips)")
+    c.add_argument("--trust-model", action="store_true",
+                   help="let Keras load Python lambda layers (runs code from the model file)")
+    c.add_argument("-o", "--output", type=Path, required=True,
+                   help="bundle directory, or a path ending in .tar")
     c.add_argument("--json", action="store_true", help="print the report as JSON")
+    c.add_argument("-v", "--verbose", action="store_true",
+                   help="show TensorFlow/LiteRT native logs instead of hiding them")
     pr = sub.add_parser("profiles", help="list device profiles")
     pr.add_argument("--json", action="store_true")
     i = sub.add_parser("inspect", help="print a bundle's manifest")
     i.add_argument("bundle", type=Path)
-    i.add_argument("--json", action="store_true")
+    i.add_argument("--json", action="store_true", help="print manifest and report as JSON")
     v = sub.add_parser("verify", help="check golden vectors on every runtime available here")
     v.add_argument("bundle", type=Path)
     v.add_argument("--json", action="store_true")
+    v.add_argument("-v", "--verbose", action="store_true")
     return p
 
 
-@contextmanager
-def _progress(enabled: bool) -> Iterator[Any]:
+@contextlib.contextmanager
+def _progress(term: TextIO | None) -> Iterator[Any]:
+    """Steps that draw a rich progress bar on ``term`` (a TTY), or do nothing."""
     from converter.build import Steps
 
-    if not enabled:
+    if term is None:
         yield Steps()
         return
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        SpinnerColumn,
+        TextColumn,
+        TimeElapsedColumn,
+    )
 
-    with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/"
-                  "{task.total}"), TimeElapsedColumn(), transient=False) as prog:
+    prog = Progress(SpinnerColumn(), TextColumn("{task.description:<22}"), BarColumn(),
+                    MofNCompleteColumn(), TimeElapsedColumn(),
+                    console=Console(file=term), transient=True)
 
-        class RichSteps(Steps):
-            def stage(self, name: str) -> None:
-                prog.console.log(name)
+    class RichSteps(Steps):
+        current: Any = None
 
-            def start(self, name: str, total: int) -> Callable[[int], None]:
-                tid = prog.add_task(name, total=total)
-                return lambda n: prog.advance(tid, n)
+        def _done(self) -> None:
+            for task in prog.tasks:
+                if task.id == self.current:
+                    prog.update(task.id, total=task.total or 1, completed=task.total or 1)
+            self.current = None
 
-        yield RichSteps()
+        def stage(self, name: str) -> None:
+            self._done()
+            self.current = prog.add_task(name, total=None)
+
+        def start(self, name: str, total: int) -> Callable[[int], None]:
+            self._done()
+            tid = self.current = prog.add_task(name, total=max(total, 1))
+            return lambda n: prog.advance(tid, n)
+
+    with prog:
+        steps = RichSteps()
+        yield steps
+        steps._done()
+
+
+@contextlib.contextmanager
+def _quiet_native(verbose: bool) -> Iterator[None]:
+    """Hide native TF/LiteRT chatter; surface error-looking lines and crash context."""
+    from converter.quiet import captured_output
+
+    cap = None
+    try:
+        with captured_output(enabled=not verbose) as cap:
+            yield
+    except (EdgeError, KeyboardInterrupt):
+        raise
+    except BaseException:
+        if cap is not None and cap.text:  # a bug: show everything that may explain it
+            sys.stderr.write(cap.text)
+        raise
+    for line in cap.error_lines():
+        print(f"{PROG}: native: {line}", file=sys.stderr)
 
 
 def cmd_convert(a: argparse.Namespace) -> int:
     from converter.build import ConvertOptions, convert_to_bundle
+    from converter.quiet import terminal
     from converter.report import print_report
     from edge_agent.bundle import Preprocessing
 
-    if a.version < 1:
-        raise EdgeError(f"--version must be a positive integer, got {a.version}")
-    if a.samples < 1:
-        raise EdgeError(f"--samples must be >= 1, got {a.samples}")
-    pre = Preprocessing(mean=a.mean, std=a.std, color=a.color or "rgb")
     opts = ConvertOptions(model=a.model, representative=a.representative, profile=a.profile,
                           output=a.output, eval_data=a.eval_data, labels_file=a.labels,
                           mode=a.mode, io_dtype=a.io_dtype, samples=a.samples, name=a.name,
-                          version=a.version, preprocessing=pre)
-    with _progress(not a.json and sys.stderr.isatty()) as steps:
-        report = convert_to_bundle(opts, steps)
+                          version=a.version, preprocessing=Preprocessing(mean=a.mean, std=a.std),
+                          color=a.color, trust_model=a.trust_model,
+                          latency_runs=a.latency_runs)
+    with terminal() as term:
+        show = not a.json and not a.verbose and term.isatty()
+        with _quiet_native(a.verbose), _progress(term if show else None) as steps:
+            report = convert_to_bundle(opts, steps)
     if a.json:
         print(json.dumps(report, indent=1))
     else:
         print_report(report)
         print(f"bundle written to {a.output}")
-    return 0
+    return EXIT_OK
 
 
 def cmd_profiles(a: argparse.Namespace) -> int:
@@ -113,7 +185,7 @@ def cmd_profiles(a: argparse.Namespace) -> int:
         print(json.dumps([asdict(p) for p in profs], indent=1))
     else:
         print_profiles(profs)
-    return 0
+    return EXIT_OK
 
 
 def cmd_inspect(a: argparse.Namespace) -> int:
@@ -123,10 +195,10 @@ def cmd_inspect(a: argparse.Namespace) -> int:
     b = read_bundle(a.bundle)
     if a.json:
         print(json.dumps({"manifest": b.manifest.to_dict(), "report": b.report}, indent=1))
-        return 0
+        return EXIT_OK
     for k, v in manifest_summary(b.manifest):
         print(f"{k:>16}  {v}")
-    return 0
+    return EXIT_OK
 
 
 def cmd_verify(a: argparse.Namespace) -> int:
@@ -136,41 +208,58 @@ def cmd_verify(a: argparse.Namespace) -> int:
 
     b = read_bundle(a.bundle)
     results: list[dict[str, Any]] = []
-    failed = False
-    for rt in available_runtimes(include_tensorflow=True):
-        try:
-            g = verify_golden(b, rt)
-            results.append({"runtime": str(rt), "ok": True, "vectors": g.vectors,
-                            "max_abs_diff": g.max_abs_diff})
-        except EdgeError as e:
-            failed = True
-            results.append({"runtime": str(rt), "ok": False, "error": str(e)})
+    with _quiet_native(a.verbose):
+        for rt in available_runtimes(include_tensorflow=True):
+            try:
+                g = verify_golden(b, rt)
+                results.append({"runtime": str(rt), "ok": True, "vectors": g.vectors,
+                                "max_abs_diff": g.max_abs_diff})
+            except EdgeError as e:
+                results.append({"runtime": str(rt), "ok": False, "error": _one_line(e)})
     if not results:
-        raise EdgeError("no LiteRT runtime available here to verify with")
+        from edge_agent.errors import RuntimeUnavailableError
+
+        raise RuntimeUnavailableError("no LiteRT runtime available here to verify with")
+    ok = all(r["ok"] for r in results)
     if a.json:
-        print(json.dumps({"bundle": str(a.bundle), "ok": not failed, "results": results},
-                         indent=1))
+        print(json.dumps({"bundle": str(a.bundle), "ok": ok, "results": results}, indent=1))
     else:
         for r in results:
             status = (f"ok ({r['vectors']} vectors, max diff {r['max_abs_diff']:g})" if r["ok"]
                       else f"FAILED: {r['error']}")
             print(f"{r['runtime']:>28}  {status}")
-    return 1 if failed else 0
+    return EXIT_OK if ok else EXIT_VERIFY
 
 
-COMMANDS = {"convert": cmd_convert, "profiles": cmd_profiles, "inspect": cmd_inspect,
-            "verify": cmd_verify}
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "convert": cmd_convert, "profiles": cmd_profiles, "inspect": cmd_inspect,
+    "verify": cmd_verify}
+
+
+def _one_line(e: BaseException) -> str:
+    return " ".join(str(e).split()) or type(e).__name__
+
+
+def exit_code(e: EdgeError) -> int:
+    if isinstance(e, UnsupportedOpsError):
+        return EXIT_IMPOSSIBLE
+    if isinstance(e, BadInputError):
+        return EXIT_BAD_INPUT
+    return EXIT_ENV
 
 
 def main(argv: list[str] | None = None) -> int:
+    # Before anything imports TensorFlow or LiteRT: no C++ INFO/WARNING logging.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
     args = build_parser().parse_args(argv)
     try:
         return COMMANDS[args.cmd](args)
     except EdgeError as e:
-        print(f"edge-convert: error: {e}", file=sys.stderr)
-        return 2
+        print(f"{PROG}: error: {_one_line(e)}", file=sys.stderr)
+        return exit_code(e)
     except KeyboardInterrupt:
-        print("edge-convert: interrupted", file=sys.stderr)
+        print(f"{PROG}: interrupted", file=sys.stderr)
         return 130
 
 

@@ -12,6 +12,7 @@ Raises :class:`~converter.errors.DatasetError`.
 
 from __future__ import annotations
 
+import io
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +22,7 @@ from PIL import Image, UnidentifiedImageError
 
 from converter.errors import DatasetError
 from edge_agent.bundle import Preprocessing
-from edge_agent.runtime.preprocess import image_to_array
+from edge_agent.runtime.preprocess import MAX_IMAGE_PIXELS, image_to_array
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 SEED = 20261125
@@ -33,6 +34,7 @@ class Dataset:
     y: np.ndarray | None  # int64 class indices, or None
     labels: tuple[str, ...]
     source: str
+    kind: str = "npz"  # npz | npy | folder (folder: y indexes the sorted folder names)
 
 
 def _sample(n: int, samples: int | None) -> np.ndarray:
@@ -59,12 +61,19 @@ def _check_shape(x: np.ndarray, input_shape: tuple[int, ...], source: str) -> np
     return x
 
 
+def check_data_path(path: Path) -> None:
+    """Cheap checks before any model is loaded: the path exists and is a known kind."""
+    if not path.exists():
+        raise DatasetError(f"{path}: no such file or directory")
+    if not path.is_dir() and path.suffix not in (".npz", ".npy"):
+        raise DatasetError(f"{path}: expected a folder of class subfolders, a .npz or a .npy")
+
+
 def load_dataset(path: str | Path, input_shape: tuple[int, ...], pre: Preprocessing,
                  samples: int | None = None, need_labels: bool = False) -> Dataset:
     """Load ``path`` as model-ready float32 samples of ``input_shape`` (no batch dim)."""
     p = Path(path)
-    if not p.exists():
-        raise DatasetError(f"{p}: no such file or directory")
+    check_data_path(p)
     if p.is_dir():
         ds = _load_folder(p, input_shape, pre, samples)
     elif p.suffix == ".npz":
@@ -77,9 +86,12 @@ def load_dataset(path: str | Path, input_shape: tuple[int, ...], pre: Preprocess
         if x.ndim < 2 or len(x) == 0:
             raise DatasetError(f"{p}: expected an array of samples, got shape {list(x.shape)}")
         idx = _sample(len(x), samples)
-        ds = Dataset(_check_shape(_normalize(x[idx], pre), input_shape, str(p)), None, (), str(p))
+        ds = Dataset(_check_shape(_normalize(x[idx], pre), input_shape, str(p)), None, (), str(p),
+                     "npy")
     else:
         raise DatasetError(f"{p}: expected a folder of class subfolders, a .npz or a .npy")
+    if len(ds.x) == 0:
+        raise DatasetError(f"{p}: holds no samples")
     if need_labels and ds.y is None:
         raise DatasetError(f"{p}: evaluation data needs labels (class subfolders, or 'y' in .npz)")
     if not np.all(np.isfinite(ds.x)):
@@ -100,40 +112,82 @@ def _load_npz(p: Path, input_shape: tuple[int, ...], pre: Preprocessing,
         raise DatasetError(f"{p}: not a readable .npz file ({e})") from e
     if x.ndim < 2 or len(x) == 0:
         raise DatasetError(f"{p}: 'x' must hold samples, got shape {list(x.shape)}")
-    if y is not None and len(y) != len(x):
-        raise DatasetError(f"{p}: 'x' has {len(x)} samples but 'y' has {len(y)}")
+    if y is not None:
+        y = _class_indices(y, len(x), p)
     idx = _sample(len(x), samples)
     xs = _check_shape(_normalize(x[idx], pre), input_shape, str(p))
-    return Dataset(xs, None if y is None else y[idx].astype(np.int64), labels, str(p))
+    return Dataset(xs, None if y is None else y[idx], labels, str(p), "npz")
+
+
+def _class_indices(y: np.ndarray, n: int, p: Path) -> np.ndarray:
+    """``y`` as int64 class indices: integer labels, or one-hot / probability rows."""
+    if len(y) != n:
+        raise DatasetError(f"{p}: 'x' has {n} samples but 'y' has {len(y)}")
+    if y.ndim == 2 and y.shape[1] > 1:
+        y = y.argmax(axis=1)
+    elif y.ndim == 2 and y.shape[1] == 1:
+        y = y[:, 0]
+    if y.ndim != 1:
+        raise DatasetError(f"{p}: 'y' must hold class indices or one-hot rows, got shape "
+                           f"{list(y.shape)}")
+    if y.dtype.kind not in "iuf" or (y.dtype.kind == "f" and not np.all(y == np.round(y))):
+        raise DatasetError(f"{p}: 'y' must hold integer class indices, got dtype {y.dtype}")
+    if len(y) and y.min() < 0:
+        raise DatasetError(f"{p}: 'y' holds a negative class index ({int(y.min())})")
+    return y.astype(np.int64)
+
+
+def _list_folder(p: Path) -> tuple[list[str], list[tuple[Path, int]]]:
+    try:
+        classes = sorted(d.name for d in p.iterdir() if d.is_dir() and not d.name.startswith("."))
+        files: list[tuple[Path, int]] = []
+        for ci, c in enumerate(classes):
+            files += [(f, ci) for f in sorted((p / c).iterdir())
+                      if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file()]
+    except OSError as e:
+        where = e.filename or p
+        raise DatasetError(f"{where}: cannot list data folder ({e.strerror})") from e
+    if not classes:
+        raise DatasetError(f"{p}: no class subfolders (expected {p}/<label>/<image files>)")
+    if not files:
+        raise DatasetError(f"{p}: class folders hold no image files "
+                           f"({', '.join(sorted(IMAGE_SUFFIXES))})")
+    return classes, files
+
+
+def _read_image(f: Path, pre: Preprocessing, size: tuple[int, int]) -> np.ndarray:
+    try:
+        data = f.read_bytes()
+    except OSError as e:
+        raise DatasetError(f"{f}: cannot read image ({e.strerror})") from e
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            if img.width * img.height > MAX_IMAGE_PIXELS:
+                raise DatasetError(f"{f}: image is {img.width}x{img.height}, over "
+                                   f"{MAX_IMAGE_PIXELS} pixels")
+            img.load()
+            return image_to_array(img, pre, size)
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError,
+            Image.DecompressionBombError) as e:
+        what = "not a recognised image format" if isinstance(e, UnidentifiedImageError) else (
+            f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else 'truncated'}")
+        raise DatasetError(f"{f}: cannot decode image ({what})") from e
 
 
 def _load_folder(p: Path, input_shape: tuple[int, ...], pre: Preprocessing,
                  samples: int | None) -> Dataset:
-    classes = sorted(d.name for d in p.iterdir() if d.is_dir() and not d.name.startswith("."))
-    if not classes:
-        raise DatasetError(f"{p}: no class subfolders (expected {p}/<label>/<image files>)")
-    files: list[tuple[Path, int]] = []
-    for ci, c in enumerate(classes):
-        files += [(f, ci) for f in sorted((p / c).iterdir())
-                  if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file()]
-    if not files:
-        raise DatasetError(f"{p}: class folders hold no image files "
-                           f"({', '.join(sorted(IMAGE_SUFFIXES))})")
+    classes, files = _list_folder(p)
     if len(input_shape) != 3:
         raise DatasetError(f"{p}: image folders need an image model input (H, W, C), "
                            f"this model takes {list(input_shape)}")
-    h, w, _c = input_shape
+    h, w, c = input_shape
+    if c not in (1, 3):
+        raise DatasetError(f"{p}: image folders need 1 or 3 input channels, the model has {c}")
     idx = _sample(len(files), samples)
     xs, ys = [], []
     for i in idx:
         f, ci = files[i]
-        try:
-            with Image.open(f) as img:
-                img.load()
-                arr = image_to_array(img, pre, (h, w))
-        except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
-            raise DatasetError(f"{f}: cannot decode image ({type(e).__name__})") from e
-        xs.append(arr)
+        xs.append(_read_image(f, pre, (h, w)))
         ys.append(ci)
     x = _check_shape(np.stack(xs), input_shape, str(p))
-    return Dataset(x, np.asarray(ys, dtype=np.int64), tuple(classes), str(p))
+    return Dataset(x, np.asarray(ys, dtype=np.int64), tuple(classes), str(p), "folder")

@@ -5,8 +5,9 @@
     ConverterError
     ├── ModelSourceError     MODEL is missing, corrupt, or not a Keras file / SavedModel
     ├── DatasetError         DATA is missing, empty, undecodable, or the wrong shape
-    ├── UnsupportedOpsError  full-integer quantization impossible: names the ops
-    └── OutputError          the output path cannot be written
+    ├── OptionError          flags contradict each other or the device profile
+    ├── UnsupportedOpsError  the requested quantization is impossible: names the ops
+    └── OutputError          the output path cannot be written, or would destroy data
 """
 
 from __future__ import annotations
@@ -24,6 +25,10 @@ class ModelSourceError(ConverterError, BadInputError):
 
 class DatasetError(ConverterError, BadInputError):
     """A dataset is missing, empty, undecodable, or does not match the model input."""
+
+
+class OptionError(ConverterError, BadInputError):
+    """A flag is out of range, or contradicts another flag or the device profile."""
 
 
 class UnsupportedOpsError(ConverterError):

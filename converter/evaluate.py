@@ -84,10 +84,15 @@ def compare(f_out: np.ndarray, q_out: np.ndarray, y: np.ndarray | None,
 
 
 def latency_ms(model: LoadedModel, sample: np.ndarray, runs: int = 50,
-               warmup: int = 5) -> dict[str, float]:
-    """Per-invoke latency on this machine: one sample, ``runs`` timed invokes."""
+               warmup: int = 5, progress: Progress | None = None) -> dict[str, Any]:
+    """Per-invoke latency on this machine: one sample, ``runs`` timed invokes.
+
+    ``runs=0`` skips the measurement (all figures ``None``).
+    """
     from edge_agent.runtime.quant import coerce_input
 
+    if runs <= 0:
+        return {"mean": None, "p50": None, "p90": None, "runs": 0}
     raw = coerce_input(sample[None, ...] if sample.ndim == len(model.input_spec.shape) - 1
                        else sample, model.input_spec)
     for _ in range(warmup):
@@ -97,6 +102,8 @@ def latency_ms(model: LoadedModel, sample: np.ndarray, runs: int = 50,
         t = time.perf_counter()
         model.invoke_raw(raw)
         times.append((time.perf_counter() - t) * 1e3)
+        if progress:
+            progress(1)
     a = np.asarray(times)
     return {"mean": round(float(a.mean()), 4), "p50": round(float(np.percentile(a, 50)), 4),
             "p90": round(float(np.percentile(a, 90)), 4), "runs": runs}

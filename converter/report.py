@@ -1,11 +1,48 @@
-"""Human-readable tables for reports, profiles and manifests (rich when available)."""
+"""The conversion report: its warnings, and human-readable tables (rich).
+
+Tables go to stdout (they are the command's output); progress and errors go to stderr.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TextIO
 
 from edge_agent.bundle import Manifest
 from edge_agent.profiles import DeviceProfile
+
+MAX_DROP_PP = 1.0  # warn above this top-1 drop
+MIN_CALIBRATION = 100  # fewer samples often give poor activation ranges
+MAX_CLASS_ROWS = 20  # per-class table: beyond this, show the worst classes only
+
+
+def build_warnings(r: dict[str, Any], *, has_eval: bool) -> list[str]:
+    """What the user should look at before shipping this bundle, one sentence each."""
+    w: list[str] = []
+    ev = r["evaluation"]
+    if not has_eval:
+        w.append("no --eval data: accuracy not measured; agreement is on calibration samples")
+    elif ev["top1_drop_pp"] is not None and ev["top1_drop_pp"] > MAX_DROP_PP:
+        w.append(f"top-1 accuracy dropped by {ev['top1_drop_pp']:.2f} pp with {r['mode']} "
+                 f"(more than {MAX_DROP_PP:g} pp)")
+    cal = r["calibration"]
+    if r["mode"] in ("int8", "int16x8") and cal["samples"] < MIN_CALIBRATION:
+        w.append(f"calibrated on only {cal['samples']} samples; use at least "
+                 f"{MIN_CALIBRATION} representative samples for reliable ranges")
+    d = r["delegate"]
+    if d["first_unmapped"] is not None:
+        f = d["first_unmapped"]
+        w.append(f"Edge TPU mapping stops at op #{f['index']} {f['op']} ({f['reason']}): it "
+                 f"and the {len(d['cpu_ops']) - 1} op(s) after it run on the CPU")
+    elif r["unsupported_on_delegate"] and d["delegate"] != "none":
+        w.append(f"{d['delegate']} does not run {', '.join(r['unsupported_on_delegate'])}; "
+                 "those ops fall back to the CPU kernels")
+    m = r["memory"]
+    if not m["fits"]:
+        w.append(f"needs about {m['estimate_mb']:.1f} MB (model {m['model_mb']:.1f} + "
+                 f"activations {m['activations_peak_mb']:.1f} + delegate copy "
+                 f"{m['delegate_copy_mb']:.1f}), over {r['profile']}'s budget of "
+                 f"{m['budget_mb']} MB")
+    return w
 
 
 def _kb(n: int) -> str:
@@ -16,9 +53,14 @@ def _pct(v: float | None) -> str:
     return "–" if v is None else f"{100 * v:.2f}%"
 
 
+def _ms(v: float | None) -> str:
+    return "–" if v is None else f"{v:.3f} ms"
+
+
 def report_lines(r: dict[str, Any]) -> list[tuple[str, str, str]]:
     """(metric, float, quantized) rows of the summary table."""
-    ev, lat, size = r["evaluation"], r["latency_ms"], r["size"]
+    ev, lat, size, mem = r["evaluation"], r["latency_ms"], r["size"], r["memory"]
+    d = r["delegate"]
     return [
         ("size", _kb(size["float_bytes"]), f"{_kb(size['quant_bytes'])} (×{size['ratio']:.3f})"),
         ("top-1 accuracy", _pct(ev["float_top1"]), _pct(ev["quant_top1"])),
@@ -26,15 +68,17 @@ def report_lines(r: dict[str, Any]) -> list[tuple[str, str, str]]:
         ("top-1 agreement", "", _pct(ev["top1_agreement"])),
         ("max / mean |Δ output|", "",
          f"{ev['max_abs_output_diff']:.4f} / {ev['mean_abs_output_diff']:.4f}"),
-        ("latency p50 / invoke", f"{lat['float']['p50']:.3f} ms", f"{lat['quant']['p50']:.3f} ms"),
+        ("latency p50 / invoke", _ms(lat["float"]["p50"]), _ms(lat["quant"]["p50"])),
+        ("ops on delegate", "", f"{d['delegated_ops']}/{d['total_ops']} ({d['delegate']})"),
+        ("memory estimate", "", f"{mem['estimate_mb']:.2f} MB of {mem['budget_mb']} MB"),
     ]
 
 
-def print_report(r: dict[str, Any]) -> None:
+def print_report(r: dict[str, Any], file: TextIO | None = None) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    con = Console()
+    con = Console(file=file, highlight=False)
     t = Table(title=f"{r['name']} v{r['version']} → {r['profile']} ({r['mode']}, io "
                     f"{r['io_dtype']}, {r['runtime']}, {r['threads']} threads)")
     t.add_column("metric")
@@ -43,11 +87,16 @@ def print_report(r: dict[str, Any]) -> None:
     for row in report_lines(r):
         t.add_row(*row)
     con.print(t)
-    if r["evaluation"]["per_class"]:
-        pc = Table(title=f"per class ({r['mode']}, {r['evaluation']['samples']} eval samples)")
+    rows = r["evaluation"]["per_class"]
+    if rows:
+        title = f"per class ({r['mode']}, {r['evaluation']['samples']} eval samples)"
+        if len(rows) > MAX_CLASS_ROWS:
+            rows = sorted(rows, key=lambda c: (c["f1"], c["label"]))[:MAX_CLASS_ROWS // 2]
+            title += f", worst {len(rows)} of {len(r['evaluation']['per_class'])} by F1"
+        pc = Table(title=title)
         for c in ("label", "precision", "recall", "F1", "support"):
             pc.add_column(c, justify="right")
-        for row in r["evaluation"]["per_class"]:
+        for row in rows:
             pc.add_row(row["label"], f"{row['precision']:.3f}", f"{row['recall']:.3f}",
                        f"{row['f1']:.3f}", str(row["support"]))
         con.print(pc)
@@ -58,9 +107,11 @@ def print_report(r: dict[str, Any]) -> None:
         ops.add_row(o["op"], str(o["count"]), ",".join(o["dtypes"]),
                     "yes" if o["runtime"] else "NO", "yes" if o["delegate"] else "cpu fallback")
     con.print(ops)
+    for w in r.get("warnings", []):
+        con.print(f"[yellow]warning:[/yellow] {w}", markup=True)
 
 
-def print_profiles(profiles: list[DeviceProfile]) -> None:
+def print_profiles(profiles: list[DeviceProfile], file: TextIO | None = None) -> None:
     from rich.console import Console
     from rich.table import Table
 
@@ -72,7 +123,7 @@ def print_profiles(profiles: list[DeviceProfile]) -> None:
         t.add_row(p.name, p.arch, str(p.cores), str(p.default_threads), p.delegate, p.io_dtype,
                   f"{p.memory_budget_mb} MB",
                   ", ".join(f"{r.name}>={r.min_version}" for r in p.runtimes), p.description)
-    Console().print(t)
+    Console(file=file, highlight=False).print(t)
 
 
 def manifest_summary(m: Manifest) -> list[tuple[str, str]]:
@@ -80,18 +131,29 @@ def manifest_summary(m: Manifest) -> list[tuple[str, str]]:
         q = f" q=({s.scale:.6g}, {s.zero_point})" if s.quantized else ""
         return f"{s.name} {list(s.shape)} {s.dtype}{q}"
 
-    rows = [
+    p = m.preprocessing
+    return [
         ("name", m.name), ("version", str(m.version)), ("created", m.created_at),
+        ("schema", str(m.schema_version)),
         ("model", f"{m.model_size} bytes sha256 {m.model_sha256}"),
         ("producer", f"converter {m.converter_version}, tensorflow {m.tensorflow_version}"),
         ("quantization", m.quantization_mode), ("task", m.task),
         ("inputs", "; ".join(spec(s) for s in m.inputs)),
         ("outputs", "; ".join(spec(s) for s in m.outputs)),
-        ("preprocessing", f"resize={m.preprocessing.resize} color={m.preprocessing.color} "
-                          f"mean={list(m.preprocessing.mean)} std={list(m.preprocessing.std)}"),
-        ("labels", ", ".join(m.labels) or "–"),
-        ("target profiles", ", ".join(m.target_profiles)),
+        ("preprocessing", f"resize={list(p.resize) if p.resize else None} color={p.color} "
+                          f"order={p.channel_order} layout={p.layout} mean={list(p.mean)} "
+                          f"std={list(p.std)} resample={p.resample}"),
+        ("labels", _labels_line(m.labels)),
+        ("target profiles", ", ".join(m.target_profiles) or "–"),
         ("golden vectors", str(len(m.golden))),
-        ("drift reference", f"{m.drift_reference.samples} samples" if m.drift_reference else "–"),
+        ("drift reference", f"{m.drift_reference.samples} samples, "
+                            f"{len(m.drift_reference.class_hist)} classes"
+         if m.drift_reference else "–"),
     ]
-    return rows
+
+
+def _labels_line(labels: tuple[str, ...]) -> str:
+    if not labels:
+        return "–"
+    shown = ", ".join(labels[:12])
+    return shown + (f", … ({len(labels)} in all)" if len(labels) > 12 else "")
