@@ -6,14 +6,17 @@ Public surface (everything else is an implementation detail)::
     MqttClient      the connection: start/connect/stop, subscribe, publish, is_connected
     Will, Message   Last Will / farewell messages; incoming message with MQTT 5 fields
     Topics          the topic scheme for one device
+    Publisher       enveloped durable (outbox) and live publishes
     shared_client   the agent's one client (None without [mqtt] url)
+    shared_publisher the agent's durable publisher (None without MQTT telemetry)
     MqttError, MqttConnectError, MqttNotConnectedError
 """
 
 from edge_agent.mqtt.client import Message, MqttClient, Will
 from edge_agent.mqtt.config import MqttConfig
 from edge_agent.mqtt.errors import MqttConnectError, MqttError, MqttNotConnectedError
-from edge_agent.mqtt.shared import shared_client
+from edge_agent.mqtt.publisher import Publisher
+from edge_agent.mqtt.shared import shared_client, shared_publisher
 from edge_agent.mqtt.topics import Topics
 
 __all__ = [
@@ -23,7 +26,9 @@ __all__ = [
     "MqttConnectError",
     "MqttError",
     "MqttNotConnectedError",
+    "Publisher",
     "Topics",
     "Will",
     "shared_client",
+    "shared_publisher",
 ]

@@ -167,6 +167,11 @@ class MqttClient:
         return self._connected
 
     @property
+    def epoch(self) -> int:
+        """Changes with every new connection (the number of successful connects)."""
+        return self.connects
+
+    @property
     def protocol(self) -> str:
         """``"5"`` or ``"3.1.1"``: what the current (or next) connection speaks."""
         return "5" if self._protocol == _V5 else "3.1.1"
@@ -203,8 +208,13 @@ class MqttClient:
     # ---- pub/sub ---------------------------------------------------------------------
 
     def publish(self, topic: str, payload: bytes | str, qos: int = 1, retain: bool = False, *,
-                on_ack: AckCallback | None = None, properties: Properties | None = None) -> bool:
+                on_ack: AckCallback | None = None, properties: Properties | None = None,
+                epoch: int | None = None) -> bool:
         """Hand a message to the live connection; False (nothing sent) when disconnected.
+
+        With ``epoch`` (a value of :attr:`epoch` read earlier) nothing is sent either when
+        the connection has been replaced since: the outbox uses this to never send a
+        message on a new connection before the ones it must resend first.
 
         ``on_ack(reason_code)`` runs on the network thread when the broker acknowledged
         it (QoS 1/2) or when it was written (QoS 0); it must be quick. Messages that must
@@ -213,7 +223,7 @@ class MqttClient:
         data = payload.encode("utf-8") if isinstance(payload, str) else bytes(payload)
         with self._lock:
             c = self._paho
-            if c is None or not self._connected:
+            if c is None or not self._connected or (epoch is not None and epoch != self.connects):
                 return False
             try:
                 info = c.publish(topic, data, qos=qos, retain=retain, properties=properties)

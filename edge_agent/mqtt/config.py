@@ -11,7 +11,6 @@ Example (TOML)::
     password_file = "/etc/edge/mqtt.pass"  # or password = "..." (redacted in 'get config')
     keepalive_s = 30
     protocol = "auto"                      # auto (MQTT 5, falls back to 3.1.1) | 5 | 3.1.1
-    groups = ["line-3"]                    # edge/group/<g>/... topics this device may read
     outbox_max_messages = 20000            # store-and-forward cap (oldest dropped past it)
 
 :func:`MqttConfig.from_section` validates once at start and raises
@@ -54,7 +53,6 @@ class MqttConfig:
     max_incoming_bytes: int = 1 << 20  # larger incoming payloads are refused before parsing
     max_inflight: int = 50  # unacknowledged QoS 1 publishes on the wire
     topic_prefix: str = "edge"
-    groups: tuple[str, ...] = ()
     outbox_path: Path | None = None  # default: <store root>/telemetry/outbox.sqlite3
     outbox_max_messages: int = 20_000
     outbox_max_bytes: int = 64 << 20
@@ -126,11 +124,6 @@ class MqttConfig:
         if protocol not in PROTOCOLS:
             raise ConfigError(f"expected one of {', '.join(PROTOCOLS)}, got {protocol!r}",
                               source=source, key="mqtt.protocol")
-        groups = raw.get("groups", [])
-        if not isinstance(groups, list) or not all(isinstance(g, str) and SEGMENT_RE.match(g)
-                                                   for g in groups):
-            raise ConfigError(f"expected a list of names matching {SEGMENT_RE.pattern}",
-                              source=source, key="mqtt.groups")
         prefix = r.str_("topic_prefix", "edge")
         if not SEGMENT_RE.match(prefix):
             raise ConfigError(f"must match {SEGMENT_RE.pattern}", source=source,
@@ -145,7 +138,7 @@ class MqttConfig:
             reconnect_max_s=r.num("reconnect_max_s", 30.0, lo=0.01),
             max_incoming_bytes=r.int_("max_incoming_bytes", 1 << 20, lo=1024),
             max_inflight=r.int_("max_inflight", 50, lo=1, hi=65535),
-            topic_prefix=prefix, groups=tuple(groups),
+            topic_prefix=prefix,
             outbox_path=r.opt_path("outbox_path"),
             outbox_max_messages=r.int_("outbox_max_messages", 20_000, lo=1),
             outbox_max_bytes=r.int_("outbox_max_bytes", 64 << 20, lo=1024),
@@ -203,6 +196,8 @@ class _Reader:
 
     def __init__(self, raw: dict[str, Any], source: str) -> None:
         self.raw, self.source = raw, source
+        src = Path(source)
+        self.base_dir = src.parent if src.suffix == ".toml" else Path.cwd()
 
     def _bad(self, key: str, expected: str) -> ConfigError:
         v = self.raw[key]
@@ -220,7 +215,10 @@ class _Reader:
 
     def opt_path(self, key: str) -> Path | None:
         v = self.opt_str(key)
-        return Path(v).expanduser() if v else None
+        if not v:
+            return None
+        p = Path(v).expanduser()
+        return p if p.is_absolute() else self.base_dir / p  # relative to the config file
 
     def int_(self, key: str, default: int, lo: int, hi: int | None = None) -> int:
         v = self.raw.get(key, default)

@@ -26,10 +26,32 @@ from typing import Any
 
 from edge_agent.mqtt.client import MqttClient, Will
 from edge_agent.mqtt.config import MqttConfig
+from edge_agent.mqtt.publisher import Publisher
 from edge_agent.mqtt.topics import Topics
 
 _lock = threading.Lock()
 _clients: weakref.WeakKeyDictionary[Any, MqttClient] = weakref.WeakKeyDictionary()
+_publishers: weakref.WeakKeyDictionary[Any, Publisher] = weakref.WeakKeyDictionary()
+
+
+def register_publisher(agent: Any, publisher: Publisher) -> None:
+    """Called by the telemetry component once its outbox is open."""
+    with _lock:
+        _publishers[agent] = publisher
+
+
+def shared_publisher(agent: Any) -> Publisher | None:
+    """The agent's durable publisher (results, events), or None without MQTT telemetry.
+
+    Look it up when publishing, not when constructing: it exists once the telemetry
+    component has been created. Example (a watch-folder result)::
+
+        pub = shared_publisher(agent)
+        if pub is not None:
+            pub.result("digits", {"file": "a.png", "top": [...], "request_id": rid})
+    """
+    with _lock:
+        return _publishers.get(agent)
 
 
 def config_source(agent: Any) -> str:

@@ -1,0 +1,156 @@
+"""Operator commands over MQTT: ``edge/<device>/cmd/<name>`` → a reply.
+
+Request payload (all optional; an empty payload is fine)::
+
+    {"id": "op-42", "args": {}}
+
+Reply on the MQTT 5 response topic of the request (with its correlation data) if it has
+one, else on ``edge/<device>/reply/<name>``::
+
+    {"schema": 1, "device": "pi-17", "seq": 812, "ts": …, "command": "ping", "id": "op-42",
+     "ok": true, "result": {"pong": true, "uptime_s": 81.2}}
+    {"…": "…", "ok": false, "error": {"type": "InvalidRequestError", "message": "…"}}
+
+Commands: ``ping``, ``status``, ``models`` (list models), ``config`` (redacted), ``reload``.
+There is deliberately no install/rollback command: what runs changes only through the
+signed update path. Unknown or malformed commands get an error reply and then raise
+:class:`~edge_agent.errors.InvalidRequestError` so the MQTT layer also reports an event.
+
+Commands run on one worker thread (a reload must not stall the MQTT dispatch thread); at
+most ``max_pending`` wait, the rest are answered "busy".
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from edge_agent.errors import EdgeError, InvalidRequestError
+from edge_agent.mqtt.client import Message
+from edge_agent.mqtt.payloads import parse_object
+
+log = logging.getLogger(__name__)
+
+Reply = Callable[[str, dict[str, Any], bytes | None], None]  # (topic, body, correlation)
+
+
+class CommandHandler:
+    """Parses, dispatches and answers commands for one agent."""
+
+    def __init__(self, agent: Any, reply_topic: Callable[[str], str], reply: Reply, *,
+                 max_pending: int = 16) -> None:
+        self.agent = agent
+        self.reply_topic = reply_topic
+        self.reply = reply
+        self.commands: dict[str, Callable[[dict[str, Any]], Any]] = {
+            "ping": self._ping, "status": self._status, "models": self._models,
+            "config": self._config, "reload": self._reload,
+        }
+        self._q: queue.Queue[tuple[Callable[[], None] | None]] = queue.Queue(max_pending)
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._work, daemon=True, name="mqtt-cmd")
+            self._thread.start()
+
+    def stop(self) -> None:
+        if self._thread is not None:
+            try:
+                self._q.put((None,), timeout=2)
+            except queue.Full:
+                pass
+            self._thread.join(5)
+            self._thread = None
+
+    def _work(self) -> None:
+        while True:
+            (job,) = self._q.get()
+            if job is None:
+                return
+            try:
+                job()
+            except Exception:
+                log.exception("command failed")
+
+    def handle(self, msg: Message) -> None:
+        """MQTT handler for ``edge/<device>/cmd/+``. Raises InvalidRequestError after
+        replying when the command is unknown or malformed."""
+        name = msg.topic.rsplit("/", 1)[-1]
+        topic = msg.response_topic or self.reply_topic(name)
+        corr = msg.correlation_data
+        if "+" in topic or "#" in topic:
+            raise InvalidRequestError(f"command {name!r}: response topic {topic!r} has "
+                                      "wildcards")
+        try:
+            doc = parse_object(msg.payload, f"command {name!r}")
+            cid = doc.get("id")
+            if cid is not None and not isinstance(cid, (str, int)):
+                raise InvalidRequestError(f"command {name!r}: id must be a string or number, "
+                                          f"got {type(cid).__name__}")
+            args = doc.get("args", {})
+            if not isinstance(args, dict):
+                raise InvalidRequestError(f"command {name!r}: args must be an object, got "
+                                          f"{type(args).__name__}")
+            fn = self.commands.get(name)
+            if fn is None:
+                raise InvalidRequestError(
+                    f"unknown command {name!r} (available: {', '.join(sorted(self.commands))}; "
+                    "installs and rollbacks go only through the signed update path)")
+        except InvalidRequestError as e:
+            self._answer(topic, name, None, corr, error=e)
+            raise
+
+        def job() -> None:
+            try:
+                result = fn(args)
+            except EdgeError as e:
+                self._answer(topic, name, cid, corr, error=e)
+            except Exception as e:  # a bug: answer, log, keep serving
+                log.exception("command %s failed", name)
+                self._answer(topic, name, cid, corr, error=e)
+            else:
+                self._answer(topic, name, cid, corr, result=result)
+
+        try:
+            self._q.put_nowait((job,))
+        except queue.Full:
+            self._answer(topic, name, cid, corr,
+                         error=InvalidRequestError("busy: too many commands waiting"))
+
+    def _answer(self, topic: str, name: str, cid: Any, corr: bytes | None, *,
+                result: Any = None, error: BaseException | None = None) -> None:
+        body: dict[str, Any] = {"command": name, "id": cid, "ok": error is None}
+        if error is None:
+            body["result"] = result
+        else:
+            body["error"] = {"type": type(error).__name__, "message": str(error)}
+        try:
+            self.reply(topic, body, corr)
+        except Exception:
+            log.exception("cannot send reply to %s", topic)
+
+    # ---- the commands ------------------------------------------------------------------
+
+    def _ping(self, _args: dict[str, Any]) -> dict[str, Any]:
+        started = getattr(self.agent, "started_at", None)
+        return {"pong": True, "time": round(time.time(), 3),
+                "uptime_s": round(time.time() - started, 3) if started else None}
+
+    def _status(self, _args: dict[str, Any]) -> Any:
+        return self.agent.status()
+
+    def _models(self, _args: dict[str, Any]) -> Any:
+        return self.agent.registry.snapshot()
+
+    def _config(self, _args: dict[str, Any]) -> Any:
+        return self.agent.config.redacted()
+
+    def _reload(self, _args: dict[str, Any]) -> Any:
+        result = self.agent.reload()
+        return {"reloaded": True, "result": result if isinstance(result, (dict, list)) else None,
+                "models": self.agent.registry.snapshot()}

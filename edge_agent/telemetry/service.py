@@ -1,0 +1,286 @@
+"""The telemetry component: the agent's presence, figures and quality on MQTT.
+
+Loaded by the agent from ``edge_agent.telemetry.service:create``. With ``[mqtt] url`` set
+it owns the shared :class:`~edge_agent.mqtt.client.MqttClient` and:
+
+* publishes a retained birth on ``edge/<device>/status`` after every (re)connect and
+  whenever the served models change; the Last Will (and a clean stop) set it offline;
+* every ``interval_s`` puts a telemetry message (system, per-model stats, quality and
+  feedback metrics, outbox state) in the outbox;
+* forwards every :class:`~edge_agent.hooks.AgentEvent` to ``edge/<device>/events``;
+* answers commands (:mod:`edge_agent.telemetry.commands`);
+* takes label feedback on ``edge/<device>/feedback`` and ``POST /v1/models/<name>:feedback``.
+
+Everything published durably goes through the SQLite outbox
+(:mod:`edge_agent.mqtt.outbox`) and survives outages and restarts.
+
+Raises ConfigError from :func:`create` for a bad ``[mqtt]`` / ``[telemetry]`` section.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import edge_agent
+from edge_agent.errors import EdgeError, InvalidRequestError
+from edge_agent.hooks import AgentEvent, PredictionRecord
+from edge_agent.monitor.feedback import parse_feedback
+from edge_agent.mqtt.client import MqttClient, Will
+from edge_agent.mqtt.config import MqttConfig
+from edge_agent.mqtt.forwarder import Forwarder
+from edge_agent.mqtt.outbox import Outbox
+from edge_agent.mqtt.payloads import envelope, parse_json
+from edge_agent.mqtt.publisher import Publisher
+from edge_agent.mqtt.shared import config_source, mqtt_config, register_publisher, shared_client
+from edge_agent.mqtt.topics import Topics
+from edge_agent.telemetry.commands import CommandHandler
+from edge_agent.telemetry.config import TelemetryConfig
+from edge_agent.telemetry.monitoring import ModelMonitor
+from edge_agent.telemetry.stats import ModelStats
+from edge_agent.telemetry.system import SystemSampler
+
+log = logging.getLogger(__name__)
+
+FEEDBACK_ROUTE = r"/v1/models/(?P<name>[^/:]+):feedback"
+
+
+def create(agent: Any) -> TelemetryService | None:
+    """The component for ``agent``, or None when no MQTT broker is configured."""
+    mcfg = mqtt_config(agent)
+    if mcfg is None:
+        return None
+    profile = getattr(agent, "profile", None)
+    default_interval = float(getattr(profile, "telemetry_interval_s", 15.0) or 15.0)
+    raw = (getattr(agent.config, "sections", None) or {}).get("telemetry") or {}
+    tcfg = TelemetryConfig.from_section(dict(raw), config_source(agent),
+                                        default_interval_s=default_interval)
+    return TelemetryService(agent, mcfg, tcfg)
+
+
+class TelemetryService:
+    """See module docstring. ``start``/``stop`` are idempotent."""
+
+    def __init__(self, agent: Any, mcfg: MqttConfig, tcfg: TelemetryConfig) -> None:
+        self.agent = agent
+        self.mcfg = mcfg
+        self.cfg = tcfg
+        self.topics = Topics(agent.device_id, mcfg.topic_prefix)
+        client = shared_client(agent)
+        assert client is not None  # mqtt_config() was not None
+        self.client: MqttClient = client
+        client.will = self._will
+        client.farewell = lambda: self._status_will("shutdown")
+        store_root = Path(getattr(getattr(agent, "store", None), "root", None) or ".")
+        self.outbox = Outbox(mcfg.outbox_path or store_root / "telemetry" / "outbox.sqlite3",
+                             max_messages=mcfg.outbox_max_messages,
+                             max_bytes=mcfg.outbox_max_bytes)
+        self.publisher = Publisher(self.topics, self.outbox, client)
+        self.forwarder = Forwarder(self.outbox, client, window=mcfg.max_inflight,
+                                   on_refused=self._refused)
+        self.stats = ModelStats(tcfg.latency_samples)
+        self.monitor = ModelMonitor(agent.registry, tcfg, agent.hooks.emit_event)
+        profile = getattr(agent, "profile", None)
+        self.system = SystemSampler(store_root,
+                                    thermal_paths=tuple(getattr(profile, "thermal_paths", ())),
+                                    throttling_path=getattr(profile, "throttling_path", None))
+        self.commands = CommandHandler(agent, self.topics.reply, self._reply)
+        self._undo: list[Any] = []
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._started = False
+        self._last_dropped = self.outbox.stats().dropped
+        self.ticks = 0
+        self.tick_cpu_s = 0.0  # CPU time spent building telemetry (bench/telemetry.py)
+        register_publisher(agent, self.publisher)
+        if self.outbox.reset_reason:
+            agent.hooks.emit_event("error", "outbox.reset", self.outbox.reset_reason)
+
+    # ---- lifecycle -------------------------------------------------------------------
+
+    def start(self) -> None:
+        if self._started:
+            return
+        self._started = True
+        self._stop.clear()
+        hooks = self.agent.hooks
+        self._undo += [hooks.on_prediction(self._on_prediction),
+                       hooks.on_event(self._on_event),
+                       hooks.on_models_changed(self._publish_birth)]
+        c = self.client
+        self._undo.append(c.add_listener(on_connect=self._publish_birth))
+        if self.cfg.commands:
+            self.commands.start()
+            self._undo.append(c.subscribe_message(self.topics.cmd_filter, self.commands.handle))
+        self._undo.append(c.subscribe(self.topics.feedback, self._mqtt_feedback))
+        http = getattr(self.agent, "http", None)
+        if http is not None:
+            http.add_route("POST", FEEDBACK_ROUTE, self._http_feedback, name="feedback")
+        self.forwarder.start()
+        c.start()
+        if self.cfg.enabled:
+            self._thread = threading.Thread(target=self._loop, daemon=True, name="telemetry")
+            self._thread.start()
+        log.info("telemetry: %s as %s every %g s", self.mcfg.url, self.topics.device,
+                 self.cfg.interval_s)
+
+    def stop(self) -> None:
+        """Stop the loop, give the outbox a moment to drain, publish offline, disconnect."""
+        if not self._started:
+            return
+        self._started = False
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(5)
+            self._thread = None
+        for undo in reversed(self._undo):
+            undo()
+        self._undo.clear()
+        self.commands.stop()
+        self.forwarder.stop(drain_s=1.0 if self.client.is_connected else 0.0)
+        self.client.stop()
+        self.outbox.close()
+
+    # ---- status ----------------------------------------------------------------------
+
+    def _status_will(self, reason: str) -> Will:
+        body = {"state": "offline", "reason": reason, "agent_version": edge_agent.__version__}
+        return Will(self.topics.status, envelope(self.topics.device, self.outbox.last_seq(),
+                                                 body), qos=1, retain=True)
+
+    def _will(self) -> Will:
+        return self._status_will("connection lost")
+
+    def birth(self) -> dict[str, Any]:
+        a = self.agent
+        rt = getattr(a, "runtime", None)
+        prof = getattr(a, "profile", None)
+        return {
+            "state": "online",
+            "agent_version": edge_agent.__version__,
+            "profile": getattr(prof, "name", None),
+            "runtime": {"name": getattr(rt, "name", None), "version": getattr(rt, "version", None)},
+            "models": a.registry.snapshot(),
+            "capabilities": self.capabilities(),
+            "started_at": getattr(a, "started_at", None),
+            "telemetry_interval_s": self.cfg.interval_s if self.cfg.enabled else None,
+            "mqtt_protocol": self.client.protocol,
+        }
+
+    def capabilities(self) -> list[str]:
+        """What this device can do, for fleet tools deciding what to send it."""
+        caps = {"telemetry", "events", "feedback", "drift", "store-and-forward"}
+        if self.cfg.commands:
+            caps |= {f"cmd:{name}" for name in self.commands.commands}
+        if getattr(self.agent, "http", None) is not None:
+            caps.add("rest")
+        cfg = self.agent.config
+        mr = getattr(cfg, "mqtt_requests", None)
+        if mr is not None and getattr(mr, "enabled", False):
+            caps.add("mqtt-requests")
+        if (getattr(cfg, "sections", None) or {}).get("update"):
+            caps.add("signed-updates")
+        extra = getattr(self.agent, "capabilities", None)
+        if isinstance(extra, (list, tuple, set)):
+            caps |= {str(c) for c in extra}
+        return sorted(caps)
+
+    def _publish_birth(self) -> None:
+        if self.client.is_connected:
+            self.publisher.live(self.topics.status, self.birth(), retain=True)
+
+    # ---- hooks -----------------------------------------------------------------------
+
+    def _on_prediction(self, rec: PredictionRecord) -> None:
+        self.stats.record(rec)
+        self.monitor.on_prediction(rec)
+
+    def _on_event(self, ev: AgentEvent) -> None:
+        self.publisher.event(ev)
+
+    def _refused(self, seq: int, topic: str, rc: int) -> None:
+        self.agent.hooks.emit_event("error", "mqtt.publish_refused",
+                                    f"broker refused message {seq} on {topic} (reason {rc:#x}); "
+                                    "check the broker ACL", seq=seq, topic=topic, reason=rc)
+
+    # ---- telemetry loop --------------------------------------------------------------
+
+    def _loop(self) -> None:
+        interval = self.cfg.interval_s
+        next_at = time.monotonic() + interval
+        while not self._stop.wait(max(0.0, next_at - time.monotonic())):
+            next_at += interval
+            if next_at < time.monotonic():  # fell behind (suspend, overload): skip ticks
+                next_at = time.monotonic() + interval
+            c0 = time.thread_time()
+            try:
+                self.publisher.durable(self.topics.telemetry, self.telemetry())
+            except EdgeError as e:
+                log.error("telemetry: %s", e)
+            except Exception:
+                log.exception("telemetry tick failed")
+            self.tick_cpu_s += time.thread_time() - c0
+            self.ticks += 1
+
+    def telemetry(self) -> dict[str, Any]:
+        """One telemetry body (also used by tests and the bench)."""
+        models = self.stats.snapshot()
+        for name, extra in self.monitor.report().items():
+            models.setdefault(name, {}).update(extra)
+        ob = self.outbox.stats()
+        if ob.dropped > self._last_dropped:
+            self.agent.hooks.emit_event(
+                "warning", "outbox.dropped", f"store-and-forward queue full: "
+                f"{ob.dropped - self._last_dropped} oldest messages dropped",
+                dropped=ob.dropped - self._last_dropped, dropped_total=ob.dropped)
+            self._last_dropped = ob.dropped
+        started = getattr(self.agent, "started_at", None)
+        return {
+            "interval_s": self.cfg.interval_s,
+            "uptime_s": round(time.time() - started, 3) if started else None,
+            "system": self.system.sample(),
+            "models": models,
+            "queue": {"outbox": ob.depth, "outbox_bytes": ob.bytes,
+                      "outbox_oldest_age_s": ob.oldest_age_s, "outbox_dropped": ob.dropped,
+                      "outbox_refused": ob.refused, "requests": self._request_queue()},
+            "mqtt": {"connects": self.client.connects, "protocol": self.client.protocol,
+                     "dropped_incoming": self.client.dropped_incoming},
+        }
+
+    def _request_queue(self) -> Any:
+        """Requests waiting for an interpreter, if the serving side reports it."""
+        try:
+            st = self.agent.status()
+        except Exception:
+            return None
+        for key in ("queue_depth", "queue"):
+            if isinstance(st, dict) and key in st:
+                return st[key]
+        return None
+
+    # ---- commands and feedback ---------------------------------------------------------
+
+    def _reply(self, topic: str, body: dict[str, Any], corr: bytes | None) -> None:
+        self.publisher.live(topic, body, correlation=corr)
+
+    def _mqtt_feedback(self, topic: str, payload: bytes) -> None:
+        """``edge/<device>/feedback``; malformed documents raise (→ an error event)."""
+        items = parse_feedback(parse_json(payload, "feedback"))
+        res = self.monitor.apply_feedback(items)
+        if res.unknown or res.rejected:
+            log.info("feedback on %s: %s", topic, res.to_dict())
+
+    def _http_feedback(self, req: Any) -> tuple[int, Any]:
+        name = req.params["name"]
+        self.agent.registry.get(name)  # NotFoundError → 404
+        try:
+            doc = req.json()
+        except EdgeError:
+            raise
+        except Exception as e:
+            raise InvalidRequestError(f"feedback: body is not JSON ({e})") from e
+        res = self.monitor.apply_feedback(parse_feedback(doc, model=name))
+        return 200, res.to_dict()
