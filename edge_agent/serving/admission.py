@@ -1,0 +1,77 @@
+"""Bounded work admission: never more than ``workers + queue_size`` requests per model.
+
+A request is admitted (or refused at once) *before* its body is read, so memory is bounded
+by ``capacity × max_body_bytes`` however many clients connect. Admitted requests then wait
+for one of the model's interpreters (the registry's pool); that wait is the queue, and its
+depth is ``in_flight - workers``. Refusal raises :class:`Overloaded` (HTTP 503 with
+``Retry-After``). There is no thread hand-off: the connection's thread runs the model,
+which keeps the per-request overhead to a lock and two counter updates.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from edge_agent.errors import TransportError
+
+
+class Overloaded(TransportError):
+    """The work queue for a model is full; the client should retry after ``retry_after_s``."""
+
+    def __init__(self, message: str, *, retry_after_s: int = 1) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class Admission:
+    """Per-model counters of admitted requests, with a fixed capacity each."""
+
+    def __init__(self, workers: int, queue_size: int, *, retry_after_s: int = 1) -> None:
+        self.workers = max(1, workers)
+        self.queue_size = max(0, queue_size)
+        self.capacity = self.workers + self.queue_size
+        self.retry_after_s = retry_after_s
+        self._lock = threading.Lock()
+        self._in: dict[str, int] = {}
+
+    def try_enter(self, model: str) -> bool:
+        with self._lock:
+            n = self._in.get(model, 0)
+            if n >= self.capacity:
+                return False
+            self._in[model] = n + 1
+            return True
+
+    def leave(self, model: str) -> None:
+        with self._lock:
+            n = self._in.get(model, 0) - 1
+            if n > 0:
+                self._in[model] = n
+            else:
+                self._in.pop(model, None)
+
+    @contextmanager
+    def slot(self, model: str) -> Iterator[None]:
+        """Hold one admission for ``model``. Raises Overloaded when all are taken."""
+        if not self.try_enter(model):
+            raise Overloaded(f"model {model!r} is busy: {self.workers} running and "
+                             f"{self.queue_size} queued requests; retry later",
+                             retry_after_s=self.retry_after_s)
+        try:
+            yield
+        finally:
+            self.leave(model)
+
+    def snapshot(self) -> dict[str, tuple[int, int]]:
+        """``{model: (in_flight, queued)}`` for metrics and status."""
+        with self._lock:
+            return {m: (n, max(0, n - self.workers)) for m, n in self._in.items()}
+
+    def queue_depth(self) -> int:
+        return sum(q for _, q in self.snapshot().values())
+
+    def in_flight(self) -> int:
+        with self._lock:
+            return sum(self._in.values())

@@ -1,0 +1,179 @@
+"""The agent's REST routes: TensorFlow Serving's API, classify, health, readiness, metrics.
+
+::
+
+    GET  /v1/models/{name}[/versions/{v}]             model status (all versions or one)
+    GET  /v1/models/{name}[/versions/{v}]/metadata    signature_def + bundle metadata
+    POST /v1/models/{name}[/versions/{v}]:predict     {"instances"|"inputs": ...}
+    POST /v1/models/{name}[/versions/{v}]:classify    raw image body, or {"examples": [...]}
+    GET  /v1/models                                   every loaded model (extension)
+    GET  /v1/agent/status                             Agent.status() (extension)
+    GET  /healthz  /readyz  /metrics
+
+``:predict`` also takes ``Content-Type: application/octet-stream``: the input tensor's raw
+bytes in its own dtype (batch inferred from the length) — the fastest way to send big
+tensors. See docs/rest.md.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any
+
+import numpy as np
+
+from edge_agent.errors import InvalidRequestError, NotFoundError
+from edge_agent.registry import ModelRegistry, ServedModel
+from edge_agent.serving import codec
+from edge_agent.serving.admission import Admission, Overloaded
+from edge_agent.serving.http import HttpServer, HTTPStatusError, Request, Response
+from edge_agent.serving.metrics import CONTENT_TYPE, Metrics
+
+_MODEL = r"/v1/models/(?P<name>[^/:]+)(?:/versions/(?P<version>[^/:]+))?"
+
+
+class ServingApi:
+    """Binds the registry, the admission gate and metrics to HTTP routes."""
+
+    def __init__(self, registry: ModelRegistry, admission: Admission, metrics: Metrics, *,
+                 max_batch: int = 64, max_image_pixels: int = 12_000_000, default_k: int = 5,
+                 ready: Callable[[], tuple[bool, str]] | None = None,
+                 status: Callable[[], dict[str, Any]] | None = None,
+                 failures: Callable[[str], Mapping[int, str]] | None = None) -> None:
+        self.registry = registry
+        self.admission = admission
+        self.metrics = metrics
+        self.max_batch = max_batch
+        self.max_image_pixels = max_image_pixels
+        self.default_k = default_k
+        self._ready = ready or (lambda: (bool(registry.names()), "no model loaded"))
+        self._status = status or (lambda: {"models": registry.snapshot()})
+        self._failures = failures or (lambda name: {})
+
+    def register(self, http: HttpServer) -> None:
+        http.add_route("GET", "/healthz", self.healthz, name="healthz", auth=False)
+        http.add_route("GET", "/readyz", self.readyz, name="readyz")
+        http.add_route("GET", "/metrics", self.metrics_page, name="metrics")
+        http.add_route("GET", "/v1/agent/status", lambda r: (200, self._status()),
+                       name="agent_status")
+        http.add_route("GET", "/v1/models", self.models, name="models")
+        http.add_route("GET", _MODEL, self.status, name="status")
+        http.add_route("GET", _MODEL + "/metadata", self.metadata, name="metadata")
+        http.add_route("POST", _MODEL + ":predict", self.predict, name="predict")
+        http.add_route("POST", _MODEL + ":classify", self.classify, name="classify")
+        http.add_route("POST", _MODEL + ":regress", self.regress, name="regress")
+
+    # ------------------------------------------------------------------ helpers
+
+    @staticmethod
+    def _name_version(req: Request) -> tuple[str, int | None]:
+        name = req.params["name"] or ""
+        v = req.params.get("version")
+        if v is None:
+            return name, None
+        if not v.isdigit() or int(v) < 1:
+            raise InvalidRequestError(f"version must be a positive integer, got {v!r}")
+        return name, int(v)
+
+    def _served(self, req: Request) -> ServedModel:
+        name, version = self._name_version(req)
+        return self.registry.get(name, version)
+
+    @contextmanager
+    def _admit(self, model: str) -> Iterator[None]:
+        try:
+            with self.admission.slot(model):
+                yield
+        except Overloaded:
+            self.metrics.reject(model, "queue_full")
+            raise
+
+    # ------------------------------------------------------------------ routes
+
+    def healthz(self, req: Request) -> tuple[int, Any]:
+        return 200, {"status": "ok"}
+
+    def readyz(self, req: Request) -> tuple[int, Any]:
+        ok, reason = self._ready()
+        if not ok:
+            return 503, {"ready": False, "error": reason}
+        return 200, {"ready": True, "models": self.registry.names()}
+
+    def metrics_page(self, req: Request) -> Response:
+        self.metrics.models_loaded.set(sum(len(m["versions"]) for m in self.registry.snapshot()))
+        return Response(200, self.metrics.exposition(), CONTENT_TYPE)
+
+    def models(self, req: Request) -> tuple[int, Any]:
+        return 200, {"models": self.registry.snapshot()}
+
+    def status(self, req: Request) -> tuple[int, Any]:
+        """TF Serving's GetModelStatusResponse; failed loads show as END with their error."""
+        name, version = self._name_version(req)
+        loaded = {sm.version: sm for sm in self.registry.versions(name)}
+        failed = dict(self._failures(name))
+        rows = [(v, sm.state.value, "OK", "") for v, sm in loaded.items()]
+        rows += [(v, "END", "UNKNOWN", msg) for v, msg in failed.items() if v not in loaded]
+        if version is not None:
+            rows = [r for r in rows if r[0] == version]
+        if not rows:
+            self.registry.get(name, version)  # raises the standard NotFoundError message
+            raise NotFoundError(f"model {name!r} version {version} not found")
+        return 200, codec.status(sorted(rows, key=lambda r: -r[0]))
+
+    def metadata(self, req: Request) -> tuple[int, Any]:
+        return 200, codec.metadata(self._served(req))
+
+    def predict(self, req: Request) -> tuple[int, Any]:
+        served = self._served(req)
+        with self._admit(served.name):
+            if req.content_type == "application/octet-stream":
+                x, fmt = self._raw_tensor(served, req.body), codec.ROW
+            else:
+                x, fmt = codec.decode_predict(req.json(), served, max_batch=self.max_batch,
+                                              max_image_pixels=self.max_image_pixels)
+            pred = served.predict(x, source="rest", request_id=req.request_id)
+        return 200, codec.encode_predict(pred, served, fmt)
+
+    def _raw_tensor(self, served: ServedModel, body: bytes) -> np.ndarray:
+        spec = served.input_spec
+        dtype = np.dtype(spec.dtype)
+        per = int(np.prod(spec.shape[1:])) * dtype.itemsize
+        if not body or len(body) % per:
+            raise InvalidRequestError(
+                f"octet-stream body of {len(body)} bytes is not a whole number of "
+                f"{spec.dtype} tensors of shape {list(spec.shape[1:])} ({per} bytes each)")
+        n = len(body) // per
+        if n > self.max_batch:
+            raise InvalidRequestError(f"{n} instances, over the limit of {self.max_batch} "
+                                      "per request")
+        return np.frombuffer(body, dtype=dtype).reshape(n, *spec.shape[1:])
+
+    def classify(self, req: Request) -> tuple[int, Any]:
+        served = self._served(req)
+        if served.manifest.task != "classification":
+            raise InvalidRequestError(f"model {served.name!r} is not a classification model; "
+                                      "use :predict")
+        classes = int(np.prod(served.output_specs[0].shape[1:]))
+        k = codec.parse_k(req.query, self.default_k, classes)
+        ctype = req.content_type
+        if ctype.startswith("multipart/"):
+            raise HTTPStatusError(415, "multipart uploads are not supported: send the image "
+                                       "bytes as the body (e.g. curl --data-binary @img.png "
+                                       "-H 'Content-Type: image/png')")
+        with self._admit(served.name):
+            if "json" in ctype:
+                images = codec.classify_examples(req.json(), max_batch=self.max_batch)
+            else:
+                body = req.body
+                if not body:
+                    raise InvalidRequestError("empty body: send the image bytes (PNG, JPEG, …)")
+                images = [body]
+            x = codec.image_batch(served, images, self.max_image_pixels)
+            pred = served.predict(x, source="rest", request_id=req.request_id)
+        return 200, codec.encode_classify(served, pred, k)
+
+    def regress(self, req: Request) -> tuple[int, Any]:
+        self._served(req)  # 404 first for an unknown model
+        raise InvalidRequestError(":regress is not supported (LiteRT models have no "
+                                  "tf.Example signature); use :predict")

@@ -1,0 +1,429 @@
+"""A small, fast HTTP/1.1 JSON server on the standard library, with a route table.
+
+Why not a framework: the agent must stay light (RSS budget on a Pi Zero) and the hot path
+short; ``ThreadingHTTPServer`` with keep-alive, ``TCP_NODELAY`` and one ``sendall`` per
+response adds well under a millisecond per request.
+
+Other components add routes with :meth:`HttpServer.add_route`::
+
+    def feedback(req: Request) -> tuple[int, Any]:
+        doc = req.json()                       # InvalidRequestError → 400
+        name = req.params["name"]              # named groups of the path regex
+        return 202, {"accepted": True}         # any json.dumps-able body
+
+    agent.http.add_route("POST", r"/v1/models/(?P<name>[^/:]+):feedback", feedback)
+
+A handler returns ``(status, body)`` or a :class:`Response` (raw bytes), or raises an
+:class:`~edge_agent.errors.EdgeError`: NotFoundError → 404, other BadInputError → 400,
+Overloaded → 503 + Retry-After, TransportError / RuntimeUnavailableError → 503,
+:class:`HTTPStatusError` → its status, anything else → 500 (logged with the request id).
+Error bodies are always ``{"error": "<message>"}``. Bodies are read lazily
+(``req.body``), so a handler may refuse a request before reading it.
+
+Limits: bearer token (constant-time compare; every route but ``/healthz``), request body
+(413), open connections (503), idle keep-alive connections (closed after a timeout).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hmac
+import json
+import logging
+import re
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from email.utils import formatdate
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs, unquote
+
+from edge_agent.errors import (
+    BadInputError,
+    EdgeError,
+    NotFoundError,
+    RuntimeUnavailableError,
+    TransportError,
+)
+from edge_agent.serving.admission import Overloaded
+from edge_agent.serving.codec import parse_json
+
+log = logging.getLogger(__name__)
+_RID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+_REASONS = {s.value: s.phrase for s in HTTPStatus}
+
+
+class HTTPStatusError(EdgeError):
+    """Raise from a handler to answer with a specific status and ``{"error": message}``."""
+
+    def __init__(self, status: int, message: str, *, headers: Mapping[str, str] | None = None):
+        super().__init__(message)
+        self.status = status
+        self.headers = dict(headers or {})
+
+
+@dataclass
+class Response:
+    """A non-JSON (or pre-encoded) response."""
+
+    status: int
+    body: bytes
+    content_type: str = "application/json"
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+class Request:
+    """What a handler sees. ``body`` is read from the socket on first access."""
+
+    __slots__ = ("_body", "_handler", "_length", "client", "groups", "headers", "method",
+                 "params", "path", "query", "request_id", "route")
+
+    def __init__(self, handler: _Handler, method: str, path: str, query: str,
+                 match: re.Match[str], length: int, request_id: str, route: str) -> None:
+        self._handler = handler
+        self.method = method
+        self.path = path
+        self.query: dict[str, list[str]] = parse_qs(query) if query else {}
+        self.groups: tuple[str | None, ...] = match.groups()
+        self.params: dict[str, str | None] = match.groupdict()
+        self.headers = handler.headers
+        self.request_id = request_id
+        self.client = handler.client_address[0] if handler.client_address else ""
+        self.route = route
+        self._length = length
+        self._body: bytes | None = None
+
+    @property
+    def content_type(self) -> str:
+        return (self.headers.get("Content-Type") or "").split(";")[0].strip().lower()
+
+    @property
+    def body(self) -> bytes:
+        if self._body is None:
+            try:
+                data = self._handler.rfile.read(self._length) if self._length else b""
+            except TimeoutError as e:
+                self._handler.close_connection = True
+                raise HTTPStatusError(408, "timed out waiting for the request body") from e
+            except OSError as e:
+                self._handler.close_connection = True
+                raise TransportError(f"client stopped sending the body ({e})") from e
+            if len(data) != self._length:
+                self._handler.close_connection = True
+                raise HTTPStatusError(400, f"body ended after {len(data)} of {self._length} "
+                                           "bytes (Content-Length)")
+            self._body = data
+        return self._body
+
+    @property
+    def body_read(self) -> bool:
+        return self._body is not None or self._length == 0
+
+    def json(self) -> Any:
+        """The body as JSON. Raises InvalidRequestError (400) naming the parse error."""
+        return parse_json(self.body)
+
+
+Handler = Callable[[Request], Any]
+
+
+@dataclass(frozen=True)
+class Route:
+    method: str
+    pattern: re.Pattern[str]
+    handler: Handler
+    name: str
+    auth: bool
+
+
+def status_for(e: BaseException) -> int:
+    """The HTTP status for an exception (also used by MQTT replies)."""
+    if isinstance(e, HTTPStatusError):
+        return e.status
+    if isinstance(e, NotFoundError):
+        return 404
+    if isinstance(e, BadInputError):
+        return 400
+    if isinstance(e, (TransportError, RuntimeUnavailableError)):
+        return 503
+    return 500
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: _Server
+    # Request-line and header parsing are the standard library's; methods all dispatch.
+
+    def setup(self) -> None:
+        self.request.settimeout(self.server.idle_timeout_s)
+        super().setup()
+        with contextlib.suppress(OSError):
+            self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("do_"):
+            return self._dispatch
+        raise AttributeError(name)
+
+    def _dispatch(self) -> None:
+        self.server.app.dispatch(self)
+
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None
+                   ) -> None:
+        """Errors found while parsing the request line/headers, answered as JSON."""
+        self.close_connection = True
+        msg = message or _REASONS.get(code, "error")
+        rid = uuid.uuid4().hex
+        with contextlib.suppress(OSError):
+            self.server.app.write(self, code, json.dumps({"error": msg}).encode(),
+                                  "application/json", {}, rid, head=False)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        log.debug("%s " + format, self.address_string(), *args)
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+    request_queue_size = 128
+
+    def __init__(self, addr: tuple[str, int], app: HttpServer) -> None:
+        self.app = app
+        self.idle_timeout_s = app.idle_timeout_s
+        self._conns: set[socket.socket] = set()
+        self._conn_lock = threading.Lock()
+        super().__init__(addr, _Handler)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        with self._conn_lock:
+            full = len(self._conns) >= self.app.max_connections
+            if not full:
+                self._conns.add(request)
+        if full:
+            self.app.refuse_connection(request)
+            self.shutdown_request(request)
+            return
+        super().process_request(request, client_address)
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            with self._conn_lock:
+                self._conns.discard(request)
+
+    def open_connections(self) -> int:
+        with self._conn_lock:
+            return len(self._conns)
+
+    def close_all(self) -> None:
+        with self._conn_lock:
+            conns = list(self._conns)
+        for c in conns:
+            with contextlib.suppress(OSError):
+                c.shutdown(socket.SHUT_RDWR)
+
+
+class HttpServer:
+    """Route table + limits + a ThreadingHTTPServer bound on :meth:`start`."""
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 8501, *, token: str | None = None,
+                 max_body_bytes: int = 8 * 1024 * 1024, max_connections: int = 64,
+                 idle_timeout_s: float = 30.0,
+                 on_response: Callable[[str, int, float], None] | None = None) -> None:
+        self.host, self.port = host, port
+        self._token = token.encode() if token else None
+        self.max_body_bytes = max_body_bytes
+        self.max_connections = max_connections
+        self.idle_timeout_s = idle_timeout_s
+        self.on_response = on_response
+        self._routes: list[Route] = []
+        self._httpd: _Server | None = None
+        self._thread: threading.Thread | None = None
+        self._date = ("", 0)
+
+    # ------------------------------------------------------------------ routes
+
+    def add_route(self, method: str, path_regex: str, handler: Handler, *,
+                  name: str | None = None, auth: bool = True) -> None:
+        """Serve ``method`` on paths fully matching ``path_regex`` (named groups → params).
+
+        Routes are tried in the order added; ``name`` labels metrics (default: the regex).
+        ``auth=False`` exempts the route from the bearer token (health checks only).
+        """
+        self._routes.append(Route(method.upper(), re.compile(path_regex), handler,
+                                  name or path_regex, auth))
+
+    def _match(self, method: str, path: str) -> tuple[Route, re.Match[str]]:
+        allowed = []
+        for r in self._routes:
+            m = r.pattern.fullmatch(path)
+            if m is None:
+                continue
+            if r.method == method:
+                return r, m
+            allowed.append(r.method)
+        if allowed:
+            raise HTTPStatusError(405, f"method {method} not allowed on {path} (allowed: "
+                                       f"{', '.join(sorted(set(allowed)))})",
+                                  headers={"Allow": ", ".join(sorted(set(allowed)))})
+        raise NotFoundError(f"unknown route: {method} {path}")
+
+    # ------------------------------------------------------------------ lifecycle
+
+    @property
+    def address(self) -> tuple[str, int]:
+        if self._httpd is None:
+            return self.host, self.port
+        host, port = self._httpd.server_address[:2]
+        return str(host), int(port)
+
+    @property
+    def url(self) -> str:
+        host, port = self.address
+        return f"http://{'[' + host + ']' if ':' in host else host}:{port}"
+
+    def start(self) -> None:
+        """Bind and serve on a background thread. Raises TransportError if it cannot bind."""
+        try:
+            self._httpd = _Server((self.host, self.port), self)
+        except OSError as e:
+            raise TransportError(f"cannot listen on {self.host}:{self.port} "
+                                 f"({e.strerror or e})") from e
+        self._thread = threading.Thread(target=self._httpd.serve_forever,
+                                        kwargs={"poll_interval": 0.2},
+                                        name="edge-agent-http", daemon=True)
+        self._thread.start()
+
+    def stop(self, grace_s: float = 5.0, in_flight: Callable[[], int] | None = None) -> None:
+        """Stop accepting, let admitted requests finish (up to ``grace_s``), close the rest."""
+        httpd, self._httpd = self._httpd, None
+        if httpd is None:
+            return
+        httpd.shutdown()
+        httpd.server_close()
+        deadline = time.monotonic() + grace_s
+        while in_flight and in_flight() > 0 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        httpd.close_all()
+        if self._thread:
+            self._thread.join(timeout=grace_s)
+
+    def open_connections(self) -> int:
+        return self._httpd.open_connections() if self._httpd else 0
+
+    # ------------------------------------------------------------------ requests
+
+    def _authorized(self, headers: Any) -> bool:
+        if self._token is None:
+            return True
+        got = headers.get("Authorization") or ""
+        scheme, _, cred = got.partition(" ")
+        # compare_digest on bytes of any length: time depends only on the token's length
+        return scheme.lower() == "bearer" and hmac.compare_digest(
+            cred.strip().encode("utf-8", "replace"), self._token)
+
+    def dispatch(self, h: _Handler) -> None:
+        t0 = time.perf_counter()
+        rid_in = h.headers.get("X-Request-Id")
+        rid = rid_in if rid_in and _RID_RE.match(rid_in) else uuid.uuid4().hex
+        method = h.command.upper()
+        path, _, query = h.path.partition("?")
+        path = unquote(path)
+        route_name = "unmatched"
+        extra: dict[str, str] = {}
+        req: Request | None = None
+        try:
+            if path != "/healthz" and not self._authorized(h.headers):
+                extra["WWW-Authenticate"] = 'Bearer realm="edge-agent"'
+                raise HTTPStatusError(401, "missing or wrong bearer token (send "
+                                           "'Authorization: Bearer <token>')")
+            route, match = self._match(method, path)
+            route_name = route.name
+            length = self._content_length(h)
+            req = Request(h, method, path, query, match, length, rid, route.name)
+            result = route.handler(req)
+            if isinstance(result, Response):
+                status, body, ctype = result.status, result.body, result.content_type
+                extra.update(result.headers)
+            else:
+                status, doc = result
+                body, ctype = _dumps(doc), "application/json"
+        except Exception as e:
+            status = status_for(e)
+            if status >= 500 and not isinstance(e, EdgeError):
+                log.exception("request %s %s failed (request id %s)", method, path, rid)
+                msg = f"internal error ({type(e).__name__}); request id {rid}"
+            else:
+                msg = str(e)
+            if isinstance(e, HTTPStatusError):
+                extra.update(e.headers)
+            if isinstance(e, Overloaded):
+                extra["Retry-After"] = str(e.retry_after_s)
+            body, ctype = _dumps({"error": msg}), "application/json"
+        if (req is not None and not req.body_read) or (req is None and _has_body(h)):
+            h.close_connection = True  # unread body bytes would corrupt the next request
+        try:
+            self.write(h, status, body, ctype, extra, rid, head=method == "HEAD")
+        except OSError:
+            h.close_connection = True
+        if self.on_response is not None:
+            self.on_response(route_name, status, time.perf_counter() - t0)
+
+    def _content_length(self, h: _Handler) -> int:
+        if "chunked" in (h.headers.get("Transfer-Encoding") or "").lower():
+            raise HTTPStatusError(411, "chunked request bodies are not supported; send "
+                                       "Content-Length")
+        raw = h.headers.get("Content-Length")
+        if raw is None:
+            return 0
+        try:
+            n = int(raw)
+            if n < 0:
+                raise ValueError
+        except ValueError as e:
+            raise HTTPStatusError(400, f"invalid Content-Length {raw!r}") from e
+        if n > self.max_body_bytes:
+            raise HTTPStatusError(413, f"request body of {n} bytes is over the limit of "
+                                       f"{self.max_body_bytes} bytes")
+        return n
+
+    def write(self, h: _Handler, status: int, body: bytes, ctype: str,
+              headers: Mapping[str, str], rid: str, *, head: bool) -> None:
+        """Status line, headers and body in one ``sendall`` (no Nagle/delayed-ACK stall)."""
+        now = int(time.time())
+        if self._date[1] != now:
+            self._date = (formatdate(now, usegmt=True), now)
+        lines = [f"HTTP/1.1 {status} {_REASONS.get(status, 'Unknown')}\r\n"
+                 f"Content-Type: {ctype}\r\nContent-Length: {len(body)}\r\n"
+                 f"Date: {self._date[0]}\r\nX-Request-Id: {rid}\r\n"]
+        lines.extend(f"{k}: {v}\r\n" for k, v in headers.items())
+        if h.close_connection:
+            lines.append("Connection: close\r\n")
+        lines.append("\r\n")
+        data = "".join(lines).encode("latin-1", "replace")
+        h.wfile.write(data if head else data + body)
+
+    def refuse_connection(self, sock: socket.socket) -> None:
+        body = _dumps({"error": f"too many open connections (limit {self.max_connections}); "
+                                "retry later"})
+        msg = (f"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+               f"Content-Length: {len(body)}\r\nRetry-After: 1\r\nConnection: close\r\n\r\n"
+               ).encode() + body
+        with contextlib.suppress(OSError):
+            sock.settimeout(1.0)
+            sock.sendall(msg)
+
+
+def _has_body(h: _Handler) -> bool:
+    return bool(h.headers.get("Content-Length", "0") not in ("", "0")
+                or h.headers.get("Transfer-Encoding"))
+
+
+def _dumps(doc: Any) -> bytes:
+    return json.dumps(doc, separators=(",", ":")).encode()
