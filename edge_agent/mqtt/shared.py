@@ -22,7 +22,7 @@ from __future__ import annotations
 import threading
 import time
 import weakref
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from edge_agent.mqtt.client import MqttClient, Will
 from edge_agent.mqtt.config import MqttConfig
@@ -30,14 +30,32 @@ from edge_agent.mqtt.publisher import Publisher
 from edge_agent.mqtt.topics import Topics
 
 _lock = threading.Lock()
-_clients: weakref.WeakKeyDictionary[Any, MqttClient] = weakref.WeakKeyDictionary()
-_publishers: weakref.WeakKeyDictionary[Any, Publisher] = weakref.WeakKeyDictionary()
+T = TypeVar("T")
+
+
+class _PerAgent(Generic[T]):
+    """One value per live agent object (by identity; agents need not be hashable)."""
+
+    def __init__(self) -> None:
+        self._d: dict[int, tuple[weakref.ref[Any], T]] = {}
+
+    def get(self, agent: Any) -> T | None:
+        hit = self._d.get(id(agent))
+        return hit[1] if hit is not None and hit[0]() is agent else None
+
+    def set(self, agent: Any, value: T) -> None:
+        key = id(agent)
+        self._d[key] = (weakref.ref(agent, lambda _r: self._d.pop(key, None)), value)
+
+
+_clients: _PerAgent[MqttClient] = _PerAgent()
+_publishers: _PerAgent[Publisher] = _PerAgent()
 
 
 def register_publisher(agent: Any, publisher: Publisher) -> None:
     """Called by the telemetry component once its outbox is open."""
     with _lock:
-        _publishers[agent] = publisher
+        _publishers.set(agent, publisher)
 
 
 def shared_publisher(agent: Any) -> Publisher | None:
@@ -118,5 +136,5 @@ def shared_client(agent: Any, *, will: Will | None = None) -> MqttClient | None:
         default_will = Will(topics.status, b'{"state":"offline"}', qos=1, retain=True)
         client = MqttClient(config=cfg, client_id=agent.device_id, will=will or default_will,
                             on_handler_error=on_error)
-        _clients[agent] = client
+        _clients.set(agent, client)
         return client

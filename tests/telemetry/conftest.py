@@ -2,11 +2,24 @@
 
 from __future__ import annotations
 
+import json
 import socket
+import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import pytest
+
+from edge_agent.bundle import read_bundle
+from edge_agent.hooks import Hooks
+from edge_agent.mqtt import MqttClient, MqttConfig
+from edge_agent.profiles import load_profile
+from edge_agent.registry import ModelRegistry
+from edge_agent.runtime.backends import select_runtime
+from edge_agent.store import ModelStore
 
 
 def free_port() -> int:
@@ -22,3 +35,105 @@ def wait_for(pred: Callable[[], object], timeout_s: float = 10.0, what: str = "c
         if time.monotonic() > deadline:
             pytest.fail(f"timed out after {timeout_s:g} s waiting for {what}")
         time.sleep(0.02)
+
+
+# ---------------------------------------------------------------------------------------
+# A minimal agent: the real registry, hooks and store behind the attributes the telemetry
+# component uses (edge_agent.app.Agent has the same ones). Tests that need the whole agent
+# process use the real `edge-agent run` CLI instead.
+
+
+@dataclass
+class MiniConfig:
+    sections: dict[str, dict[str, Any]]
+    source: str = "test-agent.toml"
+
+    def redacted(self) -> dict[str, Any]:
+        out = json.loads(json.dumps(self.sections))
+        if "password" in out.get("mqtt", {}):
+            out["mqtt"]["password"] = "***"
+        return out
+
+
+@dataclass
+class MiniAgent:
+    config: MiniConfig
+    device_id: str
+    store: ModelStore
+    hooks: Hooks = field(default_factory=Hooks)
+    http: Any = None
+    started_at: float = field(default_factory=time.time)
+    reloads: int = 0
+    bundles: list[Path] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.profile = load_profile("generic-x86_64")
+        self.runtime = select_runtime()
+        self.registry = ModelRegistry(self.runtime, self.hooks, workers=1, num_threads=1)
+        for b in self.bundles:
+            self.registry.load(read_bundle(b))
+
+    def status(self) -> dict[str, Any]:
+        return {"device_id": self.device_id, "models": self.registry.snapshot(),
+                "queue_depth": 0}
+
+    def reload(self) -> list[str]:
+        self.reloads += 1
+        return [f"reload {self.reloads}"]
+
+
+def make_agent(tmp: Path, url: str, *, device: str = "dev-1", bundles: list[Path] | None = None,
+               telemetry: dict[str, Any] | None = None, **mqtt: Any) -> MiniAgent:
+    sections = {"mqtt": {"url": url, "reconnect_min_s": 0.05, "reconnect_max_s": 0.5,
+                         "keepalive_s": 5, "outbox_path": str(tmp / "outbox.db"), **mqtt},
+                "telemetry": {"interval_s": 0.1, **(telemetry or {})}}
+    return MiniAgent(MiniConfig(sections), device, ModelStore(tmp / "store"),
+                     bundles=list(bundles or []))
+
+
+class Recorder:
+    """A subscriber that records (topic, decoded JSON or raw bytes, retain) tuples."""
+
+    def __init__(self, url: str, topic_filter: str = "edge/#", client_id: str = "recorder"
+                 ) -> None:
+        self.messages: list[tuple[str, Any]] = []
+        self._lock = threading.Lock()
+        cfg = MqttConfig.from_url(url, reconnect_min_s=0.05, reconnect_max_s=0.5, keepalive_s=5)
+        self.client = MqttClient(config=cfg, client_id=client_id)
+        self.client.subscribe(topic_filter, self._on)
+        self.client.connect(10)
+
+    def _on(self, topic: str, payload: bytes) -> None:
+        try:
+            doc: Any = json.loads(payload)
+        except ValueError:
+            doc = payload
+        with self._lock:
+            self.messages.append((topic, doc))
+
+    def on(self, suffix: str) -> list[Any]:
+        with self._lock:
+            return [d for t, d in self.messages if t.endswith(suffix)]
+
+    def wait(self, suffix: str, pred: Callable[[Any], bool] = lambda _d: True,
+             timeout_s: float = 10.0) -> Any:
+        found: list[Any] = []
+
+        def check() -> bool:
+            found[:] = [d for d in self.on(suffix) if pred(d)]
+            return bool(found)
+        wait_for(check, timeout_s, f"a message on *{suffix}")
+        return found[-1]
+
+    def send(self, topic: str, payload: bytes | str) -> None:
+        assert self.client.publish(topic, payload)
+
+    def close(self) -> None:
+        self.client.stop()
+
+
+@pytest.fixture
+def recorder(mosquitto: Any) -> Any:
+    r = Recorder(mosquitto.url)
+    yield r
+    r.close()

@@ -148,7 +148,7 @@ def test_slow_handler_does_not_block_the_network_thread(mosquitto) -> None:
     ({"url": "mqtt://x", "password": "p"}, "mqtt.password"),
     ({"url": "mqtt://x", "keepalive_s": "30"}, "mqtt.keepalive_s"),
     ({"url": "mqtt://x", "protocol": "4"}, "mqtt.protocol"),
-    ({"url": "mqtt://x", "groups": ["a/b"]}, "mqtt.groups"),
+    ({"url": "mqtt://x", "topic_prefix": "a/b"}, "mqtt.topic_prefix"),
     ({"url": "mqtt://x", "bogus": 1}, "mqtt.bogus"),
     ({}, "mqtt.url"),
 ])
