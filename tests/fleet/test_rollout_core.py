@@ -1,0 +1,200 @@
+"""The pure rollout core: wave plans, the halt rule, observations, saved state."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from edge_agent.errors import BadInputError
+from fleet.rollout_core import (
+    Observation,
+    Outcome,
+    Policy,
+    RolloutState,
+    RolloutStateError,
+    Target,
+    WaveSize,
+    WaveStatus,
+    judge_wave,
+    new_state,
+    observe_event,
+    observe_status,
+    parse_duration,
+    parse_rate,
+    parse_wave_size,
+    plan_waves,
+    summary,
+)
+
+T = Target("digits", 2, "ab" * 32, "models/digits/digits-2.tar")
+
+
+def test_canary_5_percent_then_25_percent_steps_on_100_devices() -> None:
+    devs = [f"d{i:03d}" for i in range(100)]
+    waves = plan_waves(devs, parse_wave_size("5%", "c"), parse_wave_size("25%", "s"))
+    assert [len(w) for w in waves] == [5, 25, 25, 25, 20]
+    assert waves[0] == devs[:5]
+
+
+def test_a_percentage_of_a_tiny_fleet_is_at_least_one_device() -> None:
+    assert [len(w) for w in plan_waves(["a", "b", "c"], WaveSize(0.05), WaveSize(0.25))] \
+        == [1, 1, 1]
+
+
+@given(st.sets(st.text("abcdef0123", min_size=1, max_size=6), max_size=60),
+       st.integers(1, 100), st.integers(1, 100))
+def test_every_device_is_in_exactly_one_wave(devs: set[str], c: int, s: int) -> None:
+    waves = plan_waves(devs, WaveSize(c / 100), WaveSize(s / 100))
+    flat = [d for w in waves for d in w]
+    assert sorted(flat) == sorted(devs)
+    assert all(waves)
+
+
+@pytest.mark.parametrize("text", ["0%", "101%", "x%", "-3", "0", "abc", ""])
+def test_bad_wave_sizes_are_refused(text: str) -> None:
+    with pytest.raises(BadInputError, match="--canary"):
+        parse_wave_size(text, "--canary")
+
+
+def test_rates_and_durations_parse_with_units() -> None:
+    assert parse_rate("10%", "r") == pytest.approx(0.1)
+    assert parse_rate("0.25", "r") == 0.25
+    assert parse_duration("60s", "w") == 60.0
+    assert parse_duration("2m", "w") == 120.0
+    assert parse_duration("90", "w") == 90.0
+    assert parse_duration("500ms", "w") == 0.5
+    with pytest.raises(BadInputError, match="--max-failure"):
+        parse_rate("150%", "--max-failure")
+    with pytest.raises(BadInputError, match="--wait"):
+        parse_duration("soon", "--wait")
+
+
+def test_two_failures_of_four_halt_at_once_without_waiting() -> None:
+    v = judge_wave([Outcome.FAILED, Outcome.FAILED, Outcome.PENDING, Outcome.PENDING], 0.10,
+                   wait_over=False)
+    assert v.decided and not v.passed
+    assert v.failed == 2 and v.pending == 2
+    assert "over the 10% threshold" in v.reason
+
+
+def test_a_wave_waits_while_failures_could_still_stay_under_the_threshold() -> None:
+    outs = [Outcome.COMMITTED] * 9 + [Outcome.PENDING] * 10 + [Outcome.FAILED]
+    v = judge_wave(outs, 0.10, wait_over=False)
+    assert not v.decided
+
+
+def test_a_wave_passes_when_all_decided_within_the_threshold() -> None:
+    outs = [Outcome.COMMITTED] * 9 + [Outcome.FAILED]
+    v = judge_wave(outs, 0.10, wait_over=False)
+    assert v.decided and v.passed and v.rate == pytest.approx(0.1)
+
+
+def test_offline_and_already_devices_are_not_in_the_denominator_nor_waited_for() -> None:
+    outs = [Outcome.COMMITTED, Outcome.OFFLINE, Outcome.OFFLINE, Outcome.ALREADY]
+    v = judge_wave(outs, 0.0, wait_over=False)
+    assert v.decided and v.passed and v.offline == 2 and v.rate == 0
+
+
+def test_pending_devices_time_out_as_failures_when_the_wait_is_over() -> None:
+    outs = [Outcome.COMMITTED] * 3 + [Outcome.PENDING]
+    assert not judge_wave(outs, 0.10, wait_over=False).decided
+    v = judge_wave(outs, 0.10, wait_over=True)
+    assert v.decided and not v.passed and v.timed_out == 1
+
+
+def test_an_all_offline_wave_passes_with_nothing_to_judge() -> None:
+    v = judge_wave([Outcome.OFFLINE] * 3, 0.10, wait_over=False)
+    assert v.decided and v.passed and v.rate == 0
+
+
+def test_update_events_map_to_outcomes_for_this_target_only() -> None:
+    assert observe_event("a", "update.committed", {"name": "digits", "version": 2}, T) \
+        == Observation("a", Outcome.COMMITTED, "committed")
+    o = observe_event("a", "update.rolled_back",
+                      {"name": "digits", "version": 2, "code": "probation",
+                       "reason": "error rate 40%"}, T)
+    assert o is not None and o.outcome == Outcome.FAILED and "probation" in o.detail
+    o = observe_event("a", "update.rejected", {"name": "digits", "version": 2,
+                                               "code": "version"}, T)
+    assert o is not None and o.outcome == Outcome.ALREADY
+    assert observe_event("a", "update.committed", {"name": "digits", "version": 3}, T) is None
+    assert observe_event("a", "update.committed", {"name": "other", "version": 2}, T) is None
+    assert observe_event("a", "model.loaded", {"name": "digits", "version": 2}, T) is None
+    progress = observe_event("a", "update.downloading", {"name": "digits", "version": 2}, T)
+    assert progress is not None and progress.outcome is None
+
+
+def test_status_documents_give_online_state_and_results() -> None:
+    assert observe_status("a", {"state": "offline"}, T).outcome == Outcome.OFFLINE
+    on = {"state": "online", "models": [{"name": "digits", "active": 1}],
+          "update": {"phase": "downloading"}}
+    o = observe_status("a", on, T)
+    assert o.online and o.outcome is None
+    done = {"state": "online", "models": [{"name": "digits", "active": 2}],
+            "update": {"phase": "idle"}}
+    assert observe_status("a", done, T).outcome == Outcome.COMMITTED
+    probation = {**done, "update": {"phase": "probation"}}
+    assert observe_status("a", probation, T).outcome is None
+    newer = {**done, "models": [{"name": "digits", "active": 3}]}
+    assert observe_status("a", newer, T).outcome == Outcome.ALREADY
+    rolled = {"state": "online", "models": [{"name": "digits", "active": 1}],
+              "update": {"phase": "idle", "last": {"result": "rolled_back", "name": "digits",
+                                                   "version": 2, "code": "probation"}}}
+    assert observe_status("a", rolled, T).outcome == Outcome.FAILED
+
+
+def _state() -> RolloutState:
+    devs = [f"d{i:02d}" for i in range(8)]
+    return new_state("digits-v2-group-all", T, Policy("25%", "50%", 0.1, 30.0), "group:all",
+                     devs, {"d07": "active v2"}, now=100.0)
+
+
+def test_a_new_plan_marks_devices_that_already_run_the_target() -> None:
+    s = _state()
+    assert [len(w.devices) for w in s.waves] == [2, 4, 2]
+    assert s.devices["d07"].outcome == Outcome.ALREADY
+    assert s.current_wave() == s.waves[0]
+
+
+def test_outcomes_are_only_recorded_for_announced_devices_and_final_ones_stick() -> None:
+    s = _state()
+    assert s.observe(Observation("d00", Outcome.COMMITTED), 1.0) is s  # not announced
+    s = s.with_device("d00", announced=True, outcome=Outcome.PENDING)
+    s = s.observe(Observation("d00", Outcome.FAILED, "rolled_back"), 2.0)
+    assert s.devices["d00"].outcome == Outcome.FAILED
+    assert s.observe(Observation("d00", Outcome.COMMITTED), 3.0) is s
+    assert s.observe(Observation("d00", Outcome.OFFLINE), 3.0) is s
+    assert s.observe(Observation("zz", Outcome.FAILED), 3.0) is s
+
+
+def test_a_late_result_replaces_offline_or_timed_out() -> None:
+    s = _state().with_device("d01", announced=True, outcome=Outcome.OFFLINE)
+    s = s.observe(Observation("d01", Outcome.COMMITTED), 5.0)
+    assert s.devices["d01"].outcome == Outcome.COMMITTED
+
+
+def test_state_round_trips_through_json() -> None:
+    s = _state().with_device("d00", announced=True, outcome=Outcome.PENDING)
+    w = s.waves[0]
+
+    s = s.with_wave(replace(w, status=WaveStatus.WAITING, started_at=101.0))
+    again = RolloutState.from_json(s.to_json())
+    assert again == s
+    assert again.to_json() == s.to_json()
+
+
+@pytest.mark.parametrize("text", ["", "{}", "[]", '{"schema": 99}', "not json"])
+def test_a_foreign_or_broken_state_file_is_refused_with_its_name(text: str) -> None:
+    with pytest.raises(RolloutStateError, match=r"state\.json"):
+        RolloutState.from_json(text, "state.json")
+
+
+def test_summary_counts_outcomes_and_lists_problems() -> None:
+    s = _state().with_device("d00", announced=True, outcome=Outcome.FAILED, detail="probation")
+    rep = summary(s)
+    assert rep["outcomes"] == {"skipped": 6, "already": 1, "failed": 1}
+    assert rep["problems"] == {"d00": {"outcome": "failed", "detail": "probation"}}
+    assert rep["waves"][0]["failed"] == 1
