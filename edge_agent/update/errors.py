@@ -1,0 +1,163 @@
+"""Why an update was refused, split by who is at fault.
+
+::
+
+    UpdateError (edge_agent.errors)          refused: bad, malicious, or failed on this device
+    ├── UntrustedMetadataError   untrusted    signatures below threshold, unknown key, unsigned
+    ├── MetadataRollbackError    rollback     metadata version older than the trusted one (replay)
+    ├── ExpiredMetadataError     expired      a top-level role has expired (freeze attack)
+    ├── TargetMismatchError      mismatch     length or sha256 differs from the signed metadata,
+    │                                         more bytes than signed (endless data), bad chunk
+    ├── BadAnnouncementError     announcement malformed announcement or missing signed files
+    ├── NotForDeviceError        audience     signed for other devices/groups, or another profile
+    ├── VersionNotNewerError     version      model version not higher than the one installed
+    ├── BundleRejectedError      bundle       bundle malformed or disagrees with its signed entry
+    ├── ModelRejectedError       load/golden  the device's runtime refused the model
+    ├── ProbationFailedError     probation    errors/latency/crashes after the swap → rolled back
+    ├── CommandRejectedError     command      a signed command that cannot be carried out
+    └── InsufficientSpaceError   disk         not enough free disk for staging + install
+    UpdateTransportError (edge_agent.errors.TransportError)
+                                 transport    download stalled or failed: retried, not blamed
+
+Each class carries a short machine ``code`` that events and status report next to the
+one-line message. :func:`from_tuf` maps python-tuf's ``RepositoryError`` tree onto
+this one so callers never see a tuf exception.
+"""
+
+from __future__ import annotations
+
+from tuf.api import exceptions as tuf_exc
+
+from edge_agent.errors import TransportError, UpdateError
+
+__all__ = [
+    "BadAnnouncementError",
+    "BundleRejectedError",
+    "CommandRejectedError",
+    "ExpiredMetadataError",
+    "InsufficientSpaceError",
+    "MetadataRollbackError",
+    "ModelRejectedError",
+    "NotForDeviceError",
+    "ProbationFailedError",
+    "TargetMismatchError",
+    "UntrustedMetadataError",
+    "UpdateError",
+    "UpdateTransportError",
+    "VersionNotNewerError",
+    "error_code",
+    "from_tuf",
+]
+
+
+class _Coded(UpdateError):
+    code = "rejected"
+
+
+class UntrustedMetadataError(_Coded):
+    """Metadata not signed by a threshold of the keys the trusted root names for its role."""
+
+    code = "untrusted"
+
+
+class MetadataRollbackError(_Coded):
+    """Metadata older than (or inconsistent with) what this device already trusts."""
+
+    code = "rollback"
+
+
+class ExpiredMetadataError(_Coded):
+    """Metadata past its expiry: someone is replaying a frozen view of the repository."""
+
+    code = "expired"
+
+
+class TargetMismatchError(_Coded):
+    """Downloaded bytes differ from the signed length/sha256 (or a chunk from its hash)."""
+
+    code = "mismatch"
+
+
+class BadAnnouncementError(_Coded):
+    """The announcement is malformed or lacks a file the signed metadata requires."""
+
+    code = "announcement"
+
+
+class NotForDeviceError(_Coded):
+    """Signed for other devices or groups, or for another device profile."""
+
+    code = "audience"
+
+
+class VersionNotNewerError(_Coded):
+    """The model version is not higher than the installed one (rollback attack)."""
+
+    code = "version"
+
+
+class BundleRejectedError(_Coded):
+    """The bundle is malformed or its manifest disagrees with its signed target entry."""
+
+    code = "bundle"
+
+
+class ModelRejectedError(_Coded):
+    """The device's runtime would not load the model, or golden vectors did not match."""
+
+    code = "model"
+
+    def __init__(self, message: str, *, code: str = "model") -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class ProbationFailedError(_Coded):
+    """The new model misbehaved while serving; the previous version was restored."""
+
+    code = "probation"
+
+
+class CommandRejectedError(_Coded):
+    """A signed command that cannot be carried out on this device."""
+
+    code = "command"
+
+
+class InsufficientSpaceError(_Coded):
+    """Not enough free disk for the staged download plus the installed copy."""
+
+    code = "disk"
+
+
+class UpdateTransportError(TransportError):
+    """The download failed or stalled; not the data's fault, so it is retried later."""
+
+    code = "transport"
+
+
+def error_code(e: BaseException) -> str:
+    """The short code reported in events (``"rejected"`` for an unknown UpdateError)."""
+    return str(getattr(e, "code", "transport" if isinstance(e, TransportError) else "rejected"))
+
+
+def from_tuf(e: Exception) -> UpdateError | UpdateTransportError:
+    """Translate a python-tuf exception into this tree (the message is kept)."""
+    msg = str(e) or type(e).__name__
+    if isinstance(e, tuf_exc.UnsignedMetadataError):
+        return UntrustedMetadataError(f"untrusted metadata: {msg}")
+    if isinstance(e, tuf_exc.BadVersionNumberError):
+        return MetadataRollbackError(f"metadata version rejected: {msg}")
+    if isinstance(e, tuf_exc.ExpiredMetadataError):
+        return ExpiredMetadataError(f"expired metadata: {msg}")
+    if isinstance(e, tuf_exc.LengthOrHashMismatchError):
+        return TargetMismatchError(f"length or hash mismatch: {msg}")
+    if isinstance(e, tuf_exc.DownloadLengthMismatchError):
+        return TargetMismatchError(f"more data than signed: {msg}")
+    if isinstance(e, tuf_exc.DownloadHTTPError) and e.status_code == 404:
+        return BadAnnouncementError(f"a signed file is not available: {msg}")
+    if isinstance(e, tuf_exc.DownloadError):
+        return UpdateTransportError(f"download failed: {msg}")
+    if isinstance(e, tuf_exc.RepositoryError):
+        return UntrustedMetadataError(f"metadata rejected: {msg}")
+    return UpdateTransportError(f"{type(e).__name__}: {msg}")

@@ -1,0 +1,405 @@
+"""The update flow: one announcement through every phase, persisted before each step.
+
+``notified → downloading → verifying → test_loading → golden → swapping → probation →
+commit | rolling_back``; see :mod:`edge_agent.update.state` for recovery after a crash.
+Runs on the update service's single worker thread. Every outcome is an ``update.*``
+event on the agent's hooks; every rejection before the swap leaves the serving model
+and ``active.json`` untouched, and names its reason.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import ssl
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from edge_agent.bundle import Bundle, read_tar_bytes
+from edge_agent.errors import BundleError, EdgeError, ModelError, TransportError
+from edge_agent.hooks import Hooks
+from edge_agent.registry import ModelRegistry, ServedModel
+from edge_agent.store import ModelStore
+from edge_agent.update import faults, policy, swap
+from edge_agent.update.config import UpdateConfig
+from edge_agent.update.errors import (
+    BadAnnouncementError,
+    BundleRejectedError,
+    CommandRejectedError,
+    ModelRejectedError,
+    UpdateError,
+    UpdateTransportError,
+    error_code,
+)
+from edge_agent.update.fetchers import (
+    AnnouncementFetcher,
+    Cancelled,
+    HttpMirrors,
+    MqttChunks,
+    PubSub,
+)
+from edge_agent.update.probation import ProbationMonitor, ProbationPolicy, wait_verdict
+from edge_agent.update.staging import Staging
+from edge_agent.update.state import Outcome, Phase, Recovery, StateFile, UpdateState, recover
+from edge_agent.update.trust import TrustStore
+from edge_agent.update.wire import (
+    Announcement,
+    TargetSpec,
+    parse_announcement,
+    parse_command,
+    parse_target_spec,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class FlowDeps:
+    """What the flow needs from the agent (an Agent provides all of it)."""
+
+    registry: ModelRegistry
+    store: ModelStore
+    hooks: Hooks
+    identity: policy.DeviceIdentity
+    config: UpdateConfig
+    update_dir: Path
+    client: PubSub | None = None
+    topic_prefix: str = "edge"
+
+
+def blocked_key(name: str, version: int) -> str:
+    return f"{name}@{version}"
+
+
+class UpdateFlow:
+    """State machine runner (see the module docstring). Not thread-safe: one worker."""
+
+    def __init__(self, deps: FlowDeps, stop: threading.Event) -> None:
+        self.d = deps
+        self.cfg = deps.config
+        self.stop = stop
+        self.state_file = StateFile(deps.update_dir / "state.json")
+        self.state = self.state_file.load()
+        self.trust = TrustStore(deps.update_dir / "metadata", self.cfg.root_file)
+        self.staging = Staging(deps.update_dir / "staging")
+        self.monitor = ProbationMonitor(deps.hooks)
+        self.progress: dict[str, Any] = {}
+        self._last_progress = 0.0
+        self._rejected_digests: list[str] = []
+        ctx = ssl.create_default_context(cafile=str(self.cfg.http_ca_file)) \
+            if self.cfg.http_ca_file else None
+        self._ssl = ctx
+
+    # --- plumbing ---------------------------------------------------------------------------
+
+    def close(self) -> None:
+        self.monitor.close()
+
+    def _set(self, state: UpdateState) -> None:
+        """Persist first, then act on it: a crash after this line resumes from ``state``."""
+        self.state_file.save(state)
+        self.state = state
+        faults.point(state.phase.value)
+
+    def _event(self, level: str, kind: str, message: str, **data: Any) -> None:
+        s = self.state
+        data.setdefault("name", s.name)
+        data.setdefault("version", s.version)
+        self.d.hooks.emit_event(level, kind, message, **data)
+
+    def _finish(self, result: str, code: str, reason: str, *, remember: bool = True,
+                keep_staging: bool = False) -> Outcome:
+        s = self.state
+        out = Outcome(result, code, reason, s.name, s.version, time.time())
+        self._set(s.finish(out, remember=remember))
+        self.progress = {}
+        self.state_file.prune_announcements(set())
+        self.staging.cleanup({s.target_sha256} if keep_staging and s.target_sha256 else set())
+        return out
+
+    # --- entry points -------------------------------------------------------------------------
+
+    def handle(self, payload: bytes, topic: str) -> Outcome | None:
+        """Process one announcement payload; None when it was already settled."""
+        try:
+            ann = parse_announcement(payload, self.cfg.max_announcement_bytes)
+        except BadAnnouncementError as e:
+            digest = hashlib.sha256(payload).hexdigest()
+            if digest in self._rejected_digests:
+                return None
+            self._rejected_digests = [*self._rejected_digests[-63:], digest]
+            self.d.hooks.emit_event("warning", "update.rejected", f"announcement on {topic} "
+                                    f"rejected: {e}", code=e.code, reason=str(e), topic=topic)
+            return Outcome("rejected", e.code, str(e), at=time.time())
+        if ann.digest in self.state.settled or ann.digest in self._rejected_digests:
+            return None
+        if self.state.phase != Phase.IDLE:
+            log.warning("update: %s arrived while %s; ignored", ann.target,
+                        self.state.phase.value)
+            return None
+        self.state_file.store_announcement(ann.digest, payload)
+        self._set(self.state.to(Phase.NOTIFIED, announce_digest=ann.digest,
+                                announce_topic=topic))
+        self._event("info", "update.notified", f"announcement of {ann.target} on {topic}",
+                    target=ann.target, topic=topic)
+        return self._run(ann)
+
+    def resume(self) -> Outcome | None:
+        """Called once at start: finish or abandon whatever ``state.json`` says was going on."""
+        s = self.state
+        active = self.d.store.active_version(s.name) if s.name else None
+        plan = recover(s, active, self.cfg.probation_max_crashes)
+        if plan.action == Recovery.NOTHING:
+            self.staging.cleanup(set())
+            return None
+        self._event("warning", "update.resumed", f"restarted in {s.phase.value}: "
+                    f"{plan.reason}", phase=s.phase.value, action=plan.action.value)
+        if plan.action == Recovery.ROLLBACK:
+            self._set(s.to(Phase.ROLLING_BACK, crashes=plan.crashes))
+            return self._rollback(plan.reason, code="crash")
+        if plan.action == Recovery.PROBATION:
+            self._set(replace(s, crashes=plan.crashes, probation_until=None, clean_stop=False))
+            assert s.name is not None and s.version is not None
+            swap.ensure_serving(self.d.registry, self.d.store, s.name, s.version)
+            return self._probation(None)
+        payload = self.state_file.announcement(s.announce_digest or "")
+        if payload is None:
+            return self._finish("abandoned", "state", "stored announcement is missing")
+        try:
+            ann = parse_announcement(payload, self.cfg.max_announcement_bytes)
+        except BadAnnouncementError as e:
+            return self._finish("abandoned", e.code, str(e))
+        self._set(self.state.to(Phase.NOTIFIED))
+        return self._run(ann)
+
+    # --- the flow -------------------------------------------------------------------------------
+
+    def _run(self, ann: Announcement) -> Outcome:
+        swapped = False
+        try:
+            fetcher = self._fetcher(ann)
+            updater = self.trust.updater(fetcher)
+            info = self.trust.target_info(updater, ann.target)
+            spec = parse_target_spec(info.custom, info.length, info.path)
+            sha = info.hashes.get("sha256", "")
+            if spec.kind == "command":
+                return self._command(updater, fetcher, info, spec)
+            installed = self.d.store.serving_version(spec.name)
+            policy.check_model_target(
+                spec, path=info.path, length=info.length, me=self.d.identity,
+                installed=installed, blocked=self.state.blocked,
+                max_bytes=self.cfg.max_bundle_bytes)
+            self._set(self.state.to(Phase.DOWNLOADING, target=info.path, target_sha256=sha,
+                                    name=spec.name, version=spec.version,
+                                    from_version=installed))
+            policy.check_free_space(free=self.staging.free_bytes(), length=info.length,
+                                    reserve=self.cfg.min_free_bytes)
+            bundle = self._download_and_verify(updater, fetcher, info, spec)
+            served = self._test_load(bundle)
+            self._golden(served)
+            base = self.d.registry.active_version(spec.name)
+            baseline = self.monitor.baseline(spec.name, base)
+            self._set(self.state.to(Phase.SWAPPING))
+            t0 = time.perf_counter()
+            swap.install_and_activate(self.d.registry, self.d.store, bundle, served)
+            swapped = True
+            self._event("info", "update.activated", f"{spec.name} v{spec.version} is serving "
+                        f"(was v{installed})", previous=installed,
+                        swap_ms=round((time.perf_counter() - t0) * 1000, 2))
+            return self._probation(baseline)
+        except Cancelled as e:
+            return Outcome("interrupted", "stopping", str(e), self.state.name,
+                           self.state.version, time.time())
+        except UpdateTransportError as e:
+            return self._fail(e)
+        except (UpdateError, BundleError, ModelError) as e:
+            if swapped:
+                return self._rollback(f"after the swap: {e}", code=error_code(e))
+            return self._reject(e)
+        except (TransportError, OSError) as e:
+            if swapped:
+                return self._rollback(f"after the swap: {e}", code="transport")
+            return self._fail(e)
+        except EdgeError as e:
+            if swapped:
+                return self._rollback(f"after the swap: {e}", code="error")
+            return self._reject(e)
+
+    def _fetcher(self, ann: Announcement) -> AnnouncementFetcher:
+        mqtt = MqttChunks(self.d.client, self.d.topic_prefix, self.cfg.chunk_window) \
+            if self.d.client is not None else None
+        http = HttpMirrors(ann.mirrors, timeout_s=self.cfg.http_timeout_s,
+                           retries=self.cfg.http_retries, ssl_context=self._ssl) \
+            if ann.mirrors else None
+        return AnnouncementFetcher(ann, staging=self.staging, mqtt=mqtt, http=http,
+                                   transport=self.cfg.transport,
+                                   stall_s=self.cfg.stall_timeout_s,
+                                   timeout_s=self.cfg.download_timeout_s, stop=self.stop,
+                                   progress=self._on_progress)
+
+    def _on_progress(self, have: int, total: int, source: str) -> None:
+        self.progress = {"chunks": have, "of": total, "source": source}
+        now = time.monotonic()
+        if have == total or now - self._last_progress >= 1.0:
+            self._last_progress = now
+            self._event("info", "update.progress", f"{have}/{total} chunks via {source}",
+                        chunks=have, of=total, source=source)
+
+    def _download_and_verify(self, updater: Any, fetcher: AnnouncementFetcher, info: Any,
+                             spec: TargetSpec) -> Bundle:
+        sha = info.hashes["sha256"]
+        dest = self.staging.final(sha)
+        t0 = time.perf_counter()
+        if updater.find_cached_target(info, str(dest)) is None:
+            fetcher.expect_target(info, spec.chunks)
+            self._event("info", "update.downloading", f"{info.path}: {info.length} bytes",
+                        bytes=info.length)
+            self.trust.download(updater, info, dest)
+            self.staging.part(sha).unlink(missing_ok=True)
+        secs = time.perf_counter() - t0
+        self._event("info", "update.downloaded", f"{info.length} bytes in {secs:.2f} s",
+                    bytes=info.length, seconds=round(secs, 3),
+                    resumed_chunks=fetcher.resumed_chunks, sources=fetcher.sources)
+        self._set(self.state.to(Phase.VERIFYING))
+        try:
+            bundle = read_tar_bytes(dest.read_bytes(), source=info.path, verify_hash=True)
+        except BundleError as e:
+            raise BundleRejectedError(str(e)) from e
+        policy.check_manifest(bundle.manifest, spec, self.d.identity)
+        self._event("info", "update.verified", f"{spec.name} v{spec.version}: signatures, "
+                    "threshold, expiry, version, sha256, length and profile verified",
+                    sha256=sha)
+        return bundle
+
+    def _test_load(self, bundle: Bundle) -> ServedModel:
+        self._set(self.state.to(Phase.TEST_LOADING))
+        try:
+            served = self.d.registry.build(bundle)
+        except EdgeError as e:
+            raise ModelRejectedError(f"test-load failed: {e}", code="load_failed") from e
+        self._event("info", "update.test_loaded", f"loaded in {served.load_time_s * 1000:.0f} "
+                    f"ms on {self.d.registry.runtime}")
+        return served
+
+    def _golden(self, served: ServedModel) -> None:
+        self._set(self.state.to(Phase.GOLDEN))
+        if not served.manifest.golden:
+            raise ModelRejectedError("bundle carries no golden vectors: it cannot be proven "
+                                     "on this device", code="golden_missing")
+        try:
+            res = served.verify_golden()
+        except EdgeError as e:
+            raise ModelRejectedError(f"golden vectors failed: {e}", code="golden_mismatch") from e
+        self._event("info", "update.golden_ok", f"{res.vectors} golden vectors match "
+                    f"(max diff {res.max_abs_diff:g})")
+
+    def _probation(self, baseline: Any) -> Outcome:
+        s = self.state
+        assert s.name is not None and s.version is not None
+        until = time.time() + self.cfg.probation_s
+        self.monitor.start(s.name, s.version)
+        self._set(s.to(Phase.PROBATION, probation_until=until))
+        self._event("info", "update.probation", f"watching v{s.version} for "
+                    f"{self.cfg.probation_s:g} s", until=until)
+        pol = ProbationPolicy(self.cfg.probation_s, self.cfg.probation_min_requests,
+                              self.cfg.probation_max_error_rate,
+                              self.cfg.probation_max_latency_ratio,
+                              self.cfg.probation_latency_floor_ms)
+        verdict = wait_verdict(self.monitor, baseline, pol, until, self.stop)
+        self.monitor.stop()
+        if not verdict.decided:
+            self._set(replace(self.state, clean_stop=True))
+            return Outcome("interrupted", "stopping", "agent stopping during probation",
+                           s.name, s.version, time.time())
+        if not verdict.ok:
+            return self._rollback(f"probation failed: {verdict.reason}", code="probation")
+        faults.point("committing")
+        try:
+            removed = self.d.store.prune(s.name, self.cfg.keep_versions)
+        except OSError as e:
+            log.warning("update: pruning old versions of %s failed: %s", s.name, e)
+            removed = []
+        out = self._finish("committed", "ok", f"v{s.version} committed: {verdict.reason}")
+        self._event("info", "update.committed", out.reason, name=s.name, version=s.version,
+                    pruned=removed)
+        return out
+
+    def _rollback(self, reason: str, *, code: str) -> Outcome:
+        s = self.state
+        if s.phase != Phase.ROLLING_BACK:
+            self._set(s.to(Phase.ROLLING_BACK))
+            s = self.state
+        assert s.name is not None and s.version is not None
+        swap.restore(self.d.registry, self.d.store, s.name, s.from_version, s.version)
+        self._set(replace(s, blocked=(*s.blocked, blocked_key(s.name, s.version))[-256:]))
+        out = self._finish("rolled_back", code, reason)
+        self._event("error", "update.rolled_back", f"{s.name} v{s.version} rolled back to "
+                    f"v{s.from_version}: {reason}", name=s.name, version=s.version,
+                    restored=s.from_version, code=code, reason=reason)
+        return out
+
+    def _reject(self, e: Exception) -> Outcome:
+        code = error_code(e)
+        s = self.state
+        what = f"{s.name} v{s.version}" if s.name else "update"
+        out = self._finish("rejected", code, str(e))
+        self._event("error", "update.rejected", f"{what} rejected ({code}): {e}",
+                    name=s.name, version=s.version, code=code, reason=str(e))
+        return out
+
+    def _fail(self, e: Exception) -> Outcome:
+        """Transient: the announcement stays unsettled so the service retries it."""
+        s = self.state
+        out = self._finish("failed", "transport", str(e), remember=False, keep_staging=True)
+        self._event("warning", "update.failed", f"update failed, will retry: {e}",
+                    name=s.name, version=s.version, code="transport", reason=str(e))
+        return out
+
+    def _command(self, updater: Any, fetcher: AnnouncementFetcher, info: Any,
+                 spec: TargetSpec) -> Outcome:
+        policy.check_audience(spec, self.d.identity, info.path)
+        dest = self.staging.final(info.hashes["sha256"])
+        self.staging.ensure()
+        self.trust.download(updater, info, dest)
+        cmd = parse_command(dest.read_bytes())
+        if cmd.id in self.state.done_commands:
+            return self._finish("noop", "command", f"command {cmd.id} already carried out")
+        name = cmd.name
+        active = self.d.store.active_version(name)
+        to = cmd.to_version or self.d.store.previous_version(name)
+        if active is None or to is None or to not in self.d.store.versions(name):
+            e = CommandRejectedError(f"rollback of {name} to v{to}: that version is not "
+                                     f"installed here (installed: {self.d.store.versions(name)})")
+            self._set(replace(self.state, done_commands=(*self.state.done_commands,
+                                                         cmd.id)[-64:]))
+            return self._reject(e)
+        self._set(self.state.to(Phase.ROLLING_BACK, name=name, version=active,
+                                from_version=to, target=info.path,
+                                done_commands=(*self.state.done_commands, cmd.id)[-64:]))
+        self._event("warning", "update.rollback_command", f"signed rollback of {name} from "
+                    f"v{active} to v{to} (command {cmd.id})", command=cmd.id)
+        return self._rollback(f"signed rollback command {cmd.id}", code="command")
+
+    # --- status -------------------------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        s = self.state
+        d: dict[str, Any] = {"phase": s.phase.value, "name": s.name, "version": s.version,
+                             "from_version": s.from_version, "target": s.target,
+                             "progress": dict(self.progress), "trusted": self.trust.versions(),
+                             "blocked": list(s.blocked)}
+        if s.phase == Phase.PROBATION:
+            w = self.monitor.window()
+            d["probation"] = {"until": s.probation_until, "requests": w.requests,
+                              "errors": w.errors}
+        if s.last:
+            d["last"] = {"result": s.last.result, "code": s.last.code, "reason": s.last.reason,
+                         "name": s.last.name, "version": s.last.version, "at": s.last.at}
+        return d
+
+
+Handler = Callable[[bytes, str], Outcome | None]

@@ -1,0 +1,194 @@
+"""The update component: announcements in, the :class:`UpdateFlow` on one worker thread.
+
+Loaded by the agent from ``edge_agent.update.service:create`` when ``[update]`` is
+configured. It subscribes to ``edge/<device>/update/announce`` and
+``edge/group/<g>/update/announce`` on the agent's shared MQTT client; handlers only
+queue the payload (latest per topic wins). The worker first resumes whatever
+``state.json`` says was interrupted, then processes announcements one at a time and
+retries transient failures after ``retry_backoff_s``. ``GET /v1/agent/update`` shows the
+status; ``POST /v1/agent/update/announce`` accepts an announcement body from a local
+operator (USB stick, air-gapped site): it is verified exactly like one from MQTT.
+
+Raises ConfigError from :func:`create` for a bad ``[update]`` section.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any
+
+from edge_agent.update.config import UpdateConfig
+from edge_agent.update.flow import FlowDeps, UpdateFlow
+from edge_agent.update.policy import DeviceIdentity
+from edge_agent.update.state import Outcome
+from edge_agent.update.wire import announce_topic, group_announce_topic
+
+log = logging.getLogger(__name__)
+
+LOCAL_TOPIC = "local"
+
+
+def create(agent: Any) -> UpdateService | None:
+    """The component for ``agent``; None when there is no ``[update]`` section or it is off."""
+    sections = getattr(agent.config, "sections", None) or {}
+    raw = sections.get("update") or {}
+    if not raw:
+        return None
+    from edge_agent.mqtt.shared import config_source, mqtt_config, shared_client
+
+    cfg = UpdateConfig.from_section(dict(raw), config_source(agent))
+    if not cfg.enabled:
+        return None
+    mcfg = mqtt_config(agent)
+    groups = tuple(dict.fromkeys((*cfg.groups, *getattr(agent.config.agent, "groups", ()),
+                                  *getattr(mcfg, "groups", ()))))
+    deps = FlowDeps(registry=agent.registry, store=agent.store, hooks=agent.hooks,
+                    identity=DeviceIdentity(agent.device_id, groups, agent.profile.name),
+                    config=cfg, update_dir=cfg.dir or Path(agent.store.root) / "update",
+                    client=shared_client(agent),
+                    topic_prefix=mcfg.topic_prefix if mcfg else "edge")
+    svc = UpdateService(deps)
+    http = getattr(agent, "http", None)
+    if http is not None:
+        svc.register_routes(http)
+    return svc
+
+
+class UpdateService:
+    """Start/stop, announcement intake, retry scheduling (see the module docstring)."""
+
+    def __init__(self, deps: FlowDeps) -> None:
+        self.deps = deps
+        self._stop = threading.Event()
+        self._cond = threading.Condition()
+        self._pending: OrderedDict[str, bytes] = OrderedDict()  # topic → latest payload
+        self._retry: dict[str, tuple[bytes, float]] = {}
+        self._unsubs: list[Any] = []
+        self._thread: threading.Thread | None = None
+        self.flow: UpdateFlow | None = None
+        self.outcomes: list[Outcome] = []
+        self._busy = False
+
+    @property
+    def topics(self) -> list[str]:
+        d = self.deps
+        return [announce_topic(d.identity.device, d.topic_prefix),
+                *(group_announce_topic(g, d.topic_prefix) for g in d.identity.groups)]
+
+    def start(self) -> None:
+        if self._thread is not None:
+            return
+        self._stop.clear()
+        self.flow = UpdateFlow(self.deps, self._stop)
+        self._thread = threading.Thread(target=self._worker, name="edge-update", daemon=True)
+        self._thread.start()
+        client = self.deps.client
+        if client is not None:
+            for t in self.topics:
+                self._unsubs.append(client.subscribe(
+                    t, self.submit, qos=1, max_bytes=self.deps.config.max_announcement_bytes))
+            start = getattr(client, "start", None)
+            if callable(start):
+                start()  # idempotent; normally the telemetry component started it already
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        for u in self._unsubs:
+            u()
+        self._unsubs.clear()
+        self._stop.set()
+        with self._cond:
+            self._cond.notify_all()
+        if self._thread is not None:
+            self._thread.join(timeout_s)
+            self._thread = None
+        if self.flow is not None:
+            self.flow.close()
+
+    def submit(self, topic: str, payload: bytes) -> None:
+        """Queue an announcement (MQTT handler thread or HTTP): quick, never blocks."""
+        with self._cond:
+            self._pending.pop(topic, None)
+            self._pending[topic] = payload
+            self._retry.pop(topic, None)
+            self._cond.notify_all()
+
+    def idle(self) -> bool:
+        """Nothing queued and nothing running (tests, demos)."""
+        with self._cond:
+            return not self._pending and not self._busy
+
+    def _next(self) -> tuple[str, bytes] | None:
+        with self._cond:
+            while not self._stop.is_set():
+                if self._pending:
+                    self._busy = True
+                    return self._pending.popitem(last=False)
+                now = time.monotonic()
+                due = [(t, p) for t, (p, at) in self._retry.items() if at <= now]
+                if due:
+                    topic, payload = due[0]
+                    del self._retry[topic]
+                    self._busy = True
+                    return topic, payload
+                wait = min((at for _, at in self._retry.values()), default=now + 1.0) - now
+                self._cond.wait(max(0.05, min(wait, 1.0)))
+        return None
+
+    def _worker(self) -> None:
+        flow = self.flow
+        assert flow is not None
+        try:
+            out = flow.resume()
+            if out is not None:
+                self.outcomes.append(out)
+        except Exception:
+            log.exception("update: resuming the interrupted update failed")
+        while not self._stop.is_set():
+            item = self._next()
+            if item is None:
+                break
+            topic, payload = item
+            try:
+                out = flow.handle(payload, topic)
+            except Exception as e:  # a bug, not an attack: say so, keep the agent serving
+                log.exception("update: internal error")
+                self.deps.hooks.emit_event("error", "update.failed", f"internal error: {e}",
+                                           code="internal", reason=str(e))
+                out = None
+            finally:
+                with self._cond:
+                    self._busy = False
+                    self._cond.notify_all()
+            if out is None:
+                continue
+            self.outcomes = [*self.outcomes[-31:], out]
+            if out.result == "failed" and not self._stop.is_set():
+                with self._cond:
+                    if topic not in self._pending:
+                        self._retry[topic] = (payload, time.monotonic()
+                                              + self.deps.config.retry_backoff_s)
+
+    # --- status and routes ---------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        d: dict[str, Any] = self.flow.status() if self.flow else {"phase": "stopped"}
+        d["topics"] = self.topics
+        d["queued"] = len(self._pending)
+        d["retry_pending"] = len(self._retry)
+        return d
+
+    def register_routes(self, http: Any) -> None:
+        http.add_route("GET", "/v1/agent/update", lambda r: (200, self.status()),
+                       name="update_status")
+
+        def announce(req: Any) -> Any:
+            body = req.body
+            if len(body) > self.deps.config.max_announcement_bytes:
+                return 413, {"error": "announcement too large"}
+            self.submit(LOCAL_TOPIC, body)
+            return 202, {"queued": True}
+        http.add_route("POST", "/v1/agent/update/announce", announce, name="update_announce")

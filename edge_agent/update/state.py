@@ -1,0 +1,217 @@
+"""The update state machine: phases, legal transitions, restart recovery, atomic persistence.
+
+::
+
+    idle → notified → downloading → verifying → test_loading → golden → swapping → probation
+              └───────────┴─── rejected / failed (old model untouched) ──┘          │    │
+                                                                  idle ← commit ←────┘    │
+                                                                  idle ← rolling_back ←───┘
+
+The pure part (:data:`TRANSITIONS`, :func:`recover`) decides; :class:`StateFile` writes
+``state.json`` atomically (temp file + ``os.replace``) *before* the work of a phase
+starts, so a crash at any instant leaves a phase whose recovery is defined.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from edge_agent.fsutil import atomic_write_text
+
+
+class Phase(str, enum.Enum):
+    IDLE = "idle"
+    NOTIFIED = "notified"
+    DOWNLOADING = "downloading"
+    VERIFYING = "verifying"
+    TEST_LOADING = "test_loading"
+    GOLDEN = "golden"
+    SWAPPING = "swapping"
+    PROBATION = "probation"
+    ROLLING_BACK = "rolling_back"
+
+
+PRE_SWAP = (Phase.NOTIFIED, Phase.DOWNLOADING, Phase.VERIFYING, Phase.TEST_LOADING,
+            Phase.GOLDEN)
+
+# ``→ notified`` from a later pre-swap phase is the resume edge after a restart.
+TRANSITIONS: dict[Phase, frozenset[Phase]] = {
+    Phase.IDLE: frozenset({Phase.NOTIFIED, Phase.ROLLING_BACK}),
+    Phase.NOTIFIED: frozenset({Phase.DOWNLOADING, Phase.IDLE, Phase.ROLLING_BACK}),
+    Phase.DOWNLOADING: frozenset({Phase.VERIFYING, Phase.IDLE, Phase.NOTIFIED}),
+    Phase.VERIFYING: frozenset({Phase.TEST_LOADING, Phase.IDLE, Phase.NOTIFIED}),
+    Phase.TEST_LOADING: frozenset({Phase.GOLDEN, Phase.IDLE, Phase.NOTIFIED}),
+    Phase.GOLDEN: frozenset({Phase.SWAPPING, Phase.IDLE, Phase.NOTIFIED}),
+    Phase.SWAPPING: frozenset({Phase.PROBATION, Phase.ROLLING_BACK, Phase.IDLE,
+                               Phase.NOTIFIED}),
+    Phase.PROBATION: frozenset({Phase.IDLE, Phase.ROLLING_BACK}),
+    Phase.ROLLING_BACK: frozenset({Phase.IDLE}),
+}
+
+
+class IllegalTransition(RuntimeError):
+    """A programming error: the flow tried a transition the table does not allow."""
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How the last update attempt ended (shown in status and events)."""
+
+    result: str  # committed | rejected | failed | rolled_back | abandoned | noop
+    code: str
+    reason: str
+    name: str | None = None
+    version: int | None = None
+    at: float = 0.0
+
+
+@dataclass(frozen=True)
+class UpdateState:
+    """Everything needed to resume or abandon after a crash; stored as ``state.json``."""
+
+    phase: Phase = Phase.IDLE
+    announce_digest: str | None = None  # the stored announcement being processed
+    announce_topic: str | None = None
+    target: str | None = None  # TUF target path
+    target_sha256: str | None = None
+    name: str | None = None
+    version: int | None = None
+    from_version: int | None = None  # what was active before the swap
+    phase_at: float = 0.0
+    probation_until: float | None = None
+    crashes: int = 0  # agent restarts seen while in probation
+    clean_stop: bool = False  # probation interrupted by an orderly shutdown (not a crash)
+    last: Outcome | None = None
+    blocked: tuple[str, ...] = ()  # target sha256 rolled back on this device: never again
+    done_commands: tuple[str, ...] = ()  # executed signed command ids (replay guard)
+    settled: tuple[str, ...] = ()  # announcement digests already decided (no re-run)
+
+    def to(self, phase: Phase, **changes: Any) -> UpdateState:
+        """The next state; raises IllegalTransition for an edge missing from TRANSITIONS."""
+        if phase != self.phase and phase not in TRANSITIONS[self.phase]:
+            raise IllegalTransition(f"{self.phase.value} → {phase.value} is not allowed")
+        return replace(self, phase=phase, phase_at=time.time(), **changes)
+
+    def finish(self, outcome: Outcome, *, remember: bool = True) -> UpdateState:
+        """Back to idle with ``outcome``; the announcement is marked settled if ``remember``."""
+        settled = self.settled
+        if remember and self.announce_digest and self.announce_digest not in settled:
+            settled = (*settled, self.announce_digest)[-64:]
+        return replace(self.to(Phase.IDLE), announce_digest=None, announce_topic=None,
+                       target=None, target_sha256=None, name=None, version=None,
+                       from_version=None, probation_until=None, crashes=0, clean_stop=False,
+                       last=outcome,
+                       settled=settled)
+
+    def to_json(self) -> str:
+        d = asdict(self)
+        d["phase"] = self.phase.value
+        return json.dumps(d, indent=1, sort_keys=True) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str) -> UpdateState:
+        d = json.loads(text)
+        last = d.pop("last", None)
+        for k in ("blocked", "done_commands", "settled"):
+            d[k] = tuple(d.get(k, ()))
+        known = set(cls.__dataclass_fields__)
+        return cls(**{k: v for k, v in d.items() if k in known and k not in ("phase",)},
+                   phase=Phase(d.get("phase", "idle")),
+                   last=Outcome(**last) if isinstance(last, dict) else None)
+
+
+class Recovery(str, enum.Enum):
+    NOTHING = "nothing"
+    RESUME = "resume"  # re-run from the stored announcement; the download resumes from staging
+    PROBATION = "probation"  # the new version is active: (re)start its probation window
+    ROLLBACK = "rollback"  # restore from_version
+
+
+@dataclass(frozen=True)
+class RecoveryPlan:
+    action: Recovery
+    reason: str
+    crashes: int = 0
+
+
+def recover(state: UpdateState, active_version: int | None, max_crashes: int) -> RecoveryPlan:
+    """What to do with a state found on disk at start (pure).
+
+    Nothing before ``swapping`` has touched the serving model, so those phases resume
+    (every check re-runs). In ``swapping``, ``active.json`` tells whether the swap
+    persisted (start probation) or not (resume). A restart in ``probation`` that was not
+    an orderly shutdown counts as a crash of the new model; more than ``max_crashes``
+    of them roll back.
+    """
+    p = state.phase
+    if p == Phase.IDLE:
+        return RecoveryPlan(Recovery.NOTHING, "idle")
+    if p in PRE_SWAP:
+        return RecoveryPlan(Recovery.RESUME, f"interrupted while {p.value}")
+    if p == Phase.ROLLING_BACK:
+        return RecoveryPlan(Recovery.ROLLBACK, "interrupted while rolling back", state.crashes)
+    if p == Phase.SWAPPING:
+        if active_version != state.version:
+            return RecoveryPlan(Recovery.RESUME, "interrupted before the swap persisted")
+        return RecoveryPlan(Recovery.PROBATION, "the swap persisted just before the restart",
+                            state.crashes)
+    if state.clean_stop:
+        return RecoveryPlan(Recovery.PROBATION, "probation interrupted by a shutdown",
+                            state.crashes)
+    crashes = state.crashes + 1
+    if crashes > max_crashes:
+        return RecoveryPlan(Recovery.ROLLBACK, f"agent restarted {crashes}x while "
+                            f"v{state.version} was on probation (max {max_crashes})", crashes)
+    return RecoveryPlan(Recovery.PROBATION, f"restart {crashes} of {max_crashes} tolerated "
+                        "during probation", crashes)
+
+
+@dataclass
+class StateFile:
+    """``state.json`` plus the stored announcement, both written atomically."""
+
+    path: Path
+    announce_dir: Path = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.announce_dir = self.path.parent / "announcements"
+
+    def load(self) -> UpdateState:
+        """The persisted state; a missing file is idle. A corrupt one is quarantined."""
+        try:
+            return UpdateState.from_json(self.path.read_text())
+        except FileNotFoundError:
+            return UpdateState()
+        except (OSError, ValueError, TypeError, KeyError):
+            bad = self.path.with_suffix(f".corrupt-{int(time.time())}")
+            self.path.replace(bad)
+            return UpdateState(last=Outcome("abandoned", "state", f"state file was unreadable; "
+                                            f"kept as {bad.name}", at=time.time()))
+
+    def save(self, state: UpdateState) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(self.path, state.to_json())
+
+    def store_announcement(self, digest: str, payload: bytes) -> None:
+        from edge_agent.fsutil import atomic_write_bytes
+
+        self.announce_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(self.announce_dir / f"{digest}.json", payload)
+
+    def announcement(self, digest: str) -> bytes | None:
+        try:
+            return (self.announce_dir / f"{digest}.json").read_bytes()
+        except OSError:
+            return None
+
+    def prune_announcements(self, keep: set[str]) -> None:
+        if not self.announce_dir.is_dir():
+            return
+        for p in self.announce_dir.glob("*.json"):
+            if p.stem not in keep:
+                p.unlink(missing_ok=True)

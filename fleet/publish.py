@@ -1,0 +1,290 @@
+"""``edge-fleet publish``: sign a bundle into the repository and push it to devices.
+
+::
+
+    edge-fleet publish BUNDLE --repo REPO --key K… --broker URL (--device ID… | --group G)
+                       [--http-url URL] [--chunk-size BYTES] [--no-mqtt-chunks]
+                       [--signed-metadata DIR]
+    edge-fleet rollback --repo REPO --key K… --broker URL --model NAME [--to-version N]
+                       (--device ID… | --group G)
+
+``publish`` (1) adds the bundle (deterministic ``.tar``) to the TUF repository as a
+target whose signed entry names the model, version, profiles, audience and the sha256
+of every chunk, and releases new targets/snapshot/timestamp versions signed with the
+given keys (threshold-checked) — or, with ``--signed-metadata``, takes metadata that
+was signed elsewhere; (2) publishes the target as retained, fixed-size chunks on
+``edge/blobs/<sha256>/<i>`` (each chunk carries its own sha256; re-running resumes
+an interrupted publish); (3) announces it, retained, on ``edge/<device>/update/announce``
+per device or ``edge/group/<g>/update/announce``. ``--http-url`` adds a mirror
+(``edge-fleet serve REPO``, any static server or an S3-compatible bucket holding
+the repository) that devices use when chunks are not on MQTT or stall.
+
+``rollback`` signs a command target (``commands/<id>.json``) telling devices to serve an
+earlier installed version; devices refuse it unless it verifies like any update.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import threading
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+from securesystemslib.signer import Signer
+from tuf.api.metadata import Metadata, Targets
+
+from edge_agent.bundle import read_bundle, tar_bytes
+from edge_agent.errors import BadInputError, TransportError
+from edge_agent.mqtt.client import MqttClient
+from edge_agent.mqtt.config import MqttConfig
+from edge_agent.update.wire import (
+    Announcement,
+    Audience,
+    ChunkPlan,
+    Command,
+    TargetSpec,
+    announce_topic,
+    chunk_topic,
+    encode_chunk,
+    group_announce_topic,
+    parse_target_spec,
+)
+from fleet import keys
+from fleet.repo import FleetRepo, target_path_for_model
+
+DEFAULT_CHUNK = 256 * 1024  # bytes; must stay under the device's mqtt.max_incoming_bytes
+
+
+@dataclass(frozen=True)
+class Published:
+    target: str
+    sha256: str
+    length: int
+    chunks: int
+    topics: tuple[str, ...]
+    announcement: bytes
+
+
+def audience_topics(audience: Audience, prefix: str = "edge") -> tuple[str, ...]:
+    return (*(announce_topic(d, prefix) for d in audience.devices),
+            *(group_announce_topic(g, prefix) for g in audience.groups))
+
+
+class Broker:
+    """A short-lived workstation connection: QoS 1 publishes, waits for every PUBACK."""
+
+    def __init__(self, url: str, *, client_id: str | None = None,
+                 connect_timeout_s: float = 10.0) -> None:
+        self.config = MqttConfig.from_url(url, max_inflight=100)
+        self.client = MqttClient(config=self.config,
+                                 client_id=client_id or f"edge-fleet-{uuid.uuid4().hex[:8]}")
+        self.client.connect(connect_timeout_s)
+        self._pending = 0
+        self._failed: list[int] = []
+        self._cond = threading.Condition()
+
+    def publish(self, topic: str, payload: bytes, *, retain: bool = True) -> None:
+        def acked(rc: int) -> None:
+            with self._cond:
+                self._pending -= 1
+                if rc:
+                    self._failed.append(rc)
+                self._cond.notify_all()
+
+        with self._cond:
+            self._pending += 1
+        if not self.client.publish(topic, payload, 1, retain, on_ack=acked):
+            with self._cond:
+                self._pending -= 1
+            raise TransportError(f"broker {self.config.url}: not connected; publish of {topic} "
+                                 "failed (re-run to resume)")
+
+    def flush(self, timeout_s: float = 120.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        with self._cond:
+            while self._pending > 0:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TransportError(f"broker {self.config.url}: {self._pending} publishes "
+                                         f"unacknowledged after {timeout_s:g} s")
+                self._cond.wait(min(left, 0.5))
+            if self._failed:
+                raise TransportError(f"broker refused {len(self._failed)} publishes "
+                                     f"(reason codes {sorted(set(self._failed))})")
+
+    def close(self) -> None:
+        self.client.stop()
+
+
+def publish_chunks(broker: Broker, data: bytes, plan: ChunkPlan, sha256: str,
+                   prefix: str = "edge") -> None:
+    for i in range(plan.count):
+        off, n = plan.span(i)
+        broker.publish(chunk_topic(sha256, i, prefix),
+                       encode_chunk(i, plan.count, plan.length, data[off:off + n]))
+    broker.flush()
+
+
+def announce(broker: Broker, topics: Sequence[str], ann: Announcement) -> bytes:
+    payload = ann.to_bytes()
+    for t in topics:
+        broker.publish(t, payload)
+    broker.flush()
+    return payload
+
+
+def sign_bundle(repo: FleetRepo, bundle_path: Path, signers: Sequence[Signer], *,
+                audience: Audience, chunk_size: int = DEFAULT_CHUNK,
+                expires: dict[str, datetime] | None = None) -> tuple[str, bytes, TargetSpec]:
+    """Add the bundle to the repository and release signed metadata; returns path, tar, spec."""
+    bundle = read_bundle(bundle_path)
+    if not bundle.manifest.target_profiles:
+        raise BadInputError(f"{bundle_path}: manifest lists no target_profiles; devices "
+                            "refuse a bundle that does not name their profile")
+    data = tar_bytes(bundle)
+    spec = TargetSpec("model", audience, bundle.name, bundle.version,
+                      bundle.manifest.target_profiles, ChunkPlan.for_data(data, chunk_size))
+    path = target_path_for_model(bundle.name, bundle.version)
+    repo.add_targets({path: (data, spec)}, signers, expires=expires)
+    return path, data, spec
+
+
+def publish(repo: FleetRepo, bundle_path: Path, signers: Sequence[Signer], *,
+            audience: Audience, broker_url: str, http_url: str | None = None,
+            chunk_size: int = DEFAULT_CHUNK, mqtt_chunks: bool = True,
+            signed_metadata: Path | None = None) -> Published:
+    """Sign (or take signed metadata), push chunks, announce. See the module docstring."""
+    if not audience.devices and not audience.groups:
+        raise BadInputError("name at least one --device or a --group")
+    if signed_metadata is None:
+        path, data, spec = sign_bundle(repo, bundle_path, signers, audience=audience,
+                                       chunk_size=chunk_size)
+        files = repo.announce_files()
+    else:
+        path, data, spec, files = _take_signed(bundle_path, signed_metadata)
+    sha = hashlib.sha256(data).hexdigest()
+    ann = Announcement(path, files, chunks=mqtt_chunks and spec.chunks is not None,
+                       mirrors=(http_url,) if http_url else (), published_at=time.time())
+    broker = Broker(broker_url)
+    try:
+        if ann.chunks and spec.chunks is not None:
+            publish_chunks(broker, data, spec.chunks, sha, broker.config.topic_prefix)
+        topics = audience_topics(audience, broker.config.topic_prefix)
+        payload = announce(broker, topics, ann)
+    finally:
+        broker.close()
+    return Published(path, sha, len(data), spec.chunks.count if spec.chunks else 0,
+                     topics, payload)
+
+
+def _take_signed(bundle_path: Path, meta_dir: Path
+                 ) -> tuple[str, bytes, TargetSpec, dict[str, bytes]]:
+    """Use metadata signed elsewhere: find the bundle's entry in its targets metadata."""
+    data = tar_bytes(read_bundle(bundle_path))
+    sha = hashlib.sha256(data).hexdigest()
+    files: dict[str, bytes] = {}
+    for p in sorted(meta_dir.glob("*.json")):
+        if p.name != "root.json":
+            files[f"metadata/{p.name}"] = p.read_bytes()
+    targets = [k for k in files if k.endswith(".targets.json")]
+    if not targets or "metadata/timestamp.json" not in files:
+        raise BadInputError(f"{meta_dir}: expected timestamp.json, <n>.snapshot.json and "
+                            "<n>.targets.json signed by the repository's keys")
+    newest = max(targets, key=lambda k: int(k.split("/")[1].split(".")[0]))
+    md = Metadata[Targets].from_bytes(files[newest])
+    for path, tf in md.signed.targets.items():
+        if tf.hashes.get("sha256") == sha:
+            return path, data, parse_target_spec(tf.custom, tf.length, path), files
+    raise BadInputError(f"{bundle_path}: its tar (sha256 {sha[:16]}…) is not listed in the "
+                        f"signed targets metadata in {meta_dir}")
+
+
+def rollback(repo: FleetRepo, signers: Sequence[Signer], *, audience: Audience, name: str,
+             to_version: int | None, broker_url: str) -> Published:
+    """Sign a rollback command and announce it (inline: no chunks needed)."""
+    cmd = Command("rollback", name, to_version, uuid.uuid4().hex)
+    data = cmd.to_bytes()
+    path = f"commands/{cmd.id}.json"
+    repo.add_targets({path: (data, TargetSpec("command", audience))}, signers)
+    files = repo.announce_files()
+    sha = hashlib.sha256(data).hexdigest()
+    files[f"targets/commands/{sha}.{cmd.id}.json"] = data
+    ann = Announcement(path, files, chunks=False, published_at=time.time())
+    broker = Broker(broker_url)
+    try:
+        topics = audience_topics(audience, broker.config.topic_prefix)
+        payload = announce(broker, topics, ann)
+    finally:
+        broker.close()
+    return Published(path, sha, len(data), 0, topics, payload)
+
+
+# --- CLI ---------------------------------------------------------------------------------
+
+
+def _signers(args: argparse.Namespace) -> list[Signer]:
+    return list(keys.load_signers([Path(k) for k in args.key], keys.passphrase(args)))
+
+
+def _audience(args: argparse.Namespace) -> Audience:
+    return Audience(tuple(args.device or ()), tuple(args.group or ()))
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--repo", type=Path, required=True, help="repository directory")
+    p.add_argument("--key", action="append", default=[], metavar="KEY",
+                   help="private key file (repeat: targets, snapshot, timestamp keys)")
+    p.add_argument("--broker", required=True, metavar="URL", help="mqtt[s]://host:port")
+    who = p.add_mutually_exclusive_group(required=True)
+    who.add_argument("--device", nargs="+", metavar="ID")
+    who.add_argument("--group", action="append", metavar="G")
+    keys.add_passphrase_args(p)
+
+
+def _cmd_publish(args: argparse.Namespace) -> int:
+    repo = FleetRepo(args.repo)
+    res = publish(repo, Path(args.bundle), [] if args.signed_metadata else _signers(args),
+                  audience=_audience(args), broker_url=args.broker, http_url=args.http_url,
+                  chunk_size=args.chunk_size, mqtt_chunks=not args.no_mqtt_chunks,
+                  signed_metadata=args.signed_metadata)
+    print(f"published {res.target} ({res.length} bytes, sha256 {res.sha256[:16]}…, "
+          f"{res.chunks} chunks) → {', '.join(res.topics)}")
+    return 0
+
+
+def _cmd_rollback(args: argparse.Namespace) -> int:
+    res = rollback(FleetRepo(args.repo), _signers(args), audience=_audience(args),
+                   name=args.model, to_version=args.to_version, broker_url=args.broker)
+    print(f"signed rollback of {args.model} to "
+          f"{'v' + str(args.to_version) if args.to_version else 'the previous version'} "
+          f"→ {', '.join(res.topics)}")
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("publish", help="sign a bundle and push it to devices over MQTT",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("bundle", type=Path, help="bundle directory or .tar")
+    _common(p)
+    p.add_argument("--http-url", metavar="URL",
+                   help="mirror serving the repository (edge-fleet serve REPO)")
+    p.add_argument("--chunk-size", type=int, default=DEFAULT_CHUNK, metavar="BYTES")
+    p.add_argument("--no-mqtt-chunks", action="store_true",
+                   help="announce only; devices download from --http-url")
+    p.add_argument("--signed-metadata", type=Path, metavar="DIR",
+                   help="take metadata signed elsewhere instead of signing here")
+    p.set_defaults(func=_cmd_publish)
+    r = sub.add_parser("rollback", help="sign a rollback command for devices")
+    _common(r)
+    r.add_argument("--model", required=True)
+    r.add_argument("--to-version", type=int, help="default: each device's previous version")
+    r.set_defaults(func=_cmd_rollback)
+    from fleet import cli as fleet_cli
+    if "fleet.repo" not in fleet_cli.SUBCOMMAND_MODULES:  # until the lead lists it
+        from fleet import repo as repo_mod
+        repo_mod.register(sub)
