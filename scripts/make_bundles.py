@@ -54,7 +54,8 @@ def _source_key(*paths: str) -> str:
 
 def digits_dir() -> Path:
     """The directory tests/conftest.py's ``digits`` fixture uses (same key, same layout)."""
-    return ROOT / ".cache" / "test-artifacts" / f"digits-{_source_key('converter', 'edge_agent/bundle.py')}"
+    key = _source_key("converter", "edge_agent/bundle.py")
+    return ROOT / ".cache" / "test-artifacts" / f"digits-{key}"
 
 
 def build_digits(_: Path) -> Path:
