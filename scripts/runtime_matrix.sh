@@ -22,6 +22,9 @@ VENVS="$HERE/.cache/venvs"
 OUT="$HERE/.cache/matrix"
 mkdir -p "$VENVS" "$OUT"
 
+# pip warns about every index directory of this machine's pip.conf that does not exist.
+pipq() { "$@" 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2); }
+
 # cell | runtime requirements | what select_runtime() must answer
 ALL_CELLS=(
   "litert-1.4.0|ai-edge-litert==1.4.0|ai-edge-litert 1.4.0"
@@ -48,9 +51,6 @@ print(" ".join(d.split(";")[0].replace(" ", "") for d in deps
 PY
 )"
 TEST_DEPS="pytest pytest-timeout"
-
-# pip warns about every index directory of this machine's pip.conf that does not exist.
-pipq() { "$@" 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2); }
 
 declare -A RESULT DURATION
 failed=0
