@@ -239,6 +239,24 @@ class Agent:
             return served
         return None
 
+    def _load_extra_versions(self, name: str) -> None:
+        """Also load older versions (previous first) up to ``max_loaded_versions``, inactive.
+
+        They answer ``/versions/{v}`` requests and make a rollback instant.
+        """
+        limit = self.config.agent.max_loaded_versions
+        prev = self.store.previous_version(name)
+        others = sorted(self.store.versions(name), reverse=True)
+        for v in list(dict.fromkeys([prev, *others])):
+            if len(self.registry.versions(name)) >= limit:
+                return
+            if v is None or v in {sm.version for sm in self.registry.versions(name)}:
+                continue
+            try:
+                self._load(self.store.load(name, v), activate=False)
+            except EdgeError as e:
+                self._failed(name, v, e)
+
     def install_bundle(self, bundle: Bundle | str | Path, activate: bool = True) -> ServedModel:
         """Install into the store and load (serving it if ``activate``). Raises on failure."""
         b = bundle if isinstance(bundle, Bundle) else read_bundle(bundle)
@@ -312,7 +330,8 @@ class Agent:
                 except EdgeError as e:
                     self._failed(name, None, e)
                     continue
-                self._load_from_store(name, list(dict.fromkeys(versions)))
+                if self._load_from_store(name, list(dict.fromkeys(versions))) is not None:
+                    self._load_extra_versions(name)
             if self.http is not None:
                 self.http.start()
             self._start_components()
@@ -357,23 +376,33 @@ class Agent:
         link: MessageLink | None = shared_client(self)
         return link
 
+    def _durable_publisher(self) -> Any:
+        try:
+            from edge_agent.mqtt import shared_publisher
+        except ModuleNotFoundError:
+            return None
+        return shared_publisher(self)
+
     def _start_sources(self) -> None:
         c, a = self.config, self.config.agent
         wants_link = (c.mqtt_requests.enabled or (c.watch.enabled and c.watch.publish_mqtt)
                       or (c.camera.enabled and c.camera.publish_mqtt))
         link = self.message_link() if wants_link else None
+        prefix = str(c.sections.get("mqtt", {}).get("topic_prefix", "edge"))
 
         def sink(jsonl: Path | None, mqtt: bool) -> ResultSink:
             sinks: list[ResultSink] = [JsonlSink(jsonl)] if jsonl else []
             if mqtt and link is not None:
-                sinks.append(MqttSink(link, self.device_id))
+                sinks.append(MqttSink(link, self.device_id, prefix=prefix,
+                                      durable=self._durable_publisher))
             return FanOut(sinks)
 
         candidates: list[Callable[[], Source]] = []
         if c.mqtt_requests.enabled and link is not None:
             candidates.append(lambda: MqttRequestSource(
                 link, self.registry, self.device_id, c.mqtt_requests, max_batch=c.http.max_batch,
-                max_image_pixels=a.max_image_pixels, threads=a.workers, hooks=self.hooks))
+                max_image_pixels=a.max_image_pixels, threads=a.workers, prefix=prefix,
+                hooks=self.hooks))
         if c.watch.enabled:
             candidates.append(lambda: WatchFolderSource(
                 c.watch, self.registry, sink(c.watch.jsonl, c.watch.publish_mqtt),
@@ -420,8 +449,9 @@ class Agent:
             return False, "no model loaded (see GET /v1/agent/status for load failures)"
         return True, ""
 
+    @property
     def capabilities(self) -> list[str]:
-        """What this agent can do, for status and the fleet."""
+        """What this agent can do, for status and the fleet (a list: telemetry reads it)."""
         c = self.config
         caps = ["predict", "classify", "metadata"]
         caps += ["rest"] if self.http else []
@@ -457,7 +487,7 @@ class Agent:
             "models": self.registry.snapshot(),
             "load_failures": {n: {str(v): m for v, m in f.items()}
                               for n, f in self.load_failures.items() if f},
-            "capabilities": self.capabilities(),
+            "capabilities": self.capabilities,
             "started_at": self.started_at,
             "uptime_s": round(time.time() - self.started_at, 3) if self.started_at else 0.0,
             "queue_depth": queue,

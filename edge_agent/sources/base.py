@@ -56,12 +56,12 @@ class ResultSink(Protocol):
     def emit(self, result: dict[str, Any]) -> None: ...
 
 
-def infer_topic(device_id: str, model: str = "+") -> str:
-    return f"edge/{device_id}/infer/{model}"
+def infer_topic(device_id: str, model: str = "+", prefix: str = "edge") -> str:
+    return f"{prefix}/{device_id}/infer/{model}"
 
 
-def results_topic(device_id: str, model: str) -> str:
-    return f"edge/{device_id}/results/{model}"
+def results_topic(device_id: str, model: str, prefix: str = "edge") -> str:
+    return f"{prefix}/{device_id}/results/{model}"
 
 
 class JsonlSink:
@@ -80,15 +80,33 @@ class JsonlSink:
             os.fsync(f.fileno())
 
 
-class MqttSink:
-    """Publishes each result as JSON to ``edge/<device>/results/<model>``."""
+class DurablePublisher(Protocol):
+    """The telemetry component's outbox publisher (``edge_agent.mqtt.Publisher``)."""
 
-    def __init__(self, link: MessageLink, device_id: str, *, qos: int = 1) -> None:
-        self.link, self.device_id, self.qos = link, device_id, qos
+    def result(self, model: str, body: dict[str, Any]) -> Any: ...
+
+
+class MqttSink:
+    """Publishes each result as JSON to ``edge/<device>/results/<model>``.
+
+    When ``durable()`` returns a publisher (the telemetry component's outbox, looked up at
+    publish time), results survive broker outages; otherwise they go out live on ``link``.
+    """
+
+    def __init__(self, link: MessageLink | None, device_id: str, *, qos: int = 1,
+                 prefix: str = "edge",
+                 durable: Callable[[], DurablePublisher | None] | None = None) -> None:
+        self.link, self.device_id, self.qos, self.prefix = link, device_id, qos, prefix
+        self.durable = durable
 
     def emit(self, result: dict[str, Any]) -> None:
-        topic = results_topic(self.device_id, str(result.get("model", "unknown")))
-        self.link.publish(topic, json.dumps(result, separators=(",", ":")).encode(), self.qos)
+        model = str(result.get("model", "unknown"))
+        pub = self.durable() if self.durable is not None else None
+        if pub is not None:
+            pub.result(model, result)
+        elif self.link is not None:
+            self.link.publish(results_topic(self.device_id, model, self.prefix),
+                              json.dumps(result, separators=(",", ":")).encode(), self.qos)
 
 
 class FanOut:

@@ -54,7 +54,7 @@ class MqttRequestSource:
     def __init__(self, link: MessageLink, registry: ModelRegistry, device_id: str,
                  settings: MqttRequestsSettings | None = None, *, max_batch: int = 64,
                  max_image_pixels: int = 12_000_000, threads: int = 1,
-                 hooks: Hooks | None = None) -> None:
+                 prefix: str = "edge", hooks: Hooks | None = None) -> None:
         self.link = link
         self.registry = registry
         self.device_id = device_id
@@ -62,6 +62,7 @@ class MqttRequestSource:
         self.max_batch = max_batch
         self.max_image_pixels = max_image_pixels
         self.hooks = hooks
+        self.prefix = prefix
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=self.settings.queue_size)
         self._threads = [threading.Thread(target=self._work, name=f"mqtt-requests-{i}",
                                           daemon=True) for i in range(max(1, threads))]
@@ -71,7 +72,7 @@ class MqttRequestSource:
 
     @property
     def topic_filter(self) -> str:
-        return infer_topic(self.device_id, "+")
+        return infer_topic(self.device_id, "+", self.prefix)
 
     def start(self) -> None:
         for t in self._threads:
@@ -184,9 +185,9 @@ class MqttRequestSource:
         rid = doc.get("id") if isinstance(doc, dict) else None
         try:
             to = (_reply_topic(doc["reply_to"]) if isinstance(doc, dict) and "reply_to" in doc
-                  else response_topic or results_topic(self.device_id, model))
+                  else response_topic or results_topic(self.device_id, model, self.prefix))
         except InvalidRequestError as e:
-            to, error, reply = results_topic(self.device_id, model), e, None
+            to, error, reply = results_topic(self.device_id, model, self.prefix), e, None
         if error is not None:
             status = code or status_for(error)
             out: dict[str, Any] = {"id": rid, "model": model, "error": str(error),
