@@ -1,0 +1,454 @@
+"""Running under systemd: the unit, its installer, sd_notify + watchdog, journald-fit logs.
+
+* :func:`render_unit` / :func:`install_service` — ``edge-agent.service`` for a dedicated
+  ``edge-agent`` user, ``Restart=on-failure``, state in ``/var/lib/edge-agent``
+  (``StateDirectory=``), config in ``/etc/edge-agent/agent.toml``, ``Type=notify`` with an
+  optional ``WatchdogSec=``. ``install_service(root=…)`` writes under a root prefix, so the
+  whole install is testable without touching the host; only with ``root=/`` does it create
+  the user and call ``systemctl``.
+* :func:`sd_notify` — the notify protocol over a datagram socket (``$NOTIFY_SOCKET``; no
+  libsystemd). :class:`Watchdog` pings ``WATCHDOG=1`` at half ``$WATCHDOG_USEC`` *only while
+  a health check answers*, so a wedged agent is restarted by systemd.
+  :func:`create` is an agent component (``"edge_agent.service:create"``): READY=1 once
+  serving, the watchdog, STOPPING=1 on stop; it is ``None`` outside systemd.
+* :class:`JsonLinesFormatter` (one JSON object per line) and :class:`JournalFormatter`
+  (``<priority>`` prefixes journald turns into levels, no duplicate timestamp);
+  :func:`log_formatter` picks the journal one when stderr is the journal.
+* :func:`add_service_commands` — ``edge-agent install-service`` and ``edge-agent
+  check-config`` (validate the file, the profile and the bundles without starting).
+
+Raises :class:`~edge_agent.errors.ConfigError` (bad options, bad config) and ``OSError``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import logging
+import os
+import pwd
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from edge_agent.errors import ConfigError, EdgeError
+from edge_agent.fsutil import atomic_write_text
+
+log = logging.getLogger(__name__)
+
+UNIT_NAME = "edge-agent.service"
+USER = "edge-agent"
+CONFIG_PATH = Path("/etc/edge-agent/agent.toml")
+STATE_DIR = Path("/var/lib/edge-agent")
+DEFAULT_CONFIG = """\
+# /etc/edge-agent/agent.toml — see docs/install.md. Env overrides: EDGE_AGENT__<SECTION>__<KEY>.
+[agent]
+# device_id = "pi-kitchen-1"        # default: the host name
+profile = "auto"                    # rpi4, rpi5, jetson-orin-nano, ... (auto: from the board)
+store_dir = "/var/lib/edge-agent"   # the model store (systemd StateDirectory)
+
+[http]
+host = "127.0.0.1"                  # 0.0.0.0 to serve the network (then set a token)
+port = 8501
+
+# [mqtt]
+# url = "mqtt://broker.local:1883"
+"""
+
+
+@dataclass(frozen=True)
+class ServiceOptions:
+    """What goes into the unit. ``watchdog_s = 0`` leaves the watchdog off."""
+
+    exec_path: Path = field(default_factory=lambda: Path(sys.prefix) / "bin" / "edge-agent")
+    user: str = USER
+    config_path: Path = CONFIG_PATH
+    watchdog_s: int = 60
+    restart_sec_s: int = 5
+    start_timeout_s: int = 300  # probe + golden vectors of every model on a slow board
+    supplementary_groups: tuple[str, ...] = ()  # e.g. video (camera), plugdev (Coral USB)
+
+    def __post_init__(self) -> None:
+        if not self.exec_path.is_absolute() or not self.config_path.is_absolute():
+            raise ConfigError("exec and config paths must be absolute (systemd requires it)")
+        if self.watchdog_s < 0 or self.restart_sec_s < 0 or self.start_timeout_s <= 0:
+            raise ConfigError("watchdog, restart and start timeouts must be positive seconds")
+
+
+def render_unit(o: ServiceOptions) -> str:
+    """The ``edge-agent.service`` text for these options."""
+    groups = f"SupplementaryGroups={' '.join(o.supplementary_groups)}\n" \
+        if o.supplementary_groups else ""
+    watchdog = f"WatchdogSec={o.watchdog_s}s\n" if o.watchdog_s else ""
+    return f"""\
+[Unit]
+Description=Edge inference agent (LiteRT models over TF-Serving REST and MQTT)
+Wants=network-online.target
+After=network-online.target
+# A runtime that crashes at every start is probed and skipped by the agent; this stops
+# any other restart loop after 5 failures in 5 minutes.
+StartLimitIntervalSec=300
+StartLimitBurst=5
+
+[Service]
+Type=notify
+NotifyAccess=main
+User={o.user}
+Group={o.user}
+{groups}ExecStart={o.exec_path} run --config {o.config_path}
+ExecReload=/bin/kill -HUP $MAINPID
+Restart=on-failure
+RestartSec={o.restart_sec_s}s
+TimeoutStartSec={o.start_timeout_s}s
+TimeoutStopSec=30s
+{watchdog}StateDirectory=edge-agent
+StateDirectoryMode=0750
+ConfigurationDirectory=edge-agent
+Environment=PYTHONUNBUFFERED=1
+SyslogIdentifier=edge-agent
+NoNewPrivileges=yes
+ProtectSystem=strict
+ProtectHome=yes
+PrivateTmp=yes
+ProtectControlGroups=yes
+ProtectKernelModules=yes
+RestrictSUIDSGID=yes
+LockPersonality=yes
+
+[Install]
+WantedBy=multi-user.target
+"""
+
+
+def render_sysusers(user: str = USER) -> str:
+    return f'u {user} - "Edge inference agent" {STATE_DIR} /usr/sbin/nologin\n'
+
+
+@dataclass
+class InstallReport:
+    """What :func:`install_service` wrote and ran (or would have, with ``dry_run``)."""
+
+    written: list[str] = field(default_factory=list)
+    kept: list[str] = field(default_factory=list)  # existing files left alone (config)
+    commands: list[list[str]] = field(default_factory=list)
+
+
+Runner = Callable[[list[str]], None]
+
+
+def _run(cmd: list[str]) -> None:
+    try:
+        subprocess.run(cmd, check=True, capture_output=True, text=True)
+    except subprocess.CalledProcessError as e:
+        raise OSError(f"{' '.join(cmd)} failed: {(e.stderr or '').strip()[-300:]}") from e
+
+
+def _user_exists(name: str) -> bool:
+    try:
+        pwd.getpwnam(name)
+        return True
+    except KeyError:
+        return False
+
+
+def install_service(options: ServiceOptions | None = None, *, root: Path = Path("/"),
+                    enable: bool = False, start: bool = False, dry_run: bool = False,
+                    runner: Runner = _run) -> InstallReport:
+    """Write the unit, the sysusers entry, a starter config (never overwritten), the state dir.
+
+    With ``root`` = ``/`` (and not ``dry_run``) also create the user, ``daemon-reload`` and,
+    if asked, ``enable`` / ``start``. Raises OSError (unwritable root, failed command).
+    """
+    o = options or ServiceOptions()
+    rep = InstallReport()
+    on_host = root.resolve() == Path("/")
+
+    def put(rel: Path, text: str, mode: int) -> None:
+        p = root / rel.relative_to("/")
+        if not dry_run:
+            p.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(p, text, mode=mode)
+        rep.written.append(str(p))
+
+    put(Path("/etc/systemd/system") / UNIT_NAME, render_unit(o), 0o644)
+    put(Path("/etc/sysusers.d/edge-agent.conf"), render_sysusers(o.user), 0o644)
+    cfg = root / o.config_path.relative_to("/")
+    if cfg.exists():
+        rep.kept.append(str(cfg))
+    else:
+        put(o.config_path, DEFAULT_CONFIG, 0o640)
+    state = root / STATE_DIR.relative_to("/")
+    if not dry_run:
+        state.mkdir(parents=True, exist_ok=True, mode=0o750)
+    cmds: list[list[str]] = []
+    if on_host:
+        if not _user_exists(o.user):
+            cmds.append(["systemd-sysusers", "/etc/sysusers.d/edge-agent.conf"]
+                        if shutil.which("systemd-sysusers") else
+                        ["useradd", "--system", "--user-group", "--home-dir", str(STATE_DIR),
+                         "--no-create-home", "--shell", "/usr/sbin/nologin", o.user])
+        cmds.append(["chown", f"root:{o.user}", str(o.config_path)])
+        cmds.append(["systemctl", "daemon-reload"])
+        if enable or start:
+            cmds.append(["systemctl", "enable", *(["--now"] if start else []), UNIT_NAME])
+    for c in cmds:
+        if not dry_run:
+            runner(c)
+        rep.commands.append(c)
+    return rep
+
+
+# ---------------------------------------------------------------------------- sd_notify
+
+
+def sd_notify(state: str, env: Mapping[str, str] | None = None) -> bool:
+    """Send ``state`` (``"READY=1"``, ``"WATCHDOG=1"``…) to systemd; False if not under it."""
+    path = (os.environ if env is None else env).get("NOTIFY_SOCKET", "")
+    if not path or path[0] not in "@/":
+        return False
+    addr = "\0" + path[1:] if path[0] == "@" else path
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as s:
+            s.connect(addr)
+            s.sendall(state.encode())
+    except OSError as e:
+        log.debug("sd_notify(%r) to %s failed: %s", state, path, e)
+        return False
+    return True
+
+
+def watchdog_interval_s(env: Mapping[str, str] | None = None) -> float | None:
+    """``$WATCHDOG_USEC`` in seconds when it is meant for this process, else None."""
+    e = os.environ if env is None else env
+    try:
+        usec = int(e.get("WATCHDOG_USEC", ""))
+    except ValueError:
+        return None
+    pid = e.get("WATCHDOG_PID")
+    if usec <= 0 or (pid and pid != str(os.getpid())):
+        return None
+    return usec / 1e6
+
+
+class Watchdog:
+    """Pings ``WATCHDOG=1`` every ``interval_s / 2`` while ``health()`` returns true."""
+
+    def __init__(self, interval_s: float, health: Callable[[], bool],
+                 env: Mapping[str, str] | None = None) -> None:
+        self.period_s = interval_s / 2
+        self.health = health
+        self.env = env
+        self.pings = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="sd-watchdog", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(self.period_s + 1)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.period_s):
+            try:
+                healthy = bool(self.health())
+            except Exception:
+                log.exception("watchdog health check failed: not pinging")
+                healthy = False
+            if healthy and sd_notify("WATCHDOG=1", self.env):
+                self.pings += 1
+
+
+class SystemdNotifier:
+    """Agent component: READY=1 once serving, the watchdog, STOPPING=1 on the way out."""
+
+    def __init__(self, agent: Any, env: Mapping[str, str] | None = None) -> None:
+        self.agent = agent
+        self.env = env
+        interval = watchdog_interval_s(env)
+        self.watchdog = Watchdog(interval, self._healthy, env) if interval else None
+
+    def _healthy(self) -> bool:
+        return isinstance(self.agent.status(), dict)  # blocks if the agent is wedged
+
+    def start(self) -> None:
+        models = ", ".join(self.agent.registry.names()) or "no models"
+        sd_notify(f"READY=1\nSTATUS=serving {models}", self.env)
+        if self.watchdog:
+            self.watchdog.start()
+
+    def stop(self) -> None:
+        sd_notify("STOPPING=1", self.env)
+        if self.watchdog:
+            self.watchdog.stop()
+
+
+def create(agent: Any) -> SystemdNotifier | None:
+    """The component when started by systemd (``$NOTIFY_SOCKET`` set), else None."""
+    return SystemdNotifier(agent) if os.environ.get("NOTIFY_SOCKET") else None
+
+
+# ---------------------------------------------------------------------------- logs
+
+
+class JsonLinesFormatter(logging.Formatter):
+    """One JSON object per record: ts (UTC ISO 8601), level, logger, msg, pid, extras, exc."""
+
+    _STD = set(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime"}
+
+    def format(self, record: logging.LogRecord) -> str:
+        d: dict[str, Any] = {
+            "ts": dt.datetime.fromtimestamp(record.created, dt.timezone.utc)
+            .isoformat(timespec="milliseconds"),
+            "level": record.levelname.lower(), "logger": record.name,
+            "msg": record.getMessage(), "pid": record.process}
+        for k, v in vars(record).items():
+            if k not in self._STD and not k.startswith("_"):
+                d[k] = v if isinstance(v, (str, int, float, bool, type(None))) else repr(v)
+        if record.exc_info:
+            d["exc"] = self.formatException(record.exc_info)
+        return json.dumps(d, ensure_ascii=False)
+
+
+class JournalFormatter(logging.Formatter):
+    """``<N>logger: message`` — journald reads N as the priority and adds its own timestamp."""
+
+    PRIORITY = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3,
+                logging.CRITICAL: 2}
+
+    def format(self, record: logging.LogRecord) -> str:
+        pri = self.PRIORITY.get(record.levelno, 6)
+        text = f"{record.name}: {record.getMessage()}"
+        if record.exc_info:
+            text += "\n" + self.formatException(record.exc_info)
+        return "\n".join(f"<{pri}>{line}" for line in text.splitlines())
+
+
+def stderr_is_journal(env: Mapping[str, str] | None = None) -> bool:
+    """True when stderr is connected to journald (``$JOURNAL_STREAM`` = its dev:inode)."""
+    js = (os.environ if env is None else env).get("JOURNAL_STREAM", "")
+    try:
+        st = os.fstat(sys.stderr.fileno())
+    except (OSError, ValueError, AttributeError):
+        return False
+    return js == f"{st.st_dev}:{st.st_ino}"
+
+
+def log_formatter(fmt: str = "text") -> logging.Formatter:
+    """``json`` → JSON lines; ``text`` → journal-style when stderr is the journal, else plain."""
+    if fmt == "json":
+        return JsonLinesFormatter()
+    if stderr_is_journal():
+        return JournalFormatter()
+    return logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+# ---------------------------------------------------------------------------- commands
+
+
+def check_config(path: Path | None, *, read_models: bool = True) -> list[str]:
+    """Validate ``path`` like ``edge-agent run`` would, without starting; lines for the user.
+
+    Raises ConfigError / ProfileError / BundleError naming the file and key.
+    """
+    from edge_agent.bundle import read_bundle
+    from edge_agent.config import load_config
+    from edge_agent.profiles import load_profile
+
+    cfg = load_config(path)
+    a = cfg.agent
+    if a.profile == "auto":
+        from edge_agent.app import detect_profile
+
+        profile = load_profile(detect_profile())
+    else:
+        profile = load_profile(a.profile)
+    lines = [f"device {a.device_id}, profile {profile.name}, store {a.store_dir}"]
+    raw = dict(cfg.sections)
+    if raw.get("mqtt", {}).get("url"):
+        from edge_agent.mqtt.config import MqttConfig
+
+        MqttConfig.from_section(dict(raw["mqtt"]), cfg.source)
+        lines.append(f"mqtt {raw['mqtt']['url']}")
+        from edge_agent.telemetry.config import TelemetryConfig
+
+        TelemetryConfig.from_section(dict(raw.get("telemetry") or {}), cfg.source,
+                                     default_interval_s=profile.telemetry_interval_s)
+    if raw.get("update"):
+        from edge_agent.update.config import UpdateConfig
+
+        UpdateConfig.from_section(dict(raw["update"]), cfg.source)
+        lines.append("update enabled")
+    for spec in cfg.models:
+        if read_models:
+            b = read_bundle(spec.bundle)
+            lines.append(f"model {b.name} v{b.version} from {spec.bundle}")
+    if cfg.http.enabled:
+        lines.append(f"http {cfg.http.host}:{cfg.http.port}"
+                     + (" (token)" if cfg.http.token or cfg.http.token_file else ""))
+    return lines
+
+
+def _cmd_check_config(a: argparse.Namespace) -> int:
+    try:
+        lines = check_config(a.config, read_models=not a.no_models)
+    except EdgeError as e:
+        print(f"edge-agent: check-config: {e}", file=sys.stderr)
+        return 2
+    print(f"{a.config or '<defaults>'}: OK")
+    for ln in lines:
+        print(f"  {ln}")
+    return 0
+
+
+def _cmd_install_service(a: argparse.Namespace) -> int:
+    try:
+        opts = ServiceOptions(exec_path=Path(a.exec_path).absolute(), user=a.user,
+                              config_path=Path(a.config).absolute(), watchdog_s=a.watchdog_s,
+                              supplementary_groups=tuple(a.group or ()))
+    except ConfigError as e:
+        print(f"edge-agent: install-service: {e}", file=sys.stderr)
+        return 2
+    if a.print_unit:
+        sys.stdout.write(render_unit(opts))
+        return 0
+    rep = install_service(opts, root=Path(a.root), enable=a.enable, start=a.start,
+                          dry_run=a.dry_run)
+    verb = "would write" if a.dry_run else "wrote"
+    for p in rep.written:
+        print(f"{verb} {p}")
+    for p in rep.kept:
+        print(f"kept {p} (exists)")
+    for c in rep.commands:
+        print(f"{'would run' if a.dry_run else 'ran'}: {' '.join(c)}")
+    return 0
+
+
+def add_service_commands(subparsers: Any) -> None:
+    """Register ``install-service`` and ``check-config`` on the agent CLI's subparsers."""
+    s = subparsers.add_parser("install-service", help="install the systemd unit, user and dirs")
+    s.add_argument("--root", default="/", help="install under this root prefix (image builds)")
+    s.add_argument("--exec", dest="exec_path", default=str(ServiceOptions().exec_path),
+                   help="the edge-agent executable (default: this venv's)")
+    s.add_argument("--user", default=USER)
+    s.add_argument("--config", default=str(CONFIG_PATH))
+    s.add_argument("--watchdog-s", type=int, default=60, help="WatchdogSec (0: off)")
+    s.add_argument("--group", action="append", help="supplementary group (video, plugdev)")
+    s.add_argument("--enable", action="store_true", help="systemctl enable")
+    s.add_argument("--start", action="store_true", help="systemctl enable --now")
+    s.add_argument("--dry-run", action="store_true")
+    s.add_argument("--print-unit", action="store_true", help="print the unit and exit")
+    s.set_defaults(func=_cmd_install_service)
+    c = subparsers.add_parser("check-config", help="validate agent.toml without starting")
+    c.add_argument("--config", type=Path, default=os.environ.get("EDGE_AGENT_CONFIG"))
+    c.add_argument("--no-models", action="store_true", help="do not open the [[models]] bundles")
+    c.set_defaults(func=_cmd_check_config)

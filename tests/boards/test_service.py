@@ -1,0 +1,239 @@
+"""The systemd side: unit + installer under a root prefix, sd_notify, watchdog, logs, checks.
+
+sd_notify is tested against a real AF_UNIX datagram socket standing in for systemd's, and
+the notifier component against a real Agent.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from edge_agent.config import load_config
+from edge_agent.errors import ConfigError
+from edge_agent.service import (
+    DEFAULT_CONFIG,
+    JournalFormatter,
+    JsonLinesFormatter,
+    ServiceOptions,
+    Watchdog,
+    check_config,
+    create,
+    install_service,
+    render_unit,
+    sd_notify,
+    watchdog_interval_s,
+)
+
+ROOT = Path(__file__).resolve().parents[2]
+AGENT = [sys.executable, "-m", "edge_agent.cli"]
+
+
+class NotifySocket:
+    """A datagram socket where systemd's would be; ``messages`` are what arrived."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(str(path))
+        self.sock.settimeout(0.05)
+
+    def drain(self, wait_s: float = 0.0) -> list[str]:
+        out, deadline = [], time.monotonic() + wait_s
+        while True:
+            try:
+                out.append(self.sock.recv(4096).decode())
+            except TimeoutError:
+                if time.monotonic() >= deadline:
+                    return out
+
+
+@pytest.fixture
+def notify(tmp_path: Path) -> Iterator[NotifySocket]:
+    s = NotifySocket(tmp_path / "notify.sock")
+    yield s
+    s.sock.close()
+
+
+def test_install_under_a_root_prefix_writes_everything_and_runs_nothing(tmp_path: Path) -> None:
+    ran: list[list[str]] = []
+    opts = ServiceOptions(exec_path=Path("/opt/edge-agent/bin/edge-agent"))
+    rep = install_service(opts, root=tmp_path, enable=True, runner=ran.append)
+    unit = (tmp_path / "etc/systemd/system/edge-agent.service").read_text()
+    assert unit == render_unit(opts)
+    for line in ("User=edge-agent", "Restart=on-failure", "StateDirectory=edge-agent",
+                 "Type=notify", "WatchdogSec=60s",
+                 "ExecStart=/opt/edge-agent/bin/edge-agent run --config "
+                 "/etc/edge-agent/agent.toml"):
+        assert line in unit.splitlines()
+    assert (tmp_path / "etc/sysusers.d/edge-agent.conf").read_text().startswith("u edge-agent ")
+    cfg = tmp_path / "etc/edge-agent/agent.toml"
+    assert cfg.read_text() == DEFAULT_CONFIG and oct(cfg.stat().st_mode & 0o777) == "0o640"
+    assert (tmp_path / "var/lib/edge-agent").is_dir()
+    assert ran == [] and rep.commands == []  # no user, no systemctl outside the host root
+
+
+def test_install_keeps_an_existing_config(tmp_path: Path) -> None:
+    cfg = tmp_path / "etc/edge-agent/agent.toml"
+    cfg.parent.mkdir(parents=True)
+    cfg.write_text("[agent]\ndevice_id = 'mine'\n")
+    rep = install_service(ServiceOptions(), root=tmp_path)
+    assert cfg.read_text() == "[agent]\ndevice_id = 'mine'\n" and str(cfg) in rep.kept
+
+
+def test_on_the_host_the_install_creates_the_user_and_reloads_systemd() -> None:
+    rep = install_service(ServiceOptions(user="edge-agent-test-nobody"), root=Path("/"),
+                          start=True, dry_run=True)
+    first = rep.commands[0]
+    assert first[0] in ("systemd-sysusers", "useradd")
+    assert ["systemctl", "daemon-reload"] in rep.commands
+    assert rep.commands[-1] == ["systemctl", "enable", "--now", "edge-agent.service"]
+
+
+def test_the_shipped_unit_is_the_rendered_unit() -> None:
+    shipped = (ROOT / "packaging/systemd/edge-agent.service").read_text()
+    assert shipped == render_unit(ServiceOptions(exec_path=Path("/opt/edge-agent/bin/edge-agent")))
+
+
+@pytest.mark.skipif(not shutil.which("systemd-analyze"), reason="systemd-analyze not installed")
+def test_the_unit_passes_systemd_analyze_verify(tmp_path: Path) -> None:
+    unit = tmp_path / "edge-agent.service"
+    unit.write_text(render_unit(ServiceOptions(exec_path=Path(sys.executable),
+                                               watchdog_s=30)))
+    r = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True, text=True,
+                       check=False)
+    assert r.returncode == 0, r.stderr
+    assert "edge-agent.service:" not in r.stderr, r.stderr  # no warning about our unit
+
+
+def test_options_refuse_relative_paths() -> None:
+    with pytest.raises(ConfigError, match="absolute"):
+        ServiceOptions(exec_path=Path("bin/edge-agent"))
+
+
+def test_the_starter_config_passes_check_config(tmp_path: Path) -> None:
+    cfg = tmp_path / "agent.toml"
+    cfg.write_text(DEFAULT_CONFIG.replace('profile = "auto"', 'profile = "rpi4"'))
+    lines = check_config(cfg)
+    assert lines[0].startswith(f"device {load_config(cfg).agent.device_id}, profile rpi4")
+
+
+def test_check_config_names_the_file_and_key_and_exits_2(tmp_path: Path) -> None:
+    cfg = tmp_path / "agent.toml"
+    cfg.write_text('[agent]\nprofile = "rpi4"\n[http]\nport = "x"\n')
+    r = subprocess.run([*AGENT, "check-config", "--config", str(cfg)], capture_output=True,
+                       text=True, check=False, cwd=ROOT)
+    assert r.returncode == 2
+    err = r.stderr.strip()
+    assert str(cfg) in err and "http.port" in err and len(err.splitlines()) == 1
+
+
+def test_check_config_opens_the_bundles_it_would_serve(tmp_path: Path) -> None:
+    cfg = tmp_path / "agent.toml"
+    cfg.write_text(f'[agent]\nprofile = "rpi4"\n[[models]]\nbundle = "{tmp_path}/nope"\n')
+    r = subprocess.run([*AGENT, "check-config", "--config", str(cfg)], capture_output=True,
+                       text=True, check=False, cwd=ROOT)
+    assert r.returncode == 2 and "no such bundle" in r.stderr
+    ok = subprocess.run([*AGENT, "check-config", "--config", str(cfg), "--no-models"],
+                        capture_output=True, text=True, check=False, cwd=ROOT)
+    assert ok.returncode == 0 and ": OK" in ok.stdout
+
+
+def test_install_service_command_dry_run_prints_the_plan(tmp_path: Path) -> None:
+    r = subprocess.run([*AGENT, "install-service", "--root", str(tmp_path), "--dry-run"],
+                       capture_output=True, text=True, check=False, cwd=ROOT)
+    assert r.returncode == 0, r.stderr
+    assert f"would write {tmp_path}/etc/systemd/system/edge-agent.service" in r.stdout
+    assert not (tmp_path / "etc").exists()
+
+
+def test_sd_notify_sends_to_a_path_socket(notify: NotifySocket) -> None:
+    assert sd_notify("READY=1", {"NOTIFY_SOCKET": str(notify.path)})
+    assert notify.drain(0.5) == ["READY=1"]
+
+
+def test_sd_notify_sends_to_an_abstract_socket() -> None:
+    name = f"edge-agent-test-{os.getpid()}"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+        s.bind("\0" + name)
+        s.settimeout(2)
+        assert sd_notify("WATCHDOG=1", {"NOTIFY_SOCKET": "@" + name})
+        assert s.recv(100) == b"WATCHDOG=1"
+
+
+def test_sd_notify_outside_systemd_does_nothing(tmp_path: Path) -> None:
+    assert not sd_notify("READY=1", {})
+    assert not sd_notify("READY=1", {"NOTIFY_SOCKET": str(tmp_path / "gone.sock")})
+
+
+def test_watchdog_interval_is_for_this_process_only() -> None:
+    assert watchdog_interval_s({"WATCHDOG_USEC": "30000000"}) == 30.0
+    assert watchdog_interval_s({"WATCHDOG_USEC": "30000000", "WATCHDOG_PID": "1"}) is None
+    assert watchdog_interval_s({"WATCHDOG_USEC": "nope"}) is None
+    assert watchdog_interval_s({}) is None
+
+
+def test_the_watchdog_pings_only_while_healthy(notify: NotifySocket) -> None:
+    healthy = [True]
+    wd = Watchdog(0.2, lambda: healthy[0], {"NOTIFY_SOCKET": str(notify.path)})
+    wd.start()
+    try:
+        assert notify.drain(0.55).count("WATCHDOG=1") >= 3
+        healthy[0] = False
+        time.sleep(0.15)
+        notify.drain()
+        assert notify.drain(0.5) == []  # wedged: systemd will restart us
+    finally:
+        wd.stop()
+
+
+def test_the_notifier_tells_systemd_when_a_real_agent_is_ready_and_stopping(
+        notify: NotifySocket, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from edge_agent.app import Agent
+
+    monkeypatch.setenv("NOTIFY_SOCKET", str(notify.path))
+    monkeypatch.setenv("WATCHDOG_USEC", "300000")
+    monkeypatch.setenv("WATCHDOG_PID", str(os.getpid()))
+    cfg = load_config(None, {"http.enabled": False, "agent.store_dir": str(tmp_path / "store"),
+                             "agent.profile": "generic-x86_64", "agent.device_id": "svc-test"},
+                      env={})
+    agent = Agent(cfg, components=[create])
+    agent.start()
+    try:
+        got = notify.drain(0.5)
+        assert got[0] == "READY=1\nSTATUS=serving no models"
+        assert "WATCHDOG=1" in got
+    finally:
+        agent.stop()
+    assert "STOPPING=1" in notify.drain(0.3)
+
+
+def test_json_lines_formatter_is_one_object_per_line() -> None:
+    rec = logging.LogRecord("edge_agent.x", logging.WARNING, __file__, 1, "queue %d full",
+                            (3,), None)
+    rec.model = "digits"
+    d = json.loads(JsonLinesFormatter().format(rec))
+    assert (d["level"], d["logger"], d["msg"], d["model"]) == ("warning", "edge_agent.x",
+                                                              "queue 3 full", "digits")
+    assert d["ts"].endswith("+00:00") and d["pid"] == os.getpid()
+    try:
+        raise ValueError("boom\nsecond line")
+    except ValueError:
+        rec.exc_info = sys.exc_info()
+    line = JsonLinesFormatter().format(rec)
+    assert "\n" not in line and "boom" in json.loads(line)["exc"]
+
+
+def test_journal_formatter_prefixes_every_line_with_its_priority() -> None:
+    rec = logging.LogRecord("edge_agent", logging.ERROR, __file__, 1, "a\nb", (), None)
+    assert JournalFormatter().format(rec) == "<3>edge_agent: a\n<3>b"
