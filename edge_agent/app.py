@@ -250,7 +250,8 @@ class Agent:
         for v in list(dict.fromkeys([prev, *others])):
             if len(self.registry.versions(name)) >= limit:
                 return
-            if v is None or v in {sm.version for sm in self.registry.versions(name)}:
+            if v is None or v in self.load_failures.get(name, {}) or v in {
+                    sm.version for sm in self.registry.versions(name)}:
                 continue
             try:
                 self._load(self.store.load(name, v), activate=False)
@@ -281,13 +282,14 @@ class Agent:
         with self._lock:
             names = self.store.names()
             for name in names:
+                v = None
                 try:
                     v = self.store.serving_version(name)
                     if v is None:
                         continue
                     want = self.store.load(name, v)
                 except EdgeError as e:
-                    self._failed(name, None, e)
+                    self._failed(name, v, e)
                     continue
                 loaded = {sm.version: sm for sm in self.registry.versions(name)}
                 cur = loaded.get(v)

@@ -66,14 +66,20 @@ class WatchFolderSource:
         self.failed_dir = settings.failed_dir or self.dir / "failed"
         self.journal: Journal | None = None
         self._stop = threading.Event()
+        self._scan_lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self.processed = 0
         self._waiting_logged: set[str] = set()
 
-    def start(self) -> None:
+    def open(self) -> None:
+        """Create the folder and open the journal (``start`` does this, then polls)."""
         self.dir.mkdir(parents=True, exist_ok=True)
-        self.journal = Journal(self.settings.journal or self.dir / ".journal.sqlite3")
-        self.journal.prune()
+        if self.journal is None:
+            self.journal = Journal(self.settings.journal or self.dir / ".journal.sqlite3")
+            self.journal.prune()
+
+    def start(self) -> None:
+        self.open()
         self._stop.clear()
         self._thread = threading.Thread(target=self._run, name="watch-folder", daemon=True)
         self._thread.start()
@@ -108,6 +114,10 @@ class WatchFolderSource:
 
     def scan_once(self) -> int:
         """Process every settled file once; returns how many were finished (moved)."""
+        with self._scan_lock:
+            return self._scan()
+
+    def _scan(self) -> int:
         finished = 0
         now = time.time()
         for path in self.candidates():

@@ -1,0 +1,147 @@
+"""agent.toml → env overrides → flags → validated frozen dataclasses; errors name the key."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from edge_agent.config import AgentConfig, load_config, parse_env_value
+from edge_agent.errors import ConfigError
+
+TOML = """
+[agent]
+device_id = "cam-7"
+profile = "rpi4"
+store_dir = "store"
+threads = 2
+groups = ["lab", "canary"]
+
+[http]
+port = 9000
+token = "abc"
+
+[[models]]
+bundle = "bundles/digits"
+
+[watch]
+dir = "inbox"
+model = "digits"
+
+[mqtt]
+url = "mqtt://broker:1883"
+password = "hunter2"
+tls = { ca_file = "ca.pem", key_file = "k.pem" }
+
+[telemetry]
+interval_s = 5
+"""
+
+
+@pytest.fixture
+def toml(tmp_path: Path) -> Path:
+    p = tmp_path / "agent.toml"
+    p.write_text(TOML)
+    return p
+
+
+def test_file_values_become_typed_frozen_settings(toml: Path) -> None:
+    cfg = load_config(toml, env={})
+    a = cfg.agent
+    assert (a.device_id, a.profile, a.threads, a.groups) == ("cam-7", "rpi4", 2, ("lab", "canary"))
+    assert a.store_dir == toml.parent / "store"  # relative to the file
+    assert cfg.models[0].bundle == toml.parent / "bundles" / "digits"
+    assert cfg.watch.enabled and cfg.watch.done_dir == toml.parent / "inbox" / "done"
+    assert cfg.http.port == 9000 and cfg.http.host == "127.0.0.1"
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.http.port = 1  # type: ignore[misc]
+
+
+def test_foreign_sections_stay_raw(toml: Path) -> None:
+    cfg = load_config(toml, env={})
+    assert cfg.sections["mqtt"]["url"] == "mqtt://broker:1883"
+    assert cfg.sections["telemetry"] == {"interval_s": 5}
+    assert cfg.sections["update"] == {}  # always present
+
+
+def test_env_overrides_file_and_flags_override_env(toml: Path) -> None:
+    env = {"EDGE_AGENT__HTTP__PORT": "9100", "EDGE_AGENT__HTTP__HOST": "0.0.0.0",
+           "EDGE_AGENT__AGENT__GROUPS": '["a", "b"]', "EDGE_AGENT__MQTT__URL": "mqtt://x:1",
+           "EDGE_AGENT__TELEMETRY__ENABLED": "false", "OTHER": "ignored"}
+    cfg = load_config(toml, {"http.port": 9200, "agent.device_id": None}, env=env)
+    assert cfg.http.port == 9200 and cfg.http.host == "0.0.0.0"
+    assert cfg.agent.groups == ("a", "b") and cfg.agent.device_id == "cam-7"
+    assert cfg.sections["mqtt"]["url"] == "mqtt://x:1"
+    assert cfg.sections["telemetry"]["enabled"] is False
+
+
+def test_flag_models_are_appended_and_mqtt_url_lands_in_sections(toml: Path) -> None:
+    cfg = load_config(toml, {"models": [{"bundle": "/b/v2.tar", "activate": True}],
+                             "mqtt.url": "mqtts://b:8883"}, env={})
+    assert [str(m.bundle) for m in cfg.models][1:] == ["/b/v2.tar"]
+    assert cfg.models[1].activate and cfg.sections["mqtt"]["url"] == "mqtts://b:8883"
+
+
+@pytest.mark.parametrize("text,value", [("8080", 8080), ("true", True), ("1.5", 1.5),
+                                        ('["a"]', ["a"]), ("127.0.0.1", "127.0.0.1"),
+                                        ('"quoted"', "quoted"), ("plain words", "plain words")])
+def test_env_values_parse_as_toml_then_string(text: str, value: object) -> None:
+    assert parse_env_value(text) == value
+
+
+@pytest.mark.parametrize(("toml_text", "message"), [
+    ("[http]\nport = 'x'\n", "agent.toml: http.port: expected int 1..65535, got 'x'"),
+    ("[http]\nport = 70000\n", "agent.toml: http.port: expected int 1..65535, got 70000"),
+    ("[http]\nprot = 1\n", "agent.toml: http.prot: unknown key"),
+    ("[agent]\nworkers = true\n", "agent.toml: agent.workers: expected int 1..64, got True"),
+    ("[agent]\nlog_format = 'xml'\n", "agent.toml: agent.log_format: expected one of text, json"),
+    ("[agent]\nprofile = 'rpi9'\n", "agent.toml: agent.profile: unknown device profile 'rpi9'"),
+    ("[agent]\ndevice_id = 'a/b'\n", "agent.toml: agent.device_id: expected a name matching"),
+    ("[watch]\ndir = 'in'\n", "agent.toml: watch.model: missing required key"),
+    ("[[models]]\nactivate = true\n", "agent.toml: models[0].bundle: missing required key"),
+    ("[http]\ntoken = 'a'\ntoken_file = 'f'\n", "agent.toml: http.token_file: set http.token"),
+    ("[http]\ntoken_file = 'missing'\n", "agent.toml: http.token_file: cannot read"),
+    ("[camera]\nenabled = true\n", "agent.toml: camera.model: missing required key"),
+    ("http = 3\n", "agent.toml: http: expected a table"),
+    ("stray = 3\n", "agent.toml: stray: unknown top-level key"),
+    ("[agent\n", "agent.toml: invalid TOML"),
+])
+def test_errors_name_the_file_and_the_key(tmp_path: Path, toml_text: str, message: str) -> None:
+    p = tmp_path / "agent.toml"
+    p.write_text(toml_text)
+    with pytest.raises(ConfigError) as e:
+        load_config(p, env={})
+    assert str(e.value).replace(str(p), "agent.toml").startswith(message), str(e.value)
+
+
+def test_errors_from_env_and_flags_name_where_the_value_came_from(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"^env EDGE_AGENT__HTTP__PORT: http.port: expected"):
+        load_config(None, env={"EDGE_AGENT__HTTP__PORT": "x"})
+    with pytest.raises(ConfigError, match=r"^command line: http.port: expected int"):
+        load_config(None, {"http.port": "x"}, env={})
+
+
+def test_missing_file_is_a_config_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read config file"):
+        load_config(tmp_path / "nope.toml", env={})
+
+
+def test_defaults_are_safe(tmp_path: Path) -> None:
+    cfg = load_config(None, env={})
+    assert cfg.http.host == "127.0.0.1" and cfg.http.token is None
+    assert str(cfg.agent.store_dir) == "/var/lib/edge-agent"
+    assert cfg.agent.runtime == "auto" and cfg.agent.threads is None
+    assert not cfg.watch.enabled and not cfg.camera.enabled and cfg.models == ()
+
+
+def test_redacted_masks_secrets_everywhere(toml: Path) -> None:
+    cfg: AgentConfig = load_config(toml, env={})
+    red = cfg.redacted()
+    assert red["http"]["token"] == "***" and red["mqtt"]["password"] == "***"
+    assert red["mqtt"]["tls"]["key_file"] == "k.pem"  # a path is not a secret
+    assert red["agent"]["store_dir"] == str(toml.parent / "store")
+    assert "abc" not in repr(red) and "hunter2" not in repr(red)
+    import json
+
+    json.dumps(red)  # JSON-able as a whole

@@ -1,0 +1,143 @@
+"""Token, body limit, work queue, connection limit, bind address — on real sockets."""
+
+from __future__ import annotations
+
+import socket
+import threading
+from typing import Any
+
+import pytest
+
+from edge_agent.config import HttpSettings, load_config
+from tests.agent.conftest import Client, DigitsEval, wait_for
+
+TOKEN = "s3cret-token"
+
+
+@pytest.fixture
+def token_agent(start_agent: Any, digits: Any) -> Any:
+    return start_agent(digits.bundle, **{"http.token": TOKEN})
+
+
+@pytest.mark.parametrize("auth", [None, "Bearer wrong", f"Basic {TOKEN}", "Bearer", TOKEN,
+                                  f"Bearer {TOKEN}x"])
+def test_wrong_or_missing_token_is_401(start_agent: Any, token_agent: Any,
+                                       auth: str | None) -> None:
+    c = start_agent.client(token_agent)
+    headers = {"Authorization": auth} if auth is not None else {}
+    for path in ("/v1/models/digits", "/readyz", "/metrics", "/v1/nothing"):
+        r = c.request("GET", path, headers=headers)
+        assert r.status == 401, path
+        assert "bearer token" in r.json()["error"]
+        assert r.headers["www-authenticate"].startswith("Bearer")
+
+
+def test_right_token_opens_every_route_and_healthz_needs_none(start_agent: Any,
+                                                              token_agent: Any,
+                                                              digits_eval: DigitsEval) -> None:
+    anon = start_agent.client(token_agent)
+    assert anon.get("/healthz").status == 200
+    c = start_agent.client(token_agent, token=TOKEN)
+    assert c.get("/v1/models/digits").status == 200
+    assert c.get("/readyz").status == 200
+    assert c.get("/metrics").status == 200
+    r = c.post("/v1/models/digits:classify", body=digits_eval.png(0), content_type="image/png")
+    assert r.status == 200 and r.json()["result"][0][0][0] == str(digits_eval.y[0])
+
+
+def test_token_file_is_read_at_start(tmp_path: Any) -> None:
+    f = tmp_path / "token"
+    f.write_text(f"{TOKEN}\n")
+    cfg = load_config(None, {"http.token_file": str(f)}, env={})
+    assert cfg.http.token == TOKEN and TOKEN not in repr(cfg.http)
+
+
+def test_body_over_the_limit_is_413_and_the_connection_closes(start_agent: Any, digits: Any,
+                                                              digits_eval: DigitsEval) -> None:
+    agent = start_agent(digits.bundle, **{"http.max_body_bytes": 4096})
+    c = start_agent.client(agent)
+    r = c.post("/v1/models/digits:predict", body=b"[" * 5000)
+    assert r.status == 413 and "over the limit of 4096 bytes" in r.json()["error"]
+    assert r.headers["connection"] == "close"
+    ok = c.post("/v1/models/digits:predict", {"instances": digits_eval.x[:1].tolist()})
+    assert ok.status == 200  # a new connection, same server
+
+
+def test_chunked_bodies_are_411(start_agent: Any, digits: Any) -> None:
+    agent = start_agent(digits.bundle)
+    host, port = agent.http.address
+    with socket.create_connection((host, port), timeout=5) as s:
+        s.sendall(b"POST /v1/models/digits:predict HTTP/1.1\r\nHost: x\r\n"
+                  b"Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n")
+        head = s.recv(4096).decode()
+    assert head.startswith("HTTP/1.1 411") and "Content-Length" in head
+
+
+def test_garbage_request_line_is_a_json_4xx(start_agent: Any, digits: Any) -> None:
+    agent = start_agent(digits.bundle)
+    host, port = agent.http.address
+    with socket.create_connection((host, port), timeout=5) as s:
+        s.sendall(b"GARBAGE\r\n\r\n")
+        data = s.recv(4096).decode()
+    assert data.startswith("HTTP/1.1 400") and '{"error":' in data
+    assert start_agent.client(agent).get("/healthz").status == 200
+
+
+def test_full_queue_is_503_with_retry_after_then_recovers(start_agent: Any, digits: Any,
+                                                          digits_eval: DigitsEval) -> None:
+    """workers=1, queue_size=1: with the only interpreter held, 2 requests are admitted
+    (one waits for it, one queued); the third is refused at once."""
+    agent = start_agent(digits.bundle, **{"http.queue_size": 1, "http.retry_after_s": 3})
+    body = {"instances": digits_eval.x[:1].tolist()}
+    served = agent.registry.get("digits")
+    results: list[int] = []
+    with served.borrow():  # fault injection: the interpreter is busy
+        threads = [threading.Thread(target=lambda: results.append(
+            start_agent.client(agent).post("/v1/models/digits:predict", body).status))
+            for _ in range(2)]
+        for t in threads:
+            t.start()
+        wait_for(lambda: agent.admission.in_flight() == 2, what="two admitted requests")
+        assert agent.status()["queue_depth"] == 1
+        r = start_agent.client(agent).post("/v1/models/digits:predict", body)
+        assert r.status == 503 and r.headers["retry-after"] == "3"
+        assert "busy" in r.json()["error"]
+        metrics = start_agent.client(agent).get("/metrics").body.decode()
+        assert 'edge_agent_queue_depth{model="digits"} 1.0' in metrics
+        assert 'edge_agent_rejected_total{model="digits",reason="queue_full"} 1.0' in metrics
+    for t in threads:
+        t.join(10)
+    assert results == [200, 200]
+    assert start_agent.client(agent).post("/v1/models/digits:predict", body).status == 200
+    assert agent.admission.in_flight() == 0
+
+
+def test_connection_limit_refuses_extra_clients_with_503(start_agent: Any, digits: Any) -> None:
+    agent = start_agent(digits.bundle, **{"http.max_connections": 2})
+    host, port = agent.http.address
+    held = [Client(host, port), Client(host, port)]
+    for c in held:
+        assert c.get("/healthz").status == 200  # keep-alive: each holds a connection
+    wait_for(lambda: agent.http.open_connections() == 2, what="2 open connections")
+    with socket.create_connection((host, port), timeout=5) as s:
+        s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        data = s.recv(4096).decode()
+    assert data.startswith("HTTP/1.1 503") and "too many open connections" in data
+    for c in held:
+        c.close()
+    wait_for(lambda: agent.http.open_connections() == 0, what="connections closed")
+    assert start_agent.client(agent).get("/healthz").status == 200
+
+
+def test_idle_keep_alive_connections_are_closed(start_agent: Any, digits: Any) -> None:
+    agent = start_agent(digits.bundle, **{"http.idle_timeout_s": 0.3})
+    c = start_agent.client(agent)
+    assert c.get("/healthz").status == 200
+    assert agent.http.open_connections() == 1
+    wait_for(lambda: agent.http.open_connections() == 0, timeout_s=5, what="idle close")
+
+
+def test_binds_loopback_by_default(start_agent: Any, digits: Any) -> None:
+    assert HttpSettings().host == "127.0.0.1"
+    agent = start_agent(digits.bundle)
+    assert agent.http.address[0] == "127.0.0.1"
