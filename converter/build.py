@@ -105,7 +105,7 @@ def preflight(opts: ConvertOptions) -> DeviceProfile:
     check_model_path(opts.model)
     check_data_path(opts.representative)
     if opts.eval_data is not None:
-        check_data_path(opts.eval_data)
+        check_data_path(opts.eval_data, need_labels=True)
     if opts.labels_file is not None and not opts.labels_file.is_file():
         raise DatasetError(f"{opts.labels_file}: no such labels file")
     return profile

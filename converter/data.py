@@ -61,11 +61,31 @@ def _check_shape(x: np.ndarray, input_shape: tuple[int, ...], source: str) -> np
     return x
 
 
-def check_data_path(path: Path) -> None:
-    """Cheap checks before any model is loaded: the path exists and is a known kind."""
+def check_data_path(path: Path, need_labels: bool = False) -> None:
+    """Cheap checks before any model is loaded (no decoding, no array reads).
+
+    The path exists and is a known kind; a folder has class subfolders with image files;
+    a .npz has an ``x`` (and a ``y`` when labels are needed).
+    """
     if not path.exists():
         raise DatasetError(f"{path}: no such file or directory")
-    if not path.is_dir() and path.suffix not in (".npz", ".npy"):
+    if path.is_dir():
+        _list_folder(path)
+    elif path.suffix == ".npz":
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                keys = set(z.files)
+        except (OSError, ValueError, zipfile.BadZipFile) as e:
+            raise DatasetError(f"{path}: not a readable .npz file ({e})") from e
+        if "x" not in keys:
+            raise DatasetError(f"{path}: .npz has no 'x' array (has: {', '.join(sorted(keys))})")
+        if need_labels and "y" not in keys:
+            raise DatasetError(f"{path}: evaluation data needs labels ('y' in the .npz)")
+    elif path.suffix == ".npy":
+        if need_labels:
+            raise DatasetError(f"{path}: evaluation data needs labels; a .npy holds x only "
+                               "(use a .npz with x and y, or class subfolders)")
+    else:
         raise DatasetError(f"{path}: expected a folder of class subfolders, a .npz or a .npy")
 
 
@@ -73,7 +93,7 @@ def load_dataset(path: str | Path, input_shape: tuple[int, ...], pre: Preprocess
                  samples: int | None = None, need_labels: bool = False) -> Dataset:
     """Load ``path`` as model-ready float32 samples of ``input_shape`` (no batch dim)."""
     p = Path(path)
-    check_data_path(p)
+    check_data_path(p, need_labels)
     if p.is_dir():
         ds = _load_folder(p, input_shape, pre, samples)
     elif p.suffix == ".npz":

@@ -13,6 +13,7 @@ from edge_agent.profiles import DeviceProfile
 MAX_DROP_PP = 1.0  # warn above this top-1 drop
 MIN_CALIBRATION = 100  # fewer samples often give poor activation ranges
 MAX_CLASS_ROWS = 20  # per-class table: beyond this, show the worst classes only
+PIPE_WIDTH = 160  # columns, when stdout is a file or a pipe
 
 
 def build_warnings(r: dict[str, Any], *, has_eval: bool) -> list[str]:
@@ -45,6 +46,17 @@ def build_warnings(r: dict[str, Any], *, has_eval: bool) -> list[str]:
     return w
 
 
+def _console(file: TextIO | None) -> Any:
+    """A rich console; when piped (not a TTY) wide enough that no table column collapses."""
+    import sys
+
+    from rich.console import Console
+
+    out = file or sys.stdout
+    tty = hasattr(out, "isatty") and out.isatty()
+    return Console(file=out, highlight=False, width=None if tty else PIPE_WIDTH)
+
+
 def _kb(n: int) -> str:
     return f"{n / 1024:,.1f} KiB" if n < 2**20 else f"{n / 2**20:,.2f} MiB"
 
@@ -75,12 +87,12 @@ def report_lines(r: dict[str, Any]) -> list[tuple[str, str, str]]:
 
 
 def print_report(r: dict[str, Any], file: TextIO | None = None) -> None:
-    from rich.console import Console
     from rich.table import Table
 
-    con = Console(file=file, highlight=False)
-    t = Table(title=f"{r['name']} v{r['version']} → {r['profile']} ({r['mode']}, io "
-                    f"{r['io_dtype']}, {r['runtime']}, {r['threads']} threads)")
+    con = _console(file)
+    con.print(f"[bold]{r['name']} v{r['version']} → {r['profile']}[/bold]: {r['mode']}, io "
+              f"{r['io_dtype']}, measured on {r['runtime']} with {r['threads']} thread(s)")
+    t = Table()
     t.add_column("metric")
     t.add_column("float32", justify="right")
     t.add_column(r["mode"], justify="right")
@@ -112,18 +124,18 @@ def print_report(r: dict[str, Any], file: TextIO | None = None) -> None:
 
 
 def print_profiles(profiles: list[DeviceProfile], file: TextIO | None = None) -> None:
-    from rich.console import Console
     from rich.table import Table
 
     t = Table(title="device profiles")
-    for c in ("name", "arch", "cores", "threads", "delegate", "io", "memory", "runtimes",
-              "description"):
-        t.add_column(c)
+    for c in ("name", "arch", "cores", "threads", "delegate", "io", "memory"):
+        t.add_column(c, no_wrap=True)
+    t.add_column("runtimes")
+    t.add_column("description")
     for p in profiles:
         t.add_row(p.name, p.arch, str(p.cores), str(p.default_threads), p.delegate, p.io_dtype,
                   f"{p.memory_budget_mb} MB",
                   ", ".join(f"{r.name}>={r.min_version}" for r in p.runtimes), p.description)
-    Console(file=file, highlight=False).print(t)
+    _console(file).print(t)
 
 
 def manifest_summary(m: Manifest) -> list[tuple[str, str]]:
