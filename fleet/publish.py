@@ -92,7 +92,7 @@ class Broker:
         def acked(rc: int) -> None:
             with self._cond:
                 self._pending -= 1
-                if rc:
+                if rc >= 0x80:  # MQTT 5: < 0x80 is success (0x10 = no subscribers yet)
                     self._failed.append(rc)
                 self._cond.notify_all()
 

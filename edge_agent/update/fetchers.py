@@ -277,7 +277,8 @@ class AnnouncementFetcher(FetcherInterface):
         self.progress = progress
         self._target: TargetFile | None = None
         self._plan: ChunkPlan | None = None
-        self.resumed_chunks = 0
+        self.resumed_chunks = 0  # chunks already in staging when the download (re)started
+        self.written = 0  # chunks received and written by this download
         self.sources: list[str] = []
 
     def expect_target(self, info: TargetFile, plan: ChunkPlan | None) -> None:
@@ -321,15 +322,13 @@ class AnnouncementFetcher(FetcherInterface):
         self.resumed_chunks = plan.count - len(missing)
         deadline = time.monotonic() + self.timeout_s
         fd = self.staging.open_part(sha256, plan.length)
-        written = 0
         source = ""
 
         def write(i: int, data: bytes) -> None:
-            nonlocal written
             os.pwrite(fd, data, plan.span(i)[0])
             missing.discard(i)
-            written += 1
-            faults.point(f"chunk:{written}")
+            self.written += 1
+            faults.point(f"chunk:{self.written}")
             if self.progress:
                 self.progress(plan.count - len(missing), plan.count, source)
 

@@ -14,7 +14,6 @@ import logging
 import ssl
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -166,6 +165,10 @@ class UpdateFlow:
             assert s.name is not None and s.version is not None
             swap.ensure_serving(self.d.registry, self.d.store, s.name, s.version)
             return self._probation(None)
+        if plan.action == Recovery.ABANDON:
+            if s.name and s.version:
+                self._set(replace(s, blocked=(*s.blocked, blocked_key(s.name, s.version))))
+            return self._reject(ModelRejectedError(plan.reason, code="crash_loop"))
         payload = self.state_file.announcement(s.announce_digest or "")
         if payload is None:
             return self._finish("abandoned", "state", "stored announcement is missing")
@@ -173,7 +176,7 @@ class UpdateFlow:
             ann = parse_announcement(payload, self.cfg.max_announcement_bytes)
         except BadAnnouncementError as e:
             return self._finish("abandoned", e.code, str(e))
-        self._set(self.state.to(Phase.NOTIFIED))
+        self._set(self.state.to(Phase.NOTIFIED, crashes=plan.crashes))
         return self._run(ann)
 
     # --- the flow -------------------------------------------------------------------------------
@@ -203,7 +206,7 @@ class UpdateFlow:
             self._golden(served)
             base = self.d.registry.active_version(spec.name)
             baseline = self.monitor.baseline(spec.name, base)
-            self._set(self.state.to(Phase.SWAPPING))
+            self._set(self.state.to(Phase.SWAPPING, crashes=0))
             t0 = time.perf_counter()
             swap.install_and_activate(self.d.registry, self.d.store, bundle, served)
             swapped = True
@@ -263,7 +266,8 @@ class UpdateFlow:
         secs = time.perf_counter() - t0
         self._event("info", "update.downloaded", f"{info.length} bytes in {secs:.2f} s",
                     bytes=info.length, seconds=round(secs, 3),
-                    resumed_chunks=fetcher.resumed_chunks, sources=fetcher.sources)
+                    resumed_chunks=fetcher.resumed_chunks, written_chunks=fetcher.written,
+                    sources=fetcher.sources)
         self._set(self.state.to(Phase.VERIFYING))
         try:
             bundle = read_tar_bytes(dest.read_bytes(), source=info.path, verify_hash=True)
@@ -318,12 +322,13 @@ class UpdateFlow:
         if not verdict.ok:
             return self._rollback(f"probation failed: {verdict.reason}", code="probation")
         faults.point("committing")
+        out = self._finish("committed", "ok", f"v{s.version} committed: {verdict.reason}")
+        faults.point("committed")
         try:
             removed = self.d.store.prune(s.name, self.cfg.keep_versions)
         except OSError as e:
             log.warning("update: pruning old versions of %s failed: %s", s.name, e)
             removed = []
-        out = self._finish("committed", "ok", f"v{s.version} committed: {verdict.reason}")
         self._event("info", "update.committed", out.reason, name=s.name, version=s.version,
                     pruned=removed)
         return out
@@ -401,5 +406,3 @@ class UpdateFlow:
                          "name": s.last.name, "version": s.last.version, "at": s.last.at}
         return d
 
-
-Handler = Callable[[bytes, str], Outcome | None]

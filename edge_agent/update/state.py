@@ -84,7 +84,7 @@ class UpdateState:
     from_version: int | None = None  # what was active before the swap
     phase_at: float = 0.0
     probation_until: float | None = None
-    crashes: int = 0  # agent restarts seen while in probation
+    crashes: int = 0  # agent restarts seen during this update (crash-loop guard)
     clean_stop: bool = False  # probation interrupted by an orderly shutdown (not a crash)
     last: Outcome | None = None
     blocked: tuple[str, ...] = ()  # target sha256 rolled back on this device: never again
@@ -130,6 +130,7 @@ class Recovery(str, enum.Enum):
     RESUME = "resume"  # re-run from the stored announcement; the download resumes from staging
     PROBATION = "probation"  # the new version is active: (re)start its probation window
     ROLLBACK = "rollback"  # restore from_version
+    ABANDON = "abandon"  # give the update up (it keeps crashing the agent before the swap)
 
 
 @dataclass(frozen=True)
@@ -139,6 +140,9 @@ class RecoveryPlan:
     crashes: int = 0
 
 
+MAX_RESUMES = 3  # restarts in pre-swap phases before an update is abandoned
+
+
 def recover(state: UpdateState, active_version: int | None, max_crashes: int) -> RecoveryPlan:
     """What to do with a state found on disk at start (pure).
 
@@ -146,18 +150,24 @@ def recover(state: UpdateState, active_version: int | None, max_crashes: int) ->
     (every check re-runs). In ``swapping``, ``active.json`` tells whether the swap
     persisted (start probation) or not (resume). A restart in ``probation`` that was not
     an orderly shutdown counts as a crash of the new model; more than ``max_crashes``
-    of them roll back.
+    of them roll back. An update that keeps dying before the swap (a model that crashes
+    the runtime at test-load, say) is abandoned after MAX_RESUMES restarts.
     """
     p = state.phase
     if p == Phase.IDLE:
         return RecoveryPlan(Recovery.NOTHING, "idle")
     if p in PRE_SWAP:
-        return RecoveryPlan(Recovery.RESUME, f"interrupted while {p.value}")
+        n = state.crashes + 1
+        if n > MAX_RESUMES:
+            return RecoveryPlan(Recovery.ABANDON, f"agent restarted {n}x while {p.value}; "
+                                "giving this update up", n)
+        return RecoveryPlan(Recovery.RESUME, f"interrupted while {p.value}", n)
     if p == Phase.ROLLING_BACK:
         return RecoveryPlan(Recovery.ROLLBACK, "interrupted while rolling back", state.crashes)
     if p == Phase.SWAPPING:
         if active_version != state.version:
-            return RecoveryPlan(Recovery.RESUME, "interrupted before the swap persisted")
+            return RecoveryPlan(Recovery.RESUME, "interrupted before the swap persisted",
+                                state.crashes + 1)
         return RecoveryPlan(Recovery.PROBATION, "the swap persisted just before the restart",
                             state.crashes)
     if state.clean_stop:
