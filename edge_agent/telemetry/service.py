@@ -46,6 +46,9 @@ from edge_agent.telemetry.system import SystemSampler
 log = logging.getLogger(__name__)
 
 FEEDBACK_ROUTE = r"/v1/models/(?P<name>[^/:]+):feedback"
+# update events after which the retained status is republished (fleet rollouts)
+BIRTH_EVENTS = frozenset({"update.probation", "update.committed", "update.rolled_back",
+                          "update.rejected"})
 
 
 def create(agent: Any) -> TelemetryService | None:
@@ -168,7 +171,35 @@ class TelemetryService:
             "started_at": getattr(a, "started_at", None),
             "telemetry_interval_s": self.cfg.interval_s if self.cfg.enabled else None,
             "mqtt_protocol": self.client.protocol,
+            # Added for fleet operations (issue 7): group membership for rollouts and the
+            # update machine's phase and last outcome, so a restarted rollout and
+            # `edge-fleet status` can read them from the retained status.
+            "groups": self._groups(),
+            "update": self._update_summary(),
         }
+
+    def _groups(self) -> list[str]:
+        """``[agent] groups`` plus ``[update] groups``: the group topics this device reads."""
+        cfg = self.agent.config
+        groups = list(getattr(getattr(cfg, "agent", None), "groups", ()) or ())
+        upd = (getattr(cfg, "sections", None) or {}).get("update") or {}
+        extra = upd.get("groups") if isinstance(upd, dict) else None
+        if isinstance(extra, list):
+            groups += [g for g in extra if isinstance(g, str)]
+        return list(dict.fromkeys(groups))
+
+    def _update_summary(self) -> dict[str, Any] | None:
+        """Phase, target and last outcome of the update component, if it runs."""
+        for comp in getattr(self.agent, "components", ()):
+            status = getattr(comp, "status", None)
+            if callable(status) and hasattr(comp, "flow"):
+                try:
+                    d = status()
+                except Exception:
+                    log.debug("update status failed", exc_info=True)
+                    return None
+                return {k: d.get(k) for k in ("phase", "name", "version", "last")}
+        return None
 
     def capabilities(self) -> list[str]:
         """What this device can do, for fleet tools deciding what to send it."""
@@ -200,6 +231,8 @@ class TelemetryService:
 
     def _on_event(self, ev: AgentEvent) -> None:
         self.publisher.event(ev)
+        if ev.kind in BIRTH_EVENTS:  # the status carries the update phase and outcome
+            self._publish_birth()
 
     def _refused(self, seq: int, topic: str, rc: int) -> None:
         self.agent.hooks.emit_event("error", "mqtt.publish_refused",
