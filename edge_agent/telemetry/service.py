@@ -150,7 +150,8 @@ class TelemetryService:
     # ---- status ----------------------------------------------------------------------
 
     def _status_will(self, reason: str) -> Will:
-        body = {"state": "offline", "reason": reason, "agent_version": edge_agent.__version__}
+        body = {"state": "offline", "reason": reason, "agent_version": edge_agent.__version__,
+                "groups": self._groups()}  # offline group members stay known (fleet rollouts)
         return Will(self.topics.status, envelope(self.topics.device, self.outbox.last_seq(),
                                                  body), qos=1, retain=True)
 
