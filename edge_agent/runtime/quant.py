@@ -49,6 +49,8 @@ def coerce_input(x: np.ndarray, spec: TensorSpec) -> np.ndarray:
             raise InvalidRequestError(f"input {spec.name!r}: contains NaN or infinity")
         return quantize(arr, spec)
     if arr.dtype.kind in "iub":
+        if arr.dtype == np.dtype(spec.dtype):
+            return arr  # already the tensor's own type: every value is in range, no copy
         if spec.quantized:
             info = _INFO[spec.dtype]
             if arr.size and (arr.min() < info.min or arr.max() > info.max):
