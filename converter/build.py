@@ -286,9 +286,9 @@ def build_bundle(opts: ConvertOptions, steps: Steps | None = None) -> tuple[Bund
     comp = compare(f_out, q_out, data.y, labels or tuple(str(i) for i in range(out_classes)))
 
     runs = opts.latency_runs
-    tick = steps.start("measuring latency", 2 * runs)
-    lat_f = latency_ms(fmodel, data.x[0], runs=runs, progress=tick)
-    lat_q = latency_ms(qmodel, data.x[0], runs=runs, progress=tick)
+    tick = steps.start("measuring latency", runs)
+    lat = latency_ms({"float": fmodel, "quant": qmodel}, data.x[0], runs=runs, progress=tick)
+    lat_f, lat_q = lat["float"], lat["quant"]
 
     graph = inspect_graph(quant_bytes)
     name = opts.name or opts.model.stem
@@ -314,7 +314,7 @@ def build_bundle(opts: ConvertOptions, steps: Steps | None = None) -> tuple[Bund
     report: dict[str, Any] = {
         "name": name, "version": opts.version, "profile": profile.name,
         "mode": opts.mode, "io_dtype": qmodel.input_spec.dtype, "source": str(opts.model),
-        "runtime": str(runtime), "threads": threads,
+        "runtime": str(runtime), "threads": threads, "classes": out_classes,
         "calibration": {"data": rep.source, "samples": len(rep.x), "requested": opts.samples},
         "size": {"float_bytes": len(float_bytes), "quant_bytes": len(quant_bytes),
                  "ratio": round(len(quant_bytes) / len(float_bytes), 4)},

@@ -45,30 +45,32 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="cmd", required=True, parser_class=_Parser)
     c = sub.add_parser("convert", help="quantize a Keras/SavedModel model into a bundle")
     c.add_argument("model", type=Path, help=".keras, .h5 or SavedModel directory")
-    c.add_argument("--representative", type=Path, required=True,
+    c.add_argument("--representative", type=Path, required=True, metavar="DATA",
                    help="calibration data: image folder, .npz or .npy")
-    c.add_argument("--profile", required=True, help="device profile name (edge-convert profiles)"
-                   " or path to a profile .toml")
-    c.add_argument("--eval", dest="eval_data", type=Path,
+    c.add_argument("--profile", required=True, metavar="NAME",
+                   help="device profile name (edge-convert profiles) or path to a profile .toml")
+    c.add_argument("--eval", dest="eval_data", type=Path, metavar="DATA",
                    help="labelled evaluation data: image folder or .npz with x, y")
-    c.add_argument("--labels", type=Path, help="labels file, one class name per line")
+    c.add_argument("--labels", type=Path, metavar="FILE",
+                   help="labels file, one class name per line")
     c.add_argument("--mode", default="int8", choices=["int8", "int16x8", "float16", "dynamic"],
                    help="quantization (default int8: every op int8)")
     c.add_argument("--io-dtype", choices=["int8", "uint8", "float32"],
                    help="model input/output dtype (default: the profile's)")
-    c.add_argument("--samples", type=int, default=200,
+    c.add_argument("--samples", type=int, default=200, metavar="N",
                    help="representative samples drawn, deterministically (default 200)")
     c.add_argument("--name", help="model name (default: the model file's stem)")
-    c.add_argument("--version", type=int, default=1, help="positive integer version")
-    c.add_argument("--mean", type=_floats, default=(0.0,),
+    c.add_argument("--version", type=int, default=1, metavar="V", help="positive integer version")
+    c.add_argument("--mean", type=_floats, default=(0.0,), metavar="M[,M,M]",
                    help="per-channel mean in pixels, model input = (pixel - mean) / std")
-    c.add_argument("--std", type=_floats, default=(255.0,), help="per-channel std in pixels")
+    c.add_argument("--std", type=_floats, default=(255.0,), metavar="S[,S,S]",
+                   help="per-channel std in pixels")
     c.add_argument("--color", choices=["rgb", "grayscale"], help="default: from input channels")
-    c.add_argument("--latency-runs", type=int, default=50,
+    c.add_argument("--latency-runs", type=int, default=50, metavar="N",
                    help="timed invokes per model for the latency figures (0 skips)")
     c.add_argument("--trust-model", action="store_true",
                    help="let Keras load Python lambda layers (runs code from the model file)")
-    c.add_argument("-o", "--output", type=Path, required=True,
+    c.add_argument("-o", "--output", type=Path, required=True, metavar="OUT",
                    help="bundle directory, or a path ending in .tar")
     c.add_argument("--json", action="store_true", help="print the report as JSON")
     c.add_argument("-v", "--verbose", action="store_true",

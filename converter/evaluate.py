@@ -54,6 +54,8 @@ class Comparison:
     mean_abs_diff: float
     per_class: list[dict[str, Any]]
     samples: int
+    float_distinct_top1: int = 0  # how many different classes the float model predicts
+    quant_distinct_top1: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -64,6 +66,8 @@ class Comparison:
             "top1_agreement": self.agreement,
             "max_abs_output_diff": self.max_abs_diff,
             "mean_abs_output_diff": self.mean_abs_diff,
+            "float_distinct_top1": self.float_distinct_top1,
+            "quant_distinct_top1": self.quant_distinct_top1,
             "per_class": self.per_class,
         }
 
@@ -80,30 +84,39 @@ def compare(f_out: np.ndarray, q_out: np.ndarray, y: np.ndarray | None,
         qa = round(float(np.mean(q_pred == y)), 4)
         rows = per_class(y, q_pred, labels)
     return Comparison(fa, qa, round(float(np.mean(f_pred == q_pred)), 4),
-                      round(float(diff.max()), 6), round(float(diff.mean()), 6), rows, len(f_out))
+                      round(float(diff.max()), 6), round(float(diff.mean()), 6), rows, len(f_out),
+                      len(set(f_pred.tolist())), len(set(q_pred.tolist())))
 
 
-def latency_ms(model: LoadedModel, sample: np.ndarray, runs: int = 50,
-               warmup: int = 5, progress: Progress | None = None) -> dict[str, Any]:
-    """Per-invoke latency on this machine: one sample, ``runs`` timed invokes.
+def latency_ms(models: dict[str, LoadedModel], sample: np.ndarray, runs: int = 50,
+               warmup: int = 5, progress: Progress | None = None) -> dict[str, dict[str, Any]]:
+    """Per-invoke latency of each model on this machine: one sample, ``runs`` timed invokes.
 
+    The models take turns invoke by invoke, so a burst of load from another process
+    slows all of them alike and their ratio stays honest on a shared machine.
     ``runs=0`` skips the measurement (all figures ``None``).
     """
     from edge_agent.runtime.quant import coerce_input
 
     if runs <= 0:
-        return {"mean": None, "p50": None, "p90": None, "runs": 0}
-    raw = coerce_input(sample[None, ...] if sample.ndim == len(model.input_spec.shape) - 1
-                       else sample, model.input_spec)
-    for _ in range(warmup):
-        model.invoke_raw(raw)
-    times = []
+        return {k: {"mean": None, "p50": None, "p90": None, "runs": 0} for k in models}
+    raws = {}
+    for k, m in models.items():
+        x = sample[None, ...] if sample.ndim == len(m.input_spec.shape) - 1 else sample
+        raws[k] = coerce_input(x, m.input_spec)
+        for _ in range(warmup):
+            m.invoke_raw(raws[k])
+    times: dict[str, list[float]] = {k: [] for k in models}
     for _ in range(runs):
-        t = time.perf_counter()
-        model.invoke_raw(raw)
-        times.append((time.perf_counter() - t) * 1e3)
+        for k, m in models.items():
+            t = time.perf_counter()
+            m.invoke_raw(raws[k])
+            times[k].append((time.perf_counter() - t) * 1e3)
         if progress:
             progress(1)
-    a = np.asarray(times)
-    return {"mean": round(float(a.mean()), 4), "p50": round(float(np.percentile(a, 50)), 4),
-            "p90": round(float(np.percentile(a, 90)), 4), "runs": runs}
+    out = {}
+    for k, ts in times.items():
+        a = np.asarray(ts)
+        out[k] = {"mean": round(float(a.mean()), 4), "p50": round(float(np.percentile(a, 50)), 4),
+                  "p90": round(float(np.percentile(a, 90)), 4), "runs": runs}
+    return out

@@ -12,6 +12,7 @@ from edge_agent.profiles import DeviceProfile
 
 MAX_DROP_PP = 1.0  # warn above this top-1 drop
 MIN_CALIBRATION = 100  # fewer samples often give poor activation ranges
+MIN_DISTINCT_SAMPLES = 10  # below this, "always the same class" may be chance
 MAX_CLASS_ROWS = 20  # per-class table: beyond this, show the worst classes only
 PIPE_WIDTH = 160  # columns, when stdout is a file or a pipe
 
@@ -25,6 +26,15 @@ def build_warnings(r: dict[str, Any], *, has_eval: bool) -> list[str]:
     elif ev["top1_drop_pp"] is not None and ev["top1_drop_pp"] > MAX_DROP_PP:
         w.append(f"top-1 accuracy dropped by {ev['top1_drop_pp']:.2f} pp with {r['mode']} "
                  f"(more than {MAX_DROP_PP:g} pp)")
+    if ev["samples"] >= MIN_DISTINCT_SAMPLES and r.get("classes", 2) > 1:
+        if ev["float_distinct_top1"] == 1:
+            w.append(f"the float model predicts the same class for all {ev['samples']} "
+                     "evaluation samples: accuracy and agreement say nothing (untrained model, "
+                     "or wrong --mean/--std?)")
+        elif ev["quant_distinct_top1"] == 1:
+            w.append(f"the {r['mode']} model predicts the same class for every sample while "
+                     "the float model does not: its outputs collapsed (a nearly flat softmax "
+                     "is below the int8 output step of 1/256?)")
     cal = r["calibration"]
     if r["mode"] in ("int8", "int16x8") and cal["samples"] < MIN_CALIBRATION:
         w.append(f"calibrated on only {cal['samples']} samples; use at least "
