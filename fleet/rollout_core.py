@@ -284,6 +284,7 @@ class DeviceRecord:
     announced: bool = False  # the broker acknowledged the announcement to this device
     detail: str = ""
     at: float = 0.0
+    from_version: int | None = None  # active before the rollout (target of a wave rollback)
 
 
 @dataclass(frozen=True)
@@ -354,7 +355,8 @@ class RolloutState:
     status: str = "running"  # running | completed | halted
     finished_at: float | None = None
     rolled_back: tuple[str, ...] = ()  # devices sent a signed rollback command
-    group_announced: bool = False
+    chunks_published: bool = False  # the target's retained chunks are on the broker
+    group_announced: bool = False  # after the last wave: retained on the group topic too
     schema: int = STATE_SCHEMA
     notes: tuple[str, ...] = field(default=())
 
@@ -429,10 +431,12 @@ class RolloutState:
                                  decided_at=w["decided_at"], verdict=w["verdict"])
                             for w in d["waves"]),
                 devices={k: DeviceRecord(Outcome(v["outcome"]), bool(v["announced"]),
-                                         str(v["detail"]), float(v["at"]))
+                                         str(v["detail"]), float(v["at"]),
+                                         v.get("from_version"))
                          for k, v in d["devices"].items()},
                 created_at=float(d["created_at"]), status=d["status"],
                 finished_at=d.get("finished_at"), rolled_back=tuple(d.get("rolled_back", ())),
+                chunks_published=bool(d.get("chunks_published", False)),
                 group_announced=bool(d.get("group_announced", False)),
                 notes=tuple(d.get("notes", ())))
         except RolloutStateError:
@@ -442,13 +446,17 @@ class RolloutState:
 
 
 def new_state(rollout_id: str, target: Target, policy: Policy, scope: str,
-              devices: Iterable[str], already: Mapping[str, str], now: float) -> RolloutState:
+              devices: Iterable[str], already: Mapping[str, str], now: float, *,
+              from_versions: Mapping[str, int | None] | None = None) -> RolloutState:
     """A fresh plan. ``already`` maps devices whose status shows the target (or newer)
-    active to a detail; they are planned in their wave but never announced."""
+    active to a detail; they are planned in their wave but never announced.
+    ``from_versions``: each device's active version now (what a wave rollback restores)."""
     waves = plan_waves(devices, parse_wave_size(policy.canary, "--canary"),
                        parse_wave_size(policy.step, "--step"))
-    recs = {d: DeviceRecord(Outcome.ALREADY, False, already[d], now) if d in already
-            else DeviceRecord() for w in waves for d in w}
+    prev = from_versions or {}
+    recs = {d: DeviceRecord(Outcome.ALREADY, False, already[d], now, prev.get(d))
+            if d in already else DeviceRecord(from_version=prev.get(d))
+            for w in waves for d in w}
     return RolloutState(rollout_id, target, policy, scope,
                         tuple(Wave(i, tuple(w)) for i, w in enumerate(waves)), recs, now)
 

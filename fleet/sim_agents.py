@@ -1,0 +1,325 @@
+"""Many real agents in one process, sharing one loaded model: the simulated fleet's engine.
+
+Each simulated device is a real :class:`edge_agent.app.Agent` with the real telemetry
+and update components: its own MQTT client (client id = device id, Last Will, outbox),
+its own store and update state directory, its own TUF trust store and update state
+machine. What is shared, to fit hundreds of devices on a small machine:
+
+* the runtime (one import) and, per model file (sha256), one pool of interpreters:
+  :class:`SharedRegistry` builds :class:`SharedServedModel` s that borrow from that
+  pool. A bundle's golden vectors are still checked on every device, and a model that
+  does not load still fails on every device (failures are not cached);
+* one traffic thread per process giving every device a trickle of predictions
+  (``rps`` each), so that probation has requests to judge.
+
+Faults (chosen per device by :func:`assign_faults`):
+
+``fail_probation``  every prediction on a version newer than the one the device started
+                    with fails: probation sees errors and rolls the update back;
+``drop_link``       the device reaches the broker through a :class:`~fleet.sim_net.LinkProxy`
+                    that cuts the connection when an update starts downloading and keeps
+                    it down ``drop_for_s`` (the Last Will fires; the download resumes);
+``slow``            the same proxy adds latency and a bandwidth cap to every read.
+
+Raises ConfigError (bad settings) and OSError (work directory) from :meth:`SimFleet.start`.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import numpy as np
+
+from edge_agent.bundle import Bundle
+from edge_agent.errors import ModelError
+from edge_agent.hooks import AgentEvent, Hooks
+from edge_agent.registry import ModelRegistry, ModelState, Prediction, ServedModel
+from edge_agent.runtime.backends import Runtime, select_runtime
+from edge_agent.runtime.model import LoadedModel
+from fleet.sim_net import LinkProxy
+
+log = logging.getLogger(__name__)
+
+FAULTS = ("fail_probation", "drop_link", "slow")
+COMPONENTS = ("edge_agent.telemetry.service:create", "edge_agent.update.service:create")
+
+
+def assign_faults(devices: Sequence[str], fractions: Mapping[str, float],
+                  seed: int = 7) -> dict[str, str]:
+    """Pick ``round(fraction × N)`` distinct devices per fault, reproducibly (pure)."""
+    order = sorted(devices)
+    random.Random(seed).shuffle(order)
+    out: dict[str, str] = {}
+    i = 0
+    for fault in FAULTS:
+        n = round(fractions.get(fault, 0.0) * len(order))
+        for d in order[i:i + n]:
+            out[d] = fault
+        i += n
+    return out
+
+
+# --- one model, many devices ------------------------------------------------------------------
+
+
+class ModelCache:
+    """Per model sha256, one loaded :class:`ServedModel` whose interpreters all devices share."""
+
+    def __init__(self, runtime: Runtime, *, workers: int = 2) -> None:
+        self.runtime = runtime
+        self.workers = workers
+        self._lock = threading.Lock()
+        self._models: dict[str, ServedModel] = {}
+
+    def template(self, bundle: Bundle) -> ServedModel:
+        """The shared model for ``bundle``'s model file; raises ModelLoadError (not cached)."""
+        key = bundle.manifest.model_sha256
+        with self._lock:
+            sm = self._models.get(key)
+            if sm is None:
+                sm = ServedModel(bundle, self.runtime, workers=self.workers, num_threads=1)
+                self._models[key] = sm
+            return sm
+
+
+FaultCheck = Callable[["SharedServedModel"], bool]
+
+
+class SharedServedModel(ServedModel):
+    """A device's view of a shared model: its own manifest and hooks, shared interpreters."""
+
+    def __init__(self, bundle: Bundle, template: ServedModel, hooks: Hooks,
+                 fault: FaultCheck | None = None) -> None:
+        # Deliberately not ServedModel.__init__: that would load another interpreter pool.
+        self.bundle = bundle
+        self.manifest = bundle.manifest
+        self.runtime = template.runtime
+        self.hooks = hooks
+        self.borrow_timeout_s = template.borrow_timeout_s
+        self.workers = template.workers
+        self.input_spec = template.input_spec
+        self.output_specs = template.output_specs
+        self.load_time_s = 0.0
+        self.loaded_at = time.time()
+        self.state = ModelState.AVAILABLE
+        self._template = template
+        self._fault = fault
+
+    @contextmanager
+    def borrow(self) -> Iterator[LoadedModel]:
+        with self._template.borrow() as m:
+            yield m
+
+    def predict(self, x: np.ndarray, *, source: str = "api",
+                request_id: str | None = None) -> Prediction:
+        if self._fault is not None and self._fault(self):
+            self._record(source, request_id, False, 0.0, len(x), error="injected fault")
+            raise ModelError(f"{self.name} v{self.version}: injected fault (simulated device "
+                             "that fails probation)")
+        return super().predict(x, source=source, request_id=request_id)
+
+
+class SharedRegistry(ModelRegistry):
+    """A :class:`ModelRegistry` whose ``build`` (test-load included) uses :class:`ModelCache`."""
+
+    def __init__(self, cache: ModelCache, hooks: Hooks, *, fault: FaultCheck | None = None,
+                 max_loaded_versions: int = 2) -> None:
+        super().__init__(cache.runtime, hooks, workers=cache.workers, num_threads=1,
+                         max_loaded_versions=max_loaded_versions)
+        self.cache = cache
+        self.fault = fault
+
+    def build(self, bundle: Bundle) -> ServedModel:
+        return SharedServedModel(bundle, self.cache.template(bundle), self.hooks, self.fault)
+
+
+# --- the fleet ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SimSpec:
+    """What to simulate in this process (units in the names)."""
+
+    broker_url: str
+    root_file: Path
+    bundle: Path
+    workdir: Path
+    devices: tuple[str, ...]
+    groups: tuple[str, ...] = ("sim",)
+    faults: Mapping[str, str] = field(default_factory=dict)
+    probation_s: float = 2.0
+    probation_min_requests: int = 5
+    rps: float = 1.0  # predictions per second per device
+    telemetry_interval_s: float = 30.0
+    drop_for_s: float = 3.0
+    slow_latency_s: float = 0.05
+    slow_rate_bytes_per_s: float = 64_000.0
+    keepalive_s: int = 10
+    start_threads: int = 4
+    extra: Mapping[str, Any] = field(default_factory=dict)  # more dotted config overrides
+
+
+class SimDevice:
+    """One agent plus its fault plumbing."""
+
+    def __init__(self, device: str, agent: Any, fault: str | None,
+                 proxy: LinkProxy | None) -> None:
+        self.device = device
+        self.agent = agent
+        self.fault = fault
+        self.proxy = proxy
+        self.initial: dict[str, int] = {}
+
+    def active(self, model: str) -> int | None:
+        v: int | None = self.agent.registry.active_version(model)
+        return v
+
+
+class SimFleet:
+    """Start, drive and stop the agents of one :class:`SimSpec` (see the module docstring)."""
+
+    def __init__(self, spec: SimSpec, runtime: Runtime | None = None) -> None:
+        self.spec = spec
+        self.runtime = runtime or select_runtime()
+        self.cache = ModelCache(self.runtime)
+        self.devices: dict[str, SimDevice] = {}
+        self._stop = threading.Event()
+        self._traffic: threading.Thread | None = None
+        u = urlsplit(spec.broker_url)
+        self._upstream = (u.hostname or "127.0.0.1", u.port or 1883)
+
+    def _config(self, device: str, url: str) -> Any:
+        from edge_agent.config import load_config
+
+        s = self.spec
+        o: dict[str, Any] = {
+            "agent.device_id": device, "agent.profile": "generic-x86_64",
+            "agent.store_dir": str(s.workdir / device / "store"),
+            "agent.probe_runtime": False, "agent.threads": 1, "agent.groups": list(s.groups),
+            "http.enabled": False, "mqtt_requests.enabled": False,
+            "mqtt.url": url, "mqtt.keepalive_s": s.keepalive_s,
+            "mqtt.reconnect_min_s": 0.2, "mqtt.reconnect_max_s": 2.0,
+            "telemetry.interval_s": s.telemetry_interval_s,
+            "update.root_file": str(s.root_file), "update.probation_s": s.probation_s,
+            "update.probation_min_requests": s.probation_min_requests,
+            "update.stall_timeout_s": 20.0, "update.retry_backoff_s": 1.0,
+            "models": [{"bundle": str(s.bundle)}], **s.extra,
+        }
+        return load_config(None, o, env={})
+
+    def _make(self, device: str) -> SimDevice:
+        from edge_agent.app import Agent
+
+        s = self.spec
+        fault = s.faults.get(device)
+        proxy = None
+        if fault in ("drop_link", "slow"):
+            proxy = LinkProxy(self._upstream, name=device,
+                              latency_s=s.slow_latency_s if fault == "slow" else 0.0,
+                              rate_bytes_per_s=s.slow_rate_bytes_per_s if fault == "slow"
+                              else None)
+        agent = Agent(self._config(device, proxy.url if proxy else s.broker_url),
+                      runtime=self.runtime, components=COMPONENTS)
+        sim = SimDevice(device, agent, fault, proxy)
+        check: FaultCheck | None = None
+        if fault == "fail_probation":
+            def check(m: SharedServedModel, sim: SimDevice = sim) -> bool:
+                first = sim.initial.get(m.name)
+                return first is not None and m.version > first
+        # The injection seam: the agent's registry, swapped before start() (nothing has
+        # used it yet; components read agent.registry when they are created in start()).
+        agent.registry = SharedRegistry(self.cache, agent.hooks, fault=check,
+                                        max_loaded_versions=agent.config.agent.
+                                        max_loaded_versions)
+        if fault == "drop_link" and proxy is not None:
+            def on_event(ev: AgentEvent, proxy: LinkProxy = proxy) -> None:
+                if ev.kind == "update.downloading":
+                    proxy.cut(s.drop_for_s)
+            agent.hooks.on_event(on_event)
+        return sim
+
+    def _start_one(self, device: str) -> SimDevice:
+        sim = self._make(device)
+        sim.agent.start()
+        for name in sim.agent.registry.names():
+            v = sim.agent.registry.active_version(name)
+            if v is not None:
+                sim.initial[name] = v
+        return sim
+
+    def start(self) -> None:
+        """Start every agent (in parallel), then the traffic thread."""
+        self.spec.workdir.mkdir(parents=True, exist_ok=True)
+        with ThreadPoolExecutor(self.spec.start_threads) as ex:
+            for sim in ex.map(self._start_one, self.spec.devices):
+                self.devices[sim.device] = sim
+        if self.spec.rps > 0:
+            self._traffic = threading.Thread(target=self._drive, daemon=True, name="sim-traffic")
+            self._traffic.start()
+
+    def connected(self) -> int:
+        n = 0
+        for sim in self.devices.values():
+            client = getattr(sim.agent, "message_link", lambda: None)()
+            n += bool(client is not None and client.is_connected)
+        return n
+
+    def wait_connected(self, timeout_s: float) -> bool:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.connected() == len(self.devices):
+                return True
+            time.sleep(0.1)
+        return False
+
+    def _drive(self) -> None:
+        """Every device predicts ``rps`` times a second, staggered over the period."""
+        sims = list(self.devices.values())
+        if not sims:
+            return
+        period = 1.0 / self.spec.rps
+        gap = period / len(sims)
+        inputs: dict[str, np.ndarray] = {}
+        next_at = time.monotonic()
+        while not self._stop.is_set():
+            for sim in sims:
+                next_at += gap
+                delay = next_at - time.monotonic()
+                if delay > 0 and self._stop.wait(delay):
+                    return
+                if delay < -period:  # fell far behind (overloaded): skip, do not burst
+                    next_at = time.monotonic()
+                for name in sim.agent.registry.names():
+                    try:
+                        m = sim.agent.registry.get(name)
+                        x = inputs.get(name)
+                        if x is None:
+                            x = inputs[name] = np.zeros((1, *m.input_spec.shape[1:]),
+                                                        np.float32)
+                        m.predict(x, source="sim")
+                    except Exception as e:  # injected faults, models mid-swap
+                        log.debug("sim predict on %s failed: %s", sim.device, e)
+
+    def active_versions(self, model: str) -> dict[str, int | None]:
+        return {d: s.active(model) for d, s in self.devices.items()}
+
+    def stop(self) -> None:
+        """Stop traffic and every agent (each publishes its offline status)."""
+        self._stop.set()
+        if self._traffic is not None:
+            self._traffic.join(5)
+        with ThreadPoolExecutor(self.spec.start_threads) as ex:
+            list(ex.map(lambda s: s.agent.stop(), self.devices.values()))
+        for sim in self.devices.values():
+            if sim.proxy is not None:
+                sim.proxy.close()
