@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -25,8 +26,14 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 ROOTFS = ROOT / ".cache" / "aarch64" / "bookworm-rootfs"
-EMULATED = {"aarch64 (qemu) ai-edge-litert 2.1.6": ROOTFS / "opt" / "edge-agent" / "bin" / "python",
-            "aarch64 (qemu) tflite-runtime 2.14.0": ROOTFS / "opt" / "fallback" / "bin" / "python"}
+# label → (python, runtime to force; "" = the agent's default choice)
+EMULATED = {
+    "qemu: /opt/edge-agent": (ROOTFS / "opt" / "edge-agent" / "bin" / "python", ""),
+    "qemu: /opt/fallback tflite-runtime": (ROOTFS / "opt" / "fallback" / "bin" / "python",
+                                           "tflite-runtime"),
+    "qemu: /opt/fallback ai-edge-litert": (ROOTFS / "opt" / "fallback" / "bin" / "python",
+                                           "ai-edge-litert"),
+}
 
 CHILD = r"""
 import json, platform, statistics, sys, time
@@ -35,7 +42,8 @@ from edge_agent.bundle import read_bundle
 from edge_agent.runtime.backends import select_runtime
 from edge_agent.runtime.capabilities import xnnpack_applied
 from edge_agent.runtime.model import LoadedModel
-path, runs, warmup, threads, runtime = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
+path, runtime = sys.argv[1], sys.argv[5]
+runs, warmup, threads = (int(v) for v in sys.argv[2:5])
 rt = select_runtime([runtime] if runtime else None)
 b = read_bundle(path)
 t0 = time.perf_counter()
@@ -56,26 +64,28 @@ print(json.dumps({"runtime": str(rt), "numpy": np.__version__, "machine": platfo
 """
 
 
-def pythons(extra: list[str], emulated: bool) -> dict[str, Path]:
-    found: dict[str, Path] = {"main (.venv)": ROOT / ".venv" / "bin" / "python"}
+def pythons(extra: list[str], emulated: bool) -> dict[str, tuple[Path, str]]:
+    found: dict[str, tuple[Path, str]] = {"main (.venv)": (ROOT / ".venv" / "bin" / "python", "")}
     for v in sorted((ROOT / ".cache" / "venvs").glob("*/bin/python")):
-        found[v.parents[1].name] = v
+        found[v.parents[1].name] = (v, "")
     if emulated:
-        found.update({k: p for k, p in EMULATED.items() if p.exists()})
+        found.update(EMULATED)
     for spec in extra:
         label, _, path = spec.partition("=")
-        found[label] = Path(path)
-    return {k: p for k, p in found.items() if p.exists()}
+        found[label] = (Path(path), "")
+    return {k: v for k, v in found.items() if v[0].exists()}
 
 
-def measure(py: Path, bundle: str, runs: int, warmup: int, threads: int,
+def measure(py: Path, runtime: str, bundle: str, runs: int, warmup: int, threads: int,
             timeout_s: float) -> dict[str, Any]:
     env = {**os.environ, "QEMU_CPU": os.environ.get("QEMU_CPU", "cortex-a72")}
     env.pop("PYTHONPATH", None)
     with tempfile.TemporaryDirectory() as cwd:  # never let the source tree shadow the venv
         r = subprocess.run([str(py), "-c", CHILD, bundle, str(runs), str(warmup), str(threads),
-                            ""], capture_output=True, text=True, cwd=cwd, env=env,
+                            runtime], capture_output=True, text=True, cwd=cwd, env=env,
                            timeout=timeout_s, check=False)
+    if r.returncode < 0:
+        return {"error": f"crashed ({signal.Signals(-r.returncode).name})"}
     if r.returncode != 0:
         tail = (r.stderr.strip().splitlines() or [f"exit {r.returncode}"])[-1]
         return {"error": tail[:200]}
@@ -93,7 +103,8 @@ def table(rows: list[dict[str, Any]], names: list[str]) -> str:
             cells.append(m["error"] if "error" in m else
                          f"{m['p50_ms']:.2f} ({m['p90_ms']:.2f})" if m else "-")
         any_m = next((m for m in r["bundles"].values() if "runtime" in m), {})
-        lines.append(f"| {any_m.get('runtime', r['label'])} | {any_m.get('machine', '?')}"
+        rt = any_m.get("runtime") or f"{r['label']} ({r['runtime'] or 'default'})"
+        lines.append(f"| {rt} | {any_m.get('machine', 'aarch64' if 'qemu' in r['label'] else '?')}"
                      f"{' (qemu)' if 'qemu' in r['label'] else ''} | {any_m.get('numpy', '?')} | "
                      + " | ".join(cells) + f" | {any_m.get('xnnpack', '?')} |")
     return "\n".join(lines)
@@ -117,11 +128,13 @@ def main() -> int:
     paths = json.loads(a.bundles.read_text())
     names = [n for n in a.only.split(",") if n]
     rows = []
-    for label, py in pythons(a.python, not a.no_emulated).items():
+    for label, (py, runtime) in pythons(a.python, not a.no_emulated).items():
         emu = "qemu" in label
-        row: dict[str, Any] = {"label": label, "python": str(py), "bundles": {}}
+        row: dict[str, Any] = {"label": label, "python": str(py), "runtime": runtime,
+                               "bundles": {}}
         for n in names:
-            row["bundles"][n] = measure(py, paths[n], a.emulated_runs if emu else a.runs,
+            row["bundles"][n] = measure(py, runtime, paths[n],
+                                        a.emulated_runs if emu else a.runs,
                                         1 if emu else a.warmup, a.threads, a.timeout_s)
             print(f"{label:40} {n:14} {json.dumps(row['bundles'][n])[:160]}", file=sys.stderr)
         rows.append(row)

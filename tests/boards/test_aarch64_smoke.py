@@ -87,7 +87,14 @@ def test_the_emulated_board_is_bookworm_arm64_on_cortex_a72(tmp_path: Path) -> N
     assert info["hwcap"] & 0x2 and not info["hwcap"] & (1 << 8)  # ASIMD yes, LSE atomics no
 
 
-def test_the_install_guide_service_steps_run_on_the_board(tmp_path: Path) -> None:
+def test_the_install_guide_verification_steps_run_on_the_board(bundles: dict[str, Path],
+                                                               tmp_path: Path) -> None:
+    r = subprocess.run([str(VENV / "bin" / "python"), "-m", "edge_agent.runtime.probe",
+                        "--bundle", str(bundles["digits"]), "--state-dir", str(tmp_path / "p")],
+                       capture_output=True, text=True, env=_env(), cwd=tmp_path, timeout=300,
+                       check=False)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["selected"] == EXPECT
     agent = str(VENV / "bin" / "edge-agent")
     r = subprocess.run([agent, "install-service", "--root", str(tmp_path / "root"),
                         "--exec", "/opt/edge-agent/bin/edge-agent"], capture_output=True,
@@ -217,6 +224,8 @@ def test_the_agent_serves_rest_and_publishes_its_birth_on_emulated_pi4(
     assert f"{birth['runtime']['name']} {birth['runtime']['version']}" == EXPECT
     assert [m["name"] for m in birth["models"]] == ["digits"]
 
+    with urllib.request.urlopen(f"{agent['url']}/readyz", timeout=30) as r:
+        assert r.status == 200
     status = _http(f"{agent['url']}/v1/agent/status")
     probes = status["runtime"]["probes"]["probes"]
     assert probes[0]["outcome"] == "ok" and probes[0]["machine"] == "aarch64"
