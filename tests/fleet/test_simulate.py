@@ -55,3 +55,62 @@ def _last(sim_dev: Any) -> str | None:
         if hasattr(c, "flow") and c.flow is not None and c.flow.state.last is not None:
             return str(c.flow.state.last.result)
     return None
+
+
+def test_a_device_whose_link_drops_mid_download_goes_offline_then_commits(
+        start_sim: SimFactory, workstation: Workstation, digits: Any, mosquitto: Any) -> None:
+    from fleet_helpers import Recorder
+
+    sim = start_sim(["l-a", "l-b"], faults={"l-a": "drop_link"}, drop_for_s=1.5)
+    rec = Recorder(mosquitto.url, "edge/+/status", "rec-status")
+    try:
+        publish(workstation.repo, Path(digits.bundle_v2), workstation.signers(),
+                audience=Audience(groups=("sim",)), broker_url=mosquitto.url,
+                chunk_size=16384)
+        wait_for(lambda: sim.active_versions("digits") == {"l-a": 2, "l-b": 2}
+                 and _last(sim.devices["l-a"]) == "committed", 40, "both committed")
+        proxy = sim.devices["l-a"].proxy
+        assert proxy is not None and proxy.cuts >= 1
+        states = [d.get("state") for t, d in rec.docs("/status") if t == "edge/l-a/status"]
+        assert "offline" in states and states[-1] == "online"
+        assert not [d for t, d in rec.docs("/status")
+                    if t == "edge/l-b/status" and d.get("state") == "offline"]
+    finally:
+        rec.close()
+
+
+def test_simulate_cli_runs_agents_in_worker_processes_and_stops_them_cleanly(
+        workstation: Workstation, digits: Any, mosquitto: Any, tmp_path: Path) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from fleet_helpers import Recorder
+
+    root = Path(__file__).resolve().parents[2]
+    rec = Recorder(mosquitto.url, "edge/+/status", "rec-status")
+    cmd = [sys.executable, "-m", "fleet.cli", "simulate", "6", "--broker", mosquitto.url,
+           "--root", str(workstation.root_file), "--bundle", str(digits.bundle),
+           "--workdir", str(tmp_path / "fleet"), "--processes", "2", "--id-prefix", "cli",
+           "--slow", "34%", "--group", "g1", "--rps", "0"]
+    proc = subprocess.Popen(cmd, cwd=root, env={**os.environ, "PYTHONPATH": str(root)},
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        def online() -> set[str]:
+            latest = {t.split("/")[1]: d for t, d in rec.docs("/status")}
+            return {k for k, d in latest.items() if d.get("state") == "online"}
+        wait_for(lambda: len(online()) == 6, 90, "6 simulated agents online")
+        assert online() == {f"cli-{i:03d}" for i in range(6)}
+        assert all(d.get("groups") == ["g1"] for _, d in rec.docs("/status"))
+        assert sorted(p.name for p in (tmp_path / "fleet").iterdir()) == sorted(online())
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=60)
+        assert proc.returncode == 0, out
+        assert "in 2 process(es)" in out and "slow: 2 (" in out
+        assert "6 of 6 agents connected" in out
+        wait_for(lambda: not online(), 10, "every agent's offline status")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        rec.close()
