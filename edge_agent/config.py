@@ -47,6 +47,7 @@ OWN_SECTIONS = ("agent", "http", "models", "watch", "camera", "mqtt_requests")
 FOREIGN_SECTIONS = ("mqtt", "telemetry", "update")  # always present in ``sections``
 RUNTIMES = ("auto", "ai-edge-litert", "tflite-runtime", "tensorflow")
 ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")  # safe in MQTT topics and paths
+COMPONENT_RE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 _SECRET_RE = re.compile(r"(^|_)(password|passphrase|token|secret|psk|api_key|private_key)$")
 MIB = 1024 * 1024
@@ -70,6 +71,7 @@ class AgentSettings:
     probe_runtime: bool = True  # try the runtime in a child process first (crash-safe)
     max_image_pixels: int = 12_000_000  # larger images are refused before decoding
     max_loaded_versions: int = 2  # per model name, kept in memory for instant rollback
+    components: tuple[str, ...] | None = None  # "module:factory" list; None = the defaults
 
 
 @dataclass(frozen=True)
@@ -417,12 +419,24 @@ def _agent(raw: Any, ctx: _Ctx) -> AgentSettings:
         probe_runtime=t.flag("probe_runtime", True),
         max_image_pixels=t.integer("max_image_pixels", 12_000_000, 1) or 12_000_000,
         max_loaded_versions=t.integer("max_loaded_versions", 2, 1, 16) or 2,
+        components=_components(t),
     )
     for g in s.groups:
         if not ID_RE.match(g):
             raise t.err("groups", f"group names must match {ID_RE.pattern}, got {g!r}")
     t.finish()
     return s
+
+
+def _components(t: _Table) -> tuple[str, ...] | None:
+    if t.raw.get("components") is None:
+        t.seen.add("components")
+        return None
+    specs = t.texts("components", ())
+    for spec in specs:
+        if not COMPONENT_RE.match(spec):
+            raise t.err("components", f"expected 'package.module:factory' entries, got {spec!r}")
+    return specs
 
 
 def _http(raw: Any, ctx: _Ctx) -> HttpSettings:

@@ -124,7 +124,7 @@ class ServingApi:
     def metadata(self, req: Request) -> tuple[int, Any]:
         return 200, codec.metadata(self._served(req))
 
-    def predict(self, req: Request) -> tuple[int, Any]:
+    def predict(self, req: Request) -> Response:
         served = self._served(req)
         with self._admit(served.name):
             if req.content_type == "application/octet-stream":
@@ -133,7 +133,7 @@ class ServingApi:
                 x, fmt = codec.decode_predict(req.json(), served, max_batch=self.max_batch,
                                               max_image_pixels=self.max_image_pixels)
             pred = served.predict(x, source="rest", request_id=req.request_id)
-        return 200, codec.encode_predict(pred, served, fmt)
+        return Response(200, codec.encode_predict_bytes(pred, served, fmt))
 
     def _raw_tensor(self, served: ServedModel, body: bytes) -> np.ndarray:
         spec = served.input_spec

@@ -31,6 +31,7 @@ from PIL import Image
 from edge_agent.bundle import TensorSpec
 from edge_agent.errors import EdgeError, InvalidRequestError
 from edge_agent.registry import Prediction, ServedModel
+from edge_agent.runtime.quant import dequantize
 
 ROW, COLUMNAR = "row", "columnar"
 IMAGE_FORMATS = ("PNG", "JPEG", "BMP", "GIF", "WEBP", "TIFF", "PPM")  # never EPS/PDF & co.
@@ -202,6 +203,64 @@ def encode_predict(pred: Prediction, served: ServedModel, fmt: str) -> dict[str,
         value = {alias(s.name): o.tolist()
                  for s, o in zip(served.output_specs, outs, strict=True)}
     return {"predictions" if fmt == ROW else "outputs": value}
+
+
+_NON_FINITE = {"nan": "NaN", "inf": "Infinity", "-inf": "-Infinity"}  # TF Serving's tokens
+_LUTS: dict[tuple[str, float, int], tuple[int, np.ndarray, list[str]]] = {}
+
+
+def _number(v: float) -> str:
+    r = repr(v)
+    return _NON_FINITE.get(r, r)
+
+
+def _lut(spec: TensorSpec) -> tuple[int, np.ndarray, list[str]]:
+    """Every value an int8/uint8 output can dequantize to, and its JSON text (cached)."""
+    key = (spec.dtype, spec.scale, spec.zero_point)
+    hit = _LUTS.get(key)
+    if hit is None:
+        info = np.iinfo(np.dtype(spec.dtype))
+        codes = np.arange(info.min, info.max + 1).astype(spec.dtype)
+        values = dequantize(codes, spec)
+        hit = (int(info.min), values, [_number(v) for v in values.tolist()])
+        _LUTS[key] = hit
+    return hit
+
+
+def array_json(arr: np.ndarray, spec: TensorSpec | None = None) -> str:
+    """JSON text of an output array, equal to ``json.dumps(arr.tolist())`` (compact).
+
+    Why: ``json.dumps`` spends ~0.3 µs per float in ``repr`` — 0.3-0.5 ms for one
+    1000-class output, the largest part of a REST request's overhead. A dequantized
+    int8/uint8 output takes one of 256 values, so their texts are formatted once per
+    (scale, zero point) and looked up; anything else goes through ``json.dumps``.
+    """
+    a = np.asarray(arr)
+    if (spec is None or not spec.quantized or spec.dtype not in ("int8", "uint8")
+            or a.ndim not in (1, 2) or a.size < 64 or a.dtype != np.float32
+            or not np.isfinite(a).all()):
+        return json.dumps(a.tolist(), separators=(",", ":"))
+    lo, values, text = _lut(spec)
+    pos = np.rint(a.astype(np.float64) / spec.scale + (spec.zero_point - lo))
+    if pos.min() < 0 or pos.max() >= len(values):
+        return json.dumps(a.tolist(), separators=(",", ":"))  # not this spec's values
+    idx = pos.astype(np.int64)
+    if not np.array_equal(values[idx], a):
+        return json.dumps(a.tolist(), separators=(",", ":"))  # not this spec's values
+    items = [text[i] for i in idx.reshape(-1).tolist()]
+    if a.ndim == 1:
+        return "[" + ",".join(items) + "]"
+    n = a.shape[1]
+    return "[" + ",".join("[" + ",".join(items[r * n:(r + 1) * n]) + "]"
+                          for r in range(a.shape[0])) + "]"
+
+
+def encode_predict_bytes(pred: Prediction, served: ServedModel, fmt: str) -> bytes:
+    """:func:`encode_predict` serialised, with the fast path for one output tensor."""
+    if len(pred.outputs) == 1:
+        key = "predictions" if fmt == ROW else "outputs"
+        return f'{{"{key}":{array_json(pred.outputs[0], served.output_specs[0])}}}'.encode()
+    return json.dumps(encode_predict(pred, served, fmt), separators=(",", ":")).encode()
 
 
 def classify_examples(doc: Any, *, max_batch: int) -> list[bytes]:

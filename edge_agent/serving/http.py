@@ -165,6 +165,10 @@ class _Handler(BaseHTTPRequestHandler):
         with contextlib.suppress(OSError):
             self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
+    def parse_request(self) -> bool:
+        self.t0 = time.perf_counter()  # request line read: the request's clock starts here
+        return super().parse_request()
+
     def __getattr__(self, name: str) -> Any:
         if name.startswith("do_"):
             return self._dispatch
@@ -329,7 +333,7 @@ class HttpServer:
             cred.strip().encode("utf-8", "replace"), self._token)
 
     def dispatch(self, h: _Handler) -> None:
-        t0 = time.perf_counter()
+        t0 = getattr(h, "t0", None) or time.perf_counter()
         rid_in = h.headers.get("X-Request-Id")
         rid = rid_in if rid_in and _RID_RE.match(rid_in) else uuid.uuid4().hex
         method = h.command.upper()

@@ -20,13 +20,15 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edge_agent.config import WatchSettings
 from edge_agent.errors import BadInputError, EdgeError, NotFoundError
 from edge_agent.registry import ModelRegistry
 from edge_agent.sources.base import ResultSink, classify_image
-from edge_agent.sources.journal import Journal
+
+if TYPE_CHECKING:
+    from edge_agent.sources.journal import Journal
 
 log = logging.getLogger(__name__)
 Mover = Callable[[Path, Path], None]
@@ -73,6 +75,8 @@ class WatchFolderSource:
 
     def open(self) -> None:
         """Create the folder and open the journal (``start`` does this, then polls)."""
+        from edge_agent.sources.journal import Journal  # sqlite3 only when a folder is watched
+
         self.dir.mkdir(parents=True, exist_ok=True)
         if self.journal is None:
             self.journal = Journal(self.settings.journal or self.dir / ".journal.sqlite3")

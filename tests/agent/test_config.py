@@ -103,6 +103,8 @@ def test_env_values_parse_as_toml_then_string(text: str, value: object) -> None:
     ("[http]\ntoken = 'a'\ntoken_file = 'f'\n", "agent.toml: http.token_file: set http.token"),
     ("[http]\ntoken_file = 'missing'\n", "agent.toml: http.token_file: cannot read"),
     ("[camera]\nenabled = true\n", "agent.toml: camera.model: missing required key"),
+    ("[agent]\ncomponents = ['telemetry']\n", "agent.toml: agent.components: expected "
+     "'package.module:factory'"),
     ("http = 3\n", "agent.toml: http: expected a table"),
     ("stray = 3\n", "agent.toml: stray: unknown top-level key"),
     ("[agent\n", "agent.toml: invalid TOML"),
@@ -125,6 +127,15 @@ def test_errors_from_env_and_flags_name_where_the_value_came_from(tmp_path: Path
 def test_missing_file_is_a_config_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="cannot read config file"):
         load_config(tmp_path / "nope.toml", env={})
+
+
+def test_components_list_replaces_the_default_factories() -> None:
+    assert load_config(None, env={}).agent.components is None  # the agent's defaults
+    cfg = load_config(None, env={"EDGE_AGENT__AGENT__COMPONENTS": "[]"})
+    assert cfg.agent.components == ()
+    cfg = load_config(None, {"agent.components": ["edge_agent.telemetry.service:create"]},
+                      env={})
+    assert cfg.agent.components == ("edge_agent.telemetry.service:create",)
 
 
 def test_defaults_are_safe(tmp_path: Path) -> None:
