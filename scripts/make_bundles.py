@@ -2,8 +2,9 @@
 
 Runs in the main venv (it needs TensorFlow); every other venv only reads the results:
 
-* ``digits``      — the digits CNN (sklearn's load_digits), full int8, as the test suite's
-                    ``digits`` fixture builds it (same cache directory, so it is shared);
+* ``digits``      — the digits CNN (sklearn's load_digits), full int8, exactly as the test
+                    suite's ``digits`` fixture builds it (its cached build is reused when
+                    present, read-only);
 * ``mobilenet_v2`` — Keras MobileNetV2 (224×224×3, 1000 classes, seeded random weights: no
                     weights can be downloaded here), full int8, calibrated on 32 seeded
                     synthetic images;
@@ -21,6 +22,7 @@ and writes the same to ``<dir>/bundles.json``.
 from __future__ import annotations
 
 import argparse
+import fcntl
 import hashlib
 import json
 import os
@@ -52,14 +54,20 @@ def _source_key(*paths: str) -> str:
     return h.hexdigest()[:16]
 
 
-def digits_dir() -> Path:
-    """The directory tests/conftest.py's ``digits`` fixture uses (same key, same layout)."""
+def fixture_digits_dir() -> Path:
+    """Where tests/conftest.py's ``digits`` fixture caches its build (read, never written)."""
     key = _source_key("converter", "edge_agent/bundle.py")
     return ROOT / ".cache" / "test-artifacts" / f"digits-{key}"
 
 
-def build_digits(_: Path) -> Path:
-    out = digits_dir()
+def digits_dir(out: Path) -> Path:
+    """The fixture's digits build when present (same recipe, same converter), else ours."""
+    shared = fixture_digits_dir()
+    return shared if (shared / "digits-v2" / "manifest.json").exists() else out / "digits-src"
+
+
+def build_digits(out: Path) -> Path:
+    out = digits_dir(out)
     if (out / "digits-v2" / "manifest.json").exists():
         return out / "digits-v1"
     from converter.digits import load_split, train_cnn, write_npz
@@ -101,7 +109,7 @@ def build_mobilenet(work: Path) -> Path:
     return out
 
 
-def _tiny(work: Path, op: str) -> Path:
+def _tiny(work: Path, op: str, calib: Path) -> Path:
     """A 64→16→op→10 int8 classifier on 8×8×1 digits input, as a SavedModel → bundle."""
     tf = import_tf()
     rng = np.random.default_rng(SEED)
@@ -118,7 +126,6 @@ def _tiny(work: Path, op: str) -> Path:
     net = Net()
     sm = work / f"{op}_savedmodel"
     tf.saved_model.save(net, str(sm), signatures={"serving_default": net.serve})
-    calib = digits_dir() / "calib.npz"
     out = work / f"{op}_int8"
     convert_to_bundle(ConvertOptions(model=sm, representative=calib, profile="generic-x86_64",
                                      name=f"{op}_int8", version=1, samples=64, latency_runs=5,
@@ -126,11 +133,11 @@ def _tiny(work: Path, op: str) -> Path:
     return out
 
 
-BUILDERS: dict[str, Callable[[Path], Path]] = {
-    "digits": build_digits,
-    "mobilenet_v2": build_mobilenet,
-    "log_int8": lambda w: _tiny(w, "log"),
-    "sqrt_int8": lambda w: _tiny(w, "sqrt"),
+BUILDERS: dict[str, Callable[[Path, Path], Path]] = {  # (scratch dir, output dir) → bundle
+    "digits": lambda w, out: build_digits(out),
+    "mobilenet_v2": lambda w, out: build_mobilenet(w),
+    "log_int8": lambda w, out: _tiny(w, "log", digits_dir(out) / "calib.npz"),
+    "sqrt_int8": lambda w, out: _tiny(w, "sqrt", digits_dir(out) / "calib.npz"),
 }
 
 
@@ -140,19 +147,25 @@ def ensure_bundles(out: Path | None = None, only: list[str] | None = None) -> di
     key = _source_key("converter", "edge_agent/bundle.py", "scripts/make_bundles.py")
     out = out or ROOT / ".cache" / "matrix-bundles" / f"{key}-tf{tf.__version__}"
     out.mkdir(parents=True, exist_ok=True)
+    with open(out / ".lock", "w") as lock:  # one builder at a time (CI steps, parallel runs)
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return _ensure_locked(out, only or list(BUILDERS))
+
+
+def _ensure_locked(out: Path, names: list[str]) -> dict[str, Path]:
     paths: dict[str, Path] = {}
-    for name in only or list(BUILDERS):
+    for name in names:
         done = out / f"{name}.path"
         if done.exists() and (Path(done.read_text()) / "manifest.json").exists():
             paths[name] = Path(done.read_text())
             continue
-        if name != "digits":
+        if name in ("log_int8", "sqrt_int8"):
             build_digits(out)  # the tiny models calibrate on its data
         t0 = time.monotonic()
         work = out / f".{name}.work"
         shutil.rmtree(work, ignore_errors=True)
         work.mkdir()
-        p = BUILDERS[name](work)
+        p = BUILDERS[name](work, out)
         if p.is_relative_to(work):  # move the finished bundle out of the scratch dir
             final = out / name
             shutil.rmtree(final, ignore_errors=True)

@@ -116,3 +116,57 @@ def test_capabilities_say_what_this_runtime_lacks(runtime: Runtime) -> None:
         assert ("ops" in caps.lacks) == old
     assert all(n.startswith(str(runtime)) for n in caps.notes)
     assert caps.as_dict()["version"] == runtime.version
+
+
+def test_the_agent_refuses_a_model_its_runtime_lacks_and_keeps_serving_the_others(
+        bundle_paths: dict[str, Path], bundles: dict[str, Bundle], runtime: Runtime,
+        tmp_path: Path) -> None:
+    """The real agent (store, registry, REST on loopback) on this venv's runtime."""
+    import json
+    import urllib.request
+
+    from edge_agent.app import Agent
+    from edge_agent.config import load_config
+
+    refused = first_refused(runtime)
+    if refused is None:
+        pytest.skip(f"{runtime} loads every bundle of the matrix")
+    cfg = load_config(None, {
+        "http.enabled": True, "http.host": "127.0.0.1", "http.port": 0,
+        "agent.store_dir": str(tmp_path / "store"), "agent.profile": "generic-x86_64",
+        "agent.device_id": "matrix", "agent.runtime": runtime.name,
+        "models": [{"bundle": str(bundle_paths["digits"])},
+                   {"bundle": str(bundle_paths[refused])}]}, env={})
+    agent = Agent(cfg, components=[])
+    agent.start()
+    try:
+        assert str(agent.runtime) == str(runtime)
+        assert agent.registry.names() == ["digits"]
+        failed = [e for e in agent.events if e.kind == "model.load_failed"]
+        assert len(failed) == 1 and refused in failed[0].message
+        assert f"'{refusal(refused, runtime)}' version '2'" in failed[0].message
+        assert agent.http is not None
+        g = bundles["digits"].manifest.golden[0]
+        spec = bundles["digits"].manifest.inputs[0]
+        x = (g.input.decode().astype(np.float32) - spec.zero_point) * spec.scale
+        req = urllib.request.Request(f"{agent.http.url}/v1/models/digits:predict",
+                                     data=json.dumps({"instances": x.tolist()}).encode())
+        with urllib.request.urlopen(req, timeout=30) as r:
+            got = np.asarray(json.loads(r.read())["predictions"])
+        assert int(got.argmax()) == int(np.argmax(g.output.decode()))
+        status = agent.status()
+        assert refused in status["load_failures"]
+        assert status["runtime"]["capabilities"]["notes"] == runtime_notes(runtime)
+    finally:
+        agent.stop()
+
+
+def test_the_qemu_crash_is_a_known_limit_of_new_litert_on_aarch64_only() -> None:
+    from edge_agent.runtime.capabilities import known_limits
+
+    def keys(version: str, machine: str) -> set[str]:
+        return {lim.key for lim in known_limits("ai-edge-litert", version, machine)}
+
+    assert "qemu" in keys("2.3.0", "aarch64") and "qemu" in keys("2.2.0", "aarch64")
+    assert "qemu" not in keys("2.1.6", "aarch64") and "qemu" not in keys("2.3.0", "x86_64")
+    assert "ops" in keys("1.4.0", "x86_64") and "ops" not in keys("2.0.3", "x86_64")
