@@ -63,9 +63,26 @@ port = 8501
 """
 
 
+COMPONENT = "edge_agent.service:create"
+
+
+def agent_notifies() -> bool:
+    """Whether ``edge-agent run`` loads :func:`create` (then the unit can be ``Type=notify``)."""
+    try:
+        from edge_agent.app import COMPONENT_FACTORIES
+    except ImportError:
+        return False
+    return COMPONENT in COMPONENT_FACTORIES
+
+
 @dataclass(frozen=True)
 class ServiceOptions:
-    """What goes into the unit. ``watchdog_s = 0`` leaves the watchdog off."""
+    """What goes into the unit. ``watchdog_s = 0`` leaves the watchdog off.
+
+    ``notify`` (default: whether the agent loads this module's component) selects
+    ``Type=notify`` + ``WatchdogSec``; without it the unit is ``Type=exec`` and has no
+    watchdog, since nothing would send ``READY=1``.
+    """
 
     exec_path: Path = field(default_factory=lambda: Path(sys.prefix) / "bin" / "edge-agent")
     user: str = USER
@@ -74,6 +91,7 @@ class ServiceOptions:
     restart_sec_s: int = 5
     start_timeout_s: int = 300  # probe + golden vectors of every model on a slow board
     supplementary_groups: tuple[str, ...] = ()  # e.g. video (camera), plugdev (Coral USB)
+    notify: bool = field(default_factory=agent_notifies)
 
     def __post_init__(self) -> None:
         if not self.exec_path.is_absolute() or not self.config_path.is_absolute():
@@ -86,7 +104,8 @@ def render_unit(o: ServiceOptions) -> str:
     """The ``edge-agent.service`` text for these options."""
     groups = f"SupplementaryGroups={' '.join(o.supplementary_groups)}\n" \
         if o.supplementary_groups else ""
-    watchdog = f"WatchdogSec={o.watchdog_s}s\n" if o.watchdog_s else ""
+    watchdog = f"WatchdogSec={o.watchdog_s}s\n" if o.watchdog_s and o.notify else ""
+    kind = "Type=notify\nNotifyAccess=main" if o.notify else "Type=exec"
     return f"""\
 [Unit]
 Description=Edge inference agent (LiteRT models over TF-Serving REST and MQTT)
@@ -98,8 +117,7 @@ StartLimitIntervalSec=300
 StartLimitBurst=5
 
 [Service]
-Type=notify
-NotifyAccess=main
+{kind}
 User={o.user}
 Group={o.user}
 {groups}ExecStart={o.exec_path} run --config {o.config_path}

@@ -67,7 +67,7 @@ def notify(tmp_path: Path) -> Iterator[NotifySocket]:
 
 def test_install_under_a_root_prefix_writes_everything_and_runs_nothing(tmp_path: Path) -> None:
     ran: list[list[str]] = []
-    opts = ServiceOptions(exec_path=Path("/opt/edge-agent/bin/edge-agent"))
+    opts = ServiceOptions(exec_path=Path("/opt/edge-agent/bin/edge-agent"), notify=True)
     rep = install_service(opts, root=tmp_path, enable=True, runner=ran.append)
     unit = (tmp_path / "etc/systemd/system/edge-agent.service").read_text()
     assert unit == render_unit(opts)
@@ -81,6 +81,12 @@ def test_install_under_a_root_prefix_writes_everything_and_runs_nothing(tmp_path
     assert cfg.read_text() == DEFAULT_CONFIG and oct(cfg.stat().st_mode & 0o777) == "0o640"
     assert (tmp_path / "var/lib/edge-agent").is_dir()
     assert ran == [] and rep.commands == []  # no user, no systemctl outside the host root
+
+
+def test_without_the_notifier_component_the_unit_does_not_wait_for_ready() -> None:
+    unit = render_unit(ServiceOptions(notify=False)).splitlines()
+    assert "Type=exec" in unit and "Type=notify" not in unit
+    assert not any(ln.startswith("WatchdogSec=") for ln in unit)
 
 
 def test_install_keeps_an_existing_config(tmp_path: Path) -> None:
@@ -101,6 +107,9 @@ def test_on_the_host_the_install_creates_the_user_and_reloads_systemd() -> None:
 
 
 def test_the_shipped_unit_is_the_rendered_unit() -> None:
+    """Regenerate: edge-agent install-service --print-unit --exec /opt/edge-agent/bin/edge-agent
+    > packaging/systemd/edge-agent.service (the unit changes when the agent loads the notifier).
+    """
     shipped = (ROOT / "packaging/systemd/edge-agent.service").read_text()
     assert shipped == render_unit(ServiceOptions(exec_path=Path("/opt/edge-agent/bin/edge-agent")))
 
@@ -109,7 +118,7 @@ def test_the_shipped_unit_is_the_rendered_unit() -> None:
 def test_the_unit_passes_systemd_analyze_verify(tmp_path: Path) -> None:
     unit = tmp_path / "edge-agent.service"
     unit.write_text(render_unit(ServiceOptions(exec_path=Path(sys.executable),
-                                               watchdog_s=30)))
+                                               watchdog_s=30, notify=True)))
     r = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True, text=True,
                        check=False)
     assert r.returncode == 0, r.stderr
