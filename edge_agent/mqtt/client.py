@@ -52,6 +52,11 @@ _V5, _V311 = MQTTProtocolVersion.MQTTv5, MQTTProtocolVersion.MQTTv311
 # CONNACK codes meaning "I don't speak this protocol version" (3.1.1 rc 1, MQTT 5 0x84)
 _BAD_PROTOCOL = {1, 0x84}
 _AUTH = {4, 5, 0x86, 0x87, 0x8C}  # bad user name or password / not authorized / bad auth
+_PUBLISH_OK = (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_QUEUE_SIZE)
+
+
+def _no_op_register(_client: paho.Client, _userdata: Any, _sock: Any) -> None:
+    """See _make_paho: the network thread's loop() writes whenever it is woken."""
 
 
 @dataclass(frozen=True)
@@ -105,6 +110,8 @@ class MqttClient:
         self._paho: paho.Client | None = None
         self._connected = False
         self._acks: dict[int, AckCallback] = {}
+        self._early_acks: dict[int, int] = {}  # mid → reason code, see publish()
+        self._registering = 0
         self._subs: list[_Sub] = []
         self._listeners: list[tuple[Callable[[], None] | None, Callable[[], None] | None]] = []
         self._stop = threading.Event()
@@ -221,22 +228,37 @@ class MqttClient:
         survive outages go through the outbox instead.
         """
         data = payload.encode("utf-8") if isinstance(payload, str) else bytes(payload)
+        # Never call into paho holding self._lock: paho runs our callbacks (which take it)
+        # while holding its own locks, so the other order would deadlock. The PUBACK may
+        # therefore arrive before we know the mid: _on_publish stashes acks while any
+        # registration is pending, and the last registration clears what is left.
         with self._lock:
             c = self._paho
             if c is None or not self._connected or (epoch is not None and epoch != self.connects):
                 return False
-            try:
-                info = c.publish(topic, data, qos=qos, retain=retain, properties=properties)
-            except (ValueError, OSError) as e:
-                log.warning("publish to %s failed: %s", topic, e)
-                return False
-            if info.rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_QUEUE_SIZE):
-                return False
             if on_ack is not None:
-                if info.is_published() and qos == 0:
-                    on_ack(0)
-                else:
-                    self._acks[info.mid] = on_ack
+                self._registering += 1
+        info = None
+        try:
+            info = c.publish(topic, data, qos=qos, retain=retain, properties=properties)
+        except (ValueError, OSError) as e:
+            log.warning("publish to %s failed: %s", topic, e)
+        finally:
+            early = None
+            if on_ack is not None:
+                with self._lock:
+                    self._registering -= 1
+                    sent = info is not None and info.rc in _PUBLISH_OK and self._paho is c
+                    if sent and info is not None:
+                        early = self._early_acks.pop(info.mid, None)
+                        if early is None:
+                            self._acks[info.mid] = on_ack
+                    if self._registering == 0:
+                        self._early_acks.clear()
+        if info is None or info.rc not in _PUBLISH_OK:
+            return False
+        if early is not None and on_ack is not None:
+            on_ack(early)  # the ack raced ahead of our bookkeeping
         return True
 
     def subscribe(self, topic_filter: str, handler: Handler, qos: int = 1, *,
@@ -308,6 +330,11 @@ class MqttClient:
         c.on_message = self._on_message
         c.on_publish = self._on_publish
         c.on_log = self._on_log
+        # Only the network thread may write to the socket. Without loop_start() paho would
+        # write from the publishing thread too, interleaving partial packets of large
+        # payloads on the wire; registering a (no-op) write callback makes publish() just
+        # queue the packet and wake our loop() through paho's socket pair.
+        c.on_socket_register_write = _no_op_register
         return c
 
     def _net_loop(self) -> None:
@@ -392,6 +419,7 @@ class MqttClient:
             with self._lock:
                 self._paho = None
                 self._acks.clear()
+                self._early_acks.clear()
                 was = self._connected
                 self._connected = False
                 self._cond.notify_all()
@@ -470,6 +498,8 @@ class MqttClient:
                     _props: Any) -> None:
         with self._lock:
             cb = self._acks.pop(mid, None)
+            if cb is None and self._registering:  # maybe not registered yet: keep it
+                self._early_acks[mid] = rc.value
         if cb is not None:
             try:
                 cb(rc.value)
