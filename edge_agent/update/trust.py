@@ -84,6 +84,11 @@ class TrustStore:
         if hist.is_dir():
             out["root"] = max((int(p.name.split(".")[0]) for p in hist.glob("*.root.json")
                                if p.name.split(".")[0].isdigit()), default=0)
+        if not out["root"]:
+            try:  # nothing fetched yet: the provisioned root is what is trusted
+                out["root"] = int(json.loads(self.root_file.read_bytes())["signed"]["version"])
+            except (OSError, ValueError, KeyError, TypeError):
+                pass
         for role in ("timestamp", "snapshot", "targets"):
             try:
                 out[role] = int(json.loads((self.dir / f"{role}.json").read_bytes())

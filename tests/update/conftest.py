@@ -31,6 +31,7 @@ GROUP = "line-3"
 KEY_NAMES = ("root-a", "root-b", "targets-a", "targets-b", "targets-c", "snapshot",
              "timestamp", "timestamp-2", "rogue")
 ONLINE = ("targets-a", "targets-b", "snapshot", "timestamp")
+ME = Audience((DEVICE,), ())
 CHUNK = 16 * 1024  # small chunks so a ~90 KB bundle has several
 
 
@@ -74,7 +75,7 @@ class Fleet:
         return [self.keys[n].signer for n in (names or ONLINE)]
 
     def publish(self, bundle: Path, *, signers: list[str] | None = None,
-                audience: Audience = Audience((DEVICE,), ()), **kw: Any) -> Published:
+                audience: Audience = ME, **kw: Any) -> Published:
         kw.setdefault("chunk_size", CHUNK)
         return publish(self.repo, bundle, self.signers(*(signers or ONLINE)),
                        audience=audience, broker_url=self.broker_url, **kw)
@@ -131,8 +132,39 @@ class Bundles:
     v3_broken: Path
 
 
+@dataclass(frozen=True)
+class PinnedDigits:
+    bundle: Path
+    bundle_v2: Path
+    eval_npz: Path
+
+
 @pytest.fixture(scope="session")
-def bundles(digits: Any, tmp_path_factory: pytest.TempPathFactory) -> Bundles:
+def update_digits(request: pytest.FixtureRequest) -> PinnedDigits:
+    """The shared ``digits`` bundles, pinned: a converter edit elsewhere does not make these
+    tests retrain (the update path does not depend on how the model was converted)."""
+    import hashlib
+    import os
+    import shutil
+
+    root = Path(__file__).resolve().parents[2]
+    key = hashlib.sha256((root / "edge_agent" / "bundle.py").read_bytes()).hexdigest()[:12]
+    pin = root / ".cache" / "test-artifacts" / f"update-digits-{key}"
+    if not (pin / "digits-v2" / "manifest.json").exists():
+        digits = request.getfixturevalue("digits")
+        tmp = pin.with_name(pin.name + f".tmp{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(digits.bundle, tmp / "digits-v1")
+        shutil.copytree(digits.bundle_v2, tmp / "digits-v2")
+        shutil.copy(digits.eval_npz, tmp / "eval.npz")
+        shutil.rmtree(pin, ignore_errors=True)
+        os.replace(tmp, pin)
+    return PinnedDigits(pin / "digits-v1", pin / "digits-v2", pin / "eval.npz")
+
+
+@pytest.fixture(scope="session")
+def bundles(update_digits: PinnedDigits, tmp_path_factory: pytest.TempPathFactory) -> Bundles:
+    digits = update_digits
     d = tmp_path_factory.mktemp("bundles")
     rng = np.random.default_rng(3)
     return Bundles(
@@ -226,5 +258,26 @@ def start_device(tmp_path: Path, fleet: Fleet, bundles: Bundles, mosquitto: Any
 
 
 @pytest.fixture
-def x_digits(digits: Any) -> np.ndarray:
-    return np.load(digits.eval_npz)["x"][:4].astype(np.float32)
+def x_digits(update_digits: PinnedDigits) -> np.ndarray:
+    return np.load(update_digits.eval_npz)["x"][:4].astype(np.float32)
+
+
+@pytest.fixture(scope="session")
+def wide_v3() -> Path:
+    """A real digits model taking 16x16 input, as digits v3 (built once, cached)."""
+    import hashlib
+    import os
+    import subprocess
+    import sys
+
+    here = Path(__file__).resolve().parent
+    root = here.parents[1]
+    h = hashlib.sha256((here / "update_models.py").read_bytes())
+    for p in sorted((root / "converter").glob("*.py")):
+        h.update(p.read_bytes())
+    out = root / ".cache" / "test-artifacts" / f"update-wide-{h.hexdigest()[:12]}"
+    if not (out / "manifest.json").exists():
+        subprocess.run([sys.executable, str(here / "update_models.py"), "wide", str(out),
+                        "--version", "3"], check=True, cwd=root, env={**os.environ},
+                       stdout=subprocess.DEVNULL)
+    return out

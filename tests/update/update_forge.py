@@ -6,8 +6,9 @@ are whatever the attacker has. The legitimate repository on disk is never modifi
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from datetime import datetime, timedelta, timezone
 
 from securesystemslib.signer import Signer
@@ -65,3 +66,81 @@ def chunk_payloads(data: bytes, plan: ChunkPlan) -> list[bytes]:
         off, n = plan.span(i)
         out.append(encode_chunk(i, plan.count, plan.length, data[off:off + n]))
     return out
+
+
+def announce(broker_url: str, topic: str, target: str, files: dict[str, bytes], *,
+             chunks: list[bytes] | None = None, sha256: str | None = None,
+             mirrors: tuple[str, ...] = ()) -> bytes:
+    """Publish (retained) whatever chunks and announcement an attacker chooses."""
+    import time
+
+    from edge_agent.update.wire import Announcement, chunk_topic
+    from fleet.publish import Broker
+
+    b = Broker(broker_url)
+    try:
+        for i, payload in enumerate(chunks or []):
+            assert sha256 is not None
+            b.publish(chunk_topic(sha256, i), payload)
+        ann = Announcement(target, files, chunks=bool(chunks), mirrors=mirrors,
+                           published_at=time.time())
+        raw = ann.to_bytes()
+        b.publish(topic, raw)
+        b.flush()
+    finally:
+        b.close()
+    return raw
+
+
+def republish(broker_url: str, topic: str, payload: bytes) -> None:
+    from fleet.publish import Broker
+
+    b = Broker(broker_url)
+    try:
+        b.publish(topic, payload)
+        b.flush()
+    finally:
+        b.close()
+
+
+@contextlib.contextmanager
+def evil_http_server(data: bytes, *, mode: str) -> Iterator[str]:
+    """A mirror that serves ``data`` then endless zeros (``endless``), or cuts it in half
+    and closes (``truncate``), for every target path (metadata: 404). Yields its URL."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class H(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.0"
+
+        def log_message(self, *a: object) -> None:
+            pass
+
+        def do_GET(self) -> None:
+            if "/metadata/" in self.path:  # metadata comes inline; no newer root here
+                self.send_response(404)
+                self.end_headers()
+                return
+            self.send_response(200)
+            if mode == "truncate":
+                self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            try:
+                if mode == "truncate":
+                    self.wfile.write(data[:len(data) // 2])
+                    return
+                self.wfile.write(data)
+                for _ in range(10_000):  # "endless" (bounded so the test cannot hang)
+                    self.wfile.write(b"\0" * 65536)
+            except OSError:
+                pass
+
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), H)
+    srv.daemon_threads = True
+    t = threading.Thread(target=srv.serve_forever, daemon=True)
+    t.start()
+    try:
+        yield f"http://127.0.0.1:{srv.server_address[1]}/"
+    finally:
+        srv.shutdown()
+        srv.server_close()
