@@ -39,18 +39,8 @@ from edge_agent.profiles import DeviceProfile, load_profile
 from edge_agent.registry import DelegateFactory, ModelRegistry, ServedModel
 from edge_agent.runtime.backends import Runtime, select_runtime
 from edge_agent.serving import Admission, HttpServer, Metrics, ServingApi
-from edge_agent.sources import (
-    CameraSource,
-    FanOut,
-    JsonlSink,
-    MessageLink,
-    MqttRequestSource,
-    MqttSink,
-    ResultSink,
-    Source,
-    WatchFolderSource,
-    open_frames,
-)
+from edge_agent.sources import MessageLink, MqttRequestSource, Source
+from edge_agent.sources.wiring import source_factories, wants_link
 from edge_agent.store import ModelStore
 
 log = logging.getLogger(__name__)
@@ -316,7 +306,18 @@ class Agent:
     # ------------------------------------------------------------------ life cycle
 
     def start(self) -> None:
-        """Load models, then serve. Idempotent. See the module docstring for the order."""
+        """Load models, then serve. Idempotent. See the module docstring for the order.
+
+        If a step fails (a component's ConfigError, a busy port), everything already
+        started is stopped again before the error propagates.
+        """
+        try:
+            self._start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start(self) -> None:
         with self._lock:
             if self.started_at is not None:
                 return
@@ -389,37 +390,9 @@ class Agent:
         return shared_publisher(self)
 
     def _start_sources(self) -> None:
-        c, a = self.config, self.config.agent
-        wants_link = (c.mqtt_requests.enabled or (c.watch.enabled and c.watch.publish_mqtt)
-                      or (c.camera.enabled and c.camera.publish_mqtt))
-        link = self.message_link() if wants_link else None
-        prefix = str(c.sections.get("mqtt", {}).get("topic_prefix", "edge"))
-
-        def sink(jsonl: Path | None, mqtt: bool) -> ResultSink:
-            sinks: list[ResultSink] = [JsonlSink(jsonl)] if jsonl else []
-            if mqtt and link is not None:
-                sinks.append(MqttSink(link, self.device_id, prefix=prefix,
-                                      durable=self._durable_publisher))
-            return FanOut(sinks)
-
-        candidates: list[Callable[[], Source]] = []
-        if c.mqtt_requests.enabled and link is not None:
-            candidates.append(lambda: MqttRequestSource(
-                link, self.registry, self.device_id, c.mqtt_requests, max_batch=c.http.max_batch,
-                max_image_pixels=a.max_image_pixels, threads=a.workers, prefix=prefix,
-                hooks=self.hooks))
-        if c.watch.enabled:
-            candidates.append(lambda: WatchFolderSource(
-                c.watch, self.registry, sink(c.watch.jsonl, c.watch.publish_mqtt),
-                max_image_pixels=a.max_image_pixels))
-        if c.camera.enabled and c.camera.model:
-            model = c.camera.model
-            candidates.append(lambda: CameraSource(
-                open_frames(c.camera.device, width=c.camera.width, height=c.camera.height),
-                self.registry, model, sink(c.camera.jsonl, c.camera.publish_mqtt),
-                interval_s=c.camera.interval_s, top_k=c.camera.top_k,
-                max_frames=c.camera.max_frames))
-        for make in candidates:
+        link = self.message_link() if wants_link(self.config) else None
+        for make in source_factories(self.config, self.registry, self.hooks, link=link,
+                                     durable=self._durable_publisher):
             try:
                 src = make()
                 src.start()
