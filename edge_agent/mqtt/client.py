@@ -434,6 +434,10 @@ class MqttClient:
     def _closed_before_connack(self, protocol: MQTTProtocolVersion) -> MqttConnectError:
         detail = "; ".join(self._attempt_log[-2:]) or "connection closed"
         low = detail.lower()
+        if ("alert" in low or "certificate" in low) and self.config.cert_file is None:
+            return MqttConnectError(
+                f"TLS: the broker {self.config.url} requires a client certificate; set "
+                f"mqtt.cert_file and mqtt.key_file ({detail})", kind="tls")
         if "alert" in low or "certificate" in low:
             return MqttConnectError(
                 f"TLS: the broker {self.config.url} rejected our client certificate "

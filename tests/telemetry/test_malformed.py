@@ -8,9 +8,9 @@ import os
 from pathlib import Path
 
 import pytest
+from telemetry_helpers import Recorder, make_agent, wait_for
 
 from edge_agent.telemetry.service import create
-from tests.telemetry.conftest import Recorder, make_agent, wait_for
 
 PAYLOADS = {
     "random bytes": os.urandom(512),

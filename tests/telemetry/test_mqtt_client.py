@@ -6,13 +6,13 @@ import threading
 import time
 
 import pytest
+from telemetry_helpers import free_port
+from telemetry_helpers import wait_for as _wait
 
 from edge_agent.errors import ConfigError
 from edge_agent.mqtt import MqttClient, MqttConfig, Will
 from edge_agent.mqtt.client import check_filter
 from edge_agent.mqtt.embedded import start_embedded_broker
-from tests.telemetry.conftest import free_port
-from tests.telemetry.conftest import wait_for as _wait
 
 
 def _client(url: str, cid: str, **kw) -> MqttClient:

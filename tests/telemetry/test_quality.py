@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from sklearn import metrics as skm
+from telemetry_helpers import Recorder, make_agent, wait_for
 
 from edge_agent.bundle import DriftReference
 from edge_agent.errors import InvalidRequestError
@@ -19,7 +20,6 @@ from edge_agent.monitor.metrics import classification_metrics
 from edge_agent.monitor.psi import psi
 from edge_agent.monitor.quality import DriftDetector, QualityWindow
 from edge_agent.telemetry.service import create
-from tests.telemetry.conftest import Recorder, make_agent, wait_for
 
 # ---- pure parts -------------------------------------------------------------------------
 

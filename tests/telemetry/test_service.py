@@ -8,11 +8,11 @@ from typing import Any
 
 import numpy as np
 import pytest
+from telemetry_helpers import Recorder, make_agent, wait_for
 
 import edge_agent
 from edge_agent.errors import ConfigError
 from edge_agent.telemetry.service import TelemetryService, create
-from tests.telemetry.conftest import Recorder, make_agent, wait_for
 
 
 @pytest.fixture

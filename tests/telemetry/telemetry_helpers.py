@@ -1,0 +1,162 @@
+"""Helpers for the telemetry tests: a minimal agent, a recording subscriber, polling, and
+the root conftest's Mosquitto launcher (imported by path: ``tests`` is not a package and a
+site-packages ``tests`` package would shadow it)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import socket
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from edge_agent.bundle import read_bundle
+from edge_agent.hooks import Hooks
+from edge_agent.mqtt import MqttClient, MqttConfig
+from edge_agent.profiles import load_profile
+from edge_agent.registry import ModelRegistry
+from edge_agent.runtime.backends import select_runtime
+from edge_agent.store import ModelStore
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for(pred: Callable[[], object], timeout_s: float = 10.0, what: str = "condition") -> None:
+    """Poll ``pred`` until truthy; fail the test naming ``what`` after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while not pred():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout_s:g} s waiting for {what}")
+        time.sleep(0.02)
+
+
+# ---------------------------------------------------------------------------------------
+# A minimal agent: the real registry, hooks and store behind the attributes the telemetry
+# component uses (edge_agent.app.Agent has the same ones). Tests that need the whole agent
+# process use the real `edge-agent run` CLI instead.
+
+
+@dataclass
+class MiniConfig:
+    sections: dict[str, dict[str, Any]]
+    source: str = "test-agent.toml"
+
+    def redacted(self) -> dict[str, Any]:
+        out = json.loads(json.dumps(self.sections))
+        if "password" in out.get("mqtt", {}):
+            out["mqtt"]["password"] = "***"
+        return out
+
+
+@dataclass
+class MiniAgent:
+    config: MiniConfig
+    device_id: str
+    store: ModelStore
+    hooks: Hooks = field(default_factory=Hooks)
+    http: Any = None
+    started_at: float = field(default_factory=time.time)
+    reloads: int = 0
+    bundles: list[Path] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.profile = load_profile("generic-x86_64")
+        self.runtime = select_runtime()
+        self.registry = ModelRegistry(self.runtime, self.hooks, workers=1, num_threads=1)
+        for b in self.bundles:
+            self.registry.load(read_bundle(b))
+
+    def status(self) -> dict[str, Any]:
+        return {"device_id": self.device_id, "models": self.registry.snapshot(),
+                "queue_depth": 0}
+
+    def reload(self) -> list[str]:
+        self.reloads += 1
+        return [f"reload {self.reloads}"]
+
+
+def make_agent(tmp: Path, url: str, *, device: str = "dev-1", bundles: list[Path] | None = None,
+               telemetry: dict[str, Any] | None = None, **mqtt: Any) -> MiniAgent:
+    sections = {"mqtt": {"url": url, "reconnect_min_s": 0.05, "reconnect_max_s": 0.5,
+                         "keepalive_s": 5, "outbox_path": str(tmp / "outbox.db"), **mqtt},
+                "telemetry": {"interval_s": 0.1, **(telemetry or {})}}
+    return MiniAgent(MiniConfig(sections), device, ModelStore(tmp / "store"),
+                     bundles=list(bundles or []))
+
+
+class Recorder:
+    """A subscriber that records (topic, decoded JSON or raw bytes, retain) tuples."""
+
+    def __init__(self, broker: str | MqttConfig, topic_filter: str = "edge/#",
+                 client_id: str = "recorder") -> None:
+        self.messages: list[tuple[str, Any]] = []
+        self._lock = threading.Lock()
+        cfg = broker if isinstance(broker, MqttConfig) else MqttConfig.from_url(
+            broker, reconnect_min_s=0.05, reconnect_max_s=0.5, keepalive_s=5)
+        self.client = MqttClient(config=cfg, client_id=client_id)
+        self.client.subscribe(topic_filter, self._on)
+        self.client.connect(10)
+
+    def _on(self, topic: str, payload: bytes) -> None:
+        try:
+            doc: Any = json.loads(payload)
+        except ValueError:
+            doc = payload
+        with self._lock:
+            self.messages.append((topic, doc))
+
+    def on(self, suffix: str) -> list[Any]:
+        with self._lock:
+            return [d for t, d in self.messages if t.endswith(suffix)]
+
+    def wait(self, suffix: str, pred: Callable[[Any], bool] = lambda _d: True,
+             timeout_s: float = 10.0) -> Any:
+        found: list[Any] = []
+
+        def check() -> bool:
+            found[:] = [d for d in self.on(suffix) if pred(d)]
+            return bool(found)
+        wait_for(check, timeout_s, f"a message on *{suffix}")
+        return found[-1]
+
+    def send(self, topic: str, payload: bytes | str) -> None:
+        assert self.client.publish(topic, payload)
+
+    def close(self) -> None:
+        self.client.stop()
+
+
+def _root_conftest() -> Any:
+    name = "_edge_root_conftest"
+    if name not in sys.modules:
+        path = Path(__file__).resolve().parents[1] / "conftest.py"
+        spec = importlib.util.spec_from_file_location(name, path)
+        assert spec is not None and spec.loader is not None
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules[name] = mod
+        spec.loader.exec_module(mod)
+    return sys.modules[name]
+
+
+def start_mosquitto(tmp: Path, extra_conf: str = "", port: int | None = None) -> Any:
+    """tests/conftest.py's start_mosquitto (a real broker; ``Broker.stop()/start()``).
+
+    Run as root, mosquitto drops to the ``mosquitto`` user and can then read neither our
+    password file nor write its persistence file under a 0700 pytest temp dir (it says
+    "Permission denied" only in its log); ``user root`` keeps it as the invoking user.
+    """
+    if hasattr(os, "geteuid") and os.geteuid() == 0:
+        extra_conf = "user root\n" + extra_conf
+    return _root_conftest().start_mosquitto(tmp, extra_conf, port)
