@@ -263,19 +263,19 @@ def build_bundle(opts: ConvertOptions, steps: Steps | None = None) -> tuple[Bund
         exported = src.export(Path(work))
         steps.stage("converting float32")
         float_bytes = convert(exported, "float32", "float32", None)
+        runtime = select_runtime()
+        threads = min(profile.default_threads, os.cpu_count() or 1)
+        fmodel = LoadedModel(runtime, float_bytes, num_threads=threads)
+        # Labels are checked against the outputs before the (long) calibration starts.
+        out_classes = int(np.prod(fmodel.output_specs[0].shape[1:]))
+        labels, ev = _labels(opts, out_classes, ev, rep)
         tick: Callable[[int], None] | None = None
         if opts.mode in ("int8", "int16x8"):
             tick = steps.start(f"calibrating {opts.mode}", len(rep.x))
         else:
             steps.stage(f"converting {opts.mode}")
         quant_bytes = convert(exported, opts.mode, io_dtype, rep.x, tick)
-
-    runtime = select_runtime()
-    threads = min(profile.default_threads, os.cpu_count() or 1)
-    fmodel = LoadedModel(runtime, float_bytes, num_threads=threads)
     qmodel = LoadedModel(runtime, quant_bytes, num_threads=threads)
-    out_classes = int(np.prod(qmodel.output_specs[0].shape[1:]))
-    labels, ev = _labels(opts, out_classes, ev, rep)
 
     data = ev if ev is not None else rep
     tick = steps.start("evaluating", 2 * len(data.x) + (len(rep.x) if ev is not None else 0))

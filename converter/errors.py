@@ -7,7 +7,8 @@
     ├── DatasetError         DATA is missing, empty, undecodable, or the wrong shape
     ├── OptionError          flags contradict each other or the device profile
     ├── UnsupportedOpsError  the requested quantization is impossible: names the ops
-    └── OutputError          the output path cannot be written, or would destroy data
+    ├── OutputError          the output path cannot be written, or would destroy data
+    └── ConverterEnvironmentError  TensorFlow (the [converter] extra) is not installed
 """
 
 from __future__ import annotations
@@ -41,3 +42,7 @@ class UnsupportedOpsError(ConverterError):
 
 class OutputError(ConverterError, BadInputError):
     """The output path is not writable."""
+
+
+class ConverterEnvironmentError(ConverterError):
+    """This machine lacks what the converter needs (TensorFlow); not the input's fault."""

@@ -134,7 +134,17 @@ def print_report(r: dict[str, Any], file: TextIO | None = None) -> None:
 
 
 def print_profiles(profiles: list[DeviceProfile], file: TextIO | None = None) -> None:
-    from rich.table import Table
+    """A table of profiles; plain columns when rich is absent (agent-only install)."""
+    try:
+        from rich.table import Table
+    except ImportError:
+        import sys
+
+        out = file or sys.stdout
+        for p in profiles:
+            print(f"{p.name:<18} {p.arch:<8} {p.delegate:<8} {p.io_dtype:<6} "
+                  f"{p.memory_budget_mb:>5} MB  {p.description}", file=out)
+        return
 
     t = Table(title="device profiles")
     for c in ("name", "arch", "cores", "threads", "delegate", "io", "memory"):

@@ -19,17 +19,25 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from converter.errors import ModelSourceError
+from converter.errors import ConverterEnvironmentError, ModelSourceError
 
 KERAS_SUFFIXES = (".keras", ".h5", ".hdf5")
 SIGNATURE = "serving_default"
 
 
 def import_tf() -> Any:
-    """Import TensorFlow with its C++ and Python logging turned down."""
+    """Import TensorFlow with its C++ and Python logging turned down.
+
+    Raises ConverterEnvironmentError when TensorFlow is not installed (agent-only install).
+    """
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
-    import tensorflow as tf
+    try:
+        import tensorflow as tf
+    except ImportError as e:
+        raise ConverterEnvironmentError(
+            f"TensorFlow is not importable here ({e}); the converter needs it: "
+            "pip install 'edge-inference[converter]'") from e
 
     tf.get_logger().setLevel("ERROR")
     with contextlib.suppress(Exception):

@@ -255,3 +255,33 @@ def test_write_failure_at_the_end_leaves_no_partial_bundle(digits, tmp_path: Pat
             build.write_output(bundle, out)
         assert_nothing_written(out)
     assert list(tmp_path.iterdir()) == []
+
+
+BLOCK = (
+    "import sys\n"
+    "class Block:\n"
+    "    def find_spec(self, name, path=None, target=None):\n"
+    "        if name.split('.')[0] in ('tensorflow', 'keras', 'rich'):\n"
+    "            raise ImportError(f'{name} is not installed (blocked by the test)')\n"
+    "sys.meta_path.insert(0, Block())\n"
+    "from converter.cli import main\n"
+    "raise SystemExit(main(sys.argv[1:]))\n"
+)
+
+
+def test_agent_only_install_gets_one_line_error_for_convert_and_plain_profiles(
+        digits, tmp_path: Path) -> None:
+    """`edge-convert` is on PATH even without the [converter] extra: no traceback there."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "b"
+    r = subprocess.run([sys.executable, "-c", BLOCK, "convert", str(digits.keras),
+                        "--representative", str(digits.calib_npz), "--profile", "rpi4",
+                        "-o", str(out)], capture_output=True, text=True, timeout=120)
+    assert_one_line_error(r, "TensorFlow is not importable", "edge-inference[converter]", code=4)
+    assert_nothing_written(out)
+    r = subprocess.run([sys.executable, "-c", BLOCK, "profiles"], capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 0 and r.stderr == ""
+    assert len(r.stdout.splitlines()) == 9 and "coral-usb" in r.stdout

@@ -144,3 +144,26 @@ def test_edgetpu_check_names_the_first_unmapped_op_and_what_falls_back(digits) -
         s["first_unmapped"]["reason"])
     assert s["delegated_ops"] == pos and s["cpu_ops"] == names[pos:]
     assert delegate_summary(graph, coral)["first_unmapped"] is None
+
+
+def test_plain_tf_module_savedmodel_converts(digits, tmp_path: Path,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    """A SavedModel written by tf.saved_model.save from a tf.Module (no Keras at all)."""
+    tf = import_tf()
+    rng = np.random.default_rng(0)
+    w = tf.constant(rng.normal(0, 0.2, (64, 10)).astype(np.float32))
+
+    class Net(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([None, 8, 8, 1], tf.float32, name="pixels")])
+        def serve(self, pixels):
+            return {"scores": tf.nn.softmax(tf.matmul(tf.reshape(pixels, (-1, 64)), w))}
+
+    net = Net()
+    sm = tmp_path / "module_sm"
+    tf.saved_model.save(net, str(sm), signatures={"serving_default": net.serve})
+    capsys.readouterr()
+    rc = main([str(a) for a in convert_args(sm, digits.calib_npz, tmp_path / "b.tar", "--json")])
+    report = json.loads(capsys.readouterr().out)
+    assert rc == 0 and report["io_dtype"] == "int8"
+    assert {o["op"] for o in report["ops"]} == {"FULLY_CONNECTED", "RESHAPE", "SOFTMAX"}
+    assert verify_golden(read_bundle(tmp_path / "b.tar"), select_runtime()).vectors == 4
