@@ -45,7 +45,9 @@ from edge_agent.store import ModelStore
 
 log = logging.getLogger(__name__)
 
-COMPONENT_FACTORIES = ("edge_agent.telemetry.service:create", "edge_agent.update.service:create")
+# In start order; the systemd notifier last, so READY=1 means everything else is up.
+COMPONENT_FACTORIES = ("edge_agent.telemetry.service:create", "edge_agent.update.service:create",
+                       "edge_agent.service:create")
 EDGETPU_OP = b"edgetpu-custom-op"
 # /proc/device-tree/model prefix → profile (boards without a device tree: x86_64 only)
 BOARD_MODELS = (("Raspberry Pi 5", "rpi5"), ("Raspberry Pi 4", "rpi4"),

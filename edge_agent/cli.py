@@ -46,9 +46,16 @@ class JsonFormatter(logging.Formatter):
 
 
 def setup_logging(fmt: str = "text", level: str = "info") -> None:
+    """Logs on stderr; journald-aware formatting from ``edge_agent.service`` when installed."""
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter() if fmt == "json" else logging.Formatter(
-        "%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    try:
+        from edge_agent.service import log_formatter
+
+        formatter = log_formatter(fmt)
+    except ImportError:
+        formatter = JsonFormatter() if fmt == "json" else logging.Formatter(
+            "%(asctime)s %(levelname)s %(name)s: %(message)s")
+    handler.setFormatter(formatter)
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(getattr(logging, level.upper(), logging.INFO))
