@@ -264,7 +264,9 @@ class UpdateFlow:
             self.trust.download(updater, info, dest)
             self.staging.part(sha).unlink(missing_ok=True)
         secs = time.perf_counter() - t0
-        self._event("info", "update.downloaded", f"{info.length} bytes in {secs:.2f} s",
+        self._event("info", "update.downloaded", f"{info.length} bytes in {secs:.2f} s "
+                    f"({fetcher.resumed_chunks} chunks resumed from staging, "
+                    f"{fetcher.written} received)",
                     bytes=info.length, seconds=round(secs, 3),
                     resumed_chunks=fetcher.resumed_chunks, written_chunks=fetcher.written,
                     sources=fetcher.sources)

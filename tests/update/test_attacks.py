@@ -11,8 +11,8 @@ import hashlib
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from conftest import CHUNK, DEVICE, Bundles, DeviceFactory, Fleet
 from update_forge import announce, chunk_payloads, forge_release, republish
+from update_helpers import CHUNK, DEVICE, Bundles, DeviceFactory, Fleet
 
 from edge_agent.bundle import read_bundle, tar_bytes
 from edge_agent.update.wire import Audience, TargetSpec, announce_topic
@@ -190,7 +190,7 @@ def test_endless_data_from_a_mirror_is_cut_at_the_signed_length(
     dev = start_device()
     n = dev.mark()
     path, data, _, files = _signed_v3(fleet, bundles)
-    with evil_http_server(data, mode="endless") as url:
+    with evil_http_server(data, mode="endless") as (url, _):
         announce(fleet.broker_url, TOPIC, path, files, mirrors=(url,))
         rejected(dev, n, "mismatch", "more bytes than the signed length")
 

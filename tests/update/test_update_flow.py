@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from conftest import DEVICE, Bundles, DeviceFactory, Fleet
+from update_helpers import DEVICE, Bundles, DeviceFactory, Fleet
 
 
 def test_signed_update_is_swapped_in_and_committed(fleet: Fleet, bundles: Bundles,

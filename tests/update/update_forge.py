@@ -104,9 +104,11 @@ def republish(broker_url: str, topic: str, payload: bytes) -> None:
 
 
 @contextlib.contextmanager
-def evil_http_server(data: bytes, *, mode: str) -> Iterator[str]:
-    """A mirror that serves ``data`` then endless zeros (``endless``), or cuts it in half
-    and closes (``truncate``), for every target path (metadata: 404). Yields its URL."""
+def evil_http_server(data: bytes, *, mode: str) -> Iterator[tuple[str, dict[str, str]]]:
+    """A mirror that serves ``data`` then endless zeros (``endless``), cuts it in half and
+    closes (``truncate``) or behaves (``ok``: Range honoured), for every target path
+    (metadata: 404). Yields its URL and the mutable ``{"mode": …}``."""
+    state = {"mode": mode}
     import threading
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -121,11 +123,19 @@ def evil_http_server(data: bytes, *, mode: str) -> Iterator[str]:
                 self.send_response(404)
                 self.end_headers()
                 return
-            self.send_response(200)
-            if mode == "truncate":
-                self.send_header("Content-Length", str(len(data)))
+            mode = state["mode"]
+            start = 0
+            rng = self.headers.get("Range")
+            if mode == "ok" and rng:
+                start = int(rng.split("=")[1].split("-")[0])
+            self.send_response(206 if start else 200)
+            if mode in ("truncate", "ok"):
+                self.send_header("Content-Length", str(len(data) - start))
             self.end_headers()
             try:
+                if mode == "ok":
+                    self.wfile.write(data[start:])
+                    return
                 if mode == "truncate":
                     self.wfile.write(data[:len(data) // 2])
                     return
@@ -140,7 +150,7 @@ def evil_http_server(data: bytes, *, mode: str) -> Iterator[str]:
     t = threading.Thread(target=srv.serve_forever, daemon=True)
     t.start()
     try:
-        yield f"http://127.0.0.1:{srv.server_address[1]}/"
+        yield f"http://127.0.0.1:{srv.server_address[1]}/", state
     finally:
         srv.shutdown()
         srv.server_close()

@@ -1,0 +1,152 @@
+"""Shared pieces of the update tests: constants, the workstation, the device handle.
+
+Kept out of conftest.py so test modules import them by a unique name.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from securesystemslib.signer import CryptoSigner, SSlibKey
+
+from edge_agent.bundle import Bundle, EncodedArray, read_bundle, sha256_bytes, write_bundle
+from edge_agent.hooks import AgentEvent
+from edge_agent.update.service import UpdateService
+from edge_agent.update.state import Outcome
+from edge_agent.update.wire import Audience
+from fleet.publish import Broker, Published, publish
+from fleet.repo import FleetRepo
+
+DEVICE = "dev1"
+GROUP = "line-3"
+KEY_NAMES = ("root-a", "root-b", "targets-a", "targets-b", "targets-c", "snapshot",
+             "timestamp", "timestamp-2", "rogue")
+ONLINE = ("targets-a", "targets-b", "snapshot", "timestamp")
+ME = Audience((DEVICE,), ())
+CHUNK = 16 * 1024  # small chunks so a ~90 KB bundle has several
+
+
+def wait_for(pred: Callable[[], Any], timeout_s: float = 20.0, what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        v = pred()
+        if v:
+            return v
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout_s:g} s waiting for {what}")
+        time.sleep(0.02)
+
+
+@dataclass(frozen=True)
+class KeyPair:
+    public: SSlibKey
+    signer: CryptoSigner
+    path: Path
+
+
+@dataclass
+class Fleet:
+    """The workstation: a repository (root 2-of-2, targets 2-of-2) and its keys."""
+
+    repo: FleetRepo
+    keys: dict[str, KeyPair]
+    broker_url: str
+
+    def signers(self, *names: str) -> list[CryptoSigner]:
+        return [self.keys[n].signer for n in (names or ONLINE)]
+
+    def publish(self, bundle: Path, *, signers: list[str] | None = None,
+                audience: Audience = ME, **kw: Any) -> Published:
+        kw.setdefault("chunk_size", CHUNK)
+        return publish(self.repo, bundle, self.signers(*(signers or ONLINE)),
+                       audience=audience, broker_url=self.broker_url, **kw)
+
+    def broker(self) -> Broker:
+        return Broker(self.broker_url)
+
+
+# --- bundles derived from the real digits bundles (no TensorFlow needed) ---------------------
+
+
+def derive(src: Path, out: Path, *, version: int, profiles: tuple[str, ...] | None = None,
+           golden_bad: bool = False, model_bytes: bytes | None = None) -> Path:
+    b = read_bundle(src)
+    m = b.manifest
+    changes: dict[str, Any] = {"version": version}
+    if profiles is not None:
+        changes["target_profiles"] = profiles
+    if golden_bad:
+        def shift(g: Any) -> Any:
+            out_arr = g.output.decode()
+            bad = (out_arr.astype(np.int16) + 60).clip(-128, 127).astype(out_arr.dtype)
+            return replace(g, output=EncodedArray.encode(bad), atol=0.0)
+        changes["golden"] = tuple(shift(g) for g in m.golden)
+    data = b.model_bytes
+    if model_bytes is not None:
+        data = model_bytes
+        changes.update(model_sha256=sha256_bytes(data), model_size=len(data))
+    write_bundle(Bundle(replace(m, **changes), data, b.report, str(out)), out)
+    return out
+
+
+@dataclass(frozen=True)
+class Bundles:
+    v1: Path
+    v2: Path
+    v3: Path
+    v4: Path
+    v3_rpi4: Path
+    v3_golden_bad: Path
+    v3_broken: Path
+
+
+@dataclass(frozen=True)
+class PinnedDigits:
+    bundle: Path
+    bundle_v2: Path
+    eval_npz: Path
+
+
+class Device:
+    """An in-process :class:`edge_agent.app.Agent` with the update component."""
+
+    def __init__(self, agent: Any) -> None:
+        self.agent = agent
+        self.events: list[AgentEvent] = []
+        agent.hooks.on_event(self.events.append)
+        svc = [c for c in agent.components if isinstance(c, UpdateService)]
+        assert svc, f"update component not started: {agent.components}"
+        self.svc: UpdateService = svc[0]
+
+    def mark(self) -> int:
+        return len(self.svc.outcomes)
+
+    def outcome(self, after: int, timeout_s: float = 30.0) -> Outcome:
+        wait_for(lambda: len(self.svc.outcomes) > after and self.svc.idle(), timeout_s,
+                 "an update outcome")
+        return self.svc.outcomes[after]
+
+    def serving(self, name: str = "digits") -> int | None:
+        return self.agent.registry.active_version(name)
+
+    def predict_version(self, x: np.ndarray) -> int:
+        return int(self.agent.registry.get("digits").predict(x, source="test").version)
+
+    def on_disk(self, name: str = "digits") -> int | None:
+        return self.agent.store.active_version(name)
+
+    def trusted(self) -> dict[str, int]:
+        assert self.svc.flow is not None
+        return self.svc.flow.trust.versions()
+
+    def events_of(self, kind: str) -> list[AgentEvent]:
+        return [e for e in self.events if e.kind == kind]
+
+
+DeviceFactory = Callable[..., Device]
