@@ -196,6 +196,10 @@ class UpdateFlow:
                 spec, path=info.path, length=info.length, me=self.d.identity,
                 installed=installed, blocked=self.state.blocked,
                 max_bytes=self.cfg.max_bundle_bytes)
+            if installed is not None and self.d.store.active_version(spec.name) is None:
+                # pin what serves now: with no active.json the store would serve the
+                # highest installed version, i.e. the new one before it is proven
+                self.d.store.set_active(spec.name, installed)
             self._set(self.state.to(Phase.DOWNLOADING, target=info.path, target_sha256=sha,
                                     name=spec.name, version=spec.version,
                                     from_version=installed))

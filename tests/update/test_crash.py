@@ -1,0 +1,200 @@
+"""SIGKILL of the agent process at every point of the update flow.
+
+A real ``edge-agent run`` subprocess with ``EDGE_UPDATE_FAULT=kill@<point>`` kills itself
+right after reaching ``<point>`` (after ``state.json`` says so, for a phase). Then the
+test checks the disk (the active version is the old or the new one, and every installed
+version is complete and hash-verified), restarts the agent without the fault and checks
+that it serves the old or the new model and that the update completed or was given up
+cleanly (state idle, outcome recorded).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+from update_helpers import DEVICE, GROUP, ME, Bundles, Fleet, wait_for
+
+from edge_agent.bundle import read_bundle
+from edge_agent.store import ModelStore
+from fleet.publish import rollback
+
+ROOT = Path(__file__).resolve().parents[2]
+
+# point → (expected outcome after the restart, version then serving)
+POINTS = {
+    "notified": ("committed", 2),
+    "downloading": ("committed", 2),
+    "chunk:2": ("committed", 2),
+    "verifying": ("committed", 2),
+    "test_loading": ("committed", 2),
+    "golden": ("committed", 2),
+    "swapping": ("committed", 2),
+    "installed": ("committed", 2),
+    "activated": ("committed", 2),
+    "persisted": ("committed", 2),  # swap persisted: probation runs again, then commits
+    "probation": ("rolled_back", 1),  # a crash of the new model during probation
+    "committed": ("committed", 2),
+}
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class AgentProcess:
+    def __init__(self, tmp: Path, fleet: Fleet, bundles: Bundles, broker_url: str) -> None:
+        self.tmp = tmp
+        self.port = free_port()
+        self.store = tmp / "store"
+        self.config = tmp / "agent.toml"
+        self.config.write_text(f"""
+[agent]
+device_id = "{DEVICE}"
+profile = "generic-x86_64"
+store_dir = "{self.store}"
+probe_runtime = false
+threads = 1
+groups = ["{GROUP}"]
+
+[http]
+port = {self.port}
+
+[mqtt]
+url = "{broker_url}"
+keepalive_s = 5
+reconnect_max_s = 1.0
+
+[update]
+root_file = "{fleet.repo.meta_dir / '1.root.json'}"
+probation_s = 0.5
+stall_timeout_s = 10.0
+retry_backoff_s = 0.5
+
+[[models]]
+bundle = "{bundles.v1}"
+activate = false
+""")
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log = tmp / "agent.log"
+
+    def start(self, fault: str | None = None) -> None:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("EDGE_")}
+        if fault:
+            env["EDGE_UPDATE_FAULT"] = fault
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "edge_agent.cli", "run", "--config", str(self.config)],
+            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=open(self.log, "ab"))  # noqa: SIM115
+        wait_for(lambda: self._ready(), 30, "the agent to serve")
+
+    def _ready(self) -> bool:
+        assert self.proc is not None
+        if self.proc.poll() is not None:
+            pytest.fail(f"agent exited {self.proc.returncode}: {self.log.read_text()[-3000:]}")
+        try:
+            return bool(self.get("/readyz")["ready"])
+        except OSError:
+            return False
+
+    def get(self, path: str) -> Any:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=5) as r:
+            return json.loads(r.read())
+
+    def wait_killed(self, timeout_s: float = 30.0) -> None:
+        assert self.proc is not None
+        try:
+            rc = self.proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"the fault did not fire: {self.log.read_text()[-3000:]}")
+        assert rc == -signal.SIGKILL, rc
+
+    def update_status(self) -> dict[str, Any]:
+        st: dict[str, Any] = self.get("/v1/agent/update")
+        return st
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+@pytest.fixture
+def agent_proc(tmp_path: Path, fleet: Fleet, bundles: Bundles, mosquitto: Any) -> Any:
+    a = AgentProcess(tmp_path, fleet, bundles, mosquitto.url)
+    yield a
+    a.stop()
+
+
+def assert_never_partial(store_dir: Path) -> int | None:
+    """Every installed version verifies; the active one is installed. Returns it."""
+    store = ModelStore(store_dir)
+    for v in store.versions("digits"):
+        b = read_bundle(store.version_dir("digits", v), verify_hash=True)
+        assert b.version == v
+    active = store.active_version("digits")
+    assert active in (None, *store.versions("digits"))
+    return store.serving_version("digits")
+
+
+def settle(a: AgentProcess) -> dict[str, Any]:
+    return wait_for(lambda: (s := a.update_status())["phase"] == "idle" and s.get("last")
+                    and s, 30, "the resumed update to settle")
+
+
+@pytest.mark.parametrize("point", list(POINTS))
+def test_sigkill_at_every_point_serves_old_or_new_and_settles(
+        point: str, agent_proc: AgentProcess, fleet: Fleet, bundles: Bundles) -> None:
+    agent_proc.start(fault=f"kill@{point}")
+    fleet.publish(bundles.v2, audience=ME)
+    agent_proc.wait_killed()
+    assert assert_never_partial(agent_proc.store) in (1, 2)
+    agent_proc.start()
+    st = settle(agent_proc)
+    result, version = POINTS[point]
+    assert st["last"]["result"] == result, st
+    status = agent_proc.get("/v1/agent/status")
+    active = {m["name"]: m["active"] for m in status["models"]}
+    assert active["digits"] == version, status["models"]
+    x = [[[[0.5]] * 8] * 8]
+    req = urllib.request.Request(f"http://127.0.0.1:{agent_proc.port}/v1/models/digits:predict",
+                                 json.dumps({"instances": x}).encode(),
+                                 {"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=5) as r:
+        assert len(json.loads(r.read())["predictions"]) == 1
+    assert assert_never_partial(agent_proc.store) == version
+    if point == "chunk:2":
+        msgs = [e["message"] for e in status["recent_events"]]
+        assert any("2 chunks resumed from staging" in m for m in msgs), msgs
+
+
+def test_sigkill_while_rolling_back_finishes_the_rollback(
+        agent_proc: AgentProcess, fleet: Fleet, bundles: Bundles) -> None:
+    agent_proc.start(fault="kill@rolling_back")
+    fleet.publish(bundles.v2, audience=ME)
+    wait_for(lambda: (agent_proc.update_status().get("last") or {}).get("result")
+             == "committed", 30, "v2 committed")
+    rollback(fleet.repo, fleet.signers(), audience=ME, name="digits", to_version=None,
+             broker_url=fleet.broker_url)
+    agent_proc.wait_killed()
+    assert assert_never_partial(agent_proc.store) in (1, 2)
+    agent_proc.start()
+    st = settle(agent_proc)
+    assert (st["last"]["result"], st["last"]["code"]) == ("rolled_back", "crash"), st
+    assert assert_never_partial(agent_proc.store) == 1
+    status = agent_proc.get("/v1/agent/status")
+    assert {m["name"]: m["active"] for m in status["models"]}["digits"] == 1
