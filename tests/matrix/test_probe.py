@@ -70,7 +70,7 @@ def test_a_crash_verdict_sticks_until_a_reprobe(bundle_paths: dict[str, Path],
 
 
 def test_a_hanging_probe_times_out(runtime: Runtime, state_dir: Path) -> None:
-    v = probe_runtime(runtime.name, None, state_dir=state_dir, timeout_s=3,
+    v = probe_runtime(runtime.name, None, state_dir=state_dir, timeout_s=6,
                       env={FAULT_ENV: "hang"})
     assert v.outcome == "timeout" and v.stage == "create" and not v.ok
 
