@@ -25,12 +25,19 @@ else
   for tool in debootstrap dpkg-deb "$QEMU"; do
     command -v "$tool" >/dev/null || { echo "rootfs: $tool missing (apt-get install debootstrap qemu-user-static)" >&2; exit 2; }
   done
-  rm -rf "$ROOT"
   mkdir -p "$(dirname "$ROOT")"
   t0=$(date +%s)
-  debootstrap --foreign --variant=minbase --arch=arm64 --include=python3,python3-venv \
-    bookworm "$ROOT" "$MIRROR" >"$ROOT.debootstrap.log" 2>&1 \
-    || { tail -20 "$ROOT.debootstrap.log" >&2; exit 1; }
+  for attempt in 1 2; do  # one retry: a mirror hiccup should not fail CI
+    rm -rf "$ROOT"
+    if debootstrap --foreign --variant=minbase --arch=arm64 --include=python3,python3-venv \
+        bookworm "$ROOT" "$MIRROR" >"$ROOT.debootstrap.log" 2>&1; then
+      break
+    fi
+    tail -20 "$ROOT.debootstrap.log" >&2
+    [[ $attempt == 2 ]] && { echo "rootfs: debootstrap failed twice" >&2; exit 1; }
+    echo "rootfs: debootstrap failed, retrying in 10 s" >&2
+    sleep 10
+  done
   n=0
   for deb in "$ROOT"/var/cache/apt/archives/*.deb; do
     dpkg-deb -x "$deb" "$ROOT"
