@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -96,6 +97,8 @@ class TelemetryService:
         self._thread: threading.Thread | None = None
         self._started = False
         self._last_dropped = self.outbox.stats().dropped
+        self.started_at = time.time()
+        self.boot_id = uuid.uuid4().hex[:16]  # changes with every process start
         self.ticks = 0
         self.tick_cpu_s = 0.0  # CPU time spent building telemetry (bench/telemetry.py)
         register_publisher(agent, self.publisher)
@@ -108,6 +111,7 @@ class TelemetryService:
         if self._started:
             return
         self._started = True
+        self.started_at = time.time()
         self._stop.clear()
         hooks = self.agent.hooks
         self._undo += [hooks.on_prediction(self._on_prediction),
@@ -169,7 +173,8 @@ class TelemetryService:
             "runtime": {"name": getattr(rt, "name", None), "version": getattr(rt, "version", None)},
             "models": a.registry.snapshot(),
             "capabilities": self.capabilities(),
-            "started_at": getattr(a, "started_at", None),
+            "started_at": getattr(a, "started_at", None) or self.started_at,
+            "boot_id": self.boot_id,
             "telemetry_interval_s": self.cfg.interval_s if self.cfg.enabled else None,
             "mqtt_protocol": self.client.protocol,
             # Added for fleet operations (issue 7): group membership for rollouts and the
@@ -271,7 +276,7 @@ class TelemetryService:
                 f"{ob.dropped - self._last_dropped} oldest messages dropped",
                 dropped=ob.dropped - self._last_dropped, dropped_total=ob.dropped)
             self._last_dropped = ob.dropped
-        started = getattr(self.agent, "started_at", None)
+        started = getattr(self.agent, "started_at", None) or self.started_at
         return {
             "interval_s": self.cfg.interval_s,
             "uptime_s": round(time.time() - started, 3) if started else None,

@@ -7,7 +7,9 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import signal
 import socket
+import subprocess
 import sys
 import threading
 import time
@@ -16,7 +18,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import paho.mqtt.client as paho
 import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 from edge_agent.bundle import read_bundle
 from edge_agent.hooks import Hooks
@@ -160,3 +166,95 @@ def start_mosquitto(tmp: Path, extra_conf: str = "", port: int | None = None) ->
     if hasattr(os, "geteuid") and os.geteuid() == 0:
         extra_conf = "user root\n" + extra_conf
     return _root_conftest().start_mosquitto(tmp, extra_conf, port)
+
+
+# ---------------------------------------------------------------------------------------
+# The real agent process (`edge-agent run`), and a subscriber whose session outlives a
+# broker restart.
+
+
+class AgentProcess:
+    """``python -m edge_agent.cli run --config <tmp>/agent.toml`` with a device id."""
+
+    def __init__(self, tmp: Path, broker_url: str, device: str, *, interval_s: float = 0.1,
+                 bundles: tuple[Path, ...] = (), extra: str = "") -> None:
+        self.dir = tmp
+        self.device = device
+        tmp.mkdir(parents=True, exist_ok=True)
+        self.config = tmp / "agent.toml"
+        models = "".join(f'\n[[models]]\nbundle = "{b}"\n' for b in bundles)
+        self.config.write_text(
+            f'[agent]\ndevice_id = "{device}"\nstore_dir = "{tmp / "store"}"\n'
+            'profile = "generic-x86_64"\nprobe_runtime = false\n'
+            '[http]\nport = 0\n'
+            f'[mqtt]\nurl = "{broker_url}"\nreconnect_min_s = 0.1\nreconnect_max_s = 1.0\n'
+            f'keepalive_s = 5\n[telemetry]\ninterval_s = {interval_s}\n{extra}{models}')
+        self.log = tmp / "agent.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.starts = 0
+
+    def start(self) -> None:
+        self.starts += 1
+        with open(self.log, "ab") as log:
+            log.write(f"\n===== start {self.starts} =====\n".encode())
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "edge_agent.cli", "run", "--config", str(self.config)],
+                stdout=log, stderr=subprocess.STDOUT, cwd=self.dir)
+
+    def kill(self) -> None:
+        """SIGKILL: no clean shutdown, no offline message, nothing flushed."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+
+    def stop(self, timeout_s: float = 15.0) -> int | None:
+        """SIGTERM (clean shutdown) and wait; returns the exit code."""
+        if self.proc is None or self.proc.poll() is not None:
+            return None if self.proc is None else self.proc.returncode
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return self.proc.wait()
+
+    def tail(self, n: int = 3000) -> str:
+        return self.log.read_text(errors="replace")[-n:] if self.log.exists() else ""
+
+
+class PersistentRecorder:
+    """A subscriber with a persistent MQTT 5 session (clean_start off, 1 h expiry): the
+    broker keeps its subscription and queues its messages across a broker restart, so
+    nothing published while it reconnects is missed."""
+
+    def __init__(self, broker: Any, topic_filter: str, client_id: str = "persistent-rec"
+                 ) -> None:
+        self.received: list[tuple[str, bytes, float]] = []
+        self._lock = threading.Lock()
+        subscribed = threading.Event()
+        c = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id,
+                        protocol=paho.MQTTv5)
+        c.reconnect_delay_set(0.1, 1)
+        c.on_message = self._on
+        c.on_subscribe = lambda *_a: subscribed.set()
+        props = Properties(PacketTypes.CONNECT)
+        props.SessionExpiryInterval = 3600
+        c.connect(broker.host, broker.port, keepalive=5, clean_start=False, properties=props)
+        c.loop_start()
+        c.subscribe(topic_filter, qos=1)
+        if not subscribed.wait(10):
+            raise RuntimeError("no SUBACK")
+        self.client = c
+
+    def _on(self, _c: Any, _u: Any, m: paho.MQTTMessage) -> None:
+        with self._lock:
+            self.received.append((m.topic, bytes(m.payload), time.time()))
+
+    def docs(self, suffixes: tuple[str, ...]) -> list[dict[str, Any]]:
+        with self._lock:
+            rows = list(self.received)
+        return [json.loads(p) for t, p, _ in rows if t.endswith(suffixes)]
+
+    def close(self) -> None:
+        self.client.loop_stop()
+        self.client.disconnect()
