@@ -214,8 +214,9 @@ class UpdateFlow:
             t0 = time.perf_counter()
             swap.install_and_activate(self.d.registry, self.d.store, bundle, served)
             swapped = True
+            was = f"was v{installed}" if installed is not None else "first install"
             self._event("info", "update.activated", f"{spec.name} v{spec.version} is serving "
-                        f"(was v{installed})", previous=installed,
+                        f"({was})", previous=installed,
                         swap_ms=round((time.perf_counter() - t0) * 1000, 2))
             return self._probation(baseline)
         except Cancelled as e:

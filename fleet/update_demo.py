@@ -1,0 +1,170 @@
+"""The README demo's update step: a signed v2 swapped in, then a forged v3 refused.
+
+::
+
+    python -m fleet.update_demo setup DIR
+        # keys (DIR/keys) and repository (DIR/repo); prints the root.json to put in the
+        # agent's [update] root_file before starting it
+    python -m fleet.update_demo run DIR --broker URL --device ID --v2 BUNDLE --v3 BUNDLE
+
+``run`` watches ``edge/<device>/events``, publishes v2 signed by the repository's keys
+and waits for ``update.committed``; then signs v3 with a key the device's root does not
+know (what an attacker with broker access can do) and waits for ``update.rejected``,
+printing its reason. Exit 0 when both happened. :func:`run` is the same as a function.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import queue
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from edge_agent.bundle import read_bundle, tar_bytes
+from edge_agent.mqtt.client import MqttClient
+from edge_agent.mqtt.config import MqttConfig
+from edge_agent.update.wire import Announcement, Audience, ChunkPlan, TargetSpec
+from fleet import keys
+from fleet.publish import Broker, announce, audience_topics, publish, publish_chunks
+from fleet.repo import FleetRepo, target_path_for_model
+
+ROLES = ("root", "targets", "snapshot", "timestamp")
+Print = Callable[[str], None]
+
+
+def setup(d: Path, out: Print = print) -> Path:
+    """Create one key per role and the repository (idempotent). Returns root.json."""
+    repo_dir, key_dir = d / "repo", d / "keys"
+    if not (repo_dir / "metadata" / "1.root.json").exists():
+        for r in ROLES:
+            if not (key_dir / f"{r}.key").exists():
+                keys.generate(key_dir, r)
+        pubs = {r: keys.load_public(key_dir / f"{r}.pub") for r in ROLES}
+        FleetRepo.create(repo_dir, keys={r: [pubs[r]] for r in ROLES}, thresholds={},
+                         signers=[keys.load_signer(key_dir / "root.key")])
+    root = repo_dir / "metadata" / "1.root.json"
+    out(f"repository {repo_dir}; set [update] root_file = \"{root}\" in the agent config")
+    return root
+
+
+def run(d: Path, *, broker: str, device: str, v2: Path, v3: Path, timeout_s: float = 60.0,
+        out: Print = print) -> int:
+    """Publish signed v2, show the swap; publish forged v3, show why it is refused."""
+    repo = FleetRepo(d / "repo")
+    signers = [keys.load_signer(d / "keys" / f"{r}.key") for r in ROLES[1:]]
+    events: queue.Queue[dict[str, Any]] = queue.Queue()
+    watcher = MqttClient(config=MqttConfig.from_url(broker),
+                         client_id=f"edge-fleet-demo-{uuid.uuid4().hex[:6]}")
+
+    def on_event(_t: str, payload: bytes) -> None:
+        ev = json.loads(payload)
+        if str(ev.get("kind", "")).startswith("update."):
+            events.put(ev)
+
+    watcher.subscribe(f"edge/{device}/events", on_event)
+    watcher.connect()
+    try:
+        time.sleep(0.3)
+        me = Audience((device,), ())
+        out(f"$ edge-fleet publish {v2} --device {device}   (signed: targets, snapshot, "
+            "timestamp keys)")
+        publish(repo, v2, signers, audience=me, broker_url=broker)
+        if not _wait(events, "update.committed", timeout_s, out):
+            return 1
+        out(f"$ forging v3: signed with a key that {device}'s root does not know")
+        name = f"rogue-{uuid.uuid4().hex[:6]}"
+        keys.generate(d / "attacker", name)
+        _forge(repo, v3, keys.load_signer(d / "attacker" / f"{name}.key"), signers, me, broker)
+        return 0 if _wait(events, "update.rejected", timeout_s, out) else 1
+    finally:
+        watcher.stop()
+
+
+def _forge(repo: FleetRepo, bundle: Path, rogue: Any, online: list[Any], me: Audience,
+           broker: str) -> None:
+    """What a broker-level attacker can build: real timestamp/snapshot keys are not needed
+    for the device to refuse it, so only the targets signature is forged here."""
+    import hashlib
+    from datetime import datetime, timedelta, timezone
+
+    from tuf.api.metadata import Metadata, MetaFile, Snapshot, TargetFile, Targets, Timestamp
+
+    b = read_bundle(bundle)
+    data = tar_bytes(b)
+    path = target_path_for_model(b.name, b.version)
+    spec = TargetSpec("model", me, b.name, b.version, b.manifest.target_profiles,
+                      ChunkPlan.for_data(data, 256 * 1024))
+    tf = TargetFile.from_data(path, data, ["sha256"])
+    tf.unrecognized_fields["custom"] = spec.to_custom()
+    soon = datetime.now(timezone.utc).replace(microsecond=0) + timedelta(days=1)
+    tv, sv = repo.latest_version("targets") + 1, repo.latest_version("snapshot") + 1
+    t = Metadata(Targets(version=tv, expires=soon, targets={**repo.targets(), path: tf}))
+    t.sign(rogue)
+    tdata = t.to_bytes()
+    s = Metadata(Snapshot(version=sv, expires=soon, meta={"targets.json": MetaFile(
+        tv, len(tdata), {"sha256": hashlib.sha256(tdata).hexdigest()})}))
+    for k in online:
+        if k.public_key.keyid in repo.root().signed.roles["snapshot"].keyids:
+            s.sign(k)
+    sdata = s.to_bytes()
+    ts = Metadata(Timestamp(version=repo.latest_version("timestamp") + 1, expires=soon,
+                            snapshot_meta=MetaFile(sv, len(sdata), {
+                                "sha256": hashlib.sha256(sdata).hexdigest()})))
+    for k in online:
+        if k.public_key.keyid in repo.root().signed.roles["timestamp"].keyids:
+            ts.sign(k)
+    files = {f"metadata/{tv}.targets.json": tdata, f"metadata/{sv}.snapshot.json": sdata,
+             "metadata/timestamp.json": ts.to_bytes()}
+    br = Broker(broker)
+    try:
+        assert spec.chunks is not None
+        publish_chunks(br, data, spec.chunks, hashlib.sha256(data).hexdigest())
+        announce(br, audience_topics(me), Announcement(path, files, chunks=True,
+                                                       published_at=time.time()))
+    finally:
+        br.close()
+
+
+def _wait(events: queue.Queue[dict[str, Any]], kind: str, timeout_s: float, out: Print) -> bool:
+    deadline = time.monotonic() + timeout_s
+    final = {"update.committed", "update.rejected", "update.rolled_back", "update.failed"}
+    while time.monotonic() < deadline:
+        try:
+            ev = events.get(timeout=0.5)
+        except queue.Empty:
+            continue
+        if ev["kind"] != "update.progress":
+            out(f"  {ev['kind']:<22} {ev['message']}")
+        if ev["kind"] in final:
+            return bool(ev["kind"] == kind)
+    out(f"  (no {kind} within {timeout_s:g} s)")
+    return False
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m fleet.update_demo", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    s = sub.add_parser("setup")
+    s.add_argument("dir", type=Path)
+    r = sub.add_parser("run")
+    r.add_argument("dir", type=Path)
+    r.add_argument("--broker", required=True)
+    r.add_argument("--device", required=True)
+    r.add_argument("--v2", type=Path, required=True)
+    r.add_argument("--v3", type=Path, required=True)
+    r.add_argument("--timeout", type=float, default=60.0)
+    a = ap.parse_args(argv)
+    if a.cmd == "setup":
+        setup(a.dir)
+        return 0
+    return run(a.dir, broker=a.broker, device=a.device, v2=a.v2, v3=a.v3, timeout_s=a.timeout)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
