@@ -97,6 +97,9 @@ class TelemetryService:
         self._thread: threading.Thread | None = None
         self._started = False
         self._last_dropped = self.outbox.stats().dropped
+        self._refused_at: dict[str, float] = {}
+        self._dropped_event_at = -1e9
+        self._drop_lock = threading.Lock()
         self.started_at = time.time()
         self.boot_id = uuid.uuid4().hex[:16]  # changes with every process start
         self.ticks = 0
@@ -118,7 +121,7 @@ class TelemetryService:
                        hooks.on_event(self._on_event),
                        hooks.on_models_changed(self._publish_birth)]
         c = self.client
-        self._undo.append(c.add_listener(on_connect=self._publish_birth))
+        self._undo.append(c.add_listener(on_connect=self._on_connect))
         if self.cfg.commands:
             self.commands.start()
             self._undo.append(c.subscribe_message(self.topics.cmd_filter, self.commands.handle))
@@ -241,6 +244,12 @@ class TelemetryService:
             self._publish_birth()
 
     def _refused(self, seq: int, topic: str, rc: int) -> None:
+        # An event about a refused event would be refused too (and loop): log only. Other
+        # topics: one event per topic and minute.
+        now = time.monotonic()
+        if topic == self.topics.events or now - self._refused_at.get(topic, -1e9) < 60:
+            return
+        self._refused_at[topic] = now
         self.agent.hooks.emit_event("error", "mqtt.publish_refused",
                                     f"broker refused message {seq} on {topic} (reason {rc:#x}); "
                                     "check the broker ACL", seq=seq, topic=topic, reason=rc)
@@ -270,12 +279,7 @@ class TelemetryService:
         for name, extra in self.monitor.report().items():
             models.setdefault(name, {}).update(extra)
         ob = self.outbox.stats()
-        if ob.dropped > self._last_dropped:
-            self.agent.hooks.emit_event(
-                "warning", "outbox.dropped", f"store-and-forward queue full: "
-                f"{ob.dropped - self._last_dropped} oldest messages dropped",
-                dropped=ob.dropped - self._last_dropped, dropped_total=ob.dropped)
-            self._last_dropped = ob.dropped
+        self._report_drops(ob.dropped)
         started = getattr(self.agent, "started_at", None) or self.started_at
         return {
             "interval_s": self.cfg.interval_s,
@@ -288,6 +292,25 @@ class TelemetryService:
             "mqtt": {"connects": self.client.connects, "protocol": self.client.protocol,
                      "dropped_incoming": self.client.dropped_incoming},
         }
+
+    def _report_drops(self, dropped_total: int, *, force: bool = False) -> None:
+        """An ``outbox.dropped`` event: when delivery resumes (``force``), else at most one
+        a minute (while the queue is full every event pushes out another message)."""
+        now = time.monotonic()
+        with self._drop_lock:
+            new = dropped_total - self._last_dropped
+            if new <= 0 or (not force and now - self._dropped_event_at < 60):
+                return
+            self._dropped_event_at = now
+            self._last_dropped = dropped_total
+        self.agent.hooks.emit_event(
+            "warning", "outbox.dropped", f"store-and-forward queue full "
+            f"({self.mcfg.outbox_max_messages} messages): {new} oldest dropped",
+            dropped=new, dropped_total=dropped_total)
+
+    def _on_connect(self) -> None:
+        self._publish_birth()
+        self._report_drops(self.outbox.stats().dropped, force=True)
 
     def _request_queue(self) -> Any:
         """Requests waiting for an interpreter, if the serving side reports it."""

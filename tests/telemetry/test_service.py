@@ -187,3 +187,25 @@ def test_clean_stop_sets_status_offline(digits_agent, recorder: Recorder) -> Non
     svc.stop()
     off = recorder.wait("/status", lambda d: d["state"] == "offline")
     assert off["reason"] == "shutdown"
+
+
+def test_works_with_the_embedded_demo_broker_over_mqtt311(tmp_path: Path) -> None:
+    from telemetry_helpers import free_port
+
+    from edge_agent.mqtt.embedded import start_embedded_broker
+
+    broker = start_embedded_broker("127.0.0.1", free_port())
+    agent = make_agent(tmp_path, broker.url)
+    svc = create(agent)
+    assert svc is not None
+    rec = Recorder(broker.url)
+    try:
+        svc.start()
+        assert rec.wait("/status", lambda d: d["state"] == "online", 15)["mqtt_protocol"] \
+            == "3.1.1"
+        rec.wait("/telemetry")
+        assert _cmd(rec, "ping")["ok"]
+    finally:
+        svc.stop()
+        rec.close()
+        broker.stop()
