@@ -238,9 +238,11 @@ def _stats(lat_s: list[float]) -> dict[str, float]:
 
 def bench_bundle(bundle_path: Path, *, runs: int = 500, warmup: int = 20,
                  threads: int | None = None, runtime_name: str = "auto") -> dict[str, Any]:
-    """Bare ``Interpreter.invoke`` loop vs the agent's ``predict`` on the same input/threads."""
+    """Bare ``Interpreter.invoke`` vs the agent's ``predict``: the same interpreter, input
+    and threads, interleaved call by call so both see the same machine load."""
     bundle, runtime, threads, served = _registry(bundle_path, runtime_name, threads)
-    interp = runtime.make_interpreter(bundle.model_bytes, threads)
+    with served.borrow() as m:
+        interp = m.interpreter  # used from this thread only, never concurrently
     ind, outd = interp.get_input_details()[0], interp.get_output_details()[0]
     shape = tuple(int(d) for d in ind["shape"])
     x = (bundle.manifest.golden[0].input.decode() if bundle.manifest.golden
@@ -251,13 +253,12 @@ def bench_bundle(bundle_path: Path, *, runs: int = 500, warmup: int = 20,
         interp.set_tensor(ind["index"], x)
         interp.invoke()
         interp.get_tensor(outd["index"])
-        if i >= warmup:
-            bare.append(time.perf_counter() - t0)
-    for i in range(warmup + runs):
-        t0 = time.perf_counter()
+        t1 = time.perf_counter()
         served.predict(x, source="bench")
+        t2 = time.perf_counter()
         if i >= warmup:
-            agent.append(time.perf_counter() - t0)
+            bare.append(t1 - t0)
+            agent.append(t2 - t1)
     b, g = _stats(bare), _stats(agent)
     return {"model": f"{bundle.name} v{bundle.version}", "runtime": str(runtime),
             "threads": threads, "input": list(shape), "runs": runs, "bare_invoke": b,

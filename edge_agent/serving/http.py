@@ -52,6 +52,7 @@ from edge_agent.errors import (
 )
 from edge_agent.serving.admission import Overloaded
 from edge_agent.serving.codec import parse_json
+from edge_agent.serving.wire import HeadError, Headers, parse_headers, parse_request_line
 
 log = logging.getLogger(__name__)
 _RID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
@@ -157,7 +158,7 @@ def status_for(e: BaseException) -> int:
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server: _Server
-    # Request-line and header parsing are the standard library's; methods all dispatch.
+    headers: Headers  # type: ignore[assignment]  # ours, not an email.message.Message
 
     def setup(self) -> None:
         self.request.settimeout(self.server.idle_timeout_s)
@@ -166,8 +167,27 @@ class _Handler(BaseHTTPRequestHandler):
             self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     def parse_request(self) -> bool:
+        """Request line + headers with :mod:`edge_agent.serving.wire` (fast and strict).
+
+        Replaces the standard library's version (same attributes set, same keep-alive and
+        ``Expect: 100-continue`` rules) but refuses HTTP/0.9 and HTTP/2 request lines.
+        """
         self.t0 = time.perf_counter()  # request line read: the request's clock starts here
-        return super().parse_request()
+        self.command = None  # type: ignore[assignment]
+        self.close_connection = True
+        self.requestline = str(self.raw_requestline, "iso-8859-1").rstrip("\r\n")
+        try:
+            method, target, version = parse_request_line(self.raw_requestline)
+            self.request_version = f"HTTP/{version[0]}.{version[1]}"
+            self.command, self.path = method, target
+            self.headers = parse_headers(self.rfile)
+        except HeadError as e:
+            self.send_error(e.status, str(e))
+            return False
+        conn = self.headers.get("Connection", "").lower()
+        self.close_connection = (version < (1, 1) and conn != "keep-alive") or conn == "close"
+        expects = self.headers.get("Expect", "").lower() == "100-continue"
+        return not expects or version < (1, 1) or self.handle_expect_100()
 
     def __getattr__(self, name: str) -> Any:
         if name.startswith("do_"):

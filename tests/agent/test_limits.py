@@ -141,3 +141,36 @@ def test_binds_loopback_by_default(start_agent: Any, digits: Any) -> None:
     assert HttpSettings().host == "127.0.0.1"
     agent = start_agent(digits.bundle)
     assert agent.http.address[0] == "127.0.0.1"
+
+
+def _raw(agent: Any, data: bytes) -> str:
+    host, port = agent.http.address
+    with socket.create_connection((host, port), timeout=5) as s:
+        s.sendall(data)
+        return s.recv(65536).decode("latin-1")
+
+
+@pytest.mark.parametrize(("head", "status", "fragment"), [
+    (b"GET /healthz HTTP/2.0\r\n\r\n", 505, "not supported"),
+    (b"GET /healthz\r\n\r\n", 400, "bad request line"),
+    (b"GET /healthz HTTP/1.1\r\nHost: a\r\n folded\r\n\r\n", 400, "folding"),
+    (b"GET /healthz HTTP/1.1\r\nBad Name: x\r\n\r\n", 400, "bad header line"),
+    (b"POST /v1/models/digits:predict HTTP/1.1\r\nContent-Length: 2\r\nContent-Length: 9\r\n"
+     b"\r\n{}", 400, "conflicting Content-Length"),
+    (b"GET /healthz HTTP/1.1\r\n" + b"X-A: 1\r\n" * 101 + b"\r\n", 431, "more than 100"),
+    (b"GET /healthz HTTP/1.1\r\nX-Long: " + b"a" * 70000 + b"\r\n\r\n", 431, "over 65536"),
+])
+def test_malformed_request_heads_are_refused(start_agent: Any, digits: Any, head: bytes,
+                                             status: int, fragment: str) -> None:
+    agent = start_agent(digits.bundle)
+    reply = _raw(agent, head)
+    assert reply.startswith(f"HTTP/1.1 {status}") and fragment in reply
+    assert "Connection: close" in reply
+    assert start_agent.client(agent).get("/healthz").status == 200
+
+
+def test_http_1_0_closes_unless_keep_alive(start_agent: Any, digits: Any) -> None:
+    agent = start_agent(digits.bundle)
+    assert "Connection: close" in _raw(agent, b"GET /healthz HTTP/1.0\r\n\r\n")
+    kept = _raw(agent, b"GET /healthz HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+    assert kept.startswith("HTTP/1.1 200") and "Connection: close" not in kept
