@@ -192,6 +192,9 @@ class UpdateFlow:
             if spec.kind == "command":
                 return self._command(updater, fetcher, info, spec)
             installed = self.d.store.serving_version(spec.name)
+            if installed == spec.version and blocked_key(spec.name, spec.version) \
+                    not in self.state.blocked:
+                return self._noop(f"{spec.name} v{spec.version} is already installed")
             policy.check_model_target(
                 spec, path=info.path, length=info.length, me=self.d.identity,
                 installed=installed, blocked=self.state.blocked,
@@ -352,6 +355,12 @@ class UpdateFlow:
         self._event("error", "update.rolled_back", f"{s.name} v{s.version} rolled back to "
                     f"v{s.from_version}: {reason}", name=s.name, version=s.version,
                     restored=s.from_version, code=code, reason=reason)
+        return out
+
+    def _noop(self, reason: str) -> Outcome:
+        """A re-announcement of what already serves (refreshed timestamp, group + device)."""
+        out = self._finish("noop", "installed", reason)
+        self._event("info", "update.ignored", reason, code="installed")
         return out
 
     def _reject(self, e: Exception) -> Outcome:

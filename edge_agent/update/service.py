@@ -72,6 +72,7 @@ class UpdateService:
         self.flow: UpdateFlow | None = None
         self.outcomes: list[Outcome] = []
         self._busy = False
+        self._subscribed = False
 
     @property
     def topics(self) -> list[str]:
@@ -88,17 +89,32 @@ class UpdateService:
         self._thread.start()
         client = self.deps.client
         if client is not None:
-            for t in self.topics:
-                self._unsubs.append(client.subscribe(
-                    t, self.submit, qos=1, max_bytes=self.deps.config.max_announcement_bytes))
+            listen = getattr(client, "add_listener", None)
+            if callable(listen):
+                # subscribe once connected (the client renews it after every reconnect):
+                # a subscription made while a connection is being set up can be lost
+                self._unsubs.append(listen(on_connect=self._subscribe))
+            else:
+                self._subscribe()
             start = getattr(client, "start", None)
             if callable(start):
                 start()  # idempotent; normally the telemetry component started it already
+
+    def _subscribe(self) -> None:
+        client = self.deps.client
+        with self._cond:
+            if self._subscribed or client is None:
+                return
+            self._subscribed = True
+        for t in self.topics:
+            self._unsubs.append(client.subscribe(
+                t, self.submit, qos=1, max_bytes=self.deps.config.max_announcement_bytes))
 
     def stop(self, timeout_s: float = 10.0) -> None:
         for u in self._unsubs:
             u()
         self._unsubs.clear()
+        self._subscribed = False
         self._stop.set()
         with self._cond:
             self._cond.notify_all()

@@ -17,6 +17,7 @@ from tuf.api.metadata import TargetFile
 from tuf.ngclient import Updater, UpdaterConfig
 
 from edge_agent.errors import ConfigError
+from edge_agent.fsutil import fsync_dir
 from edge_agent.update.errors import BadAnnouncementError, from_tuf
 from edge_agent.update.fetchers import BASE_URL, AnnouncementFetcher
 
@@ -27,6 +28,23 @@ METADATA_LIMITS = UpdaterConfig(
     snapshot_max_length=256 * 1024,  # bytes
     targets_max_length=2 * 1024 * 1024,  # bytes
 )
+
+
+def _sync(d: Path) -> None:
+    """ngclient replaces files atomically but does not fsync: make the trusted versions
+    durable across power loss too (best effort; a missing file is fine)."""
+    import os
+
+    for p in (*d.glob("*.json"), *(d / "root_history").glob("*.json")):
+        try:
+            fd = os.open(p, os.O_RDONLY)
+        except OSError:
+            continue
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    fsync_dir(d)
 
 
 class TrustStore:
@@ -53,8 +71,7 @@ class TrustStore:
             raise ConfigError(f"provisioned root is not valid TUF root metadata ({e})",
                               source=str(self.root_file), key="update.root_file") from e
 
-    @staticmethod
-    def target_info(updater: Updater, target: str) -> TargetFile:
+    def target_info(self, updater: Updater, target: str) -> TargetFile:
         """Refresh top-level metadata (TUF client workflow 5.3–5.6) and look up ``target``.
 
         Raises the mapped UpdateError/UpdateTransportError on any verification failure,
@@ -65,6 +82,8 @@ class TrustStore:
             info = updater.get_targetinfo(target)
         except (tuf_exc.RepositoryError, tuf_exc.DownloadError) as e:
             raise from_tuf(e) from e
+        finally:
+            _sync(self.dir)
         if info is None:
             raise BadAnnouncementError(f"{target} is not listed in the signed targets metadata")
         return info
