@@ -44,6 +44,7 @@ class UpdateConfig:
     http_timeout_s: float = 20.0  # per request / socket read
     http_retries: int = 5  # resumed (Range) attempts after a dropped connection
     http_ca_file: Path | None = None  # for https mirrors (default: system CAs)
+    mirror_allowlist: tuple[str, ...] = ()  # URL prefixes mirrors must start with (empty: any)
     probation_s: float = 60.0
     probation_min_requests: int = 20  # fewer requests than this: judged on errors only
     probation_max_error_rate: float = 0.05
@@ -80,6 +81,11 @@ class UpdateConfig:
         if not isinstance(groups, list) or not all(isinstance(g, str) and g for g in groups):
             raise ConfigError("expected a list of group names", source=source,
                               key="update.groups")
+        allow = raw.get("mirror_allowlist", [])
+        if not isinstance(allow, list) or not all(
+                isinstance(u, str) and u.startswith(("http://", "https://")) for u in allow):
+            raise ConfigError("expected a list of http(s):// URL prefixes", source=source,
+                              key="update.mirror_allowlist")
         rate = r.num("probation_max_error_rate", 0.05, 0.0)
         if rate > 1.0:
             raise ConfigError(f"must be within 0..1, got {rate}", source=source,
@@ -100,6 +106,7 @@ class UpdateConfig:
             http_timeout_s=r.num("http_timeout_s", 20.0, 0.1),
             http_retries=r.int_("http_retries", 5, 0),
             http_ca_file=r.path("http_ca_file", base),
+            mirror_allowlist=tuple(allow),
             probation_s=r.num("probation_s", 60.0, 0.0),
             probation_min_requests=r.int_("probation_min_requests", 20, 1),
             probation_max_error_rate=rate,

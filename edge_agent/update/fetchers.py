@@ -270,7 +270,7 @@ class AnnouncementFetcher(FetcherInterface):
         self.ann = ann
         self.staging = staging
         self.mqtt = mqtt if transport in ("auto", "mqtt") and ann.chunks else None
-        self.http = http if transport in ("auto", "http") and ann.mirrors else None
+        self.http = http if transport in ("auto", "http") and http and http.mirrors else None
         self.stall_s = stall_s
         self.timeout_s = timeout_s
         self.stop = stop

@@ -243,9 +243,14 @@ class UpdateFlow:
     def _fetcher(self, ann: Announcement) -> AnnouncementFetcher:
         mqtt = MqttChunks(self.d.client, self.d.topic_prefix, self.cfg.chunk_window) \
             if self.d.client is not None else None
-        http = HttpMirrors(ann.mirrors, timeout_s=self.cfg.http_timeout_s,
+        allow = self.cfg.mirror_allowlist
+        mirrors = tuple(m for m in ann.mirrors if not allow or m.startswith(allow))
+        if len(mirrors) < len(ann.mirrors):
+            log.warning("update: ignoring mirrors outside update.mirror_allowlist: %s",
+                        [m for m in ann.mirrors if m not in mirrors])
+        http = HttpMirrors(mirrors, timeout_s=self.cfg.http_timeout_s,
                            retries=self.cfg.http_retries, ssl_context=self._ssl) \
-            if ann.mirrors else None
+            if mirrors else None
         return AnnouncementFetcher(ann, staging=self.staging, mqtt=mqtt, http=http,
                                    transport=self.cfg.transport,
                                    stall_s=self.cfg.stall_timeout_s,

@@ -255,3 +255,20 @@ def test_swap_under_rest_load_fails_no_request(fleet: Fleet, bundles: Bundles,
         for t in threads:
             t.join()
     assert set(codes) == {200}, {c: codes.count(c) for c in set(codes)}
+
+
+def test_mirrors_outside_the_allowlist_are_never_contacted(
+        fleet: Fleet, bundles: Bundles, start_device: DeviceFactory) -> None:
+    """The announcement is untrusted: it must not make the device fetch arbitrary URLs."""
+    dev = start_device(mirror_allowlist=["https://updates.example/"])
+    path, data, _ = sign_bundle(fleet.repo, bundles.v3, fleet.signers(), audience=ME,
+                                chunk_size=CHUNK)
+    with evil_http_server(data, mode="ok") as (url, state):
+        hits: list[str] = []
+        state["hook"] = hits
+        n = dev.mark()
+        announce(fleet.broker_url, TOPIC, path, fleet.repo.announce_files(), mirrors=(url,))
+        out = dev.outcome(n)
+    assert (out.result, out.code) == ("rejected", "announcement"), out
+    assert "no source" in out.reason and hits == []
+    assert dev.serving() == 1

@@ -10,6 +10,7 @@ import contextlib
 import hashlib
 from collections.abc import Iterator, Sequence
 from datetime import datetime, timedelta, timezone
+from typing import Any
 
 from securesystemslib.signer import Signer
 from tuf.api.metadata import Metadata, MetaFile, Snapshot, TargetFile, Targets, Timestamp
@@ -104,11 +105,11 @@ def republish(broker_url: str, topic: str, payload: bytes) -> None:
 
 
 @contextlib.contextmanager
-def evil_http_server(data: bytes, *, mode: str) -> Iterator[tuple[str, dict[str, str]]]:
+def evil_http_server(data: bytes, *, mode: str) -> Iterator[tuple[str, dict[str, Any]]]:
     """A mirror that serves ``data`` then endless zeros (``endless``), cuts it in half and
     closes (``truncate``) or behaves (``ok``: Range honoured), for every target path
     (metadata: 404). Yields its URL and the mutable ``{"mode": …}``."""
-    state = {"mode": mode}
+    state: dict[str, Any] = {"mode": mode}
     import threading
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -119,6 +120,9 @@ def evil_http_server(data: bytes, *, mode: str) -> Iterator[tuple[str, dict[str,
             pass
 
         def do_GET(self) -> None:
+            hook = state.get("hook")
+            if isinstance(hook, list):
+                hook.append(self.path)
             if "/metadata/" in self.path:  # metadata comes inline; no newer root here
                 self.send_response(404)
                 self.end_headers()
