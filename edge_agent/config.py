@@ -93,10 +93,14 @@ class HttpSettings:
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """One ``[[models]]`` entry: a bundle (directory or .tar) installed into the store at start."""
+    """One ``[[models]]`` entry: a bundle (directory or .tar) installed into the store at start.
+
+    It is served when its model has no active version yet (first install); an installed
+    update stays active across restarts unless ``activate = true`` forces this version.
+    """
 
     bundle: Path
-    activate: bool = True
+    activate: bool = False  # True: serve this version at every start (over any update)
 
 
 @dataclass(frozen=True)
@@ -483,7 +487,7 @@ def _models(raw: Any, ctx: _Ctx) -> tuple[ModelSpec, ...]:
         bundle = t.path("bundle", None)
         if bundle is None:
             raise t.err("bundle", "missing required key (path to a bundle directory or .tar)")
-        out.append(ModelSpec(bundle=bundle, activate=t.flag("activate", True)))
+        out.append(ModelSpec(bundle=bundle, activate=t.flag("activate", False)))
         t.finish()
     return tuple(out)
 

@@ -231,3 +231,16 @@ def test_telemetry_component_shares_its_mqtt_client_with_mqtt_requests(
         pytest.fail("no reply through the shared MQTT client")
     assert reply["id"] == "t"
     assert list(np.argmax(reply["predictions"], axis=1)) == list(digits_eval.y[:3])
+
+
+def test_an_update_stays_active_across_restarts_unless_models_forces_a_version(
+        start_agent: Any, digits: Any, tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    first = start_agent(digits.bundle, store=store)
+    first.install_bundle(digits.bundle_v2)  # what a signed update does
+    first.stop()
+    again = start_agent(digits.bundle, store=store)  # [[models]] still lists v1
+    assert again.registry.active_version("digits") == 2
+    again.stop()
+    forced = start_agent(store=store, models=[{"bundle": str(digits.bundle), "activate": True}])
+    assert forced.registry.active_version("digits") == 1
