@@ -1,5 +1,7 @@
 """Serving benchmark, side by side in one run (issue 4: ``bench/serve``).
 
+    .venv/bin/pip install onnxruntime onnx                              # ONNX Runtime rows
+    .venv/bin/pip install --no-deps --target .cache/bench/pylib tf2onnx  # once, to convert
     .venv/bin/python bench/serve.py [--threads N] [--quick] [--json OUT]
 
 Rows (same model, same thread count within a row group):
@@ -45,6 +47,7 @@ MNV2 = CACHE / "mobilenet_v2"
 MNV2_INT8, MNV2_ONNX = MNV2 / "bundle-int8", MNV2 / "model.onnx"
 MNV2_FLOAT = MNV2 / "model-float32.tflite"  # the converter bundles quantized modes only
 MNV2_ONNX_INT8 = MNV2 / "model-int8.onnx"
+PYLIB = CACHE / "pylib"  # tf2onnx, installed with pip --target (see build())
 
 
 # ---------------------------------------------------------------------------- build (TF)
@@ -87,7 +90,14 @@ def build() -> None:
         model = tf.keras.models.load_model(keras_path)
         MNV2_FLOAT.write_bytes(tf.lite.TFLiteConverter.from_keras_model(model).convert())
     if not MNV2_ONNX.exists():
-        import tf2onnx
+        # tf2onnx ships a top-level ``tests`` package that shadows this repository's tests
+        # when installed into the venv, so it lives apart and is on sys.path only here.
+        sys.path.insert(0, str(PYLIB))
+        try:
+            import tf2onnx
+        except ImportError as e:
+            raise SystemExit(f"tf2onnx is needed once to build {MNV2_ONNX.name}: .venv/bin/pip "
+                             f"install --no-deps --target {PYLIB} tf2onnx") from e
 
         model = tf.keras.models.load_model(keras_path)
         spec = (tf.TensorSpec((1, 224, 224, 3), tf.float32, name="input"),)

@@ -9,13 +9,13 @@ from typing import Any
 
 import numpy as np
 import pytest
+from agent_helpers import DigitsEval, MqttRequester, make_config, wait_for
 
 from edge_agent.app import Agent
 from edge_agent.bundle import EncodedArray, read_bundle, write_bundle
 from edge_agent.errors import ConfigError, RuntimeUnavailableError
 from edge_agent.hooks import AgentEvent
 from edge_agent.store import ModelStore
-from tests.agent.conftest import DigitsEval, MqttRequester, make_config, wait_for
 
 
 def _events(agent: Agent, kind: str) -> list[AgentEvent]:

@@ -13,9 +13,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from agent_helpers import Client, DigitsEval, b64
 
 from edge_agent.cli import main
-from tests.agent.conftest import Client, DigitsEval, b64
 
 EXE = [sys.executable, "-m", "edge_agent.cli"]
 

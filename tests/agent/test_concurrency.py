@@ -8,12 +8,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from agent_helpers import Client, DigitsEval, b64
 
 from edge_agent.bundle import read_bundle
 from edge_agent.hooks import Hooks
 from edge_agent.registry import ModelRegistry
 from edge_agent.runtime.backends import select_runtime
-from tests.agent.conftest import Client, DigitsEval, b64
 
 
 def _reference(bundle: Path, x: np.ndarray) -> np.ndarray:

@@ -10,11 +10,11 @@ from typing import Any
 
 import psutil
 import pytest
+from agent_helpers import Client, make_config
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from edge_agent.app import Agent
-from tests.agent.conftest import Client, make_config
 
 PATHS = ["/v1/models/digits:predict", "/v1/models/digits:classify",
          "/v1/models/digits/versions/1:predict", "/v1/models/digits:classify?k=3"]

@@ -7,9 +7,9 @@ import threading
 from typing import Any
 
 import pytest
+from agent_helpers import Client, DigitsEval, wait_for
 
 from edge_agent.config import HttpSettings, load_config
-from tests.agent.conftest import Client, DigitsEval, wait_for
 
 TOKEN = "s3cret-token"
 

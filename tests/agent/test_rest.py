@@ -10,10 +10,10 @@ from typing import Any
 
 import numpy as np
 import pytest
+from agent_helpers import Client, DigitsEval, b64, make_config
 
 from edge_agent.app import Agent
 from edge_agent.hooks import PredictionRecord
-from tests.agent.conftest import Client, DigitsEval, b64, make_config
 
 N = 40  # held-out digits per request in the accuracy checks
 

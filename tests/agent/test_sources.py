@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from agent_helpers import DigitsEval, MqttRequester, wait_for
 
 from edge_agent.config import WatchSettings
 from edge_agent.errors import RuntimeUnavailableError
@@ -27,7 +28,6 @@ from edge_agent.sources import (
     open_frames,
 )
 from edge_agent.sources.watch import move_file
-from tests.agent.conftest import DigitsEval, MqttRequester, wait_for
 
 # ----------------------------------------------------------------------------- MQTT
 
