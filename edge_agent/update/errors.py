@@ -15,7 +15,8 @@
     ├── ModelRejectedError       load/golden  the device's runtime refused the model
     ├── ProbationFailedError     probation    errors/latency/crashes after the swap → rolled back
     ├── CommandRejectedError     command      a signed command that cannot be carried out
-    └── InsufficientSpaceError   disk         not enough free disk for staging + install
+    ├── InsufficientSpaceError   disk         not enough free disk for staging + install
+    └── InternalUpdateError      internal     a bug in the update path; attempt given up
     UpdateTransportError (edge_agent.errors.TransportError)
                                  transport    download stalled or failed: retried, not blamed
 
@@ -36,6 +37,7 @@ __all__ = [
     "CommandRejectedError",
     "ExpiredMetadataError",
     "InsufficientSpaceError",
+    "InternalUpdateError",
     "MetadataRollbackError",
     "ModelRejectedError",
     "NotForDeviceError",
@@ -128,6 +130,12 @@ class InsufficientSpaceError(_Coded):
     """Not enough free disk for the staged download plus the installed copy."""
 
     code = "disk"
+
+
+class InternalUpdateError(_Coded):
+    """A bug in the update path: the attempt is given up so the agent keeps serving."""
+
+    code = "internal"
 
 
 class UpdateTransportError(TransportError):

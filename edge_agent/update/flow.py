@@ -29,6 +29,7 @@ from edge_agent.update.errors import (
     BadAnnouncementError,
     BundleRejectedError,
     CommandRejectedError,
+    InternalUpdateError,
     ModelRejectedError,
     UpdateError,
     UpdateTransportError,
@@ -239,6 +240,11 @@ class UpdateFlow:
             if swapped:
                 return self._rollback(f"after the swap: {e}", code="error")
             return self._reject(e)
+        except Exception as e:  # a bug, not an attack: never leave the machine mid-phase
+            log.exception("update: internal error")
+            if swapped:
+                return self._rollback(f"internal error after the swap: {e!r}", code="internal")
+            return self._reject(InternalUpdateError(f"internal error: {e!r}"))
 
     def _fetcher(self, ann: Announcement) -> AnnouncementFetcher:
         mqtt = MqttChunks(self.d.client, self.d.topic_prefix, self.cfg.chunk_window) \

@@ -43,6 +43,7 @@ def create(agent: Any) -> UpdateService | None:
     cfg = UpdateConfig.from_section(dict(raw), config_source(agent))
     if not cfg.enabled:
         return None
+    check_root(cfg)
     mcfg = mqtt_config(agent)
     groups = tuple(dict.fromkeys((*cfg.groups, *getattr(agent.config.agent, "groups", ()),
                                   *getattr(mcfg, "groups", ()))))
@@ -56,6 +57,25 @@ def create(agent: Any) -> UpdateService | None:
     if http is not None:
         svc.register_routes(http)
     return svc
+
+
+def check_root(cfg: UpdateConfig) -> None:
+    """Refuse to start with a trust anchor that is missing or not TUF root metadata."""
+    from tuf.api.metadata import Metadata, Root
+
+    from edge_agent.errors import ConfigError
+
+    try:
+        md = Metadata.from_bytes(cfg.root_file.read_bytes())
+    except OSError as e:
+        raise ConfigError(f"cannot read the provisioned TUF root: {e.strerror}",
+                          source=cfg.source, key="update.root_file") from e
+    except Exception as e:  # tuf's DeserializationError
+        raise ConfigError(f"{cfg.root_file} is not TUF metadata ({e})", source=cfg.source,
+                          key="update.root_file") from e
+    if not isinstance(md.signed, Root):
+        raise ConfigError(f"{cfg.root_file} holds {md.signed.type} metadata, not root",
+                          source=cfg.source, key="update.root_file")
 
 
 class UpdateService:

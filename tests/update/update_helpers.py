@@ -139,7 +139,8 @@ class Device:
         return int(self.agent.registry.get("digits").predict(x, source="test").version)
 
     def on_disk(self, name: str = "digits") -> int | None:
-        return self.agent.store.active_version(name)
+        """What the store would serve after a restart (``active.json``, else the highest)."""
+        return self.agent.store.serving_version(name)
 
     def trusted(self) -> dict[str, int]:
         assert self.svc.flow is not None
