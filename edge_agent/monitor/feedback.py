@@ -22,9 +22,9 @@ from __future__ import annotations
 import threading
 import time
 from collections import OrderedDict, deque
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -34,8 +34,9 @@ from edge_agent.monitor.metrics import ClassificationMetrics, classification_met
 MAX_ITEMS = 10_000  # feedback items per document
 
 
-@dataclass(frozen=True)
-class Remembered:
+class Remembered(NamedTuple):
+    """What a request was answered with (a tuple: thousands are made per second)."""
+
     model: str
     version: int
     top1: np.ndarray  # (batch,)
@@ -62,12 +63,18 @@ class PredictionMemory:
         self.evicted = 0
 
     def remember(self, request_id: str, entry: Remembered) -> None:
+        self.remember_many([(request_id, entry)])
+
+    def remember_many(self, items: Iterable[tuple[str, Remembered]]) -> None:
+        m = self._map
         with self._lock:
-            self._map[request_id] = entry
-            self._map.move_to_end(request_id)
-            while len(self._map) > self.max_entries:
-                self._map.popitem(last=False)
-                self.evicted += 1
+            for rid, entry in items:
+                m.pop(rid, None)  # a reused id moves to the young end
+                m[rid] = entry
+            over = len(m) - self.max_entries
+            for _ in range(max(0, over)):
+                m.popitem(last=False)
+            self.evicted += max(0, over)
 
     def pop(self, request_id: str, now: float | None = None) -> Remembered | None:
         """The prediction for ``request_id`` (once: feedback is counted one time)."""

@@ -65,39 +65,52 @@ class QualityReport:
 
 
 class QualityWindow:
-    """The last ``window`` classified samples of one model version (thread-safe)."""
+    """The last ``window`` classified samples of one model version (thread-safe).
 
-    def __init__(self, reference: DriftReference | None, classes: int, window: int = 1000
-                 ) -> None:
+    Input statistics are kept apart, over the last ``input_window`` *sampled* inputs:
+    computing a mean over every input tensor would cost more than some models' invoke,
+    so the caller samples (see :mod:`edge_agent.telemetry.monitoring`).
+    """
+
+    def __init__(self, reference: DriftReference | None, classes: int, window: int = 1000,
+                 input_window: int = 256) -> None:
         self.reference = reference
         self.classes = max(1, classes if not reference else len(reference.class_hist))
         self.window = window
         self._top1 = np.zeros(window, np.int32)
         self._conf = np.zeros(window, np.float32)
-        chans = len(reference.input_mean) if reference else 0
-        self._means = np.zeros((window, chans), np.float64) if chans else None
         self._n = 0  # samples ever added
+        chans = len(reference.input_mean) if reference else 0
+        self.input_window = input_window
+        self._means = np.zeros((input_window, chans), np.float64) if chans else None
+        self._n_means = 0
         self._lock = threading.Lock()
 
-    def add(self, top1: np.ndarray, confidence: np.ndarray,
-            input_means: np.ndarray | None = None) -> None:
+    def add(self, top1: np.ndarray, confidence: np.ndarray) -> None:
+        """Append a batch of predictions (vectorised: call it with many at once)."""
         top1 = np.asarray(top1).reshape(-1)[-self.window:]
         conf = np.asarray(confidence).reshape(-1)[-self.window:]
         k = len(top1)
         if k == 0 or len(conf) != k:
             return
-        means = None
-        if self._means is not None and input_means is not None:
-            m = np.asarray(input_means)
-            if m.ndim == 2 and m.shape == (k, self._means.shape[1]):
-                means = m
         with self._lock:
             idx = (self._n + np.arange(k)) % self.window
             self._top1[idx] = top1
             self._conf[idx] = conf
-            if self._means is not None:
-                self._means[idx] = means if means is not None else np.nan
             self._n += k
+
+    def add_inputs(self, means: np.ndarray) -> None:
+        """Append per-sample channel means, shape (samples, channels); others are ignored."""
+        if self._means is None:
+            return
+        m = np.asarray(means, dtype=np.float64)
+        if m.ndim != 2 or m.shape[1] != self._means.shape[1] or len(m) == 0:
+            return
+        m = m[-self.input_window:]
+        with self._lock:
+            idx = (self._n_means + np.arange(len(m))) % self.input_window
+            self._means[idx] = m
+            self._n_means += len(m)
 
     @property
     def samples(self) -> int:
@@ -108,7 +121,8 @@ class QualityWindow:
             n = min(self._n, self.window)
             top1 = self._top1[:n].copy()
             conf = self._conf[:n].copy()
-            means = self._means[:n].copy() if self._means is not None else None
+            nm = min(self._n_means, self.input_window)
+            means = self._means[:nm].copy() if self._means is not None else None
         ref = self.reference
         edges = list(ref.confidence_edges) if ref else list(DEFAULT_EDGES)
         if n == 0:
@@ -122,12 +136,10 @@ class QualityWindow:
                 psi_c = psi(ref.class_hist, cls)
             if len(ref.confidence_hist) == len(ch) and sum(ref.confidence_hist) > 0:
                 psi_k = psi(ref.confidence_hist, ch)
-            if means is not None:
-                ok = means[~np.isnan(means).any(axis=1)]
-                if len(ok):
-                    std = np.maximum(np.asarray(ref.input_std, np.float64), 1e-9)
-                    shift = float(np.max(np.abs(ok.mean(axis=0) - np.asarray(ref.input_mean))
-                                         / std))
+            if means is not None and len(means):
+                std = np.maximum(np.asarray(ref.input_std, np.float64), 1e-9)
+                shift = float(np.max(np.abs(means.mean(axis=0) - np.asarray(ref.input_mean))
+                                     / std))
         return QualityReport(n, [round(float(v), 6) for v in cls], edges,
                              [round(float(v), 6) for v in ch], float(conf.mean()),
                              psi_c, psi_k, shift)

@@ -1,9 +1,11 @@
 """Glue between the prediction hook and :mod:`edge_agent.monitor`: one place that knows
 which model version a prediction came from, its drift reference and its labels.
 
-``on_prediction`` is on the serving path (ring-buffer appends, one dict insert);
-``report`` runs in the telemetry loop: it computes histograms, PSI and feedback metrics,
-and raises ``drift.detected`` / ``drift.cleared`` events through the agent's hooks.
+Nothing here runs per prediction on the serving path except :meth:`sample_inputs`, and
+that only a few times a second: the telemetry component queues records and hands them
+over in batches (:meth:`add_many`, vectorised). ``report`` runs in the telemetry loop: it
+computes histograms, PSI and feedback metrics, and raises ``drift.detected`` /
+``drift.cleared`` events through the agent's hooks.
 """
 
 from __future__ import annotations
@@ -26,6 +28,18 @@ from edge_agent.monitor.feedback import (
 )
 from edge_agent.monitor.quality import DriftDetector, QualityWindow, input_channel_means
 from edge_agent.telemetry.config import TelemetryConfig
+from edge_agent.telemetry.sample import (
+    AT,
+    CLASSES,
+    CONF,
+    OK,
+    REQUEST_ID,
+    SCORE,
+    TOP1,
+    Sample,
+    column,
+    split_by_model,
+)
 
 EmitEvent = Callable[..., Any]  # Hooks.emit_event(level, kind, message, **data)
 
@@ -43,39 +57,52 @@ class ModelMonitor:
         self._detectors: dict[str, DriftDetector] = {}
         self._lock = threading.Lock()
 
-    def _window(self, rec: PredictionRecord, classes: int) -> QualityWindow:
-        cur = self._windows.get(rec.model)
-        if cur is not None and cur[0] == rec.version:
-            return cur[1]
+    def _window(self, model: str, version: int, classes: int) -> QualityWindow:
         with self._lock:
-            cur = self._windows.get(rec.model)
-            if cur is not None and cur[0] == rec.version:
+            cur = self._windows.get(model)
+            if cur is not None and cur[0] == version:
                 return cur[1]
             ref = None
             try:
-                ref = self.registry.get(rec.model, rec.version).manifest.drift_reference
+                ref = self.registry.get(model, version).manifest.drift_reference
             except NotFoundError:
                 pass
             w = QualityWindow(ref, classes, self.cfg.quality_window)
-            self._windows[rec.model] = (rec.version, w)  # a new version starts afresh
-            self._detectors[rec.model] = DriftDetector(self.cfg.drift_threshold,
-                                                       self.cfg.drift_min_samples)
+            self._windows[model] = (version, w)  # a new version starts afresh
+            self._detectors[model] = DriftDetector(self.cfg.drift_threshold,
+                                                   self.cfg.drift_min_samples)
             return w
 
-    def on_prediction(self, rec: PredictionRecord) -> None:
-        if not rec.ok or rec.top1 is None or rec.confidence is None:
+    @staticmethod
+    def _classes(rec: PredictionRecord) -> int:
+        p = rec.probabilities
+        if p is not None and p.ndim == 2:
+            return int(p.shape[1])
+        return int(np.max(rec.top1)) + 1 if rec.top1 is not None and len(rec.top1) else 1
+
+    def sample_inputs(self, rec: PredictionRecord) -> None:
+        """Per-channel input means of one request (the caller decides how often)."""
+        if not rec.ok or rec.inputs_raw is None or rec.top1 is None:
             return
-        classes = rec.probabilities.shape[1] if rec.probabilities is not None \
-            and rec.probabilities.ndim == 2 else int(np.max(rec.top1)) + 1
-        means = None
-        if rec.inputs_raw is not None:
-            means = input_channel_means(rec.inputs_raw, rec.input_spec)
-        self._window(rec, classes).add(rec.top1, rec.confidence, means)
-        if rec.request_id:
-            score = rec.probabilities[:, 1].copy() if classes == 2 and \
-                rec.probabilities is not None else None
-            self.memory.remember(rec.request_id, Remembered(
-                rec.model, rec.version, np.asarray(rec.top1).copy(), score, classes, rec.at))
+        means = input_channel_means(rec.inputs_raw, rec.input_spec)
+        if means is not None:
+            self._window(rec.model, rec.version, self._classes(rec)).add_inputs(means)
+
+    def add_many(self, batch: list[Sample]) -> None:
+        """Fold queued samples into the windows and the request-id memory (vectorised)."""
+        if not batch:
+            return
+        for (model, version), rows in split_by_model(batch).items():
+            rows = [s for s in rows if s[OK] and s[TOP1] is not None and s[CONF] is not None]
+            if not rows:
+                continue
+            top1s = column(rows, TOP1)
+            classes = rows[-1][CLASSES] or int(max(int(np.max(t)) for t in top1s)) + 1
+            self._window(model, version, classes).add(np.concatenate(top1s),
+                                                      np.concatenate(column(rows, CONF)))
+            self.memory.remember_many(
+                (s[REQUEST_ID], Remembered(model, version, s[TOP1], s[SCORE], classes, s[AT]))
+                for s in rows if s[REQUEST_ID])
 
     def apply_feedback(self, items: list[FeedbackItem]) -> FeedbackResult:
         labels: dict[str, Sequence[str]] = {}

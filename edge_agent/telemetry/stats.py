@@ -1,22 +1,33 @@
 """Per-model request statistics, collected from the prediction hook, reported per interval.
 
-``record`` runs on the serving thread for every prediction: it takes a lock, bumps
-counters and appends one latency (bounded: past ``latency_samples`` per interval the
-reservoir keeps a uniform sample). ``snapshot`` is called by the telemetry loop; it
-returns the interval's figures and starts a new interval.
+``record_many`` folds a batch of records (the telemetry component queues them from the
+prediction hook and hands them over several times a second): counters, and latencies into
+a reservoir (past ``latency_samples`` per interval it keeps a uniform sample).
+``snapshot`` is called by the telemetry loop; it returns the interval's figures and
+starts a new interval.
 """
 
 from __future__ import annotations
 
-import random
 import threading
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from edge_agent.hooks import PredictionRecord
+from edge_agent.telemetry.sample import (
+    BATCH,
+    LATENCY,
+    OK,
+    SOURCE,
+    Sample,
+    column,
+    sample_of,
+    split_by_model,
+)
 
 
 @dataclass
@@ -25,11 +36,11 @@ class _Interval:
     requests: int = 0
     samples: int = 0
     errors: int = 0
-    latencies: list[float] = field(default_factory=list)
-    seen: int = 0  # latencies offered to the reservoir
+    latencies: np.ndarray = field(default_factory=lambda: np.empty(0))
+    seen: int = 0  # latencies offered to the reservoir this interval
     total_requests: int = 0
     total_errors: int = 0
-    sources: dict[str, int] = field(default_factory=dict)
+    sources: Counter[str] = field(default_factory=Counter)
 
 
 class ModelStats:
@@ -40,29 +51,48 @@ class ModelStats:
         self._lock = threading.Lock()
         self._models: dict[str, _Interval] = {}
         self._since = time.monotonic()
-        self._rng = random.Random(0)
+        self._rng = np.random.default_rng(0)
 
     def record(self, rec: PredictionRecord) -> None:
+        self.record_many([sample_of(rec)])
+
+    def record_many(self, batch: list[Sample]) -> None:
+        if not batch:
+            return
+        groups = split_by_model(batch)
         with self._lock:
-            m = self._models.get(rec.model)
-            if m is None:
-                m = self._models[rec.model] = _Interval()
-            m.version = rec.version
-            m.requests += 1
-            m.total_requests += 1
-            m.sources[rec.source] = m.sources.get(rec.source, 0) + 1
-            if rec.ok:
-                m.samples += rec.batch
-            else:
-                m.errors += 1
-                m.total_errors += 1
-            m.seen += 1
-            if len(m.latencies) < self.latency_samples:
-                m.latencies.append(rec.latency_s)
-            else:  # reservoir sampling (Vitter's algorithm R)
-                j = self._rng.randrange(m.seen)
-                if j < self.latency_samples:
-                    m.latencies[j] = rec.latency_s
+            for (name, version), rows in groups.items():
+                m = self._models.get(name)
+                if m is None:
+                    m = self._models[name] = _Interval(latencies=np.empty(0))
+                m.version = version
+                oks = column(rows, OK)
+                n = len(rows)
+                errors = n - sum(oks)
+                m.requests += n
+                m.total_requests += n
+                m.errors += errors
+                m.total_errors += errors
+                batches = column(rows, BATCH)
+                m.samples += sum(batches) if not errors else \
+                    sum(b for b, ok in zip(batches, oks, strict=True) if ok)
+                m.sources.update(column(rows, SOURCE))
+                self._reservoir(m, np.asarray(column(rows, LATENCY), dtype=np.float64))
+
+    def _reservoir(self, m: _Interval, lat: np.ndarray) -> None:
+        """Vitter's algorithm R, vectorised: a uniform sample of this interval's latencies."""
+        cap = self.latency_samples
+        room = max(0, cap - len(m.latencies))
+        if room:
+            m.latencies = np.concatenate([m.latencies, lat[:room]])
+            m.seen += min(room, len(lat))
+            lat = lat[room:]
+        if len(lat):
+            # element k of the rest is the (seen + k + 1)-th seen: it replaces slot j if j < cap
+            j = self._rng.integers(0, np.arange(m.seen + 1, m.seen + len(lat) + 1))
+            keep = j < cap
+            m.latencies[j[keep]] = lat[keep]  # later ones overwrite earlier, as in order
+            m.seen += len(lat)
 
     def snapshot(self) -> dict[str, dict[str, Any]]:
         """The interval's figures per model; resets the interval (totals keep counting)."""
@@ -72,7 +102,7 @@ class ModelStats:
             self._since = now
             out: dict[str, dict[str, Any]] = {}
             for name, m in self._models.items():
-                lat = np.asarray(m.latencies, dtype=np.float64) * 1000.0
+                lat = m.latencies * 1000.0
                 p50, p90, p99 = (np.percentile(lat, [50, 90, 99]).round(3).tolist()
                                  if len(lat) else (None, None, None))
                 out[name] = {
@@ -85,6 +115,6 @@ class ModelStats:
                     "sources": dict(m.sources),
                 }
                 m.requests = m.samples = m.errors = m.seen = 0
-                m.latencies = []
-                m.sources = {}
+                m.latencies = np.empty(0)
+                m.sources = Counter()
             return out
