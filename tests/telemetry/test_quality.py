@@ -40,9 +40,13 @@ def _ref() -> DriftReference:
 def test_window_matching_the_reference_is_not_drift() -> None:
     w = QualityWindow(_ref(), 2, window=400)
     rng = np.random.default_rng(0)
-    w.add(rng.integers(0, 2, 400), rng.uniform(0.5, 1.0, 400), rng.normal(0, 1, (400, 1)))
+    w.add(rng.integers(0, 2, 400), rng.uniform(0.5, 1.0, 400))
+    w.add_inputs(rng.normal(0, 1, (400, 1)))
     rep = w.report()
     assert rep.samples == 400 and rep.psi_max is not None and rep.psi_max < 0.05
+    assert rep.input_shift_sigma is not None and rep.input_shift_sigma < 0.3
+    w.add_inputs(rng.normal(2, 1, (256, 1)))  # the sampled inputs moved by 2 sigma
+    assert w.report().input_shift_sigma > 1.5
     assert DriftDetector(0.25, 100).update(rep) is None
 
 
