@@ -328,9 +328,9 @@ class AnnouncementFetcher(FetcherInterface):
             os.pwrite(fd, data, plan.span(i)[0])
             missing.discard(i)
             self.written += 1
-            faults.point(f"chunk:{self.written}")
             if self.progress:
                 self.progress(plan.count - len(missing), plan.count, source)
+            faults.point(f"chunk:{self.written}")
 
         try:
             if missing and self.mqtt is not None:

@@ -201,7 +201,7 @@ def test_truncated_http_download_fails_then_resumes_where_it_stopped(
 def test_broker_restart_mid_download_resumes_without_starting_over(
         fleet: Fleet, bundles: Bundles, start_device: DeviceFactory, mosquitto: Any,
         monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("EDGE_UPDATE_FAULT", "pause@chunk:2:2.0")
+    monkeypatch.setenv("EDGE_UPDATE_FAULT", "pause@chunk:2:3.0")  # broker restarts meanwhile
     dev = start_device(chunk_window=1)
     client = dev.svc.deps.client
     assert client is not None
