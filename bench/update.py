@@ -23,6 +23,7 @@ import argparse
 import hashlib
 import http.client
 import json
+import logging
 import multiprocessing as mp
 import os
 import shutil
@@ -167,7 +168,7 @@ def one_update(agent: Any, repo: Any, signers: list[Any], broker_url: str, bundl
         sha = hashlib.sha256(data).hexdigest()
         b = Broker(broker_url)
         try:
-            if transport != "http":
+            if transport != "http" and spec.chunks is not None:
                 publish_chunks(b, data, spec.chunks, sha)
             ann = Announcement(path, repo.announce_files(), chunks=transport != "http",
                                mirrors=(mirror,) if transport == "http" else (),
@@ -214,7 +215,6 @@ def main(argv: list[str] | None = None) -> int:
     from edge_agent.config import load_config
     from fleet.serve import RepoServer
 
-    import logging
     logging.basicConfig(level=logging.WARNING)
     work = Path(tempfile.mkdtemp(prefix="bench-update-"))
     broker, url = start_broker(work)
