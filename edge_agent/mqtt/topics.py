@@ -87,6 +87,6 @@ class Topics:
     def device_of(topic: str) -> str | None:
         """``edge/pi-17/status`` → ``pi-17`` (None for anything that is not a device topic)."""
         parts = topic.split("/")
-        if len(parts) < 3 or parts[1] == "group":
+        if len(parts) < 3 or parts[1] in ("group", "blobs"):
             return None
         return parts[1]
