@@ -47,6 +47,7 @@ from edge_agent.update.staging import Staging
 from edge_agent.update.state import Outcome, Phase, Recovery, StateFile, UpdateState, recover
 from edge_agent.update.trust import TrustStore
 from edge_agent.update.wire import (
+    SHA256_RE,
     Announcement,
     TargetSpec,
     parse_announcement,
@@ -190,6 +191,8 @@ class UpdateFlow:
             info = self.trust.target_info(updater, ann.target)
             spec = parse_target_spec(info.custom, info.length, info.path)
             sha = info.hashes.get("sha256", "")
+            if not SHA256_RE.match(sha):  # it names staging files: never trust its shape
+                raise BundleRejectedError(f"{info.path}: signed entry has no valid sha256")
             if spec.kind == "command":
                 return self._command(updater, fetcher, info, spec)
             installed = self.d.store.serving_version(spec.name)
