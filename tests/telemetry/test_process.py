@@ -144,3 +144,41 @@ def test_broker_outage_with_agent_sigkill_and_restart_inside_it(broker, agent_pr
         print("outage+restart:", json.dumps(counts))
     finally:
         rec.close()
+
+
+def test_real_agent_rest_predictions_and_feedback_reach_telemetry(broker, agent_proc,
+                                                                 digits) -> None:
+    import re
+    import urllib.request
+
+    import numpy as np
+
+    rec = Recorder(broker.url, "edge/e2e-1/#")
+    agent = agent_proc("e2e-1", interval_s=0.5, bundles=(digits.bundle,))
+    try:
+        agent.start()
+        rec.wait("/status", lambda d: d["state"] == "online", 60)
+        wait_for(lambda: re.search(r"ready: .* on (http://[\d.:]+)", agent.tail()), 30,
+                 "the agent's HTTP address")
+        url = re.search(r"ready: .* on (http://[\d.:]+)", agent.tail()).group(1)  # type: ignore[union-attr]
+        ev = np.load(digits.eval_npz)
+        for i in range(20):
+            req = urllib.request.Request(
+                f"{url}/v1/models/digits:predict", method="POST",
+                data=json.dumps({"instances": ev["x"][i:i + 1].tolist()}).encode(),
+                headers={"Content-Type": "application/json", "X-Request-Id": f"e2e-{i}"})
+            with urllib.request.urlopen(req, timeout=10) as r:
+                assert r.status == 200
+        fb = [{"request_id": f"e2e-{i}", "label": int(ev["y"][i])} for i in range(20)]
+        req = urllib.request.Request(f"{url}/v1/models/digits:feedback", method="POST",
+                                     data=json.dumps(fb).encode(),
+                                     headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=10) as r:
+            assert json.loads(r.read())["accepted"] == 20
+        t = rec.wait("/telemetry", lambda d: d["models"].get("digits", {})
+                     .get("feedback", {}).get("samples") == 20, 20)
+        m = t["models"]["digits"]
+        assert m["total_requests"] >= 20 and m["feedback"]["accuracy"] > 0.8
+        assert m["quality"]["samples"] >= 20
+    finally:
+        rec.close()
