@@ -51,9 +51,10 @@ log = logging.getLogger(__name__)
 FEEDBACK_ROUTE = r"/v1/models/(?P<name>[^/:]+):feedback"
 DRAIN_S = 0.1  # how often queued prediction records are folded into the statistics
 INPUT_SAMPLES_PER_S = 20.0  # input tensors whose channel means feed the drift monitor
-# update events after which the retained status is republished (fleet rollouts)
+# events after which the retained status is republished: update outcomes (fleet
+# rollouts), and the agent's start (sources and started_at exist only from then on)
 BIRTH_EVENTS = frozenset({"update.probation", "update.committed", "update.rolled_back",
-                          "update.rejected"})
+                          "update.rejected", "agent.started"})
 
 
 def create(agent: Any) -> TelemetryService | None:
