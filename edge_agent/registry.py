@@ -133,9 +133,10 @@ class ServedModel:
                 probs = flat if self.manifest.output_is_probability else softmax(flat)
                 top1 = probs.argmax(axis=1)
                 conf = probs.max(axis=1)
-        except EdgeError as e:
+        except Exception as e:  # record every failure (probation sees it), then re-raise
             self._record(source, request_id, False, time.perf_counter() - t0,
-                         0 if raw is None else len(raw), error=str(e))
+                         0 if raw is None else len(raw),
+                         error=str(e) if isinstance(e, EdgeError) else f"{type(e).__name__}: {e}")
             raise
         self._record(source, request_id, True, time.perf_counter() - t0, len(raw),
                      top1=top1, confidence=conf, probabilities=probs, inputs_raw=raw)

@@ -16,6 +16,7 @@ from edge_agent.errors import EdgeError
 
 SUBCOMMAND_MODULES = (
     "fleet.keys",       # keygen
+    "fleet.repo",       # repo init / rotate / timestamp / show
     "fleet.publish",    # publish (sign + announce + chunks)
     "fleet.serve",      # serve DIR over HTTP
     "fleet.watch",      # live device table

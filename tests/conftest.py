@@ -129,7 +129,10 @@ def start_mosquitto(tmp: Path, extra_conf: str = "", port: int | None = None) ->
         f"persistence true\npersistence_location {tmp}/\n"
         "max_queued_messages 100000\n"
         "message_size_limit 0\n"
-        "log_type error\nlog_type warning\n" + extra_conf)
+        "log_type error\nlog_type warning\n"
+        # as root, mosquitto drops to user 'mosquitto', which cannot write pytest's 0700
+        # temp dirs: retained messages would be lost across Broker.stop()/start()
+        + ("user root\n" if os.geteuid() == 0 else "") + extra_conf)
     b = Broker("127.0.0.1", port, None, conf, tmp / "mosquitto.log")
     b.start()
     return b
