@@ -167,6 +167,11 @@ class ServedModel:
                          "index": int(i), "score": round(float(row[i]), 6)} for i in idx])
         return out
 
+    def record_rejected(self, error: str, *, source: str, request_id: str | None = None) -> None:
+        """A request for this version refused before invoke because it does not fit the
+        model (shape, dtype, image size): a failed request for telemetry and probation."""
+        self._record(source, request_id, False, 0.0, 0, error=error)
+
     def _record(self, source: str, request_id: str | None, ok: bool, latency: float,
                 batch: int, **kw: Any) -> None:
         self.hooks.emit_prediction(PredictionRecord(

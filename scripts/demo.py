@@ -119,11 +119,12 @@ def broker() -> Iterator[tuple[str, int]]:
 
     from edge_agent.mqtt.embedded import start_embedded_broker
 
-    # amqtt logs a traceback when a client probes MQTT 5 first and falls back to 3.1.1
-    logging.getLogger("asyncio").setLevel(logging.CRITICAL)
 
     port = free_port()
     b = start_embedded_broker("127.0.0.1", port)
+    # amqtt logs a traceback when a client probes MQTT 5 first and falls back to 3.1.1
+    for noisy in ("asyncio", "amqtt"):
+        logging.getLogger(noisy).setLevel(logging.CRITICAL)
     print(f"(no EDGE_DEMO_BROKER set: embedded amqtt broker on mqtt://127.0.0.1:{port})")
     try:
         yield "127.0.0.1", port

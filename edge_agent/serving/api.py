@@ -127,11 +127,16 @@ class ServingApi:
     def predict(self, req: Request) -> Response:
         served = self._served(req)
         with self._admit(served.name):
-            if req.content_type == "application/octet-stream":
-                x, fmt = self._raw_tensor(served, req.body), codec.ROW
-            else:
-                x, fmt = codec.decode_predict(req.json(), served, max_batch=self.max_batch,
-                                              max_image_pixels=self.max_image_pixels)
+            doc = None if req.content_type == "application/octet-stream" else req.json()
+            try:  # the body parsed; now it must fit this model version
+                if doc is None:
+                    x, fmt = self._raw_tensor(served, req.body), codec.ROW
+                else:
+                    x, fmt = codec.decode_predict(doc, served, max_batch=self.max_batch,
+                                                  max_image_pixels=self.max_image_pixels)
+            except InvalidRequestError as e:
+                served.record_rejected(str(e), source="rest", request_id=req.request_id)
+                raise
             pred = served.predict(x, source="rest", request_id=req.request_id)
         return Response(200, codec.encode_predict_bytes(pred, served, fmt))
 
