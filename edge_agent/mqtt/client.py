@@ -23,9 +23,7 @@ Raises :class:`~edge_agent.mqtt.errors.MqttConnectError` from :meth:`connect` /
 from __future__ import annotations
 
 import logging
-import queue
 import random
-import ssl
 import threading
 import time
 from collections.abc import Callable
@@ -38,20 +36,17 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from edge_agent.errors import InvalidRequestError
+from edge_agent.mqtt import diagnose
 from edge_agent.mqtt.config import MqttConfig
+from edge_agent.mqtt.dispatch import Dispatcher, ErrorHook, Message, Subscription, check_filter
 from edge_agent.mqtt.errors import MqttConnectError
 
 log = logging.getLogger(__name__)
 
 Handler = Callable[[str, bytes], None]
 AckCallback = Callable[[int], None]  # MQTT reason code of the PUBACK (0 = accepted)
-ErrorHook = Callable[[str, BaseException], None]
 
 _V5, _V311 = MQTTProtocolVersion.MQTTv5, MQTTProtocolVersion.MQTTv311
-# CONNACK codes meaning "I don't speak this protocol version" (3.1.1 rc 1, MQTT 5 0x84)
-_BAD_PROTOCOL = {1, 0x84}
-_AUTH = {4, 5, 0x86, 0x87, 0x8C}  # bad user name or password / not authorized / bad auth
 _PUBLISH_OK = (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_QUEUE_SIZE)
 
 
@@ -67,26 +62,6 @@ class Will:
     payload: bytes
     qos: int = 1
     retain: bool = True
-
-
-@dataclass(frozen=True)
-class Message:
-    """An incoming message with the MQTT 5 request/response fields when present."""
-
-    topic: str
-    payload: bytes
-    qos: int
-    retain: bool
-    response_topic: str | None = None
-    correlation_data: bytes | None = None
-
-
-@dataclass
-class _Sub:
-    topic_filter: str
-    handler: Callable[[Message], None]
-    qos: int
-    max_bytes: int
 
 
 class MqttClient:
@@ -112,16 +87,15 @@ class MqttClient:
         self._acks: dict[int, AckCallback] = {}
         self._early_acks: dict[int, int] = {}  # mid → reason code, see publish()
         self._registering = 0
-        self._subs: list[_Sub] = []
+        self._subs: list[Subscription] = []
         self._listeners: list[tuple[Callable[[], None] | None, Callable[[], None] | None]] = []
         self._stop = threading.Event()
         self._net: threading.Thread | None = None
-        self._dispatch_q: queue.Queue[Callable[[], None] | None] = queue.Queue(dispatch_queue)
-        self._dispatcher: threading.Thread | None = None
+        self._dispatch = Dispatcher(f"mqtt-dispatch-{self.client_id}", dispatch_queue,
+                                    self._on_handler_error)
         self._protocol = _V311 if config.protocol == "3.1.1" else _V5
         self.last_error: MqttConnectError | None = None
         self.connects = 0  # successful CONNACKs so far (tests, telemetry)
-        self.dropped_incoming = 0  # messages lost because the dispatch queue was full
         self._attempt_log: list[str] = []
         self._conn_refusal: MqttConnectError | None = None
 
@@ -133,11 +107,9 @@ class MqttClient:
             if self._net is not None:
                 return
             self._stop.clear()
-            self._dispatcher = threading.Thread(target=self._dispatch_loop, daemon=True,
-                                                name=f"mqtt-dispatch-{self.client_id}")
+            self._dispatch.start()
             self._net = threading.Thread(target=self._net_loop, daemon=True,
                                          name=f"mqtt-net-{self.client_id}")
-            self._dispatcher.start()
             self._net.start()
 
     def connect(self, timeout_s: float | None = None) -> None:
@@ -187,7 +159,7 @@ class MqttClient:
         """Publish ``farewell`` (the clean-shutdown offline status) if connected, disconnect
         (so the broker discards the Last Will), and join both threads. Idempotent."""
         with self._lock:
-            net, disp = self._net, self._dispatcher
+            net = self._net
             if net is None:
                 return
         bye = self.farewell() if callable(self.farewell) else self.farewell
@@ -205,12 +177,9 @@ class MqttClient:
             except Exception:  # a dying socket: the loop below notices too
                 log.debug("disconnect failed", exc_info=True)
         net.join(timeout_s)
-        self._enqueue_dispatch(None, block=True)
-        if disp is not None:
-            disp.join(timeout_s)
+        self._dispatch.stop(timeout_s)
         with self._lock:
-            self._net = self._dispatcher = None
-            self._dispatch_q = queue.Queue(self._dispatch_q.maxsize)
+            self._net = None
 
     # ---- pub/sub ---------------------------------------------------------------------
 
@@ -276,7 +245,7 @@ class MqttClient:
                           qos: int = 1, *, max_bytes: int | None = None) -> Callable[[], None]:
         """Like :meth:`subscribe` but the handler gets a :class:`Message` (MQTT 5 fields)."""
         check_filter(topic_filter)
-        sub = _Sub(topic_filter, handler, qos, max_bytes or self.config.max_incoming_bytes)
+        sub = Subscription(topic_filter, handler, qos, max_bytes or self.config.max_incoming_bytes)
         with self._lock:
             self._subs.append(sub)
             c = self._paho if self._connected else None
@@ -302,7 +271,7 @@ class MqttClient:
             self._listeners.append(item)
             connected = self._connected
         if connected and on_connect is not None:
-            self._enqueue_dispatch(on_connect)
+            self._dispatch.call(on_connect)
 
         def remove() -> None:
             with self._lock:
@@ -374,17 +343,8 @@ class MqttClient:
                           clean_start=True, properties=props)
             else:
                 c.connect(self.config.host, self.config.port, self.config.keepalive_s)
-        except ssl.SSLCertVerificationError as e:
-            return MqttConnectError(
-                f"TLS: cannot verify the broker {self.config.url}: {e.verify_message} "
-                f"(is mqtt.ca_file the CA that signed the broker's certificate, and does the "
-                f"certificate name {self.config.host!r}?)", kind="tls")
-        except ssl.SSLError as e:
-            return MqttConnectError(f"TLS handshake with {self.config.url} failed: "
-                                    f"{e.reason or e}", kind="tls")
-        except OSError as e:
-            return MqttConnectError(f"cannot reach {self.config.url}: {e.strerror or e}",
-                                    kind="socket")
+        except OSError as e:  # includes ssl.SSLError
+            return diagnose.connect_failure(e, self.config)
         with self._lock:
             self._paho = c
         got_connack = False
@@ -429,24 +389,9 @@ class MqttClient:
             return None
         if self._conn_refusal is not None:
             return self._conn_refusal
-        return self._closed_before_connack(protocol)
-
-    def _closed_before_connack(self, protocol: MQTTProtocolVersion) -> MqttConnectError:
-        detail = "; ".join(self._attempt_log[-2:]) or "connection closed"
-        low = detail.lower()
-        if ("alert" in low or "certificate" in low) and self.config.cert_file is None:
-            return MqttConnectError(
-                f"TLS: the broker {self.config.url} requires a client certificate; set "
-                f"mqtt.cert_file and mqtt.key_file ({detail})", kind="tls")
-        if "alert" in low or "certificate" in low:
-            return MqttConnectError(
-                f"TLS: the broker {self.config.url} rejected our client certificate "
-                f"(mqtt.cert_file / mqtt.key_file): {detail}", kind="tls")
-        if protocol == _V5 and self.config.protocol == "auto":
-            return MqttConnectError(f"{self.config.url} closed the connection before CONNACK "
-                                    f"(no MQTT 5?): {detail}", kind="protocol")
-        return MqttConnectError(f"{self.config.url} closed the connection before CONNACK: "
-                                f"{detail}", kind="refused")
+        return diagnose.closed_before_connack(
+            "; ".join(self._attempt_log[-2:]), self.config,
+            tried_mqtt5_auto=protocol == _V5 and self.config.protocol == "auto")
 
     def _set_error(self, err: MqttConnectError) -> None:
         with self._cond:
@@ -464,16 +409,7 @@ class MqttClient:
     def _on_connect(self, c: paho.Client, _u: Any, _flags: Any, rc: ReasonCode,
                     _props: Any) -> None:
         if rc.is_failure:
-            code = rc.value
-            if code in _BAD_PROTOCOL:
-                kind = "protocol"
-            elif code in _AUTH:
-                kind = "auth"
-            else:
-                kind = "refused"
-            hint = " (check mqtt.username / mqtt.password)" if kind == "auth" else ""
-            self._conn_refusal = MqttConnectError(
-                f"{self.config.url} refused the connection: {rc}{hint}", kind=kind, rc=code)
+            self._conn_refusal = diagnose.connack_refusal(rc.value, str(rc), self.config)
             return
         with self._lock:
             subs: dict[str, int] = {}
@@ -518,63 +454,20 @@ class MqttClient:
         with self._lock:
             subs = [s for s in self._subs if paho.topic_matches_sub(s.topic_filter, m.topic)]
         for s in subs:
-            self._enqueue_dispatch(lambda s=s: self._deliver(s, m))  # type: ignore[misc]
-
-    # ---- dispatch thread -------------------------------------------------------------
-
-    def _enqueue_dispatch(self, fn: Callable[[], None] | None, block: bool = False) -> None:
-        try:
-            self._dispatch_q.put(fn, block=block, timeout=5 if block else None)
-        except queue.Full:
-            self.dropped_incoming += 1
-            log.warning("mqtt: dispatch queue full, dropped a message (%d so far)",
-                        self.dropped_incoming)
-
-    def _dispatch_loop(self) -> None:
-        q = self._dispatch_q
-        while True:
-            fn = q.get()
-            if fn is None:
-                return
-            try:
-                fn()
-            except Exception:
-                log.exception("mqtt listener failed")
-
-    def _deliver(self, s: _Sub, m: Message) -> None:
-        if len(m.payload) > s.max_bytes:
-            self._handler_error(m.topic, InvalidRequestError(
-                f"payload of {len(m.payload)} bytes on {m.topic} exceeds the {s.max_bytes}-byte "
-                "limit; ignored"))
-            return
-        try:
-            s.handler(m)
-        except Exception as e:
-            self._handler_error(m.topic, e)
-
-    def _handler_error(self, topic: str, e: BaseException) -> None:
-        log.warning("mqtt: message on %s rejected: %s", topic, e)
-        if self.on_handler_error is not None:
-            try:
-                self.on_handler_error(topic, e)
-            except Exception:
-                log.exception("on_handler_error failed")
+            self._dispatch.deliver(s, m)
 
     def _notify_listeners(self, *, connected: bool) -> None:
         with self._lock:
             cbs = [on if connected else off for on, off in self._listeners]
         for cb in cbs:
             if cb is not None:
-                self._enqueue_dispatch(cb)
+                self._dispatch.call(cb)
 
+    def _on_handler_error(self, topic: str, e: BaseException) -> None:
+        if self.on_handler_error is not None:
+            self.on_handler_error(topic, e)
 
-def check_filter(topic_filter: str) -> str:
-    """Validate a subscription filter (MQTT 3.1.1 §4.7). Raises ValueError."""
-    if not topic_filter or len(topic_filter.encode()) > 65535:
-        raise ValueError(f"bad topic filter {topic_filter!r}")
-    levels = topic_filter.split("/")
-    for i, lvl in enumerate(levels):
-        if ("#" in lvl and (lvl != "#" or i != len(levels) - 1)) or ("+" in lvl and lvl != "+"):
-            raise ValueError(f"bad topic filter {topic_filter!r}: wildcards must fill a level "
-                             "and # must be last")
-    return topic_filter
+    @property
+    def dropped_incoming(self) -> int:
+        """Messages lost because the dispatch queue was full."""
+        return self._dispatch.dropped

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
 import signal
 import socket
 import subprocess
@@ -157,14 +156,8 @@ def _root_conftest() -> Any:
 
 
 def start_mosquitto(tmp: Path, extra_conf: str = "", port: int | None = None) -> Any:
-    """tests/conftest.py's start_mosquitto (a real broker; ``Broker.stop()/start()``).
-
-    Run as root, mosquitto drops to the ``mosquitto`` user and can then read neither our
-    password file nor write its persistence file under a 0700 pytest temp dir (it says
-    "Permission denied" only in its log); ``user root`` keeps it as the invoking user.
-    """
-    if hasattr(os, "geteuid") and os.geteuid() == 0:
-        extra_conf = "user root\n" + extra_conf
+    """tests/conftest.py's start_mosquitto (a real broker; ``Broker.stop()/start()``; run as
+    root it keeps mosquitto as root so persistence and our password file stay readable)."""
     return _root_conftest().start_mosquitto(tmp, extra_conf, port)
 
 

@@ -1,0 +1,124 @@
+"""Incoming messages: subscriptions, and the thread that runs their handlers.
+
+Handlers never run on the network thread (a slow one would stall keepalives): the
+network thread only matches the topic and queues a call; :class:`Dispatcher` runs the
+calls one at a time, in arrival order. Oversized payloads are refused here, unparsed,
+and handler exceptions are reported through ``on_error`` — never raised into paho.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from edge_agent.errors import InvalidRequestError
+
+log = logging.getLogger(__name__)
+
+ErrorHook = Callable[[str, BaseException], None]
+
+
+@dataclass(frozen=True)
+class Message:
+    """An incoming message with the MQTT 5 request/response fields when present."""
+
+    topic: str
+    payload: bytes
+    qos: int
+    retain: bool
+    response_topic: str | None = None
+    correlation_data: bytes | None = None
+
+
+@dataclass
+class Subscription:
+    topic_filter: str
+    handler: Callable[[Message], None]
+    qos: int
+    max_bytes: int
+
+
+def check_filter(topic_filter: str) -> str:
+    """Validate a subscription filter (MQTT 3.1.1 §4.7). Raises ValueError."""
+    if not topic_filter or len(topic_filter.encode()) > 65535:
+        raise ValueError(f"bad topic filter {topic_filter!r}")
+    levels = topic_filter.split("/")
+    for i, lvl in enumerate(levels):
+        if ("#" in lvl and (lvl != "#" or i != len(levels) - 1)) or ("+" in lvl and lvl != "+"):
+            raise ValueError(f"bad topic filter {topic_filter!r}: wildcards must fill a level "
+                             "and # must be last")
+    return topic_filter
+
+
+class Dispatcher:
+    """A bounded queue of calls and the one thread that runs them (restartable)."""
+
+    def __init__(self, name: str, maxsize: int = 1000,
+                 on_error: ErrorHook | None = None) -> None:
+        self.name = name
+        self.maxsize = maxsize
+        self.on_error = on_error
+        self.dropped = 0  # calls lost because the queue was full
+        self._q: queue.Queue[Callable[[], None] | None] = queue.Queue(maxsize)
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._loop, daemon=True, name=self.name)
+            self._thread.start()
+
+    def stop(self, timeout_s: float = 5.0) -> None:
+        """Run what is queued, then stop (waits at most ``timeout_s``)."""
+        if self._thread is None:
+            return
+        try:
+            self._q.put(None, timeout=timeout_s)
+        except queue.Full:
+            pass
+        self._thread.join(timeout_s)
+        self._thread = None
+        self._q = queue.Queue(self.maxsize)
+
+    def call(self, fn: Callable[[], None]) -> None:
+        """Queue ``fn``; never blocks (a full queue drops it and counts)."""
+        try:
+            self._q.put_nowait(fn)
+        except queue.Full:
+            self.dropped += 1
+            log.warning("mqtt: dispatch queue full, dropped a message (%d so far)", self.dropped)
+
+    def deliver(self, sub: Subscription, msg: Message) -> None:
+        self.call(lambda: self._deliver(sub, msg))
+
+    def _loop(self) -> None:
+        q = self._q
+        while True:
+            fn = q.get()
+            if fn is None:
+                return
+            try:
+                fn()
+            except Exception:
+                log.exception("mqtt listener failed")
+
+    def _deliver(self, s: Subscription, m: Message) -> None:
+        if len(m.payload) > s.max_bytes:
+            self._error(m.topic, InvalidRequestError(
+                f"payload of {len(m.payload)} bytes on {m.topic} exceeds the {s.max_bytes}-byte "
+                "limit; ignored"))
+            return
+        try:
+            s.handler(m)
+        except Exception as e:
+            self._error(m.topic, e)
+
+    def _error(self, topic: str, e: BaseException) -> None:
+        log.warning("mqtt: message on %s rejected: %s", topic, e)
+        if self.on_error is not None:
+            try:
+                self.on_error(topic, e)
+            except Exception:
+                log.exception("on_handler_error failed")
