@@ -222,6 +222,7 @@ def main() -> int:
                   f"{res['rest_on'][-1][0]:.0f}/{res['rest_off'][-1][0]:.0f} req/s, in-process "
                   f"{res['inproc_on'][-1][0]:.0f}/{res['inproc_off'][-1][0]:.0f} pred/s, "
                   f"load {os.getloadavg()[0]:.1f}", file=sys.stderr, flush=True)
+        telemetry(False)
         hook_us, fold_us = per_prediction_work_us(agent, x)
         idle: dict[bool, float] = {}
         for on in (False, True):

@@ -162,7 +162,7 @@ class MqttClient:
             net = self._net
             if net is None:
                 return
-        bye = self.farewell() if callable(self.farewell) else self.farewell
+        bye = self._resolve(self.farewell, "farewell")
         if bye is not None and self._connected:
             done = threading.Event()
             if self.publish(bye.topic, bye.payload, bye.qos, bye.retain,
@@ -291,7 +291,7 @@ class MqttClient:
             c.tls_set_context(self._ssl)
         if self.config.username is not None:
             c.username_pw_set(self.config.username, self.config.password)
-        will = self.will() if callable(self.will) else self.will
+        will = self._resolve(self.will, "will")
         if will is not None:
             c.will_set(will.topic, will.payload, will.qos, will.retain)
         c.on_connect = self._on_connect
@@ -305,6 +305,17 @@ class MqttClient:
         # queue the packet and wake our loop() through paho's socket pair.
         c.on_socket_register_write = _no_op_register
         return c
+
+    @staticmethod
+    def _resolve(w: Will | Callable[[], Will] | None, what: str) -> Will | None:
+        """A Will, or the one a callable builds now; a failing callable means none."""
+        if not callable(w):
+            return w
+        try:
+            return w()
+        except Exception:
+            log.exception("mqtt: building the %s message failed; sending none", what)
+            return None
 
     def _net_loop(self) -> None:
         failures = 0
