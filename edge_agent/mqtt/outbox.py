@@ -217,7 +217,8 @@ class Outbox:
 
     def stats(self) -> OutboxStats:
         with self._lock:
-            oldest = self._db.execute("SELECT MIN(created) FROM outbox").fetchone()[0]
+            row = self._db.execute("SELECT created FROM outbox ORDER BY seq LIMIT 1").fetchone()
+            oldest = row[0] if row else None  # the primary key's first row: no table scan
             return OutboxStats(self._count, self._bytes,
                                None if oldest is None else max(0.0, time.time() - oldest),
                                self._meta("seq"), self._meta("dropped"), self._meta("refused"))
