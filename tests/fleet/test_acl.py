@@ -3,7 +3,6 @@ groups' topics and writes only its own; a real agent still updates under it."""
 
 from __future__ import annotations
 
-import os
 import subprocess
 import threading
 from pathlib import Path
@@ -45,9 +44,8 @@ def acl_broker(mosquitto: Any, tmp_path: Path) -> Any:
     acl.write_text(mosquitto_acl(INVENTORY))
     mosquitto.stop()
     conf = mosquitto.conf.read_text().replace("allow_anonymous true", "allow_anonymous false")
-    # running as root, mosquitto would drop to its own user and fail to read tmp files
-    user = "user root\n" if os.geteuid() == 0 else ""
-    mosquitto.conf.write_text(conf + f"{user}password_file {pw}\nacl_file {acl}\n")
+    # (tests/conftest.py already runs mosquitto as root when we are root)
+    mosquitto.conf.write_text(conf + f"password_file {pw}\nacl_file {acl}\n")
     mosquitto.start()
     return mosquitto
 

@@ -42,21 +42,6 @@ def fleet_keys_(tmp_path_factory: pytest.TempPathFactory) -> dict[str, KeyPair]:
 
 
 @pytest.fixture
-def mosquitto(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Any]:
-    """tests/conftest.py's broker, with persistence that works when tests run as root
-    (mosquitto drops to user ``mosquitto``, which cannot write pytest's 0700 temp dirs, so
-    retained messages would not survive Broker.stop()/start())."""
-    import os
-
-    root_conftest = next(p for p in request.config.pluginmanager.get_plugins()
-                         if str(getattr(p, "__file__", "")).endswith("tests/conftest.py"))
-    b = root_conftest.start_mosquitto(tmp_path / "broker",
-                                      "user root\n" if os.geteuid() == 0 else "")
-    yield b
-    b.stop()
-
-
-@pytest.fixture
 def fleet(tmp_path: Path, fleet_keys_: dict[str, KeyPair], mosquitto: Any) -> Fleet:
     k = fleet_keys_
     repo = FleetRepo.create(
