@@ -90,6 +90,9 @@ from fleet.rollout_core import (
 log = logging.getLogger(__name__)
 
 SAVE_EVERY_S = 0.2  # at most this often while outcomes stream in (always on wave changes)
+# Incoming messages buffered for our handlers: a fleet's burst of retained statuses and
+# update events must not overflow it (the client drops, and counts, what does not fit).
+DISPATCH_QUEUE = 200_000
 
 
 # --- what the broker tells us ----------------------------------------------------------------
@@ -256,7 +259,8 @@ class Rollout:
             self.state = st
             return st
         client = MqttClient(config=self.config,
-                            client_id=f"edge-fleet-rollout-{os.getpid()}-{time.time_ns() % 10**6}")
+                            client_id=f"edge-fleet-rollout-{os.getpid()}-{time.time_ns() % 10**6}",
+                            dispatch_queue=DISPATCH_QUEUE)
         obs = FleetObserver(client, self.prefix)
         client.connect()
         try:

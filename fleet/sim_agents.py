@@ -209,6 +209,9 @@ class SimFleet:
             "http.enabled": False, "mqtt_requests.enabled": False,
             "mqtt.url": url, "mqtt.keepalive_s": s.keepalive_s,
             "mqtt.reconnect_min_s": 0.2, "mqtt.reconnect_max_s": 2.0,
+            # A busy simulator process may answer a CONNACK late: no MQTT 3.1.1 fallback
+            # on a slow CONNACK (protocol "auto" waits only 3 s for it).
+            "mqtt.protocol": "5", "mqtt.connect_timeout_s": 30.0,
             "telemetry.interval_s": s.telemetry_interval_s,
             "update.root_file": str(s.root_file), "update.probation_s": s.probation_s,
             "update.probation_min_requests": s.probation_min_requests,

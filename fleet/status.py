@@ -122,7 +122,8 @@ def collect(config: MqttConfig, duration_s: float = 2.0, *, group: str | None = 
             ) -> list[StatusRow]:
     """Listen for ``duration_s`` and return the rows. Raises MqttConnectError."""
     col = StatusCollector(config.topic_prefix)
-    client = MqttClient(config=config, client_id=f"edge-fleet-status-{time.time_ns()}")
+    client = MqttClient(config=config, client_id=f"edge-fleet-status-{time.time_ns()}",
+                        dispatch_queue=200_000)  # every retained status arrives at once
     col.attach(client)
     client.connect()
     try:
