@@ -18,15 +18,17 @@ from edge_agent.update.wire import Audience
 from fleet.acl import mosquitto_acl
 from fleet.publish import publish
 
-PASSWORDS = {"fleet-admin": "admin-pw", "dev-a": "a-pw", "dev-b": "b-pw", "acl-1": "one-pw"}
+PASSWORDS = {"fleet-ops": "ops-pw", "dev-a": "a-pw", "dev-b": "b-pw", "acl-1": "one-pw"}
 INVENTORY = {"dev-a": ["line-1"], "dev-b": ["line-2"], "acl-1": ["line-1"]}
 
 
-def test_the_acl_has_one_pattern_pair_and_a_block_per_group_member() -> None:
+def test_the_acl_has_fleet_wide_patterns_and_a_block_per_group_member() -> None:
     text = mosquitto_acl(INVENTORY)
-    assert "pattern readwrite edge/%u/#" in text and "pattern read edge/blobs/#" in text
+    assert "pattern write edge/%u/#" in text and "pattern read  edge/blobs/#" in text
+    assert "pattern read  edge/%u/update/announce" in text
     assert "user dev-b\ntopic read edge/group/line-2/#" in text
-    assert "user fleet-admin\ntopic readwrite edge/#" in text
+    assert "user fleet-ops\ntopic read  edge/+/status" in text
+    assert "topic write edge/group/+/update/announce" in text
     with pytest.raises(BadInputError, match="device id"):
         mosquitto_acl({"a/#": ["g"]})
     with pytest.raises(BadInputError, match="group"):
@@ -59,9 +61,10 @@ class Client:
         self.c = MqttClient(config=cfg, client_id=user)
         self.c.subscribe("edge/#", self._on)
         self.c.connect(10)
-        # The subscription is live once our own message comes back through it.
-        mark = f"edge/{user}/reply/ready"
-        wait_for(lambda: self.send(mark) or mark in self.topics(), 10, f"{user} subscribed")
+        if user != "fleet-ops":  # live once our own command comes back through it
+            mark = f"edge/{user}/cmd/ready"
+            wait_for(lambda: self.send(mark) or mark in self.topics(), 10,
+                     f"{user} subscribed")
 
     def _on(self, topic: str, payload: bytes) -> None:
         with self._lock:
@@ -80,12 +83,15 @@ class Client:
 
 
 def test_a_device_cannot_read_or_write_another_devices_topics(acl_broker: Any) -> None:
-    admin, a, b = (Client(acl_broker, u) for u in ("fleet-admin", "dev-a", "dev-b"))
+    a, b = Client(acl_broker, "dev-a"), Client(acl_broker, "dev-b")
+    ops = Client(acl_broker, "fleet-ops")
     try:
+        wait_for(lambda: a.send("edge/dev-a/status") or "edge/dev-a/status" in ops.topics(),
+                 10, "the operator's subscription")
         for t in ("edge/dev-a/cmd/ping", "edge/dev-b/cmd/ping", "edge/dev-b/update/announce",
                   "edge/group/line-1/update/announce", "edge/group/line-2/update/announce",
                   "edge/blobs/abc/0", "edge/dev-a/cmd/done", "edge/dev-b/cmd/done"):
-            admin.send(t)
+            ops.send(t)
         # dev-a tries to speak for dev-b, forge its announcement, write to a group and to
         # the chunks; then writes its own event (the barrier: same connection, in order).
         for t in ("edge/dev-b/status", "edge/dev-b/events", "edge/dev-b/update/announce",
@@ -94,24 +100,25 @@ def test_a_device_cannot_read_or_write_another_devices_topics(acl_broker: Any) -
             a.send(t)
         wait_for(lambda: "edge/dev-a/cmd/done" in a.topics()
                  and "edge/dev-b/cmd/done" in b.topics()
-                 and "edge/dev-a/events" in admin.topics()
-                 and "edge/dev-a/events" in a.topics(), 10, "the barrier messages")
+                 and "edge/dev-a/events" in ops.topics(), 10, "the barrier messages")
 
-        assert a.topics() == {"edge/dev-a/cmd/ping", "edge/group/line-1/update/announce",
-                              "edge/blobs/abc/0", "edge/dev-a/cmd/done", "edge/dev-a/events",
-                              "edge/dev-a/reply/ready"}
-        assert b.topics() == {"edge/dev-b/cmd/ping", "edge/dev-b/update/announce",
-                              "edge/group/line-2/update/announce", "edge/blobs/abc/0",
-                              "edge/dev-b/cmd/done", "edge/dev-b/reply/ready"}
-        # None of dev-a's forgeries reached anyone; its own event did.
-        assert not {"edge/dev-b/status", "edge/dev-b/events", "edge/blobs/abc/1"} \
-            & (admin.topics() | b.topics())
-        for c in (admin, b):
-            assert c.senders("edge/dev-b/update/announce") == {"fleet-admin"}
-            assert "dev-a" not in c.senders("edge/group/line-1/update/announce")
-        assert admin.senders("edge/dev-a/events") == {"dev-a"}
+        # Each device read only its own commands and announcement, its group, the chunks
+        # (not even its own events: devices read what is addressed to them).
+        assert a.topics() == {"edge/dev-a/cmd/ready", "edge/dev-a/cmd/ping",
+                              "edge/group/line-1/update/announce", "edge/blobs/abc/0",
+                              "edge/dev-a/cmd/done"}
+        assert b.topics() == {"edge/dev-b/cmd/ready", "edge/dev-b/cmd/ping",
+                              "edge/dev-b/update/announce", "edge/group/line-2/update/announce",
+                              "edge/blobs/abc/0", "edge/dev-b/cmd/done"}
+        # None of dev-a's forgeries reached anyone; its own status and event did.
+        assert not {"edge/dev-b/status", "edge/dev-b/events"} & ops.topics()
+        assert b.senders("edge/dev-b/update/announce") == {"fleet-ops"}
+        assert b.senders("edge/blobs/abc/0") == {"fleet-ops"}
+        assert "edge/blobs/abc/1" not in a.topics() | b.topics()
+        assert a.senders("edge/group/line-1/update/announce") == {"fleet-ops"}
+        assert ops.senders("edge/dev-a/events") == {"dev-a"}
     finally:
-        for c in (admin, a, b):
+        for c in (ops, a, b):
             c.c.stop()
 
 
@@ -119,8 +126,8 @@ def test_a_real_agent_updates_under_the_acl(acl_broker: Any, start_sim: SimFacto
                                             workstation: Workstation, digits: Any) -> None:
     sim = start_sim(["acl-1"], groups=("line-1",),
                     extra={"mqtt.username": "acl-1", "mqtt.password": PASSWORDS["acl-1"]})
-    admin_url = acl_broker.url.replace("mqtt://", "mqtt://fleet-admin:admin-pw@")
-    watcher = Client(acl_broker, "fleet-admin")
+    admin_url = acl_broker.url.replace("mqtt://", "mqtt://fleet-ops:ops-pw@")
+    watcher = Client(acl_broker, "fleet-ops")
     try:
         publish(workstation.repo, Path(digits.bundle_v2), workstation.signers(),
                 audience=Audience(groups=("line-1",)), broker_url=admin_url, chunk_size=16384)
@@ -129,5 +136,12 @@ def test_a_real_agent_updates_under_the_acl(acl_broker: Any, start_sim: SimFacto
                  "the device's status and events")
         agent = sim.devices["acl-1"].agent
         assert not [e for e in agent.events if e.kind == "mqtt.publish_refused"]
+        # ... and the operator's tools work under it: status and a rollout's discovery.
+        from fleet.status import collect
+
+        def rows() -> list[tuple[str, str]]:
+            return [(r.device, r.update) for r in collect(MqttConfig.from_url(admin_url), 0.3)]
+        wait_for(lambda: rows() == [("acl-1", "committed digits v2")], 20,
+                 "edge-fleet status to show the commit")
     finally:
         watcher.c.stop()
