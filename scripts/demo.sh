@@ -4,5 +4,5 @@
 # to use your own broker instead of the embedded one. Output goes to ./demo-out/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/setup.sh converter,demo
+scripts/setup.sh converter,fleet,demo
 exec .venv/bin/python scripts/demo.py "$@"

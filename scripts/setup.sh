@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Set up a fresh Debian machine for edge-inference: system packages and a project venv.
-# Idempotent; safe to run again. Usage: scripts/setup.sh [extras]   (default: converter,dev)
+# Idempotent; safe to run again. Usage: scripts/setup.sh [extras]   (default: converter,fleet,dev)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-extras="${1:-converter,dev}"
+extras="${1:-converter,fleet,dev}"
 
 sudo_() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
 need=()
