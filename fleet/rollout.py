@@ -21,11 +21,14 @@
 3. **Waves.** The announcement is published, retained, on each wave device's own topic
    ``edge/<device>/update/announce`` (never on the group topic while waves run). The
    tool then folds ``update.*`` events and retained statuses into device outcomes until
-   :func:`fleet.rollout_core.judge_wave` decides: pass → next wave; halt → stop, retract
-   the retained announcement from devices of that wave that have not acted, optionally
-   (``--rollback``) send a signed rollback command to the wave's devices that committed,
-   print the report and exit 1. Offline devices are counted and not waited for; an
-   online device with no outcome after ``--wait`` counts as a failure.
+   :func:`fleet.rollout_core.judge_wave` decides: pass → next wave; halt → stop. On a
+   halt no later wave hears of the update; the wave's offline devices lose their
+   retained announcement (they would otherwise install it when they return); its
+   in-flight devices are watched until they decide or the wave's wait ends; with
+   ``--rollback`` the wave's devices that committed get a signed rollback command to the
+   version they ran before; the report is printed and the exit code is 1. Offline
+   devices are counted and not waited for; an online device with no outcome after
+   ``--wait`` counts as a failure.
 4. **Done.** After the last wave the announcement is also retained on the group topic,
    so devices that join the group later (or were unknown) update too.
 
@@ -351,7 +354,10 @@ class Rollout:
                 break
             if wave.status in (WaveStatus.PENDING, WaveStatus.ANNOUNCING):
                 self._announce(wave, payload, obs)
-            self._wait(obs)
+            elif wave.status == WaveStatus.WAITING:
+                self._wait(obs)
+            elif wave.status == WaveStatus.HALTED:
+                self._halt(wave, obs)
         st = self.state
         assert st is not None
         if st.status == "running":
@@ -465,22 +471,38 @@ class Rollout:
                 self._set(st.with_wave(done))
                 self.say(f"wave {wave.index}: passed ({counts}) — {v.reason}")
                 return
-            self._set(replace(st.with_wave(done), status="halted", finished_at=time.time()))
+            self._set(st.with_wave(done))
             self.say(f"wave {wave.index}: HALTED ({counts}) — {v.reason}")
-            self._halt(done)
             return
 
-    def _halt(self, wave: Wave) -> None:
+    def _halt(self, wave: Wave, obs: FleetObserver) -> None:
+        """Stop the rollout at ``wave``: no later wave hears of it; the wave's offline
+        devices lose their retained announcement; its in-flight devices are watched until
+        they decide (or the wave's wait ends), so the report and ``--rollback`` see them."""
         st = self.state
         assert st is not None
-        undecided = [d for d in wave.devices
-                     if st.devices[d].outcome in (Outcome.PENDING, Outcome.OFFLINE,
-                                                  Outcome.TIMED_OUT)]
-        if undecided:  # an empty retained message deletes the retained announcement
-            self._publish([announce_topic(d, self.prefix) for d in undecided], b"")
-            self.say(f"wave {wave.index}: announcement retracted from {len(undecided)} "
-                     "device(s) that had not acted")
-        committed = [d for d in wave.devices if st.devices[d].outcome == Outcome.COMMITTED]
+        offline = [d for d in wave.devices if st.devices[d].outcome == Outcome.OFFLINE]
+        if offline:  # an empty retained message deletes the retained announcement
+            self._publish([announce_topic(d, self.prefix) for d in offline], b"")
+            self.say(f"wave {wave.index}: announcement retracted from {len(offline)} offline "
+                     "device(s)")
+        deadline = (wave.started_at or 0.0) + st.policy.wait_s
+        pending = [d for d in wave.devices if st.devices[d].outcome == Outcome.PENDING]
+        if pending:
+            self.say(f"wave {wave.index}: waiting for {len(pending)} in-flight device(s) to "
+                     "finish")
+        while pending and time.time() < deadline:
+            time.sleep(self.req.poll_s)
+            self._fold(obs)
+            st = self.state
+            assert st is not None
+            pending = [d for d in pending if st.devices[d].outcome == Outcome.PENDING]
+        for d in pending:
+            st = st.with_device(d, outcome=Outcome.TIMED_OUT, at=time.time(),
+                                detail=f"no outcome within {st.policy.wait_s:g} s")
+        self._set(st)
+        committed = [d for d in wave.devices if st.devices[d].outcome == Outcome.COMMITTED
+                     and d not in st.rolled_back]
         if st.policy.rollback and committed:
             by_prev: dict[int | None, list[str]] = {}
             for d in committed:  # one signed command per version to return to
@@ -490,8 +512,8 @@ class Rollout:
                          audience=Audience(devices=tuple(devs)), name=st.target.name,
                          to_version=prev, broker_url=self.req.broker_url)
             st = replace(st, rolled_back=tuple(sorted({*st.rolled_back, *committed})))
-            self._set(st)
             self.say(f"wave {wave.index}: signed rollback sent to {len(committed)} device(s)")
+        self._set(replace(st, status="halted", finished_at=time.time()))
 
 
 # --- report and CLI ----------------------------------------------------------------------------

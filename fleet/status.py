@@ -6,7 +6,8 @@
                       [--ca-file F] [--cert-file F --key-file F] [--username U --password-file F]
 
 Columns: device, online, profile, groups, model versions, update state, drift flag, last
-seen. Statuses are retained (``edge/<device>/status``: birth, or the Last Will's
+seen (the device's own timestamp on its latest status, or when its latest telemetry or
+event arrived). Statuses are retained (``edge/<device>/status``: birth, or the Last Will's
 ``offline``), so every device that ever connected appears at once; telemetry and events
 are not retained, so figures from them (drift, last seen) cover what arrived during
 ``--duration`` seconds — use ``edge-fleet watch`` for the live view. The per-device
@@ -70,8 +71,13 @@ def _v(version: Any) -> str | None:
 
 
 def status_rows(rows: Sequence[DeviceRow], statuses: Mapping[str, Mapping[str, Any]], *,
-                group: str | None = None) -> list[StatusRow]:
-    """Join the watch rows with each device's status document; keep ``group`` members."""
+                group: str | None = None,
+                seen: Mapping[str, float] | None = None) -> list[StatusRow]:
+    """Join the watch rows with each device's status document; keep ``group`` members.
+
+    ``seen``: when each device last spoke (overrides the watch row's receive time, which
+    for a retained status is when *we* subscribed, not when the device published it).
+    """
     out = []
     for r in rows:
         doc = statuses.get(r.device, {})
@@ -82,7 +88,8 @@ def status_rows(rows: Sequence[DeviceRow], statuses: Mapping[str, Mapping[str, A
         out.append(StatusRow(device=r.device, online=r.online, profile=r.profile,
                              groups=groups, models=r.models,
                              update=describe_update(doc.get("update")), drift=r.drift,
-                             last_seen=r.last_seen, stale=r.stale))
+                             last_seen=(seen or {}).get(r.device, r.last_seen),
+                             stale=r.stale))
     return out
 
 
@@ -93,16 +100,27 @@ class StatusCollector:
         self.view = FleetView(prefix)
         self.prefix = prefix
         self._docs: dict[str, dict[str, Any]] = {}
+        self._seen: dict[str, float] = {}
         self._lock = threading.Lock()
 
     def ingest(self, topic: str, payload: bytes, now: float | None = None) -> None:
+        """Fold one message in. A status counts as seen at its own ``ts`` (it may be a
+        retained message published long ago); telemetry and events when they arrive."""
+        now = time.time() if now is None else now
         self.view.ingest(topic, payload, now)
         parts = topic.split("/")
-        if len(parts) == 3 and parts[2] == "status" and parts[1] != "group":
-            doc = decode(payload)
-            if doc is not None:
-                with self._lock:
-                    self._docs[parts[1]] = doc
+        if len(parts) != 3 or parts[0] != self.prefix or parts[1] == "group":
+            return
+        doc = decode(payload)
+        if doc is None:
+            return
+        device, kind = parts[1], parts[2]
+        ts = doc.get("ts")
+        at = float(ts) if kind == "status" and isinstance(ts, (int, float)) else now
+        with self._lock:
+            if kind == "status":
+                self._docs[device] = doc
+            self._seen[device] = max(self._seen.get(device, 0.0), min(at, now))
 
     def attach(self, client: MqttClient) -> None:
         """Feed this collector from ``client`` (status, telemetry, events of every device)."""
@@ -114,8 +132,8 @@ class StatusCollector:
 
     def rows(self, *, group: str | None = None, now: float | None = None) -> list[StatusRow]:
         with self._lock:
-            docs = dict(self._docs)
-        return status_rows(self.view.rows(now), docs, group=group)
+            docs, seen = dict(self._docs), dict(self._seen)
+        return status_rows(self.view.rows(now), docs, group=group, seen=seen)
 
 
 def collect(config: MqttConfig, duration_s: float = 2.0, *, group: str | None = None

@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -34,16 +35,18 @@ def test_rollout_halts_when_the_canary_wave_fails_and_later_waves_never_hear_of_
         tmp_path: Path) -> None:
     devices = _ids(20)
     sim = start_sim(devices, faults={"sim-00": "fail_probation", "sim-01": "fail_probation"})
+    sim.devices["sim-03"].agent.stop()  # offline: counted, not waited for, retracted
     rec = Recorder(mosquitto.url, "edge/+/update/announce", "rec-announce")
     group_rec = Recorder(mosquitto.url, "edge/group/#", "rec-group")
     try:
         req = RolloutRequest(bundle=digits.bundle_v2, repo=workstation.repo.path,
                              broker_url=mosquitto.url, group="sim",
-                             policy=Policy("20%", "25%", 0.10, 30.0),
+                             policy=Policy("20%", "25%", 0.10, 30.0, rollback=True),
                              state_path=tmp_path / "rollout.json", chunk_size=16384)
         lines: list[str] = []
         st = Rollout(req, workstation.signers(), say=lines.append).run()
         wave0 = set(devices[:4])
+        healthy = {"sim-02"}
 
         assert st.status == "halted"
         assert [w.status for w in st.waves] == [WaveStatus.HALTED] + [WaveStatus.PENDING] * 4
@@ -52,17 +55,32 @@ def test_rollout_halts_when_the_canary_wave_fails_and_later_waves_never_hear_of_
             == {"sim-00", "sim-01"}
         assert all("probation" in st.devices[d].detail for d in ("sim-00", "sim-01"))
         assert all(st.devices[d].outcome == Outcome.SKIPPED for d in devices[4:])
+        # The wave's in-flight devices were followed to the end, then rolled back (signed).
+        assert {d for d in healthy if st.devices[d].outcome == Outcome.COMMITTED} == healthy
+        assert set(st.rolled_back) == healthy
+        wait_for(lambda: all(sim.active_versions("digits")[d] == 1 for d in healthy), 20,
+                 "the signed wave rollback")
         rep = summary(st)
         assert rep["status"] == "halted" and rep["outcomes"]["skipped"] == 16
         assert set(rep["problems"]) >= {"sim-00", "sim-01"}
         text = render_report(rep)
         assert "wave 0: halted" in text and "sim-00: failed: rolled_back: probation" in text
+        assert "signed rollback sent to: sim-02" in text
+        assert st.devices["sim-03"].outcome == Outcome.OFFLINE
+        # The offline device's retained announcement was withdrawn: it will not install
+        # the halted update when it comes back.
+        late = Recorder(mosquitto.url, "edge/sim-03/update/announce", "rec-late")
+        try:
+            time.sleep(0.5)
+            assert [p for _, p in late.messages if p] == []
+        finally:
+            late.close()
         assert any("HALTED" in line for line in lines)
 
         # Later waves never received the announcement: not on their topics, not on the
         # group topic, and their update machines never left idle.
         wait_for(lambda: _announced(rec), 5, "the recorder to see wave 0")
-        assert set(_announced(rec)) <= wave0
+        assert set(_announced(rec)) <= wave0  # (incl. the rollback commands to wave 0)
         assert not [t for t in group_rec.topics() if t.endswith("/update/announce")]
         for d in devices[4:]:
             agent = sim.devices[d].agent
