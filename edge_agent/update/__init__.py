@@ -14,10 +14,24 @@ Rooms: ``wire`` (announcement/chunk/target formats), ``policy`` and ``state`` an
 See docs/security.md for the threat model and how each guarantee is enforced.
 """
 
+from typing import Any
+
 from edge_agent.update import errors
 from edge_agent.update.config import UpdateConfig
-from edge_agent.update.flow import UpdateFlow
-from edge_agent.update.service import UpdateService
 from edge_agent.update.state import Outcome, Phase
 
 __all__ = ["Outcome", "Phase", "UpdateConfig", "UpdateFlow", "UpdateService", "errors"]
+
+
+def __getattr__(name: str) -> Any:
+    """UpdateFlow / UpdateService pull in tuf + cryptography: import them on first use, so an
+    agent without an [update] section does not pay their memory."""
+    if name == "UpdateFlow":
+        from edge_agent.update.flow import UpdateFlow
+
+        return UpdateFlow
+    if name == "UpdateService":
+        from edge_agent.update.service import UpdateService
+
+        return UpdateService
+    raise AttributeError(name)

@@ -27,8 +27,6 @@ this one so callers never see a tuf exception.
 
 from __future__ import annotations
 
-from tuf.api import exceptions as tuf_exc
-
 from edge_agent.errors import TransportError, UpdateError
 
 __all__ = [
@@ -151,6 +149,8 @@ def error_code(e: BaseException) -> str:
 
 def from_tuf(e: Exception) -> UpdateError | UpdateTransportError:
     """Translate a python-tuf exception into this tree (the message is kept)."""
+    from tuf.api import exceptions as tuf_exc  # lazy: tuf only when updates run
+
     msg = str(e) or type(e).__name__
     if isinstance(e, tuf_exc.UnsignedMetadataError):
         return UntrustedMetadataError(f"untrusted metadata: {msg}")

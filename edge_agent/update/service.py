@@ -19,13 +19,14 @@ import threading
 import time
 from collections import OrderedDict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edge_agent.update.config import UpdateConfig
-from edge_agent.update.flow import FlowDeps, UpdateFlow
-from edge_agent.update.policy import DeviceIdentity
 from edge_agent.update.state import Outcome
 from edge_agent.update.wire import announce_topic, group_announce_topic
+
+if TYPE_CHECKING:  # the flow pulls in tuf + cryptography (~11 MB): only when [update] is on
+    from edge_agent.update.flow import FlowDeps, UpdateFlow
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +40,8 @@ def create(agent: Any) -> UpdateService | None:
     if not raw:
         return None
     from edge_agent.mqtt.shared import config_source, mqtt_config, shared_client
+    from edge_agent.update.flow import FlowDeps
+    from edge_agent.update.policy import DeviceIdentity
 
     cfg = UpdateConfig.from_section(dict(raw), config_source(agent))
     if not cfg.enabled:
@@ -104,6 +107,8 @@ class UpdateService:
         if self._thread is not None:
             return
         self._stop.clear()
+        from edge_agent.update.flow import UpdateFlow
+
         self.flow = UpdateFlow(self.deps, self._stop)
         self._thread = threading.Thread(target=self._worker, name="edge-update", daemon=True)
         self._thread.start()
