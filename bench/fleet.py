@@ -47,8 +47,8 @@ from fleet.publish import publish  # noqa: E402
 from fleet.repo import FleetRepo  # noqa: E402
 from fleet.rollout import Rollout, RolloutRequest  # noqa: E402
 from fleet.rollout_core import Policy  # noqa: E402
-from fleet.sim_agents import SimSpec  # noqa: E402
-from fleet.simulate import SimProcesses, device_ids, split  # noqa: E402
+from fleet.sim_agents import SimSpec, assign_faults  # noqa: E402
+from fleet.simulate import SimProcesses, device_ids, fault_summary, split  # noqa: E402
 
 SYS_KEYS = ("publish/messages/received", "publish/messages/sent", "bytes/received",
             "bytes/sent", "messages/received", "messages/sent")
@@ -288,8 +288,8 @@ def rollout(meter: Meter, repo: FleetRepo, signers: list[Any], bundle: Path, url
             **{k: round(v, 1) for k, v in traffic(before, after, n).items()}}
 
 
-ROWS = (("devices", "devices"), ("committed", "committed"), ("failed", "failed"),
-        ("all_committed_s", "time to all committed (s)"), ("publish_s", "sign+publish (s)"),
+ROWS = (("devices", "devices"), ("committed", "committed"), ("failed", "failed (rolled back)"),
+        ("all_committed_s", "time to every device decided (s)"), ("publish_s", "sign+publish (s)"),
         ("p50_s", "per-device commit p50 (s)"), ("p90_s", "per-device commit p90 (s)"),
         ("waves", "waves"), ("wave_s", "wave durations (s)"),
         ("bundle_bytes", "bundle (bytes)"), ("chunks", "MQTT chunks"),
@@ -328,6 +328,9 @@ def main() -> int:
     ap.add_argument("--timeout", type=float, default=300.0)
     ap.add_argument("--rollout", action="store_true", help="also a staged rollout of v3")
     ap.add_argument("--bundle", type=Path, help="digits v1 bundle (default: the test cache)")
+    ap.add_argument("--fail-probation", type=float, default=0.0, help="fraction, e.g. 0.02")
+    ap.add_argument("--drop-link", type=float, default=0.0, help="fraction")
+    ap.add_argument("--slow", type=float, default=0.0, help="fraction")
     ap.add_argument("--disk", action="store_true",
                     help="device state on the real disk instead of tmpfs (/dev/shm)")
     ap.add_argument("--json", type=Path)
@@ -348,7 +351,10 @@ def main() -> int:
         spec = SimSpec(broker_url=url, root_file=repo.meta_dir / "1.root.json", bundle=v1,
                        workdir=fleet_dir, devices=tuple(devices), groups=("sim",),
                        probation_s=a.probation, rps=a.rps, telemetry_interval_s=300.0,
-                       keepalive_s=30)
+                       keepalive_s=30,
+                       faults=assign_faults(devices, {"fail_probation": a.fail_probation,
+                                                      "drop_link": a.drop_link,
+                                                      "slow": a.slow}))
         meter = Meter(url)
         t0 = time.monotonic()
         sims = SimProcesses(split(spec, a.processes))
@@ -371,7 +377,8 @@ def main() -> int:
         print(f"bench/fleet — {a.devices} simulated agents, {a.processes} processes, "
               f"{os.cpu_count()} CPUs, probation {a.probation:g} s, {a.rps:g} req/s per "
               f"device, chunk {a.chunk_size} B, device state on "
-              f"{'disk' if a.disk else 'tmpfs'}, start-up {start_s:.1f} s")
+              f"{'disk' if a.disk else 'tmpfs'}, start-up {start_s:.1f} s, faults: "
+              f"{fault_summary(spec.faults)}")
         print(table(results))
         if a.json:
             a.json.write_text(json.dumps({"start_s": start_s, "results": results}, indent=1))

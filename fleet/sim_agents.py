@@ -10,7 +10,10 @@ machine. What is shared, to fit hundreds of devices on a small machine:
   pool. A bundle's golden vectors are still checked on every device, and a model that
   does not load still fails on every device (failures are not cached);
 * one traffic thread per process giving every device a trickle of predictions
-  (``rps`` each), so that probation has requests to judge.
+  (``rps`` each) and, when an update enters probation on a device, a burst of
+  ``probation_min_requests`` predictions spread over the first half of the window, so
+  that probation always has requests to judge (a device with no traffic would pass it
+  unjudged).
 
 Faults (chosen per device by :func:`assign_faults`):
 
@@ -26,6 +29,7 @@ Raises ConfigError (bad settings) and OSError (work directory) from :meth:`SimFl
 
 from __future__ import annotations
 
+import heapq
 import logging
 import random
 import threading
@@ -195,6 +199,10 @@ class SimFleet:
         self.devices: dict[str, SimDevice] = {}
         self._stop = threading.Event()
         self._traffic: threading.Thread | None = None
+        self._bursts: list[tuple[float, int, SimDevice]] = []  # heap: (due, seq, device)
+        self._burst_cond = threading.Condition()
+        self._burst_seq = 0
+        self._burster: threading.Thread | None = None
         u = urlsplit(spec.broker_url)
         self._upstream = (u.hostname or "127.0.0.1", u.port or 1883)
 
@@ -244,6 +252,10 @@ class SimFleet:
         agent.registry = SharedRegistry(self.cache, agent.hooks, fault=check,
                                         max_loaded_versions=agent.config.agent.
                                         max_loaded_versions)
+        def on_probation(ev: AgentEvent, sim: SimDevice = sim) -> None:
+            if ev.kind == "update.probation":
+                self._schedule_burst(sim)
+        agent.hooks.on_event(on_probation)
         if fault == "drop_link" and proxy is not None:
             def on_event(ev: AgentEvent, proxy: LinkProxy = proxy) -> None:
                 if ev.kind == "update.downloading":
@@ -269,6 +281,8 @@ class SimFleet:
         if self.spec.rps > 0:
             self._traffic = threading.Thread(target=self._drive, daemon=True, name="sim-traffic")
             self._traffic.start()
+        self._burster = threading.Thread(target=self._burst_loop, daemon=True, name="sim-burst")
+        self._burster.start()
 
     def connected(self) -> int:
         n = 0
@@ -284,6 +298,44 @@ class SimFleet:
                 return True
             time.sleep(0.1)
         return False
+
+    def _schedule_burst(self, sim: SimDevice) -> None:
+        """Probation traffic for ``sim`` (called on its update thread: only queues)."""
+        n = self.spec.probation_min_requests
+        spread = self.spec.probation_s / 2
+        now = time.monotonic()
+        with self._burst_cond:
+            for i in range(n):
+                self._burst_seq += 1
+                heapq.heappush(self._bursts, (now + spread * i / max(1, n), self._burst_seq,
+                                              sim))
+            self._burst_cond.notify()
+
+    def _burst_loop(self) -> None:
+        inputs: dict[str, np.ndarray] = {}
+        while not self._stop.is_set():
+            with self._burst_cond:
+                if not self._bursts:
+                    self._burst_cond.wait(0.5)
+                    continue
+                due, _, sim = self._bursts[0]
+                delay = due - time.monotonic()
+                if delay > 0:
+                    self._burst_cond.wait(delay)
+                    continue
+                heapq.heappop(self._bursts)
+            self._predict(sim, inputs)
+
+    def _predict(self, sim: SimDevice, inputs: dict[str, np.ndarray]) -> None:
+        for name in sim.agent.registry.names():
+            try:
+                m = sim.agent.registry.get(name)
+                x = inputs.get(name)
+                if x is None:
+                    x = inputs[name] = np.zeros((1, *m.input_spec.shape[1:]), np.float32)
+                m.predict(x, source="sim")
+            except Exception as e:  # injected faults, models mid-swap
+                log.debug("sim predict on %s failed: %s", sim.device, e)
 
     def _drive(self) -> None:
         """Every device predicts ``rps`` times a second, staggered over the period."""
@@ -302,16 +354,7 @@ class SimFleet:
                     return
                 if delay < -period:  # fell far behind (overloaded): skip, do not burst
                     next_at = time.monotonic()
-                for name in sim.agent.registry.names():
-                    try:
-                        m = sim.agent.registry.get(name)
-                        x = inputs.get(name)
-                        if x is None:
-                            x = inputs[name] = np.zeros((1, *m.input_spec.shape[1:]),
-                                                        np.float32)
-                        m.predict(x, source="sim")
-                    except Exception as e:  # injected faults, models mid-swap
-                        log.debug("sim predict on %s failed: %s", sim.device, e)
+                self._predict(sim, inputs)
 
     def active_versions(self, model: str) -> dict[str, int | None]:
         return {d: s.active(model) for d, s in self.devices.items()}
@@ -319,8 +362,11 @@ class SimFleet:
     def stop(self) -> None:
         """Stop traffic and every agent (each publishes its offline status)."""
         self._stop.set()
-        if self._traffic is not None:
-            self._traffic.join(5)
+        with self._burst_cond:
+            self._burst_cond.notify_all()
+        for t in (self._traffic, self._burster):
+            if t is not None:
+                t.join(5)
         with ThreadPoolExecutor(self.spec.start_threads) as ex:
             list(ex.map(lambda s: s.agent.stop(), self.devices.values()))
         for sim in self.devices.values():

@@ -12,8 +12,13 @@ update components: its own MQTT client (client id = device id, Last Will), its o
 outbox and update state directory under ``WORKDIR/<device>/``, its own TUF trust store
 (provisioned with ``--root``) and update state machine. Agents in one process share the
 runtime and one interpreter pool per model file (see :mod:`fleet.sim_agents`); the
-devices are split over ``--processes`` worker processes (default: one per 125 devices,
-at most the number of CPUs), so the GIL of one process is not the bottleneck.
+devices are split over ``--processes`` worker processes (default: one per 125 devices),
+so the GIL of one process is not the bottleneck. At most 150 agents fit in one process:
+paho-mqtt waits with ``select()``, which only takes file descriptors below 1024, and
+each agent holds about six (its socket, paho's wake-up socket pair, its SQLite outbox).
+Device state goes to a temporary directory on tmpfs (``/dev/shm``) unless ``--workdir``
+is given: a real fleet has one disk per device, a simulated one would measure how many
+fsyncs per second one shared disk does (docs/scale.md).
 
 Faults are given as fractions of N and assigned reproducibly from ``--seed``
 (:func:`fleet.sim_agents.assign_faults`): ``--fail-probation`` devices fail every new
@@ -35,8 +40,10 @@ import math
 import multiprocessing as mp
 import os
 import queue
+import shutil
 import signal
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -50,6 +57,7 @@ from fleet.rollout_core import parse_duration, parse_rate
 from fleet.sim_agents import SimSpec, assign_faults
 
 DEVICES_PER_PROCESS = 125
+MAX_PER_PROCESS = 150  # select() in paho-mqtt: fds < 1024, ~6 per agent (socket, pair, SQLite)
 
 
 @dataclass(frozen=True)
@@ -76,7 +84,10 @@ def split(spec: SimSpec, processes: int) -> list[SimSpec]:
 
 
 def default_processes(n: int) -> int:
-    return max(1, min(os.cpu_count() or 1, math.ceil(n / DEVICES_PER_PROCESS)))
+    """One per 125 devices (the per-process limit is MAX_PER_PROCESS), at least one per CPU
+    when there are that many devices."""
+    return max(1, min(max(os.cpu_count() or 1, math.ceil(n / MAX_PER_PROCESS)),
+                      math.ceil(n / DEVICES_PER_PROCESS)))
 
 
 def _raise_fd_limit() -> None:
@@ -167,7 +178,15 @@ class SimProcesses:
                 p.join(5)
 
 
-def build_spec(a: argparse.Namespace) -> SimSpec:
+def default_workdir() -> Path:
+    """A fresh directory on tmpfs when there is one: N simulated devices share one disk,
+    and N devices' fsyncs on one disk measure the disk, not the fleet (docs/scale.md)."""
+    shm = Path("/dev/shm")
+    base = shm if shm.is_dir() and os.access(shm, os.W_OK) else None
+    return Path(tempfile.mkdtemp(prefix="edge-fleet-sim-", dir=base))
+
+
+def build_spec(a: argparse.Namespace, workdir: Path) -> SimSpec:
     if a.count < 1:
         raise BadInputError(f"N: expected at least 1 device, got {a.count}")
     for path, what in ((a.root, "--root"), (a.bundle, "--bundle")):
@@ -180,7 +199,7 @@ def build_spec(a: argparse.Namespace) -> SimSpec:
     if sum(fractions.values()) > 1:
         raise BadInputError("the fault fractions add up to more than 100%")
     return SimSpec(broker_url=a.broker, root_file=Path(a.root).resolve(),
-                   bundle=Path(a.bundle).resolve(), workdir=Path(a.workdir).resolve(),
+                   bundle=Path(a.bundle).resolve(), workdir=Path(workdir).resolve(),
                    devices=tuple(devices), groups=tuple(a.group or ["sim"]),
                    faults=assign_faults(devices, fractions, a.seed),
                    probation_s=parse_duration(a.probation, "--probation"), rps=a.rps,
@@ -197,8 +216,20 @@ def fault_summary(faults: Mapping[str, str]) -> str:
 
 
 def cmd_simulate(a: argparse.Namespace) -> int:
-    spec = build_spec(a)
+    workdir = a.workdir or default_workdir()
+    try:
+        return _simulate(a, build_spec(a, workdir))
+    finally:
+        if a.workdir is None:  # ours: a temporary directory
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _simulate(a: argparse.Namespace, spec: SimSpec) -> int:
     procs = a.processes or default_processes(a.count)
+    if procs and math.ceil(a.count / procs) > MAX_PER_PROCESS:
+        raise BadInputError(f"--processes {procs}: {math.ceil(a.count / procs)} agents per "
+                            f"process; at most {MAX_PER_PROCESS} fit (paho-mqtt uses select(), "
+                            "which takes file descriptors below 1024; each agent holds ~6)")
     sims = SimProcesses(split(spec, procs))
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -230,8 +261,9 @@ def register(subparsers: Any) -> None:
     p.add_argument("--root", required=True, type=Path,
                    help="the repository's provisioned root.json (trust anchor)")
     p.add_argument("--bundle", required=True, type=Path, help="model every device starts with")
-    p.add_argument("--workdir", type=Path, default=Path("sim-fleet"),
-                   help="per-device state directories")
+    p.add_argument("--workdir", type=Path,
+                   help="per-device state directories, kept (default: a temporary "
+                        "directory on /dev/shm, removed at exit)")
     p.add_argument("--processes", type=int, help=f"default: N/{DEVICES_PER_PROCESS}, ≤ CPUs")
     p.add_argument("--group", action="append", help="group of every device (repeat; sim)")
     p.add_argument("--id-prefix", default="sim", help="device ids <prefix>-000…")
