@@ -20,14 +20,13 @@ from fleet.rollout_core import (
     WaveStatus,
     judge_wave,
     new_state,
-    observe_event,
-    observe_status,
     parse_duration,
     parse_rate,
     parse_wave_size,
     plan_waves,
     summary,
 )
+from fleet.rollout_observe import observe_event, observe_status
 
 T = Target("digits", 2, "ab" * 32, "models/digits/digits-2.tar")
 
@@ -123,6 +122,9 @@ def test_update_events_map_to_outcomes_for_this_target_only() -> None:
     assert observe_event("a", "update.committed", {"name": "digits", "version": 3}, T) is None
     assert observe_event("a", "update.committed", {"name": "other", "version": 2}, T) is None
     assert observe_event("a", "model.loaded", {"name": "digits", "version": 2}, T) is None
+    transient = observe_event("a", "update.failed", {"name": "digits", "version": 2,
+                                                     "code": "transport"}, T)
+    assert transient is not None and transient.outcome is None  # the device retries
     progress = observe_event("a", "update.downloading", {"name": "digits", "version": 2}, T)
     assert progress is not None and progress.outcome is None
 
