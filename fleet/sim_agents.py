@@ -163,6 +163,9 @@ class SimSpec:
     faults: Mapping[str, str] = field(default_factory=dict)
     probation_s: float = 2.0
     probation_min_requests: int = 5
+    # Hundreds of agents share a few CPUs, so a prediction's latency measures the
+    # simulator's load, not the model: latency-based probation is kept out of the way.
+    probation_latency_floor_ms: float = 2000.0
     rps: float = 1.0  # predictions per second per device
     telemetry_interval_s: float = 30.0
     drop_for_s: float = 3.0
@@ -223,6 +226,7 @@ class SimFleet:
             "telemetry.interval_s": s.telemetry_interval_s,
             "update.root_file": str(s.root_file), "update.probation_s": s.probation_s,
             "update.probation_min_requests": s.probation_min_requests,
+            "update.probation_latency_floor_ms": s.probation_latency_floor_ms,
             "update.stall_timeout_s": 20.0, "update.retry_backoff_s": 1.0,
             "models": [{"bundle": str(s.bundle)}], **s.extra,
         }
