@@ -18,7 +18,8 @@ machine. What is shared, to fit hundreds of devices on a small machine:
 Faults (chosen per device by :func:`assign_faults`):
 
 ``fail_probation``  every prediction on a version newer than the one the device started
-                    with fails: probation sees errors and rolls the update back;
+                    with fails, and the device gets its probation requests at once:
+                    probation sees errors and rolls the update back;
 ``drop_link``       the device reaches the broker through a :class:`~fleet.sim_net.LinkProxy`
                     that cuts the connection when an update starts downloading and keeps
                     it down ``drop_for_s`` (the Last Will fires; the download resumes);
@@ -257,7 +258,15 @@ class SimFleet:
                                         max_loaded_versions=agent.config.agent.
                                         max_loaded_versions)
         def on_probation(ev: AgentEvent, sim: SimDevice = sim) -> None:
-            if ev.kind == "update.probation":
+            if ev.kind != "update.probation":
+                return
+            if sim.fault == "fail_probation":
+                # Deterministic: the device's first requests on the new version fail now,
+                # inside the window (a loaded simulator's burst thread could be too late).
+                # They fail before reaching the interpreter, so this hook stays quick.
+                for _ in range(self.spec.probation_min_requests):
+                    self._predict(sim, {})
+            else:
                 self._schedule_burst(sim)
         agent.hooks.on_event(on_probation)
         if fault == "drop_link" and proxy is not None:
