@@ -54,6 +54,8 @@ def observe_event(device: str, kind: str, data: Mapping[str, Any],
     reason = str(data.get("reason") or data.get("message") or "")
     if step == "committed":
         return Observation(device, Outcome.COMMITTED, "committed")
+    if step == "ignored" and code == "installed":  # re-announced: it already serves it
+        return Observation(device, Outcome.ALREADY, "already installed")
     if step == "failed" and code == "transport":  # transient: the device retries by itself
         return Observation(device, None, f"retrying: {reason}".strip(": "))
     if step in _FAILED_RESULTS:
@@ -80,7 +82,7 @@ def observe_status(device: str, doc: Mapping[str, Any], target: Target) -> Obser
             if name == target.name and version == target.version:
                 if result == "committed":
                     return Observation(device, Outcome.COMMITTED, "committed", online=True)
-                if result == "rejected" and last.get("code") == "version":
+                if result == "noop" or (result == "rejected" and last.get("code") == "version"):
                     return Observation(device, Outcome.ALREADY, "already", online=True)
                 if result in _FAILED_RESULTS and last.get("code") != "transport":
                     return Observation(device, Outcome.FAILED,

@@ -140,6 +140,9 @@ def test_status_documents_give_online_state_and_results() -> None:
     assert observe_status("a", done, T).outcome == Outcome.COMMITTED
     probation = {**done, "update": {"phase": "probation"}}
     assert observe_status("a", probation, T).outcome is None
+    noop = {**done, "update": {"phase": "idle", "last": {"result": "noop", "name": "digits",
+                                                          "version": 2, "code": "installed"}}}
+    assert observe_status("a", noop, T).outcome == Outcome.ALREADY
     newer = {**done, "models": [{"name": "digits", "active": 3}]}
     assert observe_status("a", newer, T).outcome == Outcome.ALREADY
     rolled = {"state": "online", "models": [{"name": "digits", "active": 1}],
