@@ -1,16 +1,16 @@
-"""The agent: profile → runtime → model store → registry → HTTP, sources and components.
+"""The agent: profile → runtime → model store → registry → HTTP, components and sources.
 
 Start order (``stop()`` is the reverse)::
 
     install [[models]] bundles → load each model's serving version from the store
-    → HTTP → components (telemetry, updates: ``create(agent) -> Component | None``)
-    → input sources (MQTT requests, watch folder, camera)
+    → HTTP → components (telemetry, updates, systemd: built by :mod:`edge_agent.wiring`)
+    → the MQTT connection → input sources (MQTT requests, watch folder, camera)
 
 A bundle that fails to load or verify is skipped with an ``error`` event of kind
 ``model.load_failed`` (the model's previous version is tried next); everything else keeps
-serving. Components are optional modules imported by path; one that is not installed in
-this checkout is skipped. Component ``create()`` raising ConfigError fails the start (bad
-configuration is refused at start); any other failure becomes a ``component.failed`` event.
+serving. Configuration is validated by :func:`~edge_agent.config.load_config` before the
+agent exists; a component builder raising ConfigError (a trust anchor that is not TUF
+root metadata) fails the start; any other failure becomes a ``component.failed`` event.
 
 Raises ConfigError / ProfileError (bad config, unknown profile, unusable store directory),
 RuntimeUnavailableError (no runtime, or a missing delegate with ``delegate_fallback =
@@ -20,92 +20,55 @@ RuntimeUnavailableError (no runtime, or a missing delegate with ``delegate_fallb
 from __future__ import annotations
 
 import collections
-import importlib
 import logging
 import os
-import platform
 import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import edge_agent
+from edge_agent.agent_view import AgentView
 from edge_agent.bundle import Bundle, read_bundle
 from edge_agent.config import AgentConfig
 from edge_agent.errors import ConfigError, EdgeError, ModelLoadError
 from edge_agent.hooks import AgentEvent, Hooks
-from edge_agent.profiles import DeviceProfile, load_profile
+from edge_agent.profiles import DeviceProfile, detect_profile, load_profile
 from edge_agent.registry import DelegateFactory, ModelRegistry, ServedModel
 from edge_agent.runtime.backends import Runtime, select_runtime
+from edge_agent.runtime.capabilities import capabilities as runtime_capabilities
+from edge_agent.runtime.probe import select_probed_runtime
 from edge_agent.serving import Admission, HttpServer, Metrics, ServingApi
 from edge_agent.sources import MessageLink, MqttRequestSource, Source
 from edge_agent.sources.wiring import source_factories, wants_link
 from edge_agent.store import ModelStore
+from edge_agent.wiring import Component, ComponentFactory, Services, Wiring, mqtt_client
 
 log = logging.getLogger(__name__)
 
-# In start order; the systemd notifier last, so READY=1 means everything else is up.
-COMPONENT_FACTORIES = ("edge_agent.telemetry.service:create", "edge_agent.update.service:create",
-                       "edge_agent.service:create")
 EDGETPU_OP = b"edgetpu-custom-op"
-# /proc/device-tree/model prefix → profile (boards without a device tree: x86_64 only)
-BOARD_MODELS = (("Raspberry Pi 5", "rpi5"), ("Raspberry Pi 4", "rpi4"),
-                ("Raspberry Pi 3", "rpi3"), ("Raspberry Pi Zero 2", "rpi-zero2w"),
-                ("NVIDIA Jetson Nano", "jetson-nano"), ("NVIDIA Jetson Orin Nano",
-                                                         "jetson-orin-nano"),
-                ("Freescale i.MX8MQ Phanbell", "coral-devboard"))
-
-
-class Component(Protocol):
-    def start(self) -> None: ...
-
-    def stop(self) -> None: ...
-
-
-ComponentFactory = Callable[["Agent"], "Component | None"]
-
-
-def detect_profile() -> str:
-    """The profile for this machine: device-tree model on boards, generic on x86_64."""
-    try:
-        model = Path("/proc/device-tree/model").read_text(errors="replace").strip("\x00\n ")
-    except OSError:
-        model = ""
-    for prefix, name in BOARD_MODELS:
-        if model.startswith(prefix):
-            return name
-    if platform.machine() in ("x86_64", "AMD64"):
-        return "generic-x86_64"
-    raise ConfigError(f"cannot pick a device profile for this {platform.machine()} board "
-                      f"({model or 'no device-tree model'}); set agent.profile",
-                      key="agent.profile")
-
-
-def _import_factory(spec: str) -> ComponentFactory | None:
-    module, _, attr = spec.partition(":")
-    try:
-        mod = importlib.import_module(module)
-    except ModuleNotFoundError as e:
-        if e.name and (module == e.name or module.startswith(e.name + ".")):
-            return None  # not built in this checkout
-        raise
-    factory: ComponentFactory = getattr(mod, attr or "create")
-    return factory
 
 
 class Agent:
     """One device's serving process. See the module docstring for the life cycle."""
 
     def __init__(self, config: AgentConfig, *, link: MessageLink | None = None,
-                 runtime: Runtime | None = None,
+                 runtime: Runtime | None = None, hooks: Hooks | None = None,
+                 registry: ModelRegistry | None = None,
                  components: Sequence[str | ComponentFactory] | None = None) -> None:
+        """``link`` replaces the MQTT connection for sources (tests); ``hooks`` and ``registry``
+        replace the event hooks and model registry (the fleet simulator shares models
+        between agents: its registry emits on the hooks it is given);
+        ``components`` are built-in names (``telemetry``, ``update``, ``systemd``) or
+        builders taking :class:`~edge_agent.wiring.Services` (default: ``[agent]
+        components``, else every built-in one that its configuration turns on)."""
         a = config.agent
         self.config = config
         self.device_id = a.device_id
         self.profile: DeviceProfile = load_profile(detect_profile() if a.profile == "auto"
                                                    else a.profile)
-        self.hooks = Hooks()
+        self.hooks = hooks or Hooks()
         self.events: collections.deque[AgentEvent] = collections.deque(maxlen=50)
         self.hooks.on_event(self.events.append)
         self.store = ModelStore(a.store_dir)
@@ -116,12 +79,13 @@ class Agent:
                               "set agent.store_dir or --store", source=config.source,
                               key="agent.store_dir") from e
         self.runtime_probes: dict[str, Any] | None = None
+        self.load_failures: dict[str, dict[int, str]] = {}
         self.runtime = runtime or self._select_runtime()
         self.threads = a.threads or max(1, min(self.profile.default_threads, os.cpu_count() or 1))
         self.delegate_error: str | None = None
-        self.registry = ModelRegistry(self.runtime, self.hooks, workers=a.workers,
-                                      num_threads=self.threads, delegates=self._delegates(),
-                                      max_loaded_versions=a.max_loaded_versions)
+        self.registry = registry or ModelRegistry(
+            self.runtime, self.hooks, workers=a.workers, num_threads=self.threads,
+            delegates=self._delegates(), max_loaded_versions=a.max_loaded_versions)
         self.metrics = Metrics()
         self.metrics.attach(self.hooks)
         h = config.http
@@ -136,16 +100,27 @@ class Agent:
             ServingApi(self.registry, self.admission, self.metrics, max_batch=h.max_batch,
                        max_image_pixels=a.max_image_pixels, ready=self._ready,
                        status=self.status, failures=self.failures).register(self.http)
-        self.load_failures: dict[str, dict[int, str]] = {}
         self.components: list[Component] = []
         self.sources: list[Source] = []
         self.started_at: float | None = None
-        self._factories: Sequence[str | ComponentFactory] = (
-            components if components is not None
-            else a.components if a.components is not None else COMPONENT_FACTORIES)
+        self._components = components
+        self.mqtt = mqtt_client(config.mqtt, self.device_id, self.hooks) if (
+            config.mqtt is not None and link is None) else None
         self._link = link
+        self.wiring = Wiring(Services(config=config, view=self.view(), hooks=self.hooks,
+                                      registry=self.registry, store=self.store, http=self.http,
+                                      mqtt=self.mqtt))
         self._capabilities: dict[str, Any] | None = None
         self._lock = threading.RLock()
+
+    def view(self) -> AgentView:
+        """What components may ask of this agent (see :mod:`edge_agent.agent_view`)."""
+        return AgentView(device_id=self.device_id, profile=self.profile,
+                         runtime_name=self.runtime.name, runtime_version=self.runtime.version,
+                         status=self.status, reload=self.reload,
+                         started_at=lambda: self.started_at,
+                         capabilities=lambda: self.capabilities, queue_depth=self.queue_depth,
+                         redacted_config=self.config.redacted)
 
     # ------------------------------------------------------------------ runtime
 
@@ -153,21 +128,16 @@ class Agent:
         a, p = self.config.agent, self.profile
         names = [a.runtime] if a.runtime != "auto" else [c.name for c in p.runtimes]
         mins = {c.name: c.min_version for c in p.runtimes}
-        if a.probe_runtime:
-            try:
-                from edge_agent.runtime.probe import select_probed_runtime
-            except ModuleNotFoundError:
-                pass
-            else:
-                sel = select_probed_runtime(names, state_dir=self.store.root / "state",
-                                            min_versions=mins)
-                for v in sel.verdicts:
-                    level, kind, message, data = v.event()
-                    if not v.ok or not v.cached:
-                        self.hooks.emit_event(level, kind, message, **data)
-                self.runtime_probes = sel.as_dict()
-                return sel.runtime
-        return select_runtime(names, mins)
+        if not a.probe_runtime:
+            return select_runtime(names, mins)
+        sel = select_probed_runtime(names, state_dir=self.store.root / "state",
+                                    min_versions=mins)
+        for v in sel.verdicts:
+            level, kind, message, data = v.event()
+            if not v.ok or not v.cached:
+                self.hooks.emit_event(level, kind, message, **data)
+        self.runtime_probes = sel.as_dict()
+        return sel.runtime
 
     def _delegates(self) -> DelegateFactory | None:
         """Delegates for each interpreter: XNNPACK is built in; external ones are loaded."""
@@ -353,12 +323,18 @@ class Agent:
                               device_id=self.device_id, profile=self.profile.name,
                               runtime=str(self.runtime))
 
+    def _factories(self) -> list[ComponentFactory]:
+        chosen = self._components
+        if chosen is None:
+            return self.wiring.factories()
+        out: list[ComponentFactory] = []
+        for c in chosen:
+            out += self.wiring.factories([c]) if isinstance(c, str) else [c]
+        return out
+
     def _start_components(self) -> None:
-        for spec in self._factories:
-            factory = _import_factory(spec) if isinstance(spec, str) else spec
-            if factory is None:
-                continue
-            comp = factory(self)  # ConfigError here fails the start, by design
+        for factory in self._factories():
+            comp = factory(self.wiring.s)  # ConfigError here fails the start, by design
             if comp is None:
                 continue
             try:
@@ -372,29 +348,17 @@ class Agent:
                                       component=type(comp).__name__)
                 continue
             self.components.append(comp)
+        if self.mqtt is not None:
+            self.mqtt.start()  # idempotent: telemetry normally started it with its Will
 
     def message_link(self) -> MessageLink | None:
-        """The MQTT connection sources use: the one given, else the agent's shared client."""
-        if self._link is not None:
-            return self._link
-        try:
-            from edge_agent.mqtt import shared_client
-        except ModuleNotFoundError:
-            return None
-        link: MessageLink | None = shared_client(self)
-        return link
-
-    def _durable_publisher(self) -> Any:
-        try:
-            from edge_agent.mqtt import shared_publisher
-        except ModuleNotFoundError:
-            return None
-        return shared_publisher(self)
+        """The MQTT connection sources use: the one given, else the agent's own client."""
+        return self._link if self._link is not None else self.mqtt
 
     def _start_sources(self) -> None:
         link = self.message_link() if wants_link(self.config) else None
         for make in source_factories(self.config, self.registry, self.hooks, link=link,
-                                     durable=self._durable_publisher):
+                                     durable=self.wiring.durable_publisher):
             try:
                 src = make()
                 src.start()
@@ -414,6 +378,8 @@ class Agent:
             for comp in reversed(self.components):
                 _quietly(comp.stop, f"component {type(comp).__name__}")
             self.components.clear()
+            if self.mqtt is not None:
+                _quietly(self.mqtt.stop, "the MQTT connection")
             for name in self.registry.names():
                 self.registry.unload(name)
             was_started, self.started_at = self.started_at is not None, None
@@ -441,19 +407,19 @@ class Agent:
         caps += ["token-auth"] if c.http.enabled and c.http.token else []
         return caps
 
-    def runtime_capabilities(self) -> dict[str, Any] | None:
+    def runtime_capabilities(self) -> dict[str, Any]:
         if self._capabilities is None:
-            try:
-                from edge_agent.runtime.capabilities import capabilities
-            except ModuleNotFoundError:
-                return None
-            self._capabilities = capabilities(self.runtime).as_dict()
+            self._capabilities = runtime_capabilities(self.runtime).as_dict()
         return self._capabilities
+
+    def queue_depth(self) -> int:
+        """Requests waiting for an interpreter: HTTP admission plus MQTT request queues."""
+        return self.admission.queue_depth() + sum(
+            s.queue_depth() for s in self.sources if isinstance(s, MqttRequestSource))
 
     def status(self) -> dict[str, Any]:
         """A JSON-able snapshot: identity, runtime, models, capabilities, load, uptime."""
-        queue = self.admission.queue_depth() + sum(
-            s.queue_depth() for s in self.sources if isinstance(s, MqttRequestSource))
+        queue = self.queue_depth()
         return {
             "agent_version": edge_agent.__version__,
             "device_id": self.device_id,

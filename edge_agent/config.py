@@ -1,4 +1,4 @@
-"""Agent configuration: ``agent.toml`` → env overrides → flags → frozen, validated dataclasses.
+"""Agent configuration: ``agent.toml`` → env overrides → flags → one frozen, validated tree.
 
 Precedence, later wins::
 
@@ -9,12 +9,12 @@ list) and fall back to a plain string (``127.0.0.1``). Overrides are applied to 
 mapping *before* validation, so every error names the key and where the value came from::
 
     agent.toml: http.port: expected int 1..65535, got 'x'
-    env EDGE_AGENT__HTTP__PORT: http.port: expected int 1..65535, got 'x'
+    env EDGE_AGENT__MQTT__KEEPALIVE_S: mqtt.keepalive_s: expected int 5..65535, got 1
 
-The agent owns ``[agent]``, ``[http]``, ``[[models]]``, ``[watch]``, ``[camera]`` and
-``[mqtt_requests]``. Every other table (``[mqtt]``, ``[telemetry]``, ``[update]``, …) is
-kept unvalidated in :attr:`AgentConfig.sections` (after env overrides); the packages owning
-them parse it with their ``from_section(raw, source)``.
+:func:`load_config` validates **every** section at start — ``[agent]``, ``[http]``,
+``[[models]]``, ``[watch]``, ``[camera]``, ``[mqtt_requests]`` here, and ``[mqtt]``,
+``[telemetry]``, ``[update]`` through their rooms' ``parse(table)`` — all through the one
+reader (:mod:`edge_agent.config_reader`). An unknown section or key is an error.
 
 Relative paths in the file are resolved against the file's directory; relative paths from
 env or flags against the working directory.
@@ -28,26 +28,40 @@ import copy
 import os
 import re
 import socket
-import sys
+import warnings
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from types import MappingProxyType
 from typing import Any
 
+from edge_agent.config_reader import (
+    COMMAND_LINE,
+    DEFAULTS,
+    ENV_PREFIX,
+    Origins,
+    Table,
+    parse_env_value,
+    read_toml,
+)
 from edge_agent.errors import ConfigError, ProfileError
+from edge_agent.mqtt.config import MqttConfig
+from edge_agent.telemetry.config import TelemetryConfig
+from edge_agent.update.config import UpdateConfig
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - Python 3.10 (JetPack 6)
-    import tomli as tomllib
+__all__ = [
+    "ENV_PREFIX", "AgentConfig", "AgentSettings", "CameraSettings", "ConfigError",
+    "HttpSettings", "ModelSpec", "MqttRequestsSettings", "WatchSettings", "default_device_id",
+    "load_config", "parse_env_value",
+]
 
-ENV_PREFIX = "EDGE_AGENT__"
-OWN_SECTIONS = ("agent", "http", "models", "watch", "camera", "mqtt_requests")
-FOREIGN_SECTIONS = ("mqtt", "telemetry", "update")  # always present in ``sections``
+SECTIONS = ("agent", "http", "models", "watch", "camera", "mqtt_requests", "mqtt",
+            "telemetry", "update")
 RUNTIMES = ("auto", "ai-edge-litert", "tflite-runtime", "tensorflow")
 ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")  # safe in MQTT topics and paths
-COMPONENT_RE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+COMPONENTS = ("telemetry", "update", "systemd")  # in start order
+LEGACY_COMPONENTS = {"edge_agent.telemetry.service:create": "telemetry",
+                     "edge_agent.update.service:create": "update",
+                     "edge_agent.service:create": "systemd"}
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 _SECRET_RE = re.compile(r"(^|_)(password|passphrase|token|secret|psk|api_key|private_key)$")
 MIB = 1024 * 1024
@@ -71,7 +85,7 @@ class AgentSettings:
     probe_runtime: bool = True  # try the runtime in a child process first (crash-safe)
     max_image_pixels: int = 12_000_000  # larger images are refused before decoding
     max_loaded_versions: int = 2  # per model name, kept in memory for instant rollback
-    components: tuple[str, ...] | None = None  # "module:factory" list; None = the defaults
+    components: tuple[str, ...] | None = None  # names from COMPONENTS; None = all that apply
 
 
 @dataclass(frozen=True)
@@ -152,7 +166,7 @@ class MqttRequestsSettings:
 
 @dataclass(frozen=True)
 class AgentConfig:
-    """The whole validated configuration; foreign sections stay raw in ``sections``."""
+    """The whole validated configuration: one typed field per section."""
 
     agent: AgentSettings
     http: HttpSettings = field(default_factory=HttpSettings)
@@ -160,24 +174,25 @@ class AgentConfig:
     watch: WatchSettings = field(default_factory=WatchSettings)
     camera: CameraSettings = field(default_factory=CameraSettings)
     mqtt_requests: MqttRequestsSettings = field(default_factory=MqttRequestsSettings)
-    sections: Mapping[str, dict[str, Any]] = field(default_factory=dict)
-    source: str = "<defaults>"
+    mqtt: MqttConfig | None = None  # None: no [mqtt] url, no broker
+    telemetry: TelemetryConfig = field(default_factory=TelemetryConfig)
+    update: UpdateConfig | None = None  # None: no [update] section
+    source: str = DEFAULTS
+
+    def wants(self, component: str) -> bool:
+        """Is ``component`` allowed by ``[agent] components`` (all are by default)?"""
+        allowed = self.agent.components
+        return allowed is None or component in allowed
 
     def redacted(self) -> dict[str, Any]:
         """Everything as plain JSON-able data with secrets masked (for a 'get config')."""
-        out: dict[str, Any] = {
-            "source": self.source,
-            "agent": _plain(asdict(self.agent)),
-            "http": _plain(asdict(self.http)),
-            "models": [_plain(asdict(m)) for m in self.models],
-            "watch": _plain(asdict(self.watch)),
-            "camera": _plain(asdict(self.camera)),
-            "mqtt_requests": _plain(asdict(self.mqtt_requests)),
-        }
-        if out["http"]["token"] is not None:
-            out["http"]["token"] = "***"
-        for name, raw in self.sections.items():
-            out[name] = _mask(raw)
+        out: dict[str, Any] = {"source": self.source}
+        for name in SECTIONS:
+            value = getattr(self, name)
+            if isinstance(value, tuple):
+                out[name] = [_mask(asdict(v)) for v in value]
+            else:
+                out[name] = _mask(asdict(value)) if value is not None else {}
         return out
 
 
@@ -193,7 +208,7 @@ def _plain(v: Any) -> Any:
 
 def _mask(v: Any, key: str = "") -> Any:
     if isinstance(v, dict):
-        return {k: _mask(x, str(k)) for k, x in v.items()}
+        return {k: _mask(x, str(k)) for k, x in v.items() if k != "source"}
     if isinstance(v, list):
         return [_mask(x, key) for x in v]
     if _SECRET_RE.search(key.lower()) and v not in (None, ""):
@@ -201,192 +216,7 @@ def _mask(v: Any, key: str = "") -> Any:
     return _plain(v)
 
 
-# ----------------------------------------------------------------------------- raw layer
-
-
-class _Ctx:
-    """Where each raw value came from, so errors can name the file, env var or flag."""
-
-    def __init__(self, source: str, base_dir: Path) -> None:
-        self.source = source
-        self.base_dir = base_dir
-        self.origin: dict[str, str] = {}  # dotted key → "env NAME" / "command line"
-
-    def where(self, key: str) -> str:
-        k = key
-        while True:
-            if k in self.origin:
-                return self.origin[k]
-            if "." not in k and "[" not in k:
-                return self.source
-            shorter = re.sub(r"(\.[^.\[]*|\[\d+\])$", "", k)
-            if shorter == k:
-                return self.source
-            k = shorter
-
-    def error(self, key: str, message: str) -> ConfigError:
-        return ConfigError(message, source=self.where(key), key=key)
-
-    def resolve(self, key: str, p: Path) -> Path:
-        p = p.expanduser()
-        if p.is_absolute():
-            return p
-        from_file = self.where(key) == self.source and self.source != "<defaults>"
-        return (self.base_dir / p) if from_file else (Path.cwd() / p)
-
-
-def parse_env_value(text: str) -> Any:
-    """A TOML value (``8080``, ``true``, ``["a"]``, ``"x"``), else the text itself."""
-    try:
-        return tomllib.loads(f"v = {text}")["v"]
-    except tomllib.TOMLDecodeError:
-        return text
-
-
-def _set_path(raw: dict[str, Any], parts: list[str], value: Any, label: str, ctx: _Ctx) -> None:
-    node = raw
-    for i, p in enumerate(parts[:-1]):
-        nxt = node.setdefault(p, {})
-        if not isinstance(nxt, dict):
-            raise ConfigError(f"cannot set {'.'.join(parts)}: {'.'.join(parts[:i + 1])} is not "
-                              "a table", source=label)
-        node = nxt
-    node[parts[-1]] = value
-    ctx.origin[".".join(parts)] = label
-
-
-def _apply_env(raw: dict[str, Any], env: Mapping[str, str], ctx: _Ctx) -> None:
-    for name in sorted(env):
-        if not name.startswith(ENV_PREFIX):
-            continue
-        parts = [p.lower() for p in name[len(ENV_PREFIX):].split("__")]
-        if not all(parts):
-            raise ConfigError(f"expected {ENV_PREFIX}<SECTION>__<KEY>, got {name!r}",
-                              source=f"env {name}")
-        _set_path(raw, parts, parse_env_value(env[name]), f"env {name}", ctx)
-
-
-def _apply_overrides(raw: dict[str, Any], overrides: Mapping[str, Any], ctx: _Ctx) -> None:
-    """Dotted keys (``http.port``); ``None`` values are skipped; ``models`` entries append."""
-    for key, value in overrides.items():
-        if value is None:
-            continue
-        if key == "models":
-            existing = raw.get("models", [])
-            if not isinstance(existing, list):
-                raise ctx.error("models", f"expected an array of tables, got {existing!r}")
-            raw["models"] = [*existing, *value]
-            for i in range(len(existing), len(raw["models"])):
-                ctx.origin[f"models[{i}]"] = "command line"
-            continue
-        _set_path(raw, key.split("."), value, "command line", ctx)
-
-
-def _read_file(path: Path) -> dict[str, Any]:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as e:
-        raise ConfigError(f"cannot read config file ({e.strerror or e})", source=str(path)) from e
-    except UnicodeDecodeError as e:
-        raise ConfigError("config file is not UTF-8 text", source=str(path)) from e
-    try:
-        return tomllib.loads(text)
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"invalid TOML: {e}", source=str(path)) from e
-
-
-# ----------------------------------------------------------------------------- validation
-
-
-class _Table:
-    """Typed reads from one raw table; ``finish()`` rejects keys nobody read (typos)."""
-
-    def __init__(self, raw: Any, prefix: str, ctx: _Ctx) -> None:
-        if not isinstance(raw, dict):
-            raise ctx.error(prefix, f"expected a table, got {type(raw).__name__} {raw!r}")
-        self.raw, self.prefix, self.ctx = raw, prefix, ctx
-        self.seen: set[str] = set()
-
-    def key(self, k: str) -> str:
-        return f"{self.prefix}.{k}"
-
-    def _take(self, k: str) -> Any:
-        self.seen.add(k)
-        return self.raw.get(k)
-
-    def err(self, k: str, msg: str) -> ConfigError:
-        return self.ctx.error(self.key(k), msg)
-
-    def integer(self, k: str, default: int | None, lo: int, hi: int | None = None,
-            *, allow: tuple[int, ...] = ()) -> int | None:
-        v = self._take(k)
-        if v is None:
-            return default
-        rng = f"{lo}..{hi}" if hi is not None else f">= {lo}"
-        if isinstance(v, bool) or not isinstance(v, int):
-            raise self.err(k, f"expected int {rng}, got {v!r}")
-        if v not in allow and (v < lo or (hi is not None and v > hi)):
-            raise self.err(k, f"expected int {rng}, got {v!r}")
-        return v
-
-    def number(self, k: str, default: float | None, lo: float, *,
-              exclusive: bool = True) -> float | None:
-        v = self._take(k)
-        if v is None:
-            return default
-        op = ">" if exclusive else ">="
-        if isinstance(v, bool) or not isinstance(v, (int, float)):
-            raise self.err(k, f"expected a number {op} {lo:g}, got {v!r}")
-        if (v <= lo) if exclusive else (v < lo):
-            raise self.err(k, f"expected a number {op} {lo:g}, got {v!r}")
-        return float(v)
-
-    def flag(self, k: str, default: bool) -> bool:
-        v = self._take(k)
-        if v is None:
-            return default
-        if not isinstance(v, bool):
-            raise self.err(k, f"expected true or false, got {v!r}")
-        return v
-
-    def text(self, k: str, default: str | None, *, choices: tuple[str, ...] = (),
-            pattern: re.Pattern[str] | None = None) -> str | None:
-        v = self._take(k)
-        if v is None:
-            return default
-        if isinstance(v, int) and not isinstance(v, bool) and pattern is not None:
-            v = str(v)  # e.g. device_id = 42 from an env var
-        if not isinstance(v, str) or not v:
-            raise self.err(k, f"expected a non-empty string, got {v!r}")
-        if choices and v not in choices:
-            raise self.err(k, f"expected one of {', '.join(choices)}, got {v!r}")
-        if pattern is not None and not pattern.match(v):
-            raise self.err(k, f"expected a name matching {pattern.pattern}, got {v!r}")
-        return v
-
-    def path(self, k: str, default: Path | None) -> Path | None:
-        v = self._take(k)
-        if v is None:
-            return default
-        if not isinstance(v, str) or not v:
-            raise self.err(k, f"expected a path string, got {v!r}")
-        return self.ctx.resolve(self.key(k), Path(v))
-
-    def texts(self, k: str, default: tuple[str, ...]) -> tuple[str, ...]:
-        v = self._take(k)
-        if v is None:
-            return default
-        if isinstance(v, str):
-            v = [v]
-        if not isinstance(v, list) or not all(isinstance(x, str) and x for x in v):
-            raise self.err(k, f"expected a list of strings, got {v!r}")
-        return tuple(v)
-
-    def finish(self) -> None:
-        for k in self.raw:
-            if k not in self.seen:
-                known = ", ".join(sorted(self.seen))
-                raise self.err(k, f"unknown key (known: {known})")
+# ----------------------------------------------------------------------------- sections
 
 
 def default_device_id() -> str:
@@ -395,10 +225,9 @@ def default_device_id() -> str:
     return host[:64]
 
 
-def _agent(raw: Any, ctx: _Ctx) -> AgentSettings:
-    t = _Table(raw, "agent", ctx)
+def _agent(t: Table) -> AgentSettings:
+    d = AgentSettings
     profile = t.text("profile", "auto")
-    assert profile is not None
     if profile != "auto":
         from edge_agent.profiles import load_profile
 
@@ -406,85 +235,86 @@ def _agent(raw: Any, ctx: _Ctx) -> AgentSettings:
             load_profile(profile)
         except ProfileError as e:
             raise t.err("profile", str(e)) from e
-    threads = t.integer("threads", None, 1, 256)
     s = AgentSettings(
-        device_id=t.text("device_id", None, pattern=ID_RE) or default_device_id(),
+        device_id=t.opt_text("device_id", pattern=ID_RE) or default_device_id(),
         profile=profile,
-        store_dir=t.path("store_dir", AgentSettings.store_dir) or AgentSettings.store_dir,
-        runtime=t.text("runtime", "auto", choices=RUNTIMES) or "auto",
-        threads=threads,
-        workers=t.integer("workers", 1, 1, 64) or 1,
-        groups=t.texts("groups", ()),
-        log_format=t.text("log_format", "text", choices=("text", "json")) or "text",
-        log_level=t.text("log_level", "info",
-                        choices=("debug", "info", "warning", "error")) or "info",
-        delegate_fallback=t.text("delegate_fallback", "cpu", choices=("cpu", "fail")) or "cpu",
+        store_dir=t.path("store_dir") or d.store_dir,
+        runtime=t.text("runtime", "auto", choices=RUNTIMES),
+        threads=t.opt_integer("threads", 1, 256),
+        workers=t.integer("workers", 1, 1, 64),
+        groups=t.texts("groups", (), pattern=ID_RE, what="group names"),
+        log_format=t.text("log_format", "text", choices=("text", "json")),
+        log_level=t.text("log_level", "info", choices=("debug", "info", "warning", "error")),
+        delegate_fallback=t.text("delegate_fallback", "cpu", choices=("cpu", "fail")),
         verify_golden=t.flag("verify_golden", True),
         probe_runtime=t.flag("probe_runtime", True),
-        max_image_pixels=t.integer("max_image_pixels", 12_000_000, 1) or 12_000_000,
-        max_loaded_versions=t.integer("max_loaded_versions", 2, 1, 16) or 2,
+        max_image_pixels=t.integer("max_image_pixels", d.max_image_pixels, 1),
+        max_loaded_versions=t.integer("max_loaded_versions", d.max_loaded_versions, 1, 16),
         components=_components(t),
     )
-    for g in s.groups:
-        if not ID_RE.match(g):
-            raise t.err("groups", f"group names must match {ID_RE.pattern}, got {g!r}")
     t.finish()
     return s
 
 
-def _components(t: _Table) -> tuple[str, ...] | None:
+def _components(t: Table) -> tuple[str, ...] | None:
+    """``[agent] components``: which built-in components run (None = all that apply).
+
+    Names are ``telemetry``, ``update``, ``systemd``. The old ``module:factory`` spelling of
+    the same three is accepted with a deprecation warning.
+    """
     if t.raw.get("components") is None:
-        t.seen.add("components")
+        t.take("components")
         return None
-    specs = t.texts("components", ())
-    for spec in specs:
-        if not COMPONENT_RE.match(spec):
-            raise t.err("components", f"expected 'package.module:factory' entries, got {spec!r}")
-    return specs
+    out = []
+    for spec in t.texts("components", ()):
+        name = LEGACY_COMPONENTS.get(spec, spec)
+        if name not in COMPONENTS:
+            raise t.err("components", f"expected component names from "
+                                      f"{', '.join(COMPONENTS)}, got {spec!r}")
+        if name != spec:
+            warnings.warn(f"{t.origins.where(t.key('components'))}: agent.components entry "
+                          f"{spec!r} is deprecated; write {name!r}", DeprecationWarning,
+                          stacklevel=2)
+        out.append(name)
+    return tuple(dict.fromkeys(out))
 
 
-def _http(raw: Any, ctx: _Ctx) -> HttpSettings:
-    t = _Table(raw, "http", ctx)
-    d = HttpSettings()
-    token = t.text("token", None)
-    token_file = t.path("token_file", None)
+def _http(t: Table) -> HttpSettings:
+    d = HttpSettings
+    token = t.opt_text("token")
+    token_file = t.path("token_file")
     if token is not None and token_file is not None:
         raise t.err("token_file", "set http.token or http.token_file, not both")
     if token_file is not None:
-        try:
-            token = token_file.read_text(encoding="utf-8").strip()
-        except (OSError, UnicodeDecodeError) as e:
-            raise t.err("token_file", f"cannot read {token_file} ({e})") from e
-        if not token:
-            raise t.err("token_file", f"{token_file} is empty")
+        token = t.read_secret("token_file", token_file)
     s = HttpSettings(
         enabled=t.flag("enabled", True),
-        host=t.text("host", d.host) or d.host,
-        port=t.integer("port", d.port, 1, 65535, allow=(0,)) or 0,
+        host=t.text("host", d.host),
+        port=t.integer("port", d.port, 1, 65535, allow=(0,)),
         token=token,
         token_file=token_file,
-        max_body_bytes=t.integer("max_body_bytes", d.max_body_bytes, 1024) or d.max_body_bytes,
-        queue_size=t.integer("queue_size", d.queue_size, 0, 100_000) or 0,
-        max_batch=t.integer("max_batch", d.max_batch, 1, 100_000) or d.max_batch,
-        max_connections=t.integer("max_connections", d.max_connections, 1, 10_000) or 1,
-        idle_timeout_s=t.number("idle_timeout_s", d.idle_timeout_s, 0.0) or d.idle_timeout_s,
-        retry_after_s=t.integer("retry_after_s", d.retry_after_s, 1, 3600) or 1,
+        max_body_bytes=t.integer("max_body_bytes", d.max_body_bytes, 1024),
+        queue_size=t.integer("queue_size", d.queue_size, 0, 100_000),
+        max_batch=t.integer("max_batch", d.max_batch, 1, 100_000),
+        max_connections=t.integer("max_connections", d.max_connections, 1, 10_000),
+        idle_timeout_s=t.number("idle_timeout_s", d.idle_timeout_s, 0.0),
+        retry_after_s=t.integer("retry_after_s", d.retry_after_s, 1, 3600),
     )
     t.finish()
     return s
 
 
-def _models(raw: Any, ctx: _Ctx) -> tuple[ModelSpec, ...]:
+def _models(raw: Any, origins: Origins) -> tuple[ModelSpec, ...]:
     if raw is None:
         return ()
     if not isinstance(raw, list):
-        raise ctx.error("models", f"expected [[models]] tables, got {raw!r}")
+        raise origins.error("models", f"expected [[models]] tables, got {raw!r}")
     out = []
     for i, entry in enumerate(raw):
         if isinstance(entry, str):
             entry = {"bundle": entry}
-        t = _Table(entry, f"models[{i}]", ctx)
-        bundle = t.path("bundle", None)
+        t = Table(entry, f"models[{i}]", origins)
+        bundle = t.path("bundle")
         if bundle is None:
             raise t.err("bundle", "missing required key (path to a bundle directory or .tar)")
         out.append(ModelSpec(bundle=bundle, activate=t.flag("activate", False)))
@@ -492,72 +322,90 @@ def _models(raw: Any, ctx: _Ctx) -> tuple[ModelSpec, ...]:
     return tuple(out)
 
 
-def _watch(raw: Any, ctx: _Ctx) -> WatchSettings:
-    t = _Table(raw, "watch", ctx)
-    d = WatchSettings()
-    folder = t.path("dir", None)
+def _watch(t: Table) -> WatchSettings:
+    d = WatchSettings
+    folder = t.path("dir")
     enabled = t.flag("enabled", folder is not None)
-    model = t.text("model", None, pattern=ID_RE)
+    model = t.opt_text("model", pattern=ID_RE)
     if enabled and folder is None:
         raise t.err("dir", "missing required key (the folder to watch)")
     if enabled and model is None:
         raise t.err("model", "missing required key (the model that classifies the files)")
     exts = tuple(e.lower() if e.startswith(".") else f".{e.lower()}"
                  for e in t.texts("extensions", d.extensions))
+
+    def under(k: str, name: str) -> Path | None:
+        return t.path(k) or (folder / name if folder else None)
+
     s = WatchSettings(
         enabled=enabled, dir=folder, model=model,
-        version=t.integer("version", None, 1),
+        version=t.opt_integer("version", 1),
         extensions=exts,
-        jsonl=t.path("jsonl", folder / "results.jsonl" if folder else None),
+        jsonl=under("jsonl", "results.jsonl"),
         publish_mqtt=t.flag("publish_mqtt", False),
-        done_dir=t.path("done_dir", folder / "done" if folder else None),
-        failed_dir=t.path("failed_dir", folder / "failed" if folder else None),
-        journal=t.path("journal", folder / ".journal.sqlite3" if folder else None),
-        poll_interval_s=t.number("poll_interval_s", d.poll_interval_s, 0.0) or d.poll_interval_s,
-        settle_s=t.number("settle_s", d.settle_s, 0.0, exclusive=False) or 0.0,
-        top_k=t.integer("top_k", d.top_k, 1, 1000) or d.top_k,
-        max_file_bytes=t.integer("max_file_bytes", d.max_file_bytes, 1) or d.max_file_bytes,
+        done_dir=under("done_dir", "done"),
+        failed_dir=under("failed_dir", "failed"),
+        journal=under("journal", ".journal.sqlite3"),
+        poll_interval_s=t.number("poll_interval_s", d.poll_interval_s, 0.0),
+        settle_s=t.number("settle_s", d.settle_s, 0.0, exclusive=False),
+        top_k=t.integer("top_k", d.top_k, 1, 1000),
+        max_file_bytes=t.integer("max_file_bytes", d.max_file_bytes, 1),
     )
     t.finish()
     return s
 
 
-def _camera(raw: Any, ctx: _Ctx) -> CameraSettings:
-    t = _Table(raw, "camera", ctx)
-    d = CameraSettings()
-    model = t.text("model", None, pattern=ID_RE)
+def _camera(t: Table) -> CameraSettings:
+    d = CameraSettings
+    model = t.opt_text("model", pattern=ID_RE)
     enabled = t.flag("enabled", False)
     if enabled and model is None:
         raise t.err("model", "missing required key (the model that classifies the frames)")
-    device = t._take("device")
+    device = t.take("device")
     if isinstance(device, bool) or (device is not None and not isinstance(device, (str, int))):
         raise t.err("device", f"expected a camera index, path or 'synthetic', got {device!r}")
     s = CameraSettings(
         enabled=enabled, model=model,
         device=str(device) if device is not None else d.device,
-        interval_s=t.number("interval_s", d.interval_s, 0.0, exclusive=False) or 0.0,
-        width=t.integer("width", None, 1, 16384), height=t.integer("height", None, 1, 16384),
-        top_k=t.integer("top_k", d.top_k, 1, 1000) or d.top_k,
-        jsonl=t.path("jsonl", None),
+        interval_s=t.number("interval_s", d.interval_s, 0.0, exclusive=False),
+        width=t.opt_integer("width", 1, 16384), height=t.opt_integer("height", 1, 16384),
+        top_k=t.integer("top_k", d.top_k, 1, 1000),
+        jsonl=t.path("jsonl"),
         publish_mqtt=t.flag("publish_mqtt", d.publish_mqtt),
-        max_frames=t.integer("max_frames", None, 1),
+        max_frames=t.opt_integer("max_frames", 1),
     )
     t.finish()
     return s
 
 
-def _mqtt_requests(raw: Any, ctx: _Ctx) -> MqttRequestsSettings:
-    t = _Table(raw, "mqtt_requests", ctx)
-    d = MqttRequestsSettings()
+def _mqtt_requests(t: Table) -> MqttRequestsSettings:
+    d = MqttRequestsSettings
     s = MqttRequestsSettings(
         enabled=t.flag("enabled", True),
-        qos=t.integer("qos", d.qos, 0, 2) or 0,
-        max_payload_bytes=t.integer("max_payload_bytes", d.max_payload_bytes, 64) or 64,
-        queue_size=t.integer("queue_size", d.queue_size, 1, 100_000) or 1,
-        top_k=t.integer("top_k", d.top_k, 1, 1000) or d.top_k,
+        qos=t.integer("qos", d.qos, 0, 2),
+        max_payload_bytes=t.integer("max_payload_bytes", d.max_payload_bytes, 64),
+        queue_size=t.integer("queue_size", d.queue_size, 1, 100_000),
+        top_k=t.integer("top_k", d.top_k, 1, 1000),
     )
     t.finish()
     return s
+
+
+def _apply_overrides(raw: dict[str, Any], overrides: Mapping[str, Any],
+                     origins: Origins) -> None:
+    """Dotted keys (``http.port``); ``None`` values are skipped; ``models`` entries append."""
+    for key, value in overrides.items():
+        if value is None:
+            continue
+        if key == "models":
+            existing = raw.get("models", [])
+            if not isinstance(existing, list):
+                raise origins.error("models", f"expected an array of tables, got {existing!r}")
+            raw["models"] = [*existing, *value]
+            for i in range(len(existing), len(raw["models"])):
+                origins.origin[f"models[{i}]"] = COMMAND_LINE
+            continue
+        origins.set(raw, key.split("."), value, COMMAND_LINE)
 
 
 def load_config(path: Path | None, overrides: Mapping[str, Any] | None = None, *,
@@ -566,30 +414,32 @@ def load_config(path: Path | None, overrides: Mapping[str, Any] | None = None, *
 
     ``overrides`` maps dotted keys to values (``{"http.port": 8080, "mqtt.url": "…"}``);
     ``None`` values are ignored and a ``models`` list is appended to the file's [[models]].
-    ``env`` defaults to ``os.environ``. Raises ConfigError naming the source and the key.
+    ``env`` defaults to ``os.environ``. Every section is validated here, so a bad value fails
+    at start. Raises ConfigError naming the file or environment variable and the key.
     """
-    source = str(path) if path is not None else "<defaults>"
+    source = str(path) if path is not None else DEFAULTS
     base = Path(path).resolve().parent if path is not None else Path.cwd()
-    ctx = _Ctx(source, base)
-    raw = _read_file(Path(path)) if path is not None else {}
-    raw = copy.deepcopy(raw)
-    _apply_env(raw, os.environ if env is None else env, ctx)
-    _apply_overrides(raw, overrides or {}, ctx)
-    sections: dict[str, dict[str, Any]] = {name: {} for name in FOREIGN_SECTIONS}
+    origins = Origins(source, base)
+    raw = copy.deepcopy(read_toml(Path(path))) if path is not None else {}
+    origins.apply_env(raw, os.environ if env is None else env)
+    _apply_overrides(raw, overrides or {}, origins)
     for name, value in raw.items():
-        if name in OWN_SECTIONS:
-            continue
-        if not isinstance(value, dict):
-            raise ctx.error(name, f"unknown top-level key (expected a [{name}] table, "
-                                  f"got {value!r})")
-        sections[name] = value
+        if name not in SECTIONS:
+            raise origins.error(name, f"unknown section (known: {', '.join(SECTIONS)}; "
+                                      f"got {value!r})")
+
+    def table(name: str) -> Table:
+        return Table(raw.get(name), name, origins)
+
     return AgentConfig(
-        agent=_agent(raw.get("agent", {}), ctx),
-        http=_http(raw.get("http", {}), ctx),
-        models=_models(raw.get("models"), ctx),
-        watch=_watch(raw.get("watch", {}), ctx),
-        camera=_camera(raw.get("camera", {}), ctx),
-        mqtt_requests=_mqtt_requests(raw.get("mqtt_requests", {}), ctx),
-        sections=MappingProxyType(sections),
+        agent=_agent(table("agent")),
+        http=_http(table("http")),
+        models=_models(raw.get("models"), origins),
+        watch=_watch(table("watch")),
+        camera=_camera(table("camera")),
+        mqtt_requests=_mqtt_requests(table("mqtt_requests")),
+        mqtt=MqttConfig.parse(table("mqtt")),
+        telemetry=TelemetryConfig.parse(table("telemetry")),
+        update=UpdateConfig.parse(table("update")),
         source=source,
     )

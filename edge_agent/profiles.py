@@ -10,6 +10,7 @@ Raises :class:`~edge_agent.errors.ProfileError`.
 from __future__ import annotations
 
 import os
+import platform
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -210,3 +211,32 @@ def load_profile(name_or_path: str) -> DeviceProfile:
 def all_profiles() -> list[DeviceProfile]:
     """Every profile found, validated, sorted by name."""
     return [load_profile_file(p) for _, p in sorted(profile_paths().items())]
+
+
+# /proc/device-tree/model prefix → profile (boards without a device tree: x86_64 only)
+BOARD_MODELS = (("Raspberry Pi 5", "rpi5"), ("Raspberry Pi 4", "rpi4"),
+                ("Raspberry Pi 3", "rpi3"), ("Raspberry Pi Zero 2", "rpi-zero2w"),
+                ("NVIDIA Jetson Nano", "jetson-nano"),
+                ("NVIDIA Jetson Orin Nano", "jetson-orin-nano"),
+                ("Freescale i.MX8MQ Phanbell", "coral-devboard"))
+
+
+def detect_profile(model_file: Path = Path("/proc/device-tree/model")) -> str:
+    """The profile for this machine: device-tree model on boards, generic on x86_64.
+
+    Raises ConfigError (key ``agent.profile``) on a board we cannot recognise.
+    """
+    from edge_agent.errors import ConfigError
+
+    try:
+        model = model_file.read_text(errors="replace").strip("\x00\n ")
+    except OSError:
+        model = ""
+    for prefix, name in BOARD_MODELS:
+        if model.startswith(prefix):
+            return name
+    if platform.machine() in ("x86_64", "AMD64"):
+        return "generic-x86_64"
+    raise ConfigError(f"cannot pick a device profile for this {platform.machine()} board "
+                      f"({model or 'no device-tree model'}); set agent.profile",
+                      key="agent.profile")

@@ -63,16 +63,9 @@ port = 8501
 """
 
 
-COMPONENT = "edge_agent.service:create"
-
-
 def agent_notifies() -> bool:
-    """Whether ``edge-agent run`` loads :func:`create` (then the unit can be ``Type=notify``)."""
-    try:
-        from edge_agent.app import COMPONENT_FACTORIES
-    except ImportError:
-        return False
-    return COMPONENT in COMPONENT_FACTORIES
+    """``edge-agent run`` always builds the systemd notifier under systemd (``Type=notify``)."""
+    return True
 
 
 @dataclass(frozen=True)
@@ -289,18 +282,17 @@ class Watchdog:
 class SystemdNotifier:
     """Agent component: READY=1 once serving, the watchdog, STOPPING=1 on the way out."""
 
-    def __init__(self, agent: Any, env: Mapping[str, str] | None = None) -> None:
-        self.agent = agent
+    def __init__(self, *, health: Callable[[], bool], status: Callable[[], str] | None = None,
+                 env: Mapping[str, str] | None = None) -> None:
+        self.health = health
+        self.status = status
         self.env = env
         interval = watchdog_interval_s(env)
-        self.watchdog = Watchdog(interval, self._healthy, env) if interval else None
-
-    def _healthy(self) -> bool:
-        return isinstance(self.agent.status(), dict)  # blocks if the agent is wedged
+        self.watchdog = Watchdog(interval, health, env) if interval else None
 
     def start(self) -> None:
-        models = ", ".join(self.agent.registry.names()) or "no models"
-        sd_notify(f"READY=1\nSTATUS=serving {models}", self.env)
+        text = self.status() if self.status is not None else "serving"
+        sd_notify(f"READY=1\nSTATUS={text}", self.env)
         if self.watchdog:
             self.watchdog.start()
 
@@ -308,11 +300,6 @@ class SystemdNotifier:
         sd_notify("STOPPING=1", self.env)
         if self.watchdog:
             self.watchdog.stop()
-
-
-def create(agent: Any) -> SystemdNotifier | None:
-    """The component when started by systemd (``$NOTIFY_SOCKET`` set), else None."""
-    return SystemdNotifier(agent) if os.environ.get("NOTIFY_SOCKET") else None
 
 
 # ---------------------------------------------------------------------------- logs
@@ -385,26 +372,18 @@ def check_config(path: Path | None, *, read_models: bool = True) -> list[str]:
     cfg = load_config(path)
     a = cfg.agent
     if a.profile == "auto":
-        from edge_agent.app import detect_profile
+        from edge_agent.profiles import detect_profile
 
         profile = load_profile(detect_profile())
     else:
         profile = load_profile(a.profile)
     lines = [f"device {a.device_id}, profile {profile.name}, store {a.store_dir}"]
-    raw = dict(cfg.sections)
-    if raw.get("mqtt", {}).get("url"):
-        from edge_agent.mqtt.config import MqttConfig
+    if cfg.mqtt is not None:
+        lines.append(f"mqtt {cfg.mqtt.url}")
+    if cfg.update is not None and cfg.update.enabled:
+        from edge_agent.update.service import check_root
 
-        MqttConfig.from_section(dict(raw["mqtt"]), cfg.source)
-        lines.append(f"mqtt {raw['mqtt']['url']}")
-        from edge_agent.telemetry.config import TelemetryConfig
-
-        TelemetryConfig.from_section(dict(raw.get("telemetry") or {}), cfg.source,
-                                     default_interval_s=profile.telemetry_interval_s)
-    if raw.get("update"):
-        from edge_agent.update.config import UpdateConfig
-
-        UpdateConfig.from_section(dict(raw["update"]), cfg.source)
+        check_root(cfg.update)
         lines.append("update enabled")
     for spec in cfg.models:
         if read_models:

@@ -40,7 +40,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import numpy as np
@@ -53,10 +53,13 @@ from edge_agent.runtime.backends import Runtime, select_runtime
 from edge_agent.runtime.model import LoadedModel
 from fleet.sim_net import LinkProxy
 
+if TYPE_CHECKING:
+    from edge_agent.app import Agent
+
 log = logging.getLogger(__name__)
 
 FAULTS = ("fail_probation", "drop_link", "slow")
-COMPONENTS = ("edge_agent.telemetry.service:create", "edge_agent.update.service:create")
+COMPONENTS = ("telemetry", "update")
 
 
 def assign_faults(devices: Sequence[str], fractions: Mapping[str, float],
@@ -180,13 +183,13 @@ class SimSpec:
 class SimDevice:
     """One agent plus its fault plumbing."""
 
-    def __init__(self, device: str, agent: Any, fault: str | None,
-                 proxy: LinkProxy | None) -> None:
+    def __init__(self, device: str, agent: Agent, fault: str | None,
+                 proxy: LinkProxy | None, *, initial: dict[str, int] | None = None) -> None:
         self.device = device
         self.agent = agent
         self.fault = fault
         self.proxy = proxy
-        self.initial: dict[str, int] = {}
+        self.initial: dict[str, int] = initial if initial is not None else {}
 
     def active(self, model: str) -> int | None:
         v: int | None = self.agent.registry.active_version(model)
@@ -244,19 +247,21 @@ class SimFleet:
                               latency_s=s.slow_latency_s if fault == "slow" else 0.0,
                               rate_bytes_per_s=s.slow_rate_bytes_per_s if fault == "slow"
                               else None)
-        agent = Agent(self._config(device, proxy.url if proxy else s.broker_url),
-                      runtime=self.runtime, components=COMPONENTS)
-        sim = SimDevice(device, agent, fault, proxy)
+        config = self._config(device, proxy.url if proxy else s.broker_url)
+        initial: dict[str, int] = {}
         check: FaultCheck | None = None
         if fault == "fail_probation":
-            def check(m: SharedServedModel, sim: SimDevice = sim) -> bool:
-                first = sim.initial.get(m.name)
+            def check(m: SharedServedModel) -> bool:
+                first = initial.get(m.name)
                 return first is not None and m.version > first
-        # The injection seam: the agent's registry, swapped before start() (nothing has
-        # used it yet; components read agent.registry when they are created in start()).
-        agent.registry = SharedRegistry(self.cache, agent.hooks, fault=check,
-                                        max_loaded_versions=agent.config.agent.
-                                        max_loaded_versions)
+        # The injection seam: a registry sharing loaded models between agents (and failing
+        # on purpose for fail_probation devices), given to the agent with its hooks.
+        hooks = Hooks()
+        registry = SharedRegistry(self.cache, hooks, fault=check,
+                                  max_loaded_versions=config.agent.max_loaded_versions)
+        agent = Agent(config, runtime=self.runtime, hooks=hooks, registry=registry,
+                      components=COMPONENTS)
+        sim = SimDevice(device, agent, fault, proxy, initial=initial)
         def on_probation(ev: AgentEvent, sim: SimDevice = sim) -> None:
             if ev.kind != "update.probation":
                 return

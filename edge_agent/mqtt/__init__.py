@@ -7,8 +7,6 @@ Public surface (everything else is an implementation detail)::
     Will, Message   Last Will / farewell messages; incoming message with MQTT 5 fields
     Topics          the topic scheme for one device
     Publisher       enveloped durable (outbox) and live publishes
-    shared_client   the agent's one client (None without [mqtt] url)
-    shared_publisher the agent's durable publisher (None without MQTT telemetry)
     MqttError, MqttConnectError, MqttNotConnectedError
 """
 
@@ -16,7 +14,6 @@ from edge_agent.mqtt.client import Message, MqttClient, Will
 from edge_agent.mqtt.config import MqttConfig
 from edge_agent.mqtt.errors import MqttConnectError, MqttError, MqttNotConnectedError
 from edge_agent.mqtt.publisher import Publisher
-from edge_agent.mqtt.shared import shared_client, shared_publisher
 from edge_agent.mqtt.topics import Topics
 
 __all__ = [
@@ -29,6 +26,4 @@ __all__ = [
     "Publisher",
     "Topics",
     "Will",
-    "shared_client",
-    "shared_publisher",
 ]

@@ -13,19 +13,22 @@ Example (TOML)::
     protocol = "auto"                      # auto (MQTT 5, falls back to 3.1.1) | 5 | 3.1.1
     outbox_max_messages = 20000            # store-and-forward cap (oldest dropped past it)
 
-:func:`MqttConfig.from_section` validates once at start and raises
-:class:`~edge_agent.errors.ConfigError` naming the file and the key.
+:meth:`MqttConfig.parse` is called by :func:`edge_agent.config.load_config` (validated once
+at start, through the one config reader) and raises :class:`~edge_agent.errors.ConfigError`
+naming the file or environment variable and the key; :meth:`MqttConfig.from_section` /
+:meth:`MqttConfig.from_url` validate a section on its own for fleet tools and tests.
 """
 
 from __future__ import annotations
 
 import re
 import ssl
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
+from edge_agent.config_reader import Table, section
 from edge_agent.errors import ConfigError
 
 SEGMENT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -70,82 +73,76 @@ class MqttConfig:
 
     @classmethod
     def from_section(cls, raw: dict[str, Any], source: str) -> MqttConfig:
-        """Validate the raw ``[mqtt]`` mapping. Raises ConfigError naming ``mqtt.<key>``."""
-        if not isinstance(raw, dict):
-            raise ConfigError("expected a table", source=source, key="mqtt")
-        known = {f.name for f in fields(cls)} - {"host", "port", "tls", "source"}
-        known |= {"url", "password_file"}
-        for k in raw:
-            if k not in known:
-                raise ConfigError(f"unknown key (known: {', '.join(sorted(known))})",
-                                  source=source, key=f"mqtt.{k}")
-        r = _Reader(raw, source)
-        url = r.str_("url")
-        if not url:
+        """Validate a raw ``[mqtt]`` mapping on its own (fleet tools). Raises ConfigError."""
+        cfg = cls.parse(section(raw, "mqtt", source))
+        if cfg is None:
             raise ConfigError("missing required key (a broker URL like mqtt://host:1883)",
                               source=source, key="mqtt.url")
-        host, port, tls, url_user, url_pass = _parse_url(url, source)
-        username = r.opt_str("username")
-        password = r.opt_str("password")
-        pw_file = r.opt_path("password_file")
+        return cfg
+
+    @classmethod
+    def parse(cls, t: Table) -> MqttConfig | None:
+        """Validate the ``[mqtt]`` table; None when it has no ``url`` (MQTT off).
+
+        Raises ConfigError naming ``mqtt.<key>`` and the file or environment variable.
+        """
+        url = t.opt_text("url")
+        username = t.opt_text("username")
+        password = t.take("password")
+        if password is not None and not isinstance(password, str):
+            raise t.err("password", f"expected a string, got {type(password).__name__}")
+        pw_file = t.path("password_file")
+        ca, cert, key = t.path("ca_file"), t.path("cert_file"), t.path("key_file")
+        client_id = t.opt_text("client_id")
+        protocol = t.text("protocol", "auto", choices=PROTOCOLS)
+        prefix = t.text("topic_prefix", "edge", pattern=SEGMENT_RE)
+        d = cls
+        kw: dict[str, Any] = dict(
+            keepalive_s=t.integer("keepalive_s", d.keepalive_s, 5, 65535),
+            connect_timeout_s=t.number("connect_timeout_s", d.connect_timeout_s, 0.1,
+                                       exclusive=False),
+            reconnect_min_s=t.number("reconnect_min_s", d.reconnect_min_s, 0.01,
+                                     exclusive=False),
+            reconnect_max_s=t.number("reconnect_max_s", d.reconnect_max_s, 0.01,
+                                     exclusive=False),
+            max_incoming_bytes=t.integer("max_incoming_bytes", d.max_incoming_bytes, 1024),
+            max_inflight=t.integer("max_inflight", d.max_inflight, 1, 65535),
+            outbox_path=t.path("outbox_path"),
+            outbox_max_messages=t.integer("outbox_max_messages", d.outbox_max_messages, 1),
+            outbox_max_bytes=t.integer("outbox_max_bytes", d.outbox_max_bytes, 1024),
+        )
+        t.finish()
+        if url is None:
+            return None
+        host, port, tls, url_user, url_pass = _parse_url(url, t)
         if url_user is not None:
             if username is not None:
-                raise ConfigError("user name given both in the URL and as mqtt.username",
-                                  source=source, key="mqtt.url")
+                raise t.err("url", "user name given both in the URL and as mqtt.username")
             username, password = url_user, url_pass if password is None else password
         if pw_file is not None:
             if password is not None:
-                raise ConfigError("give either password or password_file, not both",
-                                  source=source, key="mqtt.password_file")
-            try:
-                password = pw_file.read_text(encoding="utf-8").strip()
-            except OSError as e:
-                raise ConfigError(f"cannot read {pw_file}: {e.strerror}", source=source,
-                                  key="mqtt.password_file") from e
+                raise t.err("password_file", "give either password or password_file, not both")
+            password = t.read_secret("password_file", pw_file)
         if password is not None and username is None:
-            raise ConfigError("a password needs a username", source=source, key="mqtt.password")
-        ca, cert, key = r.opt_path("ca_file"), r.opt_path("cert_file"), r.opt_path("key_file")
+            raise t.err("password", "a password needs a username")
         if not tls:
             for k, v in (("ca_file", ca), ("cert_file", cert), ("key_file", key)):
                 if v is not None:
-                    raise ConfigError("TLS files need an mqtts:// URL", source=source,
-                                      key=f"mqtt.{k}")
+                    raise t.err(k, "TLS files need an mqtts:// URL")
         if (cert is None) != (key is None):
-            raise ConfigError("a client certificate needs both cert_file and key_file",
-                              source=source, key="mqtt.cert_file" if cert is None
-                              else "mqtt.key_file")
+            raise t.err("cert_file" if cert is None else "key_file",
+                        "a client certificate needs both cert_file and key_file")
         for k, v in (("ca_file", ca), ("cert_file", cert), ("key_file", key)):
             if v is not None and not v.is_file():
-                raise ConfigError(f"no such file: {v}", source=source, key=f"mqtt.{k}")
-        client_id = r.opt_str("client_id")
+                raise t.err(k, f"no such file: {v}")
         if client_id is not None and not 1 <= len(client_id) <= 128:
-            raise ConfigError("must be 1..128 characters", source=source, key="mqtt.client_id")
-        protocol = str(raw.get("protocol", "auto"))
-        if protocol not in PROTOCOLS:
-            raise ConfigError(f"expected one of {', '.join(PROTOCOLS)}, got {protocol!r}",
-                              source=source, key="mqtt.protocol")
-        prefix = r.str_("topic_prefix", "edge")
-        if not SEGMENT_RE.match(prefix):
-            raise ConfigError(f"must match {SEGMENT_RE.pattern}", source=source,
-                              key="mqtt.topic_prefix")
-        cfg = cls(
-            host=host, port=port, tls=tls, ca_file=ca, cert_file=cert, key_file=key,
-            username=username, password=password, client_id=client_id,
-            keepalive_s=r.int_("keepalive_s", 30, lo=5, hi=65535),
-            protocol=protocol,
-            connect_timeout_s=r.num("connect_timeout_s", 10.0, lo=0.1),
-            reconnect_min_s=r.num("reconnect_min_s", 0.5, lo=0.01),
-            reconnect_max_s=r.num("reconnect_max_s", 30.0, lo=0.01),
-            max_incoming_bytes=r.int_("max_incoming_bytes", 1 << 20, lo=1024),
-            max_inflight=r.int_("max_inflight", 50, lo=1, hi=65535),
-            topic_prefix=prefix,
-            outbox_path=r.opt_path("outbox_path"),
-            outbox_max_messages=r.int_("outbox_max_messages", 20_000, lo=1),
-            outbox_max_bytes=r.int_("outbox_max_bytes", 64 << 20, lo=1024),
-            source=source)
+            raise t.err("client_id", "must be 1..128 characters")
+        cfg = cls(host=host, port=port, tls=tls, ca_file=ca, cert_file=cert, key_file=key,
+                  username=username, password=password, client_id=client_id,
+                  protocol=protocol, topic_prefix=prefix, source=t.source, **kw)
         if cfg.reconnect_max_s < cfg.reconnect_min_s:
-            raise ConfigError(f"must be >= reconnect_min_s ({cfg.reconnect_min_s:g})",
-                              source=source, key="mqtt.reconnect_max_s")
+            raise t.err("reconnect_max_s", f"must be >= reconnect_min_s "
+                                           f"({cfg.reconnect_min_s:g})")
         if cfg.tls:
             cfg.ssl_context()  # fail at start, naming the key, not at the first connect
         return cfg
@@ -171,69 +168,19 @@ class MqttConfig:
         return ctx
 
 
-def _parse_url(url: str, source: str) -> tuple[str, int, bool, str | None, str | None]:
+def _parse_url(url: str, t: Table) -> tuple[str, int, bool, str | None, str | None]:
     try:
         u = urlsplit(url)
         port = u.port
     except ValueError as e:
-        raise ConfigError(f"not a broker URL: {url!r} ({e})", source=source, key="mqtt.url") from e
+        raise t.err("url", f"not a broker URL: {url!r} ({e})") from e
     if u.scheme not in ("mqtt", "mqtts"):
-        raise ConfigError(f"expected mqtt:// or mqtts://, got {url!r}", source=source,
-                          key="mqtt.url")
+        raise t.err("url", f"expected mqtt:// or mqtts://, got {url!r}")
     if not u.hostname:
-        raise ConfigError(f"no host in {url!r}", source=source, key="mqtt.url")
+        raise t.err("url", f"no host in {url!r}")
     if u.path not in ("", "/") or u.query or u.fragment:
-        raise ConfigError(f"a broker URL has no path or query, got {url!r}", source=source,
-                          key="mqtt.url")
+        raise t.err("url", f"a broker URL has no path or query, got {url!r}")
     tls = u.scheme == "mqtts"
     user = unquote(u.username) if u.username else None
     pw = unquote(u.password) if u.password is not None else None
     return u.hostname, port or (8883 if tls else 1883), tls, user, pw
-
-
-class _Reader:
-    """Typed getters that name ``mqtt.<key>`` in every error."""
-
-    def __init__(self, raw: dict[str, Any], source: str) -> None:
-        self.raw, self.source = raw, source
-        src = Path(source)
-        self.base_dir = src.parent if src.suffix == ".toml" else Path.cwd()
-
-    def _bad(self, key: str, expected: str) -> ConfigError:
-        v = self.raw[key]
-        return ConfigError(f"expected {expected}, got {type(v).__name__} {v!r}",
-                           source=self.source, key=f"mqtt.{key}")
-
-    def str_(self, key: str, default: str = "") -> str:
-        v = self.raw.get(key, default)
-        if not isinstance(v, str):
-            raise self._bad(key, "a string")
-        return v
-
-    def opt_str(self, key: str) -> str | None:
-        return None if self.raw.get(key) is None else self.str_(key)
-
-    def opt_path(self, key: str) -> Path | None:
-        v = self.opt_str(key)
-        if not v:
-            return None
-        p = Path(v).expanduser()
-        return p if p.is_absolute() else self.base_dir / p  # relative to the config file
-
-    def int_(self, key: str, default: int, lo: int, hi: int | None = None) -> int:
-        v = self.raw.get(key, default)
-        if isinstance(v, bool) or not isinstance(v, int):
-            raise self._bad(key, "an integer")
-        if v < lo or (hi is not None and v > hi):
-            raise ConfigError(f"must be within {lo}..{hi if hi is not None else '∞'}, got {v}",
-                              source=self.source, key=f"mqtt.{key}")
-        return v
-
-    def num(self, key: str, default: float, lo: float) -> float:
-        v = self.raw.get(key, default)
-        if isinstance(v, bool) or not isinstance(v, (int, float)):
-            raise self._bad(key, "a number")
-        if v < lo:
-            raise ConfigError(f"must be >= {lo:g}, got {v}", source=self.source,
-                              key=f"mqtt.{key}")
-        return float(v)

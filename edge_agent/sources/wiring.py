@@ -41,7 +41,7 @@ def source_factories(c: AgentConfig, registry: ModelRegistry, hooks: Hooks, *,
     """One factory per enabled source; calling it may raise EdgeError / OSError."""
     a = c.agent
     device = a.device_id
-    prefix = str(c.sections.get("mqtt", {}).get("topic_prefix", "edge"))
+    prefix = c.mqtt.topic_prefix if c.mqtt is not None else "edge"
 
     def sink(jsonl: Path | None, mqtt: bool, what: str) -> ResultSink:
         sinks: list[ResultSink] = [JsonlSink(jsonl)] if jsonl else []

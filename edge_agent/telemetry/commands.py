@@ -29,6 +29,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from edge_agent.agent_view import AgentView
 from edge_agent.errors import EdgeError, InvalidRequestError
 from edge_agent.mqtt.client import Message
 from edge_agent.mqtt.payloads import parse_object
@@ -41,9 +42,11 @@ Reply = Callable[[str, dict[str, Any], bytes | None], None]  # (topic, body, cor
 class CommandHandler:
     """Parses, dispatches and answers commands for one agent."""
 
-    def __init__(self, agent: Any, reply_topic: Callable[[str], str], reply: Reply, *,
+    def __init__(self, agent: AgentView, models: Callable[[], Any],
+                 reply_topic: Callable[[str], str], reply: Reply, *,
                  max_pending: int = 16) -> None:
         self.agent = agent
+        self.models = models
         self.reply_topic = reply_topic
         self.reply = reply
         self.commands: dict[str, Callable[[dict[str, Any]], Any]] = {
@@ -137,7 +140,7 @@ class CommandHandler:
     # ---- the commands ------------------------------------------------------------------
 
     def _ping(self, _args: dict[str, Any]) -> dict[str, Any]:
-        started = getattr(self.agent, "started_at", None)
+        started = self.agent.started_at()
         return {"pong": True, "time": round(time.time(), 3),
                 "uptime_s": round(time.time() - started, 3) if started else None}
 
@@ -145,12 +148,12 @@ class CommandHandler:
         return self.agent.status()
 
     def _models(self, _args: dict[str, Any]) -> Any:
-        return self.agent.registry.snapshot()
+        return self.models()
 
     def _config(self, _args: dict[str, Any]) -> Any:
-        return self.agent.config.redacted()
+        return self.agent.redacted_config()
 
     def _reload(self, _args: dict[str, Any]) -> Any:
         result = self.agent.reload()
         return {"reloaded": True, "result": result if isinstance(result, (dict, list)) else None,
-                "models": self.agent.registry.snapshot()}
+                "models": self.models()}

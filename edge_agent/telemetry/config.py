@@ -14,20 +14,23 @@ Example (TOML; every key optional)::
     prediction_ttl_s = 3600    # ... and for how long
     commands = true            # answer edge/<device>/cmd/<name>
 
-Raises :class:`~edge_agent.errors.ConfigError` naming ``telemetry.<key>``.
+Read by :func:`edge_agent.config.load_config` through the one config reader; raises
+:class:`~edge_agent.errors.ConfigError` naming ``telemetry.<key>`` and where it was set.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, replace
 from typing import Any
 
-from edge_agent.errors import ConfigError
+from edge_agent.config_reader import Table, section
 
 
 @dataclass(frozen=True)
 class TelemetryConfig:
-    interval_s: float
+    """``[telemetry]``; ``interval_s`` None means the device profile's interval."""
+
+    interval_s: float | None = None
     enabled: bool = True
     latency_samples: int = 4096
     quality_window: int = 1000
@@ -38,34 +41,33 @@ class TelemetryConfig:
     prediction_ttl_s: float = 3600.0
     commands: bool = True
 
+    def interval_or(self, default_s: float) -> float:
+        """The telemetry period: the configured one, else ``default_s`` (the profile's)."""
+        return self.interval_s if self.interval_s is not None else float(default_s)
+
     @classmethod
     def from_section(cls, raw: dict[str, Any] | None, source: str, *,
                      default_interval_s: float) -> TelemetryConfig:
-        """Validate the raw ``[telemetry]`` mapping. Raises ConfigError naming the key."""
-        raw = dict(raw or {})
-        known = {f.name for f in fields(cls)}
-        for k in raw:
-            if k not in known:
-                raise ConfigError(f"unknown key (known: {', '.join(sorted(known))})",
-                                  source=source, key=f"telemetry.{k}")
-        kw: dict[str, Any] = {}
-        for f in fields(cls):
-            if f.name not in raw:
-                continue
-            v = raw[f.name]
-            key = f"telemetry.{f.name}"
-            if f.type == "bool":
-                if not isinstance(v, bool):
-                    raise ConfigError(f"expected true or false, got {v!r}", source=source, key=key)
-            elif f.type == "int":
-                if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                    raise ConfigError(f"expected an integer >= 1, got {v!r}", source=source,
-                                      key=key)
-            elif isinstance(v, bool) or not isinstance(v, (int, float)) or v <= 0:
-                raise ConfigError(f"expected a number > 0, got {v!r}", source=source, key=key)
-            kw[f.name] = float(v) if f.type == "float" else v
-        kw.setdefault("interval_s", float(default_interval_s))
-        if kw["interval_s"] < 0.01:
-            raise ConfigError(f"must be >= 0.01, got {kw['interval_s']}", source=source,
-                              key="telemetry.interval_s")
-        return cls(**kw)
+        """Validate a raw ``[telemetry]`` mapping on its own, filling in the interval."""
+        cfg = cls.parse(section(raw, "telemetry", source))
+        return replace(cfg, interval_s=cfg.interval_or(default_interval_s))
+
+    @classmethod
+    def parse(cls, t: Table) -> TelemetryConfig:
+        """Validate the ``[telemetry]`` table. Raises ConfigError naming the key and where it
+        was set (file or environment variable)."""
+        d = cls
+        cfg = cls(
+            interval_s=t.opt_number("interval_s", 0.01, exclusive=False),
+            enabled=t.flag("enabled", d.enabled),
+            latency_samples=t.integer("latency_samples", d.latency_samples, 1),
+            quality_window=t.integer("quality_window", d.quality_window, 1),
+            drift_threshold=t.number("drift_threshold", d.drift_threshold, 0.0),
+            drift_min_samples=t.integer("drift_min_samples", d.drift_min_samples, 1),
+            feedback_window=t.integer("feedback_window", d.feedback_window, 1),
+            prediction_memory=t.integer("prediction_memory", d.prediction_memory, 1),
+            prediction_ttl_s=t.number("prediction_ttl_s", d.prediction_ttl_s, 0.0),
+            commands=t.flag("commands", d.commands),
+        )
+        t.finish()
+        return cfg

@@ -1,7 +1,7 @@
 """The telemetry component: the agent's presence, figures and quality on MQTT.
 
-Loaded by the agent from ``edge_agent.telemetry.service:create``. With ``[mqtt] url`` set
-it owns the shared :class:`~edge_agent.mqtt.client.MqttClient` and:
+Built by :mod:`edge_agent.wiring` from :class:`TelemetryDeps` when ``[mqtt] url`` is set.
+It owns the life cycle of the agent's one :class:`~edge_agent.mqtt.client.MqttClient` and:
 
 * publishes a retained birth on ``edge/<device>/status`` after every (re)connect and
   whenever the served models change; the Last Will (and a clean stop) set it offline;
@@ -14,7 +14,7 @@ it owns the shared :class:`~edge_agent.mqtt.client.MqttClient` and:
 Everything published durably goes through the SQLite outbox
 (:mod:`edge_agent.mqtt.outbox`) and survives outages and restarts.
 
-Raises ConfigError from :func:`create` for a bad ``[mqtt]`` / ``[telemetry]`` section.
+Configuration errors are raised earlier, by :func:`edge_agent.config.load_config`.
 """
 
 from __future__ import annotations
@@ -24,12 +24,15 @@ import logging
 import threading
 import time
 import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import edge_agent
+from edge_agent.agent_view import AgentView
 from edge_agent.errors import EdgeError, InvalidRequestError
-from edge_agent.hooks import AgentEvent, PredictionRecord
+from edge_agent.hooks import AgentEvent, Hooks, PredictionRecord
 from edge_agent.monitor.feedback import parse_feedback
 from edge_agent.mqtt.client import MqttClient, Will
 from edge_agent.mqtt.config import MqttConfig
@@ -37,8 +40,9 @@ from edge_agent.mqtt.forwarder import Forwarder
 from edge_agent.mqtt.outbox import Outbox
 from edge_agent.mqtt.payloads import envelope, parse_json
 from edge_agent.mqtt.publisher import Publisher
-from edge_agent.mqtt.shared import config_source, mqtt_config, register_publisher, shared_client
 from edge_agent.mqtt.topics import Topics
+from edge_agent.registry import ModelRegistry
+from edge_agent.serving.http import HttpServer, Request
 from edge_agent.telemetry.commands import CommandHandler
 from edge_agent.telemetry.config import TelemetryConfig
 from edge_agent.telemetry.monitoring import ModelMonitor
@@ -57,47 +61,52 @@ BIRTH_EVENTS = frozenset({"update.probation", "update.committed", "update.rolled
                           "update.rejected", "agent.started"})
 
 
-def create(agent: Any) -> TelemetryService | None:
-    """The component for ``agent``, or None when no MQTT broker is configured."""
-    mcfg = mqtt_config(agent)
-    if mcfg is None:
-        return None
-    profile = getattr(agent, "profile", None)
-    default_interval = float(getattr(profile, "telemetry_interval_s", 15.0) or 15.0)
-    raw = (getattr(agent.config, "sections", None) or {}).get("telemetry") or {}
-    tcfg = TelemetryConfig.from_section(dict(raw), config_source(agent),
-                                        default_interval_s=default_interval)
-    return TelemetryService(agent, mcfg, tcfg)
+@dataclass(frozen=True)
+class TelemetryDeps:
+    """Everything the telemetry component uses, built by :mod:`edge_agent.wiring`."""
+
+    agent: AgentView
+    mqtt: MqttConfig
+    config: TelemetryConfig
+    client: MqttClient  # the agent's one connection; this component owns its life cycle
+    registry: ModelRegistry
+    hooks: Hooks
+    http: HttpServer | None
+    store_root: Path  # the outbox lives below it unless [mqtt] outbox_path says otherwise
+    groups: tuple[str, ...]  # the group topics this device reads (rollouts need them)
+    update_status: Callable[[], dict[str, Any] | None]  # None: no update component
+    mqtt_requests: bool = False  # [mqtt_requests] is on (a capability)
+    signed_updates: bool = False  # [update] is configured (a capability)
 
 
 class TelemetryService:
     """See module docstring. ``start``/``stop`` are idempotent."""
 
-    def __init__(self, agent: Any, mcfg: MqttConfig, tcfg: TelemetryConfig) -> None:
-        self.agent = agent
-        self.mcfg = mcfg
-        self.cfg = tcfg
-        self.topics = Topics(agent.device_id, mcfg.topic_prefix)
-        client = shared_client(agent)
-        assert client is not None  # mqtt_config() was not None
-        self.client: MqttClient = client
+    def __init__(self, deps: TelemetryDeps) -> None:
+        self.deps = deps
+        self.agent = deps.agent
+        self.hooks = deps.hooks
+        self.mcfg = mcfg = deps.mqtt
+        self.cfg = tcfg = deps.config
+        self.interval_s = tcfg.interval_or(deps.agent.profile.telemetry_interval_s)
+        self.topics = Topics(deps.agent.device_id, mcfg.topic_prefix)
+        self.client = client = deps.client
         client.will = self._will
         client.farewell = lambda: self._status_will("shutdown")
-        store_root = Path(getattr(getattr(agent, "store", None), "root", None) or ".")
-        self.outbox = Outbox(mcfg.outbox_path or store_root / "telemetry" / "outbox.sqlite3",
+        self.outbox = Outbox(mcfg.outbox_path or deps.store_root / "telemetry" / "outbox.sqlite3",
                              max_messages=mcfg.outbox_max_messages,
                              max_bytes=mcfg.outbox_max_bytes)
         self.publisher = Publisher(self.topics, self.outbox, client)
         self.forwarder = Forwarder(self.outbox, client, window=mcfg.max_inflight,
                                    on_refused=self._refused)
         self.stats = ModelStats(tcfg.latency_samples)
-        self.monitor = ModelMonitor(agent.registry, tcfg, agent.hooks.emit_event)
-        profile = getattr(agent, "profile", None)
-        self.system = SystemSampler(store_root,
-                                    thermal_paths=tuple(getattr(profile, "thermal_paths", ())),
-                                    throttling_path=getattr(profile, "throttling_path", None))
-        self.commands = CommandHandler(agent, self.topics.reply, self._reply)
-        self._undo: list[Any] = []
+        self.monitor = ModelMonitor(deps.registry, tcfg, deps.hooks.emit_event)
+        profile = deps.agent.profile
+        self.system = SystemSampler(deps.store_root, thermal_paths=tuple(profile.thermal_paths),
+                                    throttling_path=profile.throttling_path)
+        self.commands = CommandHandler(deps.agent, deps.registry.snapshot, self.topics.reply,
+                                       self._reply)
+        self._undo: list[Callable[[], None]] = []
         self._pending: collections.deque[Sample] = collections.deque()
         self._drain_lock = threading.Lock()
         self._next_input_sample = 0.0
@@ -114,9 +123,8 @@ class TelemetryService:
         self.ticks = 0
         self.tick_cpu_s = 0.0  # CPU time spent building telemetry (bench/telemetry.py)
         self.drain_cpu_s = 0.0  # CPU time spent folding prediction records
-        register_publisher(agent, self.publisher)
         if self.outbox.reset_reason:
-            agent.hooks.emit_event("error", "outbox.reset", self.outbox.reset_reason)
+            deps.hooks.emit_event("error", "outbox.reset", self.outbox.reset_reason)
 
     # ---- lifecycle -------------------------------------------------------------------
 
@@ -126,7 +134,7 @@ class TelemetryService:
         self._started = True
         self.started_at = time.time()
         self._stop.clear()
-        hooks = self.agent.hooks
+        hooks = self.hooks
         self._undo += [hooks.on_prediction(self._on_prediction),
                        hooks.on_event(self._on_event),
                        hooks.on_models_changed(self._publish_birth)]
@@ -136,7 +144,7 @@ class TelemetryService:
             self.commands.start()
             self._undo.append(c.subscribe_message(self.topics.cmd_filter, self.commands.handle))
         self._undo.append(c.subscribe(self.topics.feedback, self._mqtt_feedback))
-        http = getattr(self.agent, "http", None)
+        http = self.deps.http
         if http is not None:
             http.add_route("POST", FEEDBACK_ROUTE, self._http_feedback, name="feedback")
         self.forwarder.start()
@@ -148,7 +156,7 @@ class TelemetryService:
             self._thread = threading.Thread(target=self._loop, daemon=True, name="telemetry")
             self._thread.start()
         log.info("telemetry: %s as %s every %g s", self.mcfg.url, self.topics.device,
-                 self.cfg.interval_s)
+                 self.interval_s)
 
     def stop(self) -> None:
         """Stop the loop, give the outbox a moment to drain, publish offline, disconnect."""
@@ -181,18 +189,16 @@ class TelemetryService:
 
     def birth(self) -> dict[str, Any]:
         a = self.agent
-        rt = getattr(a, "runtime", None)
-        prof = getattr(a, "profile", None)
         return {
             "state": "online",
             "agent_version": edge_agent.__version__,
-            "profile": getattr(prof, "name", None),
-            "runtime": {"name": getattr(rt, "name", None), "version": getattr(rt, "version", None)},
-            "models": a.registry.snapshot(),
+            "profile": a.profile.name,
+            "runtime": {"name": a.runtime_name, "version": a.runtime_version},
+            "models": self.deps.registry.snapshot(),
             "capabilities": self.capabilities(),
-            "started_at": getattr(a, "started_at", None) or self.started_at,
+            "started_at": a.started_at() or self.started_at,
             "boot_id": self.boot_id,
-            "telemetry_interval_s": self.cfg.interval_s if self.cfg.enabled else None,
+            "telemetry_interval_s": self.interval_s if self.cfg.enabled else None,
             "mqtt_protocol": self.client.protocol,
             # Added for fleet operations (issue 7): group membership for rollouts and the
             # update machine's phase and last outcome, so a restarted rollout and
@@ -203,43 +209,31 @@ class TelemetryService:
 
     def _groups(self) -> list[str]:
         """``[agent] groups`` plus ``[update] groups``: the group topics this device reads."""
-        cfg = self.agent.config
-        groups = list(getattr(getattr(cfg, "agent", None), "groups", ()) or ())
-        upd = (getattr(cfg, "sections", None) or {}).get("update") or {}
-        extra = upd.get("groups") if isinstance(upd, dict) else None
-        if isinstance(extra, list):
-            groups += [g for g in extra if isinstance(g, str)]
-        return list(dict.fromkeys(groups))
+        return list(self.deps.groups)
 
     def _update_summary(self) -> dict[str, Any] | None:
         """Phase, target and last outcome of the update component, if it runs."""
-        for comp in getattr(self.agent, "components", ()):
-            status = getattr(comp, "status", None)
-            if callable(status) and hasattr(comp, "flow"):
-                try:
-                    d = status()
-                except Exception:
-                    log.debug("update status failed", exc_info=True)
-                    return None
-                return {k: d.get(k) for k in ("phase", "name", "version", "last")}
-        return None
+        try:
+            d = self.deps.update_status()
+        except Exception:
+            log.debug("update status failed", exc_info=True)
+            return None
+        if d is None:
+            return None
+        return {k: d.get(k) for k in ("phase", "name", "version", "last")}
 
     def capabilities(self) -> list[str]:
         """What this device can do, for fleet tools deciding what to send it."""
         caps = {"telemetry", "events", "feedback", "drift", "store-and-forward"}
         if self.cfg.commands:
             caps |= {f"cmd:{name}" for name in self.commands.commands}
-        if getattr(self.agent, "http", None) is not None:
+        if self.deps.http is not None:
             caps.add("rest")
-        cfg = self.agent.config
-        mr = getattr(cfg, "mqtt_requests", None)
-        if mr is not None and getattr(mr, "enabled", False):
+        if self.deps.mqtt_requests:
             caps.add("mqtt-requests")
-        if (getattr(cfg, "sections", None) or {}).get("update"):
+        if self.deps.signed_updates:
             caps.add("signed-updates")
-        extra = getattr(self.agent, "capabilities", None)
-        if isinstance(extra, (list, tuple, set)):
-            caps |= {str(c) for c in extra}
+        caps |= set(self.agent.capabilities())
         return sorted(caps)
 
     def _publish_birth(self) -> None:
@@ -290,14 +284,14 @@ class TelemetryService:
         if topic == self.topics.events or now - self._refused_at.get(topic, -1e9) < 60:
             return
         self._refused_at[topic] = now
-        self.agent.hooks.emit_event("error", "mqtt.publish_refused",
+        self.hooks.emit_event("error", "mqtt.publish_refused",
                                     f"broker refused message {seq} on {topic} (reason {rc:#x}); "
                                     "check the broker ACL", seq=seq, topic=topic, reason=rc)
 
     # ---- telemetry loop --------------------------------------------------------------
 
     def _loop(self) -> None:
-        interval = self.cfg.interval_s
+        interval = self.interval_s
         next_at = time.monotonic() + interval
         while not self._stop.wait(max(0.0, next_at - time.monotonic())):
             next_at += interval
@@ -321,9 +315,9 @@ class TelemetryService:
             models.setdefault(name, {}).update(extra)
         ob = self.outbox.stats()
         self._report_drops(ob.dropped)
-        started = getattr(self.agent, "started_at", None) or self.started_at
+        started = self.agent.started_at() or self.started_at
         return {
-            "interval_s": self.cfg.interval_s,
+            "interval_s": self.interval_s,
             "uptime_s": round(time.time() - started, 3) if started else None,
             "system": self.system.sample(),
             "models": models,
@@ -344,7 +338,7 @@ class TelemetryService:
                 return
             self._dropped_event_at = now
             self._last_dropped = dropped_total
-        self.agent.hooks.emit_event(
+        self.hooks.emit_event(
             "warning", "outbox.dropped", f"store-and-forward queue full "
             f"({self.mcfg.outbox_max_messages} messages): {new} oldest dropped",
             dropped=new, dropped_total=dropped_total)
@@ -353,16 +347,13 @@ class TelemetryService:
         self._publish_birth()
         self._report_drops(self.outbox.stats().dropped, force=True)
 
-    def _request_queue(self) -> Any:
-        """Requests waiting for an interpreter, if the serving side reports it."""
+    def _request_queue(self) -> int | None:
+        """Requests waiting for an interpreter (HTTP admission plus MQTT request queues)."""
         try:
-            st = self.agent.status()
+            return self.agent.queue_depth()
         except Exception:
+            log.debug("queue depth failed", exc_info=True)
             return None
-        for key in ("queue_depth", "queue"):
-            if isinstance(st, dict) and key in st:
-                return st[key]
-        return None
 
     # ---- commands and feedback ---------------------------------------------------------
 
@@ -377,9 +368,9 @@ class TelemetryService:
         if res.unknown or res.rejected:
             log.info("feedback on %s: %s", topic, res.to_dict())
 
-    def _http_feedback(self, req: Any) -> tuple[int, Any]:
-        name = req.params["name"]
-        self.agent.registry.get(name)  # NotFoundError → 404
+    def _http_feedback(self, req: Request) -> tuple[int, Any]:
+        name = str(req.params["name"])
+        self.deps.registry.get(name)  # NotFoundError → 404
         try:
             doc = req.json()
         except EdgeError:

@@ -10,19 +10,24 @@ Example (TOML)::
     keep_versions = 3                    # installed versions kept (active + previous always)
     probation_s = 60                     # serve the new model this long before committing
 
-:meth:`UpdateConfig.from_section` validates once at start and raises
-:class:`~edge_agent.errors.ConfigError` naming the file and ``update.<key>``.
+:meth:`UpdateConfig.parse` is called by :func:`edge_agent.config.load_config` (validated
+once at start, through the one config reader) and raises
+:class:`~edge_agent.errors.ConfigError` naming the file or environment variable and
+``update.<key>``.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+import re
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from edge_agent.config_reader import Table, section
 from edge_agent.errors import ConfigError
 
 TRANSPORTS = ("auto", "mqtt", "http")
+GROUP_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")  # an MQTT topic level
 
 
 @dataclass(frozen=True)
@@ -56,115 +61,61 @@ class UpdateConfig:
 
     @classmethod
     def from_section(cls, raw: Any, source: str) -> UpdateConfig:
-        """Validate the raw ``[update]`` mapping; relative paths resolve against ``source``'s dir.
-
-        Raises ConfigError naming ``update.<key>`` and the file.
-        """
-        if not isinstance(raw, dict):
-            raise ConfigError("expected a table", source=source, key="update")
-        known = {f.name for f in fields(cls)} - {"source"}
-        for k in raw:
-            if k not in known:
-                raise ConfigError(f"unknown key (known: {', '.join(sorted(known))})",
-                                  source=source, key=f"update.{k}")
-        r = _Reader(raw, source)
-        base = Path(source).parent if source and not source.startswith("<") else Path.cwd()
-        root = r.path("root_file", base)
-        if root is None:
+        """Validate a raw ``[update]`` mapping on its own (tests, tools). Raises ConfigError."""
+        cfg = cls.parse(section(raw, "update", source))
+        if cfg is None:
             raise ConfigError("missing required key: the provisioned TUF root.json",
                               source=source, key="update.root_file")
-        transport = r.str_("transport", "auto")
-        if transport not in TRANSPORTS:
-            raise ConfigError(f"expected one of {', '.join(TRANSPORTS)}, got {transport!r}",
-                              source=source, key="update.transport")
-        groups = raw.get("groups", [])
-        if not isinstance(groups, list) or not all(isinstance(g, str) and g for g in groups):
-            raise ConfigError("expected a list of group names", source=source,
-                              key="update.groups")
-        allow = raw.get("mirror_allowlist", [])
-        if not isinstance(allow, list) or not all(
-                isinstance(u, str) and u.startswith(("http://", "https://")) for u in allow):
-            raise ConfigError("expected a list of http(s):// URL prefixes", source=source,
-                              key="update.mirror_allowlist")
-        rate = r.num("probation_max_error_rate", 0.05, 0.0)
-        if rate > 1.0:
-            raise ConfigError(f"must be within 0..1, got {rate}", source=source,
-                              key="update.probation_max_error_rate")
-        return cls(
-            root_file=root,
-            dir=r.path("dir", base),
-            enabled=r.bool_("enabled", True),
-            groups=tuple(groups),
-            transport=transport,
-            keep_versions=r.int_("keep_versions", 3, 1),
-            max_bundle_bytes=r.int_("max_bundle_bytes", 512 << 20, 1),
-            min_free_bytes=r.int_("min_free_bytes", 32 << 20, 0),
-            max_announcement_bytes=r.int_("max_announcement_bytes", 1 << 20, 1024),
-            chunk_window=r.int_("chunk_window", 8, 1),
-            download_timeout_s=r.num("download_timeout_s", 900.0, 0.1),
-            stall_timeout_s=r.num("stall_timeout_s", 120.0, 0.1),
-            http_timeout_s=r.num("http_timeout_s", 20.0, 0.1),
-            http_retries=r.int_("http_retries", 5, 0),
-            http_ca_file=r.path("http_ca_file", base),
-            mirror_allowlist=tuple(allow),
-            probation_s=r.num("probation_s", 60.0, 0.0),
-            probation_min_requests=r.int_("probation_min_requests", 20, 1),
-            probation_max_error_rate=rate,
-            probation_max_latency_ratio=r.num("probation_max_latency_ratio", 3.0, 1.0),
-            probation_latency_floor_ms=r.num("probation_latency_floor_ms", 50.0, 0.0),
-            probation_max_crashes=r.int_("probation_max_crashes", 0, 0),
-            retry_backoff_s=r.num("retry_backoff_s", 30.0, 0.0),
-            source=source,
+        return cfg
+
+    @classmethod
+    def parse(cls, t: Table) -> UpdateConfig | None:
+        """Validate the ``[update]`` table; None when the section is empty (updates off).
+
+        Relative paths resolve against the config file's directory (or the working directory
+        for env/flag values). Raises ConfigError naming ``update.<key>`` and where it was set.
+        """
+        empty = not t.raw
+        d = cls
+        root = t.path("root_file")
+        kw: dict[str, Any] = dict(
+            dir=t.path("dir"),
+            enabled=t.flag("enabled", d.enabled),
+            groups=t.texts("groups", (), pattern=GROUP_RE, what="group names"),
+            transport=t.text("transport", d.transport, choices=TRANSPORTS),
+            keep_versions=t.integer("keep_versions", d.keep_versions, 1),
+            max_bundle_bytes=t.integer("max_bundle_bytes", d.max_bundle_bytes, 1),
+            min_free_bytes=t.integer("min_free_bytes", d.min_free_bytes, 0),
+            max_announcement_bytes=t.integer("max_announcement_bytes",
+                                             d.max_announcement_bytes, 1024),
+            chunk_window=t.integer("chunk_window", d.chunk_window, 1),
+            download_timeout_s=t.number("download_timeout_s", d.download_timeout_s, 0.1,
+                                        exclusive=False),
+            stall_timeout_s=t.number("stall_timeout_s", d.stall_timeout_s, 0.1,
+                                     exclusive=False),
+            http_timeout_s=t.number("http_timeout_s", d.http_timeout_s, 0.1, exclusive=False),
+            http_retries=t.integer("http_retries", d.http_retries, 0),
+            http_ca_file=t.path("http_ca_file"),
+            mirror_allowlist=t.texts("mirror_allowlist", (), what="URL prefixes",
+                                     prefixes=("http://", "https://")),
+            probation_s=t.number("probation_s", d.probation_s, 0.0, exclusive=False),
+            probation_min_requests=t.integer("probation_min_requests",
+                                             d.probation_min_requests, 1),
+            probation_max_error_rate=t.number("probation_max_error_rate",
+                                              d.probation_max_error_rate, 0.0, 1.0,
+                                              exclusive=False),
+            probation_max_latency_ratio=t.number("probation_max_latency_ratio",
+                                                 d.probation_max_latency_ratio, 1.0,
+                                                 exclusive=False),
+            probation_latency_floor_ms=t.number("probation_latency_floor_ms",
+                                                d.probation_latency_floor_ms, 0.0,
+                                                exclusive=False),
+            probation_max_crashes=t.integer("probation_max_crashes", d.probation_max_crashes, 0),
+            retry_backoff_s=t.number("retry_backoff_s", d.retry_backoff_s, 0.0, exclusive=False),
         )
-
-
-class _Reader:
-    """Typed getters that raise ConfigError naming ``update.<key>``."""
-
-    def __init__(self, raw: dict[str, Any], source: str) -> None:
-        self.raw = raw
-        self.source = source
-
-    def _bad(self, key: str, expected: str) -> ConfigError:
-        v = self.raw[key]
-        return ConfigError(f"expected {expected}, got {type(v).__name__} {v!r}",
-                           source=self.source, key=f"update.{key}")
-
-    def str_(self, key: str, default: str) -> str:
-        v = self.raw.get(key, default)
-        if not isinstance(v, str):
-            raise self._bad(key, "a string")
-        return v
-
-    def bool_(self, key: str, default: bool) -> bool:
-        v = self.raw.get(key, default)
-        if not isinstance(v, bool):
-            raise self._bad(key, "true or false")
-        return v
-
-    def path(self, key: str, base: Path) -> Path | None:
-        v = self.raw.get(key)
-        if v is None:
+        t.finish()
+        if empty:
             return None
-        if not isinstance(v, str) or not v:
-            raise self._bad(key, "a path")
-        p = Path(v).expanduser()
-        return p if p.is_absolute() else base / p
-
-    def int_(self, key: str, default: int, lo: int) -> int:
-        v = self.raw.get(key, default)
-        if isinstance(v, bool) or not isinstance(v, int):
-            raise self._bad(key, "an integer")
-        if v < lo:
-            raise ConfigError(f"must be >= {lo}, got {v}", source=self.source,
-                              key=f"update.{key}")
-        return v
-
-    def num(self, key: str, default: float, lo: float) -> float:
-        v = self.raw.get(key, default)
-        if isinstance(v, bool) or not isinstance(v, (int, float)):
-            raise self._bad(key, "a number")
-        if v < lo:
-            raise ConfigError(f"must be >= {lo}, got {v}", source=self.source,
-                              key=f"update.{key}")
-        return float(v)
+        if root is None:
+            raise t.err("root_file", "missing required key: the provisioned TUF root.json")
+        return cls(root_file=root, source=t.source, **kw)

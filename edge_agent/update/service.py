@@ -1,7 +1,7 @@
 """The update component: announcements in, the :class:`UpdateFlow` on one worker thread.
 
-Loaded by the agent from ``edge_agent.update.service:create`` when ``[update]`` is
-configured. It subscribes to ``edge/<device>/update/announce`` and
+Built by :mod:`edge_agent.wiring` (typed :class:`~edge_agent.update.flow.FlowDeps`) when
+``[update]`` is configured and enabled. It subscribes to ``edge/<device>/update/announce`` and
 ``edge/group/<g>/update/announce`` on the agent's shared MQTT client; handlers only
 queue the payload (latest per topic wins). The worker first resumes whatever
 ``state.json`` says was interrupted, then processes announcements one at a time and
@@ -9,7 +9,7 @@ retries transient failures after ``retry_backoff_s``. ``GET /v1/agent/update`` s
 status; ``POST /v1/agent/update/announce`` accepts an announcement body from a local
 operator (USB stick, air-gapped site): it is verified exactly like one from MQTT.
 
-Raises ConfigError from :func:`create` for a bad ``[update]`` section.
+:func:`check_root` raises ConfigError for a missing or non-root trust anchor (at start).
 """
 
 from __future__ import annotations
@@ -18,9 +18,12 @@ import logging
 import threading
 import time
 from collections import OrderedDict
-from pathlib import Path
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from edge_agent.errors import ConfigError
+from edge_agent.mqtt.client import MqttClient
+from edge_agent.serving.http import HttpServer, Request
 from edge_agent.update.config import UpdateConfig
 from edge_agent.update.state import Outcome
 from edge_agent.update.wire import announce_topic, group_announce_topic
@@ -33,40 +36,9 @@ log = logging.getLogger(__name__)
 LOCAL_TOPIC = "local"
 
 
-def create(agent: Any) -> UpdateService | None:
-    """The component for ``agent``; None when there is no ``[update]`` section or it is off."""
-    sections = getattr(agent.config, "sections", None) or {}
-    raw = sections.get("update") or {}
-    if not raw:
-        return None
-    from edge_agent.mqtt.shared import config_source, mqtt_config, shared_client
-    from edge_agent.update.flow import FlowDeps
-    from edge_agent.update.policy import DeviceIdentity
-
-    cfg = UpdateConfig.from_section(dict(raw), config_source(agent))
-    if not cfg.enabled:
-        return None
-    check_root(cfg)
-    mcfg = mqtt_config(agent)
-    groups = tuple(dict.fromkeys((*cfg.groups, *getattr(agent.config.agent, "groups", ()),
-                                  *getattr(mcfg, "groups", ()))))
-    deps = FlowDeps(registry=agent.registry, store=agent.store, hooks=agent.hooks,
-                    identity=DeviceIdentity(agent.device_id, groups, agent.profile.name),
-                    config=cfg, update_dir=cfg.dir or Path(agent.store.root) / "update",
-                    client=shared_client(agent),
-                    topic_prefix=mcfg.topic_prefix if mcfg else "edge")
-    svc = UpdateService(deps)
-    http = getattr(agent, "http", None)
-    if http is not None:
-        svc.register_routes(http)
-    return svc
-
-
 def check_root(cfg: UpdateConfig) -> None:
     """Refuse to start with a trust anchor that is missing or not TUF root metadata."""
     from tuf.api.metadata import Metadata, Root
-
-    from edge_agent.errors import ConfigError
 
     try:
         md = Metadata.from_bytes(cfg.root_file.read_bytes())
@@ -84,18 +56,22 @@ def check_root(cfg: UpdateConfig) -> None:
 class UpdateService:
     """Start/stop, announcement intake, retry scheduling (see the module docstring)."""
 
-    def __init__(self, deps: FlowDeps) -> None:
+    def __init__(self, deps: FlowDeps, *, client: MqttClient | None = None,
+                 http: HttpServer | None = None) -> None:
         self.deps = deps
+        self.client = client
         self._stop = threading.Event()
         self._cond = threading.Condition()
         self._pending: OrderedDict[str, bytes] = OrderedDict()  # topic → latest payload
         self._retry: dict[str, tuple[bytes, float]] = {}
-        self._unsubs: list[Any] = []
+        self._unsubs: list[Callable[[], None]] = []
         self._thread: threading.Thread | None = None
         self.flow: UpdateFlow | None = None
         self.outcomes: list[Outcome] = []
         self._busy = False
         self._subscribed = False
+        if http is not None:
+            self.register_routes(http)
 
     @property
     def topics(self) -> list[str]:
@@ -112,18 +88,12 @@ class UpdateService:
         self.flow = UpdateFlow(self.deps, self._stop)
         self._thread = threading.Thread(target=self._worker, name="edge-update", daemon=True)
         self._thread.start()
-        client = self.deps.client
+        client = self.client
         if client is not None:
-            listen = getattr(client, "add_listener", None)
-            if callable(listen):
-                # subscribe once connected (the client renews it after every reconnect):
-                # a subscription made while a connection is being set up can be lost
-                self._unsubs.append(listen(on_connect=self._subscribe))
-            else:
-                self._subscribe()
-            start = getattr(client, "start", None)
-            if callable(start):
-                start()  # idempotent; normally the telemetry component started it already
+            # subscribe once connected (the client renews it after every reconnect):
+            # a subscription made while a connection is being set up can be lost
+            self._unsubs.append(client.add_listener(on_connect=self._subscribe))
+            client.start()  # idempotent; normally the telemetry component started it already
 
     def _subscribe(self) -> None:
         client = self.deps.client
@@ -222,11 +192,11 @@ class UpdateService:
         d["retry_pending"] = len(self._retry)
         return d
 
-    def register_routes(self, http: Any) -> None:
+    def register_routes(self, http: HttpServer) -> None:
         http.add_route("GET", "/v1/agent/update", lambda r: (200, self.status()),
                        name="update_status")
 
-        def announce(req: Any) -> Any:
+        def announce(req: Request) -> tuple[int, dict[str, Any]]:
             body = req.body
             if len(body) > self.deps.config.max_announcement_bytes:
                 return 413, {"error": "announcement too large"}

@@ -16,6 +16,7 @@ from edge_agent.bundle import EncodedArray, read_bundle, write_bundle
 from edge_agent.errors import ConfigError, RuntimeUnavailableError
 from edge_agent.hooks import AgentEvent
 from edge_agent.store import ModelStore
+from edge_agent.wiring import Services
 
 
 def _events(agent: Agent, kind: str) -> list[AgentEvent]:
@@ -63,19 +64,19 @@ def test_components_start_after_models_and_stop_in_reverse_before_unload(
     log: list[str] = []
 
     class Comp:
-        def __init__(self, agent: Agent, name: str) -> None:
-            self.agent, self.name = agent, name
-            log.append(f"create {name} models={agent.registry.names()}")
+        def __init__(self, services: Services, name: str) -> None:
+            self.services, self.name = services, name
+            log.append(f"create {name} models={services.registry.names()}")
 
         def start(self) -> None:
             log.append(f"start {self.name}")
 
         def stop(self) -> None:
-            log.append(f"stop {self.name} models={self.agent.registry.names()}")
+            log.append(f"stop {self.name} models={self.services.registry.names()}")
 
     agent = start_agent(digits.bundle, components=[
-        lambda a: Comp(a, "telemetry"), "edge_agent.not_built_yet.service:create",
-        lambda a: None, lambda a: Comp(a, "update")])
+        lambda s: Comp(s, "telemetry"), "systemd",  # systemd: none without $NOTIFY_SOCKET
+        lambda s: None, lambda s: Comp(s, "update")])
     assert [type(c).__name__ for c in agent.components] == ["Comp", "Comp"]
     agent.stop()
     assert log == ["create telemetry models=['digits']", "start telemetry",
@@ -85,7 +86,7 @@ def test_components_start_after_models_and_stop_in_reverse_before_unload(
 
 
 def test_a_component_config_error_fails_the_start(tmp_path: Path, digits: Any) -> None:
-    def bad(agent: Agent) -> None:
+    def bad(services: Services) -> None:
         raise ConfigError("bad value", source="agent.toml", key="telemetry.interval_s")
 
     agent = Agent(make_config(tmp_path), components=[bad])
@@ -211,9 +212,7 @@ def test_telemetry_component_shares_its_mqtt_client_with_mqtt_requests(
         digits_eval: DigitsEval) -> None:
     """The real component factories: [mqtt] url → telemetry owns the shared client, and the
     MQTT request source answers through it."""
-    from edge_agent.app import COMPONENT_FACTORIES
-
-    agent = start_agent(digits.bundle, components=COMPONENT_FACTORIES,
+    agent = start_agent(digits.bundle, components=None,
                         **{"mqtt.url": mosquitto.url})
     assert "TelemetryService" in [type(c).__name__ for c in agent.components]
     assert "mqtt_requests" in [s.name for s in agent.sources]

@@ -31,8 +31,8 @@ model = "digits"
 
 [mqtt]
 url = "mqtt://broker:1883"
+username = "cam-7"
 password = "hunter2"
-tls = { ca_file = "ca.pem", key_file = "k.pem" }
 
 [telemetry]
 interval_s = 5
@@ -58,11 +58,11 @@ def test_file_values_become_typed_frozen_settings(toml: Path) -> None:
         cfg.http.port = 1  # type: ignore[misc]
 
 
-def test_foreign_sections_stay_raw(toml: Path) -> None:
+def test_mqtt_telemetry_and_update_sections_are_typed(toml: Path) -> None:
     cfg = load_config(toml, env={})
-    assert cfg.sections["mqtt"]["url"] == "mqtt://broker:1883"
-    assert cfg.sections["telemetry"] == {"interval_s": 5}
-    assert cfg.sections["update"] == {}  # always present
+    assert cfg.mqtt is not None and (cfg.mqtt.host, cfg.mqtt.port) == ("broker", 1883)
+    assert cfg.telemetry.interval_s == 5.0 and cfg.telemetry.enabled
+    assert cfg.update is None  # no [update] section: updates off
 
 
 def test_env_overrides_file_and_flags_override_env(toml: Path) -> None:
@@ -72,15 +72,16 @@ def test_env_overrides_file_and_flags_override_env(toml: Path) -> None:
     cfg = load_config(toml, {"http.port": 9200, "agent.device_id": None}, env=env)
     assert cfg.http.port == 9200 and cfg.http.host == "0.0.0.0"
     assert cfg.agent.groups == ("a", "b") and cfg.agent.device_id == "cam-7"
-    assert cfg.sections["mqtt"]["url"] == "mqtt://x:1"
-    assert cfg.sections["telemetry"]["enabled"] is False
+    assert cfg.mqtt is not None and cfg.mqtt.url == "mqtt://x:1"
+    assert cfg.telemetry.enabled is False
 
 
-def test_flag_models_are_appended_and_mqtt_url_lands_in_sections(toml: Path) -> None:
+def test_flag_models_are_appended_and_the_mqtt_url_flag_wins(toml: Path) -> None:
     cfg = load_config(toml, {"models": [{"bundle": "/b/v2.tar", "activate": True}],
                              "mqtt.url": "mqtts://b:8883"}, env={})
     assert [str(m.bundle) for m in cfg.models][1:] == ["/b/v2.tar"]
-    assert cfg.models[1].activate and cfg.sections["mqtt"]["url"] == "mqtts://b:8883"
+    assert cfg.models[1].activate
+    assert cfg.mqtt is not None and cfg.mqtt.url == "mqtts://b:8883" and cfg.mqtt.tls
 
 
 @pytest.mark.parametrize("text,value", [("8080", 8080), ("true", True), ("1.5", 1.5),
@@ -103,10 +104,17 @@ def test_env_values_parse_as_toml_then_string(text: str, value: object) -> None:
     ("[http]\ntoken = 'a'\ntoken_file = 'f'\n", "agent.toml: http.token_file: set http.token"),
     ("[http]\ntoken_file = 'missing'\n", "agent.toml: http.token_file: cannot read"),
     ("[camera]\nenabled = true\n", "agent.toml: camera.model: missing required key"),
-    ("[agent]\ncomponents = ['telemetry']\n", "agent.toml: agent.components: expected "
-     "'package.module:factory'"),
+    ("[agent]\ncomponents = ['telemetry', 'x.y:create']\n", "agent.toml: agent.components: "
+     "expected component names from telemetry, update, systemd, got 'x.y:create'"),
+    ("[mqtt]\nurl = 'mqtt://b'\nkeepalive_s = 1\n", "agent.toml: mqtt.keepalive_s: expected "
+     "int 5..65535, got 1"),
+    ("[telemetry]\ninterval_s = 0\n", "agent.toml: telemetry.interval_s: expected a number"),
+    ("[update]\nprobation_s = 60\n", "agent.toml: update.root_file: missing required key"),
+    ("[update]\nroot_file = 'r.json'\ntransport = 'usb'\n", "agent.toml: update.transport: "
+     "expected one of auto, mqtt, http"),
     ("http = 3\n", "agent.toml: http: expected a table"),
-    ("stray = 3\n", "agent.toml: stray: unknown top-level key"),
+    ("stray = 3\n", "agent.toml: stray: unknown section"),
+    ("[mqtt_request]\nqos = 0\n", "agent.toml: mqtt_request: unknown section"),
     ("[agent\n", "agent.toml: invalid TOML"),
 ])
 def test_errors_name_the_file_and_the_key(tmp_path: Path, toml_text: str, message: str) -> None:
@@ -124,18 +132,58 @@ def test_errors_from_env_and_flags_name_where_the_value_came_from(tmp_path: Path
         load_config(None, {"http.port": "x"}, env={})
 
 
+@pytest.mark.parametrize("name, value, key", [
+    ("EDGE_AGENT__MQTT__KEEPALIVE_S", "1", "mqtt.keepalive_s"),
+    ("EDGE_AGENT__TELEMETRY__INTERVAL_S", "fast", "telemetry.interval_s"),
+    ("EDGE_AGENT__UPDATE__PROBATION_MAX_ERROR_RATE", "2", "update.probation_max_error_rate"),
+    ("EDGE_AGENT__MQTT__PROTOCOL", "4", "mqtt.protocol"),
+])
+def test_a_bad_env_override_fails_at_load_naming_the_variable(
+        toml: Path, name: str, value: str, key: str) -> None:
+    """Every section is validated by load_config, so the error names the environment
+    variable, not the file, and comes before anything starts."""
+    env = {name: value, "EDGE_AGENT__UPDATE__ROOT_FILE": "/etc/edge/root.json"}
+    with pytest.raises(ConfigError) as e:
+        load_config(toml, env=env)
+    assert str(e.value).startswith(f"env {name}: {key}: expected"), str(e.value)
+    assert e.value.key == key
+
+
+def test_a_bad_env_override_stops_edge_agent_run_before_it_serves(tmp_path: Path) -> None:
+    """Through the real CLI: exit code 2 and one line naming the variable."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "EDGE_AGENT__MQTT__URL": "mqtt://127.0.0.1:1",
+           "EDGE_AGENT__MQTT__KEEPALIVE_S": "1"}
+    p = subprocess.run([sys.executable, "-m", "edge_agent.cli", "run", "--http", "127.0.0.1:0",
+                        "--store", str(tmp_path / "store"), "--profile", "generic-x86_64"],
+                       env=env, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 2, p.stderr
+    assert "env EDGE_AGENT__MQTT__KEEPALIVE_S: mqtt.keepalive_s: expected int 5..65535" in (
+        p.stderr), p.stderr
+    assert "ready" not in p.stderr
+
+
 def test_missing_file_is_a_config_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="cannot read config file"):
         load_config(tmp_path / "nope.toml", env={})
 
 
-def test_components_list_replaces_the_default_factories() -> None:
-    assert load_config(None, env={}).agent.components is None  # the agent's defaults
+def test_components_list_chooses_the_built_in_components() -> None:
+    assert load_config(None, env={}).agent.components is None  # every one that applies
     cfg = load_config(None, env={"EDGE_AGENT__AGENT__COMPONENTS": "[]"})
-    assert cfg.agent.components == ()
-    cfg = load_config(None, {"agent.components": ["edge_agent.telemetry.service:create"]},
-                      env={})
-    assert cfg.agent.components == ("edge_agent.telemetry.service:create",)
+    assert cfg.agent.components == () and not cfg.wants("telemetry")
+    cfg = load_config(None, {"agent.components": ["update", "telemetry"]}, env={})
+    assert cfg.agent.components == ("update", "telemetry") and not cfg.wants("systemd")
+
+
+def test_old_module_factory_component_names_still_work_with_a_deprecation_warning() -> None:
+    with pytest.warns(DeprecationWarning, match="write 'telemetry'"):
+        cfg = load_config(None, {"agent.components": ["edge_agent.telemetry.service:create"]},
+                          env={})
+    assert cfg.agent.components == ("telemetry",)
 
 
 def test_defaults_are_safe(tmp_path: Path) -> None:
@@ -150,7 +198,8 @@ def test_redacted_masks_secrets_everywhere(toml: Path) -> None:
     cfg: AgentConfig = load_config(toml, env={})
     red = cfg.redacted()
     assert red["http"]["token"] == "***" and red["mqtt"]["password"] == "***"
-    assert red["mqtt"]["tls"]["key_file"] == "k.pem"  # a path is not a secret
+    assert red["mqtt"]["username"] == "cam-7"  # a user name is not a secret
+    assert red["watch"]["dir"] == str(toml.parent / "inbox")  # nor is a path
     assert red["agent"]["store_dir"] == str(toml.parent / "store")
     assert "abc" not in repr(red) and "hunter2" not in repr(red)
     import json

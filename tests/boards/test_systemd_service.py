@@ -28,7 +28,6 @@ from edge_agent.service import (
     ServiceOptions,
     Watchdog,
     check_config,
-    create,
     install_service,
     render_unit,
     sd_notify,
@@ -216,7 +215,7 @@ def test_the_notifier_tells_systemd_when_a_real_agent_is_ready_and_stopping(
     cfg = load_config(None, {"http.enabled": False, "agent.store_dir": str(tmp_path / "store"),
                              "agent.profile": "generic-x86_64", "agent.device_id": "svc-test"},
                       env={})
-    agent = Agent(cfg, components=[create])
+    agent = Agent(cfg, components=["systemd"])
     agent.start()
     try:
         got = notify.drain(0.5)

@@ -23,13 +23,18 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from edge_agent.agent_view import AgentView
 from edge_agent.bundle import read_bundle
+from edge_agent.config import AgentConfig, load_config
 from edge_agent.hooks import Hooks
 from edge_agent.mqtt import MqttClient, MqttConfig
 from edge_agent.profiles import load_profile
 from edge_agent.registry import ModelRegistry
 from edge_agent.runtime.backends import select_runtime
+from edge_agent.serving.http import HttpServer
 from edge_agent.store import ModelStore
+from edge_agent.telemetry.service import TelemetryService
+from edge_agent.wiring import Services, Wiring, mqtt_client
 
 
 def free_port() -> int:
@@ -48,30 +53,18 @@ def wait_for(pred: Callable[[], object], timeout_s: float = 10.0, what: str = "c
 
 
 # ---------------------------------------------------------------------------------------
-# A minimal agent: the real registry, hooks and store behind the attributes the telemetry
-# component uses (edge_agent.app.Agent has the same ones). Tests that need the whole agent
+# A minimal agent: the real config (from a TOML file), registry, hooks, store and wiring
+# behind the typed deps the telemetry component takes. Tests that need the whole agent
 # process use the real `edge-agent run` CLI instead.
 
 
 @dataclass
-class MiniConfig:
-    sections: dict[str, dict[str, Any]]
-    source: str = "test-agent.toml"
-
-    def redacted(self) -> dict[str, Any]:
-        out = json.loads(json.dumps(self.sections))
-        if "password" in out.get("mqtt", {}):
-            out["mqtt"]["password"] = "***"
-        return out
-
-
-@dataclass
 class MiniAgent:
-    config: MiniConfig
+    config: AgentConfig
     device_id: str
     store: ModelStore
     hooks: Hooks = field(default_factory=Hooks)
-    http: Any = None
+    http: HttpServer | None = None
     started_at: float = field(default_factory=time.time)
     reloads: int = 0
     bundles: list[Path] = field(default_factory=list)
@@ -91,14 +84,40 @@ class MiniAgent:
         self.reloads += 1
         return [f"reload {self.reloads}"]
 
+    def view(self) -> AgentView:
+        return AgentView(device_id=self.device_id, profile=self.profile,
+                         runtime_name=self.runtime.name, runtime_version=self.runtime.version,
+                         status=self.status, reload=self.reload,
+                         started_at=lambda: self.started_at, capabilities=lambda: [],
+                         queue_depth=lambda: 0, redacted_config=self.config.redacted)
+
 
 def make_agent(tmp: Path, url: str, *, device: str = "dev-1", bundles: list[Path] | None = None,
                telemetry: dict[str, Any] | None = None, **mqtt: Any) -> MiniAgent:
-    sections = {"mqtt": {"url": url, "reconnect_min_s": 0.05, "reconnect_max_s": 0.5,
-                         "keepalive_s": 5, "outbox_path": str(tmp / "outbox.db"), **mqtt},
-                "telemetry": {"interval_s": 0.1, **(telemetry or {})}}
-    return MiniAgent(MiniConfig(sections), device, ModelStore(tmp / "store"),
-                     bundles=list(bundles or []))
+    """A MiniAgent whose config is read from ``<tmp>/test-agent.toml`` like a real one's.
+
+    Raises ConfigError (naming test-agent.toml and the key) for a bad section.
+    """
+    doc: dict[str, Any] = {
+        "mqtt": {**({"url": url} if url else {}), "reconnect_min_s": 0.05,
+                 "reconnect_max_s": 0.5, "keepalive_s": 5,
+                 "outbox_path": str(tmp / "outbox.db"), **mqtt},
+        "telemetry": {"interval_s": 0.1, **(telemetry or {})}}
+    path = tmp / "test-agent.toml"
+    path.write_text("".join(f"[{name}]\n" + "".join(f"{k} = {json.dumps(v)}\n"
+                                                     for k, v in table.items())
+                            for name, table in doc.items()))
+    cfg = load_config(path, {"agent.device_id": device}, env={})
+    return MiniAgent(cfg, device, ModelStore(tmp / "store"), bundles=list(bundles or []))
+
+
+def create(agent: MiniAgent) -> TelemetryService | None:
+    """The telemetry component exactly as the agent's wiring builds it (None without MQTT)."""
+    cfg = agent.config
+    client = mqtt_client(cfg.mqtt, agent.device_id, agent.hooks) if cfg.mqtt else None
+    return Wiring(Services(config=cfg, view=agent.view(), hooks=agent.hooks,
+                           registry=agent.registry, store=agent.store, http=agent.http,
+                           mqtt=client)).telemetry()
 
 
 class Recorder:

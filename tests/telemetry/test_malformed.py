@@ -8,9 +8,7 @@ import os
 from pathlib import Path
 
 import pytest
-from telemetry_helpers import Recorder, make_agent, wait_for
-
-from edge_agent.telemetry.service import create
+from telemetry_helpers import Recorder, create, make_agent, wait_for
 
 PAYLOADS = {
     "random bytes": os.urandom(512),

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from sklearn import metrics as skm
-from telemetry_helpers import Recorder, make_agent, wait_for
+from telemetry_helpers import Recorder, create, make_agent, wait_for
 
 from edge_agent.bundle import DriftReference
 from edge_agent.errors import InvalidRequestError
@@ -19,7 +19,6 @@ from edge_agent.monitor.feedback import PredictionMemory, parse_feedback
 from edge_agent.monitor.metrics import classification_metrics
 from edge_agent.monitor.psi import psi
 from edge_agent.monitor.quality import DriftDetector, QualityWindow
-from edge_agent.telemetry.service import create
 
 # ---- pure parts -------------------------------------------------------------------------
 

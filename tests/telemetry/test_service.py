@@ -8,11 +8,11 @@ from typing import Any
 
 import numpy as np
 import pytest
-from telemetry_helpers import Recorder, make_agent, wait_for
+from telemetry_helpers import Recorder, create, make_agent, wait_for
 
 import edge_agent
 from edge_agent.errors import ConfigError
-from edge_agent.telemetry.service import TelemetryService, create
+from edge_agent.telemetry.service import TelemetryService
 
 
 @pytest.fixture
@@ -26,14 +26,13 @@ def digits_agent(tmp_path: Path, mosquitto, digits):
 
 def test_no_broker_configured_means_no_component(tmp_path: Path) -> None:
     agent = make_agent(tmp_path, "")
-    agent.config.sections["mqtt"] = {}
-    assert create(agent) is None
+    assert agent.config.mqtt is None and create(agent) is None
 
 
-def test_bad_telemetry_section_is_refused_naming_the_key(tmp_path: Path) -> None:
-    agent = make_agent(tmp_path, "mqtt://127.0.0.1:1", telemetry={"interval_s": "fast"})
+def test_bad_telemetry_section_is_refused_at_load_naming_the_file_and_key(
+        tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"test-agent.toml: telemetry.interval_s"):
-        create(agent)
+        make_agent(tmp_path, "mqtt://127.0.0.1:1", telemetry={"interval_s": "fast"})
 
 
 def test_birth_is_retained_and_describes_the_device(digits_agent, recorder: Recorder) -> None:
@@ -128,10 +127,20 @@ def _cmd(recorder: Recorder, name: str, payload: Any = None) -> dict[str, Any]:
     return reply
 
 
-def test_commands_ping_models_config_reload(digits_agent, recorder: Recorder) -> None:
-    agent, svc = digits_agent
-    agent.config.sections["mqtt"]["password"] = "hunter2"
+def test_commands_ping_models_config_reload(tmp_path: Path, mosquitto, digits,
+                                            recorder: Recorder) -> None:
+    agent = make_agent(tmp_path, mosquitto.url, bundles=[digits.bundle], username="dev-1",
+                       password="hunter2")
+    svc = create(agent)
+    assert svc is not None
     svc.start()
+    try:
+        _check_commands(agent, recorder)
+    finally:
+        svc.stop()
+
+
+def _check_commands(agent: Any, recorder: Recorder) -> None:
     recorder.wait("/status")
     r = _cmd(recorder, "ping", {"id": "op-1"})
     assert r["ok"] and r["id"] == "op-1" and r["result"]["pong"] is True

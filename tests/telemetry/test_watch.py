@@ -6,11 +6,10 @@ import json
 from pathlib import Path
 
 import pytest
-from telemetry_helpers import make_agent, wait_for
+from telemetry_helpers import create, make_agent, wait_for
 
 from edge_agent.mqtt import MqttConfig
 from edge_agent.mqtt.payloads import envelope
-from edge_agent.telemetry.service import create
 from fleet.watch import FleetView, SequenceTracker, collect, render
 
 

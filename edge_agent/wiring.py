@@ -1,0 +1,188 @@
+"""Typed composition: the validated config and the agent's shared parts → its components.
+
+The agent builds one :class:`Services` (config, a read-only :class:`AgentView`, hooks,
+registry, store, HTTP server and the one MQTT client, which this module creates), and
+:class:`Wiring` turns it into each built-in component with that component's own typed
+dependencies (:class:`~edge_agent.telemetry.service.TelemetryDeps`,
+:class:`~edge_agent.update.flow.FlowDeps`, the notifier's callables). Components are
+imported directly; none receives the agent, none probes for attributes::
+
+    Services ──► Wiring.telemetry()  → TelemetryService(TelemetryDeps)   needs [mqtt] url
+             ├─► Wiring.update()     → UpdateService(FlowDeps)            needs [update]
+             └─► Wiring.systemd()    → SystemdNotifier(health, status)    needs $NOTIFY_SOCKET
+
+The update flow pulls in tuf and cryptography (~11 MB): it is imported only when
+``[update]`` is configured.
+
+Raises ConfigError (a trust anchor that is missing or is not TUF root metadata).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from edge_agent.agent_view import AgentView
+from edge_agent.config import COMPONENTS, AgentConfig
+from edge_agent.hooks import Hooks
+from edge_agent.mqtt.client import MqttClient, Will
+from edge_agent.mqtt.config import MqttConfig
+from edge_agent.mqtt.publisher import Publisher
+from edge_agent.mqtt.topics import Topics
+from edge_agent.registry import ModelRegistry
+from edge_agent.serving.http import HttpServer
+from edge_agent.store import ModelStore
+from edge_agent.systemd import SystemdNotifier
+from edge_agent.telemetry.service import TelemetryDeps, TelemetryService
+from edge_agent.update.service import UpdateService, check_root
+
+
+class Component(Protocol):
+    def start(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class Services:
+    """The agent's shared parts, by name and type (what component builders receive)."""
+
+    config: AgentConfig
+    view: AgentView
+    hooks: Hooks
+    registry: ModelRegistry
+    store: ModelStore
+    http: HttpServer | None
+    mqtt: MqttClient | None  # None without [mqtt] url (or when a test link replaces it)
+
+
+ComponentFactory = Callable[[Services], "Component | None"]
+
+
+def device_groups(config: AgentConfig) -> tuple[str, ...]:
+    """``[agent] groups`` then ``[update] groups``: the group topics this device reads."""
+    upd = config.update.groups if config.update is not None else ()
+    return tuple(dict.fromkeys((*config.agent.groups, *upd)))
+
+
+class _RateLimit:
+    """At most ``burst`` events per ``per_s`` per key; the rest are counted, not sent."""
+
+    def __init__(self, burst: int = 10, per_s: float = 60.0) -> None:
+        self.burst, self.per_s = burst, per_s
+        self._seen: dict[str, list[float]] = {}
+        self.suppressed = 0
+        self._lock = threading.Lock()
+
+    def allow(self, key: str) -> bool:
+        now = time.monotonic()
+        with self._lock:
+            times = [t for t in self._seen.get(key, []) if now - t < self.per_s]
+            ok = len(times) < self.burst
+            if ok:
+                times.append(now)
+            else:
+                self.suppressed += 1
+            self._seen[key] = times
+            return ok
+
+
+def mqtt_client(cfg: MqttConfig, device_id: str, hooks: Hooks) -> MqttClient:
+    """The agent's one MQTT connection (a broker allows one per client id = device id).
+
+    Handler exceptions and oversized payloads on any subscribed topic become rate-limited
+    ``mqtt.bad_message`` error events. The telemetry component replaces the default Last
+    Will (a bare offline status) with its enveloped one.
+    """
+    topics = Topics(device_id, cfg.topic_prefix)
+    limiter = _RateLimit()
+
+    def on_error(topic: str, exc: BaseException) -> None:
+        if limiter.allow(topic):
+            hooks.emit_event("error", "mqtt.bad_message", f"message on {topic} rejected: {exc}",
+                             topic=topic, error=type(exc).__name__,
+                             suppressed_before=limiter.suppressed)
+
+    return MqttClient(config=cfg, client_id=device_id,
+                      will=Will(topics.status, b'{"state":"offline"}', qos=1, retain=True),
+                      on_handler_error=on_error)
+
+
+class Wiring:
+    """Builds the built-in components from :class:`Services` and keeps the ones built.
+
+    ``env`` (default ``os.environ``) is read only for ``$NOTIFY_SOCKET``.
+    """
+
+    def __init__(self, services: Services, *, env: Mapping[str, str] | None = None) -> None:
+        self.s = services
+        self.env = os.environ if env is None else env
+        self.telemetry_service: TelemetryService | None = None
+        self.update_service: UpdateService | None = None
+
+    def factories(self, names: Sequence[str] | None = None) -> list[ComponentFactory]:
+        """Builders for ``names`` (default: ``[agent] components``, else all) in start order."""
+        table: dict[str, ComponentFactory] = {"telemetry": lambda _s: self.telemetry(),
+                                              "update": lambda _s: self.update(),
+                                              "systemd": lambda _s: self.systemd()}
+        wanted = set(names) if names is not None else {
+            n for n in COMPONENTS if self.s.config.wants(n)}
+        return [table[n] for n in COMPONENTS if n in wanted]
+
+    def durable_publisher(self) -> Publisher | None:
+        """The telemetry outbox's publisher (results, events); None without telemetry."""
+        t = self.telemetry_service
+        return t.publisher if t is not None else None
+
+    def update_status(self) -> dict[str, object] | None:
+        u = self.update_service
+        return u.status() if u is not None else None
+
+    # ---- the components ----------------------------------------------------------------
+
+    def telemetry(self) -> TelemetryService | None:
+        """Presence, figures, events, commands, feedback: needs ``[mqtt] url``."""
+        s, c = self.s, self.s.config
+        if c.mqtt is None or s.mqtt is None:
+            return None
+        self.telemetry_service = TelemetryService(TelemetryDeps(
+            agent=s.view, mqtt=c.mqtt, config=c.telemetry, client=s.mqtt, registry=s.registry,
+            hooks=s.hooks, http=s.http, store_root=Path(s.store.root),
+            groups=device_groups(c), update_status=self.update_status,
+            mqtt_requests=c.mqtt_requests.enabled, signed_updates=c.update is not None))
+        return self.telemetry_service
+
+    def update(self) -> UpdateService | None:
+        """Signed updates: needs an enabled ``[update]`` section with a valid TUF root."""
+        s, cfg = self.s, self.s.config.update
+        if cfg is None or not cfg.enabled:
+            return None
+        check_root(cfg)
+        from edge_agent.update.flow import FlowDeps
+        from edge_agent.update.policy import DeviceIdentity
+
+        mcfg = s.config.mqtt
+        deps = FlowDeps(registry=s.registry, store=s.store, hooks=s.hooks,
+                        identity=DeviceIdentity(s.view.device_id, device_groups(s.config),
+                                                s.view.profile.name),
+                        config=cfg, update_dir=cfg.dir or Path(s.store.root) / "update",
+                        client=s.mqtt, topic_prefix=mcfg.topic_prefix if mcfg else "edge")
+        self.update_service = UpdateService(deps, client=s.mqtt, http=s.http)
+        return self.update_service
+
+    def systemd(self) -> SystemdNotifier | None:
+        """READY=1 and the watchdog: only when started by systemd (``$NOTIFY_SOCKET``)."""
+        if not self.env.get("NOTIFY_SOCKET"):
+            return None
+        view, registry = self.s.view, self.s.registry
+
+        def status() -> str:
+            return f"serving {', '.join(registry.names()) or 'no models'}"
+
+        return SystemdNotifier(health=lambda: isinstance(view.status(), dict), status=status,
+                               env=self.env)
