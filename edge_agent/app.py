@@ -30,10 +30,11 @@ from typing import Any
 
 import edge_agent
 from edge_agent.agent_view import AgentView
-from edge_agent.bundle import Bundle, read_bundle
+from edge_agent.bundle import Bundle
 from edge_agent.config import AgentConfig
-from edge_agent.errors import ConfigError, EdgeError, ModelLoadError
+from edge_agent.errors import ConfigError, EdgeError
 from edge_agent.hooks import AgentEvent, Hooks
+from edge_agent.loader import ModelLoader
 from edge_agent.profiles import DeviceProfile, detect_profile, load_profile
 from edge_agent.registry import DelegateFactory, ModelRegistry, ServedModel
 from edge_agent.runtime.backends import Runtime, select_runtime
@@ -46,9 +47,6 @@ from edge_agent.store import ModelStore
 from edge_agent.wiring import Component, ComponentFactory, Services, Wiring, mqtt_client
 
 log = logging.getLogger(__name__)
-
-EDGETPU_OP = b"edgetpu-custom-op"
-
 
 class Agent:
     """One device's serving process. See the module docstring for the life cycle."""
@@ -79,13 +77,17 @@ class Agent:
                               "set agent.store_dir or --store", source=config.source,
                               key="agent.store_dir") from e
         self.runtime_probes: dict[str, Any] | None = None
-        self.load_failures: dict[str, dict[int, str]] = {}
         self.runtime = runtime or self._select_runtime()
         self.threads = a.threads or max(1, min(self.profile.default_threads, os.cpu_count() or 1))
         self.delegate_error: str | None = None
         self.registry = registry or ModelRegistry(
             self.runtime, self.hooks, workers=a.workers, num_threads=self.threads,
             delegates=self._delegates(), max_loaded_versions=a.max_loaded_versions)
+        self.loader = ModelLoader(self.store, self.registry, self.hooks,
+                                  verify_golden=a.verify_golden,
+                                  max_loaded_versions=a.max_loaded_versions,
+                                  delegate_error=self.delegate_error,
+                                  describe=f"{self.runtime}, {self.threads} threads")
         self.metrics = Metrics()
         self.metrics.attach(self.hooks)
         h = config.http
@@ -99,7 +101,7 @@ class Agent:
                                    on_response=self.metrics.observe_http)
             ServingApi(self.registry, self.admission, self.metrics, max_batch=h.max_batch,
                        max_image_pixels=a.max_image_pixels, ready=self._ready,
-                       status=self.status, failures=self.failures).register(self.http)
+                       status=self.status, failures=self.loader.failures_of).register(self.http)
         self.components: list[Component] = []
         self.sources: list[Source] = []
         self.started_at: float | None = None
@@ -161,119 +163,19 @@ class Agent:
 
     # ------------------------------------------------------------------ models
 
-    def _load(self, bundle: Bundle, *, activate: bool = True) -> ServedModel:
-        if self.delegate_error and EDGETPU_OP in bundle.model_bytes:
-            raise ModelLoadError(f"{bundle.name} v{bundle.version} is compiled for the Edge TPU "
-                                 f"but its delegate is unavailable: {self.delegate_error}")
-        served = self.registry.load(bundle, activate=activate,
-                                    verify=self.config.agent.verify_golden)
-        self.load_failures.get(bundle.name, {}).pop(bundle.version, None)
-        self.hooks.emit_event("info", "model.loaded",
-                              f"{bundle.name} v{bundle.version} loaded in "
-                              f"{served.load_time_s * 1000:.0f} ms ({self.runtime}, "
-                              f"{self.threads} threads, {self.registry.workers} workers)",
-                              model=bundle.name, version=bundle.version,
-                              sha256=bundle.manifest.model_sha256, active=activate)
-        return served
-
-    def _failed(self, name: str, version: int | None, e: BaseException) -> None:
-        if version is not None:
-            self.load_failures.setdefault(name, {})[version] = str(e)
-        self.hooks.emit_event("error", "model.load_failed",
-                              f"{name} v{version} not loaded: {e}", model=name,
-                              version=version, error=type(e).__name__, reason=str(e))
-
-    def failures(self, name: str) -> dict[int, str]:
-        return dict(self.load_failures.get(name, {}))
-
-    def _load_from_store(self, name: str, versions: Sequence[int | None]) -> ServedModel | None:
-        """Try versions in order (serving, then previous); the first that loads is active."""
-        for i, v in enumerate(versions):
-            if v is None:
-                continue
-            try:
-                served = self._load(self.store.load(name, v), activate=True)
-            except EdgeError as e:
-                self._failed(name, v, e)
-                continue
-            if i > 0:
-                self.hooks.emit_event("warning", "model.fallback",
-                                      f"{name}: serving v{v} because v{versions[0]} failed",
-                                      model=name, version=v, failed=versions[0])
-            return served
-        return None
-
-    def _load_extra_versions(self, name: str) -> None:
-        """Also load older versions (previous first) up to ``max_loaded_versions``, inactive.
-
-        They answer ``/versions/{v}`` requests and make a rollback instant.
-        """
-        limit = self.config.agent.max_loaded_versions
-        prev = self.store.previous_version(name)
-        others = sorted(self.store.versions(name), reverse=True)
-        for v in list(dict.fromkeys([prev, *others])):
-            if len(self.registry.versions(name)) >= limit:
-                return
-            if v is None or v in self.load_failures.get(name, {}) or v in {
-                    sm.version for sm in self.registry.versions(name)}:
-                continue
-            try:
-                self._load(self.store.load(name, v), activate=False)
-            except EdgeError as e:
-                self._failed(name, v, e)
+    @property
+    def load_failures(self) -> dict[str, dict[int, str]]:
+        return self.loader.failures
 
     def install_bundle(self, bundle: Bundle | str | Path, activate: bool = True) -> ServedModel:
         """Install into the store and load (serving it if ``activate``). Raises on failure."""
-        b = bundle if isinstance(bundle, Bundle) else read_bundle(bundle)
         with self._lock:
-            self.store.install(b)
-            try:
-                served = self._load(b, activate=activate)
-            except EdgeError as e:
-                self._failed(b.name, b.version, e)
-                raise
-            if activate:
-                self.store.set_active(b.name, b.version)
-            return served
+            return self.loader.install(bundle, activate=activate)
 
     def reload(self) -> list[str]:
-        """Rescan the store: load new or changed serving versions, drop removed models.
-
-        A version that fails keeps the current one serving (``model.load_failed`` event).
-        Returns one line per change.
-        """
-        changes: list[str] = []
+        """Rescan the store (see :meth:`ModelLoader.reload`); one line per change."""
         with self._lock:
-            names = self.store.names()
-            for name in names:
-                v = None
-                try:
-                    v = self.store.serving_version(name)
-                    if v is None:
-                        continue
-                    want = self.store.load(name, v)
-                except EdgeError as e:
-                    self._failed(name, v, e)
-                    continue
-                loaded = {sm.version: sm for sm in self.registry.versions(name)}
-                cur = loaded.get(v)
-                if cur is not None and cur.manifest.model_sha256 == want.manifest.model_sha256:
-                    if self.registry.active_version(name) != v:
-                        self.registry.activate(name, v)
-                        changes.append(f"{name}: activated v{v}")
-                    continue
-                try:
-                    self._load(want, activate=True)
-                    changes.append(f"{name}: loaded v{v}")
-                except EdgeError as e:
-                    self._failed(name, v, e)
-            for name in self.registry.names():
-                if name not in names:
-                    self.registry.unload(name)
-                    changes.append(f"{name}: unloaded (no longer in the store)")
-        for c in changes:
-            self.hooks.emit_event("info", "agent.reloaded", c)
-        return changes
+            return self.loader.reload()
 
     # ------------------------------------------------------------------ life cycle
 
@@ -293,22 +195,8 @@ class Agent:
         with self._lock:
             if self.started_at is not None:
                 return
-            for spec in self.config.models:
-                try:
-                    b = read_bundle(spec.bundle)
-                    self.store.install(b)
-                    if spec.activate:
-                        self.store.set_active(b.name, b.version)
-                except (EdgeError, OSError) as e:
-                    self._failed(str(spec.bundle), None, e)
-            for name in self.store.names():
-                try:
-                    versions = [self.store.serving_version(name), self.store.previous_version(name)]
-                except EdgeError as e:
-                    self._failed(name, None, e)
-                    continue
-                if self._load_from_store(name, list(dict.fromkeys(versions))) is not None:
-                    self._load_extra_versions(name)
+            self.loader.install_configured(self.config.models)
+            self.loader.load_store()
             if self.http is not None:
                 self.http.start()
             self._start_components()
@@ -431,8 +319,7 @@ class Agent:
                         "probes": self.runtime_probes,
                         "capabilities": self.runtime_capabilities()},
             "models": self.registry.snapshot(),
-            "load_failures": {n: {str(v): m for v, m in f.items()}
-                              for n, f in self.load_failures.items() if f},
+            "load_failures": self.loader.failures_json(),
             "capabilities": self.capabilities,
             "started_at": self.started_at,
             "uptime_s": round(time.time() - self.started_at, 3) if self.started_at else 0.0,
