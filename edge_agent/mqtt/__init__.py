@@ -9,12 +9,12 @@ Public surface (everything else is an implementation detail)::
     Publisher       enveloped durable (outbox) and live publishes
     shared_client   the agent's one client (None without [mqtt] url)
     shared_publisher the agent's durable publisher (None without MQTT telemetry)
-    MqttError, MqttConnectError, MqttNotConnectedError
+    MqttError, MqttConnectError
 """
 
 from edge_agent.mqtt.client import Message, MqttClient, Will
 from edge_agent.mqtt.config import MqttConfig
-from edge_agent.mqtt.errors import MqttConnectError, MqttError, MqttNotConnectedError
+from edge_agent.mqtt.errors import MqttConnectError, MqttError
 from edge_agent.mqtt.publisher import Publisher
 from edge_agent.mqtt.shared import shared_client, shared_publisher
 from edge_agent.mqtt.topics import Topics
@@ -25,7 +25,6 @@ __all__ = [
     "MqttConfig",
     "MqttConnectError",
     "MqttError",
-    "MqttNotConnectedError",
     "Publisher",
     "Topics",
     "Will",
