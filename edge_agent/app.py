@@ -47,7 +47,7 @@ log = logging.getLogger(__name__)
 
 # In start order; the systemd notifier last, so READY=1 means everything else is up.
 COMPONENT_FACTORIES = ("edge_agent.telemetry.service:create", "edge_agent.update.service:create",
-                       "edge_agent.service:create")
+                       "edge_agent.systemd:create")
 EDGETPU_OP = b"edgetpu-custom-op"
 # /proc/device-tree/model prefix → profile (boards without a device tree: x86_64 only)
 BOARD_MODELS = (("Raspberry Pi 5", "rpi5"), ("Raspberry Pi 4", "rpi4"),

@@ -1,4 +1,4 @@
-"""Running under systemd: the unit, its installer, sd_notify + watchdog, journald-fit logs.
+"""Running under systemd: the unit, its installer, and sd_notify + watchdog.
 
 * :func:`render_unit` / :func:`install_service` — ``edge-agent.service`` for a dedicated
   ``edge-agent`` user, ``Restart=on-failure``, state in ``/var/lib/edge-agent``
@@ -9,22 +9,17 @@
 * :func:`sd_notify` — the notify protocol over a datagram socket (``$NOTIFY_SOCKET``; no
   libsystemd). :class:`Watchdog` pings ``WATCHDOG=1`` at half ``$WATCHDOG_USEC`` *only while
   a health check answers*, so a wedged agent is restarted by systemd.
-  :func:`create` is an agent component (``"edge_agent.service:create"``): READY=1 once
-  serving, the watchdog, STOPPING=1 on stop; it is ``None`` outside systemd.
-* :class:`JsonLinesFormatter` (one JSON object per line) and :class:`JournalFormatter`
-  (``<priority>`` prefixes journald turns into levels, no duplicate timestamp);
-  :func:`log_formatter` picks the journal one when stderr is the journal.
-* :func:`add_service_commands` — ``edge-agent install-service`` and ``edge-agent
-  check-config`` (validate the file, the profile and the bundles without starting).
+  :class:`SystemdNotifier` is the agent component: READY=1 once serving, the watchdog,
+  STOPPING=1 on stop; :func:`create` builds it from the agent (``None`` outside systemd).
 
-Raises :class:`~edge_agent.errors.ConfigError` (bad options, bad config) and ``OSError``.
+Journald-fit log formatting is :mod:`edge_agent.logs`; the ``install-service`` and
+``check-config`` commands are :mod:`edge_agent.cli_service`.
+
+Raises :class:`~edge_agent.errors.ConfigError` (bad options) and ``OSError``.
 """
 
 from __future__ import annotations
 
-import argparse
-import datetime as dt
-import json
 import logging
 import os
 import pwd
@@ -38,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edge_agent.errors import ConfigError, EdgeError
+from edge_agent.errors import ConfigError
 from edge_agent.fsutil import atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -63,25 +58,14 @@ port = 8501
 """
 
 
-COMPONENT = "edge_agent.service:create"
-
-
-def agent_notifies() -> bool:
-    """Whether ``edge-agent run`` loads :func:`create` (then the unit can be ``Type=notify``)."""
-    try:
-        from edge_agent.app import COMPONENT_FACTORIES
-    except ImportError:
-        return False
-    return COMPONENT in COMPONENT_FACTORIES
-
 
 @dataclass(frozen=True)
 class ServiceOptions:
     """What goes into the unit. ``watchdog_s = 0`` leaves the watchdog off.
 
-    ``notify`` (default: whether the agent loads this module's component) selects
-    ``Type=notify`` + ``WatchdogSec``; without it the unit is ``Type=exec`` and has no
-    watchdog, since nothing would send ``READY=1``.
+    ``notify`` selects ``Type=notify`` + ``WatchdogSec`` (the agent starts the
+    :class:`SystemdNotifier` last, so ``READY=1`` means it is serving); without it the unit
+    is ``Type=exec`` and has no watchdog, since nothing would send ``READY=1``.
     """
 
     exec_path: Path = field(default_factory=lambda: Path(sys.prefix) / "bin" / "edge-agent")
@@ -91,7 +75,7 @@ class ServiceOptions:
     restart_sec_s: int = 5
     start_timeout_s: int = 300  # probe + golden vectors of every model on a slow board
     supplementary_groups: tuple[str, ...] = ()  # e.g. video (camera), plugdev (Coral USB)
-    notify: bool = field(default_factory=agent_notifies)
+    notify: bool = True
 
     def __post_init__(self) -> None:
         if not self.exec_path.is_absolute() or not self.config_path.is_absolute():
@@ -287,20 +271,25 @@ class Watchdog:
 
 
 class SystemdNotifier:
-    """Agent component: READY=1 once serving, the watchdog, STOPPING=1 on the way out."""
+    """READY=1 once serving, the watchdog while ``health()`` answers, STOPPING=1 on stop.
 
-    def __init__(self, agent: Any, env: Mapping[str, str] | None = None) -> None:
-        self.agent = agent
+    ``health``: true while the agent can answer (it may block if the agent is wedged: then
+    no ping goes out and systemd restarts us). ``status``: the ``STATUS=`` line sent with
+    READY=1 (e.g. ``"serving digits"``). ``env``: the environment to read
+    ``$NOTIFY_SOCKET`` / ``$WATCHDOG_USEC`` from (default: ``os.environ``).
+    """
+
+    def __init__(self, *, health: Callable[[], bool], status: Callable[[], str] | None = None,
+                 env: Mapping[str, str] | None = None) -> None:
+        self.health = health
+        self.status = status
         self.env = env
         interval = watchdog_interval_s(env)
-        self.watchdog = Watchdog(interval, self._healthy, env) if interval else None
-
-    def _healthy(self) -> bool:
-        return isinstance(self.agent.status(), dict)  # blocks if the agent is wedged
+        self.watchdog = Watchdog(interval, health, env) if interval else None
 
     def start(self) -> None:
-        models = ", ".join(self.agent.registry.names()) or "no models"
-        sd_notify(f"READY=1\nSTATUS=serving {models}", self.env)
+        ready = "READY=1" if self.status is None else f"READY=1\nSTATUS={self.status()}"
+        sd_notify(ready, self.env)
         if self.watchdog:
             self.watchdog.start()
 
@@ -311,162 +300,16 @@ class SystemdNotifier:
 
 
 def create(agent: Any) -> SystemdNotifier | None:
-    """The component when started by systemd (``$NOTIFY_SOCKET`` set), else None."""
-    return SystemdNotifier(agent) if os.environ.get("NOTIFY_SOCKET") else None
+    """Temporary adapter for ``COMPONENT_FACTORIES`` (``"edge_agent.systemd:create"``): the
+    notifier when started by systemd (``$NOTIFY_SOCKET`` set), else None.
 
-
-# ---------------------------------------------------------------------------- logs
-
-
-class JsonLinesFormatter(logging.Formatter):
-    """One JSON object per record: ts (UTC ISO 8601), level, logger, msg, pid, extras, exc."""
-
-    _STD = set(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime"}
-
-    def format(self, record: logging.LogRecord) -> str:
-        d: dict[str, Any] = {
-            "ts": dt.datetime.fromtimestamp(record.created, dt.timezone.utc)
-            .isoformat(timespec="milliseconds"),
-            "level": record.levelname.lower(), "logger": record.name,
-            "msg": record.getMessage(), "pid": record.process}
-        for k, v in vars(record).items():
-            if k not in self._STD and not k.startswith("_"):
-                d[k] = v if isinstance(v, (str, int, float, bool, type(None))) else repr(v)
-        if record.exc_info:
-            d["exc"] = self.formatException(record.exc_info)
-        return json.dumps(d, ensure_ascii=False)
-
-
-class JournalFormatter(logging.Formatter):
-    """``<N>logger: message`` — journald reads N as the priority and adds its own timestamp."""
-
-    PRIORITY = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3,
-                logging.CRITICAL: 2}
-
-    def format(self, record: logging.LogRecord) -> str:
-        pri = self.PRIORITY.get(record.levelno, 6)
-        text = f"{record.name}: {record.getMessage()}"
-        if record.exc_info:
-            text += "\n" + self.formatException(record.exc_info)
-        return "\n".join(f"<{pri}>{line}" for line in text.splitlines())
-
-
-def stderr_is_journal(env: Mapping[str, str] | None = None) -> bool:
-    """True when stderr is connected to journald (``$JOURNAL_STREAM`` = its dev:inode)."""
-    js = (os.environ if env is None else env).get("JOURNAL_STREAM", "")
-    try:
-        st = os.fstat(sys.stderr.fileno())
-    except (OSError, ValueError, AttributeError):
-        return False
-    return js == f"{st.st_dev}:{st.st_ino}"
-
-
-def log_formatter(fmt: str = "text") -> logging.Formatter:
-    """``json`` → JSON lines; ``text`` → journal-style when stderr is the journal, else plain."""
-    if fmt == "json":
-        return JsonLinesFormatter()
-    if stderr_is_journal():
-        return JournalFormatter()
-    return logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
-
-
-# ---------------------------------------------------------------------------- commands
-
-
-def check_config(path: Path | None, *, read_models: bool = True) -> list[str]:
-    """Validate ``path`` like ``edge-agent run`` would, without starting; lines for the user.
-
-    Raises ConfigError / ProfileError / BundleError naming the file and key.
+    It only reads ``agent.status()`` (health) and ``agent.registry.names()`` (the STATUS
+    line); typed wiring will build :class:`SystemdNotifier` directly.
     """
-    from edge_agent.bundle import read_bundle
-    from edge_agent.config import load_config
-    from edge_agent.profiles import load_profile
+    if not os.environ.get("NOTIFY_SOCKET"):
+        return None
 
-    cfg = load_config(path)
-    a = cfg.agent
-    if a.profile == "auto":
-        from edge_agent.app import detect_profile
+    def status() -> str:
+        return f"serving {', '.join(agent.registry.names()) or 'no models'}"
 
-        profile = load_profile(detect_profile())
-    else:
-        profile = load_profile(a.profile)
-    lines = [f"device {a.device_id}, profile {profile.name}, store {a.store_dir}"]
-    raw = dict(cfg.sections)
-    if raw.get("mqtt", {}).get("url"):
-        from edge_agent.mqtt.config import MqttConfig
-
-        MqttConfig.from_section(dict(raw["mqtt"]), cfg.source)
-        lines.append(f"mqtt {raw['mqtt']['url']}")
-        from edge_agent.telemetry.config import TelemetryConfig
-
-        TelemetryConfig.from_section(dict(raw.get("telemetry") or {}), cfg.source,
-                                     default_interval_s=profile.telemetry_interval_s)
-    if raw.get("update"):
-        from edge_agent.update.config import UpdateConfig
-
-        UpdateConfig.from_section(dict(raw["update"]), cfg.source)
-        lines.append("update enabled")
-    for spec in cfg.models:
-        if read_models:
-            b = read_bundle(spec.bundle)
-            lines.append(f"model {b.name} v{b.version} from {spec.bundle}")
-    if cfg.http.enabled:
-        lines.append(f"http {cfg.http.host}:{cfg.http.port}"
-                     + (" (token)" if cfg.http.token or cfg.http.token_file else ""))
-    return lines
-
-
-def _cmd_check_config(a: argparse.Namespace) -> int:
-    try:
-        lines = check_config(a.config, read_models=not a.no_models)
-    except EdgeError as e:
-        print(f"edge-agent: check-config: {e}", file=sys.stderr)
-        return 2
-    print(f"{a.config or '<defaults>'}: OK")
-    for ln in lines:
-        print(f"  {ln}")
-    return 0
-
-
-def _cmd_install_service(a: argparse.Namespace) -> int:
-    try:
-        opts = ServiceOptions(exec_path=Path(a.exec_path).absolute(), user=a.user,
-                              config_path=Path(a.config).absolute(), watchdog_s=a.watchdog_s,
-                              supplementary_groups=tuple(a.group or ()))
-    except ConfigError as e:
-        print(f"edge-agent: install-service: {e}", file=sys.stderr)
-        return 2
-    if a.print_unit:
-        sys.stdout.write(render_unit(opts))
-        return 0
-    rep = install_service(opts, root=Path(a.root), enable=a.enable, start=a.start,
-                          dry_run=a.dry_run)
-    verb = "would write" if a.dry_run else "wrote"
-    for p in rep.written:
-        print(f"{verb} {p}")
-    for p in rep.kept:
-        print(f"kept {p} (exists)")
-    for c in rep.commands:
-        print(f"{'would run' if a.dry_run else 'ran'}: {' '.join(c)}")
-    return 0
-
-
-def add_service_commands(subparsers: Any) -> None:
-    """Register ``install-service`` and ``check-config`` on the agent CLI's subparsers."""
-    s = subparsers.add_parser("install-service", help="install the systemd unit, user and dirs")
-    s.add_argument("--root", default="/", help="install under this root prefix (image builds)")
-    s.add_argument("--exec", dest="exec_path", default=str(ServiceOptions().exec_path),
-                   help="the edge-agent executable (default: this venv's)")
-    s.add_argument("--user", default=USER)
-    s.add_argument("--config", default=str(CONFIG_PATH))
-    s.add_argument("--watchdog-s", type=int, default=60, help="WatchdogSec (0: off)")
-    s.add_argument("--group", action="append", help="supplementary group (video, plugdev)")
-    s.add_argument("--enable", action="store_true", help="systemctl enable")
-    s.add_argument("--start", action="store_true", help="systemctl enable --now")
-    s.add_argument("--dry-run", action="store_true")
-    s.add_argument("--print-unit", action="store_true", help="print the unit and exit")
-    s.set_defaults(func=_cmd_install_service)
-    c = subparsers.add_parser("check-config", help="validate agent.toml without starting")
-    c.add_argument("--config", type=Path, default=os.environ.get("EDGE_AGENT_CONFIG"))
-    c.add_argument("--no-models", action="store_true", help="do not open the [[models]] bundles")
-    c.set_defaults(func=_cmd_check_config)
+    return SystemdNotifier(health=lambda: isinstance(agent.status(), dict), status=status)
