@@ -247,7 +247,7 @@ def push(meter: Meter, repo: FleetRepo, signers: list[Any], bundle: Path, url: s
     agents, brk = pids[:-1], pids[-1:]
     before, cpu0, broker_cpu0 = meter.snapshot(), cpu_seconds(agents), cpu_seconds(brk)
     t0 = time.monotonic()
-    res = publish(repo, bundle, signers, audience=Audience(groups=("sim",)), broker_url=url,
+    res = publish(repo, bundle, signers, audience=Audience(groups=("sim",)), broker=url,
                   chunk_size=chunk)
     t_pub = time.monotonic() - t0
     ok = meter.wait(lambda: len(meter.committed.get(version, {})) + len(
@@ -273,7 +273,7 @@ def rollout(meter: Meter, repo: FleetRepo, signers: list[Any], bundle: Path, url
     version = read_bundle(bundle).version
     before = meter.snapshot()
     t0 = time.monotonic()
-    req = RolloutRequest(bundle=bundle, repo=repo.path, broker_url=url, group="sim",
+    req = RolloutRequest(bundle=bundle, repo=repo.path, broker=url, group="sim",
                          policy=Policy("5%", "25%", 0.10, timeout_s), chunk_size=chunk,
                          discover_s=5.0)
     st = Rollout(req, signers, say=lambda m: print(f"  {m}", flush=True)).run()

@@ -13,7 +13,6 @@ import hashlib
 import io
 import json
 import tarfile
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,14 +33,6 @@ DTYPES = ("int8", "uint8", "int16", "int32", "float32", "float16")
 
 def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 @dataclass(frozen=True)
@@ -356,11 +347,3 @@ def write_bundle(bundle: Bundle, out: str | Path) -> Path:
         for name, data in bundle.files().items():
             (tmp / name).write_bytes(data)
     return out
-
-
-def extract_to_temp(bundle: Bundle) -> Path:
-    """Write the model to a temp file (for runtimes that want a path); caller deletes it."""
-    fd, name = tempfile.mkstemp(suffix=".tflite")
-    with open(fd, "wb") as f:
-        f.write(bundle.model_bytes)
-    return Path(name)

@@ -6,19 +6,19 @@
                    [--device-id ID] [--profile NAME] [--store DIR] [--mqtt URL]
     edge-agent predict BUNDLE FILE... [--json] [-k K]
     edge-agent bench BUNDLE [--runs N] [--threads N] [--json]
+    edge-agent check-config [--config agent.toml] [--no-models]
+    edge-agent install-service [--root DIR] [--dry-run] [--print-unit] ...
 
-More subcommands (install-service, check-config) come from ``edge_agent.service`` when it
-is installed. Exit codes: 0 ok, 1 the operation failed, 2 bad input (config, bundle,
-file); errors are one line on stderr, never a traceback for an expected error.
-``run`` stops cleanly on SIGTERM / SIGINT and rescans the model store on SIGHUP.
+``check-config`` and ``install-service`` live in :mod:`edge_agent.cli_service`; log
+formatting in :mod:`edge_agent.logs`. Exit codes: 0 ok, 1 the operation failed, 2 bad
+input (config, bundle, file); errors are one line on stderr, never a traceback for an
+expected error. ``run`` stops cleanly on SIGTERM / SIGINT and rescans the model store on SIGHUP.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
-import logging
 import os
 import signal
 import sys
@@ -29,36 +29,11 @@ from typing import Any
 
 import numpy as np
 
+from edge_agent.cli_service import add_service_commands
 from edge_agent.errors import BadInputError, EdgeError
+from edge_agent.logs import setup_logging
 
 PROG = "edge-agent"
-
-
-class JsonFormatter(logging.Formatter):
-    """One JSON object per line (``log_format = "json"``), for journald / log shippers."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        d: dict[str, Any] = {"ts": round(record.created, 3), "level": record.levelname.lower(),
-                             "logger": record.name, "msg": record.getMessage()}
-        if record.exc_info:
-            d["exc"] = self.formatException(record.exc_info)
-        return json.dumps(d)
-
-
-def setup_logging(fmt: str = "text", level: str = "info") -> None:
-    """Logs on stderr; journald-aware formatting from ``edge_agent.service`` when installed."""
-    handler = logging.StreamHandler(sys.stderr)
-    try:
-        from edge_agent.service import log_formatter
-
-        formatter = log_formatter(fmt)
-    except ImportError:
-        formatter = JsonFormatter() if fmt == "json" else logging.Formatter(
-            "%(asctime)s %(levelname)s %(name)s: %(message)s")
-    handler.setFormatter(formatter)
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(getattr(logging, level.upper(), logging.INFO))
 
 
 def _host_port(text: str) -> dict[str, Any]:
@@ -115,15 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--json", action="store_true")
     b.set_defaults(func=cmd_bench)
 
-    try:
-        service = importlib.import_module("edge_agent.service")
-    except ModuleNotFoundError as e:
-        if e.name != "edge_agent.service":
-            raise
-    else:
-        add = getattr(service, "add_service_commands", None)
-        if add is not None:
-            add(sub)
+    add_service_commands(sub)
     return p
 
 

@@ -61,7 +61,8 @@ ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")  # safe in MQTT topics 
 COMPONENTS = ("telemetry", "update", "systemd")  # in start order
 LEGACY_COMPONENTS = {"edge_agent.telemetry.service:create": "telemetry",
                      "edge_agent.update.service:create": "update",
-                     "edge_agent.service:create": "systemd"}
+                     "edge_agent.service:create": "systemd",
+                     "edge_agent.systemd:create": "systemd"}
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 _SECRET_RE = re.compile(r"(^|_)(password|passphrase|token|secret|psk|api_key|private_key)$")
 MIB = 1024 * 1024

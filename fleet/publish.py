@@ -4,9 +4,12 @@
 
     edge-fleet publish BUNDLE --repo REPO --key K… --broker URL (--device ID… | --group G)
                        [--http-url URL] [--chunk-size BYTES] [--no-mqtt-chunks]
-                       [--signed-metadata DIR]
+                       [--signed-metadata DIR] [broker options]
     edge-fleet rollback --repo REPO --key K… --broker URL --model NAME [--to-version N]
-                       (--device ID… | --group G)
+                       (--device ID… | --group G) [broker options]
+
+Broker options (TLS, client certificate, user and password file, client id, topic
+prefix) are those of every edge-fleet command: :mod:`fleet.broker`.
 
 ``publish`` (1) adds the bundle (deterministic ``.tar``) to the TUF repository as a
 target whose signed entry names the model, version, profiles, audience and the sha256
@@ -31,7 +34,7 @@ import threading
 import time
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
 
@@ -55,6 +58,7 @@ from edge_agent.update.wire import (
     parse_target_spec,
 )
 from fleet import keys
+from fleet.broker import add_broker_args, as_config, broker_config
 from fleet.repo import FleetRepo, target_path_for_model
 
 DEFAULT_CHUNK = 256 * 1024  # bytes; must stay under the device's mqtt.max_incoming_bytes
@@ -76,11 +80,15 @@ def audience_topics(audience: Audience, prefix: str = "edge") -> tuple[str, ...]
 
 
 class Broker:
-    """A short-lived workstation connection: QoS 1 publishes, waits for every PUBACK."""
+    """A short-lived workstation connection: QoS 1 publishes, waits for every PUBACK.
 
-    def __init__(self, url: str, *, client_id: str | None = None,
+    ``broker``: the validated connection settings (:func:`fleet.broker.broker_config`) or a
+    plain URL. Raises MqttConnectError when the broker cannot be reached or refuses us.
+    """
+
+    def __init__(self, broker: MqttConfig | str, *, client_id: str | None = None,
                  connect_timeout_s: float = 10.0) -> None:
-        self.config = MqttConfig.from_url(url, max_inflight=100)
+        self.config = replace(as_config(broker), max_inflight=100)
         self.client = MqttClient(config=self.config,
                                  client_id=client_id or f"edge-fleet-{uuid.uuid4().hex[:8]}")
         self.client.connect(connect_timeout_s)
@@ -155,7 +163,7 @@ def sign_bundle(repo: FleetRepo, bundle_path: Path, signers: Sequence[Signer], *
 
 
 def publish(repo: FleetRepo, bundle_path: Path, signers: Sequence[Signer], *,
-            audience: Audience, broker_url: str, http_url: str | None = None,
+            audience: Audience, broker: MqttConfig | str, http_url: str | None = None,
             chunk_size: int = DEFAULT_CHUNK, mqtt_chunks: bool = True,
             signed_metadata: Path | None = None) -> Published:
     """Sign (or take signed metadata), push chunks, announce. See the module docstring."""
@@ -170,14 +178,14 @@ def publish(repo: FleetRepo, bundle_path: Path, signers: Sequence[Signer], *,
     sha = hashlib.sha256(data).hexdigest()
     ann = Announcement(path, files, chunks=mqtt_chunks and spec.chunks is not None,
                        mirrors=(http_url,) if http_url else (), published_at=time.time())
-    broker = Broker(broker_url)
+    conn = Broker(broker)
     try:
         if ann.chunks and spec.chunks is not None:
-            publish_chunks(broker, data, spec.chunks, sha, broker.config.topic_prefix)
-        topics = audience_topics(audience, broker.config.topic_prefix)
-        payload = announce(broker, topics, ann)
+            publish_chunks(conn, data, spec.chunks, sha, conn.config.topic_prefix)
+        topics = audience_topics(audience, conn.config.topic_prefix)
+        payload = announce(conn, topics, ann)
     finally:
-        broker.close()
+        conn.close()
     return Published(path, sha, len(data), spec.chunks.count if spec.chunks else 0,
                      topics, payload)
 
@@ -205,7 +213,7 @@ def _take_signed(bundle_path: Path, meta_dir: Path
 
 
 def rollback(repo: FleetRepo, signers: Sequence[Signer], *, audience: Audience, name: str,
-             to_version: int | None, broker_url: str) -> Published:
+             to_version: int | None, broker: MqttConfig | str) -> Published:
     """Sign a rollback command and announce it (inline: no chunks needed)."""
     cmd = Command("rollback", name, to_version, uuid.uuid4().hex)
     data = cmd.to_bytes()
@@ -215,12 +223,12 @@ def rollback(repo: FleetRepo, signers: Sequence[Signer], *, audience: Audience, 
     sha = hashlib.sha256(data).hexdigest()
     files[f"targets/commands/{sha}.{cmd.id}.json"] = data
     ann = Announcement(path, files, chunks=False, published_at=time.time())
-    broker = Broker(broker_url)
+    conn = Broker(broker)
     try:
-        topics = audience_topics(audience, broker.config.topic_prefix)
-        payload = announce(broker, topics, ann)
+        topics = audience_topics(audience, conn.config.topic_prefix)
+        payload = announce(conn, topics, ann)
     finally:
-        broker.close()
+        conn.close()
     return Published(path, sha, len(data), 0, topics, payload)
 
 
@@ -239,17 +247,18 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--repo", type=Path, required=True, help="repository directory")
     p.add_argument("--key", action="append", default=[], metavar="KEY",
                    help="private key file (repeat: targets, snapshot, timestamp keys)")
-    p.add_argument("--broker", required=True, metavar="URL", help="mqtt[s]://host:port")
     who = p.add_mutually_exclusive_group(required=True)
     who.add_argument("--device", nargs="+", metavar="ID")
     who.add_argument("--group", action="append", metavar="G")
     keys.add_passphrase_args(p)
+    add_broker_args(p)
 
 
 def _cmd_publish(args: argparse.Namespace) -> int:
+    broker = broker_config(args)  # a bad flag fails before any key is opened
     repo = FleetRepo(args.repo)
     res = publish(repo, Path(args.bundle), [] if args.signed_metadata else _signers(args),
-                  audience=_audience(args), broker_url=args.broker, http_url=args.http_url,
+                  audience=_audience(args), broker=broker, http_url=args.http_url,
                   chunk_size=args.chunk_size, mqtt_chunks=not args.no_mqtt_chunks,
                   signed_metadata=args.signed_metadata)
     print(f"published {res.target} ({res.length} bytes, sha256 {res.sha256[:16]}…, "
@@ -258,8 +267,9 @@ def _cmd_publish(args: argparse.Namespace) -> int:
 
 
 def _cmd_rollback(args: argparse.Namespace) -> int:
+    broker = broker_config(args)
     res = rollback(FleetRepo(args.repo), _signers(args), audience=_audience(args),
-                   name=args.model, to_version=args.to_version, broker_url=args.broker)
+                   name=args.model, to_version=args.to_version, broker=broker)
     print(f"signed rollback of {args.model} to "
           f"{'v' + str(args.to_version) if args.to_version else 'the previous version'} "
           f"→ {', '.join(res.topics)}")

@@ -5,7 +5,7 @@
     edge-fleet rollout BUNDLE --repo REPO --key K… --broker URL (--group G | --device ID…)
         [--canary 5%] [--step 25%] [--max-failure 10%] [--wait 60s] [--rollback]
         [--state FILE] [--http-url URL] [--chunk-size BYTES] [--discover 3s]
-        [--dry-run] [--restart] [--json]
+        [--dry-run] [--restart] [--json] [broker options: fleet.broker]
 
 1. **Plan.** Members of ``--group`` are read from the devices' retained statuses
    (``edge/<device>/status`` carries ``groups``, also when offline); devices whose status
@@ -50,6 +50,7 @@ from pathlib import Path
 from typing import Any
 
 from fleet import keys
+from fleet.broker import add_broker_args, broker_config
 from fleet.observer import FleetObserver
 from fleet.publish import DEFAULT_CHUNK
 from fleet.rollout_core import Policy, parse_duration, parse_rate, summary
@@ -83,7 +84,7 @@ def request_from_args(a: argparse.Namespace) -> RolloutRequest:
                     max_failure=parse_rate(a.max_failure, "--max-failure"),
                     wait_s=parse_duration(a.wait, "--wait"), rollback=a.rollback)
     return RolloutRequest(
-        bundle=a.bundle, repo=a.repo, broker_url=a.broker, group=a.group,
+        bundle=a.bundle, repo=a.repo, broker=broker_config(a), group=a.group,
         devices=tuple(a.device or ()), policy=policy, state_path=a.state,
         http_url=a.http_url, chunk_size=a.chunk_size,
         discover_s=parse_duration(a.discover, "--discover"), restart=a.restart,
@@ -111,7 +112,6 @@ def register(subparsers: Any) -> None:
     p.add_argument("--repo", type=Path, required=True, help="repository directory")
     p.add_argument("--key", action="append", default=[], metavar="KEY",
                    help="private key file (repeat: targets, snapshot, timestamp keys)")
-    p.add_argument("--broker", required=True, metavar="URL", help="mqtt[s]://host:port")
     who = p.add_mutually_exclusive_group(required=True)
     who.add_argument("--group", metavar="G", help="devices whose status lists group G")
     who.add_argument("--device", nargs="+", metavar="ID", help="explicit device ids")
@@ -129,6 +129,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--restart", action="store_true", help="discard the state file first")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     keys.add_passphrase_args(p)
+    add_broker_args(p)
     p.set_defaults(func=cmd_rollout)
 
 

@@ -30,6 +30,7 @@ from edge_agent.fsutil import atomic_write_bytes, atomic_write_text
 from edge_agent.mqtt.client import MqttClient
 from edge_agent.mqtt.config import MqttConfig
 from edge_agent.update.wire import Announcement, Audience, announce_topic, group_announce_topic
+from fleet.broker import as_config, client_config
 from fleet.observer import FleetObserver
 from fleet.publish import DEFAULT_CHUNK, Broker, publish_chunks, rollback, sign_bundle
 from fleet.repo import FleetRepo
@@ -65,7 +66,7 @@ class RolloutRequest:
 
     bundle: Path
     repo: Path
-    broker_url: str
+    broker: MqttConfig | str  # validated settings (fleet.broker.broker_config) or a URL
     group: str | None = None
     devices: tuple[str, ...] = ()
     policy: Policy = field(default_factory=Policy)
@@ -106,7 +107,7 @@ class Rollout:
         self.id = rollout_id(self.target, req.scope)
         self.path = req.state_path or req.repo / "rollouts" / f"{self.id}.json"
         self.ann_path = self.path.with_suffix(".announce.json")
-        self.config = MqttConfig.from_url(req.broker_url)
+        self.config = as_config(req.broker)
         self.prefix = self.config.topic_prefix
         self.state: RolloutState | None = None
         self._saved: RolloutState | None = None
@@ -154,7 +155,7 @@ class Rollout:
             self.say(f"rollout {self.id} already {st.status}; nothing to do")
             self.state = st
             return st
-        client = MqttClient(config=self.config,
+        client = MqttClient(config=client_config(self.config, "rollout"),
                             client_id=f"edge-fleet-rollout-{os.getpid()}-{time.time_ns() % 10**6}",
                             dispatch_queue=DISPATCH_QUEUE)
         obs = FleetObserver(client, self.prefix)
@@ -269,7 +270,8 @@ class Rollout:
             from edge_agent.update.wire import ChunkPlan
 
             plan = ChunkPlan.for_data(self.tar, self.req.chunk_size)
-            broker = Broker(self.req.broker_url, client_id=f"edge-fleet-chunks-{os.getpid()}")
+            broker = Broker(client_config(self.config, "chunks"),
+                            client_id=f"edge-fleet-chunks-{os.getpid()}")
             try:
                 publish_chunks(broker, self.tar, plan, self.target.sha256, self.prefix)
             finally:
@@ -281,7 +283,7 @@ class Rollout:
         err: TransportError | None = None
         for _ in range(attempts):
             try:
-                broker = Broker(self.req.broker_url,
+                broker = Broker(client_config(self.config, "announce"),
                                 client_id=f"edge-fleet-announce-{os.getpid()}")
             except TransportError as e:
                 err = e
@@ -403,7 +405,7 @@ class Rollout:
             for prev, devs in sorted(by_prev.items(), key=lambda kv: kv[0] or 0):
                 rollback(FleetRepo(self.req.repo), self.signers,
                          audience=Audience(devices=tuple(devs)), name=st.target.name,
-                         to_version=prev, broker_url=self.req.broker_url)
+                         to_version=prev, broker=client_config(self.config, "rollback"))
             st = replace(st, rolled_back=tuple(sorted({*st.rolled_back, *committed})))
             self.say(f"wave {wave.index}: signed rollback sent to {len(committed)} device(s)")
         self._set(replace(st, status="halted", finished_at=time.time()))

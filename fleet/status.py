@@ -2,8 +2,10 @@
 
 ::
 
-    edge-fleet status --broker URL [--duration 2] [--group G] [--json]
-                      [--ca-file F] [--cert-file F --key-file F] [--username U --password-file F]
+    edge-fleet status --broker URL [--duration 2] [--group G] [--json] [broker options]
+
+Broker options (:mod:`fleet.broker`): ``--ca-file F``, ``--cert-file F --key-file F``,
+``--username U --password-file F``, ``--client-id ID``, ``--prefix P``.
 
 Columns: device, online, profile, groups, model versions, update state, drift flag, last
 seen (the device's own timestamp on its latest status, or when its latest telemetry or
@@ -30,6 +32,7 @@ from typing import Any
 from edge_agent.mqtt.client import MqttClient
 from edge_agent.mqtt.config import MqttConfig
 from edge_agent.mqtt.payloads import decode
+from fleet.broker import add_broker_args, broker_config
 from fleet.watch import DeviceRow, FleetView
 
 
@@ -171,16 +174,8 @@ def render(rows: Sequence[StatusRow], now: float | None = None) -> str:
     return "\n".join([f"{len(rows)} devices, {n_online} online", *lines])
 
 
-def _config(a: argparse.Namespace) -> MqttConfig:
-    raw: dict[str, Any] = {"url": a.broker, "topic_prefix": a.prefix}
-    for k in ("ca_file", "cert_file", "key_file", "username", "password_file"):
-        if getattr(a, k):
-            raw[k] = getattr(a, k)
-    return MqttConfig.from_section(raw, "edge-fleet status")
-
-
 def cmd_status(a: argparse.Namespace) -> int:
-    rows = collect(_config(a), a.duration, group=a.group)
+    rows = collect(broker_config(a), a.duration, group=a.group)
     if a.json:
         print(json.dumps([asdict(r) for r in rows], indent=1))
     else:
@@ -192,15 +187,9 @@ def register(subparsers: Any) -> None:
     p = subparsers.add_parser("status", help="one table of the fleet (retained statuses)",
                               description=__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--broker", required=True, metavar="URL", help="mqtt[s]://host:port")
     p.add_argument("--duration", type=float, default=2.0,
                    help="seconds to listen (statuses are immediate; telemetry is not)")
     p.add_argument("--group", help="only devices in this group")
     p.add_argument("--json", action="store_true", help="JSON rows instead of the table")
-    p.add_argument("--prefix", default="edge")
-    p.add_argument("--ca-file")
-    p.add_argument("--cert-file")
-    p.add_argument("--key-file")
-    p.add_argument("--username")
-    p.add_argument("--password-file")
+    add_broker_args(p)
     p.set_defaults(func=cmd_status)

@@ -6,6 +6,7 @@
         # keys (DIR/keys) and repository (DIR/repo); prints the root.json to put in the
         # agent's [update] root_file before starting it
     python -m fleet.update_demo run DIR --broker URL --device ID --v2 BUNDLE --v3 BUNDLE
+        [broker options: fleet.broker]
 
 ``run`` watches ``edge/<device>/events``, publishes v2 signed by the repository's keys
 and waits for ``update.committed``; then signs v3 with a key the device's root does not
@@ -30,6 +31,7 @@ from edge_agent.mqtt.client import MqttClient
 from edge_agent.mqtt.config import MqttConfig
 from edge_agent.update.wire import Announcement, Audience, ChunkPlan, TargetSpec
 from fleet import keys
+from fleet.broker import add_broker_args, as_config, broker_config, client_config
 from fleet.publish import Broker, announce, audience_topics, publish, publish_chunks
 from fleet.repo import FleetRepo, target_path_for_model
 
@@ -52,13 +54,17 @@ def setup(d: Path, out: Print = print) -> Path:
     return root
 
 
-def run(d: Path, *, broker: str, device: str, v2: Path, v3: Path, timeout_s: float = 60.0,
-        out: Print = print) -> int:
-    """Publish signed v2, show the swap; publish forged v3, show why it is refused."""
+def run(d: Path, *, broker: MqttConfig | str, device: str, v2: Path, v3: Path,
+        timeout_s: float = 60.0, out: Print = print) -> int:
+    """Publish signed v2, show the swap; publish forged v3, show why it is refused.
+
+    ``broker``: validated settings (:func:`fleet.broker.broker_config`) or a plain URL.
+    """
+    broker = as_config(broker)
     repo = FleetRepo(d / "repo")
     signers = [keys.load_signer(d / "keys" / f"{r}.key") for r in ROLES[1:]]
     events: queue.Queue[dict[str, Any]] = queue.Queue()
-    watcher = MqttClient(config=MqttConfig.from_url(broker),
+    watcher = MqttClient(config=client_config(broker, "watch"),
                          client_id=f"edge-fleet-demo-{uuid.uuid4().hex[:6]}")
 
     def on_event(_t: str, payload: bytes) -> None:
@@ -73,20 +79,21 @@ def run(d: Path, *, broker: str, device: str, v2: Path, v3: Path, timeout_s: flo
         me = Audience((device,), ())
         out(f"$ edge-fleet publish {v2} --device {device}   (signed: targets, snapshot, "
             "timestamp keys)")
-        publish(repo, v2, signers, audience=me, broker_url=broker)
+        publish(repo, v2, signers, audience=me, broker=client_config(broker, "publish"))
         if not _wait(events, "update.committed", timeout_s, out):
             return 1
         out(f"$ forging v3: signed with a key that {device}'s root does not know")
         name = f"rogue-{uuid.uuid4().hex[:6]}"
         keys.generate(d / "attacker", name)
-        _forge(repo, v3, keys.load_signer(d / "attacker" / f"{name}.key"), signers, me, broker)
+        _forge(repo, v3, keys.load_signer(d / "attacker" / f"{name}.key"), signers, me,
+               client_config(broker, "forge"))
         return 0 if _wait(events, "update.rejected", timeout_s, out) else 1
     finally:
         watcher.stop()
 
 
 def _forge(repo: FleetRepo, bundle: Path, rogue: Any, online: list[Any], me: Audience,
-           broker: str) -> None:
+           broker: MqttConfig) -> None:
     """What a broker-level attacker can build: real timestamp/snapshot keys are not needed
     for the device to refuse it, so only the targets signature is forged here."""
     import hashlib
@@ -154,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("dir", type=Path)
     r = sub.add_parser("run")
     r.add_argument("dir", type=Path)
-    r.add_argument("--broker", required=True)
+    add_broker_args(r)
     r.add_argument("--device", required=True)
     r.add_argument("--v2", type=Path, required=True)
     r.add_argument("--v3", type=Path, required=True)
@@ -163,7 +170,8 @@ def main(argv: list[str] | None = None) -> int:
     if a.cmd == "setup":
         setup(a.dir)
         return 0
-    return run(a.dir, broker=a.broker, device=a.device, v2=a.v2, v3=a.v3, timeout_s=a.timeout)
+    return run(a.dir, broker=broker_config(a), device=a.device, v2=a.v2, v3=a.v3,
+               timeout_s=a.timeout)
 
 
 if __name__ == "__main__":

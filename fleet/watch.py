@@ -30,6 +30,7 @@ from typing import Any
 from edge_agent.mqtt.client import MqttClient
 from edge_agent.mqtt.config import MqttConfig
 from edge_agent.mqtt.payloads import decode
+from fleet.broker import add_broker_args, broker_config
 
 STALE_AFTER_S = 3.0  # × the device's telemetry interval: "online" but silent is flagged
 
@@ -229,13 +230,7 @@ def register(subparsers: Any) -> None:
     p = subparsers.add_parser("watch", help="live table of devices (MQTT status + telemetry)",
                               description=__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--broker", required=True, metavar="URL", help="mqtt[s]://host:port")
-    p.add_argument("--ca-file")
-    p.add_argument("--cert-file")
-    p.add_argument("--key-file")
-    p.add_argument("--username")
-    p.add_argument("--password-file")
-    p.add_argument("--prefix", default="edge")
+    add_broker_args(p)
     p.add_argument("--once", action="store_true",
                    help="listen for --duration seconds, print the table once, exit")
     p.add_argument("--duration", type=float, default=3.0, help="seconds (with --once)")
@@ -244,16 +239,8 @@ def register(subparsers: Any) -> None:
     p.set_defaults(func=cmd_watch)
 
 
-def _config(a: argparse.Namespace) -> MqttConfig:
-    raw: dict[str, Any] = {"url": a.broker, "topic_prefix": a.prefix}
-    for k in ("ca_file", "cert_file", "key_file", "username", "password_file"):
-        if getattr(a, k):
-            raw[k] = getattr(a, k)
-    return MqttConfig.from_section(raw, "edge-fleet watch")
-
-
 def cmd_watch(a: argparse.Namespace) -> int:
-    cfg = _config(a)
+    cfg = broker_config(a)
     if a.once:
         rows = collect(cfg, a.duration, prefix=a.prefix)
         if a.json:

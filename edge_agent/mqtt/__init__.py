@@ -7,12 +7,12 @@ Public surface (everything else is an implementation detail)::
     Will, Message   Last Will / farewell messages; incoming message with MQTT 5 fields
     Topics          the topic scheme for one device
     Publisher       enveloped durable (outbox) and live publishes
-    MqttError, MqttConnectError, MqttNotConnectedError
+    MqttError, MqttConnectError
 """
 
 from edge_agent.mqtt.client import Message, MqttClient, Will
 from edge_agent.mqtt.config import MqttConfig
-from edge_agent.mqtt.errors import MqttConnectError, MqttError, MqttNotConnectedError
+from edge_agent.mqtt.errors import MqttConnectError, MqttError
 from edge_agent.mqtt.publisher import Publisher
 from edge_agent.mqtt.topics import Topics
 
@@ -22,7 +22,6 @@ __all__ = [
     "MqttConfig",
     "MqttConnectError",
     "MqttError",
-    "MqttNotConnectedError",
     "Publisher",
     "Topics",
     "Will",

@@ -4,10 +4,9 @@
 
     TransportError
     └── MqttError                 anything the MQTT link did wrong (not the data's fault)
-        ├── MqttConnectError      the broker could not be reached or refused us; carries
-        │                         ``reason`` (one line for humans) and ``rc`` (MQTT reason
-        │                         code or ``None`` for socket/TLS failures)
-        └── MqttNotConnectedError an operation needs a live connection and there is none
+        └── MqttConnectError      the broker could not be reached or refused us; carries
+                                  ``reason`` (one line for humans) and ``rc`` (MQTT reason
+                                  code or ``None`` for socket/TLS failures)
 
 Bad configuration is a :class:`~edge_agent.errors.ConfigError` (the user's fault), raised
 when the config is parsed, never later.
@@ -34,7 +33,3 @@ class MqttConnectError(MqttError):
         self.kind = kind
         self.rc = rc
         self.reason = message
-
-
-class MqttNotConnectedError(MqttError):
-    """The client is not connected right now (it keeps retrying in the background)."""

@@ -189,18 +189,6 @@ class VerdictCache:
                "verdicts": {k: v.as_dict() for k, v in sorted(verdicts.items())}}
         atomic_write_text(self.path, json.dumps(doc, indent=1, sort_keys=True) + "\n")
 
-    def forget(self, key: str | None = None) -> None:
-        if key is None:
-            with contextlib.suppress(FileNotFoundError):
-                self.path.unlink()
-            return
-        verdicts = self.load()
-        if verdicts.pop(key, None) is not None:
-            atomic_write_text(self.path, json.dumps(
-                {"schema": STATE_SCHEMA, "verdicts": {k: v.as_dict() for k, v in
-                                                       sorted(verdicts.items())}},
-                indent=1, sort_keys=True) + "\n")
-
 
 def model_sha256(bundle: Path) -> str | None:
     """sha256 of a bundle's model (dir or tar), read without any runtime; None if unreadable."""

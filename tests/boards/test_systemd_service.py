@@ -19,15 +19,15 @@ from pathlib import Path
 
 import pytest
 
+from edge_agent.cli_service import check_config
 from edge_agent.config import load_config
 from edge_agent.errors import ConfigError
-from edge_agent.service import (
+from edge_agent.logs import JournalFormatter, JsonLinesFormatter
+from edge_agent.systemd import (
     DEFAULT_CONFIG,
-    JournalFormatter,
-    JsonLinesFormatter,
     ServiceOptions,
+    SystemdNotifier,
     Watchdog,
-    check_config,
     install_service,
     render_unit,
     sd_notify,
@@ -224,6 +224,27 @@ def test_the_notifier_tells_systemd_when_a_real_agent_is_ready_and_stopping(
     finally:
         agent.stop()
     assert "STOPPING=1" in notify.drain(0.3)
+
+
+def test_the_notifier_reports_its_status_line_and_pings_while_healthy(
+        notify: NotifySocket) -> None:
+    env = {"NOTIFY_SOCKET": str(notify.path), "WATCHDOG_USEC": "200000"}
+    n = SystemdNotifier(health=lambda: True, status=lambda: "serving digits", env=env)
+    n.start()
+    try:
+        got = notify.drain(0.5)
+        assert got[0] == "READY=1\nSTATUS=serving digits" and "WATCHDOG=1" in got
+    finally:
+        n.stop()
+    assert "STOPPING=1" in notify.drain(0.3)
+
+
+def test_the_notifier_without_a_status_sends_only_ready(notify: NotifySocket) -> None:
+    n = SystemdNotifier(health=lambda: True, env={"NOTIFY_SOCKET": str(notify.path)})
+    n.start()
+    n.stop()
+    assert notify.drain(0.3) == ["READY=1", "STOPPING=1"]
+    assert n.watchdog is None  # no $WATCHDOG_USEC: no pings
 
 
 def test_json_lines_formatter_is_one_object_per_line() -> None:

@@ -130,7 +130,7 @@ def test_a_real_agent_updates_under_the_acl(acl_broker: Any, start_sim: SimFacto
     watcher = Client(acl_broker, "fleet-ops")
     try:
         publish(workstation.repo, Path(digits.bundle_v2), workstation.signers(),
-                audience=Audience(groups=("line-1",)), broker_url=admin_url, chunk_size=16384)
+                audience=Audience(groups=("line-1",)), broker=admin_url, chunk_size=16384)
         wait_for(lambda: sim.active_versions("digits") == {"acl-1": 2}, 30, "v2 committed")
         wait_for(lambda: {"edge/acl-1/status", "edge/acl-1/events"} <= watcher.topics(), 10,
                  "the device's status and events")

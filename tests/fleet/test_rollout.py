@@ -40,7 +40,7 @@ def test_rollout_halts_when_the_canary_wave_fails_and_later_waves_never_hear_of_
     group_rec = Recorder(mosquitto.url, "edge/group/#", "rec-group")
     try:
         req = RolloutRequest(bundle=digits.bundle_v2, repo=workstation.repo.path,
-                             broker_url=mosquitto.url, group="sim",
+                             broker=mosquitto.url, group="sim",
                              policy=Policy("20%", "25%", 0.10, 30.0, rollback=True),
                              state_path=tmp_path / "rollout.json", chunk_size=16384)
         lines: list[str] = []
@@ -107,7 +107,7 @@ def test_rollout_passes_every_wave_counts_offline_devices_and_is_idempotent(
     rec = Recorder(mosquitto.url, "edge/#", "rec-all")
     try:
         req = RolloutRequest(bundle=digits.bundle_v2, repo=workstation.repo.path,
-                             broker_url=mosquitto.url, group="sim",
+                             broker=mosquitto.url, group="sim",
                              policy=Policy("1", "50%", 0.10, 30.0),
                              state_path=tmp_path / "rollout.json", chunk_size=16384)
         st = Rollout(req, workstation.signers(), say=lambda _m: None).run()

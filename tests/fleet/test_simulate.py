@@ -42,7 +42,7 @@ def test_a_group_update_commits_everywhere_except_where_probation_fails(
         start_sim: SimFactory, workstation: Workstation, digits: Any, mosquitto: Any) -> None:
     sim = start_sim(["s-a", "s-b", "s-c"], faults={"s-b": "fail_probation"})
     publish(workstation.repo, Path(digits.bundle_v2), workstation.signers(),
-            audience=Audience(groups=("sim",)), broker_url=mosquitto.url, chunk_size=16384)
+            audience=Audience(groups=("sim",)), broker=mosquitto.url, chunk_size=16384)
     wait_for(lambda: sim.active_versions("digits") == {"s-a": 2, "s-b": 1, "s-c": 2}
              and all(_last(d) for d in sim.devices.values()), 30,
              "two commits and one rollback")
@@ -65,7 +65,7 @@ def test_a_device_whose_link_drops_mid_download_goes_offline_then_commits(
     rec = Recorder(mosquitto.url, "edge/+/status", "rec-status")
     try:
         publish(workstation.repo, Path(digits.bundle_v2), workstation.signers(),
-                audience=Audience(groups=("sim",)), broker_url=mosquitto.url,
+                audience=Audience(groups=("sim",)), broker=mosquitto.url,
                 chunk_size=16384)
         wait_for(lambda: sim.active_versions("digits") == {"l-a": 2, "l-b": 2}
                  and _last(sim.devices["l-a"]) == "committed", 40, "both committed")

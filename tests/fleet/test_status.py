@@ -49,7 +49,7 @@ def test_status_shows_groups_versions_update_outcomes_and_offline_devices(
     line1 = start_sim(["st-a", "st-b"], groups=("line-1",))
     line2 = start_sim(["st-c"], groups=("line-2",))
     publish(workstation.repo, Path(digits.bundle_v2), workstation.signers(),
-            audience=Audience(groups=("line-1",)), broker_url=mosquitto.url, chunk_size=16384)
+            audience=Audience(groups=("line-1",)), broker=mosquitto.url, chunk_size=16384)
     wait_for(lambda: set(line1.active_versions("digits").values()) == {2}, 30, "v2 on line-1")
     line2.devices["st-c"].agent.stop()
 

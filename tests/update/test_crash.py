@@ -189,7 +189,7 @@ def test_sigkill_while_rolling_back_finishes_the_rollback(
     wait_for(lambda: (agent_proc.update_status().get("last") or {}).get("result")
              == "committed", 30, "v2 committed")
     rollback(fleet.repo, fleet.signers(), audience=ME, name="digits", to_version=None,
-             broker_url=fleet.broker_url)
+             broker=fleet.broker_url)
     agent_proc.wait_killed()
     assert assert_never_partial(agent_proc.store) in (1, 2)
     agent_proc.start()

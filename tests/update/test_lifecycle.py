@@ -118,7 +118,7 @@ def test_signed_rollback_command_restores_the_previous_version(
     commit(dev, fleet, bundles.v2, 2)
     n = dev.mark()
     pub = rollback(fleet.repo, fleet.signers(), audience=ME, name="digits", to_version=None,
-                   broker_url=fleet.broker_url)
+                   broker=fleet.broker_url)
     out = dev.outcome(n)
     assert (out.result, out.code) == ("rolled_back", "command"), out
     assert dev.serving() == 1 and dev.on_disk() == 1

@@ -65,7 +65,7 @@ class Fleet:
                 audience: Audience = ME, **kw: Any) -> Published:
         kw.setdefault("chunk_size", CHUNK)
         return publish(self.repo, bundle, self.signers(*(signers or ONLINE)),
-                       audience=audience, broker_url=self.broker_url, **kw)
+                       audience=audience, broker=self.broker_url, **kw)
 
     def broker(self) -> Broker:
         return Broker(self.broker_url)
