@@ -9,7 +9,8 @@ from typing import Any
 
 import numpy as np
 import pytest
-from agent_helpers import DigitsEval, MqttRequester, make_config, wait_for
+from agent_helpers import DigitsEval, MqttRequester, make_config
+from waiting import wait_for
 
 from edge_agent.app import Agent
 from edge_agent.bundle import EncodedArray, read_bundle, write_bundle

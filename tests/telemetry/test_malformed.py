@@ -8,7 +8,8 @@ import os
 from pathlib import Path
 
 import pytest
-from telemetry_helpers import Recorder, make_agent, wait_for
+from telemetry_helpers import Recorder, make_agent
+from waiting import wait_for
 
 from edge_agent.telemetry.service import create
 

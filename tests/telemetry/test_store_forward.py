@@ -6,7 +6,8 @@ import time
 from pathlib import Path
 
 import pytest
-from telemetry_helpers import PersistentRecorder, Recorder, make_agent, start_mosquitto, wait_for
+from telemetry_helpers import PersistentRecorder, Recorder, make_agent, start_mosquitto
+from waiting import wait_for
 
 from edge_agent.telemetry.service import create
 from fleet.watch import SequenceTracker

@@ -5,15 +5,14 @@ Kept out of conftest.py so test modules import them by a unique name.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pytest
 from securesystemslib.signer import CryptoSigner, SSlibKey
+from waiting import wait_for
 
 from edge_agent.bundle import Bundle, EncodedArray, read_bundle, sha256_bytes, write_bundle
 from edge_agent.hooks import AgentEvent
@@ -30,17 +29,6 @@ KEY_NAMES = ("root-a", "root-b", "targets-a", "targets-b", "targets-c", "snapsho
 ONLINE = ("targets-a", "targets-b", "snapshot", "timestamp")
 ME = Audience((DEVICE,), ())
 CHUNK = 16 * 1024  # small chunks so a ~90 KB bundle has several
-
-
-def wait_for(pred: Callable[[], Any], timeout_s: float = 20.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        v = pred()
-        if v:
-            return v
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout_s:g} s waiting for {what}")
-        time.sleep(0.02)
 
 
 @dataclass(frozen=True)
