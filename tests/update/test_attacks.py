@@ -10,6 +10,7 @@ valid signatures, which are then exactly those signed bytes (never anything past
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -180,21 +181,28 @@ def test_tampered_manifest_is_rejected(fleet: Fleet, bundles: Bundles,
     rejected(dev, before, "mismatch", "(tampered)", accepted=signed_release(fleet.repo))
 
 
-def test_truncated_chunk_is_rejected(fleet: Fleet, bundles: Bundles,
-                                     start_device: DeviceFactory) -> None:
+def _announce_with_last_chunk(fleet: Fleet, bundles: Bundles,
+                              cut: Callable[[bytes], bytes]) -> None:
+    """Announce a validly signed v3 whose last chunk carries ``cut(its real data)`` (with a
+    header hash of its own, so only the signed plan can tell)."""
     from edge_agent.update.wire import encode_chunk
 
-    dev = start_device()
-    before = dev.snapshot()
     path, data, spec, files = _signed_v3(fleet, bundles)
     assert spec.chunks is not None
     chunks = _chunks_of(data, spec)
     last = spec.chunks.count - 1
     off, size = spec.chunks.span(last)
     chunks[last] = encode_chunk(last, spec.chunks.count, spec.chunks.length,
-                                data[off:off + size // 2])
+                                cut(data[off:off + size]))
     announce(fleet.broker_url, TOPIC, path, files, chunks=chunks,
              sha256=hashlib.sha256(data).hexdigest())
+
+
+def test_truncated_chunk_is_rejected(fleet: Fleet, bundles: Bundles,
+                                     start_device: DeviceFactory) -> None:
+    dev = start_device()
+    before = dev.snapshot()
+    _announce_with_last_chunk(fleet, bundles, lambda real: real[:len(real) // 2])
     rejected(dev, before, "mismatch", "truncated", accepted=signed_release(fleet.repo))
 
 
@@ -213,19 +221,9 @@ def test_endless_data_from_a_mirror_is_cut_at_the_signed_length(
 
 def test_oversized_chunk_is_rejected(fleet: Fleet, bundles: Bundles,
                                      start_device: DeviceFactory) -> None:
-    from edge_agent.update.wire import encode_chunk
-
     dev = start_device()
     before = dev.snapshot()
-    path, data, spec, files = _signed_v3(fleet, bundles)
-    assert spec.chunks is not None
-    chunks = _chunks_of(data, spec)
-    last = spec.chunks.count - 1
-    off, size = spec.chunks.span(last)
-    chunks[last] = encode_chunk(last, spec.chunks.count, spec.chunks.length,
-                                data[off:off + size] + b"\0" * 100)
-    announce(fleet.broker_url, TOPIC, path, files, chunks=chunks,
-             sha256=hashlib.sha256(data).hexdigest())
+    _announce_with_last_chunk(fleet, bundles, lambda real: real + b"\0" * 100)
     rejected(dev, before, "mismatch", "oversized (endless data)",
              accepted=signed_release(fleet.repo))
 
