@@ -12,6 +12,8 @@ byte what it was, except roles the attack presented with valid signatures.
 
 Chunk authentication (:func:`edge_agent.update.wire.decode_chunk`) is checked here too:
 a chunk is trusted only against the *signed* plan.
+
+Over 400 lines on purpose: the whole attack list (about 35 short tests) reads in one place.
 """
 
 from __future__ import annotations
