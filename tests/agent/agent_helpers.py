@@ -11,28 +11,14 @@ import http.client
 import json
 import queue
 import threading
-import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pytest
 
 from edge_agent.app import Agent
 from edge_agent.config import AgentConfig, load_config
-
-
-def wait_for(pred: Callable[[], object], timeout_s: float = 10.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        v = pred()
-        if v:
-            return v
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout_s:g} s waiting for {what}")
-        time.sleep(0.02)
 
 
 @dataclass

@@ -7,7 +7,8 @@ import threading
 from typing import Any
 
 import pytest
-from agent_helpers import Client, DigitsEval, wait_for
+from agent_helpers import Client, DigitsEval
+from waiting import wait_for
 
 from edge_agent.config import HttpSettings, load_config
 

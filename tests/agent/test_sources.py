@@ -11,7 +11,8 @@ from typing import Any
 
 import numpy as np
 import pytest
-from agent_helpers import DigitsEval, MqttRequester, wait_for
+from agent_helpers import DigitsEval, MqttRequester
+from waiting import wait_for
 
 from edge_agent.config import WatchSettings
 from edge_agent.errors import RuntimeUnavailableError

@@ -4,13 +4,9 @@ from __future__ import annotations
 
 import json
 import threading
-import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-import pytest
 
 from edge_agent.mqtt import MqttClient, MqttConfig
 from fleet import keys as fleet_keys
@@ -18,17 +14,6 @@ from fleet.repo import FleetRepo
 
 ROLES = ("root", "targets", "snapshot", "timestamp")
 ONLINE = ("targets", "snapshot", "timestamp")
-
-
-def wait_for(pred: Callable[[], Any], timeout_s: float = 20.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        v = pred()
-        if v:
-            return v
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout_s:g} s waiting for {what}")
-        time.sleep(0.05)
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,8 @@ from typing import Any
 
 import pytest
 from conftest import SimFactory
-from fleet_helpers import Workstation, wait_for
+from fleet_helpers import Workstation
+from waiting import wait_for
 
 from edge_agent.errors import BadInputError
 from edge_agent.mqtt import MqttClient, MqttConfig

@@ -13,7 +13,8 @@ from typing import Any
 
 import pytest
 from conftest import SimFactory
-from fleet_helpers import Recorder, Workstation, wait_for
+from fleet_helpers import Recorder, Workstation
+from waiting import wait_for
 
 from fleet.rollout import Rollout, RolloutRequest, render_report
 from fleet.rollout_core import Outcome, Policy, RolloutStateError, WaveStatus, summary

@@ -58,15 +58,23 @@ def test_bad_wave_sizes_are_refused(text: str) -> None:
         parse_wave_size(text, "--canary")
 
 
-def test_rates_and_durations_parse_with_units() -> None:
-    assert parse_rate("10%", "r") == pytest.approx(0.1)
-    assert parse_rate("0.25", "r") == 0.25
-    assert parse_duration("60s", "w") == 60.0
-    assert parse_duration("2m", "w") == 120.0
-    assert parse_duration("90", "w") == 90.0
-    assert parse_duration("500ms", "w") == 0.5
+@pytest.mark.parametrize(("text", "rate"), [("10%", 0.1), ("0.25", 0.25)])
+def test_rates_parse_as_percent_or_fraction(text: str, rate: float) -> None:
+    assert parse_rate(text, "r") == pytest.approx(rate)
+
+
+@pytest.mark.parametrize(("text", "seconds"), [("60s", 60.0), ("2m", 120.0), ("90", 90.0),
+                                               ("500ms", 0.5)])
+def test_durations_parse_with_units(text: str, seconds: float) -> None:
+    assert parse_duration(text, "w") == seconds
+
+
+def test_a_rate_over_100_percent_is_refused_naming_the_flag() -> None:
     with pytest.raises(BadInputError, match="--max-failure"):
         parse_rate("150%", "--max-failure")
+
+
+def test_a_duration_without_a_number_is_refused_naming_the_flag() -> None:
     with pytest.raises(BadInputError, match="--wait"):
         parse_duration("soon", "--wait")
 
@@ -109,42 +117,79 @@ def test_an_all_offline_wave_passes_with_nothing_to_judge() -> None:
     assert v.decided and v.passed and v.rate == 0
 
 
-def test_update_events_map_to_outcomes_for_this_target_only() -> None:
+def test_a_committed_event_for_the_target_is_committed() -> None:
     assert observe_event("a", "update.committed", {"name": "digits", "version": 2}, T) \
         == Observation("a", Outcome.COMMITTED, "committed")
+
+
+def test_a_rolled_back_event_is_a_failure_naming_its_code() -> None:
     o = observe_event("a", "update.rolled_back",
                       {"name": "digits", "version": 2, "code": "probation",
                        "reason": "error rate 40%"}, T)
     assert o is not None and o.outcome == Outcome.FAILED and "probation" in o.detail
+
+
+def test_a_version_rejection_means_the_device_already_has_it_or_newer() -> None:
     o = observe_event("a", "update.rejected", {"name": "digits", "version": 2,
                                                "code": "version"}, T)
     assert o is not None and o.outcome == Outcome.ALREADY
-    assert observe_event("a", "update.committed", {"name": "digits", "version": 3}, T) is None
-    assert observe_event("a", "update.committed", {"name": "other", "version": 2}, T) is None
-    assert observe_event("a", "model.loaded", {"name": "digits", "version": 2}, T) is None
+
+
+@pytest.mark.parametrize(("kind", "data"), [
+    ("update.committed", {"name": "digits", "version": 3}),
+    ("update.committed", {"name": "other", "version": 2}),
+    ("model.loaded", {"name": "digits", "version": 2}),
+], ids=["other-version", "other-model", "not-an-update-event"])
+def test_events_about_another_target_are_ignored(kind: str, data: dict[str, object]) -> None:
+    assert observe_event("a", kind, data, T) is None
+
+
+def test_a_transient_failure_is_not_an_outcome_the_device_retries() -> None:
     transient = observe_event("a", "update.failed", {"name": "digits", "version": 2,
                                                      "code": "transport"}, T)
-    assert transient is not None and transient.outcome is None  # the device retries
+    assert transient is not None and transient.outcome is None
+
+
+def test_progress_events_are_not_an_outcome() -> None:
     progress = observe_event("a", "update.downloading", {"name": "digits", "version": 2}, T)
     assert progress is not None and progress.outcome is None
 
 
-def test_status_documents_give_online_state_and_results() -> None:
+DONE = {"state": "online", "models": [{"name": "digits", "active": 2}],
+        "update": {"phase": "idle"}}
+
+
+def test_an_offline_status_is_offline() -> None:
     assert observe_status("a", {"state": "offline"}, T).outcome == Outcome.OFFLINE
+
+
+def test_a_device_still_downloading_is_online_without_an_outcome() -> None:
     on = {"state": "online", "models": [{"name": "digits", "active": 1}],
           "update": {"phase": "downloading"}}
     o = observe_status("a", on, T)
     assert o.online and o.outcome is None
-    done = {"state": "online", "models": [{"name": "digits", "active": 2}],
-            "update": {"phase": "idle"}}
-    assert observe_status("a", done, T).outcome == Outcome.COMMITTED
-    probation = {**done, "update": {"phase": "probation"}}
-    assert observe_status("a", probation, T).outcome is None
-    noop = {**done, "update": {"phase": "idle", "last": {"result": "noop", "name": "digits",
+
+
+def test_an_idle_device_serving_the_target_has_committed() -> None:
+    assert observe_status("a", DONE, T).outcome == Outcome.COMMITTED
+
+
+def test_a_device_serving_the_target_on_probation_has_no_outcome_yet() -> None:
+    assert observe_status("a", {**DONE, "update": {"phase": "probation"}}, T).outcome is None
+
+
+def test_a_device_that_ignored_the_target_as_installed_is_already() -> None:
+    noop = {**DONE, "update": {"phase": "idle", "last": {"result": "noop", "name": "digits",
                                                           "version": 2, "code": "installed"}}}
     assert observe_status("a", noop, T).outcome == Outcome.ALREADY
-    newer = {**done, "models": [{"name": "digits", "active": 3}]}
+
+
+def test_a_device_serving_a_newer_version_is_already() -> None:
+    newer = {**DONE, "models": [{"name": "digits", "active": 3}]}
     assert observe_status("a", newer, T).outcome == Outcome.ALREADY
+
+
+def test_a_device_that_rolled_the_target_back_has_failed() -> None:
     rolled = {"state": "online", "models": [{"name": "digits", "active": 1}],
               "update": {"phase": "idle", "last": {"result": "rolled_back", "name": "digits",
                                                    "version": 2, "code": "probation"}}}

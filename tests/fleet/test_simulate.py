@@ -7,7 +7,8 @@ from pathlib import Path
 from typing import Any
 
 from conftest import SimFactory
-from fleet_helpers import Workstation, wait_for
+from fleet_helpers import Workstation
+from waiting import wait_for
 
 from edge_agent.update.wire import Audience
 from fleet.publish import publish

@@ -8,7 +8,8 @@ from typing import Any
 
 import pytest
 from conftest import SimFactory
-from fleet_helpers import Workstation, wait_for
+from fleet_helpers import Workstation
+from waiting import wait_for
 
 from edge_agent.update.wire import Audience
 from fleet.cli import main

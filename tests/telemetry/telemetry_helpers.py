@@ -18,10 +18,10 @@ from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as paho
-import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+from waiting import wait_for
 
 from edge_agent.agent_view import AgentView
 from edge_agent.bundle import read_bundle
@@ -41,15 +41,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def wait_for(pred: Callable[[], object], timeout_s: float = 10.0, what: str = "condition") -> None:
-    """Poll ``pred`` until truthy; fail the test naming ``what`` after ``timeout_s``."""
-    deadline = time.monotonic() + timeout_s
-    while not pred():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout_s:g} s waiting for {what}")
-        time.sleep(0.02)
 
 
 # ---------------------------------------------------------------------------------------

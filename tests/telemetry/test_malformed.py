@@ -8,7 +8,8 @@ import os
 from pathlib import Path
 
 import pytest
-from telemetry_helpers import Recorder, create, make_agent, wait_for
+from telemetry_helpers import Recorder, create, make_agent
+from waiting import wait_for
 
 PAYLOADS = {
     "random bytes": os.urandom(512),

@@ -7,7 +7,7 @@ import time
 
 import pytest
 from telemetry_helpers import free_port
-from telemetry_helpers import wait_for as _wait
+from waiting import wait_for as _wait
 
 from edge_agent.errors import ConfigError
 from edge_agent.mqtt import MqttClient, MqttConfig, Will

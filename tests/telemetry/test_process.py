@@ -15,8 +15,8 @@ from telemetry_helpers import (
     PersistentRecorder,
     Recorder,
     start_mosquitto,
-    wait_for,
 )
+from waiting import wait_for
 
 from fleet.watch import SequenceTracker
 

@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from sklearn import metrics as skm
-from telemetry_helpers import Recorder, create, make_agent, wait_for
+from telemetry_helpers import Recorder, create, make_agent
+from waiting import wait_for
 
 from edge_agent.bundle import DriftReference
 from edge_agent.errors import InvalidRequestError

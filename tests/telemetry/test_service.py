@@ -8,7 +8,8 @@ from typing import Any
 
 import numpy as np
 import pytest
-from telemetry_helpers import Recorder, create, make_agent, wait_for
+from telemetry_helpers import Recorder, create, make_agent
+from waiting import wait_for
 
 import edge_agent
 from edge_agent.errors import ConfigError

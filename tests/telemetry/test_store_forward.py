@@ -6,14 +6,8 @@ import time
 from pathlib import Path
 
 import pytest
-from telemetry_helpers import (
-    PersistentRecorder,
-    Recorder,
-    create,
-    make_agent,
-    start_mosquitto,
-    wait_for,
-)
+from telemetry_helpers import PersistentRecorder, Recorder, create, make_agent, start_mosquitto
+from waiting import wait_for
 
 from fleet.watch import SequenceTracker
 

@@ -11,7 +11,8 @@ from typing import Any
 
 import pytest
 from telemetry_certs import CA, Pair
-from telemetry_helpers import Recorder, create, make_agent, start_mosquitto, wait_for
+from telemetry_helpers import Recorder, create, make_agent, start_mosquitto
+from waiting import wait_for
 
 from edge_agent.mqtt import MqttClient, MqttConfig, MqttConnectError
 

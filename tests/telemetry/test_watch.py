@@ -6,7 +6,8 @@ import json
 from pathlib import Path
 
 import pytest
-from telemetry_helpers import create, make_agent, wait_for
+from telemetry_helpers import create, make_agent
+from waiting import wait_for
 
 from edge_agent.mqtt import MqttConfig
 from edge_agent.mqtt.payloads import envelope

@@ -24,8 +24,8 @@ from update_helpers import (
     KeyPair,
     PinnedDigits,
     derive,
-    wait_for,
 )
+from waiting import wait_for
 
 from fleet import keys as fleet_keys
 from fleet.repo import FleetRepo
@@ -93,8 +93,6 @@ def bundles(update_digits: PinnedDigits, tmp_path_factory: pytest.TempPathFactor
 
 
 # --- the device: the real agent ---------------------------------------------------------------
-
-
 
 
 @pytest.fixture

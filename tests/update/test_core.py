@@ -1,24 +1,20 @@
-"""The pure parts: wire formats, policy, state recovery, probation verdicts, config."""
+"""The pure parts: announcement envelope, state recovery and persistence, probation
+verdicts, config. (Trust, chunks and policy: test_trust_core.py, test_policy_core.py.)"""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from edge_agent.errors import ConfigError
 from edge_agent.update.config import UpdateConfig
-from edge_agent.update.errors import (
-    BadAnnouncementError,
-    NotForDeviceError,
-    TargetMismatchError,
-    VersionNotNewerError,
-)
-from edge_agent.update.policy import DeviceIdentity, check_free_space, check_model_target
+from edge_agent.update.errors import BadAnnouncementError
 from edge_agent.update.probation import ProbationPolicy, WindowStats, judge
 from edge_agent.update.state import (
-    IllegalTransition,
+    PRE_SWAP,
     Outcome,
     Phase,
     Recovery,
@@ -26,94 +22,94 @@ from edge_agent.update.state import (
     UpdateState,
     recover,
 )
-from edge_agent.update.wire import (
-    Announcement,
-    Audience,
-    ChunkPlan,
-    TargetSpec,
-    decode_chunk,
-    encode_chunk,
-    parse_announcement,
-)
-
-ME = DeviceIdentity("dev1", ("line-3",), "generic-x86_64")
-DEV1 = Audience(("dev1",), ())
+from edge_agent.update.wire import Announcement, parse_announcement
 
 
-def spec(version: int = 3, profiles: tuple[str, ...] = ("generic-x86_64",),
-         audience: Audience = DEV1) -> TargetSpec:
-    return TargetSpec("model", audience, "digits", version, profiles, None)
-
-
-def test_announcement_round_trips_and_malformed_ones_say_why() -> None:
+def test_announcement_round_trips() -> None:
     ann = Announcement("models/d/d-2.tar", {"metadata/timestamp.json": b"{}"}, True,
                        ("https://m/",), 1.0)
     back = parse_announcement(ann.to_bytes(), 1 << 20)
     assert (back.target, back.files, back.chunks, back.mirrors) == (
         ann.target, ann.files, True, ("https://m/",))
-    bad = json.loads(ann.to_bytes())
-    for change, msg in ((lambda d: d.update(target="../etc/passwd"), "not a valid target"),
-                        (lambda d: d["files"].update({"/abs": "AA=="}), "not allowed"),
-                        (lambda d: d.update(mirrors=["file:///x"]), r"http\(s\) URLs"),
-                        (lambda d: d.update(schema=9), "schema 9 not supported")):
-        d = json.loads(json.dumps(bad))
-        change(d)
-        with pytest.raises(BadAnnouncementError, match=msg):
-            parse_announcement(json.dumps(d).encode(), 1 << 20)
+
+
+def _announcement(**change: Any) -> bytes:
+    d = json.loads(Announcement("models/d/d-2.tar", {"metadata/timestamp.json": b"{}"}, True,
+                                ("https://m/",), 1.0).to_bytes())
+    d.update(change)
+    return json.dumps(d).encode()
+
+
+def test_announcement_with_a_path_traversal_target_is_refused() -> None:
+    with pytest.raises(BadAnnouncementError, match="not a valid target"):
+        parse_announcement(_announcement(target="../etc/passwd"), 1 << 20)
+
+
+def test_announcement_file_outside_metadata_and_targets_is_refused() -> None:
+    with pytest.raises(BadAnnouncementError, match="'/abs' is not allowed"):
+        parse_announcement(_announcement(files={"/abs": "AA=="}), 1 << 20)
+
+
+def test_announcement_mirror_that_is_not_http_is_refused() -> None:
+    with pytest.raises(BadAnnouncementError, match=r"http\(s\) URLs"):
+        parse_announcement(_announcement(mirrors=["file:///x"]), 1 << 20)
+
+
+def test_announcement_of_an_unknown_schema_is_refused() -> None:
+    with pytest.raises(BadAnnouncementError, match="schema 9 not supported"):
+        parse_announcement(_announcement(schema=9), 1 << 20)
+
+
+def test_announcement_over_the_size_cap_is_refused() -> None:
     with pytest.raises(BadAnnouncementError, match="cap is 10"):
-        parse_announcement(ann.to_bytes(), 10)
+        parse_announcement(_announcement(), 10)
 
 
-def test_chunks_are_checked_against_the_signed_plan() -> None:
-    data = bytes(range(256)) * 10
-    plan = ChunkPlan.for_data(data, 1000)
-    assert plan.count == 3 and plan.span(2) == (2000, 560)
-    assert decode_chunk(encode_chunk(2, 3, len(data), data[2000:]), 2, plan) == data[2000:]
-    with pytest.raises(TargetMismatchError, match="header says index 1"):
-        decode_chunk(encode_chunk(1, 3, len(data), data[1000:2000]), 2, plan)
-    with pytest.raises(TargetMismatchError, match="tampered"):
-        decode_chunk(encode_chunk(0, 3, len(data), b"x" * 1000), 0, plan)
-    with pytest.raises(TargetMismatchError, match="own header hash"):
-        good = encode_chunk(0, 3, len(data), data[:1000])
-        decode_chunk(good[:-1] + b"!", 0, plan)
+def test_announcement_that_is_not_json_is_refused() -> None:
+    with pytest.raises(BadAnnouncementError, match="not JSON"):
+        parse_announcement(b"\xff{", 1 << 20)
 
 
-def test_policy_names_what_differs() -> None:
-    kw = {"path": "p", "length": 10, "me": ME, "blocked": (), "max_bytes": 100}
-    check_model_target(spec(), installed=2, **kw)  # type: ignore[arg-type]
-    with pytest.raises(VersionNotNewerError, match="v2 is not newer than the installed v2"):
-        check_model_target(spec(2), installed=2, **kw)  # type: ignore[arg-type]
-    with pytest.raises(NotForDeviceError, match="profiles \\['rpi4'\\]"):
-        check_model_target(spec(profiles=("rpi4",)), installed=2, **kw)  # type: ignore[arg-type]
-    check_model_target(spec(audience=Audience((), ("line-3",))), installed=2,
-                       **kw)  # type: ignore[arg-type]
-    with pytest.raises(NotForDeviceError, match="groups \\['line-4'\\]"):
-        check_model_target(spec(audience=Audience((), ("line-4",))), installed=2,
-                           **kw)  # type: ignore[arg-type]
-    with pytest.raises(TargetMismatchError, match="over this device's cap"):
-        check_model_target(spec(), installed=2, **{**kw, "max_bytes": 5})  # type: ignore[arg-type]
-    check_free_space(free=100, length=40, reserve=20)
-    with pytest.raises(Exception, match="needs 101 bytes free"):
-        check_free_space(free=100, length=40, reserve=21)
+# Chunk authentication and the device policy have one test per attack in
+# test_trust_core.py and test_policy_core.py.
 
 
-def test_recovery_after_a_crash_in_each_phase() -> None:
-    s = UpdateState(name="digits", version=3, from_version=2)
-    for p in (Phase.NOTIFIED, Phase.DOWNLOADING, Phase.VERIFYING, Phase.TEST_LOADING,
-              Phase.GOLDEN):
-        assert recover(UpdateState(phase=p), 2, 0).action == Recovery.RESUME
+@pytest.mark.parametrize("phase", PRE_SWAP, ids=lambda p: p.value)
+def test_a_crash_before_the_swap_resumes(phase: Phase) -> None:
+    assert recover(UpdateState(phase=phase), 2, 0).action == Recovery.RESUME
+
+
+def test_an_update_that_keeps_crashing_before_the_swap_is_abandoned() -> None:
     assert recover(UpdateState(phase=Phase.GOLDEN, crashes=3), 2, 0).action == Recovery.ABANDON
+
+
+def test_a_crash_while_swapping_before_active_json_moved_resumes() -> None:
     sw = UpdateState(phase=Phase.SWAPPING, name="digits", version=3)
     assert recover(sw, 2, 0).action == Recovery.RESUME  # active.json still says v2
+
+
+def test_a_crash_while_swapping_after_active_json_moved_starts_probation() -> None:
+    sw = UpdateState(phase=Phase.SWAPPING, name="digits", version=3)
     assert recover(sw, 3, 0).action == Recovery.PROBATION
+
+
+def test_a_crash_in_probation_beyond_the_tolerance_rolls_back() -> None:
     pr = UpdateState(phase=Phase.PROBATION, name="digits", version=3)
     assert recover(pr, 3, 0).action == Recovery.ROLLBACK
+
+
+def test_a_crash_in_probation_within_the_tolerance_continues_probation() -> None:
+    pr = UpdateState(phase=Phase.PROBATION, name="digits", version=3)
     assert recover(pr, 3, 1).action == Recovery.PROBATION
+
+
+def test_an_orderly_stop_in_probation_is_not_counted_as_a_crash() -> None:
     assert recover(UpdateState(phase=Phase.PROBATION, clean_stop=True), 3, 0).action == \
         Recovery.PROBATION
+
+
+def test_a_crash_while_rolling_back_finishes_the_rollback() -> None:
     assert recover(UpdateState(phase=Phase.ROLLING_BACK), 3, 0).action == Recovery.ROLLBACK
-    with pytest.raises(IllegalTransition):
-        s.to(Phase.PROBATION)
 
 
 def test_state_file_round_trips_and_quarantines_corruption(tmp_path: Path) -> None:
@@ -133,16 +129,30 @@ POL = ProbationPolicy(window_s=10, min_requests=10, max_error_rate=0.05,
                       max_latency_ratio=3.0, latency_floor_ms=1.0)
 
 
-def test_probation_verdicts() -> None:
-    base = WindowStats(100, 0, 0.001)
-    assert not judge(WindowStats(5, 0, 0.001), base, POL, window_over=False).decided
-    v = judge(WindowStats(20, 20, None), base, POL, window_over=False)
+BASE = WindowStats(100, 0, 0.001)
+
+
+def test_probation_waits_for_enough_requests() -> None:
+    assert not judge(WindowStats(5, 0, 0.001), BASE, POL, window_over=False).decided
+
+
+def test_probation_fails_at_once_on_a_high_error_rate() -> None:
+    v = judge(WindowStats(20, 20, None), BASE, POL, window_over=False)
     assert v.decided and not v.ok and "error rate 100%" in v.reason
+
+
+def test_probation_judges_errors_against_the_old_models_baseline() -> None:
     noisy = WindowStats(100, 30, 0.001)  # clients already failing 30% on the old model
     assert judge(WindowStats(20, 6, 0.001), noisy, POL, window_over=True).ok
-    slow = judge(WindowStats(50, 0, 0.010), base, POL, window_over=False)
+
+
+def test_probation_fails_on_a_slower_p95_latency() -> None:
+    slow = judge(WindowStats(50, 0, 0.010), BASE, POL, window_over=False)
     assert slow.decided and not slow.ok and "p95 latency" in slow.reason
-    assert judge(WindowStats(0, 0, None), base, POL, window_over=True).ok
+
+
+def test_probation_with_no_traffic_passes_when_the_window_ends() -> None:
+    assert judge(WindowStats(0, 0, None), BASE, POL, window_over=True).ok
 
 
 def test_config_errors_name_the_key(tmp_path: Path) -> None:

@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from update_helpers import DEVICE, GROUP, ME, Bundles, Fleet, wait_for
+from update_helpers import DEVICE, GROUP, ME, Bundles, Fleet
+from waiting import wait_for
 
 from edge_agent.bundle import read_bundle
 from edge_agent.store import ModelStore

@@ -14,7 +14,8 @@ from typing import Any
 import numpy as np
 import pytest
 from update_forge import announce, evil_http_server, forge_release
-from update_helpers import CHUNK, DEVICE, GROUP, ME, Bundles, DeviceFactory, Fleet, wait_for
+from update_helpers import CHUNK, DEVICE, GROUP, ME, Bundles, DeviceFactory, Fleet
+from waiting import wait_for
 
 from edge_agent.errors import InvalidRequestError
 from edge_agent.update.wire import Audience, Command, TargetSpec, announce_topic

@@ -5,15 +5,14 @@ Kept out of conftest.py so test modules import them by a unique name.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pytest
 from securesystemslib.signer import CryptoSigner, SSlibKey
+from waiting import wait_for
 
 from edge_agent.bundle import Bundle, EncodedArray, read_bundle, sha256_bytes, write_bundle
 from edge_agent.hooks import AgentEvent
@@ -30,17 +29,6 @@ KEY_NAMES = ("root-a", "root-b", "targets-a", "targets-b", "targets-c", "snapsho
 ONLINE = ("targets-a", "targets-b", "snapshot", "timestamp")
 ME = Audience((DEVICE,), ())
 CHUNK = 16 * 1024  # small chunks so a ~90 KB bundle has several
-
-
-def wait_for(pred: Callable[[], Any], timeout_s: float = 20.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        v = pred()
-        if v:
-            return v
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout_s:g} s waiting for {what}")
-        time.sleep(0.02)
 
 
 @dataclass(frozen=True)
@@ -146,8 +134,86 @@ class Device:
         assert self.svc.flow is not None
         return self.svc.flow.trust.versions()
 
+    def trusted_files(self) -> dict[str, bytes]:
+        """The bytes of every trusted metadata file in ``<update dir>/metadata``.
+
+        The provisioned root (the trust anchor ngclient caches as ``root_history/1``) is
+        left out: caching it is not trusting anything new.
+        """
+        assert self.svc.flow is not None
+        trust = self.svc.flow.trust
+        anchor = trust.bootstrap()
+        if not trust.dir.is_dir():
+            return {}
+        files = {str(p.relative_to(trust.dir)): p.read_bytes()
+                 for p in sorted(trust.dir.rglob("*")) if p.is_file()}
+        return {k: v for k, v in files.items() if v != anchor}
+
+    def installed(self, name: str = "digits") -> tuple[str, ...]:
+        """Every entry of the store's ``<name>/`` directory but ``active.json``: the
+        version directories, and anything half-written beside them."""
+        d = self.agent.store.models_dir / name
+        if not d.is_dir():
+            return ()
+        return tuple(sorted(p.name for p in d.iterdir() if p.name != "active.json"))
+
+    def snapshot(self) -> DeviceSnapshot:
+        """What an attack must not move (see :func:`assert_nothing_moved`)."""
+        return DeviceSnapshot(self.mark(), self.installed(), self.serving(), self.on_disk(),
+                              self.trusted(), self.trusted_files())
+
     def events_of(self, kind: str) -> list[AgentEvent]:
         return [e for e in self.events if e.kind == kind]
 
 
 DeviceFactory = Callable[..., Device]
+
+
+@dataclass(frozen=True)
+class DeviceSnapshot:
+    """The device's update-relevant state at one instant."""
+
+    outcomes: int  # len(svc.outcomes): the index of the next outcome
+    installed: tuple[str, ...]
+    serving: int | None  # in memory (registry)
+    on_disk: int | None  # what a restart would serve (active.json)
+    trusted: dict[str, int]  # highest trusted version per TUF role
+    trusted_files: dict[str, bytes]  # exact bytes of the trusted metadata
+
+
+TRUSTED_FILE = {"timestamp": "timestamp.json", "snapshot": "snapshot.json",
+                "targets": "targets.json"}
+
+
+def role_files(files: dict[str, bytes], *roles: str) -> dict[str, bytes]:
+    """The bytes of ``roles`` (timestamp/snapshot/targets) in announcement ``files``."""
+    out: dict[str, bytes] = {}
+    for role in roles:
+        names = [k for k in files if k.endswith(f"/{role}.json") or k.endswith(f".{role}.json")]
+        assert len(names) == 1, (role, sorted(files))
+        out[role] = files[names[0]]
+    return out
+
+
+def signed_release(repo: FleetRepo) -> dict[str, bytes]:
+    """What the legitimate repository signed last: timestamp, snapshot and targets bytes."""
+    return role_files(repo.announce_files(), "timestamp", "snapshot", "targets")
+
+
+def assert_nothing_moved(dev: Device, before: DeviceSnapshot, *,
+                         accepted: dict[str, bytes] | None = None) -> None:
+    """No version was installed, the serving version did not move (in memory or on disk),
+    and the trusted metadata is byte for byte what it was, except the roles in
+    ``accepted``, which must now be exactly those (validly signed) bytes and no others.
+    """
+    assert dev.installed() == before.installed, "a version was installed or left behind"
+    assert (dev.serving(), dev.on_disk()) == (before.serving, before.on_disk)
+    want = dict(before.trusted_files)
+    for role, data in (accepted or {}).items():
+        want[TRUSTED_FILE[role]] = data
+    got = dev.trusted_files()
+    assert sorted(got) == sorted(want), "trusted metadata files appeared or vanished"
+    moved = [k for k in want if got[k] != want[k]]
+    assert not moved, f"trusted metadata moved: {moved} (trusted now {dev.trusted()})"
+    if not accepted:
+        assert dev.trusted() == before.trusted
