@@ -23,7 +23,7 @@ import re
 import sys
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from edge_agent.errors import ConfigError
 
@@ -32,6 +32,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - Python 3.10 (JetPack 6)
     import tomli as tomllib
 
+T = TypeVar("T")
 ENV_PREFIX = "EDGE_AGENT__"
 DEFAULTS = "<defaults>"
 COMMAND_LINE = "command line"
@@ -40,8 +41,10 @@ COMMAND_LINE = "command line"
 class Origins:
     """Where each raw value came from, so errors can name the file, env var or flag."""
 
-    def __init__(self, source: str, base_dir: Path | None = None) -> None:
+    def __init__(self, source: str, base_dir: Path | None = None, *,
+                 error: type[ConfigError] = ConfigError) -> None:
         self.source = source
+        self.error_type = error  # ProfileError for device profiles
         if base_dir is None:
             src = Path(source)
             base_dir = src.parent if src.suffix == ".toml" else Path.cwd()
@@ -60,7 +63,7 @@ class Origins:
             k = shorter
 
     def error(self, key: str, message: str) -> ConfigError:
-        return ConfigError(message, source=self.where(key), key=key)
+        return self.error_type(message, source=self.where(key), key=key)
 
     def resolve(self, key: str, p: Path) -> Path:
         p = p.expanduser()
@@ -138,7 +141,7 @@ class Table:
         return self.origins.source
 
     def key(self, k: str) -> str:
-        return f"{self.prefix}.{k}"
+        return f"{self.prefix}.{k}" if self.prefix else k
 
     def take(self, k: str) -> Any:
         """The raw value (None when absent), marked as known."""
@@ -247,6 +250,12 @@ class Table:
         if not text:
             raise self.err(k, f"{path} is empty")
         return text
+
+    def required(self, k: str, value: T | None) -> T:
+        """``value`` (a typed read of ``k``), or "missing required key" naming ``k``."""
+        if value is None:
+            raise self.err(k, "missing required key")
+        return value
 
     def finish(self) -> None:
         for k in self.raw:

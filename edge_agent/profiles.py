@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from edge_agent.config_reader import Origins, Table
 from edge_agent.errors import ProfileError
 
 if sys.version_info >= (3, 11):
@@ -83,102 +84,50 @@ def profile_paths() -> dict[str, Path]:
     return found
 
 
-def _req(data: dict[str, Any], key: str, typ: type | tuple[type, ...], src: str) -> Any:
-    if key not in data:
-        raise ProfileError("missing required key", source=src, key=key)
-    val = data[key]
-    if isinstance(val, bool) and typ is not bool:
-        raise ProfileError(f"expected {_tname(typ)}, got bool {val!r}", source=src, key=key)
-    if not isinstance(val, typ):
-        raise ProfileError(
-            f"expected {_tname(typ)}, got {type(val).__name__} {val!r}", source=src, key=key
-        )
-    return val
-
-
-def _tname(typ: type | tuple[type, ...]) -> str:
-    if isinstance(typ, tuple):
-        return " or ".join(t.__name__ for t in typ)
-    return typ.__name__
-
-
-def _choice(val: str, allowed: tuple[str, ...], src: str, key: str) -> str:
-    if val not in allowed:
-        raise ProfileError(f"expected one of {', '.join(allowed)}, got {val!r}",
-                           source=src, key=key)
-    return val
-
-
 def parse_profile(data: dict[str, Any], source: str) -> DeviceProfile:
-    """Validate a parsed TOML mapping into a :class:`DeviceProfile`."""
-    known = {
-        "name", "description", "arch", "cores", "default_threads", "runtimes", "delegate",
-        "io_dtype", "memory_budget_mb", "telemetry_interval_s", "sensors", "delegate_library",
-        "supported_ops",
-    }
-    for key in data:
-        if key not in known:
-            raise ProfileError("unknown key", source=source, key=key)
-    name = _req(data, "name", str, source)
-    cores = _req(data, "cores", int, source)
-    threads = _req(data, "default_threads", int, source)
-    if cores < 1:
-        raise ProfileError(f"must be >= 1, got {cores}", source=source, key="cores")
-    if not 1 <= threads <= cores:
-        raise ProfileError(f"must be within 1..cores ({cores}), got {threads}",
-                           source=source, key="default_threads")
-    raw_rt = _req(data, "runtimes", list, source)
-    if not raw_rt:
-        raise ProfileError("must list at least one runtime", source=source, key="runtimes")
+    """Validate a parsed TOML mapping into a :class:`DeviceProfile` (the one config reader,
+    raising ProfileError naming the file and the key)."""
+    origins = Origins(source, error=ProfileError)
+    t = Table(data, "", origins)  # a profile's keys are top-level
+    cores = t.required("cores", t.opt_integer("cores", 1, 1024))
+    threads = t.required("default_threads", t.opt_integer("default_threads", 1, 1024))
+    if threads > cores:
+        raise t.err("default_threads", f"must be within 1..cores ({cores}), got {threads}")
+    raw_rt = t.take("runtimes")
+    if not isinstance(raw_rt, list) or not raw_rt:
+        raise t.err("runtimes", "must list at least one runtime ([[runtimes]] tables)")
     runtimes = []
     for i, r in enumerate(raw_rt):
-        k = f"runtimes[{i}]"
-        if not isinstance(r, dict):
-            raise ProfileError("expected a table", source=source, key=k)
-        rname = _choice(_req(r, "name", str, f"{source} {k}"), RUNTIME_NAMES, source, f"{k}.name")
-        runtimes.append(RuntimeCandidate(rname, _req(r, "min_version", str, f"{source} {k}")))
-    mem = _req(data, "memory_budget_mb", int, source)
-    if mem <= 0:
-        raise ProfileError(f"must be > 0, got {mem}", source=source, key="memory_budget_mb")
-    interval = float(_req(data, "telemetry_interval_s", (int, float), source))
-    if interval <= 0:
-        raise ProfileError(f"must be > 0, got {interval}", source=source,
-                           key="telemetry_interval_s")
-    sensors = data.get("sensors", {})
-    if not isinstance(sensors, dict):
-        raise ProfileError("expected a table", source=source, key="sensors")
-    for key in sensors:
-        if key not in ("thermal", "throttling"):
-            raise ProfileError("unknown key", source=source, key=f"sensors.{key}")
-    thermal = sensors.get("thermal", [])
-    if not isinstance(thermal, list) or not all(isinstance(t, str) for t in thermal):
-        raise ProfileError("expected a list of paths", source=source, key="sensors.thermal")
-    throttling = sensors.get("throttling")
-    if throttling is not None and not isinstance(throttling, str):
-        raise ProfileError("expected a path", source=source, key="sensors.throttling")
-    ops = data.get("supported_ops", [])
-    if not isinstance(ops, list) or not all(isinstance(o, str) for o in ops):
-        raise ProfileError("expected a list of op names", source=source, key="supported_ops")
-    lib = data.get("delegate_library")
-    if lib is not None and not isinstance(lib, str):
-        raise ProfileError("expected a string", source=source, key="delegate_library")
-    return DeviceProfile(
-        name=name,
-        description=_req(data, "description", str, source),
-        arch=_choice(_req(data, "arch", str, source), ARCHES, source, "arch"),
+        rt = Table(r, f"runtimes[{i}]", origins)
+        runtimes.append(RuntimeCandidate(
+            rt.required("name", rt.opt_text("name", choices=RUNTIME_NAMES)),
+            rt.required("min_version", rt.opt_text("min_version"))))
+        rt.finish()
+    sensors = Table(t.take("sensors"), "sensors", origins)
+    thermal = sensors.texts("thermal", (), what="paths")
+    throttling = sensors.opt_text("throttling")
+    sensors.finish()
+    prof = DeviceProfile(
+        name=t.required("name", t.opt_text("name")),
+        description=t.required("description", t.opt_text("description")),
+        arch=t.required("arch", t.opt_text("arch", choices=ARCHES)),
         cores=cores,
         default_threads=threads,
         runtimes=tuple(runtimes),
-        delegate=_choice(_req(data, "delegate", str, source), DELEGATES, source, "delegate"),
-        io_dtype=_choice(_req(data, "io_dtype", str, source), IO_DTYPES, source, "io_dtype"),
-        memory_budget_mb=mem,
-        telemetry_interval_s=interval,
-        thermal_paths=tuple(thermal),
+        delegate=t.required("delegate", t.opt_text("delegate", choices=DELEGATES)),
+        io_dtype=t.required("io_dtype", t.opt_text("io_dtype", choices=IO_DTYPES)),
+        memory_budget_mb=t.required("memory_budget_mb",
+                                    t.opt_integer("memory_budget_mb", 1)),
+        telemetry_interval_s=t.required("telemetry_interval_s",
+                                        t.opt_number("telemetry_interval_s", 0.0)),
+        thermal_paths=thermal,
         throttling_path=throttling,
-        delegate_library=lib,
-        supported_ops=tuple(ops),
+        delegate_library=t.opt_text("delegate_library"),
+        supported_ops=t.texts("supported_ops", (), what="op names"),
         source=source,
     )
+    t.finish()
+    return prof
 
 
 def load_profile_file(path: Path) -> DeviceProfile:

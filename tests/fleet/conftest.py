@@ -8,12 +8,12 @@ through the simulator's seams (failing predictions, a TCP relay that cuts the li
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from fleet_helpers import Workstation, make_keys, make_workstation
+from fleet_helpers import SimFactory, Workstation, make_keys, make_workstation
 
 from fleet.sim_agents import SimFleet, SimSpec
 
@@ -28,7 +28,6 @@ def workstation(tmp_path: Path, key_dir: Path) -> Workstation:
     return make_workstation(tmp_path, key_dir)
 
 
-SimFactory = Callable[..., SimFleet]
 
 
 @pytest.fixture

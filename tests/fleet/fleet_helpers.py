@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,7 @@ from typing import Any
 from edge_agent.mqtt import MqttClient, MqttConfig
 from fleet import keys as fleet_keys
 from fleet.repo import FleetRepo
+from fleet.sim_agents import SimFleet
 
 ROLES = ("root", "targets", "snapshot", "timestamp")
 ONLINE = ("targets", "snapshot", "timestamp")
@@ -86,3 +88,8 @@ class Recorder:
 
     def close(self) -> None:
         self.client.stop()
+
+
+# What the ``sim_fleet`` fixture returns: start a simulated fleet (kept in fleet_helpers, not
+# conftest, so that `from fleet_helpers import SimFactory` cannot pick up another conftest).
+SimFactory = Callable[..., SimFleet]

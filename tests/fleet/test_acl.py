@@ -9,8 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import SimFactory
-from fleet_helpers import Workstation
+from fleet_helpers import SimFactory, Workstation
 from waiting import wait_for
 
 from edge_agent.errors import BadInputError

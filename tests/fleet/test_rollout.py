@@ -12,8 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import SimFactory
-from fleet_helpers import Recorder, Workstation
+from fleet_helpers import Recorder, SimFactory, Workstation
 from waiting import wait_for
 
 from fleet.rollout import Rollout, RolloutRequest, render_report

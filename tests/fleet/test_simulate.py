@@ -6,8 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from conftest import SimFactory
-from fleet_helpers import Workstation
+from fleet_helpers import SimFactory, Workstation
 from waiting import wait_for
 
 from edge_agent.update.wire import Audience
