@@ -12,8 +12,9 @@ Public surface (everything else is an implementation detail)::
     MqttError, MqttConnectError, MqttNotConnectedError
 """
 
-from edge_agent.mqtt.client import Message, MqttClient, Will
+from edge_agent.mqtt.client import MqttClient, Will
 from edge_agent.mqtt.config import MqttConfig
+from edge_agent.mqtt.dispatch import Message
 from edge_agent.mqtt.errors import MqttConnectError, MqttError, MqttNotConnectedError
 from edge_agent.mqtt.publisher import Publisher
 from edge_agent.mqtt.shared import shared_client, shared_publisher

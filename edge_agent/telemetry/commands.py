@@ -30,7 +30,7 @@ from collections.abc import Callable
 from typing import Any
 
 from edge_agent.errors import EdgeError, InvalidRequestError
-from edge_agent.mqtt.client import Message
+from edge_agent.mqtt.dispatch import Message
 from edge_agent.mqtt.payloads import parse_object
 
 log = logging.getLogger(__name__)
