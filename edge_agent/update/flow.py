@@ -5,6 +5,10 @@ commit | rolling_back``; see :mod:`edge_agent.update.state` for recovery after a
 Runs on the update service's single worker thread. Every outcome is an ``update.*``
 event on the agent's hooks; every rejection before the swap leaves the serving model
 and ``active.json`` untouched, and names its reason.
+
+Size (~440 lines): the phases stay in one module on purpose; each one persists its state
+before the next step, and reading that ordering end to end is the point of the file (the
+checks it calls are already elsewhere: policy, swap, fetchers, probation, trust).
 """
 
 from __future__ import annotations
