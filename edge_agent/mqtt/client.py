@@ -371,8 +371,8 @@ class MqttClient:
         if level in (paho.MQTT_LOG_ERR, paho.MQTT_LOG_WARNING):
             self._attempt_log.append(buf)
 
-    def _on_connect(self, c: paho.Client, _u: Any, _flags: Any, rc: ReasonCode,
-                    _props: Any) -> None:
+    def _on_connect(self, c: paho.Client, _u: Any, _flags: paho.ConnectFlags, rc: ReasonCode,
+                    _props: Properties | None) -> None:
         if rc.is_failure:
             self._conn_refusal = diagnose.connack_refusal(rc.value, str(rc), self.config)
             return
@@ -388,8 +388,8 @@ class MqttClient:
                  self.protocol)
         self._subs.notify(connected=True)
 
-    def _on_disconnect(self, _c: paho.Client, _u: Any, _flags: Any, rc: ReasonCode,
-                       _props: Any) -> None:
+    def _on_disconnect(self, _c: paho.Client, _u: Any, _flags: paho.DisconnectFlags,
+                       rc: ReasonCode, _props: Properties | None) -> None:
         if self._connected and not self._stop.is_set():
             log.warning("mqtt: lost connection to %s: %s", self.config.url, rc)
             if rc.value == 0x8E:
@@ -397,7 +397,7 @@ class MqttClient:
                           "one MqttClient per device", self.client_id)
 
     def _on_publish(self, _c: paho.Client, _u: Any, mid: int, rc: ReasonCode,
-                    _props: Any) -> None:
+                    _props: Properties) -> None:
         cb = self._acks.acked(mid, rc.value)
         if cb is not None:
             try:

@@ -26,6 +26,7 @@ from edge_agent.update.state import Outcome
 from edge_agent.update.wire import announce_topic, group_announce_topic
 
 if TYPE_CHECKING:  # the flow pulls in tuf + cryptography (~11 MB): only when [update] is on
+    from edge_agent.serving.http import HttpServer, Request
     from edge_agent.update.flow import FlowDeps, UpdateFlow
 
 log = logging.getLogger(__name__)
@@ -222,11 +223,11 @@ class UpdateService:
         d["retry_pending"] = len(self._retry)
         return d
 
-    def register_routes(self, http: Any) -> None:
+    def register_routes(self, http: HttpServer) -> None:
         http.add_route("GET", "/v1/agent/update", lambda r: (200, self.status()),
                        name="update_status")
 
-        def announce(req: Any) -> Any:
+        def announce(req: Request) -> tuple[int, Any]:
             body = req.body
             if len(body) > self.deps.config.max_announcement_bytes:
                 return 413, {"error": "announcement too large"}
