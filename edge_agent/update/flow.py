@@ -6,7 +6,7 @@ Runs on the update service's single worker thread. Every outcome is an ``update.
 event on the agent's hooks; every rejection before the swap leaves the serving model
 and ``active.json`` untouched, and names its reason.
 
-Size (~440 lines): the phases stay in one module on purpose; each one persists its state
+Size (~450 lines): the phases stay in one module on purpose; each one persists its state
 before the next step, and reading that ordering end to end is the point of the file (the
 checks it calls are already elsewhere: policy, swap, fetchers, probation, trust).
 """
