@@ -206,7 +206,8 @@ def _labels(opts: ConvertOptions, out_classes: int, ev: Dataset | None,
 def _softmax(x: np.ndarray) -> np.ndarray:
     z = x - x.max(axis=-1, keepdims=True)
     e = np.exp(z)
-    return e / e.sum(axis=-1, keepdims=True)
+    p: np.ndarray = e / e.sum(axis=-1, keepdims=True)
+    return p
 
 
 def _is_probability(out: np.ndarray) -> bool:

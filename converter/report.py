@@ -5,10 +5,13 @@ Tables go to stdout (they are the command's output); progress and errors go to s
 
 from __future__ import annotations
 
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
-from edge_agent.bundle import Manifest
+from edge_agent.bundle import Manifest, TensorSpec
 from edge_agent.profiles import DeviceProfile
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 MAX_DROP_PP = 1.0  # warn above this top-1 drop
 MIN_CALIBRATION = 100  # fewer samples often give poor activation ranges
@@ -56,7 +59,7 @@ def build_warnings(r: dict[str, Any], *, has_eval: bool) -> list[str]:
     return w
 
 
-def _console(file: TextIO | None) -> Any:
+def _console(file: TextIO | None) -> Console:
     """A rich console; when piped (not a TTY) wide enough that no table column collapses."""
     import sys
 
@@ -159,7 +162,7 @@ def print_profiles(profiles: list[DeviceProfile], file: TextIO | None = None) ->
 
 
 def manifest_summary(m: Manifest) -> list[tuple[str, str]]:
-    def spec(s: Any) -> str:
+    def spec(s: TensorSpec) -> str:
         q = f" q=({s.scale:.6g}, {s.zero_point})" if s.quantized else ""
         return f"{s.name} {list(s.shape)} {s.dtype}{q}"
 

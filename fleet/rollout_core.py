@@ -27,6 +27,9 @@ The halt rule (:func:`judge_wave`): failure rate = (failed + timed_out) / the wa
 devices that were announced and not offline. A wave halts as soon as the rate *cannot*
 end at or below ``max_failure`` any more (2 of 4 failed at 10 % needs no more waiting),
 and passes once nothing is pending and the rate is at or below it.
+
+Size (~400 lines): one pure core on purpose; the wave states, the halt rule and the saved
+state they act on are read (and tested) together.
 """
 
 from __future__ import annotations

@@ -6,6 +6,11 @@ queue; :class:`Rollout` plans, signs once, announces wave by wave, folds observa
 the :class:`~fleet.rollout_core.RolloutState` and persists it atomically before acting on
 each decision, so a killed run resumes where it stopped.
 
+Size (~410 lines): :class:`Rollout` stays whole because its steps share one rule (save the
+state, then act) that is easiest to check in one place; the decisions are already in
+:mod:`fleet.rollout_core`, the reading of device messages in
+:mod:`fleet.rollout_observe` and :mod:`fleet.observer`.
+
 Raises BadInputError / RolloutStateError (bad request, foreign state file) and
 TransportError (broker unreachable).
 """

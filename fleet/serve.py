@@ -142,7 +142,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("serve", help="serve a repository directory over HTTP(S) with ranges",
                        description=__doc__)
     p.add_argument("dir", help="repository directory (edge-fleet repo init)")

@@ -39,7 +39,8 @@ def class_share(top1: np.ndarray, classes: int) -> np.ndarray:
     t = np.asarray(top1, dtype=np.int64)
     t = t[(t >= 0) & (t < classes)]
     counts = np.bincount(t, minlength=classes).astype(np.float64)
-    return counts / max(1.0, counts.sum())
+    share: np.ndarray = counts / max(1.0, counts.sum())
+    return share
 
 
 def confidence_share(confidence: np.ndarray, edges: Sequence[float]) -> np.ndarray:

@@ -33,7 +33,7 @@ def input_channel_means(raw: np.ndarray, spec: TensorSpec | None) -> np.ndarray 
         return None
     x = raw.reshape(raw.shape[0], -1, raw.shape[-1]) if raw.ndim > 2 else raw[:, None, :]
     step = max(1, x.shape[1] * x.shape[0] // MAX_STAT_ELEMENTS)
-    means = x[:, ::step, :].mean(axis=1, dtype=np.float64)
+    means: np.ndarray = x[:, ::step, :].mean(axis=1, dtype=np.float64)
     if spec is not None and spec.quantized:
         means = (means - spec.zero_point) * spec.scale
     return means

@@ -10,8 +10,9 @@ Public surface (everything else is an implementation detail)::
     MqttError, MqttConnectError
 """
 
-from edge_agent.mqtt.client import Message, MqttClient, Will
+from edge_agent.mqtt.client import MqttClient, Will
 from edge_agent.mqtt.config import MqttConfig
+from edge_agent.mqtt.dispatch import Message
 from edge_agent.mqtt.errors import MqttConnectError, MqttError
 from edge_agent.mqtt.publisher import Publisher
 from edge_agent.mqtt.topics import Topics

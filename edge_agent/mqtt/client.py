@@ -16,6 +16,11 @@ delete after PUBACK) is the outbox's job (:mod:`edge_agent.mqtt.outbox`), not pa
 There must be one client per device id (a broker drops the older of two connections with
 the same client id): inside the agent get it from :func:`edge_agent.mqtt.shared_client`.
 
+Around it: :class:`~edge_agent.mqtt.dispatch.Subscriptions` (who hears what) and
+:mod:`edge_agent.mqtt.session` (one attempt's paho client and PUBACK table). What stays here
+(~420 lines) is one class because its network thread, publish path and paho callbacks share
+one lock and one connection state.
+
 Raises :class:`~edge_agent.mqtt.errors.MqttConnectError` from :meth:`connect` /
 :meth:`wait_connected` (with ``kind`` = tls / auth / socket / protocol / timeout).
 """
@@ -27,41 +32,35 @@ import random
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import paho.mqtt.client as paho
-from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
+from paho.mqtt.enums import MQTTErrorCode, MQTTProtocolVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from edge_agent.mqtt import diagnose
 from edge_agent.mqtt.config import MqttConfig
-from edge_agent.mqtt.dispatch import Dispatcher, ErrorHook, Message, Subscription, check_filter
+from edge_agent.mqtt.dispatch import (
+    Dispatcher,
+    ErrorHook,
+    Message,
+    Subscription,
+    Subscriptions,
+    check_filter,
+)
 from edge_agent.mqtt.errors import MqttConnectError
+from edge_agent.mqtt.session import AckCallback, AckTable, Will, new_paho, resolve
 
 log = logging.getLogger(__name__)
 
+__all__ = ["AckCallback", "Handler", "Message", "MqttClient", "Will", "check_filter"]
+
 Handler = Callable[[str, bytes], None]
-AckCallback = Callable[[int], None]  # MQTT reason code of the PUBACK (0 = accepted)
 
 _V5, _V311 = MQTTProtocolVersion.MQTTv5, MQTTProtocolVersion.MQTTv311
 _PUBLISH_OK = (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_QUEUE_SIZE)
-
-
-def _no_op_register(_client: paho.Client, _userdata: Any, _sock: Any) -> None:
-    """See _make_paho: the network thread's loop() writes whenever it is woken."""
-
-
-@dataclass(frozen=True)
-class Will:
-    """A message the broker publishes for us (Last Will) or we publish on clean stop."""
-
-    topic: str
-    payload: bytes
-    qos: int = 1
-    retain: bool = True
 
 
 class MqttClient:
@@ -84,15 +83,12 @@ class MqttClient:
         self._cond = threading.Condition(self._lock)
         self._paho: paho.Client | None = None
         self._connected = False
-        self._acks: dict[int, AckCallback] = {}
-        self._early_acks: dict[int, int] = {}  # mid → reason code, see publish()
-        self._registering = 0
-        self._subs: list[Subscription] = []
-        self._listeners: list[tuple[Callable[[], None] | None, Callable[[], None] | None]] = []
+        self._acks = AckTable(self._lock)
         self._stop = threading.Event()
         self._net: threading.Thread | None = None
         self._dispatch = Dispatcher(f"mqtt-dispatch-{self.client_id}", dispatch_queue,
                                     self._on_handler_error)
+        self._subs = Subscriptions(self._dispatch, self._lock)
         self._protocol = _V311 if config.protocol == "3.1.1" else _V5
         self.last_error: MqttConnectError | None = None
         self.connects = 0  # successful CONNACKs so far (tests, telemetry)
@@ -162,7 +158,7 @@ class MqttClient:
             net = self._net
             if net is None:
                 return
-        bye = self._resolve(self.farewell, "farewell")
+        bye = resolve(self.farewell, "farewell")
         if bye is not None and self._connected:
             done = threading.Event()
             if self.publish(bye.topic, bye.payload, bye.qos, bye.retain,
@@ -198,15 +194,13 @@ class MqttClient:
         """
         data = payload.encode("utf-8") if isinstance(payload, str) else bytes(payload)
         # Never call into paho holding self._lock: paho runs our callbacks (which take it)
-        # while holding its own locks, so the other order would deadlock. The PUBACK may
-        # therefore arrive before we know the mid: _on_publish stashes acks while any
-        # registration is pending, and the last registration clears what is left.
+        # while holding its own locks, so the other order would deadlock (see AckTable).
         with self._lock:
             c = self._paho
             if c is None or not self._connected or (epoch is not None and epoch != self.connects):
                 return False
             if on_ack is not None:
-                self._registering += 1
+                self._acks.begin()
         info = None
         try:
             info = c.publish(topic, data, qos=qos, retain=retain, properties=properties)
@@ -216,14 +210,9 @@ class MqttClient:
             early = None
             if on_ack is not None:
                 with self._lock:
-                    self._registering -= 1
                     sent = info is not None and info.rc in _PUBLISH_OK and self._paho is c
-                    if sent and info is not None:
-                        early = self._early_acks.pop(info.mid, None)
-                        if early is None:
-                            self._acks[info.mid] = on_ack
-                    if self._registering == 0:
-                        self._early_acks.clear()
+                    mid = info.mid if sent and info is not None else None
+                    early = self._acks.end(mid, on_ack)
         if info is None or info.rc not in _PUBLISH_OK:
             return False
         if early is not None and on_ack is not None:
@@ -247,18 +236,16 @@ class MqttClient:
         check_filter(topic_filter)
         sub = Subscription(topic_filter, handler, qos, max_bytes or self.config.max_incoming_bytes)
         with self._lock:
-            self._subs.append(sub)
+            self._subs.add(sub)
             c = self._paho if self._connected else None
         if c is not None:
             c.subscribe(topic_filter, qos)
 
         def remove() -> None:
             with self._lock:
-                if sub in self._subs:
-                    self._subs.remove(sub)
-                still = any(s.topic_filter == topic_filter for s in self._subs)
+                last = self._subs.remove(sub)
                 c = self._paho if self._connected else None
-            if c is not None and not still:
+            if c is not None and last:
                 c.unsubscribe(topic_filter)
         return remove
 
@@ -266,56 +253,24 @@ class MqttClient:
                      on_disconnect: Callable[[], None] | None = None) -> Callable[[], None]:
         """Run ``on_connect`` after every successful (re)connect and subscription renewal,
         ``on_disconnect`` after every loss; both on the dispatch thread."""
-        item = (on_connect, on_disconnect)
         with self._lock:
-            self._listeners.append(item)
+            item = self._subs.add_listener(on_connect, on_disconnect)
             connected = self._connected
         if connected and on_connect is not None:
             self._dispatch.call(on_connect)
-
-        def remove() -> None:
-            with self._lock:
-                if item in self._listeners:
-                    self._listeners.remove(item)
-        return remove
+        return lambda: self._subs.remove_listener(item)
 
     # ---- network thread --------------------------------------------------------------
 
     def _make_paho(self, protocol: MQTTProtocolVersion) -> paho.Client:
-        c = paho.Client(CallbackAPIVersion.VERSION2, client_id=self.client_id,
-                        protocol=protocol, clean_session=None if protocol == _V5 else True)
-        c.connect_timeout = self.config.connect_timeout_s
-        c.max_inflight_messages_set(self.config.max_inflight)
-        c.max_queued_messages_set(0)
-        if self._ssl is not None:
-            c.tls_set_context(self._ssl)
-        if self.config.username is not None:
-            c.username_pw_set(self.config.username, self.config.password)
-        will = self._resolve(self.will, "will")
-        if will is not None:
-            c.will_set(will.topic, will.payload, will.qos, will.retain)
+        c = new_paho(self.config, self.client_id, protocol, self._ssl,
+                     resolve(self.will, "will"))
         c.on_connect = self._on_connect
         c.on_disconnect = self._on_disconnect
         c.on_message = self._on_message
         c.on_publish = self._on_publish
         c.on_log = self._on_log
-        # Only the network thread may write to the socket. Without loop_start() paho would
-        # write from the publishing thread too, interleaving partial packets of large
-        # payloads on the wire; registering a (no-op) write callback makes publish() just
-        # queue the packet and wake our loop() through paho's socket pair.
-        c.on_socket_register_write = _no_op_register
         return c
-
-    @staticmethod
-    def _resolve(w: Will | Callable[[], Will] | None, what: str) -> Will | None:
-        """A Will, or the one a callable builds now; a failing callable means none."""
-        if not callable(w):
-            return w
-        try:
-            return w()
-        except Exception:
-            log.exception("mqtt: building the %s message failed; sending none", what)
-            return None
 
     def _net_loop(self) -> None:
         failures = 0
@@ -390,12 +345,11 @@ class MqttClient:
             with self._lock:
                 self._paho = None
                 self._acks.clear()
-                self._early_acks.clear()
                 was = self._connected
                 self._connected = False
                 self._cond.notify_all()
             if was:
-                self._notify_listeners(connected=False)
+                self._subs.notify(connected=False)
         if got_connack:
             return None
         if self._conn_refusal is not None:
@@ -417,15 +371,12 @@ class MqttClient:
         if level in (paho.MQTT_LOG_ERR, paho.MQTT_LOG_WARNING):
             self._attempt_log.append(buf)
 
-    def _on_connect(self, c: paho.Client, _u: Any, _flags: Any, rc: ReasonCode,
-                    _props: Any) -> None:
+    def _on_connect(self, c: paho.Client, _u: Any, _flags: paho.ConnectFlags, rc: ReasonCode,
+                    _props: Properties | None) -> None:
         if rc.is_failure:
             self._conn_refusal = diagnose.connack_refusal(rc.value, str(rc), self.config)
             return
-        with self._lock:
-            subs: dict[str, int] = {}
-            for s in self._subs:
-                subs[s.topic_filter] = max(subs.get(s.topic_filter, 0), s.qos)
+        subs = self._subs.filters()
         if subs:
             c.subscribe(list(subs.items()))
         with self._cond:
@@ -435,10 +386,10 @@ class MqttClient:
             self._cond.notify_all()
         log.info("mqtt: connected to %s as %s (MQTT %s)", self.config.url, self.client_id,
                  self.protocol)
-        self._notify_listeners(connected=True)
+        self._subs.notify(connected=True)
 
-    def _on_disconnect(self, _c: paho.Client, _u: Any, _flags: Any, rc: ReasonCode,
-                       _props: Any) -> None:
+    def _on_disconnect(self, _c: paho.Client, _u: Any, _flags: paho.DisconnectFlags,
+                       rc: ReasonCode, _props: Properties | None) -> None:
         if self._connected and not self._stop.is_set():
             log.warning("mqtt: lost connection to %s: %s", self.config.url, rc)
             if rc.value == 0x8E:
@@ -446,11 +397,8 @@ class MqttClient:
                           "one MqttClient per device", self.client_id)
 
     def _on_publish(self, _c: paho.Client, _u: Any, mid: int, rc: ReasonCode,
-                    _props: Any) -> None:
-        with self._lock:
-            cb = self._acks.pop(mid, None)
-            if cb is None and self._registering:  # maybe not registered yet: keep it
-                self._early_acks[mid] = rc.value
+                    _props: Properties) -> None:
+        cb = self._acks.acked(mid, rc.value)
         if cb is not None:
             try:
                 cb(rc.value)
@@ -462,17 +410,7 @@ class MqttClient:
         m = Message(msg.topic, bytes(msg.payload), msg.qos, bool(msg.retain),
                     getattr(props, "ResponseTopic", None),
                     getattr(props, "CorrelationData", None))
-        with self._lock:
-            subs = [s for s in self._subs if paho.topic_matches_sub(s.topic_filter, m.topic)]
-        for s in subs:
-            self._dispatch.deliver(s, m)
-
-    def _notify_listeners(self, *, connected: bool) -> None:
-        with self._lock:
-            cbs = [on if connected else off for on, off in self._listeners]
-        for cb in cbs:
-            if cb is not None:
-                self._dispatch.call(cb)
+        self._subs.route(m)
 
     def _on_handler_error(self, topic: str, e: BaseException) -> None:
         if self.on_handler_error is not None:

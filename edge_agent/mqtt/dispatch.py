@@ -1,9 +1,10 @@
 """Incoming messages: subscriptions, and the thread that runs their handlers.
 
 Handlers never run on the network thread (a slow one would stall keepalives): the
-network thread only matches the topic and queues a call; :class:`Dispatcher` runs the
-calls one at a time, in arrival order. Oversized payloads are refused here, unparsed,
-and handler exceptions are reported through ``on_error`` — never raised into paho.
+network thread only matches the topic (:class:`Subscriptions`) and queues a call;
+:class:`Dispatcher` runs the calls one at a time, in arrival order. Oversized payloads are
+refused here, unparsed, and handler exceptions are reported through ``on_error`` — never
+raised into paho.
 """
 
 from __future__ import annotations
@@ -14,11 +15,14 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from paho.mqtt.client import topic_matches_sub
+
 from edge_agent.errors import InvalidRequestError
 
 log = logging.getLogger(__name__)
 
 ErrorHook = Callable[[str, BaseException], None]
+Listener = Callable[[], None]
 
 
 @dataclass(frozen=True)
@@ -122,3 +126,65 @@ class Dispatcher:
                 self.on_error(topic, e)
             except Exception:
                 log.exception("on_handler_error failed")
+
+
+class Subscriptions:
+    """Who hears what: the subscriptions and connection listeners of one client.
+
+    It survives reconnects (the client renews :meth:`filters` on every CONNACK) and hands
+    every call to ``dispatcher``. It shares the client's ``lock`` so that adding a
+    subscription or listener and reading the connection state are one atomic step.
+    """
+
+    def __init__(self, dispatcher: Dispatcher, lock: threading.RLock) -> None:
+        self._dispatch = dispatcher
+        self._lock = lock
+        self._subs: list[Subscription] = []
+        self._listeners: list[tuple[Listener | None, Listener | None]] = []
+
+    def add(self, sub: Subscription) -> None:
+        with self._lock:
+            self._subs.append(sub)
+
+    def remove(self, sub: Subscription) -> bool:
+        """Forget ``sub``; True if no other subscription uses its filter (unsubscribe it)."""
+        with self._lock:
+            if sub in self._subs:
+                self._subs.remove(sub)
+            return not any(s.topic_filter == sub.topic_filter for s in self._subs)
+
+    def filters(self) -> dict[str, int]:
+        """Each subscribed filter with the highest QoS asked for it (to renew on connect)."""
+        with self._lock:
+            subs: dict[str, int] = {}
+            for s in self._subs:
+                subs[s.topic_filter] = max(subs.get(s.topic_filter, 0), s.qos)
+        return subs
+
+    def route(self, m: Message) -> None:
+        """Queue ``m`` for every subscription whose filter matches its topic."""
+        with self._lock:
+            subs = [s for s in self._subs if topic_matches_sub(s.topic_filter, m.topic)]
+        for s in subs:
+            self._dispatch.deliver(s, m)
+
+    def add_listener(self, on_connect: Listener | None, on_disconnect: Listener | None
+                     ) -> tuple[Listener | None, Listener | None]:
+        item = (on_connect, on_disconnect)
+        with self._lock:
+            self._listeners.append(item)
+        return item
+
+    def remove_listener(self, item: tuple[Listener | None, Listener | None]) -> None:
+        with self._lock:
+            if item in self._listeners:
+                self._listeners.remove(item)
+
+    def notify(self, *, connected: bool) -> None:
+        """Queue every listener's ``on_connect`` (or ``on_disconnect``)."""
+        with self._lock:
+            cbs = [on if connected else off for on, off in self._listeners]
+        for cb in cbs:
+            if cb is not None:
+                self._dispatch.call(cb)
+

@@ -20,17 +20,15 @@ Cache rules: ``ok`` and ``crashed`` are verdicts on the runtime and are reused f
 bundle; ``load-failed`` / ``golden-mismatch`` are verdicts on one model and are reused
 only for the same model (sha256).
 
-Fault injection (tests only): the child honours ``EDGE_AGENT_PROBE_FAULT`` = ``segv``
-(a real SIGSEGV through a NULL read with ctypes, right where the interpreter would be
-created), ``abort``, ``hang`` or ``exit``, optionally for one runtime only
-(``segv:ai-edge-litert``).
+The child's side (what runs in the other process, its stdout line protocol and the
+``EDGE_AGENT_PROBE_FAULT`` fault injection for tests) is :mod:`edge_agent.runtime.probe_child`;
+this module is the parent: verdicts, their cache, the runner and the selection.
 
 Raises :class:`~edge_agent.errors.RuntimeUnavailableError` when no candidate passes.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
@@ -55,20 +53,20 @@ from edge_agent.runtime.backends import (
     get_runtime,
     parse_version,
 )
+from edge_agent.runtime.probe_child import FAULT_ENV, STAGES, child_main, parse_output
+
+__all__ = ["DEFAULT_TIMEOUT_S", "FAULT_ENV", "OUTCOMES", "STATE_FILE", "ProbeSelection",
+           "ProbeVerdict", "VerdictCache", "cache_key", "installed_version", "main",
+           "model_sha256", "probe_runtime", "run_probe", "select_probed_runtime"]
 
 log = logging.getLogger(__name__)
 
 STATE_FILE = "runtime-probes.json"
 STATE_SCHEMA = 1
-RESULT_TAG = "EDGE-PROBE-RESULT "
-STAGE_TAG = "EDGE-PROBE-STAGE "
-FAULT_ENV = "EDGE_AGENT_PROBE_FAULT"
 DEFAULT_TIMEOUT_S = 120.0  # emulated aarch64 needs ~10 s for MobileNetV2's golden vectors
 OUTCOMES = ("ok", "crashed", "timeout", "load-failed", "golden-mismatch", "not-installed",
             "too-old", "error")
 MODEL_OUTCOMES = ("load-failed", "golden-mismatch")  # verdicts on a model, not a runtime
-STAGES = {"import": "importing the runtime", "create": "creating the interpreter",
-          "golden": "checking golden vectors", "done": "reporting"}
 
 
 @dataclass(frozen=True)
@@ -205,17 +203,6 @@ def _signal_name(rc: int) -> str:
         return f"signal {-rc}"
 
 
-def _parse_child(stdout: str) -> tuple[dict[str, Any] | None, str | None]:
-    result, stage = None, None
-    for line in stdout.splitlines():
-        if line.startswith(STAGE_TAG):
-            stage = line[len(STAGE_TAG):].strip()
-        elif line.startswith(RESULT_TAG):
-            with contextlib.suppress(ValueError):
-                result = json.loads(line[len(RESULT_TAG):])
-    return result, stage
-
-
 def _last_line(text: str) -> str:
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
     return lines[-1][:300] if lines else ""
@@ -244,7 +231,7 @@ def run_probe(name: str, version: str, bundle: Path | None = None, *,
                               env=child_env, stdin=subprocess.DEVNULL, check=False)
     except subprocess.TimeoutExpired as e:
         out = e.stdout.decode() if isinstance(e.stdout, bytes) else (e.stdout or "")
-        _, stage = _parse_child(out)
+        _, stage = parse_output(out)
         return replace(base, outcome="timeout", stage=stage,
                        duration_s=time.monotonic() - t0,
                        detail=f"no answer within {timeout_s:g} s while "
@@ -253,7 +240,7 @@ def run_probe(name: str, version: str, bundle: Path | None = None, *,
         return replace(base, outcome="error", duration_s=time.monotonic() - t0,
                        detail=f"could not start the probe process: {e}")
     dt = time.monotonic() - t0
-    result, stage = _parse_child(proc.stdout)
+    result, stage = parse_output(proc.stdout)
     if proc.returncode < 0:
         sig = _signal_name(proc.returncode)
         return replace(base, outcome="crashed", signal=sig, stage=stage, duration_s=dt,
@@ -325,79 +312,6 @@ def select_probed_runtime(candidates: Sequence[str] | None = None,
         + "); install ai-edge-litert (pip install ai-edge-litert) or tflite-runtime")
 
 
-# ---------------------------------------------------------------------------- the child
-
-
-def _stage(name: str) -> None:
-    print(STAGE_TAG + name, flush=True)
-
-
-def _inject_fault(name: str) -> None:
-    fault, _, only = os.environ.get(FAULT_ENV, "").partition(":")
-    if only and only != name:
-        return
-    if fault == "segv":
-        import ctypes
-
-        ctypes.string_at(0)  # a real SIGSEGV in native code, where the interpreter would be
-    elif fault == "abort":
-        os.abort()
-    elif fault == "hang":
-        time.sleep(3600)
-    elif fault == "exit":
-        os._exit(7)
-
-
-def _child(name: str, bundle_path: str | None) -> int:
-    """Import, create, verify; print one result line. Exit 0 only when trustworthy."""
-    import numpy as np
-
-    from edge_agent.errors import GoldenMismatchError, ModelLoadError
-    from edge_agent.runtime.capabilities import (
-        PROBE_ATOL,
-        PROBE_INPUT,
-        PROBE_MODEL,
-        PROBE_OUTPUT,
-        xnnpack_applied,
-    )
-    from edge_agent.runtime.model import LoadedModel, verify_golden
-
-    def result(outcome: str, detail: str, **extra: Any) -> int:
-        _stage("done")
-        print(RESULT_TAG + json.dumps({"outcome": outcome, "detail": detail, **extra}),
-              flush=True)
-        return 0 if outcome == "ok" else 3
-
-    _stage("import")
-    rt = get_runtime(name)
-    if rt is None:
-        return result("not-installed", "does not import in this Python")
-    _stage("create")
-    _inject_fault(name)
-    try:
-        probe = LoadedModel(rt, PROBE_MODEL)
-        int8 = xnnpack_applied(probe.interpreter)
-        got = probe.invoke_raw(PROBE_INPUT)[0]
-        if np.max(np.abs(got.astype(int) - PROBE_OUTPUT.astype(int))) > PROBE_ATOL:
-            return result("golden-mismatch", f"probe model gave {got.tolist()}, expected "
-                          f"{PROBE_OUTPUT.tolist()}", int8_xnnpack=int8)
-        if bundle_path is None:
-            return result("ok", "probe model loads and computes correctly", int8_xnnpack=int8)
-        bundle = read_bundle(bundle_path)
-        model = LoadedModel(rt, bundle.model_bytes)
-        _stage("golden")
-        g = verify_golden(bundle, rt, model=model)
-    except ModelLoadError as e:
-        return result("load-failed", str(e))
-    except GoldenMismatchError as e:
-        return result("golden-mismatch", str(e))
-    except BundleError as e:
-        return result("error", f"probe bundle unreadable: {e}")
-    sha = sha256_bytes(bundle.model_bytes)[:12]
-    return result("ok", f"{bundle.name} v{bundle.version} ({sha}) loads; {g.vectors} golden "
-                  f"vectors match (max diff {g.max_abs_diff:g})", int8_xnnpack=int8)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m edge_agent.runtime.probe [--child NAME] [--bundle DIR] [--state-dir DIR]``.
 
@@ -418,7 +332,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--timeout-s", type=float, default=DEFAULT_TIMEOUT_S)
     a = p.parse_args(argv)
     if a.child:
-        return _child(a.child, a.bundle)
+        return child_main(a.child, a.bundle)
     try:
         sel = select_probed_runtime(a.runtimes, Path(a.bundle) if a.bundle else None,
                                     state_dir=a.state_dir, reprobe=a.reprobe,

@@ -20,7 +20,7 @@ def quantize(x: np.ndarray, spec: TensorSpec) -> np.ndarray:
         return np.asarray(x, dtype=dtype)
     info = _INFO[spec.dtype]
     q = np.round(np.asarray(x, dtype=np.float32) / spec.scale) + spec.zero_point
-    return np.clip(q, info.min, info.max).astype(dtype)
+    return np.asarray(np.clip(q, info.min, info.max), dtype=dtype)
 
 
 def dequantize(q: np.ndarray, spec: TensorSpec) -> np.ndarray:

@@ -21,8 +21,12 @@ Overloaded → 503 + Retry-After, TransportError / RuntimeUnavailableError → 5
 Error bodies are always ``{"error": "<message>"}``. Bodies are read lazily
 (``req.body``), so a handler may refuse a request before reading it.
 
-Limits: bearer token (constant-time compare; every route but ``/healthz``), request body
-(413), open connections (503), idle keep-alive connections (closed after a timeout).
+Limits: bearer token (constant-time compare; every route not added with ``auth=False``,
+which only ``/healthz`` is), request body (413), open connections (503), idle keep-alive
+connections (closed after a timeout).
+
+The route table and the handler-facing types live in :mod:`edge_agent.serving.routes` (no
+sockets); this module is the connection side. Both are importable from here.
 """
 
 from __future__ import annotations
@@ -37,123 +41,31 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from email.utils import formatdate
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
-from urllib.parse import parse_qs, unquote
+from urllib.parse import unquote
 
-from edge_agent.errors import (
-    BadInputError,
-    EdgeError,
-    NotFoundError,
-    RuntimeUnavailableError,
-    TransportError,
-)
+from edge_agent.errors import EdgeError, TransportError
 from edge_agent.serving.admission import Overloaded
-from edge_agent.serving.codec import parse_json
+from edge_agent.serving.routes import (
+    Handler,
+    HTTPStatusError,
+    Request,
+    Response,
+    Route,
+    RouteTable,
+    status_for,
+)
 from edge_agent.serving.wire import HeadError, Headers, parse_headers, parse_request_line
+
+__all__ = ["HTTPStatusError", "Handler", "HttpServer", "Request", "Response", "Route",
+           "status_for"]
 
 log = logging.getLogger(__name__)
 _RID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 _REASONS = {s.value: s.phrase for s in HTTPStatus}
-
-
-class HTTPStatusError(EdgeError):
-    """Raise from a handler to answer with a specific status and ``{"error": message}``."""
-
-    def __init__(self, status: int, message: str, *, headers: Mapping[str, str] | None = None):
-        super().__init__(message)
-        self.status = status
-        self.headers = dict(headers or {})
-
-
-@dataclass
-class Response:
-    """A non-JSON (or pre-encoded) response."""
-
-    status: int
-    body: bytes
-    content_type: str = "application/json"
-    headers: dict[str, str] = field(default_factory=dict)
-
-
-class Request:
-    """What a handler sees. ``body`` is read from the socket on first access."""
-
-    __slots__ = ("_body", "_handler", "_length", "client", "groups", "headers", "method",
-                 "params", "path", "query", "request_id", "route")
-
-    def __init__(self, handler: _Handler, method: str, path: str, query: str,
-                 match: re.Match[str], length: int, request_id: str, route: str) -> None:
-        self._handler = handler
-        self.method = method
-        self.path = path
-        self.query: dict[str, list[str]] = parse_qs(query) if query else {}
-        self.groups: tuple[str | None, ...] = match.groups()
-        self.params: dict[str, str | None] = match.groupdict()
-        self.headers = handler.headers
-        self.request_id = request_id
-        self.client = handler.client_address[0] if handler.client_address else ""
-        self.route = route
-        self._length = length
-        self._body: bytes | None = None
-
-    @property
-    def content_type(self) -> str:
-        return (self.headers.get("Content-Type") or "").split(";")[0].strip().lower()
-
-    @property
-    def body(self) -> bytes:
-        if self._body is None:
-            try:
-                data = self._handler.rfile.read(self._length) if self._length else b""
-            except TimeoutError as e:
-                self._handler.close_connection = True
-                raise HTTPStatusError(408, "timed out waiting for the request body") from e
-            except OSError as e:
-                self._handler.close_connection = True
-                raise TransportError(f"client stopped sending the body ({e})") from e
-            if len(data) != self._length:
-                self._handler.close_connection = True
-                raise HTTPStatusError(400, f"body ended after {len(data)} of {self._length} "
-                                           "bytes (Content-Length)")
-            self._body = data
-        return self._body
-
-    @property
-    def body_read(self) -> bool:
-        return self._body is not None or self._length == 0
-
-    def json(self) -> Any:
-        """The body as JSON. Raises InvalidRequestError (400) naming the parse error."""
-        return parse_json(self.body)
-
-
-Handler = Callable[[Request], Any]
-
-
-@dataclass(frozen=True)
-class Route:
-    method: str
-    pattern: re.Pattern[str]
-    handler: Handler
-    name: str
-    auth: bool
-
-
-def status_for(e: BaseException) -> int:
-    """The HTTP status for an exception (also used by MQTT replies)."""
-    if isinstance(e, HTTPStatusError):
-        return e.status
-    if isinstance(e, NotFoundError):
-        return 404
-    if isinstance(e, BadInputError):
-        return 400
-    if isinstance(e, (TransportError, RuntimeUnavailableError)):
-        return 503
-    return 500
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -267,7 +179,7 @@ class HttpServer:
         self.max_connections = max_connections
         self.idle_timeout_s = idle_timeout_s
         self.on_response = on_response
-        self._routes: list[Route] = []
+        self._routes = RouteTable()
         self._httpd: _Server | None = None
         self._thread: threading.Thread | None = None
         self._date = ("", 0)
@@ -281,23 +193,7 @@ class HttpServer:
         Routes are tried in the order added; ``name`` labels metrics (default: the regex).
         ``auth=False`` exempts the route from the bearer token (health checks only).
         """
-        self._routes.append(Route(method.upper(), re.compile(path_regex), handler,
-                                  name or path_regex, auth))
-
-    def _match(self, method: str, path: str) -> tuple[Route, re.Match[str]]:
-        allowed = []
-        for r in self._routes:
-            m = r.pattern.fullmatch(path)
-            if m is None:
-                continue
-            if r.method == method:
-                return r, m
-            allowed.append(r.method)
-        if allowed:
-            raise HTTPStatusError(405, f"method {method} not allowed on {path} (allowed: "
-                                       f"{', '.join(sorted(set(allowed)))})",
-                                  headers={"Allow": ", ".join(sorted(set(allowed)))})
-        raise NotFoundError(f"unknown route: {method} {path}")
+        self._routes.add(method, path_regex, handler, name=name, auth=auth)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -344,7 +240,7 @@ class HttpServer:
 
     # ------------------------------------------------------------------ requests
 
-    def _authorized(self, headers: Any) -> bool:
+    def _authorized(self, headers: Headers) -> bool:
         if self._token is None:
             return True
         got = headers.get("Authorization") or ""
@@ -364,11 +260,7 @@ class HttpServer:
         extra: dict[str, str] = {}
         req: Request | None = None
         try:
-            if path != "/healthz" and not self._authorized(h.headers):
-                extra["WWW-Authenticate"] = 'Bearer realm="edge-agent"'
-                raise HTTPStatusError(401, "missing or wrong bearer token (send "
-                                           "'Authorization: Bearer <token>')")
-            route, match = self._match(method, path)
+            route, match = self._route(h, method, path, extra)
             route_name = route.name
             length = self._content_length(h)
             req = Request(h, method, path, query, match, length, rid, route.name)
@@ -399,6 +291,28 @@ class HttpServer:
             h.close_connection = True
         if self.on_response is not None:
             self.on_response(route_name, status, time.perf_counter() - t0)
+
+    def _route(self, h: _Handler, method: str, path: str, extra: dict[str, str]
+               ) -> tuple[Route, re.Match[str]]:
+        """The matching route, after the token check its ``auth`` flag asks for.
+
+        Raises HTTPStatusError (401 without the token, 405) or NotFoundError (404).
+        """
+        try:
+            route, match = self._routes.match(method, path)
+        except EdgeError:
+            if not self._routes.public(path):
+                self._require_token(h, extra)
+            raise
+        if route.auth:
+            self._require_token(h, extra)
+        return route, match
+
+    def _require_token(self, h: _Handler, extra: dict[str, str]) -> None:
+        if not self._authorized(h.headers):
+            extra["WWW-Authenticate"] = 'Bearer realm="edge-agent"'
+            raise HTTPStatusError(401, "missing or wrong bearer token (send "
+                                       "'Authorization: Bearer <token>')")
 
     def _content_length(self, h: _Handler) -> int:
         if "chunked" in (h.headers.get("Transfer-Encoding") or "").lower():

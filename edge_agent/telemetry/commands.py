@@ -31,7 +31,7 @@ from typing import Any
 
 from edge_agent.agent_view import AgentView
 from edge_agent.errors import EdgeError, InvalidRequestError
-from edge_agent.mqtt.client import Message
+from edge_agent.mqtt.dispatch import Message
 from edge_agent.mqtt.payloads import parse_object
 
 log = logging.getLogger(__name__)

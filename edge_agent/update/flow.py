@@ -5,6 +5,10 @@ commit | rolling_back``; see :mod:`edge_agent.update.state` for recovery after a
 Runs on the update service's single worker thread. Every outcome is an ``update.*``
 event on the agent's hooks; every rejection before the swap leaves the serving model
 and ``active.json`` untouched, and names its reason.
+
+Size (~450 lines): the phases stay in one module on purpose; each one persists its state
+before the next step, and reading that ordering end to end is the point of the file (the
+checks it calls are already elsewhere: policy, swap, fetchers, probation, trust).
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ import threading
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edge_agent.bundle import Bundle, read_tar_bytes
 from edge_agent.errors import BundleError, EdgeError, ModelError, TransportError
@@ -42,7 +46,12 @@ from edge_agent.update.fetchers import (
     MqttChunks,
     PubSub,
 )
-from edge_agent.update.probation import ProbationMonitor, ProbationPolicy, wait_verdict
+from edge_agent.update.probation import (
+    ProbationMonitor,
+    ProbationPolicy,
+    WindowStats,
+    wait_verdict,
+)
 from edge_agent.update.staging import Staging
 from edge_agent.update.state import Outcome, Phase, Recovery, StateFile, UpdateState, recover
 from edge_agent.update.trust import TrustStore
@@ -54,6 +63,10 @@ from edge_agent.update.wire import (
     parse_command,
     parse_target_spec,
 )
+
+if TYPE_CHECKING:
+    from tuf.api.metadata import TargetFile
+    from tuf.ngclient import Updater
 
 log = logging.getLogger(__name__)
 
@@ -274,7 +287,8 @@ class UpdateFlow:
             self._event("info", "update.progress", f"{have}/{total} chunks via {source}",
                         chunks=have, of=total, source=source)
 
-    def _download_and_verify(self, updater: Any, fetcher: AnnouncementFetcher, info: Any,
+    def _download_and_verify(self, updater: Updater, fetcher: AnnouncementFetcher,
+                             info: TargetFile,
                              spec: TargetSpec) -> Bundle:
         sha = info.hashes["sha256"]
         dest = self.staging.final(sha)
@@ -325,7 +339,7 @@ class UpdateFlow:
         self._event("info", "update.golden_ok", f"{res.vectors} golden vectors match "
                     f"(max diff {res.max_abs_diff:g})")
 
-    def _probation(self, baseline: Any) -> Outcome:
+    def _probation(self, baseline: WindowStats | None) -> Outcome:
         s = self.state
         assert s.name is not None and s.version is not None
         until = time.time() + self.cfg.probation_s
@@ -394,7 +408,7 @@ class UpdateFlow:
                     name=s.name, version=s.version, code="transport", reason=str(e))
         return out
 
-    def _command(self, updater: Any, fetcher: AnnouncementFetcher, info: Any,
+    def _command(self, updater: Updater, fetcher: AnnouncementFetcher, info: TargetFile,
                  spec: TargetSpec) -> Outcome:
         policy.check_audience(spec, self.d.identity, info.path)
         dest = self.staging.final(info.hashes["sha256"])

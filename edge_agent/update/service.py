@@ -29,6 +29,7 @@ from edge_agent.update.state import Outcome
 from edge_agent.update.wire import announce_topic, group_announce_topic
 
 if TYPE_CHECKING:  # the flow pulls in tuf + cryptography (~11 MB): only when [update] is on
+    from edge_agent.serving.http import HttpServer, Request
     from edge_agent.update.flow import FlowDeps, UpdateFlow
 
 log = logging.getLogger(__name__)

@@ -11,6 +11,7 @@ from agent_helpers import Client, DigitsEval
 from waiting import wait_for
 
 from edge_agent.config import HttpSettings, load_config
+from edge_agent.serving.http import HttpServer, Request
 
 TOKEN = "s3cret-token"
 
@@ -44,6 +45,39 @@ def test_right_token_opens_every_route_and_healthz_needs_none(start_agent: Any,
     assert c.get("/metrics").status == 200
     r = c.post("/v1/models/digits:classify", body=digits_eval.png(0), content_type="image/png")
     assert r.status == 200 and r.json()["result"][0][0][0] == str(digits_eval.y[0])
+
+
+@pytest.fixture
+def route_server() -> Any:
+    """A bare HttpServer with a token, one private and one public route of a component's own."""
+    srv = HttpServer("127.0.0.1", 0, token=TOKEN)
+
+    def ok(req: Request) -> tuple[int, Any]:
+        return 200, {"route": req.route}
+
+    srv.add_route("GET", "/v1/private", ok, name="private")  # auth=True is the default
+    srv.add_route("GET", "/v1/public", ok, name="public", auth=False)
+    srv.start()
+    yield srv
+    srv.stop()
+
+
+def test_a_route_added_with_auth_needs_the_token(route_server: HttpServer) -> None:
+    host, port = route_server.address
+    r = Client(host, port).get("/v1/private")
+    assert r.status == 401 and r.headers["www-authenticate"].startswith("Bearer")
+    assert Client(host, port, token=TOKEN).get("/v1/private").json() == {"route": "private"}
+
+
+def test_a_route_added_with_auth_false_needs_no_token(route_server: HttpServer) -> None:
+    host, port = route_server.address
+    assert Client(host, port).get("/v1/public").json() == {"route": "public"}
+
+
+def test_a_public_path_with_the_wrong_method_is_405_not_401(route_server: HttpServer) -> None:
+    host, port = route_server.address
+    r = Client(host, port).request("POST", "/v1/public", body=b"")
+    assert r.status == 405 and r.headers["allow"] == "GET"
 
 
 def test_token_file_is_read_at_start(tmp_path: Any) -> None:

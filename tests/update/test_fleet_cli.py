@@ -54,6 +54,18 @@ def _cli_repo(tmp: Path) -> Path:
     return repo
 
 
+def test_repo_timestamp_before_any_release_is_bad_input_not_a_traceback(
+        tmp_path: Path, fleet_keys_: dict[str, Any], capsys: pytest.CaptureFixture[str]
+) -> None:
+    k = fleet_keys_
+    repo = FleetRepo.create(tmp_path / "repo", keys={r: [k["root-a"].public] for r in (
+        "root", "targets", "snapshot", "timestamp")}, thresholds={}, signers=[k["root-a"].signer])
+    rc = fleet_main(["repo", "timestamp", str(repo.path), "--key", str(k["root-a"].path)])
+    assert rc == 2
+    assert "nothing released yet" in capsys.readouterr().err
+    assert repo.latest_version("timestamp") == 0  # nothing was written
+
+
 def test_cli_publish_and_presigned_metadata_reach_the_device(
         tmp_path: Path, bundles: Bundles, start_device: DeviceFactory, mosquitto: Any,
         monkeypatch: pytest.MonkeyPatch) -> None:

@@ -1,0 +1,114 @@
+"""The probe's child process: import one runtime, run a model, print one verdict line.
+
+Runs as ``python -m edge_agent.runtime.probe --child NAME [--bundle DIR]`` (see
+:mod:`edge_agent.runtime.probe`, the parent), so that a runtime whose native code crashes
+takes down this process and not the agent. It talks to the parent over stdout: a
+``EDGE-PROBE-STAGE <stage>`` line as it enters each stage (:data:`STAGES`), so that a crash
+can be placed, and one ``EDGE-PROBE-RESULT <json>`` line at the end; :func:`parse_output` is
+the parent's reader of those lines. Exit status 0 only when the runtime is trustworthy.
+
+Fault injection (tests only): the child honours ``EDGE_AGENT_PROBE_FAULT`` = ``segv``
+(a real SIGSEGV through a NULL read with ctypes, right where the interpreter would be
+created), ``abort``, ``hang`` or ``exit``, optionally for one runtime only
+(``segv:ai-edge-litert``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import time
+from typing import Any
+
+from edge_agent.bundle import read_bundle, sha256_bytes
+from edge_agent.errors import BundleError
+from edge_agent.runtime.backends import get_runtime
+
+RESULT_TAG = "EDGE-PROBE-RESULT "
+STAGE_TAG = "EDGE-PROBE-STAGE "
+FAULT_ENV = "EDGE_AGENT_PROBE_FAULT"
+STAGES = {"import": "importing the runtime", "create": "creating the interpreter",
+          "golden": "checking golden vectors", "done": "reporting"}
+
+
+def parse_output(stdout: str) -> tuple[dict[str, Any] | None, str | None]:
+    """The child's result document (None if it printed none) and the last stage it reached."""
+    result, stage = None, None
+    for line in stdout.splitlines():
+        if line.startswith(STAGE_TAG):
+            stage = line[len(STAGE_TAG):].strip()
+        elif line.startswith(RESULT_TAG):
+            with contextlib.suppress(ValueError):
+                result = json.loads(line[len(RESULT_TAG):])
+    return result, stage
+
+
+def _stage(name: str) -> None:
+    print(STAGE_TAG + name, flush=True)
+
+
+def _inject_fault(name: str) -> None:
+    fault, _, only = os.environ.get(FAULT_ENV, "").partition(":")
+    if only and only != name:
+        return
+    if fault == "segv":
+        import ctypes
+
+        ctypes.string_at(0)  # a real SIGSEGV in native code, where the interpreter would be
+    elif fault == "abort":
+        os.abort()
+    elif fault == "hang":
+        time.sleep(3600)
+    elif fault == "exit":
+        os._exit(7)
+
+
+def child_main(name: str, bundle_path: str | None) -> int:
+    """Import, create, verify; print one result line. Exit 0 only when trustworthy."""
+    import numpy as np
+
+    from edge_agent.errors import GoldenMismatchError, ModelLoadError
+    from edge_agent.runtime.capabilities import (
+        PROBE_ATOL,
+        PROBE_INPUT,
+        PROBE_MODEL,
+        PROBE_OUTPUT,
+        xnnpack_applied,
+    )
+    from edge_agent.runtime.model import LoadedModel, verify_golden
+
+    def result(outcome: str, detail: str, **extra: Any) -> int:
+        _stage("done")
+        print(RESULT_TAG + json.dumps({"outcome": outcome, "detail": detail, **extra}),
+              flush=True)
+        return 0 if outcome == "ok" else 3
+
+    _stage("import")
+    rt = get_runtime(name)
+    if rt is None:
+        return result("not-installed", "does not import in this Python")
+    _stage("create")
+    _inject_fault(name)
+    try:
+        probe = LoadedModel(rt, PROBE_MODEL)
+        int8 = xnnpack_applied(probe.interpreter)
+        got = probe.invoke_raw(PROBE_INPUT)[0]
+        if np.max(np.abs(got.astype(int) - PROBE_OUTPUT.astype(int))) > PROBE_ATOL:
+            return result("golden-mismatch", f"probe model gave {got.tolist()}, expected "
+                          f"{PROBE_OUTPUT.tolist()}", int8_xnnpack=int8)
+        if bundle_path is None:
+            return result("ok", "probe model loads and computes correctly", int8_xnnpack=int8)
+        bundle = read_bundle(bundle_path)
+        model = LoadedModel(rt, bundle.model_bytes)
+        _stage("golden")
+        g = verify_golden(bundle, rt, model=model)
+    except ModelLoadError as e:
+        return result("load-failed", str(e))
+    except GoldenMismatchError as e:
+        return result("golden-mismatch", str(e))
+    except BundleError as e:
+        return result("error", f"probe bundle unreadable: {e}")
+    sha = sha256_bytes(bundle.model_bytes)[:12]
+    return result("ok", f"{bundle.name} v{bundle.version} ({sha}) loads; {g.vectors} golden "
+                  f"vectors match (max diff {g.max_abs_diff:g})", int8_xnnpack=int8)
