@@ -8,22 +8,23 @@ failed (e.g. a rollout halted), 2 bad input.
 from __future__ import annotations
 
 import argparse
-import importlib
 import logging
 import sys
 
 from edge_agent.errors import EdgeError
+from fleet import keys, publish, repo, rollout, serve, simulate, status, watch, wheelhouse
 
-SUBCOMMAND_MODULES = (
-    "fleet.keys",       # keygen
-    "fleet.repo",       # repo init / rotate / timestamp / show
-    "fleet.publish",    # publish (sign + announce + chunks)
-    "fleet.serve",      # serve DIR over HTTP
-    "fleet.watch",      # live device table
-    "fleet.status",     # one-shot fleet table
-    "fleet.rollout",    # staged rollout
-    "fleet.simulate",   # N simulated agents
-    "fleet.wheelhouse",  # offline wheel directory for a board
+# In --help order; each module's register(subparsers) adds its subcommands.
+SUBCOMMANDS = (
+    keys,        # keygen
+    repo,        # repo init / rotate / timestamp / show
+    publish,     # publish (sign + announce + chunks), rollback
+    serve,       # serve DIR over HTTP
+    watch,       # live device table
+    status,      # one-shot fleet table
+    rollout,     # staged rollout
+    simulate,    # N simulated agents
+    wheelhouse,  # offline wheel directory for a board
 )
 
 
@@ -31,13 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="edge-fleet", description=__doc__)
     p.add_argument("-v", "--verbose", action="store_true")
     sub = p.add_subparsers(dest="cmd", required=True)
-    for name in SUBCOMMAND_MODULES:
-        try:
-            mod = importlib.import_module(name)
-        except ModuleNotFoundError as e:
-            if e.name == name:
-                continue  # not built in this checkout
-            raise
+    for mod in SUBCOMMANDS:
         mod.register(sub)
     return p
 

@@ -294,7 +294,3 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     r.add_argument("--model", required=True)
     r.add_argument("--to-version", type=int, help="default: each device's previous version")
     r.set_defaults(func=_cmd_rollback)
-    from fleet import cli as fleet_cli
-    if "fleet.repo" not in fleet_cli.SUBCOMMAND_MODULES:  # until the lead lists it
-        from fleet import repo as repo_mod
-        repo_mod.register(sub)
