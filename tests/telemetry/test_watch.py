@@ -110,5 +110,5 @@ def test_cli_refuses_a_bad_broker_url() -> None:
     from fleet.watch import cmd_watch, register
     p = argparse.ArgumentParser()
     register(p.add_subparsers())
-    with pytest.raises(ConfigError, match=r"mqtt\.url"):
+    with pytest.raises(ConfigError, match=r"^command line: --broker: expected mqtt://"):
         cmd_watch(p.parse_args(["watch", "--broker", "http://x", "--once"]))
