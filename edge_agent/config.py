@@ -45,7 +45,8 @@ else:  # pragma: no cover - Python 3.10 (JetPack 6)
 ENV_PREFIX = "EDGE_AGENT__"
 OWN_SECTIONS = ("agent", "http", "models", "watch", "camera", "mqtt_requests")
 FOREIGN_SECTIONS = ("mqtt", "telemetry", "update")  # always present in ``sections``
-RUNTIMES = ("auto", "ai-edge-litert", "tflite-runtime", "tensorflow")
+from edge_agent.protocol.kinds import RUNTIME_CHOICES as RUNTIMES  # noqa: E402 (one list)
+
 ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")  # safe in MQTT topics and paths
 COMPONENT_RE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")

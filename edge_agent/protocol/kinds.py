@@ -29,6 +29,8 @@ else:  # pragma: no cover - Python 3.10
 
 
 __all__ = [
+    "RUNTIME_CHOICES",
+    "RUNTIME_NAMES",
     "UPDATE_STOPPED",
     "DeviceState",
     "EventKind",
@@ -160,3 +162,7 @@ class RuntimeName(StrEnum):
     AI_EDGE_LITERT = "ai-edge-litert"
     TFLITE_RUNTIME = "tflite-runtime"
     TENSORFLOW = "tensorflow"  # tf.lite: heavy, for workstations and tests
+
+
+RUNTIME_NAMES: tuple[str, ...] = tuple(r.value for r in RuntimeName)
+RUNTIME_CHOICES: tuple[str, ...] = ("auto", *RUNTIME_NAMES)  # ``[agent] runtime``

@@ -163,11 +163,6 @@ class Header:
         return cls(device, seq, ts, schema)
 
 
-def _parse(cls: Any, payload: bytes, what: str) -> Any:
-    doc = decode_object(payload, what)
-    return cls.from_dict(doc, header=Header.from_dict(doc, what))
-
-
 # --- status ------------------------------------------------------------------------------
 
 
@@ -333,7 +328,8 @@ class Status:
     @classmethod
     def parse(cls, payload: bytes) -> Status:
         """A whole status message. Raises ProtocolError."""
-        return _parse(cls, payload, "status")  # type: ignore[no-any-return]
+        doc = decode_object(payload, "status")
+        return cls.from_dict(doc, Header.from_dict(doc, "status"))
 
 
 # --- telemetry ---------------------------------------------------------------------------
@@ -378,7 +374,8 @@ class Telemetry:
     @classmethod
     def parse(cls, payload: bytes) -> Telemetry:
         """A whole telemetry message. Raises ProtocolError."""
-        return _parse(cls, payload, "telemetry")  # type: ignore[no-any-return]
+        doc = decode_object(payload, "telemetry")
+        return cls.from_dict(doc, Header.from_dict(doc, "telemetry"))
 
 
 # --- events ------------------------------------------------------------------------------
@@ -415,7 +412,8 @@ class Event:
     @classmethod
     def parse(cls, payload: bytes) -> Event:
         """A whole event message. Raises ProtocolError."""
-        return _parse(cls, payload, "event")  # type: ignore[no-any-return]
+        doc = decode_object(payload, "event")
+        return cls.from_dict(doc, Header.from_dict(doc, "event"))
 
 
 # --- commands ----------------------------------------------------------------------------
@@ -499,4 +497,5 @@ class CommandReply:
     @classmethod
     def parse(cls, payload: bytes) -> CommandReply:
         """A whole reply message. Raises ProtocolError."""
-        return _parse(cls, payload, "command reply")  # type: ignore[no-any-return]
+        doc = decode_object(payload, "command reply")
+        return cls.from_dict(doc, Header.from_dict(doc, "command reply"))
