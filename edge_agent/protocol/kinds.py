@@ -29,6 +29,7 @@ else:  # pragma: no cover - Python 3.10
 
 
 __all__ = [
+    "RESULT_MEANING",
     "RUNTIME_CHOICES",
     "RUNTIME_NAMES",
     "UPDATE_STOPPED",
@@ -123,13 +124,24 @@ def probe_event_kind(outcome: str) -> EventKind:
 class UpdateResult(StrEnum):
     """``result`` of an update attempt (``update.last`` in the status, ``Outcome.result``)."""
 
-    COMMITTED = "committed"  # the new version passed probation and serves
-    REJECTED = "rejected"  # refused before the swap (bad, malicious or not for us)
-    FAILED = "failed"  # transient (transport): retried; the announcement stays unsettled
-    ROLLED_BACK = "rolled_back"  # swapped, then failed probation or a signed rollback
-    ABANDONED = "abandoned"  # given up after restarts, or the stored state was unreadable
-    NOOP = "noop"  # nothing to do: already installed, or a command already carried out
-    INTERRUPTED = "interrupted"  # the agent was stopping; resumed at the next start
+    COMMITTED = "committed"
+    REJECTED = "rejected"
+    FAILED = "failed"
+    ROLLED_BACK = "rolled_back"
+    ABANDONED = "abandoned"
+    NOOP = "noop"
+    INTERRUPTED = "interrupted"
+
+
+RESULT_MEANING: dict[UpdateResult, str] = {
+    UpdateResult.COMMITTED: "the new version passed probation and serves",
+    UpdateResult.REJECTED: "refused before the swap (bad, malicious, or not for this device)",
+    UpdateResult.FAILED: "transient (transport): retried; the announcement stays unsettled",
+    UpdateResult.ROLLED_BACK: "swapped, then failed probation, or a signed rollback command",
+    UpdateResult.ABANDONED: "given up after repeated restarts, or the state file was unreadable",
+    UpdateResult.NOOP: "nothing to do: already installed, or a command already carried out",
+    UpdateResult.INTERRUPTED: "the agent was stopping; the update resumes at the next start",
+}
 
 
 class UpdatePhase(StrEnum):
