@@ -36,6 +36,7 @@ from edge_agent.config import AgentConfig
 from edge_agent.errors import ConfigError, EdgeError, ModelLoadError
 from edge_agent.hooks import AgentEvent, Hooks
 from edge_agent.profiles import DeviceProfile, load_profile
+from edge_agent.protocol.kinds import EventKind
 from edge_agent.registry import DelegateFactory, ModelRegistry, ServedModel
 from edge_agent.runtime.backends import Runtime, select_runtime
 from edge_agent.serving import Admission, HttpServer, Metrics, ServingApi
@@ -181,7 +182,7 @@ class Agent:
             self.delegate_error = str(e)
             if self.config.agent.delegate_fallback == "fail":
                 raise
-            self.hooks.emit_event("warning", "delegate.unavailable",
+            self.hooks.emit_event("warning", EventKind.DELEGATE_UNAVAILABLE,
                                   f"{e}; running on the CPU (agent.delegate_fallback = cpu); "
                                   f"bundles compiled for {p.delegate} are refused",
                                   delegate=p.delegate, library=lib)
@@ -198,7 +199,7 @@ class Agent:
         served = self.registry.load(bundle, activate=activate,
                                     verify=self.config.agent.verify_golden)
         self.load_failures.get(bundle.name, {}).pop(bundle.version, None)
-        self.hooks.emit_event("info", "model.loaded",
+        self.hooks.emit_event("info", EventKind.MODEL_LOADED,
                               f"{bundle.name} v{bundle.version} loaded in "
                               f"{served.load_time_s * 1000:.0f} ms ({self.runtime}, "
                               f"{self.threads} threads, {self.registry.workers} workers)",
@@ -209,7 +210,7 @@ class Agent:
     def _failed(self, name: str, version: int | None, e: BaseException) -> None:
         if version is not None:
             self.load_failures.setdefault(name, {})[version] = str(e)
-        self.hooks.emit_event("error", "model.load_failed",
+        self.hooks.emit_event("error", EventKind.MODEL_LOAD_FAILED,
                               f"{name} v{version} not loaded: {e}", model=name,
                               version=version, error=type(e).__name__, reason=str(e))
 
@@ -227,7 +228,7 @@ class Agent:
                 self._failed(name, v, e)
                 continue
             if i > 0:
-                self.hooks.emit_event("warning", "model.fallback",
+                self.hooks.emit_event("warning", EventKind.MODEL_FALLBACK,
                                       f"{name}: serving v{v} because v{versions[0]} failed",
                                       model=name, version=v, failed=versions[0])
             return served
@@ -302,7 +303,7 @@ class Agent:
                     self.registry.unload(name)
                     changes.append(f"{name}: unloaded (no longer in the store)")
         for c in changes:
-            self.hooks.emit_event("info", "agent.reloaded", c)
+            self.hooks.emit_event("info", EventKind.AGENT_RELOADED, c)
         return changes
 
     # ------------------------------------------------------------------ life cycle
@@ -348,7 +349,7 @@ class Agent:
             _release_free_memory()
         served = ", ".join(self.registry.names()) or "no models"
         where = f" on {self.http.url}" if self.http else ""
-        self.hooks.emit_event("info", "agent.started",
+        self.hooks.emit_event("info", EventKind.AGENT_STARTED,
                               f"{self.device_id}: serving {served}{where}",
                               device_id=self.device_id, profile=self.profile.name,
                               runtime=str(self.runtime))
@@ -367,7 +368,7 @@ class Agent:
                 raise
             except Exception as e:
                 log.exception("component %r failed to start", comp)
-                self.hooks.emit_event("error", "component.failed",
+                self.hooks.emit_event("error", EventKind.COMPONENT_FAILED,
                                       f"{type(comp).__name__} did not start: {e}",
                                       component=type(comp).__name__)
                 continue
@@ -399,7 +400,8 @@ class Agent:
                 src = make()
                 src.start()
             except (EdgeError, OSError) as e:
-                self.hooks.emit_event("error", "source.failed", f"input source not started: {e}")
+                self.hooks.emit_event("error", EventKind.SOURCE_FAILED,
+                                      f"input source not started: {e}")
                 continue
             self.sources.append(src)
 
@@ -418,7 +420,7 @@ class Agent:
                 self.registry.unload(name)
             was_started, self.started_at = self.started_at is not None, None
         if was_started:
-            self.hooks.emit_event("info", "agent.stopped", f"{self.device_id}: stopped")
+            self.hooks.emit_event("info", EventKind.AGENT_STOPPED, f"{self.device_id}: stopped")
 
     # ------------------------------------------------------------------ status
 

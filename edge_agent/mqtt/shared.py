@@ -28,6 +28,7 @@ from edge_agent.mqtt.client import MqttClient, Will
 from edge_agent.mqtt.config import MqttConfig
 from edge_agent.mqtt.publisher import Publisher
 from edge_agent.mqtt.topics import Topics
+from edge_agent.protocol.kinds import EventKind
 
 _lock = threading.Lock()
 T = TypeVar("T")
@@ -128,7 +129,7 @@ def shared_client(agent: Any, *, will: Will | None = None) -> MqttClient | None:
 
         def on_error(topic: str, exc: BaseException) -> None:
             if hooks is not None and limiter.allow(topic):
-                hooks.emit_event("error", "mqtt.bad_message",
+                hooks.emit_event("error", EventKind.MQTT_BAD_MESSAGE,
                                  f"message on {topic} rejected: {exc}", topic=topic,
                                  error=type(exc).__name__,
                                  suppressed_before=limiter.suppressed)
