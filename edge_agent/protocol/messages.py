@@ -17,12 +17,11 @@ Pure: no IO; ``json`` only.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any
 
-from edge_agent.errors import InvalidRequestError
+from edge_agent.protocol.fields import Fields, ProtocolError, decode_object, tname
 from edge_agent.protocol.kinds import UPDATE_STOPPED, DeviceState, Level, UpdatePhase, UpdateResult
 
 SCHEMA_VERSION = 1  # of the envelope and the bodies below; bumped only for breaking changes
@@ -30,104 +29,6 @@ SCHEMA_VERSION = 1  # of the envelope and the bodies below; bumped only for brea
 __all__ = ["SCHEMA_VERSION", "CommandReply", "CommandRequest", "ErrorInfo", "Event", "Header",
            "ModelSummary", "ModelVersion", "ProtocolError", "RuntimeInfo", "Status", "Telemetry",
            "UpdateOutcome", "UpdateSummary", "decode_object"]
-
-
-class ProtocolError(InvalidRequestError):
-    """A message does not follow the schema. ``what`` is the message, ``field`` the key."""
-
-    def __init__(self, what: str, field: str, problem: str) -> None:
-        self.what = what
-        self.field = field
-        super().__init__(f"{what}: {field}: {problem}")
-
-
-# --- field readers ----------------------------------------------------------------------
-
-_T = TypeVar("_T")
-
-
-def _tname(v: Any) -> str:
-    return "null" if v is None else type(v).__name__
-
-
-class _Fields:
-    """Typed, optional reads of one JSON object; every failure names ``what`` and the key."""
-
-    def __init__(self, d: Any, what: str, path: str = "") -> None:
-        if not isinstance(d, Mapping):
-            raise ProtocolError(what, path or "(document)", f"expected a JSON object, got "
-                                f"{_tname(d)}")
-        self.d, self.what, self.path = d, what, path
-
-    def key(self, k: str) -> str:
-        return f"{self.path}.{k}" if self.path else k
-
-    def fail(self, k: str, problem: str) -> ProtocolError:
-        return ProtocolError(self.what, self.key(k), problem)
-
-    def _typed(self, k: str, types: tuple[type, ...], expected: str, required: bool) -> Any:
-        if k not in self.d or self.d[k] is None:
-            if required:
-                raise self.fail(k, f"missing (expected {expected})")
-            return None
-        v = self.d[k]
-        if (isinstance(v, bool) and bool not in types) or not isinstance(v, types):
-            raise self.fail(k, f"expected {expected}, got {_tname(v)} {v!r:.40}")
-        return v
-
-    def text(self, k: str, required: bool = False) -> Any:
-        return self._typed(k, (str,), "a string", required)
-
-    def integer(self, k: str, required: bool = False) -> Any:
-        return self._typed(k, (int,), "an integer", required)
-
-    def number(self, k: str, required: bool = False) -> float | None:
-        v = self._typed(k, (int, float), "a number", required)
-        return None if v is None else float(v)
-
-    def flag(self, k: str, required: bool = False) -> Any:
-        return self._typed(k, (bool,), "true or false", required)
-
-    def obj(self, k: str, required: bool = False) -> dict[str, Any] | None:
-        v = self._typed(k, (dict,), "a JSON object", required)
-        return None if v is None else dict(v)
-
-    def sub(self, k: str) -> _Fields | None:
-        v = self.obj(k)
-        return None if v is None else _Fields(v, self.what, self.key(k))
-
-    def strs(self, k: str) -> tuple[str, ...]:
-        v = self._typed(k, (list,), "a list of strings", False) or []
-        if not all(isinstance(x, str) for x in v):
-            raise self.fail(k, "expected a list of strings")
-        return tuple(v)
-
-    def objs(self, k: str) -> list[_Fields]:
-        v = self._typed(k, (list,), "a list of objects", False) or []
-        return [_Fields(x, self.what, f"{self.key(k)}[{i}]") for i, x in enumerate(v)]
-
-    def choice(self, k: str, enum: type[_T], required: bool = False) -> _T | None:
-        v = self.text(k, required)
-        if v is None:
-            return None
-        try:
-            return enum(v)  # type: ignore[call-arg]
-        except ValueError:
-            known = ", ".join(str(m) for m in enum)  # type: ignore[attr-defined]
-            raise self.fail(k, f"{v!r} is not one of {known}") from None
-
-
-def decode_object(payload: bytes, what: str) -> dict[str, Any]:
-    """``payload`` as a JSON object. Raises ProtocolError (not UTF-8, not JSON, not an object)."""
-    try:
-        doc = json.loads(payload.decode("utf-8"))
-    except UnicodeDecodeError as e:
-        raise ProtocolError(what, "(payload)", f"not UTF-8 text ({e.reason})") from e
-    except (json.JSONDecodeError, RecursionError) as e:
-        raise ProtocolError(what, "(payload)", f"not JSON ({e})") from e
-    if not isinstance(doc, dict):
-        raise ProtocolError(what, "(document)", f"expected a JSON object, got {_tname(doc)}")
-    return doc
 
 
 # --- the envelope ----------------------------------------------------------------------
@@ -148,7 +49,7 @@ class Header:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], what: str = "message") -> Header:
-        f = _Fields(d, what)
+        f = Fields(d, what)
         schema = f.integer("schema", required=True)
         if schema < 1:
             raise f.fail("schema", f"expected a version ≥ 1, got {schema}")
@@ -201,10 +102,10 @@ class ModelSummary:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], what: str = "model") -> ModelSummary:
-        return cls._read(_Fields(d, what))
+        return cls._read(Fields(d, what))
 
     @classmethod
-    def _read(cls, f: _Fields) -> ModelSummary:
+    def _read(cls, f: Fields) -> ModelSummary:
         vs = tuple(ModelVersion(v.integer("version", required=True), v.text("state") or "",
                                 v.text("sha256"), v.number("loaded_at"))
                    for v in f.objs("versions"))
@@ -228,10 +129,10 @@ class UpdateOutcome:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], what: str = "update outcome") -> UpdateOutcome:
-        return cls._read(_Fields(d, what))
+        return cls._read(Fields(d, what))
 
     @classmethod
-    def _read(cls, f: _Fields) -> UpdateOutcome:
+    def _read(cls, f: Fields) -> UpdateOutcome:
         result = f.choice("result", UpdateResult, required=True)
         assert result is not None
         return cls(result, f.text("code") or "", f.text("reason") or "", f.text("name"),
@@ -256,10 +157,10 @@ class UpdateSummary:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], what: str = "update summary") -> UpdateSummary:
-        return cls._read(_Fields(d, what))
+        return cls._read(Fields(d, what))
 
     @classmethod
-    def _read(cls, f: _Fields) -> UpdateSummary:
+    def _read(cls, f: Fields) -> UpdateSummary:
         phase = f.text("phase", required=True)
         if phase != UPDATE_STOPPED and phase not in {p.value for p in UpdatePhase}:
             raise f.fail("phase", f"{phase!r} is not an update phase")
@@ -313,7 +214,7 @@ class Status:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], header: Header | None = None) -> Status:
-        f = _Fields(d, "status")
+        f = Fields(d, "status")
         state = f.choice("state", DeviceState, required=True)
         assert state is not None
         rt, upd = f.sub("runtime"), f.sub("update")
@@ -359,7 +260,7 @@ class Telemetry:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], header: Header | None = None) -> Telemetry:
-        f = _Fields(d, "telemetry")
+        f = Fields(d, "telemetry")
         interval = f.number("interval_s", required=True)
         assert interval is not None
         if interval <= 0:
@@ -367,7 +268,7 @@ class Telemetry:
         models = f.obj("models") or {}
         for name, m in models.items():
             if not isinstance(m, Mapping):
-                raise f.fail(f"models.{name}", f"expected a JSON object, got {_tname(m)}")
+                raise f.fail(f"models.{name}", f"expected a JSON object, got {tname(m)}")
         return cls(interval, f.number("uptime_s"), f.obj("system") or {}, models,
                    f.obj("queue") or {}, f.obj("mqtt") or {}, header)
 
@@ -399,7 +300,7 @@ class Event:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], header: Header | None = None) -> Event:
-        f = _Fields(d, "event")
+        f = Fields(d, "event")
         level = f.choice("level", Level, required=True)
         kind = f.text("kind", required=True)
         room, _, step = kind.partition(".")
@@ -432,10 +333,10 @@ class CommandRequest:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], name: str = "?") -> CommandRequest:
-        f = _Fields(d, f"command {name!r}")
+        f = Fields(d, f"command {name!r}")
         cid = d.get("id")
         if cid is not None and (isinstance(cid, bool) or not isinstance(cid, (str, int))):
-            raise f.fail("id", f"expected a string or number, got {_tname(cid)}")
+            raise f.fail("id", f"expected a string or number, got {tname(cid)}")
         return cls(cid, f.obj("args") or {})
 
     @classmethod
@@ -481,11 +382,11 @@ class CommandReply:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], header: Header | None = None) -> CommandReply:
-        f = _Fields(d, "command reply")
+        f = Fields(d, "command reply")
         ok = f.flag("ok", required=True)
         cid = d.get("id")
         if cid is not None and (isinstance(cid, bool) or not isinstance(cid, (str, int))):
-            raise f.fail("id", f"expected a string or number, got {_tname(cid)}")
+            raise f.fail("id", f"expected a string or number, got {tname(cid)}")
         err = None
         if not ok:
             e = f.sub("error")
