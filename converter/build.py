@@ -24,6 +24,7 @@ import converter
 from converter.data import Dataset, check_data_path, load_dataset
 from converter.errors import DatasetError, OptionError, OutputError
 from converter.evaluate import compare, latency_ms, run_model
+from converter.modes import BUNDLE_MODES, REFERENCE_MODE
 from converter.quantize import convert, inspect_graph
 from converter.report import build_warnings
 from converter.support import delegate_summary, memory_check, op_support
@@ -46,7 +47,7 @@ from edge_agent.runtime.quant import coerce_input
 
 CONFIDENCE_EDGES = tuple(round(x, 2) for x in np.linspace(0.0, 1.0, 11))
 GOLDEN_COUNT = 4
-MODES = ("int8", "int16x8", "float16", "dynamic")
+MODES = BUNDLE_MODES  # one definition: converter.quantize
 IO_DTYPES = ("int8", "uint8", "float32")
 
 
@@ -263,7 +264,7 @@ def build_bundle(opts: ConvertOptions, steps: Steps | None = None) -> tuple[Bund
         steps.stage("exporting graph")
         exported = src.export(Path(work))
         steps.stage("converting float32")
-        float_bytes = convert(exported, "float32", "float32", None)
+        float_bytes = convert(exported, REFERENCE_MODE, "float32", None)
         runtime = select_runtime()
         threads = min(profile.default_threads, os.cpu_count() or 1)
         fmodel = LoadedModel(runtime, float_bytes, num_threads=threads)

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, NoReturn, TextIO
 
 from converter.errors import UnsupportedOpsError
+from converter.modes import BUNDLE_MODES
 from edge_agent.errors import BadInputError, EdgeError
 
 EXIT_OK, EXIT_VERIFY, EXIT_BAD_INPUT, EXIT_IMPOSSIBLE, EXIT_ENV = 0, 1, 2, 3, 4
@@ -53,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="labelled evaluation data: image folder or .npz with x, y")
     c.add_argument("--labels", type=Path, metavar="FILE",
                    help="labels file, one class name per line")
-    c.add_argument("--mode", default="int8", choices=["int8", "int16x8", "float16", "dynamic"],
+    c.add_argument("--mode", default="int8", choices=list(BUNDLE_MODES),
                    help="quantization (default int8: every op int8)")
     c.add_argument("--io-dtype", choices=["int8", "uint8", "float32"],
                    help="model input/output dtype (default: the profile's)")

@@ -17,9 +17,10 @@ from typing import Any
 import numpy as np
 
 from converter.errors import UnsupportedOpsError
+from converter.modes import MODES as ALL_MODES
 from converter.tfload import import_tf, quiet, short_error
 
-MODES = ("int8", "int16x8", "float16", "dynamic", "float32")
+MODES = ALL_MODES  # the bundle modes plus the float32 reference (converter.modes)
 BOUNDARY_OPS = {"QUANTIZE", "DEQUANTIZE"}
 FLOAT_DTYPES = {"float32", "float16"}
 HINT = ("use --mode dynamic (int8 weights, float activations) or --mode int16x8, "

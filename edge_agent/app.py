@@ -36,6 +36,7 @@ from edge_agent.errors import ConfigError, EdgeError
 from edge_agent.hooks import AgentEvent, Hooks
 from edge_agent.loader import ModelLoader
 from edge_agent.profiles import DeviceProfile, detect_profile, load_profile
+from edge_agent.protocol.kinds import EventKind
 from edge_agent.registry import DelegateFactory, ModelRegistry, ServedModel
 from edge_agent.runtime.backends import Runtime, select_runtime
 from edge_agent.runtime.capabilities import capabilities as runtime_capabilities
@@ -153,7 +154,7 @@ class Agent:
             self.delegate_error = str(e)
             if self.config.agent.delegate_fallback == "fail":
                 raise
-            self.hooks.emit_event("warning", "delegate.unavailable",
+            self.hooks.emit_event("warning", EventKind.DELEGATE_UNAVAILABLE,
                                   f"{e}; running on the CPU (agent.delegate_fallback = cpu); "
                                   f"bundles compiled for {p.delegate} are refused",
                                   delegate=p.delegate, library=lib)
@@ -206,7 +207,7 @@ class Agent:
             _release_free_memory()
         served = ", ".join(self.registry.names()) or "no models"
         where = f" on {self.http.url}" if self.http else ""
-        self.hooks.emit_event("info", "agent.started",
+        self.hooks.emit_event("info", EventKind.AGENT_STARTED,
                               f"{self.device_id}: serving {served}{where}",
                               device_id=self.device_id, profile=self.profile.name,
                               runtime=str(self.runtime))
@@ -231,7 +232,7 @@ class Agent:
                 raise
             except Exception as e:
                 log.exception("component %r failed to start", comp)
-                self.hooks.emit_event("error", "component.failed",
+                self.hooks.emit_event("error", EventKind.COMPONENT_FAILED,
                                       f"{type(comp).__name__} did not start: {e}",
                                       component=type(comp).__name__)
                 continue
@@ -251,7 +252,8 @@ class Agent:
                 src = make()
                 src.start()
             except (EdgeError, OSError) as e:
-                self.hooks.emit_event("error", "source.failed", f"input source not started: {e}")
+                self.hooks.emit_event("error", EventKind.SOURCE_FAILED,
+                                      f"input source not started: {e}")
                 continue
             self.sources.append(src)
 
@@ -272,7 +274,7 @@ class Agent:
                 self.registry.unload(name)
             was_started, self.started_at = self.started_at is not None, None
         if was_started:
-            self.hooks.emit_event("info", "agent.stopped", f"{self.device_id}: stopped")
+            self.hooks.emit_event("info", EventKind.AGENT_STOPPED, f"{self.device_id}: stopped")
 
     # ------------------------------------------------------------------ status
 

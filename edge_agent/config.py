@@ -45,6 +45,7 @@ from edge_agent.config_reader import (
 )
 from edge_agent.errors import ConfigError, ProfileError
 from edge_agent.mqtt.config import MqttConfig
+from edge_agent.protocol.kinds import RUNTIME_CHOICES as RUNTIMES
 from edge_agent.telemetry.config import TelemetryConfig
 from edge_agent.update.config import UpdateConfig
 
@@ -56,7 +57,6 @@ __all__ = [
 
 SECTIONS = ("agent", "http", "models", "watch", "camera", "mqtt_requests", "mqtt",
             "telemetry", "update")
-RUNTIMES = ("auto", "ai-edge-litert", "tflite-runtime", "tensorflow")
 ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")  # safe in MQTT topics and paths
 COMPONENTS = ("telemetry", "update", "systemd")  # in start order
 LEGACY_COMPONENTS = {"edge_agent.telemetry.service:create": "telemetry",

@@ -19,6 +19,7 @@ from edge_agent.bundle import Bundle, read_bundle
 from edge_agent.config import ModelSpec
 from edge_agent.errors import EdgeError, ModelLoadError
 from edge_agent.hooks import Hooks
+from edge_agent.protocol.kinds import EventKind
 from edge_agent.registry import ModelRegistry, ServedModel
 from edge_agent.store import ModelStore
 
@@ -52,7 +53,7 @@ class ModelLoader:
         served = self.registry.load(bundle, activate=activate,
                                     verify=self.verify_golden)
         self.failures.get(bundle.name, {}).pop(bundle.version, None)
-        self.hooks.emit_event("info", "model.loaded",
+        self.hooks.emit_event("info", EventKind.MODEL_LOADED,
                               f"{bundle.name} v{bundle.version} loaded in "
                               f"{served.load_time_s * 1000:.0f} ms ({self.describe}, "
                               f"{self.registry.workers} workers)",
@@ -63,7 +64,7 @@ class ModelLoader:
     def _failed(self, name: str, version: int | None, e: BaseException) -> None:
         if version is not None:
             self.failures.setdefault(name, {})[version] = str(e)
-        self.hooks.emit_event("error", "model.load_failed",
+        self.hooks.emit_event("error", EventKind.MODEL_LOAD_FAILED,
                               f"{name} v{version} not loaded: {e}", model=name,
                               version=version, error=type(e).__name__, reason=str(e))
 
@@ -78,7 +79,7 @@ class ModelLoader:
                 self._failed(name, v, e)
                 continue
             if i > 0:
-                self.hooks.emit_event("warning", "model.fallback",
+                self.hooks.emit_event("warning", EventKind.MODEL_FALLBACK,
                                       f"{name}: serving v{v} because v{versions[0]} failed",
                                       model=name, version=v, failed=versions[0])
             return served
@@ -173,5 +174,5 @@ class ModelLoader:
                 self.registry.unload(name)
                 changes.append(f"{name}: unloaded (no longer in the store)")
         for c in changes:
-            self.hooks.emit_event("info", "agent.reloaded", c)
+            self.hooks.emit_event("info", EventKind.AGENT_RELOADED, c)
         return changes

@@ -18,6 +18,7 @@ from typing import Any
 
 from edge_agent.config_reader import Origins, Table
 from edge_agent.errors import ProfileError
+from edge_agent.protocol.kinds import RUNTIME_NAMES
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -27,7 +28,6 @@ else:  # pragma: no cover - Python 3.10 (JetPack 6)
 ARCHES = ("aarch64", "armv7l", "x86_64")
 DELEGATES = ("xnnpack", "edgetpu", "gpu", "none")
 IO_DTYPES = ("int8", "uint8", "float32")
-RUNTIME_NAMES = ("ai-edge-litert", "tflite-runtime", "tensorflow")
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,7 @@ Raises ConfigError (a trust anchor that is missing or is not TUF root metadata).
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 import time
@@ -34,6 +35,7 @@ from edge_agent.mqtt.client import MqttClient, Will
 from edge_agent.mqtt.config import MqttConfig
 from edge_agent.mqtt.publisher import Publisher
 from edge_agent.mqtt.topics import Topics
+from edge_agent.protocol.kinds import DeviceState, EventKind
 from edge_agent.registry import ModelRegistry
 from edge_agent.serving.http import HttpServer
 from edge_agent.store import ModelStore
@@ -104,12 +106,14 @@ def mqtt_client(cfg: MqttConfig, device_id: str, hooks: Hooks) -> MqttClient:
 
     def on_error(topic: str, exc: BaseException) -> None:
         if limiter.allow(topic):
-            hooks.emit_event("error", "mqtt.bad_message", f"message on {topic} rejected: {exc}",
-                             topic=topic, error=type(exc).__name__,
-                             suppressed_before=limiter.suppressed)
+            hooks.emit_event("error", EventKind.MQTT_BAD_MESSAGE,
+                             f"message on {topic} rejected: {exc}", topic=topic,
+                             error=type(exc).__name__, suppressed_before=limiter.suppressed)
 
     return MqttClient(config=cfg, client_id=device_id,
-                      will=Will(topics.status, b'{"state":"offline"}', qos=1, retain=True),
+                      will=Will(topics.status, json.dumps({"state": DeviceState.OFFLINE.value},
+                                                          separators=(",", ":")).encode(),
+                                qos=1, retain=True),
                       on_handler_error=on_error)
 
 

@@ -24,6 +24,7 @@ from collections.abc import Mapping, Sequence
 
 from edge_agent.errors import BadInputError
 from edge_agent.mqtt.config import SEGMENT_RE
+from edge_agent.mqtt.topics import FleetTopics
 
 ADMIN_USER = "fleet-ops"
 
@@ -43,7 +44,7 @@ def mosquitto_acl(devices: Mapping[str, Sequence[str]], *, admin: str = ADMIN_US
     ``sys_stats`` also lets the operator read ``$SYS`` (broker statistics).
     """
     _check(admin, "admin user")
-    p = _check(prefix, "topic prefix")
+    topics = FleetTopics(_check(prefix, "topic prefix"))
     for device in devices:
         _check(device, "device id")
     lines = [
@@ -52,12 +53,8 @@ def mosquitto_acl(devices: Mapping[str, Sequence[str]], *, admin: str = ADMIN_US
         "",
         "# every device: write below its own id only (status incl. the Last Will, telemetry,",
         "# events, results, replies); read its own commands, feedback, requests, announcements",
-        f"pattern write {p}/%u/#",
-        f"pattern read  {p}/%u/cmd/+",
-        f"pattern read  {p}/%u/feedback",
-        f"pattern read  {p}/%u/infer/+",
-        f"pattern read  {p}/%u/update/announce",
-        f"pattern read  {p}/blobs/#",
+        f"pattern write {topics.acl_device_write()}",
+        *(f"pattern read  {t}" for t in topics.acl_device_reads()),
         "",
     ]
     members = {d: sorted(set(g)) for d, g in sorted(devices.items()) if g}
@@ -66,16 +63,13 @@ def mosquitto_acl(devices: Mapping[str, Sequence[str]], *, admin: str = ADMIN_US
                      "device")
     for device, groups in members.items():
         lines.append(f"user {device}")
-        lines += [f"topic read {p}/group/{_check(g, 'group')}/#" for g in groups]
+        lines += [f"topic read {topics.group_filter(_check(g, 'group'))}" for g in groups]
         lines.append("")
     lines += [
         "# fleet operators and tools (edge-fleet watch/status/rollout/publish)",
         f"user {admin}",
-        *(f"topic read  {p}/+/{k}" for k in ("status", "telemetry", "events", "results/+",
-                                              "reply/+")),
-        *(f"topic write {t}" for t in (f"{p}/+/cmd/+", f"{p}/+/feedback",
-                                       f"{p}/+/update/announce",
-                                       f"{p}/group/+/update/announce", f"{p}/blobs/#")),
+        *(f"topic read  {t}" for t in topics.operator_reads()),
+        *(f"topic write {t}" for t in topics.operator_writes()),
         *(["topic read  $SYS/#"] if sys_stats else []),
         "",
     ]

@@ -45,16 +45,14 @@ from edge_agent.bundle import read_bundle, tar_bytes
 from edge_agent.errors import BadInputError, TransportError
 from edge_agent.mqtt.client import MqttClient
 from edge_agent.mqtt.config import MqttConfig
+from edge_agent.mqtt.topics import FleetTopics
 from edge_agent.update.wire import (
     Announcement,
     Audience,
     ChunkPlan,
     Command,
     TargetSpec,
-    announce_topic,
-    chunk_topic,
     encode_chunk,
-    group_announce_topic,
     parse_target_spec,
 )
 from fleet import keys
@@ -75,8 +73,9 @@ class Published:
 
 
 def audience_topics(audience: Audience, prefix: str = "edge") -> tuple[str, ...]:
-    return (*(announce_topic(d, prefix) for d in audience.devices),
-            *(group_announce_topic(g, prefix) for g in audience.groups))
+    topics = FleetTopics(prefix)
+    return (*(topics.announce(d) for d in audience.devices),
+            *(topics.group_announce(g) for g in audience.groups))
 
 
 class Broker:
@@ -131,9 +130,10 @@ class Broker:
 
 def publish_chunks(broker: Broker, data: bytes, plan: ChunkPlan, sha256: str,
                    prefix: str = "edge") -> None:
+    topics = FleetTopics(prefix)
     for i in range(plan.count):
         off, n = plan.span(i)
-        broker.publish(chunk_topic(sha256, i, prefix),
+        broker.publish(topics.chunk(sha256, i),
                        encode_chunk(i, plan.count, plan.length, data[off:off + n]))
     broker.flush()
 

@@ -25,7 +25,6 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
 
 from securesystemslib.signer import Signer
 
@@ -34,7 +33,9 @@ from edge_agent.errors import BadInputError, TransportError
 from edge_agent.fsutil import atomic_write_bytes, atomic_write_text
 from edge_agent.mqtt.client import MqttClient
 from edge_agent.mqtt.config import MqttConfig
-from edge_agent.update.wire import Announcement, Audience, announce_topic, group_announce_topic
+from edge_agent.mqtt.topics import FleetTopics
+from edge_agent.protocol import Status
+from edge_agent.update.wire import Announcement, Audience
 from fleet.broker import as_config, client_config
 from fleet.observer import FleetObserver
 from fleet.publish import DEFAULT_CHUNK, Broker, publish_chunks, rollback, sign_bundle
@@ -60,6 +61,10 @@ SAVE_EVERY_S = 0.2  # at most this often while outcomes stream in (always on wav
 # Incoming messages buffered for our handlers: a fleet's burst of retained statuses and
 # update events must not overflow it (the client drops, and counts, what does not fit).
 DISPATCH_QUEUE = 200_000
+
+
+def _online(status: Status | None) -> bool:
+    return status is not None and status.online
 
 
 # --- the rollout ------------------------------------------------------------------------------
@@ -199,9 +204,9 @@ class Rollout:
         already: dict[str, str] = {}
         before: dict[str, int | None] = {}
         for d in devices:
-            doc = obs.status(d) or {}
+            doc = obs.status(d)
             before[d] = active_version(doc, self.target.name)
-            o = observe_status(d, doc, self.target)
+            o = observe_status(d, doc if doc is not None else {}, self.target)
             if o.outcome in (Outcome.ALREADY, Outcome.COMMITTED):
                 already[d] = f"v{before[d]} already active"
         return new_state(self.id, self.target, self.req.policy, self.req.scope, devices,
@@ -261,7 +266,7 @@ class Rollout:
         assert st is not None
         if st.status == "running":
             if self.req.group is not None and not st.group_announced:
-                self._publish([group_announce_topic(self.req.group, self.prefix)], payload)
+                self._publish([FleetTopics(self.prefix).group_announce(self.req.group)], payload)
             self._set(replace(st, status="completed", finished_at=time.time(),
                               group_announced=self.req.group is not None))
             self.say(f"rollout {self.id}: completed")
@@ -315,10 +320,10 @@ class Rollout:
         recs = self.state.devices if self.state else {}
         todo = [d for d in wave.devices
                 if not recs[d].announced and recs[d].outcome != Outcome.ALREADY]
-        offline = [d for d in todo if (obs.status(d) or {}).get("state") != "online"]
+        offline = [d for d in todo if not _online(obs.status(d))]
         self.say(f"wave {wave.index}: announcing to {len(todo)} device(s)"
                  f"{f' ({len(offline)} offline: counted, not waited for)' if offline else ''}")
-        self._publish([announce_topic(d, self.prefix) for d in todo], payload)
+        self._publish([FleetTopics(self.prefix).announce(d) for d in todo], payload)
         st = self.state
         assert st is not None
         now = time.time()
@@ -333,13 +338,11 @@ class Rollout:
         st = self.state
         assert st is not None
         now = time.time()
-        for device, kind, doc in obs.drain():
-            if kind == "status":
-                st = st.observe(observe_status(device, doc, st.target), now)
+        for device, msg in obs.drain():
+            if isinstance(msg, Status):
+                st = st.observe(observe_status(device, msg, st.target), now)
             else:
-                raw = doc.get("data")
-                data: dict[str, Any] = raw if isinstance(raw, dict) else {}
-                o = observe_event(device, str(doc.get("kind", "")), data, st.target)
+                o = observe_event(device, msg.kind, msg.data, st.target)
                 if o is not None:
                     st = st.observe(o, now)
         self.state = st
@@ -383,7 +386,7 @@ class Rollout:
         assert st is not None
         offline = [d for d in wave.devices if st.devices[d].outcome == Outcome.OFFLINE]
         if offline:  # an empty retained message deletes the retained announcement
-            self._publish([announce_topic(d, self.prefix) for d in offline], b"")
+            self._publish([FleetTopics(self.prefix).announce(d) for d in offline], b"")
             self.say(f"wave {wave.index}: announcement retracted from {len(offline)} offline "
                      "device(s)")
         deadline = (wave.started_at or 0.0) + st.policy.wait_s

@@ -48,6 +48,7 @@ import numpy as np
 from edge_agent.bundle import Bundle
 from edge_agent.errors import ModelError
 from edge_agent.hooks import AgentEvent, Hooks
+from edge_agent.protocol import EventKind
 from edge_agent.registry import ModelRegistry, ModelState, Prediction, ServedModel
 from edge_agent.runtime.backends import Runtime, select_runtime
 from edge_agent.runtime.model import LoadedModel
@@ -263,7 +264,7 @@ class SimFleet:
                       components=COMPONENTS)
         sim = SimDevice(device, agent, fault, proxy, initial=initial)
         def on_probation(ev: AgentEvent, sim: SimDevice = sim) -> None:
-            if ev.kind != "update.probation":
+            if ev.kind != EventKind.UPDATE_PROBATION:
                 return
             if sim.fault == "fail_probation":
                 # Deterministic: the device's first requests on the new version fail now,
@@ -276,7 +277,7 @@ class SimFleet:
         agent.hooks.on_event(on_probation)
         if fault == "drop_link" and proxy is not None:
             def on_event(ev: AgentEvent, proxy: LinkProxy = proxy) -> None:
-                if ev.kind == "update.downloading":
+                if ev.kind == EventKind.UPDATE_DOWNLOADING:
                     proxy.cut(s.drop_for_s)
             agent.hooks.on_event(on_event)
         return sim

@@ -32,6 +32,14 @@ from typing import Any
 from edge_agent.mqtt.client import MqttClient
 from edge_agent.mqtt.config import MqttConfig
 from edge_agent.mqtt.payloads import decode
+from edge_agent.mqtt.topics import DEVICE_OUTPUT, Topics
+from edge_agent.protocol import (
+    UPDATE_STOPPED,
+    ProtocolError,
+    UpdatePhase,
+    UpdateResult,
+    UpdateSummary,
+)
 from fleet.broker import add_broker_args, broker_config
 from fleet.watch import DeviceRow, FleetView
 
@@ -56,21 +64,21 @@ def describe_update(doc: Mapping[str, Any] | None) -> str:
     (probation)"`` or ``""`` — the ``update`` part of a status document (pure)."""
     if not isinstance(doc, Mapping):
         return ""
-    phase = doc.get("phase")
-    if isinstance(phase, str) and phase not in ("idle", "stopped"):
-        what = " ".join(str(x) for x in (doc.get("name"), _v(doc.get("version"))) if x)
-        return f"{phase} {what}".strip()
-    last = doc.get("last")
-    if isinstance(last, Mapping) and last.get("result"):
-        what = " ".join(str(x) for x in (last.get("name"), _v(last.get("version"))) if x)
-        code = last.get("code")
-        tail = f" ({code})" if code and last.get("result") != "committed" else ""
-        return f"{last['result']} {what}".strip() + tail
-    return "idle" if phase == "idle" else ""
+    try:
+        u = UpdateSummary.from_dict(doc)
+    except ProtocolError:
+        return ""
+    if u.phase not in (UpdatePhase.IDLE, UPDATE_STOPPED):
+        return f"{u.phase} {_what(u.name, u.version)}".strip()
+    last = u.last
+    if last is not None:
+        tail = f" ({last.code})" if last.code and last.result != UpdateResult.COMMITTED else ""
+        return f"{last.result} {_what(last.name, last.version)}".strip() + tail
+    return "idle" if u.phase == UpdatePhase.IDLE else ""
 
 
-def _v(version: Any) -> str | None:
-    return f"v{version}" if isinstance(version, int) and not isinstance(version, bool) else None
+def _what(name: str | None, version: int | None) -> str:
+    return " ".join(x for x in (name, None if version is None else f"v{version}") if x)
 
 
 def status_rows(rows: Sequence[DeviceRow], statuses: Mapping[str, Mapping[str, Any]], *,
@@ -111,13 +119,13 @@ class StatusCollector:
         retained message published long ago); telemetry and events when they arrive."""
         now = time.time() if now is None else now
         self.view.ingest(topic, payload, now)
-        parts = topic.split("/")
-        if len(parts) != 3 or parts[0] != self.prefix or parts[1] == "group":
+        where = Topics.split(topic, self.prefix)
+        if where is None or where[1] not in DEVICE_OUTPUT:
             return
         doc = decode(payload)
         if doc is None:
             return
-        device, kind = parts[1], parts[2]
+        device, kind = where
         ts = doc.get("ts")
         at = float(ts) if kind == "status" and isinstance(ts, (int, float)) else now
         with self._lock:
@@ -127,8 +135,8 @@ class StatusCollector:
 
     def attach(self, client: MqttClient) -> None:
         """Feed this collector from ``client`` (status, telemetry, events of every device)."""
-        for kind in ("status", "telemetry", "events"):
-            client.subscribe(f"{self.prefix}/+/{kind}", self._on, qos=1)
+        for kind in DEVICE_OUTPUT:
+            client.subscribe(Topics.fleet_filter(kind, self.prefix), self._on, qos=1)
 
     def _on(self, topic: str, payload: bytes) -> None:
         self.ingest(topic, payload)

@@ -17,7 +17,6 @@ printing its reason. Exit 0 when both happened. :func:`run` is the same as a fun
 from __future__ import annotations
 
 import argparse
-import json
 import queue
 import sys
 import time
@@ -29,6 +28,8 @@ from typing import Any
 from edge_agent.bundle import read_bundle, tar_bytes
 from edge_agent.mqtt.client import MqttClient
 from edge_agent.mqtt.config import MqttConfig
+from edge_agent.mqtt.topics import Topics
+from edge_agent.protocol import Event, EventKind, ProtocolError
 from edge_agent.update.wire import Announcement, Audience, ChunkPlan, TargetSpec
 from fleet import keys
 from fleet.broker import add_broker_args, as_config, broker_config, client_config
@@ -63,16 +64,19 @@ def run(d: Path, *, broker: MqttConfig | str, device: str, v2: Path, v3: Path,
     broker = as_config(broker)
     repo = FleetRepo(d / "repo")
     signers = [keys.load_signer(d / "keys" / f"{r}.key") for r in ROLES[1:]]
-    events: queue.Queue[dict[str, Any]] = queue.Queue()
+    events: queue.Queue[Event] = queue.Queue()
     watcher = MqttClient(config=client_config(broker, "watch"),
                          client_id=f"edge-fleet-demo-{uuid.uuid4().hex[:6]}")
 
     def on_event(_t: str, payload: bytes) -> None:
-        ev = json.loads(payload)
-        if str(ev.get("kind", "")).startswith("update."):
+        try:
+            ev = Event.parse(payload)
+        except ProtocolError:
+            return
+        if ev.kind.startswith("update."):
             events.put(ev)
 
-    watcher.subscribe(f"edge/{device}/events", on_event)
+    watcher.subscribe(Topics(device).events, on_event)
     watcher.connect()
     try:
         time.sleep(0.3)
@@ -80,14 +84,14 @@ def run(d: Path, *, broker: MqttConfig | str, device: str, v2: Path, v3: Path,
         out(f"$ edge-fleet publish {v2} --device {device}   (signed: targets, snapshot, "
             "timestamp keys)")
         publish(repo, v2, signers, audience=me, broker=client_config(broker, "publish"))
-        if not _wait(events, "update.committed", timeout_s, out):
+        if not _wait(events, EventKind.UPDATE_COMMITTED, timeout_s, out):
             return 1
         out(f"$ forging v3: signed with a key that {device}'s root does not know")
         name = f"rogue-{uuid.uuid4().hex[:6]}"
         keys.generate(d / "attacker", name)
         _forge(repo, v3, keys.load_signer(d / "attacker" / f"{name}.key"), signers, me,
                client_config(broker, "forge"))
-        return 0 if _wait(events, "update.rejected", timeout_s, out) else 1
+        return 0 if _wait(events, EventKind.UPDATE_REJECTED, timeout_s, out) else 1
     finally:
         watcher.stop()
 
@@ -137,18 +141,19 @@ def _forge(repo: FleetRepo, bundle: Path, rogue: Any, online: list[Any], me: Aud
         br.close()
 
 
-def _wait(events: queue.Queue[dict[str, Any]], kind: str, timeout_s: float, out: Print) -> bool:
+def _wait(events: queue.Queue[Event], kind: EventKind, timeout_s: float, out: Print) -> bool:
     deadline = time.monotonic() + timeout_s
-    final = {"update.committed", "update.rejected", "update.rolled_back", "update.failed"}
+    final = {EventKind.UPDATE_COMMITTED, EventKind.UPDATE_REJECTED,
+             EventKind.UPDATE_ROLLED_BACK, EventKind.UPDATE_FAILED}
     while time.monotonic() < deadline:
         try:
             ev = events.get(timeout=0.5)
         except queue.Empty:
             continue
-        if ev["kind"] != "update.progress":
-            out(f"  {ev['kind']:<22} {ev['message']}")
-        if ev["kind"] in final:
-            return bool(ev["kind"] == kind)
+        if ev.kind != EventKind.UPDATE_PROGRESS:
+            out(f"  {ev.kind:<22} {ev.message}")
+        if ev.kind in final:
+            return ev.kind == kind
     out(f"  (no {kind} within {timeout_s:g} s)")
     return False
 

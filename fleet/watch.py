@@ -30,6 +30,8 @@ from typing import Any
 from edge_agent.mqtt.client import MqttClient
 from edge_agent.mqtt.config import MqttConfig
 from edge_agent.mqtt.payloads import decode
+from edge_agent.mqtt.topics import DEVICE_OUTPUT, Topics
+from edge_agent.protocol import EventKind, ProtocolError, Status
 from fleet.broker import add_broker_args, broker_config
 
 STALE_AFTER_S = 3.0  # × the device's telemetry interval: "online" but silent is flagged
@@ -87,10 +89,10 @@ class FleetView:
 
     def ingest(self, topic: str, payload: bytes, now: float | None = None) -> bool:
         """Digest one message; False if it was not a device message or was a repeat."""
-        parts = topic.split("/")
-        if len(parts) != 3 or parts[0] != self.prefix or parts[1] == "group":
+        where = Topics.split(topic, self.prefix)
+        if where is None or where[1] not in DEVICE_OUTPUT:
             return False
-        device, kind = parts[1], parts[2]
+        device, kind = where
         doc = decode(payload)
         if doc is None:
             return False
@@ -110,23 +112,23 @@ class FleetView:
             elif kind == "events":
                 kind_ = str(doc.get("kind", ""))
                 row.last_event = f"{doc.get('level', '?')}: {kind_}"
-                if kind_ == "drift.detected":
+                if kind_ == EventKind.DRIFT_DETECTED:
                     row.drift = True
             return True
 
     def _status(self, row: DeviceRow, doc: dict[str, Any], now: float) -> bool:
-        state = doc.get("state")
-        row.online = state == "online"
+        try:
+            st = Status.from_dict(doc)
+        except ProtocolError:
+            return False
+        row.online = st.online
         row.last_seen = now
-        if state == "online":
-            row.profile = _str(doc.get("profile"))
-            models = doc.get("models")
-            if isinstance(models, list):
-                row.models = ", ".join(f"{m.get('name')} v{m.get('active')}" for m in models
-                                       if isinstance(m, dict))
-            iv = doc.get("telemetry_interval_s")
-            if isinstance(iv, (int, float)) and iv > 0:
-                self._interval[row.device] = float(iv)
+        if st.online:
+            row.profile = st.profile
+            row.models = ", ".join(f"{m.name} v{m.active}" for m in st.models)
+            iv = st.telemetry_interval_s
+            if iv is not None and iv > 0:
+                self._interval[row.device] = iv
         return True
 
     def _telemetry(self, row: DeviceRow, doc: dict[str, Any]) -> None:
@@ -173,17 +175,13 @@ def _num(v: Any) -> float | None:
     return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
 
 
-def _str(v: Any) -> str | None:
-    return v if isinstance(v, str) else None
-
-
 def subscribe_view(client: MqttClient, view: FleetView) -> None:
     """Feed ``view`` from ``client`` (status, telemetry and events of every device)."""
     def handler(topic: str, payload: bytes) -> None:
         view.ingest(topic, payload)
 
-    for kind in ("status", "telemetry", "events"):
-        client.subscribe(f"{view.prefix}/+/{kind}", handler, qos=1)
+    for kind in DEVICE_OUTPUT:
+        client.subscribe(Topics.fleet_filter(kind, view.prefix), handler, qos=1)
 
 
 def collect(config: MqttConfig, duration_s: float = 3.0, *, client_id: str | None = None,

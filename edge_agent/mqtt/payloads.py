@@ -23,8 +23,9 @@ from typing import Any
 import numpy as np
 
 from edge_agent.errors import InvalidRequestError
+from edge_agent.protocol.messages import SCHEMA_VERSION, Header
 
-SCHEMA_VERSION = 1
+__all__ = ["SCHEMA_VERSION", "clean", "decode", "envelope", "parse_json", "parse_object"]
 
 
 def clean(value: Any) -> Any:
@@ -47,8 +48,7 @@ def clean(value: Any) -> Any:
 
 def envelope(device: str, seq: int, body: dict[str, Any], ts: float | None = None) -> bytes:
     """Encode ``body`` with the schema version, device id, sequence number and timestamp."""
-    doc = {"schema": SCHEMA_VERSION, "device": device, "seq": seq,
-           "ts": round(time.time() if ts is None else ts, 3)}
+    doc = Header(device, seq, time.time() if ts is None else ts, SCHEMA_VERSION).to_dict()
     doc.update(clean(body))
     return json.dumps(doc, separators=(",", ":"), allow_nan=False).encode("utf-8")
 

@@ -21,6 +21,8 @@ from edge_agent.mqtt.client import MqttClient
 from edge_agent.mqtt.outbox import Outbox
 from edge_agent.mqtt.payloads import envelope
 from edge_agent.mqtt.topics import Topics
+from edge_agent.protocol.kinds import Level
+from edge_agent.protocol.messages import Event
 
 
 class Publisher:
@@ -35,9 +37,8 @@ class Publisher:
         return self.outbox.put(topic, lambda seq: envelope(device, seq, body), retain=retain)
 
     def event(self, ev: AgentEvent) -> int:
-        return self.durable(self.topics.events, {
-            "level": ev.level, "kind": ev.kind, "message": ev.message, "data": ev.data,
-            "at": round(ev.at, 3)})
+        body = Event(Level(ev.level), ev.kind, ev.message, ev.data, ev.at).to_dict()
+        return self.durable(self.topics.events, body)
 
     def result(self, model: str, body: dict[str, Any]) -> int:
         """A prediction result on ``edge/<device>/results/<model>`` (durable)."""

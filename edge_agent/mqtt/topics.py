@@ -1,4 +1,5 @@
-"""The topic scheme, in one place (documented in docs/mqtt.md).
+"""The topic scheme, in one place (documented in docs/mqtt.md): every topic the agent,
+the fleet tools and the broker ACL use is built here.
 
 ::
 
@@ -9,10 +10,18 @@
     edge/<device>/cmd/<name>         commands to the device (ping, reload, models, config)
     edge/<device>/reply/<name>       replies (or the MQTT 5 response topic of the command)
     edge/<device>/feedback           ground-truth labels for earlier request ids
+    edge/<device>/infer/<model>      MQTT inference requests (docs/agent.md)
+    edge/<device>/update/announce    retained update announcement for one device
     edge/group/<group>/...           fleet-wide messages a device reads (e.g. announcements)
+    edge/blobs/<sha256>/<index>      retained update chunks, shared by the whole fleet
 
-A device writes only below ``edge/<device>/`` and reads only its own ``cmd``/``feedback``
-and its groups' topics; see the broker ACL section of docs/mqtt.md.
+:class:`Topics` names one device's topics; :class:`FleetTopics` the fleet-wide ones
+(filters over every device, group and chunk topics) and the Mosquitto ACL patterns
+(``%u`` = the authenticated user, i.e. the device id). A device writes only below
+``edge/<device>/`` and reads only its own ``cmd``/``feedback``/``infer``/``announce``,
+its groups' topics and the chunks; see the broker ACL section of docs/mqtt.md.
+
+Raises ConfigError for an id that would change the topic structure.
 """
 
 from __future__ import annotations
@@ -21,6 +30,13 @@ from dataclasses import dataclass
 
 from edge_agent.errors import ConfigError
 from edge_agent.mqtt.config import SEGMENT_RE
+
+DEFAULT_PREFIX = "edge"
+GROUP = "group"  # the level after the prefix that is not a device id
+BLOBS = "blobs"
+ANNOUNCE = "update/announce"
+# what fleet tools read of every device (telemetry and events are durable, status retained)
+DEVICE_OUTPUT = ("status", "telemetry", "events")
 
 
 def check_segment(value: str, what: str) -> str:
@@ -36,7 +52,7 @@ class Topics:
     """Topic names for one device."""
 
     device: str
-    prefix: str = "edge"
+    prefix: str = DEFAULT_PREFIX
 
     def __post_init__(self) -> None:
         check_segment(self.device, "device id")
@@ -66,8 +82,19 @@ class Topics:
     def cmd_filter(self) -> str:
         return f"{self.base}/cmd/+"
 
+    @property
+    def infer_filter(self) -> str:
+        return f"{self.base}/infer/+"
+
+    @property
+    def announce(self) -> str:
+        return f"{self.base}/{ANNOUNCE}"
+
     def results(self, model: str) -> str:
         return f"{self.base}/results/{check_segment(model, 'model name')}"
+
+    def infer(self, model: str) -> str:
+        return f"{self.base}/infer/{check_segment(model, 'model name')}"
 
     def cmd(self, name: str) -> str:
         return f"{self.base}/cmd/{name}"
@@ -76,17 +103,100 @@ class Topics:
         return f"{self.base}/reply/{name}"
 
     def group(self, group: str, rest: str) -> str:
-        return f"{self.prefix}/group/{check_segment(group, 'group')}/{rest}"
+        return FleetTopics(self.prefix).group(group, rest)
 
     @staticmethod
-    def fleet_filter(kind: str, prefix: str = "edge") -> str:
+    def fleet_filter(kind: str, prefix: str = DEFAULT_PREFIX) -> str:
         """``edge/+/<kind>``: what a fleet watcher subscribes to."""
         return f"{prefix}/+/{kind}"
 
     @staticmethod
-    def device_of(topic: str) -> str | None:
-        """``edge/pi-17/status`` → ``pi-17`` (None for anything that is not a device topic)."""
-        parts = topic.split("/")
-        if len(parts) < 3 or parts[1] in ("group", "blobs"):
+    def split(topic: str, prefix: str = DEFAULT_PREFIX) -> tuple[str, str] | None:
+        """``edge/pi-17/results/digits`` → ``("pi-17", "results/digits")``; None for a topic
+        outside ``prefix`` or one that is not a device's (group, blobs)."""
+        parts = topic.split("/", 2)
+        if len(parts) < 3 or parts[0] != prefix or parts[1] in (GROUP, BLOBS) \
+                or not parts[1] or not parts[2]:
             return None
-        return parts[1]
+        return parts[1], parts[2]
+
+    @staticmethod
+    def device_of(topic: str, prefix: str = DEFAULT_PREFIX) -> str | None:
+        """``edge/pi-17/status`` → ``pi-17`` (None for anything that is not a device topic)."""
+        s = Topics.split(topic, prefix)
+        return None if s is None else s[0]
+
+    @staticmethod
+    def last_level(topic: str) -> str:
+        """``edge/pi-17/cmd/ping`` → ``ping`` (the command, model, … a topic names)."""
+        return topic.rsplit("/", 1)[-1]
+
+
+@dataclass(frozen=True)
+class FleetTopics:
+    """Fleet-wide topics and filters for tools and the broker ACL."""
+
+    prefix: str = DEFAULT_PREFIX
+
+    def __post_init__(self) -> None:
+        check_segment(self.prefix, "topic prefix")
+
+    def device(self, device: str) -> Topics:
+        return Topics(device, self.prefix)
+
+    def filter(self, kind: str) -> str:
+        """``edge/+/<kind>`` (``kind`` may itself have levels: ``results/+``)."""
+        return Topics.fleet_filter(kind, self.prefix)
+
+    def announce(self, device: str) -> str:
+        return Topics(device, self.prefix).announce
+
+    def group(self, group: str, rest: str) -> str:
+        return f"{self.prefix}/{GROUP}/{check_segment(group, 'group')}/{rest}"
+
+    def group_announce(self, group: str) -> str:
+        return self.group(group, ANNOUNCE)
+
+    def group_filter(self, group: str) -> str:
+        """Everything a member of ``group`` reads: ``edge/group/<g>/#``."""
+        return self.group(group, "#")
+
+    def chunk(self, sha256: str, index: int | str) -> str:
+        return f"{self.prefix}/{BLOBS}/{sha256}/{index}"
+
+    @property
+    def blobs_filter(self) -> str:
+        return f"{self.prefix}/{BLOBS}/#"
+
+    # --- Mosquitto ACL patterns: %u is substituted with the authenticated user name ------
+
+    def acl_device_write(self) -> str:
+        """What a device may write: everything below its own id."""
+        return f"{self.prefix}/%u/#"
+
+    def acl_device_reads(self) -> tuple[str, ...]:
+        """What a device may read besides its groups: its inputs and the shared chunks."""
+        own = f"{self.prefix}/%u"
+        return (f"{own}/cmd/+", f"{own}/feedback", f"{own}/infer/+", f"{own}/{ANNOUNCE}",
+                self.blobs_filter)
+
+    def operator_reads(self) -> tuple[str, ...]:
+        """What the fleet tools read of every device."""
+        return tuple(self.filter(k) for k in (*DEVICE_OUTPUT, "results/+", "reply/+"))
+
+    def operator_writes(self) -> tuple[str, ...]:
+        """What the fleet tools write: commands, feedback, announcements and chunks."""
+        return (self.filter("cmd/+"), self.filter("feedback"), self.filter(ANNOUNCE),
+                f"{self.prefix}/{GROUP}/+/{ANNOUNCE}", self.blobs_filter)
+
+
+def announce_topic(device: str, prefix: str = DEFAULT_PREFIX) -> str:
+    return FleetTopics(prefix).announce(device)
+
+
+def group_announce_topic(group: str, prefix: str = DEFAULT_PREFIX) -> str:
+    return FleetTopics(prefix).group_announce(group)
+
+
+def chunk_topic(sha256: str, index: int | str, prefix: str = DEFAULT_PREFIX) -> str:
+    return FleetTopics(prefix).chunk(sha256, index)

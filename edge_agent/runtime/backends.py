@@ -17,12 +17,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from edge_agent.errors import ModelLoadError, RuntimeUnavailableError
+from edge_agent.protocol.kinds import RUNTIME_NAMES, RuntimeName
 
-DEFAULT_ORDER = ("ai-edge-litert", "tflite-runtime", "tensorflow")
-_MODULES = {
-    "ai-edge-litert": ("ai_edge_litert.interpreter", ("ai-edge-litert", "ai-edge-litert-nightly")),
-    "tflite-runtime": ("tflite_runtime.interpreter", ("tflite-runtime", "tflite_runtime")),
-    "tensorflow": ("tensorflow.lite", ("tensorflow-cpu", "tensorflow")),
+DEFAULT_ORDER = RUNTIME_NAMES  # preference order: edge_agent.protocol.RuntimeName
+_MODULES: dict[str, tuple[str, tuple[str, ...]]] = {
+    RuntimeName.AI_EDGE_LITERT: ("ai_edge_litert.interpreter",
+                                 ("ai-edge-litert", "ai-edge-litert-nightly")),
+    RuntimeName.TFLITE_RUNTIME: ("tflite_runtime.interpreter",
+                                 ("tflite-runtime", "tflite_runtime")),
+    RuntimeName.TENSORFLOW: ("tensorflow.lite", ("tensorflow-cpu", "tensorflow")),
 }
 
 

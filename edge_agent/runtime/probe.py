@@ -45,6 +45,7 @@ from typing import Any
 from edge_agent.bundle import read_bundle, sha256_bytes
 from edge_agent.errors import BundleError, RuntimeUnavailableError
 from edge_agent.fsutil import atomic_write_text
+from edge_agent.protocol.kinds import EventKind, probe_event_kind
 from edge_agent.runtime.backends import (
     _MODULES,  # name → (module, distributions): versions are read without importing
     DEFAULT_ORDER,
@@ -113,9 +114,10 @@ class ProbeVerdict:
     def event(self) -> tuple[str, str, str, dict[str, Any]]:
         """``(level, kind, message, data)`` for ``Hooks.emit_event``."""
         if self.ok:
-            return ("info", "runtime.probe_ok", f"{self.label}: {self.detail}", self.as_dict())
+            return ("info", EventKind.RUNTIME_PROBE_OK, f"{self.label}: {self.detail}",
+                    self.as_dict())
         level = "error" if self.outcome in ("crashed", "timeout") else "warning"
-        return (level, f"runtime.probe_{self.outcome.replace('-', '_')}",
+        return (level, probe_event_kind(self.outcome),
                 f"{self.label}: {self.detail}", self.as_dict())
 
 

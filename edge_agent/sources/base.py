@@ -24,6 +24,7 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 
 from edge_agent.errors import InvalidRequestError
+from edge_agent.mqtt.topics import Topics
 from edge_agent.registry import ModelRegistry, Prediction, ServedModel
 from edge_agent.serving.codec import image_batch
 
@@ -57,11 +58,14 @@ class ResultSink(Protocol):
 
 
 def infer_topic(device_id: str, model: str = "+", prefix: str = "edge") -> str:
-    return f"{prefix}/{device_id}/infer/{model}"
+    """``edge/<device>/infer/<model>`` (``+``: the filter over every model)."""
+    t = Topics(device_id, prefix)
+    return t.infer_filter if model == "+" else t.infer(model)
 
 
 def results_topic(device_id: str, model: str, prefix: str = "edge") -> str:
-    return f"{prefix}/{device_id}/results/{model}"
+    """``edge/<device>/results/<model>``."""
+    return Topics(device_id, prefix).results(model)
 
 
 class JsonlSink:

@@ -27,12 +27,13 @@ import threading
 from typing import Any
 
 from edge_agent.config import MqttRequestsSettings
-from edge_agent.errors import EdgeError, InvalidRequestError, NotFoundError
+from edge_agent.errors import ConfigError, EdgeError, InvalidRequestError, NotFoundError
 from edge_agent.hooks import Hooks
+from edge_agent.mqtt.topics import Topics
 from edge_agent.registry import ModelRegistry
 from edge_agent.serving import codec
 from edge_agent.serving.http import status_for
-from edge_agent.sources.base import MessageLink, infer_topic, results_topic, top_k_result
+from edge_agent.sources.base import MessageLink, top_k_result
 
 log = logging.getLogger(__name__)
 _STOP = object()
@@ -63,6 +64,7 @@ class MqttRequestSource:
         self.max_image_pixels = max_image_pixels
         self.hooks = hooks
         self.prefix = prefix
+        self.topics = Topics(device_id, prefix)
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=self.settings.queue_size)
         self._threads = [threading.Thread(target=self._work, name=f"mqtt-requests-{i}",
                                           daemon=True) for i in range(max(1, threads))]
@@ -72,7 +74,7 @@ class MqttRequestSource:
 
     @property
     def topic_filter(self) -> str:
-        return infer_topic(self.device_id, "+", self.prefix)
+        return self.topics.infer_filter
 
     def start(self) -> None:
         for t in self._threads:
@@ -142,7 +144,7 @@ class MqttRequestSource:
         self._answer(topic, doc, response_topic, reply, None)
 
     def _predict(self, topic: str, doc: Any) -> dict[str, Any]:
-        model = topic.rsplit("/", 1)[-1]
+        model = Topics.last_level(topic)
         if not isinstance(doc, dict):
             raise InvalidRequestError("request must be a JSON object with an \"id\"")
         rid = doc.get("id")
@@ -181,13 +183,20 @@ class MqttRequestSource:
     def _answer(self, topic: str, doc: Any, response_topic: str | None,
                 reply: dict[str, Any] | None, error: EdgeError | None, *,
                 code: int | None = None) -> None:
-        model = topic.rsplit("/", 1)[-1]
+        model = Topics.last_level(topic)
         rid = doc.get("id") if isinstance(doc, dict) else None
         try:
             to = (_reply_topic(doc["reply_to"]) if isinstance(doc, dict) and "reply_to" in doc
-                  else response_topic or results_topic(self.device_id, model, self.prefix))
+                  else response_topic or self.topics.results(model))
+        except ConfigError:  # a model name that cannot be a topic level: nowhere to answer
+            log.warning("MQTT request on %s: no reply topic for model %r", topic, model)
+            return
         except InvalidRequestError as e:
-            to, error, reply = results_topic(self.device_id, model, self.prefix), e, None
+            try:
+                to, error, reply = self.topics.results(model), e, None
+            except ConfigError:
+                log.warning("MQTT request on %s: no reply topic for model %r", topic, model)
+                return
         if error is not None:
             status = code or status_for(error)
             out: dict[str, Any] = {"id": rid, "model": model, "error": str(error),

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from edge_agent.config import AgentConfig
 from edge_agent.hooks import Hooks
+from edge_agent.protocol.kinds import EventKind
 from edge_agent.registry import ModelRegistry
 from edge_agent.sources.base import (
     DurablePublisher,
@@ -48,7 +49,7 @@ def source_factories(c: AgentConfig, registry: ModelRegistry, hooks: Hooks, *,
         if mqtt and link is not None:
             sinks.append(MqttSink(link, device, prefix=prefix, durable=durable))
         if not sinks:
-            hooks.emit_event("warning", "source.no_output",
+            hooks.emit_event("warning", EventKind.SOURCE_NO_OUTPUT,
                              f"{what} results go nowhere: set {what}.jsonl, or "
                              f"{what}.publish_mqtt with an [mqtt] url")
         return FanOut(sinks)

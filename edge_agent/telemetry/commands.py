@@ -32,7 +32,8 @@ from typing import Any
 from edge_agent.agent_view import AgentView
 from edge_agent.errors import EdgeError, InvalidRequestError
 from edge_agent.mqtt.dispatch import Message
-from edge_agent.mqtt.payloads import parse_object
+from edge_agent.mqtt.topics import Topics
+from edge_agent.protocol.messages import CommandReply, CommandRequest, ErrorInfo
 
 log = logging.getLogger(__name__)
 
@@ -83,22 +84,15 @@ class CommandHandler:
     def handle(self, msg: Message) -> None:
         """MQTT handler for ``edge/<device>/cmd/+``. Raises InvalidRequestError after
         replying when the command is unknown or malformed."""
-        name = msg.topic.rsplit("/", 1)[-1]
+        name = Topics.last_level(msg.topic)
         topic = msg.response_topic or self.reply_topic(name)
         corr = msg.correlation_data
         if "+" in topic or "#" in topic:
             raise InvalidRequestError(f"command {name!r}: response topic {topic!r} has "
                                       "wildcards")
         try:
-            doc = parse_object(msg.payload, f"command {name!r}")
-            cid = doc.get("id")
-            if cid is not None and not isinstance(cid, (str, int)):
-                raise InvalidRequestError(f"command {name!r}: id must be a string or number, "
-                                          f"got {type(cid).__name__}")
-            args = doc.get("args", {})
-            if not isinstance(args, dict):
-                raise InvalidRequestError(f"command {name!r}: args must be an object, got "
-                                          f"{type(args).__name__}")
+            req = CommandRequest.parse(msg.payload, name)
+            cid, args = req.id, dict(req.args)
             fn = self.commands.get(name)
             if fn is None:
                 raise InvalidRequestError(
@@ -127,11 +121,8 @@ class CommandHandler:
 
     def _answer(self, topic: str, name: str, cid: Any, corr: bytes | None, *,
                 result: Any = None, error: BaseException | None = None) -> None:
-        body: dict[str, Any] = {"command": name, "id": cid, "ok": error is None}
-        if error is None:
-            body["result"] = result
-        else:
-            body["error"] = {"type": type(error).__name__, "message": str(error)}
+        body = CommandReply(name, cid, error is None, result,
+                            None if error is None else ErrorInfo.of(error)).to_dict()
         try:
             self.reply(topic, body, corr)
         except Exception:

@@ -27,6 +27,7 @@ from edge_agent.monitor.feedback import (
     Remembered,
 )
 from edge_agent.monitor.quality import DriftDetector, QualityWindow, input_channel_means
+from edge_agent.protocol.kinds import EventKind
 from edge_agent.telemetry.config import TelemetryConfig
 from edge_agent.telemetry.sample import (
     AT,
@@ -133,11 +134,11 @@ class ModelMonitor:
                         "input_shift_sigma": rep.input_shift_sigma, "samples": rep.samples,
                         "threshold": det.threshold}
                 if change.drifting:
-                    self.emit_event("warning", "drift.detected",
+                    self.emit_event("warning", EventKind.DRIFT_DETECTED,
                                     f"{name} v{version}: prediction distribution drifted "
                                     f"(PSI {change.psi:.3f} > {det.threshold:g})", **data)
                 else:
-                    self.emit_event("info", "drift.cleared",
+                    self.emit_event("info", EventKind.DRIFT_CLEARED,
                                     f"{name} v{version}: back within the reference (PSI "
                                     f"{change.psi:.3f})", **data)
         for name in self.feedback.models():

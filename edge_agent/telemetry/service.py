@@ -41,6 +41,15 @@ from edge_agent.mqtt.outbox import Outbox
 from edge_agent.mqtt.payloads import envelope, parse_json
 from edge_agent.mqtt.publisher import Publisher
 from edge_agent.mqtt.topics import Topics
+from edge_agent.protocol import (
+    DeviceState,
+    EventKind,
+    ModelSummary,
+    RuntimeInfo,
+    Status,
+    Telemetry,
+    UpdateSummary,
+)
 from edge_agent.registry import ModelRegistry
 from edge_agent.serving.http import HttpServer, Request
 from edge_agent.telemetry.commands import CommandHandler
@@ -57,8 +66,9 @@ DRAIN_S = 0.1  # how often queued prediction records are folded into the statist
 INPUT_SAMPLES_PER_S = 20.0  # input tensors whose channel means feed the drift monitor
 # events after which the retained status is republished: update outcomes (fleet
 # rollouts), and the agent's start (sources and started_at exist only from then on)
-BIRTH_EVENTS = frozenset({"update.probation", "update.committed", "update.rolled_back",
-                          "update.rejected", "agent.started"})
+BIRTH_EVENTS = frozenset({EventKind.UPDATE_PROBATION, EventKind.UPDATE_COMMITTED,
+                          EventKind.UPDATE_ROLLED_BACK, EventKind.UPDATE_REJECTED,
+                          EventKind.AGENT_STARTED})
 
 
 @dataclass(frozen=True)
@@ -124,7 +134,7 @@ class TelemetryService:
         self.tick_cpu_s = 0.0  # CPU time spent building telemetry (bench/telemetry.py)
         self.drain_cpu_s = 0.0  # CPU time spent folding prediction records
         if self.outbox.reset_reason:
-            deps.hooks.emit_event("error", "outbox.reset", self.outbox.reset_reason)
+            deps.hooks.emit_event("error", EventKind.OUTBOX_RESET, self.outbox.reset_reason)
 
     # ---- lifecycle -------------------------------------------------------------------
 
@@ -179,8 +189,9 @@ class TelemetryService:
     # ---- status ----------------------------------------------------------------------
 
     def _status_will(self, reason: str) -> Will:
-        body = {"state": "offline", "reason": reason, "agent_version": edge_agent.__version__,
-                "groups": self._groups()}  # offline group members stay known (fleet rollouts)
+        # offline group members stay known (fleet rollouts)
+        body = Status(DeviceState.OFFLINE, edge_agent.__version__, tuple(self._groups()),
+                      reason=reason).to_dict()
         return Will(self.topics.status, envelope(self.topics.device, self.outbox.last_seq(),
                                                  body), qos=1, retain=True)
 
@@ -189,38 +200,36 @@ class TelemetryService:
 
     def birth(self) -> dict[str, Any]:
         a = self.agent
-        return {
-            "state": "online",
-            "agent_version": edge_agent.__version__,
-            "profile": a.profile.name,
-            "runtime": {"name": a.runtime_name, "version": a.runtime_version},
-            "models": self.deps.registry.snapshot(),
-            "capabilities": self.capabilities(),
-            "started_at": a.started_at() or self.started_at,
-            "boot_id": self.boot_id,
-            "telemetry_interval_s": self.interval_s if self.cfg.enabled else None,
-            "mqtt_protocol": self.client.protocol,
+        return Status(
+            DeviceState.ONLINE,
+            agent_version=edge_agent.__version__,
+            profile=a.profile.name,
+            runtime=RuntimeInfo(a.runtime_name, a.runtime_version),
+            models=tuple(ModelSummary.from_dict(m) for m in self.deps.registry.snapshot()),
+            capabilities=tuple(self.capabilities()),
+            started_at=a.started_at() or self.started_at,
+            boot_id=self.boot_id,
+            telemetry_interval_s=self.interval_s if self.cfg.enabled else None,
+            mqtt_protocol=self.client.protocol,
             # Added for fleet operations (issue 7): group membership for rollouts and the
             # update machine's phase and last outcome, so a restarted rollout and
             # `edge-fleet status` can read them from the retained status.
-            "groups": self._groups(),
-            "update": self._update_summary(),
-        }
+            groups=tuple(self._groups()),
+            update=self._update_summary(),
+        ).to_dict()
 
     def _groups(self) -> list[str]:
         """``[agent] groups`` plus ``[update] groups``: the group topics this device reads."""
         return list(self.deps.groups)
 
-    def _update_summary(self) -> dict[str, Any] | None:
+    def _update_summary(self) -> UpdateSummary | None:
         """Phase, target and last outcome of the update component, if it runs."""
         try:
             d = self.deps.update_status()
+            return UpdateSummary.from_dict(d) if d is not None else None
         except Exception:
             log.debug("update status failed", exc_info=True)
             return None
-        if d is None:
-            return None
-        return {k: d.get(k) for k in ("phase", "name", "version", "last")}
 
     def capabilities(self) -> list[str]:
         """What this device can do, for fleet tools deciding what to send it."""
@@ -284,7 +293,7 @@ class TelemetryService:
         if topic == self.topics.events or now - self._refused_at.get(topic, -1e9) < 60:
             return
         self._refused_at[topic] = now
-        self.hooks.emit_event("error", "mqtt.publish_refused",
+        self.hooks.emit_event("error", EventKind.MQTT_PUBLISH_REFUSED,
                                     f"broker refused message {seq} on {topic} (reason {rc:#x}); "
                                     "check the broker ACL", seq=seq, topic=topic, reason=rc)
 
@@ -316,17 +325,17 @@ class TelemetryService:
         ob = self.outbox.stats()
         self._report_drops(ob.dropped)
         started = self.agent.started_at() or self.started_at
-        return {
-            "interval_s": self.interval_s,
-            "uptime_s": round(time.time() - started, 3) if started else None,
-            "system": self.system.sample(),
-            "models": models,
-            "queue": {"outbox": ob.depth, "outbox_bytes": ob.bytes,
-                      "outbox_oldest_age_s": ob.oldest_age_s, "outbox_dropped": ob.dropped,
-                      "outbox_refused": ob.refused, "requests": self._request_queue()},
-            "mqtt": {"connects": self.client.connects, "protocol": self.client.protocol,
-                     "dropped_incoming": self.client.dropped_incoming},
-        }
+        return Telemetry(
+            interval_s=self.interval_s,
+            uptime_s=round(time.time() - started, 3) if started else None,
+            system=self.system.sample(),
+            models=models,
+            queue={"outbox": ob.depth, "outbox_bytes": ob.bytes,
+                   "outbox_oldest_age_s": ob.oldest_age_s, "outbox_dropped": ob.dropped,
+                   "outbox_refused": ob.refused, "requests": self._request_queue()},
+            mqtt={"connects": self.client.connects, "protocol": self.client.protocol,
+                  "dropped_incoming": self.client.dropped_incoming},
+        ).to_dict()
 
     def _report_drops(self, dropped_total: int, *, force: bool = False) -> None:
         """An ``outbox.dropped`` event: when delivery resumes (``force``), else at most one
@@ -339,7 +348,7 @@ class TelemetryService:
             self._dropped_event_at = now
             self._last_dropped = dropped_total
         self.hooks.emit_event(
-            "warning", "outbox.dropped", f"store-and-forward queue full "
+            "warning", EventKind.OUTBOX_DROPPED, f"store-and-forward queue full "
             f"({self.mcfg.outbox_max_messages} messages): {new} oldest dropped",
             dropped=new, dropped_total=dropped_total)
 

@@ -34,6 +34,7 @@ from tuf.api import exceptions as tuf_exc
 from tuf.api.metadata import TargetFile
 from tuf.ngclient import FetcherInterface
 
+from edge_agent.mqtt.topics import FleetTopics
 from edge_agent.update import faults
 from edge_agent.update.errors import (
     BadAnnouncementError,
@@ -45,7 +46,6 @@ from edge_agent.update.wire import (
     CHUNK_HEADER_BYTES,
     Announcement,
     ChunkPlan,
-    chunk_topic,
     decode_chunk,
 )
 
@@ -78,6 +78,7 @@ class MqttChunks:
     def __init__(self, client: PubSub, prefix: str, window: int) -> None:
         self.client = client
         self.prefix = prefix
+        self.topics = FleetTopics(prefix)
         self.window = window
 
     def fetch(self, sha256: str, plan: ChunkPlan, missing: set[int], write: Write, *,
@@ -93,7 +94,7 @@ class MqttChunks:
         def fill() -> None:
             while len(subs) < self.window and todo:
                 i = todo.popleft()
-                subs[i] = self.client.subscribe(chunk_topic(sha256, i, self.prefix), handler,
+                subs[i] = self.client.subscribe(self.topics.chunk(sha256, i), handler,
                                                 qos=1, max_bytes=plan.size + CHUNK_HEADER_BYTES)
 
         last = time.monotonic()

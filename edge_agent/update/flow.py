@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 from edge_agent.bundle import Bundle, read_tar_bytes
 from edge_agent.errors import BundleError, EdgeError, ModelError, TransportError
 from edge_agent.hooks import Hooks
+from edge_agent.protocol.kinds import EventKind, UpdateResult
 from edge_agent.registry import ModelRegistry, ServedModel
 from edge_agent.store import ModelStore
 from edge_agent.update import faults, policy, swap
@@ -119,13 +120,13 @@ class UpdateFlow:
         self.state = state
         faults.point(state.phase.value)
 
-    def _event(self, level: str, kind: str, message: str, **data: Any) -> None:
+    def _event(self, level: str, kind: EventKind, message: str, **data: Any) -> None:
         s = self.state
         data.setdefault("name", s.name)
         data.setdefault("version", s.version)
         self.d.hooks.emit_event(level, kind, message, **data)
 
-    def _finish(self, result: str, code: str, reason: str, *, remember: bool = True,
+    def _finish(self, result: UpdateResult, code: str, reason: str, *, remember: bool = True,
                 keep_staging: bool = False) -> Outcome:
         s = self.state
         out = Outcome(result, code, reason, s.name, s.version, time.time())
@@ -146,9 +147,10 @@ class UpdateFlow:
             if digest in self._rejected_digests:
                 return None
             self._rejected_digests = [*self._rejected_digests[-63:], digest]
-            self.d.hooks.emit_event("warning", "update.rejected", f"announcement on {topic} "
-                                    f"rejected: {e}", code=e.code, reason=str(e), topic=topic)
-            return Outcome("rejected", e.code, str(e), at=time.time())
+            self.d.hooks.emit_event("warning", EventKind.UPDATE_REJECTED,
+                                    f"announcement on {topic} rejected: {e}", code=e.code,
+                                    reason=str(e), topic=topic)
+            return Outcome(UpdateResult.REJECTED, e.code, str(e), at=time.time())
         if ann.digest in self.state.settled or ann.digest in self._rejected_digests:
             return None
         if self.state.phase != Phase.IDLE:
@@ -158,7 +160,7 @@ class UpdateFlow:
         self.state_file.store_announcement(ann.digest, payload)
         self._set(self.state.to(Phase.NOTIFIED, announce_digest=ann.digest,
                                 announce_topic=topic))
-        self._event("info", "update.notified", f"announcement of {ann.target} on {topic}",
+        self._event("info", EventKind.UPDATE_NOTIFIED, f"announcement of {ann.target} on {topic}",
                     target=ann.target, topic=topic)
         return self._run(ann)
 
@@ -170,7 +172,7 @@ class UpdateFlow:
         if plan.action == Recovery.NOTHING:
             self.staging.cleanup(set())
             return None
-        self._event("warning", "update.resumed", f"restarted in {s.phase.value}: "
+        self._event("warning", EventKind.UPDATE_RESUMED, f"restarted in {s.phase.value}: "
                     f"{plan.reason}", phase=s.phase.value, action=plan.action.value)
         if plan.action == Recovery.ROLLBACK:
             self._set(s.to(Phase.ROLLING_BACK, crashes=plan.crashes))
@@ -186,11 +188,11 @@ class UpdateFlow:
             return self._reject(ModelRejectedError(plan.reason, code="crash_loop"))
         payload = self.state_file.announcement(s.announce_digest or "")
         if payload is None:
-            return self._finish("abandoned", "state", "stored announcement is missing")
+            return self._finish(UpdateResult.ABANDONED, "state", "stored announcement is missing")
         try:
             ann = parse_announcement(payload, self.cfg.max_announcement_bytes)
         except BadAnnouncementError as e:
-            return self._finish("abandoned", e.code, str(e))
+            return self._finish(UpdateResult.ABANDONED, e.code, str(e))
         self._set(self.state.to(Phase.NOTIFIED, crashes=plan.crashes))
         return self._run(ann)
 
@@ -235,12 +237,12 @@ class UpdateFlow:
             swap.install_and_activate(self.d.registry, self.d.store, bundle, served)
             swapped = True
             was = f"was v{installed}" if installed is not None else "first install"
-            self._event("info", "update.activated", f"{spec.name} v{spec.version} is serving "
-                        f"({was})", previous=installed,
+            self._event("info", EventKind.UPDATE_ACTIVATED,
+                        f"{spec.name} v{spec.version} is serving ({was})", previous=installed,
                         swap_ms=round((time.perf_counter() - t0) * 1000, 2))
             return self._probation(baseline)
         except Cancelled as e:
-            return Outcome("interrupted", "stopping", str(e), self.state.name,
+            return Outcome(UpdateResult.INTERRUPTED, "stopping", str(e), self.state.name,
                            self.state.version, time.time())
         except UpdateTransportError as e:
             return self._fail(e)
@@ -284,7 +286,7 @@ class UpdateFlow:
         now = time.monotonic()
         if have == total or now - self._last_progress >= 1.0:
             self._last_progress = now
-            self._event("info", "update.progress", f"{have}/{total} chunks via {source}",
+            self._event("info", EventKind.UPDATE_PROGRESS, f"{have}/{total} chunks via {source}",
                         chunks=have, of=total, source=source)
 
     def _download_and_verify(self, updater: Updater, fetcher: AnnouncementFetcher,
@@ -295,12 +297,12 @@ class UpdateFlow:
         t0 = time.perf_counter()
         if updater.find_cached_target(info, str(dest)) is None:
             fetcher.expect_target(info, spec.chunks)
-            self._event("info", "update.downloading", f"{info.path}: {info.length} bytes",
+            self._event("info", EventKind.UPDATE_DOWNLOADING, f"{info.path}: {info.length} bytes",
                         bytes=info.length)
             self.trust.download(updater, info, dest)
             self.staging.part(sha).unlink(missing_ok=True)
         secs = time.perf_counter() - t0
-        self._event("info", "update.downloaded", f"{info.length} bytes in {secs:.2f} s "
+        self._event("info", EventKind.UPDATE_DOWNLOADED, f"{info.length} bytes in {secs:.2f} s "
                     f"({fetcher.resumed_chunks} chunks resumed from staging, "
                     f"{fetcher.written} received)",
                     bytes=info.length, seconds=round(secs, 3),
@@ -312,7 +314,7 @@ class UpdateFlow:
         except BundleError as e:
             raise BundleRejectedError(str(e)) from e
         policy.check_manifest(bundle.manifest, spec, self.d.identity)
-        self._event("info", "update.verified", f"{spec.name} v{spec.version}: signatures, "
+        self._event("info", EventKind.UPDATE_VERIFIED, f"{spec.name} v{spec.version}: signatures, "
                     "threshold, expiry, version, sha256, length and profile verified",
                     sha256=sha)
         return bundle
@@ -323,8 +325,8 @@ class UpdateFlow:
             served = self.d.registry.build(bundle)
         except EdgeError as e:
             raise ModelRejectedError(f"test-load failed: {e}", code="load_failed") from e
-        self._event("info", "update.test_loaded", f"loaded in {served.load_time_s * 1000:.0f} "
-                    f"ms on {self.d.registry.runtime}")
+        self._event("info", EventKind.UPDATE_TEST_LOADED,
+                    f"loaded in {served.load_time_s * 1000:.0f} ms on {self.d.registry.runtime}")
         return served
 
     def _golden(self, served: ServedModel) -> None:
@@ -336,7 +338,7 @@ class UpdateFlow:
             res = served.verify_golden()
         except EdgeError as e:
             raise ModelRejectedError(f"golden vectors failed: {e}", code="golden_mismatch") from e
-        self._event("info", "update.golden_ok", f"{res.vectors} golden vectors match "
+        self._event("info", EventKind.UPDATE_GOLDEN_OK, f"{res.vectors} golden vectors match "
                     f"(max diff {res.max_abs_diff:g})")
 
     def _probation(self, baseline: WindowStats | None) -> Outcome:
@@ -345,7 +347,7 @@ class UpdateFlow:
         until = time.time() + self.cfg.probation_s
         self.monitor.start(s.name, s.version)
         self._set(s.to(Phase.PROBATION, probation_until=until))
-        self._event("info", "update.probation", f"watching v{s.version} for "
+        self._event("info", EventKind.UPDATE_PROBATION, f"watching v{s.version} for "
                     f"{self.cfg.probation_s:g} s", until=until)
         pol = ProbationPolicy(self.cfg.probation_s, self.cfg.probation_min_requests,
                               self.cfg.probation_max_error_rate,
@@ -355,19 +357,20 @@ class UpdateFlow:
         self.monitor.stop()
         if not verdict.decided:
             self._set(replace(self.state, clean_stop=True))
-            return Outcome("interrupted", "stopping", "agent stopping during probation",
+            return Outcome(UpdateResult.INTERRUPTED, "stopping", "agent stopping during probation",
                            s.name, s.version, time.time())
         if not verdict.ok:
             return self._rollback(f"probation failed: {verdict.reason}", code="probation")
         faults.point("committing")
-        out = self._finish("committed", "ok", f"v{s.version} committed: {verdict.reason}")
+        out = self._finish(UpdateResult.COMMITTED, "ok",
+                           f"v{s.version} committed: {verdict.reason}")
         faults.point("committed")
         try:
             removed = self.d.store.prune(s.name, self.cfg.keep_versions)
         except OSError as e:
             log.warning("update: pruning old versions of %s failed: %s", s.name, e)
             removed = []
-        self._event("info", "update.committed", out.reason, name=s.name, version=s.version,
+        self._event("info", EventKind.UPDATE_COMMITTED, out.reason, name=s.name, version=s.version,
                     pruned=removed)
         return out
 
@@ -379,32 +382,33 @@ class UpdateFlow:
         assert s.name is not None and s.version is not None
         swap.restore(self.d.registry, self.d.store, s.name, s.from_version, s.version)
         self._set(replace(s, blocked=(*s.blocked, blocked_key(s.name, s.version))[-256:]))
-        out = self._finish("rolled_back", code, reason)
-        self._event("error", "update.rolled_back", f"{s.name} v{s.version} rolled back to "
+        out = self._finish(UpdateResult.ROLLED_BACK, code, reason)
+        self._event("error", EventKind.UPDATE_ROLLED_BACK, f"{s.name} v{s.version} rolled back to "
                     f"v{s.from_version}: {reason}", name=s.name, version=s.version,
                     restored=s.from_version, code=code, reason=reason)
         return out
 
     def _noop(self, reason: str) -> Outcome:
         """A re-announcement of what already serves (refreshed timestamp, group + device)."""
-        out = self._finish("noop", "installed", reason)
-        self._event("info", "update.ignored", reason, code="installed")
+        out = self._finish(UpdateResult.NOOP, "installed", reason)
+        self._event("info", EventKind.UPDATE_IGNORED, reason, code="installed")
         return out
 
     def _reject(self, e: Exception) -> Outcome:
         code = error_code(e)
         s = self.state
         what = f"{s.name} v{s.version}" if s.name else "update"
-        out = self._finish("rejected", code, str(e))
-        self._event("error", "update.rejected", f"{what} rejected ({code}): {e}",
+        out = self._finish(UpdateResult.REJECTED, code, str(e))
+        self._event("error", EventKind.UPDATE_REJECTED, f"{what} rejected ({code}): {e}",
                     name=s.name, version=s.version, code=code, reason=str(e))
         return out
 
     def _fail(self, e: Exception) -> Outcome:
         """Transient: the announcement stays unsettled so the service retries it."""
         s = self.state
-        out = self._finish("failed", "transport", str(e), remember=False, keep_staging=True)
-        self._event("warning", "update.failed", f"update failed, will retry: {e}",
+        out = self._finish(UpdateResult.FAILED, "transport", str(e), remember=False,
+                           keep_staging=True)
+        self._event("warning", EventKind.UPDATE_FAILED, f"update failed, will retry: {e}",
                     name=s.name, version=s.version, code="transport", reason=str(e))
         return out
 
@@ -416,7 +420,8 @@ class UpdateFlow:
         self.trust.download(updater, info, dest)
         cmd = parse_command(dest.read_bytes())
         if cmd.id in self.state.done_commands:
-            return self._finish("noop", "command", f"command {cmd.id} already carried out")
+            return self._finish(UpdateResult.NOOP, "command",
+                                f"command {cmd.id} already carried out")
         name = cmd.name
         active = self.d.store.active_version(name)
         to = cmd.to_version or self.d.store.previous_version(name)
@@ -429,7 +434,7 @@ class UpdateFlow:
         self._set(self.state.to(Phase.ROLLING_BACK, name=name, version=active,
                                 from_version=to, target=info.path,
                                 done_commands=(*self.state.done_commands, cmd.id)[-64:]))
-        self._event("warning", "update.rollback_command", f"signed rollback of {name} from "
+        self._event("warning", EventKind.UPDATE_ROLLBACK_COMMAND, f"signed rollback of {name} from "
                     f"v{active} to v{to} (command {cmd.id})", command=cmd.id)
         return self._rollback(f"signed rollback command {cmd.id}", code="command")
 

@@ -23,10 +23,11 @@ from typing import TYPE_CHECKING, Any
 
 from edge_agent.errors import ConfigError
 from edge_agent.mqtt.client import MqttClient
+from edge_agent.mqtt.topics import FleetTopics, Topics
+from edge_agent.protocol.kinds import UPDATE_STOPPED, EventKind, UpdateResult
 from edge_agent.serving.http import HttpServer, Request
 from edge_agent.update.config import UpdateConfig
 from edge_agent.update.state import Outcome
-from edge_agent.update.wire import announce_topic, group_announce_topic
 
 if TYPE_CHECKING:  # the flow pulls in tuf + cryptography (~11 MB): only when [update] is on
     from edge_agent.serving.http import HttpServer, Request
@@ -77,8 +78,9 @@ class UpdateService:
     @property
     def topics(self) -> list[str]:
         d = self.deps
-        return [announce_topic(d.identity.device, d.topic_prefix),
-                *(group_announce_topic(g, d.topic_prefix) for g in d.identity.groups)]
+        fleet = FleetTopics(d.topic_prefix)
+        return [Topics(d.identity.device, d.topic_prefix).announce,
+                *(fleet.group_announce(g) for g in d.identity.groups)]
 
     def start(self) -> None:
         if self._thread is not None:
@@ -168,7 +170,7 @@ class UpdateService:
                 out = flow.handle(payload, topic)
             except Exception as e:  # a bug, not an attack: say so, keep the agent serving
                 log.exception("update: internal error")
-                self.deps.hooks.emit_event("error", "update.failed", f"internal error: {e}",
+                self.deps.hooks.emit_event("error", EventKind.UPDATE_FAILED, f"internal error: {e}",
                                            code="internal", reason=str(e))
                 out = None
             finally:
@@ -178,7 +180,7 @@ class UpdateService:
             if out is None:
                 continue
             self.outcomes = [*self.outcomes[-31:], out]
-            if out.result == "failed" and not self._stop.is_set():
+            if out.result == UpdateResult.FAILED and not self._stop.is_set():
                 with self._cond:
                     if topic not in self._pending:
                         self._retry[topic] = (payload, time.monotonic()
@@ -187,7 +189,7 @@ class UpdateService:
     # --- status and routes ---------------------------------------------------------------
 
     def status(self) -> dict[str, Any]:
-        d: dict[str, Any] = self.flow.status() if self.flow else {"phase": "stopped"}
+        d: dict[str, Any] = self.flow.status() if self.flow else {"phase": UPDATE_STOPPED}
         d["topics"] = self.topics
         d["queued"] = len(self._pending)
         d["retry_pending"] = len(self._retry)

@@ -21,19 +21,12 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from edge_agent.errors import InvalidRequestError
 from edge_agent.fsutil import atomic_write_text
+from edge_agent.protocol.kinds import UpdatePhase, UpdateResult
+from edge_agent.protocol.messages import UpdateOutcome
 
-
-class Phase(str, enum.Enum):
-    IDLE = "idle"
-    NOTIFIED = "notified"
-    DOWNLOADING = "downloading"
-    VERIFYING = "verifying"
-    TEST_LOADING = "test_loading"
-    GOLDEN = "golden"
-    SWAPPING = "swapping"
-    PROBATION = "probation"
-    ROLLING_BACK = "rolling_back"
+Phase = UpdatePhase  # the phases are part of the status: defined in edge_agent.protocol
 
 
 PRE_SWAP = (Phase.NOTIFIED, Phase.DOWNLOADING, Phase.VERIFYING, Phase.TEST_LOADING,
@@ -58,16 +51,9 @@ class IllegalTransition(RuntimeError):
     """A programming error: the flow tried a transition the table does not allow."""
 
 
-@dataclass(frozen=True)
-class Outcome:
-    """How the last update attempt ended (shown in status and events)."""
-
-    result: str  # committed | rejected | failed | rolled_back | abandoned | noop
-    code: str
-    reason: str
-    name: str | None = None
-    version: int | None = None
-    at: float = 0.0
+# How an attempt ended (result: committed | rejected | failed | rolled_back | abandoned |
+# noop | interrupted — see UpdateResult); shown in the status and events.
+Outcome = UpdateOutcome
 
 
 @dataclass(frozen=True)
@@ -122,7 +108,8 @@ class UpdateState:
         known = set(cls.__dataclass_fields__)
         return cls(**{k: v for k, v in d.items() if k in known and k not in ("phase",)},
                    phase=Phase(d.get("phase", "idle")),
-                   last=Outcome(**last) if isinstance(last, dict) else None)
+                   last=Outcome.from_dict(last, "state.json: last")
+                   if isinstance(last, dict) else None)
 
 
 class Recovery(str, enum.Enum):
@@ -197,11 +184,12 @@ class StateFile:
             return UpdateState.from_json(self.path.read_text())
         except FileNotFoundError:
             return UpdateState()
-        except (OSError, ValueError, TypeError, KeyError):
+        except (OSError, ValueError, TypeError, KeyError, InvalidRequestError):
             bad = self.path.with_suffix(f".corrupt-{int(time.time())}")
             self.path.replace(bad)
-            return UpdateState(last=Outcome("abandoned", "state", f"state file was unreadable; "
-                                            f"kept as {bad.name}", at=time.time()))
+            return UpdateState(last=Outcome(UpdateResult.ABANDONED, "state",
+                                            f"state file was unreadable; kept as {bad.name}",
+                                            at=time.time()))
 
     def save(self, state: UpdateState) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
