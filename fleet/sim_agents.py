@@ -306,7 +306,7 @@ class SimFleet:
     def connected(self) -> int:
         n = 0
         for sim in self.devices.values():
-            client = getattr(sim.agent, "message_link", lambda: None)()
+            client = sim.agent.mqtt
             n += bool(client is not None and client.is_connected)
         return n
 

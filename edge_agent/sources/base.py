@@ -24,20 +24,25 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 
 from edge_agent.errors import InvalidRequestError
+from edge_agent.mqtt.dispatch import Message
 from edge_agent.mqtt.topics import Topics
 from edge_agent.registry import ModelRegistry, Prediction, ServedModel
 from edge_agent.serving.codec import image_batch
 
 log = logging.getLogger(__name__)
 
-MessageHandler = Callable[[str, bytes], None]
 
 
 @runtime_checkable
 class MessageLink(Protocol):
-    """The part of an MQTT client that sources use."""
+    """The part of an MQTT client that sources use (:class:`edge_agent.mqtt.MqttClient`).
 
-    def subscribe(self, topic_filter: str, handler: MessageHandler) -> Any: ...
+    ``subscribe_message`` hands over the whole :class:`~edge_agent.mqtt.Message` (MQTT 5
+    response topic and correlation data included) and returns an unsubscribe callable.
+    """
+
+    def subscribe_message(self, topic_filter: str,
+                          handler: Callable[[Message], None]) -> Callable[[], None]: ...
 
     def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> Any: ...
 

@@ -24,6 +24,7 @@ import json
 import logging
 import queue
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from edge_agent.config import MqttRequestsSettings
@@ -69,7 +70,7 @@ class MqttRequestSource:
         self._threads = [threading.Thread(target=self._work, name=f"mqtt-requests-{i}",
                                           daemon=True) for i in range(max(1, threads))]
         self._stopped = threading.Event()
-        self._unsubscribe: Any = None
+        self._unsubscribe: Callable[[], None] | None = None
         self.handled = 0
 
     @property
@@ -79,13 +80,9 @@ class MqttRequestSource:
     def start(self) -> None:
         for t in self._threads:
             t.start()
-        by_message = getattr(self.link, "subscribe_message", None)
-        if callable(by_message):  # the agent's MqttClient: gives the MQTT 5 Response Topic
-            undo = by_message(self.topic_filter, lambda m: self.on_message(
-                m.topic, m.payload, response_topic=getattr(m, "response_topic", None)))
-        else:
-            undo = self.link.subscribe(self.topic_filter, self.on_message)
-        self._unsubscribe = undo if callable(undo) else None
+        # the whole message: an MQTT 5 Response Topic is where the answer goes
+        self._unsubscribe = self.link.subscribe_message(self.topic_filter, lambda m: (
+            self.on_message(m.topic, m.payload, response_topic=m.response_topic)))
 
     def stop(self) -> None:
         self._stopped.set()

@@ -17,6 +17,7 @@ from waiting import wait_for
 from edge_agent.config import WatchSettings
 from edge_agent.errors import RuntimeUnavailableError
 from edge_agent.hooks import Hooks, PredictionRecord
+from edge_agent.mqtt.dispatch import Message
 from edge_agent.registry import ModelRegistry
 from edge_agent.runtime.backends import select_runtime
 from edge_agent.sources import (
@@ -118,8 +119,12 @@ class _Link:
     def __init__(self) -> None:
         self.sent: list[tuple[str, dict[str, Any]]] = []
 
-    def subscribe(self, topic_filter: str, handler: Any) -> None:
-        self.handler = handler
+    def subscribe_message(self, topic_filter: str, handler: Any) -> Any:
+        self.on_message = handler
+        return lambda: None
+
+    def handler(self, topic: str, payload: bytes) -> None:
+        self.on_message(Message(topic, payload, qos=1, retain=False))
 
     def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> None:
         self.sent.append((topic, json.loads(payload)))

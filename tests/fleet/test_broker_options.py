@@ -16,7 +16,8 @@ from types import ModuleType
 from typing import Any
 
 import pytest
-from fleet_helpers import Workstation, wait_for
+from fleet_helpers import Workstation
+from waiting import wait_for
 
 from edge_agent.errors import ConfigError
 from fleet.acl import ADMIN_USER, mosquitto_acl
