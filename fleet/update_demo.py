@@ -97,7 +97,7 @@ def run(d: Path, *, broker: MqttConfig | str, device: str, v2: Path, v3: Path,
 
 
 def _forge(repo: FleetRepo, bundle: Path, rogue: Any, online: list[Any], me: Audience,
-           broker: MqttConfig) -> None:
+           broker: MqttConfig | str) -> None:
     """What a broker-level attacker can build: real timestamp/snapshot keys are not needed
     for the device to refuse it, so only the targets signature is forged here."""
     import hashlib
