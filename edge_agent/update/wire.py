@@ -278,6 +278,8 @@ def parse_command(data: bytes) -> Command:
                                    f"{exp!r}")
     frm = _pos_int(d, "from_version")
     assert frm is not None
-    release = _pos_int(d, "release", optional=True) or 0
+    release = d.get("release", 0)
+    if isinstance(release, bool) or not isinstance(release, int) or release < 0:
+        raise CommandRejectedError(f"rollback 'release' must be an int >= 0, got {release!r}")
     return Command("rollback", name, _pos_int(d, "to_version", optional=True), cid, frm,
                    float(exp), release)
