@@ -29,6 +29,7 @@ from edge_agent.errors import (
     EdgeError,
     InvalidRequestError,
     NotFoundError,
+    ShapeMismatchError,
     TransportError,
 )
 from edge_agent.hooks import Hooks, PredictionRecord
@@ -57,12 +58,6 @@ class Prediction:
     probabilities: np.ndarray | None  # (batch, classes) for classification models
     top1: np.ndarray | None
     confidence: np.ndarray | None
-
-
-def _shape(x: Any) -> tuple[int, ...] | None:
-    """The shape of a refused input, if it is an array (what probation compares)."""
-    shape = getattr(x, "shape", None)
-    return tuple(int(d) for d in shape) if isinstance(shape, tuple) else None
 
 
 def softmax(x: np.ndarray) -> np.ndarray:
@@ -154,7 +149,7 @@ class ServedModel:
             self._record(source, request_id, False, time.perf_counter() - t0,
                          0 if raw is None else len(raw), client=client,
                          fault="client" if bad_input else "model",
-                         input_shape=_shape(x) if bad_input else None,
+                         input_shape=e.shape if isinstance(e, ShapeMismatchError) else None,
                          error=str(e) if isinstance(e, EdgeError) else f"{type(e).__name__}: {e}")
             raise
         self._record(source, request_id, True, time.perf_counter() - t0, len(raw), client=client,
@@ -186,13 +181,14 @@ class ServedModel:
                          "index": int(i), "score": round(float(row[i]), 6)} for i in idx])
         return out
 
-    def record_rejected(self, error: str, *, source: str, request_id: str | None = None,
-                        client: str | None = None) -> None:
+    def record_rejected(self, error: InvalidRequestError, *, source: str,
+                        request_id: str | None = None, client: str | None = None) -> None:
         """A request for this version refused before invoke because it does not fit the
         model (shape, dtype, image size, values): a failed request for telemetry, and the
         client's fault (probation does not hold it against the model)."""
-        self._record(source, request_id, False, 0.0, 0, error=error, fault="client",
-                     client=client)
+        self._record(source, request_id, False, 0.0, 0, error=str(error), fault="client",
+                     client=client,
+                     input_shape=error.shape if isinstance(error, ShapeMismatchError) else None)
 
     def _record(self, source: str, request_id: str | None, ok: bool, latency: float,
                 batch: int, **kw: Any) -> None:

@@ -135,7 +135,7 @@ class ServingApi:
                     x, fmt = codec.decode_predict(doc, served, max_batch=self.max_batch,
                                                   max_image_pixels=self.max_image_pixels)
             except InvalidRequestError as e:
-                served.record_rejected(str(e), source="rest", request_id=req.request_id,
+                served.record_rejected(e, source="rest", request_id=req.request_id,
                                        client=req.client)
                 raise
             pred = served.predict(x, source="rest", request_id=req.request_id,
