@@ -8,6 +8,7 @@
     │   ├── ProfileError            a device profile: names the file and the key
     │   ├── BundleError             a model bundle is malformed (missing file, bad manifest)
     │   ├── InvalidRequestError     a prediction request (shape, dtype, JSON, image bytes)
+    │   │   └── ShapeMismatchError  its tensor has another shape than the model's input
     │   └── NotFoundError           an unknown model, version or route (404)
     ├── ModelError                  a model does not do what its bundle promises
     │   ├── ModelLoadError          the runtime refused to load it
@@ -56,6 +57,15 @@ class BundleError(BadInputError):
 
 class InvalidRequestError(BadInputError):
     """A prediction request is malformed (JSON, shape, dtype, undecodable image)."""
+
+
+class ShapeMismatchError(InvalidRequestError):
+    """A request tensor's shape differs from the model input's; ``shape`` is what was sent
+    (probation tells a client's mistake from a release that changed its input shape)."""
+
+    def __init__(self, message: str, *, shape: tuple[int, ...]) -> None:
+        super().__init__(message)
+        self.shape = shape
 
 
 class NotFoundError(BadInputError):

@@ -35,6 +35,9 @@ class PredictionRecord:
     batch: int
     request_id: str | None = None
     error: str | None = None
+    fault: str | None = None  # on failure: "client" (bad input) | "model" (model/runtime)
+    client: str | None = None  # who asked, when known (REST peer address); else ``source``
+    input_shape: tuple[int, ...] | None = None  # of a refused input, when it was an array
     top1: np.ndarray | None = None  # (batch,) predicted class indices (classification)
     confidence: np.ndarray | None = None  # (batch,) top-1 probability
     probabilities: np.ndarray | None = None  # (batch, classes) for quality metrics

@@ -24,7 +24,14 @@ from typing import Any
 import numpy as np
 
 from edge_agent.bundle import Bundle, Manifest
-from edge_agent.errors import EdgeError, InvalidRequestError, NotFoundError, TransportError
+from edge_agent.errors import (
+    BadInputError,
+    EdgeError,
+    InvalidRequestError,
+    NotFoundError,
+    ShapeMismatchError,
+    TransportError,
+)
 from edge_agent.hooks import Hooks, PredictionRecord
 from edge_agent.runtime.backends import Runtime
 from edge_agent.runtime.model import GoldenResult, LoadedModel, verify_golden
@@ -113,11 +120,14 @@ class ServedModel:
         with self.borrow() as m:
             return verify_golden(self.bundle, self.runtime, model=m)
 
-    def predict(self, x: np.ndarray, *, source: str = "api",
-                request_id: str | None = None) -> Prediction:
+    def predict(self, x: np.ndarray, *, source: str = "api", request_id: str | None = None,
+                client: str | None = None) -> Prediction:
         """Float (model units) or raw-dtype input batch → a :class:`Prediction`.
 
-        Every call, failed or not, is reported to the hooks. Raises InvalidRequestError.
+        Every call, failed or not, is reported to the hooks, with who is at fault: a
+        :class:`~edge_agent.errors.BadInputError` is the client's (``fault="client"``,
+        never held against the model by probation), anything else the model's or the
+        runtime's. Raises InvalidRequestError.
         """
         t0 = time.perf_counter()
         raw = None
@@ -135,11 +145,14 @@ class ServedModel:
                 top1 = probs.argmax(axis=1)
                 conf = probs.max(axis=1)
         except Exception as e:  # record every failure (probation sees it), then re-raise
+            bad_input = isinstance(e, BadInputError)
             self._record(source, request_id, False, time.perf_counter() - t0,
-                         0 if raw is None else len(raw),
+                         0 if raw is None else len(raw), client=client,
+                         fault="client" if bad_input else "model",
+                         input_shape=e.shape if isinstance(e, ShapeMismatchError) else None,
                          error=str(e) if isinstance(e, EdgeError) else f"{type(e).__name__}: {e}")
             raise
-        self._record(source, request_id, True, time.perf_counter() - t0, len(raw),
+        self._record(source, request_id, True, time.perf_counter() - t0, len(raw), client=client,
                      top1=top1, confidence=conf, probabilities=probs, inputs_raw=raw)
         return Prediction(self.name, self.version, deq, probs, top1, conf)
 
@@ -168,10 +181,14 @@ class ServedModel:
                          "index": int(i), "score": round(float(row[i]), 6)} for i in idx])
         return out
 
-    def record_rejected(self, error: str, *, source: str, request_id: str | None = None) -> None:
+    def record_rejected(self, error: InvalidRequestError, *, source: str,
+                        request_id: str | None = None, client: str | None = None) -> None:
         """A request for this version refused before invoke because it does not fit the
-        model (shape, dtype, image size): a failed request for telemetry and probation."""
-        self._record(source, request_id, False, 0.0, 0, error=error)
+        model (shape, dtype, image size, values): a failed request for telemetry, and the
+        client's fault (probation does not hold it against the model)."""
+        self._record(source, request_id, False, 0.0, 0, error=str(error), fault="client",
+                     client=client,
+                     input_shape=error.shape if isinstance(error, ShapeMismatchError) else None)
 
     def _record(self, source: str, request_id: str | None, ok: bool, latency: float,
                 batch: int, **kw: Any) -> None:

@@ -5,7 +5,9 @@
     edge-fleet publish BUNDLE --repo REPO --key K… --broker URL (--device ID… | --group G)
                        [--http-url URL] [--chunk-size BYTES] [--no-mqtt-chunks]
                        [--signed-metadata DIR] [broker options]
+                       [--probation-min-requests N] [--probation-min-clients N]
     edge-fleet rollback --repo REPO --key K… --broker URL --model NAME [--to-version N]
+                       [--from-version N] [--expires-in SECONDS]
                        (--device ID… | --group G) [broker options]
 
 Broker options (TLS, client certificate, user and password file, client id, topic
@@ -22,8 +24,16 @@ per device or ``edge/group/<g>/update/announce``. ``--http-url`` adds a mirror
 (``edge-fleet serve REPO``, any static server or an S3-compatible bucket holding
 the repository) that devices use when chunks are not on MQTT or stall.
 
-``rollback`` signs a command target (``commands/<id>.json``) telling devices to serve an
-earlier installed version; devices refuse it unless it verifies like any update.
+``--probation-min-requests`` / ``--probation-min-clients`` sign into the release how much
+evidence a device's probation needs before it may fail the new version (the device's own
+``[update] probation_min_*`` values stay the floor).
+
+``rollback`` signs a command target (``commands/<id>.json``) telling devices serving
+``--from-version`` (default: the newest version of the model in the repository) to serve
+an earlier installed version, until ``--expires-in`` (default 24 h), once. Devices refuse
+it unless it verifies like any update, and refuse a replay (same id), an expired command
+and one signed against another version. The next ``publish`` drops every command from
+the targets metadata.
 """
 
 from __future__ import annotations
@@ -42,7 +52,7 @@ from securesystemslib.signer import Signer
 from tuf.api.metadata import Metadata, Targets
 
 from edge_agent.bundle import read_bundle, tar_bytes
-from edge_agent.errors import BadInputError, TransportError
+from edge_agent.errors import BadInputError, TransportError, UpdateError
 from edge_agent.mqtt.client import MqttClient
 from edge_agent.mqtt.config import MqttConfig
 from edge_agent.mqtt.topics import FleetTopics
@@ -51,6 +61,7 @@ from edge_agent.update.wire import (
     Audience,
     ChunkPlan,
     Command,
+    ProbationTerms,
     TargetSpec,
     encode_chunk,
     parse_target_spec,
@@ -148,15 +159,19 @@ def announce(broker: Broker, topics: Sequence[str], ann: Announcement) -> bytes:
 
 def sign_bundle(repo: FleetRepo, bundle_path: Path, signers: Sequence[Signer], *,
                 audience: Audience, chunk_size: int = DEFAULT_CHUNK,
-                expires: dict[str, datetime] | None = None) -> tuple[str, bytes, TargetSpec]:
-    """Add the bundle to the repository and release signed metadata; returns path, tar, spec."""
+                expires: dict[str, datetime] | None = None,
+                probation: ProbationTerms | None = None) -> tuple[str, bytes, TargetSpec]:
+    """Add the bundle to the repository and release signed metadata; returns path, tar, spec.
+
+    The release drops every earlier command from the targets metadata."""
     bundle = read_bundle(bundle_path)
     if not bundle.manifest.target_profiles:
         raise BadInputError(f"{bundle_path}: manifest lists no target_profiles; devices "
                             "refuse a bundle that does not name their profile")
     data = tar_bytes(bundle)
     spec = TargetSpec("model", audience, bundle.name, bundle.version,
-                      bundle.manifest.target_profiles, ChunkPlan.for_data(data, chunk_size))
+                      bundle.manifest.target_profiles, ChunkPlan.for_data(data, chunk_size),
+                      probation)
     path = target_path_for_model(bundle.name, bundle.version)
     repo.add_targets({path: (data, spec)}, signers, expires=expires)
     return path, data, spec
@@ -165,13 +180,14 @@ def sign_bundle(repo: FleetRepo, bundle_path: Path, signers: Sequence[Signer], *
 def publish(repo: FleetRepo, bundle_path: Path, signers: Sequence[Signer], *,
             audience: Audience, broker: MqttConfig | str, http_url: str | None = None,
             chunk_size: int = DEFAULT_CHUNK, mqtt_chunks: bool = True,
-            signed_metadata: Path | None = None) -> Published:
+            signed_metadata: Path | None = None,
+            probation: ProbationTerms | None = None) -> Published:
     """Sign (or take signed metadata), push chunks, announce. See the module docstring."""
     if not audience.devices and not audience.groups:
         raise BadInputError("name at least one --device or a --group")
     if signed_metadata is None:
         path, data, spec = sign_bundle(repo, bundle_path, signers, audience=audience,
-                                       chunk_size=chunk_size)
+                                       chunk_size=chunk_size, probation=probation)
         files = repo.announce_files()
     else:
         path, data, spec, files = _take_signed(bundle_path, signed_metadata)
@@ -212,10 +228,39 @@ def _take_signed(bundle_path: Path, meta_dir: Path
                         f"signed targets metadata in {meta_dir}")
 
 
+DEFAULT_COMMAND_EXPIRY_S = 24 * 3600.0
+
+
+def newest_model_version(repo: FleetRepo, name: str) -> int:
+    """The highest version of ``name`` in the signed targets. Raises BadInputError."""
+    versions = []
+    for path, tf in repo.targets().items():
+        try:
+            spec = parse_target_spec(tf.custom, tf.length, path)
+        except UpdateError:
+            continue
+        if spec.kind == "model" and spec.name == name:
+            versions.append(spec.version)
+    if not versions:
+        raise BadInputError(f"{repo.path}: no signed version of model {name!r} to roll back "
+                            "from; name it with --from-version")
+    return max(versions)
+
+
 def rollback(repo: FleetRepo, signers: Sequence[Signer], *, audience: Audience, name: str,
-             to_version: int | None, broker: MqttConfig | str) -> Published:
-    """Sign a rollback command and announce it (inline: no chunks needed)."""
-    cmd = Command("rollback", name, to_version, uuid.uuid4().hex)
+             to_version: int | None, broker: MqttConfig | str, from_version: int | None = None,
+             expires_in_s: float = DEFAULT_COMMAND_EXPIRY_S) -> Published:
+    """Sign a rollback command and announce it (inline: no chunks needed).
+
+    The command applies only on devices serving ``from_version`` (default: the newest
+    signed version of ``name``), until ``expires_in_s`` from now, once per device.
+    Raises BadInputError."""
+    if not expires_in_s > 0:
+        raise BadInputError(f"--expires-in must be positive, got {expires_in_s:g}")
+    frm = from_version if from_version is not None else newest_model_version(repo, name)
+    cmd = Command("rollback", name, to_version, uuid.uuid4().hex, from_version=frm,
+                  expires_at=round(time.time() + expires_in_s, 3),
+                  release=repo.latest_version("targets") + 1)
     data = cmd.to_bytes()
     path = f"commands/{cmd.id}.json"
     repo.add_targets({path: (data, TargetSpec("command", audience))}, signers)
@@ -257,10 +302,12 @@ def _common(p: argparse.ArgumentParser) -> None:
 def _cmd_publish(args: argparse.Namespace) -> int:
     broker = broker_config(args)  # a bad flag fails before any key is opened
     repo = FleetRepo(args.repo)
+    terms = ProbationTerms(args.probation_min_requests or 0, args.probation_min_clients or 0) \
+        if args.probation_min_requests or args.probation_min_clients else None
     res = publish(repo, Path(args.bundle), [] if args.signed_metadata else _signers(args),
                   audience=_audience(args), broker=broker, http_url=args.http_url,
                   chunk_size=args.chunk_size, mqtt_chunks=not args.no_mqtt_chunks,
-                  signed_metadata=args.signed_metadata)
+                  signed_metadata=args.signed_metadata, probation=terms)
     print(f"published {res.target} ({res.length} bytes, sha256 {res.sha256[:16]}…, "
           f"{res.chunks} chunks) → {', '.join(res.topics)}")
     return 0
@@ -269,10 +316,11 @@ def _cmd_publish(args: argparse.Namespace) -> int:
 def _cmd_rollback(args: argparse.Namespace) -> int:
     broker = broker_config(args)
     res = rollback(FleetRepo(args.repo), _signers(args), audience=_audience(args),
-                   name=args.model, to_version=args.to_version, broker=broker)
+                   name=args.model, to_version=args.to_version, broker=broker,
+                   from_version=args.from_version, expires_in_s=args.expires_in)
     print(f"signed rollback of {args.model} to "
           f"{'v' + str(args.to_version) if args.to_version else 'the previous version'} "
-          f"→ {', '.join(res.topics)}")
+          f"(command {res.target}) → {', '.join(res.topics)}")
     return 0
 
 
@@ -288,9 +336,28 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                    help="announce only; devices download from --http-url")
     p.add_argument("--signed-metadata", type=Path, metavar="DIR",
                    help="take metadata signed elsewhere instead of signing here")
+    p.add_argument("--probation-min-requests", type=_nonneg, metavar="N",
+                   help="signed: requests a device's probation needs before it may fail v")
+    p.add_argument("--probation-min-clients", type=_nonneg, metavar="N",
+                   help="signed: distinct clients among them")
     p.set_defaults(func=_cmd_publish)
     r = sub.add_parser("rollback", help="sign a rollback command for devices")
     _common(r)
     r.add_argument("--model", required=True)
     r.add_argument("--to-version", type=int, help="default: each device's previous version")
+    r.add_argument("--from-version", type=int,
+                   help="only devices serving this version roll back (default: the newest "
+                        "signed version of the model)")
+    r.add_argument("--expires-in", type=float, default=DEFAULT_COMMAND_EXPIRY_S,
+                   metavar="SECONDS", help="devices refuse the command after this (default 24 h)")
     r.set_defaults(func=_cmd_rollback)
+
+
+def _nonneg(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        n = -1
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}")
+    return n

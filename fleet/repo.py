@@ -257,6 +257,8 @@ class FleetRepo:
             if not dest.exists():
                 atomic_write_bytes(dest, data)
             current[path] = tf
+        if any(spec.kind == "model" for _, spec in entries.values()):
+            current = _without_commands(current, keep=set(entries))
         version = self.latest_version("targets") + 1
         md = Metadata(Targets(version=version, expires=self._exp("targets", expires),
                               targets=_retain(current)))
@@ -315,6 +317,18 @@ class FleetRepo:
             name = self.file_name(role)
             files[f"metadata/{name}"] = (self.meta_dir / name).read_bytes()
         return files
+
+
+def _kind(tf: TargetFile, path: str) -> str | None:
+    try:
+        return parse_target_spec(tf.custom, tf.length, path).kind
+    except UpdateError:
+        return None
+
+
+def _without_commands(targets: dict[str, TargetFile], keep: set[str]) -> dict[str, TargetFile]:
+    """A model release ends every earlier command: none stays listed for a later replay."""
+    return {p: tf for p, tf in targets.items() if p in keep or _kind(tf, p) != "command"}
 
 
 def _retain(targets: dict[str, TargetFile]) -> dict[str, TargetFile]:

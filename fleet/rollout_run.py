@@ -413,7 +413,8 @@ class Rollout:
             for prev, devs in sorted(by_prev.items(), key=lambda kv: kv[0] or 0):
                 rollback(FleetRepo(self.req.repo), self.signers,
                          audience=Audience(devices=tuple(devs)), name=st.target.name,
-                         to_version=prev, broker=client_config(self.config, "rollback"))
+                         to_version=prev, broker=client_config(self.config, "rollback"),
+                         from_version=st.target.version)
             st = replace(st, rolled_back=tuple(sorted({*st.rolled_back, *committed})))
             self.say(f"wave {wave.index}: signed rollback sent to {len(committed)} device(s)")
         self._set(replace(st, status="halted", finished_at=time.time()))

@@ -129,13 +129,14 @@ class SharedServedModel(ServedModel):
         with self._template.borrow() as m:
             yield m
 
-    def predict(self, x: np.ndarray, *, source: str = "api",
-                request_id: str | None = None) -> Prediction:
+    def predict(self, x: np.ndarray, *, source: str = "api", request_id: str | None = None,
+                client: str | None = None) -> Prediction:
         if self._fault is not None and self._fault(self):
-            self._record(source, request_id, False, 0.0, len(x), error="injected fault")
+            self._record(source, request_id, False, 0.0, len(x), error="injected fault",
+                         fault="model", client=client)
             raise ModelError(f"{self.name} v{self.version}: injected fault (simulated device "
                              "that fails probation)")
-        return super().predict(x, source=source, request_id=request_id)
+        return super().predict(x, source=source, request_id=request_id, client=client)
 
 
 class SharedRegistry(ModelRegistry):

@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 
 from edge_agent.bundle import TensorSpec
-from edge_agent.errors import InvalidRequestError
+from edge_agent.errors import InvalidRequestError, ShapeMismatchError
 
 _INFO: dict[str, np.iinfo[Any]] = {
     "int8": np.iinfo(np.int8), "uint8": np.iinfo(np.uint8), "int16": np.iinfo(np.int16)}
@@ -41,9 +41,9 @@ def coerce_input(x: np.ndarray, spec: TensorSpec) -> np.ndarray:
     if arr.ndim == len(spec.shape) - 1:
         arr = arr[None, ...]
     if tuple(arr.shape[1:]) != want:
-        raise InvalidRequestError(
+        raise ShapeMismatchError(
             f"input {spec.name!r}: expected shape [batch, {', '.join(map(str, want))}], "
-            f"got {list(arr.shape)}")
+            f"got {list(arr.shape)}", shape=tuple(int(d) for d in arr.shape))
     if arr.dtype.kind == "f":
         if not np.all(np.isfinite(arr)):
             raise InvalidRequestError(f"input {spec.name!r}: contains NaN or infinity")

@@ -135,9 +135,11 @@ class ServingApi:
                     x, fmt = codec.decode_predict(doc, served, max_batch=self.max_batch,
                                                   max_image_pixels=self.max_image_pixels)
             except InvalidRequestError as e:
-                served.record_rejected(str(e), source="rest", request_id=req.request_id)
+                served.record_rejected(e, source="rest", request_id=req.request_id,
+                                       client=req.client)
                 raise
-            pred = served.predict(x, source="rest", request_id=req.request_id)
+            pred = served.predict(x, source="rest", request_id=req.request_id,
+                                  client=req.client)
         return Response(200, codec.encode_predict_bytes(pred, served, fmt))
 
     def _raw_tensor(self, served: ServedModel, body: bytes) -> np.ndarray:
@@ -175,7 +177,8 @@ class ServingApi:
                     raise InvalidRequestError("empty body: send the image bytes (PNG, JPEG, …)")
                 images = [body]
             x = codec.image_batch(served, images, self.max_image_pixels)
-            pred = served.predict(x, source="rest", request_id=req.request_id)
+            pred = served.predict(x, source="rest", request_id=req.request_id,
+                                  client=req.client)
         return 200, codec.encode_classify(served, pred, k)
 
     def regress(self, req: Request) -> tuple[int, Any]:

@@ -29,7 +29,7 @@ import numpy as np
 from PIL import Image
 
 from edge_agent.bundle import TensorSpec
-from edge_agent.errors import EdgeError, InvalidRequestError
+from edge_agent.errors import EdgeError, InvalidRequestError, ShapeMismatchError
 from edge_agent.registry import Prediction, ServedModel
 from edge_agent.runtime.quant import dequantize
 
@@ -123,9 +123,9 @@ def _first(e: BaseException) -> str:
 def _check_instances(arr: np.ndarray, spec: TensorSpec, where: str) -> np.ndarray:
     want = tuple(spec.shape[1:])
     if tuple(arr.shape[1:]) != want or arr.ndim != len(spec.shape):
-        raise InvalidRequestError(
+        raise ShapeMismatchError(
             f"{where}: expected shape [batch, {', '.join(map(str, want))}], got "
-            f"{list(arr.shape)}")
+            f"{list(arr.shape)}", shape=tuple(int(d) for d in arr.shape))
     return arr
 
 

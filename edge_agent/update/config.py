@@ -51,10 +51,11 @@ class UpdateConfig:
     http_ca_file: Path | None = None  # for https mirrors (default: system CAs)
     mirror_allowlist: tuple[str, ...] = ()  # URL prefixes mirrors must start with (empty: any)
     probation_s: float = 60.0
-    probation_min_requests: int = 20  # fewer requests than this: judged on errors only
+    probation_min_requests: int = 20  # judged requests before errors may fail probation
+    probation_min_clients: int = 1  # distinct clients among them (REST peer address, source)
     probation_max_error_rate: float = 0.05
-    probation_max_latency_ratio: float = 3.0  # p95 new / p95 old before the swap
-    probation_latency_floor_ms: float = 50.0  # p95 under this is never "too slow"
+    probation_max_latency_ratio: float = 3.0  # median new/old of interleaved paired timings
+    probation_latency_floor_ms: float = 50.0  # paired new p95 under this is never "too slow"
     probation_max_crashes: int = 0  # agent restarts during probation tolerated
     retry_backoff_s: float = 30.0  # transport failure → retry the announcement after this
     source: str = field(default="", compare=False)
@@ -101,6 +102,7 @@ class UpdateConfig:
             probation_s=t.number("probation_s", d.probation_s, 0.0, exclusive=False),
             probation_min_requests=t.integer("probation_min_requests",
                                              d.probation_min_requests, 1),
+            probation_min_clients=t.integer("probation_min_clients", d.probation_min_clients, 1),
             probation_max_error_rate=t.number("probation_max_error_rate",
                                               d.probation_max_error_rate, 0.0, 1.0,
                                               exclusive=False),

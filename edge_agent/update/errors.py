@@ -15,6 +15,9 @@
     ├── ModelRejectedError       load/golden  the device's runtime refused the model
     ├── ProbationFailedError     probation    errors/latency/crashes after the swap → rolled back
     ├── CommandRejectedError     command      a signed command that cannot be carried out
+    │   ├── CommandReplayedError  command_replayed  its id was already carried out here
+    │   ├── CommandExpiredError   command_expired   past its signed expiry
+    │   └── CommandVersionError   command_version   the device does not serve its from-version
     ├── InsufficientSpaceError   disk         not enough free disk for staging + install
     └── InternalUpdateError      internal     a bug in the update path; attempt given up
     UpdateTransportError (edge_agent.errors.TransportError)
@@ -32,7 +35,10 @@ from edge_agent.errors import TransportError, UpdateError
 __all__ = [
     "BadAnnouncementError",
     "BundleRejectedError",
+    "CommandExpiredError",
     "CommandRejectedError",
+    "CommandReplayedError",
+    "CommandVersionError",
     "ExpiredMetadataError",
     "InsufficientSpaceError",
     "InternalUpdateError",
@@ -122,6 +128,24 @@ class CommandRejectedError(_Coded):
     """A signed command that cannot be carried out on this device."""
 
     code = "command"
+
+
+class CommandReplayedError(CommandRejectedError):
+    """The command's id was already carried out on this device (replay)."""
+
+    code = "command_replayed"
+
+
+class CommandExpiredError(CommandRejectedError):
+    """The command is past its signed expiry (a recorded command replayed later)."""
+
+    code = "command_expired"
+
+
+class CommandVersionError(CommandRejectedError):
+    """The device does not serve the version the command was signed to roll back from."""
+
+    code = "command_version"
 
 
 class InsufficientSpaceError(_Coded):

@@ -13,6 +13,7 @@ checks it calls are already elsewhere: policy, swap, fetchers, probation, trust)
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import ssl
@@ -23,7 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from edge_agent.bundle import Bundle, read_tar_bytes
-from edge_agent.errors import BundleError, EdgeError, ModelError, TransportError
+from edge_agent.errors import BundleError, EdgeError, ModelError, NotFoundError, TransportError
 from edge_agent.hooks import Hooks
 from edge_agent.protocol.kinds import EventKind, UpdateResult
 from edge_agent.registry import ModelRegistry, ServedModel
@@ -51,6 +52,7 @@ from edge_agent.update.probation import (
     ProbationMonitor,
     ProbationPolicy,
     WindowStats,
+    time_pair,
     wait_verdict,
 )
 from edge_agent.update.staging import Staging
@@ -70,6 +72,8 @@ if TYPE_CHECKING:
     from tuf.ngclient import Updater
 
 log = logging.getLogger(__name__)
+
+_DONE_COMMANDS = 256  # executed command ids remembered (state.json); expiry bounds the rest
 
 
 @dataclass(frozen=True)
@@ -222,9 +226,12 @@ class UpdateFlow:
                 # pin what serves now: with no active.json the store would serve the
                 # highest installed version, i.e. the new one before it is proven
                 self.d.store.set_active(spec.name, installed)
+            terms = spec.probation
             self._set(self.state.to(Phase.DOWNLOADING, target=info.path, target_sha256=sha,
                                     name=spec.name, version=spec.version,
-                                    from_version=installed))
+                                    from_version=installed,
+                                    probation_min_requests=terms.min_requests if terms else 0,
+                                    probation_min_clients=terms.min_clients if terms else 0))
             policy.check_free_space(free=self.staging.free_bytes(), length=info.length,
                                     reserve=self.cfg.min_free_bytes)
             bundle = self._download_and_verify(updater, fetcher, info, spec)
@@ -345,15 +352,26 @@ class UpdateFlow:
         s = self.state
         assert s.name is not None and s.version is not None
         until = time.time() + self.cfg.probation_s
-        self.monitor.start(s.name, s.version)
+        old, new = self._loaded(s.name, s.from_version), self._loaded(s.name, s.version)
+        self.monitor.start(s.name, s.version,
+                           old_shape=old.input_spec.shape if old else None,
+                           new_shape=new.input_spec.shape if new else None)
         self._set(s.to(Phase.PROBATION, probation_until=until))
-        self._event("info", EventKind.UPDATE_PROBATION, f"watching v{s.version} for "
-                    f"{self.cfg.probation_s:g} s", until=until)
-        pol = ProbationPolicy(self.cfg.probation_s, self.cfg.probation_min_requests,
+        # the signed release may demand more evidence; the device's config is the floor
+        pol = ProbationPolicy(self.cfg.probation_s,
+                              max(self.cfg.probation_min_requests, s.probation_min_requests),
                               self.cfg.probation_max_error_rate,
                               self.cfg.probation_max_latency_ratio,
-                              self.cfg.probation_latency_floor_ms)
-        verdict = wait_verdict(self.monitor, baseline, pol, until, self.stop)
+                              self.cfg.probation_latency_floor_ms,
+                              min_clients=max(self.cfg.probation_min_clients,
+                                              s.probation_min_clients))
+        self._event("info", EventKind.UPDATE_PROBATION, f"watching v{s.version} for "
+                    f"{self.cfg.probation_s:g} s", until=until, min_requests=pol.min_requests,
+                    min_clients=pol.min_clients)
+        # latency: the same inputs on both versions, interleaved, on this host right now
+        pair = functools.partial(time_pair, old, new) \
+            if old and new and old.input_spec == new.input_spec else None
+        verdict = wait_verdict(self.monitor, baseline, pol, until, self.stop, pair=pair)
         self.monitor.stop()
         if not verdict.decided:
             self._set(replace(self.state, clean_stop=True))
@@ -373,6 +391,15 @@ class UpdateFlow:
         self._event("info", EventKind.UPDATE_COMMITTED, out.reason, name=s.name, version=s.version,
                     pruned=removed)
         return out
+
+    def _loaded(self, name: str, version: int | None) -> ServedModel | None:
+        """``version`` of ``name`` if it is loaded in the registry (for paired timings)."""
+        if version is None:
+            return None
+        try:
+            return self.d.registry.get(name, version)
+        except NotFoundError:
+            return None
 
     def _rollback(self, reason: str, *, code: str) -> Outcome:
         s = self.state
@@ -419,21 +446,20 @@ class UpdateFlow:
         self.staging.ensure()
         self.trust.download(updater, info, dest)
         cmd = parse_command(dest.read_bytes())
-        if cmd.id in self.state.done_commands:
-            return self._finish(UpdateResult.NOOP, "command",
-                                f"command {cmd.id} already carried out")
         name = cmd.name
-        active = self.d.store.active_version(name)
+        active = self.d.store.serving_version(name)
+        # replayed, expired or signed against another version: rejected, nothing changes
+        policy.check_command(cmd, active=active, executed=self.state.done_commands,
+                             now=time.time())
+        done = (*self.state.done_commands, cmd.id)[-_DONE_COMMANDS:]
         to = cmd.to_version or self.d.store.previous_version(name)
         if active is None or to is None or to not in self.d.store.versions(name):
             e = CommandRejectedError(f"rollback of {name} to v{to}: that version is not "
                                      f"installed here (installed: {self.d.store.versions(name)})")
-            self._set(replace(self.state, done_commands=(*self.state.done_commands,
-                                                         cmd.id)[-64:]))
+            self._set(replace(self.state, done_commands=done))
             return self._reject(e)
         self._set(self.state.to(Phase.ROLLING_BACK, name=name, version=active,
-                                from_version=to, target=info.path,
-                                done_commands=(*self.state.done_commands, cmd.id)[-64:]))
+                                from_version=to, target=info.path, done_commands=done))
         self._event("warning", EventKind.UPDATE_ROLLBACK_COMMAND, f"signed rollback of {name} from "
                     f"v{active} to v{to} (command {cmd.id})", command=cmd.id)
         return self._rollback(f"signed rollback command {cmd.id}", code="command")

@@ -15,12 +15,15 @@ from dataclasses import dataclass
 from edge_agent.bundle import Manifest
 from edge_agent.update.errors import (
     BundleRejectedError,
+    CommandExpiredError,
+    CommandReplayedError,
+    CommandVersionError,
     InsufficientSpaceError,
     NotForDeviceError,
     TargetMismatchError,
     VersionNotNewerError,
 )
-from edge_agent.update.wire import TargetSpec
+from edge_agent.update.wire import Command, TargetSpec
 
 
 @dataclass(frozen=True)
@@ -88,3 +91,21 @@ def check_manifest(manifest: Manifest, spec: TargetSpec, me: DeviceIdentity) -> 
         raise NotForDeviceError(f"bundle was converted for profiles "
                                 f"{list(manifest.target_profiles)}; this device is "
                                 f"{me.profile!r}")
+
+
+def check_command(cmd: Command, *, active: int | None, executed: Collection[str],
+                  now: float) -> None:
+    """A verified, signed command may run only once, before its expiry, and only on the
+    version it was signed against (so a recorded command cannot roll back a later release).
+
+    Raises CommandReplayedError, CommandExpiredError, CommandVersionError.
+    """
+    if cmd.id in executed:
+        raise CommandReplayedError(f"command {cmd.id} was already carried out on this device")
+    if now >= cmd.expires_at:
+        raise CommandExpiredError(f"command {cmd.id} expired {now - cmd.expires_at:.0f} s ago "
+                                  f"(expires_at {cmd.expires_at:.0f})")
+    if active != cmd.from_version:
+        raise CommandVersionError(
+            f"command {cmd.id} rolls {cmd.name} back from v{cmd.from_version}; this device "
+            f"serves {'nothing' if active is None else f'v{active}'}")

@@ -70,6 +70,8 @@ class UpdateState:
     from_version: int | None = None  # what was active before the swap
     phase_at: float = 0.0
     probation_until: float | None = None
+    probation_min_requests: int = 0  # signed in the release (the config value is the floor)
+    probation_min_clients: int = 0
     crashes: int = 0  # agent restarts seen during this update (crash-loop guard)
     clean_stop: bool = False  # probation interrupted by an orderly shutdown (not a crash)
     last: Outcome | None = None
@@ -90,7 +92,8 @@ class UpdateState:
             settled = (*settled, self.announce_digest)[-64:]
         return replace(self.to(Phase.IDLE), announce_digest=None, announce_topic=None,
                        target=None, target_sha256=None, name=None, version=None,
-                       from_version=None, probation_until=None, crashes=0, clean_stop=False,
+                       from_version=None, probation_until=None, probation_min_requests=0,
+                       probation_min_clients=0, crashes=0, clean_stop=False,
                        last=outcome,
                        settled=settled)
 

@@ -47,8 +47,9 @@ from edge_agent.update.errors import (
 
 __all__ = ["ANNOUNCE_TYPE", "CHUNK_HEADER_BYTES", "CHUNK_MAGIC", "FILE_KEY_RE", "MAX_CHUNKS",
            "SCHEMA", "SHA256_RE", "Announcement", "Audience", "ChunkPlan", "Command",
-           "TargetSpec", "announce_topic", "chunk_topic", "decode_chunk", "encode_chunk",
-           "group_announce_topic", "parse_announcement", "parse_command", "parse_target_spec"]
+           "ProbationTerms", "TargetSpec", "announce_topic", "chunk_topic", "decode_chunk",
+           "encode_chunk", "group_announce_topic", "parse_announcement", "parse_command",
+           "parse_target_spec"]
 
 CHUNK_MAGIC = b"EUC1"
 _CHUNK_HEADER = struct.Struct(">4sIIQ32s")  # magic, index, count, total length, sha256(data)
@@ -146,6 +147,7 @@ class TargetSpec:
     version: int = 0
     profiles: tuple[str, ...] = ()
     chunks: ChunkPlan | None = None
+    probation: ProbationTerms | None = None  # signed floors for the device's probation
 
     def to_custom(self) -> dict[str, Any]:
         d: dict[str, Any] = {"kind": self.kind, **self.audience.to_dict()}
@@ -154,7 +156,34 @@ class TargetSpec:
             if self.chunks is not None:
                 d["chunk_size"] = self.chunks.size
                 d["chunks"] = list(self.chunks.hashes)
+            if self.probation is not None:
+                d["probation"] = self.probation.to_dict()
         return {"edge": d}
+
+
+@dataclass(frozen=True)
+class ProbationTerms:
+    """How much evidence the release demands before probation may fail it (signed, so no
+    one but the publisher lowers it; the device's own ``[update]`` values are floors)."""
+
+    min_requests: int = 0
+    min_clients: int = 0
+
+    def to_dict(self) -> dict[str, int]:
+        return {"min_requests": self.min_requests, "min_clients": self.min_clients}
+
+
+def _probation_terms(d: dict[str, Any], path: str) -> ProbationTerms | None:
+    raw = d.get("probation")
+    if raw is None:
+        return None
+    vals = {k: raw.get(k, 0) for k in ("min_requests", "min_clients")} \
+        if isinstance(raw, dict) else {}
+    if not vals or any(isinstance(v, bool) or not isinstance(v, int) or v < 0
+                       for v in vals.values()):
+        raise BundleRejectedError(f"signed target {path!r}: 'probation' must map min_requests "
+                                  "/ min_clients to non-negative ints")
+    return ProbationTerms(**vals)
 
 
 def _strs(d: dict[str, Any], key: str) -> tuple[str, ...]:
@@ -192,26 +221,48 @@ def parse_target_spec(custom: Any, length: int, path: str) -> TargetSpec:
             raise BundleRejectedError(f"signed target {path!r}: {len(hashes)} chunk hashes for "
                                       f"{length} bytes in {size}-byte chunks")
         plan = ChunkPlan(length, size, tuple(hashes))
-    return TargetSpec("model", audience, name, version, _strs(d, "profiles"), plan)
+    return TargetSpec("model", audience, name, version, _strs(d, "profiles"), plan,
+                      _probation_terms(d, path))
 
 
 @dataclass(frozen=True)
 class Command:
-    """A signed operator command (the verified content of a ``kind=command`` target)."""
+    """A signed operator command (the verified content of a ``kind=command`` target).
+
+    Bound so that it cannot be replayed: it applies only while the device serves
+    ``from_version`` of ``name``, only until ``expires_at`` (Unix seconds), and only once
+    (``id`` is unique; the device remembers the ids it carried out). ``release`` is the
+    targets metadata version it was signed into (for audit; later model releases drop it
+    from the targets metadata).
+    """
 
     command: str  # rollback
     name: str
     to_version: int | None
     id: str
+    from_version: int = 0
+    expires_at: float = 0.0
+    release: int = 0
 
     def to_bytes(self) -> bytes:
         return json.dumps({"command": self.command, "name": self.name,
-                           "to_version": self.to_version, "id": self.id},
-                          sort_keys=True).encode()
+                           "to_version": self.to_version, "id": self.id,
+                           "from_version": self.from_version, "expires_at": self.expires_at,
+                           "release": self.release}, sort_keys=True).encode()
+
+
+def _pos_int(d: dict[str, Any], key: str, *, optional: bool = False) -> int | None:
+    v = d.get(key)
+    if v is None and optional:
+        return None
+    if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+        raise CommandRejectedError(f"rollback {key!r} must be a positive int, got {v!r}")
+    return v
 
 
 def parse_command(data: bytes) -> Command:
-    """Parse verified command bytes. Raises CommandRejectedError."""
+    """Parse verified command bytes. Raises CommandRejectedError (an unbound command —
+    no from_version or expiry — is refused: it could be replayed at any later time)."""
     try:
         d = json.loads(data)
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
@@ -219,9 +270,16 @@ def parse_command(data: bytes) -> Command:
     what = d.get("command") if isinstance(d, dict) else d
     if not isinstance(d, dict) or what != "rollback":
         raise CommandRejectedError(f"unknown command {what!r} (this agent knows: rollback)")
-    name, to, cid = d.get("name"), d.get("to_version"), d.get("id")
+    name, cid, exp = d.get("name"), d.get("id"), d.get("expires_at")
     if not isinstance(name, str) or not isinstance(cid, str) or not cid:
         raise CommandRejectedError("rollback command needs 'name' and 'id'")
-    if to is not None and (isinstance(to, bool) or not isinstance(to, int) or to < 1):
-        raise CommandRejectedError(f"rollback 'to_version' must be a positive int, got {to!r}")
-    return Command("rollback", name, to, cid)
+    if isinstance(exp, bool) or not isinstance(exp, (int, float)) or not exp > 0:
+        raise CommandRejectedError(f"rollback command needs 'expires_at' (Unix seconds), got "
+                                   f"{exp!r}")
+    frm = _pos_int(d, "from_version")
+    assert frm is not None
+    release = d.get("release", 0)
+    if isinstance(release, bool) or not isinstance(release, int) or release < 0:
+        raise CommandRejectedError(f"rollback 'release' must be an int >= 0, got {release!r}")
+    return Command("rollback", name, _pos_int(d, "to_version", optional=True), cid, frm,
+                   float(exp), release)

@@ -127,7 +127,9 @@ def test_signed_rollback_command_restores_the_previous_version(
     n = dev.mark()  # the same signed command, re-wrapped: carried out once only
     announce(fleet.broker_url, TOPIC, pub.target, json.loads(pub.announcement)["files"]
              and _files(pub.announcement))
-    assert dev.outcome(n).result == "noop"
+    out = dev.outcome(n)
+    assert (out.result, out.code) == ("rejected", "command_replayed"), out
+    assert dev.serving() == 1 and dev.on_disk() == 1
     n = dev.mark()  # v2 is not re-installed by the next release
     fleet.publish(bundles.v2)
     assert dev.outcome(n).code == "bundle" and dev.serving() == 1

@@ -8,6 +8,7 @@ asserts the error class and its ``code``, and that the state it started from is 
 
 from __future__ import annotations
 
+import json
 import re
 
 import pytest
@@ -15,6 +16,10 @@ import pytest
 from edge_agent.bundle import Manifest, Preprocessing, TensorSpec
 from edge_agent.update.errors import (
     BundleRejectedError,
+    CommandExpiredError,
+    CommandRejectedError,
+    CommandReplayedError,
+    CommandVersionError,
     InsufficientSpaceError,
     NotForDeviceError,
     TargetMismatchError,
@@ -24,6 +29,7 @@ from edge_agent.update.errors import (
 from edge_agent.update.policy import (
     DeviceIdentity,
     check_audience,
+    check_command,
     check_free_space,
     check_manifest,
     check_model_target,
@@ -36,7 +42,13 @@ from edge_agent.update.state import (
     Phase,
     UpdateState,
 )
-from edge_agent.update.wire import Audience, TargetSpec, parse_target_spec
+from edge_agent.update.wire import (
+    Audience,
+    Command,
+    TargetSpec,
+    parse_command,
+    parse_target_spec,
+)
 
 ME = DeviceIdentity("dev1", ("line-3",), "generic-x86_64")
 FOR_ME = Audience(("dev1",), ())
@@ -300,3 +312,39 @@ def test_the_settled_list_keeps_the_last_64() -> None:
 def test_finishing_keeps_the_blocked_versions() -> None:
     s = UpdateState(blocked=("digits@3",)).to(Phase.NOTIFIED, announce_digest="ab")
     assert s.finish(Outcome("rejected", "bundle", "x")).blocked == ("digits@3",)
+
+
+# --- signed commands: bound to a from-version, an expiry and a single use ------------------
+
+_CMD = Command("rollback", "digits", 1, "c0ffee", from_version=2, expires_at=1000.0, release=7)
+
+
+def test_a_replayed_command_id_is_rejected() -> None:
+    with pytest.raises(CommandReplayedError) as e:
+        check_command(_CMD, active=2, executed=("c0ffee",), now=10.0)
+    assert e.value.code == "command_replayed"
+
+
+def test_an_expired_command_is_rejected() -> None:
+    with pytest.raises(CommandExpiredError) as e:
+        check_command(_CMD, active=2, executed=(), now=1000.0)
+    assert e.value.code == "command_expired"
+
+
+def test_a_command_signed_against_another_version_is_rejected() -> None:
+    with pytest.raises(CommandVersionError) as e:
+        check_command(_CMD, active=3, executed=(), now=10.0)
+    assert e.value.code == "command_version" and "serves v3" in str(e.value)
+
+
+def test_a_fresh_command_for_the_serving_version_is_accepted() -> None:
+    check_command(_CMD, active=2, executed=("other",), now=999.0)
+    assert parse_command(_CMD.to_bytes()) == _CMD
+
+
+@pytest.mark.parametrize("drop", ["from_version", "expires_at"])
+def test_an_unbound_command_is_rejected(drop: str) -> None:
+    d = json.loads(_CMD.to_bytes())
+    del d[drop]
+    with pytest.raises(CommandRejectedError, match=drop):
+        parse_command(json.dumps(d).encode())
