@@ -334,7 +334,8 @@ class TelemetryService:
                    "outbox_oldest_age_s": ob.oldest_age_s, "outbox_dropped": ob.dropped,
                    "outbox_refused": ob.refused, "requests": self._request_queue()},
             mqtt={"connects": self.client.connects, "protocol": self.client.protocol,
-                  "dropped_incoming": self.client.dropped_incoming},
+                  "dropped_incoming": self.client.dropped_incoming,
+                  "rejected_incoming": self.client.rejected_incoming},
         ).to_dict()
 
     def _report_drops(self, dropped_total: int, *, force: bool = False) -> None:
