@@ -45,6 +45,7 @@ from edge_agent.config_reader import (
 )
 from edge_agent.errors import ConfigError, ProfileError
 from edge_agent.mqtt.config import MqttConfig
+from edge_agent.mqtt.topics import DEFAULT_REPLY_PREFIX, check_reply_prefix
 from edge_agent.protocol.kinds import RUNTIME_CHOICES as RUNTIMES
 from edge_agent.telemetry.config import TelemetryConfig
 from edge_agent.update.config import UpdateConfig
@@ -160,9 +161,11 @@ class MqttRequestsSettings:
 
     enabled: bool = True
     qos: int = 1
-    max_payload_bytes: int = 4 * MIB
+    max_payload_bytes: int = 4 * MIB  # the subscription's own limit (replies 413 above it)
     queue_size: int = 16
     top_k: int = 5
+    # "reply_to" / MQTT 5 response topics must lie below this (outside edge/<device>/)
+    reply_prefix: str = DEFAULT_REPLY_PREFIX
 
 
 @dataclass(frozen=True)
@@ -387,7 +390,12 @@ def _mqtt_requests(t: Table) -> MqttRequestsSettings:
         max_payload_bytes=t.integer("max_payload_bytes", d.max_payload_bytes, 64),
         queue_size=t.integer("queue_size", d.queue_size, 1, 100_000),
         top_k=t.integer("top_k", d.top_k, 1, 1000),
+        reply_prefix=t.text("reply_prefix", d.reply_prefix),
     )
+    try:
+        check_reply_prefix(s.reply_prefix)
+    except ConfigError as e:
+        raise t.err("reply_prefix", str(e)) from e
     t.finish()
     return s
 

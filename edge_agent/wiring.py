@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import json
 import os
-import threading
-import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +31,7 @@ from edge_agent.config import COMPONENTS, AgentConfig
 from edge_agent.hooks import Hooks
 from edge_agent.mqtt.client import MqttClient, Will
 from edge_agent.mqtt.config import MqttConfig
+from edge_agent.mqtt.error_events import hook_events
 from edge_agent.mqtt.publisher import Publisher
 from edge_agent.mqtt.topics import Topics
 from edge_agent.protocol.kinds import DeviceState, EventKind
@@ -72,43 +71,20 @@ def device_groups(config: AgentConfig) -> tuple[str, ...]:
     return tuple(dict.fromkeys((*config.agent.groups, *upd)))
 
 
-class _RateLimit:
-    """At most ``burst`` events per ``per_s`` per key; the rest are counted, not sent."""
-
-    def __init__(self, burst: int = 10, per_s: float = 60.0) -> None:
-        self.burst, self.per_s = burst, per_s
-        self._seen: dict[str, list[float]] = {}
-        self.suppressed = 0
-        self._lock = threading.Lock()
-
-    def allow(self, key: str) -> bool:
-        now = time.monotonic()
-        with self._lock:
-            times = [t for t in self._seen.get(key, []) if now - t < self.per_s]
-            ok = len(times) < self.burst
-            if ok:
-                times.append(now)
-            else:
-                self.suppressed += 1
-            self._seen[key] = times
-            return ok
-
-
 def mqtt_client(cfg: MqttConfig, device_id: str, hooks: Hooks) -> MqttClient:
     """The agent's one MQTT connection (a broker allows one per client id = device id).
 
-    Handler exceptions and oversized payloads on any subscribed topic become rate-limited
-    ``mqtt.bad_message`` error events. The telemetry component replaces the default Last
-    Will (a bare offline status) with its enveloped one.
+    Handler exceptions and oversized payloads on any subscribed topic become
+    ``mqtt.bad_message`` error events, rate-limited per device and kind and emitted off the
+    dispatch thread (:mod:`edge_agent.mqtt.error_events`). The telemetry component replaces
+    the default Last Will (a bare offline status) with its enveloped one.
     """
     topics = Topics(device_id, cfg.topic_prefix)
-    limiter = _RateLimit()
+    events = hook_events(device_id, hooks)
 
     def on_error(topic: str, exc: BaseException) -> None:
-        if limiter.allow(topic):
-            hooks.emit_event("error", EventKind.MQTT_BAD_MESSAGE,
-                             f"message on {topic} rejected: {exc}", topic=topic,
-                             error=type(exc).__name__, suppressed_before=limiter.suppressed)
+        events.report(EventKind.MQTT_BAD_MESSAGE, f"message on {topic} rejected: {exc}",
+                      topic=topic, error=type(exc).__name__)
 
     return MqttClient(config=cfg, client_id=device_id,
                       will=Will(topics.status, json.dumps({"state": DeviceState.OFFLINE.value},

@@ -54,6 +54,9 @@ def mosquitto_acl(devices: Mapping[str, Sequence[str]], *, admin: str = ADMIN_US
         "# every device: write below its own id only (status incl. the Last Will, telemetry,",
         "# events, results, replies); read its own commands, feedback, requests, announcements",
         f"pattern write {topics.acl_device_write()}",
+        "# and replies to inference requests that asked for a topic ([mqtt_requests] "
+        "reply_prefix)",
+        f"pattern write {topics.acl_device_replies()}",
         *(f"pattern read  {t}" for t in topics.acl_device_reads()),
         "",
     ]

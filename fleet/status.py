@@ -118,7 +118,7 @@ class StatusCollector:
         """Fold one message in. A status counts as seen at its own ``ts`` (it may be a
         retained message published long ago); telemetry and events when they arrive."""
         now = time.time() if now is None else now
-        self.view.ingest(topic, payload, now)
+        accepted = self.view.ingest(topic, payload, now)  # False for an older status
         where = Topics.split(topic, self.prefix)
         if where is None or where[1] not in DEVICE_OUTPUT:
             return
@@ -130,6 +130,8 @@ class StatusCollector:
         at = float(ts) if kind == "status" and isinstance(ts, (int, float)) else now
         with self._lock:
             if kind == "status":
+                if not accepted:
+                    return
                 self._docs[device] = doc
             self._seen[device] = max(self._seen.get(device, 0.0), min(at, now))
 

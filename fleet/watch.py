@@ -32,6 +32,7 @@ from edge_agent.mqtt.config import MqttConfig
 from edge_agent.mqtt.payloads import decode
 from edge_agent.mqtt.topics import DEVICE_OUTPUT, Topics
 from edge_agent.protocol import EventKind, ProtocolError, Status
+from edge_agent.protocol.order import newer_status
 from fleet.broker import add_broker_args, broker_config
 
 STALE_AFTER_S = 3.0  # × the device's telemetry interval: "online" but silent is flagged
@@ -85,6 +86,7 @@ class FleetView:
         self.seq = SequenceTracker()
         self._rows: dict[str, DeviceRow] = {}
         self._interval: dict[str, float] = {}
+        self._status_docs: dict[str, dict[str, Any]] = {}  # the newest status document per device
         self._lock = threading.Lock()
 
     def ingest(self, topic: str, payload: bytes, now: float | None = None) -> bool:
@@ -117,10 +119,15 @@ class FleetView:
             return True
 
     def _status(self, row: DeviceRow, doc: dict[str, Any], now: float) -> bool:
+        """Fold a status in unless an already seen one is newer (the Last Will is older by
+        seq and ts than its connection's births: edge_agent.protocol.order)."""
         try:
             st = Status.from_dict(doc)
         except ProtocolError:
             return False
+        if not newer_status(self._status_docs.get(row.device), doc):
+            return False
+        self._status_docs[row.device] = doc
         row.online = st.online
         row.last_seen = now
         if st.online:

@@ -74,13 +74,15 @@ def test_a_status_survives_the_wire(msg: Status) -> None:
 
 
 def test_the_offline_status_carries_only_the_will_fields() -> None:
-    assert list(OFFLINE.to_dict()) == ["state", "reason", "agent_version", "groups"]
+    assert list(OFFLINE.to_dict()) == ["state", "reason", "agent_version", "groups",
+                                       "boot_id", "session"]  # the ordering rule's fields
 
 
 def test_the_birth_keeps_its_field_names_and_order() -> None:
     assert list(ONLINE.to_dict()) == [
         "state", "agent_version", "profile", "runtime", "models", "capabilities",
-        "started_at", "boot_id", "telemetry_interval_s", "mqtt_protocol", "groups", "update"]
+        "started_at", "boot_id", "telemetry_interval_s", "mqtt_protocol", "groups", "update",
+        "session"]
 
 
 def test_telemetry_survives_the_wire() -> None:

@@ -224,17 +224,25 @@ class MqttClient:
         """Call ``handler(topic, payload)`` for every matching message, on the dispatch thread.
 
         The subscription is renewed after every reconnect. Payloads over ``max_bytes``
-        (default ``config.max_incoming_bytes``) are not passed on; ``on_handler_error``
-        hears about them, and about handlers that raise. Returns an unsubscribe function.
+        (this subscription's limit, default ``config.max_incoming_bytes``) are not passed
+        on; ``on_handler_error`` hears about them, and about handlers that raise. Returns
+        an unsubscribe function.
         """
         return self.subscribe_message(topic_filter, lambda m: handler(m.topic, m.payload), qos,
                                       max_bytes=max_bytes)
 
     def subscribe_message(self, topic_filter: str, handler: Callable[[Message], None],
-                          qos: int = 1, *, max_bytes: int | None = None) -> Callable[[], None]:
-        """Like :meth:`subscribe` but the handler gets a :class:`Message` (MQTT 5 fields)."""
+                          qos: int = 1, *, max_bytes: int | None = None,
+                          on_oversize: Callable[[Message], None] | None = None
+                          ) -> Callable[[], None]:
+        """Like :meth:`subscribe` but the handler gets a :class:`Message` (MQTT 5 fields).
+
+        ``on_oversize(message)`` runs (on the dispatch thread) for a payload over
+        ``max_bytes`` instead of the handler, so a request can still be answered (413).
+        """
         check_filter(topic_filter)
-        sub = Subscription(topic_filter, handler, qos, max_bytes or self.config.max_incoming_bytes)
+        sub = Subscription(topic_filter, handler, qos,
+                           max_bytes or self.config.max_incoming_bytes, on_oversize)
         with self._lock:
             self._subs.add(sub)
             c = self._paho if self._connected else None
@@ -420,3 +428,8 @@ class MqttClient:
     def dropped_incoming(self) -> int:
         """Messages lost because the dispatch queue was full."""
         return self._dispatch.dropped
+
+    @property
+    def rejected_incoming(self) -> int:
+        """Messages refused: over their subscription's size limit, or their handler raised."""
+        return self._dispatch.rejected

@@ -2,9 +2,10 @@
 
 Handlers never run on the network thread (a slow one would stall keepalives): the
 network thread only matches the topic (:class:`Subscriptions`) and queues a call;
-:class:`Dispatcher` runs the calls one at a time, in arrival order. Oversized payloads are
-refused here, unparsed, and handler exceptions are reported through ``on_error`` — never
-raised into paho.
+:class:`Dispatcher` runs the calls one at a time, in arrival order. Payloads over a
+subscription's own ``max_bytes`` are refused here, unparsed (its ``on_oversize`` may still
+answer them, e.g. a 413 reply), and handler exceptions are reported through ``on_error`` —
+never raised into paho.
 """
 
 from __future__ import annotations
@@ -37,12 +38,13 @@ class Message:
     correlation_data: bytes | None = None
 
 
-@dataclass
+@dataclass(eq=False)
 class Subscription:
     topic_filter: str
     handler: Callable[[Message], None]
     qos: int
-    max_bytes: int
+    max_bytes: int  # this subscription's payload limit (a larger one is not handed over)
+    on_oversize: Callable[[Message], None] | None = None  # answer the refused payload
 
 
 def check_filter(topic_filter: str) -> str:
@@ -66,6 +68,7 @@ class Dispatcher:
         self.maxsize = maxsize
         self.on_error = on_error
         self.dropped = 0  # calls lost because the queue was full
+        self.rejected = 0  # messages refused: over the size limit, or their handler raised
         self._q: queue.Queue[Callable[[], None] | None] = queue.Queue(maxsize)
         self._thread: threading.Thread | None = None
 
@@ -110,6 +113,11 @@ class Dispatcher:
 
     def _deliver(self, s: Subscription, m: Message) -> None:
         if len(m.payload) > s.max_bytes:
+            if s.on_oversize is not None:
+                try:
+                    s.on_oversize(m)
+                except Exception:
+                    log.exception("mqtt: on_oversize for %s failed", m.topic)
             self._error(m.topic, InvalidRequestError(
                 f"payload of {len(m.payload)} bytes on {m.topic} exceeds the {s.max_bytes}-byte "
                 "limit; ignored"))
@@ -120,6 +128,7 @@ class Dispatcher:
             self._error(m.topic, e)
 
     def _error(self, topic: str, e: BaseException) -> None:
+        self.rejected += 1
         log.warning("mqtt: message on %s rejected: %s", topic, e)
         if self.on_error is not None:
             try:

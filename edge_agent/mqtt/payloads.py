@@ -74,7 +74,9 @@ def parse_json(payload: bytes, what: str) -> Any:
                                   f"{e.start})") from e
     try:
         return json.loads(text)
-    except (json.JSONDecodeError, RecursionError) as e:
+    except (ValueError, RecursionError) as e:
+        # ValueError covers JSONDecodeError and Python's int-digits limit (a 5000-digit
+        # literal): both are bad input, never a crash
         raise InvalidRequestError(f"{what}: payload is not JSON ({e})") from e
 
 
@@ -82,6 +84,6 @@ def decode(payload: bytes) -> dict[str, Any] | None:
     """Best-effort decode of a device message for watchers: the object, or None."""
     try:
         v = json.loads(payload.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+    except (ValueError, RecursionError):  # UnicodeDecodeError, JSONDecodeError, int digits
         return None
     return v if isinstance(v, dict) else None

@@ -14,6 +14,9 @@ the fleet tools and the broker ACL use is built here.
     edge/<device>/update/announce    retained update announcement for one device
     edge/group/<group>/...           fleet-wide messages a device reads (e.g. announcements)
     edge/blobs/<sha256>/<index>      retained update chunks, shared by the whole fleet
+    replies/...                      replies to MQTT inference requests that ask for a topic
+                                     ("reply_to" / MQTT 5 response topic): only below the
+                                     ``[mqtt_requests] reply_prefix``, never below ``edge/``
 
 :class:`Topics` names one device's topics; :class:`FleetTopics` the fleet-wide ones
 (filters over every device, group and chunk topics) and the Mosquitto ACL patterns
@@ -28,7 +31,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from edge_agent.errors import ConfigError
+from edge_agent.errors import ConfigError, InvalidRequestError
 from edge_agent.mqtt.config import SEGMENT_RE
 
 DEFAULT_PREFIX = "edge"
@@ -37,6 +40,31 @@ BLOBS = "blobs"
 ANNOUNCE = "update/announce"
 # what fleet tools read of every device (telemetry and events are durable, status retained)
 DEVICE_OUTPUT = ("status", "telemetry", "events")
+# where a requester may have inference replies sent (outside every device's namespace: a
+# reply_to inside it would let an inference client publish as the device, e.g. cmd/reload)
+DEFAULT_REPLY_PREFIX = "replies/"
+MAX_TOPIC_CHARS = 256
+
+
+def check_reply_prefix(value: str) -> str:
+    """A reply prefix: whole levels ending in ``/``, no wildcards, NUL or empty levels.
+
+    Raises ConfigError."""
+    levels = value.split("/")
+    if not value.endswith("/") or len(value) > MAX_TOPIC_CHARS // 2 or value.startswith("$") \
+            or any(not lvl or any(c in lvl for c in "+#\x00") for lvl in levels[:-1]):
+        raise ConfigError(f"reply prefix {value!r} must be whole topic levels ending in '/' "
+                          "(e.g. 'replies/'), without wildcards, '$' or empty levels")
+    return value
+
+
+class ReplyRefusedError(InvalidRequestError):
+    """A reply topic outside the allowed reply prefix (answered 403 on the default topic)."""
+
+
+def _short(value: object) -> str:
+    r = repr(value)
+    return r if len(r) <= 80 else r[:77] + "..."
 
 
 def check_segment(value: str, what: str) -> str:
@@ -104,6 +132,30 @@ class Topics:
 
     def group(self, group: str, rest: str) -> str:
         return FleetTopics(self.prefix).group(group, rest)
+
+    def check_reply_prefix(self, reply_prefix: str) -> str:
+        """``reply_prefix`` if it is valid and outside the fleet's ``<prefix>/`` tree (where
+        this device may write as itself). Raises ConfigError."""
+        check_reply_prefix(reply_prefix)
+        if reply_prefix.startswith(f"{self.prefix}/"):
+            raise ConfigError(f"reply prefix {reply_prefix!r} is inside the device topics "
+                              f"({self.prefix}/…): replies there could act as the device")
+        return reply_prefix
+
+    def requested_reply(self, topic: object, reply_prefix: str) -> str:
+        """A requester's reply topic (``reply_to`` or the MQTT 5 response topic), if it lies
+        below ``reply_prefix``. Raises InvalidRequestError (malformed) or ReplyRefusedError
+        (outside the prefix)."""
+        if not isinstance(topic, str) or not topic or len(topic) > MAX_TOPIC_CHARS \
+                or any(c in topic for c in "+#\x00"):
+            raise InvalidRequestError(f"reply_to must be a topic name without wildcards, "
+                                      f"got {_short(topic)}")
+        if not topic.startswith(self.check_reply_prefix(reply_prefix)) \
+                or topic.startswith(f"{self.prefix}/") or "//" in topic:
+            raise ReplyRefusedError(f"reply topic {_short(topic)} is not below the reply "
+                                    f"prefix {reply_prefix!r}; answered on "
+                                    "the default topic instead")
+        return topic
 
     @staticmethod
     def fleet_filter(kind: str, prefix: str = DEFAULT_PREFIX) -> str:
@@ -173,6 +225,12 @@ class FleetTopics:
     def acl_device_write(self) -> str:
         """What a device may write: everything below its own id."""
         return f"{self.prefix}/%u/#"
+
+    @staticmethod
+    def acl_device_replies(reply_prefix: str = DEFAULT_REPLY_PREFIX) -> str:
+        """Where a device may also write: replies to inference requests that asked for a
+        topic (below the reply prefix, outside every device's namespace)."""
+        return f"{check_reply_prefix(reply_prefix)}#"
 
     def acl_device_reads(self) -> tuple[str, ...]:
         """What a device may read besides its groups: its inputs and the shared chunks."""

@@ -106,7 +106,7 @@ def decode_object(payload: bytes, what: str) -> dict[str, Any]:
         doc = json.loads(payload.decode("utf-8"))
     except UnicodeDecodeError as e:
         raise ProtocolError(what, "(payload)", f"not UTF-8 text ({e.reason})") from e
-    except (json.JSONDecodeError, RecursionError) as e:
+    except (ValueError, RecursionError) as e:  # JSONDecodeError or the int-digits limit
         raise ProtocolError(what, "(payload)", f"not JSON ({e})") from e
     if not isinstance(doc, dict):
         raise ProtocolError(what, "(document)", f"expected a JSON object, got {tname(doc)}")

@@ -173,8 +173,10 @@ class UpdateSummary:
 class Status:
     """The retained ``edge/<device>/status``: the birth (online) or the Last Will (offline).
 
-    An offline status carries only ``state``, ``reason``, ``agent_version`` and ``groups``
-    (offline group members stay known to rollouts).
+    An offline status carries only ``state``, ``reason``, ``agent_version``, ``groups``
+    (offline group members stay known to rollouts), ``boot_id`` and ``session``. Which of
+    two statuses is newer: :func:`edge_agent.protocol.order.newer_status` (not seq or ts
+    alone: a Will is fixed at CONNECT, before the births of its connection).
     """
 
     state: DeviceState
@@ -191,6 +193,7 @@ class Status:
     mqtt_protocol: str | None = None
     update: UpdateSummary | None = None
     header: Header | None = field(default=None, compare=False)
+    session: int | None = None  # the connection (1, 2, … within one boot_id)
 
     @property
     def online(self) -> bool:
@@ -202,7 +205,8 @@ class Status:
     def to_dict(self) -> dict[str, Any]:
         if self.state == DeviceState.OFFLINE:
             return {"state": self.state, "reason": self.reason,
-                    "agent_version": self.agent_version, "groups": list(self.groups)}
+                    "agent_version": self.agent_version, "groups": list(self.groups),
+                    "boot_id": self.boot_id, "session": self.session}
         return {
             "state": self.state, "agent_version": self.agent_version, "profile": self.profile,
             "runtime": self.runtime.to_dict(), "models": [m.to_dict() for m in self.models],
@@ -210,6 +214,7 @@ class Status:
             "boot_id": self.boot_id, "telemetry_interval_s": self.telemetry_interval_s,
             "mqtt_protocol": self.mqtt_protocol, "groups": list(self.groups),
             "update": None if self.update is None else self.update.to_dict(),
+            "session": self.session,
         }
 
     @classmethod
@@ -224,7 +229,8 @@ class Status:
                    tuple(ModelSummary._read(m) for m in f.objs("models")),
                    f.strs("capabilities"), f.number("started_at"), f.text("boot_id"),
                    f.number("telemetry_interval_s"), f.text("mqtt_protocol"),
-                   None if upd is None else UpdateSummary._read(upd), header)
+                   None if upd is None else UpdateSummary._read(upd), header,
+                   f.integer("session"))
 
     @classmethod
     def parse(cls, payload: bytes) -> Status:

@@ -39,10 +39,14 @@ class MessageLink(Protocol):
 
     ``subscribe_message`` hands over the whole :class:`~edge_agent.mqtt.Message` (MQTT 5
     response topic and correlation data included) and returns an unsubscribe callable.
+    ``max_bytes`` is the subscription's own payload limit; ``on_oversize`` hears about a
+    payload over it instead of ``handler`` (so it can still be answered).
     """
 
-    def subscribe_message(self, topic_filter: str,
-                          handler: Callable[[Message], None]) -> Callable[[], None]: ...
+    def subscribe_message(self, topic_filter: str, handler: Callable[[Message], None],
+                          qos: int = 1, *, max_bytes: int | None = None,
+                          on_oversize: Callable[[Message], None] | None = None
+                          ) -> Callable[[], None]: ...
 
     def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> Any: ...
 

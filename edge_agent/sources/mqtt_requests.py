@@ -6,14 +6,22 @@ Request payload (JSON object)::
      "instances": [...] | "inputs": ... TF Serving predict body (see docs/rest.md), or
      "b64": "<base64 image>",           one encoded image to classify (with optional "k")
      "version": 2,                      optional: a loaded version instead of the active one
-     "reply_to": "app/replies"}         optional: reply topic (else the MQTT 5 Response Topic,
+     "reply_to": "replies/app-7"}       optional: reply topic (else the MQTT 5 Response Topic,
                                         else edge/<device>/results/<model>)
 
 Reply: ``{"id", "model", "version", "predictions"|"outputs"|"labels"+"scores"+"top_k"}`` or
 ``{"id", "model", "error", "code"}`` with ``code`` the HTTP status the REST API would give.
 
-Work is bounded: the MQTT client's callback only enqueues (never runs the model on the
-network thread); when the queue is full the request is answered at once with code 503.
+A requested reply topic (``reply_to`` or the MQTT 5 Response Topic) must lie below
+``[mqtt_requests] reply_prefix`` (default ``replies/``, outside every device's namespace):
+otherwise an inference client could make the device publish *as itself* on its own
+``cmd/reload``, ``status``, ``telemetry`` or ``events``. Such a request is not run; it is
+answered with code 403 on the default topic, and reported as a rate-limited
+``mqtt.bad_message`` event.
+
+Work is bounded: the subscription refuses payloads over ``max_payload_bytes`` unparsed and
+answers them with code 413; the MQTT client's callback only enqueues (never runs the model
+on the network thread); when the queue is full the request is answered at once with 503.
 """
 
 from __future__ import annotations
@@ -30,7 +38,11 @@ from typing import Any
 from edge_agent.config import MqttRequestsSettings
 from edge_agent.errors import ConfigError, EdgeError, InvalidRequestError, NotFoundError
 from edge_agent.hooks import Hooks
-from edge_agent.mqtt.topics import Topics
+from edge_agent.mqtt.dispatch import Message
+from edge_agent.mqtt.error_events import ErrorEvents, hook_events
+from edge_agent.mqtt.payloads import parse_json
+from edge_agent.mqtt.topics import ReplyRefusedError, Topics
+from edge_agent.protocol.kinds import EventKind
 from edge_agent.registry import ModelRegistry
 from edge_agent.serving import codec
 from edge_agent.serving.http import status_for
@@ -38,14 +50,6 @@ from edge_agent.sources.base import MessageLink, top_k_result
 
 log = logging.getLogger(__name__)
 _STOP = object()
-
-
-def _reply_topic(value: Any) -> str:
-    if not isinstance(value, str) or not value or len(value) > 256 or any(
-            c in value for c in "+#\x00"):
-        raise InvalidRequestError(f"reply_to must be a topic name without wildcards, got "
-                                  f"{value!r}")
-    return value
 
 
 class MqttRequestSource:
@@ -56,7 +60,8 @@ class MqttRequestSource:
     def __init__(self, link: MessageLink, registry: ModelRegistry, device_id: str,
                  settings: MqttRequestsSettings | None = None, *, max_batch: int = 64,
                  max_image_pixels: int = 12_000_000, threads: int = 1,
-                 prefix: str = "edge", hooks: Hooks | None = None) -> None:
+                 prefix: str = "edge", hooks: Hooks | None = None,
+                 events: ErrorEvents | None = None) -> None:
         self.link = link
         self.registry = registry
         self.device_id = device_id
@@ -66,6 +71,8 @@ class MqttRequestSource:
         self.hooks = hooks
         self.prefix = prefix
         self.topics = Topics(device_id, prefix)
+        self.reply_prefix = self.topics.check_reply_prefix(self.settings.reply_prefix)
+        self.events = events or (hook_events(device_id, hooks) if hooks is not None else None)
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=self.settings.queue_size)
         self._threads = [threading.Thread(target=self._work, name=f"mqtt-requests-{i}",
                                           daemon=True) for i in range(max(1, threads))]
@@ -80,9 +87,12 @@ class MqttRequestSource:
     def start(self) -> None:
         for t in self._threads:
             t.start()
-        # the whole message: an MQTT 5 Response Topic is where the answer goes
-        self._unsubscribe = self.link.subscribe_message(self.topic_filter, lambda m: (
-            self.on_message(m.topic, m.payload, response_topic=m.response_topic)))
+        # the whole message: an MQTT 5 Response Topic is where the answer goes; the
+        # subscription's own limit (not the transport's default), answered 413 above it
+        self._unsubscribe = self.link.subscribe_message(
+            self.topic_filter,
+            lambda m: self.on_message(m.topic, m.payload, response_topic=m.response_topic),
+            max_bytes=self.settings.max_payload_bytes, on_oversize=self._too_large)
 
     def stop(self) -> None:
         self._stopped.set()
@@ -109,9 +119,7 @@ class MqttRequestSource:
         if self._stopped.is_set():
             return
         if len(payload) > self.settings.max_payload_bytes:
-            self._answer(topic, None, response_topic, None, InvalidRequestError(
-                f"request of {len(payload)} bytes is over the limit of "
-                f"{self.settings.max_payload_bytes} bytes"))
+            self._too_large(Message(topic, payload, 1, False, response_topic))
             return
         try:
             self._queue.put_nowait((topic, payload, response_topic))
@@ -119,6 +127,13 @@ class MqttRequestSource:
             doc = _try_json(payload)
             self._answer(topic, doc, response_topic, None, EdgeError(
                 "busy: the request queue is full; retry later"), code=503)
+
+    def _too_large(self, m: Message) -> None:
+        """A payload over ``max_payload_bytes``: answered 413 (unparsed, so without an id)."""
+        self._answer(m.topic, None, m.response_topic, None, InvalidRequestError(
+            f"request of {len(m.payload)} bytes is over the limit of "
+            f"{self.settings.max_payload_bytes} bytes ([mqtt_requests] max_payload_bytes)"),
+            code=413)
 
     def _work(self) -> None:
         while True:
@@ -132,13 +147,35 @@ class MqttRequestSource:
 
     def handle(self, topic: str, payload: bytes, response_topic: str | None = None) -> None:
         """Run one request and publish its reply (errors are replies too)."""
-        doc = _try_json(payload)
+        try:
+            doc = parse_json(payload, "request")
+        except InvalidRequestError as e:
+            self._answer(topic, None, response_topic, None, e)
+            return
+        try:
+            self._destination(topic, doc, response_topic)
+        except ConfigError:
+            pass  # _answer logs it: there is nowhere to answer
+        except InvalidRequestError as e:  # not run: answered on the default topic
+            self._answer(topic, doc, response_topic, None, e)
+            return
         try:
             reply = self._predict(topic, doc)
         except EdgeError as e:
             self._answer(topic, doc, response_topic, None, e)
             return
         self._answer(topic, doc, response_topic, reply, None)
+
+    def _destination(self, topic: str, doc: Any, response_topic: str | None) -> str:
+        """Where the reply goes: the requested topic if it lies below the reply prefix,
+        else the default ``edge/<device>/results/<model>``. Raises ConfigError (a model
+        name that cannot be a topic level), InvalidRequestError / ReplyRefusedError (a
+        requested topic that is malformed / outside the prefix)."""
+        asked = doc["reply_to"] if isinstance(doc, dict) and "reply_to" in doc \
+            else response_topic
+        if asked is None:
+            return self.topics.results(Topics.last_level(topic))
+        return self.topics.requested_reply(asked, self.reply_prefix)
 
     def _predict(self, topic: str, doc: Any) -> dict[str, Any]:
         model = Topics.last_level(topic)
@@ -183,17 +220,19 @@ class MqttRequestSource:
         model = Topics.last_level(topic)
         rid = doc.get("id") if isinstance(doc, dict) else None
         try:
-            to = (_reply_topic(doc["reply_to"]) if isinstance(doc, dict) and "reply_to" in doc
-                  else response_topic or self.topics.results(model))
+            try:
+                to = self._destination(topic, doc, response_topic)
+            except InvalidRequestError as e:
+                to, error, reply = self.topics.results(model), e, None
+                if isinstance(e, ReplyRefusedError):
+                    code = 403
+                    if self.events is not None:
+                        self.events.report(EventKind.MQTT_BAD_MESSAGE,
+                                           f"request on {topic} refused: {e}", topic=topic,
+                                           error=type(e).__name__)
         except ConfigError:  # a model name that cannot be a topic level: nowhere to answer
             log.warning("MQTT request on %s: no reply topic for model %r", topic, model)
             return
-        except InvalidRequestError as e:
-            try:
-                to, error, reply = self.topics.results(model), e, None
-            except ConfigError:
-                log.warning("MQTT request on %s: no reply topic for model %r", topic, model)
-                return
         if error is not None:
             status = code or status_for(error)
             out: dict[str, Any] = {"id": rid, "model": model, "error": str(error),

@@ -13,8 +13,9 @@ one, else on ``edge/<device>/reply/<name>``::
 
 Commands: ``ping``, ``status``, ``models`` (list models), ``config`` (redacted), ``reload``.
 There is deliberately no install/rollback command: what runs changes only through the
-signed update path. Unknown or malformed commands get an error reply and then raise
-:class:`~edge_agent.errors.InvalidRequestError` so the MQTT layer also reports an event.
+signed update path. Unknown or malformed commands get an error reply (with the request's
+``id`` when it has one) and then raise :class:`~edge_agent.errors.InvalidRequestError` so the
+MQTT layer also reports a (rate-limited) event.
 
 Commands run on one worker thread (a reload must not stall the MQTT dispatch thread); at
 most ``max_pending`` wait, the rest are answered "busy".
@@ -32,12 +33,24 @@ from typing import Any
 from edge_agent.agent_view import AgentView
 from edge_agent.errors import EdgeError, InvalidRequestError
 from edge_agent.mqtt.dispatch import Message
+from edge_agent.mqtt.payloads import parse_json
 from edge_agent.mqtt.topics import Topics
 from edge_agent.protocol.messages import CommandReply, CommandRequest, ErrorInfo
 
 log = logging.getLogger(__name__)
 
 Reply = Callable[[str, dict[str, Any], bytes | None], None]  # (topic, body, correlation)
+
+
+def request_id(payload: bytes) -> str | int | None:
+    """The ``id`` of a request that failed validation, if it has a usable one (so the
+    error reply can still be matched to it)."""
+    try:
+        doc = parse_json(payload, "command")
+    except InvalidRequestError:
+        return None
+    rid = doc.get("id") if isinstance(doc, dict) else None
+    return rid if isinstance(rid, (str, int)) and not isinstance(rid, bool) else None
 
 
 class CommandHandler:
@@ -92,15 +105,17 @@ class CommandHandler:
                                       "wildcards")
         try:
             req = CommandRequest.parse(msg.payload, name)
-            cid, args = req.id, dict(req.args)
-            fn = self.commands.get(name)
-            if fn is None:
-                raise InvalidRequestError(
-                    f"unknown command {name!r} (available: {', '.join(sorted(self.commands))}; "
-                    "installs and rollbacks go only through the signed update path)")
         except InvalidRequestError as e:
-            self._answer(topic, name, None, corr, error=e)
+            self._answer(topic, name, request_id(msg.payload), corr, error=e)
             raise
+        cid, args = req.id, dict(req.args)
+        fn = self.commands.get(name)
+        if fn is None:
+            unknown = InvalidRequestError(
+                f"unknown command {name!r} (available: {', '.join(sorted(self.commands))}; "
+                "installs and rollbacks go only through the signed update path)")
+            self._answer(topic, name, cid, corr, error=unknown)
+            raise unknown
 
         def job() -> None:
             try:

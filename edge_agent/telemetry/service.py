@@ -4,7 +4,9 @@ Built by :mod:`edge_agent.wiring` from :class:`TelemetryDeps` when ``[mqtt] url`
 It owns the life cycle of the agent's one :class:`~edge_agent.mqtt.client.MqttClient` and:
 
 * publishes a retained birth on ``edge/<device>/status`` after every (re)connect and
-  whenever the served models change; the Last Will (and a clean stop) set it offline;
+  whenever the served models change; the Last Will (and a clean stop) set it offline.
+  Every status carries ``boot_id`` and ``session`` (the connection number) so consumers
+  order the Will after the births of its connection (:mod:`edge_agent.protocol.order`);
 * every ``interval_s`` puts a telemetry message (system, per-model stats, quality and
   feedback metrics, outbox state) in the outbox;
 * forwards every :class:`~edge_agent.hooks.AgentEvent` to ``edge/<device>/events``;
@@ -188,15 +190,18 @@ class TelemetryService:
 
     # ---- status ----------------------------------------------------------------------
 
-    def _status_will(self, reason: str) -> Will:
-        # offline group members stay known (fleet rollouts)
+    def _status_will(self, reason: str, session: int | None = None) -> Will:
+        # offline group members stay known (fleet rollouts); boot_id + session let a
+        # consumer order it after this connection's births (edge_agent.protocol.order)
         body = Status(DeviceState.OFFLINE, edge_agent.__version__, tuple(self._groups()),
-                      reason=reason).to_dict()
+                      reason=reason, boot_id=self.boot_id,
+                      session=self.client.connects if session is None else session).to_dict()
         return Will(self.topics.status, envelope(self.topics.device, self.outbox.last_seq(),
                                                  body), qos=1, retain=True)
 
     def _will(self) -> Will:
-        return self._status_will("connection lost")
+        # resolved at CONNECT, before the CONNACK that makes it connection number connects+1
+        return self._status_will("connection lost", self.client.connects + 1)
 
     def birth(self) -> dict[str, Any]:
         a = self.agent
@@ -216,6 +221,7 @@ class TelemetryService:
             # `edge-fleet status` can read them from the retained status.
             groups=tuple(self._groups()),
             update=self._update_summary(),
+            session=self.client.connects,
         ).to_dict()
 
     def _groups(self) -> list[str]:
@@ -334,7 +340,8 @@ class TelemetryService:
                    "outbox_oldest_age_s": ob.oldest_age_s, "outbox_dropped": ob.dropped,
                    "outbox_refused": ob.refused, "requests": self._request_queue()},
             mqtt={"connects": self.client.connects, "protocol": self.client.protocol,
-                  "dropped_incoming": self.client.dropped_incoming},
+                  "dropped_incoming": self.client.dropped_incoming,
+                  "rejected_incoming": self.client.rejected_incoming},
         ).to_dict()
 
     def _report_drops(self, dropped_total: int, *, force: bool = False) -> None:

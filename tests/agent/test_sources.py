@@ -82,20 +82,22 @@ def test_mqtt_image_request_returns_labels_and_scores(mqtt_agent: Any,
 
 def test_mqtt_reply_topic_from_request_or_mqtt5_response_topic(
         mqtt_agent: Any, requester: MqttRequester, digits_eval: DigitsEval) -> None:
-    requester.subscribe("app/+")
+    requester.subscribe("replies/app/+")
     body = {"instances": digits_eval.x[:1].tolist()}
-    requester.publish("edge/dev1/infer/digits", {"id": "a", "reply_to": "app/json", **body})
-    assert requester.next()[0] == "app/json"
-    requester.publish("edge/dev1/infer/digits", {"id": "b", **body}, response_topic="app/v5")
+    requester.publish("edge/dev1/infer/digits",
+                      {"id": "a", "reply_to": "replies/app/json", **body})
+    assert requester.next()[0] == "replies/app/json"
+    requester.publish("edge/dev1/infer/digits", {"id": "b", **body},
+                      response_topic="replies/app/v5")
     topic, reply = requester.next()
-    assert topic == "app/v5" and reply["id"] == "b"
+    assert topic == "replies/app/v5" and reply["id"] == "b"
 
 
 @pytest.mark.parametrize(("topic", "payload", "code", "fragment"), [
     ("edge/dev1/infer/nope", {"id": "x", "instances": [1]}, 404, "model 'nope' not found"),
     ("edge/dev1/infer/digits", {"instances": [1]}, 400, 'needs an "id"'),
     ("edge/dev1/infer/digits", {"id": "x", "instances": [[1]]}, 400, "expected shape"),
-    ("edge/dev1/infer/digits", b"{broken", 400, "JSON object"),
+    ("edge/dev1/infer/digits", b"{broken", 400, "not JSON"),
     ("edge/dev1/infer/digits", {"id": "x", "b64": "%%%"}, 400, "invalid base64"),
     ("edge/dev1/infer/digits", {"id": "x", "b64": "aGVsbG8="}, 400, "not a decodable image"),
     ("edge/dev1/infer/digits", {"id": "x", "reply_to": "a/#", "instances": [1]}, 400,
@@ -119,7 +121,8 @@ class _Link:
     def __init__(self) -> None:
         self.sent: list[tuple[str, dict[str, Any]]] = []
 
-    def subscribe_message(self, topic_filter: str, handler: Any) -> Any:
+    def subscribe_message(self, topic_filter: str, handler: Any, qos: int = 1,
+                          **_limits: Any) -> Any:
         self.on_message = handler
         return lambda: None
 
