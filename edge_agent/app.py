@@ -42,6 +42,7 @@ from edge_agent.runtime.backends import Runtime, select_runtime
 from edge_agent.runtime.capabilities import capabilities as runtime_capabilities
 from edge_agent.runtime.probe import select_probed_runtime
 from edge_agent.serving import Admission, HttpServer, Metrics, ServingApi
+from edge_agent.serving.images import budget_for, process_budget
 from edge_agent.sources import MessageLink, MqttRequestSource, Source
 from edge_agent.sources.wiring import source_factories, wants_link
 from edge_agent.store import ModelStore
@@ -91,6 +92,8 @@ class Agent:
                                   describe=f"{self.runtime}, {self.threads} threads")
         self.metrics = Metrics()
         self.metrics.attach(self.hooks)
+        # every image decode in this process (REST, MQTT, watch) shares one memory budget
+        process_budget().configure(budget_for(self.profile.memory_budget_mb))
         h = config.http
         self.admission = Admission(a.workers, h.queue_size, retry_after_s=h.retry_after_s)
         self.metrics.queue_source = self.admission.snapshot
@@ -98,7 +101,10 @@ class Agent:
         if h.enabled:
             self.http = HttpServer(h.host, h.port, token=h.token, max_body_bytes=h.max_body_bytes,
                                    max_connections=h.max_connections,
+                                   max_connections_per_client=h.max_connections_per_client,
                                    idle_timeout_s=h.idle_timeout_s,
+                                   head_timeout_s=h.head_timeout_s,
+                                   body_timeout_s=h.body_timeout_s,
                                    on_response=self.metrics.observe_http)
             ServingApi(self.registry, self.admission, self.metrics, max_batch=h.max_batch,
                        max_image_pixels=a.max_image_pixels, ready=self._ready,

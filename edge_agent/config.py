@@ -103,7 +103,10 @@ class HttpSettings:
     queue_size: int = 16  # requests waiting for an interpreter beyond the busy workers
     max_batch: int = 64  # instances per request
     max_connections: int = 64  # open client connections (each holds a thread)
+    max_connections_per_client: int = 16  # open connections from one peer IP address
     idle_timeout_s: float = 30.0  # a keep-alive connection idle this long is closed
+    head_timeout_s: float = 10.0  # whole request head, from its first byte (else 408)
+    body_timeout_s: float = 60.0  # whole request body, from the end of the head (else 408)
     retry_after_s: int = 1  # Retry-After sent with 503 when the queue is full
 
 
@@ -301,7 +304,11 @@ def _http(t: Table) -> HttpSettings:
         queue_size=t.integer("queue_size", d.queue_size, 0, 100_000),
         max_batch=t.integer("max_batch", d.max_batch, 1, 100_000),
         max_connections=t.integer("max_connections", d.max_connections, 1, 10_000),
+        max_connections_per_client=t.integer("max_connections_per_client",
+                                             d.max_connections_per_client, 1, 10_000),
         idle_timeout_s=t.number("idle_timeout_s", d.idle_timeout_s, 0.0),
+        head_timeout_s=t.number("head_timeout_s", d.head_timeout_s, 0.0, 3600.0),
+        body_timeout_s=t.number("body_timeout_s", d.body_timeout_s, 0.0, 3600.0),
         retry_after_s=t.integer("retry_after_s", d.retry_after_s, 1, 3600),
     )
     t.finish()

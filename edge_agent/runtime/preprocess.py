@@ -17,6 +17,7 @@ from edge_agent.errors import InvalidRequestError
 MAX_IMAGE_PIXELS = 40_000_000  # refuse decompression bombs before decoding
 _RESAMPLE = {"bilinear": Image.Resampling.BILINEAR, "nearest": Image.Resampling.NEAREST,
              "bicubic": Image.Resampling.BICUBIC}
+_REDUCIBLE = frozenset({"L", "LA", "RGB", "RGBA", "RGBX", "CMYK", "I", "F"})  # averageable
 
 
 def decode_image(data: bytes, pre: Preprocessing, size: tuple[int, int]) -> np.ndarray:
@@ -40,9 +41,17 @@ def decode_image(data: bytes, pre: Preprocessing, size: tuple[int, int]) -> np.n
 
 
 def image_to_array(img: Image.Image, pre: Preprocessing, size: tuple[int, int]) -> np.ndarray:
-    """A PIL image → float32 ``(H, W, C)`` normalized as ``(pixel - mean) / std``."""
-    img = img.convert("L" if pre.color == "grayscale" else "RGB")
+    """A PIL image → float32 ``(H, W, C)`` normalized as ``(pixel - mean) / std``.
+
+    A large image is first box-reduced by an integer factor (Pillow ``reduce``) to at most
+    twice the target size, so the colour conversion and the resize work on a small copy
+    (and take little memory) whatever the source resolution.
+    """
     h, w = pre.resize or size
+    factor = min(img.width // (2 * w), img.height // (2 * h))
+    if factor >= 2 and img.mode in _REDUCIBLE:
+        img = img.reduce(factor)
+    img = img.convert("L" if pre.color == "grayscale" else "RGB")
     if img.size != (w, h):
         img = img.resize((w, h), _RESAMPLE.get(pre.resample, Image.Resampling.BILINEAR))
     arr = np.asarray(img, dtype=np.float32)

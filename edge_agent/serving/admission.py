@@ -1,7 +1,9 @@
 """Bounded work admission: never more than ``workers + queue_size`` requests per model.
 
-A request is admitted (or refused at once) *before* its body is read, so memory is bounded
-by ``capacity × max_body_bytes`` however many clients connect. Admitted requests then wait
+A request is admitted (or refused at once) only *after* its whole body has arrived (the
+HTTP server reads it under ``body_timeout_s`` before the handler runs), so a client that drips
+its body holds its own connection, never one of these slots. Parsing and decoding happen
+inside the slot, so their memory is bounded by ``capacity``. Admitted requests then wait
 for one of the model's interpreters (the registry's pool); that wait is the queue, and its
 depth is ``in_flight - workers``. Refusal raises :class:`Overloaded` (HTTP 503 with
 ``Retry-After``). There is no thread hand-off: the connection's thread runs the model,

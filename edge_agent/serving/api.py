@@ -17,6 +17,7 @@ tensors. See docs/rest.md.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
@@ -31,6 +32,7 @@ from edge_agent.serving.http import HttpServer, HTTPStatusError, Request, Respon
 from edge_agent.serving.metrics import CONTENT_TYPE, Metrics
 
 _MODEL = r"/v1/models/(?P<name>[^/:]+)(?:/versions/(?P<version>[^/:]+))?"
+_VERSION = re.compile(r"[0-9]{1,18}")
 
 
 class ServingApi:
@@ -72,8 +74,9 @@ class ServingApi:
         v = req.params.get("version")
         if v is None:
             return name, None
-        if not v.isdigit() or int(v) < 1:
-            raise InvalidRequestError(f"version must be a positive integer, got {v!r}")
+        if _VERSION.fullmatch(v) is None or int(v) < 1:  # never int() of 5000 digits
+            raise InvalidRequestError(f"version must be a positive integer of at most 18 "
+                                      f"digits, got {v[:40]!r}")
         return name, int(v)
 
     def _served(self, req: Request) -> ServedModel:

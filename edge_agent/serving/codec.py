@@ -19,22 +19,22 @@ from __future__ import annotations
 
 import base64
 import binascii
-import io
 import json
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
-from PIL import Image
 
+from edge_agent import untrusted_json
 from edge_agent.bundle import TensorSpec
-from edge_agent.errors import EdgeError, InvalidRequestError, ShapeMismatchError
+from edge_agent.errors import InvalidRequestError, ShapeMismatchError
 from edge_agent.registry import Prediction, ServedModel
 from edge_agent.runtime.quant import dequantize
+from edge_agent.serving.images import IMAGE_FORMATS as IMAGE_FORMATS
+from edge_agent.serving.images import image_batch as image_batch
 
 ROW, COLUMNAR = "row", "columnar"
-IMAGE_FORMATS = ("PNG", "JPEG", "BMP", "GIF", "WEBP", "TIFF", "PPM")  # never EPS/PDF & co.
 SIGNATURE = "serving_default"
 _DT = {"float32": "DT_FLOAT", "float16": "DT_HALF", "int8": "DT_INT8", "uint8": "DT_UINT8",
        "int16": "DT_INT16", "int32": "DT_INT32"}
@@ -42,17 +42,7 @@ _DT = {"float32": "DT_FLOAT", "float16": "DT_HALF", "int8": "DT_INT8", "uint8": 
 
 def parse_json(body: bytes) -> Any:
     """Request body → JSON value. Raises InvalidRequestError naming the parse problem."""
-    if not body:
-        raise InvalidRequestError("empty request body: expected a JSON object")
-    try:
-        return json.loads(body)
-    except UnicodeDecodeError as e:
-        raise InvalidRequestError(f"request body is not UTF-8 JSON ({e.reason})") from e
-    except json.JSONDecodeError as e:
-        raise InvalidRequestError(f"malformed JSON: {e.msg} at line {e.lineno} column "
-                                  f"{e.colno}") from e
-    except RecursionError as e:
-        raise InvalidRequestError("malformed JSON: nested too deeply") from e
+    return untrusted_json.loads(body, "request body")
 
 
 def alias(tensor_name: str) -> str:
@@ -71,31 +61,6 @@ def _b64(v: Any, where: str) -> bytes | None:
         return base64.b64decode(v["b64"], validate=True)
     except (binascii.Error, ValueError) as e:
         raise InvalidRequestError(f"{where}: invalid base64 ({e})") from e
-
-
-def image_batch(served: ServedModel, images: Sequence[bytes], max_pixels: int) -> np.ndarray:
-    """Encoded images → float batch with the bundle's preprocessing.
-
-    Only common raster formats are opened (never PostScript, which would run Ghostscript),
-    and an image over ``max_pixels`` is refused from its header before decoding.
-    """
-    for i, data in enumerate(images):
-        where = f"image {i}" if len(images) > 1 else "image"
-        try:
-            with Image.open(io.BytesIO(data), formats=IMAGE_FORMATS) as img:
-                w, h = img.size
-        except Exception as e:  # PIL raises many types for garbage bytes
-            raise InvalidRequestError(f"{where}: not a decodable image (expected "
-                                      f"{', '.join(IMAGE_FORMATS)}; {type(e).__name__})") from e
-        if w * h > max_pixels:
-            raise InvalidRequestError(f"{where}: {w}x{h} is over the limit of {max_pixels} "
-                                      "pixels")
-    try:
-        return served.decode_images(images)
-    except EdgeError:
-        raise
-    except Exception as e:  # a truncated or corrupt file that only fails while decoding
-        raise InvalidRequestError(f"not a decodable image ({type(e).__name__}: {e})") from e
 
 
 def _numbers(value: Any, spec: TensorSpec, where: str) -> np.ndarray:
@@ -347,10 +312,7 @@ def parse_k(query: Mapping[str, Sequence[str]], default: int, classes: int) -> i
     raw = query.get("k")
     if not raw:
         return min(default, classes)
-    try:
-        k = int(raw[-1])
-    except ValueError as e:
-        raise InvalidRequestError(f"k must be a positive integer, got {raw[-1]!r}") from e
-    if k < 1:
-        raise InvalidRequestError(f"k must be a positive integer, got {k}")
-    return min(k, classes)
+    text = raw[-1].strip()
+    if re.fullmatch(r"[0-9]{1,18}", text) is None or int(text) < 1:
+        raise InvalidRequestError(f"k must be a positive integer, got {raw[-1][:40]!r}")
+    return min(int(text), classes)

@@ -18,11 +18,13 @@ A handler returns ``(status, body)`` or a :class:`Response` (raw bytes), or rais
 :class:`~edge_agent.errors.EdgeError`: NotFoundError → 404, other BadInputError → 400,
 Overloaded → 503 + Retry-After, TransportError / RuntimeUnavailableError → 503,
 :class:`HTTPStatusError` → its status, anything else → 500 (logged with the request id).
-Error bodies are always ``{"error": "<message>"}``. Bodies are read lazily
-(``req.body``), so a handler may refuse a request before reading it.
+Error bodies are always ``{"error": "<message>"}``. A request's body is read whole (within
+``body_timeout_s``) after its route and token are checked and before its handler runs, so a
+handler's work admission never waits on a slow client.
 
 Limits: bearer token (constant-time compare; every route not added with ``auth=False``,
-which only ``/healthz`` is), request body (413), open connections (503), idle keep-alive
+which only ``/healthz`` is), request body (413), open connections in total and per peer IP
+(503), total time for a request head and for a body (408, :mod:`.deadline`), idle keep-alive
 connections (closed after a timeout).
 
 The route table and the handler-facing types live in :mod:`edge_agent.serving.routes` (no
@@ -33,6 +35,7 @@ from __future__ import annotations
 
 import contextlib
 import hmac
+import io
 import json
 import logging
 import re
@@ -49,6 +52,7 @@ from urllib.parse import unquote
 
 from edge_agent.errors import EdgeError, TransportError
 from edge_agent.serving.admission import Overloaded
+from edge_agent.serving.deadline import DeadlineReader
 from edge_agent.serving.routes import (
     Handler,
     HTTPStatusError,
@@ -65,6 +69,7 @@ __all__ = ["HTTPStatusError", "Handler", "HttpServer", "Request", "Response", "R
 
 log = logging.getLogger(__name__)
 _RID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+_LENGTH_RE = re.compile(r"[0-9]{1,18}")
 _REASONS = {s.value: s.phrase for s in HTTPStatus}
 
 
@@ -76,8 +81,15 @@ class _Handler(BaseHTTPRequestHandler):
     def setup(self) -> None:
         self.request.settimeout(self.server.idle_timeout_s)
         super().setup()
+        self.reader = DeadlineReader(self.connection, self.server.idle_timeout_s)
+        self.rfile = io.BufferedReader(self.reader)
         with contextlib.suppress(OSError):
             self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def handle_one_request(self) -> None:
+        """One request; its head must arrive within ``head_timeout_s`` of its first byte."""
+        self.reader.await_head(self.server.app.head_timeout_s)
+        super().handle_one_request()
 
     def parse_request(self) -> bool:
         """Request line + headers with :mod:`edge_agent.serving.wire` (fast and strict).
@@ -97,6 +109,10 @@ class _Handler(BaseHTTPRequestHandler):
         except HeadError as e:
             self.send_error(e.status, str(e))
             return False
+        except TimeoutError as e:  # slowloris: the head dripped in past its deadline
+            self.send_error(408, str(e))
+            return False
+        self.reader.clear()
         conn = self.headers.get("Connection", "").lower()
         self.close_connection = (version < (1, 1) and conn != "keep-alive") or conn == "close"
         expects = self.headers.get("Expect", "").lower() == "100-continue"
@@ -133,16 +149,26 @@ class _Server(ThreadingHTTPServer):
         self.app = app
         self.idle_timeout_s = app.idle_timeout_s
         self._conns: set[socket.socket] = set()
+        self._per_client: dict[str, int] = {}
         self._conn_lock = threading.Lock()
         super().__init__(addr, _Handler)
 
     def process_request(self, request: Any, client_address: Any) -> None:
+        """Accept thread: take a connection slot (total and per peer IP) or refuse with 503."""
+        peer = _peer(client_address)
+        app = self.app
         with self._conn_lock:
-            full = len(self._conns) >= self.app.max_connections
-            if not full:
+            refusal = None
+            if len(self._conns) >= app.max_connections:
+                refusal = f"too many open connections (limit {app.max_connections}); retry later"
+            elif self._per_client.get(peer, 0) >= app.max_connections_per_client:
+                refusal = (f"too many open connections from {peer} (limit "
+                           f"{app.max_connections_per_client} per client); retry later")
+            else:
                 self._conns.add(request)
-        if full:
-            self.app.refuse_connection(request)
+                self._per_client[peer] = self._per_client.get(peer, 0) + 1
+        if refusal is not None:
+            app.refuse_connection(request, refusal)
             self.shutdown_request(request)
             return
         super().process_request(request, client_address)
@@ -151,8 +177,14 @@ class _Server(ThreadingHTTPServer):
         try:
             super().process_request_thread(request, client_address)
         finally:
+            peer = _peer(client_address)
             with self._conn_lock:
                 self._conns.discard(request)
+                n = self._per_client.get(peer, 0) - 1
+                if n > 0:
+                    self._per_client[peer] = n
+                else:
+                    self._per_client.pop(peer, None)
 
     def open_connections(self) -> int:
         with self._conn_lock:
@@ -171,13 +203,17 @@ class HttpServer:
 
     def __init__(self, host: str = "127.0.0.1", port: int = 8501, *, token: str | None = None,
                  max_body_bytes: int = 8 * 1024 * 1024, max_connections: int = 64,
-                 idle_timeout_s: float = 30.0,
+                 max_connections_per_client: int = 16, idle_timeout_s: float = 30.0,
+                 head_timeout_s: float = 10.0, body_timeout_s: float = 60.0,
                  on_response: Callable[[str, int, float], None] | None = None) -> None:
         self.host, self.port = host, port
         self._token = token.encode() if token else None
         self.max_body_bytes = max_body_bytes
         self.max_connections = max_connections
+        self.max_connections_per_client = max_connections_per_client
         self.idle_timeout_s = idle_timeout_s
+        self.head_timeout_s = head_timeout_s
+        self.body_timeout_s = body_timeout_s
         self.on_response = on_response
         self._routes = RouteTable()
         self._httpd: _Server | None = None
@@ -264,6 +300,7 @@ class HttpServer:
             route_name = route.name
             length = self._content_length(h)
             req = Request(h, method, path, query, match, length, rid, route.name)
+            self._read_body(h, req)
             result = route.handler(req)
             if isinstance(result, Response):
                 status, body, ctype = result.status, result.body, result.content_type
@@ -308,6 +345,22 @@ class HttpServer:
             self._require_token(h, extra)
         return route, match
 
+    def _read_body(self, h: _Handler, req: Request) -> None:
+        """The whole body, within ``body_timeout_s``, before the handler runs.
+
+        So a handler's work admission (:mod:`edge_agent.serving.admission`) is only ever
+        taken by a request whose body is here: a client dripping its body holds its own
+        connection slot until the deadline, never a model's queue. Raises HTTPStatusError
+        (408 past the deadline, 400 for a short body) or TransportError.
+        """
+        if req.body_read:
+            return
+        h.reader.start("request body", self.body_timeout_s)
+        try:
+            req.body  # noqa: B018  (the property reads and keeps it)
+        finally:
+            h.reader.clear()
+
     def _require_token(self, h: _Handler, extra: dict[str, str]) -> None:
         if not self._authorized(h.headers):
             extra["WWW-Authenticate"] = 'Bearer realm="edge-agent"'
@@ -321,12 +374,9 @@ class HttpServer:
         raw = h.headers.get("Content-Length")
         if raw is None:
             return 0
-        try:
-            n = int(raw)
-            if n < 0:
-                raise ValueError
-        except ValueError as e:
-            raise HTTPStatusError(400, f"invalid Content-Length {raw!r}") from e
+        if _LENGTH_RE.fullmatch(raw) is None:  # RFC 9110 §8.6: 1*DIGIT (no sign, no '_')
+            raise HTTPStatusError(400, f"invalid Content-Length {raw[:40]!r}")
+        n = int(raw)
         if n > self.max_body_bytes:
             raise HTTPStatusError(413, f"request body of {n} bytes is over the limit of "
                                        f"{self.max_body_bytes} bytes")
@@ -348,15 +398,21 @@ class HttpServer:
         data = "".join(lines).encode("latin-1", "replace")
         h.wfile.write(data if head else data + body)
 
-    def refuse_connection(self, sock: socket.socket) -> None:
-        body = _dumps({"error": f"too many open connections (limit {self.max_connections}); "
-                                "retry later"})
+    def refuse_connection(self, sock: socket.socket, message: str) -> None:
+        """Answer 503 on a connection that gets no slot (on the accept thread: never waits
+        more than a second)."""
+        body = _dumps({"error": message})
         msg = (f"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
                f"Content-Length: {len(body)}\r\nRetry-After: 1\r\nConnection: close\r\n\r\n"
                ).encode() + body
         with contextlib.suppress(OSError):
             sock.settimeout(1.0)
             sock.sendall(msg)
+
+
+def _peer(client_address: Any) -> str:
+    """The peer IP of a connection (the unit of the per-client connection cap)."""
+    return str(client_address[0]) if client_address else ""
 
 
 def _has_body(h: _Handler) -> bool:

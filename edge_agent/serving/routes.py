@@ -28,6 +28,7 @@ from edge_agent.errors import (
     TransportError,
 )
 from edge_agent.serving.codec import parse_json
+from edge_agent.serving.images import ImageTooLarge
 from edge_agent.serving.wire import Headers
 
 
@@ -96,7 +97,7 @@ class Request:
                 data = self._handler.rfile.read(self._length) if self._length else b""
             except TimeoutError as e:
                 self._handler.close_connection = True
-                raise HTTPStatusError(408, "timed out waiting for the request body") from e
+                raise HTTPStatusError(408, f"timed out waiting for the request body ({e})") from e
             except OSError as e:
                 self._handler.close_connection = True
                 raise TransportError(f"client stopped sending the body ({e})") from e
@@ -133,6 +134,8 @@ def status_for(e: BaseException) -> int:
     """The HTTP status for an exception (also used by MQTT replies)."""
     if isinstance(e, HTTPStatusError):
         return e.status
+    if isinstance(e, ImageTooLarge):
+        return 413
     if isinstance(e, NotFoundError):
         return 404
     if isinstance(e, BadInputError):

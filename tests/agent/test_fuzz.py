@@ -1,12 +1,14 @@
-"""Property: arbitrary bodies at :predict and :classify never give a 5xx or crash, and RSS
-stays bounded."""
+"""Property: arbitrary bodies and paths never give a 5xx, a non-JSON error or a logged
+traceback, and RSS stays bounded."""
 
 from __future__ import annotations
 
 import base64
 import json
+import logging
 from collections.abc import Iterator
 from typing import Any
+from urllib.parse import quote
 
 import psutil
 import pytest
@@ -35,6 +37,33 @@ def fuzz_client(digits: Any, tmp_path_factory: pytest.TempPathFactory
     c.close()
     agent.stop()
 
+
+class _Tracebacks(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.exc_info or record.levelno >= logging.ERROR:
+            self.records.append(record)
+
+
+@pytest.fixture(scope="module")
+def tracebacks() -> Iterator[_Tracebacks]:
+    """Every ERROR or exception logged by anything while this module's fuzzing runs."""
+    h = _Tracebacks()
+    root = logging.getLogger()
+    root.addHandler(h)
+    yield h
+    root.removeHandler(h)
+
+
+huge_ints = st.builds(lambda n, sign: sign + "9" * n,  # JSON text past the int-digits limit
+                      st.integers(4000, 6000), st.sampled_from(["", "-"]))
+huge_int_bodies = st.builds(
+    lambda num, tpl: tpl.replace("N", num).encode(), huge_ints,
+    st.sampled_from(['{"instances": [[N]]}', '{"inputs": N}', "N", '[N, 1]',
+                     '{"instances": [{"b64": N}]}', '{"examples": [{"image": N}]}']))
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True)
@@ -65,19 +94,54 @@ bodies = st.one_of(
     b64_bodies.map(lambda v: json.dumps(v).encode()),
     image_headers,
     st.integers(1, 3000).map(lambda n: b"[" * n + b"]" * n),
+    huge_int_bodies,
 )
 
 
 @settings(max_examples=400, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(path=st.sampled_from(PATHS), ctype=st.sampled_from(CTYPES), body=bodies)
-def test_arbitrary_bodies_never_give_5xx(fuzz_client: tuple[Agent, Client], path: str,
+def test_arbitrary_bodies_never_give_5xx(fuzz_client: tuple[Agent, Client],
+                                         tracebacks: _Tracebacks, path: str,
                                          ctype: str, body: bytes) -> None:
     _, c = fuzz_client
     r = c.request("POST", path, body=body, headers={"Content-Type": ctype} if ctype else {})
     assert r.status < 500, (r.status, r.body)
     if r.status != 200:
         assert set(json.loads(r.body)) == {"error"}
+    assert tracebacks.records == []
+
+
+segment = st.one_of(
+    st.text(max_size=12),
+    st.sampled_from(["digits", "versions", "metadata", "v1", "models", "..", "%00", "1",
+                     "0", "-1", "\u0662", "9" * 5000]),
+    st.integers(-(10**30), 10**30).map(str), huge_ints)
+suffix = st.sampled_from(["", ":predict", ":classify", ":regress", ":x", "/metadata"])
+paths = st.builds(
+    lambda segs, suf, q: "/" + "/".join(quote(s, safe=":") for s in segs) + suf + q,
+    st.one_of(
+        st.lists(segment, max_size=6),
+        st.tuples(st.just("v1"), st.just("models"), segment).map(list),
+        st.tuples(st.just("v1"), st.just("models"), st.just("digits"), st.just("versions"),
+                  segment).map(list)),
+    suffix, st.one_of(st.just(""), segment.map(lambda v: "?k=" + quote(v))))
+
+
+@settings(max_examples=200, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(method=st.sampled_from(["GET", "POST", "HEAD", "PUT", "DELETE"]), path=paths,
+       body=st.one_of(st.just(b""), bodies))
+def test_arbitrary_paths_never_give_5xx_or_a_traceback(fuzz_client: tuple[Agent, Client],
+                                                       tracebacks: _Tracebacks, method: str,
+                                                       path: str, body: bytes) -> None:
+    _, c = fuzz_client
+    r = c.request(method, path, body=body or None,
+                  headers={"Content-Type": "application/json"} if body else {})
+    assert r.status < 500, (method, path[:200], r.status, r.body[:300])
+    if r.status >= 400 and method != "HEAD":
+        assert set(json.loads(r.body)) == {"error"}
+    assert tracebacks.records == []
 
 
 def test_agent_survives_the_fuzzing_with_bounded_rss(fuzz_client: tuple[Agent, Client],
