@@ -164,7 +164,7 @@ def test_wheelhouse_out_dot_refuses_and_the_current_directory_keeps_its_files(
     old = Path.cwd()
     os.chdir(tmp_path)
     try:
-        with pytest.raises(BadInputError, match="project.py|current directory"):
+        with pytest.raises(BadInputError, match="is the current directory"):
             build_wheelhouse("x86_64", Path("."), run_pip=pip)
     finally:
         os.chdir(old)
@@ -186,6 +186,6 @@ def test_a_previous_wheelhouse_is_replaced_whole_and_a_failed_rebuild_keeps_it(
     assert _tree(out).keys() == before.keys()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["wh"]
     (out / "extra.txt").write_text("added by hand")
-    with pytest.raises(BadInputError, match="extra.txt"):
+    with pytest.raises(BadInputError, match=r"extra\.txt"):
         build_wheelhouse("x86_64", out, run_pip=FakePip())
     assert (out / "extra.txt").read_text() == "added by hand"
