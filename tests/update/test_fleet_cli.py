@@ -136,3 +136,22 @@ def test_update_over_an_https_mirror(tmp_path: Path, bundles: Bundles, fleet: An
         srv.stop()
     assert (out.result, out.version) == ("committed", 2), out
     assert dev.events_of("update.downloaded")[-1].data["sources"] == ["http"]
+
+
+def test_serve_on_a_busy_port_is_one_line_naming_the_port_and_exit_2(tmp_path: Path) -> None:
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        r = subprocess.run([sys.executable, "-m", "fleet.cli", "serve", str(tmp_path),
+                            "--port", str(port)], capture_output=True, text=True, timeout=30,
+                           check=False)
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines() == [
+        f"edge-fleet: error: cannot listen on 127.0.0.1:{port}: Address already in use; "
+        "pass another --port"]
+    assert r.stdout == ""
