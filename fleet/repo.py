@@ -168,7 +168,8 @@ class FleetRepo:
                 raise ThresholdError(
                     f"{role} v{md.signed.version} needs {r.threshold} signature(s) from "
                     f"{len(r.keyids)} authorised key(s) (root v{d.version}); the keys given "
-                    f"provide {len(res.signed)}: pass more --key files")
+                    f"provide {len(res.signed)}{_misplaced(signers, role, d)}: pass "
+                    f"{role} key files with --key")
 
     def _write(self, md: Metadata[Any], name: str) -> bytes:
         data = md.to_bytes(_SER)
@@ -356,6 +357,22 @@ class FleetRepo:
             name = self.file_name(role)
             files[f"metadata/{name}"] = (self.meta_dir / name).read_bytes()
         return files
+
+
+def _misplaced(signers: Sequence[Signer], role: str, root: Root) -> str:
+    """``"; key 1a2b… is a root key, not a targets key"`` for each key given that cannot
+    sign this operation (a release takes targets + snapshot + timestamp keys together, so
+    those are not called misplaced for each other)."""
+    operation = {"root"} if role == "root" else {"targets", "snapshot", "timestamp"}
+    notes = []
+    for s in signers:
+        keyid = s.public_key.keyid
+        roles = [r for r in ROLES if keyid in root.roles[r].keyids]
+        if operation & set(roles):
+            continue
+        notes.append(f"key {keyid[:12]} is {'a ' + '/'.join(roles) if roles else 'not a'} "
+                     f"key{'' if roles else f' of root v{root.version}'}, not a {role} key")
+    return "".join(f"; {n}" for n in dict.fromkeys(notes))
 
 
 def _retain(targets: dict[str, TargetFile]) -> dict[str, TargetFile]:

@@ -102,3 +102,30 @@ def test_publish_cut_off_while_announcing_is_pending_and_rerunning_it_finishes(
     assert (fleet.repo.meta_dir / "timestamp.json").read_bytes() == \
         pending.metadata["timestamp.json"]
     assert fleet_main(["repo", "status", str(fleet.repo.path)]) == 0
+
+
+def test_a_public_key_passed_as_key_is_told_to_pass_the_key_file(
+        fleet: Fleet, bundles: Bundles, capsys: pytest.CaptureFixture[str]) -> None:
+    before = _tree(fleet.repo.path)
+    pub = fleet.keys["targets-a"].path.with_suffix(".pub")
+    rc = fleet_main(["publish", str(bundles.v2), "--repo", str(fleet.repo.path), "--key",
+                     str(pub), "--broker", fleet.broker_url, "--device", DEVICE])
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert err.strip() == (f"edge-fleet: error: {pub}: this is a public key; pass the .key "
+                           "file (targets-a.key) to sign")
+    assert "chmod" not in err and _tree(fleet.repo.path) == before
+
+
+def test_a_root_key_where_a_targets_key_is_needed_names_both_roles(
+        fleet: Fleet, bundles: Bundles, capsys: pytest.CaptureFixture[str]) -> None:
+    before = _tree(fleet.repo.path)
+    rc = _cli_publish(fleet, bundles.v2, fleet.broker_url, "root-a", "snapshot", "timestamp")
+    err = capsys.readouterr().err
+    assert rc == 2
+    root_a = fleet.keys["root-a"].public.keyid[:12]
+    assert "targets v1 needs 2 signature(s)" in err
+    assert f"key {root_a} is a root key, not a targets key" in err
+    assert "pass targets key files with --key" in err
+    assert _tree(fleet.repo.path) == before
+    assert "is a snapshot key" not in err and "is a timestamp key" not in err
