@@ -189,3 +189,16 @@ def test_a_previous_wheelhouse_is_replaced_whole_and_a_failed_rebuild_keeps_it(
     with pytest.raises(BadInputError, match=r"extra\.txt"):
         build_wheelhouse("x86_64", out, run_pip=FakePip())
     assert (out / "extra.txt").read_text() == "added by hand"
+
+
+def test_the_install_instructions_never_install_from_an_index_that_lacks_the_package() -> None:
+    """edge-inference is not on PyPI: every documented install names a clone, git or a wheel."""
+    for doc in ("README.md", "docs/install.md"):
+        text = (ROOT / doc).read_text()
+        for line in text.splitlines():
+            for bare in ("`pip install edge-inference`", "`pip install 'edge-inference[",
+                         "\npip install edge-inference"):
+                if bare in line and "not" not in line and "fails" not in line:
+                    pytest.fail(f"{doc}: {line.strip()}")
+        assert "pip wheel --no-deps -w dist ." in text
+    assert "pip install '.[converter,fleet]'" in (ROOT / "docs/install.md").read_text()
