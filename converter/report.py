@@ -21,12 +21,21 @@ PIPE_WIDTH = 160  # columns, when stdout is a file or a pipe
 
 
 def build_warnings(r: dict[str, Any], *, has_eval: bool) -> list[str]:
-    """What the user should look at before shipping this bundle, one sentence each."""
+    """What the user should look at before shipping this bundle, one sentence each.
+
+    Without ``--eval`` the evaluation ran on the representative data: each warning says
+    what was measured there (accuracy too, when that data is labelled).
+    """
     w: list[str] = []
     ev = r["evaluation"]
-    if not has_eval:
-        w.append("no --eval data: accuracy not measured; agreement is on calibration samples")
-    elif ev["top1_drop_pp"] is not None and ev["top1_drop_pp"] > MAX_DROP_PP:
+    if not has_eval and ev.get("labelled"):
+        w.append("no --eval data: accuracy and agreement are measured on the labelled "
+                 "calibration samples, which the model was calibrated on; pass --eval "
+                 "held-out data for a fair figure")
+    elif not has_eval:
+        w.append("no --eval data and unlabelled calibration samples: accuracy not measured; "
+                 "agreement is on the calibration samples")
+    if ev["top1_drop_pp"] is not None and ev["top1_drop_pp"] > MAX_DROP_PP:
         w.append(f"top-1 accuracy dropped by {ev['top1_drop_pp']:.2f} pp with {r['mode']} "
                  f"(more than {MAX_DROP_PP:g} pp)")
     if ev["samples"] >= MIN_DISTINCT_SAMPLES and r.get("classes", 2) > 1:

@@ -316,6 +316,11 @@ def _http(t: Table) -> HttpSettings:
 
 
 def _models(raw: Any, origins: Origins) -> tuple[ModelSpec, ...]:
+    """The ``[[models]]`` entries (and ``--model`` flags, appended as entries).
+
+    A bundle path that does not exist is refused here, at start, naming the path and the
+    flag or key that gave it: an agent started with a typo would otherwise serve nothing.
+    """
     if raw is None:
         return ()
     if not isinstance(raw, list):
@@ -328,6 +333,9 @@ def _models(raw: Any, origins: Origins) -> tuple[ModelSpec, ...]:
         bundle = t.path("bundle")
         if bundle is None:
             raise t.err("bundle", "missing required key (path to a bundle directory or .tar)")
+        if not bundle.exists():
+            flag = "--model " if origins.where(f"models[{i}]") == COMMAND_LINE else ""
+            raise t.err("bundle", f"{flag}{bundle}: no such bundle directory or .tar")
         out.append(ModelSpec(bundle=bundle, activate=t.flag("activate", False)))
         t.finish()
     return tuple(out)

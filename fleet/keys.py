@@ -92,6 +92,9 @@ def load_signer(path: Path, passphrase: bytes | None = None) -> CryptoSigner:
         pem = path.read_bytes()
     except OSError as e:
         raise KeyFileError(f"{path}: cannot read private key: {e.strerror}") from e
+    if path.suffix == PUBLIC_SUFFIX or pem.lstrip().startswith(b"{"):
+        raise KeyFileError(f"{path}: this is a public key; pass the {PRIVATE_SUFFIX} file "
+                           f"({path.with_suffix(PRIVATE_SUFFIX).name}) to sign")
     mode = path.stat().st_mode & 0o077
     if mode:
         raise KeyFileError(f"{path}: private key is readable by group/others "

@@ -24,6 +24,14 @@ per device or ``edge/group/<g>/update/announce``. ``--http-url`` adds a mirror
 (``edge-fleet serve REPO``, any static server or an S3-compatible bucket holding
 the repository) that devices use when chunks are not on MQTT or stall.
 
+Publishing is all or nothing towards the repository (:mod:`fleet.staged`): the release
+is signed in memory first (a missing key, e.g. the timestamp key, fails with exit 2 and
+the repository byte-identical), the broker must take the chunks, and the new metadata is
+committed only once every announcement is acknowledged. An unreachable broker leaves the
+repository unchanged. A publish cut off while announcing leaves ``<repo>/pending/``,
+reported by ``edge-fleet repo status``; re-running the same publish finishes it.
+
+
 ``--probation-min-requests`` / ``--probation-min-clients`` sign into the release how much
 evidence a device's probation needs before it may fail the new version (the device's own
 ``[update] probation_min_*`` values stay the floor).
@@ -40,13 +48,15 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import logging
 import threading
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
+from typing import Protocol
 
 from securesystemslib.signer import Signer
 from tuf.api.metadata import Metadata, Targets
@@ -69,7 +79,9 @@ from edge_agent.update.wire import (
 from fleet import keys
 from fleet.broker import add_broker_args, as_config, broker_config
 from fleet.repo import FleetRepo, target_path_for_model
+from fleet.staged import PENDING_DIR, StagedRelease
 
+log = logging.getLogger(__name__)
 DEFAULT_CHUNK = 256 * 1024  # bytes; must stay under the device's mqtt.max_incoming_bytes
 
 
@@ -139,7 +151,7 @@ class Broker:
         self.client.stop()
 
 
-def publish_chunks(broker: Broker, data: bytes, plan: ChunkPlan, sha256: str,
+def publish_chunks(broker: Link, data: bytes, plan: ChunkPlan, sha256: str,
                    prefix: str = "edge") -> None:
     topics = FleetTopics(prefix)
     for i in range(plan.count):
@@ -149,7 +161,7 @@ def publish_chunks(broker: Broker, data: bytes, plan: ChunkPlan, sha256: str,
     broker.flush()
 
 
-def announce(broker: Broker, topics: Sequence[str], ann: Announcement) -> bytes:
+def announce(broker: Link, topics: Sequence[str], ann: Announcement) -> bytes:
     payload = ann.to_bytes()
     for t in topics:
         broker.publish(t, payload)
@@ -157,13 +169,21 @@ def announce(broker: Broker, topics: Sequence[str], ann: Announcement) -> bytes:
     return payload
 
 
-def sign_bundle(repo: FleetRepo, bundle_path: Path, signers: Sequence[Signer], *,
-                audience: Audience, chunk_size: int = DEFAULT_CHUNK,
-                expires: dict[str, datetime] | None = None,
-                probation: ProbationTerms | None = None) -> tuple[str, bytes, TargetSpec]:
-    """Add the bundle to the repository and release signed metadata; returns path, tar, spec.
+class Link(Protocol):
+    """What delivery needs from a broker connection (:class:`Broker`; tests inject faults)."""
 
-    The release drops every earlier command from the targets metadata."""
+    config: MqttConfig
+
+    def publish(self, topic: str, payload: bytes, *, retain: bool = True) -> None: ...
+    def flush(self, timeout_s: float = 120.0) -> None: ...
+    def close(self) -> None: ...
+
+
+Connect = Callable[[MqttConfig | str], Link]
+
+
+def _bundle_target(bundle_path: Path, audience: Audience, chunk_size: int,
+                   probation: ProbationTerms | None = None) -> tuple[str, bytes, TargetSpec]:
     bundle = read_bundle(bundle_path)
     if not bundle.manifest.target_profiles:
         raise BadInputError(f"{bundle_path}: manifest lists no target_profiles; devices "
@@ -172,34 +192,100 @@ def sign_bundle(repo: FleetRepo, bundle_path: Path, signers: Sequence[Signer], *
     spec = TargetSpec("model", audience, bundle.name, bundle.version,
                       bundle.manifest.target_profiles, ChunkPlan.for_data(data, chunk_size),
                       probation)
-    path = target_path_for_model(bundle.name, bundle.version)
+    return target_path_for_model(bundle.name, bundle.version), data, spec
+
+
+def sign_bundle(repo: FleetRepo, bundle_path: Path, signers: Sequence[Signer], *,
+                audience: Audience, chunk_size: int = DEFAULT_CHUNK,
+                expires: dict[str, datetime] | None = None,
+                probation: ProbationTerms | None = None) -> tuple[str, bytes, TargetSpec]:
+    """Add the bundle to the repository and release signed metadata; returns path, tar, spec.
+
+    (Signing on an offline copy: nothing is announced, so the release is committed at once.)
+    The release drops every earlier command from the targets metadata.
+    """
+    path, data, spec = _bundle_target(bundle_path, audience, chunk_size, probation)
     repo.add_targets({path: (data, spec)}, signers, expires=expires)
     return path, data, spec
+
+
+def _spec_in(staged: StagedRelease, path: str) -> TargetSpec:
+    name = next(n for n in staged.metadata if n.endswith(".targets.json"))
+    tf = Metadata[Targets].from_bytes(staged.metadata[name]).signed.targets[path]
+    return parse_target_spec(tf.custom, tf.length, path)
+
+
+def _stage(repo: FleetRepo, entries: dict[str, tuple[bytes, TargetSpec]],
+           signers: Sequence[Signer]) -> StagedRelease:
+    """Resume the pending release if it is this one, else commit it and sign a new one.
+
+    A pending release may already be on devices, so its versions are never reused.
+    """
+    pending = repo.pending()
+    wanted = {p: hashlib.sha256(d).hexdigest() for p, (d, _) in entries.items()}
+    if pending is not None and pending.targets == wanted:
+        log.warning("resuming the interrupted publish of %s", pending.describe())
+        return pending
+    if pending is not None:
+        log.warning("committing the interrupted publish of %s first", pending.describe())
+        repo.commit(pending)
+    return repo.stage_targets(entries, signers)
+
+
+def _deliver(repo: FleetRepo | None, staged: StagedRelease | None, conn: Link,
+             send: Callable[[], None], topics: Sequence[str], ann: Announcement) -> bytes:
+    """Chunks (``send``), then pending, then announcements, then commit: all or nothing.
+
+    Until the first announcement leaves, nothing is written to the repository; after
+    it, an interruption leaves ``pending/`` (resumable, see :mod:`fleet.staged`).
+    """
+    send()
+    if repo is None or staged is None:
+        return announce(conn, topics, ann)
+    repo.stage_pending(staged)
+    try:
+        payload = announce(conn, topics, ann)
+    except TransportError as e:
+        raise TransportError(f"{e}; the release is pending in {repo.path / PENDING_DIR}: "
+                             "re-run the same command to finish it (edge-fleet repo status)"
+                             ) from e
+    repo.commit(staged)
+    return payload
 
 
 def publish(repo: FleetRepo, bundle_path: Path, signers: Sequence[Signer], *,
             audience: Audience, broker: MqttConfig | str, http_url: str | None = None,
             chunk_size: int = DEFAULT_CHUNK, mqtt_chunks: bool = True,
-            signed_metadata: Path | None = None,
+            signed_metadata: Path | None = None, connect: Connect | None = None,
             probation: ProbationTerms | None = None) -> Published:
-    """Sign (or take signed metadata), push chunks, announce. See the module docstring."""
+    """Sign (or take signed metadata), push chunks, announce, commit. See the module doc.
+
+    Raises ThresholdError / KeyFileError / BadInputError (repository untouched),
+    MqttConnectError / TransportError (untouched, or pending if announcing had begun).
+    """
     if not audience.devices and not audience.groups:
         raise BadInputError("name at least one --device or a --group")
+    staged: StagedRelease | None = None
     if signed_metadata is None:
-        path, data, spec = sign_bundle(repo, bundle_path, signers, audience=audience,
-                                       chunk_size=chunk_size, probation=probation)
-        files = repo.announce_files()
+        path, data, spec = _bundle_target(bundle_path, audience, chunk_size, probation)
+        staged = _stage(repo, {path: (data, spec)}, signers)
+        spec = _spec_in(staged, path)  # a resumed release keeps its own chunk plan
+        files = repo.announce_files(staged)
     else:
         path, data, spec, files = _take_signed(bundle_path, signed_metadata)
     sha = hashlib.sha256(data).hexdigest()
     ann = Announcement(path, files, chunks=mqtt_chunks and spec.chunks is not None,
                        mirrors=(http_url,) if http_url else (), published_at=time.time())
-    conn = Broker(broker)
+    conn = (connect or Broker)(broker)
     try:
-        if ann.chunks and spec.chunks is not None:
-            publish_chunks(conn, data, spec.chunks, sha, conn.config.topic_prefix)
         topics = audience_topics(audience, conn.config.topic_prefix)
-        payload = announce(conn, topics, ann)
+        plan = spec.chunks
+
+        def send() -> None:
+            if ann.chunks and plan is not None:
+                publish_chunks(conn, data, plan, sha, conn.config.topic_prefix)
+
+        payload = _deliver(repo if staged else None, staged, conn, send, topics, ann)
     finally:
         conn.close()
     return Published(path, sha, len(data), spec.chunks.count if spec.chunks else 0,
@@ -249,29 +335,33 @@ def newest_model_version(repo: FleetRepo, name: str) -> int:
 
 def rollback(repo: FleetRepo, signers: Sequence[Signer], *, audience: Audience, name: str,
              to_version: int | None, broker: MqttConfig | str, from_version: int | None = None,
-             expires_in_s: float = DEFAULT_COMMAND_EXPIRY_S) -> Published:
-    """Sign a rollback command and announce it (inline: no chunks needed).
+             expires_in_s: float = DEFAULT_COMMAND_EXPIRY_S,
+             connect: Connect | None = None) -> Published:
+    """Sign a rollback command and announce it (inline: no chunks needed); all or nothing.
 
     The command applies only on devices serving ``from_version`` (default: the newest
     signed version of ``name``), until ``expires_in_s`` from now, once per device.
     Raises BadInputError."""
     if not expires_in_s > 0:
         raise BadInputError(f"--expires-in must be positive, got {expires_in_s:g}")
+    pending = repo.pending()
+    if pending is not None:  # a command is never resumed: land the interrupted release first
+        repo.commit(pending)
     frm = from_version if from_version is not None else newest_model_version(repo, name)
     cmd = Command("rollback", name, to_version, uuid.uuid4().hex, from_version=frm,
                   expires_at=round(time.time() + expires_in_s, 3),
                   release=repo.latest_version("targets") + 1)
     data = cmd.to_bytes()
     path = f"commands/{cmd.id}.json"
-    repo.add_targets({path: (data, TargetSpec("command", audience))}, signers)
-    files = repo.announce_files()
+    staged = _stage(repo, {path: (data, TargetSpec("command", audience))}, signers)
+    files = repo.announce_files(staged)
     sha = hashlib.sha256(data).hexdigest()
     files[f"targets/commands/{sha}.{cmd.id}.json"] = data
     ann = Announcement(path, files, chunks=False, published_at=time.time())
-    conn = Broker(broker)
+    conn = (connect or Broker)(broker)
     try:
         topics = audience_topics(audience, conn.config.topic_prefix)
-        payload = announce(conn, topics, ann)
+        payload = _deliver(repo, staged, conn, lambda: None, topics, ann)
     finally:
         conn.close()
     return Published(path, sha, len(data), 0, topics, payload)

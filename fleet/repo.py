@@ -45,6 +45,7 @@ from tuf.api.serialization.json import JSONSerializer
 from edge_agent.errors import BadInputError, UpdateError
 from edge_agent.fsutil import atomic_write_bytes
 from edge_agent.update.wire import TargetSpec, parse_target_spec
+from fleet.staged import StagedRelease, clear_pending, read_pending, write_blobs, write_pending
 
 ROLES = ("root", "targets", "snapshot", "timestamp")
 KEEP_MODEL_TARGETS = 5  # per model name, newest versions kept in targets metadata
@@ -167,13 +168,17 @@ class FleetRepo:
                 raise ThresholdError(
                     f"{role} v{md.signed.version} needs {r.threshold} signature(s) from "
                     f"{len(r.keyids)} authorised key(s) (root v{d.version}); the keys given "
-                    f"provide {len(res.signed)}: pass more --key files")
+                    f"provide {len(res.signed)}{_misplaced(signers, role, d)}: pass "
+                    f"{role} key files with --key")
 
     def _write(self, md: Metadata[Any], name: str) -> bytes:
         data = md.to_bytes(_SER)
+        self._write_bytes(name, data)
+        return data
+
+    def _write_bytes(self, name: str, data: bytes) -> None:
         self.meta_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(self.meta_dir / name, data)
-        return data
 
     # --- creating and rotating ---------------------------------------------------------------
 
@@ -243,76 +248,113 @@ class FleetRepo:
         parent, _, base = target_path.rpartition("/")
         return self.targets_dir / parent / f"{sha256}.{base}"
 
-    def add_targets(self, entries: dict[str, tuple[bytes, TargetSpec]],
-                    signers: Sequence[Signer], *,
-                    expires: dict[str, datetime] | None = None) -> Release:
-        """Store target files, list them in a new targets version, release it."""
+    def stage_targets(self, entries: dict[str, tuple[bytes, TargetSpec]],
+                      signers: Sequence[Signer], *,
+                      expires: dict[str, datetime] | None = None) -> StagedRelease:
+        """Sign a release listing ``entries`` in memory; the repository is not touched.
+
+        Raises ThresholdError (a role's keys missing) before anything is written.
+        """
         root = self.root().signed
         current = self.targets()
+        blobs: dict[str, bytes] = {}
+        added: dict[str, str] = {}
         for path, (data, spec) in entries.items():
             tf = TargetFile.from_data(path, data, ["sha256"])
             tf.unrecognized_fields["custom"] = spec.to_custom()
             dest = self.target_file(path, tf.hashes["sha256"])
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            if not dest.exists():
-                atomic_write_bytes(dest, data)
+            blobs[dest.relative_to(self.path).as_posix()] = data
+            added[path] = tf.hashes["sha256"]
             current[path] = tf
         if any(spec.kind == "model" for _, spec in entries.values()):
             current = _without_commands(current, keep=set(entries))
-        version = self.latest_version("targets") + 1
-        md = Metadata(Targets(version=version, expires=self._exp("targets", expires),
-                              targets=_retain(current)))
-        self._sign(md, "targets", signers, root)
-        return self._release(md, signers, root, expires)
+        tv = self.latest_version("targets") + 1
+        targets = Metadata(Targets(version=tv, expires=self._exp("targets", expires),
+                                   targets=_retain(current)))
+        self._sign(targets, "targets", signers, root)
+        tdata = targets.to_bytes(_SER)
+        sv = self.latest_version("snapshot") + 1
+        snap = Metadata(Snapshot(version=sv, expires=self._exp("snapshot", expires), meta={
+            "targets.json": MetaFile(version=tv, length=len(tdata),
+                                     hashes={"sha256": hashlib.sha256(tdata).hexdigest()})}))
+        self._sign(snap, "snapshot", signers, root)
+        sdata = snap.to_bytes(_SER)
+        tsv, tsdata = self._timestamp(sdata, sv, signers, root, expires)
+        return StagedRelease(tv, sv, tsv, {f"{tv}.targets.json": tdata,
+                                           f"{sv}.snapshot.json": sdata,
+                                           "timestamp.json": tsdata}, blobs, added)
+
+    def commit(self, staged: StagedRelease) -> Release:
+        """Write a staged release: blobs, then metadata with ``timestamp.json`` last (the
+        commit point), then drop ``pending/``. Idempotent, so a crash here is re-run."""
+        write_blobs(self.path, staged)
+        self.meta_dir.mkdir(parents=True, exist_ok=True)
+        for name, data in staged.metadata.items():
+            atomic_write_bytes(self.meta_dir / name, data)
+        clear_pending(self.path)
+        return Release(staged.targets_version, staged.snapshot_version,
+                       staged.timestamp_version)
+
+    def pending(self) -> StagedRelease | None:
+        """The release staged by an interrupted publish (:mod:`fleet.staged`), or None."""
+        return read_pending(self.path)
+
+    def stage_pending(self, staged: StagedRelease) -> None:
+        """Record ``staged`` as about to reach devices (``<repo>/pending/``)."""
+        write_pending(self.path, staged)
+
+    def add_targets(self, entries: dict[str, tuple[bytes, TargetSpec]],
+                    signers: Sequence[Signer], *,
+                    expires: dict[str, datetime] | None = None) -> Release:
+        """Store target files, list them in a new targets version, release it."""
+        return self.commit(self.stage_targets(entries, signers, expires=expires))
 
     def refresh_timestamp(self, signers: Sequence[Signer], *,
                           expires: dict[str, datetime] | None = None) -> int:
         """Re-sign timestamp (new version, new expiry) over the current snapshot.
 
-        Raises RepoError before the first release (there is no snapshot to point at).
+        Raises RepoError before the first release (there is no snapshot to point at) and
+        while a release is pending (its timestamp version may be on devices already).
         """
         root = self.root().signed
         if not self.latest_version("snapshot"):
             raise RepoError(f"{self.path}: nothing released yet, so no timestamp to refresh "
                             "(edge-fleet publish first)")
+        pending = self.pending()
+        if pending is not None:
+            raise RepoError(f"{self.path}: a publish was interrupted ({pending.describe()}); "
+                            "re-run it first (edge-fleet repo status)")
         snap_name = self.file_name("snapshot")
-        return self._timestamp((self.meta_dir / snap_name).read_bytes(),
-                               self.latest_version("snapshot"), signers, root, expires)
+        tv, data = self._timestamp((self.meta_dir / snap_name).read_bytes(),
+                                   self.latest_version("snapshot"), signers, root, expires)
+        self._write_bytes("timestamp.json", data)
+        return tv
 
     def _exp(self, role: str, expires: dict[str, datetime] | None) -> datetime:
         return (expires or {}).get(role) or self.expiry.expires(role)
 
-    def _release(self, targets_md: Metadata[Targets], signers: Sequence[Signer], root: Root,
-                 expires: dict[str, datetime] | None) -> Release:
-        tdata = self._write(targets_md, f"{targets_md.signed.version}.targets.json")
-        sv = self.latest_version("snapshot") + 1
-        snap = Metadata(Snapshot(version=sv, expires=self._exp("snapshot", expires), meta={
-            "targets.json": MetaFile(version=targets_md.signed.version, length=len(tdata),
-                                     hashes={"sha256": hashlib.sha256(tdata).hexdigest()})}))
-        self._sign(snap, "snapshot", signers, root)
-        sdata = self._write(snap, f"{sv}.snapshot.json")
-        tv = self._timestamp(sdata, sv, signers, root, expires)
-        return Release(targets_md.signed.version, sv, tv)
-
     def _timestamp(self, sdata: bytes, sv: int, signers: Sequence[Signer], root: Root,
-                   expires: dict[str, datetime] | None) -> int:
+                   expires: dict[str, datetime] | None) -> tuple[int, bytes]:
         tv = self.latest_version("timestamp") + 1
         ts = Metadata(Timestamp(version=tv, expires=self._exp("timestamp", expires),
                                 snapshot_meta=MetaFile(
                                     version=sv, length=len(sdata),
                                     hashes={"sha256": hashlib.sha256(sdata).hexdigest()})))
         self._sign(ts, "timestamp", signers, root)
-        self._write(ts, "timestamp.json")
-        return tv
+        return tv, ts.to_bytes(_SER)
 
     # --- what devices receive ---------------------------------------------------------------
 
-    def announce_files(self) -> dict[str, bytes]:
+    def announce_files(self, staged: StagedRelease | None = None) -> dict[str, bytes]:
         """The signed files an announcement carries: root chain (v2+), timestamp, snapshot,
-        targets, keyed as the device's fetcher asks for them (``metadata/<file>``)."""
+        targets, keyed as the device's fetcher asks for them (``metadata/<file>``) —
+        those of ``staged`` if given, else the committed ones."""
         files: dict[str, bytes] = {}
         for v in range(2, self.latest_version("root") + 1):
             files[f"metadata/{v}.root.json"] = self.root_bytes(v)
+        if staged is not None:
+            files.update({f"metadata/{n}": d for n, d in reversed(staged.metadata.items())})
+            return files
         for role in ("timestamp", "snapshot", "targets"):
             name = self.file_name(role)
             files[f"metadata/{name}"] = (self.meta_dir / name).read_bytes()
@@ -329,6 +371,22 @@ def _kind(tf: TargetFile, path: str) -> str | None:
 def _without_commands(targets: dict[str, TargetFile], keep: set[str]) -> dict[str, TargetFile]:
     """A model release ends every earlier command: none stays listed for a later replay."""
     return {p: tf for p, tf in targets.items() if p in keep or _kind(tf, p) != "command"}
+
+
+def _misplaced(signers: Sequence[Signer], role: str, root: Root) -> str:
+    """``"; key 1a2b… is a root key, not a targets key"`` for each key given that cannot
+    sign this operation (a release takes targets + snapshot + timestamp keys together, so
+    those are not called misplaced for each other)."""
+    operation = {"root"} if role == "root" else {"targets", "snapshot", "timestamp"}
+    notes = []
+    for s in signers:
+        keyid = s.public_key.keyid
+        roles = [r for r in ROLES if keyid in root.roles[r].keyids]
+        if operation & set(roles):
+            continue
+        notes.append(f"key {keyid[:12]} is {'a ' + '/'.join(roles) if roles else 'not a'} "
+                     f"key{'' if roles else f' of root v{root.version}'}, not a {role} key")
+    return "".join(f"; {n}" for n in dict.fromkeys(notes))
 
 
 def _retain(targets: dict[str, TargetFile]) -> dict[str, TargetFile]:
@@ -350,7 +408,7 @@ def _retain(targets: dict[str, TargetFile]) -> dict[str, TargetFile]:
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """``edge-fleet repo init | rotate | timestamp | show`` (in :mod:`fleet.repo_cli`)."""
+    """``edge-fleet repo init | rotate | timestamp | show | status`` (:mod:`fleet.repo_cli`)."""
     from fleet.repo_cli import register as register_cli
 
     register_cli(sub)

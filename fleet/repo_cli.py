@@ -1,6 +1,9 @@
-"""``edge-fleet repo init | rotate | timestamp | show``: the commands over :class:`FleetRepo`.
+"""``edge-fleet repo init | rotate | timestamp | show | status``: commands over a FleetRepo.
 
-Exit 0 on success; bad input (RepoError, ThresholdError, unreadable key files) raises an
+``status`` prints the committed versions and their expiry, and whether a publish was
+interrupted while announcing (``<repo>/pending/``, see :mod:`fleet.staged`): exit 0 when
+the repository is clean, 1 when a release is pending. The others exit 0 on success; bad
+input (RepoError, ThresholdError, unreadable key files) raises an
 :class:`~edge_agent.errors.EdgeError` that ``edge-fleet`` turns into exit 2.
 """
 
@@ -68,6 +71,23 @@ def _cmd_show(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_status(args: argparse.Namespace) -> int:
+    repo = FleetRepo(args.repo)
+    print(f"{repo.path}: root v{repo.latest_version('root')}")
+    for role in ("targets", "snapshot", "timestamp"):
+        v = repo.latest_version(role)
+        exp = f" (expires {repo.load(role).signed.expires:%Y-%m-%d %H:%M} UTC)" if v else ""
+        print(f"  {role:9} v{v}{exp}")
+    pending = repo.pending()
+    if pending is None:
+        print("  no publish pending")
+        return 0
+    print(f"  PENDING: {pending.describe()}: signed and possibly announced, not committed; "
+          "re-run the same edge-fleet publish to finish it (any other publish commits it "
+          "first)")
+    return 1
+
+
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     from fleet.keys import add_passphrase_args
 
@@ -102,3 +122,6 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     s = rs.add_parser("show", help="roles, thresholds and targets")
     s.add_argument("repo", type=Path)
     s.set_defaults(func=_cmd_show)
+    st = rs.add_parser("status", help="committed versions, and any interrupted publish")
+    st.add_argument("repo", type=Path)
+    st.set_defaults(func=_cmd_status)

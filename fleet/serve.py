@@ -5,6 +5,9 @@ resume interrupted downloads), no directory listings, nothing outside ``DIR`` (p
 are resolved and checked). Everything served is signed or hashed in TUF metadata, so
 the server needs no trust: TLS (``--cert``/``--key``) only hides what is fetched.
 Any static server or S3-compatible bucket holding the same tree works the same way.
+
+Raises :class:`~edge_agent.errors.BadInputError` (exit 2, one line) when ``DIR`` is not a
+directory, the port is taken or not allowed, or ``--cert``/``--key`` cannot be loaded.
 """
 
 from __future__ import annotations
@@ -103,7 +106,11 @@ class RepoServer(ThreadingHTTPServer):
         if not self.root.is_dir():
             raise BadInputError(f"{root}: not a directory")
         self.verbose = verbose
-        super().__init__((host, port), _Handler)
+        try:
+            super().__init__((host, port), _Handler)
+        except OSError as e:  # EADDRINUSE, EACCES (port < 1024), unknown host
+            raise BadInputError(f"cannot listen on {host}:{port}: {e.strerror or e}"
+                                f"{'; pass another --port' if port else ''}") from e
         if ssl_context is not None:
             self.socket = ssl_context.wrap_socket(self.socket, server_side=True)
         self._thread: threading.Thread | None = None
@@ -129,7 +136,12 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     ctx = None
     if args.cert:
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        ctx.load_cert_chain(args.cert, args.key or None)
+        try:
+            ctx.load_cert_chain(args.cert, args.key or None)
+        except (OSError, ssl.SSLError) as e:
+            raise BadInputError(f"--cert {args.cert}"
+                                f"{' --key ' + args.key if args.key else ''}: cannot load "
+                                f"the certificate and key ({e.strerror or e})") from e
     srv = RepoServer(Path(args.dir), args.host, args.port, ssl_context=ctx, verbose=True)
     print(f"serving {srv.root} on {srv.url} (pass --http-url {srv.url} to publish)",
           flush=True)

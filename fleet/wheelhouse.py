@@ -18,7 +18,9 @@ Each target pins its runtime where it must: ``qemu-aarch64`` takes ai-edge-liter
 because 2.2.0 and 2.3.0 crash under qemu-user; ``rpi-bookworm-fallback`` adds
 tflite-runtime 2.14.0 (and so numpy<2) as the candidate the agent's runtime probe falls
 back to. ``DIR/wheelhouse.json`` records the target, the files with sha256 and the install
-command.
+command; it also marks DIR as ours: ``--out`` may name a new or empty directory or one
+holding only a wheelhouse written before (replaced whole, only once the new one is
+complete), never a directory with other files (refused, exit 2, nothing deleted).
 
     python -m fleet.wheelhouse rpi-bookworm --out wheelhouse/rpi-bookworm
     python -m fleet.wheelhouse --list
@@ -38,17 +40,19 @@ import subprocess
 import sys
 import tempfile
 import zipfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from edge_agent.errors import BadInputError, TransportError
-from edge_agent.fsutil import atomic_write_text
+from edge_agent.fsutil import atomic_write_text, staged_dir
 
 PROJECT = "edge-inference"
 ROOT = Path(__file__).resolve().parents[1]
 MIN_MANYLINUX = 17  # manylinux_2_17 == manylinux2014, the oldest tag our wheels use
+MANIFEST = "wheelhouse.json"  # marks a directory this module wrote (and may replace)
+PipRunner = Callable[[str, Sequence[str], str], None]  # (python, pip args, what) -> None
 
 
 @dataclass(frozen=True)
@@ -125,13 +129,15 @@ class Wheelhouse:
     def install_command(self, pip: str = "pip") -> str:
         return " ".join([pip, *self.install_args()])
 
-    def as_dict(self) -> dict[str, Any]:
+    def as_dict(self, files_in: Path | None = None) -> dict[str, Any]:
+        """The ``wheelhouse.json`` record; hashes the files in ``files_in`` (default: dir)."""
+        where = files_in or self.dir
         return {"target": self.target.name, "description": self.target.description,
                 "machine": self.target.machine, "python": self.target.python,
                 "glibc": ".".join(map(str, self.target.glibc)),
                 "requirements": list(self.requirements), "own_wheel": self.own_wheel,
                 "size_bytes": self.size_bytes, "install": self.install_command(),
-                "files": {f: _sha256(self.dir / f) for f in self.files}}
+                "files": {f: _sha256(where / f) for f in self.files}}
 
 
 def _sha256(p: Path) -> str:
@@ -156,12 +162,12 @@ def _pip(python: str, args: Sequence[str], what: str) -> None:
 
 
 def build_own_wheel(out_dir: Path, *, project_root: Path = ROOT,
-                    python: str = sys.executable) -> Path:
+                    python: str = sys.executable, run_pip: PipRunner | None = None) -> Path:
     """``pip wheel --no-deps --no-build-isolation .`` (needs hatchling in ``python``)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out_dir, prefix=".own-") as tmp:
-        _pip(python, ["wheel", "--no-deps", "--no-build-isolation", "-q", "-w", tmp,
-                      str(project_root)], "building the edge-inference wheel")
+        (run_pip or _pip)(python, ["wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
+                                   tmp, str(project_root)], "building the edge-inference wheel")
         built = sorted(Path(tmp).glob("edge_inference-*.whl"))
         if len(built) != 1:
             raise TransportError(f"expected one edge_inference wheel, pip made {built}")
@@ -170,35 +176,74 @@ def build_own_wheel(out_dir: Path, *, project_root: Path = ROOT,
     return dest
 
 
+def check_out_dir(out: Path) -> Path:
+    """The absolute wheelhouse directory, or BadInputError if replacing it could lose data.
+
+    ``out`` may be missing, empty, or a wheelhouse written before (its ``wheelhouse.json``
+    lists every file in it); anything else is refused, as ``edge-convert -o`` does, and
+    so is the current directory or one holding it (the shell would be left in a removed
+    directory). Runs before any build or download.
+    """
+    out = Path(os.path.abspath(out))
+    cwd = Path.cwd()
+    if out == cwd or out in cwd.parents:
+        raise BadInputError(f"--out {out}: is the current directory or holds it; pass a "
+                            "new directory such as --out wheelhouse/TARGET")
+    if not out.exists():
+        return out
+    if not out.is_dir():
+        raise BadInputError(f"--out {out}: exists and is not a directory")
+    present = {p.name for p in out.iterdir()}
+    ours: set[str] = set()
+    if MANIFEST in present:
+        try:
+            ours = {MANIFEST, "requirements.txt",
+                    *json.loads((out / MANIFEST).read_text())["files"]}
+        except (OSError, ValueError, KeyError, TypeError):
+            ours = set()
+    foreign = sorted(present - ours)
+    if foreign:
+        raise BadInputError(f"--out {out}: exists and holds files that are not a wheelhouse "
+                            f"written by edge-fleet ({', '.join(foreign[:3])}"
+                            f"{', …' if len(foreign) > 3 else ''}); refusing to replace it")
+    return out
+
+
 def build_wheelhouse(target: Target | str, out: Path, *, own_wheel: Path | None = None,
                      extra: Sequence[str] = (), python: str = sys.executable,
-                     project_root: Path = ROOT, clean: bool = True) -> Wheelhouse:
+                     project_root: Path = ROOT, run_pip: PipRunner | None = None) -> Wheelhouse:
     """Download the agent and its dependencies for ``target`` into ``out``.
 
     ``own_wheel``: a prebuilt edge-inference wheel (default: built now). ``extra``: more
-    requirements (e.g. ``pytest`` for a test venv). ``out`` is emptied first if ``clean``.
+    requirements (e.g. ``pytest`` for a test venv). ``out`` must pass :func:`check_out_dir`
+    (checked before anything is built); the wheelhouse is built in a temp directory
+    beside it and swapped in only when complete, so a failed build leaves ``out`` as it
+    was. ``run_pip``: the pip seam (tests inject faults; default runs ``python -m pip``).
     """
     t = TARGETS.get(target) if isinstance(target, str) else target
     if t is None:
         raise BadInputError(f"unknown wheelhouse target {target!r} (known: "
                             f"{', '.join(TARGETS)})")
-    if clean and out.exists():
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
-    if own_wheel is None:
-        own_wheel = build_own_wheel(out, project_root=project_root, python=python)
-    elif own_wheel.parent.resolve() != out.resolve():
-        shutil.copy2(own_wheel, out / own_wheel.name)
-    own = out / own_wheel.name
-    reqs = (str(own), *target_marker_requirements(own, t), *t.runtime, *extra)
-    _pip(python, ["download", "-q", "--progress-bar=off", "-d", str(out),
-                  *t.pip_target_args(), *reqs],
-         f"downloading wheels for {t.name} ({t.machine}, CPython {t.python})")
-    files = tuple(sorted(p.name for p in out.glob("*.whl")))
-    wh = Wheelhouse(out, t, own.name, files, sum((out / f).stat().st_size for f in files),
-                    (f"{PROJECT}=={own.name.split('-')[1]}", *t.runtime, *extra))
-    atomic_write_text(out / "requirements.txt", "\n".join(wh.requirements) + "\n")
-    atomic_write_text(out / "wheelhouse.json", json.dumps(wh.as_dict(), indent=1) + "\n")
+    if own_wheel is not None and not own_wheel.is_file():
+        raise BadInputError(f"--wheel {own_wheel}: no such file")
+    final = check_out_dir(out)
+    pip = run_pip or _pip
+    with staged_dir(final) as tmp:
+        if own_wheel is None:
+            own = build_own_wheel(tmp, project_root=project_root, python=python, run_pip=pip)
+        else:
+            own = tmp / own_wheel.name
+            shutil.copy2(own_wheel, own)
+        reqs = (str(own), *target_marker_requirements(own, t), *t.runtime, *extra)
+        pip(python, ["download", "-q", "--progress-bar=off", "-d", str(tmp),
+                     *t.pip_target_args(), *reqs],
+            f"downloading wheels for {t.name} ({t.machine}, CPython {t.python})")
+        files = tuple(sorted(p.name for p in tmp.glob("*.whl")))
+        size = sum((tmp / f).stat().st_size for f in files)
+        reqs_pinned = (f"{PROJECT}=={own.name.split('-')[1]}", *t.runtime, *extra)
+        atomic_write_text(tmp / "requirements.txt", "\n".join(reqs_pinned) + "\n")
+        wh = Wheelhouse(final, t, own.name, files, size, reqs_pinned)
+        atomic_write_text(tmp / MANIFEST, json.dumps(wh.as_dict(tmp), indent=1) + "\n")
     return wh
 
 
@@ -266,7 +311,8 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
 
 def _arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("target", nargs="?", choices=sorted(TARGETS), help="kind of board")
-    p.add_argument("--out", help="wheel directory (default: wheelhouse/TARGET); emptied first")
+    p.add_argument("--out", help="wheel directory (default: wheelhouse/TARGET): new, empty "
+                   "or a wheelhouse written before, which is replaced; anything else is refused")
     p.add_argument("--wheel", help="prebuilt edge-inference wheel (default: build it now)")
     p.add_argument("--extra", action="append", metavar="REQ",
                    help="another requirement to include (repeatable), e.g. pytest")

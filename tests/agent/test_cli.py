@@ -88,6 +88,17 @@ def test_run_with_a_bad_config_exits_2_with_one_line(tmp_path: Path) -> None:
                                 "1..65535, got 'x'")
 
 
+def test_run_with_a_model_path_that_does_not_exist_refuses_to_start(tmp_path: Path) -> None:
+    missing = tmp_path / "digits-v1"
+    r = subprocess.run([*EXE, "run", "--store", str(tmp_path / "store"), "--profile",
+                        "generic-x86_64", "--http", "127.0.0.1:0", "--model", str(missing)],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2
+    assert r.stderr.strip() == (f"edge-agent: error: command line: models[0].bundle: --model "
+                                f"{missing}: no such bundle directory or .tar")
+    assert not (tmp_path / "store").exists()  # refused before anything started
+
+
 def test_run_on_a_busy_port_exits_1(digits: Any, tmp_path: Path) -> None:
     import socket
 

@@ -43,6 +43,7 @@ interval_s = 5
 def toml(tmp_path: Path) -> Path:
     p = tmp_path / "agent.toml"
     p.write_text(TOML)
+    (tmp_path / "bundles" / "digits").mkdir(parents=True)
     return p
 
 
@@ -77,9 +78,11 @@ def test_env_overrides_file_and_flags_override_env(toml: Path) -> None:
 
 
 def test_flag_models_are_appended_and_the_mqtt_url_flag_wins(toml: Path) -> None:
-    cfg = load_config(toml, {"models": [{"bundle": "/b/v2.tar", "activate": True}],
+    v2 = toml.parent / "v2.tar"
+    v2.write_bytes(b"")
+    cfg = load_config(toml, {"models": [{"bundle": str(v2), "activate": True}],
                              "mqtt.url": "mqtts://b:8883"}, env={})
-    assert [str(m.bundle) for m in cfg.models][1:] == ["/b/v2.tar"]
+    assert [str(m.bundle) for m in cfg.models][1:] == [str(v2)]
     assert cfg.models[1].activate
     assert cfg.mqtt is not None and cfg.mqtt.url == "mqtts://b:8883" and cfg.mqtt.tls
 
@@ -101,6 +104,7 @@ def test_env_values_parse_as_toml_then_string(text: str, value: object) -> None:
     ("[agent]\ndevice_id = 'a/b'\n", "agent.toml: agent.device_id: expected a name matching"),
     ("[watch]\ndir = 'in'\n", "agent.toml: watch.model: missing required key"),
     ("[[models]]\nactivate = true\n", "agent.toml: models[0].bundle: missing required key"),
+    ("[[models]]\nbundle = 'gone'\n", "agent.toml: models[0].bundle: "),  # + path, below
     ("[http]\ntoken = 'a'\ntoken_file = 'f'\n", "agent.toml: http.token_file: set http.token"),
     ("[http]\ntoken_file = 'missing'\n", "agent.toml: http.token_file: cannot read"),
     ("[camera]\nenabled = true\n", "agent.toml: camera.model: missing required key"),
@@ -123,6 +127,16 @@ def test_errors_name_the_file_and_the_key(tmp_path: Path, toml_text: str, messag
     with pytest.raises(ConfigError) as e:
         load_config(p, env={})
     assert str(e.value).replace(str(p), "agent.toml").startswith(message), str(e.value)
+
+
+def test_a_models_bundle_path_that_does_not_exist_is_a_config_error_at_load(
+        tmp_path: Path) -> None:
+    p = tmp_path / "agent.toml"
+    p.write_text("[[models]]\nbundle = 'bundles/gone'\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(p, env={})
+    assert str(e.value) == (f"{p}: models[0].bundle: {tmp_path / 'bundles' / 'gone'}: "
+                            "no such bundle directory or .tar")
 
 
 def test_errors_from_env_and_flags_name_where_the_value_came_from(tmp_path: Path) -> None:

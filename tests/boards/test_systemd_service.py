@@ -148,10 +148,11 @@ def test_check_config_names_the_file_and_key_and_exits_2(tmp_path: Path) -> None
 
 def test_check_config_opens_the_bundles_it_would_serve(tmp_path: Path) -> None:
     cfg = tmp_path / "agent.toml"
-    cfg.write_text(f'[agent]\nprofile = "rpi4"\n[[models]]\nbundle = "{tmp_path}/nope"\n')
+    (tmp_path / "empty").mkdir()  # exists, so it passes load_config, but is no bundle
+    cfg.write_text(f'[agent]\nprofile = "rpi4"\n[[models]]\nbundle = "{tmp_path}/empty"\n')
     r = subprocess.run([*AGENT, "check-config", "--config", str(cfg)], capture_output=True,
                        text=True, check=False, cwd=ROOT)
-    assert r.returncode == 2 and "no such bundle" in r.stderr
+    assert r.returncode == 2 and "empty: missing model.tflite" in r.stderr, r.stderr
     ok = subprocess.run([*AGENT, "check-config", "--config", str(cfg), "--no-models"],
                         capture_output=True, text=True, check=False, cwd=ROOT)
     assert ok.returncode == 0 and ": OK" in ok.stdout

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import json
+import os
 import subprocess
 import sys
 import zipfile
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
-from edge_agent.errors import BadInputError
+from edge_agent.errors import BadInputError, TransportError
 from fleet.wheelhouse import TARGETS, Wheelhouse, build_wheelhouse, target_marker_requirements
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -112,3 +115,90 @@ def test_edge_fleet_wheelhouse_lists_the_targets() -> None:
     assert r.returncode == 0, r.stderr
     for name in TARGETS:
         assert name in r.stdout
+
+
+# --- --out never destroys what it did not write (issue 19 item 15) ----------------------------
+
+
+class FakePip:
+    """The pip seam: writes wheels where pip would, or fails; records every call."""
+
+    def __init__(self, *, fail_download: bool = False) -> None:
+        self.calls: list[str] = []
+        self.fail_download = fail_download
+
+    def __call__(self, python: str, args: Sequence[str], what: str) -> None:
+        self.calls.append(args[0])
+        if args[0] == "wheel":
+            _wheel_with(Path(args[args.index("-w") + 1]), ["numpy>=1.23"])
+        elif self.fail_download:
+            raise TransportError(f"{what}: pip failed (injected)")
+        else:
+            (Path(args[args.index("-d") + 1]) / "numpy-2.0-cp311-none-any.whl").write_bytes(b"np")
+
+
+def _tree(d: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(d)): p.read_bytes() for p in sorted(d.rglob("*")) if p.is_file()}
+
+
+def test_wheelhouse_out_holding_a_foreign_file_is_refused_before_any_download(
+        tmp_path: Path) -> None:
+    out = tmp_path / "wh"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    r = subprocess.run([sys.executable, "-m", "fleet.cli", "wheelhouse", "x86_64", "--out",
+                        str(out)], capture_output=True, text=True, cwd=tmp_path, check=False,
+                       env={**os.environ, "PIP_NO_INDEX": "1", "PIP_INDEX_URL":
+                            "http://127.0.0.1:9/"})  # were pip reached, it fails at once
+    assert r.returncode == 2, r.stderr
+    assert "notes.txt" in r.stderr and "refusing to replace it" in r.stderr
+    assert "Traceback" not in r.stderr
+    assert _tree(out) == {"notes.txt": b"mine"}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["wh"]  # no temp dir left beside it
+
+
+def test_wheelhouse_out_dot_refuses_and_the_current_directory_keeps_its_files(
+        tmp_path: Path) -> None:
+    (tmp_path / "project.py").write_text("x = 1\n")
+    pip = FakePip()
+    old = Path.cwd()
+    os.chdir(tmp_path)
+    try:
+        with pytest.raises(BadInputError, match="is the current directory"):
+            build_wheelhouse("x86_64", Path("."), run_pip=pip)
+    finally:
+        os.chdir(old)
+    assert pip.calls == [] and _tree(tmp_path) == {"project.py": b"x = 1\n"}
+
+
+def test_a_previous_wheelhouse_is_replaced_whole_and_a_failed_rebuild_keeps_it(
+        tmp_path: Path) -> None:
+    out = tmp_path / "wh"
+    first = build_wheelhouse("x86_64", out, run_pip=FakePip())
+    assert set(first.files) == {"edge_inference-0.1.0-py3-none-any.whl",
+                                "numpy-2.0-cp311-none-any.whl"}
+    before = _tree(out)
+    assert json.loads(before["wheelhouse.json"])["install"] == first.install_command()
+    with pytest.raises(TransportError, match="injected"):
+        build_wheelhouse("x86_64", out, run_pip=FakePip(fail_download=True))
+    assert _tree(out) == before  # the failed rebuild left the old wheelhouse as it was
+    build_wheelhouse("x86_64", out, run_pip=FakePip())  # ours: replaced, not refused
+    assert _tree(out).keys() == before.keys()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["wh"]
+    (out / "extra.txt").write_text("added by hand")
+    with pytest.raises(BadInputError, match=r"extra\.txt"):
+        build_wheelhouse("x86_64", out, run_pip=FakePip())
+    assert (out / "extra.txt").read_text() == "added by hand"
+
+
+def test_the_install_instructions_never_install_from_an_index_that_lacks_the_package() -> None:
+    """edge-inference is not on PyPI: every documented install names a clone, git or a wheel."""
+    for doc in ("README.md", "docs/install.md"):
+        text = (ROOT / doc).read_text()
+        for line in text.splitlines():
+            for bare in ("`pip install edge-inference`", "`pip install 'edge-inference[",
+                         "\npip install edge-inference"):
+                if bare in line and "not" not in line and "fails" not in line:
+                    pytest.fail(f"{doc}: {line.strip()}")
+        assert "pip wheel --no-deps -w dist ." in text
+    assert "pip install '.[converter,fleet]'" in (ROOT / "docs/install.md").read_text()

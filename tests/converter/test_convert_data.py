@@ -75,3 +75,18 @@ def test_folder_with_some_classes_is_mapped_by_name_through_labels(digits, digit
     assert r["evaluation"]["quant_top1"] >= 0.95
     support = {c["label"]: c["support"] for c in r["evaluation"]["per_class"]}
     assert support["3"] + support["7"] == int(keep.sum()) and support["0"] == 0
+
+
+def test_without_eval_the_warning_says_what_was_measured_on_the_calibration_data(
+        digits, tmp_path, capsys):
+    labelled = convert(capsys, digits.keras, digits.eval_npz, tmp_path / "a")
+    assert labelled["evaluation"]["labelled"] and labelled["evaluation"]["quant_top1"] >= 0.9
+    notes = [w for w in labelled["warnings"] if "--eval" in w]
+    assert notes == ["no --eval data: accuracy and agreement are measured on the labelled "
+                     "calibration samples, which the model was calibrated on; pass --eval "
+                     "held-out data for a fair figure"]
+    bare = convert(capsys, digits.keras, digits.calib_npz, tmp_path / "b")
+    assert bare["evaluation"]["quant_top1"] is None
+    assert [w for w in bare["warnings"] if "--eval" in w] == [
+        "no --eval data and unlabelled calibration samples: accuracy not measured; agreement "
+        "is on the calibration samples"]

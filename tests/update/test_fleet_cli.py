@@ -136,3 +136,64 @@ def test_update_over_an_https_mirror(tmp_path: Path, bundles: Bundles, fleet: An
         srv.stop()
     assert (out.result, out.version) == ("committed", 2), out
     assert dev.events_of("update.downloaded")[-1].data["sources"] == ["http"]
+
+
+def test_serve_on_a_busy_port_is_one_line_naming_the_port_and_exit_2(tmp_path: Path) -> None:
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        r = subprocess.run([sys.executable, "-m", "fleet.cli", "serve", str(tmp_path),
+                            "--port", str(port)], capture_output=True, text=True, timeout=30,
+                           check=False)
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines() == [
+        f"edge-fleet: error: cannot listen on 127.0.0.1:{port}: Address already in use; "
+        "pass another --port"]
+    assert r.stdout == ""
+
+
+def _readme_commands(prefix: str) -> list[list[str]]:
+    """The README's ``edge-fleet …`` lines (continuations joined, comments dropped)."""
+    import shlex
+
+    text = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    lines = text.replace("\\\n", " ").splitlines()
+    return [shlex.split(ln, comments=True) for ln in lines if ln.startswith(prefix)]
+
+
+def test_the_readme_simulate_line_parses_as_written() -> None:
+    from fleet import simulate
+    from fleet.cli import build_parser
+
+    (argv,) = _readme_commands("edge-fleet simulate ")
+    args = build_parser().parse_args(argv[1:])  # argparse exits 2 on a missing flag
+    assert args.func.__module__ == simulate.__name__ and args.count == 500
+    assert (args.root, args.bundle) == (Path("repo/metadata/1.root.json"),
+                                        Path("bundles/digits-v1"))
+
+
+def _all_parsers() -> list[tuple[str, Any]]:
+    import argparse
+
+    from fleet.cli import build_parser
+
+    out, todo = [], [build_parser()]
+    while todo:
+        p = todo.pop()
+        out.append((p.prog, p))
+        for a in p._actions:
+            if isinstance(a, argparse._SubParsersAction):
+                todo.extend(dict.fromkeys(a.choices.values()))
+    return out
+
+
+@pytest.mark.parametrize("prog,parser", _all_parsers(), ids=lambda v: str(v))
+def test_help_is_plain_text_without_docstring_markup(prog: str, parser: Any) -> None:
+    text = parser.format_help()
+    for markup in ("``", ":func:", ":meth:", ":class:", ":mod:", ":attr:", "\n::\n"):
+        assert markup not in text, f"{prog} --help shows {markup!r}"
