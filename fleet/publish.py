@@ -42,6 +42,10 @@ an earlier installed version, until ``--expires-in`` (default 24 h), once. Devic
 it unless it verifies like any update, and refuse a replay (same id), an expired command
 and one signed against another version. The next ``publish`` drops every command from
 the targets metadata.
+
+Size: over ~400 lines: publish and rollback share the all-or-nothing delivery (stage →
+chunks → pending → announce → commit) and its argument parsing; the repository itself is
+:mod:`fleet.repo`, the pending state :mod:`fleet.staged`, broker options :mod:`fleet.broker`.
 """
 
 from __future__ import annotations
@@ -416,7 +420,8 @@ def _cmd_rollback(args: argparse.Namespace) -> int:
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("publish", help="sign a bundle and push it to devices over MQTT",
-                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+                       description=(__doc__ or "").split("\nSize:")[0],
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("bundle", type=Path, help="bundle directory or .tar")
     _common(p)
     p.add_argument("--http-url", metavar="URL",

@@ -16,6 +16,9 @@ threshold of the old *and* of the new root keys (:meth:`FleetRepo.rotate`).
 The ``edge-fleet repo`` commands that drive it are in :mod:`fleet.repo_cli`.
 
 Raises :class:`RepoError` / :class:`ThresholdError` (bad input, exit 2).
+
+Size: slightly over ~400 lines: staging, committing and key-role checks operate on the
+same metadata set and are kept together; the CLI is :mod:`fleet.repo_cli`.
 """
 
 from __future__ import annotations

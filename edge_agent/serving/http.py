@@ -29,6 +29,11 @@ connections (closed after a timeout).
 
 The route table and the handler-facing types live in :mod:`edge_agent.serving.routes` (no
 sockets); this module is the connection side. Both are importable from here.
+
+Size: a little over ~400 lines: the connection loop, its deadlines and its admission
+points are one state machine per socket, and splitting it would spread one request's life
+over several files; routing lives in :mod:`edge_agent.serving.routes`, deadline reads in
+:mod:`edge_agent.serving.deadline`.
 """
 
 from __future__ import annotations
