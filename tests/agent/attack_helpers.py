@@ -1,5 +1,5 @@
 """Attackers for the agent's network surfaces (issue 19): slowloris sockets, hostile PNGs,
-and an ``edge-agent run`` child process to measure. Used by tests/agent/test_attacks.py and
+and an ``edge-agent run`` child process to measure. Used by tests/agent/test_rest_attacks.py and
 bench/slowloris.py. Every socket goes to 127.0.0.0/8 only; every loop is bounded.
 """
 
