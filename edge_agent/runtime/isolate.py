@@ -117,7 +117,17 @@ def report(doc: dict[str, Any]) -> None:
 
 
 def peak_rss_mb() -> float:
-    """This process's peak resident set size, in MiB (Linux reports KiB)."""
+    """This process's peak resident set size, in MiB.
+
+    ``VmHWM`` where there is ``/proc`` (Linux): ``getrusage``'s ``ru_maxrss`` carries the
+    parent's peak across ``fork``/``vfork`` + ``exec``, so it would report the agent's size.
+    """
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        pass
     import resource
 
     kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

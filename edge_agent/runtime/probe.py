@@ -211,8 +211,8 @@ def run_probe(name: str, version: str, bundle: Path | None = None, *,
         sha = model_sha256(bundle)
     base = ProbeVerdict(name, version, "error", "", machine=_machine(), python=_python(),
                         probed_at=time.time(), model_sha256=sha)
-    run = run_child("edge_agent.runtime.probe", args, limits=ChildLimits(timeout_s),
-                    env=env, python=python)
+    run = run_child("edge_agent.runtime.probe", args, env=env, python=python,
+                    limits=ChildLimits(timeout_s, threads=os.cpu_count() or 1))
     where = STAGES.get(run.stage or "", "starting")
     base = replace(base, stage=run.stage, duration_s=run.duration_s)
     if run.status == "timeout":

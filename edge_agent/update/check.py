@@ -175,8 +175,9 @@ def check_candidate(staged: Path, manifest: Manifest, setup: CheckSetup, limits:
             args += ["--threads", str(setup.threads)]
         if setup.delegate_library:
             args += ["--delegate", setup.delegate_library]
+        threads = setup.threads or os.cpu_count() or 1  # LiteRT's own default otherwise
         run = run_child(CHILD, args, stop=stop, limits=ChildLimits(
-            limits.timeout_s, limits.memory_mb << 20, threads=setup.threads or 1))
+            limits.timeout_s, limits.memory_mb << 20, threads=threads))
         if _on_the_candidate(run):
             _MEMO[key] = run
             while len(_MEMO) > _MEMO_SIZE:

@@ -8,7 +8,7 @@ and ``active.json`` untouched, and names its reason.
 
 Size (~450 lines): the phases stay in one module on purpose; each one persists its state
 before the next step, and reading that ordering end to end is the point of the file (the
-checks it calls are already elsewhere: policy, swap, fetchers, probation, trust).
+checks it calls are already elsewhere: policy, check, swap, fetchers, probation, trust).
 """
 
 from __future__ import annotations

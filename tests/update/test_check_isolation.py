@@ -148,6 +148,9 @@ def test_a_model_whose_while_loop_never_ends_is_rejected_at_the_check_time_limit
     assert (st["last"]["result"], st["last"]["version"]) == ("committed", 4), st["last"]
     assert a.serving() == 4 and a.on_disk() == 4
     assert len(a.predict(x)["predictions"]) == 1
+    proven = event_at(a, "update.test_loaded") - event_at(a, "update.verified")
+    print(f"good digits v4: verified → test_loaded (child check + in-process load) "
+          f"{proven * 1000:.0f} ms")
 
 
 def test_a_sigkilled_agent_leaves_no_check_behind_and_the_restart_rejects_the_hang(
