@@ -177,7 +177,7 @@ class Table:
             return default
         op = ">" if exclusive else ">="
         want = f"a number {op} {lo:g}" + (f" and <= {hi:g}" if hi is not None else "")
-        if isinstance(v, bool) or not isinstance(v, (int, float)):
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or v != v:  # NaN
             raise self.err(k, f"expected {want}, got {v!r}")
         if ((v <= lo) if exclusive else (v < lo)) or (hi is not None and v > hi):
             raise self.err(k, f"expected {want}, got {v!r}")

@@ -143,15 +143,21 @@ class Wiring:
         if cfg is None or not cfg.enabled:
             return None
         check_root(cfg)
+        from edge_agent.update.check import CheckSetup
         from edge_agent.update.flow import FlowDeps
         from edge_agent.update.policy import DeviceIdentity
 
         mcfg = s.config.mqtt
+        prof, reg = s.view.profile, s.registry
+        check = CheckSetup(reg.runtime.name, reg.num_threads,  # build interpreters like `reg`
+                           delegate_library=prof.delegate_library if reg.delegates else None,
+                           memory_budget_mb=prof.memory_budget_mb, profile=prof.name)
         deps = FlowDeps(registry=s.registry, store=s.store, hooks=s.hooks,
                         identity=DeviceIdentity(s.view.device_id, device_groups(s.config),
                                                 s.view.profile.name),
                         config=cfg, update_dir=cfg.dir or Path(s.store.root) / "update",
-                        client=s.mqtt, topic_prefix=mcfg.topic_prefix if mcfg else "edge")
+                        client=s.mqtt, topic_prefix=mcfg.topic_prefix if mcfg else "edge",
+                        check_setup=check)
         self.update_service = UpdateService(deps, client=s.mqtt, http=s.http)
         return self.update_service
 

@@ -20,9 +20,11 @@ Cache rules: ``ok`` and ``crashed`` are verdicts on the runtime and are reused f
 bundle; ``load-failed`` / ``golden-mismatch`` are verdicts on one model and are reused
 only for the same model (sha256).
 
-The child's side (what runs in the other process, its stdout line protocol and the
-``EDGE_AGENT_PROBE_FAULT`` fault injection for tests) is :mod:`edge_agent.runtime.probe_child`;
-this module is the parent: verdicts, their cache, the runner and the selection.
+The child's side (what runs in the other process and the ``EDGE_AGENT_PROBE_FAULT`` fault
+injection for tests) is :mod:`edge_agent.runtime.probe_child`; how a child is started,
+limited and read (shared with the update's candidate check) is
+:mod:`edge_agent.runtime.isolate`; this module is the parent: verdicts, their cache and
+the selection.
 
 Raises :class:`~edge_agent.errors.RuntimeUnavailableError` when no candidate passes.
 """
@@ -33,8 +35,6 @@ import json
 import logging
 import os
 import platform
-import signal
-import subprocess
 import sys
 import time
 from collections.abc import Sequence
@@ -54,7 +54,8 @@ from edge_agent.runtime.backends import (
     get_runtime,
     parse_version,
 )
-from edge_agent.runtime.probe_child import FAULT_ENV, STAGES, child_main, parse_output
+from edge_agent.runtime.isolate import ChildLimits, run_child
+from edge_agent.runtime.probe_child import FAULT_ENV, STAGES, child_main
 
 __all__ = ["DEFAULT_TIMEOUT_S", "FAULT_ENV", "OUTCOMES", "STATE_FILE", "ProbeSelection",
            "ProbeVerdict", "VerdictCache", "cache_key", "installed_version", "main",
@@ -198,64 +199,37 @@ def model_sha256(bundle: Path) -> str | None:
         return None
 
 
-def _signal_name(rc: int) -> str:
-    try:
-        return signal.Signals(-rc).name
-    except ValueError:
-        return f"signal {-rc}"
-
-
-def _last_line(text: str) -> str:
-    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-    return lines[-1][:300] if lines else ""
-
-
 def run_probe(name: str, version: str, bundle: Path | None = None, *,
               timeout_s: float = DEFAULT_TIMEOUT_S, python: str | None = None,
               env: dict[str, str] | None = None) -> ProbeVerdict:
     """Probe one runtime now, in a child process; never raises for what the child does."""
-    cmd = [python or sys.executable, "-m", "edge_agent.runtime.probe", "--child", name]
+    args = ["--child", name]
     sha = None
     if bundle is not None:
         bundle = Path(bundle).resolve()
-        cmd += ["--bundle", str(bundle)]
+        args += ["--bundle", str(bundle)]
         sha = model_sha256(bundle)
-    child_env = {**os.environ, **(env or {})}
-    # The child must import this agent, wherever the parent found it (venv or source tree).
-    pkg_root = str(Path(__file__).resolve().parents[2])
-    child_env["PYTHONPATH"] = os.pathsep.join(
-        p for p in (pkg_root, child_env.get("PYTHONPATH", "")) if p)
     base = ProbeVerdict(name, version, "error", "", machine=_machine(), python=_python(),
                         probed_at=time.time(), model_sha256=sha)
-    t0 = time.monotonic()
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s,
-                              env=child_env, stdin=subprocess.DEVNULL, check=False)
-    except subprocess.TimeoutExpired as e:
-        out = e.stdout.decode() if isinstance(e.stdout, bytes) else (e.stdout or "")
-        _, stage = parse_output(out)
-        return replace(base, outcome="timeout", stage=stage,
-                       duration_s=time.monotonic() - t0,
-                       detail=f"no answer within {timeout_s:g} s while "
-                              f"{STAGES.get(stage or '', 'starting')}; not trusted")
-    except OSError as e:
-        return replace(base, outcome="error", duration_s=time.monotonic() - t0,
-                       detail=f"could not start the probe process: {e}")
-    dt = time.monotonic() - t0
-    result, stage = parse_output(proc.stdout)
-    if proc.returncode < 0:
-        sig = _signal_name(proc.returncode)
-        return replace(base, outcome="crashed", signal=sig, stage=stage, duration_s=dt,
-                       detail=f"crashed with {sig} while "
-                              f"{STAGES.get(stage or '', 'starting')}; not trusted")
-    if result is None:
-        why = _last_line(proc.stderr) or f"exit status {proc.returncode}"
-        return replace(base, outcome="error", stage=stage, duration_s=dt,
-                       detail=f"probe ended without a verdict ({why})")
-    outcome = str(result.get("outcome", "error"))
+    run = run_child("edge_agent.runtime.probe", args, env=env, python=python,
+                    limits=ChildLimits(timeout_s, threads=os.cpu_count() or 1))
+    where = STAGES.get(run.stage or "", "starting")
+    base = replace(base, stage=run.stage, duration_s=run.duration_s)
+    if run.status == "timeout":
+        return replace(base, outcome="timeout",
+                       detail=f"no answer within {timeout_s:g} s while {where}; not trusted")
+    if run.status == "crashed":
+        return replace(base, outcome="crashed", signal=run.signal,
+                       detail=f"crashed with {run.signal} while {where}; not trusted")
+    if run.status == "spawn-failed":
+        return replace(base, outcome="error", detail=run.detail)
+    if run.result is None:
+        return replace(base, outcome="error",
+                       detail=f"probe ended without a verdict ({run.detail})")
+    outcome = str(run.result.get("outcome", "error"))
     return replace(base, outcome=outcome if outcome in OUTCOMES else "error",
-                   stage=stage, duration_s=dt, detail=str(result.get("detail", ""))[:400],
-                   int8_xnnpack=result.get("int8_xnnpack"))
+                   detail=str(run.result.get("detail", ""))[:400],
+                   int8_xnnpack=run.result.get("int8_xnnpack"))
 
 
 def probe_runtime(name: str, bundle: Path | None = None, *, state_dir: str | Path,

@@ -2,10 +2,9 @@
 
 Runs as ``python -m edge_agent.runtime.probe --child NAME [--bundle DIR]`` (see
 :mod:`edge_agent.runtime.probe`, the parent), so that a runtime whose native code crashes
-takes down this process and not the agent. It talks to the parent over stdout: a
-``EDGE-PROBE-STAGE <stage>`` line as it enters each stage (:data:`STAGES`), so that a crash
-can be placed, and one ``EDGE-PROBE-RESULT <json>`` line at the end; :func:`parse_output` is
-the parent's reader of those lines. Exit status 0 only when the runtime is trustworthy.
+takes down this process and not the agent. It talks to the parent with the stage and
+verdict lines of :mod:`edge_agent.runtime.isolate` (its stages: :data:`STAGES`). Exit
+status 0 only when the runtime is trustworthy.
 
 Fault injection (tests only): the child honours ``EDGE_AGENT_PROBE_FAULT`` = ``segv``
 (a real SIGSEGV through a NULL read with ctypes, right where the interpreter would be
@@ -15,8 +14,6 @@ created), ``abort``, ``hang`` or ``exit``, optionally for one runtime only
 
 from __future__ import annotations
 
-import contextlib
-import json
 import os
 import time
 from typing import Any
@@ -24,28 +21,11 @@ from typing import Any
 from edge_agent.bundle import read_bundle, sha256_bytes
 from edge_agent.errors import BundleError
 from edge_agent.runtime.backends import get_runtime
+from edge_agent.runtime.isolate import apply_limits, report, stage
 
-RESULT_TAG = "EDGE-PROBE-RESULT "
-STAGE_TAG = "EDGE-PROBE-STAGE "
 FAULT_ENV = "EDGE_AGENT_PROBE_FAULT"
 STAGES = {"import": "importing the runtime", "create": "creating the interpreter",
           "golden": "checking golden vectors", "done": "reporting"}
-
-
-def parse_output(stdout: str) -> tuple[dict[str, Any] | None, str | None]:
-    """The child's result document (None if it printed none) and the last stage it reached."""
-    result, stage = None, None
-    for line in stdout.splitlines():
-        if line.startswith(STAGE_TAG):
-            stage = line[len(STAGE_TAG):].strip()
-        elif line.startswith(RESULT_TAG):
-            with contextlib.suppress(ValueError):
-                result = json.loads(line[len(RESULT_TAG):])
-    return result, stage
-
-
-def _stage(name: str) -> None:
-    print(STAGE_TAG + name, flush=True)
 
 
 def _inject_fault(name: str) -> None:
@@ -66,6 +46,7 @@ def _inject_fault(name: str) -> None:
 
 def child_main(name: str, bundle_path: str | None) -> int:
     """Import, create, verify; print one result line. Exit 0 only when trustworthy."""
+    apply_limits()
     import numpy as np
 
     from edge_agent.errors import GoldenMismatchError, ModelLoadError
@@ -79,16 +60,15 @@ def child_main(name: str, bundle_path: str | None) -> int:
     from edge_agent.runtime.model import LoadedModel, verify_golden
 
     def result(outcome: str, detail: str, **extra: Any) -> int:
-        _stage("done")
-        print(RESULT_TAG + json.dumps({"outcome": outcome, "detail": detail, **extra}),
-              flush=True)
+        stage("done")
+        report({"outcome": outcome, "detail": detail, **extra})
         return 0 if outcome == "ok" else 3
 
-    _stage("import")
+    stage("import")
     rt = get_runtime(name)
     if rt is None:
         return result("not-installed", "does not import in this Python")
-    _stage("create")
+    stage("create")
     _inject_fault(name)
     try:
         probe = LoadedModel(rt, PROBE_MODEL)
@@ -101,7 +81,7 @@ def child_main(name: str, bundle_path: str | None) -> int:
             return result("ok", "probe model loads and computes correctly", int8_xnnpack=int8)
         bundle = read_bundle(bundle_path)
         model = LoadedModel(rt, bundle.model_bytes)
-        _stage("golden")
+        stage("golden")
         g = verify_golden(bundle, rt, model=model)
     except ModelLoadError as e:
         return result("load-failed", str(e))

@@ -10,7 +10,8 @@ Public surface (everything else is an implementation detail)::
 
 Rooms: ``wire`` (announcement/chunk/target formats), ``policy`` and ``state`` and
 ``probation.judge`` (pure decisions), ``trust`` (python-tuf ngclient), ``fetchers``
-(MQTT chunks, HTTP mirrors), ``staging``, ``swap``, ``flow``, ``service``.
+(MQTT chunks, HTTP mirrors), ``staging``, ``check`` + ``check_child`` (test-load and
+golden vectors in a limited child process), ``swap``, ``flow``, ``service``.
 See docs/security.md for the threat model and how each guarantee is enforced.
 """
 

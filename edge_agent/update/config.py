@@ -9,6 +9,8 @@ Example (TOML)::
     transport = "auto"                   # auto (MQTT chunks, else HTTP mirror) | mqtt | http
     keep_versions = 3                    # installed versions kept (active + previous always)
     probation_s = 60                     # serve the new model this long before committing
+    check_timeout_s = 60                 # candidate check in a child: time limit
+    check_memory_mb = 0                  # … and memory limit (0: profile memory_budget_mb)
 
 :meth:`UpdateConfig.parse` is called by :func:`edge_agent.config.load_config` (validated
 once at start, through the one config reader) and raises
@@ -58,6 +60,9 @@ class UpdateConfig:
     probation_latency_floor_ms: float = 50.0  # paired new p95 under this is never "too slow"
     probation_max_crashes: int = 0  # agent restarts during probation tolerated
     retry_backoff_s: float = 30.0  # transport failure → retry the announcement after this
+    # the candidate check (test-load + golden vectors) runs in a child process with limits
+    check_timeout_s: float = 60.0  # wall clock for the child: start, load, golden vectors
+    check_memory_mb: int = 0  # the child's RLIMIT_DATA; 0: the profile's memory_budget_mb
     source: str = field(default="", compare=False)
 
     @classmethod
@@ -114,6 +119,11 @@ class UpdateConfig:
                                                 exclusive=False),
             probation_max_crashes=t.integer("probation_max_crashes", d.probation_max_crashes, 0),
             retry_backoff_s=t.number("retry_backoff_s", d.retry_backoff_s, 0.0, exclusive=False),
+        )
+        kw.update(  # the candidate check's limits (edge_agent.update.check)
+            check_timeout_s=t.number("check_timeout_s", d.check_timeout_s, 0.5, 3600.0,
+                                     exclusive=False),
+            check_memory_mb=t.integer("check_memory_mb", d.check_memory_mb, 64, allow=(0,)),
         )
         t.finish()
         if empty:

@@ -3,8 +3,15 @@
 ``kill@swapping`` SIGKILLs the agent right after ``state.json`` says ``swapping``;
 ``kill@chunk:3`` after the 3rd chunk is written; ``pause@golden:2.5`` sleeps 2.5 s.
 Points are the phase names plus ``chunk:<n>``, ``installed``, ``activated``,
-``committing``. Unset in production (setting it needs control of the agent's
-environment, which already means control of the device).
+``committing``, and ``check``: inside the candidate-check child process
+(:mod:`edge_agent.update.check_child`), where the interpreter is about to be created —
+so ``kill@check`` kills that child, not the agent.
+
+Actions: ``kill`` (SIGKILL), ``segv`` (a real SIGSEGV in native code: a NULL read through
+ctypes), ``pause@<point>:<seconds>``, and ``alloc@<point>:<MiB>`` (allocates and keeps
+that much memory: a memory-hungry model, as the memory limit sees it). Unset in
+production (setting it needs control of the agent's environment, which already means
+control of the device).
 """
 
 from __future__ import annotations
@@ -14,6 +21,7 @@ import signal
 import time
 
 ENV = "EDGE_UPDATE_FAULT"
+_HELD: list[bytearray] = []  # what ``alloc`` took, kept until the process ends
 
 
 def point(name: str) -> None:
@@ -23,9 +31,14 @@ def point(name: str) -> None:
         return
     for item in spec.split(","):
         action, _, where = item.strip().partition("@")
+        target, _, arg = where.rpartition(":")  # for the actions taking an argument
         if action == "kill" and where == name:
             os.kill(os.getpid(), signal.SIGKILL)
-        if action == "pause":
-            target, _, secs = where.rpartition(":")
-            if target == name:
-                time.sleep(float(secs))
+        elif action == "segv" and where == name:
+            import ctypes
+
+            ctypes.string_at(0)
+        elif action == "pause" and target == name:
+            time.sleep(float(arg))
+        elif action == "alloc" and target == name:
+            _HELD.append(bytearray(int(arg) << 20))

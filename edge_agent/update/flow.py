@@ -8,7 +8,7 @@ and ``active.json`` untouched, and names its reason.
 
 Size (~450 lines): the phases stay in one module on purpose; each one persists its state
 before the next step, and reading that ordering end to end is the point of the file (the
-checks it calls are already elsewhere: policy, swap, fetchers, probation, trust).
+checks it calls are already elsewhere: policy, check, swap, fetchers, probation, trust).
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from edge_agent.hooks import Hooks
 from edge_agent.protocol.kinds import EventKind, UpdateResult
 from edge_agent.registry import ModelRegistry, ServedModel
 from edge_agent.store import ModelStore
-from edge_agent.update import faults, policy, swap
+from edge_agent.update import check, faults, policy, swap
 from edge_agent.update.config import UpdateConfig
 from edge_agent.update.errors import (
     BadAnnouncementError,
@@ -88,6 +88,7 @@ class FlowDeps:
     update_dir: Path
     client: PubSub | None = None
     topic_prefix: str = "edge"
+    check_setup: check.CheckSetup | None = None  # default: the registry's runtime, threads
 
 
 def blocked_key(name: str, version: int) -> str:
@@ -112,6 +113,9 @@ class UpdateFlow:
         ctx = ssl.create_default_context(cafile=str(self.cfg.http_ca_file)) \
             if self.cfg.http_ca_file else None
         self._ssl = ctx
+        self.check_setup = deps.check_setup or check.CheckSetup(
+            deps.registry.runtime.name, deps.registry.num_threads)
+        self.check_limits = check.CheckLimits.resolve(self.cfg, self.check_setup)
 
     # --- plumbing ---------------------------------------------------------------------------
 
@@ -188,7 +192,7 @@ class UpdateFlow:
             return self._probation(None)
         if plan.action == Recovery.ABANDON:
             if s.name and s.version:
-                self._set(replace(s, blocked=(*s.blocked, blocked_key(s.name, s.version))))
+                self._block()
             return self._reject(ModelRejectedError(plan.reason, code="crash_loop"))
         payload = self.state_file.announcement(s.announce_digest or "")
         if payload is None:
@@ -327,26 +331,47 @@ class UpdateFlow:
         return bundle
 
     def _test_load(self, bundle: Bundle) -> ServedModel:
+        """Prove the candidate in a child under time and memory limits (:mod:`check`), then
+        load it here. A candidate that hung, crashed or exhausted the child is blocked."""
         self._set(self.state.to(Phase.TEST_LOADING))
+        sha = self.state.target_sha256 or ""
+        try:
+            proof = check.check_candidate(self.staging.final(sha), bundle.manifest,
+                                          self.check_setup, self.check_limits, sha256=sha,
+                                          stop=self.stop)
+        except ModelRejectedError as e:
+            if e.code in check.BLOCKING:
+                self._block()
+            raise
         try:
             served = self.d.registry.build(bundle)
         except EdgeError as e:
             raise ModelRejectedError(f"test-load failed: {e}", code="load_failed") from e
         self._event("info", EventKind.UPDATE_TEST_LOADED,
-                    f"loaded in {served.load_time_s * 1000:.0f} ms on {self.d.registry.runtime}")
+                    f"proven in a check process in {proof.duration_s * 1000:.0f} ms "
+                    f"({proof.vectors} golden vectors, max diff {proof.max_abs_diff:g}; limits "
+                    f"{self.check_limits.describe()}), then loaded in "
+                    f"{served.load_time_s * 1000:.0f} ms on {self.d.registry.runtime}",
+                    check_ms=round(proof.duration_s * 1000, 1),
+                    check_peak_rss_mb=proof.peak_rss_mb, check_reused=proof.reused)
         return served
 
     def _golden(self, served: ServedModel) -> None:
+        """Again on the interpreter that will serve: the child proved it terminates, within
+        the limits, on these bytes with this setup; this proves this very instance."""
         self._set(self.state.to(Phase.GOLDEN))
-        if not served.manifest.golden:
-            raise ModelRejectedError("bundle carries no golden vectors: it cannot be proven "
-                                     "on this device", code="golden_missing")
         try:
             res = served.verify_golden()
         except EdgeError as e:
             raise ModelRejectedError(f"golden vectors failed: {e}", code="golden_mismatch") from e
         self._event("info", EventKind.UPDATE_GOLDEN_OK, f"{res.vectors} golden vectors match "
                     f"(max diff {res.max_abs_diff:g})")
+
+    def _block(self) -> None:
+        """Never try this version again here (rolled back, or it hung/crashed its check)."""
+        s = self.state
+        assert s.name is not None and s.version is not None
+        self._set(replace(s, blocked=(*s.blocked, blocked_key(s.name, s.version))[-256:]))
 
     def _probation(self, baseline: WindowStats | None) -> Outcome:
         s = self.state
@@ -408,7 +433,7 @@ class UpdateFlow:
             s = self.state
         assert s.name is not None and s.version is not None
         swap.restore(self.d.registry, self.d.store, s.name, s.from_version, s.version)
-        self._set(replace(s, blocked=(*s.blocked, blocked_key(s.name, s.version))[-256:]))
+        self._block()
         out = self._finish(UpdateResult.ROLLED_BACK, code, reason)
         self._event("error", EventKind.UPDATE_ROLLED_BACK, f"{s.name} v{s.version} rolled back to "
                     f"v{s.from_version}: {reason}", name=s.name, version=s.version,

@@ -49,7 +49,8 @@ def check_model_target(spec: TargetSpec, *, path: str, length: int,
                        blocked: Collection[str], max_bytes: int) -> None:
     """Decide from signed metadata alone, before a byte of the target is fetched.
 
-    ``blocked`` holds ``name@version`` keys of versions rolled back on this device.
+    ``blocked`` holds ``name@version`` keys of versions rolled back on this device, or
+    whose isolated check hung, crashed or ran out of memory.
 
     Raises NotForDeviceError, VersionNotNewerError, BundleRejectedError, TargetMismatchError.
     """
@@ -63,8 +64,9 @@ def check_model_target(spec: TargetSpec, *, path: str, length: int,
         raise VersionNotNewerError(f"{spec.name} v{spec.version} is not newer than the "
                                    f"installed v{installed} (rollback refused)")
     if f"{spec.name}@{spec.version}" in blocked:
-        raise BundleRejectedError(f"{spec.name} v{spec.version} was rolled back on this "
-                                  "device before; publish a new version")
+        raise BundleRejectedError(f"{spec.name} v{spec.version} is blocked on this device "
+                                  "(rolled back, or its check hung, crashed or ran out of "
+                                  "memory); publish a new version")
     if length > max_bytes:
         raise TargetMismatchError(f"{path} is {length} bytes, over this device's cap of "
                                   f"{max_bytes}")

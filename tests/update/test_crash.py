@@ -11,23 +11,18 @@ cleanly (state idle, outcome recorded).
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
 import urllib.request
 from pathlib import Path
 from typing import Any
 
 import pytest
-from update_helpers import DEVICE, GROUP, ME, Bundles, Fleet
+from update_agentproc import AgentProcess
+from update_helpers import ME, Bundles, Fleet
 from waiting import wait_for
 
 from edge_agent.bundle import read_bundle
 from edge_agent.store import ModelStore
 from fleet.publish import rollback
-
-ROOT = Path(__file__).resolve().parents[2]
 
 # point → (expected outcome after the restart, version then serving)
 POINTS = {
@@ -44,94 +39,6 @@ POINTS = {
     "probation": ("rolled_back", 1),  # a crash of the new model during probation
     "committed": ("committed", 2),
 }
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class AgentProcess:
-    def __init__(self, tmp: Path, fleet: Fleet, bundles: Bundles, broker_url: str) -> None:
-        self.tmp = tmp
-        self.port = free_port()
-        self.store = tmp / "store"
-        self.config = tmp / "agent.toml"
-        self.config.write_text(f"""
-[agent]
-device_id = "{DEVICE}"
-profile = "generic-x86_64"
-store_dir = "{self.store}"
-probe_runtime = false
-threads = 1
-groups = ["{GROUP}"]
-
-[http]
-port = {self.port}
-
-[mqtt]
-url = "{broker_url}"
-keepalive_s = 5
-reconnect_max_s = 1.0
-
-[update]
-root_file = "{fleet.repo.meta_dir / '1.root.json'}"
-probation_s = 0.5
-stall_timeout_s = 10.0
-retry_backoff_s = 0.5
-
-[[models]]
-bundle = "{bundles.v1}"
-activate = false
-""")
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.log = tmp / "agent.log"
-
-    def start(self, fault: str | None = None) -> None:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("EDGE_")}
-        if fault:
-            env["EDGE_UPDATE_FAULT"] = fault
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "edge_agent.cli", "run", "--config", str(self.config)],
-            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=open(self.log, "ab"))  # noqa: SIM115
-        wait_for(lambda: self._ready(), 30, "the agent to serve")
-
-    def _ready(self) -> bool:
-        assert self.proc is not None
-        if self.proc.poll() is not None:
-            pytest.fail(f"agent exited {self.proc.returncode}: {self.log.read_text()[-3000:]}")
-        try:
-            return bool(self.get("/readyz")["ready"])
-        except OSError:
-            return False
-
-    def get(self, path: str) -> Any:
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=5) as r:
-            return json.loads(r.read())
-
-    def wait_killed(self, timeout_s: float = 30.0) -> None:
-        assert self.proc is not None
-        try:
-            rc = self.proc.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            pytest.fail(f"the fault did not fire: {self.log.read_text()[-3000:]}")
-        assert rc == -signal.SIGKILL, rc
-
-    def update_status(self) -> dict[str, Any]:
-        st: dict[str, Any] = self.get("/v1/agent/update")
-        return st
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
 
 
 @pytest.fixture

@@ -129,7 +129,7 @@ def test_first_install_takes_any_version() -> None:
 
 
 def test_version_rolled_back_on_this_device_is_refused_again() -> None:
-    with refused(BundleRejectedError, "bundle", "digits v3 was rolled back on this device"):
+    with refused(BundleRejectedError, "bundle", "digits v3 is blocked on this device"):
         check(spec(3), blocked=("digits@3",))
 
 

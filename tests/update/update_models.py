@@ -5,6 +5,10 @@ a model that loads and passes its golden vectors but rejects every request shape
 the 8x8 model it replaces (the classic incompatible update).
 ``python tests/update/update_models.py big OUT --version N``: a ~4 MB int8 digits model
 (dense layers) for bench/update.py.
+``python tests/update/update_models.py while OUT.tflite``: a real TFLite model (digits' int8
+IO) whose WHILE loop never terminates unless the input sums to zero — on every digits
+golden input it runs forever. Only the ``.tflite``: the converter would itself hang
+computing its golden outputs, so the test patches it into a bundle.
 
 Run in a child process so the pytest process never imports TensorFlow.
 """
@@ -70,10 +74,35 @@ def build(kind: str, out: Path, version: int) -> None:
     shutil.rmtree(work, ignore_errors=True)
 
 
+def build_while(out: Path) -> None:
+    from converter.tfload import import_tf, quiet
+
+    tf = import_tf()
+
+    @tf.function(input_signature=[tf.TensorSpec([1, 8, 8, 1], tf.int8)])
+    def never_ends(x: object) -> object:
+        s = tf.reduce_sum(tf.cast(x, tf.float32))
+        i, s = tf.while_loop(lambda i, s: tf.not_equal(s, 0.0),  # s never changes
+                             lambda i, s: (i + 1.0, s), [tf.constant(0.0), s])
+        return tf.cast(tf.zeros([1, 10]) + tf.minimum(i, 0.0), tf.int8)
+
+    with quiet():
+        conv = tf.lite.TFLiteConverter.from_concrete_functions(
+            [never_ends.get_concrete_function()], never_ends)
+        data = conv.convert()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_bytes(data)
+    tmp.rename(out)
+
+
 if __name__ == "__main__":
     ap = argparse.ArgumentParser()
-    ap.add_argument("kind", choices=("wide", "big"))
+    ap.add_argument("kind", choices=("wide", "big", "while"))
     ap.add_argument("out", type=Path)
     ap.add_argument("--version", type=int, default=3)
     a = ap.parse_args()
-    build(a.kind, a.out, a.version)
+    if a.kind == "while":
+        build_while(a.out)
+    else:
+        build(a.kind, a.out, a.version)

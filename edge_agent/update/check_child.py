@@ -1,0 +1,94 @@
+"""The candidate check's child process: load a staged bundle, run its golden vectors, report.
+
+Runs as ``python -m edge_agent.update.check_child --bundle STAGED --runtime NAME
+[--threads N] [--delegate LIB]``, started by :mod:`edge_agent.update.check` through
+:func:`edge_agent.runtime.isolate.run_child`. Its limits (memory, CPU, parent death) are
+applied first, before a byte of the bundle is read. It builds the interpreter the way the
+agent's registry does (runtime, threads, delegate) and prints one verdict
+(:func:`edge_agent.runtime.isolate.report`):
+
+* ``ok`` with ``vectors``, ``max_abs_diff`` and ``peak_rss_mb``;
+* ``load-failed`` / ``golden-mismatch`` with the runtime's or the comparison's message;
+* ``memory``: an allocation was refused (``MemoryError``: the limit, or the device);
+* ``error``: the bundle or the runtime is unusable here.
+
+Stages: ``load`` (reading the staged bundle, hash-verified), ``import`` (the runtime),
+``create`` (the interpreter; the fault point ``check`` of :mod:`edge_agent.update.faults`
+is here), ``golden``, ``done``. Like the agent, it never imports TensorFlow unless
+``tensorflow`` is the configured runtime. Exit status 0 only for ``ok``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from edge_agent.runtime.isolate import apply_limits, peak_rss_mb, report, stage
+
+STAGES = {"load": "reading the bundle", "import": "importing the runtime",
+          "create": "creating the interpreter", "golden": "running the golden vectors",
+          "done": "reporting"}
+
+
+def _result(outcome: str, detail: str = "", **extra: Any) -> int:
+    stage("done")
+    report({"outcome": outcome, "detail": detail[:400], "peak_rss_mb": peak_rss_mb(), **extra})
+    return 0 if outcome == "ok" else 3
+
+
+def _check(bundle_path: str, runtime: str, threads: int | None, delegate: str | None) -> int:
+    from edge_agent.bundle import read_bundle
+    from edge_agent.errors import (
+        BundleError,
+        GoldenMismatchError,
+        ModelLoadError,
+        RuntimeUnavailableError,
+    )
+    from edge_agent.runtime.backends import get_runtime
+    from edge_agent.runtime.model import LoadedModel, verify_golden
+    from edge_agent.update import faults
+
+    stage("load")
+    try:
+        bundle = read_bundle(bundle_path, verify_hash=True)
+    except BundleError as e:
+        return _result("error", f"bundle unreadable: {e}")
+    stage("import")
+    rt = get_runtime(runtime)
+    if rt is None:
+        return _result("error", f"runtime {runtime} does not import in the check process")
+    stage("create")
+    faults.point("check")
+    try:
+        delegates = [rt.load_delegate(delegate)] if delegate else []
+        model = LoadedModel(rt, bundle.model_bytes, num_threads=threads, delegates=delegates)
+        stage("golden")
+        g = verify_golden(bundle, rt, model=model)
+    except ModelLoadError as e:
+        return _result("load-failed", str(e))
+    except GoldenMismatchError as e:
+        return _result("golden-mismatch", str(e))
+    except RuntimeUnavailableError as e:  # the delegate would not load here
+        return _result("error", str(e))
+    return _result("ok", f"{g.vectors} golden vectors match (max diff {g.max_abs_diff:g})",
+                   vectors=g.vectors, max_abs_diff=g.max_abs_diff)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    apply_limits()
+    p = argparse.ArgumentParser(prog="python -m edge_agent.update.check_child")
+    p.add_argument("--bundle", required=True)
+    p.add_argument("--runtime", required=True)
+    p.add_argument("--threads", type=int)
+    p.add_argument("--delegate")
+    a = p.parse_args(argv)
+    try:
+        return _check(a.bundle, a.runtime, a.threads, a.delegate)
+    except MemoryError:
+        return _result("memory", "an allocation was refused (MemoryError)")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
