@@ -15,8 +15,8 @@ then refuses to start the phase, or — when the attempt is ending anyway — ke
 end state in memory and says that it is not on disk (:mod:`edge_agent.update.flow`).
 A stale phase left that way is recovered like a crash at the next start. So that the
 end of an attempt still reaches the disk when something else filled it, ``state.json``
-stays small (bounded lists, ~40 KB at most) and keeps :data:`RESERVE_BYTES` of room of
-its own (``state.reserve``), given up for it on ENOSPC.
+stays small (bounded lists: under 45 KB with 64-character names) and keeps
+:data:`RESERVE_BYTES` of room of its own (``state.reserve``), given up for it on ENOSPC.
 """
 
 from __future__ import annotations
@@ -197,7 +197,7 @@ def recover(state: UpdateState, active_version: int | None, max_crashes: int) ->
                         "during probation", crashes)
 
 
-RESERVE_BYTES = 64 * 1024  # room kept for state.json (its worst case is ~40 KB)
+RESERVE_BYTES = 64 * 1024  # room kept for state.json (under 45 KB at its largest)
 _FULL = (errno.ENOSPC, errno.EDQUOT)
 
 
