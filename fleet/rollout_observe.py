@@ -121,7 +121,8 @@ def observe_status(device: str, doc: Status | Mapping[str, Any],
         if last.result == UpdateResult.NOOP or (last.result == UpdateResult.REJECTED
                                                 and last.code == "version"):
             return Observation(device, Outcome.ALREADY, "already", online=True)
-        if last.result in _FAILED_RESULTS and last.code not in RETRIED_CODES:
+        if last.result in _FAILED_RESULTS and not (last.result == UpdateResult.FAILED
+                                                   and last.code in RETRIED_CODES):
             return Observation(device, Outcome.FAILED,
                                f"{last.result}: {last.code}: {last.reason}".strip(": "),
                                online=True)

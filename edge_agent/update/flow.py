@@ -158,7 +158,7 @@ class UpdateFlow:
         """
         self.state = state
         try:
-            self.state_file.save(state)
+            self.state_file.save(state, use_reserve=True)
         except OSError as e:
             self._unsaved = e
             log.error("update: state.json not written (%s); %s in memory only", e,
@@ -172,7 +172,7 @@ class UpdateFlow:
         if self._unsaved is None:
             return
         try:
-            self.state_file.save(self.state)
+            self.state_file.save(self.state, use_reserve=True)
         except OSError as e:
             self._unsaved = e
             return
@@ -520,8 +520,9 @@ class UpdateFlow:
         code = error_code(e)
         reason = str(e)
         if disk_code(e) is not None:  # name where and what the disk refused
-            what = f"{s.name} v{s.version}" if s.name else "an update"
-            reason = f"disk error while {s.phase.value} {what} in {self.d.update_dir}: {e}"
+            step = s.phase.value if s.phase != Phase.IDLE else "storing the announcement"
+            what = f" of {s.name} v{s.version}" if s.name else ""
+            reason = f"disk error ({step}{what}) in {self.d.update_dir}: {e}"
         out = self._finish(UpdateResult.FAILED, code, reason, remember=False,
                            keep_staging=code not in SPACE_CODES)
         self._event("warning", EventKind.UPDATE_FAILED, f"update failed ({code}), will retry: "

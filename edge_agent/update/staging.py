@@ -10,6 +10,7 @@ what a failure on a full disk does first, so it never fails its caller.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import logging
 import os
@@ -64,6 +65,18 @@ class Staging:
         if os.fstat(fd).st_size != length:
             os.ftruncate(fd, length)
         return fd
+
+    @staticmethod
+    def write_at(fd: int, offset: int, data: bytes) -> None:
+        """Write all of ``data`` at ``offset``. A nearly full disk takes part of a write
+        and returns short: writing on surfaces the ENOSPC (a chunk silently cut short
+        would only fail the final sha256, blaming the release for the disk)."""
+        view = memoryview(data)
+        while view:
+            n = os.pwrite(fd, view, offset)
+            if n <= 0:
+                raise OSError(errno.EIO, f"write made no progress at offset {offset}")
+            view, offset = view[n:], offset + n
 
     def cleanup(self, keep: set[str]) -> int:
         """Remove staged files of every target not in ``keep`` (sha256 values); returns the

@@ -16,7 +16,8 @@ end state in memory and says that it is not on disk (:mod:`edge_agent.update.flo
 A stale phase left that way is recovered like a crash at the next start. So that the
 end of an attempt still reaches the disk when something else filled it, ``state.json``
 stays small (bounded lists: under 45 KB with 64-character names) and keeps
-:data:`RESERVE_BYTES` of room of its own (``state.reserve``), given up for it on ENOSPC.
+:data:`RESERVE_BYTES` of room of its own (``state.reserve``), given up on ENOSPC for the
+write that ends an attempt (never to start one on a full disk).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import errno
 import json
 import logging
 import os
+import shutil
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -226,18 +228,19 @@ class StateFile:
                                             f"state file was unreadable; kept as {bad.name}",
                                             at=time.time()))
 
-    def save(self, state: UpdateState) -> None:
-        """Replace ``state.json`` atomically. On ENOSPC/EDQUOT the reserve is given up
-        to make room and the write tried once more.
+    def save(self, state: UpdateState, *, use_reserve: bool = False) -> None:
+        """Replace ``state.json`` atomically. With ``use_reserve`` (the end of an attempt,
+        which must reach the disk; never for starting a phase on a full disk), ENOSPC or
+        EDQUOT gives the reserve up to make room and the write is tried once more.
 
-        Raises OSError when it still fails; the previous ``state.json`` is then intact.
+        Raises OSError when it fails; the previous ``state.json`` is then intact.
         """
         data = state.to_json().encode("utf-8")
         self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
             self._write(data)
         except OSError as e:
-            if e.errno not in _FULL or not self._release_reserve():
+            if not use_reserve or e.errno not in _FULL or not self._release_reserve():
                 raise
             log.warning("update: disk full; state.json written into its reserve (%s)", e)
             self._write(data)
@@ -256,13 +259,18 @@ class StateFile:
         return True
 
     def _keep_reserve(self) -> None:
-        """Recreate the reserve if it is missing (best effort: never takes the last bytes
-        of a disk that is still full, and never fails the caller)."""
+        """Recreate the reserve if it is missing, once the disk has room again (at least
+        4 reserves free: it never takes the last bytes). Best effort, never raises."""
         try:
             if self.reserve.stat().st_size >= RESERVE_BYTES:
                 return
         except FileNotFoundError:
             pass
+        except OSError:
+            return
+        try:
+            if shutil.disk_usage(self.reserve.parent).free < 4 * RESERVE_BYTES:
+                return
         except OSError:
             return
         tmp = self.reserve.with_name(f".{self.reserve.name}.tmp")

@@ -67,6 +67,7 @@ from edge_agent.update.state import (
     UpdateState,
 )
 from edge_agent.update.wire import Announcement
+from fleet.rollout_core import Outcome as RolloutOutcome
 from fleet.rollout_core import Target
 from fleet.rollout_observe import observe_event, observe_status
 
@@ -387,13 +388,16 @@ def test_a_state_write_on_a_full_disk_uses_the_reserve_and_a_failed_one_keeps_th
         sf.save(_with_reason("a"))
         assert sf.reserve.stat().st_size == RESERVE_BYTES
         fill(disk / "filler")
+        with pytest.raises(OSError):  # starting a phase never spends the reserve
+            sf.save(_with_reason("no"))
+        assert sf.reserve.exists()
         b = _with_reason("b")
-        sf.save(b)  # the reserve made room for it
+        sf.save(b, use_reserve=True)  # the end of an attempt: the reserve makes room
         assert UpdateState.from_json(sf.path.read_text()) == b
         assert not sf.reserve.exists()
         fill(disk / "filler2")  # the rest of what the reserve freed
         with pytest.raises(OSError) as err:
-            sf.save(_with_reason("c"))
+            sf.save(_with_reason("c"), use_reserve=True)
         assert err.value.errno == errno.ENOSPC
         assert UpdateState.from_json(sf.path.read_text()) == b, "the previous file is whole"
         assert sorted(p.name for p in sf.path.parent.iterdir()) == ["state.json"], \
@@ -401,6 +405,22 @@ def test_a_state_write_on_a_full_disk_uses_the_reserve_and_a_failed_one_keeps_th
         (disk / "filler").unlink()
         sf.save(_with_reason("d"))
         assert sf.reserve.stat().st_size == RESERVE_BYTES, "the reserve was not recreated"
+
+
+def test_a_chunk_the_nearly_full_disk_takes_only_part_of_is_a_disk_error(tmp_path: Path
+                                                                          ) -> None:
+    with tmpfs(tmp_path / "disk", 1) as disk:
+        staging = Staging(disk / "staging")
+        fd = staging.open_part("ab" * 32, 1 << 16)
+        try:
+            fill(disk / "filler")
+            with open(disk / "filler", "r+b") as f:  # two pages free: a short write
+                f.truncate(f.seek(0, os.SEEK_END) - 8192)
+            with pytest.raises(OSError) as err:
+                staging.write_at(fd, 0, b"\1" * 16384)
+            assert err.value.errno == errno.ENOSPC
+        finally:
+            os.close(fd)
 
 
 def test_the_largest_state_json_fits_in_its_reserve() -> None:
@@ -463,3 +483,5 @@ def test_a_rollout_does_not_count_a_devices_disk_failure_against_the_release(cod
                                                    "reason": "full", "name": "digits",
                                                    "version": 2}}}
     assert observe_status("a", status, t).outcome is None
+    status["update"]["last"]["result"] = "rolled_back"  # swapped, then refused: a failure
+    assert observe_status("a", status, t).outcome == RolloutOutcome.FAILED
