@@ -35,11 +35,13 @@ from update_helpers import (
     Bundles,
     DeviceFactory,
     Fleet,
+    PinnedDigits,
     assert_nothing_moved,
     signed_release,
 )
 from waiting import wait_for
 
+from edge_agent.bundle import read_bundle
 from edge_agent.hooks import AgentEvent, Hooks
 from edge_agent.mqtt.client import MqttClient
 from edge_agent.mqtt.config import MqttConfig
@@ -375,6 +377,26 @@ def test_every_state_write_failing_still_ends_the_attempt_idle_with_an_outcome(
     saved = json.loads(sf.path.read_text())
     assert (saved["phase"], saved["last"]["result"]) == ("idle", "rejected"), saved
     assert "state_error" not in flow.status()
+
+
+def test_a_probation_restart_that_cannot_be_recorded_rolls_back_instead_of_going_uncounted(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, update_digits: PinnedDigits) -> None:
+    flow, events = _flow(tmp_path)
+    store = flow.d.store
+    for b in (update_digits.bundle, update_digits.bundle_v2):
+        store.install(read_bundle(b))
+    store.set_active("digits", 1)
+    store.set_active("digits", 2)  # the swap persisted, then an orderly stop in probation
+    flow.state_file.save(UpdateState(phase=Phase.PROBATION, name="digits", version=2,
+                                     from_version=1, clean_stop=True))
+    flow.state = flow.state_file.load()
+    monkeypatch.setenv(faults.ENV, "enospc@state")  # the crash count cannot be written
+    out = flow.resume()
+    assert out is not None and (out.result, out.code) == ("rolled_back", "disk_full"), out
+    assert flow.state.phase == Phase.IDLE and "digits@2" in flow.state.blocked
+    assert flow.d.registry.active_version("digits") == 1
+    assert store.active_version("digits") == 1 and store.versions("digits") == [1]
+    assert [e.data["code"] for e in events if e.kind == "update.rolled_back"] == ["disk_full"]
 
 
 def _with_reason(reason: str) -> UpdateState:
