@@ -19,6 +19,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from edge_agent.protocol import (
+    RETRIED_CODES,
     DeviceState,
     EventKind,
     ProtocolError,
@@ -79,7 +80,7 @@ def observe_event(device: str, kind: str, data: Mapping[str, Any],
         return Observation(device, Outcome.COMMITTED, "committed")
     if result == UpdateResult.NOOP and code == "installed":  # re-announced: already serves it
         return Observation(device, Outcome.ALREADY, "already installed")
-    if result == UpdateResult.FAILED and code == "transport":  # transient: it retries itself
+    if result == UpdateResult.FAILED and code in RETRIED_CODES:  # transient: it retries itself
         return Observation(device, None, f"retrying: {reason}".strip(": "))
     if result in _FAILED_RESULTS:
         if result == UpdateResult.REJECTED and code == "version":
@@ -120,7 +121,8 @@ def observe_status(device: str, doc: Status | Mapping[str, Any],
         if last.result == UpdateResult.NOOP or (last.result == UpdateResult.REJECTED
                                                 and last.code == "version"):
             return Observation(device, Outcome.ALREADY, "already", online=True)
-        if last.result in _FAILED_RESULTS and last.code != "transport":
+        if last.result in _FAILED_RESULTS and not (last.result == UpdateResult.FAILED
+                                                   and last.code in RETRIED_CODES):
             return Observation(device, Outcome.FAILED,
                                f"{last.result}: {last.code}: {last.reason}".strip(": "),
                                online=True)

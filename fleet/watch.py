@@ -104,7 +104,9 @@ class FleetView:
             if kind == "status":
                 return self._status(row, doc, now)
             seq = doc.get("seq")
-            if isinstance(seq, int) and not self.seq.accept(device, seq):
+            # an event the device's outbox could not store came live, without a seq of its own
+            if isinstance(seq, int) and doc.get("stored") is not False \
+                    and not self.seq.accept(device, seq):
                 row.duplicates = self.seq.duplicates.get(device, 0)
                 return False
             row.seq = seq if isinstance(seq, int) else row.seq

@@ -136,7 +136,7 @@ class Outbox:
                     self._enforce_cap()
                     self._db.execute("COMMIT")
                 except BaseException:
-                    self._db.execute("ROLLBACK")
+                    self._rollback()
                     self._recount()
                     raise
             except sqlite3.Error as e:
@@ -169,6 +169,13 @@ class Outbox:
             self._bytes -= freed
             dropped += len(cut)
         self._set_meta("dropped", self._meta("dropped") + dropped)
+
+    def _rollback(self) -> None:
+        """Undo the open transaction, keeping the error that ended it: on a full disk
+        (SQLITE_FULL) SQLite has already rolled back, and a second ROLLBACK would replace
+        "database or disk is full" by "no transaction is active"."""
+        with contextlib.suppress(sqlite3.Error):
+            self._db.execute("ROLLBACK")
 
     def _recount(self) -> None:
         with contextlib.suppress(sqlite3.Error):
@@ -203,7 +210,7 @@ class Outbox:
                         self._set_meta("refused", self._meta("refused") + refused)
                     self._db.execute("COMMIT")
                 except BaseException:
-                    self._db.execute("ROLLBACK")
+                    self._rollback()
                     raise
             except sqlite3.Error as e:
                 raise TransportError(f"outbox {self.path}: cannot delete: {e}") from e

@@ -13,6 +13,7 @@ tests/test_protocol.py checks that it lists exactly these enums.
 """
 
 from edge_agent.protocol.kinds import (
+    RETRIED_CODES,
     UPDATE_STOPPED,
     DeviceState,
     EventKind,
@@ -42,9 +43,9 @@ from edge_agent.protocol.messages import (
 )
 
 __all__ = [
-    "SCHEMA_VERSION", "UPDATE_STOPPED", "CommandReply", "CommandRequest", "DeviceState",
-    "ErrorInfo", "Event", "EventKind", "Header", "Level", "ModelSummary", "ModelVersion",
-    "ProtocolError", "RuntimeInfo", "RuntimeName", "Status", "StrEnum", "Telemetry",
-    "UpdateOutcome", "UpdatePhase", "UpdateResult", "UpdateSummary", "decode_object",
-    "probe_event_kind",
+    "RETRIED_CODES", "SCHEMA_VERSION", "UPDATE_STOPPED", "CommandReply", "CommandRequest",
+    "DeviceState", "ErrorInfo", "Event", "EventKind", "Header", "Level", "ModelSummary",
+    "ModelVersion", "ProtocolError", "RuntimeInfo", "RuntimeName", "Status", "StrEnum",
+    "Telemetry", "UpdateOutcome", "UpdatePhase", "UpdateResult", "UpdateSummary",
+    "decode_object", "probe_event_kind",
 ]

@@ -30,6 +30,7 @@ else:  # pragma: no cover - Python 3.10
 
 __all__ = [
     "RESULT_MEANING",
+    "RETRIED_CODES",
     "RUNTIME_CHOICES",
     "RUNTIME_NAMES",
     "UPDATE_STOPPED",
@@ -133,10 +134,18 @@ class UpdateResult(StrEnum):
     INTERRUPTED = "interrupted"
 
 
+# ``code`` of an ``update.failed`` the device retries by itself (after retry_backoff_s):
+# trouble of the transport or of the device's own disk, never the release's fault, so
+# a rollout does not count it against the release. ``disk``: not enough free space
+# before staging; ``disk_full`` / ``read_only`` / ``io_error``: a write failed with
+# ENOSPC or EDQUOT / EROFS / EIO.
+RETRIED_CODES: tuple[str, ...] = ("transport", "disk", "disk_full", "read_only", "io_error")
+
 RESULT_MEANING: dict[UpdateResult, str] = {
     UpdateResult.COMMITTED: "the new version passed probation and serves",
     UpdateResult.REJECTED: "refused before the swap (bad, malicious, or not for this device)",
-    UpdateResult.FAILED: "transient (transport): retried; the announcement stays unsettled",
+    UpdateResult.FAILED: "transient (code " + ", ".join(f"`{c}`" for c in RETRIED_CODES)
+                         + "): retried; the announcement stays unsettled",
     UpdateResult.ROLLED_BACK: "swapped, then failed probation, or a signed rollback command",
     UpdateResult.ABANDONED: "given up after repeated restarts, or the state file was unreadable",
     UpdateResult.NOOP: "nothing to do: already installed, or a command already carried out",

@@ -70,7 +70,7 @@ INPUT_SAMPLES_PER_S = 20.0  # input tensors whose channel means feed the drift m
 # rollouts), and the agent's start (sources and started_at exist only from then on)
 BIRTH_EVENTS = frozenset({EventKind.UPDATE_PROBATION, EventKind.UPDATE_COMMITTED,
                           EventKind.UPDATE_ROLLED_BACK, EventKind.UPDATE_REJECTED,
-                          EventKind.AGENT_STARTED})
+                          EventKind.UPDATE_FAILED, EventKind.AGENT_STARTED})
 
 
 @dataclass(frozen=True)

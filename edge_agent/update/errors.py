@@ -18,19 +18,27 @@
     │   ├── CommandReplayedError  command_replayed  its id was already carried out here
     │   ├── CommandExpiredError   command_expired   past its signed expiry
     │   └── CommandVersionError   command_version   the device does not serve its from-version
-    ├── InsufficientSpaceError   disk         not enough free disk for staging + install
     └── InternalUpdateError      internal     a bug in the update path; attempt given up
     UpdateTransportError (edge_agent.errors.TransportError)
-                                 transport    download stalled or failed: retried, not blamed
+    │                            transport    download stalled or failed: retried, not blamed
+    └── InsufficientSpaceError   disk         not enough free disk for staging + install:
+                                              the device's condition, retried like transport
+    OSError from the device's disk (not wrapped; :func:`error_code` names it, retried):
+                                 disk_full    ENOSPC / EDQUOT    read_only  EROFS
+                                 io_error     EIO
 
 Each class carries a short machine ``code`` that events and status report next to the
-one-line message. :func:`from_tuf` maps python-tuf's ``RepositoryError`` tree onto
-this one so callers never see a tuf exception.
+one-line message. The codes of failures the device retries by itself (transport and
+disk trouble: ``update.failed``) are listed once, in
+:data:`edge_agent.protocol.kinds.RETRIED_CODES`. :func:`from_tuf` maps python-tuf's
+``RepositoryError`` tree onto this one so callers never see a tuf exception.
 """
 
 from __future__ import annotations
 
-from edge_agent.errors import TransportError, UpdateError
+import errno
+
+from edge_agent.errors import EdgeError, TransportError, UpdateError
 
 __all__ = [
     "BadAnnouncementError",
@@ -51,6 +59,7 @@ __all__ = [
     "UpdateError",
     "UpdateTransportError",
     "VersionNotNewerError",
+    "disk_code",
     "error_code",
     "from_tuf",
 ]
@@ -148,10 +157,6 @@ class CommandVersionError(CommandRejectedError):
     code = "command_version"
 
 
-class InsufficientSpaceError(_Coded):
-    """Not enough free disk for the staged download plus the installed copy."""
-
-    code = "disk"
 
 
 class InternalUpdateError(_Coded):
@@ -166,8 +171,34 @@ class UpdateTransportError(TransportError):
     code = "transport"
 
 
+class InsufficientSpaceError(UpdateTransportError):
+    """Not enough free disk for the staged download plus the installed copy.
+
+    The device's condition, not the release's: retried (after ``retry_backoff_s``) like a
+    transport failure, so the update goes ahead once space is freed.
+    """
+
+    code = "disk"
+
+
+# errno of a failed disk write or read → the code of the (retried) update.failed event
+DISK_CODES: dict[int, str] = {errno.ENOSPC: "disk_full", errno.EDQUOT: "disk_full",
+                              errno.EROFS: "read_only", errno.EIO: "io_error"}
+SPACE_CODES = frozenset({"disk", "disk_full"})  # lack of space: staged bytes are freed
+
+
+def disk_code(e: BaseException) -> str | None:
+    """``disk_full`` / ``read_only`` / ``io_error`` for an OSError of the device's disk."""
+    return DISK_CODES.get(e.errno or 0) if isinstance(e, OSError) else None
+
+
 def error_code(e: BaseException) -> str:
-    """The short code reported in events (``"rejected"`` for an unknown UpdateError)."""
+    """The short code reported in events (``"rejected"`` for an unknown UpdateError).
+
+    A plain OSError is the disk's (:func:`disk_code`) or else counted as transport.
+    """
+    if isinstance(e, OSError) and not isinstance(e, EdgeError):
+        return disk_code(e) or "transport"
     return str(getattr(e, "code", "transport" if isinstance(e, TransportError) else "rejected"))
 
 

@@ -326,7 +326,7 @@ class AnnouncementFetcher(FetcherInterface):
         source = ""
 
         def write(i: int, data: bytes) -> None:
-            os.pwrite(fd, data, plan.span(i)[0])
+            self.staging.write_at(fd, plan.span(i)[0], data)  # all of it, or OSError
             missing.discard(i)
             self.written += 1
             if self.progress:

@@ -6,6 +6,13 @@ Runs on the update service's single worker thread. Every outcome is an ``update.
 event on the agent's hooks; every rejection before the swap leaves the serving model
 and ``active.json`` untouched, and names its reason.
 
+Disk trouble (ENOSPC, EDQUOT, EROFS, EIO) never wedges the machine: a phase is entered
+only once ``state.json`` says so (:meth:`UpdateFlow._set`; if it cannot be written the
+attempt fails instead), while the end of an attempt always happens in memory and
+reaches the disk if it can (:meth:`UpdateFlow._settle`), after the staged download was
+freed. The failure is an ``update.failed`` with code ``disk_full`` / ``read_only`` /
+``io_error``, retried like a transport failure.
+
 Size (~450 lines): the phases stay in one module on purpose; each one persists its state
 before the next step, and reading that ordering end to end is the point of the file (the
 checks it calls are already elsewhere: policy, check, swap, fetchers, probation, trust).
@@ -32,6 +39,7 @@ from edge_agent.store import ModelStore
 from edge_agent.update import check, faults, policy, swap
 from edge_agent.update.config import UpdateConfig
 from edge_agent.update.errors import (
+    SPACE_CODES,
     BadAnnouncementError,
     BundleRejectedError,
     CommandRejectedError,
@@ -39,6 +47,7 @@ from edge_agent.update.errors import (
     ModelRejectedError,
     UpdateError,
     UpdateTransportError,
+    disk_code,
     error_code,
 )
 from edge_agent.update.fetchers import (
@@ -56,7 +65,15 @@ from edge_agent.update.probation import (
     wait_verdict,
 )
 from edge_agent.update.staging import Staging
-from edge_agent.update.state import Outcome, Phase, Recovery, StateFile, UpdateState, recover
+from edge_agent.update.state import (
+    MAX_DONE_COMMANDS,
+    Outcome,
+    Phase,
+    Recovery,
+    StateFile,
+    UpdateState,
+    recover,
+)
 from edge_agent.update.trust import TrustStore
 from edge_agent.update.wire import (
     SHA256_RE,
@@ -73,7 +90,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-_DONE_COMMANDS = 256  # executed command ids remembered (state.json); expiry bounds the rest
+_DONE_COMMANDS = MAX_DONE_COMMANDS  # executed command ids remembered; expiry bounds the rest
 
 
 @dataclass(frozen=True)
@@ -110,6 +127,7 @@ class UpdateFlow:
         self.progress: dict[str, Any] = {}
         self._last_progress = 0.0
         self._rejected_digests: list[str] = []
+        self._unsaved: OSError | None = None  # why the state in memory is not on disk
         ctx = ssl.create_default_context(cafile=str(self.cfg.http_ca_file)) \
             if self.cfg.http_ca_file else None
         self._ssl = ctx
@@ -123,31 +141,82 @@ class UpdateFlow:
         self.monitor.close()
 
     def _set(self, state: UpdateState) -> None:
-        """Persist first, then act on it: a crash after this line resumes from ``state``."""
+        """Persist first, then act on it: a crash after this line resumes from ``state``.
+
+        Raises OSError when ``state.json`` cannot be written: nothing moved then, and
+        the caller fails the attempt (:meth:`_fail`) rather than start the phase.
+        """
         self.state_file.save(state)
         self.state = state
+        self._unsaved = None
         faults.point(state.phase.value)
+
+    def _settle(self, state: UpdateState) -> None:
+        """Move to ``state`` in memory whatever the disk does; persist it if possible.
+
+        For the end of an attempt, and for rolling back (the safe direction): neither
+        may wait for a write. A failed write is logged, named in the following events
+        and the status (``state_error``), and written again before the next attempt
+        (:meth:`_flush`); a restart before that recovers from the previous phase, as
+        after a crash (:func:`~edge_agent.update.state.recover`).
+        """
+        self.state = state
+        try:
+            self.state_file.save(state, use_reserve=True)
+        except OSError as e:
+            self._unsaved = e
+            log.error("update: state.json not written (%s); %s in memory only", e,
+                      state.phase.value)
+        else:
+            self._unsaved = None
+        faults.point(state.phase.value)
+
+    def _flush(self) -> None:
+        """Write the state a failed write left in memory only (once the disk allows)."""
+        if self._unsaved is None:
+            return
+        try:
+            self.state_file.save(self.state, use_reserve=True)
+        except OSError as e:
+            self._unsaved = e
+            return
+        self._unsaved = None
+        log.info("update: state.json written again (%s)", self.state.phase.value)
 
     def _event(self, level: str, kind: EventKind, message: str, **data: Any) -> None:
         s = self.state
         data.setdefault("name", s.name)
         data.setdefault("version", s.version)
+        if self._unsaved is not None:
+            data.setdefault("state_error", f"state.json not written: {self._unsaved}")
         self.d.hooks.emit_event(level, kind, message, **data)
 
     def _finish(self, result: UpdateResult, code: str, reason: str, *, remember: bool = True,
-                keep_staging: bool = False) -> Outcome:
+                keep_staging: bool = False, block: str | None = None) -> Outcome:
+        """End the attempt; never raises for disk trouble.
+
+        The staged download goes first (on a full disk it holds the space the state
+        write needs), then the machine is idle — in memory always, on disk if it can be
+        written. Stored announcements are pruned only once idle is on disk (until then a
+        restart resumes from them).
+        """
         s = self.state
         out = Outcome(result, code, reason, s.name, s.version, time.time())
-        self._set(s.finish(out, remember=remember))
         self.progress = {}
-        self.state_file.prune_announcements(set())
-        self.staging.cleanup({s.target_sha256} if keep_staging and s.target_sha256 else set())
+        freed = self.staging.cleanup({s.target_sha256} if keep_staging and s.target_sha256
+                                     else set())
+        if freed:
+            log.info("update: %d bytes of staging freed", freed)
+        self._settle(s.finish(out, remember=remember, block=block))
+        if self._unsaved is None:
+            self.state_file.prune_announcements(set())
         return out
 
     # --- entry points -------------------------------------------------------------------------
 
     def handle(self, payload: bytes, topic: str) -> Outcome | None:
         """Process one announcement payload; None when it was already settled."""
+        self._flush()
         try:
             ann = parse_announcement(payload, self.cfg.max_announcement_bytes)
         except BadAnnouncementError as e:
@@ -165,9 +234,12 @@ class UpdateFlow:
             log.warning("update: %s arrived while %s; ignored", ann.target,
                         self.state.phase.value)
             return None
-        self.state_file.store_announcement(ann.digest, payload)
-        self._set(self.state.to(Phase.NOTIFIED, announce_digest=ann.digest,
-                                announce_topic=topic))
+        try:
+            self.state_file.store_announcement(ann.digest, payload)
+            self._set(self.state.to(Phase.NOTIFIED, announce_digest=ann.digest,
+                                    announce_topic=topic))
+        except OSError as e:  # the disk refuses: a transient failure, retried
+            return self._fail(e)
         self._event("info", EventKind.UPDATE_NOTIFIED, f"announcement of {ann.target} on {topic}",
                     target=ann.target, topic=topic)
         return self._run(ann)
@@ -183,17 +255,22 @@ class UpdateFlow:
         self._event("warning", EventKind.UPDATE_RESUMED, f"restarted in {s.phase.value}: "
                     f"{plan.reason}", phase=s.phase.value, action=plan.action.value)
         if plan.action == Recovery.ROLLBACK:
-            self._set(s.to(Phase.ROLLING_BACK, crashes=plan.crashes))
+            self._settle(s.to(Phase.ROLLING_BACK, crashes=plan.crashes))
             return self._rollback(plan.reason, code="crash")
         if plan.action == Recovery.PROBATION:
-            self._set(replace(s, crashes=plan.crashes, probation_until=None, clean_stop=False))
             assert s.name is not None and s.version is not None
+            try:  # the crash count must be on disk before the new version runs again
+                self._set(replace(s, crashes=plan.crashes, probation_until=None,
+                                  clean_stop=False))
+            except OSError as e:
+                return self._rollback(f"probation restart {plan.crashes} could not be "
+                                      f"recorded: {e}", code=error_code(e))
             swap.ensure_serving(self.d.registry, self.d.store, s.name, s.version)
             return self._probation(None)
         if plan.action == Recovery.ABANDON:
-            if s.name and s.version:
-                self._block()
-            return self._reject(ModelRejectedError(plan.reason, code="crash_loop"))
+            return self._reject(ModelRejectedError(plan.reason, code="crash_loop"),
+                                block=blocked_key(s.name, s.version)
+                                if s.name and s.version else None)
         payload = self.state_file.announcement(s.announce_digest or "")
         if payload is None:
             return self._finish(UpdateResult.ABANDONED, "state", "stored announcement is missing")
@@ -201,7 +278,10 @@ class UpdateFlow:
             ann = parse_announcement(payload, self.cfg.max_announcement_bytes)
         except BadAnnouncementError as e:
             return self._finish(UpdateResult.ABANDONED, e.code, str(e))
-        self._set(self.state.to(Phase.NOTIFIED, crashes=plan.crashes))
+        try:  # the crash-loop guard counts this restart on disk first
+            self._set(self.state.to(Phase.NOTIFIED, crashes=plan.crashes))
+        except OSError as e:
+            return self._fail(e)
         return self._run(ann)
 
     # --- the flow -------------------------------------------------------------------------------
@@ -263,7 +343,7 @@ class UpdateFlow:
             return self._reject(e)
         except (TransportError, OSError) as e:
             if swapped:
-                return self._rollback(f"after the swap: {e}", code="transport")
+                return self._rollback(f"after the swap: {e}", code=error_code(e))
             return self._fail(e)
         except EdgeError as e:
             if swapped:
@@ -429,12 +509,12 @@ class UpdateFlow:
     def _rollback(self, reason: str, *, code: str) -> Outcome:
         s = self.state
         if s.phase != Phase.ROLLING_BACK:
-            self._set(s.to(Phase.ROLLING_BACK))
+            self._settle(s.to(Phase.ROLLING_BACK))  # the safe direction: never held back
             s = self.state
         assert s.name is not None and s.version is not None
         swap.restore(self.d.registry, self.d.store, s.name, s.from_version, s.version)
-        self._block()
-        out = self._finish(UpdateResult.ROLLED_BACK, code, reason)
+        out = self._finish(UpdateResult.ROLLED_BACK, code, reason,
+                           block=blocked_key(s.name, s.version))
         self._event("error", EventKind.UPDATE_ROLLED_BACK, f"{s.name} v{s.version} rolled back to "
                     f"v{s.from_version}: {reason}", name=s.name, version=s.version,
                     restored=s.from_version, code=code, reason=reason)
@@ -446,22 +526,32 @@ class UpdateFlow:
         self._event("info", EventKind.UPDATE_IGNORED, reason, code="installed")
         return out
 
-    def _reject(self, e: Exception) -> Outcome:
+    def _reject(self, e: Exception, *, block: str | None = None) -> Outcome:
         code = error_code(e)
         s = self.state
         what = f"{s.name} v{s.version}" if s.name else "update"
-        out = self._finish(UpdateResult.REJECTED, code, str(e))
+        out = self._finish(UpdateResult.REJECTED, code, str(e), block=block)
         self._event("error", EventKind.UPDATE_REJECTED, f"{what} rejected ({code}): {e}",
                     name=s.name, version=s.version, code=code, reason=str(e))
         return out
 
     def _fail(self, e: Exception) -> Outcome:
-        """Transient: the announcement stays unsettled so the service retries it."""
+        """Transient: the announcement stays unsettled so the service retries it.
+
+        The staged download is kept for resuming, except when space ran out: then its
+        bytes are freed first (the retry starts the download over).
+        """
         s = self.state
-        out = self._finish(UpdateResult.FAILED, "transport", str(e), remember=False,
-                           keep_staging=True)
-        self._event("warning", EventKind.UPDATE_FAILED, f"update failed, will retry: {e}",
-                    name=s.name, version=s.version, code="transport", reason=str(e))
+        code = error_code(e)
+        reason = str(e)
+        if disk_code(e) is not None:  # name where and what the disk refused
+            step = s.phase.value if s.phase != Phase.IDLE else "storing the announcement"
+            what = f" of {s.name} v{s.version}" if s.name else ""
+            reason = f"disk error ({step}{what}) in {self.d.update_dir}: {e}"
+        out = self._finish(UpdateResult.FAILED, code, reason, remember=False,
+                           keep_staging=code not in SPACE_CODES)
+        self._event("warning", EventKind.UPDATE_FAILED, f"update failed ({code}), will retry: "
+                    f"{reason}", name=s.name, version=s.version, code=code, reason=reason)
         return out
 
     def _command(self, updater: Updater, fetcher: AnnouncementFetcher, info: TargetFile,
@@ -501,6 +591,8 @@ class UpdateFlow:
             w = self.monitor.window()
             d["probation"] = {"until": s.probation_until, "requests": w.requests,
                               "errors": w.errors}
+        if self._unsaved is not None:
+            d["state_error"] = f"state.json not written: {self._unsaved}"
         if s.last:
             d["last"] = {"result": s.last.result, "code": s.last.code, "reason": s.last.reason,
                          "name": s.last.name, "version": s.last.version, "at": s.last.at}

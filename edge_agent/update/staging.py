@@ -4,17 +4,23 @@ Resumption needs no bookkeeping file: which chunks are present is found by hashi
 chunk slot of the part file against the *signed* chunk hashes, so a chunk torn by a
 crash simply counts as missing, and nothing unverified is ever treated as received.
 
-Raises ``OSError`` for disk trouble.
+Raises ``OSError`` for disk trouble, except :meth:`Staging.cleanup`: freeing space is
+what a failure on a full disk does first, so it never fails its caller.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
+import logging
 import os
 import shutil
 from pathlib import Path
 
+from edge_agent.update import faults
 from edge_agent.update.wire import ChunkPlan
+
+log = logging.getLogger(__name__)
 
 
 class Staging:
@@ -54,18 +60,48 @@ class Staging:
     def open_part(self, sha256: str, length: int) -> int:
         """A read/write fd on the part file, sized to ``length`` (sparse); caller closes."""
         self.ensure()
+        faults.disk_error("staging", self.part(sha256))
         fd = os.open(self.part(sha256), os.O_RDWR | os.O_CREAT, 0o600)
         if os.fstat(fd).st_size != length:
             os.ftruncate(fd, length)
         return fd
 
-    def cleanup(self, keep: set[str]) -> None:
-        """Remove staged files of every target not in ``keep`` (sha256 values)."""
-        if not self.root.is_dir():
-            return
-        for p in self.root.iterdir():
-            if p.name.split(".")[0] not in keep:
-                if p.is_dir():
-                    shutil.rmtree(p, ignore_errors=True)
+    @staticmethod
+    def write_at(fd: int, offset: int, data: bytes) -> None:
+        """Write all of ``data`` at ``offset``. A nearly full disk takes part of a write
+        and returns short: writing on surfaces the ENOSPC (a chunk silently cut short
+        would only fail the final sha256, blaming the release for the disk)."""
+        view = memoryview(data)
+        while view:
+            n = os.pwrite(fd, view, offset)
+            if n <= 0:
+                raise OSError(errno.EIO, f"write made no progress at offset {offset}")
+            view, offset = view[n:], offset + n
+
+    def cleanup(self, keep: set[str]) -> int:
+        """Remove staged files of every target not in ``keep`` (sha256 values); returns the
+        bytes freed. Best effort: a file that cannot be removed (read-only or failing
+        disk) is logged and left, never raised."""
+        freed = 0
+        try:
+            entries = list(self.root.iterdir())
+        except FileNotFoundError:
+            return 0
+        except OSError as e:
+            log.warning("update: cannot list staging %s: %s", self.root, e)
+            return 0
+        for p in entries:
+            if p.name.split(".")[0] in keep:
+                continue
+            try:
+                if p.is_dir() and not p.is_symlink():
+                    shutil.rmtree(p)
                 else:
-                    p.unlink(missing_ok=True)
+                    size = p.lstat().st_blocks * 512
+                    p.unlink()
+                    freed += size
+            except FileNotFoundError:
+                pass
+            except OSError as e:
+                log.warning("update: cannot remove staged %s: %s", p, e)
+        return freed

@@ -9,22 +9,38 @@
 
 The pure part (:data:`TRANSITIONS`, :func:`recover`) decides; :class:`StateFile` writes
 ``state.json`` atomically (temp file + ``os.replace``) *before* the work of a phase
-starts, so a crash at any instant leaves a phase whose recovery is defined.
+starts, so a crash at any instant leaves a phase whose recovery is defined. A write
+that fails (disk full, read-only, I/O error) leaves the previous file whole; the flow
+then refuses to start the phase, or — when the attempt is ending anyway — keeps the
+end state in memory and says that it is not on disk (:mod:`edge_agent.update.flow`).
+A stale phase left that way is recovered like a crash at the next start. So that the
+end of an attempt still reaches the disk when something else filled it, ``state.json``
+stays small (bounded lists: under 45 KB with 64-character names) and keeps
+:data:`RESERVE_BYTES` of room of its own (``state.reserve``), given up on ENOSPC for the
+write that ends an attempt (never to start one on a full disk).
 """
 
 from __future__ import annotations
 
+import contextlib
 import enum
+import errno
 import json
+import logging
+import os
+import shutil
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from edge_agent.errors import InvalidRequestError
-from edge_agent.fsutil import atomic_write_text
+from edge_agent.fsutil import atomic_write_bytes
 from edge_agent.protocol.kinds import UpdatePhase, UpdateResult
 from edge_agent.protocol.messages import UpdateOutcome
+from edge_agent.update import faults
+
+log = logging.getLogger(__name__)
 
 Phase = UpdatePhase  # the phases are part of the status: defined in edge_agent.protocol
 
@@ -50,6 +66,12 @@ TRANSITIONS: dict[Phase, frozenset[Phase]] = {
 class IllegalTransition(RuntimeError):
     """A programming error: the flow tried a transition the table does not allow."""
 
+
+# Bounds that keep state.json small (see RESERVE_BYTES): the newest entries are kept.
+MAX_SETTLED = 64  # announcement digests
+MAX_BLOCKED = 256  # name@version rolled back or abandoned here
+MAX_DONE_COMMANDS = 256  # executed command ids; their signed expiry bounds the rest
+MAX_REASON_CHARS = 500  # the last outcome's reason
 
 # How an attempt ended (result: committed | rejected | failed | rolled_back | abandoned |
 # noop | interrupted — see UpdateResult); shown in the status and events.
@@ -85,17 +107,23 @@ class UpdateState:
             raise IllegalTransition(f"{self.phase.value} → {phase.value} is not allowed")
         return replace(self, phase=phase, phase_at=time.time(), **changes)
 
-    def finish(self, outcome: Outcome, *, remember: bool = True) -> UpdateState:
-        """Back to idle with ``outcome``; the announcement is marked settled if ``remember``."""
+    def finish(self, outcome: Outcome, *, remember: bool = True,
+               block: str | None = None) -> UpdateState:
+        """Back to idle with ``outcome``; the announcement is marked settled if ``remember``,
+        ``block`` (``name@version``) is added to the versions never to install again."""
         settled = self.settled
         if remember and self.announce_digest and self.announce_digest not in settled:
-            settled = (*settled, self.announce_digest)[-64:]
+            settled = (*settled, self.announce_digest)[-MAX_SETTLED:]
+        blocked = self.blocked
+        if block is not None and block not in blocked:
+            blocked = (*blocked, block)[-MAX_BLOCKED:]
+        if len(outcome.reason) > MAX_REASON_CHARS:  # state.json stays small
+            outcome = replace(outcome, reason=outcome.reason[:MAX_REASON_CHARS - 1] + "…")
         return replace(self.to(Phase.IDLE), announce_digest=None, announce_topic=None,
                        target=None, target_sha256=None, name=None, version=None,
                        from_version=None, probation_until=None, probation_min_requests=0,
                        probation_min_clients=0, crashes=0, clean_stop=False,
-                       last=outcome,
-                       settled=settled)
+                       last=outcome, settled=settled, blocked=blocked)
 
     def to_json(self) -> str:
         d = asdict(self)
@@ -171,15 +199,21 @@ def recover(state: UpdateState, active_version: int | None, max_crashes: int) ->
                         "during probation", crashes)
 
 
+RESERVE_BYTES = 64 * 1024  # room kept for state.json (under 45 KB at its largest)
+_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
 @dataclass
 class StateFile:
     """``state.json`` plus the stored announcement, both written atomically."""
 
     path: Path
     announce_dir: Path = field(init=False)
+    reserve: Path = field(init=False)
 
     def __post_init__(self) -> None:
         self.announce_dir = self.path.parent / "announcements"
+        self.reserve = self.path.parent / "state.reserve"
 
     def load(self) -> UpdateState:
         """The persisted state; a missing file is idle. A corrupt one is quarantined."""
@@ -194,13 +228,67 @@ class StateFile:
                                             f"state file was unreadable; kept as {bad.name}",
                                             at=time.time()))
 
-    def save(self, state: UpdateState) -> None:
+    def save(self, state: UpdateState, *, use_reserve: bool = False) -> None:
+        """Replace ``state.json`` atomically. With ``use_reserve`` (the end of an attempt,
+        which must reach the disk; never for starting a phase on a full disk), ENOSPC or
+        EDQUOT gives the reserve up to make room and the write is tried once more.
+
+        Raises OSError when it fails; the previous ``state.json`` is then intact.
+        """
+        data = state.to_json().encode("utf-8")
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(self.path, state.to_json())
+        try:
+            self._write(data)
+        except OSError as e:
+            if not use_reserve or e.errno not in _FULL or not self._release_reserve():
+                raise
+            log.warning("update: disk full; state.json written into its reserve (%s)", e)
+            self._write(data)
+        else:
+            self._keep_reserve()
+
+    def _write(self, data: bytes) -> None:
+        faults.disk_error("state", self.path)
+        atomic_write_bytes(self.path, data)
+
+    def _release_reserve(self) -> bool:
+        try:
+            self.reserve.unlink()
+        except OSError:
+            return False
+        return True
+
+    def _keep_reserve(self) -> None:
+        """Recreate the reserve if it is missing, once the disk has room again (at least
+        4 reserves free: it never takes the last bytes). Best effort, never raises."""
+        try:
+            if self.reserve.stat().st_size >= RESERVE_BYTES:
+                return
+        except FileNotFoundError:
+            pass
+        except OSError:
+            return
+        try:
+            if shutil.disk_usage(self.reserve.parent).free < 4 * RESERVE_BYTES:
+                return
+        except OSError:
+            return
+        tmp = self.reserve.with_name(f".{self.reserve.name}.tmp")
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            try:
+                os.posix_fallocate(fd, 0, RESERVE_BYTES)
+            finally:
+                os.close(fd)
+            os.replace(tmp, self.reserve)
+        except OSError as e:
+            log.debug("update: no room for the state reserve: %s", e)
+            with contextlib.suppress(OSError):
+                tmp.unlink()
 
     def store_announcement(self, digest: str, payload: bytes) -> None:
-        from edge_agent.fsutil import atomic_write_bytes
-
+        """Keep the announcement being processed (resumed from after a restart).
+        Raises OSError (disk full, read-only)."""
         self.announce_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(self.announce_dir / f"{digest}.json", payload)
 
@@ -211,8 +299,12 @@ class StateFile:
             return None
 
     def prune_announcements(self, keep: set[str]) -> None:
-        if not self.announce_dir.is_dir():
+        """Remove stored announcements not in ``keep`` (best effort: never raises)."""
+        try:
+            stored = list(self.announce_dir.glob("*.json"))
+        except OSError:
             return
-        for p in self.announce_dir.glob("*.json"):
+        for p in stored:
             if p.stem not in keep:
-                p.unlink(missing_ok=True)
+                with contextlib.suppress(OSError):
+                    p.unlink()
