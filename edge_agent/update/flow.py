@@ -512,12 +512,14 @@ class UpdateFlow:
             self._settle(s.to(Phase.ROLLING_BACK))  # the safe direction: never held back
             s = self.state
         assert s.name is not None and s.version is not None
-        swap.restore(self.d.registry, self.d.store, s.name, s.from_version, s.version)
+        unsaved = swap.restore(self.d.registry, self.d.store, s.name, s.from_version,
+                               s.version)
         out = self._finish(UpdateResult.ROLLED_BACK, code, reason,
                            block=blocked_key(s.name, s.version))
+        extra = {"active_error": f"active.json not written: {unsaved}"} if unsaved else {}
         self._event("error", EventKind.UPDATE_ROLLED_BACK, f"{s.name} v{s.version} rolled back to "
                     f"v{s.from_version}: {reason}", name=s.name, version=s.version,
-                    restored=s.from_version, code=code, reason=reason)
+                    restored=s.from_version, code=code, reason=reason, **extra)
         return out
 
     def _noop(self, reason: str) -> Outcome:

@@ -158,7 +158,9 @@ class RecoveryPlan:
     crashes: int = 0
 
 
-MAX_RESUMES = 3  # restarts in pre-swap phases before an update is abandoned
+# restarts in pre-swap phases before an update is abandoned: the agent gives up at its 4th
+# start, one before the systemd unit's StartLimitBurst=5 stops restarting it
+MAX_RESUMES = 2
 
 
 def recover(state: UpdateState, active_version: int | None, max_crashes: int) -> RecoveryPlan:

@@ -47,15 +47,31 @@ def ensure_serving(registry: ModelRegistry, store: ModelStore, name: str, versio
 
 
 def restore(registry: ModelRegistry, store: ModelStore, name: str, good: int | None,
-            bad: int | None) -> None:
+            bad: int | None) -> OSError | None:
     """Serve ``good`` again (or nothing of ``name`` if there was no earlier version) and
-    drop ``bad`` from memory and disk. Idempotent: safe to repeat after a crash."""
+    drop ``bad`` from memory and disk. Idempotent: safe to repeat after a crash.
+
+    The safe direction is never held back by the disk: ``good`` serves from memory first,
+    ``bad``'s directory is deleted before ``active.json`` is written (on a full disk that
+    frees the space the write needs), and a write that still fails is returned, not
+    raised — with ``bad`` gone from the store, a restart serves ``good`` anyway (the
+    store falls back to the highest installed version) and recovery repeats this.
+    """
     if good is not None:
         ensure_serving(registry, store, name, good)
-        store.set_active(name, good)
     if bad is not None and bad != good:
         try:
             registry.unload(name, bad)
         except NotFoundError:
             pass
         store.remove(name, bad)
+    if good is None:
+        return None
+    try:
+        faults.disk_error("active", store.models_dir / name / "active.json")
+        store.set_active(name, good)
+    except OSError as e:
+        log.error("update: active.json of %s not written (%s); v%s serves from memory", name,
+                  e, good)
+        return e
+    return None

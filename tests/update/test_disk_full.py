@@ -507,3 +507,30 @@ def test_a_rollout_does_not_count_a_devices_disk_failure_against_the_release(cod
     assert observe_status("a", status, t).outcome is None
     status["update"]["last"]["result"] = "rolled_back"  # swapped, then refused: a failure
     assert observe_status("a", status, t).outcome == RolloutOutcome.FAILED
+
+
+def test_a_rollback_whose_active_json_cannot_be_written_still_ends_serving_the_old_version(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, update_digits: PinnedDigits) -> None:
+    flow, events = _flow(tmp_path)
+    store = flow.d.store
+    for b in (update_digits.bundle, update_digits.bundle_v2):
+        store.install(read_bundle(b))
+    store.set_active("digits", 1)
+    store.set_active("digits", 2)
+    flow.d.registry.load(store.load("digits", 2), activate=True, verify=False)
+    flow.state_file.save(UpdateState(phase=Phase.PROBATION, name="digits", version=2,
+                                     from_version=1))
+    flow.state = flow.state_file.load()
+    monkeypatch.setenv(faults.ENV, "enospc@active,enospc@state")
+    out = flow.resume()  # a crash in probation: roll back, on a disk that refuses writes
+    assert out is not None and out.result == "rolled_back", out
+    assert flow.state.phase == Phase.IDLE and "digits@2" in flow.state.blocked
+    assert flow.d.registry.active_version("digits") == 1
+    assert store.versions("digits") == [1] and store.serving_version("digits") == 1
+    rb = [e for e in events if e.kind == "update.rolled_back"]
+    assert rb and "active.json not written" in rb[-1].data["active_error"], events
+    # the disk recovers: the next restart finds nothing left to undo
+    monkeypatch.delenv(faults.ENV)
+    flow2, _ = _flow(tmp_path)
+    flow2.resume()
+    assert flow2.d.store.serving_version("digits") == 1
