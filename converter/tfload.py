@@ -230,10 +230,45 @@ def _freeze(tf: Any, p: Path, tags: tuple[str, ...], outputs: list[str]) -> Any:
     try:
         with tf.Graph().as_default() as graph, tf.compat.v1.Session(graph=graph) as sess:
             tf.compat.v1.saved_model.loader.load(sess, list(tags), str(p))
-            return tf.compat.v1.graph_util.convert_variables_to_constants(
+            frozen = tf.compat.v1.graph_util.convert_variables_to_constants(
                 sess, graph.as_graph_def(), sorted({n.split(":")[0] for n in outputs}))
     except Exception as e:
         raise ModelSourceError(f"{p}: cannot load SavedModel ({short_error(e)})") from e
+    _drop_unreachable_functions(frozen)
+    return frozen
+
+
+def _drop_unreachable_functions(graph_def: Any) -> None:
+    """Keep only the library functions the graph's nodes call, directly or not.
+
+    Freezing adds ``…_frozen_N`` copies of the functions that read variables but leaves
+    the originals (and ``_traced_save``/``_traced_restore``) in the library, some calling
+    functions it dropped; saving that library again would not load back.
+    """
+    def called(nodes: Any) -> set[str]:
+        names: set[str] = set()
+        for node in nodes:
+            for value in node.attr.values():
+                if value.HasField("func"):
+                    names.add(value.func.name)
+                names.update(f.name for f in value.list.func)
+        return names
+
+    by_name = {f.signature.name: f for f in graph_def.library.function}
+    keep: set[str] = set()
+    todo = called(graph_def.node)
+    while todo:  # bounded: each function name is visited once
+        name = todo.pop()
+        if name in keep or name not in by_name:
+            continue
+        keep.add(name)
+        todo |= called(by_name[name].node_def)
+    functions = [f for f in graph_def.library.function if f.signature.name in keep]
+    del graph_def.library.function[:]
+    graph_def.library.function.extend(functions)
+    gradients = [g for g in graph_def.library.gradient if g.function_name in keep]
+    del graph_def.library.gradient[:]
+    graph_def.library.gradient.extend(gradients)
 
 
 def _one_input(p: Path, what: str, names: list[str]) -> None:
