@@ -16,6 +16,7 @@ Raises :class:`~converter.errors.ModelSourceError`.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import os
 from collections.abc import Iterator
@@ -234,16 +235,19 @@ def _freeze(tf: Any, p: Path, tags: tuple[str, ...], outputs: list[str]) -> Any:
                 sess, graph.as_graph_def(), sorted({n.split(":")[0] for n in outputs}))
     except Exception as e:
         raise ModelSourceError(f"{p}: cannot load SavedModel ({short_error(e)})") from e
-    _drop_unreachable_functions(frozen)
+    _own_library(frozen)
     return frozen
 
 
-def _drop_unreachable_functions(graph_def: Any) -> None:
-    """Keep only the library functions the graph's nodes call, directly or not.
+def _own_library(graph_def: Any) -> None:
+    """Keep only the library functions the graph calls, renamed apart from this process's.
 
     Freezing adds ``…_frozen_N`` copies of the functions that read variables but leaves
     the originals (and ``_traced_save``/``_traced_restore``) in the library, some calling
-    functions it dropped; saving that library again would not load back.
+    functions it dropped; saving that library again would not load back. The functions it
+    keeps unchanged carry the names they were traced under: in a process that traced the
+    model itself (the Python API), importing them would clash with those definitions. A
+    suffix from the library's own bytes makes the names unique and the output reproducible.
     """
     def called(nodes: Any) -> set[str]:
         names: set[str] = set()
@@ -254,7 +258,8 @@ def _drop_unreachable_functions(graph_def: Any) -> None:
                 names.update(f.name for f in value.list.func)
         return names
 
-    by_name = {f.signature.name: f for f in graph_def.library.function}
+    library = graph_def.library
+    by_name = {f.signature.name: f for f in library.function}
     keep: set[str] = set()
     todo = called(graph_def.node)
     while todo:  # bounded: each function name is visited once
@@ -263,12 +268,30 @@ def _drop_unreachable_functions(graph_def: Any) -> None:
             continue
         keep.add(name)
         todo |= called(by_name[name].node_def)
-    functions = [f for f in graph_def.library.function if f.signature.name in keep]
-    del graph_def.library.function[:]
-    graph_def.library.function.extend(functions)
-    gradients = [g for g in graph_def.library.gradient if g.function_name in keep]
-    del graph_def.library.gradient[:]
-    graph_def.library.gradient.extend(gradients)
+    functions = [f for f in library.function if f.signature.name in keep]
+    gradients = [g for g in library.gradient if g.function_name in keep]
+    del library.function[:], library.gradient[:]
+    library.function.extend(functions)
+    library.gradient.extend(gradients)
+
+    suffix = hashlib.sha256(library.SerializeToString(deterministic=True)).hexdigest()[:12]
+    new = {name: f"{name}_sm{suffix}" for name in keep}
+
+    def rename(nodes: Any) -> None:
+        for node in nodes:
+            for value in node.attr.values():
+                if value.HasField("func") and value.func.name in new:
+                    value.func.name = new[value.func.name]
+                for f in value.list.func:
+                    f.name = new.get(f.name, f.name)
+
+    rename(graph_def.node)
+    for f in library.function:
+        f.signature.name = new[f.signature.name]
+        rename(f.node_def)
+    for g in library.gradient:
+        g.function_name = new[g.function_name]
+        g.gradient_func = new.get(g.gradient_func, g.gradient_func)
 
 
 def _one_input(p: Path, what: str, names: list[str]) -> None:
