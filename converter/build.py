@@ -24,8 +24,10 @@ import converter
 from converter.data import Dataset, check_data_path, load_dataset
 from converter.errors import DatasetError, OptionError, OutputError
 from converter.evaluate import compare, latency_ms, run_model
-from converter.modes import BUNDLE_MODES, REFERENCE_MODE
-from converter.quantize import convert, inspect_graph
+from converter.floatops import explain
+from converter.graph import inspect_graph
+from converter.modes import BUNDLE_MODES, CALIBRATED_MODES, INT8_MODES, REFERENCE_MODE, resolve
+from converter.quantize import convert
 from converter.report import build_warnings
 from converter.support import delegate_summary, memory_check, op_support
 from converter.tfload import check_model_path, import_tf, load_source
@@ -60,6 +62,7 @@ class ConvertOptions:
     eval_data: Path | None = None
     labels_file: Path | None = None
     mode: str = "int8"
+    allow_float_ops: bool = False  # with int8: ops without int8 kernels stay float
     io_dtype: str | None = None  # default: the profile's
     samples: int = 200
     name: str | None = None
@@ -96,9 +99,16 @@ def preflight(opts: ConvertOptions) -> DeviceProfile:
     if any(s == 0 for s in pre.std):
         raise OptionError(f"--std must not contain 0, got {list(pre.std)}")
     profile = load_profile(opts.profile)
+    if opts.allow_float_ops and opts.mode != "int8":
+        raise OptionError(f"--allow-float-ops applies to --mode int8 only, got --mode "
+                          f"{opts.mode}")
     if profile.requires_full_integer and opts.mode != "int8":
         raise OptionError(f"profile {profile.name} ({profile.delegate}) runs only full-integer "
                           f"models; --mode {opts.mode} would not run on its accelerator")
+    if profile.requires_full_integer and opts.allow_float_ops:
+        raise OptionError(f"profile {profile.name} ({profile.delegate}) runs only full-integer "
+                          "models; --allow-float-ops would leave float ops its accelerator "
+                          "cannot run")
     if profile.requires_full_integer and (opts.io_dtype or profile.io_dtype) == "float32":
         raise OptionError(f"profile {profile.name} ({profile.delegate}) needs integer model "
                           "input and output; drop --io-dtype float32")
@@ -251,6 +261,7 @@ def build_bundle(opts: ConvertOptions, steps: Steps | None = None) -> tuple[Bund
     steps = steps or Steps()
     profile = preflight(opts)
     io_dtype = opts.io_dtype or profile.io_dtype
+    mode = resolve(opts.mode, opts.allow_float_ops)
     steps.stage("loading model")
     src = load_source(opts.model, trust=opts.trust_model)
     pre = _preprocessing(opts, src.input_shape)
@@ -272,11 +283,11 @@ def build_bundle(opts: ConvertOptions, steps: Steps | None = None) -> tuple[Bund
         out_classes = int(np.prod(fmodel.output_specs[0].shape[1:]))
         labels, ev = _labels(opts, out_classes, ev, rep)
         tick: Callable[[int], None] | None = None
-        if opts.mode in ("int8", "int16x8"):
-            tick = steps.start(f"calibrating {opts.mode}", len(rep.x))
+        if mode in CALIBRATED_MODES:
+            tick = steps.start(f"calibrating {mode}", len(rep.x))
         else:
-            steps.stage(f"converting {opts.mode}")
-        quant_bytes = convert(exported, opts.mode, io_dtype, rep.x, tick)
+            steps.stage(f"converting {mode}")
+        quant_bytes = convert(exported, mode, io_dtype, rep.x, tick)
     qmodel = LoadedModel(runtime, quant_bytes, num_threads=threads)
 
     data = ev if ev is not None else rep
@@ -303,7 +314,7 @@ def build_bundle(opts: ConvertOptions, steps: Steps | None = None) -> tuple[Bund
         inputs=(qmodel.input_spec,),
         outputs=qmodel.output_specs,
         preprocessing=pre,
-        quantization_mode=opts.mode,
+        quantization_mode=mode,
         task="classification" if out_classes > 1 else "raw",
         output_is_probability=is_prob,
         labels=labels,
@@ -315,7 +326,7 @@ def build_bundle(opts: ConvertOptions, steps: Steps | None = None) -> tuple[Bund
     )
     report: dict[str, Any] = {
         "name": name, "version": opts.version, "profile": profile.name,
-        "mode": opts.mode, "io_dtype": qmodel.input_spec.dtype, "source": str(opts.model),
+        "mode": mode, "io_dtype": qmodel.input_spec.dtype, "source": str(opts.model),
         "runtime": str(runtime), "threads": threads, "classes": out_classes,
         "calibration": {"data": rep.source, "samples": len(rep.x), "requested": opts.samples},
         "size": {"float_bytes": len(float_bytes), "quant_bytes": len(quant_bytes),
@@ -328,6 +339,8 @@ def build_bundle(opts: ConvertOptions, steps: Steps | None = None) -> tuple[Bund
         "delegate": delegate_summary(graph, profile),
         "memory": memory_check(graph, len(quant_bytes), profile),
     }
+    if mode in INT8_MODES:
+        report["float_ops"] = explain(graph).as_dict()
     report["unsupported_on_delegate"] = [r["op"] for r in report["ops"] if not r["delegate"]]
     report["warnings"] = build_warnings(report, has_eval=ev is not None)
     return Bundle(manifest, quant_bytes, report, str(opts.output)), report

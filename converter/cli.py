@@ -56,6 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="labels file, one class name per line")
     c.add_argument("--mode", default="int8", choices=list(BUNDLE_MODES),
                    help="quantization (default int8: every op int8)")
+    c.add_argument("--allow-float-ops", action="store_true",
+                   help="with --mode int8: ops without an int8 kernel stay float, the rest is "
+                   "int8 (not for full-integer profiles such as Coral)")
     c.add_argument("--io-dtype", choices=["int8", "uint8", "float32"],
                    help="model input/output dtype (default: the profile's)")
     c.add_argument("--samples", type=int, default=200, metavar="N",
@@ -161,7 +164,8 @@ def cmd_convert(a: argparse.Namespace) -> int:
 
     opts = ConvertOptions(model=a.model, representative=a.representative, profile=a.profile,
                           output=a.output, eval_data=a.eval_data, labels_file=a.labels,
-                          mode=a.mode, io_dtype=a.io_dtype, samples=a.samples, name=a.name,
+                          mode=a.mode, allow_float_ops=a.allow_float_ops, io_dtype=a.io_dtype,
+                          samples=a.samples, name=a.name,
                           version=a.version, preprocessing=Preprocessing(mean=a.mean, std=a.std),
                           color=a.color, trust_model=a.trust_model,
                           latency_runs=a.latency_runs)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, TextIO
 
+from converter.modes import CALIBRATED_MODES
 from edge_agent.bundle import Manifest, TensorSpec
 from edge_agent.profiles import DeviceProfile
 
@@ -48,9 +49,12 @@ def build_warnings(r: dict[str, Any], *, has_eval: bool) -> list[str]:
                      "the float model does not: its outputs collapsed (a nearly flat softmax "
                      "is below the int8 output step of 1/256?)")
     cal = r["calibration"]
-    if r["mode"] in ("int8", "int16x8") and cal["samples"] < MIN_CALIBRATION:
+    if r["mode"] in CALIBRATED_MODES and cal["samples"] < MIN_CALIBRATION:
         w.append(f"calibrated on only {cal['samples']} samples; use at least "
                  f"{MIN_CALIBRATION} representative samples for reliable ranges")
+    fl = float_ops_line(r)
+    if fl:
+        w.append(fl)
     d = r["delegate"]
     if d["first_unmapped"] is not None:
         f = d["first_unmapped"]
@@ -66,6 +70,30 @@ def build_warnings(r: dict[str, Any], *, has_eval: bool) -> list[str]:
                  f"{m['delegate_copy_mb']:.1f}), over {r['profile']}'s budget of "
                  f"{m['budget_mb']} MB")
     return w
+
+
+def float_ops_line(r: dict[str, Any]) -> str | None:
+    """What stayed float in an int8 graph (``--allow-float-ops``), and what it costs."""
+    fl = r.get("float_ops")
+    if not fl or not fl["float_ops"]:
+        return None
+
+    def names(rows: list[dict[str, Any]]) -> str:
+        return ", ".join(o["op"] + (f" ×{o['count']}" if o["count"] > 1 else "") for o in rows)
+
+    parts = []
+    if fl["no_int8_kernel"]:
+        parts.append(f"{names(fl['no_int8_kernel'])} (no int8 kernel)")
+    if fl["float_glue"]:
+        parts.append(f"{names(fl['float_glue'])} (float only because their neighbours are)")
+    lat, size = r["latency_ms"], r["size"]
+    cost = (f"{fl['boundary_ops']} QUANTIZE/DEQUANTIZE ops, {_kb(fl['float_weight_bytes'])} of "
+            f"float32 weights (int8: a quarter); model {_kb(size['quant_bytes'])} vs float32 "
+            f"{_kb(size['float_bytes'])}")
+    if lat["quant"]["p50"] is not None and lat["float"]["p50"] is not None:
+        cost += f", p50 {_ms(lat['quant']['p50'])} vs float32 {_ms(lat['float']['p50'])}"
+    return (f"{fl['float_ops']} of {fl['total_ops']} ops run in float: {'; '.join(parts)}; "
+            f"cost: {cost}")
 
 
 def _console(file: TextIO | None) -> Console:

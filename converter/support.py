@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from converter.quantize import BOUNDARY_OPS, Graph, OpInfo
+from converter.graph import BOUNDARY_OPS, Graph, OpInfo
 from edge_agent.profiles import DeviceProfile
 
 # Ops the XNNPACK delegate takes for quantized/float graphs (tensorflow/lite/delegates/

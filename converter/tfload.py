@@ -1,10 +1,14 @@
 """Import TensorFlow quietly, open Keras / SavedModel sources, export a fixed-batch graph.
 
 Every source is re-exported as a SavedModel whose one signature takes a batch of
-exactly one sample. A dynamic batch dimension makes TFLite emit ``SHAPE`` /
-``STRIDED_SLICE`` / ``PACK`` ops in int32 around every ``RESHAPE``: they are not
-quantized, the Edge TPU compiler refuses dynamic shapes, and an edge device runs one
-frame at a time anyway. The agent batches by looping (``LoadedModel.invoke_raw``).
+exactly one sample, and returns every output of the source under its own name. A
+SavedModel is read through its ``serving_default`` signature only (never its Python
+object graph), so leftover optimizer state and custom training objects do not matter.
+
+Why batch 1: a dynamic batch dimension makes TFLite emit ``SHAPE`` / ``STRIDED_SLICE`` /
+``PACK`` ops in int32 around every ``RESHAPE``: they are not quantized, the Edge TPU
+compiler refuses dynamic shapes, and an edge device runs one frame at a time anyway.
+The agent batches by looping (``LoadedModel.invoke_raw``).
 
 Raises :class:`~converter.errors.ModelSourceError`.
 """
@@ -12,6 +16,7 @@ Raises :class:`~converter.errors.ModelSourceError`.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import os
 from collections.abc import Iterator
@@ -23,6 +28,8 @@ from converter.errors import ConverterEnvironmentError, ModelSourceError
 
 KERAS_SUFFIXES = (".keras", ".h5", ".hdf5")
 SIGNATURE = "serving_default"
+SERVE_TAG = "serve"
+MAX_SAVED_MODEL_PB_BYTES = 2**31 - 1  # protobuf cannot parse a larger message
 
 
 def import_tf() -> Any:
@@ -72,6 +79,8 @@ class SourceModel:
         try:
             with quiet():
                 self._export(str(out))
+        except ModelSourceError:
+            raise
         except Exception as e:
             raise ModelSourceError(f"{self.path}: cannot trace the model for export "
                                    f"({short_error(e)})") from e
@@ -120,8 +129,7 @@ def load_source(path: str | Path, *, trust: bool = False) -> SourceModel:
                 f"{p}: the model holds a Python lambda, which Keras loads only in unsafe mode; "
                 "if you trust this file pass --trust-model") from e
         raise ModelSourceError(f"{p}: cannot load Keras model ({short_error(e)})") from e
-    if len(inputs) != 1:
-        raise ModelSourceError(f"{p}: expected a model with one input, got {len(inputs)}")
+    _one_input(p, "the model", [str(getattr(i, "name", i)) for i in inputs])
     shape = _static_shape(p, inputs[0].shape[1:])
     dtype = inputs[0].dtype
 
@@ -138,30 +146,160 @@ def load_source(path: str | Path, *, trust: bool = False) -> SourceModel:
 
 
 def _load_saved_model(tf: Any, p: Path) -> SourceModel:
-    try:
-        with quiet():
-            loaded = tf.saved_model.load(str(p))
-    except Exception as e:
-        raise ModelSourceError(f"{p}: cannot load SavedModel ({short_error(e)})") from e
-    sigs = dict(getattr(loaded, "signatures", {}) or {})
+    """Open a SavedModel through its ``serving_default`` signature alone.
+
+    The object graph (Python objects to revive: Keras layers, optimizers, custom training
+    objects) is never touched: a tf-keras SavedModel with Adam slot variables, or one whose
+    classes are not importable here, revives as ``_UserObject`` objects and fails
+    (``'_UserObject' object has no attribute 'add_slot'``). Like TensorFlow Serving, we
+    read the MetaGraph tagged ``serve`` and its signature, restore the variables in a
+    session and freeze them into constants (:func:`_freeze`).
+    """
+    meta = _serving_meta_graph(tf, p)
+    sigs = {k: v for k, v in meta.signature_def.items() if not k.startswith("__")}
     if SIGNATURE not in sigs:
-        have = ", ".join(sigs) or "none"
+        have = ", ".join(sorted(sigs)) or "none"
         raise ModelSourceError(f"{p}: SavedModel has no {SIGNATURE!r} signature (has: {have})")
-    fn = sigs[SIGNATURE]
-    specs = fn.structured_input_signature[1]
-    if len(specs) != 1:
-        raise ModelSourceError(f"{p}: expected one input, the signature has {len(specs)}")
-    in_key, spec = next(iter(specs.items()))
-    shape = _static_shape(p, spec.shape[1:])
+    sig = sigs[SIGNATURE]
+    _one_input(p, f"the {SIGNATURE!r} signature", sorted(sig.inputs))
+    if not sig.outputs:
+        raise ModelSourceError(f"{p}: the {SIGNATURE!r} signature has no outputs")
+    info = next(iter(sig.inputs.values()))
+    if info.tensor_shape.unknown_rank:
+        raise ModelSourceError(f"{p}: the {SIGNATURE!r} input has an unknown rank; export the "
+                               "model with a fixed input shape")
+    dims = [d.size for d in info.tensor_shape.dim]
+    shape = _static_shape(p, [None if d < 0 else d for d in dims[1:]])
+    dtype = tf.dtypes.as_dtype(info.dtype)
+    outputs = {key: t.name for key, t in sorted(sig.outputs.items())}
+    frozen = _freeze(tf, p, tuple(meta.meta_info_def.tags), list(outputs.values()))
 
     def export(out: str) -> None:
+        def serve(x: Any) -> dict[str, Any]:
+            got = tf.graph_util.import_graph_def(
+                frozen, input_map={info.name: x}, return_elements=list(outputs.values()),
+                name="saved_model")
+            return dict(zip(outputs, got, strict=True))
+
         module = tf.Module()
-        module.inner = loaded  # keeps the variables tracked
-        module.serve = tf.function(lambda x: fn(**{in_key: x}), input_signature=[
-            tf.TensorSpec((1, *shape), spec.dtype, name="input")])
+        module.serve = tf.function(serve, input_signature=[
+            tf.TensorSpec((1, *shape), dtype, name="input")])
         tf.saved_model.save(module, out, signatures={SIGNATURE: module.serve})
 
     return SourceModel("saved_model", p, shape, export)
+
+
+def _serving_meta_graph(tf: Any, p: Path) -> Any:
+    """The MetaGraphDef tagged ``serve``, read from ``saved_model.pb`` without loading it.
+
+    Raises ModelSourceError when the file does not parse or has no ``serve`` graph.
+    """
+    from google.protobuf import message, text_format  # type: ignore[import-untyped]
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    pb, pbtxt = p / "saved_model.pb", p / "saved_model.pbtxt"
+    src = pb if pb.is_file() else pbtxt
+    try:
+        size = src.stat().st_size
+        if size > MAX_SAVED_MODEL_PB_BYTES:
+            raise ModelSourceError(f"{p}: cannot load SavedModel ({src.name} is {size} bytes, "
+                                   f"more than protobuf's {MAX_SAVED_MODEL_PB_BYTES})")
+        data = src.read_bytes()
+        proto = saved_model_pb2.SavedModel()
+        if src is pb:
+            proto.ParseFromString(data)
+        else:
+            text_format.Parse(data.decode("utf-8"), proto)
+    except (OSError, UnicodeDecodeError, message.DecodeError, text_format.ParseError) as e:
+        raise ModelSourceError(f"{p}: cannot load SavedModel ({src.name}: "
+                               f"{short_error(e)})") from e
+    for meta in proto.meta_graphs:
+        if SERVE_TAG in meta.meta_info_def.tags:
+            return meta
+    have = "; ".join(",".join(m.meta_info_def.tags) or "(no tags)" for m in proto.meta_graphs)
+    raise ModelSourceError(f"{p}: cannot load SavedModel (no graph tagged {SERVE_TAG!r}; "
+                           f"has: {have or 'no graphs'})")
+
+
+def _freeze(tf: Any, p: Path, tags: tuple[str, ...], outputs: list[str]) -> Any:
+    """The serving graph with its variables turned into constants (a ``GraphDef``).
+
+    ``tf.compat.v1.saved_model.loader.load`` restores the variables from the checkpoint
+    by the MetaGraph's saver, as TensorFlow Serving does; only the ops the outputs need
+    are kept, so optimizer slots and training ops are dropped.
+    """
+    try:
+        with tf.Graph().as_default() as graph, tf.compat.v1.Session(graph=graph) as sess:
+            tf.compat.v1.saved_model.loader.load(sess, list(tags), str(p))
+            frozen = tf.compat.v1.graph_util.convert_variables_to_constants(
+                sess, graph.as_graph_def(), sorted({n.split(":")[0] for n in outputs}))
+    except Exception as e:
+        raise ModelSourceError(f"{p}: cannot load SavedModel ({short_error(e)})") from e
+    _own_library(frozen)
+    return frozen
+
+
+def _own_library(graph_def: Any) -> None:
+    """Keep only the library functions the graph calls, renamed apart from this process's.
+
+    Freezing adds ``…_frozen_N`` copies of the functions that read variables but leaves
+    the originals (and ``_traced_save``/``_traced_restore``) in the library, some calling
+    functions it dropped; saving that library again would not load back. The functions it
+    keeps unchanged carry the names they were traced under: in a process that traced the
+    model itself (the Python API), importing them would clash with those definitions. A
+    suffix from the library's own bytes makes the names unique and the output reproducible.
+    """
+    def called(nodes: Any) -> set[str]:
+        names: set[str] = set()
+        for node in nodes:
+            for value in node.attr.values():
+                if value.HasField("func"):
+                    names.add(value.func.name)
+                names.update(f.name for f in value.list.func)
+        return names
+
+    library = graph_def.library
+    by_name = {f.signature.name: f for f in library.function}
+    keep: set[str] = set()
+    todo = called(graph_def.node)
+    while todo:  # bounded: each function name is visited once
+        name = todo.pop()
+        if name in keep or name not in by_name:
+            continue
+        keep.add(name)
+        todo |= called(by_name[name].node_def)
+    functions = [f for f in library.function if f.signature.name in keep]
+    gradients = [g for g in library.gradient if g.function_name in keep]
+    del library.function[:], library.gradient[:]
+    library.function.extend(functions)
+    library.gradient.extend(gradients)
+
+    suffix = hashlib.sha256(library.SerializeToString(deterministic=True)).hexdigest()[:12]
+    new = {name: f"{name}_sm{suffix}" for name in keep}
+
+    def rename(nodes: Any) -> None:
+        for node in nodes:
+            for value in node.attr.values():
+                if value.HasField("func") and value.func.name in new:
+                    value.func.name = new[value.func.name]
+                for f in value.list.func:
+                    f.name = new.get(f.name, f.name)
+
+    rename(graph_def.node)
+    for f in library.function:
+        f.signature.name = new[f.signature.name]
+        rename(f.node_def)
+    for g in library.gradient:
+        g.function_name = new[g.function_name]
+        g.gradient_func = new.get(g.gradient_func, g.gradient_func)
+
+
+def _one_input(p: Path, what: str, names: list[str]) -> None:
+    """A bundle carries one input tensor today: refuse several, naming them."""
+    if len(names) != 1:
+        listed = f" ({', '.join(names)})" if names else ""
+        raise ModelSourceError(f"{p}: {what} takes {len(names)} inputs{listed}; a bundle "
+                               "carries exactly one input")
 
 
 def _static_shape(p: Path, dims: Any) -> tuple[int, ...]:

@@ -12,7 +12,7 @@ import pytest
 from convert_helpers import run_cli
 
 from converter.cli import main
-from converter.quantize import inspect_graph
+from converter.graph import inspect_graph
 from converter.support import activations
 from edge_agent.bundle import read_bundle, sha256_bytes, tar_bytes, write_bundle
 from edge_agent.runtime.backends import available_runtimes, select_runtime

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 from convert_helpers import assert_quiet, convert_args, run_cli
 
-from converter.quantize import inspect_graph
+from converter.graph import inspect_graph
 from converter.tfload import import_tf
 from edge_agent.bundle import read_bundle
 from edge_agent.runtime.backends import select_runtime

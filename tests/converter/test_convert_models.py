@@ -11,7 +11,7 @@ import pytest
 from convert_helpers import assert_nothing_written, assert_one_line_error, convert_args, run_cli
 
 from converter.cli import main
-from converter.quantize import inspect_graph
+from converter.graph import inspect_graph
 from converter.support import delegate_summary, memory_check
 from converter.tfload import import_tf
 from edge_agent.bundle import read_bundle
