@@ -1,0 +1,271 @@
+"""Bundle reading is bounded in total (issue 19 item 5): one test per tar rule, then the
+attack black-box — a validly signed 11 KB tar whose GNU sparse members claimed 1.5 GiB
+drove a real agent's RSS up by 1.5 GiB; duplicate ``./model.tflite`` names made "the"
+model whichever member came last.
+
+The unit tests read tars built byte by byte (``update_forge``): each rule is refused with
+a :class:`BundleMemberError` naming the member and the rule, before the member's data is
+read. The black-box tests sign each hostile tar with the repository's real keys (so
+signatures, length and sha256 all verify), announce it to a real ``edge-agent run`` over a
+real Mosquitto, and check the outcome, its code, the agent's peak RSS (VmHWM), that v1
+still serves, that nothing was installed and that the trusted metadata is exactly what the
+release signed.
+"""
+
+from __future__ import annotations
+
+import bz2
+import gzip
+import hashlib
+import json
+import lzma
+import re
+import tarfile
+import tracemalloc
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from test_crash import AgentProcess
+from update_forge import (
+    announce,
+    duplicate_member_tar,
+    regular_member,
+    signed_tar_release,
+    sparse_bundle_tar,
+    sparse_member,
+    tar_of,
+)
+from update_helpers import CHUNK, DEVICE, ME, TRUSTED_FILE, Bundles, Fleet, role_files
+from waiting import wait_for
+
+from edge_agent.bundle import Bundle, read_bundle, read_tar_bytes, read_tar_file, tar_bytes
+from edge_agent.errors import BundleError, BundleMemberError, ManifestError
+from edge_agent.store import ModelStore
+from edge_agent.update.errors import from_bundle
+from edge_agent.update.wire import announce_topic
+
+MIB = 1 << 20
+
+
+@pytest.fixture(scope="module")
+def v1(update_digits: Any) -> Bundle:
+    return read_bundle(update_digits.bundle)
+
+
+def refused(data: bytes, rule: str, member: str, **kw: Any) -> BundleMemberError:
+    with pytest.raises(BundleMemberError) as ei:
+        read_tar_bytes(data, "t.tar", **kw)
+    e = ei.value
+    assert (e.rule, e.member) == (rule, member), str(e)
+    assert str(e).startswith(f"t.tar: member {member!r}: "), str(e)
+    return e
+
+
+# --- the rules, one test each -------------------------------------------------------------
+
+
+def test_the_deterministic_tar_reads_within_exactly_its_signed_length(v1: Bundle) -> None:
+    data = tar_bytes(v1)
+    b = read_tar_bytes(data, "t.tar", max_bytes=len(data))
+    assert (b.manifest, b.model_bytes, b.report) == (v1.manifest, v1.model_bytes, v1.report)
+    refused(data, "too_large", "(tar)", max_bytes=len(data) - 1)
+
+
+def test_a_gnu_sparse_member_is_refused_before_any_of_it_is_read(v1: Bundle) -> None:
+    e = refused(sparse_bundle_tar(v1), "sparse", "./model.tflite")
+    assert "claiming 535822336 bytes" in str(e)
+    # a single sparse member claiming 4 GiB, under a bound far above it, is no different
+    data = tar_of(sparse_member("model.tflite", 4 << 30))
+    refused(data, "sparse", "model.tflite", max_bytes=1 << 40)
+
+
+def test_reading_the_sparse_tar_allocates_nothing_like_what_it_claims(v1: Bundle) -> None:
+    data = sparse_bundle_tar(v1)  # 3 members x 511 MiB claimed, 11.5 KB on the wire
+    tracemalloc.start()
+    try:
+        with pytest.raises(BundleMemberError):
+            read_tar_bytes(data, "t.tar")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 1 * MIB, f"{peak / MIB:.1f} MiB allocated reading an {len(data)}-byte tar"
+
+
+@pytest.mark.parametrize("second", ["./model.tflite", "model.tflite"])
+def test_a_second_member_of_the_same_name_is_refused(v1: Bundle, second: str) -> None:
+    files = v1.files()
+    data = tar_of(regular_member("model.tflite", files["model.tflite"]),
+                  regular_member(second, b"\0" * 4096),
+                  regular_member("manifest.json", files["manifest.json"]))
+    refused(data, "duplicate", second)
+    refused(duplicate_member_tar(v1), "duplicate", "./model.tflite")
+
+
+@pytest.mark.parametrize("name", ["evil.sh", "../model.tflite", "/model.tflite",
+                                  ".model.tflite", "sub/model.tflite", "././model.tflite",
+                                  "model.tflite/", "MANIFEST.JSON"])
+def test_a_member_outside_the_three_bundle_files_is_refused(v1: Bundle, name: str) -> None:
+    data = tar_of(regular_member(name, b"x"), *(regular_member(n, d) for n, d in
+                                                 v1.files().items()))
+    refused(data, "unexpected", name)
+
+
+@pytest.mark.parametrize("kind", [tarfile.SYMTYPE, tarfile.LNKTYPE, tarfile.DIRTYPE,
+                                  tarfile.CHRTYPE, tarfile.FIFOTYPE])
+def test_a_member_that_is_not_a_regular_file_is_refused(v1: Bundle, kind: bytes) -> None:
+    ti = tarfile.TarInfo("model.tflite")
+    ti.type, ti.linkname = kind, "/etc/passwd"
+    data = tar_of(ti.tobuf(tarfile.PAX_FORMAT), regular_member("manifest.json",
+                                                               v1.files()["manifest.json"]))
+    e = refused(data, "not_regular", "model.tflite")
+    assert f"tar type {kind!r}" in str(e)
+
+
+def test_a_header_claiming_more_than_the_tar_holds_is_refused_without_allocating() -> None:
+    ti = tarfile.TarInfo("model.tflite")
+    ti.size = 400 * MIB  # a lie: 10 KB follow
+    data = ti.tobuf(tarfile.PAX_FORMAT) + b"\1" * 10_000
+    tracemalloc.start()
+    try:
+        refused(data, "too_large", "model.tflite")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 1 * MIB
+
+
+def test_a_member_over_its_own_cap_is_refused(v1: Bundle) -> None:
+    big = b" " * (16 * MIB + 1)  # manifest.json is capped at 16 MiB whatever the total
+    data = tar_of(regular_member("model.tflite", v1.model_bytes),
+                  regular_member("manifest.json", big))
+    e = refused(data, "too_large", "manifest.json")
+    assert "max 16777216 for manifest.json" in str(e)
+
+
+def test_a_member_cut_short_by_the_end_of_the_tar_is_refused() -> None:
+    ti = tarfile.TarInfo("model.tflite")
+    ti.size = 1500
+    data = ti.tobuf(tarfile.PAX_FORMAT) + b"\1" * 1000  # within the bound, short of data
+    e = refused(data, "truncated", "model.tflite")
+    assert "ends after" in str(e)
+
+
+@pytest.mark.parametrize(("compress", "kind"), [(gzip.compress, "gzip"), (bz2.compress, "bzip2"),
+                                                (lzma.compress, "xz")])
+def test_a_compressed_bundle_is_refused_before_it_can_expand(v1: Bundle, compress: Any,
+                                                             kind: str) -> None:
+    e = refused(compress(tar_bytes(v1)), "compressed", "(stream)")
+    assert f"a {kind} stream" in str(e)
+
+
+def test_a_bundle_on_disk_is_bounded_by_max_bytes(v1: Bundle, tmp_path: Path) -> None:
+    from edge_agent.bundle import write_bundle
+
+    limit = len(v1.model_bytes) - 1
+    for out in (tmp_path / "d", tmp_path / "t.tar"):
+        write_bundle(v1, out)
+        with pytest.raises(BundleMemberError) as ei:
+            read_bundle(out, max_bytes=limit)
+        assert ei.value.rule == "too_large" and "max_bundle_bytes" in str(ei.value)
+        assert read_bundle(out).manifest == v1.manifest
+    assert read_tar_file(tmp_path / "t.tar", max_bytes=(tmp_path / "t.tar").stat().st_size)
+
+
+def test_each_refusal_has_its_own_update_code() -> None:
+    e = BundleMemberError("x", member="m", rule="sparse")
+    assert (from_bundle(e).code, str(from_bundle(e))) == ("bundle_sparse", "x")
+    assert from_bundle(ManifestError("y", field="manifest.version")).code == "manifest_invalid"
+    assert from_bundle(BundleError("z")).code == "bundle"
+
+
+# --- the attack, black-box: a real agent process, a real broker, signed releases -------------
+
+
+def _hwm_mib(pid: int) -> float:
+    """The process's peak resident set size (VmHWM) so far, in MiB."""
+    m = re.search(r"VmHWM:\s+(\d+) kB", Path(f"/proc/{pid}/status").read_text())
+    assert m is not None
+    return int(m.group(1)) / 1024
+
+
+def _disk(a: AgentProcess, fleet: Fleet) -> tuple[tuple[str, ...], dict[str, bytes]]:
+    """The store's digits/ entries (but active.json) and the bytes of every trusted
+    metadata file but copies of the provisioned root (caching the trust anchor is not
+    trusting anything new; as ``Device.trusted_files``)."""
+    models = tuple(sorted(p.name for p in (a.store / "models" / "digits").iterdir()
+                          if p.name != "active.json"))
+    meta = a.store / "update" / "metadata"
+    anchor = fleet.repo.root_bytes(1)
+    files = {str(p.relative_to(meta)): p.read_bytes() for p in sorted(meta.rglob("*"))
+             if p.is_file()} if meta.is_dir() else {}
+    return models, {k: v for k, v in files.items() if v != anchor}
+
+
+def _predict_version(a: AgentProcess) -> int:
+    """The version that answers a real prediction over REST."""
+    body = json.dumps({"instances": [[[[0.5]] * 8] * 8]}).encode()
+    req = urllib.request.Request(f"http://127.0.0.1:{a.port}/v1/models/digits:predict", body,
+                                 {"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=5) as r:
+        assert len(json.loads(r.read())["predictions"]) == 1
+    active = {m["name"]: m["active"] for m in a.get("/v1/agent/status")["models"]}
+    return int(active["digits"])
+
+
+@pytest.fixture
+def agent_proc(tmp_path: Path, fleet: Fleet, bundles: Bundles, mosquitto: Any
+               ) -> Iterator[AgentProcess]:
+    a = AgentProcess(tmp_path, fleet, bundles, mosquitto.url)
+    yield a
+    a.stop()
+
+
+def release_rejected(a: AgentProcess, fleet: Fleet, data: bytes
+                     ) -> tuple[dict[str, Any], float, dict[str, bytes]]:
+    """Sign ``data`` as digits v3 with the repository's keys, announce it to ``a`` and wait
+    for the outcome. Returns it, the rise of the agent's peak RSS (MiB) and the metadata the
+    release signed (trusted now: it verifies; the bundle inside it is what is refused)."""
+    path, chunks, files = signed_tar_release(
+        fleet.repo, fleet.signers(), data, name="digits", version=3,
+        profiles=("generic-x86_64",), audience=ME, chunk_size=CHUNK)
+    before = _hwm_mib(a.proc.pid)  # type: ignore[union-attr]
+    announce(fleet.broker_url, announce_topic(DEVICE), path, files, chunks=chunks,
+             sha256=hashlib.sha256(data).hexdigest())
+    st = wait_for(lambda: (s := a.update_status())["phase"] == "idle" and s.get("last") and s,
+                  60, "the hostile release to be decided")
+    rise = _hwm_mib(a.proc.pid) - before  # type: ignore[union-attr]
+    return st["last"], rise, role_files(files, "timestamp", "snapshot", "targets")
+
+
+@pytest.mark.parametrize(("kind", "code", "reason"), [
+    ("sparse", "bundle_sparse", "member './model.tflite': a sparse file claiming 535822336"),
+    ("duplicate", "bundle_duplicate", "member './model.tflite': a second model.tflite"),
+])
+def test_signed_hostile_tar_is_rejected_with_bounded_memory_and_nothing_moves(
+        kind: str, code: str, reason: str, agent_proc: AgentProcess, fleet: Fleet,
+        bundles: Bundles) -> None:
+    v3 = read_bundle(bundles.v3)
+    data = sparse_bundle_tar(v3) if kind == "sparse" else duplicate_member_tar(v3)
+    agent_proc.start()
+    assert _predict_version(agent_proc) == 1
+    models, meta = _disk(agent_proc, fleet)
+    last, rise, signed = release_rejected(agent_proc, fleet, data)
+    assert (last["result"], last["code"]) == ("rejected", code), last
+    assert reason in last["reason"], last["reason"]
+    events = agent_proc.get("/v1/agent/status")["recent_events"]
+    assert any(e["kind"] == "update.rejected" and f"({code})" in e["message"]
+               for e in events), events
+    assert rise < 30, f"peak RSS rose by {rise:.1f} MiB for a {len(data)}-byte tar"
+    print(f"\n{kind}: {len(data)}-byte signed tar, agent peak RSS +{rise:.1f} MiB")
+    # nothing moved: v1 serves, nothing installed, staging empty, trusted = what was signed
+    assert _predict_version(agent_proc) == 1
+    after_models, after_meta = _disk(agent_proc, fleet)
+    assert after_models == models == ("1",)
+    assert ModelStore(agent_proc.store).serving_version("digits") == 1  # after a restart too
+    assert not any((agent_proc.store / "update" / "staging").glob("*"))
+    want = {**meta, **{TRUSTED_FILE[r]: b for r, b in signed.items()}}
+    assert after_meta == want
+    assert "Traceback" not in agent_proc.log.read_text()
