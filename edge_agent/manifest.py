@@ -207,8 +207,11 @@ def _show(v: Any) -> str:
 
 
 def _bounds(lo: float, hi: float, above: bool = False) -> str:
-    parts = ([f"{'>' if above else '>='} {lo:g}"] if lo != -math.inf else []) + (
-        [f"<= {hi:g}"] if hi != math.inf else [])
+    def fmt(x: float) -> str:
+        return str(x) if isinstance(x, int) else f"{x:g}"
+
+    parts = ([f"{'>' if above else '>='} {fmt(lo)}"] if lo != -math.inf else []) + (
+        [f"<= {fmt(hi)}"] if hi != math.inf else [])
     return "".join(f" {p}" if i == 0 else f" and {p}" for i, p in enumerate(parts))
 
 

@@ -14,6 +14,7 @@ release signed.
 
 from __future__ import annotations
 
+import base64
 import bz2
 import gzip
 import hashlib
@@ -27,11 +28,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from test_crash import AgentProcess
 from update_forge import (
     announce,
     duplicate_member_tar,
+    manifest_tar,
     regular_member,
     signed_tar_release,
     sparse_bundle_tar,
@@ -181,6 +184,30 @@ def test_each_refusal_has_its_own_update_code() -> None:
     assert from_bundle(BundleError("z")).code == "bundle"
 
 
+def test_bundles_on_disk_are_read_within_agent_max_bundle_bytes(bundles: Bundles,
+                                                                tmp_path: Path) -> None:
+    """``run --model`` / ``[[models]]`` / the store: the same bounded reader, the bound from
+    ``[agent] max_bundle_bytes``; a bundle over it is a model.load_failed event, not a read."""
+    from edge_agent.app import Agent
+    from edge_agent.config import load_config
+    from edge_agent.errors import ConfigError
+
+    o: dict[str, Any] = {"agent.store_dir": str(tmp_path / "store"), "agent.threads": 1,
+                         "agent.profile": "generic-x86_64", "agent.probe_runtime": False,
+                         "http.enabled": False, "models": [{"bundle": str(bundles.v1)}]}
+    with pytest.raises(ConfigError, match=r"agent\.max_bundle_bytes: expected int >= 65536"):
+        load_config(None, {**o, "agent.max_bundle_bytes": 100}, env={})
+    cfg = load_config(None, o, env={"EDGE_AGENT__AGENT__MAX_BUNDLE_BYTES": "65536"})
+    agent = Agent(cfg, components=())
+    agent.start()
+    try:
+        failed = [e.message for e in agent.events if e.kind == "model.load_failed"]
+        assert len(failed) == 1 and "member 'model.tflite': over the 65536 bytes" in failed[0]
+        assert agent.registry.names() == [] and agent.store.names() == []
+    finally:
+        agent.stop()
+
+
 # --- the attack, black-box: a real agent process, a real broker, signed releases -------------
 
 
@@ -269,3 +296,36 @@ def test_signed_hostile_tar_is_rejected_with_bounded_memory_and_nothing_moves(
     want = {**meta, **{TRUSTED_FILE[r]: b for r, b in signed.items()}}
     assert after_meta == want
     assert "Traceback" not in agent_proc.log.read_text()
+
+
+# --- item 7, black-box: a signed manifest with atol NaN over wrong golden outputs -------------
+
+
+def test_signed_release_with_nan_atol_over_wrong_goldens_is_rejected_manifest_invalid(
+        agent_proc: AgentProcess, fleet: Fleet, bundles: Bundles) -> None:
+    """``atol: NaN`` made every golden comparison pass (``diff > NaN`` is false), so a
+    release whose golden outputs are all wrong was committed."""
+    v3 = read_bundle(bundles.v3)
+    doc = json.loads(v3.manifest.to_json())
+    for g in doc["golden"]:
+        out = np.frombuffer(base64.b64decode(g["output"]["b64"]), np.int8)
+        g["output"]["b64"] = base64.b64encode((out ^ 0x55).tobytes()).decode()
+        g["atol"] = float("nan")
+    raw = json.dumps(doc).encode()
+    assert b"NaN" in raw
+    agent_proc.start()
+    models, meta = _disk(agent_proc, fleet)
+    last, _, signed = release_rejected(agent_proc, fleet, manifest_tar(v3, raw))
+    assert (last["result"], last["code"]) == ("rejected", "manifest_invalid"), last
+    assert "manifest.golden[0].atol: expected a finite number >= 0" in last["reason"]
+    assert "got NaN" in last["reason"]
+    events = agent_proc.get("/v1/agent/status")["recent_events"]
+    assert any(e["kind"] == "update.rejected" and "(manifest_invalid)" in e["message"]
+               for e in events), events
+    assert not any(e["kind"] in ("update.activated", "update.committed") for e in events)
+    assert _predict_version(agent_proc) == 1
+    after_models, after_meta = _disk(agent_proc, fleet)
+    assert after_models == models == ("1",)
+    assert after_meta == {**meta, **{TRUSTED_FILE[r]: b for r, b in signed.items()}}
+    log = agent_proc.log.read_text()
+    assert "Traceback" not in log and "internal" not in log, log[-2000:]
