@@ -5,7 +5,7 @@ Pure: no files, no runtime. :func:`parse_manifest` turns a decoded JSON value in
 the offending value, what was expected and what was got::
 
     models/digits/digits-3.tar: manifest.golden[2].atol: expected a finite number >= 0
-    and <= 16 (tensor steps of a uint8 output), got NaN
+    and <= 16 (tensor steps of an int8 output), got NaN
 
 Why strict: the manifest is what a device checks a model against, so a value that only
 *looks* fine turns a check off or fails later, deep in the runtime. ``atol: NaN`` made
@@ -430,7 +430,7 @@ def _golden(g: _Field, inp: TensorSpec, out: TensorSpec) -> GoldenVector:
     x, _ = _array(g["input"], inp, batch=None)
     y, want = _array(g["output"], out, batch=x.shape[0])
     if out.dtype in QUANTIZED_DTYPES or out.dtype == "int32":
-        hi, why = MAX_ATOL_STEPS, f"tensor steps of a {out.dtype} output"
+        hi, why = MAX_ATOL_STEPS, f"tensor steps of an {out.dtype} output"
     else:
         peak = float(np.max(np.abs(want.astype(np.float64)))) if want.size else 0.0
         hi = MAX_ATOL_RELATIVE * max(1.0, peak)

@@ -77,7 +77,7 @@ CASES = [
     ("golden.2.atol", NAN, "manifest.golden[2].atol", "got NaN"),
     ("golden.0.atol", INF, "manifest.golden[0].atol", "got Infinity"),
     ("golden.0.atol", -1, "manifest.golden[0].atol", ">= 0 and <= 16"),
-    ("golden.0.atol", 255.0, "manifest.golden[0].atol", "tensor steps of a int8 output"),
+    ("golden.0.atol", 255.0, "manifest.golden[0].atol", "tensor steps of an int8 output"),
     ("golden.0.atol", "2", "manifest.golden[0].atol", "got '2'"),
     ("inputs.0.shape.1", -8, "manifest.inputs[0].shape[1]", "got -8"),
     ("outputs.0.shape.0", 0, "manifest.outputs[0].shape[0]", "an integer >= 1"),
