@@ -66,6 +66,10 @@ READ_CHUNK = 1 << 20  # bytes read from a member at a time
 COMPRESSED = {b"\x1f\x8b": "gzip", b"BZh": "bzip2", b"\xfd7zXZ\x00": "xz",
               b"\x28\xb5\x2f\xfd": "zstd"}  # magic numbers of streams we refuse
 
+# what tarfile raises for malformed headers: its own errors, and IndexError/ValueError from
+# its number parsing (a GNU sparse extension block cut short reaches nti() with b"")
+TAR_FAULTS = (tarfile.TarError, EOFError, IndexError, ValueError, OverflowError)
+
 # BundleMemberError.rule values (update events report them as code "bundle_<rule>")
 UNEXPECTED, DUPLICATE, SPARSE, NOT_REGULAR, TOO_LARGE, TRUNCATED, COMPRESSED_RULE = (
     "unexpected", "duplicate", "sparse", "not_regular", "too_large", "truncated", "compressed")
@@ -201,8 +205,8 @@ def _read_tar(stream: IO[bytes], source: str, max_bytes: int) -> dict[str, bytes
                 name = check_member(m, files, used=used, max_bytes=max_bytes, source=source)
                 files[name] = _read_member(tf, m, source)
                 used += m.size
-    except (tarfile.TarError, EOFError) as e:
-        raise BundleError(f"{source}: not a valid bundle tar ({e})") from e
+    except TAR_FAULTS as e:
+        raise BundleError(f"{source}: not a valid bundle tar ({type(e).__name__}: {e})") from e
     return files
 
 

@@ -30,6 +30,8 @@ from typing import Any
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from test_crash import AgentProcess
 from update_forge import (
     announce,
@@ -162,6 +164,37 @@ def test_a_compressed_bundle_is_refused_before_it_can_expand(v1: Bundle, compres
                                                              kind: str) -> None:
     e = refused(compress(tar_bytes(v1)), "compressed", "(stream)")
     assert f"a {kind} stream" in str(e)
+
+
+def _extended_sparse_header() -> bytes:
+    """A sparse member's header announcing an extension block that never comes."""
+    h = bytearray(sparse_member("model.tflite", 5000)[:512])
+    h[482] = 1
+    h[148:156] = b" " * 8
+    h[148:156] = f"{sum(h):06o}".encode() + b"\0 "
+    return bytes(h)
+
+
+def test_a_sparse_extension_block_cut_short_is_a_bundle_error_not_an_index_error() -> None:
+    """tarfile's own header parsing raised IndexError here (an internal error, traceback)."""
+    with pytest.raises(BundleError, match="not a valid bundle tar"):
+        read_tar_bytes(_extended_sparse_header() + b"\x80" * 100, "t.tar")
+
+
+@settings(max_examples=300, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_any_mangled_tar_raises_only_bundle_error(v1: Bundle, data: st.DataObject) -> None:
+    seeds = [tar_bytes(v1), sparse_bundle_tar(v1), duplicate_member_tar(v1),
+             _extended_sparse_header() + b"\x80" * 600]
+    d = bytearray(data.draw(st.sampled_from(seeds)))
+    for _ in range(data.draw(st.integers(1, 8))):
+        d[data.draw(st.integers(0, min(len(d), 2048) - 1))] = data.draw(st.integers(0, 255))
+    cut = data.draw(st.integers(0, len(d)))
+    try:
+        read_tar_bytes(bytes(d[:cut] if data.draw(st.booleans()) else d), "t.tar")
+    except BundleError as e:
+        assert str(e).startswith("t.tar: ") and "\n" not in str(e)
 
 
 def test_a_bundle_on_disk_is_bounded_by_max_bytes(v1: Bundle, tmp_path: Path) -> None:
