@@ -273,3 +273,26 @@ def test_any_mutated_manifest_parses_or_raises_only_manifest_error(
         return
     for g in m.golden:  # what did parse is usable as the runtime uses it
         assert g.input.decode().shape == g.input.shape and math.isfinite(g.atol)
+
+
+def test_golden_vectors_that_validate_but_do_not_fit_the_model_are_a_golden_mismatch(
+        digits: Any) -> None:
+    """A consistent manifest that is not this model's (input [1, 8, 8, 2] declared and in
+    the golden data; the model takes [1, 8, 8, 1]): the interpreter's ValueError surfaced
+    as an internal error; now it is the model's fault, named."""
+    import dataclasses
+
+    from edge_agent.bundle import EncodedArray
+    from edge_agent.errors import GoldenMismatchError
+    from edge_agent.runtime.backends import select_runtime
+    from edge_agent.runtime.model import verify_golden
+
+    b = read_bundle(digits.bundle)
+    g = b.manifest.golden[0]
+    x = np.concatenate([g.input.decode()] * 2, axis=-1)
+    inp = dataclasses.replace(b.manifest.inputs[0], shape=(1, 8, 8, 2))
+    m = dataclasses.replace(b.manifest, inputs=(inp,),
+                            golden=(dataclasses.replace(g, input=EncodedArray.encode(x)),))
+    assert parse_manifest(json.loads(m.to_json())) == m  # it validates
+    with pytest.raises(GoldenMismatchError, match=r"input int8 \[1, 8, 8, 2\] does not fit"):
+        verify_golden(dataclasses.replace(b, manifest=m), select_runtime())
