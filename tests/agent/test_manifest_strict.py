@@ -291,7 +291,7 @@ def test_golden_vectors_that_validate_but_do_not_fit_the_model_are_a_golden_mism
     g = b.manifest.golden[0]
     x = np.concatenate([g.input.decode()] * 2, axis=-1)
     inp = dataclasses.replace(b.manifest.inputs[0], shape=(1, 8, 8, 2))
-    m = dataclasses.replace(b.manifest, inputs=(inp,),
+    m = dataclasses.replace(b.manifest, inputs=(inp,), drift_reference=None,
                             golden=(dataclasses.replace(g, input=EncodedArray.encode(x)),))
     assert parse_manifest(json.loads(m.to_json())) == m  # it validates
     with pytest.raises(GoldenMismatchError, match=r"input int8 \[1, 8, 8, 2\] does not fit"):
