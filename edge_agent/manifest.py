@@ -308,7 +308,7 @@ class _Field:
         v = self.value
         self._check(isinstance(v, str) and len(v) <= max_len
                     and (not choices or v in choices)
-                    and (pattern is None or pattern.match(v) is not None), want)
+                    and (pattern is None or pattern.fullmatch(v) is not None), want)
         return str(v)
 
     def flag(self, *, default: bool | None = None) -> bool:
