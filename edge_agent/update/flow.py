@@ -305,8 +305,8 @@ class UpdateFlow:
                 return self._noop(f"{spec.name} v{spec.version} is already installed")
             policy.check_model_target(
                 spec, path=info.path, length=info.length, me=self.d.identity,
-                installed=installed, blocked=self.state.blocked,
-                max_bytes=self.cfg.max_bundle_bytes)
+                installed=installed, blocked=self.state.blocked,  # and the store must read it
+                max_bytes=min(self.cfg.max_bundle_bytes, self.d.store.max_bundle_bytes))
             if installed is not None and self.d.store.active_version(spec.name) is None:
                 # pin what serves now: with no active.json the store would serve the
                 # highest installed version, i.e. the new one before it is proven

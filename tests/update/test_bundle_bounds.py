@@ -20,10 +20,8 @@ import gzip
 import hashlib
 import json
 import lzma
-import re
 import tarfile
 import tracemalloc
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -32,7 +30,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_crash import AgentProcess
+from update_agentproc import AgentProcess
 from update_forge import (
     announce,
     duplicate_member_tar,
@@ -43,12 +41,11 @@ from update_forge import (
     sparse_member,
     tar_of,
 )
-from update_helpers import CHUNK, DEVICE, ME, TRUSTED_FILE, Bundles, Fleet, role_files
+from update_helpers import CHUNK, DEVICE, ME, Bundles, Fleet, assert_nothing_moved, role_files
 from waiting import wait_for
 
 from edge_agent.bundle import Bundle, read_bundle, read_tar_bytes, read_tar_file, tar_bytes
 from edge_agent.errors import BundleError, BundleMemberError, ManifestError
-from edge_agent.store import ModelStore
 from edge_agent.update.errors import from_bundle
 from edge_agent.update.wire import announce_topic
 
@@ -244,37 +241,6 @@ def test_bundles_on_disk_are_read_within_agent_max_bundle_bytes(bundles: Bundles
 # --- the attack, black-box: a real agent process, a real broker, signed releases -------------
 
 
-def _hwm_mib(pid: int) -> float:
-    """The process's peak resident set size (VmHWM) so far, in MiB."""
-    m = re.search(r"VmHWM:\s+(\d+) kB", Path(f"/proc/{pid}/status").read_text())
-    assert m is not None
-    return int(m.group(1)) / 1024
-
-
-def _disk(a: AgentProcess, fleet: Fleet) -> tuple[tuple[str, ...], dict[str, bytes]]:
-    """The store's digits/ entries (but active.json) and the bytes of every trusted
-    metadata file but copies of the provisioned root (caching the trust anchor is not
-    trusting anything new; as ``Device.trusted_files``)."""
-    models = tuple(sorted(p.name for p in (a.store / "models" / "digits").iterdir()
-                          if p.name != "active.json"))
-    meta = a.store / "update" / "metadata"
-    anchor = fleet.repo.root_bytes(1)
-    files = {str(p.relative_to(meta)): p.read_bytes() for p in sorted(meta.rglob("*"))
-             if p.is_file()} if meta.is_dir() else {}
-    return models, {k: v for k, v in files.items() if v != anchor}
-
-
-def _predict_version(a: AgentProcess) -> int:
-    """The version that answers a real prediction over REST."""
-    body = json.dumps({"instances": [[[[0.5]] * 8] * 8]}).encode()
-    req = urllib.request.Request(f"http://127.0.0.1:{a.port}/v1/models/digits:predict", body,
-                                 {"Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=5) as r:
-        assert len(json.loads(r.read())["predictions"]) == 1
-    active = {m["name"]: m["active"] for m in a.get("/v1/agent/status")["models"]}
-    return int(active["digits"])
-
-
 @pytest.fixture
 def agent_proc(tmp_path: Path, fleet: Fleet, bundles: Bundles, mosquitto: Any
                ) -> Iterator[AgentProcess]:
@@ -283,21 +249,46 @@ def agent_proc(tmp_path: Path, fleet: Fleet, bundles: Bundles, mosquitto: Any
     a.stop()
 
 
-def release_rejected(a: AgentProcess, fleet: Fleet, data: bytes
-                     ) -> tuple[dict[str, Any], float, dict[str, bytes]]:
-    """Sign ``data`` as digits v3 with the repository's keys, announce it to ``a`` and wait
-    for the outcome. Returns it, the rise of the agent's peak RSS (MiB) and the metadata the
-    release signed (trusted now: it verifies; the bundle inside it is what is refused)."""
+X = np.full((1, 8, 8, 1), 0.5, np.float32)
+
+
+def serving_v1(a: AgentProcess) -> None:
+    """v1 answers a real prediction over REST and is the version serving."""
+    assert len(a.predict(X)["predictions"]) == 1
+    assert a.serving() == 1
+
+
+def release_rejected(a: AgentProcess, fleet: Fleet, data: bytes, code: str
+                     ) -> tuple[dict[str, Any], float]:
+    """Sign ``data`` as digits v3 with the repository's keys, announce it to ``a``, wait for
+    the outcome; it must be ``update.rejected`` with ``code``, and nothing may have moved
+    but the trusted timestamp/snapshot/targets, now exactly what the release signed (they
+    verify: it is the bundle inside that is refused). Returns the outcome and the rise of
+    the agent's peak RSS (VmHWM) in MiB."""
+    before = a.snapshot()
     path, chunks, files = signed_tar_release(
         fleet.repo, fleet.signers(), data, name="digits", version=3,
         profiles=("generic-x86_64",), audience=ME, chunk_size=CHUNK)
-    before = _hwm_mib(a.proc.pid)  # type: ignore[union-attr]
+    hwm = a.memory_kib()["VmHWM"]
     announce(fleet.broker_url, announce_topic(DEVICE), path, files, chunks=chunks,
              sha256=hashlib.sha256(data).hexdigest())
     st = wait_for(lambda: (s := a.update_status())["phase"] == "idle" and s.get("last") and s,
                   60, "the hostile release to be decided")
-    rise = _hwm_mib(a.proc.pid) - before  # type: ignore[union-attr]
-    return st["last"], rise, role_files(files, "timestamp", "snapshot", "targets")
+    rise = (a.memory_kib()["VmHWM"] - hwm) / 1024
+    last: dict[str, Any] = st["last"]
+    assert (last["result"], last["code"]) == ("rejected", code), last
+    events = wait_for(lambda: (ev := a.get("/v1/agent/status")["recent_events"]) and any(
+        e["kind"] == "update.rejected" for e in ev) and ev, 10, "the update.rejected event")
+    assert any(e["kind"] == "update.rejected" and f"({code})" in e["message"]
+               for e in events), events
+    assert not any(e["kind"] in ("update.activated", "update.committed") for e in events)
+    assert_nothing_moved(a, before,  # type: ignore[arg-type]
+                         accepted=role_files(files, "timestamp", "snapshot", "targets"))
+    assert not any((a.store / "update" / "staging").glob("*")), "staging left behind"
+    serving_v1(a)
+    log = a.log.read_text()
+    assert "Traceback" not in log and "internal" not in log, log[-3000:]
+    return last, rise
 
 
 @pytest.mark.parametrize(("kind", "code", "reason"), [
@@ -310,25 +301,31 @@ def test_signed_hostile_tar_is_rejected_with_bounded_memory_and_nothing_moves(
     v3 = read_bundle(bundles.v3)
     data = sparse_bundle_tar(v3) if kind == "sparse" else duplicate_member_tar(v3)
     agent_proc.start()
-    assert _predict_version(agent_proc) == 1
-    models, meta = _disk(agent_proc, fleet)
-    last, rise, signed = release_rejected(agent_proc, fleet, data)
-    assert (last["result"], last["code"]) == ("rejected", code), last
+    serving_v1(agent_proc)
+    last, rise = release_rejected(agent_proc, fleet, data, code)
     assert reason in last["reason"], last["reason"]
-    events = agent_proc.get("/v1/agent/status")["recent_events"]
-    assert any(e["kind"] == "update.rejected" and f"({code})" in e["message"]
-               for e in events), events
-    assert rise < 30, f"peak RSS rose by {rise:.1f} MiB for a {len(data)}-byte tar"
     print(f"\n{kind}: {len(data)}-byte signed tar, agent peak RSS +{rise:.1f} MiB")
-    # nothing moved: v1 serves, nothing installed, staging empty, trusted = what was signed
-    assert _predict_version(agent_proc) == 1
-    after_models, after_meta = _disk(agent_proc, fleet)
-    assert after_models == models == ("1",)
-    assert ModelStore(agent_proc.store).serving_version("digits") == 1  # after a restart too
-    assert not any((agent_proc.store / "update" / "staging").glob("*"))
-    want = {**meta, **{TRUSTED_FILE[r]: b for r, b in signed.items()}}
-    assert after_meta == want
-    assert "Traceback" not in agent_proc.log.read_text()
+    assert rise < 30, f"peak RSS rose by {rise:.1f} MiB for a {len(data)}-byte tar"
+
+
+def test_a_signed_update_over_agent_max_bundle_bytes_is_refused_before_download(
+        tmp_path: Path, fleet: Fleet, bundles: Bundles, mosquitto: Any) -> None:
+    """What the store could not read back is not downloaded: the device's cap is the
+    smaller of ``[update]`` and ``[agent] max_bundle_bytes``."""
+    cfg = tmp_path / "agent.toml"
+    a = AgentProcess(tmp_path, fleet, bundles, mosquitto.url)
+    cfg.write_text(cfg.read_text().replace("[agent]\n", "[agent]\nmax_bundle_bytes = 90000\n"))
+    try:
+        a.start()
+        data = tar_bytes(read_bundle(bundles.v3))
+        v1_files = read_bundle(bundles.v1).files().values()
+        assert len(data) > 90000 > sum(len(f) for f in v1_files)  # v1 itself is read
+        last, _ = release_rejected(a, fleet, data, "mismatch")
+        assert f"is {len(data)} bytes, over this device's cap of 90000" in last["reason"]
+        kinds = [e["kind"] for e in a.get("/v1/agent/status")["recent_events"]]
+        assert "update.downloading" not in kinds, kinds
+    finally:
+        a.stop()
 
 
 # --- item 7, black-box: a signed manifest with atol NaN over wrong golden outputs -------------
@@ -347,18 +344,6 @@ def test_signed_release_with_nan_atol_over_wrong_goldens_is_rejected_manifest_in
     raw = json.dumps(doc).encode()
     assert b"NaN" in raw
     agent_proc.start()
-    models, meta = _disk(agent_proc, fleet)
-    last, _, signed = release_rejected(agent_proc, fleet, manifest_tar(v3, raw))
-    assert (last["result"], last["code"]) == ("rejected", "manifest_invalid"), last
+    last, _ = release_rejected(agent_proc, fleet, manifest_tar(v3, raw), "manifest_invalid")
     assert "manifest.golden[0].atol: expected a finite number >= 0" in last["reason"]
     assert "got NaN" in last["reason"]
-    events = agent_proc.get("/v1/agent/status")["recent_events"]
-    assert any(e["kind"] == "update.rejected" and "(manifest_invalid)" in e["message"]
-               for e in events), events
-    assert not any(e["kind"] in ("update.activated", "update.committed") for e in events)
-    assert _predict_version(agent_proc) == 1
-    after_models, after_meta = _disk(agent_proc, fleet)
-    assert after_models == models == ("1",)
-    assert after_meta == {**meta, **{TRUSTED_FILE[r]: b for r, b in signed.items()}}
-    log = agent_proc.log.read_text()
-    assert "Traceback" not in log and "internal" not in log, log[-2000:]
