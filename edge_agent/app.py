@@ -71,7 +71,7 @@ class Agent:
         self.hooks = hooks or Hooks()
         self.events: collections.deque[AgentEvent] = collections.deque(maxlen=50)
         self.hooks.on_event(self.events.append)
-        self.store = ModelStore(a.store_dir)
+        self.store = ModelStore(a.store_dir, max_bundle_bytes=a.max_bundle_bytes)
         try:
             self.store.ensure()
         except OSError as e:

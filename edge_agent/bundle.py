@@ -1,229 +1,82 @@
 """The model bundle: ``model.tflite`` + ``manifest.json`` + ``report.json``.
 
 A bundle is a directory or an uncompressed ``.tar`` of the same three files (see
-``docs/bundle.md``). This module is pure data + file IO; it never imports a runtime.
+``docs/bundle.md``). This module is file IO around pure checks and never imports a
+runtime; the manifest's dataclasses and its strict parser are :mod:`edge_agent.manifest`
+(re-exported here).
 
-Raises :class:`~edge_agent.errors.BundleError` for anything malformed.
+Reading is bounded **in total**: every reader takes ``max_bytes`` — for an update the
+signed length of the target, for a bundle on disk ``[agent] max_bundle_bytes`` — and the
+members read may not sum past it, nor past a per-member cap (``manifest.json`` 16 MiB,
+``report.json`` 4 MiB). A tar is read from its file header by header
+(:func:`check_member`, pure) and member by member in 1 MiB chunks, and is refused at the
+first header that breaks a rule, before that member's data is read: so a header that
+lies (a GNU sparse member claiming GiBs of holes, a size past the end of the file)
+cannot make the reader allocate. Rules: only ``model.tflite``, ``manifest.json`` and
+``report.json`` (``./`` prefix allowed), each at most once once ``./x`` and ``x`` are
+taken as one name, each a regular, non-sparse file within its cap and the remaining
+total; the stream uncompressed (bundles are never compressed: a gzip/bzip2/xz/zstd
+stream is refused by its magic number, so nothing can expand past the bound).
+
+Raises :class:`~edge_agent.errors.BundleError` for anything malformed:
+:class:`~edge_agent.errors.BundleMemberError` (``member``, ``rule``) for a tar rule,
+:class:`~edge_agent.errors.ManifestError` (``field``) for the manifest.
 """
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import io
 import json
 import tarfile
-from dataclasses import asdict, dataclass, field
+from collections.abc import Collection
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
-import numpy as np
-
-from edge_agent.errors import BundleError
+from edge_agent.errors import BundleError, BundleMemberError, InvalidRequestError, ManifestError
 from edge_agent.fsutil import atomic_write_bytes, staged_dir
+from edge_agent.manifest import (
+    DTYPES,
+    MODEL_FILE,
+    SCHEMA_VERSION,
+    DriftReference,
+    EncodedArray,
+    GoldenVector,
+    Manifest,
+    Preprocessing,
+    TensorSpec,
+    parse_manifest,
+)
+from edge_agent.untrusted_json import loads as untrusted_loads
 
-SCHEMA_VERSION = 1
-MODEL_FILE = "model.tflite"
+__all__ = [
+    "BUNDLE_FILES", "DTYPES", "MANIFEST_FILE", "MAX_BUNDLE_BYTES", "MODEL_FILE", "REPORT_FILE",
+    "SCHEMA_VERSION", "Bundle", "DriftReference", "EncodedArray", "GoldenVector", "Manifest",
+    "Preprocessing", "TensorSpec", "check_member", "read_bundle", "read_tar_bytes",
+    "read_tar_file", "sha256_bytes", "tar_bytes", "write_bundle",
+]
+
 MANIFEST_FILE = "manifest.json"
 REPORT_FILE = "report.json"
 BUNDLE_FILES = (MODEL_FILE, MANIFEST_FILE, REPORT_FILE)
-MAX_MEMBER_BYTES = 512 * 1024 * 1024  # bytes; a tar member larger than this is refused
-DTYPES = ("int8", "uint8", "int16", "int32", "float32", "float16")
+MAX_BUNDLE_BYTES = 512 << 20  # bytes; default bound on everything read from one bundle
+MEMBER_CAPS = {MANIFEST_FILE: 16 << 20, REPORT_FILE: 4 << 20}  # bytes; the model: the total
+READ_CHUNK = 1 << 20  # bytes read from a member at a time
+COMPRESSED = {b"\x1f\x8b": "gzip", b"BZh": "bzip2", b"\xfd7zXZ\x00": "xz",
+              b"\x28\xb5\x2f\xfd": "zstd"}  # magic numbers of streams we refuse
+
+# what tarfile raises for malformed headers: its own errors, and IndexError/ValueError from
+# its number parsing (a GNU sparse extension block cut short reaches nti() with b"")
+TAR_FAULTS = (tarfile.TarError, EOFError, IndexError, ValueError, OverflowError)
+
+# BundleMemberError.rule values (update events report them as code "bundle_<rule>")
+UNEXPECTED, DUPLICATE, SPARSE, NOT_REGULAR, TOO_LARGE, TRUNCATED, COMPRESSED_RULE = (
+    "unexpected", "duplicate", "sparse", "not_regular", "too_large", "truncated", "compressed")
 
 
 def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
-
-
-@dataclass(frozen=True)
-class EncodedArray:
-    """A numpy array stored in JSON as dtype + shape + base64 of its C-order bytes."""
-
-    dtype: str
-    shape: tuple[int, ...]
-    b64: str
-
-    @classmethod
-    def encode(cls, arr: np.ndarray) -> EncodedArray:
-        arr = np.ascontiguousarray(arr)
-        return cls(str(arr.dtype), tuple(int(d) for d in arr.shape),
-                   base64.b64encode(arr.tobytes()).decode("ascii"))
-
-    def decode(self) -> np.ndarray:
-        raw = base64.b64decode(self.b64)
-        arr = np.frombuffer(raw, dtype=np.dtype(self.dtype))
-        return arr.reshape(self.shape).copy()
-
-
-@dataclass(frozen=True)
-class TensorSpec:
-    """One model input or output: what the interpreter's tensor looks like."""
-
-    name: str
-    shape: tuple[int, ...]
-    dtype: str
-    scale: float = 0.0  # 0.0 means not quantized
-    zero_point: int = 0
-
-    @property
-    def quantized(self) -> bool:
-        return self.scale != 0.0 and self.dtype in ("int8", "uint8", "int16")
-
-
-@dataclass(frozen=True)
-class Preprocessing:
-    """How raw images become the model's float input: ``(pixel - mean) / std``."""
-
-    resize: tuple[int, int] | None = None  # (height, width)
-    color: str = "rgb"  # rgb | grayscale
-    channel_order: str = "rgb"  # rgb | bgr
-    layout: str = "nhwc"
-    mean: tuple[float, ...] = (0.0,)
-    std: tuple[float, ...] = (255.0,)
-    resample: str = "bilinear"
-
-
-@dataclass(frozen=True)
-class GoldenVector:
-    """An input tensor and the output tensor this model must give for it (raw tensor units)."""
-
-    input: EncodedArray
-    output: EncodedArray
-    atol: float  # in output tensor units (quantized steps for int8 outputs)
-
-
-@dataclass(frozen=True)
-class DriftReference:
-    """Calibration-time statistics the agent compares live traffic against (PSI)."""
-
-    samples: int
-    class_hist: tuple[float, ...]  # share of predictions per class, sums to 1
-    confidence_edges: tuple[float, ...]  # histogram bin edges of top-1 probability
-    confidence_hist: tuple[float, ...]  # share per bin, sums to 1
-    input_mean: tuple[float, ...]  # per channel, model-input (normalized) units
-    input_std: tuple[float, ...]
-
-
-@dataclass(frozen=True)
-class Manifest:
-    name: str
-    version: int
-    created_at: str
-    model_sha256: str
-    model_size: int
-    inputs: tuple[TensorSpec, ...]
-    outputs: tuple[TensorSpec, ...]
-    preprocessing: Preprocessing
-    quantization_mode: str
-    task: str = "classification"  # classification | raw
-    output_is_probability: bool = True
-    labels: tuple[str, ...] = ()
-    target_profiles: tuple[str, ...] = ()
-    golden: tuple[GoldenVector, ...] = ()
-    drift_reference: DriftReference | None = None
-    converter_version: str = ""
-    tensorflow_version: str = ""
-    schema_version: int = SCHEMA_VERSION
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["model"] = {"file": MODEL_FILE, "sha256": d.pop("model_sha256"),
-                      "size_bytes": d.pop("model_size")}
-        d["producer"] = {"converter": d.pop("converter_version"),
-                         "tensorflow": d.pop("tensorflow_version")}
-        return d
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=1, sort_keys=True) + "\n"
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any], source: str = "manifest.json") -> Manifest:
-        try:
-            return _manifest_from_dict(d)
-        except BundleError as e:
-            raise BundleError(f"{source}: {e}") from e
-        except (KeyError, TypeError, ValueError) as e:
-            raise BundleError(f"{source}: malformed manifest ({type(e).__name__}: {e})") from e
-
-
-def _get(d: dict[str, Any], key: str, typ: type | tuple[type, ...]) -> Any:
-    if not isinstance(d, dict):
-        raise BundleError(f"expected an object holding {key!r}, got {type(d).__name__}")
-    if key not in d:
-        raise BundleError(f"missing key {key!r}")
-    v = d[key]
-    if not isinstance(v, typ) or (isinstance(v, bool) and typ in (int, float, (int, float))):
-        raise BundleError(f"key {key!r}: expected {typ}, got {type(v).__name__}")
-    return v
-
-
-def _tensor(d: dict[str, Any]) -> TensorSpec:
-    dtype = _get(d, "dtype", str)
-    if dtype not in DTYPES:
-        raise BundleError(f"tensor dtype {dtype!r} not one of {DTYPES}")
-    return TensorSpec(
-        name=_get(d, "name", str), shape=tuple(int(x) for x in _get(d, "shape", list)),
-        dtype=dtype, scale=float(_get(d, "scale", (int, float))),
-        zero_point=int(_get(d, "zero_point", int)),
-    )
-
-
-def _arr(d: dict[str, Any]) -> EncodedArray:
-    return EncodedArray(_get(d, "dtype", str), tuple(int(x) for x in _get(d, "shape", list)),
-                        _get(d, "b64", str))
-
-
-def _manifest_from_dict(d: dict[str, Any]) -> Manifest:
-    sv = _get(d, "schema_version", int)
-    if sv != SCHEMA_VERSION:
-        raise BundleError(f"schema_version {sv} not supported (this agent reads {SCHEMA_VERSION})")
-    model = _get(d, "model", dict)
-    prod = d.get("producer", {})
-    pre = _get(d, "preprocessing", dict)
-    resize = pre.get("resize")
-    drift = d.get("drift_reference")
-    version = _get(d, "version", int)
-    if version < 1:
-        raise BundleError(f"version must be a positive integer, got {version}")
-    return Manifest(
-        name=_get(d, "name", str),
-        version=version,
-        created_at=_get(d, "created_at", str),
-        model_sha256=_get(model, "sha256", str),
-        model_size=_get(model, "size_bytes", int),
-        inputs=tuple(_tensor(t) for t in _get(d, "inputs", list)),
-        outputs=tuple(_tensor(t) for t in _get(d, "outputs", list)),
-        preprocessing=Preprocessing(
-            resize=(int(resize[0]), int(resize[1])) if resize else None,
-            color=pre.get("color", "rgb"), channel_order=pre.get("channel_order", "rgb"),
-            layout=pre.get("layout", "nhwc"),
-            mean=tuple(float(x) for x in pre.get("mean", (0.0,))),
-            std=tuple(float(x) for x in pre.get("std", (255.0,))),
-            resample=pre.get("resample", "bilinear"),
-        ),
-        quantization_mode=_get(d, "quantization_mode", str),
-        task=d.get("task", "classification"),
-        output_is_probability=bool(d.get("output_is_probability", True)),
-        labels=tuple(str(x) for x in d.get("labels", ())),
-        target_profiles=tuple(str(x) for x in d.get("target_profiles", ())),
-        golden=tuple(
-            GoldenVector(_arr(g["input"]), _arr(g["output"]), float(g["atol"]))
-            for g in d.get("golden", ())
-        ),
-        drift_reference=DriftReference(
-            samples=int(drift["samples"]),
-            class_hist=tuple(drift["class_hist"]),
-            confidence_edges=tuple(drift["confidence_edges"]),
-            confidence_hist=tuple(drift["confidence_hist"]),
-            input_mean=tuple(drift["input_mean"]),
-            input_std=tuple(drift["input_std"]),
-        ) if drift else None,
-        converter_version=str(prod.get("converter", "")),
-        tensorflow_version=str(prod.get("tensorflow", "")),
-        schema_version=sv,
-        extra=dict(d.get("extra", {})),
-    )
 
 
 @dataclass(frozen=True)
@@ -256,12 +109,10 @@ def _parse_files(files: dict[str, bytes], source: str, verify_hash: bool) -> Bun
         if f not in files:
             raise BundleError(f"{source}: missing {f}")
     try:
-        mdict = json.loads(files[MANIFEST_FILE])
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise BundleError(f"{source}: manifest.json is not valid JSON ({e})") from e
-    if not isinstance(mdict, dict):
-        raise BundleError(f"{source}: manifest.json must hold an object")
-    manifest = Manifest.from_dict(mdict, f"{source}/manifest.json")
+        mdict = untrusted_loads(files[MANIFEST_FILE], MANIFEST_FILE)
+    except InvalidRequestError as e:
+        raise ManifestError(f"{source}: {e}", field="manifest") from e
+    manifest = parse_manifest(mdict, source)
     model = files[MODEL_FILE]
     if verify_hash:
         if len(model) != manifest.model_size:
@@ -271,52 +122,148 @@ def _parse_files(files: dict[str, bytes], source: str, verify_hash: bool) -> Bun
         if got != manifest.model_sha256:
             raise BundleError(f"{source}: model.tflite sha256 {got[:16]}… does not match "
                               f"manifest {manifest.model_sha256[:16]}…")
-    report: dict[str, Any] = {}
+    report: Any = {}
     if REPORT_FILE in files:
         try:
-            report = json.loads(files[REPORT_FILE])
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise BundleError(f"{source}: report.json is not valid JSON ({e})") from e
+            report = untrusted_loads(files[REPORT_FILE], REPORT_FILE)
+        except InvalidRequestError as e:
+            raise BundleError(f"{source}: {e}") from e
+        if not isinstance(report, dict):
+            raise BundleError(f"{source}: report.json must hold a JSON object")
     return Bundle(manifest, model, report, source)
 
 
-def read_tar_bytes(data: bytes, source: str = "<bytes>", verify_hash: bool = True) -> Bundle:
-    """Open a bundle ``.tar`` held in memory; only the known member names are read."""
-    files: dict[str, bytes] = {}
-    try:
-        with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tf:
-            for m in tf.getmembers():
-                if m.name.lstrip("./") not in BUNDLE_FILES or not m.isfile():
-                    continue  # never extract unknown paths (no traversal possible)
-                if m.size > MAX_MEMBER_BYTES:
-                    raise BundleError(f"{source}: {m.name} is {m.size} bytes, over the cap")
-                f = tf.extractfile(m)
-                assert f is not None
-                files[m.name.lstrip("./")] = f.read()
-    except (tarfile.TarError, EOFError) as e:
-        raise BundleError(f"{source}: not a valid bundle tar ({e})") from e
-    return _parse_files(files, source, verify_hash)
+def _refuse(source: str, member: str, rule: str, problem: str) -> BundleMemberError:
+    return BundleMemberError(f"{source}: member {member!r}: {problem}", member=member, rule=rule)
 
 
-def read_bundle(path: str | Path, verify_hash: bool = True) -> Bundle:
-    """Open a bundle directory or ``.tar``; verifies model size and sha256 by default."""
-    p = Path(path)
-    if p.is_dir():
-        files = {}
-        for f in BUNDLE_FILES:
-            fp = p / f
-            if fp.is_file():
-                try:
-                    files[f] = fp.read_bytes()
-                except OSError as e:
-                    raise BundleError(f"{p}: cannot read {f}: {e.strerror}") from e
-        return _parse_files(files, str(p), verify_hash)
-    if p.is_file():
+def _cap(name: str, max_bytes: int, used: int) -> int:
+    return min(MEMBER_CAPS.get(name, max_bytes), max_bytes - used)
+
+
+def check_member(m: tarfile.TarInfo, seen: Collection[str], *, used: int, max_bytes: int,
+                 source: str) -> str:
+    """The bundle file ``m`` holds, if it may be read: a known name (``x`` or ``./x``) not
+    in ``seen``, a regular non-sparse file, within its cap and ``max_bytes - used``.
+
+    Pure (the header only). Raises BundleMemberError naming the member and the rule.
+    """
+    name = m.name[2:] if m.name.startswith("./") else m.name
+    if name not in BUNDLE_FILES:
+        raise _refuse(source, m.name, UNEXPECTED,
+                      f"not a bundle file (a bundle tar holds only {', '.join(BUNDLE_FILES)})")
+    if name in seen:
+        raise _refuse(source, m.name, DUPLICATE,
+                      f"a second {name} (names are compared without a leading './')")
+    if m.issparse():
+        raise _refuse(source, m.name, SPARSE, f"a sparse file claiming {m.size} bytes of "
+                      "holes; bundle members are regular files stored whole")
+    if not m.isreg():
+        raise _refuse(source, m.name, NOT_REGULAR,
+                      f"not a regular file (tar type {m.type!r}); links, directories and "
+                      "devices are refused")
+    cap = _cap(name, max_bytes, used)
+    if m.size > cap:
+        raise _refuse(source, m.name, TOO_LARGE,
+                      f"{m.size} bytes, over the {cap} bytes left of this bundle's bound "
+                      f"(max {MEMBER_CAPS.get(name, max_bytes)} for {name}, {max_bytes} "
+                      "in total)")
+    return name
+
+
+def _read_member(tf: tarfile.TarFile, m: tarfile.TarInfo, source: str) -> bytes:
+    """The member's data, read in chunks (a header's size never allocates by itself)."""
+    f = tf.extractfile(m)
+    assert f is not None  # a regular file (check_member)
+    buf = io.BytesIO()
+    left = m.size
+    while left:
         try:
-            data = p.read_bytes()
-        except OSError as e:
-            raise BundleError(f"{p}: cannot read: {e.strerror}") from e
-        return read_tar_bytes(data, str(p), verify_hash)
+            chunk = f.read(min(left, READ_CHUNK))
+        except tarfile.ReadError:  # "unexpected end of data"
+            chunk = b""
+        if not chunk:
+            raise _refuse(source, m.name, TRUNCATED,
+                          f"ends after {m.size - left} of its {m.size} bytes")
+        buf.write(chunk)
+        left -= len(chunk)
+    return buf.getvalue()  # no copy: BytesIO hands over its buffer
+
+
+def _read_tar(stream: IO[bytes], source: str, max_bytes: int) -> dict[str, bytes]:
+    magic = stream.read(6)
+    stream.seek(0)
+    for prefix, kind in COMPRESSED.items():
+        if magic.startswith(prefix):
+            raise _refuse(source, "(stream)", COMPRESSED_RULE,
+                          f"a {kind} stream; bundle tars are never compressed")
+    files: dict[str, bytes] = {}
+    used = 0
+    try:
+        with tarfile.open(fileobj=stream, mode="r:") as tf:
+            while (m := tf.next()) is not None:
+                name = check_member(m, files, used=used, max_bytes=max_bytes, source=source)
+                files[name] = _read_member(tf, m, source)
+                used += m.size
+    except TAR_FAULTS as e:
+        raise BundleError(f"{source}: not a valid bundle tar ({type(e).__name__}: {e})") from e
+    return files
+
+
+def read_tar_bytes(data: bytes, source: str = "<bytes>", verify_hash: bool = True, *,
+                   max_bytes: int = MAX_BUNDLE_BYTES) -> Bundle:
+    """Open a bundle ``.tar`` held in memory, reading at most ``max_bytes`` of members."""
+    if len(data) > max_bytes:
+        raise _refuse(source, "(tar)", TOO_LARGE, f"{len(data)} bytes, over {max_bytes}")
+    return _parse_files(_read_tar(io.BytesIO(data), source, min(len(data), max_bytes)),
+                        source, verify_hash)
+
+
+def read_tar_file(path: str | Path, source: str | None = None, verify_hash: bool = True, *,
+                  max_bytes: int = MAX_BUNDLE_BYTES) -> Bundle:
+    """Open a bundle ``.tar`` from its file, member by member; at most ``max_bytes`` are
+    read (the update flow passes the signed length). Raises BundleError, OSError."""
+    p = Path(path)
+    src = source or str(p)
+    with p.open("rb") as f:
+        size = f.seek(0, io.SEEK_END)
+        if size > max_bytes:
+            raise _refuse(src, "(tar)", TOO_LARGE, f"{size} bytes, over the bundle bound of "
+                          f"{max_bytes} (max_bundle_bytes)")
+        f.seek(0)
+        return _parse_files(_read_tar(f, src, min(size, max_bytes)), src, verify_hash)
+
+
+def _read_dir(p: Path, max_bytes: int) -> dict[str, bytes]:
+    files: dict[str, bytes] = {}
+    used = 0
+    for name in BUNDLE_FILES:
+        fp = p / name
+        if not fp.is_file():
+            continue
+        cap = _cap(name, max_bytes, used)
+        with fp.open("rb") as f:
+            data = f.read(cap + 1)  # never more than the bound, even if the file grows
+        if len(data) > cap:
+            raise _refuse(str(p), name, TOO_LARGE, f"over the {cap} bytes left of the "
+                          f"bundle bound (max_bundle_bytes {max_bytes})")
+        files[name] = data
+        used += len(data)
+    return files
+
+
+def read_bundle(path: str | Path, verify_hash: bool = True, *,
+                max_bytes: int = MAX_BUNDLE_BYTES) -> Bundle:
+    """Open a bundle directory or ``.tar``, reading at most ``max_bytes`` in total;
+    verifies model size and sha256 by default. Raises BundleError."""
+    p = Path(path)
+    try:
+        if p.is_dir():
+            return _parse_files(_read_dir(p, max_bytes), str(p), verify_hash)
+        if p.is_file():
+            return read_tar_file(p, verify_hash=verify_hash, max_bytes=max_bytes)
+    except OSError as e:
+        raise BundleError(f"{p}: cannot read: {e.strerror or e}") from e
     raise BundleError(f"{p}: no such bundle (expected a directory or a .tar)")
 
 

@@ -42,7 +42,7 @@ def check_config(path: Path | None, *, read_models: bool = True) -> list[str]:
         lines.append("update enabled")
     for spec in cfg.models:
         if read_models:
-            b = read_bundle(spec.bundle)
+            b = read_bundle(spec.bundle, max_bytes=a.max_bundle_bytes)
             lines.append(f"model {b.name} v{b.version} from {spec.bundle}")
     if cfg.http.enabled:
         lines.append(f"http {cfg.http.host}:{cfg.http.port}"

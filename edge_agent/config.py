@@ -39,6 +39,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from edge_agent.bundle import MAX_BUNDLE_BYTES
 from edge_agent.config_reader import (
     COMMAND_LINE,
     DEFAULTS,
@@ -92,6 +93,7 @@ class AgentSettings:
     probe_runtime: bool = True  # try the runtime in a child process first (crash-safe)
     max_image_pixels: int = 12_000_000  # larger images are refused before decoding
     max_loaded_versions: int = 2  # per model name, kept in memory for instant rollback
+    max_bundle_bytes: int = MAX_BUNDLE_BYTES  # read from one bundle on disk (store, --model)
     components: tuple[str, ...] | None = None  # names from COMPONENTS; None = all that apply
 
 
@@ -262,6 +264,7 @@ def _agent(t: Table) -> AgentSettings:
         probe_runtime=t.flag("probe_runtime", True),
         max_image_pixels=t.integer("max_image_pixels", d.max_image_pixels, 1),
         max_loaded_versions=t.integer("max_loaded_versions", d.max_loaded_versions, 1, 16),
+        max_bundle_bytes=t.integer("max_bundle_bytes", d.max_bundle_bytes, 1 << 16),
         components=_components(t),
     )
     t.finish()

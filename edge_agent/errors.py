@@ -6,7 +6,9 @@
     ├── BadInputError               the caller / user gave us something wrong (4xx, exit 2)
     │   ├── ConfigError             a config file or flag: names the file and the key
     │   ├── ProfileError            a device profile: names the file and the key
-    │   ├── BundleError             a model bundle is malformed (missing file, bad manifest)
+    │   ├── BundleError             a model bundle is malformed (missing file, hash mismatch)
+    │   │   ├── ManifestError       manifest.json breaks a rule: names the field path
+    │   │   └── BundleMemberError   the tar breaks a layout rule: names the member and rule
     │   ├── InvalidRequestError     a prediction request (shape, dtype, JSON, image bytes)
     │   │   └── ShapeMismatchError  its tensor has another shape than the model's input
     │   └── NotFoundError           an unknown model, version or route (404)
@@ -53,6 +55,25 @@ class ProfileError(ConfigError):
 
 class BundleError(BadInputError):
     """A model bundle is malformed: missing files, bad manifest, hash mismatch."""
+
+
+class ManifestError(BundleError):
+    """``manifest.json`` breaks a rule. ``field`` is the path of the offending value
+    (``manifest.golden[2].atol``); the message names it and what was expected and got."""
+
+    def __init__(self, message: str, *, field: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+class BundleMemberError(BundleError):
+    """A bundle's tar breaks a layout rule (sparse, duplicate, unexpected or non-regular
+    member, over a size bound, compressed, truncated). ``member`` and ``rule`` name it."""
+
+    def __init__(self, message: str, *, member: str, rule: str) -> None:
+        super().__init__(message)
+        self.member = member
+        self.rule = rule
 
 
 class InvalidRequestError(BadInputError):

@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from edge_agent.bundle import Bundle, read_bundle
+from edge_agent.bundle import Bundle
 from edge_agent.config import ModelSpec
 from edge_agent.errors import EdgeError, ModelLoadError
 from edge_agent.hooks import Hooks
@@ -106,7 +106,7 @@ class ModelLoader:
 
     def install(self, bundle: Bundle | str | Path, *, activate: bool = True) -> ServedModel:
         """Install into the store and load (serving it if ``activate``). Raises on failure."""
-        b = bundle if isinstance(bundle, Bundle) else read_bundle(bundle)
+        b = bundle if isinstance(bundle, Bundle) else self.store.read(bundle)
         self.store.install(b)
         try:
             served = self._load(b, activate=activate)
@@ -121,7 +121,7 @@ class ModelLoader:
         """``[[models]]`` bundles into the store (served when first, or ``activate``)."""
         for spec in specs:
             try:
-                b = read_bundle(spec.bundle)
+                b = self.store.read(spec.bundle)
                 self.store.install(b)
                 if spec.activate:
                     self.store.set_active(b.name, b.version)

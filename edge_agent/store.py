@@ -12,15 +12,13 @@ Raises BundleError for unreadable bundles, OSError for disk trouble.
 from __future__ import annotations
 
 import json
-import re
 import shutil
 from pathlib import Path
 
-from edge_agent.bundle import Bundle, read_bundle, write_bundle
+from edge_agent.bundle import MAX_BUNDLE_BYTES, Bundle, read_bundle, write_bundle
 from edge_agent.errors import BundleError
 from edge_agent.fsutil import atomic_write_text
-
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+from edge_agent.manifest import NAME_RE
 
 
 def check_name(name: str) -> str:
@@ -31,9 +29,17 @@ def check_name(name: str) -> str:
 
 
 class ModelStore:
-    def __init__(self, root: str | Path) -> None:
+    """``max_bundle_bytes`` bounds every bundle read (``[agent] max_bundle_bytes``)."""
+
+    def __init__(self, root: str | Path, *, max_bundle_bytes: int = MAX_BUNDLE_BYTES) -> None:
         self.root = Path(root)
         self.models_dir = self.root / "models"
+        self.max_bundle_bytes = max_bundle_bytes
+
+    def read(self, path: str | Path) -> Bundle:
+        """A bundle from disk (installed, ``--model``, ``[[models]]``), read within the
+        store's bound. Raises BundleError."""
+        return read_bundle(path, max_bytes=self.max_bundle_bytes)
 
     def ensure(self) -> None:
         self.models_dir.mkdir(parents=True, exist_ok=True)
@@ -60,7 +66,7 @@ class ModelStore:
         dest = self.version_dir(bundle.name, bundle.version)
         if dest.is_dir():
             try:
-                existing = read_bundle(dest)
+                existing = self.read(dest)
                 if existing.manifest.model_sha256 == bundle.manifest.model_sha256:
                     return dest
             except BundleError:
@@ -69,7 +75,7 @@ class ModelStore:
         return dest
 
     def load(self, name: str, version: int) -> Bundle:
-        return read_bundle(self.version_dir(name, version))
+        return self.read(self.version_dir(name, version))
 
     def _active_file(self, name: str) -> Path:
         return self.models_dir / check_name(name) / "active.json"

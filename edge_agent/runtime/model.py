@@ -101,16 +101,23 @@ def verify_golden(bundle: Bundle, runtime: Runtime, *, num_threads: int | None =
     worst = 0.0
     if not bundle.manifest.golden:
         raise GoldenMismatchError(f"{bundle.source}: manifest has no golden vectors to check")
+    spec = m.input_spec
     for i, g in enumerate(bundle.manifest.golden):
         x = g.input.decode()
         want = g.output.decode()
-        got = m.invoke_raw(x)[0]
-        if got.shape != want.shape:
+        if x.shape[1:] != spec.shape[1:] or x.dtype != np.dtype(spec.dtype):
+            # the manifest validated, but its tensors are not this model's
             raise GoldenMismatchError(
-                f"golden vector {i}: output shape {list(got.shape)}, expected {list(want.shape)}")
+                f"golden vector {i}: input {x.dtype} {list(x.shape)} does not fit the "
+                f"model's input {spec.dtype} {list(spec.shape)}")
+        got = m.invoke_raw(x)[0]
+        if got.shape != want.shape or got.dtype != want.dtype:
+            raise GoldenMismatchError(
+                f"golden vector {i}: output {got.dtype} {list(got.shape)}, expected "
+                f"{want.dtype} {list(want.shape)}")
         diff = float(np.max(np.abs(got.astype(np.float64) - want.astype(np.float64))))
         worst = max(worst, diff)
-        if diff > g.atol:
+        if not diff <= g.atol:  # NaN (a model computing NaN) fails too
             raise GoldenMismatchError(
                 f"golden vector {i}: output differs by {diff:g} (tolerance {g.atol:g}) on "
                 f"{runtime}; the model is not the one that was converted or the runtime "

@@ -21,6 +21,7 @@ is here), ``golden``, ``done``. Like the agent, it never imports TensorFlow unle
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -52,7 +53,9 @@ def _check(bundle_path: str, runtime: str, threads: int | None, delegate: str | 
 
     stage("load")
     try:
-        bundle = read_bundle(bundle_path, verify_hash=True)
+        # the staged file is the signed target: its length is the bound the parent read it in
+        bundle = read_bundle(bundle_path, verify_hash=True,
+                             max_bytes=os.path.getsize(bundle_path))
     except BundleError as e:
         return _result("error", f"bundle unreadable: {e}")
     stage("import")

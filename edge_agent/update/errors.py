@@ -12,6 +12,10 @@
     ├── NotForDeviceError        audience     signed for other devices/groups, or another profile
     ├── VersionNotNewerError     version      model version not higher than the one installed
     ├── BundleRejectedError      bundle       bundle malformed or disagrees with its signed entry
+    │                            manifest_invalid  manifest.json breaks a rule (ManifestError)
+    │                            bundle_<rule>     the tar breaks a layout rule (BundleMemberError):
+    │                                              sparse, duplicate, unexpected, not_regular,
+    │                                              too_large, truncated, compressed
     ├── ModelRejectedError       load/golden  the device's runtime refused the model
     ├── ProbationFailedError     probation    errors/latency/crashes after the swap → rolled back
     ├── CommandRejectedError     command      a signed command that cannot be carried out
@@ -31,14 +35,22 @@ Each class carries a short machine ``code`` that events and status report next t
 one-line message. The codes of failures the device retries by itself (transport and
 disk trouble: ``update.failed``) are listed once, in
 :data:`edge_agent.protocol.kinds.RETRIED_CODES`. :func:`from_tuf` maps python-tuf's
-``RepositoryError`` tree onto this one so callers never see a tuf exception.
+``RepositoryError`` tree onto this one so callers never see a tuf exception;
+:func:`from_bundle` gives a refused bundle its code.
 """
 
 from __future__ import annotations
 
 import errno
 
-from edge_agent.errors import EdgeError, TransportError, UpdateError
+from edge_agent.errors import (
+    BundleError,
+    BundleMemberError,
+    EdgeError,
+    ManifestError,
+    TransportError,
+    UpdateError,
+)
 
 __all__ = [
     "BadAnnouncementError",
@@ -61,6 +73,7 @@ __all__ = [
     "VersionNotNewerError",
     "disk_code",
     "error_code",
+    "from_bundle",
     "from_tuf",
 ]
 
@@ -115,6 +128,10 @@ class BundleRejectedError(_Coded):
     """The bundle is malformed or its manifest disagrees with its signed target entry."""
 
     code = "bundle"
+
+    def __init__(self, message: str, *, code: str = "bundle") -> None:
+        super().__init__(message)
+        self.code = code
 
 
 class ModelRejectedError(_Coded):
@@ -200,6 +217,16 @@ def error_code(e: BaseException) -> str:
     if isinstance(e, OSError) and not isinstance(e, EdgeError):
         return disk_code(e) or "transport"
     return str(getattr(e, "code", "transport" if isinstance(e, TransportError) else "rejected"))
+
+
+def from_bundle(e: BundleError) -> BundleRejectedError:
+    """A bundle the reader refused, with its code: ``manifest_invalid`` for the manifest,
+    ``bundle_<rule>`` for a tar rule, else ``bundle`` (the message is kept)."""
+    if isinstance(e, ManifestError):
+        return BundleRejectedError(str(e), code="manifest_invalid")
+    if isinstance(e, BundleMemberError):
+        return BundleRejectedError(str(e), code=f"bundle_{e.rule}")
+    return BundleRejectedError(str(e))
 
 
 def from_tuf(e: Exception) -> UpdateError | UpdateTransportError:

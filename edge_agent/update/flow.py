@@ -30,7 +30,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from edge_agent.bundle import Bundle, read_tar_bytes
+from edge_agent.bundle import Bundle, read_tar_file
 from edge_agent.errors import BundleError, EdgeError, ModelError, NotFoundError, TransportError
 from edge_agent.hooks import Hooks
 from edge_agent.protocol.kinds import EventKind, UpdateResult
@@ -49,6 +49,7 @@ from edge_agent.update.errors import (
     UpdateTransportError,
     disk_code,
     error_code,
+    from_bundle,
 )
 from edge_agent.update.fetchers import (
     AnnouncementFetcher,
@@ -304,8 +305,8 @@ class UpdateFlow:
                 return self._noop(f"{spec.name} v{spec.version} is already installed")
             policy.check_model_target(
                 spec, path=info.path, length=info.length, me=self.d.identity,
-                installed=installed, blocked=self.state.blocked,
-                max_bytes=self.cfg.max_bundle_bytes)
+                installed=installed, blocked=self.state.blocked,  # and the store must read it
+                max_bytes=min(self.cfg.max_bundle_bytes, self.d.store.max_bundle_bytes))
             if installed is not None and self.d.store.active_version(spec.name) is None:
                 # pin what serves now: with no active.json the store would serve the
                 # highest installed version, i.e. the new one before it is proven
@@ -400,10 +401,10 @@ class UpdateFlow:
                     resumed_chunks=fetcher.resumed_chunks, written_chunks=fetcher.written,
                     sources=fetcher.sources)
         self._set(self.state.to(Phase.VERIFYING))
-        try:
-            bundle = read_tar_bytes(dest.read_bytes(), source=info.path, verify_hash=True)
+        try:  # bounded by the signed length, member by member (edge_agent.bundle)
+            bundle = read_tar_file(dest, source=info.path, max_bytes=info.length)
         except BundleError as e:
-            raise BundleRejectedError(str(e)) from e
+            raise from_bundle(e) from e
         policy.check_manifest(bundle.manifest, spec, self.d.identity)
         self._event("info", EventKind.UPDATE_VERIFIED, f"{spec.name} v{spec.version}: signatures, "
                     "threshold, expiry, version, sha256, length and profile verified",

@@ -158,3 +158,99 @@ def evil_http_server(data: bytes, *, mode: str) -> Iterator[tuple[str, dict[str,
     finally:
         srv.shutdown()
         srv.server_close()
+
+
+# --- hostile bundle tars (issue 19 items 5 and 7): validly signed, malformed inside ----------
+
+
+def _octal(n: int, width: int = 12) -> bytes:
+    return f"{n:0{width - 1}o}".encode() + b"\0"
+
+
+def _padded(data: bytes) -> bytes:
+    return data + b"\0" * (-len(data) % 512)
+
+
+def regular_member(name: str, data: bytes) -> bytes:
+    """One regular tar member (PAX header + data), exactly as a tar writer makes it."""
+    import tarfile
+
+    ti = tarfile.TarInfo(name)
+    ti.size, ti.mode = len(data), 0o644
+    return ti.tobuf(tarfile.PAX_FORMAT) + _padded(data)
+
+
+def sparse_member(name: str, claimed: int, stored: bytes = b"\x1c" * 512) -> bytes:
+    """A GNU (old format) sparse member: ``stored`` is all it holds, ``claimed`` bytes is
+    what it reads as (the rest are holes, read as zeros). Python's tarfile cannot write one,
+    so the header's sparse map (offset 386) and real size (offset 483) are set by hand."""
+    import tarfile
+
+    ti = tarfile.TarInfo(name)
+    ti.type, ti.size, ti.mode = tarfile.GNUTYPE_SPARSE, len(stored), 0o644
+    h = bytearray(ti.tobuf(tarfile.GNU_FORMAT))
+    h[386:410] = _octal(0) + _octal(len(stored))  # one data span at offset 0
+    h[482] = 0  # no extension headers
+    h[483:495] = _octal(claimed)
+    h[148:156] = b" " * 8
+    h[148:156] = f"{sum(h):06o}".encode() + b"\0 "
+    return bytes(h) + _padded(stored)
+
+
+def tar_of(*members: bytes) -> bytes:
+    """Members as given (order, names and duplicates kept), then the end-of-archive blocks."""
+    return b"".join(members) + b"\0" * 1024
+
+
+def bundle_members(bundle: Any, *, manifest: bytes | None = None) -> dict[str, bytes]:
+    """The three member payloads of ``bundle`` (an edge_agent Bundle), the manifest
+    optionally replaced by ``manifest`` (raw JSON, validated by nobody)."""
+    files: dict[str, bytes] = bundle.files()
+    if manifest is not None:
+        files["manifest.json"] = manifest
+    return files
+
+
+def sparse_bundle_tar(bundle: Any, *, claimed: int = 511 << 20, copies: int = 3) -> bytes:
+    """The issue's 10 KB tar: ``copies`` GNU sparse members named ``./model.tflite`` and
+    ``model.tflite`` alternately, each claiming ``claimed`` bytes, then the real manifest
+    and report. Read whole, each member allocates ``claimed`` bytes of zeros."""
+    files = bundle_members(bundle)
+    names = ("./model.tflite", "model.tflite")
+    return tar_of(*(sparse_member(names[i % 2], claimed) for i in range(copies)),
+                  regular_member("manifest.json", files["manifest.json"]),
+                  regular_member("report.json", files["report.json"]))
+
+
+def duplicate_member_tar(bundle: Any) -> bytes:
+    """The real bundle with its model twice: ``model.tflite`` then ``./model.tflite``
+    (a different payload: which one is "the" model depends on the reader)."""
+    files = bundle_members(bundle)
+    return tar_of(regular_member("model.tflite", files["model.tflite"]),
+                  regular_member("./model.tflite", b"\0" * 4096),
+                  regular_member("manifest.json", files["manifest.json"]),
+                  regular_member("report.json", files["report.json"]))
+
+
+def manifest_tar(bundle: Any, manifest: bytes) -> bytes:
+    """The real bundle's model and report with ``manifest`` as its manifest.json."""
+    files = bundle_members(bundle, manifest=manifest)
+    return tar_of(*(regular_member(n, files[n]) for n in
+                    ("model.tflite", "manifest.json", "report.json")))
+
+
+def signed_tar_release(repo: FleetRepo, signers: Sequence[Signer], data: bytes, *,
+                       name: str, version: int, profiles: tuple[str, ...],
+                       audience: Any, chunk_size: int) -> tuple[str, list[bytes], dict[str, bytes]]:
+    """``data`` signed as model ``name`` v``version`` by ``signers`` (for every role, so a
+    threshold of legitimate keys: the bytes are what the release signed). Nothing is
+    written to ``repo``. Returns the target path, its chunks and the announcement files."""
+    from fleet.repo import target_path_for_model
+
+    path = target_path_for_model(name, version)
+    spec = TargetSpec("model", audience, name, version, profiles,
+                      ChunkPlan.for_data(data, chunk_size))
+    files = forge_release(repo, target=(path, data, spec), targets_by=signers,
+                          snapshot_by=signers, timestamp_by=signers)
+    assert spec.chunks is not None
+    return path, chunk_payloads(data, spec.chunks), files

@@ -1,0 +1,491 @@
+"""The bundle manifest: its typed dataclasses, and the strict parser of ``manifest.json``.
+
+Pure: no files, no runtime. :func:`parse_manifest` turns a decoded JSON value into a
+:class:`Manifest` or raises :class:`~edge_agent.errors.ManifestError` naming the path of
+the offending value, what was expected and what was got::
+
+    models/digits/digits-3.tar: manifest.golden[2].atol: expected a finite number >= 0
+    and <= 16 (tensor steps of an int8 output), got NaN
+
+Why strict: the manifest is what a device checks a model against, so a value that only
+*looks* fine turns a check off or fails later, deep in the runtime. ``atol: NaN`` made
+every golden comparison pass; a negative dimension, a NaN scale or golden data that did
+not decode surfaced as an internal error with a traceback. Every value is checked here,
+once, against what the runtime does with it (the rules are listed in docs/bundle.md):
+finite numbers only; dimensions >= 1 (the runtime reads ``shape[0]`` as the batch);
+dtypes from a fixed set; integer IO tensors quantized (scale > 0, zero point in the
+dtype's range), float ones not; golden vectors of the declared dtype and of shapes that
+match the tensors, decodable, with a tolerance that cannot switch the check off; labels
+one per output value; a drift reference of shares in ``[0, 1]``; every count and string
+bounded. The reading helper is :class:`_Field`, a value and its path.
+
+Raises ManifestError (and nothing else) for a malformed manifest.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import itertools
+import json
+import math
+import re
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any, TypeVar
+
+import numpy as np
+
+from edge_agent.errors import ManifestError
+
+SCHEMA_VERSION = 1
+MODEL_FILE = "model.tflite"
+DTYPES = ("int8", "uint8", "int16", "int32", "float32", "float16")
+QUANTIZED_DTYPES = ("int8", "uint8", "int16")  # the IO dtypes runtime.quant (de)quantizes
+QUANTIZATION_MODES = ("int8", "int16x8", "float16", "dynamic")  # converter.modes.BUNDLE_MODES
+TASKS = ("classification", "raw")
+COLORS = ("rgb", "grayscale")
+CHANNEL_ORDERS = ("rgb", "bgr")
+LAYOUTS = ("nhwc",)
+RESAMPLES = ("bilinear", "nearest", "bicubic")  # runtime.preprocess
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")  # a path component in the store
+SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+
+# bounds (counts, lengths, magnitudes): far above anything the converter writes
+MAX_VERSION = (1 << 53) - 1  # exact in every JSON reader
+MAX_MODEL_BYTES = 1 << 40
+MAX_RANK = 8
+MAX_DIM = 1 << 24
+MAX_TENSOR_ELEMENTS = 1 << 31
+MAX_OUTPUTS = 64
+MAX_TEXT = 256  # characters: names, labels, profile names, producer versions
+MAX_TENSOR_NAME = 1024  # TFLite tensor names can be long fused-op names
+MAX_LABELS = 1 << 17
+MAX_PROFILES = 64
+MAX_GOLDEN = 64  # vectors (the converter writes 4)
+MAX_GOLDEN_BATCH = 64
+MAX_GOLDEN_BYTES = 16 << 20  # one decoded golden array
+MAX_ATOL_STEPS = 16.0  # integer outputs, in tensor steps (the converter writes 2)
+MAX_ATOL_RELATIVE = 0.01  # float outputs, of max(1, max |output|) (the converter: 1e-4)
+MAX_PIXEL_STAT = 1e6  # |mean|, |std| of preprocessing, in pixel units (0-255)
+MAX_CHANNELS = 1 << 16
+MAX_SAMPLES = 1 << 40
+MAX_BINS = 1000
+SHARE_SUM_SLACK = 0.01  # a histogram's shares (rounded to 6 digits) sum to at most 1 + this
+_INT_RANGE = {d: (int(np.iinfo(d).min), int(np.iinfo(d).max)) for d in QUANTIZED_DTYPES}
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class EncodedArray:
+    """A numpy array stored in JSON as dtype + shape + base64 of its C-order bytes."""
+
+    dtype: str
+    shape: tuple[int, ...]
+    b64: str
+
+    @classmethod
+    def encode(cls, arr: np.ndarray) -> EncodedArray:
+        arr = np.ascontiguousarray(arr)
+        return cls(str(arr.dtype), tuple(int(d) for d in arr.shape),
+                   base64.b64encode(arr.tobytes()).decode("ascii"))
+
+    def decode(self) -> np.ndarray:
+        raw = base64.b64decode(self.b64)
+        arr = np.frombuffer(raw, dtype=np.dtype(self.dtype))
+        return arr.reshape(self.shape).copy()
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One model input or output: what the interpreter's tensor looks like."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: str
+    scale: float = 0.0  # 0.0 means not quantized
+    zero_point: int = 0
+
+    @property
+    def quantized(self) -> bool:
+        return self.scale != 0.0 and self.dtype in QUANTIZED_DTYPES
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """How raw images become the model's float input: ``(pixel - mean) / std``."""
+
+    resize: tuple[int, int] | None = None  # (height, width)
+    color: str = "rgb"  # rgb | grayscale
+    channel_order: str = "rgb"  # rgb | bgr
+    layout: str = "nhwc"
+    mean: tuple[float, ...] = (0.0,)
+    std: tuple[float, ...] = (255.0,)
+    resample: str = "bilinear"
+
+
+@dataclass(frozen=True)
+class GoldenVector:
+    """An input tensor and the output tensor this model must give for it (raw tensor units)."""
+
+    input: EncodedArray
+    output: EncodedArray
+    atol: float  # in output tensor units (quantized steps for int8 outputs)
+
+
+@dataclass(frozen=True)
+class DriftReference:
+    """Calibration-time statistics the agent compares live traffic against (PSI)."""
+
+    samples: int
+    class_hist: tuple[float, ...]  # share of predictions per class, sums to 1
+    confidence_edges: tuple[float, ...]  # histogram bin edges of top-1 probability
+    confidence_hist: tuple[float, ...]  # share per bin, sums to 1
+    input_mean: tuple[float, ...]  # per channel, model-input (normalized) units
+    input_std: tuple[float, ...]
+
+
+@dataclass(frozen=True)
+class Manifest:
+    name: str
+    version: int
+    created_at: str
+    model_sha256: str
+    model_size: int
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    preprocessing: Preprocessing
+    quantization_mode: str
+    task: str = "classification"  # classification | raw
+    output_is_probability: bool = True
+    labels: tuple[str, ...] = ()
+    target_profiles: tuple[str, ...] = ()
+    golden: tuple[GoldenVector, ...] = ()
+    drift_reference: DriftReference | None = None
+    converter_version: str = ""
+    tensorflow_version: str = ""
+    schema_version: int = SCHEMA_VERSION
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["model"] = {"file": MODEL_FILE, "sha256": d.pop("model_sha256"),
+                      "size_bytes": d.pop("model_size")}
+        d["producer"] = {"converter": d.pop("converter_version"),
+                         "tensorflow": d.pop("tensorflow_version")}
+        return d
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=1, sort_keys=True) + "\n"
+
+    @classmethod
+    def from_dict(cls, d: Any, source: str = "manifest.json") -> Manifest:
+        """Strictly parsed (:func:`parse_manifest`). Raises ManifestError naming the field."""
+        return parse_manifest(d, source)
+
+
+# ----------------------------------------------------------------------------- reading
+
+
+def _show(v: Any) -> str:
+    """A JSON value as the error shows it (JSON spelling, bounded)."""
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if v is None:
+        return "null"
+    if isinstance(v, float) and not math.isfinite(v):
+        return "NaN" if math.isnan(v) else ("Infinity" if v > 0 else "-Infinity")
+    if isinstance(v, (int, float)):
+        text = repr(v)
+        return text if len(text) <= 40 else f"a {len(text)}-digit number"
+    if isinstance(v, str):
+        return repr(v) if len(v) <= 40 else f"{v[:37]!r}… ({len(v)} characters)"
+    if isinstance(v, list):
+        return f"a list of {len(v)}"
+    return "an object" if isinstance(v, dict) else type(v).__name__
+
+
+def _bounds(lo: float, hi: float, above: bool = False) -> str:
+    def fmt(x: float) -> str:
+        return str(x) if isinstance(x, int) else f"{x:g}"
+
+    parts = ([f"{'>' if above else '>='} {fmt(lo)}"] if lo != -math.inf else []) + (
+        [f"<= {fmt(hi)}"] if hi != math.inf else [])
+    return "".join(f" {p}" if i == 0 else f" and {p}" for i, p in enumerate(parts))
+
+
+def _why(expected: str, why: str) -> str:
+    return f"{expected} ({why})" if why else expected
+
+
+class _Field:
+    """One value of the manifest and its path (``manifest.golden[2].atol``): typed reads
+    that raise ManifestError naming the path. A read with ``default`` accepts an absent
+    (or null) value; without one the value is required."""
+
+    def __init__(self, value: Any, source: str, path: str = "manifest") -> None:
+        self.value, self.source, self.path = value, source, path
+
+    def fail(self, problem: str) -> ManifestError:
+        return ManifestError(f"{self.source}: {self.path}: {problem}", field=self.path)
+
+    @property
+    def present(self) -> bool:
+        return self.value is not None
+
+    def _check(self, ok: bool, expected: str) -> None:
+        if not ok:
+            got = "missing" if self.value is None else f"got {_show(self.value)}"
+            raise self.fail(f"expected {expected}, {got}")
+
+    def _default(self, default: T | None, expected: str) -> T | None:
+        if self.value is None and default is None:
+            self._check(False, expected)
+        return default if self.value is None else None
+
+    def __getitem__(self, key: str) -> _Field:
+        """The member ``key`` of this object (absent: a field whose value is None)."""
+        self._check(isinstance(self.value, dict), "a JSON object")
+        return _Field(self.value.get(key), self.source, f"{self.path}.{key}")
+
+    def obj(self, default: dict[str, Any] | None = None) -> dict[str, Any]:
+        d = self._default(default, "a JSON object")
+        if d is not None:
+            return d
+        self._check(isinstance(self.value, dict), "a JSON object")
+        return dict(self.value)
+
+    def items(self, lo: int, hi: int, *, default: list[Any] | None = None) -> list[_Field]:
+        """The elements of a list of ``lo``..``hi`` entries."""
+        want = f"a list of {lo}..{hi} entries" if lo != hi else f"a list of {lo}"
+        v = self._default(default, want)
+        v = self.value if v is None else v
+        self._check(isinstance(v, list) and lo <= len(v) <= hi, want)
+        return [_Field(x, self.source, f"{self.path}[{i}]") for i, x in enumerate(v)]
+
+    def integer(self, lo: int, hi: int, *, why: str = "", default: int | None = None) -> int:
+        want = _why(f"an integer{_bounds(lo, hi)}" if lo != hi else f"{lo}", why)
+        d = self._default(default, want)
+        if d is not None:
+            return d
+        v = self.value
+        self._check(isinstance(v, int) and not isinstance(v, bool) and lo <= v <= hi, want)
+        return int(v)
+
+    def number(self, lo: float, hi: float, *, above: bool = False, why: str = "",
+               default: float | None = None) -> float:
+        """A finite number in ``[lo, hi]`` (``(lo, hi]`` with ``above``); never NaN/inf."""
+        want = _why(f"a finite number{_bounds(lo, hi, above)}" if lo != hi else f"{lo:g}", why)
+        d = self._default(default, want)
+        if d is not None:
+            return d
+        v = self.value
+        ok = isinstance(v, (int, float)) and not isinstance(v, bool)
+        try:
+            x = float(v) if ok else math.nan
+        except OverflowError:  # an integer literal beyond float range
+            x = math.nan
+        self._check(math.isfinite(x) and (x > lo if above else x >= lo) and x <= hi, want)
+        return x
+
+    def numbers(self, lo_count: int, hi_count: int, check: Callable[[_Field], float], *,
+                default: tuple[float, ...] | None = None) -> tuple[float, ...]:
+        if self.value is None and default is not None:
+            return default
+        return tuple(check(f) for f in self.items(lo_count, hi_count))
+
+    def text(self, *, max_len: int = MAX_TEXT, choices: tuple[str, ...] = (),
+             pattern: re.Pattern[str] | None = None, why: str = "",
+             default: str | None = None) -> str:
+        want = _why(f"{'one of ' if len(choices) > 1 else ''}"
+                    f"{', '.join(repr(c) for c in choices)}" if choices else
+                    f"a string matching {pattern.pattern}" if pattern else
+                    f"a string of at most {max_len} characters", why)
+        d = self._default(default, want)
+        if d is not None:
+            return d
+        v = self.value
+        self._check(isinstance(v, str) and len(v) <= max_len
+                    and (not choices or v in choices)
+                    and (pattern is None or pattern.fullmatch(v) is not None), want)
+        return str(v)
+
+    def flag(self, *, default: bool | None = None) -> bool:
+        if self.value is None and default is not None:
+            return default
+        self._check(isinstance(self.value, bool), "true or false")
+        return bool(self.value)
+
+
+# ----------------------------------------------------------------------------- the rules
+
+
+def parse_manifest(d: Any, source: str = "manifest.json") -> Manifest:
+    """A decoded ``manifest.json`` → Manifest, every rule checked (module docstring).
+
+    ``source`` (the bundle) prefixes every message. Raises ManifestError.
+    """
+    m = _Field(d, source)
+    sv = m["schema_version"].integer(0, MAX_VERSION)
+    if sv != SCHEMA_VERSION:
+        raise m["schema_version"].fail(f"schema_version {sv} not supported (this agent "
+                                       f"reads {SCHEMA_VERSION})")
+    model, producer = m["model"], m["producer"]
+    model["file"].text(choices=(MODEL_FILE,), default=MODEL_FILE)
+    inputs = tuple(_tensor(t) for t in m["inputs"].items(1, 1))  # LoadedModel: one input
+    outputs = tuple(_tensor(t) for t in m["outputs"].items(1, MAX_OUTPUTS))
+    task = m["task"].text(choices=TASKS, default="classification")
+    classes = math.prod(outputs[0].shape[1:])
+    labels = tuple(f.text() for f in m["labels"].items(0, MAX_LABELS, default=[]))
+    if labels and len(labels) != classes:
+        raise m["labels"].fail(f"expected no labels or {classes} (one per value of "
+                               f"outputs[0], shape {list(outputs[0].shape)}), got {len(labels)}")
+    drift = m["drift_reference"]
+    return Manifest(
+        name=m["name"].text(pattern=NAME_RE),
+        version=m["version"].integer(1, MAX_VERSION),
+        created_at=m["created_at"].text(max_len=64),
+        model_sha256=model["sha256"].text(pattern=SHA256_RE),
+        model_size=model["size_bytes"].integer(1, MAX_MODEL_BYTES),
+        inputs=inputs,
+        outputs=outputs,
+        preprocessing=_preprocessing(m["preprocessing"], inputs[0]),
+        quantization_mode=m["quantization_mode"].text(choices=QUANTIZATION_MODES),
+        task=task,
+        output_is_probability=m["output_is_probability"].flag(default=True),
+        labels=labels,
+        target_profiles=tuple(f.text(pattern=NAME_RE) for f in
+                              m["target_profiles"].items(0, MAX_PROFILES, default=[])),
+        golden=tuple(_golden(g, inputs[0], outputs[0])
+                     for g in m["golden"].items(0, MAX_GOLDEN, default=[])),
+        drift_reference=_drift(drift, inputs[0], classes if task == "classification" else 0)
+        if drift.present else None,
+        converter_version=producer["converter"].text(default="") if producer.present else "",
+        tensorflow_version=producer["tensorflow"].text(default="") if producer.present else "",
+        schema_version=sv,
+        extra=m["extra"].obj(default={}),
+    )
+
+
+def _tensor(t: _Field) -> TensorSpec:
+    dtype = t["dtype"].text(choices=DTYPES)
+    if dtype in QUANTIZED_DTYPES:  # v = (q - zero_point) * scale
+        lo, hi = _INT_RANGE[dtype]
+        scale = t["scale"].number(0.0, math.inf, above=True,
+                                  why=f"{dtype} tensors are quantized")
+        zero_point = t["zero_point"].integer(lo, hi)
+    else:
+        scale = t["scale"].number(0.0, 0.0, why=f"{dtype} tensors are not quantized")
+        zero_point = t["zero_point"].integer(0, 0, why=f"{dtype} tensors are not quantized")
+    return TensorSpec(name=t["name"].text(max_len=MAX_TENSOR_NAME), shape=_shape(t["shape"]),
+                      dtype=dtype, scale=scale, zero_point=zero_point)
+
+
+def _shape(f: _Field) -> tuple[int, ...]:
+    """Full shape, batch first: every dimension >= 1 (the runtime reads shape[0] as the
+    model's fixed batch and runs larger batches in slices of it)."""
+    dims = tuple(d.integer(1, MAX_DIM) for d in f.items(1, MAX_RANK))
+    if math.prod(dims) > MAX_TENSOR_ELEMENTS:
+        raise f.fail(f"expected at most {MAX_TENSOR_ELEMENTS} elements, got {list(dims)}")
+    return dims
+
+
+def _preprocessing(p: _Field, inp: TensorSpec) -> Preprocessing:
+    image = len(inp.shape) == 4  # NHWC: what decode_images feeds
+    resize = None
+    if p["resize"].present:
+        h, w = (d.integer(1, MAX_DIM) for d in p["resize"].items(2, 2))
+        resize = (h, w)
+        if image and resize != inp.shape[1:3]:
+            raise p["resize"].fail(f"expected the input's [height, width] "
+                                   f"{list(inp.shape[1:3])}, got {[h, w]}")
+    counts = (1, inp.shape[3]) if image else (1, MAX_CHANNELS)
+
+    def stats(key: str, default: tuple[float, ...], nonzero: bool) -> tuple[float, ...]:
+        f = p[key]
+        vals = f.numbers(1, max(counts), lambda x: x.number(-MAX_PIXEL_STAT, MAX_PIXEL_STAT),
+                         default=default)
+        if image and len(vals) not in counts:
+            raise f.fail(f"expected 1 or {inp.shape[3]} values (the input's channels), "
+                         f"got {len(vals)}")
+        if nonzero and 0.0 in vals:
+            raise f.fail(f"expected no 0 (pixels are divided by it), got {list(vals)}")
+        return vals
+
+    return Preprocessing(
+        resize=resize,
+        color=p["color"].text(choices=COLORS, default="rgb"),
+        channel_order=p["channel_order"].text(choices=CHANNEL_ORDERS, default="rgb"),
+        layout=p["layout"].text(choices=LAYOUTS, default="nhwc"),
+        mean=stats("mean", (0.0,), nonzero=False),
+        std=stats("std", (255.0,), nonzero=True),
+        resample=p["resample"].text(choices=RESAMPLES, default="bilinear"),
+    )
+
+
+def _golden(g: _Field, inp: TensorSpec, out: TensorSpec) -> GoldenVector:
+    """Input of the input tensor's dtype and shape (any batch), output of the output's
+    dtype and shape with that batch — what ``verify_golden`` feeds and compares."""
+    x, _ = _array(g["input"], inp, batch=None)
+    y, want = _array(g["output"], out, batch=x.shape[0])
+    if out.dtype in QUANTIZED_DTYPES or out.dtype == "int32":
+        hi, why = MAX_ATOL_STEPS, f"tensor steps of an {out.dtype} output"
+    else:
+        peak = float(np.max(np.abs(want.astype(np.float64)))) if want.size else 0.0
+        hi = MAX_ATOL_RELATIVE * max(1.0, peak)
+        why = f"at most {MAX_ATOL_RELATIVE:g} x max(1, max |output|) for a float output"
+    return GoldenVector(x, y, g["atol"].number(0.0, hi, why=why))
+
+
+def _array(f: _Field, spec: TensorSpec, *, batch: int | None) -> tuple[EncodedArray, np.ndarray]:
+    dtype = f["dtype"].text(choices=(spec.dtype,), why="the tensor's dtype")
+    sf = f["shape"]
+    shape = tuple(d.integer(1, MAX_DIM) for d in sf.items(1, MAX_RANK))
+    want = f"[{batch if batch is not None else 'n'}, {', '.join(map(str, spec.shape[1:]))}]"
+    if (len(shape) != len(spec.shape) or shape[1:] != spec.shape[1:]
+            or shape[0] > MAX_GOLDEN_BATCH or (batch is not None and shape[0] != batch)):
+        raise sf.fail(f"expected {want} (the tensor's shape, batch 1..{MAX_GOLDEN_BATCH}"
+                      f"{' as the input' if batch is not None else ''}), got {list(shape)}")
+    nbytes = math.prod(shape) * np.dtype(dtype).itemsize
+    if nbytes > MAX_GOLDEN_BYTES:
+        raise sf.fail(f"expected at most {MAX_GOLDEN_BYTES} bytes of data, got {nbytes}")
+    bf = f["b64"]
+    text = bf.text(max_len=4 * -(-nbytes // 3))
+    try:
+        raw = base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError) as e:
+        raise bf.fail(f"not base64 ({e})") from e
+    if len(raw) != nbytes:
+        raise bf.fail(f"expected {nbytes} bytes ({dtype} {list(shape)}), got {len(raw)}")
+    arr = np.frombuffer(raw, dtype=np.dtype(dtype)).reshape(shape)
+    if arr.dtype.kind == "f" and not np.all(np.isfinite(arr)):
+        raise bf.fail("expected finite values, got NaN or infinity")
+    return EncodedArray(dtype, shape, text), arr
+
+
+def _drift(f: _Field, inp: TensorSpec, classes: int) -> DriftReference:
+    """``classes`` > 0: class_hist has one share per class (classification)."""
+
+    def shares(key: str, count: int) -> tuple[float, ...]:
+        sf = f[key]
+        n = (count, count) if count else (1, MAX_LABELS)
+        vals = tuple(x.number(0.0, 1.0) for x in sf.items(*n))
+        if sum(vals) > 1.0 + SHARE_SUM_SLACK:
+            raise sf.fail(f"expected shares summing to at most 1, got {sum(vals):g}")
+        return vals
+
+    ef = f["confidence_edges"]
+    edges = tuple(x.number(0.0, 1.0) for x in ef.items(2, MAX_BINS + 1))
+    if any(b <= a for a, b in itertools.pairwise(edges)):
+        raise ef.fail(f"expected strictly increasing bin edges, got {list(edges)[:12]}")
+    channels = inp.shape[-1] if len(inp.shape) >= 2 else 0
+    n = (channels, channels) if channels else (1, MAX_CHANNELS)
+    return DriftReference(
+        samples=f["samples"].integer(1, MAX_SAMPLES),
+        class_hist=shares("class_hist", classes),
+        confidence_edges=edges,
+        confidence_hist=shares("confidence_hist", len(edges) - 1),
+        input_mean=f["input_mean"].numbers(*n, lambda x: x.number(-math.inf, math.inf)),
+        input_std=f["input_std"].numbers(*n, lambda x: x.number(0.0, math.inf)),
+    )
