@@ -88,9 +88,12 @@ def settled(a: AgentProcess, after: float, timeout_s: float = 30.0) -> dict[str,
 
 
 def event_at(a: AgentProcess, kind: str) -> float:
-    evs = [e for e in a.get("/v1/agent/status")["recent_events"] if e["kind"] == kind]
-    assert evs, f"no {kind} event among the recent ones"
-    return float(evs[-1]["at"])
+    """When the latest ``kind`` event happened (waits for it: the status may show the
+    outcome a moment before the event is emitted)."""
+    def latest() -> list[Any]:
+        return [e for e in a.get("/v1/agent/status")["recent_events"] if e["kind"] == kind]
+    wait_for(lambda: bool(latest()), 10, f"a {kind} event among the recent ones")
+    return float(latest()[-1]["at"])
 
 
 def serve_while(a: AgentProcess, x: np.ndarray, phase: str) -> int:
