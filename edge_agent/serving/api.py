@@ -85,8 +85,13 @@ class ServingApi:
         return name, int(v)
 
     def _served(self, req: Request) -> ServedModel:
+        """The model version the path names. Raises NotFoundError in TF Serving's words."""
         name, version = self._name_version(req)
-        return self.registry.get(name, version)
+        try:
+            return self.registry.get(name, version)
+        except NotFoundError as e:
+            what = f"Latest({name})" if version is None else f"Specific({name}, {version})"
+            raise NotFoundError(f"Servable not found for request: {what}: {e}") from e
 
     @contextmanager
     def _admit(self, model: str) -> Iterator[None]:

@@ -39,9 +39,32 @@ SIGNATURE = json_tensor.DEFAULT_SIGNATURE
 ROW = Layout(Format.ROW)  # the layout of answers to bodies that are not JSON (raw tensors)
 
 
+# Python's JSON errors in rapidjson's words (TF Serving's ``GetParseError_En``)
+_RAPIDJSON = {"Expecting value": "Invalid value.",
+              "Expecting property name enclosed in double quotes":
+                  "Missing a name for object member.",
+              "Expecting ':' delimiter": "Missing a colon after a name of object member.",
+              "Unterminated string starting at": "Missing a closing quotation mark in string.",
+              "Extra data": "The document root must not be followed by other values."}
+
+
 def parse_json(body: bytes) -> Any:
-    """Request body → JSON value. Raises InvalidRequestError naming the parse problem."""
-    return untrusted_json.loads(body, "request body")
+    """Request body → JSON value (``NaN``/``Infinity``/``-Infinity`` included).
+
+    Raises InvalidRequestError in TF Serving's words (``JSON Parse error: Invalid value.
+    at offset: 0``) with Python's position after them.
+    """
+    if not body:
+        raise InvalidRequestError("JSON Parse error: The document is empty")
+    try:
+        return untrusted_json.loads(body, "request body")
+    except InvalidRequestError as e:
+        cause = e.__cause__
+        if isinstance(cause, json.JSONDecodeError):
+            raise InvalidRequestError(
+                f"JSON Parse error: {_RAPIDJSON.get(cause.msg, cause.msg)} at offset: "
+                f"{cause.pos} (line {cause.lineno} column {cause.colno})") from e
+        raise InvalidRequestError(f"JSON Parse error: {e}") from e
 
 
 def input_specs(served: ServedModel) -> list[NamedSpec]:

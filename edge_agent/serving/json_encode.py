@@ -222,8 +222,14 @@ def encode_predict(outputs: Mapping[str, np.ndarray], specs: Sequence[NamedSpec]
     ``specs`` gives the order and the number formats. Raises InvalidRequestError for
     outputs that do not share a batch size in row format (TF Serving's wording).
     """
+    if not specs:
+        raise InvalidRequestError("Cannot convert empty tensor map to JSON")
     key = layout.fmt.response_key
     arrays = [(ns, _shaped(outputs[ns.name], layout)) for ns in specs]
+    if layout.fmt is Format.ROW:
+        for ns, a in arrays:
+            if a.ndim == 0:
+                raise InvalidRequestError(f"Tensor name: {ns.name} has no shape information")
     if len(arrays) == 1:
         ns, a = arrays[0]
         return f'{{"{key}":{tensor_json(a, ns)}}}'.encode()
@@ -234,8 +240,6 @@ def encode_predict(outputs: Mapping[str, np.ndarray], specs: Sequence[NamedSpec]
         return f'{{"{key}":{{{body}}}}}'.encode()
     batch = -1
     for ns, a in arrays:
-        if a.ndim == 0:
-            raise InvalidRequestError(f"Tensor name: {ns.name} has no shape information")
         if batch >= 0 and a.shape[0] != batch:
             raise InvalidRequestError(
                 f"Tensor name: {ns.name} has inconsistent batch size: {a.shape[0]} expecting: "

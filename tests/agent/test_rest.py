@@ -258,8 +258,9 @@ def _post(client: Client, path: str, body: Any, ctype: str = "application/json")
 
 BAD = [  # (method, path, body, content type, status, message fragment)
     ("POST", "/v1/models/digits:predict", b"{not json", "application/json", 400,
-     "malformed JSON"),
-    ("POST", "/v1/models/digits:predict", b"", "application/json", 400, "empty request body"),
+     "JSON Parse error: Missing a name for object member. at offset: 1"),
+    ("POST", "/v1/models/digits:predict", b"", "application/json", 400,
+     "JSON Parse error: The document is empty"),
     ("POST", "/v1/models/digits:predict", [1, 2], "application/json", 400,
      "JSON Value: [1,2] Is not object"),
     ("POST", "/v1/models/digits:predict", {"instances": [], "inputs": []}, "application/json",
