@@ -146,7 +146,8 @@ class ServingApi:
                     x, layout = self._raw_tensor(served, req.body), codec.ROW
                 else:
                     x, layout = codec.decode_predict(doc, served, max_batch=self.max_batch,
-                                                     max_image_pixels=self.max_image_pixels)
+                                                     max_image_pixels=self.max_image_pixels,
+                                                     body=req.body)
             except InvalidRequestError as e:
                 served.record_rejected(e, source="rest", request_id=req.request_id,
                                        client=req.client)

@@ -22,6 +22,7 @@ import json
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
+from weakref import WeakKeyDictionary
 
 import numpy as np
 
@@ -67,24 +68,40 @@ def parse_json(body: bytes) -> Any:
         raise InvalidRequestError(f"JSON Parse error: {e}") from e
 
 
+_SPECS: WeakKeyDictionary[ServedModel, tuple[list[NamedSpec], list[NamedSpec]]] = \
+    WeakKeyDictionary()  # a served model's specs never change: named once, not per request
+
+
+def _specs(served: ServedModel) -> tuple[list[NamedSpec], list[NamedSpec]]:
+    hit = _SPECS.get(served)
+    if hit is None:
+        hit = (signature_keys([served.input_spec], binary=True),
+               signature_keys(served.output_specs))
+        _SPECS[served] = hit
+    return hit
+
+
 def input_specs(served: ServedModel) -> list[NamedSpec]:
     """The served model's inputs by signature key; an image input also takes ``{"b64"}``."""
-    return signature_keys([served.input_spec], binary=True)
+    return _specs(served)[0]
 
 
 def output_specs(served: ServedModel) -> list[NamedSpec]:
-    return signature_keys(served.output_specs)
+    """The served model's outputs by signature key, in the model's order."""
+    return _specs(served)[1]
 
 
-def decode_predict(doc: Any, served: ServedModel, *, max_batch: int,
-                   max_image_pixels: int) -> tuple[np.ndarray, Layout]:
-    """A predict request body → (the model's input batch, how to write the answer).
+def decode_predict(doc: Any, served: ServedModel, *, max_batch: int, max_image_pixels: int,
+                   body: bytes | None = None) -> tuple[np.ndarray, Layout]:
+    """A predict request (parsed, and its ``body`` text if at hand) → (the model's input
+    batch, how to write the answer).
 
     The one-input adapter over :func:`json_tensor.decode_predict`: a multi-input model
     passes all its specs and gets every input by name.
     """
     inputs = input_specs(served)
-    decoded = json_tensor.decode_predict(doc, inputs, max_batch=max_batch)
+    bools = body is None or b"true" in body or b"false" in body
+    decoded = json_tensor.decode_predict(doc, inputs, max_batch=max_batch, bools=bools)
     x = decoded.tensors[inputs[0].name]
     if isinstance(x, list):
         x = image_batch(served, x, max_image_pixels)

@@ -25,8 +25,9 @@ requested format (inconsistent batch sizes in row format).
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 
 import numpy as np
@@ -76,11 +77,12 @@ class NamedSpec:
     name: str
     spec: TensorSpec
     binary: bool = False
+    # a raw integer tensor: JSON integers in, integers out (``DT_INT32`` …)
+    integer: bool = field(init=False, repr=False, compare=False)
 
-    @property
-    def integer(self) -> bool:
-        """A raw integer tensor: JSON integers in, integers out (``DT_INT32`` …)."""
-        return not self.spec.quantized and self.spec.dtype in _INT_DTYPES
+    def __post_init__(self) -> None:
+        integer = not self.spec.quantized and self.spec.dtype in _INT_DTYPES
+        object.__setattr__(self, "integer", integer)
 
     @property
     def dtype(self) -> str:
@@ -145,6 +147,8 @@ def format_floats(flat: np.ndarray) -> list[str]:
 
 
 _LUTS: dict[tuple[str, float, int], tuple[int, np.ndarray, list[str]]] = {}
+_TEXT_OF: dict[tuple[str, float, int], dict[float, str]] = {}
+_SMALL = 64  # values; fewer are looked up one by one (numpy's per-call cost is higher)
 
 
 def _lut(spec: TensorSpec) -> tuple[int, np.ndarray, list[str]]:
@@ -159,6 +163,30 @@ def _lut(spec: TensorSpec) -> tuple[int, np.ndarray, list[str]]:
     return hit
 
 
+def _text_of(spec: TensorSpec) -> dict[float, str]:
+    """:func:`_lut` as value → text, for small outputs (cached per spec)."""
+    key = (spec.dtype, spec.scale, spec.zero_point)
+    hit = _TEXT_OF.get(key)
+    if hit is None:
+        _, values, text = _lut(spec)
+        hit = dict(zip(values.tolist(), text, strict=True))
+        _TEXT_OF[key] = hit
+    return hit
+
+
+def _small(flat: np.ndarray, spec: TensorSpec) -> list[str] | None:
+    """The texts of a few values by dict lookup, or None if one is not this spec's."""
+    table = _text_of(spec)
+    values = flat.tolist()
+    try:
+        out = [table[v] for v in values]
+    except KeyError:
+        return None
+    if 0.0 in table and any(v == 0.0 and math.copysign(1.0, v) < 0 for v in values):
+        return None  # -0.0 looks up as 0.0
+    return out
+
+
 def _texts(a: np.ndarray, ns: NamedSpec | None) -> list[str]:
     """The text of every value of ``a``, in C order."""
     flat = a.reshape(-1)
@@ -166,8 +194,12 @@ def _texts(a: np.ndarray, ns: NamedSpec | None) -> list[str]:
     if ns is not None and ns.integer:
         return list(map(str, np.rint(flat).astype(np.int64).tolist()))
     flat = flat.astype(np.float32, copy=False)
-    if (spec is not None and spec.quantized and spec.dtype in ("int8", "uint8") and flat.size
-            and np.isfinite(flat).all()):
+    lut = spec is not None and spec.quantized and spec.dtype in ("int8", "uint8")
+    if lut and spec is not None and flat.size < _SMALL:
+        found = _small(flat, spec)
+        if found is not None:
+            return found
+    elif lut and spec is not None and flat.size and np.isfinite(flat).all():
         lo, values, text = _lut(spec)
         pos = np.rint(flat.astype(np.float64) / spec.scale + (spec.zero_point - lo))
         if pos.min() >= 0 and pos.max() < len(values):

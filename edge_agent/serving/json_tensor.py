@@ -213,48 +213,51 @@ def _exact(value: Any, ns: NamedSpec) -> np.ndarray:
     return np.asarray(out, dtype=dtype).reshape(shape)
 
 
-def _tensor(value: Any, ns: NamedSpec) -> np.ndarray:
+def _tensor(value: Any, ns: NamedSpec, bools: bool = True) -> np.ndarray:
     """A JSON value → a dense array of ``ns``'s type, or raise ``ValueRefused``.
 
-    Fast path: numpy builds the array and one pass over the leaves checks their JSON types;
-    anything unusual takes the exact walk, which finds TF Serving's error.
+    Fast path: numpy builds the array and one pass over the leaves checks their JSON types
+    (skipped when ``bools`` is False: the document holds no ``true``/``false``, the only
+    values numpy would silently turn into numbers); anything unusual takes the exact walk,
+    which finds TF Serving's error.
     """
     if isinstance(value, list):
         try:
             arr = np.asarray(value)
         except (ValueError, TypeError, OverflowError):
             return _exact(value, ns)
-        if arr.dtype.kind in "if" and arr.ndim <= MAX_RANK and _plain(value, arr, ns):
-            with np.errstate(over="ignore"):
-                return arr.astype(np.int64 if ns.integer else np.float32)
+        if arr.dtype.kind in "if" and arr.ndim <= MAX_RANK and _plain(value, arr, ns, bools):
+            return arr.astype(np.int64 if ns.integer else np.float32)  # every value fits
     return _exact(value, ns)
 
 
-def _plain(value: list[Any], arr: np.ndarray, ns: NamedSpec) -> bool:
+def _plain(value: list[Any], arr: np.ndarray, ns: NamedSpec, bools: bool) -> bool:
     """Did numpy's array come from JSON values ``ns`` takes as they are?
 
-    numpy turns ``true`` into 1 and a mix of ints and floats into floats, so the leaves'
-    JSON types are checked here in one pass; False sends the value to the exact walk.
+    numpy turns ``true`` into 1 and a mix of ints and floats into floats. So the leaves'
+    JSON types are checked in one pass when the document may hold booleans, and integer
+    magnitudes always (an integer past 2^24 - 1 is lossy as a float32, as in TF Serving);
+    False sends the value to the exact walk.
     """
-    leaves = value
-    for _ in range(arr.ndim - 1):
-        leaves = list(chain.from_iterable(leaves))
-    types = set(map(type, leaves))
     if not arr.size:
         return True
+    if bools:
+        leaves = value
+        for _ in range(arr.ndim - 1):
+            leaves = list(chain.from_iterable(leaves))
+        if not set(map(type, leaves)) <= ({int} if ns.integer else {int, float}):
+            return False
     if ns.integer:
         lo, hi = _INT_RANGE[ns.spec.dtype]
-        return types == {int} and int(arr.min()) >= lo and int(arr.max()) <= hi
-    if not types <= {int, float}:
+        return arr.dtype.kind == "i" and int(arr.min()) >= lo and int(arr.max()) <= hi
+    if arr.dtype.kind == "i":
+        return max(-int(arr.min()), int(arr.max())) <= _FLOAT_MAX_INT
+    top = float(np.abs(arr).max())
+    if top > _FLOAT_MAX_INT:  # a large integer, a large float, or an infinity: be exact
         return False
-    if int in types:
-        ints = arr if arr.dtype.kind == "i" else np.asarray(
-            [x for x in leaves if type(x) is int], dtype=object)
-        if max(-int(ints.min()), int(ints.max())) > _FLOAT_MAX_INT:
-            return False
-    if arr.dtype.kind == "f":
+    if not top <= _FLOAT_MAX:  # NaN somewhere: look at the other values
         finite = np.abs(arr[np.isfinite(arr)])
-        return not finite.size or float(finite.max()) <= _FLOAT_MAX
+        return not finite.size or float(finite.max()) <= _FLOAT_MAX_INT
     return True
 
 
@@ -347,14 +350,14 @@ def _wrap(i: int, key: str | None, msg: str) -> InvalidRequestError:
                                f"Error: Invalid argument: {msg}")
 
 
-def _rows(items: list[Any], inputs: Sequence[NamedSpec]) -> dict[str, Tensor]:
+def _rows(items: list[Any], inputs: Sequence[NamedSpec], bools: bool) -> dict[str, Tensor]:
     if (not isinstance(items[0], dict) or is_b64(items[0])) and len(inputs) > 1:
         raise InvalidRequestError(
             "instances is a plain list, but expecting list of objects as multiple input "
             "tensors required as per tensorinfo_map")
     if len(inputs) == 1 and not isinstance(items[0], dict):
         try:  # the common case in one numpy call: one input, numbers
-            return {inputs[0].name: _tensor(items, inputs[0])}
+            return {inputs[0].name: _tensor(items, inputs[0], bools)}
         except ValueRefused:
             pass  # the exact walk names the element, as TF Serving does
     return _rows_exact(items, inputs)
@@ -363,16 +366,16 @@ def _rows(items: list[Any], inputs: Sequence[NamedSpec]) -> dict[str, Tensor]:
 # ----------------------------------------------------------------------------- columnar
 
 
-def _column(value: Any, ns: NamedSpec) -> Tensor:
+def _column(value: Any, ns: NamedSpec, bools: bool) -> Tensor:
     """One input's whole tensor in columnar format (batch included)."""
     if ns.binary and is_b64(value):
         return [decode_b64(value)]
     if ns.binary and isinstance(value, list) and value and all(map(is_b64, value)):
         return [decode_b64(v) for v in value]
-    return _tensor(value, ns)
+    return _tensor(value, ns, bools)
 
 
-def _columns(value: Any, inputs: Sequence[NamedSpec]) -> dict[str, Tensor]:
+def _columns(value: Any, inputs: Sequence[NamedSpec], bools: bool) -> dict[str, Tensor]:
     """``FillTensorMapFromInputsMap``. Keys that are no input name are ignored, as there."""
     try:
         if not isinstance(value, dict) or is_b64(value):
@@ -380,13 +383,13 @@ def _columns(value: Any, inputs: Sequence[NamedSpec]) -> dict[str, Tensor]:
                 raise InvalidRequestError(
                     "inputs is a plain value/list, but expecting an object as multiple input "
                     "tensors required as per tensorinfo_map")
-            return {inputs[0].name: _column(value, inputs[0])}
+            return {inputs[0].name: _column(value, inputs[0], bools)}
         out = {}
         for ns in inputs:
             if ns.name not in value:
                 raise InvalidRequestError(f"Missing named input: {ns.name} in 'inputs' "
                                           "object.")
-            out[ns.name] = _column(value[ns.name], ns)
+            out[ns.name] = _column(value[ns.name], ns, bools)
         return out
     except ValueRefused as e:
         raise InvalidRequestError(str(e)) from e
@@ -395,12 +398,15 @@ def _columns(value: Any, inputs: Sequence[NamedSpec]) -> dict[str, Tensor]:
 # ----------------------------------------------------------------------------- the request
 
 
-def decode_predict(doc: Any, inputs: Sequence[NamedSpec], *, max_batch: int) -> Decoded:
+def decode_predict(doc: Any, inputs: Sequence[NamedSpec], *, max_batch: int,
+                   bools: bool = True) -> Decoded:
     """A parsed predict body → each input's tensor, checked against its spec.
 
     Numbers come back as float32 (model units) or int64 (raw integer inputs) arrays of
     shape ``[batch, *spec.shape[1:]]``; a binary input may come back as one ``bytes`` per
-    instance instead. Raises InvalidRequestError / ShapeMismatchError.
+    instance instead. ``bools=False`` says the document holds no JSON ``true``/``false``
+    (its text has neither word), which saves a pass over every number.
+    Raises InvalidRequestError / ShapeMismatchError.
     """
     if not inputs:
         raise InvalidRequestError("Failed to get input map for signature: DEFAULT")
@@ -419,12 +425,12 @@ def decode_predict(doc: Any, inputs: Sequence[NamedSpec], *, max_batch: int) -> 
             raise InvalidRequestError(f"JSON Value: {json_text(doc)} No values in "
                                       "'instances' array")
         _check_batch(len(items), "instances", max_batch)
-        fmt, tensors = Format.ROW, _rows(items, inputs)
+        fmt, tensors = Format.ROW, _rows(items, inputs, bools)
     elif "inputs" in doc:
         value = doc["inputs"]
         if isinstance(value, list):
             _check_batch(len(value), "inputs", max_batch)
-        fmt, tensors = Format.COLUMNAR, _columns(value, inputs)
+        fmt, tensors = Format.COLUMNAR, _columns(value, inputs, bools)
     else:
         raise InvalidRequestError("Missing 'inputs' or 'instances' key")
     return _fit(tensors, inputs, fmt, max_batch)

@@ -260,6 +260,9 @@ DECODE_ERRORS = [
     Bad(f"{JT} SingleUnnamedTensorWithSignature: a signature this model does not have",
         '{"signature_name": "predict_images", "instances": [[1,2]]}', I2,
         'Serving signature name: "predict_images" not found in signature def'),
+    Bad(f"{JC} ParseJson's TODO 'protect against deep nested structures': 500 lists deep",
+        '{"instances": ' + "[" * 500 + "1" + "]" * 500 + "}", F1,
+        "nested more than 16 lists deep"),
     Bad(f"{JC} inconsistent batch sizes across columnar inputs",
         '{"inputs": {"a": [[1, 2], [3, 4]], "b": [[1]]}}', (spec("a", 2), spec("b", 1)),
         "Tensor name: b has inconsistent batch size: 1 expecting: 2"),
@@ -693,6 +696,8 @@ def test_e2e_labels_set_at_run_time(agent: tuple[Agent, Client], client: Client,
      'Serving signature name: "other" not found in signature def'),
     ("POST", "/v1/models/digits:predict", '{"signature_name": "Bad key: \\"key\\""}', 400,
      'Serving signature name: "Bad key: "key"" not found'),
+    ("POST", "/v1/models/digits:predict", '{"inputs": ' + "[" * 500 + "]" * 500 + "}", 400,
+     "nested more than 16 lists deep"),
     ("GET", "/v1/foo", None, 404, "unknown route: GET /v1/foo"),
     ("POST", "/v1/models/foo/metadata", "", 405, "method POST not allowed"),
     ("GET", "/v1/models/foo:predict", None, 405, "method GET not allowed"),
@@ -718,6 +723,7 @@ def test_e2e_labels_set_at_run_time(agent: tuple[Agent, Client], client: Client,
         "issue 12: classify without a class head says so",
         f"{HT} GetModelMetadata: signature_name checked (extension)",
         f"{JT} MakeJsonFromTensors StatusError: quotes in the error survive",
+        f"{JC} ParseJson TODO: deep nesting is a 400, not a crash",
         f"{HT} UnsupportedApiCalls: GET /v1/foo (a difference: 404, not 400)",
         f"{HT} UnsupportedApiCalls: POST .../metadata (a difference: 405)",
         f"{HT} UnsupportedApiCalls: GET ...:predict (a difference: 405)",
@@ -760,7 +766,7 @@ def test_e2e_predict_numbers_are_tf_serving_text(client: Client,
     r = client.post("/v1/models/digits:predict", {"instances": digits_eval.x[:2].tolist()})
     text = r.body.decode()
     numbers = re.findall(r"-?[0-9][0-9.e+-]*", text)
-    assert numbers and all(len(n.lstrip("-").split("e")[0].replace(".", "")) <= 9
+    assert numbers and all(len(n.lstrip("-").split("e")[0].replace(".", "").strip("0")) <= 9
                            for n in numbers), text
     assert all("." in n or "e" in n for n in numbers)
     col = client.post("/v1/models/digits:predict", {"inputs": digits_eval.x[:2].tolist()})
