@@ -319,7 +319,7 @@ class ModelRegistry:
                 self.get(name)  # the standard 404 for an unknown model
             version = self.labels(name).get(label)
         if version is None:
-            raise InvalidRequestError(f"Unrecognized servable version label: {label}")
+            raise InvalidRequestError(f"Unrecognized servable version label: {label[:100]}")
         return version
 
     def names(self) -> list[str]:

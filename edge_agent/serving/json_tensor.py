@@ -69,15 +69,26 @@ class ValueRefused(InvalidRequestError):
 # ----------------------------------------------------------------------------- helpers
 
 
+_ENCODER = json.JSONEncoder(separators=(",", ":"))
+
+
 def json_text(v: Any, limit: int = 200) -> str:
-    """``JsonValueToString``: a JSON value as compact one-line text, cut at ``limit``."""
+    """``JsonValueToString``: a JSON value as compact one-line text, cut at ``limit``.
+
+    Encoded lazily (``iterencode``), so quoting a multi-megabyte body costs ``limit``.
+    """
     if isinstance(v, float):
-        text = format_double(v)
-    else:
-        try:
-            text = json.dumps(v, separators=(",", ":"))
-        except (TypeError, ValueError, RecursionError):
-            text = repr(v)
+        return format_double(v)
+    chunks, size = [], 0
+    try:
+        for chunk in _ENCODER.iterencode(v):
+            chunks.append(chunk)
+            size += len(chunk)
+            if size > limit:
+                break
+    except (TypeError, ValueError, RecursionError):
+        return repr(v)[:limit]
+    text = "".join(chunks)
     return text if len(text) <= limit else text[:limit] + "…"
 
 
@@ -296,12 +307,12 @@ class _Column:
                 raise ValueRefused(f"Expecting tensor size: {size} but got: {got_size}")
             if got_shape != shape:
                 raise ValueRefused(f"Expecting shape {_shape_text(shape)} but got: "
-                           f"{_shape_text(got_shape)}")
+                                   f"{_shape_text(got_shape)}")
         self.items.append(item)
 
     def tensor(self) -> Tensor:
         if isinstance(self.items[0], bytes):
-            return [b for b in self.items if isinstance(b, bytes)]
+            return [b for b in self.items if isinstance(b, bytes)]  # all are (add checks)
         return np.stack([np.asarray(a) for a in self.items])
 
 
@@ -376,23 +387,22 @@ def _column(value: Any, ns: NamedSpec, bools: bool) -> Tensor:
 
 
 def _columns(value: Any, inputs: Sequence[NamedSpec], bools: bool) -> dict[str, Tensor]:
-    """``FillTensorMapFromInputsMap``. Keys that are no input name are ignored, as there."""
-    try:
-        if not isinstance(value, dict) or is_b64(value):
-            if len(inputs) > 1:
-                raise InvalidRequestError(
-                    "inputs is a plain value/list, but expecting an object as multiple input "
-                    "tensors required as per tensorinfo_map")
-            return {inputs[0].name: _column(value, inputs[0], bools)}
-        out = {}
-        for ns in inputs:
-            if ns.name not in value:
-                raise InvalidRequestError(f"Missing named input: {ns.name} in 'inputs' "
-                                          "object.")
-            out[ns.name] = _column(value[ns.name], ns, bools)
-        return out
-    except ValueRefused as e:
-        raise InvalidRequestError(str(e)) from e
+    """``FillTensorMapFromInputsMap``. Keys that are no input name are ignored, as there.
+
+    A value's error is TF Serving's, unwrapped (columnar errors name no element).
+    """
+    if not isinstance(value, dict) or is_b64(value):
+        if len(inputs) > 1:
+            raise InvalidRequestError(
+                "inputs is a plain value/list, but expecting an object as multiple input "
+                "tensors required as per tensorinfo_map")
+        return {inputs[0].name: _column(value, inputs[0], bools)}
+    out = {}
+    for ns in inputs:
+        if ns.name not in value:
+            raise InvalidRequestError(f"Missing named input: {ns.name} in 'inputs' object.")
+        out[ns.name] = _column(value[ns.name], ns, bools)
+    return out
 
 
 # ----------------------------------------------------------------------------- the request
