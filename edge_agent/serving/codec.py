@@ -2,7 +2,8 @@
 
 Implements the REST API at https://www.tensorflow.org/tfx/serving/api_rest as an adapter:
 the TF Serving JSON rules themselves live in :mod:`~edge_agent.serving.json_tensor`
-(predict requests), :mod:`~edge_agent.serving.json_encode` (predict responses) and
+(predict requests), :mod:`~edge_agent.serving.json_values` (values and one dense tensor),
+:mod:`~edge_agent.serving.json_encode` (predict responses) and
 :mod:`~edge_agent.serving.json_examples` (classify/regress), and work over ordered lists of
 named tensor specs. This module gives them the served model's specs (:func:`input_specs`,
 :func:`output_specs`), turns binary instances into images with the bundle's preprocessing,

@@ -23,7 +23,7 @@ import numpy as np
 
 from edge_agent.errors import InvalidRequestError
 from edge_agent.serving.json_encode import format_floats
-from edge_agent.serving.json_tensor import (
+from edge_agent.serving.json_values import (
     DEFAULT_SIGNATURE,
     decode_b64,
     format_double,

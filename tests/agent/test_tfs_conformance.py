@@ -664,6 +664,24 @@ def test_e2e_labels_set_at_run_time(agent: tuple[Agent, Client], client: Client,
     assert registry.active_version("digits") == 2  # labels never move the active version
 
 
+def test_e2e_stable_follows_the_active_version_unless_pinned(agent: tuple[Agent, Client],
+                                                             client: Client) -> None:
+    """docs/rest.md Version labels: a pinned stable, and a label of a version not loaded."""
+    registry = agent[0].registry
+    registry.set_label("digits", "stable", 1)
+    registry.set_label("digits", "gone", 9)
+    try:
+        assert client.get("/v1/models/digits/labels/stable").json() == {
+            "model_version_status": [status_of("1")]}
+        r = client.post("/v1/models/digits/labels/gone:predict", {"instances": [1]})
+        assert r.status == 404 and "Specific(digits, 9)" in r.json()["error"]
+    finally:
+        registry.set_label("digits", "stable", None)
+        registry.set_label("digits", "gone", None)
+    assert client.get("/v1/models/digits/labels/stable").json() == {
+        "model_version_status": [status_of("2")]}
+
+
 @pytest.mark.parametrize(("method", "path", "body", "status", "fragment"), [
     ("POST", "/v1/models/digits/labels/Version_Nonexistent:predict", '{ "instances": ["x"] }',
      400, "Unrecognized servable version label: Version_Nonexistent"),
