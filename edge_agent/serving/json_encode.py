@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import math
+import struct
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
@@ -127,6 +128,30 @@ def format_float32(v: float) -> str:
 
 def format_floats(flat: np.ndarray) -> list[str]:
     """A 1-D float32 array → TF Serving's text for each value (see the module docstring)."""
+    return _floats_few(flat.tolist()) if flat.size < _SMALL else _floats_many(flat)
+
+
+_F32 = struct.Struct("<f")
+
+
+def _floats_few(values: list[float]) -> list[str]:
+    """:func:`format_floats` one value at a time (numpy's per-call cost exceeds it here)."""
+    out = []
+    pack, unpack = _F32.pack, _F32.unpack
+    for v in values:
+        t = f"{v:g}"
+        token = _TOKENS.get(t)
+        if token is not None:
+            out.append(token)
+            continue
+        if unpack(pack(float(t)))[0] != v:
+            t = f"{v:.9g}"
+        out.append(t if "." in t or "e" in t else t + ".0")
+    return out
+
+
+def _floats_many(flat: np.ndarray) -> list[str]:
+    """:func:`format_floats` with the round-trip and whole-number checks in numpy."""
     values = flat.tolist()
     text = list(map("{:g}".format, values))
     finite = np.isfinite(flat)

@@ -54,6 +54,16 @@ def test_every_number_reads_back_as_the_same_float32(values: list[float]) -> Non
                for t in texts)
 
 
+@settings(max_examples=200, deadline=None)
+@given(values=st.lists(st.floats(width=32), min_size=1, max_size=80))
+def test_few_and_many_values_are_written_alike(values: list[float]) -> None:
+    """format_floats loops in Python under 64 values and in numpy above: same text."""
+    from edge_agent.serving.json_encode import _floats_few, _floats_many
+
+    arr = np.asarray(values, dtype=np.float32)
+    assert _floats_few(arr.tolist()) == _floats_many(arr)
+
+
 def test_non_finite_values_use_tf_servings_tokens() -> None:
     spec = TensorSpec("out", (1, 64), "int8", 0.5, 0)
     arr = np.full(64, np.nan, dtype=np.float32)
@@ -61,3 +71,21 @@ def test_non_finite_values_use_tf_servings_tokens() -> None:
     text = tensor_json(arr, NamedSpec("out", spec))
     assert text.startswith("[NaN,Infinity,-Infinity,NaN")
     assert json.loads(text)[1] == float("inf")
+
+
+def test_two_outputs_whose_short_names_collide_keep_both_keys() -> None:
+    """Issue 12: ``StatefulPartitionedCall:0`` and ``:1`` collapsed onto one JSON key."""
+    from edge_agent.serving.json_encode import Format, Layout, encode_predict, signature_keys
+
+    specs = signature_keys([TensorSpec("StatefulPartitionedCall:0", (1, 2), "float32"),
+                            TensorSpec("StatefulPartitionedCall:1", (1, 1), "float32")])
+    assert [ns.name for ns in specs] == ["StatefulPartitionedCall:0",
+                                         "StatefulPartitionedCall:1"]
+    out = {specs[0].name: np.array([[0.25, 0.75]], np.float32),
+           specs[1].name: np.array([[3.5]], np.float32)}
+    body = json.loads(encode_predict(out, specs, Layout(Format.COLUMNAR)))
+    assert body == {"outputs": {"StatefulPartitionedCall:0": [[0.25, 0.75]],
+                                "StatefulPartitionedCall:1": [[3.5]]}}
+    short = signature_keys([TensorSpec("serving_default_x:0", (1, 2), "float32"),
+                            TensorSpec("serving_default_y:0", (1, 2), "float32")])
+    assert [ns.name for ns in short] == ["x", "y"]
