@@ -95,6 +95,9 @@ class Agent:
         # every image decode in this process (REST, MQTT, watch) shares one memory budget
         process_budget().configure(budget_for(self.profile.memory_budget_mb))
         h = config.http
+        for model, labels in h.version_labels:  # /labels/{label} URLs (docs/rest.md)
+            for label, version in labels:
+                self.registry.set_label(model, label, version)
         self.admission = Admission(a.workers, h.queue_size, retry_after_s=h.retry_after_s)
         self.metrics.queue_source = self.admission.snapshot
         self.http: HttpServer | None = None

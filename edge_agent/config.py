@@ -65,6 +65,7 @@ __all__ = [
 SECTIONS = ("agent", "http", "models", "watch", "camera", "mqtt_requests", "mqtt",
             "telemetry", "update")
 ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")  # safe in MQTT topics and paths
+LABEL_RE = re.compile(r"^[A-Za-z][A-Za-z0-9._-]{0,63}$")  # a version label: never a number
 COMPONENTS = ("telemetry", "update", "systemd")  # in start order
 LEGACY_COMPONENTS = {"edge_agent.telemetry.service:create": "telemetry",
                      "edge_agent.update.service:create": "update",
@@ -115,6 +116,9 @@ class HttpSettings:
     head_timeout_s: float = 10.0  # whole request head, from its first byte (else 408)
     body_timeout_s: float = 60.0  # whole request body, from the end of the head (else 408)
     retry_after_s: int = 1  # Retry-After sent with 503 when the queue is full
+    # /v1/models/{m}/labels/{label}: model → label → version (``stable`` defaults to the
+    # active version; the update flow may add ``canary`` during probation)
+    version_labels: tuple[tuple[str, tuple[tuple[str, int], ...]], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -318,9 +322,38 @@ def _http(t: Table) -> HttpSettings:
         head_timeout_s=t.number("head_timeout_s", d.head_timeout_s, 0.0, 3600.0),
         body_timeout_s=t.number("body_timeout_s", d.body_timeout_s, 0.0, 3600.0),
         retry_after_s=t.integer("retry_after_s", d.retry_after_s, 1, 3600),
+        version_labels=_version_labels(t),
     )
     t.finish()
     return s
+
+
+def _version_labels(t: Table) -> tuple[tuple[str, tuple[tuple[str, int], ...]], ...]:
+    """``[http.version_labels.<model>]`` tables of ``<label> = <version>``."""
+    raw = t.take("version_labels")
+    if raw is None:
+        return ()
+    if not isinstance(raw, dict):
+        raise t.err("version_labels", "expected a table of models, each a table of "
+                                      f"label = version, got {raw!r}")
+    out = []
+    for model, labels in raw.items():
+        where = f"version_labels.{model}"
+        if not isinstance(model, str) or not ID_RE.match(model):
+            raise t.err(where, f"expected a model name matching {ID_RE.pattern}")
+        if not isinstance(labels, dict):
+            raise t.err(where, f"expected a table of label = version, got {labels!r}")
+        pairs = []
+        for label, version in labels.items():
+            if not LABEL_RE.match(label):
+                raise t.err(f"{where}.{label}", "expected a label matching "
+                                                f"{LABEL_RE.pattern}")
+            if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+                raise t.err(f"{where}.{label}", f"expected a version (int >= 1), got "
+                                                f"{version!r}")
+            pairs.append((label, version))
+        out.append((model, tuple(pairs)))
+    return tuple(out)
 
 
 def _models(raw: Any, origins: Origins) -> tuple[ModelSpec, ...]:

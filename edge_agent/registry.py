@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from edge_agent.bundle import Bundle, Manifest
+from edge_agent.config import LABEL_RE
 from edge_agent.errors import (
     BadInputError,
     EdgeError,
@@ -212,6 +213,7 @@ class ModelRegistry:
         self._lock = threading.RLock()
         self._models: dict[str, dict[int, ServedModel]] = {}
         self._active: dict[str, int] = {}
+        self._labels: dict[str, dict[str, int]] = {}
 
     def build(self, bundle: Bundle) -> ServedModel:
         """Load a bundle into a new ServedModel without serving it (test-load)."""
@@ -280,6 +282,45 @@ class ModelRegistry:
                 raise NotFoundError(f"model {name!r} has no version {version} (loaded: "
                                     f"{', '.join(map(str, sorted(versions)))})")
             return sm
+
+    # ------------------------------------------------------- version labels (TF Serving's)
+
+    def set_label(self, name: str, label: str, version: int | None) -> None:
+        """Point ``label`` of model ``name`` at ``version``; ``None`` removes the label.
+
+        Config sets labels at start; the update flow may set ``canary`` to the version on
+        probation (and ``stable`` to the one it replaces), and remove ``canary`` once the
+        update is committed or rolled back. A label may name a version not loaded (yet):
+        requests through it then get the usual 404.
+        """
+        if not LABEL_RE.match(label):
+            raise ValueError(f"version label {label!r} must match {LABEL_RE.pattern}")
+        with self._lock:
+            labels = self._labels.setdefault(name, {})
+            if version is None:
+                labels.pop(label, None)
+            else:
+                labels[label] = int(version)
+        self.hooks.emit_models_changed()
+
+    def labels(self, name: str) -> dict[str, int]:
+        """The labels of ``name``: those set, and ``stable`` → the active version unless set."""
+        with self._lock:
+            out = dict(self._labels.get(name, {}))
+            if "stable" not in out and name in self._active:
+                out["stable"] = self._active[name]
+            return out
+
+    def label_version(self, name: str, label: str) -> int:
+        """The version ``label`` names. Raises NotFoundError (unknown model) and
+        InvalidRequestError (unknown label, TF Serving's wording)."""
+        with self._lock:
+            if name not in self._models:
+                self.get(name)  # the standard 404 for an unknown model
+            version = self.labels(name).get(label)
+        if version is None:
+            raise InvalidRequestError(f"Unrecognized servable version label: {label[:100]}")
+        return version
 
     def names(self) -> list[str]:
         with self._lock:

@@ -2,10 +2,11 @@
 
 ::
 
-    GET  /v1/models/{name}[/versions/{v}]             model status (all versions or one)
-    GET  /v1/models/{name}[/versions/{v}]/metadata    signature_def + bundle metadata
-    POST /v1/models/{name}[/versions/{v}]:predict     {"instances"|"inputs": ...}
-    POST /v1/models/{name}[/versions/{v}]:classify    raw image body, or {"examples": [...]}
+    GET  /v1/models/{name}[/versions/{v}|/labels/{l}]            model status (all or one)
+    GET  /v1/models/{name}[/versions/{v}|/labels/{l}]/metadata   signature_def + bundle
+    POST /v1/models/{name}[/versions/{v}|/labels/{l}]:predict    {"instances"|"inputs": ...}
+    POST /v1/models/{name}[/versions/{v}|/labels/{l}]:classify   image body, or {"examples"}
+    POST /v1/models/{name}[/versions/{v}|/labels/{l}]:regress    checked, then refused
     GET  /v1/models                                   every loaded model (extension)
     GET  /v1/agent/status                             Agent.status() (extension)
     GET  /healthz  /readyz  /metrics
@@ -31,7 +32,8 @@ from edge_agent.serving.admission import Admission, Overloaded
 from edge_agent.serving.http import HttpServer, HTTPStatusError, Request, Response
 from edge_agent.serving.metrics import CONTENT_TYPE, Metrics
 
-_MODEL = r"/v1/models/(?P<name>[^/:]+)(?:/versions/(?P<version>[^/:]+))?"
+_MODEL = (r"/v1/models/(?P<name>[^/:]+)"
+          r"(?:/versions/(?P<version>[^/:]+)|/labels/(?P<label>[^/:]+))?")
 _VERSION = re.compile(r"[0-9]{1,18}")
 
 
@@ -68,9 +70,12 @@ class ServingApi:
 
     # ------------------------------------------------------------------ helpers
 
-    @staticmethod
-    def _name_version(req: Request) -> tuple[str, int | None]:
+    def _name_version(self, req: Request) -> tuple[str, int | None]:
+        """The model name and the version the path names (by number or label), or None."""
         name = req.params["name"] or ""
+        label = req.params.get("label")
+        if label is not None:
+            return name, self.registry.label_version(name, label)
         v = req.params.get("version")
         if v is None:
             return name, None
@@ -80,8 +85,13 @@ class ServingApi:
         return name, int(v)
 
     def _served(self, req: Request) -> ServedModel:
+        """The model version the path names. Raises NotFoundError in TF Serving's words."""
         name, version = self._name_version(req)
-        return self.registry.get(name, version)
+        try:
+            return self.registry.get(name, version)
+        except NotFoundError as e:
+            what = f"Latest({name})" if version is None else f"Specific({name}, {version})"
+            raise NotFoundError(f"Servable not found for request: {what}: {e}") from e
 
     @contextmanager
     def _admit(self, model: str) -> Iterator[None]:
@@ -125,7 +135,7 @@ class ServingApi:
         return 200, codec.status(sorted(rows, key=lambda r: -r[0]))
 
     def metadata(self, req: Request) -> tuple[int, Any]:
-        return 200, codec.metadata(self._served(req))
+        return 200, codec.metadata(self._served(req), req.query)
 
     def predict(self, req: Request) -> Response:
         served = self._served(req)
@@ -133,17 +143,18 @@ class ServingApi:
             doc = None if req.content_type == "application/octet-stream" else req.json()
             try:  # the body parsed; now it must fit this model version
                 if doc is None:
-                    x, fmt = self._raw_tensor(served, req.body), codec.ROW
+                    x, layout = self._raw_tensor(served, req.body), codec.ROW
                 else:
-                    x, fmt = codec.decode_predict(doc, served, max_batch=self.max_batch,
-                                                  max_image_pixels=self.max_image_pixels)
+                    x, layout = codec.decode_predict(doc, served, max_batch=self.max_batch,
+                                                     max_image_pixels=self.max_image_pixels,
+                                                     body=req.body)
             except InvalidRequestError as e:
                 served.record_rejected(e, source="rest", request_id=req.request_id,
                                        client=req.client)
                 raise
             pred = served.predict(x, source="rest", request_id=req.request_id,
                                   client=req.client)
-        return Response(200, codec.encode_predict_bytes(pred, served, fmt))
+        return Response(200, codec.encode_predict_bytes(pred, served, layout))
 
     def _raw_tensor(self, served: ServedModel, body: bytes) -> np.ndarray:
         spec = served.input_spec
@@ -159,21 +170,22 @@ class ServingApi:
                                       "per request")
         return np.frombuffer(body, dtype=dtype).reshape(n, *spec.shape[1:])
 
-    def classify(self, req: Request) -> tuple[int, Any]:
+    def classify(self, req: Request) -> Response:
+        """TF Serving's classify (``{"examples": …}``) or a raw image body (extension)."""
         served = self._served(req)
-        if served.manifest.task != "classification":
-            raise InvalidRequestError(f"model {served.name!r} is not a classification model; "
-                                      "use :predict")
-        classes = int(np.prod(served.output_specs[0].shape[1:]))
-        k = codec.parse_k(req.query, self.default_k, classes)
         ctype = req.content_type
         if ctype.startswith("multipart/"):
             raise HTTPStatusError(415, "multipart uploads are not supported: send the image "
                                        "bytes as the body (e.g. curl --data-binary @img.png "
                                        "-H 'Content-Type: image/png')")
+        json_body = "json" in ctype
+        if not json_body:
+            codec.check_classify(served, "")  # no body signature: is there a class head?
+        classes = int(np.prod(served.output_specs[0].shape[1:]))
+        k = codec.parse_k(req.query, self.default_k, classes)
         with self._admit(served.name):
-            if "json" in ctype:
-                images = codec.classify_examples(req.json(), max_batch=self.max_batch)
+            if json_body:
+                images = codec.classify_examples(req.json(), served, max_batch=self.max_batch)
             else:
                 body = req.body
                 if not body:
@@ -182,9 +194,11 @@ class ServingApi:
             x = codec.image_batch(served, images, self.max_image_pixels)
             pred = served.predict(x, source="rest", request_id=req.request_id,
                                   client=req.client)
-        return 200, codec.encode_classify(served, pred, k)
+        return Response(200, codec.encode_classify(served, pred, k))
 
     def regress(self, req: Request) -> tuple[int, Any]:
-        self._served(req)  # 404 first for an unknown model
-        raise InvalidRequestError(":regress is not supported (LiteRT models have no "
-                                  "tf.Example signature); use :predict")
+        """TF Serving's regress: the body and ``signature_name`` are checked as TF Serving
+        checks them, then refused (no model here has a regression signature)."""
+        served = self._served(req)  # 404 first for an unknown model
+        codec.check_regress(req.json(), served, max_batch=self.max_batch)
+        raise InvalidRequestError(":regress is not supported; use :predict")

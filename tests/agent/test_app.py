@@ -142,7 +142,7 @@ def test_install_bundle_serves_it_and_survives_a_restart(start_agent: Any, digit
     assert [sm.version for sm in again.registry.versions("digits")] == [1, 2]
     r = start_agent.client(again).post("/v1/models/digits/versions/1:classify",
                                        body=digits_eval.png(3), content_type="image/png")
-    assert r.json()["result"][0][0][0] == str(digits_eval.y[3])
+    assert r.json()["results"][0][0][0] == str(digits_eval.y[3])
 
 
 def _edgetpu_bundle(digits: Any, out: Path) -> Path:

@@ -53,7 +53,7 @@ def test_concurrent_clients_get_correct_answers(start_agent: Any, digits: Any,
                     idx = [i]
                     r = c.post(f"/v1/models/{model}:classify", body=pngs[i],
                                content_type="image/png", headers={"X-Request-Id": rid})
-                    got = [int(r.json()["result"][0][0][0])] if r.status == 200 else []
+                    got = [int(r.json()["results"][0][0][0])] if r.status == 200 else []
                 else:
                     if kind == "b64":
                         doc: dict[str, Any] = {"instances": [b64(pngs[i]) for i in idx]}

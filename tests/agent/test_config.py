@@ -116,6 +116,13 @@ def test_env_values_parse_as_toml_then_string(text: str, value: object) -> None:
     ("[update]\nprobation_s = 60\n", "agent.toml: update.root_file: missing required key"),
     ("[update]\nroot_file = 'r.json'\ntransport = 'usb'\n", "agent.toml: update.transport: "
      "expected one of auto, mqtt, http"),
+    ("[http.version_labels.digits]\ncanary = 0\n", "agent.toml: "
+     "http.version_labels.digits.canary: expected a version (int >= 1), got 0"),
+    ("[http.version_labels.digits]\n7up = 1\n", "agent.toml: http.version_labels.digits.7up: "
+     "expected a label matching"),
+    ("[http.version_labels]\n'a/b' = {canary = 1}\n", "agent.toml: http.version_labels.a/b: "
+     "expected a model name matching"),
+    ("[http]\nversion_labels = 3\n", "agent.toml: http.version_labels: expected a table"),
     ("http = 3\n", "agent.toml: http: expected a table"),
     ("stray = 3\n", "agent.toml: stray: unknown section"),
     ("[mqtt_request]\nqos = 0\n", "agent.toml: mqtt_request: unknown section"),
@@ -198,6 +205,14 @@ def test_old_module_factory_component_names_still_work_with_a_deprecation_warnin
         cfg = load_config(None, {"agent.components": ["edge_agent.telemetry.service:create"]},
                           env={})
     assert cfg.agent.components == ("telemetry",)
+
+
+def test_version_labels_are_read_per_model(tmp_path: Path) -> None:
+    p = tmp_path / "agent.toml"
+    p.write_text("[http.version_labels.digits]\ncanary = 3\nstable = 2\n")
+    cfg = load_config(p, env={})
+    assert cfg.http.version_labels == (("digits", (("canary", 3), ("stable", 2))),)
+    assert load_config(None, env={}).http.version_labels == ()  # default: none set
 
 
 def test_defaults_are_safe(tmp_path: Path) -> None:

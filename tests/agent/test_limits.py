@@ -44,7 +44,7 @@ def test_right_token_opens_every_route_and_healthz_needs_none(start_agent: Any,
     assert c.get("/readyz").status == 200
     assert c.get("/metrics").status == 200
     r = c.post("/v1/models/digits:classify", body=digits_eval.png(0), content_type="image/png")
-    assert r.status == 200 and r.json()["result"][0][0][0] == str(digits_eval.y[0])
+    assert r.status == 200 and r.json()["results"][0][0][0] == str(digits_eval.y[0])
 
 
 @pytest.fixture

@@ -167,7 +167,7 @@ def test_classify_raw_image_returns_top_k_labels(client: Client, digits_eval: Di
                         content_type="image/png")
         assert r.status == 200, r.body
         doc = r.json()
-        (row,) = doc["result"]
+        (row,) = doc["results"]
         assert len(row) == 3 and all(isinstance(lbl, str) for lbl, _ in row)
         scores = [s for _, s in row]
         assert scores == sorted(scores, reverse=True)
@@ -182,8 +182,8 @@ def test_classify_tf_serving_examples_body(client: Client, digits_eval: DigitsEv
     assert r.status == 200
     doc = r.json()
     assert doc["model_spec"] == {"name": "digits", "version": "1"}
-    assert [row[0][0] for row in doc["result"]] == [str(v) for v in digits_eval.y[:4]]
-    assert all(len(row) == 5 for row in doc["result"])  # default k
+    assert [row[0][0] for row in doc["results"]] == [str(v) for v in digits_eval.y[:4]]
+    assert all(len(row) == 5 for row in doc["results"])  # default k
 
 
 def test_models_index_and_agent_status(client: Client) -> None:
@@ -258,32 +258,35 @@ def _post(client: Client, path: str, body: Any, ctype: str = "application/json")
 
 BAD = [  # (method, path, body, content type, status, message fragment)
     ("POST", "/v1/models/digits:predict", b"{not json", "application/json", 400,
-     "malformed JSON"),
-    ("POST", "/v1/models/digits:predict", b"", "application/json", 400, "empty request body"),
+     "JSON Parse error: Missing a name for object member. at offset: 1"),
+    ("POST", "/v1/models/digits:predict", b"", "application/json", 400,
+     "JSON Parse error: The document is empty"),
     ("POST", "/v1/models/digits:predict", [1, 2], "application/json", 400,
-     "must be a JSON object"),
+     "JSON Value: [1,2] Is not object"),
     ("POST", "/v1/models/digits:predict", {"instances": [], "inputs": []}, "application/json",
-     400, "not both"),
+     400, "expecting only one of 'inputs' or 'instances' keys to exist"),
     ("POST", "/v1/models/digits:predict", {"rows": []}, "application/json", 400,
-     '"instances" (row format)'),
-    ("POST", "/v1/models/digits:predict", {"instances": []}, "application/json", 400, "empty"),
+     "Missing 'inputs' or 'instances' key"),
+    ("POST", "/v1/models/digits:predict", {"instances": []}, "application/json", 400,
+     "No values in 'instances' array"),
     ("POST", "/v1/models/digits:predict", {"instances": [[1, 2, 3]]}, "application/json", 400,
      "expected shape [batch, 8, 8, 1], got [1, 3]"),
     ("POST", "/v1/models/digits:predict", {"instances": [[[["a"]] * 8] * 8]},
-     "application/json", 400, "expected numbers, got string"),
+     "application/json", 400, 'JSON Value: "a" Type: String is not of expected type: float'),
     ("POST", "/v1/models/digits:predict", {"instances": [[1], [2, 3]]}, "application/json", 400,
-     "regular nested list"),
+     "Failed to process element: 1 of 'instances' list. Error: Invalid argument: Expecting "
+     "tensor size: 1 but got: 2"),
     ("POST", "/v1/models/digits:predict", {"instances": [[[[0.5]] * 8] * 8] * 65},
      "application/json", 400, "over the limit of 64"),
     ("POST", "/v1/models/digits:predict", {"instances": [{"b64": "***"}]}, "application/json",
-     400, "invalid base64"),
+     400, "Unable to base64 decode"),
     ("POST", "/v1/models/digits:predict",
      {"instances": [{"b64": base64.b64encode(b"not an image").decode()}]}, "application/json",
      400, "not a decodable image"),
     ("POST", "/v1/models/digits:predict", {"instances": [{"pixels": [1]}]}, "application/json",
-     400, "unknown input name(s) 'pixels'"),
+     400, "JSON object: does not have named input: pixels"),
     ("POST", "/v1/models/digits:predict", {"signature_name": "other", "instances": [1]},
-     "application/json", 400, "unknown signature_name"),
+     "application/json", 400, 'Serving signature name: "other" not found in signature def'),
     ("POST", "/v1/models/digits:predict", b"\x00\x01\x02", "application/octet-stream", 400,
      "not a whole number"),
     ("POST", "/v1/models/nope:predict", {"instances": [1]}, "application/json", 404,
@@ -296,7 +299,8 @@ BAD = [  # (method, path, body, content type, status, message fragment)
     ("GET", "/v1/models/digits/versions/7", None, "", 404, "no version 7"),
     ("GET", "/v1/nothing/here", None, "", 404, "unknown route: GET /v1/nothing/here"),
     ("DELETE", "/v1/models/digits", None, "", 405, "method DELETE not allowed"),
-    ("POST", "/v1/models/digits:regress", {}, "application/json", 400, "not supported"),
+    ("POST", "/v1/models/digits:regress", {"examples": [{"x": 1.0}]}, "application/json", 400,
+     "Expected regression signature method_name to be tensorflow/serving/regress"),
     ("POST", "/v1/models/digits:classify", b"GIF89a-garbage", "image/gif", 400,
      "not a decodable image"),
     ("POST", "/v1/models/digits:classify", b"", "image/png", 400, "empty body"),

@@ -137,10 +137,10 @@ def test_hostile_16bit_pngs_keep_peak_rss_under_the_profile_budget(
     statuses = {s for _, s, _ in got}
     assert {s for png, s, _ in got if png is big} <= {413, 503} and 413 in statuses
     assert {s for png, s, _ in got if png is small} <= {200, 503} and 200 in statuses
-    assert all(doc["result"] == want.json()["result"] for png, s, doc in got if s == 200)
+    assert all(doc["results"] == want.json()["results"] for png, s, doc in got if s == 200)
     assert all("error" in doc for _, s, doc in got if s != 200)
     assert peak_mb <= budget_mb - model_mb
-    assert after.status == 200 and after.json()["result"] == want.json()["result"]
+    assert after.status == 200 and after.json()["results"] == want.json()["results"]
     assert "Traceback" not in "".join(agent.lines)
 
 
