@@ -199,12 +199,10 @@ class HttpMirrors:
             first = min(missing)
             offset, _ = plan.span(first)
             try:
-                deadline.check()
                 self._one_pass(mirrors, rel, plan, first, offset, missing, write, stop,
                                deadline)
-            except DownloadDeadlineError as e:
-                raise _late(e, f"{rel} over HTTP, {plan.count - len(missing)}/{plan.count} "
-                               "chunks present") from e
+            except DownloadDeadlineError:
+                raise
             except UpdateTransportError as e:
                 attempts += 1
                 if attempts > self.retries:
@@ -220,42 +218,52 @@ class HttpMirrors:
         last_err: Exception | None = None
         for m in mirrors:
             try:
-                resp = self._open(m + rel, deadline, offset)
-            except DownloadDeadlineError:
-                raise
-            except (tuf_exc.DownloadHTTPError, UpdateTransportError) as e:
-                last_err = e
-                continue
-            with resp:
-                skip = offset if resp.status == 200 else 0  # server ignored Range: skip the head
-                declared = resp.headers.get("Content-Length")
-                if declared is not None and declared.isdigit() and \
-                        int(declared) - skip > plan.length - offset:
-                    raise TargetMismatchError(
-                        f"{rel}: server announces {int(declared) + offset - skip} bytes, "
-                        f"signed length is {plan.length} (endless data refused)")
-                _drain(resp, skip)
-                for i in range(first, plan.count):
-                    if stop.is_set():
-                        return
-                    _, n = plan.span(i)
-                    data = _read_exact(resp, n)
-                    if len(data) < n:
-                        raise UpdateTransportError(
-                            f"{rel}: stream ended at byte {plan.span(i)[0] + len(data)} of "
-                            f"{plan.length} (truncated)")
-                    if i in missing:
-                        if hashlib.sha256(data).hexdigest() != plan.hashes[i]:
-                            raise TargetMismatchError(f"chunk {i} from {m}: sha256 is not "
-                                                      "the signed one (tampered)")
-                        write(i, data)
-                if resp.read(1):
-                    raise TargetMismatchError(f"{rel}: more bytes than the signed length "
-                                              f"{plan.length} (endless data refused)")
+                try:
+                    resp = self._open(m + rel, deadline, offset)
+                except DownloadDeadlineError:
+                    raise
+                except (tuf_exc.DownloadHTTPError, UpdateTransportError) as e:
+                    last_err = e
+                    continue
+                with resp:
+                    self._read_body(resp, m, rel, plan, first, offset, missing, write, stop)
                 return
+            except DownloadDeadlineError as e:
+                raise _late(e, f"{rel} from {m}, {plan.count - len(missing)}/{plan.count} "
+                               "chunks present") from e
         if isinstance(last_err, tuf_exc.DownloadHTTPError) and last_err.status_code == 404:
             raise BadAnnouncementError(f"no mirror has {rel}")
         raise UpdateTransportError(f"no mirror reachable for {rel}: {last_err}")
+
+    @staticmethod
+    def _read_body(resp: MirrorResponse, m: str, rel: str, plan: ChunkPlan, first: int,
+                   offset: int, missing: set[int], write: Write, stop: threading.Event) -> None:
+        """Chunks ``first``… from one response, each checked against its signed hash."""
+        skip = offset if resp.status == 200 else 0  # server ignored Range: skip the head
+        declared = resp.headers.get("Content-Length")
+        if declared is not None and declared.isdigit() and \
+                int(declared) - skip > plan.length - offset:
+            raise TargetMismatchError(
+                f"{rel}: server announces {int(declared) + offset - skip} bytes, "
+                f"signed length is {plan.length} (endless data refused)")
+        _drain(resp, skip)
+        for i in range(first, plan.count):
+            if stop.is_set():
+                return
+            _, n = plan.span(i)
+            data = _read_exact(resp, n)
+            if len(data) < n:
+                raise UpdateTransportError(
+                    f"{rel}: stream ended at byte {plan.span(i)[0] + len(data)} of "
+                    f"{plan.length} (truncated)")
+            if i in missing:
+                if hashlib.sha256(data).hexdigest() != plan.hashes[i]:
+                    raise TargetMismatchError(f"chunk {i} from {m}: sha256 is not the signed "
+                                              "one (tampered)")
+                write(i, data)
+        if resp.read(1):
+            raise TargetMismatchError(f"{rel}: more bytes than the signed length "
+                                      f"{plan.length} (endless data refused)")
 
 
 class _Body(Protocol):
