@@ -110,6 +110,7 @@ def get(url: str, *, deadline: Deadline, read_timeout_s: float, start: int = 0,
             sock = ctx.wrap_socket(sock, server_hostname=host)
         sock.settimeout(deadline.timeout(read_timeout_s))
         conn = http.client.HTTPConnection(host, port)
+        conn.default_port = 443 if https else 80  # Host: without the scheme's own port
         conn.sock = sock  # http.client formats and sends the request; the socket is ours
         headers = {"User-Agent": USER_AGENT, "Accept-Encoding": "identity",
                    "Connection": "close"}

@@ -310,6 +310,63 @@ def test_a_dripping_allowlisted_mirror_serving_metadata_is_cut_at_metadata_timeo
     assert_nothing_moved(dev, before)
 
 
+def test_a_mirror_cannot_redirect_the_device_or_drip_its_response_head(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Real sockets: a 302 to another host is an error, not followed; a response head
+    dripped one byte per 0.2 s (each receive well within the 0.5 s per-read bound) ends
+    at the 1 s deadline; no proxy from the environment is used."""
+    import socket
+
+    from tuf.api.exceptions import DownloadHTTPError
+
+    from edge_agent.update.mirror_http import get
+
+    monkeypatch.setenv("http_proxy", "http://127.0.0.1:9/")  # would refuse: never used
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen()
+    url = f"http://127.0.0.1:{srv.getsockname()[1]}/targets/t.tar"
+    requests: list[bytes] = []
+
+    def serve(reply: bytes, gap_s: float) -> None:
+        c, _ = srv.accept()
+        with c:
+            requests.append(c.recv(4096))
+            for i in range(len(reply)):
+                try:
+                    c.sendall(reply[i:i + 1] if gap_s else reply[i:])
+                except OSError:
+                    return
+                if not gap_s:
+                    return
+                time.sleep(gap_s)
+
+    def attempt(reply: bytes, gap_s: float) -> tuple[BaseException, float]:
+        t = threading.Thread(target=serve, args=(reply, gap_s))
+        t.start()
+        t0 = time.monotonic()
+        try:
+            with pytest.raises((DownloadHTTPError, DownloadDeadlineError)) as e:
+                get(url, deadline=Deadline(1.0, "test download not complete",
+                                           error=DownloadDeadlineError), read_timeout_s=0.5)
+            return e.value, time.monotonic() - t0
+        finally:
+            t.join(5)
+
+    try:
+        err, _ = attempt(b"HTTP/1.1 302 Found\r\nLocation: http://elsewhere.example/x\r\n"
+                         b"Content-Length: 0\r\n\r\n", 0)
+        assert isinstance(err, DownloadHTTPError) and err.status_code == 302
+        assert "not followed" in str(err)
+        err, took = attempt(b"HTTP/1.1 200 OK\r\n" + b"X-Slow: 1\r\n" * 50 + b"\r\n", 0.2)
+        assert isinstance(err, DownloadDeadlineError) and "within 1 s" in str(err)
+        assert 0.9 < took < 1.0 + SLACK_S, took
+    finally:
+        srv.close()
+    assert len(requests) == 2 and all(r.startswith(b"GET /targets/t.tar HTTP/1.1") and
+                                      b"Host: 127.0.0.1:" in r for r in requests), requests
+
+
 # --- pure cores -----------------------------------------------------------------------------
 
 
