@@ -202,6 +202,10 @@ class DownloadDeadlineError(UpdateTransportError):
 
     code = "deadline"
 
+    def abandoning(self, what: str) -> DownloadDeadlineError:
+        """The same failure, saying what was abandoned (source, progress)."""
+        return DownloadDeadlineError(f"{self}; abandoned {what}")
+
 
 def error_code(e: BaseException) -> str:
     """The short code reported in events (``"rejected"`` for an unknown UpdateError).

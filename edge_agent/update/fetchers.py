@@ -3,9 +3,10 @@
 The ``Updater`` asks for URLs under ``announce:///metadata/`` and ``announce:///targets/``;
 :class:`AnnouncementFetcher` answers from, in order: the files inlined in the
 announcement, MQTT chunks (:class:`MqttChunks`), then HTTP(S) mirrors
-(:class:`HttpMirrors`). None of these sources is trusted: python-tuf verifies every
-metadata file, and a target is written to staging only chunk by chunk after each chunk
-matched its *signed* sha256, so resuming never trusts bytes from before a crash. Which
+(:class:`~edge_agent.update.mirror_http.HttpMirrors`). None of these sources is trusted:
+python-tuf verifies every metadata file, and a target is written to staging only chunk
+by chunk after each chunk matched its *signed* sha256, so resuming never trusts bytes
+from before a crash. Which
 announced mirrors may be asked at all is :mod:`edge_agent.update.mirrors`' decision:
 metadata only from ``update.mirror_allowlist``, the target also from the mirrors its
 signed entry names.
@@ -24,11 +25,9 @@ UpdateTransportError (stalled, unreachable: retried later) or its DownloadDeadli
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import os
 import queue
-import ssl
 import threading
 import time
 from collections import deque
@@ -41,14 +40,14 @@ from tuf.ngclient import FetcherInterface
 
 from edge_agent.deadline import Deadline
 from edge_agent.mqtt.topics import FleetTopics
-from edge_agent.update import faults, mirror_http
+from edge_agent.update import faults
 from edge_agent.update.errors import (
     BadAnnouncementError,
     DownloadDeadlineError,
     TargetMismatchError,
     UpdateTransportError,
 )
-from edge_agent.update.mirror_http import MirrorResponse
+from edge_agent.update.mirror_http import HttpMirrors, Write
 from edge_agent.update.mirrors import MirrorChoice
 from edge_agent.update.staging import Staging
 from edge_agent.update.wire import (
@@ -61,8 +60,6 @@ from edge_agent.update.wire import (
 log = logging.getLogger(__name__)
 
 BASE_URL = "announce:///"
-READ_BYTES = 64 * 1024
-Write = Callable[[int, bytes], None]
 Progress = Callable[[int, int, str], None]  # chunks present, chunks total, source
 
 
@@ -134,161 +131,10 @@ class MqttChunks:
                 last = time.monotonic()
                 fill()
         except DownloadDeadlineError as e:
-            raise _late(e, f"MQTT chunks: {present()}") from e
+            raise e.abandoning(f"MQTT chunks: {present()}") from e
         finally:
             for unsub in subs.values():
                 unsub()
-
-
-def _late(e: DownloadDeadlineError, detail: str) -> DownloadDeadlineError:
-    """The deadline's error with what was abandoned (source, progress)."""
-    return DownloadDeadlineError(f"{e}; abandoned {detail}")
-
-
-class HttpMirrors:
-    """GET ``<mirror>metadata/…`` and ``<mirror>targets/…`` under the update's deadline.
-
-    Which mirrors may be asked is decided per file by :class:`AnnouncementFetcher` (see
-    :mod:`edge_agent.update.mirrors`); every request is :func:`mirror_http.get`.
-    """
-
-    def __init__(self, *, timeout_s: float, retries: int,
-                 ssl_context: ssl.SSLContext | None = None) -> None:
-        self.timeout_s = timeout_s  # per socket operation (connect, handshake, receive)
-        self.retries = retries
-        self.ssl_context = ssl_context
-
-    def _open(self, url: str, deadline: Deadline, start: int = 0) -> MirrorResponse:
-        return mirror_http.get(url, deadline=deadline, read_timeout_s=self.timeout_s,
-                               start=start, ssl_context=self.ssl_context)
-
-    def stream(self, mirrors: tuple[str, ...], rel: str, deadline: Deadline) -> Iterator[bytes]:
-        """Body of ``rel`` from the first mirror that has it (ngclient caps the length)."""
-        last: Exception | None = None
-        for m in mirrors:
-            try:
-                resp = self._open(m + rel, deadline)
-            except DownloadDeadlineError:
-                raise
-            except (tuf_exc.DownloadHTTPError, UpdateTransportError) as e:
-                last = e
-                continue
-            with resp:
-                try:
-                    while block := resp.read(READ_BYTES):
-                        yield block
-                except DownloadDeadlineError as e:
-                    raise _late(e, f"{rel} from {m}") from e
-                return
-        if isinstance(last, tuf_exc.DownloadHTTPError):
-            raise last
-        raise UpdateTransportError(f"no mirror could serve {rel}: {last}")
-
-    def fetch(self, mirrors: tuple[str, ...], rel: str, plan: ChunkPlan, missing: set[int],
-              write: Write, *, deadline: Deadline, stop: threading.Event) -> None:
-        """Fill ``missing`` chunk slots with resumed (Range) GETs, verifying each slot.
-
-        A stream that ends early is resumed up to ``retries`` times; one that goes on past
-        the signed length is refused at once (endless data); one still running at
-        ``deadline`` is abandoned mid-read (DownloadDeadlineError, never resumed here).
-        """
-        attempts = 0
-        while missing:
-            if stop.is_set():
-                raise Cancelled("agent stopping; the download resumes at the next start")
-            first = min(missing)
-            offset, _ = plan.span(first)
-            try:
-                self._one_pass(mirrors, rel, plan, first, offset, missing, write, stop,
-                               deadline)
-            except DownloadDeadlineError:
-                raise
-            except UpdateTransportError as e:
-                attempts += 1
-                if attempts > self.retries:
-                    raise UpdateTransportError(
-                        f"download incomplete after {attempts} attempts: "
-                        f"{plan.count - len(missing)}/{plan.count} chunks ({e})") from e
-                log.info("update: HTTP download interrupted (%s); resuming", e)
-                stop.wait(min(2.0, 0.2 * attempts, max(0.0, deadline.left())))
-
-    def _one_pass(self, mirrors: tuple[str, ...], rel: str, plan: ChunkPlan, first: int,
-                  offset: int, missing: set[int], write: Write, stop: threading.Event,
-                  deadline: Deadline) -> None:
-        last_err: Exception | None = None
-        for m in mirrors:
-            try:
-                try:
-                    resp = self._open(m + rel, deadline, offset)
-                except DownloadDeadlineError:
-                    raise
-                except (tuf_exc.DownloadHTTPError, UpdateTransportError) as e:
-                    last_err = e
-                    continue
-                with resp:
-                    self._read_body(resp, m, rel, plan, first, offset, missing, write, stop)
-                return
-            except DownloadDeadlineError as e:
-                raise _late(e, f"{rel} from {m}, {plan.count - len(missing)}/{plan.count} "
-                               "chunks present") from e
-        if isinstance(last_err, tuf_exc.DownloadHTTPError) and last_err.status_code == 404:
-            raise BadAnnouncementError(f"no mirror has {rel}")
-        raise UpdateTransportError(f"no mirror reachable for {rel}: {last_err}")
-
-    @staticmethod
-    def _read_body(resp: MirrorResponse, m: str, rel: str, plan: ChunkPlan, first: int,
-                   offset: int, missing: set[int], write: Write, stop: threading.Event) -> None:
-        """Chunks ``first``… from one response, each checked against its signed hash."""
-        skip = offset if resp.status == 200 else 0  # server ignored Range: skip the head
-        declared = resp.headers.get("Content-Length")
-        if declared is not None and declared.isdigit() and \
-                int(declared) - skip > plan.length - offset:
-            raise TargetMismatchError(
-                f"{rel}: server announces {int(declared) + offset - skip} bytes, "
-                f"signed length is {plan.length} (endless data refused)")
-        _drain(resp, skip)
-        for i in range(first, plan.count):
-            if stop.is_set():
-                return
-            _, n = plan.span(i)
-            data = _read_exact(resp, n)
-            if len(data) < n:
-                raise UpdateTransportError(
-                    f"{rel}: stream ended at byte {plan.span(i)[0] + len(data)} of "
-                    f"{plan.length} (truncated)")
-            if i in missing:
-                if hashlib.sha256(data).hexdigest() != plan.hashes[i]:
-                    raise TargetMismatchError(f"chunk {i} from {m}: sha256 is not the signed "
-                                              "one (tampered)")
-                write(i, data)
-        if resp.read(1):
-            raise TargetMismatchError(f"{rel}: more bytes than the signed length "
-                                      f"{plan.length} (endless data refused)")
-
-
-class _Body(Protocol):
-    def read(self, n: int) -> bytes: ...
-
-
-def _drain(resp: _Body, n: int) -> None:
-    while n > 0:
-        block = resp.read(min(n, READ_BYTES))
-        if not block:
-            raise UpdateTransportError("stream ended while skipping to the resume offset")
-        n -= len(block)
-
-
-def _read_exact(resp: _Body, n: int) -> bytes:
-    """``n`` bytes, or fewer at the end of the stream (each read bounded by the deadline)."""
-    parts: list[bytes] = []
-    got = 0
-    while got < n:
-        block = resp.read(n - got)
-        if not block:
-            break
-        parts.append(block)
-        got += len(block)
-    return b"".join(parts)
 
 
 class AnnouncementFetcher(FetcherInterface):
@@ -408,6 +254,8 @@ class AnnouncementFetcher(FetcherInterface):
                 self.sources.append(source)
                 self.http.fetch(self.target_mirrors, rel, plan, missing, write,
                                 deadline=self.deadline, stop=self.stop)
+            if missing and self.stop.is_set():
+                raise Cancelled("agent stopping; the download resumes at the next start")
             if missing:
                 raise BadAnnouncementError(
                     f"{rel}: {len(missing)} chunks missing and the announcement offers no "

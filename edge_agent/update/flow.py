@@ -50,13 +50,8 @@ from edge_agent.update.errors import (
     disk_code,
     error_code,
 )
-from edge_agent.update.fetchers import (
-    AnnouncementFetcher,
-    Cancelled,
-    HttpMirrors,
-    MqttChunks,
-    PubSub,
-)
+from edge_agent.update.fetchers import AnnouncementFetcher, Cancelled, MqttChunks, PubSub
+from edge_agent.update.mirror_http import HttpMirrors
 from edge_agent.update.probation import (
     ProbationMonitor,
     ProbationPolicy,

@@ -1,4 +1,9 @@
-"""One HTTP(S) GET from a mirror in which no wait outlives the update's deadline (IO shell).
+"""The HTTP(S) mirror transport: bounded GETs, resumed and verified (IO shell).
+
+:func:`get` is one GET in which no wait outlives the update's deadline;
+:class:`HttpMirrors` fills a target's chunk slots from mirrors with resumed (``Range``)
+GETs, each slot checked against its *signed* sha256 before it is written, and streams
+metadata files.
 
 Why not ``urllib``: its socket timeout bounds one receive, not a response. A mirror that
 sends a byte just before each timeout kept ``read(n)`` looping (and the single update
@@ -16,25 +21,41 @@ any URL, past ``update.mirror_allowlist``. Here:
 
 Raises tuf's ``DownloadHTTPError`` (status >= 300, with the code), UpdateTransportError
 (unreachable, connection lost, nothing received for ``read_timeout_s``, a malformed
-response) and the deadline's error (``DownloadDeadlineError`` on the update path).
+response) and the deadline's error (``DownloadDeadlineError`` on the update path);
+HttpMirrors also TargetMismatchError (tampered, endless data) and BadAnnouncementError
+(no mirror has the file).
 """
 
 from __future__ import annotations
 
+import hashlib
 import http.client
 import io
+import logging
 import socket
 import ssl
+import threading
+from collections.abc import Callable, Iterator
 from types import TracebackType
-from typing import cast
+from typing import Protocol, cast
 from urllib.parse import urlsplit
 
 from tuf.api import exceptions as tuf_exc
 
 from edge_agent.deadline import Deadline, SocketReader
-from edge_agent.update.errors import UpdateTransportError
+from edge_agent.update.errors import (
+    BadAnnouncementError,
+    DownloadDeadlineError,
+    TargetMismatchError,
+    UpdateTransportError,
+)
+from edge_agent.update.wire import ChunkPlan
+
+log = logging.getLogger(__name__)
 
 USER_AGENT = "edge-agent-update/1"
+READ_BYTES = 64 * 1024
+Write = Callable[[int, bytes], None]  # chunk index, verified data
 
 
 class _Source:
@@ -143,3 +164,148 @@ def get(url: str, *, deadline: Deadline, read_timeout_s: float, start: int = 0,
         sock.close()
         raise tuf_exc.DownloadHTTPError(f"{url}: {what}", resp.status)
     return MirrorResponse(url, sock, resp)
+
+
+class HttpMirrors:
+    """GET ``<mirror>metadata/…`` and ``<mirror>targets/…`` under the update's deadline.
+
+    Which mirrors may be asked is decided per file by the caller
+    (:class:`~edge_agent.update.fetchers.AnnouncementFetcher`, see
+    :mod:`edge_agent.update.mirrors`); every request is :func:`get`.
+    """
+
+    def __init__(self, *, timeout_s: float, retries: int,
+                 ssl_context: ssl.SSLContext | None = None) -> None:
+        self.timeout_s = timeout_s  # per socket operation (connect, handshake, receive)
+        self.retries = retries
+        self.ssl_context = ssl_context
+
+    def _open(self, url: str, deadline: Deadline, start: int = 0) -> MirrorResponse:
+        return get(url, deadline=deadline, read_timeout_s=self.timeout_s, start=start,
+                   ssl_context=self.ssl_context)
+
+    def stream(self, mirrors: tuple[str, ...], rel: str, deadline: Deadline) -> Iterator[bytes]:
+        """Body of ``rel`` from the first mirror that has it (ngclient caps the length)."""
+        last: Exception | None = None
+        for m in mirrors:
+            try:
+                resp = self._open(m + rel, deadline)
+            except DownloadDeadlineError:
+                raise
+            except (tuf_exc.DownloadHTTPError, UpdateTransportError) as e:
+                last = e
+                continue
+            with resp:
+                try:
+                    while block := resp.read(READ_BYTES):
+                        yield block
+                except DownloadDeadlineError as e:
+                    raise e.abandoning(f"{rel} from {m}") from e
+                return
+        if isinstance(last, tuf_exc.DownloadHTTPError):
+            raise last
+        raise UpdateTransportError(f"no mirror could serve {rel}: {last}")
+
+    def fetch(self, mirrors: tuple[str, ...], rel: str, plan: ChunkPlan, missing: set[int],
+              write: Write, *, deadline: Deadline, stop: threading.Event) -> None:
+        """Fill ``missing`` chunk slots with resumed (Range) GETs, verifying each slot.
+
+        A stream that ends early is resumed up to ``retries`` times; one that goes on past
+        the signed length is refused at once (endless data); one still running at
+        ``deadline`` is abandoned mid-read (DownloadDeadlineError, never resumed here).
+        """
+        attempts = 0
+        while missing and not stop.is_set():  # stopping: the caller sees what is missing
+            first = min(missing)
+            offset, _ = plan.span(first)
+            try:
+                self._one_pass(mirrors, rel, plan, first, offset, missing, write, stop,
+                               deadline)
+            except DownloadDeadlineError:
+                raise
+            except UpdateTransportError as e:
+                attempts += 1
+                if attempts > self.retries:
+                    raise UpdateTransportError(
+                        f"download incomplete after {attempts} attempts: "
+                        f"{plan.count - len(missing)}/{plan.count} chunks ({e})") from e
+                log.info("update: HTTP download interrupted (%s); resuming", e)
+                stop.wait(min(2.0, 0.2 * attempts, max(0.0, deadline.left())))
+
+    def _one_pass(self, mirrors: tuple[str, ...], rel: str, plan: ChunkPlan, first: int,
+                  offset: int, missing: set[int], write: Write, stop: threading.Event,
+                  deadline: Deadline) -> None:
+        last_err: Exception | None = None
+        for m in mirrors:
+            try:
+                try:
+                    resp = self._open(m + rel, deadline, offset)
+                except DownloadDeadlineError:
+                    raise
+                except (tuf_exc.DownloadHTTPError, UpdateTransportError) as e:
+                    last_err = e
+                    continue
+                with resp:
+                    self._read_body(resp, m, rel, plan, first, offset, missing, write, stop)
+                return
+            except DownloadDeadlineError as e:
+                raise e.abandoning(f"{rel} from {m}, {plan.count - len(missing)}/"
+                                   f"{plan.count} chunks present") from e
+        if isinstance(last_err, tuf_exc.DownloadHTTPError) and last_err.status_code == 404:
+            raise BadAnnouncementError(f"no mirror has {rel}")
+        raise UpdateTransportError(f"no mirror reachable for {rel}: {last_err}")
+
+    @staticmethod
+    def _read_body(resp: MirrorResponse, m: str, rel: str, plan: ChunkPlan, first: int,
+                   offset: int, missing: set[int], write: Write, stop: threading.Event) -> None:
+        """Chunks ``first``… from one response, each checked against its signed hash."""
+        skip = offset if resp.status == 200 else 0  # server ignored Range: skip the head
+        declared = resp.headers.get("Content-Length")
+        if declared is not None and declared.isdigit() and \
+                int(declared) - skip > plan.length - offset:
+            raise TargetMismatchError(
+                f"{rel}: server announces {int(declared) + offset - skip} bytes, "
+                f"signed length is {plan.length} (endless data refused)")
+        _drain(resp, skip)
+        for i in range(first, plan.count):
+            if stop.is_set():
+                return
+            _, n = plan.span(i)
+            data = _read_exact(resp, n)
+            if len(data) < n:
+                raise UpdateTransportError(
+                    f"{rel}: stream ended at byte {plan.span(i)[0] + len(data)} of "
+                    f"{plan.length} (truncated)")
+            if i in missing:
+                if hashlib.sha256(data).hexdigest() != plan.hashes[i]:
+                    raise TargetMismatchError(f"chunk {i} from {m}: sha256 is not the signed "
+                                              "one (tampered)")
+                write(i, data)
+        if resp.read(1):
+            raise TargetMismatchError(f"{rel}: more bytes than the signed length "
+                                      f"{plan.length} (endless data refused)")
+
+
+class _Body(Protocol):
+    def read(self, n: int) -> bytes: ...
+
+
+def _drain(resp: _Body, n: int) -> None:
+    while n > 0:
+        block = resp.read(min(n, READ_BYTES))
+        if not block:
+            raise UpdateTransportError("stream ended while skipping to the resume offset")
+        n -= len(block)
+
+
+def _read_exact(resp: _Body, n: int) -> bytes:
+    """``n`` bytes, or fewer at the end of the stream (each read bounded by the deadline)."""
+    parts: list[bytes] = []
+    got = 0
+    while got < n:
+        block = resp.read(n - got)
+        if not block:
+            break
+        parts.append(block)
+        got += len(block)
+    return b"".join(parts)
