@@ -164,7 +164,10 @@ def one_update(agent: Any, repo: Any, signers: list[Any], broker_url: str, bundl
     remove = agent.hooks.on_event(lambda e: events.append(e) if e.kind.startswith("update.")
                                   else None)
     try:
-        path, data, spec = sign_bundle(repo, bundle, signers, audience=aud, chunk_size=chunk)
+        # the mirror is signed into the target's entry: devices ignore a mirror that only
+        # the (unsigned) announcement names
+        path, data, spec = sign_bundle(repo, bundle, signers, audience=aud, chunk_size=chunk,
+                                       mirrors=(mirror,) if transport == "http" else ())
         sha = hashlib.sha256(data).hexdigest()
         b = Broker(broker_url)
         try:

@@ -22,7 +22,10 @@ was signed elsewhere; (2) publishes the target as retained, fixed-size chunks on
 an interrupted publish); (3) announces it, retained, on ``edge/<device>/update/announce``
 per device or ``edge/group/<g>/update/announce``. ``--http-url`` adds a mirror
 (``edge-fleet serve REPO``, any static server or an S3-compatible bucket holding
-the repository) that devices use when chunks are not on MQTT or stall.
+the repository) that devices use when chunks are not on MQTT or stall: it is signed
+into the target's entry (``custom.edge.mirrors``), because devices ignore a mirror that
+only the unsigned announcement names (unless their ``[update] mirror_allowlist`` has
+it). With ``--signed-metadata`` the mirror is whatever that metadata signed.
 
 Publishing is all or nothing towards the repository (:mod:`fleet.staged`): the release
 is signed in memory first (a missing key, e.g. the timestamp key, fails with exit 2 and
@@ -53,6 +56,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import logging
+import re
 import threading
 import time
 import uuid
@@ -187,7 +191,11 @@ Connect = Callable[[MqttConfig | str], Link]
 
 
 def _bundle_target(bundle_path: Path, audience: Audience, chunk_size: int,
-                   probation: ProbationTerms | None = None) -> tuple[str, bytes, TargetSpec]:
+                   probation: ProbationTerms | None = None,
+                   mirrors: tuple[str, ...] = ()) -> tuple[str, bytes, TargetSpec]:
+    bad = [m for m in mirrors if not re.match(r"^https?://[^\s]+$", m)]
+    if bad:
+        raise BadInputError(f"--http-url {bad[0]!r}: expected an http:// or https:// URL")
     bundle = read_bundle(bundle_path)
     if not bundle.manifest.target_profiles:
         raise BadInputError(f"{bundle_path}: manifest lists no target_profiles; devices "
@@ -195,20 +203,22 @@ def _bundle_target(bundle_path: Path, audience: Audience, chunk_size: int,
     data = tar_bytes(bundle)
     spec = TargetSpec("model", audience, bundle.name, bundle.version,
                       bundle.manifest.target_profiles, ChunkPlan.for_data(data, chunk_size),
-                      probation)
+                      probation, mirrors)
     return target_path_for_model(bundle.name, bundle.version), data, spec
 
 
 def sign_bundle(repo: FleetRepo, bundle_path: Path, signers: Sequence[Signer], *,
                 audience: Audience, chunk_size: int = DEFAULT_CHUNK,
                 expires: dict[str, datetime] | None = None,
-                probation: ProbationTerms | None = None) -> tuple[str, bytes, TargetSpec]:
+                probation: ProbationTerms | None = None,
+                mirrors: tuple[str, ...] = ()) -> tuple[str, bytes, TargetSpec]:
     """Add the bundle to the repository and release signed metadata; returns path, tar, spec.
 
     (Signing on an offline copy: nothing is announced, so the release is committed at once.)
-    The release drops every earlier command from the targets metadata.
+    The release drops every earlier command from the targets metadata. ``mirrors`` are
+    signed into the target's entry: devices may fetch it from them.
     """
-    path, data, spec = _bundle_target(bundle_path, audience, chunk_size, probation)
+    path, data, spec = _bundle_target(bundle_path, audience, chunk_size, probation, mirrors)
     repo.add_targets({path: (data, spec)}, signers, expires=expires)
     return path, data, spec
 
@@ -271,7 +281,8 @@ def publish(repo: FleetRepo, bundle_path: Path, signers: Sequence[Signer], *,
         raise BadInputError("name at least one --device or a --group")
     staged: StagedRelease | None = None
     if signed_metadata is None:
-        path, data, spec = _bundle_target(bundle_path, audience, chunk_size, probation)
+        path, data, spec = _bundle_target(bundle_path, audience, chunk_size, probation,
+                                          (http_url,) if http_url else ())
         staged = _stage(repo, {path: (data, spec)}, signers)
         spec = _spec_in(staged, path)  # a resumed release keeps its own chunk plan
         files = repo.announce_files(staged)
@@ -425,7 +436,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("bundle", type=Path, help="bundle directory or .tar")
     _common(p)
     p.add_argument("--http-url", metavar="URL",
-                   help="mirror serving the repository (edge-fleet serve REPO)")
+                   help="mirror serving the repository (edge-fleet serve REPO); signed "
+                        "into the target's entry so devices may use it")
     p.add_argument("--chunk-size", type=int, default=DEFAULT_CHUNK, metavar="BYTES")
     p.add_argument("--no-mqtt-chunks", action="store_true",
                    help="announce only; devices download from --http-url")

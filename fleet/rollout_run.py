@@ -218,7 +218,9 @@ class Rollout:
             else Audience(devices=tuple(sorted(st.devices)))
         path, _data, spec = sign_bundle(FleetRepo(self.req.repo), self.req.bundle,
                                         self.signers, audience=audience,
-                                        chunk_size=self.req.chunk_size)
+                                        chunk_size=self.req.chunk_size,
+                                        mirrors=(self.req.http_url,) if self.req.http_url
+                                        else ())
         files = FleetRepo(self.req.repo).announce_files()
         ann = Announcement(path, files, chunks=spec.chunks is not None,
                            mirrors=(self.req.http_url,) if self.req.http_url else (),

@@ -136,10 +136,12 @@ class UpdateResult(StrEnum):
 
 # ``code`` of an ``update.failed`` the device retries by itself (after retry_backoff_s):
 # trouble of the transport or of the device's own disk, never the release's fault, so
-# a rollout does not count it against the release. ``disk``: not enough free space
+# a rollout does not count it against the release. ``deadline``: a source still sending
+# at update.download_timeout_s was abandoned (a dripping mirror). ``disk``: not enough free space
 # before staging; ``disk_full`` / ``read_only`` / ``io_error``: a write failed with
 # ENOSPC or EDQUOT / EROFS / EIO.
-RETRIED_CODES: tuple[str, ...] = ("transport", "disk", "disk_full", "read_only", "io_error")
+RETRIED_CODES: tuple[str, ...] = ("transport", "deadline", "disk", "disk_full", "read_only",
+                                 "io_error")
 
 RESULT_MEANING: dict[UpdateResult, str] = {
     UpdateResult.COMMITTED: "the new version passed probation and serves",

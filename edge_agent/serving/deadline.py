@@ -12,18 +12,19 @@ deadline for the whole of it:
 
 Every receive is given at most what is left of its phase's deadline (and never more than
 ``idle_timeout_s``); when nothing is left it raises :class:`TimeoutError` naming the phase.
-The HTTP side (:mod:`edge_agent.serving.http`) answers 408 and closes the connection.
+The HTTP side (:mod:`edge_agent.serving.http`) answers 408 and closes the connection. The
+deadline and the bounded receive are :mod:`edge_agent.deadline`'s (shared with the update
+downloads); this module adds the request phases.
 """
 
 from __future__ import annotations
 
-import io
 import socket
-import time
-from typing import Any
+
+from edge_agent.deadline import Deadline, SocketReader
 
 
-class DeadlineReader(io.RawIOBase):
+class DeadlineReader(SocketReader):
     """``recv_into`` under the current phase's deadline; wrap it in an ``io.BufferedReader``.
 
     Raises TimeoutError (the phase's deadline passed, or one receive waited
@@ -31,46 +32,32 @@ class DeadlineReader(io.RawIOBase):
     """
 
     def __init__(self, sock: socket.socket, idle_timeout_s: float) -> None:
-        super().__init__()
-        self._sock = sock
+        super().__init__(sock, idle_timeout_s)
         self.idle_timeout_s = idle_timeout_s
-        self._deadline: float | None = None
         self._pending_s: float | None = None  # a head deadline that starts at its first byte
         self.phase = "request"
         self.timeout_s = idle_timeout_s
 
-    def readable(self) -> bool:
-        return True
-
     def await_head(self, head_timeout_s: float) -> None:
         """Idle until the next request's first byte, then ``head_timeout_s`` for its head."""
-        self._deadline, self._pending_s = None, head_timeout_s
+        self.deadline, self._pending_s = None, head_timeout_s
         self.phase, self.timeout_s = "request head", head_timeout_s
 
     def start(self, phase: str, timeout_s: float) -> None:
         """From now, ``timeout_s`` in total for ``phase`` (e.g. ``request body``)."""
-        self._deadline, self._pending_s = time.monotonic() + timeout_s, None
+        self.deadline, self._pending_s = Deadline(timeout_s, f"{phase} not received"), None
         self.phase, self.timeout_s = phase, timeout_s
 
     def clear(self) -> None:
         """End of a phase: back to the idle timeout (also for the response's writes)."""
-        self._deadline = self._pending_s = None
+        self.deadline = self._pending_s = None
         self._sock.settimeout(self.idle_timeout_s)
 
-    def readinto(self, buf: Any) -> int:
-        timeout = self.idle_timeout_s
-        if self._deadline is not None:
-            left = self._deadline - time.monotonic()
-            if left <= 0:
-                raise TimeoutError(f"{self.phase} not received within {self.timeout_s:g} s")
-            timeout = min(timeout, left)
-        self._sock.settimeout(timeout)
-        try:
-            n = self._sock.recv_into(buf)
-        except TimeoutError as e:
-            raise TimeoutError(f"{self.phase} not received within {self.timeout_s:g} s"
-                               if self._deadline is not None else
-                               f"connection idle for {self.idle_timeout_s:g} s") from e
+    def stalled_error(self) -> Exception:
+        if self.deadline is not None:
+            return TimeoutError(self.deadline.message())
+        return TimeoutError(f"connection idle for {self.idle_timeout_s:g} s")
+
+    def received(self, n: int) -> None:
         if n and self._pending_s is not None:
             self.start(self.phase, self._pending_s)
-        return n

@@ -7,6 +7,8 @@ Example (TOML)::
     dir = "/var/lib/edge/update"         # trusted metadata, staging, state.json
     groups = ["line-3"]                  # group announcements this device follows
     transport = "auto"                   # auto (MQTT chunks, else HTTP mirror) | mqtt | http
+    download_timeout_s = 900             # all downloads of one attempt, abandoned mid-read
+    mirror_allowlist = ["https://updates.example/"]  # default []: only signed mirrors
     keep_versions = 3                    # installed versions kept (active + previous always)
     probation_s = 60                     # serve the new model this long before committing
     check_timeout_s = 60                 # candidate check in a child: time limit
@@ -46,12 +48,17 @@ class UpdateConfig:
     min_free_bytes: int = 32 << 20  # disk that must stay free after staging + install
     max_announcement_bytes: int = 1 << 20
     chunk_window: int = 8  # MQTT chunk topics subscribed at once (flow control)
-    download_timeout_s: float = 900.0  # whole download, across broker restarts
-    stall_timeout_s: float = 120.0  # no new chunk/byte for this long → give up (retried later)
-    http_timeout_s: float = 20.0  # per request / socket read
+    # every download of one attempt (metadata + target, inline/MQTT/HTTP), enforced inside
+    # the read loops: a dripping source is abandoned mid-read (update.failed, "deadline")
+    download_timeout_s: float = 900.0
+    metadata_timeout_s: float = 60.0  # each metadata file, within download_timeout_s
+    stall_timeout_s: float = 120.0  # no new chunk for this long → give up (retried later)
+    http_timeout_s: float = 20.0  # per socket operation: connect, TLS handshake, one receive
     http_retries: int = 5  # resumed (Range) attempts after a dropped connection
     http_ca_file: Path | None = None  # for https mirrors (default: system CAs)
-    mirror_allowlist: tuple[str, ...] = ()  # URL prefixes mirrors must start with (empty: any)
+    # URL prefixes (path boundary) of mirrors this device trusts for metadata and targets;
+    # empty: only mirrors the target's signed entry names (never the announcement's own)
+    mirror_allowlist: tuple[str, ...] = ()
     probation_s: float = 60.0
     probation_min_requests: int = 20  # judged requests before errors may fail probation
     probation_min_clients: int = 1  # distinct clients among them (REST peer address, source)
@@ -59,7 +66,8 @@ class UpdateConfig:
     probation_max_latency_ratio: float = 3.0  # median new/old of interleaved paired timings
     probation_latency_floor_ms: float = 50.0  # paired new p95 under this is never "too slow"
     probation_max_crashes: int = 0  # agent restarts during probation tolerated
-    retry_backoff_s: float = 30.0  # transport failure → retry the announcement after this
+    retry_backoff_s: float = 30.0  # transport failure → retry the announcement after this,
+    retry_backoff_max_s: float = 3600.0  # doubling per failure of the same one, up to this
     # the candidate check (test-load + golden vectors) runs in a child process with limits
     check_timeout_s: float = 60.0  # wall clock for the child: start, load, golden vectors
     check_memory_mb: int = 0  # the child's RLIMIT_DATA; 0: the profile's memory_budget_mb
@@ -97,6 +105,8 @@ class UpdateConfig:
             chunk_window=t.integer("chunk_window", d.chunk_window, 1),
             download_timeout_s=t.number("download_timeout_s", d.download_timeout_s, 0.1,
                                         exclusive=False),
+            metadata_timeout_s=t.number("metadata_timeout_s", d.metadata_timeout_s, 0.1,
+                                        exclusive=False),
             stall_timeout_s=t.number("stall_timeout_s", d.stall_timeout_s, 0.1,
                                      exclusive=False),
             http_timeout_s=t.number("http_timeout_s", d.http_timeout_s, 0.1, exclusive=False),
@@ -119,6 +129,8 @@ class UpdateConfig:
                                                 exclusive=False),
             probation_max_crashes=t.integer("probation_max_crashes", d.probation_max_crashes, 0),
             retry_backoff_s=t.number("retry_backoff_s", d.retry_backoff_s, 0.0, exclusive=False),
+            retry_backoff_max_s=t.number("retry_backoff_max_s", d.retry_backoff_max_s, 0.0,
+                                         exclusive=False),
         )
         kw.update(  # the candidate check's limits (edge_agent.update.check)
             check_timeout_s=t.number("check_timeout_s", d.check_timeout_s, 0.5, 3600.0,

@@ -25,8 +25,10 @@
     └── InternalUpdateError      internal     a bug in the update path; attempt given up
     UpdateTransportError (edge_agent.errors.TransportError)
     │                            transport    download stalled or failed: retried, not blamed
-    └── InsufficientSpaceError   disk         not enough free disk for staging + install:
-                                              the device's condition, retried like transport
+    ├── InsufficientSpaceError   disk         not enough free disk for staging + install:
+    │                                         the device's condition, retried like transport
+    └── DownloadDeadlineError    deadline     the update's downloads outlived their deadline
+                                              (a dripping source): abandoned, retried later
     OSError from the device's disk (not wrapped; :func:`error_code` names it, retried):
                                  disk_full    ENOSPC / EDQUOT    read_only  EROFS
                                  io_error     EIO
@@ -59,6 +61,7 @@ __all__ = [
     "CommandRejectedError",
     "CommandReplayedError",
     "CommandVersionError",
+    "DownloadDeadlineError",
     "ExpiredMetadataError",
     "InsufficientSpaceError",
     "InternalUpdateError",
@@ -207,6 +210,18 @@ SPACE_CODES = frozenset({"disk", "disk_full"})  # lack of space: staged bytes ar
 def disk_code(e: BaseException) -> str | None:
     """``disk_full`` / ``read_only`` / ``io_error`` for an OSError of the device's disk."""
     return DISK_CODES.get(e.errno or 0) if isinstance(e, OSError) else None
+
+
+class DownloadDeadlineError(UpdateTransportError):
+    """The update's downloads (metadata and target, every source) were not done within
+    ``update.download_timeout_s`` (or a metadata file within ``metadata_timeout_s``): the
+    source is abandoned mid-read, the attempt fails, and it is retried after a backoff."""
+
+    code = "deadline"
+
+    def abandoning(self, what: str) -> DownloadDeadlineError:
+        """The same failure, saying what was abandoned (source, progress)."""
+        return DownloadDeadlineError(f"{self}; abandoned {what}")
 
 
 def error_code(e: BaseException) -> str:

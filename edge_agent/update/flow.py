@@ -51,13 +51,8 @@ from edge_agent.update.errors import (
     error_code,
     from_bundle,
 )
-from edge_agent.update.fetchers import (
-    AnnouncementFetcher,
-    Cancelled,
-    HttpMirrors,
-    MqttChunks,
-    PubSub,
-)
+from edge_agent.update.fetchers import AnnouncementFetcher, Cancelled, MqttChunks, PubSub
+from edge_agent.update.mirror_http import HttpMirrors
 from edge_agent.update.probation import (
     ProbationMonitor,
     ProbationPolicy,
@@ -357,20 +352,17 @@ class UpdateFlow:
             return self._reject(InternalUpdateError(f"internal error: {e!r}"))
 
     def _fetcher(self, ann: Announcement) -> AnnouncementFetcher:
+        """The attempt's transports; its deadline (download_timeout_s) starts now."""
         mqtt = MqttChunks(self.d.client, self.d.topic_prefix, self.cfg.chunk_window) \
             if self.d.client is not None else None
-        allow = self.cfg.mirror_allowlist
-        mirrors = tuple(m for m in ann.mirrors if not allow or m.startswith(allow))
-        if len(mirrors) < len(ann.mirrors):
-            log.warning("update: ignoring mirrors outside update.mirror_allowlist: %s",
-                        [m for m in ann.mirrors if m not in mirrors])
-        http = HttpMirrors(mirrors, timeout_s=self.cfg.http_timeout_s,
-                           retries=self.cfg.http_retries, ssl_context=self._ssl) \
-            if mirrors else None
+        http = HttpMirrors(timeout_s=self.cfg.http_timeout_s, retries=self.cfg.http_retries,
+                           ssl_context=self._ssl)
         return AnnouncementFetcher(ann, staging=self.staging, mqtt=mqtt, http=http,
                                    transport=self.cfg.transport,
                                    stall_s=self.cfg.stall_timeout_s,
                                    timeout_s=self.cfg.download_timeout_s, stop=self.stop,
+                                   allowlist=self.cfg.mirror_allowlist,
+                                   metadata_timeout_s=self.cfg.metadata_timeout_s,
                                    progress=self._on_progress)
 
     def _on_progress(self, have: int, total: int, source: str) -> None:
@@ -388,9 +380,13 @@ class UpdateFlow:
         dest = self.staging.final(sha)
         t0 = time.perf_counter()
         if updater.find_cached_target(info, str(dest)) is None:
-            fetcher.expect_target(info, spec.chunks)
-            self._event("info", EventKind.UPDATE_DOWNLOADING, f"{info.path}: {info.length} bytes",
-                        bytes=info.length)
+            fetcher.expect_target(info, spec.chunks, spec.mirrors)
+            ignored = fetcher.ignored_mirrors
+            self._event("info", EventKind.UPDATE_DOWNLOADING, f"{info.path}: {info.length} bytes"
+                        + (f" (ignored mirrors, neither allowlisted nor signed: "
+                           f"{', '.join(ignored)})" if ignored else ""),
+                        bytes=info.length, mirrors=list(fetcher.target_mirrors),
+                        ignored_mirrors=list(ignored))
             self.trust.download(updater, info, dest)
             self.staging.part(sha).unlink(missing_ok=True)
         secs = time.perf_counter() - t0

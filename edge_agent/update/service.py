@@ -5,8 +5,13 @@ Built by :mod:`edge_agent.wiring` (typed :class:`~edge_agent.update.flow.FlowDep
 ``edge/group/<g>/update/announce`` on the agent's shared MQTT client; handlers only
 queue the payload (latest per topic wins). The worker first resumes whatever
 ``state.json`` says was interrupted, then processes announcements one at a time and
-retries transient failures after ``retry_backoff_s``. ``GET /v1/agent/update`` shows the
-status; ``POST /v1/agent/update/announce`` accepts an announcement body from a local
+retries transient failures with a backoff per announcement (``retry_backoff_s``,
+doubling up to ``retry_backoff_max_s``; :mod:`edge_agent.update.retry`), remembered
+across restarts: the retained copy of an announcement that just failed (a dripping
+mirror) waits out its backoff instead of taking the worker again at once, while an
+announcement with other bytes (a new release) runs as soon as the worker is free.
+``GET /v1/agent/update`` shows the status (``backoff`` lists the announcements waiting);
+``POST /v1/agent/update/announce`` accepts an announcement body from a local
 operator (USB stick, air-gapped site): it is verified exactly like one from MQTT.
 
 :func:`check_root` raises ConfigError for a missing or non-root trust anchor (at start).
@@ -14,6 +19,7 @@ operator (USB stick, air-gapped site): it is verified exactly like one from MQTT
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import threading
 import time
@@ -27,6 +33,7 @@ from edge_agent.mqtt.topics import FleetTopics, Topics
 from edge_agent.protocol.kinds import UPDATE_STOPPED, EventKind, UpdateResult
 from edge_agent.serving.http import HttpServer, Request
 from edge_agent.update.config import UpdateConfig
+from edge_agent.update.retry import RetryBook
 from edge_agent.update.state import Outcome
 
 if TYPE_CHECKING:  # the flow pulls in tuf + cryptography (~11 MB): only when [update] is on
@@ -65,7 +72,10 @@ class UpdateService:
         self._stop = threading.Event()
         self._cond = threading.Condition()
         self._pending: OrderedDict[str, bytes] = OrderedDict()  # topic → latest payload
-        self._retry: dict[str, tuple[bytes, float]] = {}
+        self._retry: dict[str, tuple[bytes, float]] = {}  # topic → payload, monotonic due
+        cfg = deps.config
+        self._book = RetryBook(deps.update_dir / "retry.json", cfg.retry_backoff_s,
+                               cfg.retry_backoff_max_s)
         self._unsubs: list[Callable[[], None]] = []
         self._thread: threading.Thread | None = None
         self.flow: UpdateFlow | None = None
@@ -87,6 +97,8 @@ class UpdateService:
             return
         self._stop.clear()
         from edge_agent.update.flow import UpdateFlow
+
+        self._book.load()
 
         self.flow = UpdateFlow(self.deps, self._stop)
         self._thread = threading.Thread(target=self._worker, name="edge-update", daemon=True)
@@ -138,10 +150,17 @@ class UpdateService:
     def _next(self) -> tuple[str, bytes] | None:
         with self._cond:
             while not self._stop.is_set():
-                if self._pending:
-                    self._busy = True
-                    return self._pending.popitem(last=False)
                 now = time.monotonic()
+                if self._pending:
+                    topic, payload = self._pending.popitem(last=False)
+                    wait = self._book.wait_s(_digest(payload))
+                    if wait > 0:  # failed lately (e.g. its retained copy after a restart)
+                        log.info("update: announcement on %s failed lately; retried in "
+                                 "%.0f s", topic, wait)
+                        self._retry[topic] = (payload, now + wait)
+                        continue
+                    self._busy = True
+                    return topic, payload
                 due = [(t, p) for t, (p, at) in self._retry.items() if at <= now]
                 if due:
                     topic, payload = due[0]
@@ -156,9 +175,13 @@ class UpdateService:
         flow = self.flow
         assert flow is not None
         try:
+            digest = flow.state.announce_digest
             out = flow.resume()
             if out is not None:
                 self.outcomes.append(out)
+                if digest:
+                    with self._cond:
+                        self._record(digest, out)
         except Exception:
             log.exception("update: resuming the interrupted update failed")
         while not self._stop.is_set():
@@ -180,11 +203,19 @@ class UpdateService:
             if out is None:
                 continue
             self.outcomes = [*self.outcomes[-31:], out]
-            if out.result == UpdateResult.FAILED and not self._stop.is_set():
-                with self._cond:
-                    if topic not in self._pending:
-                        self._retry[topic] = (payload, time.monotonic()
-                                              + self.deps.config.retry_backoff_s)
+            with self._cond:
+                delay = self._record(_digest(payload), out)
+                if delay is not None and not self._stop.is_set() \
+                        and topic not in self._pending:
+                    self._retry[topic] = (payload, time.monotonic() + delay)
+
+    def _record(self, digest: str, out: Outcome) -> float | None:
+        """Book ``out`` of announcement ``digest``; its backoff when it failed in transport."""
+        if out.result == UpdateResult.FAILED:
+            return self._book.failed(digest)
+        if out.result != UpdateResult.INTERRUPTED:
+            self._book.settled(digest)
+        return None
 
     # --- status and routes ---------------------------------------------------------------
 
@@ -192,7 +223,9 @@ class UpdateService:
         d: dict[str, Any] = self.flow.status() if self.flow else {"phase": UPDATE_STOPPED}
         d["topics"] = self.topics
         d["queued"] = len(self._pending)
-        d["retry_pending"] = len(self._retry)
+        with self._cond:
+            d["retry_pending"] = len(self._retry)
+            d["backoff"] = self._book.status()
         return d
 
     def register_routes(self, http: HttpServer) -> None:
@@ -206,3 +239,8 @@ class UpdateService:
             self.submit(LOCAL_TOPIC, body)
             return 202, {"queued": True}
         http.add_route("POST", "/v1/agent/update/announce", announce, name="update_announce")
+
+
+def _digest(payload: bytes) -> str:
+    """An announcement's identity: the sha256 of its payload (as ``Announcement.digest``)."""
+    return hashlib.sha256(payload).hexdigest()

@@ -11,7 +11,9 @@ Three things travel:
   hash, and every chunk is checked against the chunk hashes listed in the *signed*
   target entry (:class:`TargetSpec`), so a chunk is authenticated before it is written.
 * the **signed target entry** (``custom.edge`` of a TUF ``TargetFile``): what the
-  model is, for whom, and its chunk hashes; or a signed command (rollback).
+  model is, for whom, its chunk hashes and the HTTP(S) mirrors the publisher vouches
+  for (the only announced mirrors a device uses without its own allowlist); or a signed
+  command (rollback).
 
 The announcement lives in :mod:`edge_agent.protocol.announce` and the topics in
 :mod:`edge_agent.mqtt.topics`; both are re-exported here for existing callers.
@@ -148,6 +150,7 @@ class TargetSpec:
     profiles: tuple[str, ...] = ()
     chunks: ChunkPlan | None = None
     probation: ProbationTerms | None = None  # signed floors for the device's probation
+    mirrors: tuple[str, ...] = ()  # HTTP(S) mirrors the publisher vouches for (base URLs)
 
     def to_custom(self) -> dict[str, Any]:
         d: dict[str, Any] = {"kind": self.kind, **self.audience.to_dict()}
@@ -158,6 +161,8 @@ class TargetSpec:
                 d["chunks"] = list(self.chunks.hashes)
             if self.probation is not None:
                 d["probation"] = self.probation.to_dict()
+            if self.mirrors:
+                d["mirrors"] = list(self.mirrors)
         return {"edge": d}
 
 
@@ -221,8 +226,11 @@ def parse_target_spec(custom: Any, length: int, path: str) -> TargetSpec:
             raise BundleRejectedError(f"signed target {path!r}: {len(hashes)} chunk hashes for "
                                       f"{length} bytes in {size}-byte chunks")
         plan = ChunkPlan(length, size, tuple(hashes))
+    mirrors = _strs(d, "mirrors")
+    if not all(re.match(r"^https?://[^\s]+$", m) for m in mirrors):
+        raise BundleRejectedError(f"signed target {path!r}: 'mirrors' must be http(s) URLs")
     return TargetSpec("model", audience, name, version, _strs(d, "profiles"), plan,
-                      _probation_terms(d, path))
+                      _probation_terms(d, path), mirrors)
 
 
 @dataclass(frozen=True)

@@ -210,10 +210,11 @@ def test_endless_data_from_a_mirror_is_cut_at_the_signed_length(
         fleet: Fleet, bundles: Bundles, start_device: DeviceFactory) -> None:
     from update_forge import evil_http_server
 
-    dev = start_device()
-    before = dev.snapshot()
-    path, data, _, files = _signed_v3(fleet, bundles)
+    data = tar_bytes(read_bundle(bundles.v3))
     with evil_http_server(data, mode="endless") as (url, _):
+        dev = start_device(mirror_allowlist=[url])  # the device's own config trusts it
+        before = dev.snapshot()
+        path, _, _, files = _signed_v3(fleet, bundles)
         announce(fleet.broker_url, TOPIC, path, files, mirrors=(url,))
         rejected(dev, before, "mismatch", "more bytes than the signed length",
                  accepted=signed_release(fleet.repo))

@@ -17,6 +17,7 @@ from update_forge import announce, evil_http_server, forge_release
 from update_helpers import CHUNK, DEVICE, GROUP, ME, Bundles, DeviceFactory, Fleet
 from waiting import wait_for
 
+from edge_agent.bundle import read_bundle, tar_bytes
 from edge_agent.errors import InvalidRequestError
 from edge_agent.update.wire import Audience, Command, TargetSpec, announce_topic
 from fleet.publish import rollback, sign_bundle
@@ -185,9 +186,11 @@ def test_group_announcement_and_http_mirror(fleet: Fleet, bundles: Bundles,
 def test_truncated_http_download_fails_then_resumes_where_it_stopped(
         fleet: Fleet, bundles: Bundles, start_device: DeviceFactory) -> None:
     dev = start_device(retry_backoff_s=1.0)
-    path, data, _ = sign_bundle(fleet.repo, bundles.v3, fleet.signers(), audience=ME,
-                                chunk_size=CHUNK)
+    data = tar_bytes(read_bundle(bundles.v3))
     with evil_http_server(data, mode="truncate") as (url, mode):
+        path, signed, _ = sign_bundle(fleet.repo, bundles.v3, fleet.signers(), audience=ME,
+                                      chunk_size=CHUNK, mirrors=(url,))  # signed: usable
+        assert signed == data
         n = dev.mark()
         announce(fleet.broker_url, TOPIC, path, fleet.repo.announce_files(), mirrors=(url,))
         out = dev.outcome(n)
@@ -273,5 +276,6 @@ def test_mirrors_outside_the_allowlist_are_never_contacted(
         announce(fleet.broker_url, TOPIC, path, fleet.repo.announce_files(), mirrors=(url,))
         out = dev.outcome(n)
     assert (out.result, out.code) == ("rejected", "announcement"), out
-    assert "no source" in out.reason and hits == []
+    assert "no usable source" in out.reason and url in out.reason and hits == []
+    assert dev.events_of("update.downloading")[-1].data["ignored_mirrors"] == [url]
     assert dev.serving() == 1

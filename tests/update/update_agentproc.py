@@ -48,7 +48,9 @@ class AgentProcess:
         self.port = free_port()
         self.store = tmp / "store"
         self.config = tmp / "agent.toml"
-        extra = "".join(f"{k} = {_toml(v)}\n" for k, v in update.items())
+        upd = {"root_file": str(fleet.repo.meta_dir / "1.root.json"), "probation_s": 0.5,
+               "stall_timeout_s": 10.0, "retry_backoff_s": 0.5, **update}  # overridable
+        extra = "".join(f"{k} = {_toml(v)}\n" for k, v in upd.items())
         self.config.write_text(f"""
 [agent]
 device_id = "{DEVICE}"
@@ -67,10 +69,6 @@ keepalive_s = 5
 reconnect_max_s = 1.0
 
 [update]
-root_file = "{fleet.repo.meta_dir / '1.root.json'}"
-probation_s = 0.5
-stall_timeout_s = 10.0
-retry_backoff_s = 0.5
 {extra}
 [[models]]
 bundle = "{bundles.v1}"

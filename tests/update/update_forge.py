@@ -71,8 +71,9 @@ def chunk_payloads(data: bytes, plan: ChunkPlan) -> list[bytes]:
 
 def announce(broker_url: str, topic: str, target: str, files: dict[str, bytes], *,
              chunks: list[bytes] | None = None, sha256: str | None = None,
-             mirrors: tuple[str, ...] = ()) -> bytes:
-    """Publish (retained) whatever chunks and announcement an attacker chooses."""
+             mirrors: tuple[str, ...] = (), chunked: bool | None = None) -> bytes:
+    """Publish (retained) whatever chunks and announcement an attacker chooses
+    (``chunked``: what the announcement says about chunks; default: whether any are sent)."""
     import time
 
     from edge_agent.update.wire import Announcement, chunk_topic
@@ -83,7 +84,8 @@ def announce(broker_url: str, topic: str, target: str, files: dict[str, bytes], 
         for i, payload in enumerate(chunks or []):
             assert sha256 is not None
             b.publish(chunk_topic(sha256, i), payload)
-        ann = Announcement(target, files, chunks=bool(chunks), mirrors=mirrors,
+        ann = Announcement(target, files, chunks=bool(chunks) if chunked is None else chunked,
+                           mirrors=mirrors,
                            published_at=time.time())
         raw = ann.to_bytes()
         b.publish(topic, raw)
@@ -105,13 +107,23 @@ def republish(broker_url: str, topic: str, payload: bytes) -> None:
 
 
 @contextlib.contextmanager
-def evil_http_server(data: bytes, *, mode: str) -> Iterator[tuple[str, dict[str, Any]]]:
-    """A mirror that serves ``data`` then endless zeros (``endless``), cuts it in half and
-    closes (``truncate``) or behaves (``ok``: Range honoured), for every target path
-    (metadata: 404). Yields its URL and the mutable ``{"mode": …}``."""
-    state: dict[str, Any] = {"mode": mode}
+def evil_http_server(data: bytes, *, mode: str,
+                     drip_s: float = 0.5) -> Iterator[tuple[str, dict[str, Any]]]:
+    """A mirror for every target path (metadata: 404, unless ``state["metadata"]`` maps a
+    metadata path to bytes) that serves ``data`` then endless zeros (``endless``), cuts it
+    in half and closes (``truncate``), behaves (``ok``: Range honoured), or sends a valid
+    head and then ``data`` one byte every ``drip_s`` seconds, never faster (``drip``: a
+    slowloris mirror; metadata too in this mode).
+
+    Yields its URL and the mutable state: ``mode``; ``requests``, a list of
+    ``(time.monotonic(), path)`` for every request received; ``closed``, the
+    ``time.monotonic()`` at which each dripped response found its client gone;
+    ``hook``, an optional list that receives each path."""
     import threading
+    import time
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    state: dict[str, Any] = {"mode": mode, "requests": [], "closed": [], "metadata": {}}
 
     class H(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.0"
@@ -120,34 +132,46 @@ def evil_http_server(data: bytes, *, mode: str) -> Iterator[tuple[str, dict[str,
             pass
 
         def do_GET(self) -> None:
+            state["requests"].append((time.monotonic(), self.path))
             hook = state.get("hook")
             if isinstance(hook, list):
                 hook.append(self.path)
-            if "/metadata/" in self.path:  # metadata comes inline; no newer root here
-                self.send_response(404)
-                self.end_headers()
-                return
             mode = state["mode"]
+            body = data
+            if "/metadata/" in self.path:
+                name = "metadata/" + self.path.rsplit("/metadata/", 1)[1]
+                if name not in state["metadata"]:  # metadata comes inline; no newer root here
+                    self.send_response(404)
+                    self.end_headers()
+                    return
+                body = state["metadata"][name]
             start = 0
             rng = self.headers.get("Range")
             if mode == "ok" and rng:
                 start = int(rng.split("=")[1].split("-")[0])
             self.send_response(206 if start else 200)
-            if mode in ("truncate", "ok"):
-                self.send_header("Content-Length", str(len(data) - start))
+            if mode in ("truncate", "ok", "drip"):
+                self.send_header("Content-Length", str(len(body) - start))
             self.end_headers()
             try:
                 if mode == "ok":
-                    self.wfile.write(data[start:])
+                    self.wfile.write(body[start:])
                     return
                 if mode == "truncate":
-                    self.wfile.write(data[:len(data) // 2])
+                    self.wfile.write(body[:len(body) // 2])
                     return
-                self.wfile.write(data)
+                if mode == "drip":
+                    self.wfile.flush()
+                    for i in range(len(body)):
+                        time.sleep(drip_s)
+                        self.wfile.write(body[i:i + 1])
+                        self.wfile.flush()
+                    return
+                self.wfile.write(body)
                 for _ in range(10_000):  # "endless" (bounded so the test cannot hang)
                     self.wfile.write(b"\0" * 65536)
             except OSError:
-                pass
+                state["closed"].append(time.monotonic())
 
     srv = ThreadingHTTPServer(("127.0.0.1", 0), H)
     srv.daemon_threads = True
