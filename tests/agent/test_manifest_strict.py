@@ -56,10 +56,11 @@ def floated(d: dict[str, Any]) -> dict[str, Any]:
     return d
 
 
-def mutate(d: dict[str, Any], path: str, value: Any) -> dict[str, Any]:
-    """``d`` with ``path`` (``golden.0.atol``) set to ``value`` (or removed: DROP)."""
+def mutate(d: dict[str, Any], path: str | tuple[Any, ...], value: Any) -> dict[str, Any]:
+    """``d`` with ``path`` (``golden.0.atol``, or a tuple of keys) set to ``value`` (or
+    removed: DROP)."""
     d = copy.deepcopy(d)
-    *parents, last = path.split(".")
+    *parents, last = path.split(".") if isinstance(path, str) else path
     node: Any = d
     for k in parents:
         node = node[int(k)] if isinstance(node, list) else node[k]
@@ -242,16 +243,15 @@ json_values = st.recursive(
     max_leaves=8)
 
 
-def _paths(v: Any, prefix: str = "") -> list[str]:
-    out = []
+def _paths(v: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    """Every key path in ``v`` as a tuple (inserted values may have any string as a key)."""
+    out: list[tuple[Any, ...]] = []
     items = v.items() if isinstance(v, dict) else enumerate(v) if isinstance(v, list) else []
     for k, x in items:
-        p = f"{prefix}.{k}" if prefix else str(k)
-        if p.endswith(".b64"):
-            out.append(p)
-            continue
+        p = (*prefix, k)
         out.append(p)
-        out.extend(_paths(x, p))
+        if k != "b64":
+            out.extend(_paths(x, p))
     return out
 
 
