@@ -11,6 +11,7 @@ Raises the :mod:`converter.errors` tree, ``ProfileError``, ``ModelLoadError`` an
 from __future__ import annotations
 
 import datetime as dt
+import math
 import os
 import tempfile
 from collections.abc import Callable
@@ -23,7 +24,7 @@ import numpy as np
 import converter
 from converter.data import Dataset, check_data_path, load_dataset
 from converter.errors import DatasetError, OptionError, OutputError
-from converter.evaluate import compare, latency_ms, run_model
+from converter.evaluate import compare, latency_ms, run_all
 from converter.floatops import explain
 from converter.graph import inspect_graph
 from converter.modes import BUNDLE_MODES, CALIBRATED_MODES, INT8_MODES, REFERENCE_MODE, resolve
@@ -42,6 +43,7 @@ from edge_agent.bundle import (
     sha256_bytes,
     write_bundle,
 )
+from edge_agent.manifest import oldest_schema
 from edge_agent.profiles import DeviceProfile, load_profile
 from edge_agent.runtime.backends import select_runtime
 from edge_agent.runtime.model import LoadedModel
@@ -227,20 +229,72 @@ def _is_probability(out: np.ndarray) -> bool:
 
 
 def _golden(qmodel: LoadedModel, x: np.ndarray, atol_quant: float) -> tuple[GoldenVector, ...]:
-    """A few real samples: their raw input tensors and the raw outputs they must give."""
+    """A few real samples: their raw input tensors and the raw outputs they must give,
+    every output by name, each with its own tolerance."""
     out = []
     for i in np.linspace(0, len(x) - 1, min(GOLDEN_COUNT, len(x))).astype(int):
         raw_in = coerce_input(x[i:i + 1], qmodel.input_spec)
-        raw_out = qmodel.invoke_raw(raw_in)[0]
-        spec = qmodel.output_specs[0]
-        atol = atol_quant if spec.quantized else 1e-4 * max(1.0, float(np.abs(raw_out).max()))
-        out.append(GoldenVector(EncodedArray.encode(raw_in), EncodedArray.encode(raw_out),
-                                atol))
+        outs = qmodel.invoke_raw(raw_in)
+        ys, atols = {}, {}
+        for spec, raw_out in zip(qmodel.output_specs, outs, strict=True):
+            ys[spec.name] = EncodedArray.encode(raw_out)
+            atols[spec.name] = (atol_quant if spec.quantized or spec.dtype in ("int8", "int16")
+                                else 1e-4 * max(1.0, float(np.abs(raw_out).max())))
+        out.append(GoldenVector({qmodel.input_spec.name: EncodedArray.encode(raw_in)}, ys,
+                                atols))
     return tuple(out)
 
 
-def _drift(q_rep: np.ndarray, x: np.ndarray, is_prob: bool, classes: int) -> DriftReference:
-    """Calibration-time statistics of the quantized model (what the device will see)."""
+def _heads(model: LoadedModel, f_outs: list[np.ndarray]) -> dict[str, str]:
+    """What each output is. One output: a class head when it has several values (today's
+    rule), else raw. Several: the one output whose float values are probabilities (>= 0,
+    summing to 1 per sample) is the class head; the others are regression heads."""
+    specs = model.output_specs
+    if len(specs) == 1:
+        return {specs[0].name: "class" if math.prod(specs[0].shape[1:]) > 1 else "raw"}
+    probs = [s.name for s, o in zip(specs, f_outs, strict=True)
+             if math.prod(s.shape[1:]) > 1 and _is_probability(o)]
+    head = probs[0] if len(probs) == 1 else None
+    return {s.name: "class" if s.name == head else "regression" for s in specs}
+
+
+def _regression(f: np.ndarray, q: np.ndarray) -> dict[str, float | None]:
+    """MAE, RMSE and Pearson correlation of the quantized head against the float head."""
+    a, b = f.astype(np.float64).ravel(), q.astype(np.float64).ravel()
+    d = b - a
+    corr = (float(np.corrcoef(a, b)[0, 1]) if a.size > 1 and a.std() > 0 and b.std() > 0
+            else None)
+    return {"mae": round(float(np.abs(d).mean()), 6),
+            "rmse": round(float(np.sqrt((d ** 2).mean())), 6),
+            "correlation": None if corr is None else round(corr, 6)}
+
+
+def _head_report(heads: dict[str, str], f_outs: list[np.ndarray], q_outs: list[np.ndarray],
+                 y: np.ndarray | None, labels: tuple[str, ...]) -> dict[str, Any]:
+    """Each head scored with a metric that fits it; max/mean abs diff for every output."""
+    out: dict[str, Any] = {}
+    for (name, kind), f, q in zip(heads.items(), f_outs, q_outs, strict=True):
+        diff = np.abs(f.astype(np.float64) - q.astype(np.float64))
+        row: dict[str, Any] = {"kind": kind, "max_abs_diff": round(float(diff.max()), 6),
+                               "mean_abs_diff": round(float(diff.mean()), 6)}
+        if kind == "class":
+            c = compare(f, q, y, labels)
+            row.update(top1_agreement=c.agreement, float_top1=c.float_accuracy,
+                       quant_top1=c.quant_accuracy)
+        elif kind == "regression":
+            row.update(_regression(f, q))
+        out[name] = row
+    return out
+
+
+def _drift(q_rep: np.ndarray, x: np.ndarray, is_prob: bool, classes: int,
+           class_head: bool = True) -> DriftReference:
+    """Calibration-time statistics of the quantized model (what the device will see).
+    Without a class head the class and confidence histograms are one empty bin's worth
+    (no class drift to watch); the input statistics always apply."""
+    if not class_head:
+        q_rep = np.ones((len(q_rep), 1), np.float32)
+        classes, is_prob = 1, True
     probs = q_rep.reshape(len(q_rep), -1)
     probs = probs if is_prob else _softmax(probs)
     cls_hist = np.bincount(probs.argmax(1), minlength=classes) / len(probs)
@@ -279,8 +333,16 @@ def build_bundle(opts: ConvertOptions, steps: Steps | None = None) -> tuple[Bund
         runtime = select_runtime()
         threads = min(profile.default_threads, os.cpu_count() or 1)
         fmodel = LoadedModel(runtime, float_bytes, num_threads=threads)
-        # Labels are checked against the outputs before the (long) calibration starts.
-        out_classes = int(np.prod(fmodel.output_specs[0].shape[1:]))
+        # Heads, then labels against the class head, before the (long) calibration starts.
+        heads = _heads(fmodel, run_all(fmodel, rep.x[:64]))
+        head = next((i for i, k in enumerate(heads.values()) if k == "class"), None)
+        single = len(heads) == 1  # one output: scored as today, whatever its size
+        scored = 0 if single else head  # the output top-1 metrics are computed on
+        out_classes = (int(np.prod(fmodel.output_specs[scored].shape[1:]))
+                       if scored is not None else 0)
+        if out_classes == 0 and (opts.labels_file is not None):
+            raise DatasetError(f"{opts.labels_file}: labels given but no output of the model "
+                               f"is a class head (outputs: {', '.join(heads)})")
         labels, ev = _labels(opts, out_classes, ev, rep)
         tick: Callable[[int], None] | None = None
         if mode in CALIBRATED_MODES:
@@ -292,11 +354,17 @@ def build_bundle(opts: ConvertOptions, steps: Steps | None = None) -> tuple[Bund
 
     data = ev if ev is not None else rep
     tick = steps.start("evaluating", 2 * len(data.x) + (len(rep.x) if ev is not None else 0))
-    f_out = run_model(fmodel, data.x, tick)
-    q_out = run_model(qmodel, data.x, tick)
-    q_rep = q_out if ev is None else run_model(qmodel, rep.x, tick)
+    f_outs = run_all(fmodel, data.x, tick)
+    q_outs = run_all(qmodel, data.x, tick)
+    q_reps = q_outs if ev is None else run_all(qmodel, rep.x, tick)
+    ref = scored if scored is not None else 0
+    f_out, q_out, q_rep = f_outs[ref], q_outs[ref], q_reps[ref]
     is_prob = _is_probability(f_out)
-    comp = compare(f_out, q_out, data.y, labels or tuple(str(i) for i in range(out_classes)))
+    names = labels or tuple(str(i) for i in range(out_classes))
+    comp = compare(f_out, q_out, data.y if scored is not None else None, names)
+    if scored is None:  # no class head: no top-1 metric on some other head
+        comp = replace(comp, agreement=None, float_distinct_top1=0, quant_distinct_top1=0)
+    head_report = _head_report(heads, f_outs, q_outs, data.y, names)
 
     runs = opts.latency_runs
     tick = steps.start("measuring latency", runs)
@@ -315,15 +383,18 @@ def build_bundle(opts: ConvertOptions, steps: Steps | None = None) -> tuple[Bund
         outputs=qmodel.output_specs,
         preprocessing=pre,
         quantization_mode=mode,
-        task="classification" if out_classes > 1 else "raw",
+        task=(("classification" if out_classes > 1 else "raw") if single else
+              "multi_output"),
+        heads={} if single else heads,
         output_is_probability=is_prob,
         labels=labels,
         target_profiles=(profile.name,),
         golden=_golden(qmodel, data.x, opts.golden_atol),
-        drift_reference=_drift(q_rep, rep.x, is_prob, out_classes),
+        drift_reference=_drift(q_rep, rep.x, is_prob, out_classes, scored is not None),
         converter_version=converter.__version__,
         tensorflow_version=tf.__version__,
     )
+    manifest = replace(manifest, schema_version=oldest_schema(manifest))
     report: dict[str, Any] = {
         "name": name, "version": opts.version, "profile": profile.name,
         "mode": mode, "io_dtype": qmodel.input_spec.dtype, "source": str(opts.model),
@@ -331,7 +402,8 @@ def build_bundle(opts: ConvertOptions, steps: Steps | None = None) -> tuple[Bund
         "calibration": {"data": rep.source, "samples": len(rep.x), "requested": opts.samples},
         "size": {"float_bytes": len(float_bytes), "quant_bytes": len(quant_bytes),
                  "ratio": round(len(quant_bytes) / len(float_bytes), 4)},
-        "evaluation": {"data": data.source, "labelled": data.y is not None, **comp.as_dict()},
+        "evaluation": {"data": data.source, "labelled": data.y is not None, **comp.as_dict(),
+                       "heads": head_report},
         "latency_ms": {"float": lat_f, "quant": lat_q,
                        "speedup": (round(lat_f["mean"] / lat_q["mean"], 3)
                                    if runs and lat_q["mean"] > 0 else None)},

@@ -29,6 +29,18 @@ def run_model(model: LoadedModel, x: np.ndarray, progress: Progress | None = Non
     return np.concatenate(outs) if outs else np.zeros((0,), np.float32)
 
 
+def run_all(model: LoadedModel, x: np.ndarray, progress: Progress | None = None,
+            chunk: int = 64) -> list[np.ndarray]:
+    """Every dequantized output (model order) for every sample of ``x``."""
+    parts: list[list[np.ndarray]] = [[] for _ in model.output_specs]
+    for i in range(0, len(x), chunk):
+        for j, o in enumerate(model.predict(x[i:i + chunk])):
+            parts[j].append(o)
+        if progress:
+            progress(min(chunk, len(x) - i))
+    return [np.concatenate(p) for p in parts]
+
+
 def per_class(y_true: np.ndarray, y_pred: np.ndarray, labels: tuple[str, ...]
               ) -> list[dict[str, Any]]:
     """Precision, recall, F1 and support per class (0 where undefined, like sklearn)."""
@@ -49,7 +61,7 @@ def per_class(y_true: np.ndarray, y_pred: np.ndarray, labels: tuple[str, ...]
 class Comparison:
     float_accuracy: float | None
     quant_accuracy: float | None
-    agreement: float
+    agreement: float | None
     max_abs_diff: float
     mean_abs_diff: float
     per_class: list[dict[str, Any]]

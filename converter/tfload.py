@@ -19,6 +19,7 @@ import contextlib
 import hashlib
 import io
 import os
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -69,6 +70,7 @@ class SourceModel:
     path: Path
     input_shape: tuple[int, ...]  # without batch
     _export: Any  # (directory: str) -> None, writes the fixed-batch SavedModel
+    input_name: str = "input"  # the model's own name for its input (the signature key)
 
     def export(self, directory: Path) -> Path:
         """Write a SavedModel with one ``serving_default`` signature of batch 1.
@@ -132,17 +134,31 @@ def load_source(path: str | Path, *, trust: bool = False) -> SourceModel:
     _one_input(p, "the model", [str(getattr(i, "name", i)) for i in inputs])
     shape = _static_shape(p, inputs[0].shape[1:])
     dtype = inputs[0].dtype
+    in_name = _signature_name(str(getattr(inputs[0], "name", "") or "input"), "input")
+    out_names = [_signature_name(str(n), f"output_{i}")
+                 for i, n in enumerate(getattr(model, "output_names", None) or
+                                       [f"output_{i}" for i in range(len(model.outputs))])]
+    out_names = _unique_names(out_names)
+
+    def serve(x: Any) -> dict[str, Any]:
+        """Every output under the model's own name: two outputs never share a key (the
+        TFLite signature carries these names; its tensors are all StatefulPartitionedCall)."""
+        y = model(x, training=False)
+        if isinstance(y, dict):
+            return {_signature_name(str(k), "output"): v for k, v in y.items()}
+        ys = list(y) if isinstance(y, (list, tuple)) else [y]
+        return dict(zip(out_names, ys, strict=True))
 
     def export(out: str) -> None:
         import keras
 
         archive = keras.export.ExportArchive()
         archive.track(model)
-        archive.add_endpoint(name=SIGNATURE, fn=lambda x: model(x, training=False),
-                             input_signature=[tf.TensorSpec((1, *shape), dtype, name="input")])
+        archive.add_endpoint(name=SIGNATURE, fn=serve,
+                             input_signature=[tf.TensorSpec((1, *shape), dtype, name=in_name)])
         archive.write_out(out, verbose=False)
 
-    return SourceModel("keras", p, shape, export)
+    return SourceModel("keras", p, shape, export, in_name)
 
 
 def _load_saved_model(tf: Any, p: Path) -> SourceModel:
@@ -164,7 +180,8 @@ def _load_saved_model(tf: Any, p: Path) -> SourceModel:
     _one_input(p, f"the {SIGNATURE!r} signature", sorted(sig.inputs))
     if not sig.outputs:
         raise ModelSourceError(f"{p}: the {SIGNATURE!r} signature has no outputs")
-    info = next(iter(sig.inputs.values()))
+    in_key, info = next(iter(sig.inputs.items()))
+    in_name = _signature_name(str(in_key), "input")
     if info.tensor_shape.unknown_rank:
         raise ModelSourceError(f"{p}: the {SIGNATURE!r} input has an unknown rank; export the "
                                "model with a fixed input shape")
@@ -183,10 +200,10 @@ def _load_saved_model(tf: Any, p: Path) -> SourceModel:
 
         module = tf.Module()
         module.serve = tf.function(serve, input_signature=[
-            tf.TensorSpec((1, *shape), dtype, name="input")])
+            tf.TensorSpec((1, *shape), dtype, name=in_name)])
         tf.saved_model.save(module, out, signatures={SIGNATURE: module.serve})
 
-    return SourceModel("saved_model", p, shape, export)
+    return SourceModel("saved_model", p, shape, export, in_name)
 
 
 def _serving_meta_graph(tf: Any, p: Path) -> Any:
@@ -300,6 +317,31 @@ def _one_input(p: Path, what: str, names: list[str]) -> None:
         listed = f" ({', '.join(names)})" if names else ""
         raise ModelSourceError(f"{p}: {what} takes {len(names)} inputs{listed}; a bundle "
                                "carries exactly one input")
+
+
+_NAME_BAD = re.compile(r"[^A-Za-z0-9_.\-]")
+
+
+def _signature_name(name: str, default: str) -> str:
+    """A model's tensor name as a signature key (what clients send and get): the name
+    without its ``:0`` suffix, characters TF refuses in op names replaced by ``_``."""
+    base = name.rsplit(":", 1)[0] if name.rpartition(":")[2].isdigit() else name
+    base = _NAME_BAD.sub("_", base).lstrip("_.-")
+    return base[:64] or default
+
+
+def _unique_names(names: list[str]) -> list[str]:
+    """Two heads with the same name both stay: the second becomes ``name_1`` and so on."""
+    seen: set[str] = set()
+    out = []
+    for n in names:
+        k, i = n, 0
+        while k in seen:
+            i += 1
+            k = f"{n}_{i}"
+        seen.add(k)
+        out.append(k)
+    return out
 
 
 def _static_shape(p: Path, dims: Any) -> tuple[int, ...]:

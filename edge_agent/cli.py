@@ -178,7 +178,7 @@ def cmd_predict(a: argparse.Namespace) -> int:
                   else f"{f}: error: {e}", file=sys.stdout if a.json else sys.stderr)
             continue
         if pred.probabilities is None:
-            outs = [o.tolist() for o in pred.outputs]
+            outs = {k: o.tolist() for k, o in pred.by_name().items()}
             print(json.dumps({"file": str(f), "outputs": outs}) if a.json else f"{f}: {outs}")
             continue
         for i, top in enumerate(served.top_k(pred, max(1, a.k))):

@@ -38,12 +38,14 @@ import numpy as np
 
 from edge_agent.errors import ManifestError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # what this agent writes for several tensors or heads
+SCHEMA_VERSIONS = (1, 2)  # what it reads: 1 = one input, one output (docs/bundle.md)
 MODEL_FILE = "model.tflite"
 DTYPES = ("int8", "uint8", "int16", "int32", "float32", "float16")
 QUANTIZED_DTYPES = ("int8", "uint8", "int16")  # the IO dtypes runtime.quant (de)quantizes
-QUANTIZATION_MODES = ("int8", "int16x8", "float16", "dynamic")  # converter.modes.BUNDLE_MODES
-TASKS = ("classification", "raw")
+QUANTIZATION_MODES = ("int8", "int8-fallback", "int16x8", "float16", "dynamic")  # converter.modes
+TASKS = ("classification", "regression", "multi_output", "detection", "raw")
+HEADS = ("class", "regression", "raw")  # what an output is: per-head metrics, drift, :classify
 COLORS = ("rgb", "grayscale")
 CHANNEL_ORDERS = ("rgb", "bgr")
 LAYOUTS = ("nhwc",)
@@ -58,6 +60,7 @@ MAX_RANK = 8
 MAX_DIM = 1 << 24
 MAX_TENSOR_ELEMENTS = 1 << 31
 MAX_OUTPUTS = 64
+MAX_INPUTS = 64
 MAX_TEXT = 256  # characters: names, labels, profile names, producer versions
 MAX_TENSOR_NAME = 1024  # TFLite tensor names can be long fused-op names
 MAX_LABELS = 1 << 17
@@ -127,11 +130,37 @@ class Preprocessing:
 
 @dataclass(frozen=True)
 class GoldenVector:
-    """An input tensor and the output tensor this model must give for it (raw tensor units)."""
+    """Input tensors by name and the output tensors this model must give for them (raw
+    tensor units), each output with its tolerance (quantized steps for integer outputs)."""
 
-    input: EncodedArray
-    output: EncodedArray
-    atol: float  # in output tensor units (quantized steps for int8 outputs)
+    inputs: dict[str, EncodedArray]
+    outputs: dict[str, EncodedArray]
+    atols: dict[str, float]  # per output name, in that output's tensor units
+
+    @classmethod
+    def single(cls, input_name: str, x: EncodedArray, output_name: str, y: EncodedArray,
+               atol: float) -> GoldenVector:
+        return cls({input_name: x}, {output_name: y}, {output_name: atol})
+
+    @property
+    def input(self) -> EncodedArray:
+        """The first input (the only one of a schema-1 bundle)."""
+        return next(iter(self.inputs.values()))
+
+    @property
+    def output(self) -> EncodedArray:
+        """The first output (the only one of a schema-1 bundle)."""
+        return next(iter(self.outputs.values()))
+
+    @property
+    def atol(self) -> float:
+        return next(iter(self.atols.values()))
+
+    def with_output(self, y: EncodedArray, atol: float | None = None) -> GoldenVector:
+        """This vector with its first output (and tolerance) replaced (tests, forgeries)."""
+        name = next(iter(self.outputs))
+        return GoldenVector(dict(self.inputs), {**self.outputs, name: y},
+                            {**self.atols, name: self.atol if atol is None else atol})
 
 
 @dataclass(frozen=True)
@@ -157,7 +186,7 @@ class Manifest:
     outputs: tuple[TensorSpec, ...]
     preprocessing: Preprocessing
     quantization_mode: str
-    task: str = "classification"  # classification | raw
+    task: str = "classification"  # TASKS
     output_is_probability: bool = True
     labels: tuple[str, ...] = ()
     target_profiles: tuple[str, ...] = ()
@@ -167,9 +196,35 @@ class Manifest:
     tensorflow_version: str = ""
     schema_version: int = SCHEMA_VERSION
     extra: dict[str, Any] = field(default_factory=dict)
+    # what each output is, by name (HEADS); empty: from the task (schema 1's rule)
+    heads: dict[str, str] = field(default_factory=dict)
+
+    def head(self, output: str) -> str:
+        """``class``, ``regression`` or ``raw``: what the output ``output`` is."""
+        return head_of(output, self.outputs, self.task, self.heads)
+
+    @property
+    def class_head(self) -> TensorSpec | None:
+        """The output that scores classes (labels, top-k, class drift), if there is one."""
+        return class_head_of(self.outputs, self.task, self.heads)
 
     def to_dict(self) -> dict[str, Any]:
+        """The ``manifest.json`` value of :attr:`schema_version` (1 only for what it can
+        say: one input, one output, no per-head table)."""
         d = asdict(self)
+        d.pop("heads")
+        if self.schema_version == 1:
+            if len(self.inputs) != 1 or len(self.outputs) != 1 or self.task not in (
+                    "classification", "raw"):
+                raise ValueError("schema 1 holds one input, one output and task "
+                                 "classification or raw; write schema 2")
+            d["golden"] = [{"input": asdict(g.input), "output": asdict(g.output),
+                            "atol": g.atol} for g in self.golden]
+        else:
+            d["heads"] = {o.name: self.head(o.name) for o in self.outputs}
+            d["golden"] = [{"inputs": {k: asdict(v) for k, v in g.inputs.items()},
+                            "outputs": {k: asdict(v) for k, v in g.outputs.items()},
+                            "atol": dict(g.atols)} for g in self.golden]
         d["model"] = {"file": MODEL_FILE, "sha256": d.pop("model_sha256"),
                       "size_bytes": d.pop("model_size")}
         d["producer"] = {"converter": d.pop("converter_version"),
@@ -183,6 +238,30 @@ class Manifest:
     def from_dict(cls, d: Any, source: str = "manifest.json") -> Manifest:
         """Strictly parsed (:func:`parse_manifest`). Raises ManifestError naming the field."""
         return parse_manifest(d, source)
+
+
+def head_of(output: str, outputs: tuple[TensorSpec, ...], task: str,
+            heads: dict[str, str]) -> str:
+    """What ``output`` is: from ``heads`` (schema 2), else schema 1's rule (the one output
+    of a classification model is its class head)."""
+    if heads:
+        return heads.get(output, "raw")
+    first = outputs[0].name if outputs else ""
+    return "class" if task == "classification" and output == first else "raw"
+
+
+def class_head_of(outputs: tuple[TensorSpec, ...], task: str, heads: dict[str, str]
+                  ) -> TensorSpec | None:
+    return next((o for o in outputs if head_of(o.name, outputs, task, heads) == "class"), None)
+
+
+def oldest_schema(m: Manifest) -> int:
+    """The oldest schema that says all of ``m`` (1 for one input, one output and a task
+    schema 1 knows), so agents that read only schema 1 still take single-tensor bundles."""
+    if len(m.inputs) == 1 and len(m.outputs) == 1 and m.task in ("classification", "raw") \
+            and m.head(m.outputs[0].name) == ("class" if m.task == "classification" else "raw"):
+        return 1
+    return SCHEMA_VERSION
 
 
 # ----------------------------------------------------------------------------- reading
@@ -328,19 +407,30 @@ def parse_manifest(d: Any, source: str = "manifest.json") -> Manifest:
     """
     m = _Field(d, source)
     sv = m["schema_version"].integer(0, MAX_VERSION)
-    if sv != SCHEMA_VERSION:
+    if sv not in SCHEMA_VERSIONS:
         raise m["schema_version"].fail(f"schema_version {sv} not supported (this agent "
-                                       f"reads {SCHEMA_VERSION})")
+                                       f"reads {', '.join(map(str, SCHEMA_VERSIONS))})")
     model, producer = m["model"], m["producer"]
     model["file"].text(choices=(MODEL_FILE,), default=MODEL_FILE)
-    inputs = tuple(_tensor(t) for t in m["inputs"].items(1, 1))  # LoadedModel: one input
-    outputs = tuple(_tensor(t) for t in m["outputs"].items(1, MAX_OUTPUTS))
-    task = m["task"].text(choices=TASKS, default="classification")
-    classes = math.prod(outputs[0].shape[1:])
+    one = sv == 1  # schema 1: one input, one output's golden data, no heads table
+    inputs = _tensors(m["inputs"], 1 if one else MAX_INPUTS)
+    outputs = _tensors(m["outputs"], MAX_OUTPUTS)
+    task = m["task"].text(choices=TASKS[:1] + TASKS[-1:] if one else TASKS,
+                          default="classification")
+    heads = {} if one else _heads(m["heads"], outputs, task)
+    head = class_head_of(outputs, task, heads)
+    if one and head is None:  # schema 1: labels name outputs[0]'s values whatever the task
+        head = outputs[0]
+    classes = math.prod(head.shape[1:]) if head is not None else 0
     labels = tuple(f.text() for f in m["labels"].items(0, MAX_LABELS, default=[]))
+    if labels and head is None:
+        raise m["labels"].fail(f"expected no labels (no output is a class head), "
+                               f"got {len(labels)}")
     if labels and len(labels) != classes:
-        raise m["labels"].fail(f"expected no labels or {classes} (one per value of "
-                               f"outputs[0], shape {list(outputs[0].shape)}), got {len(labels)}")
+        assert head is not None
+        raise m["labels"].fail(f"expected no labels or {classes} (one per value of the "
+                               f"class head {head.name!r}, shape {list(head.shape)}), "
+                               f"got {len(labels)}")
     drift = m["drift_reference"]
     return Manifest(
         name=m["name"].text(pattern=NAME_RE),
@@ -357,24 +447,61 @@ def parse_manifest(d: Any, source: str = "manifest.json") -> Manifest:
         labels=labels,
         target_profiles=tuple(f.text(pattern=NAME_RE) for f in
                               m["target_profiles"].items(0, MAX_PROFILES, default=[])),
-        golden=tuple(_golden(g, inputs[0], outputs[0])
+        golden=tuple(_golden(g, inputs, outputs, one)
                      for g in m["golden"].items(0, MAX_GOLDEN, default=[])),
-        drift_reference=_drift(drift, inputs[0], classes if task == "classification" else 0)
-        if drift.present else None,
+        drift_reference=_drift(drift, inputs[0], classes if task == "classification" or
+                               not one else 0) if drift.present else None,
         converter_version=producer["converter"].text(default="") if producer.present else "",
         tensorflow_version=producer["tensorflow"].text(default="") if producer.present else "",
         schema_version=sv,
         extra=m["extra"].obj(default={}),
+        heads=heads,
     )
+
+
+def _tensors(f: _Field, most: int) -> tuple[TensorSpec, ...]:
+    """The specs of a list of tensors; their names unique (requests and golden vectors
+    name them)."""
+    specs = tuple(_tensor(t) for t in f.items(1, most))
+    seen: set[str] = set()
+    for i, s in enumerate(specs):
+        if s.name in seen:
+            raise f.items(1, most)[i]["name"].fail(f"expected a name no other tensor has, "
+                                                   f"got {_show(s.name)} again")
+        seen.add(s.name)
+    return specs
+
+
+def _heads(f: _Field, outputs: tuple[TensorSpec, ...], task: str) -> dict[str, str]:
+    """Schema 2's ``heads``: every output's kind (HEADS) by name, at most one class head,
+    consistent with the task."""
+    obj = f.obj()
+    names = [o.name for o in outputs]
+    if sorted(obj) != sorted(names):
+        raise f.fail(f"expected one entry per output ({', '.join(names)}), got "
+                     f"{', '.join(sorted(obj)[:8]) or 'none'}")
+    heads = {n: f[n].text(choices=HEADS) for n in names}
+    classes = [n for n, h in heads.items() if h == "class"]
+    if len(classes) > 1:
+        raise f.fail(f"expected at most one class head, got {', '.join(classes)}")
+    rule = {"classification": (bool(classes), "a class head"),
+            "regression": (not classes and "regression" in heads.values(),
+                           "regression heads and no class head"),
+            "multi_output": (len(names) >= 2, "at least two outputs")}.get(task)
+    if rule is not None and not rule[0]:
+        raise f.fail(f"expected {rule[1]} for task {task!r}, got "
+                     f"{', '.join(f'{n}: {h}' for n, h in heads.items())}")
+    return heads
 
 
 def _tensor(t: _Field) -> TensorSpec:
     dtype = t["dtype"].text(choices=DTYPES)
-    if dtype in QUANTIZED_DTYPES:  # v = (q - zero_point) * scale
+    if dtype in QUANTIZED_DTYPES:  # v = (q - zero_point) * scale; scale 0: raw integers
         lo, hi = _INT_RANGE[dtype]
-        scale = t["scale"].number(0.0, math.inf, above=True,
-                                  why=f"{dtype} tensors are quantized")
-        zero_point = t["zero_point"].integer(lo, hi)
+        scale = t["scale"].number(0.0, math.inf,
+                                  why=f"{dtype} tensors are quantized, or raw with scale 0")
+        zero_point = t["zero_point"].integer(lo, hi) if scale > 0 else t["zero_point"].integer(
+            0, 0, why=f"a raw {dtype} tensor (scale 0) has no zero point")
     else:
         scale = t["scale"].number(0.0, 0.0, why=f"{dtype} tensors are not quantized")
         zero_point = t["zero_point"].integer(0, 0, why=f"{dtype} tensors are not quantized")
@@ -424,18 +551,51 @@ def _preprocessing(p: _Field, inp: TensorSpec) -> Preprocessing:
     )
 
 
-def _golden(g: _Field, inp: TensorSpec, out: TensorSpec) -> GoldenVector:
-    """Input of the input tensor's dtype and shape (any batch), output of the output's
-    dtype and shape with that batch — what ``verify_golden`` feeds and compares."""
-    x, _ = _array(g["input"], inp, batch=None)
-    y, want = _array(g["output"], out, batch=x.shape[0])
+def _golden(g: _Field, inputs: tuple[TensorSpec, ...], outputs: tuple[TensorSpec, ...],
+            one: bool) -> GoldenVector:
+    """Inputs of the input tensors' dtypes and shapes (any batch, the same for all),
+    outputs of the outputs' dtypes and shapes with that batch — what ``verify_golden``
+    feeds and compares. Schema 1: ``input``/``output``/``atol``; schema 2: ``inputs`` and
+    ``outputs`` objects by tensor name (every input, any outputs) and ``atol`` by output."""
+    if one:
+        x, _ = _array(g["input"], inputs[0], batch=None)
+        y, atol = _golden_output(g["output"], g["atol"], outputs[0], x.shape[0])
+        return GoldenVector.single(inputs[0].name, x, outputs[0].name, y, atol)
+    fi, fo, fa = g["inputs"], g["outputs"], g["atol"]
+    given = sorted(fi.obj())
+    if given != sorted(s.name for s in inputs):
+        raise fi.fail(f"expected every input by name ({', '.join(s.name for s in inputs)}), "
+                      f"got {', '.join(given[:8]) or 'none'}")
+    batch: int | None = None
+    xs: dict[str, EncodedArray] = {}
+    for s in inputs:
+        xs[s.name], _ = _array(fi[s.name], s, batch=batch)
+        batch = xs[s.name].shape[0]
+    names = set(fo.obj())
+    unknown = sorted(names - {s.name for s in outputs})
+    if not names or unknown:
+        raise fo.fail(f"expected outputs by name ({', '.join(s.name for s in outputs)}), got "
+                      f"{', '.join(unknown[:8]) if unknown else 'none'}")
+    if sorted(fa.obj()) != sorted(names):
+        raise fa.fail(f"expected one tolerance per golden output ({', '.join(sorted(names))})"
+                      f", got {', '.join(sorted(fa.obj())[:8]) or 'none'}")
+    ys, atols = {}, {}
+    for s in outputs:
+        if s.name in names:
+            ys[s.name], atols[s.name] = _golden_output(fo[s.name], fa[s.name], s, batch)
+    return GoldenVector(xs, ys, atols)
+
+
+def _golden_output(f: _Field, af: _Field, out: TensorSpec, batch: int | None
+                   ) -> tuple[EncodedArray, float]:
+    y, want = _array(f, out, batch=batch)
     if out.dtype in QUANTIZED_DTYPES or out.dtype == "int32":
         hi, why = MAX_ATOL_STEPS, f"tensor steps of an {out.dtype} output"
     else:
         peak = float(np.max(np.abs(want.astype(np.float64)))) if want.size else 0.0
         hi = MAX_ATOL_RELATIVE * max(1.0, peak)
         why = f"at most {MAX_ATOL_RELATIVE:g} x max(1, max |output|) for a float output"
-    return GoldenVector(x, y, g["atol"].number(0.0, hi, why=why))
+    return y, af.number(0.0, hi, why=why)
 
 
 def _array(f: _Field, spec: TensorSpec, *, batch: int | None) -> tuple[EncodedArray, np.ndarray]:

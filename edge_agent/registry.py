@@ -35,9 +35,9 @@ from edge_agent.errors import (
 )
 from edge_agent.hooks import Hooks, PredictionRecord
 from edge_agent.runtime.backends import Runtime
-from edge_agent.runtime.model import GoldenResult, LoadedModel, verify_golden
+from edge_agent.runtime.model import GoldenResult, Inputs, LoadedModel, batch_of, verify_golden
 from edge_agent.runtime.preprocess import decode_image
-from edge_agent.runtime.quant import coerce_input, dequantize
+from edge_agent.runtime.quant import dequantize
 
 DelegateFactory = Callable[[], Sequence[Any]]
 
@@ -55,10 +55,15 @@ class ModelState(str, enum.Enum):
 class Prediction:
     model: str
     version: int
-    outputs: list[np.ndarray]  # dequantized, batch first, one per output tensor
-    probabilities: np.ndarray | None  # (batch, classes) for classification models
+    outputs: list[np.ndarray]  # dequantized, batch first, one per output tensor (model order)
+    probabilities: np.ndarray | None  # (batch, classes) of the class head, if there is one
     top1: np.ndarray | None
     confidence: np.ndarray | None
+    names: tuple[str, ...] = ()  # the outputs' names, in the order of ``outputs``
+
+    def by_name(self) -> dict[str, np.ndarray]:
+        """Every output by its name."""
+        return dict(zip(self.names, self.outputs, strict=True))
 
 
 def softmax(x: np.ndarray) -> np.ndarray:
@@ -91,7 +96,12 @@ class ServedModel:
         assert first is not None
         self.workers = max(1, workers)
         self.input_spec = first.input_spec
+        self.input_specs = first.input_specs
         self.output_specs = first.output_specs
+        self.output_names = tuple(s.name for s in first.output_specs)
+        head = self.manifest.class_head  # named as the manifest names it: find it by name
+        self.class_position = (None if head is None else first.output_position(head.name))
+        self._coerce = first.coerce
         self.load_time_s = time.perf_counter() - t0
         self.loaded_at = time.time()
         self.state = ModelState.AVAILABLE
@@ -121,9 +131,10 @@ class ServedModel:
         with self.borrow() as m:
             return verify_golden(self.bundle, self.runtime, model=m)
 
-    def predict(self, x: np.ndarray, *, source: str = "api", request_id: str | None = None,
+    def predict(self, x: Inputs, *, source: str = "api", request_id: str | None = None,
                 client: str | None = None) -> Prediction:
-        """Float (model units) or raw-dtype input batch → a :class:`Prediction`.
+        """Float (model units) or raw-dtype input batch (one array, or arrays by input
+        name) → a :class:`Prediction` with every output.
 
         Every call, failed or not, is reported to the hooks, with who is at fault: a
         :class:`~edge_agent.errors.BadInputError` is the client's (``fault="client"``,
@@ -133,15 +144,18 @@ class ServedModel:
         t0 = time.perf_counter()
         raw = None
         try:
-            raw = coerce_input(x, self.input_spec)
-            if raw.shape[0] == 0:
+            coerced = self._coerce(x)
+            raw = (coerced if isinstance(coerced, np.ndarray) else
+                   coerced.get(self.input_spec.name))
+            if raw is not None and raw.shape[0] == 0:
                 raise InvalidRequestError("empty batch: send at least one instance")
             with self.borrow() as m:
-                outs = m.invoke_raw(raw)
+                outs = m.invoke_raw(coerced)
             deq = [dequantize(o, s) for o, s in zip(outs, self.output_specs, strict=True)]
             probs = top1 = conf = None
-            if self.manifest.task == "classification":
-                flat = deq[0].reshape(len(deq[0]), -1)
+            if self.class_position is not None:
+                head = deq[self.class_position]
+                flat = head.reshape(len(head), -1)
                 probs = flat if self.manifest.output_is_probability else softmax(flat)
                 top1 = probs.argmax(axis=1)
                 conf = probs.max(axis=1)
@@ -153,9 +167,10 @@ class ServedModel:
                          input_shape=e.shape if isinstance(e, ShapeMismatchError) else None,
                          error=str(e) if isinstance(e, EdgeError) else f"{type(e).__name__}: {e}")
             raise
-        self._record(source, request_id, True, time.perf_counter() - t0, len(raw), client=client,
+        self._record(source, request_id, True, time.perf_counter() - t0, batch_of(coerced),
+                     client=client,
                      top1=top1, confidence=conf, probabilities=probs, inputs_raw=raw)
-        return Prediction(self.name, self.version, deq, probs, top1, conf)
+        return Prediction(self.name, self.version, deq, probs, top1, conf, self.output_names)
 
     def decode_images(self, images: Sequence[bytes]) -> np.ndarray:
         """Encoded images → a float batch in model units (bundle preprocessing)."""
@@ -173,7 +188,8 @@ class ServedModel:
     def top_k(self, pred: Prediction, k: int = 5) -> list[list[dict[str, Any]]]:
         """Top-k labels and scores per sample (labels from the manifest, else indices)."""
         if pred.probabilities is None:
-            raise InvalidRequestError(f"{self.name} is not a classification model")
+            raise InvalidRequestError(f"{self.name} has no class head (task "
+                                      f"{self.manifest.task!r}); use :predict")
         labels = self.manifest.labels
         out = []
         for row in pred.probabilities:

@@ -51,7 +51,7 @@ from edge_agent.hooks import AgentEvent, Hooks
 from edge_agent.protocol import EventKind
 from edge_agent.registry import ModelRegistry, ModelState, Prediction, ServedModel
 from edge_agent.runtime.backends import Runtime, select_runtime
-from edge_agent.runtime.model import LoadedModel
+from edge_agent.runtime.model import Inputs, LoadedModel, batch_of
 from fleet.sim_net import LinkProxy
 
 if TYPE_CHECKING:
@@ -129,10 +129,10 @@ class SharedServedModel(ServedModel):
         with self._template.borrow() as m:
             yield m
 
-    def predict(self, x: np.ndarray, *, source: str = "api", request_id: str | None = None,
+    def predict(self, x: Inputs, *, source: str = "api", request_id: str | None = None,
                 client: str | None = None) -> Prediction:
         if self._fault is not None and self._fault(self):
-            self._record(source, request_id, False, 0.0, len(x), error="injected fault",
+            self._record(source, request_id, False, 0.0, batch_of(x), error="injected fault",
                          fault="model", client=client)
             raise ModelError(f"{self.name} v{self.version}: injected fault (simulated device "
                              "that fails probation)")

@@ -1,4 +1,11 @@
-"""A loaded model: one interpreter, its tensor specs, and golden-vector verification.
+"""A loaded model: one interpreter, its named tensor specs, and golden-vector verification.
+
+Tensors are bound by name once, at load (:mod:`edge_agent.runtime.signature`); a request
+names its inputs (a dict by name), or passes one array for a one-input model, and gets
+every output back in the model's order (:attr:`LoadedModel.output_specs`). A name from a
+manifest may be the signature name (``image``), the tensor's own name
+(``serving_default_image:0``, what schema-1 manifests list) or its TF Serving key
+(``image``); :meth:`LoadedModel.input_position` resolves all three.
 
 An interpreter is not thread-safe: every ``LoadedModel`` owns exactly one and guards
 it with a lock, so it is never used by two threads at once. Serve with one
@@ -8,27 +15,44 @@ it with a lock, so it is never used by two threads at once. Serve with one
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from edge_agent.bundle import Bundle, TensorSpec
-from edge_agent.errors import GoldenMismatchError, InvalidRequestError, ModelLoadError
+from edge_agent.errors import GoldenMismatchError, InvalidRequestError
 from edge_agent.runtime.backends import Runtime
 from edge_agent.runtime.quant import coerce_input, dequantize
+from edge_agent.runtime.signature import BoundTensor, bind
+from edge_agent.runtime.signature import spec_from_detail as spec_from_detail
 
-_NP_TO_NAME = {np.int8: "int8", np.uint8: "uint8", np.int16: "int16", np.int32: "int32",
-               np.float32: "float32", np.float16: "float16"}
+Inputs = np.ndarray | Mapping[str, np.ndarray]
 
 
-def spec_from_detail(d: dict[str, Any]) -> TensorSpec:
-    """TensorSpec from an interpreter's ``get_input_details()`` entry."""
-    scale, zp = d.get("quantization", (0.0, 0))
-    return TensorSpec(name=str(d["name"]), shape=tuple(int(x) for x in d["shape"]),
-                      dtype=_NP_TO_NAME.get(np.dtype(d["dtype"]).type, str(np.dtype(d["dtype"]))),
-                      scale=float(scale), zero_point=int(zp))
+def batch_of(x: Inputs) -> int:
+    """The batch size of one input array or of arrays by name (their first's)."""
+    if isinstance(x, np.ndarray):
+        return int(x.shape[0]) if x.ndim else 1
+    return next((int(a.shape[0]) if np.ndim(a) else 1 for a in x.values()), 0)
+
+
+def _aliases(tensors: Sequence[BoundTensor]) -> dict[str, int]:
+    """Every name a tensor may be asked by → its position (signature name first)."""
+    out: dict[str, int] = {}
+    for names in ([t.spec.name for t in tensors], [t.tensor_name for t in tensors],
+                  [_key(t.tensor_name) for t in tensors]):
+        for i, n in enumerate(names):
+            out.setdefault(n, i)
+    return out
+
+
+def _key(tensor_name: str) -> str:
+    """TF Serving's key of a tensor name: ``serving_default_x:0`` → ``x``."""
+    n = tensor_name.rsplit(":", 1)[0] if tensor_name.rpartition(":")[2].isdigit() else \
+        tensor_name
+    return n[len("serving_default_"):] if n.startswith("serving_default_") else n
 
 
 class LoadedModel:
@@ -40,45 +64,105 @@ class LoadedModel:
         self.num_threads = num_threads
         self._interp = runtime.make_interpreter(model_content, num_threads, delegates)
         self._lock = threading.Lock()
-        self._in = self._interp.get_input_details()
-        self._out = self._interp.get_output_details()
-        if len(self._in) != 1:
-            raise ModelLoadError(f"expected a model with one input tensor, got {len(self._in)}")
-        self.input_spec = spec_from_detail(self._in[0])
-        self.output_specs = tuple(spec_from_detail(d) for d in self._out)
-        self._batch_fixed = int(self._in[0]["shape"][0])
+        binding = bind(self._interp)
+        self.signature = binding.signature
+        self._in = binding.inputs
+        self._out = binding.outputs
+        self.input_specs = tuple(t.spec for t in self._in)
+        self.output_specs = tuple(t.spec for t in self._out)
+        self.input_spec = self.input_specs[0]
+        self._in_names = _aliases(self._in)
+        self._out_names = _aliases(self._out)
+        self._in_index = [t.index for t in self._in]
+        self._out_index = [t.index for t in self._out]
+        self._batch_fixed = int(self.input_spec.shape[0])
 
     @property
     def interpreter(self) -> Any:
         return self._interp
 
-    def invoke_raw(self, x: np.ndarray) -> list[np.ndarray]:
-        """Run one batch already in the input tensor's dtype; outputs in their raw dtype.
+    def _position(self, name: str, names: dict[str, int], specs: Sequence[TensorSpec],
+                  what: str) -> int:
+        pos = names.get(name)
+        if pos is None:
+            raise InvalidRequestError(f"the model has no {what} named {name!r} (its {what}s: "
+                                      f"{', '.join(s.name for s in specs)})")
+        return pos
 
-        Batches larger than the model's fixed batch run one slice at a time.
-        """
-        if x.dtype != np.dtype(self.input_spec.dtype):
+    def input_position(self, name: str) -> int:
+        """Where the input ``name`` (signature, tensor or TF Serving name) is. Raises
+        InvalidRequestError naming the model's inputs."""
+        return self._position(name, self._in_names, self.input_specs, "input")
+
+    def output_position(self, name: str) -> int:
+        """Where the output ``name`` is. Raises InvalidRequestError naming the outputs."""
+        return self._position(name, self._out_names, self.output_specs, "output")
+
+    def _ordered(self, x: Inputs) -> list[np.ndarray]:
+        """The inputs in the model's order. A bare array feeds a one-input model."""
+        if isinstance(x, np.ndarray):
+            if len(self._in) != 1:
+                raise InvalidRequestError(
+                    f"the model takes {len(self._in)} inputs "
+                    f"({', '.join(s.name for s in self.input_specs)}); send them by name")
+            return [x]
+        got: list[np.ndarray | None] = [None] * len(self._in)
+        for name, arr in x.items():
+            pos = self.input_position(name)
+            if got[pos] is not None:
+                raise InvalidRequestError(f"input {self.input_specs[pos].name!r} given twice")
+            got[pos] = arr
+        missing = [s.name for s, a in zip(self.input_specs, got, strict=True) if a is None]
+        if missing:
             raise InvalidRequestError(
-                f"input dtype {x.dtype} does not match tensor dtype {self.input_spec.dtype}")
-        n = x.shape[0]
+                f"missing input(s) {', '.join(missing)}: the model takes "
+                f"{', '.join(s.name for s in self.input_specs)}, got {', '.join(x) or 'none'}")
+        return [a for a in got if a is not None]
+
+    def invoke_raw(self, x: Inputs) -> list[np.ndarray]:
+        """Run one batch already in the input tensors' dtypes; outputs in their raw dtype,
+        in the order of :attr:`output_specs`.
+
+        ``x``: one array (a one-input model) or arrays by input name. Batches larger
+        than the model's fixed batch run one slice at a time.
+        Raises InvalidRequestError.
+        """
+        arrays = self._ordered(x)
+        n = arrays[0].shape[0]
+        for a, s in zip(arrays, self.input_specs, strict=True):
+            if a.dtype != np.dtype(s.dtype):
+                raise InvalidRequestError(
+                    f"input {s.name!r}: dtype {a.dtype} does not match tensor dtype {s.dtype}")
+            if a.shape[0] != n:
+                raise InvalidRequestError(
+                    f"input {s.name!r}: batch {a.shape[0]}, expected {n} (the batch of "
+                    f"{self.input_specs[0].name!r})")
         b = self._batch_fixed if self._batch_fixed > 0 else n
-        outs: list[list[np.ndarray]] = [[] for _ in self._out]
+        outs: list[list[np.ndarray]] = [[] for _ in self._out_index]
         with self._lock:
             for i in range(0, n, b):
-                part = x[i:i + b]
-                if part.shape[0] != b:  # last partial batch: pad, then drop the padding
-                    pad = np.zeros((b - part.shape[0], *part.shape[1:]), dtype=part.dtype)
-                    part = np.concatenate([part, pad])
-                self._interp.set_tensor(self._in[0]["index"], part)
+                for idx, a in zip(self._in_index, arrays, strict=True):
+                    part = a[i:i + b]
+                    if part.shape[0] != b:  # last partial batch: pad, then drop the padding
+                        pad = np.zeros((b - part.shape[0], *part.shape[1:]), dtype=part.dtype)
+                        part = np.concatenate([part, pad])
+                    self._interp.set_tensor(idx, part)
                 self._interp.invoke()
                 keep = min(b, n - i)
-                for j, od in enumerate(self._out):
-                    outs[j].append(self._interp.get_tensor(od["index"])[:keep].copy())
+                for j, idx in enumerate(self._out_index):
+                    outs[j].append(self._interp.get_tensor(idx)[:keep].copy())
         return [np.concatenate(o) if len(o) > 1 else o[0] for o in outs]
 
-    def predict(self, x: np.ndarray) -> list[np.ndarray]:
-        """Float (model units) or raw input → dequantized float outputs."""
-        raw = self.invoke_raw(coerce_input(x, self.input_spec))
+    def coerce(self, x: Inputs) -> Inputs:
+        """Float (model units) or raw input(s) → each input tensor's dtype (by name)."""
+        if isinstance(x, np.ndarray):
+            return coerce_input(x, self.input_spec)
+        return {self.input_specs[self.input_position(k)].name:
+                coerce_input(v, self.input_specs[self.input_position(k)]) for k, v in x.items()}
+
+    def predict(self, x: Inputs) -> list[np.ndarray]:
+        """Float (model units) or raw input(s) → dequantized float outputs (model order)."""
+        raw = self.invoke_raw(self.coerce(x))
         return [dequantize(o, s) for o, s in zip(raw, self.output_specs, strict=True)]
 
 
@@ -90,36 +174,51 @@ class GoldenResult:
     ok: bool
 
 
+def _fits(arr: np.ndarray, spec: TensorSpec) -> bool:
+    return arr.shape[1:] == spec.shape[1:] and arr.dtype == np.dtype(spec.dtype)
+
+
 def verify_golden(bundle: Bundle, runtime: Runtime, *, num_threads: int | None = None,
                   model: LoadedModel | None = None) -> GoldenResult:
-    """Run the bundle's golden vectors on ``runtime``.
+    """Run the bundle's golden vectors on ``runtime``: every input fed by name, every
+    output compared by name within its own tolerance.
 
     Raises ModelLoadError if the model does not load and GoldenMismatchError (naming the
-    vector and the difference) if any output differs by more than its tolerance.
+    vector, the tensor and the difference) if any output differs by more than its
+    tolerance, or the vectors name tensors the model does not have.
     """
     m = model or LoadedModel(runtime, bundle.model_bytes, num_threads=num_threads)
     worst = 0.0
     if not bundle.manifest.golden:
         raise GoldenMismatchError(f"{bundle.source}: manifest has no golden vectors to check")
-    spec = m.input_spec
     for i, g in enumerate(bundle.manifest.golden):
-        x = g.input.decode()
-        want = g.output.decode()
-        if x.shape[1:] != spec.shape[1:] or x.dtype != np.dtype(spec.dtype):
-            # the manifest validated, but its tensors are not this model's
-            raise GoldenMismatchError(
-                f"golden vector {i}: input {x.dtype} {list(x.shape)} does not fit the "
-                f"model's input {spec.dtype} {list(spec.shape)}")
-        got = m.invoke_raw(x)[0]
-        if got.shape != want.shape or got.dtype != want.dtype:
-            raise GoldenMismatchError(
-                f"golden vector {i}: output {got.dtype} {list(got.shape)}, expected "
-                f"{want.dtype} {list(want.shape)}")
-        diff = float(np.max(np.abs(got.astype(np.float64) - want.astype(np.float64))))
-        worst = max(worst, diff)
-        if not diff <= g.atol:  # NaN (a model computing NaN) fails too
-            raise GoldenMismatchError(
-                f"golden vector {i}: output differs by {diff:g} (tolerance {g.atol:g}) on "
-                f"{runtime}; the model is not the one that was converted or the runtime "
-                "computes differently")
+        feed: dict[str, np.ndarray] = {}
+        try:
+            for name, enc in g.inputs.items():
+                spec = m.input_specs[m.input_position(name)]
+                x = enc.decode()
+                if not _fits(x, spec):
+                    # the manifest validated, but its tensors are not this model's
+                    raise GoldenMismatchError(
+                        f"golden vector {i}: input {x.dtype} {list(x.shape)} does not fit the "
+                        f"model's input {spec.name!r} {spec.dtype} {list(spec.shape)}")
+                feed[spec.name] = x
+            got = m.invoke_raw(feed)
+            wanted = [(name, m.output_position(name), enc.decode(), g.atols[name])
+                      for name, enc in g.outputs.items()]
+        except InvalidRequestError as e:  # a tensor name the model does not have
+            raise GoldenMismatchError(f"golden vector {i}: {e}") from e
+        for name, pos, want, atol in wanted:
+            have = got[pos]
+            if have.shape != want.shape or have.dtype != want.dtype:
+                raise GoldenMismatchError(
+                    f"golden vector {i}: output {name!r} {have.dtype} {list(have.shape)}, "
+                    f"expected {want.dtype} {list(want.shape)}")
+            diff = float(np.max(np.abs(have.astype(np.float64) - want.astype(np.float64))))
+            worst = max(worst, diff)
+            if not diff <= atol:  # NaN (a model computing NaN) fails too
+                raise GoldenMismatchError(
+                    f"golden vector {i}: output {name!r} differs by {diff:g} (tolerance "
+                    f"{atol:g}) on {runtime}; the model is not the one that was converted or "
+                    "the runtime computes differently")
     return GoldenResult(str(runtime), len(bundle.manifest.golden), worst, True)

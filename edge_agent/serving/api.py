@@ -27,6 +27,7 @@ import numpy as np
 
 from edge_agent.errors import InvalidRequestError, NotFoundError
 from edge_agent.registry import ModelRegistry, ServedModel
+from edge_agent.runtime.model import Inputs
 from edge_agent.serving import codec
 from edge_agent.serving.admission import Admission, Overloaded
 from edge_agent.serving.http import HttpServer, HTTPStatusError, Request, Response
@@ -141,6 +142,7 @@ class ServingApi:
         served = self._served(req)
         with self._admit(served.name):
             doc = None if req.content_type == "application/octet-stream" else req.json()
+            x: Inputs
             try:  # the body parsed; now it must fit this model version
                 if doc is None:
                     x, layout = self._raw_tensor(served, req.body), codec.ROW
@@ -157,6 +159,11 @@ class ServingApi:
         return Response(200, codec.encode_predict_bytes(pred, served, layout))
 
     def _raw_tensor(self, served: ServedModel, body: bytes) -> np.ndarray:
+        if len(served.input_specs) != 1:
+            raise InvalidRequestError(
+                f"an octet-stream body is one input tensor; {served.name} takes "
+                f"{len(served.input_specs)} ({', '.join(s.name for s in served.input_specs)}): "
+                "send them by name as JSON")
         spec = served.input_spec
         dtype = np.dtype(spec.dtype)
         per = int(np.prod(spec.shape[1:])) * dtype.itemsize
@@ -181,7 +188,8 @@ class ServingApi:
         json_body = "json" in ctype
         if not json_body:
             codec.check_classify(served, "")  # no body signature: is there a class head?
-        classes = int(np.prod(served.output_specs[0].shape[1:]))
+        head = served.class_position  # check_classify refused a model without one
+        classes = int(np.prod(served.output_specs[head or 0].shape[1:]))
         k = codec.parse_k(req.query, self.default_k, classes)
         with self._admit(served.name):
             if json_body:

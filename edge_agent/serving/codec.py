@@ -31,6 +31,7 @@ from edge_agent import untrusted_json
 from edge_agent.bundle import TensorSpec
 from edge_agent.errors import InvalidRequestError
 from edge_agent.registry import Prediction, ServedModel
+from edge_agent.runtime.model import Inputs
 from edge_agent.serving import json_encode, json_examples, json_tensor
 from edge_agent.serving.images import IMAGE_FORMATS as IMAGE_FORMATS
 from edge_agent.serving.images import image_batch as image_batch
@@ -76,7 +77,7 @@ _SPECS: WeakKeyDictionary[ServedModel, tuple[list[NamedSpec], list[NamedSpec]]] 
 def _specs(served: ServedModel) -> tuple[list[NamedSpec], list[NamedSpec]]:
     hit = _SPECS.get(served)
     if hit is None:
-        hit = (signature_keys([served.input_spec], binary=True),
+        hit = (signature_keys(served.input_specs, binary=True),
                signature_keys(served.output_specs))
         _SPECS[served] = hit
     return hit
@@ -93,20 +94,25 @@ def output_specs(served: ServedModel) -> list[NamedSpec]:
 
 
 def decode_predict(doc: Any, served: ServedModel, *, max_batch: int, max_image_pixels: int,
-                   body: bytes | None = None) -> tuple[np.ndarray, Layout]:
+                   body: bytes | None = None) -> tuple[Inputs, Layout]:
     """A predict request (parsed, and its ``body`` text if at hand) → (the model's input
-    batch, how to write the answer).
+    batch: one array for a one-input model, else arrays by input name; how to write the
+    answer).
 
-    The one-input adapter over :func:`json_tensor.decode_predict`: a multi-input model
-    passes all its specs and gets every input by name.
+    The adapter over :func:`json_tensor.decode_predict`, which checks every named input
+    (missing, unknown, shape, one batch size) in TF Serving's words.
     """
     inputs = input_specs(served)
     bools = body is None or b"true" in body or b"false" in body
     decoded = json_tensor.decode_predict(doc, inputs, max_batch=max_batch, bools=bools)
-    x = decoded.tensors[inputs[0].name]
-    if isinstance(x, list):
-        x = image_batch(served, x, max_image_pixels)
-    return x, decoded.layout
+    named: dict[str, np.ndarray] = {}
+    for ns in inputs:
+        x = decoded.tensors[ns.name]
+        named[ns.spec.name] = (image_batch(served, x, max_image_pixels, spec=ns.spec)
+                               if isinstance(x, list) else x)
+    if len(named) == 1:
+        return next(iter(named.values())), decoded.layout
+    return named, decoded.layout
 
 
 def _outputs(pred: Prediction, specs: Sequence[NamedSpec]) -> dict[str, np.ndarray]:
@@ -126,7 +132,7 @@ def encode_predict(pred: Prediction, served: ServedModel, layout: Layout) -> dic
 
 def signature_method(served: ServedModel) -> str:
     """What the one signature answers besides :predict: :classify when there is a class head."""
-    return CLASSIFY_METHOD if served.manifest.task == "classification" else PREDICT_METHOD
+    return CLASSIFY_METHOD if served.class_position is not None else PREDICT_METHOD
 
 
 def classify_examples(doc: Any, served: ServedModel, *, max_batch: int) -> list[bytes]:

@@ -34,6 +34,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
+from edge_agent.bundle import TensorSpec
 from edge_agent.errors import EdgeError, InvalidRequestError
 from edge_agent.registry import ServedModel
 from edge_agent.runtime.preprocess import image_to_array
@@ -171,12 +172,14 @@ def open_header(data: bytes, where: str, target: tuple[int, int], max_pixels: in
 
 
 def image_batch(served: ServedModel, images: Sequence[bytes], max_pixels: int, *,
-                budget: DecodeBudget | None = None) -> np.ndarray:
-    """Encoded images → float batch with the bundle's preprocessing, memory-bounded.
+                budget: DecodeBudget | None = None, spec: TensorSpec | None = None
+                ) -> np.ndarray:
+    """Encoded images → float batch with the bundle's preprocessing, memory-bounded, for
+    the input ``spec`` (default: the model's first input).
 
     Raises InvalidRequestError (400), ImageTooLarge (413), Overloaded (503).
     """
-    shape = served.input_spec.shape
+    shape = (spec or served.input_spec).shape
     if len(shape) != 4:
         raise InvalidRequestError(f"{served.name} does not take images (input "
                                   f"{list(shape)})")

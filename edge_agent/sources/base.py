@@ -149,8 +149,9 @@ def classify_image(registry: ModelRegistry, model: str, data: bytes, *, version:
                    **extra: Any) -> dict[str, Any]:
     """Encoded image bytes → top-k result. Raises NotFoundError / InvalidRequestError."""
     served = registry.get(model, version)
-    if served.manifest.task != "classification":
-        raise InvalidRequestError(f"model {model!r} is not a classification model")
+    if served.class_position is None:
+        raise InvalidRequestError(f"model {model!r} has no class head (task "
+                                  f"{served.manifest.task!r})")
     x = image_batch(served, [data], max_pixels)
     pred = served.predict(x, source=source, request_id=request_id)
     return top_k_result(served, pred, k, source=source, **extra)

@@ -200,17 +200,17 @@ class MqttRequestSource:
             k = doc.get("k", self.settings.top_k)
             if not isinstance(k, int) or isinstance(k, bool) or k < 1:
                 raise InvalidRequestError(f"k must be a positive integer, got {k!r}")
-            if served.manifest.task != "classification":
-                raise InvalidRequestError(f"model {model!r} is not a classification model; "
-                                          'send "instances"')
+            if served.class_position is None:
+                raise InvalidRequestError(f"model {model!r} has no class head (task "
+                                          f"{served.manifest.task!r}); send \"instances\"")
             x = codec.image_batch(served, [data], self.max_image_pixels)
             pred = served.predict(x, source="mqtt", request_id=str(rid))
             return top_k_result(served, pred, k)
         body = {key: v for key, v in doc.items() if key in ("instances", "inputs",
                                                                "signature_name")}
-        x, fmt = codec.decode_predict(body, served, max_batch=self.max_batch,
-                                      max_image_pixels=self.max_image_pixels)
-        pred = served.predict(x, source="mqtt", request_id=str(rid))
+        xs, fmt = codec.decode_predict(body, served, max_batch=self.max_batch,
+                                       max_image_pixels=self.max_image_pixels)
+        pred = served.predict(xs, source="mqtt", request_id=str(rid))
         return {"model": served.name, "version": served.version,
                 **codec.encode_predict(pred, served, fmt)}
 

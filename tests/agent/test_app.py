@@ -51,7 +51,7 @@ def test_golden_mismatch_is_skipped_and_the_other_models_serve(start_agent: Any,
     g = b.manifest.golden[0]
     wrong = EncodedArray.encode(g.output.decode() + 5.0)
     bad = dataclasses.replace(b, manifest=dataclasses.replace(
-        b.manifest, golden=(dataclasses.replace(g, output=wrong), *b.manifest.golden[1:])))
+        b.manifest, golden=(g.with_output(wrong), *b.manifest.golden[1:])))
     write_bundle(bad, tmp_path / "bad")
     agent = start_agent(digits.bundle, tmp_path / "bad")
     assert agent.registry.names() == ["digits"]

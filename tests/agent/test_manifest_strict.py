@@ -86,7 +86,8 @@ CASES = [
     ("inputs.0.shape", [1] * 9, "manifest.inputs[0].shape", "a list of 1..8 entries"),
     ("inputs.0.shape", [1, 1 << 20, 1 << 20, 1], "manifest.inputs[0].shape", "elements"),
     ("inputs.0.scale", NAN, "manifest.inputs[0].scale", "int8 tensors are quantized"),
-    ("outputs.0.scale", 0.0, "manifest.outputs[0].scale", "a finite number > 0"),
+    # scale 0 is a raw integer tensor (issue 12), so its zero point must be 0
+    ("outputs.0.scale", 0.0, "manifest.outputs[0].zero_point", "has no zero point"),
     ("inputs.0.scale", -0.5, "manifest.inputs[0].scale", "got -0.5"),
     ("inputs.0.zero_point", 200, "manifest.inputs[0].zero_point", ">= -128 and <= 127"),
     ("inputs.0.zero_point", 1.5, "manifest.inputs[0].zero_point", "got 1.5"),
@@ -114,7 +115,7 @@ CASES = [
     ("model.size_bytes", -1, "manifest.model.size_bytes", "got -1"),
     ("model.file", "other.tflite", "manifest.model.file", "'model.tflite'"),
     ("model", DROP, "manifest.model", "missing"),
-    ("schema_version", 2, "manifest.schema_version", "schema_version 2 not supported"),
+    ("schema_version", 3, "manifest.schema_version", "schema_version 3 not supported"),
     ("quantization_mode", "int4", "manifest.quantization_mode", "got 'int4'"),
     ("task", "detect", "manifest.task", "got 'detect'"),
     ("output_is_probability", "yes", "manifest.output_is_probability", "true or false"),
@@ -292,7 +293,8 @@ def test_golden_vectors_that_validate_but_do_not_fit_the_model_are_a_golden_mism
     x = np.concatenate([g.input.decode()] * 2, axis=-1)
     inp = dataclasses.replace(b.manifest.inputs[0], shape=(1, 8, 8, 2))
     m = dataclasses.replace(b.manifest, inputs=(inp,), drift_reference=None,
-                            golden=(dataclasses.replace(g, input=EncodedArray.encode(x)),))
+                            golden=(dataclasses.replace(
+                                g, inputs={inp.name: EncodedArray.encode(x)}),))
     assert parse_manifest(json.loads(m.to_json())) == m  # it validates
     with pytest.raises(GoldenMismatchError, match=r"input int8 \[1, 8, 8, 2\] does not fit"):
         verify_golden(dataclasses.replace(b, manifest=m), select_runtime())

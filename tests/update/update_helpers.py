@@ -73,7 +73,7 @@ def derive(src: Path, out: Path, *, version: int, profiles: tuple[str, ...] | No
         def shift(g: Any) -> Any:
             out_arr = g.output.decode()
             bad = (out_arr.astype(np.int16) + 60).clip(-128, 127).astype(out_arr.dtype)
-            return replace(g, output=EncodedArray.encode(bad), atol=0.0)
+            return g.with_output(EncodedArray.encode(bad), atol=0.0)
         changes["golden"] = tuple(shift(g) for g in m.golden)
     data = b.model_bytes
     if model_bytes is not None:

@@ -1,0 +1,155 @@
+"""Issue 12 part 1: a model with several named outputs, end to end — real Keras model,
+real TF conversion by the CLI, a real ``edge-agent run`` process, real REST over sockets.
+
+Before: both TFLite outputs were named ``StatefulPartitionedCall:0``/``:1``; the converter
+renamed the input to ``input``; the bundle and ``:predict`` showed one output. Now every
+tensor carries the model's own name (``features``; ``class``, ``score``) from the Keras
+model through the TFLite ``signature_def`` into the manifest, the golden vectors and the
+REST answer, and each is correct against the float Keras model.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from agent_helpers import Client
+from attack_helpers import AgentProcess, agent_process
+
+from edge_agent.bundle import read_bundle
+
+FEATURES = 8
+
+
+@dataclass(frozen=True)
+class TwoHeads:
+    bundle: Path
+    x: np.ndarray  # held-out samples, float model units
+    want_class: np.ndarray  # the float Keras model's outputs for x
+    want_score: np.ndarray
+    report: dict[str, Any]
+
+
+def _convert(*args: object) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        [str(Path(__file__).resolve().parents[2]), os.environ.get("PYTHONPATH", "")])}
+    return subprocess.run([sys.executable, "-m", "converter.cli", *map(str, args)],
+                          capture_output=True, text=True, timeout=600, env=env)
+
+
+@pytest.fixture(scope="module")
+def two_heads(tmp_path_factory: pytest.TempPathFactory) -> TwoHeads:
+    """Tabular input ``features`` → ``class`` (softmax over 3) and ``score`` (1 value)."""
+    from converter.tfload import import_tf
+
+    tf = import_tf()
+    d = tmp_path_factory.mktemp("two-heads")
+    rng = np.random.default_rng(7)
+    x = rng.normal(size=(256, FEATURES)).astype(np.float32)
+    y = (x[:, 0] > 0).astype(np.int64) + (x[:, 1] > 1).astype(np.int64)
+    inp = tf.keras.Input((FEATURES,), name="features")
+    h = tf.keras.layers.Dense(16, activation="relu")(inp)
+    cls = tf.keras.layers.Dense(3, activation="softmax", name="class")(h)
+    score = tf.keras.layers.Dense(1, name="score")(h)
+    model = tf.keras.Model(inp, {"class": cls, "score": score})
+    model.compile("adam", {"class": "sparse_categorical_crossentropy", "score": "mse"})
+    model.fit(x, {"class": y, "score": x[:, :1] * 2.0}, epochs=5, verbose=0)
+    model.save(d / "two.keras")
+    np.savez(d / "calib.npz", x=x[:200], y=y[:200])
+    held = x[200:216]
+    out = model.predict(held, verbose=0)
+    r = _convert("convert", d / "two.keras", "--representative", d / "calib.npz",
+                 "--profile", "generic-x86_64", "--latency-runs", 2, "--json",
+                 "--name", "two", "-o", d / "two-v1")
+    assert r.returncode == 0, r.stderr
+    return TwoHeads(d / "two-v1", held, np.asarray(out["class"]), np.asarray(out["score"]),
+                    json.loads(r.stdout))
+
+
+@pytest.fixture(scope="module")
+def served(two_heads: TwoHeads, tmp_path_factory: pytest.TempPathFactory
+           ) -> Iterator[tuple[AgentProcess, Client]]:
+    with agent_process(tmp_path_factory.mktemp("agent"), two_heads.bundle) as proc:
+        c = Client(proc.host, proc.port)
+        yield proc, c
+        c.close()
+
+
+def _close(got: Any, want: np.ndarray, atol: float) -> None:
+    np.testing.assert_allclose(np.asarray(got, np.float32), want, atol=atol)
+
+
+def test_manifest_names_every_tensor_and_head_with_the_models_own_names(
+        two_heads: TwoHeads) -> None:
+    m = read_bundle(two_heads.bundle).manifest
+    assert [s.name for s in m.inputs] == ["features"]
+    assert sorted(s.name for s in m.outputs) == ["class", "score"]
+    assert m.schema_version == 2 and m.task == "multi_output"
+    assert m.heads == {"class": "class", "score": "regression"}
+    assert m.golden and all(sorted(g.outputs) == ["class", "score"] for g in m.golden)
+    raw = json.loads((two_heads.bundle / "manifest.json").read_text())
+    assert raw["golden"][0]["inputs"].keys() == {"features"}
+
+
+def test_report_scores_each_head_with_its_own_metric(two_heads: TwoHeads) -> None:
+    heads = two_heads.report["evaluation"]["heads"]
+    assert heads["class"]["kind"] == "class" and heads["class"]["top1_agreement"] >= 0.8
+    assert heads["score"]["kind"] == "regression"
+    assert {"mae", "rmse", "correlation"} <= heads["score"].keys()
+    assert heads["score"]["correlation"] > 0.95
+    assert "top1_agreement" not in heads["score"]
+    assert two_heads.report["classes"] == 3  # top-1 scored on the class head, not `score`
+
+
+def test_verify_checks_every_golden_output(two_heads: TwoHeads) -> None:
+    r = _convert("verify", two_heads.bundle)
+    assert r.returncode == 0, r.stderr + r.stdout
+
+
+def test_rest_predict_row_returns_both_outputs_by_name(
+        two_heads: TwoHeads, served: tuple[AgentProcess, Client]) -> None:
+    _, c = served
+    r = c.post("/v1/models/two:predict", {"instances": two_heads.x.tolist()})
+    assert r.status == 200, r.body
+    preds = r.json()["predictions"]
+    assert len(preds) == len(two_heads.x)
+    assert all(p.keys() == {"class", "score"} for p in preds)
+    _close([p["class"] for p in preds], two_heads.want_class, 0.05)
+    span = float(np.ptp(two_heads.want_score))
+    _close([p["score"] for p in preds], two_heads.want_score, 0.05 * max(1.0, span))
+
+
+def test_rest_predict_columnar_returns_both_outputs_by_name(
+        two_heads: TwoHeads, served: tuple[AgentProcess, Client]) -> None:
+    _, c = served
+    r = c.post("/v1/models/two:predict", {"inputs": {"features": two_heads.x.tolist()}})
+    assert r.status == 200, r.body
+    outs = r.json()["outputs"]
+    assert outs.keys() == {"class", "score"}
+    _close(outs["class"], two_heads.want_class, 0.05)
+    span = float(np.ptp(two_heads.want_score))
+    _close(outs["score"], two_heads.want_score, 0.05 * max(1.0, span))
+
+
+def test_metadata_lists_the_models_own_names(served: tuple[AgentProcess, Client]) -> None:
+    _, c = served
+    sig = c.get("/v1/models/two/metadata").json()["metadata"]["signature_def"][
+        "signature_def"]["serving_default"]
+    assert sig["inputs"].keys() == {"features"} and sig["outputs"].keys() == {"class", "score"}
+
+
+def test_unknown_input_name_is_a_400_and_the_model_keeps_serving(
+        two_heads: TwoHeads, served: tuple[AgentProcess, Client]) -> None:
+    _, c = served
+    r = c.post("/v1/models/two:predict", {"inputs": {"input": two_heads.x[:1].tolist()}})
+    assert r.status == 400 and "features" in r.json()["error"], r.body
+    ok = c.post("/v1/models/two:predict", {"instances": two_heads.x[:1].tolist()})
+    assert ok.status == 200 and ok.json()["predictions"][0].keys() == {"class", "score"}
