@@ -95,16 +95,20 @@ class ServedModel:
             self._pool.put(m)
         assert first is not None
         self.workers = max(1, workers)
-        self.input_spec = first.input_spec
-        self.input_specs = first.input_specs
-        self.output_specs = first.output_specs
-        self.output_names = tuple(s.name for s in first.output_specs)
-        head = self.manifest.class_head  # named as the manifest names it: find it by name
-        self.class_position = (None if head is None else first.output_position(head.name))
-        self._coerce = first.coerce
+        self._describe(first)
         self.load_time_s = time.perf_counter() - t0
         self.loaded_at = time.time()
         self.state = ModelState.AVAILABLE
+
+    def _describe(self, m: LoadedModel) -> None:
+        """Specs and bindings of this version, read from one of its interpreters."""
+        self.input_spec = m.input_spec
+        self.input_specs = m.input_specs
+        self.output_specs = m.output_specs
+        self.output_names = tuple(s.name for s in m.output_specs)
+        head = self.manifest.class_head  # named as the manifest names it: find it by name
+        self.class_position = (None if head is None else m.output_position(head.name))
+        self._coerce = m.coerce
 
     @property
     def name(self) -> str:

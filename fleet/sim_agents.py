@@ -116,8 +116,8 @@ class SharedServedModel(ServedModel):
         self.hooks = hooks
         self.borrow_timeout_s = template.borrow_timeout_s
         self.workers = template.workers
-        self.input_spec = template.input_spec
-        self.output_specs = template.output_specs
+        with template.borrow() as m:
+            self._describe(m)
         self.load_time_s = 0.0
         self.loaded_at = time.time()
         self.state = ModelState.AVAILABLE

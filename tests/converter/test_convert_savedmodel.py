@@ -447,7 +447,7 @@ def test_basic_pitch_fails_the_object_graph_loader_and_loads_through_its_signatu
     assert "add_slot" in _object_graph_load_error(basic_pitch.sm)
     interp = select_runtime().interpreter_cls(model_content=basic_pitch.models["float32"])
     assert interp.get_signature_list() == {"serving_default": {
-        "inputs": ["input"], "outputs": ["contour", "note", "onset"]}}
+        "inputs": ["input_2"], "outputs": ["contour", "note", "onset"]}}
     got = _signature_outputs(basic_pitch.models["float32"], basic_pitch.x)
     assert {k: v.shape for k, v in got[0].items()} == {
         "contour": (1, 172, 264), "note": (1, 172, 88), "onset": (1, 172, 88)}

@@ -14,8 +14,18 @@ import numpy as np
 from securesystemslib.signer import CryptoSigner, SSlibKey
 from waiting import wait_for
 
-from edge_agent.bundle import Bundle, EncodedArray, read_bundle, sha256_bytes, write_bundle
+from edge_agent.bundle import (
+    Bundle,
+    EncodedArray,
+    GoldenVector,
+    Manifest,
+    read_bundle,
+    sha256_bytes,
+    write_bundle,
+)
+from edge_agent.errors import EdgeError
 from edge_agent.hooks import AgentEvent
+from edge_agent.runtime.signature import tflite_specs
 from edge_agent.update.service import UpdateService
 from edge_agent.update.state import Outcome
 from edge_agent.update.wire import Audience
@@ -78,9 +88,28 @@ def derive(src: Path, out: Path, *, version: int, profiles: tuple[str, ...] | No
     data = b.model_bytes
     if model_bytes is not None:
         data = model_bytes
-        changes.update(model_sha256=sha256_bytes(data), model_size=len(data))
+        changes.update(model_sha256=sha256_bytes(data), model_size=len(data),
+                       **_renamed_to(m, data, changes.get("golden", m.golden)))
     write_bundle(Bundle(replace(m, **changes), data, b.report, str(out)), out)
     return out
+
+
+def _renamed_to(m: Manifest, model: bytes, golden: tuple[GoldenVector, ...]) -> dict[str, Any]:
+    """Manifest fields for another model of the same shapes: its own tensor names (matched by
+    position), so the golden vectors bind to it by name as the runtime does. A model that
+    does not load (a broken one, on purpose) keeps the manifest as it was."""
+    try:
+        ins, outs = tflite_specs(model)
+    except EdgeError:
+        return {}
+    imap = {a.name: b.name for a, b in zip(m.inputs, ins, strict=True)}
+    omap = {a.name: b.name for a, b in zip(m.outputs, outs, strict=True)}
+    return {"inputs": ins, "outputs": outs,
+            "heads": {omap[k]: v for k, v in m.heads.items()},
+            "golden": tuple(GoldenVector({imap[k]: v for k, v in g.inputs.items()},
+                                         {omap[k]: v for k, v in g.outputs.items()},
+                                         {omap[k]: v for k, v in g.atols.items()})
+                            for g in golden)}
 
 
 @dataclass(frozen=True)
