@@ -366,7 +366,8 @@ def _drift(q_rep: np.ndarray, xs: dict[str, np.ndarray], is_prob: bool, classes:
     """Calibration-time statistics of the quantized model (what the device will see).
     Without a class head the class and confidence histograms are one empty bin's worth
     (no class drift to watch); the input statistics always apply, for every input by
-    name (``input_mean``/``input_std``: the first input's, what schema 1 holds)."""
+    name (``xs`` in the bundle's input order: ``input_mean``/``input_std`` are the first
+    input's, what schema 1 holds)."""
     if not class_head:
         q_rep = np.ones((len(q_rep), 1), np.float32)
         classes, is_prob = 1, True
@@ -481,7 +482,8 @@ def build_bundle(opts: ConvertOptions, steps: Steps | None = None) -> tuple[Bund
         labels=labels,
         target_profiles=(profile.name,),
         golden=_golden(qmodel, data, opts.golden_atol),
-        drift_reference=_drift(q_rep, rep.xs, is_prob, out_classes, scored is not None),
+        drift_reference=_drift(q_rep, {s.name: rep.xs[s.name] for s in qmodel.input_specs},
+                               is_prob, out_classes, scored is not None),
         converter_version=converter.__version__,
         tensorflow_version=tf.__version__,
     )
