@@ -183,3 +183,33 @@ def test_regression_is_inferred_from_float_targets_without_task(
     m = read_bundle(out.bundle).manifest
     assert m.task == "regression" and m.heads == {"value": "regression"}
     assert out.report["evaluation"]["heads"]["value"]["target"]["float"]["mae"] < 0.5
+
+
+def test_probation_times_a_served_multi_input_request_on_both_versions(
+        two_in: Converted) -> None:
+    """Interleaved probation timing: the sample kept from a real request of a two-input
+    model holds every input, and ``time_pair`` runs it on both versions (it used to keep
+    the first input only, and invoking that on a two-input model failed, which silently
+    stopped the latency rule)."""
+    from edge_agent.bundle import read_bundle as read
+    from edge_agent.hooks import Hooks
+    from edge_agent.registry import ModelRegistry, ServedModel
+    from edge_agent.runtime.backends import select_runtime
+    from edge_agent.update.probation import ProbationMonitor, time_pair
+
+    hooks = Hooks()
+    reg = ModelRegistry(select_runtime(), hooks, num_threads=1)
+    bundle = read(two_in.bundle)
+    old = reg.load(bundle)
+    new = ServedModel(bundle, select_runtime(), num_threads=1)  # a second served copy
+    mon = ProbationMonitor(hooks, sample_every_s=0.0)
+    mon.start(bundle.manifest.name, bundle.manifest.version)
+    held = two_in.built.held
+    old.predict({k: v[:3] for k, v in held.items()})
+    sample = mon.take_sample()
+    assert sample is not None and sorted(sample) == ["image", "meta"]
+    assert all(len(a) == 1 for a in sample.values())
+    for new_first in (False, True):
+        t_old, t_new = time_pair(old, new, sample, new_first)
+        assert t_old > 0 and t_new > 0
+    mon.close()
