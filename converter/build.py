@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 import converter
-from converter.data import Dataset, check_data_path, load_dataset
+from converter.data import Dataset, check_data_path, class_indices, load_dataset
 from converter.errors import DatasetError, OptionError, OutputError
 from converter.evaluate import compare, latency_ms, run_all
 from converter.floatops import explain
@@ -38,6 +38,7 @@ from edge_agent.bundle import (
     DriftReference,
     EncodedArray,
     GoldenVector,
+    InputStats,
     Manifest,
     Preprocessing,
     sha256_bytes,
@@ -47,12 +48,12 @@ from edge_agent.manifest import oldest_schema
 from edge_agent.profiles import DeviceProfile, load_profile
 from edge_agent.runtime.backends import select_runtime
 from edge_agent.runtime.model import LoadedModel
-from edge_agent.runtime.quant import coerce_input
 
 CONFIDENCE_EDGES = tuple(round(x, 2) for x in np.linspace(0.0, 1.0, 11))
 GOLDEN_COUNT = 4
 MODES = BUNDLE_MODES  # one definition: converter.quantize
 IO_DTYPES = ("int8", "uint8", "float32")
+TASKS = ("classification", "regression", "multi_output", "raw")  # --task (manifest TASKS)
 
 
 @dataclass
@@ -64,6 +65,7 @@ class ConvertOptions:
     eval_data: Path | None = None
     labels_file: Path | None = None
     mode: str = "int8"
+    task: str | None = None  # TASKS; default: inferred from the outputs and ``y``
     allow_float_ops: bool = False  # with int8: ops without int8 kernels stay float
     io_dtype: str | None = None  # default: the profile's
     samples: int = 200
@@ -91,6 +93,8 @@ def preflight(opts: ConvertOptions) -> DeviceProfile:
     if opts.io_dtype is not None and opts.io_dtype not in IO_DTYPES:
         raise OptionError(f"--io-dtype must be one of {', '.join(IO_DTYPES)}, "
                           f"got {opts.io_dtype!r}")
+    if opts.task is not None and opts.task not in TASKS:
+        raise OptionError(f"--task must be one of {', '.join(TASKS)}, got {opts.task!r}")
     if opts.version < 1:
         raise OptionError(f"--version must be a positive integer, got {opts.version}")
     if opts.samples < 1:
@@ -168,7 +172,7 @@ def _preprocessing(opts: ConvertOptions, shape: tuple[int, ...]) -> Preprocessin
 
 
 def _labels(opts: ConvertOptions, out_classes: int, ev: Dataset | None,
-            rep: Dataset) -> tuple[tuple[str, ...], Dataset | None]:
+            rep: Dataset, head: str = "") -> tuple[tuple[str, ...], Dataset | None]:
     """The model's class names, and ``ev`` with folder class indices mapped onto them.
 
     Folder datasets number their classes by sorted folder name; when a folder holds only
@@ -197,7 +201,9 @@ def _labels(opts: ConvertOptions, out_classes: int, ev: Dataset | None,
                     labels = d.labels
                     break
     if labels and len(labels) != out_classes:
-        raise DatasetError(f"{len(labels)} labels given but the model outputs {out_classes} "
+        where = f"{opts.labels_file}: " if opts.labels_file else ""
+        what = f"its class head {head!r} has" if head else "the model outputs"
+        raise DatasetError(f"{where}{len(labels)} labels given but {what} {out_classes} "
                            "values")
     if ev is not None and ev.kind == "folder" and ev.y is not None:
         if not labels:
@@ -210,8 +216,9 @@ def _labels(opts: ConvertOptions, out_classes: int, ev: Dataset | None,
                                "among the model's labels")
         index = np.asarray([labels.index(c) for c in ev.labels], dtype=np.int64)
         ev = replace(ev, y=index[ev.y])
-    if ev is not None and ev.y is not None and len(ev.y) and int(ev.y.max()) >= out_classes:
-        raise DatasetError(f"{ev.source}: class index {int(ev.y.max())} but the model "
+    y = class_indices(ev) if ev is not None and out_classes else None
+    if ev is not None and y is not None and len(y) and int(y.max()) >= out_classes:
+        raise DatasetError(f"{ev.source}: class index {int(y.max())} but the model "
                            f"outputs only {out_classes} classes")
     return labels, ev
 
@@ -228,19 +235,21 @@ def _is_probability(out: np.ndarray) -> bool:
     return bool(np.all(flat >= -1e-3) and np.allclose(flat.sum(1), 1.0, atol=2e-2))
 
 
-def _golden(qmodel: LoadedModel, x: np.ndarray, atol_quant: float) -> tuple[GoldenVector, ...]:
-    """A few real samples: their raw input tensors and the raw outputs they must give,
-    every output by name, each with its own tolerance."""
+def _golden(qmodel: LoadedModel, data: Dataset, atol_quant: float
+            ) -> tuple[GoldenVector, ...]:
+    """A few real samples: their raw input tensors (every input, by name) and the raw
+    outputs they must give, every output by name, each with its own tolerance."""
     out = []
-    for i in np.linspace(0, len(x) - 1, min(GOLDEN_COUNT, len(x))).astype(int):
-        raw_in = coerce_input(x[i:i + 1], qmodel.input_spec)
+    for i in np.linspace(0, data.n - 1, min(GOLDEN_COUNT, data.n)).astype(int):
+        raw_in = qmodel.coerce(data.rows(i, i + 1))
+        assert not isinstance(raw_in, np.ndarray)
         outs = qmodel.invoke_raw(raw_in)
         ys, atols = {}, {}
         for spec, raw_out in zip(qmodel.output_specs, outs, strict=True):
             ys[spec.name] = EncodedArray.encode(raw_out)
             atols[spec.name] = (atol_quant if spec.quantized or spec.dtype in ("int8", "int16")
                                 else 1e-4 * max(1.0, float(np.abs(raw_out).max())))
-        out.append(GoldenVector({qmodel.input_spec.name: EncodedArray.encode(raw_in)}, ys,
+        out.append(GoldenVector({k: EncodedArray.encode(v) for k, v in raw_in.items()}, ys,
                                 atols))
     return tuple(out)
 
@@ -258,8 +267,44 @@ def _heads(model: LoadedModel, f_outs: list[np.ndarray]) -> dict[str, str]:
     return {s.name: "class" if s.name == head else "regression" for s in specs}
 
 
+def _is_target(y: np.ndarray | None) -> bool:
+    """``y`` that holds regression targets: floats that are not all whole numbers (class
+    indices and one-hot rows are whole)."""
+    return y is not None and y.dtype.kind == "f" and not bool(np.all(y == np.round(y)))
+
+
+def _task_heads(task: str | None, model: LoadedModel, f_outs: list[np.ndarray],
+                y: np.ndarray | None) -> tuple[str, dict[str, str]]:
+    """The bundle's task and what each output is: ``--task`` when given, else inferred
+    (a single output that is not a probability vector, with float targets ``y``, is a
+    regression head; otherwise :func:`_heads`). Raises OptionError when the outputs
+    cannot be what ``--task`` says."""
+    specs = model.output_specs
+    inferred = _heads(model, f_outs)
+    single = len(specs) == 1
+    if task is None:
+        if single and not _is_probability(f_outs[0]) and _is_target(y):
+            task = "regression"
+        elif single:
+            task = "classification" if inferred[specs[0].name] == "class" else "raw"
+        else:
+            task = "multi_output"
+    names = ", ".join(f"{s.name} {list(s.shape)}" for s in specs)
+    if task == "regression":
+        return task, {s.name: "regression" for s in specs}
+    if task == "raw":
+        return task, {s.name: "raw" for s in specs}
+    if task == "multi_output" and single:
+        raise OptionError(f"--task multi_output needs several outputs, the model has one "
+                          f"({names})")
+    if task == "classification" and "class" not in inferred.values():
+        raise OptionError("--task classification needs a class head (one output of several "
+                          "values, or exactly one probability output among several); the "
+                          f"model's outputs: {names}")
+    return task, inferred
 def _regression(f: np.ndarray, q: np.ndarray) -> dict[str, float | None]:
-    """MAE, RMSE and Pearson correlation of the quantized head against the float head."""
+    """MAE, RMSE and Pearson correlation of ``q`` against the reference ``f`` (the float
+    head, or the targets ``y``)."""
     a, b = f.astype(np.float64).ravel(), q.astype(np.float64).ravel()
     d = b - a
     corr = (float(np.corrcoef(a, b)[0, 1]) if a.size > 1 and a.std() > 0 and b.std() > 0
@@ -269,29 +314,60 @@ def _regression(f: np.ndarray, q: np.ndarray) -> dict[str, float | None]:
             "correlation": None if corr is None else round(corr, 6)}
 
 
+def _targets(y: np.ndarray | None, name: str, out: np.ndarray, source: str
+             ) -> np.ndarray | None:
+    """``y`` as the regression head ``name``'s values, one row per sample. Raises
+    DatasetError when it holds a different number of values per sample."""
+    if y is None:
+        return None
+    t = y.reshape(len(y), -1).astype(np.float64)
+    want = int(np.prod(out.shape[1:]))
+    if t.shape[1] != want:
+        raise DatasetError(f"{source}: 'y' has {t.shape[1]} value(s) per sample but the "
+                           f"regression head {name!r} has {want}")
+    return t
+
+
 def _head_report(heads: dict[str, str], f_outs: list[np.ndarray], q_outs: list[np.ndarray],
-                 y: np.ndarray | None, labels: tuple[str, ...]) -> dict[str, Any]:
-    """Each head scored with a metric that fits it; max/mean abs diff for every output."""
+                 y_class: np.ndarray | None, labels: tuple[str, ...],
+                 targets: dict[str, np.ndarray]) -> dict[str, Any]:
+    """Each head scored with a metric that fits it; max/mean abs diff for every output.
+    A regression head with targets (``y`` of a regression task) is also scored against
+    them: MAE/RMSE/correlation of the float and the quantized model."""
     out: dict[str, Any] = {}
     for (name, kind), f, q in zip(heads.items(), f_outs, q_outs, strict=True):
         diff = np.abs(f.astype(np.float64) - q.astype(np.float64))
         row: dict[str, Any] = {"kind": kind, "max_abs_diff": round(float(diff.max()), 6),
                                "mean_abs_diff": round(float(diff.mean()), 6)}
         if kind == "class":
-            c = compare(f, q, y, labels)
+            c = compare(f, q, y_class, labels)
             row.update(top1_agreement=c.agreement, float_top1=c.float_accuracy,
                        quant_top1=c.quant_accuracy)
         elif kind == "regression":
             row.update(_regression(f, q))
+            t = targets.get(name)
+            if t is not None:
+                row["target"] = {"float": _regression(t, f.reshape(len(f), -1)),
+                                 "quant": _regression(t, q.reshape(len(q), -1))}
         out[name] = row
     return out
 
 
-def _drift(q_rep: np.ndarray, x: np.ndarray, is_prob: bool, classes: int,
+def _input_stats(x: np.ndarray) -> InputStats:
+    """Per channel (last axis) mean and std of one input's samples."""
+    axes = tuple(range(x.ndim - 1)) if x.ndim > 1 else (0,)
+    xf = x.astype(np.float64)
+    return InputStats(tuple(round(float(v), 6) for v in np.atleast_1d(xf.mean(axis=axes))),
+                      tuple(round(float(v), 6) for v in np.atleast_1d(xf.std(axis=axes))))
+
+
+def _drift(q_rep: np.ndarray, xs: dict[str, np.ndarray], is_prob: bool, classes: int,
            class_head: bool = True) -> DriftReference:
     """Calibration-time statistics of the quantized model (what the device will see).
     Without a class head the class and confidence histograms are one empty bin's worth
-    (no class drift to watch); the input statistics always apply."""
+    (no class drift to watch); the input statistics always apply, for every input by
+    name (``xs`` in the bundle's input order: ``input_mean``/``input_std`` are the first
+    input's, what schema 1 holds)."""
     if not class_head:
         q_rep = np.ones((len(q_rep), 1), np.float32)
         classes, is_prob = 1, True
@@ -299,14 +375,16 @@ def _drift(q_rep: np.ndarray, x: np.ndarray, is_prob: bool, classes: int,
     probs = probs if is_prob else _softmax(probs)
     cls_hist = np.bincount(probs.argmax(1), minlength=classes) / len(probs)
     conf_hist, _ = np.histogram(probs.max(1), bins=np.asarray(CONFIDENCE_EDGES))
-    axes = tuple(range(x.ndim - 1))
+    stats = {k: _input_stats(v) for k, v in xs.items()}
+    first = next(iter(stats.values()))
     return DriftReference(
         samples=len(probs),
         class_hist=tuple(round(float(v), 6) for v in cls_hist),
         confidence_edges=CONFIDENCE_EDGES,
         confidence_hist=tuple(round(float(v), 6) for v in conf_hist / max(1, conf_hist.sum())),
-        input_mean=tuple(round(float(v), 6) for v in np.atleast_1d(x.mean(axis=axes))),
-        input_std=tuple(round(float(v), 6) for v in np.atleast_1d(x.std(axis=axes))),
+        input_mean=first.mean,
+        input_std=first.std,
+        inputs=stats,
     )
 
 
@@ -320,8 +398,8 @@ def build_bundle(opts: ConvertOptions, steps: Steps | None = None) -> tuple[Bund
     src = load_source(opts.model, trust=opts.trust_model)
     pre = _preprocessing(opts, src.input_shape)
     steps.stage("loading data")
-    rep = load_dataset(opts.representative, src.input_shape, pre, samples=opts.samples)
-    ev = (load_dataset(opts.eval_data, src.input_shape, pre, need_labels=True)
+    rep = load_dataset(opts.representative, src.inputs, pre, samples=opts.samples)
+    ev = (load_dataset(opts.eval_data, src.inputs, pre, need_labels=True)
           if opts.eval_data else None)
 
     tf = import_tf()
@@ -333,42 +411,57 @@ def build_bundle(opts: ConvertOptions, steps: Steps | None = None) -> tuple[Bund
         runtime = select_runtime()
         threads = min(profile.default_threads, os.cpu_count() or 1)
         fmodel = LoadedModel(runtime, float_bytes, num_threads=threads)
-        # Heads, then labels against the class head, before the (long) calibration starts.
-        heads = _heads(fmodel, run_all(fmodel, rep.x[:64]))
+        # preprocessing describes the input images feed: the bundle's first input
+        pre = _preprocessing(opts, fmodel.input_specs[0].shape[1:])
+        # Task, heads, then labels against the class head, before the (long) calibration.
+        task, heads = _task_heads(opts.task, fmodel, run_all(fmodel, rep.rows(0, 64)),
+                                  (ev if ev is not None else rep).y)
         head = next((i for i, k in enumerate(heads.values()) if k == "class"), None)
         single = len(heads) == 1  # one output: scored as today, whatever its size
-        scored = 0 if single else head  # the output top-1 metrics are computed on
+        # the output top-1 metrics are computed on
+        scored = 0 if single and task in ("classification", "raw") else head
         out_classes = (int(np.prod(fmodel.output_specs[scored].shape[1:]))
                        if scored is not None else 0)
         if out_classes == 0 and (opts.labels_file is not None):
             raise DatasetError(f"{opts.labels_file}: labels given but no output of the model "
                                f"is a class head (outputs: {', '.join(heads)})")
-        labels, ev = _labels(opts, out_classes, ev, rep)
+        labels, ev = _labels(opts, out_classes, ev, rep,
+                             "" if single else fmodel.output_specs[scored].name
+                             if scored is not None else "")
         tick: Callable[[int], None] | None = None
         if mode in CALIBRATED_MODES:
-            tick = steps.start(f"calibrating {mode}", len(rep.x))
+            tick = steps.start(f"calibrating {mode}", rep.n)
         else:
             steps.stage(f"converting {mode}")
-        quant_bytes = convert(exported, mode, io_dtype, rep.x, tick)
+        quant_bytes = convert(exported, mode, io_dtype, rep.xs, tick)
     qmodel = LoadedModel(runtime, quant_bytes, num_threads=threads)
 
     data = ev if ev is not None else rep
-    tick = steps.start("evaluating", 2 * len(data.x) + (len(rep.x) if ev is not None else 0))
-    f_outs = run_all(fmodel, data.x, tick)
-    q_outs = run_all(qmodel, data.x, tick)
-    q_reps = q_outs if ev is None else run_all(qmodel, rep.x, tick)
+    tick = steps.start("evaluating", 2 * data.n + (rep.n if ev is not None else 0))
+    f_outs = run_all(fmodel, data.xs, tick)
+    q_outs = run_all(qmodel, data.xs, tick)
+    q_reps = q_outs if ev is None else run_all(qmodel, rep.xs, tick)
     ref = scored if scored is not None else 0
     f_out, q_out, q_rep = f_outs[ref], q_outs[ref], q_reps[ref]
     is_prob = _is_probability(f_out)
     names = labels or tuple(str(i) for i in range(out_classes))
-    comp = compare(f_out, q_out, data.y if scored is not None else None, names)
+    y_class = class_indices(data) if scored is not None else None
+    comp = compare(f_out, q_out, y_class, names)
     if scored is None:  # no class head: no top-1 metric on some other head
         comp = replace(comp, agreement=None, float_distinct_top1=0, quant_distinct_top1=0)
-    head_report = _head_report(heads, f_outs, q_outs, data.y, names)
+    regs = [n for n, k in heads.items() if k == "regression"]
+    targets = {}  # y scores the regression head of a regression task
+    if task == "regression" and len(regs) == 1 and data.y is not None:
+        i = list(heads).index(regs[0])
+        t = _targets(data.y, regs[0], f_outs[i], data.source)
+        if t is not None:
+            targets[regs[0]] = t
+    head_report = _head_report(heads, f_outs, q_outs, y_class, names, targets)
 
     runs = opts.latency_runs
     tick = steps.start("measuring latency", runs)
-    lat = latency_ms({"float": fmodel, "quant": qmodel}, data.x[0], runs=runs, progress=tick)
+    lat = latency_ms({"float": fmodel, "quant": qmodel}, data.rows(0, 1), runs=runs,
+                     progress=tick)
     lat_f, lat_q = lat["float"], lat["quant"]
 
     graph = inspect_graph(quant_bytes)
@@ -379,27 +472,29 @@ def build_bundle(opts: ConvertOptions, steps: Steps | None = None) -> tuple[Bund
         created_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         model_sha256=sha256_bytes(quant_bytes),
         model_size=len(quant_bytes),
-        inputs=(qmodel.input_spec,),
+        inputs=qmodel.input_specs,
         outputs=qmodel.output_specs,
         preprocessing=pre,
         quantization_mode=mode,
-        task=(("classification" if out_classes > 1 else "raw") if single else
-              "multi_output"),
-        heads={} if single else heads,
+        task=task,
+        heads=heads,
         output_is_probability=is_prob,
         labels=labels,
         target_profiles=(profile.name,),
-        golden=_golden(qmodel, data.x, opts.golden_atol),
-        drift_reference=_drift(q_rep, rep.x, is_prob, out_classes, scored is not None),
+        golden=_golden(qmodel, data, opts.golden_atol),
+        drift_reference=_drift(q_rep, {s.name: rep.xs[s.name] for s in qmodel.input_specs},
+                               is_prob, out_classes, scored is not None),
         converter_version=converter.__version__,
         tensorflow_version=tf.__version__,
     )
-    manifest = replace(manifest, schema_version=oldest_schema(manifest))
+    schema = oldest_schema(manifest)  # schema 1 has no heads table: its task says it
+    manifest = replace(manifest, schema_version=schema, heads={} if schema == 1 else heads)
     report: dict[str, Any] = {
         "name": name, "version": opts.version, "profile": profile.name,
         "mode": mode, "io_dtype": qmodel.input_spec.dtype, "source": str(opts.model),
-        "runtime": str(runtime), "threads": threads, "classes": out_classes,
-        "calibration": {"data": rep.source, "samples": len(rep.x), "requested": opts.samples},
+        "runtime": str(runtime), "threads": threads, "classes": out_classes, "task": task,
+        "inputs": [s.name for s in qmodel.input_specs],
+        "calibration": {"data": rep.source, "samples": rep.n, "requested": opts.samples},
         "size": {"float_bytes": len(float_bytes), "quant_bytes": len(quant_bytes),
                  "ratio": round(len(quant_bytes) / len(float_bytes), 4)},
         "evaluation": {"data": data.source, "labelled": data.y is not None, **comp.as_dict(),

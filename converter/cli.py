@@ -47,15 +47,20 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("convert", help="quantize a Keras/SavedModel model into a bundle")
     c.add_argument("model", type=Path, help=".keras, .h5 or SavedModel directory")
     c.add_argument("--representative", type=Path, required=True, metavar="DATA",
-                   help="calibration data: image folder, .npz or .npy")
+                   help="calibration data: image folder, .npz (one array per input name, "
+                   "or x), folder of .npz shards, or .npy")
     c.add_argument("--profile", required=True, metavar="NAME",
                    help="device profile name (edge-convert profiles) or path to a profile .toml")
     c.add_argument("--eval", dest="eval_data", type=Path, metavar="DATA",
-                   help="labelled evaluation data: image folder or .npz with x, y")
+                   help="labelled evaluation data: image folder, or .npz (or shards) with "
+                   "the inputs and y (class indices or regression targets)")
     c.add_argument("--labels", type=Path, metavar="FILE",
                    help="labels file, one class name per line")
     c.add_argument("--mode", default="int8", choices=list(BUNDLE_MODES),
                    help="quantization (default int8: every op int8)")
+    c.add_argument("--task", choices=["classification", "regression", "multi_output", "raw"],
+                   help="what the outputs are (default: inferred; one non-probability output "
+                   "with float targets 'y' is regression)")
     c.add_argument("--allow-float-ops", action="store_true",
                    help="with --mode int8: ops without an int8 kernel stay float, the rest is "
                    "int8 (not for full-integer profiles such as Coral)")
@@ -164,7 +169,8 @@ def cmd_convert(a: argparse.Namespace) -> int:
 
     opts = ConvertOptions(model=a.model, representative=a.representative, profile=a.profile,
                           output=a.output, eval_data=a.eval_data, labels_file=a.labels,
-                          mode=a.mode, allow_float_ops=a.allow_float_ops, io_dtype=a.io_dtype,
+                          mode=a.mode, task=a.task, allow_float_ops=a.allow_float_ops,
+                          io_dtype=a.io_dtype,
                           samples=a.samples, name=a.name,
                           version=a.version, preprocessing=Preprocessing(mean=a.mean, std=a.std),
                           color=a.color, trust_model=a.trust_model,

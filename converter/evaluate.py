@@ -13,31 +13,28 @@ from typing import Any
 
 import numpy as np
 
-from edge_agent.runtime.model import LoadedModel
+from edge_agent.runtime.model import Inputs, LoadedModel, batch_of
 
 Progress = Callable[[int], None]
 
 
-def run_model(model: LoadedModel, x: np.ndarray, progress: Progress | None = None,
-              chunk: int = 64) -> np.ndarray:
-    """Dequantized first output for every sample of ``x`` (float model units)."""
-    outs = []
-    for i in range(0, len(x), chunk):
-        outs.append(model.predict(x[i:i + chunk])[0])
-        if progress:
-            progress(min(chunk, len(x) - i))
-    return np.concatenate(outs) if outs else np.zeros((0,), np.float32)
+def _rows(x: Inputs, start: int, stop: int) -> Inputs:
+    if isinstance(x, np.ndarray):
+        return x[start:stop]
+    return {k: v[start:stop] for k, v in x.items()}
 
 
-def run_all(model: LoadedModel, x: np.ndarray, progress: Progress | None = None,
+def run_all(model: LoadedModel, x: Inputs, progress: Progress | None = None,
             chunk: int = 64) -> list[np.ndarray]:
-    """Every dequantized output (model order) for every sample of ``x``."""
+    """Every dequantized output (model order) for every sample of ``x`` (one array, or
+    arrays by input name)."""
+    n = batch_of(x)
     parts: list[list[np.ndarray]] = [[] for _ in model.output_specs]
-    for i in range(0, len(x), chunk):
-        for j, o in enumerate(model.predict(x[i:i + chunk])):
+    for i in range(0, n, chunk):
+        for j, o in enumerate(model.predict(_rows(x, i, i + chunk))):
             parts[j].append(o)
         if progress:
-            progress(min(chunk, len(x) - i))
+            progress(min(chunk, n - i))
     return [np.concatenate(p) for p in parts]
 
 
@@ -100,22 +97,20 @@ def compare(f_out: np.ndarray, q_out: np.ndarray, y: np.ndarray | None,
                       len(set(f_pred.tolist())), len(set(q_pred.tolist())))
 
 
-def latency_ms(models: dict[str, LoadedModel], sample: np.ndarray, runs: int = 50,
+def latency_ms(models: dict[str, LoadedModel], sample: Inputs, runs: int = 50,
                warmup: int = 5, progress: Progress | None = None) -> dict[str, dict[str, Any]]:
     """Per-invoke latency of each model on this machine: one sample, ``runs`` timed invokes.
 
     The models take turns invoke by invoke, so a burst of load from another process
     slows all of them alike and their ratio stays honest on a shared machine.
+    ``sample``: a batch of one (one array, or arrays by input name).
     ``runs=0`` skips the measurement (all figures ``None``).
     """
-    from edge_agent.runtime.quant import coerce_input
-
     if runs <= 0:
         return {k: {"mean": None, "p50": None, "p90": None, "runs": 0} for k in models}
     raws = {}
     for k, m in models.items():
-        x = sample[None, ...] if sample.ndim == len(m.input_spec.shape) - 1 else sample
-        raws[k] = coerce_input(x, m.input_spec)
+        raws[k] = m.coerce(sample)
         for _ in range(warmup):
             m.invoke_raw(raws[k])
     times: dict[str, list[float]] = {k: [] for k in models}

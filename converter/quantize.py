@@ -13,7 +13,7 @@ Raises :class:`~converter.errors.UnsupportedOpsError`.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -28,11 +28,13 @@ HINT = ("use --mode int8 --allow-float-ops (the rest int8, those ops float), --m
         "(int8 weights, float activations) or --mode int16x8, or replace those layers")
 
 
-def convert(saved_model: Path, mode: str, io_dtype: str, representative: np.ndarray | None,
+def convert(saved_model: Path, mode: str, io_dtype: str,
+            representative: Mapping[str, np.ndarray] | None,
             progress: Callable[[int], None] | None = None) -> bytes:
     """Convert a fixed-batch SavedModel (see ``SourceModel.export``).
 
-    ``representative`` (model-unit float samples) is required for the calibrated modes;
+    ``representative`` (model-unit samples by input name, the signature's keys) is
+    required for the calibrated modes;
     ``progress`` is called once per calibration sample. Raises UnsupportedOpsError when
     the requested quantization is impossible.
     """
@@ -43,13 +45,15 @@ def convert(saved_model: Path, mode: str, io_dtype: str, representative: np.ndar
     if mode != "float32":
         conv.optimizations = [tf.lite.Optimize.DEFAULT]
     if mode in CALIBRATED_MODES:
-        if representative is None or len(representative) == 0:
+        if not representative or len(next(iter(representative.values()))) == 0:
             raise ValueError(f"{mode} needs representative samples")
-        data = representative
+        data = dict(representative)
+        n = len(next(iter(data.values())))
 
-        def rep() -> Iterator[list[np.ndarray]]:
-            for i in range(len(data)):
-                yield [data[i:i + 1].astype(np.float32)]
+        def rep() -> Iterator[dict[str, np.ndarray]]:
+            """One sample of every input by signature key (TFLite matches them by name)."""
+            for i in range(n):
+                yield {k: v[i:i + 1] for k, v in data.items()}
                 if progress:
                     progress(1)
 

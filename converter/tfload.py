@@ -1,7 +1,8 @@
 """Import TensorFlow quietly, open Keras / SavedModel sources, export a fixed-batch graph.
 
 Every source is re-exported as a SavedModel whose one signature takes a batch of
-exactly one sample, and returns every output of the source under its own name. A
+exactly one sample of every input, each under the source's own name, and returns every
+output of the source under its own name. A
 SavedModel is read through its ``serving_default`` signature only (never its Python
 object graph), so leftover optimizer state and custom training objects do not matter.
 
@@ -62,15 +63,32 @@ def quiet() -> Iterator[None]:
         yield
 
 
+@dataclass(frozen=True)
+class SourceInput:
+    """One input of the source model: its signature name, per-sample shape and dtype."""
+
+    name: str  # the model's own name (the signature key clients and .npz arrays use)
+    shape: tuple[int, ...]  # without batch
+    dtype: str  # numpy dtype name: float32, int32, ...
+
+
 @dataclass
 class SourceModel:
-    """A float model ready for export: its kind, path and per-sample input shape."""
+    """A float model ready for export: its kind, path and inputs (in the model's order)."""
 
     kind: str  # keras | saved_model
     path: Path
-    input_shape: tuple[int, ...]  # without batch
+    inputs: tuple[SourceInput, ...]
     _export: Any  # (directory: str) -> None, writes the fixed-batch SavedModel
-    input_name: str = "input"  # the model's own name for its input (the signature key)
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        """The first input's per-sample shape."""
+        return self.inputs[0].shape
+
+    @property
+    def input_name(self) -> str:
+        return self.inputs[0].name
 
     def export(self, directory: Path) -> Path:
         """Write a SavedModel with one ``serving_default`` signature of batch 1.
@@ -131,19 +149,25 @@ def load_source(path: str | Path, *, trust: bool = False) -> SourceModel:
                 f"{p}: the model holds a Python lambda, which Keras loads only in unsafe mode; "
                 "if you trust this file pass --trust-model") from e
         raise ModelSourceError(f"{p}: cannot load Keras model ({short_error(e)})") from e
-    _one_input(p, "the model", [str(getattr(i, "name", i)) for i in inputs])
-    shape = _static_shape(p, inputs[0].shape[1:])
-    dtype = inputs[0].dtype
-    in_name = _signature_name(str(getattr(inputs[0], "name", "") or "input"), "input")
+    _some_inputs(p, "the model", len(inputs))
+    names = _unique_names([_signature_name(str(getattr(t, "name", "") or "input"), f"input_{i}")
+                           for i, t in enumerate(inputs)])
+    ins = tuple(SourceInput(n, _static_shape(p, t.shape[1:], n), tf.dtypes.as_dtype(t.dtype).name)
+                for n, t in zip(names, inputs, strict=True))
+    structure = getattr(model, "input", None)
     out_names = [_signature_name(str(n), f"output_{i}")
                  for i, n in enumerate(getattr(model, "output_names", None) or
                                        [f"output_{i}" for i in range(len(model.outputs))])]
     out_names = _unique_names(out_names)
 
-    def serve(x: Any) -> dict[str, Any]:
+    def serve(*xs: Any) -> dict[str, Any]:
         """Every output under the model's own name: two outputs never share a key (the
-        TFLite signature carries these names; its tensors are all StatefulPartitionedCall)."""
-        y = model(x, training=False)
+        TFLite signature carries these names; its tensors are all StatefulPartitionedCall).
+        Several inputs reach the model in the structure it was built with (list or dict)."""
+        import keras
+
+        feed = xs[0] if len(xs) == 1 else keras.tree.pack_sequence_as(structure, list(xs))
+        y = model(feed, training=False)
         if isinstance(y, dict):
             return {_signature_name(str(k), "output"): v for k, v in y.items()}
         ys = list(y) if isinstance(y, (list, tuple)) else [y]
@@ -154,11 +178,15 @@ def load_source(path: str | Path, *, trust: bool = False) -> SourceModel:
 
         archive = keras.export.ExportArchive()
         archive.track(model)
-        archive.add_endpoint(name=SIGNATURE, fn=serve,
-                             input_signature=[tf.TensorSpec((1, *shape), dtype, name=in_name)])
+        archive.add_endpoint(name=SIGNATURE, fn=serve, input_signature=_specs(tf, ins))
         archive.write_out(out, verbose=False)
 
-    return SourceModel("keras", p, shape, export, in_name)
+    return SourceModel("keras", p, ins, export)
+
+
+def _specs(tf: Any, ins: tuple[SourceInput, ...]) -> list[Any]:
+    """Batch-1 TensorSpecs named by the inputs' own names (the signature keys)."""
+    return [tf.TensorSpec((1, *i.shape), i.dtype, name=i.name) for i in ins]
 
 
 def _load_saved_model(tf: Any, p: Path) -> SourceModel:
@@ -177,33 +205,37 @@ def _load_saved_model(tf: Any, p: Path) -> SourceModel:
         have = ", ".join(sorted(sigs)) or "none"
         raise ModelSourceError(f"{p}: SavedModel has no {SIGNATURE!r} signature (has: {have})")
     sig = sigs[SIGNATURE]
-    _one_input(p, f"the {SIGNATURE!r} signature", sorted(sig.inputs))
+    _some_inputs(p, f"the {SIGNATURE!r} signature", len(sig.inputs))
     if not sig.outputs:
         raise ModelSourceError(f"{p}: the {SIGNATURE!r} signature has no outputs")
-    in_key, info = next(iter(sig.inputs.items()))
-    in_name = _signature_name(str(in_key), "input")
-    if info.tensor_shape.unknown_rank:
-        raise ModelSourceError(f"{p}: the {SIGNATURE!r} input has an unknown rank; export the "
-                               "model with a fixed input shape")
-    dims = [d.size for d in info.tensor_shape.dim]
-    shape = _static_shape(p, [None if d < 0 else d for d in dims[1:]])
-    dtype = tf.dtypes.as_dtype(info.dtype)
+    keys = sorted(sig.inputs)
+    names = _unique_names([_signature_name(str(k), f"input_{i}") for i, k in enumerate(keys)])
+    ins = []
+    for key, name in zip(keys, names, strict=True):
+        info = sig.inputs[key]
+        if info.tensor_shape.unknown_rank:
+            raise ModelSourceError(f"{p}: the {SIGNATURE!r} input {key!r} has an unknown rank; "
+                                   "export the model with a fixed input shape")
+        dims = [d.size for d in info.tensor_shape.dim]
+        ins.append(SourceInput(name, _static_shape(p, [None if d < 0 else d for d in dims[1:]],
+                                                   name),
+                               tf.dtypes.as_dtype(info.dtype).name))
+    tensors = [sig.inputs[k].name for k in keys]
     outputs = {key: t.name for key, t in sorted(sig.outputs.items())}
     frozen = _freeze(tf, p, tuple(meta.meta_info_def.tags), list(outputs.values()))
 
     def export(out: str) -> None:
-        def serve(x: Any) -> dict[str, Any]:
+        def serve(*xs: Any) -> dict[str, Any]:
             got = tf.graph_util.import_graph_def(
-                frozen, input_map={info.name: x}, return_elements=list(outputs.values()),
-                name="saved_model")
+                frozen, input_map=dict(zip(tensors, xs, strict=True)),
+                return_elements=list(outputs.values()), name="saved_model")
             return dict(zip(outputs, got, strict=True))
 
         module = tf.Module()
-        module.serve = tf.function(serve, input_signature=[
-            tf.TensorSpec((1, *shape), dtype, name=in_name)])
+        module.serve = tf.function(serve, input_signature=_specs(tf, tuple(ins)))
         tf.saved_model.save(module, out, signatures={SIGNATURE: module.serve})
 
-    return SourceModel("saved_model", p, shape, export, in_name)
+    return SourceModel("saved_model", p, tuple(ins), export)
 
 
 def _serving_meta_graph(tf: Any, p: Path) -> Any:
@@ -311,12 +343,10 @@ def _own_library(graph_def: Any) -> None:
         g.gradient_func = new.get(g.gradient_func, g.gradient_func)
 
 
-def _one_input(p: Path, what: str, names: list[str]) -> None:
-    """A bundle carries one input tensor today: refuse several, naming them."""
-    if len(names) != 1:
-        listed = f" ({', '.join(names)})" if names else ""
-        raise ModelSourceError(f"{p}: {what} takes {len(names)} inputs{listed}; a bundle "
-                               "carries exactly one input")
+def _some_inputs(p: Path, what: str, count: int) -> None:
+    """A model with no input cannot be fed (nor calibrated)."""
+    if count == 0:
+        raise ModelSourceError(f"{p}: {what} takes no inputs")
 
 
 _NAME_BAD = re.compile(r"[^A-Za-z0-9_.\-]")
@@ -344,11 +374,11 @@ def _unique_names(names: list[str]) -> list[str]:
     return out
 
 
-def _static_shape(p: Path, dims: Any) -> tuple[int, ...]:
+def _static_shape(p: Path, dims: Any, name: str) -> tuple[int, ...]:
     shape = tuple(dims)
     if any(d is None for d in shape):
-        raise ModelSourceError(f"{p}: input shape {list(shape)} has unknown dimensions besides "
-                               "the batch; export the model with a fixed input size")
+        raise ModelSourceError(f"{p}: input {name!r} shape {list(shape)} has unknown dimensions "
+                               "besides the batch; export the model with a fixed input size")
     return tuple(int(d) for d in shape)
 
 

@@ -43,6 +43,7 @@ from edge_agent.manifest import (
     DriftReference,
     EncodedArray,
     GoldenVector,
+    InputStats,
     Manifest,
     Preprocessing,
     TensorSpec,
@@ -52,8 +53,8 @@ from edge_agent.untrusted_json import loads as untrusted_loads
 
 __all__ = [
     "BUNDLE_FILES", "DTYPES", "MANIFEST_FILE", "MAX_BUNDLE_BYTES", "MODEL_FILE", "REPORT_FILE",
-    "SCHEMA_VERSION", "Bundle", "DriftReference", "EncodedArray", "GoldenVector", "Manifest",
-    "Preprocessing", "TensorSpec", "check_member", "read_bundle", "read_tar_bytes",
+    "SCHEMA_VERSION", "Bundle", "DriftReference", "EncodedArray", "GoldenVector", "InputStats",
+    "Manifest", "Preprocessing", "TensorSpec", "check_member", "read_bundle", "read_tar_bytes",
     "read_tar_file", "sha256_bytes", "tar_bytes", "write_bundle",
 ]
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -42,6 +42,9 @@ class PredictionRecord:
     confidence: np.ndarray | None = None  # (batch,) top-1 probability
     probabilities: np.ndarray | None = None  # (batch, classes) for quality metrics
     inputs_raw: np.ndarray | None = None  # the input tensor batch; subscribers must not keep it
+    # every input tensor batch by input name (``inputs_raw`` is the first of them); the
+    # same rule: subscribers copy what they keep
+    inputs: Mapping[str, np.ndarray] | None = None
     input_spec: TensorSpec | None = None  # to dequantize ``inputs_raw``
     at: float = field(default_factory=time.time)
 

@@ -164,6 +164,15 @@ class GoldenVector:
 
 
 @dataclass(frozen=True)
+class InputStats:
+    """One input's calibration-time statistics, per channel (the last axis), in model
+    (normalized) units."""
+
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+
+@dataclass(frozen=True)
 class DriftReference:
     """Calibration-time statistics the agent compares live traffic against (PSI)."""
 
@@ -172,7 +181,9 @@ class DriftReference:
     confidence_edges: tuple[float, ...]  # histogram bin edges of top-1 probability
     confidence_hist: tuple[float, ...]  # share per bin, sums to 1
     input_mean: tuple[float, ...]  # per channel, model-input (normalized) units
-    input_std: tuple[float, ...]
+    input_std: tuple[float, ...]  # (both of the first input: what schema 1 holds)
+    # schema 2: every input's statistics by name (empty: only the first input's, above)
+    inputs: dict[str, InputStats] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -220,6 +231,8 @@ class Manifest:
                                  "classification or raw; write schema 2")
             d["golden"] = [{"input": asdict(g.input), "output": asdict(g.output),
                             "atol": g.atol} for g in self.golden]
+            if d["drift_reference"] is not None:
+                d["drift_reference"].pop("inputs")
         else:
             d["heads"] = {o.name: self.head(o.name) for o in self.outputs}
             d["golden"] = [{"inputs": {k: asdict(v) for k, v in g.inputs.items()},
@@ -449,8 +462,8 @@ def parse_manifest(d: Any, source: str = "manifest.json") -> Manifest:
                               m["target_profiles"].items(0, MAX_PROFILES, default=[])),
         golden=tuple(_golden(g, inputs, outputs, one)
                      for g in m["golden"].items(0, MAX_GOLDEN, default=[])),
-        drift_reference=_drift(drift, inputs[0], classes if task == "classification" or
-                               not one else 0) if drift.present else None,
+        drift_reference=_drift(drift, inputs, classes if task == "classification" or
+                               not one else 0, one) if drift.present else None,
         converter_version=producer["converter"].text(default="") if producer.present else "",
         tensorflow_version=producer["tensorflow"].text(default="") if producer.present else "",
         schema_version=sv,
@@ -624,8 +637,24 @@ def _array(f: _Field, spec: TensorSpec, *, batch: int | None) -> tuple[EncodedAr
     return EncodedArray(dtype, shape, text), arr
 
 
-def _drift(f: _Field, inp: TensorSpec, classes: int) -> DriftReference:
-    """``classes`` > 0: class_hist has one share per class (classification)."""
+def _channels(inp: TensorSpec) -> tuple[int, int]:
+    """How many per-channel statistics ``inp`` has: its last dimension (any for a
+    tensor of one dimension)."""
+    channels = inp.shape[-1] if len(inp.shape) >= 2 else 0
+    return (channels, channels) if channels else (1, MAX_CHANNELS)
+
+
+def _stats(mean: _Field, std: _Field, inp: TensorSpec) -> InputStats:
+    n = _channels(inp)
+    return InputStats(mean.numbers(*n, lambda x: x.number(-math.inf, math.inf)),
+                      std.numbers(*n, lambda x: x.number(0.0, math.inf)))
+
+
+def _drift(f: _Field, inputs: tuple[TensorSpec, ...], classes: int, one: bool
+           ) -> DriftReference:
+    """``classes`` > 0: class_hist has one share per class (classification).
+    ``input_mean``/``input_std`` are the first input's; schema 2's optional ``inputs``
+    holds every input's, by name, each with that input's channel count."""
 
     def shares(key: str, count: int) -> tuple[float, ...]:
         sf = f[key]
@@ -639,13 +668,21 @@ def _drift(f: _Field, inp: TensorSpec, classes: int) -> DriftReference:
     edges = tuple(x.number(0.0, 1.0) for x in ef.items(2, MAX_BINS + 1))
     if any(b <= a for a, b in itertools.pairwise(edges)):
         raise ef.fail(f"expected strictly increasing bin edges, got {list(edges)[:12]}")
-    channels = inp.shape[-1] if len(inp.shape) >= 2 else 0
-    n = (channels, channels) if channels else (1, MAX_CHANNELS)
+    first = _stats(f["input_mean"], f["input_std"], inputs[0])
+    per: dict[str, InputStats] = {}
+    pf = f["inputs"]
+    if not one and pf.present:
+        names = [s.name for s in inputs]
+        if sorted(pf.obj()) != sorted(names):
+            raise pf.fail(f"expected one entry per input ({', '.join(names)}), got "
+                          f"{', '.join(sorted(pf.obj())[:8]) or 'none'}")
+        per = {s.name: _stats(pf[s.name]["mean"], pf[s.name]["std"], s) for s in inputs}
     return DriftReference(
         samples=f["samples"].integer(1, MAX_SAMPLES),
         class_hist=shares("class_hist", classes),
         confidence_edges=edges,
         confidence_hist=shares("confidence_hist", len(edges) - 1),
-        input_mean=f["input_mean"].numbers(*n, lambda x: x.number(-math.inf, math.inf)),
-        input_std=f["input_std"].numbers(*n, lambda x: x.number(0.0, math.inf)),
+        input_mean=first.mean,
+        input_std=first.std,
+        inputs=per,
     )

@@ -173,7 +173,9 @@ class ServedModel:
             raise
         self._record(source, request_id, True, time.perf_counter() - t0, batch_of(coerced),
                      client=client,
-                     top1=top1, confidence=conf, probabilities=probs, inputs_raw=raw)
+                     top1=top1, confidence=conf, probabilities=probs, inputs_raw=raw,
+                     inputs=({self.input_spec.name: coerced} if isinstance(coerced, np.ndarray)
+                             else coerced))
         return Prediction(self.name, self.version, deq, probs, top1, conf, self.output_names)
 
     def decode_images(self, images: Sequence[bytes]) -> np.ndarray:

@@ -472,7 +472,7 @@ class UpdateFlow:
                     min_clients=pol.min_clients)
         # latency: the same inputs on both versions, interleaved, on this host right now
         pair = functools.partial(time_pair, old, new) \
-            if old and new and old.input_spec == new.input_spec else None
+            if old and new and old.input_specs == new.input_specs else None
         verdict = wait_verdict(self.monitor, baseline, pol, until, self.stop, pair=pair)
         self.monitor.stop()
         if not verdict.decided:

@@ -26,7 +26,7 @@ import logging
 import statistics
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -38,7 +38,8 @@ from edge_agent.hooks import Hooks, PredictionRecord
 log = logging.getLogger(__name__)
 
 Pair = tuple[float, float]  # (old version seconds, new version seconds) for one input
-PairTimer = Callable[[np.ndarray, bool], Pair]  # (raw input, new first?) → timings
+Sample = Mapping[str, np.ndarray]  # one request's raw input tensors (batch 1), by input name
+PairTimer = Callable[[Sample, bool], Pair]  # (raw inputs, new first?) → timings
 
 
 @dataclass(frozen=True)
@@ -172,7 +173,7 @@ class ProbationMonitor:
         self._watch: tuple[str, int] | None = None
         self._window = _Series(100_000)
         self._baseline_size = baseline_size
-        self._samples: collections.deque[np.ndarray] = collections.deque(maxlen=2)
+        self._samples: collections.deque[Sample] = collections.deque(maxlen=2)
         self._last_sample = 0.0
         self._max_pairs = max_pairs
         self._sample_every_s = sample_every_s
@@ -197,13 +198,13 @@ class ProbationMonitor:
 
     def _maybe_sample(self, rec: PredictionRecord) -> None:
         """Keep one instance of a served input now and then, for :func:`time_pair`."""
-        if not rec.ok or rec.inputs_raw is None or not len(rec.inputs_raw) \
+        if not rec.ok or not rec.inputs or any(not len(a) for a in rec.inputs.values()) \
                 or len(self._window.pairs) >= self._max_pairs:
             return
         now = time.monotonic()
         if now - self._last_sample >= self._sample_every_s:
-            self._last_sample = now
-            self._samples.append(np.array(rec.inputs_raw[:1], copy=True))
+            self._last_sample = now  # every input: a multi-input model needs all of them
+            self._samples.append({k: np.array(a[:1], copy=True) for k, a in rec.inputs.items()})
 
     def start(self, name: str, version: int, *, old_shape: tuple[int, ...] | None = None,
               new_shape: tuple[int, ...] | None = None) -> None:
@@ -218,7 +219,7 @@ class ProbationMonitor:
             self._watch = None
             self._samples.clear()
 
-    def take_sample(self) -> np.ndarray | None:
+    def take_sample(self) -> Sample | None:
         with self._lock:
             return self._samples.popleft() if self._samples else None
 
@@ -244,8 +245,9 @@ class Borrowable(Protocol):
     def borrow(self) -> AbstractContextManager[Any]: ...
 
 
-def time_pair(old: Borrowable, new: Borrowable, raw: np.ndarray, new_first: bool) -> Pair:
-    """Invoke ``raw`` on both versions back to back; returns (old seconds, new seconds)."""
+def time_pair(old: Borrowable, new: Borrowable, raw: Sample, new_first: bool) -> Pair:
+    """Invoke ``raw`` (every input by name) on both versions back to back; returns
+    (old seconds, new seconds)."""
     def once(m: Borrowable) -> float:
         with m.borrow() as interp:
             t0 = time.perf_counter()

@@ -1,0 +1,77 @@
+"""Tiny real Keras models for issue 12's non-image / multi-input cases, with their data.
+
+* :func:`two_input` — inputs ``image`` [8, 8, 1] and ``meta`` [3]; outputs ``class``
+  (softmax over 3) and ``score`` (1 value). Data: an ``.npz`` per input name plus ``y``.
+* :func:`tabular_regression` — 6 features → 1 value, trained on ``y = x·w + b + noise``.
+
+Each writes the ``.keras`` file and its data under ``d`` and returns the float Keras
+model's outputs on held-out samples (what the served bundle must be close to).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+FEATURES = 6
+
+
+@dataclass(frozen=True)
+class Built:
+    keras: Path
+    calib: Path  # .npz: one array per input name, plus y
+    held: dict[str, np.ndarray]  # held-out inputs by name
+    want: dict[str, np.ndarray]  # the float Keras model's outputs on ``held``, by name
+    held_y: np.ndarray
+
+
+def two_input(d: Path, n: int = 192, held: int = 16) -> Built:
+    from converter.tfload import import_tf
+
+    tf = import_tf()
+    rng = np.random.default_rng(11)
+    img = rng.uniform(0, 1, (n + held, 8, 8, 1)).astype(np.float32)
+    meta = rng.normal(size=(n + held, 3)).astype(np.float32)
+    y = ((img.mean(axis=(1, 2, 3)) > 0.5).astype(np.int64) + (meta[:, 0] > 0.5))
+    i1 = tf.keras.Input((8, 8, 1), name="image")
+    i2 = tf.keras.Input((3,), name="meta")
+    h = tf.keras.layers.Concatenate()([tf.keras.layers.Flatten()(i1), i2])
+    h = tf.keras.layers.Dense(16, activation="relu")(h)
+    model = tf.keras.Model([i1, i2], {
+        "class": tf.keras.layers.Dense(3, activation="softmax", name="class")(h),
+        "score": tf.keras.layers.Dense(1, name="score")(h)})
+    model.compile("adam", {"class": "sparse_categorical_crossentropy", "score": "mse"})
+    model.fit([img[:n], meta[:n]], {"class": y[:n], "score": meta[:n, :1] * 2.0}, epochs=8,
+              verbose=0)
+    model.save(d / "two_in.keras")
+    np.savez(d / "calib.npz", image=img[:n], meta=meta[:n], y=y[:n])
+    out = model.predict([img[n:], meta[n:]], verbose=0)
+    return Built(d / "two_in.keras", d / "calib.npz", {"image": img[n:], "meta": meta[n:]},
+                 {k: np.asarray(out[k]) for k in ("class", "score")}, y[n:])
+
+
+def tabular_regression(d: Path, n: int = 320, held: int = 64) -> Built:
+    from converter.tfload import import_tf
+
+    tf = import_tf()
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(n + held, FEATURES)).astype(np.float32)
+    # held-out features inside the calibration data's range: an int8 output saturates at
+    # the largest value calibration saw (what int8 costs, not what is tested here)
+    x[n:] = np.clip(x[n:], -1.5, 1.5)
+    w = np.asarray([1.5, -2.0, 0.5, 0.0, 3.0, -1.0], np.float32)
+    y = (x @ w + 0.7 + rng.normal(scale=0.1, size=n + held)).astype(np.float32)
+    inp = tf.keras.Input((FEATURES,), name="features")
+    h = tf.keras.layers.Dense(16, activation="relu")(inp)
+    model = tf.keras.Model(inp, tf.keras.layers.Dense(1, name="value")(
+        tf.keras.layers.Concatenate()([h, inp])))
+    model.compile(tf.keras.optimizers.Adam(0.02), "mse")
+    model.fit(x[:n], y[:n], epochs=40, verbose=0)
+    model.save(d / "reg.keras")
+    np.savez(d / "calib.npz", features=x[:n], y=y[:n])
+    np.savez(d / "eval.npz", features=x[n:], y=y[n:])
+    out = model.predict(x[n:], verbose=0)
+    return Built(d / "reg.keras", d / "calib.npz", {"features": x[n:]},
+                 {"value": np.asarray(out)}, y[n:])
