@@ -379,14 +379,21 @@ def test_every_state_write_failing_still_ends_the_attempt_idle_with_an_outcome(
     assert "state_error" not in flow.status()
 
 
-def test_a_probation_restart_that_cannot_be_recorded_rolls_back_instead_of_going_uncounted(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, update_digits: PinnedDigits) -> None:
+def _v2_swapped(tmp_path: Path, update_digits: PinnedDigits
+                ) -> tuple[UpdateFlow, list[AgentEvent], ModelStore]:
+    """A flow whose store holds digits v1 and v2, v2 active (the swap persisted)."""
     flow, events = _flow(tmp_path)
     store = flow.d.store
     for b in (update_digits.bundle, update_digits.bundle_v2):
         store.install(read_bundle(b))
     store.set_active("digits", 1)
-    store.set_active("digits", 2)  # the swap persisted, then an orderly stop in probation
+    store.set_active("digits", 2)
+    return flow, events, store
+
+
+def test_a_probation_restart_that_cannot_be_recorded_rolls_back_instead_of_going_uncounted(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, update_digits: PinnedDigits) -> None:
+    flow, events, store = _v2_swapped(tmp_path, update_digits)  # then an orderly stop
     flow.state_file.save(UpdateState(phase=Phase.PROBATION, name="digits", version=2,
                                      from_version=1, clean_stop=True))
     flow.state = flow.state_file.load()
@@ -511,12 +518,7 @@ def test_a_rollout_does_not_count_a_devices_disk_failure_against_the_release(cod
 
 def test_a_rollback_whose_active_json_cannot_be_written_still_ends_serving_the_old_version(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, update_digits: PinnedDigits) -> None:
-    flow, events = _flow(tmp_path)
-    store = flow.d.store
-    for b in (update_digits.bundle, update_digits.bundle_v2):
-        store.install(read_bundle(b))
-    store.set_active("digits", 1)
-    store.set_active("digits", 2)
+    flow, events, store = _v2_swapped(tmp_path, update_digits)
     flow.d.registry.load(store.load("digits", 2), activate=True, verify=False)
     flow.state_file.save(UpdateState(phase=Phase.PROBATION, name="digits", version=2,
                                      from_version=1))
