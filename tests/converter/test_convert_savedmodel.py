@@ -222,7 +222,8 @@ def test_full_int8_names_the_ops_without_int8_kernels_not_the_reshape_beside_the
     # Precondition (else the test proves nothing): int8 leaves a RESHAPE float here.
     src = load_source(spectral.sm)
     x = np.load(spectral.data)["x"]
-    graph = inspect_graph(convert(src.export(tmp_path), INT8_FLOAT_FALLBACK, "int8", x[:40]))
+    graph = inspect_graph(convert(src.export(tmp_path), INT8_FLOAT_FALLBACK, "int8",
+                                  {src.input_name: x[:40]}))
     float_names = {o.name for o in graph.ops if o.is_float and "QUANTIZE" not in o.name}
     assert float_names == {"NEG", "RESHAPE", "SQUARE"}
 
@@ -342,8 +343,8 @@ BAD = {
     "no serving_default signature (names the ones it has)": (
         _sm_without_serving_default, ("sm", "no 'serving_default' signature",
                                       "has: embed, predict")),
-    "signature with two inputs (names them)": (
-        _sm_with_two_inputs, ("sm", "2 inputs", "image, meta", "exactly one input")),
+    "data that does not name a two-input signature's inputs (names both sides)": (
+        _sm_with_two_inputs, (".npz arrays do not match", "expected image, meta", "got x")),
     "no graph tagged serve (names the tags it has)": (
         _sm_without_serve_tag, ("sm", "no graph tagged 'serve'", "has: train")),
     "a directory that is not a SavedModel": (
@@ -432,7 +433,8 @@ def basic_pitch(tmp_path_factory: pytest.TempPathFactory) -> BasicPitch:
     src = load_source(sm)
     assert src.kind == "saved_model" and src.input_shape == (AUDIO, 1)
     exported = src.export(tmp_path_factory.mktemp("basic-pitch"))
-    rep, x = _tones(8, 1), _tones(3, 2)
+    tones, x = _tones(8, 1), _tones(3, 2)
+    rep = {src.input_name: tones}
     models = {"float32": convert(exported, "float32", "float32", None),
               "dynamic": convert(exported, "dynamic", "float32", None),
               INT8_FLOAT_FALLBACK: convert(exported, INT8_FLOAT_FALLBACK, "float32", rep)}
