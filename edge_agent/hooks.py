@@ -43,6 +43,10 @@ class PredictionRecord:
     probabilities: np.ndarray | None = None  # (batch, classes) for quality metrics
     inputs_raw: np.ndarray | None = None  # the input tensor batch; subscribers must not keep it
     input_spec: TensorSpec | None = None  # to dequantize ``inputs_raw``
+    # every output, dequantized, batch first, in ``output_names`` order (monitoring of the
+    # regression/raw heads); subscribers must not keep them
+    outputs: list[np.ndarray] | None = None
+    output_names: tuple[str, ...] = ()
     at: float = field(default_factory=time.time)
 
 

@@ -164,6 +164,15 @@ class GoldenVector:
 
 
 @dataclass(frozen=True)
+class OutputReference:
+    """Calibration-time statistics of one regression or raw head: the mean and standard
+    deviation of its per-sample value (the mean over the sample's values)."""
+
+    mean: float
+    std: float
+
+
+@dataclass(frozen=True)
 class DriftReference:
     """Calibration-time statistics the agent compares live traffic against (PSI)."""
 
@@ -173,6 +182,9 @@ class DriftReference:
     confidence_hist: tuple[float, ...]  # share per bin, sums to 1
     input_mean: tuple[float, ...]  # per channel, model-input (normalized) units
     input_std: tuple[float, ...]
+    # per regression/raw head by output name (optional): the live value's shift is
+    # reported in these standard deviations (edge_agent.monitor.outputs)
+    outputs: dict[str, OutputReference] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -213,6 +225,8 @@ class Manifest:
         say: one input, one output, no per-head table)."""
         d = asdict(self)
         d.pop("heads")
+        if d["drift_reference"] is not None and not d["drift_reference"]["outputs"]:
+            d["drift_reference"].pop("outputs")  # what agents before it wrote
         if self.schema_version == 1:
             if len(self.inputs) != 1 or len(self.outputs) != 1 or self.task not in (
                     "classification", "raw"):
@@ -259,7 +273,8 @@ def oldest_schema(m: Manifest) -> int:
     """The oldest schema that says all of ``m`` (1 for one input, one output and a task
     schema 1 knows), so agents that read only schema 1 still take single-tensor bundles."""
     if len(m.inputs) == 1 and len(m.outputs) == 1 and m.task in ("classification", "raw") \
-            and m.head(m.outputs[0].name) == ("class" if m.task == "classification" else "raw"):
+            and m.head(m.outputs[0].name) == ("class" if m.task == "classification" else "raw") \
+            and not (m.drift_reference and m.drift_reference.outputs):
         return 1
     return SCHEMA_VERSION
 
@@ -450,7 +465,9 @@ def parse_manifest(d: Any, source: str = "manifest.json") -> Manifest:
         golden=tuple(_golden(g, inputs, outputs, one)
                      for g in m["golden"].items(0, MAX_GOLDEN, default=[])),
         drift_reference=_drift(drift, inputs[0], classes if task == "classification" or
-                               not one else 0) if drift.present else None,
+                               not one else 0, outputs, one,
+                               {o.name for o in outputs if o is not head})
+        if drift.present else None,
         converter_version=producer["converter"].text(default="") if producer.present else "",
         tensorflow_version=producer["tensorflow"].text(default="") if producer.present else "",
         schema_version=sv,
@@ -624,8 +641,11 @@ def _array(f: _Field, spec: TensorSpec, *, batch: int | None) -> tuple[EncodedAr
     return EncodedArray(dtype, shape, text), arr
 
 
-def _drift(f: _Field, inp: TensorSpec, classes: int) -> DriftReference:
-    """``classes`` > 0: class_hist has one share per class (classification)."""
+def _drift(f: _Field, inp: TensorSpec, classes: int, outputs: tuple[TensorSpec, ...],
+           one: bool, watched: set[str]) -> DriftReference:
+    """``classes`` > 0: class_hist has one share per class (classification). ``outputs``
+    (schema 2 only): statistics per head in ``watched`` (the outputs that are not the
+    class head), by name."""
 
     def shares(key: str, count: int) -> tuple[float, ...]:
         sf = f[key]
@@ -648,4 +668,23 @@ def _drift(f: _Field, inp: TensorSpec, classes: int) -> DriftReference:
         confidence_hist=shares("confidence_hist", len(edges) - 1),
         input_mean=f["input_mean"].numbers(*n, lambda x: x.number(-math.inf, math.inf)),
         input_std=f["input_std"].numbers(*n, lambda x: x.number(0.0, math.inf)),
+        outputs=_output_references(f["outputs"], outputs, one, watched),
     )
+
+
+def _output_references(f: _Field, outputs: tuple[TensorSpec, ...], one: bool,
+                       watched: set[str]) -> dict[str, OutputReference]:
+    if not f.present:
+        return {}
+    if one:
+        raise f.fail("expected no output statistics in schema 1 (schema 2 carries them)")
+    obj = f.obj()
+    names = [o.name for o in outputs]
+    for n in sorted(obj)[:MAX_OUTPUTS + 1]:
+        if n not in watched:
+            why = "the class head" if n in names else "not an output"
+            raise f.fail(f"expected statistics of regression or raw heads "
+                         f"({', '.join(sorted(watched)) or 'none'}), got {_show(n)} ({why})")
+    return {n: OutputReference(mean=f[n]["mean"].number(-math.inf, math.inf),
+                               std=f[n]["std"].number(0.0, math.inf))
+            for n in names if n in obj}

@@ -169,7 +169,8 @@ class ServedModel:
             raise
         self._record(source, request_id, True, time.perf_counter() - t0, batch_of(coerced),
                      client=client,
-                     top1=top1, confidence=conf, probabilities=probs, inputs_raw=raw)
+                     top1=top1, confidence=conf, probabilities=probs, inputs_raw=raw,
+                     outputs=deq)
         return Prediction(self.name, self.version, deq, probs, top1, conf, self.output_names)
 
     def decode_images(self, images: Sequence[bytes]) -> np.ndarray:
@@ -211,7 +212,8 @@ class ServedModel:
                 batch: int, **kw: Any) -> None:
         self.hooks.emit_prediction(PredictionRecord(
             model=self.name, version=self.version, source=source, ok=ok, latency_s=latency,
-            batch=batch, request_id=request_id, input_spec=self.input_spec, **kw))
+            batch=batch, request_id=request_id, input_spec=self.input_spec,
+            output_names=self.output_names, **kw))
 
 
 class ModelRegistry:
