@@ -103,3 +103,36 @@ def test_unknown_input_name_is_a_400_and_the_model_keeps_serving(
     assert r.status == 400 and "features" in r.json()["error"], r.body
     ok = c.post("/v1/models/two:predict", {"instances": two_heads.x[:1].tolist()})
     assert ok.status == 200 and ok.json()["predictions"][0].keys() == {"class", "score"}
+
+
+def test_mqtt_request_with_inputs_by_name_gets_every_named_output(
+        two_heads: TwoHeads, mosquitto: Any, tmp_path: Path) -> None:
+    """A real ``edge-agent run`` on a real Mosquitto: ``edge/<device>/infer/two`` with the
+    input by name (columnar) and by rows, each answered with both outputs by name."""
+    from test_mqtt_attacks import Spy
+
+    toml = f'[mqtt]\nurl = "{mosquitto.url}"\n'
+    with agent_process(tmp_path, two_heads.bundle, toml=toml):
+        spy = Spy(mosquitto.host, mosquitto.port, "two-heads-client")
+        try:
+            spy.wait("edge/attacked/status", lambda d: d.get("state") == "online")
+            spy.send("edge/attacked/infer/two", json.dumps(
+                {"id": "cols", "inputs": {"features": two_heads.x.tolist()},
+                 "reply_to": "replies/two"}))
+            spy.send("edge/attacked/infer/two", json.dumps(
+                {"id": "rows", "instances": [{"features": r} for r in two_heads.x.tolist()],
+                 "reply_to": "replies/two"}))
+            cols = spy.wait("replies/two", lambda d: d.get("id") == "cols")
+            rows = spy.wait("replies/two", lambda d: d.get("id") == "rows")
+        finally:
+            spy.close()
+    span = float(np.ptp(two_heads.want_score))
+    assert cols["model"] == "two" and cols["version"] == 1, cols
+    assert cols["outputs"].keys() == {"class", "score"}, cols
+    _close(cols["outputs"]["class"], two_heads.want_class, 0.05)
+    _close(cols["outputs"]["score"], two_heads.want_score, 0.05 * max(1.0, span))
+    preds = rows["predictions"]
+    assert len(preds) == len(two_heads.x) and all(p.keys() == {"class", "score"}
+                                                  for p in preds), rows
+    _close([p["class"] for p in preds], two_heads.want_class, 0.05)
+    _close([p["score"] for p in preds], two_heads.want_score, 0.05 * max(1.0, span))
