@@ -573,7 +573,7 @@ def _golden(g: _Field, inputs: tuple[TensorSpec, ...], outputs: tuple[TensorSpec
     """Inputs of the input tensors' dtypes and shapes (any batch, the same for all),
     outputs of the outputs' dtypes and shapes with that batch — what ``verify_golden``
     feeds and compares. Schema 1: ``input``/``output``/``atol``; schema 2: ``inputs`` and
-    ``outputs`` objects by tensor name (every input, any outputs) and ``atol`` by output."""
+    ``outputs`` objects by tensor name (every input, every output) and ``atol`` by output."""
     if one:
         x, _ = _array(g["input"], inputs[0], batch=None)
         y, atol = _golden_output(g["output"], g["atol"], outputs[0], x.shape[0])
@@ -589,10 +589,12 @@ def _golden(g: _Field, inputs: tuple[TensorSpec, ...], outputs: tuple[TensorSpec
         xs[s.name], _ = _array(fi[s.name], s, batch=batch)
         batch = xs[s.name].shape[0]
     names = set(fo.obj())
-    unknown = sorted(names - {s.name for s in outputs})
-    if not names or unknown:
-        raise fo.fail(f"expected outputs by name ({', '.join(s.name for s in outputs)}), got "
-                      f"{', '.join(unknown[:8]) if unknown else 'none'}")
+    want = {s.name for s in outputs}
+    if names != want:  # a head without golden data would never be checked
+        why = [f"{k} {', '.join(sorted(v)[:8])}" for k, v in
+               (("missing", want - names), ("unknown", names - want)) if v]
+        raise fo.fail(f"expected every output by name ({', '.join(s.name for s in outputs)})"
+                      f", got {', '.join(sorted(names)[:8]) or 'none'} ({'; '.join(why)})")
     if sorted(fa.obj()) != sorted(names):
         raise fa.fail(f"expected one tolerance per golden output ({', '.join(sorted(names))})"
                       f", got {', '.join(sorted(fa.obj())[:8]) or 'none'}")
