@@ -324,7 +324,7 @@ def test_model_failing_golden_vectors_is_rejected(fleet: Fleet, bundles: Bundles
     dev = start_device()
     before = dev.snapshot()
     fleet.publish(bundles.v3_golden_bad)
-    rejected(dev, before, "golden_mismatch", "golden vector 0: output differs",
+    rejected(dev, before, "golden_mismatch", "golden vector 0: output 'output_0' differs",
              accepted=signed_release(fleet.repo))
 
 

@@ -15,7 +15,10 @@ from securesystemslib.signer import CryptoSigner, SSlibKey
 from waiting import wait_for
 
 from edge_agent.bundle import Bundle, EncodedArray, read_bundle, sha256_bytes, write_bundle
+from edge_agent.errors import ModelLoadError
 from edge_agent.hooks import AgentEvent
+from edge_agent.manifest import GoldenVector, Manifest
+from edge_agent.runtime.signature import tflite_specs
 from edge_agent.update.service import UpdateService
 from edge_agent.update.state import Outcome
 from edge_agent.update.wire import Audience
@@ -78,9 +81,28 @@ def derive(src: Path, out: Path, *, version: int, profiles: tuple[str, ...] | No
     data = b.model_bytes
     if model_bytes is not None:
         data = model_bytes
-        changes.update(model_sha256=sha256_bytes(data), model_size=len(data))
+        changes.update(model_sha256=sha256_bytes(data), model_size=len(data),
+                       **_renamed(m, changes.get("golden", m.golden), data))
     write_bundle(Bundle(replace(m, **changes), data, b.report, str(out)), out)
     return out
+
+
+def _renamed(m: Manifest, golden: tuple[GoldenVector, ...], data: bytes) -> dict[str, Any]:
+    """The manifest's tensors and golden vectors under ``data``'s own tensor names (same
+    shapes, by position): the runtime binds golden vectors by name. Bytes that do not load
+    (forged broken models) keep the manifest as it is."""
+    try:
+        ins, outs = tflite_specs(data)
+    except ModelLoadError:
+        return {}
+    rin = {a.name: b.name for a, b in zip(m.inputs, ins, strict=True)}
+    rout = {a.name: b.name for a, b in zip(m.outputs, outs, strict=True)}
+    return {"inputs": tuple(replace(s, name=rin[s.name]) for s in m.inputs),
+            "outputs": tuple(replace(s, name=rout[s.name]) for s in m.outputs),
+            "golden": tuple(GoldenVector({rin[k]: v for k, v in g.inputs.items()},
+                                         {rout[k]: v for k, v in g.outputs.items()},
+                                         {rout[k]: v for k, v in g.atols.items()})
+                            for g in golden)}
 
 
 @dataclass(frozen=True)
