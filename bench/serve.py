@@ -3,16 +3,25 @@
     .venv/bin/pip install onnxruntime onnx                              # ONNX Runtime rows
     .venv/bin/pip install --no-deps --target .cache/bench/pylib tf2onnx  # once, to convert
     .venv/bin/python bench/serve.py [--threads N] [--quick] [--json OUT]
+    .venv/bin/python bench/serve.py --overhead-only [--rounds N] [--baseline-src DIR]
 
 Rows (same model, same thread count within a row group):
 
 1. in-process ``ServedModel.predict`` throughput ÷ a bare ``Interpreter.invoke`` loop
-   (goal ≥ 0.97), for the digits CNN and MobileNetV2 int8;
+   (goal ≥ 0.97), for the digits CNN, a two-head tabular model (class + regression, both
+   outputs read back) and MobileNetV2 int8;
 2. REST p50/p99 against a real ``edge-agent run`` process over keep-alive HTTP, minus the
    bare invoke p50 (goal: p50 overhead ≤ 0.5 ms), per request format;
 3. RSS of an idle agent with MobileNetV2 int8 loaded (goal ≤ 70 MB) and start → first
    answer (goal ≤ 1.5 s; warm = model store and runtime probe already on disk);
-4. MobileNetV2 on ONNX Runtime (tf2onnx) beside LiteRT float and int8.
+4. MobileNetV2 on ONNX Runtime (tf2onnx) beside LiteRT float and int8 — skipped, with a
+   note, when onnxruntime / tf2onnx are not installed.
+
+``--overhead-only``: just the REST overhead over bare invoke for digits and the two-head
+model, in alternating rounds (REST block, bare block, …), the load average noted;
+``--baseline-src DIR`` adds an agent run from another checkout (e.g. a temporary worktree
+of an older commit) serving digits, its rounds interleaved with this checkout's, so both
+figures see the same machine load.
 
 Artifacts (digits bundle, MobileNetV2 with ``weights=None`` as .keras, int8 and float
 bundles, ONNX) are built once by a child process (the only one importing TensorFlow) and
@@ -47,14 +56,16 @@ MNV2 = CACHE / "mobilenet_v2"
 MNV2_INT8, MNV2_ONNX = MNV2 / "bundle-int8", MNV2 / "model.onnx"
 MNV2_FLOAT = MNV2 / "model-float32.tflite"  # the converter bundles quantized modes only
 MNV2_ONNX_INT8 = MNV2 / "model-int8.onnx"
+TWO_HEADS = CACHE / "two-heads"  # tests/model_fixtures.py builds it (the tests' model)
 PYLIB = CACHE / "pylib"  # tf2onnx, installed with pip --target (see build())
 
 
 # ---------------------------------------------------------------------------- build (TF)
 
 
-def build() -> None:
-    """Child process: everything that needs TensorFlow, each artifact only if missing."""
+def build(small: bool = False) -> None:
+    """Child process: everything that needs TensorFlow, each artifact only if missing
+    (``small``: digits and the two-head model only, what --overhead-only measures)."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     from converter.build import ConvertOptions, convert_to_bundle
     from converter.tfload import import_tf
@@ -70,6 +81,12 @@ def build() -> None:
         convert_to_bundle(ConvertOptions(model=out / "digits.keras", representative=calib,
                                          eval_data=ev, profile="generic-x86_64", name="digits",
                                          output=DIGITS))
+    sys.path.insert(0, str(ROOT / "tests"))
+    from model_fixtures import two_heads_at
+
+    two_heads_at(TWO_HEADS)
+    if small:
+        return
     tf = import_tf()
     MNV2.mkdir(parents=True, exist_ok=True)
     keras_path = MNV2 / "mobilenet_v2.keras"
@@ -89,6 +106,10 @@ def build() -> None:
     if not MNV2_FLOAT.exists():
         model = tf.keras.models.load_model(keras_path)
         MNV2_FLOAT.write_bytes(tf.lite.TFLiteConverter.from_keras_model(model).convert())
+    if not have_onnx():
+        print(f"onnxruntime/tf2onnx not installed: no ONNX models (install: {ONNX_NOTE})",
+              file=sys.stderr)
+        return
     if not MNV2_ONNX.exists():
         # tf2onnx ships a top-level ``tests`` package that shadows this repository's tests
         # when installed into the venv, so it lives apart and is on sys.path only here.
@@ -118,6 +139,20 @@ def build() -> None:
 
         quantize_static(str(MNV2_ONNX), str(MNV2_ONNX_INT8), Reader(),
                         activation_type=QuantType.QInt8, weight_type=QuantType.QInt8)
+
+
+ONNX_NOTE = ("pip install onnxruntime onnx; pip install --no-deps --target "
+             ".cache/bench/pylib tf2onnx")
+
+
+def have_onnx() -> bool:
+    import importlib.util
+
+    sys.path.insert(0, str(PYLIB))
+    try:
+        return all(importlib.util.find_spec(m) is not None for m in ("onnxruntime", "tf2onnx"))
+    finally:
+        sys.path.remove(str(PYLIB))
 
 
 def _smooth_images(n: int, seed: int) -> np.ndarray:
@@ -152,13 +187,7 @@ def bare_vs_predict(bundle: Path, threads: int, runs: int) -> dict[str, Any]:
     served = ModelRegistry(select_runtime(), Hooks(), num_threads=threads).load(b)
     with served.borrow() as m:
         interp = m.interpreter  # used below from this thread only, never concurrently
-    ind, outd = interp.get_input_details()[0], interp.get_output_details()[0]
-    x = b.manifest.golden[0].input.decode()
-
-    def bare_once() -> None:
-        interp.set_tensor(ind["index"], x)
-        interp.invoke()
-        interp.get_tensor(outd["index"])
+    bare_once, x = bare_loop(interp, b)
 
     bare: list[float] = []
     pred: list[float] = []
@@ -216,14 +245,16 @@ class Agent:
     """``edge-agent run`` as a child process on a free port."""
 
     def __init__(self, store: Path, bundles: list[Path], threads: int,
-                 env: dict[str, str] | None = None) -> None:
+                 env: dict[str, str] | None = None, src: Path | None = None) -> None:
+        """``src``: run the agent code of that checkout (default: this one)."""
         cmd = [sys.executable, "-m", "edge_agent.cli", "run", "--store", str(store),
                "--profile", "generic-x86_64", "--http", "127.0.0.1:0",
                "--device-id", "bench", *(["--model", *map(str, bundles)] if bundles else [])]
+        src = src or ROOT
         env = {**os.environ, "EDGE_AGENT__AGENT__THREADS": str(threads),
-               "EDGE_AGENT__AGENT__LOG_LEVEL": "warning", **(env or {})}
+               "EDGE_AGENT__AGENT__LOG_LEVEL": "warning", "PYTHONPATH": str(src), **(env or {})}
         self.t0 = time.perf_counter()
-        self.proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, env=env)
+        self.proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, env=env, cwd=src)
         assert self.proc.stderr is not None
         for line in self.proc.stderr:
             m = re.search(r"ready: .* on http://([\d.]+):(\d+)", line)
@@ -278,6 +309,104 @@ def rest_latency(agent: Agent, path: str, body: bytes, ctype: str, runs: int,
     return rest, bare
 
 
+def alternating(reqs: dict[str, tuple[Agent, bytes]], bare_once: Any, rounds: int,
+                block: int = 20) -> tuple[dict[str, list[float]], list[float]]:
+    """Rounds of one block of requests per agent, each followed by a block of bare invokes
+    here, with short pauses: every series sees the same background load, none overlaps
+    another process's busy threads."""
+    clients = {k: (RawClient(a.host, a.port), req) for k, (a, req) in reqs.items()}
+    for c, req in clients.values():  # warm up
+        for _ in range(20):
+            status, data = c.call(req)
+            assert status == 200, data[:300]
+    lat: dict[str, list[float]] = {k: [] for k in clients}
+    bare: list[float] = []
+    for _ in range(rounds):
+        for k, (c, req) in clients.items():
+            time.sleep(0.005)
+            for _ in range(block):
+                t0 = time.perf_counter()
+                c.call(req)
+                lat[k].append(time.perf_counter() - t0)
+            time.sleep(0.005)
+            for _ in range(block):
+                t0 = time.perf_counter()
+                bare_once()
+                bare.append(time.perf_counter() - t0)
+    for c, _ in clients.values():
+        c.close()
+    return lat, bare
+
+
+def overhead_only(rounds: int, baseline: Path | None) -> dict[str, Any]:
+    """REST p50 − bare p50 for digits (and a baseline checkout's agent on digits) and the
+    two-head model, alternating rounds (see module docstring)."""
+    from converter.digits import load_split
+
+    res: dict[str, Any] = {"python": platform.python_version(), "machine": platform.machine(),
+                           "cpus": os.cpu_count(), "rounds": rounds,
+                           "loadavg_start": os.getloadavg(), "versions": versions(),
+                           "baseline_src": str(baseline) if baseline else None}
+    digit_x = load_split().x_test[0]
+    digit_json = json.dumps({"instances": [digit_x.tolist()]}).encode()
+    two = np.load(TWO_HEADS / "held.npz")["x"][:1]
+    two_json = json.dumps({"instances": two.tolist()}).encode()
+    store = Path(tempfile.mkdtemp(prefix="bench-overhead-"))
+    rows: dict[str, Any] = {}
+    try:
+        groups: list[tuple[str, Path, str, bytes, list[tuple[str, Path | None]]]] = [
+            ("digits", DIGITS, "/v1/models/digits:predict", digit_json,
+             [("this checkout", None)] + ([("baseline", baseline)] if baseline else [])),
+            ("two-head (class + score)", TWO_HEADS / "two-v1", "/v1/models/two:predict",
+             two_json, [("this checkout", None)])]
+        for model, bundle, path, body, srcs in groups:
+            agents = {who: Agent(store / f"{model[:6]}-{i}", [bundle], 1, src=src)
+                      for i, (who, src) in enumerate(srcs)}
+            try:
+                req = RawClient.build(path, body, "application/json")
+                lat, bare = alternating({k: (a, req) for k, a in agents.items()},
+                                        bare_invoker(bundle, 1), rounds)
+            finally:
+                for a in agents.values():
+                    a.stop()
+            for who, series in lat.items():
+                rows[f"{model} | {who}"] = {
+                    "p50_ms": pct(series, 50), "p99_ms": pct(series, 99),
+                    "bare_p50_ms": pct(bare, 50), "overhead_p50_ms": pct(series, 50)
+                    - pct(bare, 50), "overhead_min_ms": 1000.0 * (min(series) - min(bare)),
+                    "requests": len(series)}
+    finally:
+        shutil.rmtree(store, ignore_errors=True)
+    res["rest"] = rows
+    res["loadavg_end"] = os.getloadavg()
+    return res
+
+
+def print_overhead(r: dict[str, Any]) -> None:
+    print(f"\nbench/serve --overhead-only — {r['machine']}, {r['cpus']} CPUs, Python "
+          f"{r['python']}, 1 interpreter thread, {r['rounds']} alternating rounds of 20\n")
+    print("| REST JSON `:predict` (keep-alive, real `edge-agent run`) | p50 | p99 | bare p50 |"
+          " p50 overhead | min − min |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for k, v in r["rest"].items():
+        print(f"| {k} | {v['p50_ms']:.3f} ms | {v['p99_ms']:.3f} ms | {v['bare_p50_ms']:.3f} "
+              f"ms | {v['overhead_p50_ms']:.3f} ms | {v['overhead_min_ms']:.3f} ms |")
+    print(f"\nversions: {r['versions']}; baseline: {r['baseline_src']}; load average at start "
+          f"{r['loadavg_start'][0]:.2f}, at end {r['loadavg_end'][0]:.2f}")
+
+
+def versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": platform.python_version()}
+    for dist in ("ai-edge-litert", "numpy", "onnxruntime"):
+        try:
+            out[dist] = version(dist)
+        except PackageNotFoundError:
+            out[dist] = "not installed"
+    return out
+
+
 def scrape(agent: Agent) -> dict[str, float]:
     agent.conn.request("GET", "/metrics")
     text = agent.conn.getresponse().read().decode()
@@ -303,20 +432,27 @@ def server_overhead_ms(before: dict[str, float], after: dict[str, float], route:
     return 1000.0 * (http_s / max(n, 1) - reg_s / max(reg_n, 1))
 
 
-def bare_invoker(bundle: Path, threads: int) -> Any:
-    from edge_agent.bundle import read_bundle
-    from edge_agent.runtime.backends import select_runtime
-
-    b = read_bundle(bundle)
-    interp = select_runtime().make_interpreter(b.model_bytes, threads)
-    ind, outd = interp.get_input_details()[0], interp.get_output_details()[0]
+def bare_loop(interp: Any, b: Any) -> tuple[Any, np.ndarray]:
+    """The bare work a request needs: set the (first golden) input, invoke, read *every*
+    output (a two-head model answers with both)."""
+    ind = interp.get_input_details()[0]
+    outs = [d["index"] for d in interp.get_output_details()]
     x = b.manifest.golden[0].input.decode()
 
     def once() -> None:
         interp.set_tensor(ind["index"], x)
         interp.invoke()
-        interp.get_tensor(outd["index"])
-    return once
+        for i in outs:
+            interp.get_tensor(i)
+    return once, x
+
+
+def bare_invoker(bundle: Path, threads: int) -> Any:
+    from edge_agent.bundle import read_bundle
+    from edge_agent.runtime.backends import select_runtime
+
+    b = read_bundle(bundle)
+    return bare_loop(select_runtime().make_interpreter(b.model_bytes, threads), b)[0]
 
 
 def first_answer_s(store: Path, bundles: list[Path], threads: int, path: str, body: bytes,
@@ -387,12 +523,16 @@ def run(threads: int, quick: bool) -> dict[str, Any]:
     # (and on shared CPUs the op waits for a descheduled thread), so digits runs 1 thread.
     # 1. in-process predict vs bare invoke
     res["inproc"] = {"digits": bare_vs_predict(DIGITS, 1, n_small),
+                     "two-head (class + score)": bare_vs_predict(TWO_HEADS / "two-v1", 1,
+                                                                 n_small),
                      "mobilenet_v2_int8": bare_vs_predict(MNV2_INT8, threads, n_big)}
     # 2. REST against a real agent process per model
     split = load_split()
     digit_x = split.x_test[0]
     digit_json = json.dumps({"instances": [digit_x.tolist()]}).encode()
     digit_png = image_bytes(digit_x)
+    two_json = json.dumps({"instances": np.load(TWO_HEADS / "held.npz")["x"][:1].tolist()}
+                          ).encode()
     img = _smooth_images(1, seed=3)[0]
     from edge_agent.bundle import read_bundle
 
@@ -409,6 +549,9 @@ def run(threads: int, quick: bool) -> dict[str, Any]:
              "application/json", n_small // 5),
             ("classify PNG", "/v1/models/digits:classify", digit_png, "image/png",
              n_small // 5)],
+        "two-head": [
+            ("JSON instances (1×8), both outputs", "/v1/models/two:predict", two_json,
+             "application/json", n_small // 5)],
         "mobilenet_v2_int8": [
             ("octet-stream int8 tensor", "/v1/models/mobilenet_v2:predict", raw_int8,
              "application/octet-stream", n_big),
@@ -419,8 +562,8 @@ def run(threads: int, quick: bool) -> dict[str, Any]:
             ("JSON instances (150,528 floats)", "/v1/models/mobilenet_v2:predict", mn_json,
              "application/json", max(10, n_big // 3))]}
     try:
-        for model, bundle, t in (("digits", DIGITS, 1), ("mobilenet_v2_int8", MNV2_INT8,
-                                                         threads)):
+        for model, bundle, t in (("digits", DIGITS, 1), ("two-head", TWO_HEADS / "two-v1", 1),
+                                 ("mobilenet_v2_int8", MNV2_INT8, threads)):
             agent = Agent(store / model, [bundle], t)
             bare_once = bare_invoker(bundle, t)
             try:
@@ -469,19 +612,17 @@ def run(threads: int, quick: bool) -> dict[str, Any]:
     lf = litert_latency(MNV2_FLOAT.read_bytes(), xf, threads, n_big)
     li = litert_latency(b8.model_bytes, b8.manifest.golden[0].input.decode(), threads, n_big)
     side: dict[str, Any] = {"LiteRT int8": li, "LiteRT float32": lf}
-    if MNV2_ONNX.exists():
+    onnx = have_onnx() and MNV2_ONNX.exists() and MNV2_ONNX_INT8.exists()
+    if onnx:
         side["ONNX Runtime float32 (tf2onnx)"] = onnx_latency(MNV2_ONNX, threads, xf, n_big)
-    if MNV2_ONNX_INT8.exists():
         side["ONNX Runtime int8 (QDQ static)"] = onnx_latency(MNV2_ONNX_INT8, threads, xf, n_big)
     res["runtimes"] = {k: {"p50_ms": pct(v, 50), "p99_ms": pct(v, 99),
                            "per_s": 1000.0 / float(np.mean(np.asarray(v) * 1000))}
                        for k, v in side.items()}
-    import ai_edge_litert
-    import onnxruntime
-
+    res["runtimes_note"] = None if onnx else f"ONNX Runtime rows skipped: onnxruntime/tf2onnx " \
+        f"not installed ({ONNX_NOTE})"
     res["loadavg_end"] = os.getloadavg()
-    res["versions"] = {"ai-edge-litert": getattr(ai_edge_litert, "__version__", "?"),
-                       "onnxruntime": onnxruntime.__version__}
+    res["versions"] = versions()
     return res
 
 
@@ -515,6 +656,8 @@ def print_table(r: dict[str, Any]) -> None:
     print("|---|---:|---:|---:|")
     for k, v in r["runtimes"].items():
         print(f"| {k} | {v['p50_ms']:.2f} ms | {v['p99_ms']:.2f} ms | {v['per_s']:.1f} |")
+    if r.get("runtimes_note"):
+        print(f"\n{r['runtimes_note']}")
     print(f"\nversions: {r['versions']}; load average at start {r['loadavg_start'][0]:.2f}, "
           f"at end {r['loadavg_end'][0]:.2f} (the CPUs are shared: see p99)")
 
@@ -525,18 +668,31 @@ def main() -> int:
     p.add_argument("--quick", action="store_true", help="fewer runs")
     p.add_argument("--json", type=Path, help="also write the results as JSON here")
     p.add_argument("--build-only", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--overhead-only", action="store_true",
+                   help="only REST overhead over bare invoke: digits and the two-head model")
+    p.add_argument("--rounds", type=int, default=50,
+                   help="--overhead-only: alternating rounds of 20 requests (default 50)")
+    p.add_argument("--baseline-src", type=Path,
+                   help="--overhead-only: also an agent from this checkout, on digits")
     a = p.parse_args()
     if a.build_only:
-        build()
+        build(small=a.overhead_only)
         return 0
-    needed = [DIGITS / "manifest.json", MNV2_INT8 / "manifest.json", MNV2_FLOAT, MNV2_ONNX,
-              MNV2_ONNX_INT8]
+    needed = [DIGITS / "manifest.json", TWO_HEADS / "report.json"]
+    if not a.overhead_only:
+        needed += [MNV2_INT8 / "manifest.json", MNV2_FLOAT,
+                   *((MNV2_ONNX, MNV2_ONNX_INT8) if have_onnx() else ())]
     if not all(f.exists() for f in needed):
         print("building benchmark models (TensorFlow, once; cached in .cache/bench) ...",
               file=sys.stderr)
-        subprocess.run([sys.executable, __file__, "--build-only"], check=True)
-    r = run(a.threads, a.quick)
-    print_table(r)
+        subprocess.run([sys.executable, __file__, "--build-only",
+                        *(["--overhead-only"] if a.overhead_only else [])], check=True)
+    if a.overhead_only:
+        r = overhead_only(a.rounds, a.baseline_src)
+        print_overhead(r)
+    else:
+        r = run(a.threads, a.quick)
+        print_table(r)
     if a.json:
         a.json.write_text(json.dumps(r, indent=1))
     return 0

@@ -46,6 +46,10 @@ class PredictionRecord:
     # same rule: subscribers copy what they keep
     inputs: Mapping[str, np.ndarray] | None = None
     input_spec: TensorSpec | None = None  # to dequantize ``inputs_raw``
+    # every output, dequantized, batch first, in ``output_names`` order (monitoring of the
+    # regression/raw heads); subscribers must not keep them
+    outputs: list[np.ndarray] | None = None
+    output_names: tuple[str, ...] = ()
     at: float = field(default_factory=time.time)
 
 

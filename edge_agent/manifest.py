@@ -173,6 +173,15 @@ class InputStats:
 
 
 @dataclass(frozen=True)
+class OutputReference:
+    """Calibration-time statistics of one regression or raw head: the mean and standard
+    deviation of its per-sample value (the mean over the sample's values)."""
+
+    mean: float
+    std: float
+
+
+@dataclass(frozen=True)
 class DriftReference:
     """Calibration-time statistics the agent compares live traffic against (PSI)."""
 
@@ -184,6 +193,9 @@ class DriftReference:
     input_std: tuple[float, ...]  # (both of the first input: what schema 1 holds)
     # schema 2: every input's statistics by name (empty: only the first input's, above)
     inputs: dict[str, InputStats] = field(default_factory=dict)
+    # per regression/raw head by output name (optional): the live value's shift is
+    # reported in these standard deviations (edge_agent.monitor.outputs)
+    outputs: dict[str, OutputReference] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -224,6 +236,10 @@ class Manifest:
         say: one input, one output, no per-head table)."""
         d = asdict(self)
         d.pop("heads")
+        if d["drift_reference"] is not None:  # optional parts: absent when empty
+            for part in ("inputs", "outputs"):
+                if not d["drift_reference"][part]:
+                    d["drift_reference"].pop(part)
         if self.schema_version == 1:
             if len(self.inputs) != 1 or len(self.outputs) != 1 or self.task not in (
                     "classification", "raw"):
@@ -232,7 +248,7 @@ class Manifest:
             d["golden"] = [{"input": asdict(g.input), "output": asdict(g.output),
                             "atol": g.atol} for g in self.golden]
             if d["drift_reference"] is not None:
-                d["drift_reference"].pop("inputs")
+                d["drift_reference"].pop("inputs", None)
         else:
             d["heads"] = {o.name: self.head(o.name) for o in self.outputs}
             d["golden"] = [{"inputs": {k: asdict(v) for k, v in g.inputs.items()},
@@ -272,7 +288,8 @@ def oldest_schema(m: Manifest) -> int:
     """The oldest schema that says all of ``m`` (1 for one input, one output and a task
     schema 1 knows), so agents that read only schema 1 still take single-tensor bundles."""
     if len(m.inputs) == 1 and len(m.outputs) == 1 and m.task in ("classification", "raw") \
-            and m.head(m.outputs[0].name) == ("class" if m.task == "classification" else "raw"):
+            and m.head(m.outputs[0].name) == ("class" if m.task == "classification" else "raw") \
+            and not (m.drift_reference and m.drift_reference.outputs):
         return 1
     return SCHEMA_VERSION
 
@@ -463,7 +480,9 @@ def parse_manifest(d: Any, source: str = "manifest.json") -> Manifest:
         golden=tuple(_golden(g, inputs, outputs, one)
                      for g in m["golden"].items(0, MAX_GOLDEN, default=[])),
         drift_reference=_drift(drift, inputs, classes if task == "classification" or
-                               not one else 0, one) if drift.present else None,
+                               not one else 0, outputs, one,
+                               {o.name for o in outputs if o is not head})
+        if drift.present else None,
         converter_version=producer["converter"].text(default="") if producer.present else "",
         tensorflow_version=producer["tensorflow"].text(default="") if producer.present else "",
         schema_version=sv,
@@ -569,7 +588,7 @@ def _golden(g: _Field, inputs: tuple[TensorSpec, ...], outputs: tuple[TensorSpec
     """Inputs of the input tensors' dtypes and shapes (any batch, the same for all),
     outputs of the outputs' dtypes and shapes with that batch — what ``verify_golden``
     feeds and compares. Schema 1: ``input``/``output``/``atol``; schema 2: ``inputs`` and
-    ``outputs`` objects by tensor name (every input, any outputs) and ``atol`` by output."""
+    ``outputs`` objects by tensor name (every input, every output) and ``atol`` by output."""
     if one:
         x, _ = _array(g["input"], inputs[0], batch=None)
         y, atol = _golden_output(g["output"], g["atol"], outputs[0], x.shape[0])
@@ -585,10 +604,12 @@ def _golden(g: _Field, inputs: tuple[TensorSpec, ...], outputs: tuple[TensorSpec
         xs[s.name], _ = _array(fi[s.name], s, batch=batch)
         batch = xs[s.name].shape[0]
     names = set(fo.obj())
-    unknown = sorted(names - {s.name for s in outputs})
-    if not names or unknown:
-        raise fo.fail(f"expected outputs by name ({', '.join(s.name for s in outputs)}), got "
-                      f"{', '.join(unknown[:8]) if unknown else 'none'}")
+    want = {s.name for s in outputs}
+    if names != want:  # a head without golden data would never be checked
+        why = [f"{k} {', '.join(sorted(v)[:8])}" for k, v in
+               (("missing", want - names), ("unknown", names - want)) if v]
+        raise fo.fail(f"expected every output by name ({', '.join(s.name for s in outputs)})"
+                      f", got {', '.join(sorted(names)[:8]) or 'none'} ({'; '.join(why)})")
     if sorted(fa.obj()) != sorted(names):
         raise fa.fail(f"expected one tolerance per golden output ({', '.join(sorted(names))})"
                       f", got {', '.join(sorted(fa.obj())[:8]) or 'none'}")
@@ -650,11 +671,13 @@ def _stats(mean: _Field, std: _Field, inp: TensorSpec) -> InputStats:
                       std.numbers(*n, lambda x: x.number(0.0, math.inf)))
 
 
-def _drift(f: _Field, inputs: tuple[TensorSpec, ...], classes: int, one: bool
-           ) -> DriftReference:
+def _drift(f: _Field, inputs: tuple[TensorSpec, ...], classes: int,
+           outputs: tuple[TensorSpec, ...], one: bool, watched: set[str]) -> DriftReference:
     """``classes`` > 0: class_hist has one share per class (classification).
     ``input_mean``/``input_std`` are the first input's; schema 2's optional ``inputs``
-    holds every input's, by name, each with that input's channel count."""
+    holds every input's, by name, each with that input's channel count; its optional
+    ``outputs``, statistics per head in ``watched`` (the outputs that are not the class
+    head), by name."""
 
     def shares(key: str, count: int) -> tuple[float, ...]:
         sf = f[key]
@@ -685,4 +708,23 @@ def _drift(f: _Field, inputs: tuple[TensorSpec, ...], classes: int, one: bool
         input_mean=first.mean,
         input_std=first.std,
         inputs=per,
+        outputs=_output_references(f["outputs"], outputs, one, watched),
     )
+
+
+def _output_references(f: _Field, outputs: tuple[TensorSpec, ...], one: bool,
+                       watched: set[str]) -> dict[str, OutputReference]:
+    if not f.present:
+        return {}
+    if one:
+        raise f.fail("expected no output statistics in schema 1 (schema 2 carries them)")
+    obj = f.obj()
+    names = [o.name for o in outputs]
+    for n in sorted(obj)[:MAX_OUTPUTS + 1]:
+        if n not in watched:
+            why = "the class head" if n in names else "not an output"
+            raise f.fail(f"expected statistics of regression or raw heads "
+                         f"({', '.join(sorted(watched)) or 'none'}), got {_show(n)} ({why})")
+    return {n: OutputReference(mean=f[n]["mean"].number(-math.inf, math.inf),
+                               std=f[n]["std"].number(0.0, math.inf))
+            for n in names if n in obj}

@@ -37,7 +37,7 @@ from edge_agent.hooks import Hooks, PredictionRecord
 from edge_agent.runtime.backends import Runtime
 from edge_agent.runtime.model import GoldenResult, Inputs, LoadedModel, batch_of, verify_golden
 from edge_agent.runtime.preprocess import decode_image
-from edge_agent.runtime.quant import dequantize
+from edge_agent.runtime.quant import coerce_input, dequantize
 
 DelegateFactory = Callable[[], Sequence[Any]]
 
@@ -109,6 +109,7 @@ class ServedModel:
         head = self.manifest.class_head  # named as the manifest names it: find it by name
         self.class_position = (None if head is None else m.output_position(head.name))
         self._coerce = m.coerce
+        self._one_input = len(self.input_specs) == 1  # the common case: no dict per call
 
     @property
     def name(self) -> str:
@@ -147,10 +148,14 @@ class ServedModel:
         """
         t0 = time.perf_counter()
         raw = None
+        coerced: Inputs
         try:
-            coerced = self._coerce(x)
-            raw = (coerced if isinstance(coerced, np.ndarray) else
-                   coerced.get(self.input_spec.name))
+            if self._one_input and isinstance(x, np.ndarray):
+                coerced = raw = coerce_input(x, self.input_spec)
+            else:
+                coerced = self._coerce(x)
+                raw = (coerced if isinstance(coerced, np.ndarray) else
+                       coerced.get(self.input_spec.name))
             if raw is not None and raw.shape[0] == 0:
                 raise InvalidRequestError("empty batch: send at least one instance")
             with self.borrow() as m:
@@ -171,11 +176,13 @@ class ServedModel:
                          input_shape=e.shape if isinstance(e, ShapeMismatchError) else None,
                          error=str(e) if isinstance(e, EdgeError) else f"{type(e).__name__}: {e}")
             raise
-        self._record(source, request_id, True, time.perf_counter() - t0, batch_of(coerced),
+        self._record(source, request_id, True, time.perf_counter() - t0,
+                     raw.shape[0] if coerced is raw and raw is not None else batch_of(coerced),
                      client=client,
                      top1=top1, confidence=conf, probabilities=probs, inputs_raw=raw,
                      inputs=({self.input_spec.name: coerced} if isinstance(coerced, np.ndarray)
-                             else coerced))
+                             else coerced),
+                     outputs=deq)
         return Prediction(self.name, self.version, deq, probs, top1, conf, self.output_names)
 
     def decode_images(self, images: Sequence[bytes]) -> np.ndarray:
@@ -217,7 +224,8 @@ class ServedModel:
                 batch: int, **kw: Any) -> None:
         self.hooks.emit_prediction(PredictionRecord(
             model=self.name, version=self.version, source=source, ok=ok, latency_s=latency,
-            batch=batch, request_id=request_id, input_spec=self.input_spec, **kw))
+            batch=batch, request_id=request_id, input_spec=self.input_spec,
+            output_names=self.output_names, **kw))
 
 
 class ModelRegistry:

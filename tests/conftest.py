@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from model_fixtures import TwoHeads, raw_variant, two_heads_at
 
 ROOT = Path(__file__).resolve().parents[1]
 CACHE = ROOT / ".cache" / "test-artifacts"
@@ -76,6 +77,18 @@ def digits() -> DigitsArtifacts:
         os.replace(tmp, out)
     return DigitsArtifacts(out, out / "digits.keras", out / "calib.npz", out / "eval.npz",
                            out / "digits-v1", out / "digits-v2")
+
+
+@pytest.fixture(scope="session")
+def two_heads() -> TwoHeads:
+    """A tabular Keras model with a class head and a regression head, converted (cached)."""
+    return two_heads_at(CACHE / f"two-heads-{_source_key('converter', 'edge_agent/bundle.py')}")
+
+
+@pytest.fixture(scope="session")
+def digits_raw(digits: DigitsArtifacts, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The digits model as a model without a class head (task ``raw``, ``digits-raw``)."""
+    return raw_variant(digits.bundle, tmp_path_factory.mktemp("raw"))
 
 
 @dataclass

@@ -75,6 +75,7 @@ class LoadedModel:
         self._out_names = _aliases(self._out)
         self._in_index = [t.index for t in self._in]
         self._out_index = [t.index for t in self._out]
+        self._in_dtypes = [np.dtype(s.dtype) for s in self.input_specs]
         self._batch_fixed = int(self.input_spec.shape[0])
 
     @property
@@ -129,8 +130,8 @@ class LoadedModel:
         """
         arrays = self._ordered(x)
         n = arrays[0].shape[0]
-        for a, s in zip(arrays, self.input_specs, strict=True):
-            if a.dtype != np.dtype(s.dtype):
+        for a, s, dt in zip(arrays, self.input_specs, self._in_dtypes, strict=True):
+            if a.dtype != dt:
                 raise InvalidRequestError(
                     f"input {s.name!r}: dtype {a.dtype} does not match tensor dtype {s.dtype}")
             if a.shape[0] != n:

@@ -105,13 +105,16 @@ def decode_predict(doc: Any, served: ServedModel, *, max_batch: int, max_image_p
     inputs = input_specs(served)
     bools = body is None or b"true" in body or b"false" in body
     decoded = json_tensor.decode_predict(doc, inputs, max_batch=max_batch, bools=bools)
+    if len(inputs) == 1:  # one input: one array, no dict (the common, hot case)
+        ns = inputs[0]
+        x = decoded.tensors[ns.name]
+        return (image_batch(served, x, max_image_pixels, spec=ns.spec)
+                if isinstance(x, list) else x), decoded.layout
     named: dict[str, np.ndarray] = {}
     for ns in inputs:
         x = decoded.tensors[ns.name]
         named[ns.spec.name] = (image_batch(served, x, max_image_pixels, spec=ns.spec)
                                if isinstance(x, list) else x)
-    if len(named) == 1:
-        return next(iter(named.values())), decoded.layout
     return named, decoded.layout
 
 

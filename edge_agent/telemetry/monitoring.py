@@ -6,18 +6,25 @@ that only a few times a second: the telemetry component queues records and hands
 over in batches (:meth:`add_many`, vectorised). ``report`` runs in the telemetry loop: it
 computes histograms, PSI and feedback metrics, and raises ``drift.detected`` /
 ``drift.cleared`` events through the agent's hooks.
+
+Per head (the manifest's ``heads``): the class and confidence histograms, their PSI and
+label feedback exist only for a model's class head; every regression or raw head gets
+output statistics (:mod:`edge_agent.monitor.outputs`), against the bundle's reference
+for that head when it carries one. Feedback for a model without a class head is refused
+with an :class:`~edge_agent.errors.InvalidRequestError` saying so.
 """
 
 from __future__ import annotations
 
+import math
 import threading
 from collections.abc import Callable, Sequence
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
 
-from edge_agent.errors import EdgeError, NotFoundError
+from edge_agent.errors import EdgeError, InvalidRequestError, NotFoundError
 from edge_agent.hooks import PredictionRecord
 from edge_agent.monitor.feedback import (
     FeedbackItem,
@@ -26,6 +33,7 @@ from edge_agent.monitor.feedback import (
     PredictionMemory,
     Remembered,
 )
+from edge_agent.monitor.outputs import OutputWindow, per_sample_values
 from edge_agent.monitor.quality import DriftDetector, QualityWindow, input_channel_means
 from edge_agent.protocol.kinds import EventKind
 from edge_agent.telemetry.config import TelemetryConfig
@@ -34,6 +42,8 @@ from edge_agent.telemetry.sample import (
     CLASSES,
     CONF,
     OK,
+    OUTPUT_NAMES,
+    OUTPUTS,
     REQUEST_ID,
     SCORE,
     TOP1,
@@ -45,6 +55,17 @@ from edge_agent.telemetry.sample import (
 EmitEvent = Callable[..., Any]  # Hooks.emit_event(level, kind, message, **data)
 
 
+@dataclass(frozen=True)
+class _Watch:
+    """What is watched of one model version: the class head's window (inputs too), and
+    the other heads' output statistics."""
+
+    version: int
+    quality: QualityWindow
+    class_head: bool
+    outputs: OutputWindow
+
+
 class ModelMonitor:
     """Quality windows, drift detectors and label feedback for every served model."""
 
@@ -54,22 +75,32 @@ class ModelMonitor:
         self.emit_event = emit_event
         self.memory = PredictionMemory(cfg.prediction_memory, cfg.prediction_ttl_s)
         self.feedback = FeedbackTracker(self.memory, cfg.feedback_window)
-        self._windows: dict[str, tuple[int, QualityWindow]] = {}
+        self._watches: dict[str, _Watch] = {}
         self._detectors: dict[str, DriftDetector] = {}
         self._lock = threading.Lock()
 
-    def _window(self, model: str, version: int, classes: int) -> QualityWindow:
+    def _watch(self, model: str, version: int, classes: int) -> _Watch:
         with self._lock:
-            cur = self._windows.get(model)
-            if cur is not None and cur[0] == version:
-                return cur[1]
-            ref = None
+            cur = self._watches.get(model)
+            if cur is not None and cur.version == version:
+                return cur
+            ref = manifest = None
             try:
-                ref = self.registry.get(model, version).manifest.drift_reference
+                manifest = self.registry.get(model, version).manifest
+                ref = manifest.drift_reference
             except NotFoundError:
-                pass
-            w = QualityWindow(ref, classes, self.cfg.quality_window)
-            self._windows[model] = (version, w)  # a new version starts afresh
+                pass  # records of a model not (or no longer) served: classify what they carry
+            head = None if manifest is None else manifest.class_head
+            class_head = manifest is None or head is not None
+            if head is not None:
+                classes = math.prod(head.shape[1:])
+            heads = {} if manifest is None else {
+                o.name: manifest.head(o.name) for o in manifest.outputs
+                if manifest.head(o.name) != "class"}
+            w = _Watch(version, QualityWindow(ref, classes, self.cfg.quality_window),
+                       class_head,
+                       OutputWindow(heads, ref.outputs if ref else {}, self.cfg.quality_window))
+            self._watches[model] = w  # a new version starts afresh
             self._detectors[model] = DriftDetector(self.cfg.drift_threshold,
                                                    self.cfg.drift_min_samples)
             return w
@@ -83,30 +114,58 @@ class ModelMonitor:
 
     def sample_inputs(self, rec: PredictionRecord) -> None:
         """Per-channel input means of one request (the caller decides how often)."""
-        if not rec.ok or rec.inputs_raw is None or rec.top1 is None:
+        if not rec.ok or rec.inputs_raw is None:
             return
         means = input_channel_means(rec.inputs_raw, rec.input_spec)
         if means is not None:
-            self._window(rec.model, rec.version, self._classes(rec)).add_inputs(means)
+            self._watch(rec.model, rec.version, self._classes(rec)).quality.add_inputs(means)
 
     def add_many(self, batch: list[Sample]) -> None:
         """Fold queued samples into the windows and the request-id memory (vectorised)."""
         if not batch:
             return
         for (model, version), rows in split_by_model(batch).items():
-            rows = [s for s in rows if s[OK] and s[TOP1] is not None and s[CONF] is not None]
-            if not rows:
+            rows = [s for s in rows if s[OK]]
+            classified = [s for s in rows if s[TOP1] is not None and s[CONF] is not None]
+            if classified:
+                top1s = column(classified, TOP1)
+                classes = (classified[-1][CLASSES]
+                           or int(max(int(np.max(t)) for t in top1s)) + 1)
+                w = self._watch(model, version, classes)
+                w.quality.add(np.concatenate(top1s), np.concatenate(column(classified, CONF)))
+                self.memory.remember_many(
+                    (s[REQUEST_ID], Remembered(model, version, s[TOP1], s[SCORE], classes,
+                                               s[AT]))
+                    for s in classified if s[REQUEST_ID])
+            with_outputs = [s for s in rows if s[OUTPUTS] is not None]
+            if with_outputs:
+                self._add_outputs(self._watch(model, version, 1), with_outputs)
+
+    @staticmethod
+    def _add_outputs(w: _Watch, rows: list[Sample]) -> None:
+        """Each watched head's per-sample values, one concatenation per head."""
+        names: tuple[str, ...] = rows[0][OUTPUT_NAMES]
+        for pos, name in enumerate(names):
+            if name not in w.outputs.heads:
                 continue
-            top1s = column(rows, TOP1)
-            classes = rows[-1][CLASSES] or int(max(int(np.max(t)) for t in top1s)) + 1
-            self._window(model, version, classes).add(np.concatenate(top1s),
-                                                      np.concatenate(column(rows, CONF)))
-            self.memory.remember_many(
-                (s[REQUEST_ID], Remembered(model, version, s[TOP1], s[SCORE], classes, s[AT]))
-                for s in rows if s[REQUEST_ID])
+            vals = [per_sample_values(s[OUTPUTS][pos]) for s in rows
+                    if s[OUTPUT_NAMES] == names]
+            w.outputs.add(name, np.concatenate(vals))
 
     def apply_feedback(self, items: list[FeedbackItem]) -> FeedbackResult:
+        """Join label feedback to remembered predictions. Raises InvalidRequestError,
+        counting nothing, when an item names a served model without a class head."""
         labels: dict[str, Sequence[str]] = {}
+        for name in sorted({it.model for it in items if it.model is not None}):
+            try:
+                m = self.registry.get(name).manifest
+            except EdgeError:
+                continue
+            if m.class_head is None:
+                raise InvalidRequestError(
+                    f"feedback: model {name!r} has no class head (task {m.task!r}, heads "
+                    f"{', '.join(f'{o.name}: {m.head(o.name)}' for o in m.outputs)}); "
+                    f"label feedback needs one")
         for name in self.registry.names():
             try:
                 labels[name] = list(self.registry.get(name).manifest.labels)
@@ -115,16 +174,24 @@ class ModelMonitor:
         return self.feedback.apply(items, labels)
 
     def report(self) -> dict[str, dict[str, Any]]:
-        """Per model: ``quality`` (histograms, PSI, drift flag) and ``feedback`` metrics."""
+        """Per model: ``quality`` (histograms, PSI and drift flag of the class head, input
+        shift, ``outputs`` statistics of the other heads) and ``feedback`` metrics."""
         out: dict[str, dict[str, Any]] = {}
         with self._lock:
-            windows = dict(self._windows)
+            watches = dict(self._watches)
             detectors = dict(self._detectors)
-        for name, (version, w) in windows.items():
+        for name, watch in watches.items():
+            version, w = watch.version, watch.quality
             rep = w.report()
             det = detectors[name]
-            change = det.update(rep)
-            q = rep.to_dict()
+            change = det.update(rep) if watch.class_head else None
+            q: dict[str, Any] = rep.to_dict() if watch.class_head else {
+                "samples": 0, "input_shift_sigma": rep.input_shift_sigma}
+            heads = watch.outputs.report()
+            if heads:
+                q["outputs"] = {n: h.to_dict() for n, h in heads.items()}
+                if not watch.class_head:
+                    q["samples"] = max(h.samples for h in heads.values())
             q.update(version=version, drift=det.drifting, drift_threshold=det.threshold,
                      reference=w.reference is not None)
             out.setdefault(name, {})["quality"] = q

@@ -13,8 +13,8 @@ from typing import Any
 from edge_agent.hooks import PredictionRecord
 
 Sample = tuple[Any, ...]
-MODEL, VERSION, OK, LATENCY, BATCH, SOURCE, REQUEST_ID, TOP1, CONF, SCORE, CLASSES, AT = \
-    range(12)
+MODEL, VERSION, OK, LATENCY, BATCH, SOURCE, REQUEST_ID, TOP1, CONF, SCORE, CLASSES, AT, \
+    OUTPUTS, OUTPUT_NAMES = range(14)
 
 
 def sample_of(rec: PredictionRecord) -> Sample:
@@ -22,11 +22,12 @@ def sample_of(rec: PredictionRecord) -> Sample:
     classes = p.shape[1] if p is not None and p.ndim == 2 else 0
     score = p[:, 1] if classes == 2 and p is not None else None  # a view, not a copy
     return (rec.model, rec.version, rec.ok, rec.latency_s, rec.batch, rec.source,
-            rec.request_id, rec.top1, rec.confidence, score, classes, rec.at)
+            rec.request_id, rec.top1, rec.confidence, score, classes, rec.at, rec.outputs,
+            rec.output_names)
 
 
 def column(samples: list[Sample], index: int) -> list[Any]:
-    """One column of a batch of samples (cheaper than transposing all twelve)."""
+    """One column of a batch of samples (cheaper than transposing them all)."""
     return [s[index] for s in samples]
 
 

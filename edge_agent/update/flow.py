@@ -104,6 +104,9 @@ class FlowDeps:
     check_setup: check.CheckSetup | None = None  # default: the registry's runtime, threads
 
 
+CANARY = "canary"  # the version label of the version on probation (docs/update.md)
+
+
 def blocked_key(name: str, version: int) -> str:
     return f"{name}@{version}"
 
@@ -459,6 +462,7 @@ class UpdateFlow:
                            old_shape=old.input_spec.shape if old else None,
                            new_shape=new.input_spec.shape if new else None)
         self._set(s.to(Phase.PROBATION, probation_until=until))
+        self.d.registry.set_label(s.name, CANARY, s.version)  # /labels/canary reaches it
         # the signed release may demand more evidence; the device's config is the floor
         pol = ProbationPolicy(self.cfg.probation_s,
                               max(self.cfg.probation_min_requests, s.probation_min_requests),
@@ -475,6 +479,7 @@ class UpdateFlow:
             if old and new and old.input_specs == new.input_specs else None
         verdict = wait_verdict(self.monitor, baseline, pol, until, self.stop, pair=pair)
         self.monitor.stop()
+        self.d.registry.set_label(s.name, CANARY, None)  # committed, rolled back or stopping
         if not verdict.decided:
             self._set(replace(self.state, clean_stop=True))
             return Outcome(UpdateResult.INTERRUPTED, "stopping", "agent stopping during probation",
@@ -509,6 +514,7 @@ class UpdateFlow:
             self._settle(s.to(Phase.ROLLING_BACK))  # the safe direction: never held back
             s = self.state
         assert s.name is not None and s.version is not None
+        self.d.registry.set_label(s.name, CANARY, None)
         unsaved = swap.restore(self.d.registry, self.d.store, s.name, s.from_version,
                                s.version)
         out = self._finish(UpdateResult.ROLLED_BACK, code, reason,

@@ -299,3 +299,110 @@ def test_golden_vectors_that_validate_but_do_not_fit_the_model_are_a_golden_mism
     assert parse_manifest(json.loads(m.to_json())) == m  # it validates
     with pytest.raises(GoldenMismatchError, match=r"input int8 \[1, 8, 8, 2\] does not fit"):
         verify_golden(dataclasses.replace(b, manifest=m), select_runtime())
+
+
+# ---------------------------------------------------------------- schema 2 (issue 12)
+
+
+@pytest.fixture(scope="module")
+def base2(two_heads: Any) -> dict[str, Any]:
+    """The converter's two-head manifest (schema 2: input ``features``; heads ``class``
+    and ``score``; golden vectors keyed by tensor name)."""
+    d: dict[str, Any] = json.loads((two_heads.bundle / "manifest.json").read_text())
+    assert d["schema_version"] == 2 and d["heads"] == {"class": "class", "score": "regression"}
+    return d
+
+
+def two_inputs(d: dict[str, Any]) -> dict[str, Any]:
+    """``d`` with a second float input ``mask`` [1, 2], golden data for it in every vector."""
+    d = copy.deepcopy(d)
+    d["inputs"].append({"name": "mask", "shape": [1, 2], "dtype": "float32", "scale": 0.0,
+                        "zero_point": 0})
+    for g in d["golden"]:
+        n = g["inputs"]["features"]["shape"][0]
+        g["inputs"]["mask"] = {"dtype": "float32", "shape": [n, 2],
+                               "b64": b64(np.zeros((n, 2), np.float32))}
+    return d
+
+
+G0 = ("golden", 0)
+SCHEMA2_CASES = [
+    # several inputs: every golden vector feeds every input, all with one batch
+    (("golden", 0, "inputs", "mask"), DROP, "manifest.golden[0].inputs",
+     "expected every input by name (features, mask), got features"),
+    (("golden", 0, "inputs", "mask", "shape"), [2, 2], "manifest.golden[0].inputs.mask.shape",
+     "as the input"),
+    # duplicate tensor names (requests and golden vectors name them)
+    (("inputs", 1, "name"), "features", "manifest.inputs[1].name",
+     "a name no other tensor has, got 'features' again"),
+    (("outputs", 1, "name"), "class", "manifest.outputs[1].name",
+     "a name no other tensor has, got 'class' again"),
+    # the heads table
+    (("heads", "score"), "mask", "manifest.heads.score", "got 'mask'"),
+    (("heads", "score"), "class", "manifest.heads", "at most one class head, got class, score"),
+    (("heads", "extra"), "raw", "manifest.heads", "one entry per output (class, score)"),
+    (("heads", "score"), DROP, "manifest.heads", "one entry per output (class, score)"),
+    (("heads",), DROP, "manifest.heads", "missing"),
+    (("task",), "regression", "manifest.heads",
+     "regression heads and no class head for task 'regression'"),
+    (("labels",), ["a", "b"], "manifest.labels",
+     "no labels or 3 (one per value of the class head 'class'"),
+    # golden vectors by tensor name
+    ((*G0, "outputs", "score"), DROP, "manifest.golden[0].outputs",
+     "every output by name (class, score), got class (missing score)"),
+    ((*G0, "outputs", "nope"), {"dtype": "int8", "shape": [1, 1], "b64": "AA=="},
+     "manifest.golden[0].outputs", "got class, nope, score (unknown nope)"),
+    ((*G0, "inputs", "nope"), {"dtype": "int8", "shape": [1, 1], "b64": "AA=="},
+     "manifest.golden[0].inputs", "got features, mask, nope"),
+    ((*G0, "atol", "score"), DROP, "manifest.golden[0].atol",
+     "one tolerance per golden output (class, score), got class"),
+    ((*G0, "outputs", "score", "shape"), [1, 3], "manifest.golden[0].outputs.score.shape",
+     "expected [1, 1]"),
+    # per-head drift statistics (monitoring of regression/raw heads)
+    (("drift_reference", "outputs"), {"class": {"mean": 0.0, "std": 1.0}},
+     "manifest.drift_reference.outputs", "got 'class' (the class head)"),
+    (("drift_reference", "outputs"), {"nope": {"mean": 0.0, "std": 1.0}},
+     "manifest.drift_reference.outputs", "got 'nope' (not an output)"),
+    (("drift_reference", "outputs", "score"), {"mean": NAN, "std": 1.0},
+     "manifest.drift_reference.outputs.score.mean", "got NaN"),
+    (("drift_reference", "outputs", "score"), {"mean": 0.0, "std": -1.0},
+     "manifest.drift_reference.outputs.score.std", "got -1.0"),
+]
+
+
+@pytest.mark.parametrize(("path", "value", "field", "fragment"), SCHEMA2_CASES,
+                         ids=[f"{'.'.join(map(str, c[0]))}={str(c[1])[:12]}"
+                              for c in SCHEMA2_CASES])
+def test_a_broken_schema2_rule_is_a_manifest_error_naming_the_field(
+        base2: dict[str, Any], path: tuple[Any, ...], value: Any, field: str,
+        fragment: str) -> None:
+    good = two_inputs(base2)
+    if path[0] == "drift_reference":
+        good["drift_reference"]["outputs"] = {"score": {"mean": 0.0, "std": 1.0}}
+    assert parse_manifest(good).inputs[1].name == "mask"  # the base is fine
+    with pytest.raises(ManifestError) as ei:
+        parse_manifest(mutate(good, path, value), "b.tar")
+    e = ei.value
+    assert e.field == field, str(e)
+    assert str(e).startswith(f"b.tar: {field}: expected "), str(e)
+    assert fragment in str(e), str(e)
+    assert "\n" not in str(e)
+
+
+def test_schema2_with_several_inputs_and_head_statistics_round_trips(
+        base2: dict[str, Any]) -> None:
+    d = two_inputs(base2)
+    d["drift_reference"]["outputs"] = {"score": {"mean": 0.5, "std": 2.0}}
+    m = parse_manifest(d)
+    assert [s.name for s in m.inputs] == ["features", "mask"]
+    assert m.drift_reference is not None and m.drift_reference.outputs["score"].std == 2.0
+    assert json.loads(m.to_json()) == d
+    assert json.loads(parse_manifest(base2).to_json()) == base2  # no `outputs` key added
+
+
+def test_schema1_carries_no_head_statistics(base: dict[str, Any]) -> None:
+    d = copy.deepcopy(base)
+    d["drift_reference"]["outputs"] = {}
+    with pytest.raises(ManifestError) as ei:
+        parse_manifest(d, "b.tar")
+    assert ei.value.field == "manifest.drift_reference.outputs", str(ei.value)

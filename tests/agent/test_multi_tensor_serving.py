@@ -11,11 +11,7 @@ REST answer, and each is correct against the float Keras model.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,55 +19,9 @@ import numpy as np
 import pytest
 from agent_helpers import Client
 from attack_helpers import AgentProcess, agent_process
+from model_fixtures import TwoHeads, convert_cli
 
 from edge_agent.bundle import read_bundle
-
-FEATURES = 8
-
-
-@dataclass(frozen=True)
-class TwoHeads:
-    bundle: Path
-    x: np.ndarray  # held-out samples, float model units
-    want_class: np.ndarray  # the float Keras model's outputs for x
-    want_score: np.ndarray
-    report: dict[str, Any]
-
-
-def _convert(*args: object) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
-        [str(Path(__file__).resolve().parents[2]), os.environ.get("PYTHONPATH", "")])}
-    return subprocess.run([sys.executable, "-m", "converter.cli", *map(str, args)],
-                          capture_output=True, text=True, timeout=600, env=env)
-
-
-@pytest.fixture(scope="module")
-def two_heads(tmp_path_factory: pytest.TempPathFactory) -> TwoHeads:
-    """Tabular input ``features`` → ``class`` (softmax over 3) and ``score`` (1 value)."""
-    from converter.tfload import import_tf
-
-    tf = import_tf()
-    d = tmp_path_factory.mktemp("two-heads")
-    rng = np.random.default_rng(7)
-    x = rng.normal(size=(256, FEATURES)).astype(np.float32)
-    y = (x[:, 0] > 0).astype(np.int64) + (x[:, 1] > 1).astype(np.int64)
-    inp = tf.keras.Input((FEATURES,), name="features")
-    h = tf.keras.layers.Dense(16, activation="relu")(inp)
-    cls = tf.keras.layers.Dense(3, activation="softmax", name="class")(h)
-    score = tf.keras.layers.Dense(1, name="score")(h)
-    model = tf.keras.Model(inp, {"class": cls, "score": score})
-    model.compile("adam", {"class": "sparse_categorical_crossentropy", "score": "mse"})
-    model.fit(x, {"class": y, "score": x[:, :1] * 2.0}, epochs=5, verbose=0)
-    model.save(d / "two.keras")
-    np.savez(d / "calib.npz", x=x[:200], y=y[:200])
-    held = x[200:216]
-    out = model.predict(held, verbose=0)
-    r = _convert("convert", d / "two.keras", "--representative", d / "calib.npz",
-                 "--profile", "generic-x86_64", "--latency-runs", 2, "--json",
-                 "--name", "two", "-o", d / "two-v1")
-    assert r.returncode == 0, r.stderr
-    return TwoHeads(d / "two-v1", held, np.asarray(out["class"]), np.asarray(out["score"]),
-                    json.loads(r.stdout))
 
 
 @pytest.fixture(scope="module")
@@ -110,7 +60,7 @@ def test_report_scores_each_head_with_its_own_metric(two_heads: TwoHeads) -> Non
 
 
 def test_verify_checks_every_golden_output(two_heads: TwoHeads) -> None:
-    r = _convert("verify", two_heads.bundle)
+    r = convert_cli("verify", two_heads.bundle)
     assert r.returncode == 0, r.stderr + r.stdout
 
 
@@ -153,3 +103,36 @@ def test_unknown_input_name_is_a_400_and_the_model_keeps_serving(
     assert r.status == 400 and "features" in r.json()["error"], r.body
     ok = c.post("/v1/models/two:predict", {"instances": two_heads.x[:1].tolist()})
     assert ok.status == 200 and ok.json()["predictions"][0].keys() == {"class", "score"}
+
+
+def test_mqtt_request_with_inputs_by_name_gets_every_named_output(
+        two_heads: TwoHeads, mosquitto: Any, tmp_path: Path) -> None:
+    """A real ``edge-agent run`` on a real Mosquitto: ``edge/<device>/infer/two`` with the
+    input by name (columnar) and by rows, each answered with both outputs by name."""
+    from test_mqtt_attacks import Spy
+
+    toml = f'[mqtt]\nurl = "{mosquitto.url}"\n'
+    with agent_process(tmp_path, two_heads.bundle, toml=toml):
+        spy = Spy(mosquitto.host, mosquitto.port, "two-heads-client")
+        try:
+            spy.wait("edge/attacked/status", lambda d: d.get("state") == "online")
+            spy.send("edge/attacked/infer/two", json.dumps(
+                {"id": "cols", "inputs": {"features": two_heads.x.tolist()},
+                 "reply_to": "replies/two"}))
+            spy.send("edge/attacked/infer/two", json.dumps(
+                {"id": "rows", "instances": [{"features": r} for r in two_heads.x.tolist()],
+                 "reply_to": "replies/two"}))
+            cols = spy.wait("replies/two", lambda d: d.get("id") == "cols")
+            rows = spy.wait("replies/two", lambda d: d.get("id") == "rows")
+        finally:
+            spy.close()
+    span = float(np.ptp(two_heads.want_score))
+    assert cols["model"] == "two" and cols["version"] == 1, cols
+    assert cols["outputs"].keys() == {"class", "score"}, cols
+    _close(cols["outputs"]["class"], two_heads.want_class, 0.05)
+    _close(cols["outputs"]["score"], two_heads.want_score, 0.05 * max(1.0, span))
+    preds = rows["predictions"]
+    assert len(preds) == len(two_heads.x) and all(p.keys() == {"class", "score"}
+                                                  for p in preds), rows
+    _close([p["class"] for p in preds], two_heads.want_class, 0.05)
+    _close([p["score"] for p in preds], two_heads.want_score, 0.05 * max(1.0, span))

@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +30,7 @@ import pytest
 from agent_helpers import Client, DigitsEval, b64, make_config
 
 from edge_agent.app import Agent
-from edge_agent.bundle import TensorSpec, read_bundle, write_bundle
+from edge_agent.bundle import TensorSpec
 from edge_agent.errors import InvalidRequestError, ShapeMismatchError
 from edge_agent.serving.codec import parse_json
 from edge_agent.serving.json_encode import Format, Layout, NamedSpec, encode_predict
@@ -566,14 +566,6 @@ def test_signature_method_checks(sig: str, method: str, has: str, fragment: str)
 
 
 # ----------------------------------------------------------------------------- end to end
-
-
-@pytest.fixture(scope="module")
-def digits_raw(digits: Any, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The digits model as a model without a class head (task "raw")."""
-    b = read_bundle(digits.bundle)
-    m = replace(b.manifest, name="digits-raw", task="raw")
-    return write_bundle(replace(b, manifest=m), tmp_path_factory.mktemp("raw") / "digits-raw")
 
 
 @pytest.fixture(scope="module")
