@@ -314,7 +314,8 @@ def base2(two_heads: Any) -> dict[str, Any]:
 
 
 def two_inputs(d: dict[str, Any]) -> dict[str, Any]:
-    """``d`` with a second float input ``mask`` [1, 2], golden data for it in every vector."""
+    """``d`` with a second float input ``mask`` [1, 2], golden data and drift statistics
+    for it."""
     d = copy.deepcopy(d)
     d["inputs"].append({"name": "mask", "shape": [1, 2], "dtype": "float32", "scale": 0.0,
                         "zero_point": 0})
@@ -322,6 +323,9 @@ def two_inputs(d: dict[str, Any]) -> dict[str, Any]:
         n = g["inputs"]["features"]["shape"][0]
         g["inputs"]["mask"] = {"dtype": "float32", "shape": [n, 2],
                                "b64": b64(np.zeros((n, 2), np.float32))}
+    per_input = (d.get("drift_reference") or {}).get("inputs")
+    if per_input is not None:  # the converter writes every input's statistics
+        per_input["mask"] = {"mean": [0.0, 0.0], "std": [1.0, 1.0]}
     return d
 
 
