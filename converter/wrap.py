@@ -5,9 +5,10 @@ be a TFLite flatbuffer of bounded size before an interpreter sees it
 (:mod:`edge_agent.tflite_file`); its named specs come from the runtime's binding
 (:func:`edge_agent.runtime.signature.tflite_specs`' rules: signature names, else tensor
 names); its quantization mode is read from the graph; the profile's support check runs
-on its ops; golden vectors are its own outputs here on the representative inputs (or
-generated ones, :mod:`converter.wrap_inputs`); the drift reference comes from the
-representative data when given. The bundle is built in memory and written atomically
+on its ops; golden vectors are its own outputs here on the representative inputs (read
+by the converter's own loader, :func:`converter.data.load_dataset`) or on generated
+ones (:func:`generated`); the drift reference comes from the representative data when
+given. The bundle is built in memory and written atomically
 at the end, so a failure leaves nothing at the output path.
 
 Raises ModelSourceError (not a flatbuffer, too large, no inputs/outputs, refused by the
@@ -19,7 +20,7 @@ from __future__ import annotations
 import datetime as dt
 import math
 import os
-import time
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -30,32 +31,28 @@ import converter
 from converter.build import (
     GOLDEN_COUNT,
     _drift,
+    _golden,
     _is_probability,
     check_output_path,
     write_output,
 )
+from converter.data import Dataset, check_data_path, load_dataset
 from converter.errors import DatasetError, ModelSourceError, OptionError
+from converter.evaluate import latency_ms, run_all
 from converter.graph import BOUNDARY_OPS, FLOAT_DTYPES, Graph, inspect_graph
 from converter.support import activations, delegate_summary, memory_check, op_support
-from converter.wrap_inputs import Feed, generated, load_feed, rows
-from edge_agent.bundle import (
-    MAX_BUNDLE_BYTES,
-    Bundle,
-    EncodedArray,
-    GoldenVector,
-    Manifest,
-    sha256_bytes,
-)
+from converter.tfload import SourceInput
+from edge_agent.bundle import MAX_BUNDLE_BYTES, Bundle, Manifest, sha256_bytes
 from edge_agent.errors import ModelLoadError
 from edge_agent.manifest import NAME_RE, TASKS, Preprocessing, TensorSpec, oldest_schema
 from edge_agent.profiles import DeviceProfile, load_profile
 from edge_agent.runtime.backends import select_runtime
 from edge_agent.runtime.model import LoadedModel
-from edge_agent.runtime.quant import coerce_input, dequantize
 from edge_agent.tflite_file import read_tflite
 
 DEFAULT_PROFILE = "generic-x86_64"
 INTEGER = ("int8", "uint8")
+SEED = 20261202  # generated golden inputs
 
 
 @dataclass(frozen=True)
@@ -147,45 +144,31 @@ def choose_heads(task: str | None, outputs: tuple[TensorSpec, ...], labels: tupl
     return task, {s.name: "class" if s.name == head else other for s in outputs}
 
 
-def _atol(spec: TensorSpec, raw: np.ndarray, steps: float) -> float:
-    """An output's golden tolerance: ``steps`` for integer tensors, else relative."""
-    if spec.quantized or spec.dtype in ("int8", "int16"):
-        return steps
-    return 1e-4 * max(1.0, float(np.abs(raw.astype(np.float64)).max()))
+def generated(specs: Sequence[TensorSpec], n: int, seed: int = SEED) -> Dataset:
+    """``n`` deterministic samples per input, in each tensor's dtype and range: integer
+    tensors over their dtype's range (quantized ones: the raw steps), float tensors in
+    ``[-1, 1]`` (what normalized image, audio and feature inputs are), index-like
+    ``int32``/``int64`` tensors in ``{0, 1}`` (token ids, lengths: a larger value may be
+    out of a lookup's range)."""
+    rng = np.random.default_rng(seed)
+    xs: dict[str, np.ndarray] = {}
+    for s in specs:
+        shape, dt = (n, *s.shape[1:]), np.dtype(s.dtype)
+        if s.dtype in ("int8", "uint8", "int16"):
+            info = np.iinfo(dt)
+            xs[s.name] = rng.integers(info.min, int(info.max) + 1, shape).astype(dt)
+        elif dt.kind in "iu":
+            xs[s.name] = rng.integers(0, 2, shape).astype(dt)
+        else:
+            xs[s.name] = rng.uniform(-1.0, 1.0, shape).astype(dt)
+    return Dataset(xs, None, (), f"generated (seed {seed})", "generated")
 
 
-def golden_vectors(model: LoadedModel, feeds: list[Feed], steps: float
-                   ) -> tuple[GoldenVector, ...]:
-    """Each feed's raw inputs and the raw outputs this model gives for them, by name."""
-    out = []
-    for feed in feeds:
-        raw = model.coerce(feed)
-        assert isinstance(raw, dict)
-        outs = model.invoke_raw(raw)
-        out.append(GoldenVector(
-            {k: EncodedArray.encode(v) for k, v in raw.items()},
-            {s.name: EncodedArray.encode(o) for s, o in zip(model.output_specs, outs,
-                                                             strict=True)},
-            {s.name: _atol(s, o, steps) for s, o in zip(model.output_specs, outs,
-                                                         strict=True)}))
-    return tuple(out)
-
-
-def latency(model: LoadedModel, feed: Feed, runs: int, warmup: int = 5) -> dict[str, Any]:
-    """Per-invoke latency here on one sample: mean, p50, p95 (ms); ``runs=0``: None."""
-    if runs <= 0:
-        return {"mean": None, "p50": None, "p95": None, "runs": 0}
-    raw = model.coerce(feed)
-    for _ in range(warmup):
-        model.invoke_raw(raw)
-    ts = []
-    for _ in range(runs):
-        t = time.perf_counter()
-        model.invoke_raw(raw)
-        ts.append((time.perf_counter() - t) * 1e3)
-    a = np.asarray(ts)
-    return {"mean": round(float(a.mean()), 4), "p50": round(float(np.percentile(a, 50)), 4),
-            "p95": round(float(np.percentile(a, 95)), 4), "runs": runs}
+def source_inputs(specs: Sequence[TensorSpec]) -> tuple[SourceInput, ...]:
+    """The inputs as the data loaders see them: quantized tensors take float data in
+    model units (quantized when fed), the others their own dtype."""
+    return tuple(SourceInput(s.name, tuple(s.shape[1:]), "float32" if s.quantized else s.dtype)
+                 for s in specs)
 
 
 def _preprocessing(spec: TensorSpec) -> Preprocessing:
@@ -224,9 +207,10 @@ def preflight(opts: WrapOptions) -> DeviceProfile:
     check_output_path(opts.output)
     if not opts.model.is_file():
         raise ModelSourceError(f"{opts.model}: no such model file")
-    for p in (opts.labels_file, opts.representative):
-        if p is not None and not p.is_file():
-            raise DatasetError(f"{p}: no such file")
+    if opts.labels_file is not None and not opts.labels_file.is_file():
+        raise DatasetError(f"{opts.labels_file}: no such labels file")
+    if opts.representative is not None:
+        check_data_path(opts.representative)
     return profile
 
 
@@ -242,37 +226,33 @@ def build_wrapped(opts: WrapOptions) -> tuple[Bundle, dict[str, Any]]:
     """The bundle (not yet written) and its report."""
     profile = preflight(opts)
     threads = min(profile.default_threads, os.cpu_count() or 1)
-    data, model = _load(opts, threads)
-    graph = inspect_graph(data)
+    content, model = _load(opts, threads)
+    graph = inspect_graph(content)
     mode = quantization_mode(graph)
     _check_profile(profile, mode, model)
     labels = _read_labels(opts.labels_file) if opts.labels_file else ()
     task, heads = choose_heads(opts.task, model.output_specs, labels,
                                str(opts.labels_file or opts.model))
-    rep = (load_feed(opts.representative, model.input_specs, opts.samples)
-           if opts.representative else None)
-    feed = rep if rep is not None else generated(model.input_specs, GOLDEN_COUNT)
-    n = len(next(iter(feed.values())))
-    idx = np.linspace(0, n - 1, min(GOLDEN_COUNT, n)).astype(int).tolist()
-    golden = golden_vectors(model, rows(feed, idx), opts.golden_atol)
+    pre = _preprocessing(model.input_specs[0])
+    rep = (load_dataset(opts.representative, source_inputs(model.input_specs), pre,
+                        samples=opts.samples) if opts.representative else None)
+    data = rep if rep is not None else generated(model.input_specs, GOLDEN_COUNT)
+    golden = _golden(model, data, opts.golden_atol)
     single = len(model.output_specs) == 1
     head = next((i for i, s in enumerate(model.output_specs) if heads[s.name] == "class"), None)
     is_prob, drift = True, None
     if rep is not None:
-        outs = [model.predict(f) for f in rows(rep, range(n))]
         ref = head if head is not None else 0
-        q_rep = np.concatenate([o[ref] for o in outs])
+        q_rep = run_all(model, rep.xs)[ref]
         is_prob = _is_probability(q_rep) if head is not None else True
-        first = model.input_specs[0]
-        x0 = dequantize(coerce_input(rep[first.name], first), first)
-        drift = _drift(q_rep, x0, is_prob, _values(model.output_specs[ref]), head is not None)
-    lat = latency(model, rows(feed, [0])[0], opts.latency_runs)
+        drift = _drift(q_rep, rep.xs, is_prob, _values(model.output_specs[ref]), head is not None)
+    lat = latency_ms({"model": model}, data.rows(0, 1), runs=opts.latency_runs)["model"]
     manifest = Manifest(
         name=opts.name, version=opts.version,
         created_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        model_sha256=sha256_bytes(data),
-        model_size=len(data), inputs=model.input_specs, outputs=model.output_specs,
-        preprocessing=_preprocessing(model.input_specs[0]), quantization_mode=mode, task=task,
+        model_sha256=sha256_bytes(content),
+        model_size=len(content), inputs=model.input_specs, outputs=model.output_specs,
+        preprocessing=pre, quantization_mode=mode, task=task,
         heads={} if single and task in ("classification", "raw") else heads,
         output_is_probability=is_prob, labels=labels, target_profiles=(profile.name,),
         golden=golden, drift_reference=drift, converter_version=converter.__version__,
@@ -286,14 +266,13 @@ def build_wrapped(opts: WrapOptions) -> tuple[Bundle, dict[str, Any]]:
         "outputs": [_spec_row(s) for s in model.output_specs],
         "golden": {"vectors": len(golden),
                    "inputs": "representative" if rep is not None else "generated"},
-        "representative": None if rep is None else {"data": str(opts.representative),
-                                                     "samples": n},
-        "size": {"model_bytes": len(data)}, "latency_ms": lat,
+        "representative": None if rep is None else {"data": rep.source, "samples": rep.n},
+        "size": {"model_bytes": len(content)}, "latency_ms": lat,
         "ops": op_support(graph.ops, profile, graph), "delegate": delegate_summary(graph, profile),
-        "memory": memory_check(graph, len(data), profile),
+        "memory": memory_check(graph, len(content), profile),
     }
     report["unsupported_on_delegate"] = [r["op"] for r in report["ops"] if not r["delegate"]]
-    return Bundle(manifest, data, report, str(opts.output)), report
+    return Bundle(manifest, content, report, str(opts.output)), report
 
 
 def _spec_row(s: TensorSpec) -> dict[str, Any]:
