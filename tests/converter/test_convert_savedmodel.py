@@ -7,9 +7,10 @@
   RESHAPE that stays float beside them; ``--allow-float-ops`` converts and reports them.
 * Bad SavedModels are one line, exit 2, nothing written.
 
-basic-pitch has three outputs, which a bundle cannot carry yet, so it is tested at the
-level of the converter's modules (tfload → quantize → the TFLite flatbuffer, its signature
-and every output against the SavedModel on the same inputs).
+Here basic-pitch is tested at the level of the converter's modules (tfload → quantize →
+the TFLite flatbuffer, its signature and every output against the SavedModel on the same
+inputs); converted by the CLI into a bundle and served, in
+tests/agent/test_third_party_models.py. Its wheel is fetched by tests/third_party.py.
 """
 
 from __future__ import annotations
