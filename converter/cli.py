@@ -84,6 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--json", action="store_true", help="print the report as JSON")
     c.add_argument("-v", "--verbose", action="store_true",
                    help="show TensorFlow/LiteRT native logs instead of hiding them")
+    _add_bundle_parser(sub)
     pr = sub.add_parser("profiles", help="list device profiles")
     pr.add_argument("--json", action="store_true")
     i = sub.add_parser("inspect", help="print a bundle's manifest")
@@ -94,6 +95,32 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--json", action="store_true")
     v.add_argument("-v", "--verbose", action="store_true")
     return p
+
+
+def _add_bundle_parser(sub: Any) -> None:
+    from edge_agent.manifest import TASKS
+
+    b = sub.add_parser("bundle", help="wrap an existing .tflite into a bundle (no TensorFlow)")
+    b.add_argument("model", type=Path, help="a .tflite flatbuffer (float, dynamic or int8)")
+    b.add_argument("--name", required=True, help="model name")
+    b.add_argument("--version", type=int, required=True, metavar="V",
+                   help="positive integer version")
+    b.add_argument("--labels", type=Path, metavar="FILE",
+                   help="labels file, one class name per value of the class head")
+    b.add_argument("--representative", type=Path, metavar="DATA",
+                   help=".npz with one array per input name (or x), or .npy: golden inputs "
+                   "and the drift reference (default: generated inputs, no drift reference)")
+    b.add_argument("--profile", default="generic-x86_64", metavar="NAME",
+                   help="device profile the op table is checked against (default generic-x86_64)")
+    b.add_argument("--task", choices=list(TASKS), help="default: from the outputs")
+    b.add_argument("--samples", type=int, default=200, metavar="N",
+                   help="representative samples read (default 200)")
+    b.add_argument("--latency-runs", type=int, default=50, metavar="N",
+                   help="timed invokes for the latency figures (0 skips)")
+    b.add_argument("-o", "--output", type=Path, required=True, metavar="OUT",
+                   help="bundle directory, or a path ending in .tar")
+    b.add_argument("--json", action="store_true", help="print the report as JSON")
+    b.add_argument("-v", "--verbose", action="store_true", help="show LiteRT native logs")
 
 
 @contextlib.contextmanager
@@ -187,6 +214,20 @@ def cmd_convert(a: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_bundle(a: argparse.Namespace) -> int:
+    from converter.wrap import WrapOptions, report_lines, wrap_to_bundle
+
+    opts = WrapOptions(model=a.model, name=a.name, version=a.version, output=a.output,
+                       labels_file=a.labels, representative=a.representative, profile=a.profile,
+                       task=a.task, samples=a.samples, latency_runs=a.latency_runs)
+    with _quiet_native(a.verbose):
+        report = wrap_to_bundle(opts)
+    print(json.dumps(report, indent=1) if a.json else "\n".join(report_lines(report)))
+    if not a.json:
+        print(f"bundle written to {a.output}")
+    return EXIT_OK
+
+
 def cmd_profiles(a: argparse.Namespace) -> int:
     from dataclasses import asdict
 
@@ -245,7 +286,7 @@ def cmd_verify(a: argparse.Namespace) -> int:
 
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
-    "convert": cmd_convert, "profiles": cmd_profiles, "inspect": cmd_inspect,
+    "convert": cmd_convert, "bundle": cmd_bundle, "profiles": cmd_profiles, "inspect": cmd_inspect,
     "verify": cmd_verify}
 
 

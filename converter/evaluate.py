@@ -107,7 +107,8 @@ def latency_ms(models: dict[str, LoadedModel], sample: Inputs, runs: int = 50,
     ``runs=0`` skips the measurement (all figures ``None``).
     """
     if runs <= 0:
-        return {k: {"mean": None, "p50": None, "p90": None, "runs": 0} for k in models}
+        return {k: {"mean": None, "p50": None, "p90": None, "p95": None, "runs": 0}
+                for k in models}
     raws = {}
     for k, m in models.items():
         raws[k] = m.coerce(sample)
@@ -125,5 +126,6 @@ def latency_ms(models: dict[str, LoadedModel], sample: Inputs, runs: int = 50,
     for k, ts in times.items():
         a = np.asarray(ts)
         out[k] = {"mean": round(float(a.mean()), 4), "p50": round(float(np.percentile(a, 50)), 4),
-                  "p90": round(float(np.percentile(a, 90)), 4), "runs": runs}
+                  "p90": round(float(np.percentile(a, 90)), 4),
+                  "p95": round(float(np.percentile(a, 95)), 4), "runs": runs}
     return out

@@ -54,6 +54,7 @@ from edge_agent.mqtt.config import MqttConfig
 from edge_agent.mqtt.topics import DEFAULT_REPLY_PREFIX, check_reply_prefix
 from edge_agent.protocol.kinds import RUNTIME_CHOICES as RUNTIMES
 from edge_agent.telemetry.config import TelemetryConfig
+from edge_agent.tflite_file import is_tflite_file
 from edge_agent.update.config import UpdateConfig
 
 __all__ = [
@@ -361,6 +362,8 @@ def _models(raw: Any, origins: Origins) -> tuple[ModelSpec, ...]:
 
     A bundle path that does not exist is refused here, at start, naming the path and the
     flag or key that gave it: an agent started with a typo would otherwise serve nothing.
+    So is a bare ``.tflite`` (the ``TFL3`` flatbuffer identifier), with the command that
+    wraps it: it has no name, version, golden vectors or drift reference to serve by.
     """
     if raw is None:
         return ()
@@ -374,9 +377,13 @@ def _models(raw: Any, origins: Origins) -> tuple[ModelSpec, ...]:
         bundle = t.path("bundle")
         if bundle is None:
             raise t.err("bundle", "missing required key (path to a bundle directory or .tar)")
+        flag = "--model " if origins.where(f"models[{i}]") == COMMAND_LINE else ""
         if not bundle.exists():
-            flag = "--model " if origins.where(f"models[{i}]") == COMMAND_LINE else ""
             raise t.err("bundle", f"{flag}{bundle}: no such bundle directory or .tar")
+        if bundle.suffix == ".tflite" or is_tflite_file(bundle):  # a bare model, no manifest
+            raise t.err("bundle", f"{flag}{bundle} is a bare .tflite model, not a bundle; wrap "
+                        f"it first: edge-convert bundle {bundle} --name NAME --version 1 "
+                        f"-o {bundle.with_suffix('')}-bundle")
         out.append(ModelSpec(bundle=bundle, activate=t.flag("activate", False)))
         t.finish()
     return tuple(out)

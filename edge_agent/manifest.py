@@ -43,7 +43,8 @@ SCHEMA_VERSIONS = (1, 2)  # what it reads: 1 = one input, one output (docs/bundl
 MODEL_FILE = "model.tflite"
 DTYPES = ("int8", "uint8", "int16", "int32", "float32", "float16")
 QUANTIZED_DTYPES = ("int8", "uint8", "int16")  # the IO dtypes runtime.quant (de)quantizes
-QUANTIZATION_MODES = ("int8", "int8-fallback", "int16x8", "float16", "dynamic")  # converter.modes
+# converter.modes.MODES; float32: a float model wrapped by ``edge-convert bundle``
+QUANTIZATION_MODES = ("int8", "int8-fallback", "int16x8", "float16", "dynamic", "float32")
 TASKS = ("classification", "regression", "multi_output", "detection", "raw")
 HEADS = ("class", "regression", "raw")  # what an output is: per-head metrics, drift, :classify
 COLORS = ("rgb", "grayscale")

@@ -7,20 +7,15 @@
   RESHAPE that stays float beside them; ``--allow-float-ops`` converts and reports them.
 * Bad SavedModels are one line, exit 2, nothing written.
 
-basic-pitch has three outputs, which a bundle cannot carry yet, so it is tested at the
-level of the converter's modules (tfload → quantize → the TFLite flatbuffer, its signature
-and every output against the SavedModel on the same inputs).
+Here basic-pitch is tested at the level of the converter's modules (tfload → quantize →
+the TFLite flatbuffer, its signature and every output against the SavedModel on the same
+inputs); converted by the CLI into a bundle and served, in
+tests/agent/test_third_party_models.py. Its wheel is fetched by tests/third_party.py.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
-import shutil
-import subprocess
-import sys
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,11 +23,16 @@ from typing import Any
 import numpy as np
 import pytest
 from convert_helpers import (
-    ROOT,
     assert_nothing_written,
     assert_one_line_error,
     convert_args,
     run_cli,
+)
+from third_party import (
+    BASIC_PITCH_AUDIO,
+    basic_pitch_saved_model,
+    basic_pitch_tones,
+    saved_model_outputs,
 )
 
 from converter.errors import UnsupportedOpsError
@@ -44,17 +44,6 @@ from converter.tfload import import_tf, load_source
 from edge_agent.bundle import read_bundle
 from edge_agent.runtime.backends import select_runtime
 from edge_agent.runtime.model import LoadedModel, verify_golden
-
-CACHE = ROOT / ".cache" / "test-artifacts"
-BASIC_PITCH = "basic-pitch==0.4.0"
-BASIC_PITCH_WHEEL = "basic_pitch-0.4.0-py2.py3-none-any.whl"
-BASIC_PITCH_SHA256 = "738adb503aae7fdfc7d1e1511aa0ce35052315f260a19531ef4c356708425db0"
-BASIC_PITCH_MODEL = "basic_pitch/saved_models/icassp_2022/nmp/"
-MAX_MODEL_BYTES = 16 * 2**20  # the nmp SavedModel is ~0.5 MB unpacked
-UNREACHABLE = ("NewConnectionError", "Could not fetch URL", "Temporary failure in name",
-               "Network is unreachable", "ConnectTimeout", "ProxyError", "Name or service")
-SR = 22050  # basic-pitch's audio sample rate
-AUDIO = 43844  # samples per window (its input [1, 43844, 1])
 
 
 def _object_graph_slots(sm: Path) -> int:
@@ -71,17 +60,6 @@ def _object_graph_load_error(sm: Path) -> str:
     with pytest.raises(AttributeError) as e:
         tf.saved_model.load(str(sm))
     return str(e.value)
-
-
-def _saved_model_outputs(sm: Path, x: np.ndarray) -> list[dict[str, np.ndarray]]:
-    """The SavedModel's own ``serving_default`` outputs, sample by sample (TF1 session)."""
-    tf = import_tf()
-    with tf.Graph().as_default() as g, tf.compat.v1.Session(graph=g) as sess:
-        meta = tf.compat.v1.saved_model.loader.load(sess, ["serve"], str(sm))
-        sig = meta.signature_def["serving_default"]
-        (inp,) = sig.inputs.values()
-        fetch = {k: v.name for k, v in sig.outputs.items()}
-        return [sess.run(fetch, {inp.name: x[i:i + 1]}) for i in range(len(x))]
 
 
 def _signature_outputs(model: bytes, x: np.ndarray) -> list[dict[str, np.ndarray]]:
@@ -152,7 +130,7 @@ def test_savedmodel_with_optimizer_slot_variables_converts_through_its_signature
     assert b.manifest.inputs[0].shape == (1, 8) and b.manifest.outputs[0].shape == (1, 3)
     # The int8 model answers like the trained SavedModel itself, not like random weights.
     x = np.load(tmp_path / "features.npz")["x"][:16]
-    want = np.concatenate([o["probs"] for o in _saved_model_outputs(sm, x)])
+    want = np.concatenate([o["probs"] for o in saved_model_outputs(sm, x)])
     got = LoadedModel(select_runtime(), b.model_bytes).predict(x)[0]
     assert np.abs(got - want).max() < 0.05
     assert (got.argmax(1) == want.argmax(1)).mean() >= 0.9
@@ -260,7 +238,7 @@ def test_allow_float_ops_keeps_only_those_ops_float_and_reports_their_cost(
     assert verify_golden(b, select_runtime()).vectors == 4
     # Same answers as the SavedModel, within int8 steps.
     x = np.load(spectral.data)["x"][:20]
-    want = np.concatenate([o["scores"] for o in _saved_model_outputs(spectral.sm, x)])
+    want = np.concatenate([o["scores"] for o in saved_model_outputs(spectral.sm, x)])
     got = LoadedModel(select_runtime(), b.model_bytes).predict(x)[0]
     assert np.abs(got - want).max() < 0.05
 
@@ -273,7 +251,7 @@ def test_the_same_function_without_neg_and_square_is_full_int8(spectral: Spectra
     report = json.loads(r.stdout)
     assert report["mode"] == "int8" and report["float_ops"]["float_ops"] == 0
     x = np.load(spectral.data)["x"][:20]
-    same = _saved_model_outputs(spectral.sm, x), _saved_model_outputs(spectral.sm_int8, x)
+    same = saved_model_outputs(spectral.sm, x), saved_model_outputs(spectral.sm_int8, x)
     assert max(_max_diff(*same).values()) < 1e-5  # really the same function
 
 
@@ -367,56 +345,6 @@ def test_bad_savedmodel_is_one_line_exit_2_and_nothing_written(name: str, tmp_pa
 
 # --- basic-pitch 0.4.0: a real, trained third-party SavedModel from its wheel --------------
 
-def _download_basic_pitch(cache: Path) -> Path:
-    """``pip download --no-deps basic-pitch==0.4.0`` once; checked against a pinned sha256."""
-    whl = cache / BASIC_PITCH_WHEEL
-    if not whl.is_file():
-        cache.mkdir(parents=True, exist_ok=True)
-        r = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps",
-                            "--only-binary=:all:", "--dest", str(cache), BASIC_PITCH],
-                           capture_output=True, text=True, timeout=600)
-        if r.returncode != 0:
-            text = r.stdout + r.stderr
-            if any(s in text for s in UNREACHABLE):
-                pytest.skip(f"package index unreachable, cannot fetch {BASIC_PITCH}: "
-                            f"{text.strip().splitlines()[-1]}")
-            pytest.fail(f"pip download {BASIC_PITCH} failed:\n{text[-2000:]}")
-    digest = hashlib.sha256(whl.read_bytes()).hexdigest()
-    assert digest == BASIC_PITCH_SHA256, f"{whl}: sha256 {digest}, expected the pinned one"
-    return whl
-
-
-def _unpack_model(whl: Path, dest: Path) -> Path:
-    """The nmp SavedModel from the wheel, bounded in size, moved into place whole."""
-    if (dest / "saved_model.pb").is_file():
-        return dest
-    tmp = dest.with_name(dest.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    with zipfile.ZipFile(whl) as z:
-        members = [m for m in z.infolist() if m.filename.startswith(BASIC_PITCH_MODEL)
-                   and not m.is_dir()]
-        assert 0 < sum(m.file_size for m in members) <= MAX_MODEL_BYTES
-        for m in members:
-            target = tmp / m.filename[len(BASIC_PITCH_MODEL):]
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_bytes(z.read(m))
-    shutil.rmtree(dest, ignore_errors=True)
-    os.replace(tmp, dest)
-    return dest
-
-
-def _tones(n: int, seed: int) -> np.ndarray:
-    """Harmonic tones at random pitches with a little noise, like a monophonic recording."""
-    rng = np.random.default_rng(seed)
-    t = np.arange(AUDIO) / SR
-    out = []
-    for _ in range(n):
-        f = 110.0 * 2 ** rng.uniform(0, 4)
-        out.append(0.5 * np.sin(2 * np.pi * f * t) + 0.2 * np.sin(4 * np.pi * f * t)
-                   + rng.normal(0, 0.01, AUDIO))
-    return np.asarray(out, np.float32)[..., None]
-
-
 @dataclass(frozen=True)
 class BasicPitch:
     sm: Path
@@ -428,19 +356,18 @@ class BasicPitch:
 
 @pytest.fixture(scope="module")
 def basic_pitch(tmp_path_factory: pytest.TempPathFactory) -> BasicPitch:
-    whl = _download_basic_pitch(CACHE / "wheels")
-    sm = _unpack_model(whl, CACHE / "basic-pitch-0.4.0-nmp")
+    sm = basic_pitch_saved_model()
     src = load_source(sm)
-    assert src.kind == "saved_model" and src.input_shape == (AUDIO, 1)
+    assert src.kind == "saved_model" and src.input_shape == (BASIC_PITCH_AUDIO, 1)
     exported = src.export(tmp_path_factory.mktemp("basic-pitch"))
-    tones, x = _tones(8, 1), _tones(3, 2)
+    tones, x = basic_pitch_tones(8, 1), basic_pitch_tones(3, 2)
     rep = {src.input_name: tones}
     models = {"float32": convert(exported, "float32", "float32", None),
               "dynamic": convert(exported, "dynamic", "float32", None),
               INT8_FLOAT_FALLBACK: convert(exported, INT8_FLOAT_FALLBACK, "float32", rep)}
     with pytest.raises(UnsupportedOpsError) as e:
         convert(exported, "int8", "int8", rep)
-    return BasicPitch(sm, x, _saved_model_outputs(sm, x), models, e.value)
+    return BasicPitch(sm, x, saved_model_outputs(sm, x), models, e.value)
 
 
 def test_basic_pitch_fails_the_object_graph_loader_and_loads_through_its_signature(
