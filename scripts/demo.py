@@ -146,6 +146,14 @@ def step_convert() -> dict[str, Path]:
                 quiet=v != 1)
         bundles[f"v{v}"] = out
     run(BIN / "edge-convert", "verify", bundles["v1"])
+    say("1b. Bring your own .tflite: wrap a flatbuffer that has no bundle (edge-convert bundle)")
+    byo = OUT / "bundles" / "byo-v1"
+    if not (byo / "manifest.json").exists():
+        run(BIN / "edge-convert", "bundle", bundles["v1"] / "model.tflite", "--name", "byo",
+            "--version", "1", "--representative", OUT / "calib.npz", "--profile", PROFILE,
+            "-o", byo)
+    run(BIN / "edge-convert", "verify", byo)
+    bundles["byo"] = byo
     return bundles
 
 
@@ -172,7 +180,8 @@ def main() -> int:
         tap = EventTap(mhost, mport)
         log = open(OUT / "agent.log", "w")  # noqa: SIM115
         agent = subprocess.Popen([str(BIN / "edge-agent"), "run", "--config", str(cfg),
-                                  "--model", str(bundles["v1"])], stdout=log, stderr=log)
+                                  "--model", str(bundles["v1"]), str(bundles["byo"])],
+                                 stdout=log, stderr=log)
         base = f"http://127.0.0.1:{http_port}"
         try:
             t0 = time.monotonic()
@@ -213,6 +222,13 @@ def step_predict(base: str) -> None:
     st, body = http("POST", f"{base}/v1/models/digits:classify?k=3", image_bytes(x[1]),
                     "image/png")
     print(f"POST :classify raw PNG (label {y[1]}) → {st} {json.dumps(body)[:200]}")
+    st, body = http("POST", f"{base}/v1/models/byo:predict",
+                    json.dumps({"inputs": x[:2].tolist()}).encode())
+    print(f"POST byo:predict, columnar, on the wrapped .tflite → {st}; outputs of shape "
+          f"{np.asarray(body['outputs']).shape}")
+    st, body = http("POST", f"{base}/v1/models/digits/labels/stable:predict",
+                    json.dumps({"instances": x[:1].tolist()}).encode())
+    print(f"POST /labels/stable:predict (version label → active version) → {st}")
     st, body = http("POST", f"{base}/v1/models/digits:predict", b'{"instances": [[1, 2]]}')
     print(f"POST :predict with a wrong shape → {st} {json.dumps(body)}")
 
