@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 import converter
-from converter.data import Dataset, check_data_path, class_indices, load_dataset
+from converter.data import Dataset, check_data_path, class_indices, load_dataset, read_labels
 from converter.errors import DatasetError, OptionError, OutputError
 from converter.evaluate import compare, latency_ms, run_all
 from converter.floatops import explain
@@ -181,15 +181,7 @@ def _labels(opts: ConvertOptions, out_classes: int, ev: Dataset | None,
     """
     labels: tuple[str, ...] = ()
     if opts.labels_file:
-        try:
-            text = opts.labels_file.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as e:
-            raise DatasetError(f"{opts.labels_file}: cannot read labels ({e})") from e
-        labels = tuple(ln.strip() for ln in text.splitlines() if ln.strip())
-        if not labels:
-            raise DatasetError(f"{opts.labels_file}: labels file is empty")
-        if len(set(labels)) != len(labels):
-            raise DatasetError(f"{opts.labels_file}: labels are not unique")
+        labels = read_labels(opts.labels_file)
     else:
         for d in (ev, rep):
             if d is not None and d.kind == "npz" and d.labels:

@@ -248,3 +248,17 @@ def _load_folder(p: Path, inp: SourceInput, pre: Preprocessing,
     x = _check_shape(np.stack(xs), inp, str(p))
     return Dataset({inp.name: x}, np.asarray(ys, dtype=np.int64), tuple(classes), str(p),
                    "folder")
+
+
+def read_labels(path: Path) -> tuple[str, ...]:
+    """A labels file: one class name per non-empty line, unique (``--labels``)."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise DatasetError(f"{path}: cannot read labels ({e})") from e
+    labels = tuple(ln.strip() for ln in text.splitlines() if ln.strip())
+    if not labels:
+        raise DatasetError(f"{path}: labels file is empty")
+    if len(set(labels)) != len(labels):
+        raise DatasetError(f"{path}: labels are not unique")
+    return labels

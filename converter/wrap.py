@@ -36,7 +36,7 @@ from converter.build import (
     check_output_path,
     write_output,
 )
-from converter.data import Dataset, check_data_path, load_dataset
+from converter.data import Dataset, check_data_path, load_dataset, read_labels
 from converter.errors import DatasetError, ModelSourceError, OptionError
 from converter.evaluate import latency_ms, run_all
 from converter.graph import BOUNDARY_OPS, FLOAT_DTYPES, Graph, inspect_graph
@@ -88,19 +88,6 @@ def quantization_mode(graph: Graph) -> str:
     if consts & set(INTEGER):
         return "dynamic"
     return "float16" if "float16" in consts else "float32"
-
-
-def _read_labels(path: Path) -> tuple[str, ...]:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        raise DatasetError(f"{path}: cannot read labels ({e})") from e
-    labels = tuple(ln.strip() for ln in text.splitlines() if ln.strip())
-    if not labels:
-        raise DatasetError(f"{path}: labels file is empty")
-    if len(set(labels)) != len(labels):
-        raise DatasetError(f"{path}: labels are not unique")
-    return labels
 
 
 def _values(s: TensorSpec) -> int:
@@ -230,7 +217,7 @@ def build_wrapped(opts: WrapOptions) -> tuple[Bundle, dict[str, Any]]:
     graph = inspect_graph(content)
     mode = quantization_mode(graph)
     _check_profile(profile, mode, model)
-    labels = _read_labels(opts.labels_file) if opts.labels_file else ()
+    labels = read_labels(opts.labels_file) if opts.labels_file else ()
     task, heads = choose_heads(opts.task, model.output_specs, labels,
                                str(opts.labels_file or opts.model))
     pre = _preprocessing(model.input_specs[0])
