@@ -161,11 +161,12 @@ class GrpcServer:
     def _handlers(self) -> list[grpc.GenericRpcHandler]:
         out = []
         for service, methods in self._services.items():
-            table: dict[str, grpc.RpcMethodHandler[Any, Any]] = {name: grpc.unary_unary_rpc_method_handler(
-                        self._wrap(name, fn, auth),
-                        request_deserializer=self._decoder(cls, f"{service}/{name}"),
-                        response_serializer=lambda m: m.SerializeToString())
-                     for name, (fn, cls, auth) in methods.items()}
+            table: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
+            for name, (fn, cls, auth) in methods.items():
+                table[name] = grpc.unary_unary_rpc_method_handler(
+                    self._wrap(name, fn, auth),
+                    request_deserializer=self._decoder(cls, f"{service}/{name}"),
+                    response_serializer=lambda m: m.SerializeToString())
             out.append(grpc.method_handlers_generic_handler(service, table))
         return out
 
