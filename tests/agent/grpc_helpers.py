@@ -26,6 +26,7 @@ GRPC_TOML = "[grpc]\nenabled = true\nport = 0\n"
 class GrpcAgent:
     proc: AgentProcess
     grpc: str  # host:port
+    baseline_threads: int = 0  # set by a test that counts threads
 
     @property
     def http(self) -> str:
