@@ -138,8 +138,6 @@ def _flag(params: object, key: str) -> bool:
 
 
 def _encode(arr: np.ndarray, key: str, resp: v2.ModelInferResponse, as_raw: bool) -> None:
-    if arr.dtype == np.float64:
-        arr = arr.astype(np.float32)
     dt = tensors.v2_dtype(arr.dtype)
     out = resp.outputs.add(name=key, datatype=dt.name, shape=list(arr.shape))
     if as_raw or dt.field is None:

@@ -124,8 +124,6 @@ def from_tensor_proto(t: tensor_pb2.TensorProto, where: str, *,
 def to_tensor_proto(arr: np.ndarray, out: tensor_pb2.TensorProto) -> None:
     """Fill ``out`` from ``arr`` as ``tensor_content`` (TF Serving's own reply format)."""
     a = np.ascontiguousarray(arr)
-    if a.dtype == np.float64:
-        a = a.astype(np.float32)
     dt = _TF_BY_NUMPY.get(a.dtype.newbyteorder("="))
     if dt is None:
         raise InvalidRequestError(f"output dtype {a.dtype} has no TensorFlow DataType")
