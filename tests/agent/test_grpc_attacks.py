@@ -352,3 +352,33 @@ def test_grpc_config_without_grpcio_fails_in_one_line_naming_the_extra(
     lines = [ln for ln in p.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1, p.stderr
     assert "grpc.enabled" in lines[0] and "pip install 'edge-inference[grpc]'" in lines[0]
+
+
+@pytest.mark.usefixtures("unmoved")
+def test_control_plane_rpcs_are_not_served(channel: grpc.Channel) -> None:
+    for method in ("/tensorflow.serving.ModelService/HandleReloadConfigRequest",
+                   "/tensorflow.serving.PredictionService/Regress",
+                   "/tensorflow.serving.PredictionService/MultiInference"):
+        err = _fails(lambda m=method: channel.unary_unary(m)(b"", metadata=AUTH, timeout=10))
+        assert err.code() == Code.UNIMPLEMENTED, method
+
+
+def test_grpc_bad_input_is_recorded_as_the_clients_fault(start_agent: Any, digits: Any,
+                                                         digits_eval: Any) -> None:
+    """The prediction hooks (telemetry, drift, probation) see gRPC requests with
+    source="grpc"; a bad one is the client's fault, never held against the model."""
+    agent = start_agent(digits.bundle, **{"grpc.enabled": True, "grpc.port": 0})
+    records: list[Any] = []
+    agent.hooks.on_prediction(records.append)
+    bad = tf.make_tensor_proto(np.zeros((1, 7), np.float32))
+    with grpc.insecure_channel(agent.grpc.address) as ch:
+        stub = prediction_service_pb2_grpc.PredictionServiceStub(ch)
+        err = _fails(lambda: stub.Predict(_req("digits", input_layer=bad), timeout=10))
+        assert err.code() == Code.INVALID_ARGUMENT
+        stub.Predict(_req("digits", input_layer=tf.make_tensor_proto(digits_eval.x[:2])),
+                     timeout=10, metadata=(("x-request-id", "r-1"),))
+    wait_for(lambda: len(records) == 2, what="two prediction records")
+    failed, ok = records
+    assert (failed.source, failed.ok, failed.fault) == ("grpc", False, "client")
+    assert (ok.source, ok.ok, ok.batch, ok.request_id) == ("grpc", True, 2, "r-1")
+    assert ok.client and ok.client.startswith("ipv")
