@@ -58,9 +58,9 @@ def predict_request(model: str, key: str, x: np.ndarray) -> bytes:
 
 def _input_key(bundle: Path) -> str:
     from edge_agent.bundle import read_bundle
-    from edge_agent.serving.json_encode import signature_keys
-    from edge_agent.runtime.model import LoadedModel
     from edge_agent.runtime.backends import select_runtime
+    from edge_agent.runtime.model import LoadedModel
+    from edge_agent.serving.json_encode import signature_keys
 
     b = read_bundle(bundle)
     m = LoadedModel(select_runtime(), b.model_bytes, num_threads=1)

@@ -24,6 +24,21 @@ from edge_agent.serving import codec
 Wire = np.ndarray | list[bytes]
 
 
+def element_limits(served: ServedModel, tensors: Mapping[str, object], *,
+                   max_batch: int) -> dict[str, int]:
+    """Per input key sent, the most elements a valid request can carry (``max_batch``
+    instances), checked before a wire tensor is decoded: a tiny message whose one typed
+    value would fill a huge shape never allocates it. Raises InvalidRequestError for a key
+    that is not in the signature."""
+    limits = {ns.name: max_batch * max(1, int(np.prod(ns.spec.shape[1:])))
+              for ns in codec.input_specs(served)}
+    for k in tensors:
+        if k not in limits:
+            raise InvalidRequestError(f"input {k[:100]!r} is not in the signature of "
+                                      f"{served.name} (inputs: {', '.join(limits)})")
+    return limits
+
+
 def model_inputs(served: ServedModel, tensors: Mapping[str, Wire], *, max_batch: int,
                  max_image_pixels: int) -> Inputs:
     """One array for a one-input model (the hot path), else arrays by tensor name."""

@@ -11,14 +11,14 @@ Datatypes: :data:`edge_agent.grpc.tensors.V2_DTYPES`. No gRPC import here.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import numpy as np
 
 import edge_agent
 from edge_agent.errors import InvalidRequestError, NotFoundError
 from edge_agent.grpc import tensors
-from edge_agent.grpc.inputs import Wire, model_inputs
+from edge_agent.grpc.inputs import Wire, element_limits, model_inputs
 from edge_agent.grpc.protos import grpc_predict_v2_pb2 as v2
 from edge_agent.grpc.tfs import SOURCE, Caller, Limits
 from edge_agent.registry import ServedModel
@@ -101,6 +101,8 @@ class KServeService:
         lim = self.limits
         with self.plane.admit(served.name):
             try:
+                most = element_limits(served, {t.name: t for t in req.inputs},
+                                      max_batch=lim.max_batch)
                 wire: dict[str, Wire] = {}
                 for i, t in enumerate(req.inputs):
                     where = f"input {t.name[:100]!r}"
@@ -111,7 +113,7 @@ class KServeService:
                                                   "together; send one")
                     wire[t.name] = tensors.from_v2(t.datatype, t.shape, t.contents,
                                                    raw[i] if raw else None, where,
-                                                   max_elements=lim.max_elements)
+                                                   max_elements=most[t.name])
                 x = model_inputs(served, wire, max_batch=lim.max_batch,
                                  max_image_pixels=lim.max_image_pixels)
             except InvalidRequestError as e:
@@ -131,8 +133,8 @@ class KServeService:
         return resp
 
 
-def _flag(params: object, key: str) -> bool:
-    p = params.get(key) if hasattr(params, "get") else None  # a protobuf map
+def _flag(params: Mapping[str, v2.InferParameter], key: str) -> bool:
+    p = params.get(key)
     return bool(p is not None and p.WhichOneof("parameter_choice") == "bool_param"
                 and p.bool_param)
 

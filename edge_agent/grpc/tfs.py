@@ -22,7 +22,7 @@ from google.protobuf import json_format
 
 from edge_agent.errors import InvalidRequestError
 from edge_agent.grpc import tensors
-from edge_agent.grpc.inputs import Wire, model_inputs
+from edge_agent.grpc.inputs import Wire, element_limits, model_inputs
 from edge_agent.grpc.protos import error_codes_pb2
 from edge_agent.grpc.protos import tfs_apis_pb2 as tfs
 from edge_agent.registry import ServedModel
@@ -48,7 +48,6 @@ class Caller:
 class Limits:
     max_batch: int = 64
     max_image_pixels: int = 12_000_000
-    max_elements: int = 1 << 26
     default_k: int = 5  # classes per example in a ClassificationResponse
 
 
@@ -92,9 +91,9 @@ class TfServingService:
         lim = self.limits
         with self.plane.admit(served.name):
             try:
+                most = element_limits(served, req.inputs, max_batch=lim.max_batch)
                 wire: dict[str, Wire] = {
-                    k: tensors.from_tensor_proto(t, f"input {k[:100]!r}",
-                                                 max_elements=lim.max_elements)
+                    k: tensors.from_tensor_proto(t, f"input {k!r}", max_elements=most[k])
                     for k, t in req.inputs.items()}
                 x = model_inputs(served, wire, max_batch=lim.max_batch,
                                  max_image_pixels=lim.max_image_pixels)

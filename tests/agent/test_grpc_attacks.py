@@ -146,6 +146,22 @@ def test_typed_values_that_do_not_fill_the_shape(tfs: Any) -> None:
 
 
 @pytest.mark.usefixtures("unmoved")
+def test_one_typed_value_cannot_fill_a_huge_shape(agent: GrpcAgent, tfs: Any,
+                                                  two_name: str) -> None:
+    """A 30-byte message whose one float_val would fill [2^24, 8] (512 MiB as float32) is
+    refused from its shape, before anything is allocated."""
+    t = tf.make_tensor_proto(np.zeros((1, 8), np.float32))
+    t.ClearField("tensor_content")
+    t.tensor_shape.dim[0].size = 1 << 24
+    t.float_val.append(1.0)
+    rss_before = agent.proc.rss_mb()
+    code, msg = _predict_error(tfs, _req(two_name, features=t))
+    assert code == Code.INVALID_ARGUMENT
+    assert "shape [16777216, 8] is over the limit of 512 elements" in msg  # 64 × 8
+    assert agent.proc.peak_rss_mb() < rss_before + 100
+
+
+@pytest.mark.usefixtures("unmoved")
 def test_wrong_dtype(tfs: Any, two_name: str) -> None:
     strings = tf.make_tensor_proto([b"a", b"b"])
     code, msg = _predict_error(tfs, _req(two_name, features=strings))
