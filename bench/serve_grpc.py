@@ -4,7 +4,8 @@
    raw ``tensor_content`` float32 tensor, for the digits CNN and MobileNetV2 int8 (goals:
    ≤ 0.25 ms and ≤ 0.5 ms), beside REST with the same tensor as an octet-stream body and
    as JSON — the same alternating rounds as ``--overhead-only`` (gRPC block, bare block,
-   REST block, bare block, …), so every series sees the same load;
+   REST block, bare block, …), so every series sees the same load; an empty RPC
+   (KServe ``ServerLive``) in the same rounds shows what grpcio itself costs per call;
 2. throughput (requests/s) on digits at concurrency 1, 4 and 16: REST (JSON, one
    keep-alive connection per client) and gRPC (one channel per client), in alternating
    rounds of ``--seconds`` each (goal: gRPC ≥ REST at every concurrency).
@@ -30,14 +31,15 @@ import grpc
 import numpy as np
 
 PREDICT = "/tensorflow.serving.PredictionService/Predict"
+LIVE = "/inference.GRPCInferenceService/ServerLive"  # an empty RPC: grpcio's own floor
 
 
 class GrpcRawClient:
     """``call(request_bytes)`` like :class:`serve.RawClient`, on its own channel."""
 
-    def __init__(self, address: str) -> None:
+    def __init__(self, address: str, method: str = PREDICT) -> None:
         self.channel = grpc.insecure_channel(address)
-        self._call = self.channel.unary_unary(PREDICT)
+        self._call = self.channel.unary_unary(method)
 
     def call(self, request: bytes) -> tuple[int, bytes]:
         return 200, self._call(request, timeout=30)
@@ -80,6 +82,8 @@ def overhead(serve: Any, cases: list[tuple[str, Path, np.ndarray, int]], rounds:
                 key = _input_key(bundle)
                 path = f"/v1/models/{name}:predict"
                 clients = {
+                    "gRPC ServerLive (empty RPC: grpcio client + server floor)": (
+                        GrpcRawClient(agent.grpc, LIVE), b""),
                     "gRPC Predict, tensor_content": (GrpcRawClient(agent.grpc),
                                                      predict_request(name, key, x)),
                     "REST octet-stream": (serve.RawClient(agent.host, agent.port),
