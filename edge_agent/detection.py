@@ -61,16 +61,16 @@ def heads_problem(outputs: Sequence[TensorSpec], heads: Mapping[str, str]) -> st
     by_role: dict[str, list[TensorSpec]] = {}
     for o in outputs:
         by_role.setdefault(heads.get(o.name, "raw"), []).append(o)
+    other = sorted(k for k in by_role if k not in (*ROLES, "raw"))
+    if other:
+        return f"expected only {', '.join(ROLES)} or raw heads for task 'detection', got " \
+               f"{', '.join(other)}"
     for role in ROLES:
         got = by_role.get(role, [])
         if (role in REQUIRED and len(got) != 1) or len(got) > 1:
             named = ", ".join(o.name for o in got) or "none"
             return (f"expected {'exactly' if role in REQUIRED else 'at most'} one {role} head "
                     f"for task 'detection', got {named}")
-    other = sorted(k for k in by_role if k not in (*ROLES, "raw"))
-    if other:
-        return f"expected only {', '.join(ROLES)} or raw heads for task 'detection', got " \
-               f"{', '.join(other)}"
     boxes = by_role[BOXES][0]
     detections = boxes.shape[1] if len(boxes.shape) >= 2 else None
     for role in ROLES:

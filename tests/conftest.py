@@ -90,7 +90,9 @@ def two_heads() -> TwoHeads:
 def square_detector() -> SquareBundle:
     """A Keras detector (``boxes``, ``scores``) trained on synthetic squares, converted with
     ``--task detection`` (cached)."""
-    return square_bundle_at(CACHE / f"squares-{_source_key('converter', 'edge_agent')}")
+    key = _source_key("converter", "edge_agent/bundle.py", "edge_agent/manifest.py",
+                      "edge_agent/detection.py")
+    return square_bundle_at(CACHE / f"squares-{key}")
 
 
 @pytest.fixture(scope="session")
