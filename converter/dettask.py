@@ -120,3 +120,15 @@ def evaluate(heads: Mapping[str, str], ref: Sequence[np.ndarray], other: Sequenc
 
     return {"heads": {r: n for n, r in heads.items() if r in ROLES},
             **agreement(dets(ref), dets(other), k).as_dict()}
+
+
+def detection_rows(det: Mapping[str, Any]) -> list[tuple[str, str, str]]:
+    """The report table's (metric, float, quantized) rows for ``evaluation.detection``."""
+    def pct(v: float | None) -> str:
+        return "–" if v is None else f"{100 * v:.1f}%"
+
+    iou = det["mean_iou"]
+    return [(f"top-{det['k']} class agreement", "", pct(det["top_k_class_agreement"])),
+            (f"mean IoU, top-{det['k']} boxes", "", "–" if iou is None else f"{iou:.3f}"),
+            ("max / mean |Δ score|", "",
+             f"{det['score_max_abs_diff']:.4f} / {det['score_mean_abs_diff']:.4f}")]

@@ -9,7 +9,8 @@
   post-processing custom op (``TFLite_Detection_PostProcess``: boxes [10, 4], classes
   [10], scores [10], count), written by TF's own converter from a ``tf.function`` that
   declares ``experimental_implements`` (how TF's object detection API exports it).
-  Wrapped by ``edge-convert bundle --task detection``.
+  Wrapped by ``edge-convert bundle --task detection``; its SavedModel converts with
+  ``edge-convert convert --task detection --allow-float-ops`` (int8 around the float op).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ class Detector:
     held: np.ndarray  # held-out images, the model's input
     want: dict[str, np.ndarray]  # the float model's outputs on ``held``, by name
     truth: np.ndarray  # held-out ground-truth boxes [n, 4] (square_detector)
+    saved_model: Path | None = None  # postprocess_tflite: the SavedModel it came from
 
 
 def squares(n: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -137,14 +139,12 @@ def postprocess_tflite(d: Path, held: int = 8) -> Detector:
     (d / "postprocess.tflite").write_bytes(content)
     x = np.random.default_rng(1).uniform(0, 1, (64 + held, 16, 16, 1)).astype(np.float32)
     np.savez(d / "pp_calib.npz", image=x[:64])
-    from edge_agent.runtime.backends import select_runtime
+    from third_party import run_direct
 
-    run = select_runtime().interpreter_cls(model_content=content,
-                                            num_threads=1).get_signature_runner()
-    outs = [run(image=x[i:i + 1]) for i in range(64, 64 + held)]
+    outs = [run_direct(content, {"image": x[i:i + 1]}) for i in range(64, 64 + held)]
     want = {k: np.concatenate([o[k] for o in outs]) for k in outs[0]}
     return Detector(d / "postprocess.tflite", d / "pp_calib.npz", x[64:], want,
-                    np.zeros((0, 4), np.float32))
+                    np.zeros((0, 4), np.float32), d / "pp_sm")
 
 
 @dataclass(frozen=True)

