@@ -201,6 +201,19 @@ def test_postprocess_savedmodel_converts_int8_around_the_op_and_agrees_with_the_
     assert served.score_max_abs_diff < 0.05, served
 
 
+def test_postprocess_savedmodel_full_int8_is_refused_naming_the_op(
+        wrapped: Wrapped, tmp_path: Path) -> None:
+    out = tmp_path / "b"
+    assert wrapped.pp.saved_model is not None
+    r = convert_cli("convert", wrapped.pp.saved_model, "--representative", wrapped.pp.calib,
+                    "--profile", "generic-x86_64", "--task", "detection", "--latency-runs", 0,
+                    "--samples", 16, "-o", out)
+    assert r.returncode == 3, r.stderr
+    (line,) = r.stderr.strip().splitlines()
+    assert "TFLite_Detection_PostProcess have no int8 kernel" in line, line
+    assert "--allow-float-ops" in line and not out.exists()
+
+
 @pytest.mark.parametrize("model", ["squares", "pp", "pp-int8", "face"])
 def test_classify_on_a_detection_model_is_refused_in_tf_servings_words_and_it_keeps_serving(
         model: str, client: Client) -> None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from converter.detmetrics import agreement, detections, iou, match
 
@@ -82,3 +84,19 @@ def test_models_of_different_shapes_or_k_below_one_are_a_value_error() -> None:
         agreement(a, b)
     with pytest.raises(ValueError):
         agreement(a, a, k=0)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(1, 3), st.integers(1, 12), st.integers(1, 4), st.integers(1, 6),
+       st.integers(0, 2**31 - 1))
+def test_figures_are_bounded_and_a_model_agrees_with_itself(
+        n: int, dets: int, classes: int, k: int, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    a = detections(rng.uniform(-1, 2, (n, dets, 4)), rng.uniform(0, 1, (n, dets, classes)))
+    b = detections(rng.uniform(-1, 2, (n, dets, 4)), rng.uniform(0, 1, (n, dets, classes)))
+    ab = agreement(a, b, k)
+    assert ab.top_k_class_agreement is not None and 0.0 <= ab.top_k_class_agreement <= 1.0
+    assert ab.mean_iou is not None and 0.0 <= ab.mean_iou <= 1.0
+    assert 0.0 <= ab.score_mean_abs_diff <= ab.score_max_abs_diff <= 1.0
+    aa = agreement(a, a, k)
+    assert (aa.top_k_class_agreement, aa.mean_iou, aa.score_max_abs_diff) == (1.0, 1.0, 0.0)
