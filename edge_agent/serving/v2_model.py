@@ -65,18 +65,19 @@ def decode(req: InferRequest, served: ServedModel, *, max_batch: int,
     specs = codec.input_specs(served)
     by_name = {t.name: t for t in req.inputs}
     names = ", ".join(ns.name for ns in specs)
-    unknown = [n for n in by_name if n not in {ns.name for ns in specs}]
+    missing = [ns.name for ns in specs if ns.name not in by_name]
+    if missing:
+        raise InvalidRequestError(f"missing input {missing[0]!r}: model {served.name!r} "
+                                  f"takes {names}")
+    known = {ns.name for ns in specs}
+    unknown = [n for n in by_name if n not in known]
     if unknown:
         raise InvalidRequestError(f"unknown input {unknown[0][:100]!r}: model "
                                   f"{served.name!r} takes {names}")
     arrays: dict[str, np.ndarray] = {}
     batch: tuple[str, int] | None = None
     for ns in specs:
-        t = by_name.get(ns.name)
-        if t is None:
-            raise InvalidRequestError(f"missing input {ns.name!r}: model {served.name!r} "
-                                      f"takes {names}")
-        x = _fit(t, ns, served, max_batch, max_image_pixels)
+        x = _fit(by_name[ns.name], ns, served, max_batch, max_image_pixels)
         n = int(x.shape[0])
         if n == 0 or n > max_batch:
             raise InvalidRequestError(f"input {ns.name!r}: batch of {n}, expected 1 to "
