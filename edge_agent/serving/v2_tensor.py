@@ -137,8 +137,9 @@ def parse_infer(doc: Any, binary: bytes) -> InferRequest:
     binary_output = _bool_param(params, "binary_data_output", "request")
     raw_inputs = doc.get("inputs")
     if not isinstance(raw_inputs, list) or not raw_inputs:
-        raise InvalidRequestError("'inputs' must be a non-empty list of input tensors, got "
-                                  f"{_kind(raw_inputs)}")
+        got = "an empty list" if raw_inputs == [] else _kind(raw_inputs)
+        raise InvalidRequestError(f"'inputs' must be a non-empty list of input tensors, got "
+                                  f"{got}")
     inputs: list[InputTensor] = []
     offset = 0
     seen: set[str] = set()
