@@ -236,10 +236,17 @@ def _from_json(data: Any, dtype: np.dtype[Any], datatype: str, shape: tuple[int,
     """``data`` (row-major, flat or nested) → an array of ``shape``."""
     if not isinstance(data, list):
         raise InvalidRequestError(f"{where}: 'data' must be a list, got {_kind(data)}")
+    depth, first = 1, data
+    while first and isinstance(first[0], list):  # numpy refuses past 64 levels, unclearly
+        depth, first = depth + 1, first[0]
+        if depth > MAX_RANK:
+            raise InvalidRequestError(f"{where}: 'data' nests lists more than {MAX_RANK} "
+                                      "deep")
     try:
         got = np.asarray(data, dtype=object if datatype == "BYTES" else None)
-    except ValueError as e:
-        raise InvalidRequestError(f"{where}: 'data' nests lists of different lengths") from e
+    except ValueError as e:  # ragged, or deeper further in than the first elements
+        raise InvalidRequestError(f"{where}: 'data' nests lists of different lengths or "
+                                  f"more than {MAX_RANK} deep") from e
     if got.size != count:
         raise InvalidRequestError(f"{where}: 'data' has {got.size} elements, shape "
                                   f"{list(shape)} needs {count}")

@@ -46,6 +46,13 @@ def bin_input(size: int, **kw: Any) -> dict[str, Any]:
 RAW = X.tobytes()  # 256 bytes
 
 
+def _deep(n: int) -> Any:
+    v: Any = 0.5
+    for _ in range(n):
+        v = [v]
+    return v
+
+
 @dataclass(frozen=True)
 class Case:
     body: bytes
@@ -77,6 +84,11 @@ CASES = {
         "input 'input_layer': 'data' has 63 elements, shape [1, 8, 8, 1] needs 64"),
     "ragged-nested-data": js({"inputs": [tensor(shape=[2, 2], data=[[1, 2], [3]])]}, 400,
                              "'data' nests lists of different lengths"),
+    "data-nested-900-deep": js({"inputs": [tensor(shape=[1], data=_deep(900))]}, 400,
+                               "'data' nests lists more than 16 deep"),
+    "data-nested-deep-past-the-first-element": js(
+        {"inputs": [tensor(shape=[2], data=[[1.0], _deep(900)])]}, 400,
+        "'data' nests lists of different lengths or more than 16 deep"),
     "shape-not-the-models": js({"inputs": [tensor(shape=[1, 8, 4, 2])]}, 400,
                                "input 'input_layer': shape [1, 8, 4, 2] does not match the "
                                "model's [-1, 8, 8, 1]"),
