@@ -30,7 +30,7 @@ from edge_agent.errors import InvalidRequestError
 from edge_agent.registry import ModelState, ServedModel
 from edge_agent.serving import v2_model, v2_tensor
 from edge_agent.serving.api import ServingApi
-from edge_agent.serving.http import HttpServer, Request, Response
+from edge_agent.serving.http import HttpServer, HTTPStatusError, Request, Response
 
 _MODEL = r"/v2/models/(?P<name>[^/]+)(?:/versions/(?P<version>[^/]+))?"
 EXTENSIONS = ("binary_tensor_data",)
@@ -87,6 +87,10 @@ class V2Api:
 
     def infer(self, req: Request) -> Response:
         served = self._served(req)
+        encoding = (req.headers.get("Content-Encoding") or "identity").strip().lower()
+        if encoding != "identity":
+            raise HTTPStatusError(415, f"Content-Encoding {encoding[:40]!r} is not supported: "
+                                       "send the request uncompressed")
         with self.api.admit(served.name):
             try:  # the body parsed and fitted to this model version
                 header, binary = v2_tensor.split_body(req.body, req.headers.get(HEADER_LENGTH))

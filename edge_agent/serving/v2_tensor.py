@@ -405,7 +405,7 @@ def encode_infer(outputs: Sequence[OutputTensor], *, model_name: str, model_vers
     blobs: list[bytes] = []
     for o in outputs:
         meta = (f'{{"name":{json.dumps(o.spec.name)},"datatype":"{o.datatype}",'
-                f'"shape":{json.dumps([int(d) for d in o.array.shape])}')
+                f'"shape":[{",".join(str(int(d)) for d in o.array.shape)}]')
         if o.binary:
             blob = to_binary(o.array, o.datatype)
             blobs.append(blob)

@@ -7,6 +7,7 @@ stayed bounded.
 
 from __future__ import annotations
 
+import gzip
 import json
 import struct
 from collections.abc import Iterator
@@ -179,6 +180,9 @@ CASES = {
     "unknown-version": js({"inputs": [tensor()]}, 404,
                           "model 'digits' has no version 7 (loaded: 1)",
                           path="/v2/models/digits/versions/7/infer"),
+    "compressed-body": Case(gzip.compress(json.dumps({"inputs": [tensor()]}).encode()),
+                            {"Content-Type": "application/json", "Content-Encoding": "gzip"},
+                            415, "Content-Encoding 'gzip' is not supported"),
     "body-over-the-limit": js({"inputs": [tensor(data=[0.0] * (MAX_BODY // 3))]}, 413,
                               f"over the limit of {MAX_BODY} bytes"),
 }

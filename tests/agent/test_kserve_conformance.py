@@ -334,3 +334,26 @@ def test_e2e_json_response_is_application_json(client: Client, tmp_path: Path) -
     doc = r.json()
     assert doc["id"] == "42" and doc["outputs"][0]["shape"] == [1, 10]
     assert len(doc["outputs"][0]["data"]) == 10
+
+
+def test_e2e_server_not_ready_without_a_model(start_agent: AgentFactory) -> None:
+    """inference_rest.md, Server Ready: not ready until a model can serve (503 here), while
+    Server Live answers."""
+    c = start_agent.client(start_agent())
+    r = c.get("/v2/health/ready")
+    assert r.status == 503 and r.json()["ready"] is False
+    assert c.get("/v2/health/live").json() == {"live": True}
+
+
+def test_e2e_full_queue_is_503_with_retry_after(start_agent: AgentFactory, digits: Any
+                                                ) -> None:
+    """One path inside: v2 takes the model's admission slot as TF Serving REST does; with
+    every slot held, /infer is 503 with Retry-After and the model never runs."""
+    agent = start_agent(digits.bundle, **{"agent.workers": 1, "http.queue_size": 0})
+    c = start_agent.client(agent)
+    doc = {"inputs": [inp("input_layer", [1, 8, 8, 1], "FP32", [0.0] * 64)]}
+    with agent.admission.slot("digits"):  # the one slot: a request in flight
+        r = c.post("/v2/models/digits/infer", doc)
+        assert r.status == 503 and "retry-after" in r.headers, r.body
+        assert set(r.json()) == {"error"}
+    assert c.post("/v2/models/digits/infer", doc).status == 200
