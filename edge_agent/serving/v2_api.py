@@ -13,8 +13,9 @@ One path inside: every route takes the same registry lookup, admission slot
 (:meth:`ServingApi.admit`), bearer token, body limit, route metrics and prediction hooks
 (``ServedModel.predict`` / ``record_rejected``) as TF Serving REST
 (:mod:`edge_agent.serving.api`). The protocol's rules are in the pure
-:mod:`~edge_agent.serving.v2_tensor` (tensors, binary data) and
-:mod:`~edge_agent.serving.v2_model` (one model's inputs, outputs, metadata).
+:mod:`~edge_agent.serving.v2_tensor` (request tensors, binary data),
+:mod:`~edge_agent.serving.v2_encode` (the response) and :mod:`~edge_agent.serving.v2_model`
+(one model's inputs, outputs, metadata).
 
 Errors are ``{"error": "..."}``: 400 for a bad request, 404 for an unknown model or
 version (versions are numbers: v2 has no version labels), 503 + ``Retry-After`` when the
@@ -28,7 +29,7 @@ from typing import Any
 from edge_agent import __version__
 from edge_agent.errors import InvalidRequestError
 from edge_agent.registry import ModelState, ServedModel
-from edge_agent.serving import v2_model, v2_tensor
+from edge_agent.serving import v2_encode, v2_model, v2_tensor
 from edge_agent.serving.api import ServingApi
 from edge_agent.serving.http import HttpServer, HTTPStatusError, Request, Response
 
@@ -104,7 +105,7 @@ class V2Api:
                 raise
             pred = served.predict(x, source=SOURCE, request_id=req.request_id,
                                   client=req.client)
-        body, json_length = v2_tensor.encode_infer(
+        body, json_length = v2_encode.encode_infer(
             v2_model.outputs(parsed, served, pred), model_name=served.name,
             model_version=str(served.version), request_id=parsed.id)
         if json_length is None:

@@ -27,7 +27,8 @@ from edge_agent.runtime.model import Inputs
 from edge_agent.serving import codec
 from edge_agent.serving.images import image_batch
 from edge_agent.serving.json_encode import NamedSpec
-from edge_agent.serving.v2_tensor import InferRequest, InputTensor, OutputTensor
+from edge_agent.serving.v2_encode import OutputTensor
+from edge_agent.serving.v2_tensor import InferRequest, InputTensor
 
 PLATFORM = "tflite"  # Triton's TFLite backends report this platform
 _V2_OF_TF = {"DT_FLOAT": "FP32", "DT_HALF": "FP16", "DT_INT8": "INT8", "DT_UINT8": "UINT8",

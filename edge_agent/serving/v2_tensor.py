@@ -12,11 +12,11 @@ binary tensor data extension (``docs/protocol/extension_binary_data.md``):
 * ``data`` is row-major, flat or nested; its element count must be the shape's product;
 * binary data is little-endian, row-major, without padding; BOOL is one byte (0 or 1), a
   BYTES element is a 4-byte little-endian length and then its bytes;
-* outputs are written as JSON ``data`` or, when ``binary_data`` (per output) or
-  ``binary_data_output`` (per request) asks, as binary data after the JSON
-  (:func:`encode_infer`).
+* which outputs are asked for, and whether as binary data (``binary_data`` per output,
+  ``binary_data_output`` per request).
 
-Fitting a request to one model's inputs is :mod:`edge_agent.serving.v2_model`'s job.
+Writing the response is :mod:`edge_agent.serving.v2_encode`'s job; fitting a request to one
+model's inputs :mod:`edge_agent.serving.v2_model`'s.
 
 Everything a client can get wrong raises :class:`~edge_agent.errors.InvalidRequestError`
 naming the tensor and the problem; nothing here raises anything else for bad input.
@@ -35,7 +35,6 @@ import numpy as np
 
 from edge_agent import untrusted_json
 from edge_agent.errors import InvalidRequestError
-from edge_agent.serving.json_encode import NamedSpec, tensor_json
 
 # "Tensor Data Types" (inference_rest.md): datatype → numpy dtype (little-endian on the wire)
 DATATYPES: Mapping[str, np.dtype[Any]] = {
@@ -82,16 +81,6 @@ class InferRequest:
     inputs: list[InputTensor]
     outputs: list[OutputRequest] | None
     binary_output: bool
-
-
-@dataclass(frozen=True)
-class OutputTensor:
-    """One response output: its values and the v2 datatype they are written as."""
-
-    spec: NamedSpec
-    datatype: str
-    array: np.ndarray
-    binary: bool
 
 
 # ----------------------------------------------------------------------------- request
@@ -386,38 +375,3 @@ def _sample(leaves: list[Any], allowed: tuple[type, ...]) -> str:
         if type(v) not in allowed:
             return json.dumps(v)[:40]
     return "?"
-
-
-# ----------------------------------------------------------------------------- response
-
-def encode_infer(outputs: Sequence[OutputTensor], *, model_name: str, model_version: str,
-                 request_id: str | None) -> tuple[bytes, int | None]:
-    """The inference response: (body, the JSON header's length if binary data follows).
-
-    JSON outputs are written flat, row-major, floats as the TF Serving REST codec writes
-    them (the shortest text that reads back as the same float32).
-    """
-    head = (f'{{"model_name":{json.dumps(model_name)},'
-            f'"model_version":{json.dumps(model_version)}')
-    if request_id is not None:
-        head += f',"id":{json.dumps(request_id)}'
-    parts: list[str] = []
-    blobs: list[bytes] = []
-    for o in outputs:
-        meta = (f'{{"name":{json.dumps(o.spec.name)},"datatype":"{o.datatype}",'
-                f'"shape":[{",".join(str(int(d)) for d in o.array.shape)}]')
-        if o.binary:
-            blob = to_binary(o.array, o.datatype)
-            blobs.append(blob)
-            parts.append(meta + f',"parameters":{{"binary_data_size":{len(blob)}}}}}')
-        else:
-            parts.append(meta + f',"data":{tensor_json(o.array.reshape(-1), o.spec)}}}')
-    text = (head + ',"outputs":[' + ",".join(parts) + "]}").encode()
-    if not blobs:
-        return text, None
-    return text + b"".join(blobs), len(text)
-
-
-def to_binary(a: np.ndarray, datatype: str) -> bytes:
-    """An array as the binary tensor extension writes it (little-endian, row-major)."""
-    return np.ascontiguousarray(a, dtype=DATATYPES[datatype]).tobytes()

@@ -15,12 +15,11 @@ from typing import Any
 
 import numpy as np
 import pytest
+import tritonclient.http as tritonhttp  # dev dependency: tritonclient[http]
 from agent_helpers import Client, DigitsEval, b64
 from attack_helpers import AgentProcess, agent_process
 from model_fixtures import TwoHeads
-
-tritonhttp = pytest.importorskip("tritonclient.http")
-from tritonclient.utils import InferenceServerException  # noqa: E402
+from tritonclient.utils import InferenceServerException
 
 DIGITS_IN, DIGITS_OUT = "input_layer", "output_0"
 

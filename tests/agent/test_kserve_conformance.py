@@ -10,7 +10,8 @@ Every case names its source:
   ``_get_inference_request``, ``_infer_input.py`` ``set_data_from_numpy``,
   ``_infer_result.py`` ``InferResult``).
 
-Codec cases run the pure codec (:mod:`edge_agent.serving.v2_tensor`); the end-to-end cases
+Codec cases run the pure codec (:mod:`edge_agent.serving.v2_tensor`,
+:mod:`edge_agent.serving.v2_encode`); the end-to-end cases
 run a real agent over a real socket with the digits model. "difference" cases check what
 we do otherwise (docs/kserve.md lists each) is a clear 400.
 """
@@ -31,13 +32,8 @@ from agent_helpers import AgentFactory, Client
 from edge_agent.bundle import TensorSpec
 from edge_agent.errors import InvalidRequestError
 from edge_agent.serving.json_encode import NamedSpec
-from edge_agent.serving.v2_tensor import (
-    InferRequest,
-    OutputTensor,
-    encode_infer,
-    parse_infer,
-    split_body,
-)
+from edge_agent.serving.v2_encode import OutputTensor, encode_infer
+from edge_agent.serving.v2_tensor import InferRequest, parse_infer, split_body
 
 REST = "inference_rest.md"
 BIN = "extension_binary_data.md"
