@@ -339,7 +339,8 @@ def _outputs(raw: Any) -> list[OutputRequest] | None:
                                           f"supported (parameter {key!r})")
         if any(r.name == name for r in out):
             raise InvalidRequestError(f"output {name[:100]!r} is requested more than once")
-        out.append(OutputRequest(name, _bool_param(params, "binary_data", f"output {name!r}")))
+        out.append(OutputRequest(name, _bool_param(params, "binary_data",
+                                                    f"output {name[:100]!r}")))
     return out
 
 
