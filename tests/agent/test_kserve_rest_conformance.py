@@ -22,7 +22,6 @@ import json
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -320,7 +319,7 @@ def test_e2e_binary_response_framing(client: Client) -> None:
     assert probs.shape == (10,) and abs(float(probs.sum()) - 1.0) < 0.05
 
 
-def test_e2e_json_response_is_application_json(client: Client, tmp_path: Path) -> None:
+def test_e2e_json_response_is_application_json(client: Client) -> None:
     """inference_rest.md, Inference Request Examples: a JSON request gets a JSON response."""
     r = client.post("/v2/models/digits/infer",
                     {"id": "42", "inputs": [inp("input_layer", [1, 8, 8, 1], "FP32",
