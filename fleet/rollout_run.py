@@ -35,8 +35,9 @@ from edge_agent.mqtt.client import MqttClient
 from edge_agent.mqtt.config import MqttConfig
 from edge_agent.mqtt.topics import FleetTopics
 from edge_agent.protocol import Status
-from edge_agent.update.wire import Announcement, Audience
+from edge_agent.update.wire import Announcement, Audience, ChunkPlan
 from fleet.broker import as_config, client_config
+from fleet.chunk_server import ChunkServer
 from fleet.observer import FleetObserver
 from fleet.publish import DEFAULT_CHUNK, Broker, publish_chunks, rollback, sign_bundle
 from fleet.repo import FleetRepo
@@ -169,8 +170,12 @@ class Rollout:
                             client_id=f"edge-fleet-rollout-{os.getpid()}-{time.time_ns() % 10**6}",
                             dispatch_queue=DISPATCH_QUEUE)
         obs = FleetObserver(client, self.prefix)
+        plan = ChunkPlan.for_data(self.tar, self.req.chunk_size)
+        chunks = ChunkServer(client, self.prefix, self.target.sha256, self.tar, plan)
         client.connect()
         try:
+            if self.req.group is not None:  # statuses retained on another cluster node
+                obs.ask(self.req.group)
             obs.settle(self.req.discover_s)
             if st is None:
                 st = self._plan(obs)
@@ -188,6 +193,10 @@ class Rollout:
             return self._drive(obs)
         finally:
             self._save(force=True)
+            chunks.close()
+            if chunks.wants:
+                self.say(f"rollout {self.id}: answered {chunks.wants} chunk request(s) with "
+                         f"{chunks.served} chunk publish(es)")
             client.stop()
 
     def _members(self, obs: FleetObserver) -> list[str]:
@@ -279,8 +288,6 @@ class Rollout:
         assert st is not None
         ann = json.loads(self._announcement())
         if ann.get("chunks"):
-            from edge_agent.update.wire import ChunkPlan
-
             plan = ChunkPlan.for_data(self.tar, self.req.chunk_size)
             broker = Broker(client_config(self.config, "chunks"),
                             client_id=f"edge-fleet-chunks-{os.getpid()}")
