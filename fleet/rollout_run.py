@@ -289,31 +289,37 @@ class Rollout:
         ann = json.loads(self._announcement())
         if ann.get("chunks"):
             plan = ChunkPlan.for_data(self.tar, self.req.chunk_size)
-            broker = Broker(client_config(self.config, "chunks"),
-                            client_id=f"edge-fleet-chunks-{os.getpid()}")
-            try:
-                publish_chunks(broker, self.tar, plan, self.target.sha256, self.prefix)
-            finally:
-                broker.close()
+            self._with_broker("chunks", lambda broker: publish_chunks(
+                broker, self.tar, plan, self.target.sha256, self.prefix))
         self._set(replace(st, chunks_published=True))
 
-    def _publish(self, topics: Sequence[str], payload: bytes, attempts: int = 5) -> None:
+    def _publish(self, topics: Sequence[str], payload: bytes) -> None:
         """Retained QoS 1 publishes, each acknowledged by the broker (retried on drops)."""
+        def send(broker: Broker) -> None:
+            for t in topics:
+                broker.publish(t, payload, retain=True)
+            broker.flush(60.0)
+        self._with_broker("announce", send)
+
+    def _with_broker(self, role: str, send: Callable[[Broker], None], attempts: int = 5
+                     ) -> None:
+        """Run ``send`` on a fresh acknowledged-publish connection; again, on a new one, when
+        it could not connect or lost its connection before every PUBACK came (a cluster
+        node dying mid-publish). Retained publishes are idempotent."""
         err: TransportError | None = None
         for _ in range(attempts):
             try:
-                broker = Broker(client_config(self.config, "announce"),
-                                client_id=f"edge-fleet-announce-{os.getpid()}")
+                broker = Broker(client_config(self.config, role),
+                                client_id=f"edge-fleet-{role}-{os.getpid()}")
             except TransportError as e:
                 err = e
                 time.sleep(1.0)
                 continue
             try:
-                for t in topics:
-                    broker.publish(t, payload, retain=True)
-                broker.flush(60.0)
+                send(broker)
                 return
             except TransportError as e:
+                log.warning("rollout: %s publish failed (%s); retrying", role, e)
                 err = e
             finally:
                 broker.close()

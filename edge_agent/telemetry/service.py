@@ -172,7 +172,7 @@ class TelemetryService:
         if self.cfg.enabled:
             self._thread = threading.Thread(target=self._loop, daemon=True, name="telemetry")
             self._thread.start()
-        log.info("telemetry: %s as %s every %g s", self.mcfg.url, self.topics.device,
+        log.info("telemetry: %s as %s every %g s", self.mcfg.urls, self.topics.device,
                  self.interval_s)
 
     def stop(self) -> None:
