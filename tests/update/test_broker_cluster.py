@@ -4,8 +4,10 @@
   node A is SIGKILLed; the agent fails over to node B (a fresh birth there), a signed
   update published through node B commits, and ``edge-fleet status --protocol 3.1.1``
   on node B sees the device online with the new version — nothing installed twice.
-* The same agent forced to MQTT 3.1.1 against Mosquitto: birth, a signed update, and the
-  Last Will when it is SIGKILLed.
+* A Last Will fired by node A (the agent SIGKILLed) reaches a fleet tool on node B.
+* The same agent forced to MQTT 3.1.1 against Mosquitto: birth, a request over MQTT from a
+  3.1.1 application (``reply_to`` in the payload), telemetry, a signed update, and the Last
+  Will when it is SIGKILLed.
 
 The cluster fixture (:mod:`ejabberd_cluster`) starts both nodes on loopback with their own
 ports, data dirs, cookie and epmd, and stops them by PID.
@@ -24,10 +26,13 @@ from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import ejabberd_cluster
 import numpy as np
+import paho.mqtt.client as paho
 import pytest
+from paho.mqtt.enums import CallbackAPIVersion
 from update_agentproc import ROOT, AgentProcess
 from update_helpers import DEVICE, Bundles, Fleet
 from waiting import wait_for
@@ -143,17 +148,57 @@ def test_agent_fails_over_to_the_second_cluster_node_and_an_update_through_it_co
         a.stop()
 
 
+def test_a_last_will_fired_by_node_a_reaches_a_fleet_tool_on_node_b(
+        tmp_path: Path, fleet: Fleet, bundles: Bundles,
+        cluster: ejabberd_cluster.Cluster) -> None:
+    (tmp_path / "device").mkdir()
+    a = AgentProcess(tmp_path / "device", fleet, bundles, cluster.urls)
+    on_b = StatusWatch(cluster.b.url)
+    try:
+        a.start()
+        on_b.wait("online")
+        assert f"connected to {cluster.a.address}" in a.log.read_text()
+        killed = time.monotonic()
+        os.kill(a.pid, signal.SIGKILL)
+        assert a.proc is not None
+        a.proc.wait(10)
+        on_b.wait("offline", after=killed, timeout_s=30)  # node A's Will, routed to B
+    finally:
+        on_b.close()
+        a.stop()
+
+
+def _mqtt311(url: str, cid: str) -> paho.Client:
+    c = paho.Client(CallbackAPIVersion.VERSION2, client_id=cid, protocol=paho.MQTTv311)
+    c.connect(urlsplit(url).hostname or "127.0.0.1", urlsplit(url).port or 1883, 10)
+    c.loop_start()
+    return c
+
+
 def test_an_agent_speaking_mqtt_3_1_1_gets_a_signed_update_and_its_last_will_fires(
         tmp_path: Path, fleet: Fleet, bundles: Bundles, mosquitto: Any) -> None:
     (tmp_path / "device").mkdir()
     a = AgentProcess(tmp_path / "device", fleet, bundles, mosquitto.url,
-                     mqtt={"protocol": "3.1.1"}, probation_min_requests=1)
+                     mqtt={"protocol": "3.1.1"}, telemetry={"interval_s": 0.5},
+                     probation_min_requests=1)
     watch = StatusWatch(mosquitto.url, protocol="3.1.1")
+    app = _mqtt311(mosquitto.url, "app-311")  # an application that only speaks 3.1.1
+    got: dict[str, list[bytes]] = {}
+    app.on_message = lambda _c, _u, m: got.setdefault(m.topic, []).append(bytes(m.payload))
+    app.subscribe([("replies/app-311", 1), (Topics(DEVICE).telemetry, 1)])
     try:
         a.start()
         watch.wait("online")
         assert "(MQTT 3.1.1)" in a.log.read_text()
         assert serves(a) == 1
+        # a request over MQTT 3.1.1: no response topic, reply_to in the payload
+        req = {"id": "r-1", "instances": np.full((1, 8, 8, 1), 0.5).tolist(),
+               "reply_to": "replies/app-311"}
+        app.publish(Topics(DEVICE).infer("digits"), json.dumps(req), qos=1)
+        wait_for(lambda: got.get("replies/app-311"), 20, "the reply over MQTT 3.1.1")
+        reply = json.loads(got["replies/app-311"][0])
+        assert reply["id"] == "r-1" and reply["version"] == 1 and len(reply["predictions"]) == 1
+        wait_for(lambda: got.get(Topics(DEVICE).telemetry), 20, "telemetry over MQTT 3.1.1")
         fleet.publish(bundles.v2)
         wait_for(lambda: serves(a) == 2, 60, "v2 to serve over MQTT 3.1.1")
         wait_for(lambda: a.update_status()["phase"] == "idle" and a.on_disk() == 2, 30,
@@ -165,5 +210,7 @@ def test_an_agent_speaking_mqtt_3_1_1_gets_a_signed_update_and_its_last_will_fir
         a.proc.wait(10)
         watch.wait("offline", after=killed, timeout_s=30)  # the broker sent the Last Will
     finally:
+        app.loop_stop()
+        app.disconnect()
         watch.close()
         a.stop()

@@ -42,9 +42,10 @@ def _toml(v: Any) -> str:
 
 class AgentProcess:
     def __init__(self, tmp: Path, fleet: Fleet, bundles: Bundles, broker_url: str,
-                 *, mqtt: dict[str, Any] | None = None, **update: Any) -> None:
+                 *, mqtt: dict[str, Any] | None = None,
+                 telemetry: dict[str, Any] | None = None, **update: Any) -> None:
         """``broker_url`` may list several brokers, comma separated (``[mqtt] brokers``);
-        ``mqtt`` adds keys to the ``[mqtt]`` section (e.g. ``protocol``)."""
+        ``mqtt`` / ``telemetry`` add keys to those sections (e.g. ``protocol``)."""
         self.tmp = tmp
         self.fleet = fleet
         self.port = free_port()
@@ -73,6 +74,8 @@ port = {self.port}
 keepalive_s = 5
 reconnect_max_s = 1.0
 
+[telemetry]
+{"".join(f"{k} = {_toml(v)}" + chr(10) for k, v in (telemetry or {}).items())}
 [update]
 {extra}
 [[models]]
