@@ -72,7 +72,7 @@ class ServingApi:
 
     # ------------------------------------------------------------------ helpers
 
-    def _name_version(self, req: Request) -> tuple[str, int | None]:
+    def name_version(self, req: Request) -> tuple[str, int | None]:
         """The model name and the version the path names (by number or label), or None."""
         name = req.params["name"] or ""
         v = req.params.get("version")
@@ -84,9 +84,15 @@ class ServingApi:
 
     def _served(self, req: Request) -> ServedModel:
         """The model version the path names. Raises NotFoundError in TF Serving's words."""
-        return self.plane.served(*self._name_version(req))
+        return self.plane.served(*self.name_version(req))
 
-    def _admit(self, model: str) -> AbstractContextManager[None]:
+    def ready(self) -> tuple[bool, str]:
+        """(ready to serve, why not): what ``/readyz`` and ``/v2/health/ready`` answer."""
+        return self._ready()
+
+    def admit(self, model: str) -> AbstractContextManager[None]:
+        """A work slot for ``model`` (every protocol's one gate: :class:`DataPlane`).
+        Raises Overloaded."""
         return self.plane.admit(model)
 
     # ------------------------------------------------------------------ routes
@@ -95,7 +101,7 @@ class ServingApi:
         return 200, {"status": "ok"}
 
     def readyz(self, req: Request) -> tuple[int, Any]:
-        ok, reason = self._ready()
+        ok, reason = self.ready()
         if not ok:
             return 503, {"ready": False, "error": reason}
         return 200, {"ready": True, "models": self.registry.names()}
@@ -109,14 +115,14 @@ class ServingApi:
 
     def status(self, req: Request) -> tuple[int, Any]:
         """TF Serving's GetModelStatusResponse; failed loads show as END with their error."""
-        return 200, codec.status(self.plane.status_rows(*self._name_version(req)))
+        return 200, codec.status(self.plane.status_rows(*self.name_version(req)))
 
     def metadata(self, req: Request) -> tuple[int, Any]:
         return 200, codec.metadata(self._served(req), req.query)
 
     def predict(self, req: Request) -> Response:
         served = self._served(req)
-        with self._admit(served.name):
+        with self.admit(served.name):
             doc = None if req.content_type == "application/octet-stream" else req.json()
             x: Inputs
             try:  # the body parsed; now it must fit this model version
@@ -167,7 +173,7 @@ class ServingApi:
         head = served.class_position  # check_classify refused a model without one
         classes = int(np.prod(served.output_specs[head or 0].shape[1:]))
         k = codec.parse_k(req.query, self.default_k, classes)
-        with self._admit(served.name):
+        with self.admit(served.name):
             if json_body:
                 images = codec.classify_examples(req.json(), served, max_batch=self.max_batch)
             else:
