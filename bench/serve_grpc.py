@@ -2,9 +2,10 @@
 
 1. p50 overhead over a bare ``Interpreter.invoke`` of TF Serving gRPC ``Predict`` with a
    raw ``tensor_content`` float32 tensor, for the digits CNN and MobileNetV2 int8 (goals:
-   ≤ 0.25 ms and ≤ 0.5 ms), beside REST with the same tensor as an octet-stream body and
-   as JSON — the same alternating rounds as ``--overhead-only`` (gRPC block, bare block,
-   REST block, bare block, …), so every series sees the same load; an empty RPC
+   ≤ 0.25 ms and ≤ 0.5 ms), and with the raw int8 tensor, beside REST with that raw
+   tensor as an octet-stream body and the float32 one as JSON — the same alternating
+   rounds as ``--overhead-only`` (gRPC block, bare block, REST block, bare block, …),
+   so every series sees the same load; an empty RPC
    (KServe ``ServerLive``) in the same rounds shows what grpcio itself costs per call;
 2. throughput (requests/s) on digits at concurrency 1, 4 and 16: REST (JSON, one
    keep-alive connection per client) and gRPC (one channel per client), in alternating
@@ -81,14 +82,18 @@ def overhead(serve: Any, cases: list[tuple[str, Path, np.ndarray, int]], rounds:
                 name = agent_model_name(bundle)
                 key = _input_key(bundle)
                 path = f"/v1/models/{name}:predict"
+                raw = _raw_input(bundle)  # the tensor's own dtype (int8): no quantizing
                 clients = {
                     "gRPC ServerLive (empty RPC: grpcio client + server floor)": (
                         GrpcRawClient(agent.grpc, LIVE), b""),
-                    "gRPC Predict, tensor_content": (GrpcRawClient(agent.grpc),
-                                                     predict_request(name, key, x)),
-                    "REST octet-stream": (serve.RawClient(agent.host, agent.port),
-                                          serve.RawClient.build(path, x.tobytes(),
-                                                                "application/octet-stream")),
+                    "gRPC Predict, float32 tensor_content": (GrpcRawClient(agent.grpc),
+                                                             predict_request(name, key, x)),
+                    "gRPC Predict, raw int8 tensor_content": (
+                        GrpcRawClient(agent.grpc), predict_request(name, key, raw)),
+                    "REST octet-stream, raw int8": (
+                        serve.RawClient(agent.host, agent.port),
+                        serve.RawClient.build(path, raw.tobytes(),
+                                              "application/octet-stream")),
                     "REST JSON instances": (serve.RawClient(agent.host, agent.port),
                                             serve.RawClient.build(path, json.dumps(
                                                 {"instances": x.tolist()}).encode(),
@@ -107,6 +112,14 @@ def overhead(serve: Any, cases: list[tuple[str, Path, np.ndarray, int]], rounds:
     finally:
         shutil.rmtree(store, ignore_errors=True)
     return rows
+
+
+def _raw_input(bundle: Path) -> np.ndarray:
+    """One instance in the input tensor's own dtype: the first golden vector's input."""
+    from edge_agent.bundle import read_bundle
+
+    x: np.ndarray = read_bundle(bundle).manifest.golden[0].input.decode()[:1]
+    return x
 
 
 def agent_model_name(bundle: Path) -> str:
