@@ -3,6 +3,7 @@
 ::
 
     edge-agent run [--config agent.toml] [--model BUNDLE ...] [--http HOST:PORT|off]
+                   [--grpc HOST:PORT|off]
                    [--device-id ID] [--profile NAME] [--store DIR] [--mqtt URL[,URL…]]
     edge-agent predict BUNDLE FILE... [--json] [-k K]
     edge-agent bench BUNDLE [--runs N] [--threads N] [--json]
@@ -53,6 +54,11 @@ def _host_port(text: str) -> dict[str, Any]:
     return out
 
 
+def _grpc_host_port(text: str) -> dict[str, Any]:
+    """``--grpc HOST:PORT`` (or ``off``) → the ``[grpc]`` overrides."""
+    return {k.replace("http.", "grpc.", 1): v for k, v in _host_port(text).items()}
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=PROG, description="Edge inference agent (LiteRT).")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -65,6 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="bundle directory or .tar to install and serve (repeatable)")
     r.add_argument("--http", type=_host_port, metavar="HOST:PORT",
                    help="listen address (port 0: any free port; 'off' disables HTTP)")
+    r.add_argument("--grpc", type=_grpc_host_port, metavar="HOST:PORT",
+                   help="serve gRPC (TF Serving and KServe v2) there (port 0: any free port; "
+                        "'off' disables it); needs the grpc extra")
     r.add_argument("--device-id")
     r.add_argument("--profile", help="device profile name or .toml path (default: detect)")
     r.add_argument("--store", type=Path, help="model store directory")
@@ -108,6 +117,8 @@ def run_overrides(a: argparse.Namespace) -> dict[str, Any]:
         o["mqtt.url"] = a.mqtt
     if a.http:
         o.update(a.http)
+    if a.grpc:
+        o.update(a.grpc)
     if a.model:
         o["models"] = [{"bundle": str(m), "activate": True} for m in a.model]
     return o
@@ -129,6 +140,7 @@ def cmd_run(a: argparse.Namespace) -> int:
         agent.start()
         models = ", ".join(f"{m['name']} v{m['active']}" for m in agent.registry.snapshot())
         where = f" on {agent.http.url}" if agent.http else ""
+        where += f", grpc on {agent.grpc.address}" if agent.grpc else ""
         print(f"{PROG}: ready: {models or 'no models'}{where} ({agent.runtime}, "
               f"{agent.threads} threads, profile {agent.profile.name})", file=sys.stderr,
               flush=True)

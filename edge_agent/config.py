@@ -50,6 +50,7 @@ from edge_agent.config_reader import (
     read_toml,
 )
 from edge_agent.errors import ConfigError, ProfileError
+from edge_agent.grpc.config import GrpcConfig
 from edge_agent.mqtt.config import MqttConfig
 from edge_agent.mqtt.topics import DEFAULT_REPLY_PREFIX, check_reply_prefix
 from edge_agent.protocol.kinds import RUNTIME_CHOICES as RUNTIMES
@@ -64,7 +65,7 @@ __all__ = [
 ]
 
 SECTIONS = ("agent", "http", "models", "watch", "camera", "mqtt_requests", "mqtt",
-            "telemetry", "update")
+            "telemetry", "update", "grpc")
 ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")  # safe in MQTT topics and paths
 LABEL_RE = re.compile(r"^[A-Za-z][A-Za-z0-9._-]{0,63}$")  # a version label: never a number
 COMPONENTS = ("telemetry", "update", "systemd")  # in start order
@@ -196,6 +197,7 @@ class AgentConfig:
     mqtt: MqttConfig | None = None  # None: no [mqtt] url, no broker
     telemetry: TelemetryConfig = field(default_factory=TelemetryConfig)
     update: UpdateConfig | None = None  # None: no [update] section
+    grpc: GrpcConfig = field(default_factory=GrpcConfig)  # [grpc]: off by default
     source: str = DEFAULTS
 
     def wants(self, component: str) -> bool:
@@ -503,9 +505,10 @@ def load_config(path: Path | None, overrides: Mapping[str, Any] | None = None, *
     def table(name: str) -> Table:
         return Table(raw.get(name), name, origins)
 
+    http = _http(table("http"))
     return AgentConfig(
         agent=_agent(table("agent")),
-        http=_http(table("http")),
+        http=http,
         models=_models(raw.get("models"), origins),
         watch=_watch(table("watch")),
         camera=_camera(table("camera")),
@@ -513,5 +516,6 @@ def load_config(path: Path | None, overrides: Mapping[str, Any] | None = None, *
         mqtt=MqttConfig.parse(table("mqtt")),
         telemetry=TelemetryConfig.parse(table("telemetry")),
         update=UpdateConfig.parse(table("update")),
+        grpc=GrpcConfig.parse(table("grpc"), http_token=http.token),
         source=source,
     )
