@@ -22,13 +22,8 @@ from edge_agent.grpc.inputs import Wire, element_limits, model_inputs
 from edge_agent.grpc.protos import grpc_predict_v2_pb2 as v2
 from edge_agent.grpc.tfs import SOURCE, Caller, Limits
 from edge_agent.registry import ServedModel
-from edge_agent.serving import codec
+from edge_agent.serving import codec, v2_model
 from edge_agent.serving.dataplane import DataPlane
-
-PLATFORM = "tflite"
-_TF_TO_V2 = {"DT_FLOAT": "FP32", "DT_HALF": "FP16", "DT_DOUBLE": "FP64", "DT_INT8": "INT8",
-             "DT_UINT8": "UINT8", "DT_INT16": "INT16", "DT_INT32": "INT32",
-             "DT_INT64": "INT64", "DT_BOOL": "BOOL"}
 
 
 def _version(text: str) -> int | None:
@@ -77,12 +72,12 @@ class KServeService:
                        ) -> v2.ModelMetadataResponse:
         served = self._served(req.name, req.version)
         resp = v2.ModelMetadataResponse(
-            name=served.name, platform=PLATFORM,
+            name=served.name, platform=v2_model.PLATFORM,
             versions=[str(sm.version) for sm in self.plane.registry.versions(served.name)])
         for specs, out in ((codec.input_specs(served), resp.inputs),
                            (codec.output_specs(served), resp.outputs)):
             for ns in specs:
-                out.add(name=ns.name, datatype=_TF_TO_V2.get(ns.dtype, "FP32"),
+                out.add(name=ns.name, datatype=v2_model.datatype(ns),
                         shape=[-1, *ns.spec.shape[1:]])
         return resp
 

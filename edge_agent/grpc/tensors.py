@@ -25,6 +25,7 @@ import numpy as np
 
 from edge_agent.errors import InvalidRequestError
 from edge_agent.grpc.protos import tensor_pb2, types_pb2
+from edge_agent.serving.v2_tensor import DATATYPES
 
 MAX_RANK = 8
 
@@ -145,20 +146,13 @@ class V2Dtype:
     field: str | None  # InferTensorContents field; None: raw only (FP16)
 
 
-V2_DTYPES: dict[str, V2Dtype] = {d.name: d for d in (
-    V2Dtype("BOOL", np.dtype("?"), "bool_contents"),
-    V2Dtype("INT8", np.dtype("i1"), "int_contents"),
-    V2Dtype("INT16", np.dtype("<i2"), "int_contents"),
-    V2Dtype("INT32", np.dtype("<i4"), "int_contents"),
-    V2Dtype("INT64", np.dtype("<i8"), "int64_contents"),
-    V2Dtype("UINT8", np.dtype("u1"), "uint_contents"),
-    V2Dtype("UINT16", np.dtype("<u2"), "uint_contents"),
-    V2Dtype("UINT32", np.dtype("<u4"), "uint_contents"),
-    V2Dtype("UINT64", np.dtype("<u8"), "uint64_contents"),
-    V2Dtype("FP16", np.dtype("<f2"), None),
-    V2Dtype("FP32", np.dtype("<f4"), "fp32_contents"),
-    V2Dtype("FP64", np.dtype("<f8"), "fp64_contents"),
-)}
+_CONTENTS = {"BOOL": "bool_contents", "INT8": "int_contents", "INT16": "int_contents",
+             "INT32": "int_contents", "INT64": "int64_contents", "UINT8": "uint_contents",
+             "UINT16": "uint_contents", "UINT32": "uint_contents", "UINT64": "uint64_contents",
+             "FP32": "fp32_contents", "FP64": "fp64_contents"}  # FP16: raw only
+# The numpy dtypes are the REST codec's (one table for both transports); BYTES is separate.
+V2_DTYPES: dict[str, V2Dtype] = {name: V2Dtype(name, dt, _CONTENTS.get(name))
+                                 for name, dt in DATATYPES.items() if name != "BYTES"}
 _V2_BY_NUMPY = {d.numpy.newbyteorder("="): d for d in V2_DTYPES.values()}
 
 
