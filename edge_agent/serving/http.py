@@ -47,7 +47,6 @@ import re
 import socket
 import threading
 import time
-import uuid
 from collections.abc import Callable, Mapping
 from email.utils import formatdate
 from http import HTTPStatus
@@ -56,6 +55,7 @@ from typing import Any
 from urllib.parse import unquote
 
 from edge_agent.errors import EdgeError, TransportError
+from edge_agent.ids import request_id
 from edge_agent.serving.admission import Overloaded
 from edge_agent.serving.deadline import DeadlineReader
 from edge_agent.serving.routes import (
@@ -136,7 +136,7 @@ class _Handler(BaseHTTPRequestHandler):
         """Errors found while parsing the request line/headers, answered as JSON."""
         self.close_connection = True
         msg = message or _REASONS.get(code, "error")
-        rid = uuid.uuid4().hex
+        rid = request_id()
         with contextlib.suppress(OSError):
             self.server.app.write(self, code, json.dumps({"error": msg}).encode(),
                                   "application/json", {}, rid, head=False)
@@ -293,7 +293,7 @@ class HttpServer:
     def dispatch(self, h: _Handler) -> None:
         t0 = getattr(h, "t0", None) or time.perf_counter()
         rid_in = h.headers.get("X-Request-Id")
-        rid = rid_in if rid_in and _RID_RE.match(rid_in) else uuid.uuid4().hex
+        rid = rid_in if rid_in and _RID_RE.match(rid_in) else request_id()
         method = h.command.upper()
         path, _, query = h.path.partition("?")
         path = unquote(path)
