@@ -44,6 +44,7 @@ import io
 import json
 import logging
 import re
+import selectors
 import socket
 import threading
 import time
@@ -157,6 +158,55 @@ class _Server(ThreadingHTTPServer):
         self._per_client: dict[str, int] = {}
         self._conn_lock = threading.Lock()
         super().__init__(addr, _Handler)
+        # the accept loop sleeps in select() until a connection or shutdown() (which
+        # writes to this pair) instead of waking every poll interval to look for a flag
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._stopping = False
+        self._stopped = threading.Event()
+
+    def serve_forever(self, poll_interval: float | None = None) -> None:
+        """Accept until :meth:`shutdown`; ``poll_interval`` is ignored (nothing polls)."""
+        self._stopped.clear()
+        try:
+            with selectors.DefaultSelector() as sel:
+                sel.register(self, selectors.EVENT_READ)
+                sel.register(self._wake_r, selectors.EVENT_READ)
+                while not self._stopping:
+                    ready = sel.select()
+                    if self._stopping:
+                        break
+                    if any(key.fileobj is self for key, _ in ready):
+                        self._accept_one()
+                    self.service_actions()
+        finally:
+            self._stopped.set()
+
+    def _accept_one(self) -> None:
+        """One ready connection, as socketserver's own loop takes it."""
+        try:
+            request, client_address = self.get_request()
+        except OSError:
+            return
+        if not self.verify_request(request, client_address):
+            self.shutdown_request(request)
+            return
+        try:
+            self.process_request(request, client_address)
+        except Exception:
+            self.handle_error(request, client_address)
+            self.shutdown_request(request)
+
+    def shutdown(self) -> None:
+        """Stop :meth:`serve_forever` and wait until it has returned."""
+        self._stopping = True
+        with contextlib.suppress(OSError):
+            self._wake_w.send(b"x")
+        self._stopped.wait()
+
+    def server_close(self) -> None:
+        super().server_close()
+        self._wake_r.close()
+        self._wake_w.close()
 
     def process_request(self, request: Any, client_address: Any) -> None:
         """Accept thread: take a connection slot (total and per peer IP) or refuse with 503."""
@@ -258,7 +308,6 @@ class HttpServer:
             raise TransportError(f"cannot listen on {self.host}:{self.port} "
                                  f"({e.strerror or e})") from e
         self._thread = threading.Thread(target=self._httpd.serve_forever,
-                                        kwargs={"poll_interval": 0.2},
                                         name="edge-agent-http", daemon=True)
         self._thread.start()
 
