@@ -137,6 +137,9 @@ def cmd_run(a: argparse.Namespace) -> int:
     cfg = load_config(a.config, run_overrides(a))
     setup_logging(cfg.agent.log_format, "debug" if a.verbose else cfg.agent.log_level)
     signals = _SignalPipe((signal.SIGTERM, signal.SIGINT, signal.SIGHUP))
+    from edge_agent import memtrim
+
+    memtrim.tune()  # before any thread: fewer malloc arenas, large blocks mapped
     agent = Agent(cfg)
     try:
         agent.start()

@@ -19,9 +19,10 @@ tensors. See docs/rest.md.
 from __future__ import annotations
 
 import re
+import traceback
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from typing import Any, NoReturn
+from typing import Any
 
 import numpy as np
 
@@ -152,24 +153,29 @@ class ServingApi:
                             doc, served, max_batch=self.max_batch,
                             max_image_pixels=self.max_image_pixels, body=req.body)
                     except InvalidRequestError as e:
+                        del doc
                         self._rejected(served, e, req)
+                        raise
                     del doc  # the Python objects go before the invoke, not after it
             pred = served.predict(x, source="rest", request_id=req.request_id,
                                   client=req.client)
         return Response(200, codec.encode_predict_bytes(pred, served, layout))
 
     @staticmethod
-    def _rejected(served: ServedModel, e: InvalidRequestError, req: Request) -> NoReturn:
-        """A body that parsed but does not fit this model version: recorded, re-raised."""
+    def _rejected(served: ServedModel, e: InvalidRequestError, req: Request) -> None:
+        """A body that parsed but does not fit this model version: recorded, and the
+        decoder's frames in the traceback cleared, so the parsed body's objects are freed
+        now (inside the decode permit), not when the 400 has been written."""
+        traceback.clear_frames(e.__traceback__)
         served.record_rejected(e, source="rest", request_id=req.request_id,
                                client=req.client)
-        raise e
 
     def _raw_tensor(self, served: ServedModel, body: bytes, req: Request) -> np.ndarray:
         try:
             return self._raw_tensor_of(served, body)
         except InvalidRequestError as e:
             self._rejected(served, e, req)
+            raise
 
     def _raw_tensor_of(self, served: ServedModel, body: bytes) -> np.ndarray:
         if len(served.input_specs) != 1:
