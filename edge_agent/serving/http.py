@@ -157,12 +157,12 @@ class _Server(ThreadingHTTPServer):
         self._conns: set[socket.socket] = set()
         self._per_client: dict[str, int] = {}
         self._conn_lock = threading.Lock()
-        super().__init__(addr, _Handler)
         # the accept loop sleeps in select() until a connection or shutdown() (which
         # writes to this pair) instead of waking every poll interval to look for a flag
         self._wake_r, self._wake_w = socket.socketpair()
         self._stopping = False
         self._stopped = threading.Event()
+        super().__init__(addr, _Handler)  # closes the pair too (server_close) if bind fails
 
     def serve_forever(self, poll_interval: float | None = None) -> None:
         """Accept until :meth:`shutdown`; ``poll_interval`` is ignored (nothing polls)."""
