@@ -13,8 +13,9 @@ construction: orjson parses only what it parses exactly as ``json`` does, and an
 goes to ``json``, which then decides (and words any error). orjson refuses ``NaN`` /
 ``Infinity`` tokens, numbers out of float range, lone surrogates, BOMs and UTF-16/32, so
 those fall back; the one thing it would parse *differently*, an integer beyond 64 bits (it
-returns a float), never reaches it: a body with a run of 19 or more digits goes straight to
-``json``. ``EDGE_AGENT_JSON=stdlib`` turns orjson off.
+returns a float), never reaches it: a body with a run of 19 or more digits outside a
+fraction or exponent goes straight to ``json`` (and so does a ``str``: bodies are bytes).
+``EDGE_AGENT_JSON=stdlib`` turns orjson off.
 
 Raises InvalidRequestError (and nothing else) for bad input.
 """
@@ -24,7 +25,6 @@ from __future__ import annotations
 import importlib
 import json
 import os
-import re
 import sys
 from typing import Any
 
@@ -39,18 +39,23 @@ if os.environ.get("EDGE_AGENT_JSON", "") != "stdlib":
     except ImportError:
         pass
 BACKEND = "stdlib" if _orjson is None else "orjson"
-# 19+ digits in a row may be an integer beyond 64 bits, which orjson turns into a float
-_LONG_DIGITS_B = re.compile(rb"[0-9]{19}")
-_LONG_DIGITS_S = re.compile(r"[0-9]{19}")
+# An integer literal beyond 64 bits, which orjson would turn into a float, is a run of 19+
+# digits that does not follow "." or "e" (a fraction's or exponent's digits may run that
+# long). Found with two C passes (translate, find), no regex: every digit becomes "0",
+# "." / "e" / "E" become ".", anything else " ", then look for " " + 19 × "0".
+_CLASSES = bytes(48 if chr(i).isdigit() and i < 128 else 46 if chr(i) in ".eE" else 32
+                 for i in range(256))
+_RUN = b"0" * 19
+
+
+def _may_hold_big_int(data: bytes) -> bool:
+    t = data.translate(_CLASSES)
+    return t.startswith(_RUN) or t.find(b" " + _RUN) >= 0
 
 
 def _fast(data: bytes | str) -> tuple[bool, Any]:
     """(True, value) when orjson parsed ``data`` (the same value ``json`` gives)."""
-    if _orjson is None:
-        return False, None
-    long_digits = (_LONG_DIGITS_S.search(data) if isinstance(data, str)
-                   else _LONG_DIGITS_B.search(data))
-    if long_digits is not None:
+    if _orjson is None or isinstance(data, str) or _may_hold_big_int(data):
         return False, None
     try:
         return True, _orjson.loads(data)
