@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 import converter
+from converter import dettask
 from converter.data import Dataset, check_data_path, class_indices, load_dataset, read_labels
 from converter.errors import DatasetError, OptionError, OutputError
 from converter.evaluate import compare, latency_ms, run_all
@@ -53,7 +54,7 @@ CONFIDENCE_EDGES = tuple(round(x, 2) for x in np.linspace(0.0, 1.0, 11))
 GOLDEN_COUNT = 4
 MODES = BUNDLE_MODES  # one definition: converter.quantize
 IO_DTYPES = ("int8", "uint8", "float32")
-TASKS = ("classification", "regression", "multi_output", "raw")  # --task (manifest TASKS)
+TASKS = ("classification", "regression", "multi_output", "detection", "raw")  # manifest TASKS
 
 
 @dataclass
@@ -66,6 +67,7 @@ class ConvertOptions:
     labels_file: Path | None = None
     mode: str = "int8"
     task: str | None = None  # TASKS; default: inferred from the outputs and ``y``
+    heads: dict[str, str] = field(default_factory=dict)  # --heads NAME=ROLE (detection)
     allow_float_ops: bool = False  # with int8: ops without int8 kernels stay float
     io_dtype: str | None = None  # default: the profile's
     samples: int = 200
@@ -95,6 +97,8 @@ def preflight(opts: ConvertOptions) -> DeviceProfile:
                           f"got {opts.io_dtype!r}")
     if opts.task is not None and opts.task not in TASKS:
         raise OptionError(f"--task must be one of {', '.join(TASKS)}, got {opts.task!r}")
+    if opts.heads and opts.task != "detection":
+        raise OptionError("--heads applies to --task detection only")
     if opts.version < 1:
         raise OptionError(f"--version must be a positive integer, got {opts.version}")
     if opts.samples < 1:
@@ -266,12 +270,16 @@ def _is_target(y: np.ndarray | None) -> bool:
 
 
 def _task_heads(task: str | None, model: LoadedModel, f_outs: list[np.ndarray],
-                y: np.ndarray | None) -> tuple[str, dict[str, str]]:
+                y: np.ndarray | None, overrides: dict[str, str] | None = None
+                ) -> tuple[str, dict[str, str]]:
     """The bundle's task and what each output is: ``--task`` when given, else inferred
     (a single output that is not a probability vector, with float targets ``y``, is a
-    regression head; otherwise :func:`_heads`). Raises OptionError when the outputs
-    cannot be what ``--task`` says."""
+    regression head; otherwise :func:`_heads`; detection: :mod:`converter.dettask`, with
+    the ``--heads`` ``overrides``). Raises OptionError when the outputs cannot be what
+    ``--task`` says."""
     specs = model.output_specs
+    if task == "detection":
+        return task, dettask.detection_heads(specs, overrides or {})
     inferred = _heads(model, f_outs)
     single = len(specs) == 1
     if task is None:
@@ -407,7 +415,7 @@ def build_bundle(opts: ConvertOptions, steps: Steps | None = None) -> tuple[Bund
         pre = _preprocessing(opts, fmodel.input_specs[0].shape[1:])
         # Task, heads, then labels against the class head, before the (long) calibration.
         task, heads = _task_heads(opts.task, fmodel, run_all(fmodel, rep.rows(0, 64)),
-                                  (ev if ev is not None else rep).y)
+                                  (ev if ev is not None else rep).y, opts.heads)
         head = next((i for i, k in enumerate(heads.values()) if k == "class"), None)
         single = len(heads) == 1  # one output: scored as today, whatever its size
         # the output top-1 metrics are computed on
@@ -449,6 +457,7 @@ def build_bundle(opts: ConvertOptions, steps: Steps | None = None) -> tuple[Bund
         if t is not None:
             targets[regs[0]] = t
     head_report = _head_report(heads, f_outs, q_outs, y_class, names, targets)
+    detection = dettask.evaluate(heads, f_outs, q_outs) if task == "detection" else None
 
     runs = opts.latency_runs
     tick = steps.start("measuring latency", runs)
@@ -490,7 +499,8 @@ def build_bundle(opts: ConvertOptions, steps: Steps | None = None) -> tuple[Bund
         "size": {"float_bytes": len(float_bytes), "quant_bytes": len(quant_bytes),
                  "ratio": round(len(quant_bytes) / len(float_bytes), 4)},
         "evaluation": {"data": data.source, "labelled": data.y is not None, **comp.as_dict(),
-                       "heads": head_report},
+                       "heads": head_report,
+                       **({"detection": detection} if detection is not None else {})},
         "latency_ms": {"float": lat_f, "quant": lat_q,
                        "speedup": (round(lat_f["mean"] / lat_q["mean"], 3)
                                    if runs and lat_q["mean"] > 0 else None)},

@@ -21,13 +21,14 @@ import datetime as dt
 import math
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 import converter
+from converter import dettask
 from converter.build import (
     GOLDEN_COUNT,
     _drift,
@@ -65,6 +66,7 @@ class WrapOptions:
     representative: Path | None = None
     profile: str = DEFAULT_PROFILE
     task: str | None = None  # TASKS; default: from the outputs
+    heads: dict[str, str] = field(default_factory=dict)  # --heads NAME=ROLE (detection)
     samples: int = 200
     latency_runs: int = 50
     golden_atol: float = 2.0  # integer outputs, in tensor steps (as the converter)
@@ -99,14 +101,21 @@ def _describe(outputs: tuple[TensorSpec, ...]) -> str:
 
 
 def choose_heads(task: str | None, outputs: tuple[TensorSpec, ...], labels: tuple[str, ...],
-                 source: str) -> tuple[str, dict[str, str]]:
+                 source: str, overrides: dict[str, str] | None = None
+                 ) -> tuple[str, dict[str, str]]:
     """The task and what each output is (``heads`` by name).
 
     A class head is the output ``--labels`` count matches, or the one output of a
     one-output model with several values (the converter's rule); nothing is guessed
-    from generated outputs. Raises DatasetError (labels fit no output, or several) and
-    OptionError (a task the outputs cannot be).
+    from generated outputs. ``--task detection``: the roles of
+    :func:`converter.dettask.detection_heads` (``overrides``: ``--heads``). Raises
+    DatasetError (labels fit no output, or several) and OptionError (a task the outputs
+    cannot be).
     """
+    if task == "detection":
+        if labels:
+            raise OptionError("--task detection has no class head; drop --labels")
+        return task, dettask.detection_heads(outputs, overrides or {})
     head: str | None = None
     if labels:
         fits = [s.name for s in outputs if _values(s) == len(labels)]
@@ -188,6 +197,8 @@ def preflight(opts: WrapOptions) -> DeviceProfile:
         raise OptionError(f"--version must be a positive integer, got {opts.version}")
     if opts.task is not None and opts.task not in TASKS:
         raise OptionError(f"--task must be one of {', '.join(TASKS)}, got {opts.task!r}")
+    if opts.heads and opts.task != "detection":
+        raise OptionError("--heads applies to --task detection only")
     if opts.samples < 1 or opts.latency_runs < 0:
         raise OptionError("--samples must be >= 1 and --latency-runs >= 0")
     profile = load_profile(opts.profile)
@@ -219,7 +230,7 @@ def build_wrapped(opts: WrapOptions) -> tuple[Bundle, dict[str, Any]]:
     _check_profile(profile, mode, model)
     labels = read_labels(opts.labels_file) if opts.labels_file else ()
     task, heads = choose_heads(opts.task, model.output_specs, labels,
-                               str(opts.labels_file or opts.model))
+                               str(opts.labels_file or opts.model), opts.heads)
     pre = _preprocessing(model.input_specs[0])
     rep = (load_dataset(opts.representative, source_inputs(model.input_specs), pre,
                         samples=opts.samples) if opts.representative else None)

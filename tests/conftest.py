@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from det_models import SquareBundle, square_bundle_at
 from model_fixtures import TwoHeads, raw_variant, two_heads_at
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -83,6 +84,15 @@ def digits() -> DigitsArtifacts:
 def two_heads() -> TwoHeads:
     """A tabular Keras model with a class head and a regression head, converted (cached)."""
     return two_heads_at(CACHE / f"two-heads-{_source_key('converter', 'edge_agent/bundle.py')}")
+
+
+@pytest.fixture(scope="session")
+def square_detector() -> SquareBundle:
+    """A Keras detector (``boxes``, ``scores``) trained on synthetic squares, converted with
+    ``--task detection`` (cached)."""
+    key = _source_key("converter", "edge_agent/bundle.py", "edge_agent/manifest.py",
+                      "edge_agent/detection.py")
+    return square_bundle_at(CACHE / f"squares-{key}")
 
 
 @pytest.fixture(scope="session")
