@@ -174,13 +174,16 @@ class ServedModel:
         return self.manifest.version
 
     def _take(self) -> LoadedModel:
-        """One free interpreter; give it back with ``self._pool.put``. Raises
-        TransportError on timeout."""
+        """One free interpreter; give it back with :meth:`_give`. Raises TransportError on
+        timeout. (With ``_give``, the seam a subclass overrides to share another pool.)"""
         try:
             return self._pool.get(timeout=self.borrow_timeout_s)
         except queue.Empty as e:
             raise TransportError(f"{self.name} v{self.version}: no interpreter free within "
                                  f"{self.borrow_timeout_s:g} s") from e
+
+    def _give(self, m: LoadedModel) -> None:
+        self._pool.put(m)
 
     @contextmanager
     def borrow(self) -> Iterator[LoadedModel]:
@@ -189,7 +192,7 @@ class ServedModel:
         try:
             yield m
         finally:
-            self._pool.put(m)
+            self._give(m)
 
     def verify_golden(self) -> GoldenResult:
         with self.borrow() as m:
@@ -221,7 +224,7 @@ class ServedModel:
             try:
                 outs = m.invoke_raw(coerced)
             finally:
-                self._pool.put(m)
+                self._give(m)
         except Exception as e:  # record every failure (probation sees it), then re-raise
             bad_input = isinstance(e, BadInputError)
             self._record(source, request_id, False, time.perf_counter() - t0,
