@@ -110,7 +110,8 @@ def main() -> int:
     log_path = tmp / "agent.log"
     with open(log_path, "wb") as log:
         proc = subprocess.Popen([sys.executable, "-m", "edge_agent.cli", "run", "--config",
-                                 str(conf)], stdout=log, stderr=subprocess.STDOUT, env=env)
+                                 str(conf)], stdout=log, stderr=subprocess.STDOUT, env=env,
+                                cwd=tmp)  # not this checkout: -m would import from the cwd
     res: dict[str, Any] = {"src": str(a.src), "clients": a.clients, "seconds": a.seconds,
                            "env": a.env, "loadavg_start": os.getloadavg()}
     try:

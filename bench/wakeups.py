@@ -75,7 +75,8 @@ def main() -> int:
     env = dict(os.environ, PYTHONPATH=str(a.src.resolve()))
     log = open(tmp / "agent.log", "wb")  # noqa: SIM115 - closed below
     proc = subprocess.Popen([sys.executable, "-m", "edge_agent.cli", "run", "--config",
-                             str(conf)], stdout=log, stderr=subprocess.STDOUT, env=env)
+                             str(conf)], stdout=log, stderr=subprocess.STDOUT, env=env,
+                            cwd=tmp)  # not this checkout: -m would import from the cwd
     try:
         deadline = time.monotonic() + 30
         while b"ready:" not in (tmp / "agent.log").read_bytes():
