@@ -9,9 +9,9 @@ A real ``edge-agent run`` process serving MobileNetV2 int8 (``bench/serve.py``'s
 2. a burst: ``--clients`` keep-alive connections each posting 3.2 MB JSON ``:predict``
    bodies (one 224×224×3 float instance, full float repr) for ``--seconds``; peak RSS is
    ``VmHWM`` (the kernel's high-water mark) over the burst; then RSS 10 s after it;
-3. decompression bombs: the peak is reset (``clear_refs`` 5), then a 5000×5000 PNG (a
-   ~100 KB file that decodes to 100 MB of pixels) is posted to ``:classify`` 8 times, 4 at
-   a time; the figure is the peak rise over the RSS before.
+3. decompression bombs: the peak is reset (``clear_refs`` 5), then a 3400×3400 black RGB
+   PNG (33 KB that decode to 46 MB of pixels, under ``max_image_pixels``) is posted to
+   ``:classify`` by 4 clients for 3 s; the figure is the peak rise over the RSS before.
 
 ``--src DIR`` runs the agent from another checkout (before/after). The load average is noted.
 """
