@@ -99,7 +99,8 @@ class Agent:
         self.metrics = Metrics()
         self.metrics.attach(self.hooks)
         # every image decode in this process (REST, MQTT, watch) shares one memory budget
-        process_budget().configure(budget_for(self.profile.memory_budget_mb))
+        process_budget().configure(budget_for(self.profile.memory_budget_mb),
+                                   max_image_factor=a.max_image_factor)
         h = config.http
         for model, labels in h.version_labels:  # /labels/{label} URLs (docs/rest.md)
             for label, version in labels:

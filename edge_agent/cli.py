@@ -23,7 +23,6 @@ import json
 import os
 import signal
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -124,17 +123,39 @@ def run_overrides(a: argparse.Namespace) -> dict[str, Any]:
     return o
 
 
+class _SignalPipe:
+    """The main thread's sleep: ``signal.set_wakeup_fd`` writes each caught signal's number
+    into a pipe and :meth:`wait` blocks reading it. The Python handlers do nothing (no
+    lock, so nothing can deadlock in a handler); they only keep the default action (exit)
+    away. Signals caught before :meth:`wait` are not lost: they wait in the pipe."""
+
+    def __init__(self, sigs: tuple[signal.Signals, ...]) -> None:
+        self._r, self._w = os.pipe()
+        os.set_blocking(self._w, False)
+        for s in sigs:
+            signal.signal(s, lambda *_: None)
+        self._old_fd = signal.set_wakeup_fd(self._w)
+
+    def wait(self) -> set[int]:
+        """The signals caught since the last call (blocks until there is one)."""
+        return set(os.read(self._r, 64))
+
+    def close(self) -> None:
+        signal.set_wakeup_fd(self._old_fd)
+        os.close(self._r)
+        os.close(self._w)
+
+
 def cmd_run(a: argparse.Namespace) -> int:
     from edge_agent.app import Agent
     from edge_agent.config import load_config
 
     cfg = load_config(a.config, run_overrides(a))
     setup_logging(cfg.agent.log_format, "debug" if a.verbose else cfg.agent.log_level)
-    stop, reload = threading.Event(), threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
-    if hasattr(signal, "SIGHUP"):
-        signal.signal(signal.SIGHUP, lambda *_: reload.set())
+    signals = _SignalPipe((signal.SIGTERM, signal.SIGINT, signal.SIGHUP))
+    from edge_agent import memtrim
+
+    memtrim.tune()  # before any thread: fewer malloc arenas, large blocks mapped
     agent = Agent(cfg)
     try:
         agent.start()
@@ -144,12 +165,15 @@ def cmd_run(a: argparse.Namespace) -> int:
         print(f"{PROG}: ready: {models or 'no models'}{where} ({agent.runtime}, "
               f"{agent.threads} threads, profile {agent.profile.name})", file=sys.stderr,
               flush=True)
-        while not stop.wait(0.5):
-            if reload.is_set():
-                reload.clear()
+        while True:  # asleep until a signal: no polling
+            got = signals.wait()
+            if signal.SIGTERM in got or signal.SIGINT in got:
+                break
+            if signal.SIGHUP in got:
                 agent.reload()
     finally:
         agent.stop()
+        signals.close()
     print(f"{PROG}: stopped", file=sys.stderr, flush=True)
     return 0
 

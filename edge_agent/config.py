@@ -95,6 +95,7 @@ class AgentSettings:
     verify_golden: bool = True  # check each bundle's golden vectors before serving it
     probe_runtime: bool = True  # try the runtime in a child process first (crash-safe)
     max_image_pixels: int = 12_000_000  # larger images are refused before decoding
+    max_image_factor: int = 64  # decoded pixels per model-input pixel; more: refused (413)
     max_loaded_versions: int = 2  # per model name, kept in memory for instant rollback
     max_bundle_bytes: int = MAX_BUNDLE_BYTES  # read from one bundle on disk (store, --model)
     components: tuple[str, ...] | None = None  # names from COMPONENTS; None = all that apply
@@ -270,6 +271,7 @@ def _agent(t: Table) -> AgentSettings:
         verify_golden=t.flag("verify_golden", True),
         probe_runtime=t.flag("probe_runtime", True),
         max_image_pixels=t.integer("max_image_pixels", d.max_image_pixels, 1),
+        max_image_factor=t.integer("max_image_factor", d.max_image_factor, 1, 1 << 20),
         max_loaded_versions=t.integer("max_loaded_versions", d.max_loaded_versions, 1, 16),
         max_bundle_bytes=t.integer("max_bundle_bytes", d.max_bundle_bytes, 1 << 16),
         components=_components(t),

@@ -19,6 +19,7 @@ tensors. See docs/rest.md.
 from __future__ import annotations
 
 import re
+import traceback
 from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager
 from typing import Any
@@ -123,24 +124,42 @@ class ServingApi:
     def predict(self, req: Request) -> Response:
         served = self._served(req)
         with self.admit(served.name):
-            doc = None if req.content_type == "application/octet-stream" else req.json()
             x: Inputs
-            try:  # the body parsed; now it must fit this model version
-                if doc is None:
-                    x, layout = self._raw_tensor(served, req.body), codec.ROW
-                else:
-                    x, layout = codec.decode_predict(doc, served, max_batch=self.max_batch,
-                                                     max_image_pixels=self.max_image_pixels,
-                                                     body=req.body)
-            except InvalidRequestError as e:
-                served.record_rejected(e, source="rest", request_id=req.request_id,
-                                       client=req.client)
-                raise
+            if req.content_type == "application/octet-stream":
+                x, layout = self._raw_tensor(served, req.body, req), codec.ROW
+            else:
+                with self.admission.decoding(len(req.body)):  # bounded decodes in flight
+                    doc = req.json()
+                    try:  # the body parsed; now it must fit this model version
+                        x, layout = codec.decode_predict(
+                            doc, served, max_batch=self.max_batch,
+                            max_image_pixels=self.max_image_pixels, body=req.body)
+                    except InvalidRequestError as e:
+                        del doc
+                        self._rejected(served, e, req)
+                        raise
+                    del doc  # the Python objects go before the invoke, not after it
             pred = served.predict(x, source="rest", request_id=req.request_id,
                                   client=req.client)
         return Response(200, codec.encode_predict_bytes(pred, served, layout))
 
-    def _raw_tensor(self, served: ServedModel, body: bytes) -> np.ndarray:
+    @staticmethod
+    def _rejected(served: ServedModel, e: InvalidRequestError, req: Request) -> None:
+        """A body that parsed but does not fit this model version: recorded, and the
+        decoder's frames in the traceback cleared, so the parsed body's objects are freed
+        now (inside the decode permit), not when the 400 has been written."""
+        traceback.clear_frames(e.__traceback__)
+        served.record_rejected(e, source="rest", request_id=req.request_id,
+                               client=req.client)
+
+    def _raw_tensor(self, served: ServedModel, body: bytes, req: Request) -> np.ndarray:
+        try:
+            return self._raw_tensor_of(served, body)
+        except InvalidRequestError as e:
+            self._rejected(served, e, req)
+            raise
+
+    def _raw_tensor_of(self, served: ServedModel, body: bytes) -> np.ndarray:
         if len(served.input_specs) != 1:
             raise InvalidRequestError(
                 f"an octet-stream body is one input tensor; {served.name} takes "
@@ -174,14 +193,13 @@ class ServingApi:
         classes = int(np.prod(served.output_specs[head or 0].shape[1:]))
         k = codec.parse_k(req.query, self.default_k, classes)
         with self.admit(served.name):
-            if json_body:
-                images = codec.classify_examples(req.json(), served, max_batch=self.max_batch)
-            else:
-                body = req.body
-                if not body:
-                    raise InvalidRequestError("empty body: send the image bytes (PNG, JPEG, …)")
-                images = [body]
-            x = codec.image_batch(served, images, self.max_image_pixels)
+            if not json_body and not req.body:
+                raise InvalidRequestError("empty body: send the image bytes (PNG, JPEG, …)")
+            with self.admission.decoding(len(req.body)):  # bounded decodes in flight
+                images = (codec.classify_examples(req.json(), served, max_batch=self.max_batch)
+                          if json_body else [req.body])
+                x = codec.image_batch(served, images, self.max_image_pixels)
+                del images
             pred = served.predict(x, source="rest", request_id=req.request_id,
                                   client=req.client)
         return Response(200, codec.encode_classify(served, pred, k))
