@@ -210,9 +210,11 @@ class HttpServer:
                  max_body_bytes: int = 8 * 1024 * 1024, max_connections: int = 64,
                  max_connections_per_client: int = 16, idle_timeout_s: float = 30.0,
                  head_timeout_s: float = 10.0, body_timeout_s: float = 60.0,
-                 on_response: Callable[[str, int, float], None] | None = None) -> None:
+                 on_response: Callable[[str, int, float], None] | None = None,
+                 admin_token: str | None = None) -> None:
         self.host, self.port = host, port
         self._token = token.encode() if token else None
+        self._admin = admin_token.encode() if admin_token else None
         self.max_body_bytes = max_body_bytes
         self.max_connections = max_connections
         self.max_connections_per_client = max_connections_per_client
@@ -282,13 +284,18 @@ class HttpServer:
     # ------------------------------------------------------------------ requests
 
     def _authorized(self, headers: Headers) -> bool:
+        """The data token, or the admin token (an admin may also read)."""
         if self._token is None:
             return True
-        got = headers.get("Authorization") or ""
-        scheme, _, cred = got.partition(" ")
-        # compare_digest on bytes of any length: time depends only on the token's length
-        return scheme.lower() == "bearer" and hmac.compare_digest(
-            cred.strip().encode("utf-8", "replace"), self._token)
+        return _bearer(headers, self._token) or self.is_admin(headers)
+
+    @property
+    def admin_enabled(self) -> bool:
+        return self._admin is not None
+
+    def is_admin(self, headers: Headers) -> bool:
+        """True if the request carries ``[http] admin_token`` (never when none is set)."""
+        return self._admin is not None and _bearer(headers, self._admin)
 
     def dispatch(self, h: _Handler) -> None:
         t0 = getattr(h, "t0", None) or time.perf_counter()
@@ -418,6 +425,13 @@ class HttpServer:
 def _peer(client_address: Any) -> str:
     """The peer IP of a connection (the unit of the per-client connection cap)."""
     return str(client_address[0]) if client_address else ""
+
+
+def _bearer(headers: Headers, token: bytes) -> bool:
+    scheme, _, cred = (headers.get("Authorization") or "").partition(" ")
+    # compare_digest on bytes of any length: time depends only on the token's length
+    return scheme.lower() == "bearer" and hmac.compare_digest(
+        cred.strip().encode("utf-8", "replace"), token)
 
 
 def _has_body(h: _Handler) -> bool:
