@@ -35,7 +35,7 @@
 
   async function poll() {
     timer = null;
-    const series = polls++ % SERIES_EVERY === 0 ? 1 : 0;
+    const series = state === null || polls++ % SERIES_EVERY === 0 ? 1 : 0;
     try {
       const r = await fetch("api/state?since=" + seq + "&series=" + series,
         { headers: headers(), cache: "no-store" });
@@ -204,7 +204,7 @@
         if (v === null || v === undefined || t < t0) { pen = false; return; }
         const x = P + (W - P - 4) * (t - t0) / 3600, y = 4 + (H - P) * (1 - v / max);
         if (pen) ctx.lineTo(x, y); else ctx.moveTo(x, y);
-        pen = true;
+        ctx.fillRect(x - 1, y - 1, 2, 2); pen = true;
       });
       ctx.stroke(); ctx.fillText(name, P + 6 + 80 * i, H - P + 14);
     });
