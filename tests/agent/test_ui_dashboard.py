@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from agent_helpers import AgentFactory, Client, DigitsEval
+from agent_helpers import AgentFactory, DigitsEval
 from ui_browser import open_browser
 
 from edge_agent.config import load_config
@@ -65,8 +65,8 @@ def test_the_page_shows_the_models_and_a_rest_prediction_appears_live(
     assert ui_agent.registry.active_version("digits") == 1
 
 
-def test_the_page_files_are_public_but_every_figure_needs_the_token(ui_agent: Any,
-                                                                    start_agent: AgentFactory) -> None:
+def test_the_page_files_are_public_but_every_figure_needs_the_token(
+        ui_agent: Any, start_agent: AgentFactory) -> None:
     anon = start_agent.client(ui_agent)
     page = anon.get("/ui/")
     assert page.status == 200 and page.headers["content-type"].startswith("text/html")
@@ -112,7 +112,7 @@ def test_without_an_admin_token_configured_admin_actions_are_off_for_everyone(
 
 
 def test_the_admin_token_must_differ_from_the_data_token(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="admin_token.*must differ from http.token"):
+    with pytest.raises(ConfigError, match=r"admin_token.*must differ from http\.token"):
         load_config(None, {"agent.store_dir": str(tmp_path), "http.token": "same",
                            "http.admin_token": "same"}, env={})
 

@@ -19,9 +19,9 @@ from typing import Any
 from update_helpers import DEVICE, ONLINE, Bundles, DeviceFactory, Fleet, assert_nothing_moved
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "agent"))  # tests/agent helpers
-from ui_browser import Browser, open_browser  # noqa: E402
+from ui_browser import Browser, open_browser
 
-from fleet.cli import main as fleet_main  # noqa: E402
+from fleet.cli import main as fleet_main
 
 DATA, ADMIN = "data-token-1", "admin-token-1"
 
