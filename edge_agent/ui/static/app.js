@@ -25,7 +25,10 @@
   }
   function wrap(n) { const td = el("td"); td.appendChild(n); return td; }
   function when(t) { return t ? new Date(t * 1000).toLocaleTimeString() : ""; }
-  function fmt(v, d) { return v === null || v === undefined ? "–" : Number(v).toFixed(d); }
+  function fmt(v, d) {
+    if (v === null || v === undefined) return "–";
+    return Number.isInteger(v) ? String(v) : Number(v).toFixed(d);
+  }
 
   function showLogin(msg) {
     $("main").hidden = true; $("login").hidden = false; $("logout").hidden = true;
