@@ -23,9 +23,10 @@ Error bodies are always ``{"error": "<message>"}``. A request's body is read who
 handler's work admission never waits on a slow client.
 
 Limits: bearer token (constant-time compare; every route not added with ``auth=False``,
-which only ``/healthz`` is), request body (413), open connections in total and per peer IP
-(503), total time for a request head and for a body (408, :mod:`.deadline`), idle keep-alive
-connections (closed after a timeout).
+which only ``/healthz`` and the dashboard's page files are; the admin token also passes it,
+and handlers of admin actions check :meth:`HttpServer.is_admin`), request body (413), open
+connections in total and per peer IP (503), total time for a request head and for a body
+(408, :mod:`.deadline`), idle keep-alive connections (closed after a timeout).
 
 The route table and the handler-facing types live in :mod:`edge_agent.serving.routes` (no
 sockets); this module is the connection side. Both are importable from here.

@@ -109,3 +109,29 @@ def test_dashboard_rollback_to_a_version_not_installed_is_a_clear_409_and_moves_
                          {"model": "digits", "to_version": 1, "announcement": signed})
     assert status == 403, body
     assert_nothing_moved(dev, before)
+
+
+def test_with_an_admin_token_the_local_announce_route_is_admin_only(
+        fleet: Fleet, bundles: Bundles, start_device: DeviceFactory, tmp_path: Path) -> None:
+    dev = start_device(http={"token": DATA, "admin_token": ADMIN})
+    n = dev.mark()
+    fleet.publish(bundles.v2)
+    assert dev.outcome(n).result == "committed"
+    signed = _signed_rollback(fleet, tmp_path / "rollback.json", 1).encode()
+    url = dev.agent.http.url + "/v1/agent/update/announce"
+    before = dev.snapshot()
+
+    def post(token: str) -> int:
+        req = urllib.request.Request(url, data=signed, headers={
+            "Authorization": f"Bearer {token}", "Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=30) as r:
+                return int(r.status)
+        except urllib.error.HTTPError as e:
+            return int(e.code)
+
+    assert post(DATA) == 403  # a data-plane client cannot reach the update intake
+    assert_nothing_moved(dev, before)
+    n = dev.mark()
+    assert post(ADMIN) == 202
+    assert dev.outcome(n).result == "rolled_back" and dev.serving() == 1
