@@ -135,3 +135,14 @@ def test_with_an_admin_token_the_local_announce_route_is_admin_only(
     n = dev.mark()
     assert post(ADMIN) == 202
     assert dev.outcome(n).result == "rolled_back" and dev.serving() == 1
+
+
+def test_rollback_without_broker_or_out_is_refused_and_signs_nothing(
+        fleet: Fleet, capsys: Any) -> None:
+    before = fleet.repo.latest_version("targets")
+    keys = [a for n in ONLINE for a in ("--key", str(fleet.keys[n].path))]
+    rc = fleet_main(["rollback", "--repo", str(fleet.repo.path), *keys, "--device", DEVICE,
+                     "--model", "digits", "--to-version", "1"])
+    assert rc != 0
+    assert "--broker URL (publish the command) or --out FILE" in capsys.readouterr().err
+    assert fleet.repo.latest_version("targets") == before
