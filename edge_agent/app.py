@@ -115,7 +115,8 @@ class Agent:
                                    idle_timeout_s=h.idle_timeout_s,
                                    head_timeout_s=h.head_timeout_s,
                                    body_timeout_s=h.body_timeout_s,
-                                   on_response=self.metrics.observe_http)
+                                   on_response=self.metrics.observe_http,
+                                   admin_token=h.admin_token)
             api = ServingApi(self.registry, self.admission, self.metrics,
                              max_batch=h.max_batch, max_image_pixels=a.max_image_pixels,
                              ready=self._ready, status=self.status,

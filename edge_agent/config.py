@@ -68,7 +68,7 @@ SECTIONS = ("agent", "http", "models", "watch", "camera", "mqtt_requests", "mqtt
             "telemetry", "update", "grpc")
 ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")  # safe in MQTT topics and paths
 LABEL_RE = re.compile(r"^[A-Za-z][A-Za-z0-9._-]{0,63}$")  # a version label: never a number
-COMPONENTS = ("telemetry", "update", "systemd")  # in start order
+COMPONENTS = ("telemetry", "update", "systemd", "dashboard")  # in start order
 LEGACY_COMPONENTS = {"edge_agent.telemetry.service:create": "telemetry",
                      "edge_agent.update.service:create": "update",
                      "edge_agent.service:create": "systemd",
@@ -110,6 +110,9 @@ class HttpSettings:
     port: int = 8501  # TF Serving's REST port; 0 picks a free port (tests)
     token: str | None = field(default=None, repr=False)  # bearer token (or from token_file)
     token_file: Path | None = None
+    # admin actions (dashboard rollback); None: they are refused (403) for everyone
+    admin_token: str | None = field(default=None, repr=False)
+    ui: bool = True  # the device dashboard at /ui/ (docs/dashboard.md)
     max_body_bytes: int = 8 * MIB
     queue_size: int = 16  # requests waiting for an interpreter beyond the busy workers
     max_batch: int = 64  # instances per request
@@ -303,6 +306,20 @@ def _components(t: Table) -> tuple[str, ...] | None:
     return tuple(dict.fromkeys(out))
 
 
+def _admin_token(t: Table, token: str | None) -> str | None:
+    """``http.admin_token`` / ``http.admin_token_file``: must differ from the data token."""
+    admin = t.opt_text("admin_token")
+    admin_file = t.path("admin_token_file")
+    if admin is not None and admin_file is not None:
+        raise t.err("admin_token_file", "set http.admin_token or http.admin_token_file, not both")
+    if admin_file is not None:
+        admin = t.read_secret("admin_token_file", admin_file)
+    if admin is not None and admin == token:
+        raise t.err("admin_token", "must differ from http.token (data-plane clients must not "
+                    "reach admin actions)")
+    return admin
+
+
 def _http(t: Table) -> HttpSettings:
     d = HttpSettings
     token = t.opt_text("token")
@@ -317,6 +334,8 @@ def _http(t: Table) -> HttpSettings:
         port=t.integer("port", d.port, 1, 65535, allow=(0,)),
         token=token,
         token_file=token_file,
+        admin_token=_admin_token(t, token),
+        ui=t.flag("ui", True),
         max_body_bytes=t.integer("max_body_bytes", d.max_body_bytes, 1024),
         queue_size=t.integer("queue_size", d.queue_size, 0, 100_000),
         max_batch=t.integer("max_batch", d.max_batch, 1, 100_000),

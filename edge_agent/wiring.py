@@ -9,7 +9,8 @@ imported directly; none receives the agent, none probes for attributes::
 
     Services ──► Wiring.telemetry()  → TelemetryService(TelemetryDeps)   needs [mqtt] url
              ├─► Wiring.update()     → UpdateService(FlowDeps)            needs [update]
-             └─► Wiring.systemd()    → SystemdNotifier(health, status)    needs $NOTIFY_SOCKET
+             ├─► Wiring.systemd()    → SystemdNotifier(health, status)    needs $NOTIFY_SOCKET
+             └─► Wiring.dashboard()  → Dashboard(DashboardDeps)           needs [http] ui
 
 The update flow pulls in tuf and cryptography (~11 MB): it is imported only when
 ``[update]`` is configured; the telemetry component (psutil, the monitors) only with
@@ -41,8 +42,9 @@ from edge_agent.serving.http import HttpServer
 from edge_agent.store import ModelStore
 from edge_agent.systemd import SystemdNotifier
 
-if TYPE_CHECKING:  # imported where built: an agent without [mqtt] / [update] never loads them
+if TYPE_CHECKING:  # imported where built: an agent without [mqtt] / [update] / ui never loads them
     from edge_agent.telemetry.service import TelemetryService
+    from edge_agent.ui import Dashboard
     from edge_agent.update.service import UpdateService
 
 
@@ -112,7 +114,8 @@ class Wiring:
         """Builders for ``names`` (default: ``[agent] components``, else all) in start order."""
         table: dict[str, ComponentFactory] = {"telemetry": lambda _s: self.telemetry(),
                                               "update": lambda _s: self.update(),
-                                              "systemd": lambda _s: self.systemd()}
+                                              "systemd": lambda _s: self.systemd(),
+                                              "dashboard": lambda _s: self.dashboard()}
         wanted = set(names) if names is not None else {
             n for n in COMPONENTS if self.s.config.wants(n)}
         return [table[n] for n in COMPONENTS if n in wanted]
@@ -167,6 +170,22 @@ class Wiring:
                         check_setup=check)
         self.update_service = UpdateService(deps, client=s.mqtt, http=s.http)
         return self.update_service
+
+    def dashboard(self) -> Dashboard | None:
+        """The device dashboard at ``/ui/``: needs the HTTP server and ``[http] ui``."""
+        s = self.s
+        if s.http is None or not s.config.http.ui:
+            return None
+        from edge_agent.ui import Dashboard, DashboardDeps
+
+        def telemetry() -> dict[str, object] | None:
+            t = self.telemetry_service
+            return t.last if t is not None else None
+
+        return Dashboard(DashboardDeps(http=s.http, hooks=s.hooks, registry=s.registry,
+                                       store=s.store, view=s.view,
+                                       store_root=Path(s.store.root), telemetry=telemetry,
+                                       update=lambda: self.update_service))
 
     def systemd(self) -> SystemdNotifier | None:
         """READY=1 and the watchdog: only when started by systemd (``$NOTIFY_SOCKET``)."""

@@ -23,9 +23,10 @@ Error bodies are always ``{"error": "<message>"}``. A request's body is read who
 handler's work admission never waits on a slow client.
 
 Limits: bearer token (constant-time compare; every route not added with ``auth=False``,
-which only ``/healthz`` is), request body (413), open connections in total and per peer IP
-(503), total time for a request head and for a body (408, :mod:`.deadline`), idle keep-alive
-connections (closed after a timeout).
+which only ``/healthz`` and the dashboard's page files are; the admin token also passes it,
+and handlers of admin actions check :meth:`HttpServer.is_admin`), request body (413), open
+connections in total and per peer IP (503), total time for a request head and for a body
+(408, :mod:`.deadline`), idle keep-alive connections (closed after a timeout).
 
 The route table and the handler-facing types live in :mod:`edge_agent.serving.routes` (no
 sockets); this module is the connection side. Both are importable from here.
@@ -260,9 +261,11 @@ class HttpServer:
                  max_body_bytes: int = 8 * 1024 * 1024, max_connections: int = 64,
                  max_connections_per_client: int = 16, idle_timeout_s: float = 30.0,
                  head_timeout_s: float = 10.0, body_timeout_s: float = 60.0,
-                 on_response: Callable[[str, int, float], None] | None = None) -> None:
+                 on_response: Callable[[str, int, float], None] | None = None,
+                 admin_token: str | None = None) -> None:
         self.host, self.port = host, port
         self._token = token.encode() if token else None
+        self._admin = admin_token.encode() if admin_token else None
         self.max_body_bytes = max_body_bytes
         self.max_connections = max_connections
         self.max_connections_per_client = max_connections_per_client
@@ -331,13 +334,18 @@ class HttpServer:
     # ------------------------------------------------------------------ requests
 
     def _authorized(self, headers: Headers) -> bool:
+        """The data token, or the admin token (an admin may also read)."""
         if self._token is None:
             return True
-        got = headers.get("Authorization") or ""
-        scheme, _, cred = got.partition(" ")
-        # compare_digest on bytes of any length: time depends only on the token's length
-        return scheme.lower() == "bearer" and hmac.compare_digest(
-            cred.strip().encode("utf-8", "replace"), self._token)
+        return _bearer(headers, self._token) or self.is_admin(headers)
+
+    @property
+    def admin_enabled(self) -> bool:
+        return self._admin is not None
+
+    def is_admin(self, headers: Headers) -> bool:
+        """True if the request carries ``[http] admin_token`` (never when none is set)."""
+        return self._admin is not None and _bearer(headers, self._admin)
 
     def dispatch(self, h: _Handler) -> None:
         t0 = getattr(h, "t0", None) or time.perf_counter()
@@ -467,6 +475,13 @@ class HttpServer:
 def _peer(client_address: Any) -> str:
     """The peer IP of a connection (the unit of the per-client connection cap)."""
     return str(client_address[0]) if client_address else ""
+
+
+def _bearer(headers: Headers, token: bytes) -> bool:
+    scheme, _, cred = (headers.get("Authorization") or "").partition(" ")
+    # compare_digest on bytes of any length: time depends only on the token's length
+    return scheme.lower() == "bearer" and hmac.compare_digest(
+        cred.strip().encode("utf-8", "replace"), token)
 
 
 def _has_body(h: _Handler) -> bool:

@@ -136,6 +136,7 @@ class TelemetryService:
         self.started_at = time.time()
         self.boot_id = uuid.uuid4().hex[:16]  # changes with every process start
         self.ticks = 0
+        self.last: dict[str, Any] | None = None  # the last body published (dashboard)
         self.tick_cpu_s = 0.0  # CPU time spent building telemetry (bench/telemetry.py)
         self.drain_cpu_s = 0.0  # CPU time spent folding prediction records
         if self.outbox.reset_reason:
@@ -339,7 +340,8 @@ class TelemetryService:
                 next_at = time.monotonic() + interval
             c0 = time.thread_time()
             try:
-                self.publisher.durable(self.topics.telemetry, self.telemetry())
+                self.last = body = self.telemetry()  # the dashboard charts it
+                self.publisher.durable(self.topics.telemetry, body)
             except EdgeError as e:
                 log.error("telemetry: %s", e)
             except Exception:
