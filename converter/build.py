@@ -26,6 +26,7 @@ from converter.data import Dataset, check_data_path, class_indices, load_dataset
 from converter.errors import DatasetError, OptionError, OutputError
 from converter.evaluate import compare, latency_ms, run_all
 from converter.floatops import explain
+from converter.goldens import drift_reference, golden_vectors, is_probability
 from converter.graph import inspect_graph
 from converter.modes import BUNDLE_MODES, CALIBRATED_MODES, INT8_MODES, REFERENCE_MODE, resolve
 from converter.quantize import convert
@@ -35,10 +36,6 @@ from converter.tfload import check_model_path, import_tf, load_source
 from edge_agent.bundle import (
     BUNDLE_FILES,
     Bundle,
-    DriftReference,
-    EncodedArray,
-    GoldenVector,
-    InputStats,
     Manifest,
     Preprocessing,
     sha256_bytes,
@@ -49,8 +46,6 @@ from edge_agent.profiles import DeviceProfile, load_profile
 from edge_agent.runtime.backends import select_runtime
 from edge_agent.runtime.model import LoadedModel
 
-CONFIDENCE_EDGES = tuple(round(x, 2) for x in np.linspace(0.0, 1.0, 11))
-GOLDEN_COUNT = 4
 MODES = BUNDLE_MODES  # one definition: converter.quantize
 IO_DTYPES = ("int8", "uint8", "float32")
 TASKS = ("classification", "regression", "multi_output", "raw")  # --task (manifest TASKS)
@@ -215,37 +210,6 @@ def _labels(opts: ConvertOptions, out_classes: int, ev: Dataset | None,
     return labels, ev
 
 
-def _softmax(x: np.ndarray) -> np.ndarray:
-    z = x - x.max(axis=-1, keepdims=True)
-    e = np.exp(z)
-    p: np.ndarray = e / e.sum(axis=-1, keepdims=True)
-    return p
-
-
-def _is_probability(out: np.ndarray) -> bool:
-    flat = out.reshape(len(out), -1)
-    return bool(np.all(flat >= -1e-3) and np.allclose(flat.sum(1), 1.0, atol=2e-2))
-
-
-def _golden(qmodel: LoadedModel, data: Dataset, atol_quant: float
-            ) -> tuple[GoldenVector, ...]:
-    """A few real samples: their raw input tensors (every input, by name) and the raw
-    outputs they must give, every output by name, each with its own tolerance."""
-    out = []
-    for i in np.linspace(0, data.n - 1, min(GOLDEN_COUNT, data.n)).astype(int):
-        raw_in = qmodel.coerce(data.rows(i, i + 1))
-        assert not isinstance(raw_in, np.ndarray)
-        outs = qmodel.invoke_raw(raw_in)
-        ys, atols = {}, {}
-        for spec, raw_out in zip(qmodel.output_specs, outs, strict=True):
-            ys[spec.name] = EncodedArray.encode(raw_out)
-            atols[spec.name] = (atol_quant if spec.quantized or spec.dtype in ("int8", "int16")
-                                else 1e-4 * max(1.0, float(np.abs(raw_out).max())))
-        out.append(GoldenVector({k: EncodedArray.encode(v) for k, v in raw_in.items()}, ys,
-                                atols))
-    return tuple(out)
-
-
 def _heads(model: LoadedModel, f_outs: list[np.ndarray]) -> dict[str, str]:
     """What each output is. One output: a class head when it has several values (today's
     rule), else raw. Several: the one output whose float values are probabilities (>= 0,
@@ -254,7 +218,7 @@ def _heads(model: LoadedModel, f_outs: list[np.ndarray]) -> dict[str, str]:
     if len(specs) == 1:
         return {specs[0].name: "class" if math.prod(specs[0].shape[1:]) > 1 else "raw"}
     probs = [s.name for s, o in zip(specs, f_outs, strict=True)
-             if math.prod(s.shape[1:]) > 1 and _is_probability(o)]
+             if math.prod(s.shape[1:]) > 1 and is_probability(o)]
     head = probs[0] if len(probs) == 1 else None
     return {s.name: "class" if s.name == head else "regression" for s in specs}
 
@@ -275,7 +239,7 @@ def _task_heads(task: str | None, model: LoadedModel, f_outs: list[np.ndarray],
     inferred = _heads(model, f_outs)
     single = len(specs) == 1
     if task is None:
-        if single and not _is_probability(f_outs[0]) and _is_target(y):
+        if single and not is_probability(f_outs[0]) and _is_target(y):
             task = "regression"
         elif single:
             task = "classification" if inferred[specs[0].name] == "class" else "raw"
@@ -345,41 +309,6 @@ def _head_report(heads: dict[str, str], f_outs: list[np.ndarray], q_outs: list[n
     return out
 
 
-def _input_stats(x: np.ndarray) -> InputStats:
-    """Per channel (last axis) mean and std of one input's samples."""
-    axes = tuple(range(x.ndim - 1)) if x.ndim > 1 else (0,)
-    xf = x.astype(np.float64)
-    return InputStats(tuple(round(float(v), 6) for v in np.atleast_1d(xf.mean(axis=axes))),
-                      tuple(round(float(v), 6) for v in np.atleast_1d(xf.std(axis=axes))))
-
-
-def _drift(q_rep: np.ndarray, xs: dict[str, np.ndarray], is_prob: bool, classes: int,
-           class_head: bool = True) -> DriftReference:
-    """Calibration-time statistics of the quantized model (what the device will see).
-    Without a class head the class and confidence histograms are one empty bin's worth
-    (no class drift to watch); the input statistics always apply, for every input by
-    name (``xs`` in the bundle's input order: ``input_mean``/``input_std`` are the first
-    input's, what schema 1 holds)."""
-    if not class_head:
-        q_rep = np.ones((len(q_rep), 1), np.float32)
-        classes, is_prob = 1, True
-    probs = q_rep.reshape(len(q_rep), -1)
-    probs = probs if is_prob else _softmax(probs)
-    cls_hist = np.bincount(probs.argmax(1), minlength=classes) / len(probs)
-    conf_hist, _ = np.histogram(probs.max(1), bins=np.asarray(CONFIDENCE_EDGES))
-    stats = {k: _input_stats(v) for k, v in xs.items()}
-    first = next(iter(stats.values()))
-    return DriftReference(
-        samples=len(probs),
-        class_hist=tuple(round(float(v), 6) for v in cls_hist),
-        confidence_edges=CONFIDENCE_EDGES,
-        confidence_hist=tuple(round(float(v), 6) for v in conf_hist / max(1, conf_hist.sum())),
-        input_mean=first.mean,
-        input_std=first.std,
-        inputs=stats,
-    )
-
-
 def build_bundle(opts: ConvertOptions, steps: Steps | None = None) -> tuple[Bundle, dict[str, Any]]:
     """Run the conversion and return the bundle (not yet written) and the report."""
     steps = steps or Steps()
@@ -434,8 +363,8 @@ def build_bundle(opts: ConvertOptions, steps: Steps | None = None) -> tuple[Bund
     q_outs = run_all(qmodel, data.xs, tick)
     q_reps = q_outs if ev is None else run_all(qmodel, rep.xs, tick)
     ref = scored if scored is not None else 0
-    f_out, q_out, q_rep = f_outs[ref], q_outs[ref], q_reps[ref]
-    is_prob = _is_probability(f_out)
+    f_out, q_out = f_outs[ref], q_outs[ref]
+    is_prob = is_probability(f_out)
     names = labels or tuple(str(i) for i in range(out_classes))
     y_class = class_indices(data) if scored is not None else None
     comp = compare(f_out, q_out, y_class, names)
@@ -473,9 +402,12 @@ def build_bundle(opts: ConvertOptions, steps: Steps | None = None) -> tuple[Bund
         output_is_probability=is_prob,
         labels=labels,
         target_profiles=(profile.name,),
-        golden=_golden(qmodel, data, opts.golden_atol),
-        drift_reference=_drift(q_rep, {s.name: rep.xs[s.name] for s in qmodel.input_specs},
-                               is_prob, out_classes, scored is not None),
+        golden=golden_vectors(qmodel, data, opts.golden_atol),
+        drift_reference=drift_reference(
+            dict(zip(heads, q_reps, strict=True)), heads,
+            {s.name: rep.xs[s.name] for s in qmodel.input_specs},
+            scored=None if scored is None else list(heads)[scored], classes=out_classes,
+            is_prob=is_prob),
         converter_version=converter.__version__,
         tensorflow_version=tf.__version__,
     )

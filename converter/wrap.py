@@ -28,17 +28,11 @@ from typing import Any
 import numpy as np
 
 import converter
-from converter.build import (
-    GOLDEN_COUNT,
-    _drift,
-    _golden,
-    _is_probability,
-    check_output_path,
-    write_output,
-)
+from converter.build import check_output_path, write_output
 from converter.data import Dataset, check_data_path, load_dataset, read_labels
 from converter.errors import DatasetError, ModelSourceError, OptionError
 from converter.evaluate import latency_ms, run_all
+from converter.goldens import GOLDEN_COUNT, drift_reference, golden_vectors, is_probability
 from converter.graph import BOUNDARY_OPS, FLOAT_DTYPES, Graph, inspect_graph
 from converter.support import activations, delegate_summary, memory_check, op_support
 from converter.tfload import SourceInput
@@ -224,15 +218,16 @@ def build_wrapped(opts: WrapOptions) -> tuple[Bundle, dict[str, Any]]:
     rep = (load_dataset(opts.representative, source_inputs(model.input_specs), pre,
                         samples=opts.samples) if opts.representative else None)
     data = rep if rep is not None else generated(model.input_specs, GOLDEN_COUNT)
-    golden = _golden(model, data, opts.golden_atol)
+    golden = golden_vectors(model, data, opts.golden_atol)
     single = len(model.output_specs) == 1
-    head = next((i for i, s in enumerate(model.output_specs) if heads[s.name] == "class"), None)
+    head = next((s.name for s in model.output_specs if heads[s.name] == "class"), None)
     is_prob, drift = True, None
     if rep is not None:
-        ref = head if head is not None else 0
-        q_rep = run_all(model, rep.xs)[ref]
-        is_prob = _is_probability(q_rep) if head is not None else True
-        drift = _drift(q_rep, rep.xs, is_prob, _values(model.output_specs[ref]), head is not None)
+        outs = dict(zip(heads, run_all(model, rep.xs), strict=True))
+        is_prob = is_probability(outs[head]) if head is not None else True
+        drift = drift_reference(outs, heads, rep.xs, scored=head, is_prob=is_prob,
+                                classes=0 if head is None else _values(
+                                    next(s for s in model.output_specs if s.name == head)))
     lat = latency_ms({"model": model}, data.rows(0, 1), runs=opts.latency_runs)["model"]
     manifest = Manifest(
         name=opts.name, version=opts.version,

@@ -1,6 +1,6 @@
 """Models shared by the agent and telemetry suites (fixtures in tests/conftest.py): a
-two-head tabular model converted by the real CLI, and the digits model as a model without
-a class head (task ``raw``)."""
+two-head tabular model converted by the real CLI, a 1-D audio keyword spotter converted
+by the real CLI, and the digits model as a model without a class head (task ``raw``)."""
 
 from __future__ import annotations
 
@@ -79,6 +79,42 @@ def two_heads_at(out: Path) -> TwoHeads:
     held = np.load(out / "held.npz")
     return TwoHeads(out / "two-v1", held["x"], held["want_class"], held["want_score"],
                     json.loads((out / "report.json").read_text()))
+
+
+@dataclass(frozen=True)
+class KeywordSpotter:
+    bundle: Path  # ``kws`` v1, int8, labels low/mid/high
+    keras: Path
+    calib: Path  # .npz: ``audio`` and ``y``
+    x: np.ndarray  # held-out clips [n, 1600], float model units
+    y: np.ndarray  # their tone indices
+    want: np.ndarray  # the float Keras model's softmax for x
+    report: dict[str, Any]
+
+
+def keyword_spotter_at(out: Path) -> KeywordSpotter:
+    """:func:`multi_models.keyword_spotter` trained and converted by the CLI (int8, its
+    labels file) into ``out``, built there first unless a complete build is already
+    there (built in a sibling and renamed: never half a cache)."""
+    from multi_models import keyword_spotter
+
+    if not (out / "report.json").exists():
+        tmp = out.with_suffix(".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        built = keyword_spotter(tmp)
+        r = convert_cli("convert", built.keras, "--representative", built.calib, "--labels",
+                        tmp / "labels.txt", "--profile", "generic-x86_64", "--latency-runs", 2,
+                        "--json", "--name", "kws", "-o", tmp / "kws-v1")
+        assert r.returncode == 0, r.stderr
+        np.savez(tmp / "held.npz", x=built.held["audio"], y=built.held_y,
+                 want=built.want["keyword"])
+        (tmp / "report.json").write_text(r.stdout)
+        shutil.rmtree(out, ignore_errors=True)
+        os.replace(tmp, out)
+    held = np.load(out / "held.npz")
+    return KeywordSpotter(out / "kws-v1", out / "kws.keras", out / "calib.npz", held["x"],
+                          held["y"], held["want"], json.loads((out / "report.json").read_text()))
 
 
 def raw_variant(bundle: Path, out: Path) -> Path:

@@ -98,15 +98,17 @@ class NamedSpec:
         return {"DT_FLOAT": "float", "DT_HALF": "half"}.get(self.dtype, self.spec.dtype)
 
 
-def signature_keys(specs: Sequence[TensorSpec], *, binary: bool = False) -> list[NamedSpec]:
-    """The signature's keys for ``specs``: ``serving_default_x:0`` → ``x``.
+def signature_keys(specs: Sequence[TensorSpec], *, image: str | None = None
+                   ) -> list[NamedSpec]:
+    """The signature's keys for ``specs``: ``serving_default_x:0`` → ``x``; the input
+    named ``image`` (the one images feed, ``Manifest.image_input``) is ``binary``.
 
     Two tensors whose short names collide (``StatefulPartitionedCall:0`` and ``:1``) keep
     their full tensor names, so no output is ever dropped by a shared JSON key.
     """
     short = [_alias(s.name) for s in specs]
     unique = len(set(short)) == len(short)
-    return [NamedSpec(k if unique else s.name, s, binary=binary and len(s.shape) == 4)
+    return [NamedSpec(k if unique else s.name, s, binary=image is not None and s.name == image)
             for k, s in zip(short, specs, strict=True)]
 
 
