@@ -14,8 +14,8 @@ import datetime as dt
 import math
 import os
 import tempfile
-from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -28,11 +28,13 @@ from converter.evaluate import compare, latency_ms, run_all
 from converter.floatops import explain
 from converter.goldens import drift_reference, golden_vectors, is_probability
 from converter.graph import inspect_graph
+from converter.imageinput import check_normalisation, image_preprocessing
 from converter.modes import BUNDLE_MODES, CALIBRATED_MODES, INT8_MODES, REFERENCE_MODE, resolve
+from converter.options import BundleOptions
 from converter.quantize import convert
 from converter.report import build_warnings
 from converter.support import delegate_summary, memory_check, op_support
-from converter.tfload import check_model_path, import_tf, load_source
+from converter.tfload import SourceInput, check_model_path, import_tf, load_source
 from edge_agent.bundle import (
     BUNDLE_FILES,
     Bundle,
@@ -41,7 +43,7 @@ from edge_agent.bundle import (
     sha256_bytes,
     write_bundle,
 )
-from edge_agent.manifest import oldest_schema
+from edge_agent.manifest import TensorSpec, oldest_schema
 from edge_agent.profiles import DeviceProfile, load_profile
 from edge_agent.runtime.backends import select_runtime
 from edge_agent.runtime.model import LoadedModel
@@ -51,26 +53,17 @@ IO_DTYPES = ("int8", "uint8", "float32")
 TASKS = ("classification", "regression", "multi_output", "raw")  # --task (manifest TASKS)
 
 
-@dataclass
-class ConvertOptions:
-    model: Path
+@dataclass(frozen=True, kw_only=True)
+class ConvertOptions(BundleOptions):
     representative: Path
     profile: str
-    output: Path
     eval_data: Path | None = None
-    labels_file: Path | None = None
     mode: str = "int8"
-    task: str | None = None  # TASKS; default: inferred from the outputs and ``y``
     allow_float_ops: bool = False  # with int8: ops without int8 kernels stay float
     io_dtype: str | None = None  # default: the profile's
-    samples: int = 200
-    name: str | None = None
+    name: str | None = None  # default: the model file's stem
     version: int = 1
-    preprocessing: Preprocessing = field(default_factory=Preprocessing)
-    color: str | None = None  # rgb | grayscale; default: from the input's channels
     trust_model: bool = False  # let Keras deserialize Python lambdas
-    golden_atol: float = 2.0  # quantized steps: runtimes may round differently by a step
-    latency_runs: int = 50
 
 
 class Steps:
@@ -96,9 +89,7 @@ def preflight(opts: ConvertOptions) -> DeviceProfile:
         raise OptionError(f"--samples must be >= 1, got {opts.samples}")
     if opts.latency_runs < 0:
         raise OptionError(f"--latency-runs must be >= 0, got {opts.latency_runs}")
-    pre = opts.preprocessing
-    if any(s == 0 for s in pre.std):
-        raise OptionError(f"--std must not contain 0, got {list(pre.std)}")
+    check_normalisation(opts.preprocessing)
     profile = load_profile(opts.profile)
     if opts.allow_float_ops and opts.mode != "int8":
         raise OptionError(f"--allow-float-ops applies to --mode int8 only, got --mode "
@@ -152,18 +143,14 @@ def check_output_path(out: Path) -> None:
     os.unlink(name)
 
 
-def _preprocessing(opts: ConvertOptions, shape: tuple[int, ...]) -> Preprocessing:
-    pre = opts.preprocessing
-    if len(shape) == 3:
-        color = opts.color or ("grayscale" if shape[2] == 1 else "rgb")
-        if (color == "grayscale") != (shape[2] == 1):
-            raise OptionError(f"--color {color} does not match the model input's {shape[2]} "
-                              "channel(s)")
-        pre = replace(pre, color=color, resize=pre.resize or (shape[0], shape[1]))
-        for key, vals in (("mean", pre.mean), ("std", pre.std)):
-            if len(vals) not in (1, shape[2]):
-                raise OptionError(f"--{key} needs 1 or {shape[2]} values, got {len(vals)}")
-    return pre
+def _preprocessing(opts: ConvertOptions, inputs: Sequence[SourceInput | TensorSpec]
+                   ) -> Preprocessing:
+    """The options' preprocessing completed for the model's image input
+    (:func:`converter.imageinput.image_preprocessing`)."""
+    specs = [s if isinstance(s, TensorSpec) else TensorSpec(s.name, (1, *s.shape), s.dtype)
+             for s in inputs]
+    return image_preprocessing(specs, opts.preprocessing, color=opts.color,
+                               image_input=opts.image_input)
 
 
 def _labels(opts: ConvertOptions, out_classes: int, ev: Dataset | None,
@@ -317,7 +304,7 @@ def build_bundle(opts: ConvertOptions, steps: Steps | None = None) -> tuple[Bund
     mode = resolve(opts.mode, opts.allow_float_ops)
     steps.stage("loading model")
     src = load_source(opts.model, trust=opts.trust_model)
-    pre = _preprocessing(opts, src.input_shape)
+    pre = _preprocessing(opts, src.inputs)
     steps.stage("loading data")
     rep = load_dataset(opts.representative, src.inputs, pre, samples=opts.samples)
     ev = (load_dataset(opts.eval_data, src.inputs, pre, need_labels=True)
@@ -332,8 +319,8 @@ def build_bundle(opts: ConvertOptions, steps: Steps | None = None) -> tuple[Bund
         runtime = select_runtime()
         threads = min(profile.default_threads, os.cpu_count() or 1)
         fmodel = LoadedModel(runtime, float_bytes, num_threads=threads)
-        # preprocessing describes the input images feed: the bundle's first input
-        pre = _preprocessing(opts, fmodel.input_specs[0].shape[1:])
+        # preprocessing describes the input images feed, by the bundle's own names
+        pre = _preprocessing(opts, fmodel.input_specs)
         # Task, heads, then labels against the class head, before the (long) calibration.
         task, heads = _task_heads(opts.task, fmodel, run_all(fmodel, rep.rows(0, 64)),
                                   (ev if ev is not None else rep).y)

@@ -34,11 +34,13 @@ from converter.errors import DatasetError, ModelSourceError, OptionError
 from converter.evaluate import latency_ms, run_all
 from converter.goldens import GOLDEN_COUNT, drift_reference, golden_vectors, is_probability
 from converter.graph import BOUNDARY_OPS, FLOAT_DTYPES, Graph, inspect_graph
+from converter.imageinput import check_normalisation, image_preprocessing
+from converter.options import BundleOptions
 from converter.support import activations, delegate_summary, memory_check, op_support
 from converter.tfload import SourceInput
 from edge_agent.bundle import MAX_BUNDLE_BYTES, Bundle, Manifest, sha256_bytes
 from edge_agent.errors import ModelLoadError
-from edge_agent.manifest import NAME_RE, TASKS, Preprocessing, TensorSpec, oldest_schema
+from edge_agent.manifest import NAME_RE, TASKS, TensorSpec, oldest_schema
 from edge_agent.profiles import DeviceProfile, load_profile
 from edge_agent.runtime.backends import select_runtime
 from edge_agent.runtime.model import LoadedModel
@@ -49,19 +51,12 @@ INTEGER = ("int8", "uint8")
 SEED = 20261202  # generated golden inputs
 
 
-@dataclass(frozen=True)
-class WrapOptions:
-    model: Path
+@dataclass(frozen=True, kw_only=True)
+class WrapOptions(BundleOptions):
     name: str
     version: int
-    output: Path
-    labels_file: Path | None = None
-    representative: Path | None = None
+    representative: Path | None = None  # default: generated golden inputs, no drift
     profile: str = DEFAULT_PROFILE
-    task: str | None = None  # TASKS; default: from the outputs
-    samples: int = 200
-    latency_runs: int = 50
-    golden_atol: float = 2.0  # integer outputs, in tensor steps (as the converter)
 
 
 def quantization_mode(graph: Graph) -> str:
@@ -152,14 +147,6 @@ def source_inputs(specs: Sequence[TensorSpec]) -> tuple[SourceInput, ...]:
                  for s in specs)
 
 
-def _preprocessing(spec: TensorSpec) -> Preprocessing:
-    """Image-shaped inputs (NHWC, 1 or 3 channels) decode images at their size."""
-    if len(spec.shape) == 4 and spec.shape[3] in (1, 3):
-        return Preprocessing(resize=(spec.shape[1], spec.shape[2]),
-                             color="grayscale" if spec.shape[3] == 1 else "rgb")
-    return Preprocessing()
-
-
 def _check_profile(profile: DeviceProfile, mode: str, model: LoadedModel) -> None:
     if not profile.requires_full_integer:
         return
@@ -184,6 +171,7 @@ def preflight(opts: WrapOptions) -> DeviceProfile:
         raise OptionError(f"--task must be one of {', '.join(TASKS)}, got {opts.task!r}")
     if opts.samples < 1 or opts.latency_runs < 0:
         raise OptionError("--samples must be >= 1 and --latency-runs >= 0")
+    check_normalisation(opts.preprocessing)
     profile = load_profile(opts.profile)
     check_output_path(opts.output)
     if not opts.model.is_file():
@@ -214,7 +202,8 @@ def build_wrapped(opts: WrapOptions) -> tuple[Bundle, dict[str, Any]]:
     labels = read_labels(opts.labels_file) if opts.labels_file else ()
     task, heads = choose_heads(opts.task, model.output_specs, labels,
                                str(opts.labels_file or opts.model))
-    pre = _preprocessing(model.input_specs[0])
+    pre = image_preprocessing(model.input_specs, opts.preprocessing, color=opts.color,
+                              image_input=opts.image_input)
     rep = (load_dataset(opts.representative, source_inputs(model.input_specs), pre,
                         samples=opts.samples) if opts.representative else None)
     data = rep if rep is not None else generated(model.input_specs, GOLDEN_COUNT)
