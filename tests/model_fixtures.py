@@ -43,6 +43,7 @@ def build_two_heads(d: Path) -> None:
     from converter.tfload import import_tf
 
     tf = import_tf()
+    tf.keras.utils.set_random_seed(7)  # the same weights every build
     rng = np.random.default_rng(7)
     x = rng.normal(size=(256, FEATURES)).astype(np.float32)
     y = (x[:, 0] > 0).astype(np.int64) + (x[:, 1] > 1).astype(np.int64)
