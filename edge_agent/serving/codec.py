@@ -36,6 +36,7 @@ from edge_agent.runtime.model import Inputs
 from edge_agent.serving import json_encode, json_examples, json_tensor
 from edge_agent.serving.images import IMAGE_FORMATS as IMAGE_FORMATS
 from edge_agent.serving.images import image_batch as image_batch
+from edge_agent.serving.images import image_note
 from edge_agent.serving.json_encode import Format, Layout, NamedSpec, signature_keys
 from edge_agent.serving.json_examples import CLASSIFY_METHOD, PREDICT_METHOD, REGRESS_METHOD
 
@@ -79,7 +80,8 @@ def _specs(served: ServedModel) -> tuple[list[NamedSpec], list[NamedSpec]]:
     hit = _SPECS.get(served)
     if hit is None:
         image = served.manifest.image_input
-        hit = (signature_keys(served.input_specs, image=image.name if image else None),
+        hit = (signature_keys(served.input_specs, image=image.name if image else None,
+                              images=image_note(served)),
                signature_keys(served.output_specs))
         _SPECS[served] = hit
     return hit

@@ -172,29 +172,39 @@ def open_header(data: bytes, where: str, target: tuple[int, int], max_pixels: in
     return img, header
 
 
-def image_target(served: ServedModel, *, alone: bool = True) -> TensorSpec:
-    """The input encoded images feed: the one the manifest names
+def image_note(served: ServedModel) -> str:
+    """Where images go for ``served``, in words: its image input, or why it has none."""
+    m = served.manifest
+    spec = m.image_input
+    if spec is not None:
+        return f"{served.name}'s image input is {spec.name!r}"
+    cands = image_candidates(m.inputs)
+    if len(cands) > 1:
+        return (f"{served.name} has several image inputs "
+                f"({', '.join(repr(s.name) for s in cands)}) and its manifest does not say "
+                "which one images feed (preprocessing.image_input)")
+    described = ", ".join(f"{s.name} {list(s.shape)}" for s in m.inputs)
+    return (f"{served.name} does not take images (inputs: {described}; an image feeds an "
+            "NHWC input of 1 or 3 channels)")
+
+
+def image_target(served: ServedModel) -> TensorSpec:
+    """The input a request of images only (a raw body, classify examples of one image, an
+    MQTT request or a watched file, a camera frame) feeds: the one the manifest names
     (``preprocessing.image_input``), else the model's only NHWC input of 1 or 3 channels.
 
-    ``alone``: the request is only images (a raw body, a classify example of one image, an
-    MQTT or watched file), so the model must have no other input. Raises
-    InvalidRequestError (400) naming the model's inputs when there is no such input,
-    several and the manifest does not say which, or other inputs an image cannot fill.
+    Raises InvalidRequestError (400) naming the model's inputs when there is no such
+    input, several and the manifest does not say which (:func:`image_note`), or other
+    inputs an image cannot fill.
     """
     m = served.manifest
     spec = m.image_input
-    described = ", ".join(f"{s.name} {list(s.shape)}" for s in m.inputs)
     if spec is None:
-        cands = image_candidates(m.inputs)
-        if len(cands) > 1:
-            raise InvalidRequestError(
-                f"{served.name} has several image inputs "
-                f"({', '.join(repr(s.name) for s in cands)}) and its manifest does not say "
-                "which one images feed (preprocessing.image_input); send :predict with "
-                "every input by name")
-        raise InvalidRequestError(f"{served.name} does not take images (inputs: {described}; "
-                                  "an image feeds an NHWC input of 1 or 3 channels)")
-    if alone and len(m.inputs) > 1:
+        several = len(image_candidates(m.inputs)) > 1
+        raise InvalidRequestError(image_note(served) + (
+            "; send :predict with every input by name" if several else ""))
+    if len(m.inputs) > 1:
+        described = ", ".join(f"{s.name} {list(s.shape)}" for s in m.inputs)
         raise InvalidRequestError(
             f"{served.name} takes {len(m.inputs)} inputs ({described}); an image feeds only "
             f"{spec.name!r}: send :predict with every input by name")
