@@ -63,7 +63,9 @@ def image_preprocessing(inputs: Sequence[TensorSpec], pre: Preprocessing, *,
                           f"{channels} channel(s)")
     for key, vals in (("mean", pre.mean), ("std", pre.std)):
         if len(vals) not in (1, channels):
-            raise OptionError(f"--{key} needs 1 or {channels} values (the image input "
-                              f"{target.name!r} has {channels} channel(s)), got {len(vals)}")
+            want = "1 value" if channels == 1 else f"1 or {channels} values"
+            raise OptionError(f"--{key} needs {want} (the image input {target.name!r} has "
+                              f"{channels} channel{'s' if channels > 1 else ''}), got "
+                              f"{len(vals)}")
     return replace(pre, color=chosen, resize=pre.resize or (h, w),
                    image_input=target.name if len(specs) > 1 else "")
