@@ -93,6 +93,19 @@ def test_audio_rest_classify_names_each_clips_keyword(
         assert [got[k] for k in KEYWORDS] == pytest.approx(want.tolist(), abs=0.05)
 
 
+def test_audio_classify_example_missing_or_short_feature_is_a_400_naming_it(
+        kws: KeywordSpotter, served: tuple[AgentProcess, Client]) -> None:
+    _, c = served
+    short = c.post("/v1/models/kws:classify", {"examples": [
+        {"audio": kws.x[0].tolist()}, {"audio": kws.x[1, :10].tolist()}]})
+    assert short.status == 400, short.body
+    assert "examples[1].audio: expected 1600 value(s)" in short.json()["error"], short.body
+    other = c.post("/v1/models/kws:classify", {"examples": [{"clip": kws.x[0].tolist()}]})
+    assert other.status == 400 and "'audio'" in other.json()["error"], other.body
+    ok = c.post("/v1/models/kws:classify", {"examples": [{"audio": kws.x[0].tolist()}]})
+    assert ok.status == 200 and ok.json()["results"][0][0][0] == KEYWORDS[int(kws.y[0])]
+
+
 def test_audio_image_request_is_a_400_naming_the_input_and_the_model_keeps_serving(
         kws: KeywordSpotter, served: tuple[AgentProcess, Client]) -> None:
     _, c = served
