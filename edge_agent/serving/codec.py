@@ -191,11 +191,11 @@ def _feature_batch(examples: Sequence[json_examples.Example], ns: NamedSpec,
                 f"{', '.join(repr(n.name) for n in input_specs(served))})")
         if f.binary and ns.binary and len(f.values) == 1:
             rows.append(f.values[0])
-        elif f.kind == "bytes":
+        elif f.kind == "bytes" or (ns.integer and f.kind == "float"):
+            what = "integer(s)" if ns.integer else "number(s)"
             raise InvalidRequestError(
-                f"examples[{i}].{ns.name}: expected {want} number(s) (input shape "
-                f"{list(shape)})" + ("" if not f.binary else
-                                     f"; {served.name} takes no image there"))
+                f"examples[{i}].{ns.name}: expected {want} {what} (input shape "
+                f"{list(shape)}), got {f.kind} values" + (f"; {ns.images}" if f.binary else ""))
         elif len(f.values) != want:
             raise InvalidRequestError(
                 f"examples[{i}].{ns.name}: expected {want} value(s) (input shape "
