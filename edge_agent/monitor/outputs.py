@@ -66,7 +66,7 @@ class OutputWindow:
     """The last ``window`` per-sample values of each watched head (thread-safe)."""
 
     def __init__(self, heads: Mapping[str, str], references: Mapping[str, OutputReference],
-                 window: int = 1000, *, drift_sigma: float = 3.0,
+                 window: int = 1000, *, drift_sigma: float = 1.0,
                  min_samples: int = 200) -> None:
         self.heads = dict(heads)  # name -> kind, the heads watched here (no class head)
         self.references = {n: r for n, r in references.items() if n in self.heads}

@@ -9,7 +9,7 @@ Example (TOML; every key optional)::
     quality_window = 1000      # predictions in the rolling class/confidence histograms
     drift_threshold = 0.25     # PSI above which drift.detected is raised
     drift_min_samples = 200    # no drift verdict on fewer predictions
-    output_drift_sigma = 3.0   # a regression/raw head's value moved this many reference stds
+    output_drift_sigma = 1.0   # a regression/raw head's mean moved this many reference stds
     feedback_window = 1000     # labelled samples behind accuracy/precision/recall/F1/AUC
     prediction_memory = 10000  # request ids remembered for joining label feedback ...
     prediction_ttl_s = 3600    # ... and for how long
@@ -37,7 +37,7 @@ class TelemetryConfig:
     quality_window: int = 1000
     drift_threshold: float = 0.25
     drift_min_samples: int = 200
-    output_drift_sigma: float = 3.0  # reference standard deviations (quality.outputs.drift)
+    output_drift_sigma: float = 1.0  # reference standard deviations (quality.outputs.drift)
     feedback_window: int = 1000
     prediction_memory: int = 10_000
     prediction_ttl_s: float = 3600.0

@@ -59,6 +59,13 @@ def test_audio_bundle_is_an_int8_classifier_of_its_own_names_and_labels(
     assert kws.report["evaluation"]["heads"]["keyword"]["top1_agreement"] == 1.0
 
 
+def test_audio_inspect_says_the_model_takes_no_images(kws: KeywordSpotter) -> None:
+    r = convert_cli("inspect", kws.bundle)
+    assert r.returncode == 0, r.stderr
+    line = next(ln for ln in r.stdout.splitlines() if "preprocessing" in ln)
+    assert "no image input" in line and "color" not in line, line
+
+
 def test_audio_verify_checks_golden_vectors_on_every_runtime(kws: KeywordSpotter) -> None:
     r = convert_cli("verify", kws.bundle, "--json")
     assert r.returncode == 0, r.stderr + r.stdout
