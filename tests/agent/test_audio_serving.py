@@ -12,6 +12,7 @@ features, and image requests went to whatever the first input was.
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 from collections.abc import Iterator
@@ -124,7 +125,7 @@ def test_audio_image_request_is_a_400_naming_the_input_and_the_model_keeps_servi
     _close(ok.json()["predictions"], kws.want[:1])
 
 
-def test_audio_mqtt_request_is_answered_with_the_float_models_scores(
+def test_audio_mqtt_request_is_answered_with_the_float_models_scores_an_image_refused(
         kws: KeywordSpotter, mosquitto: Any, tmp_path: Path) -> None:
     from test_mqtt_attacks import Spy
 
@@ -137,7 +138,18 @@ def test_audio_mqtt_request_is_answered_with_the_float_models_scores(
                 {"id": "clips", "inputs": {"audio": kws.x[:8].tolist()},
                  "reply_to": "replies/kws"}))
             got = spy.wait("replies/kws", lambda d: d.get("id") == "clips")
+            spy.send("edge/attacked/infer/kws", json.dumps(
+                {"id": "img", "b64": base64.b64encode(_png()).decode(),
+                 "reply_to": "replies/kws"}))
+            img = spy.wait("replies/kws", lambda d: d.get("id") == "img")
+            spy.send("edge/attacked/infer/kws", json.dumps(
+                {"id": "after", "instances": kws.x[:1].tolist(), "reply_to": "replies/kws"}))
+            after = spy.wait("replies/kws", lambda d: d.get("id") == "after")
         finally:
             spy.close()
     assert got["model"] == "kws" and got["version"] == 1, got
     _close(got["outputs"], kws.want[:8])
+    # an image to the audio model: an error reply naming its input; it keeps serving
+    assert img["code"] == 400 and "does not take images" in img["error"], img
+    assert "audio [1, 1600]" in img["error"], img
+    _close(after["predictions"], kws.want[:1])
