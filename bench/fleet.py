@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/fleet.py [--devices 500] [--processes 4] [--probation 2]
                                     [--rps 0.2] [--chunk-size 65536] [--rollout]
-                                    [--json out.json]
+                                    [--cluster] [--json out.json]
 
 What it does, all real: starts a private Mosquitto (``sys_interval 1`` for ``$SYS``
 counters), creates a signed TUF repository, starts N agents with ``edge-fleet
@@ -13,6 +13,12 @@ v1 bundle, waits until all are online, then:
 * **push**: ``edge-fleet publish`` of v2 to the group topic; measures the time from the
   start of the publish to every device's ``update.committed`` event;
 * **rollout** (``--rollout``): ``edge-fleet rollout`` of v3 with ``--canary 5% --step 25%``.
+* **cluster** (``--cluster``, instead of the above): the same rollout of v2 on one
+  Mosquitto, then on a two-node ejabberd cluster (tests/ejabberd_cluster.py): devices list
+  ``[A, B]`` and connect to A, the rollout tool is on B, and node A is SIGKILLed when the
+  second wave is announced. Columns side by side: devices, time to all decided, broker CPU
+  (both nodes; A until it died), failover time (kill → every device's new online status).
+  ejabberd has no ``$SYS``: its traffic rows count only what devices published.
 
 Broker traffic per device comes from ``$SYS/broker/{publish/messages,bytes}/{received,
 sent}`` deltas (minus what this bench's own subscriber received), and a per-topic count
@@ -32,6 +38,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -106,7 +113,9 @@ def make_repo(tmp: Path) -> tuple[FleetRepo, list[Any]]:
 class Meter:
     """$SYS counters, device statuses and events, and what this subscriber itself received."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, sys_topics: bool = True) -> None:
+        self.has_sys = sys_topics  # ejabberd has no $SYS: only this meter's own counts
+        self.birth_at: dict[str, float] = {}  # device → when its latest online status came
         self.sys: dict[str, float] = {}
         self.sys_at: dict[str, float] = {}
         self.online: set[str] = set()
@@ -118,7 +127,7 @@ class Meter:
         self.client = MqttClient(config=MqttConfig.from_url(url, max_incoming_bytes=1 << 24),
                                  client_id=f"bench-meter-{os.getpid()}",
                                  dispatch_queue=500_000)
-        for key in (*SYS_KEYS, "uptime"):  # uptime changes, so it comes every interval
+        for key in (*SYS_KEYS, "uptime") if sys_topics else ():  # uptime: every interval
             self.client.subscribe(f"$SYS/broker/{key}", self._on_sys, qos=0)
         self.client.subscribe("edge/+/status", self._on_device, qos=1)
         self.client.subscribe("edge/+/events", self._on_device, qos=1)
@@ -149,6 +158,7 @@ class Meter:
             if kind == "status":
                 if doc.get("state") == "online":
                     self.online.add(device)
+                    self.birth_at[device] = now
                 else:
                     self.online.discard(device)
             elif doc.get("kind") == "update.committed":
@@ -162,7 +172,7 @@ class Meter:
         """$SYS values of the next interval after now (Mosquitto sends a counter only when it
         changed; ``uptime`` marks each interval), plus what this meter received."""
         t = time.monotonic()
-        while True:
+        while self.has_sys:
             with self._lock:
                 tick = self.sys_at.get("uptime", 0.0)
             if tick > t + 0.05 and time.monotonic() > tick + 0.3:
@@ -172,6 +182,9 @@ class Meter:
                             **{f"{k}_messages": v[0] for k, v in self.by_kind.items()},
                             **{f"{k}_bytes": v[1] for k, v in self.by_kind.items()}}
             time.sleep(0.05)
+        with self._lock:
+            return {**{f"{k}_messages": v[0] for k, v in self.by_kind.items()},
+                    **{f"{k}_bytes": v[1] for k, v in self.by_kind.items()}}
 
     @property
     def dropped(self) -> int:
@@ -220,16 +233,21 @@ def traffic(before: dict[str, float], after: dict[str, float], n: int) -> dict[s
     d = {k: after.get(k, 0.0) - before.get(k, 0.0) for k in after}
     own_m, own_b = d.get("own_messages", 0.0), d.get("own_bytes", 0.0)
     dev_msgs = d.get("events_messages", 0.0) + d.get("status_messages", 0.0)
-    return {
+    mine = {
         "device_publishes_per_device": dev_msgs / n,
         "device_events_per_device": d.get("events_messages", 0.0) / n,
         "device_status_per_device": d.get("status_messages", 0.0) / n,
+        "device_bytes_published_per_device": (d.get("events_bytes", 0.0)
+                                              + d.get("status_bytes", 0.0)) / n,
+    }
+    if "bytes/sent" not in d:  # no $SYS counters (ejabberd)
+        return mine
+    return {
+        **mine,
         "publishes_out_per_device": (d["publish/messages/sent"] - own_m) / n,
         "packets_per_device": (d["messages/received"] + d["messages/sent"] - own_m) / n,
         "bytes_in_per_device": d["bytes/received"] / n,
         "bytes_out_per_device": (d["bytes/sent"] - own_b) / n,
-        "device_bytes_published_per_device": (d.get("events_bytes", 0.0)
-                                              + d.get("status_bytes", 0.0)) / n,
     }
 
 
@@ -269,19 +287,51 @@ def push(meter: Meter, repo: FleetRepo, signers: list[Any], bundle: Path, url: s
 
 
 def rollout(meter: Meter, repo: FleetRepo, signers: list[Any], bundle: Path, url: str, n: int,
-            chunk: int, timeout_s: float) -> dict[str, Any]:
+            chunk: int, timeout_s: float, brokers: list[int] | None = None,
+            kill: Callable[[], list[int]] | None = None, name: str = "") -> dict[str, Any]:
+    """A staged rollout; with ``kill``, that is called once the second wave is announced
+    (a cluster node dies; it returns the broker pids still alive) and the failover time is
+    how long until every device has sent a new online status."""
     version = read_bundle(bundle).version
     before = meter.snapshot()
+    pids = list(brokers or [])
+    cpu0 = {p: cpu_seconds([p]) for p in pids}
+    cpu_dead = 0.0
+    killed_at: list[float] = []
+
+    def say(m: str) -> None:
+        nonlocal cpu_dead, pids
+        print(f"  {m}", flush=True)
+        if kill is not None and not killed_at and m.startswith("wave 1:"):
+            alive = set(pids)
+            before_kill = {p: cpu_seconds([p]) - cpu0[p] for p in pids}
+            killed_at.append(time.monotonic())
+            pids = kill()
+            cpu_dead = sum(v for p, v in before_kill.items() if p not in pids and p in alive)
+            print(f"  -- killed a broker node ({len(alive) - len(pids)} of {len(alive)})",
+                  flush=True)
+
     t0 = time.monotonic()
     req = RolloutRequest(bundle=bundle, repo=repo.path, broker=url, group="sim",
                          policy=Policy("5%", "25%", 0.10, timeout_s), chunk_size=chunk,
                          discover_s=5.0)
-    st = Rollout(req, signers, say=lambda m: print(f"  {m}", flush=True)).run()
+    st = Rollout(req, signers, say=say).run()
     t_all = time.monotonic() - t0
     after = meter.snapshot()
     waves = [round((w.decided_at or 0) - (w.started_at or 0), 1) for w in st.waves]
-    return {"scenario": f"rollout v{version} canary 5% step 25%", "devices": n,
-            "ok": st.status == "completed",
+    out: dict[str, Any] = {}
+    if pids or cpu_dead:
+        out["broker_cpu_s"] = round(cpu_dead + sum(cpu_seconds([p]) - cpu0[p] for p in pids), 2)
+    if killed_at:
+        k = killed_at[0]
+        back = meter.wait(lambda: all(meter.birth_at.get(d, 0.0) > k
+                                      for d in device_ids(n, "sim")), 60)
+        with meter._lock:
+            births = [meter.birth_at.get(d, 0.0) - k for d in device_ids(n, "sim")]
+        out["failover_s"] = round(max(births), 2) if back else None
+        out["failover_p50_s"] = round(pct(births, 0.5), 2) if back else None
+    return {"scenario": name or f"rollout v{version} canary 5% step 25%", "devices": n,
+            "ok": st.status == "completed", **out,
             "committed": sum(1 for r in st.devices.values() if r.outcome.value == "committed"),
             "failed": sum(1 for r in st.devices.values() if r.outcome.value == "failed"),
             "all_committed_s": round(t_all, 2), "waves": len(st.waves), "wave_s": waves,
@@ -302,7 +352,9 @@ ROWS = (("devices", "devices"), ("committed", "committed"), ("failed", "failed (
         ("bytes_out_per_device", "bytes out of broker / device"),
         ("device_bytes_published_per_device", "payload bytes the device published"),
         ("agent_cpu_s_per_device", "agent CPU s / device update"),
-        ("broker_cpu_s", "broker CPU s"))
+        ("broker_cpu_s", "broker CPU s"),
+        ("failover_s", "failover: node killed → every device back online (s)"),
+        ("failover_p50_s", "failover, per device p50 (s)"))
 
 
 def table(results: list[dict[str, Any]]) -> str:
@@ -333,8 +385,14 @@ def main() -> int:
     ap.add_argument("--slow", type=float, default=0.0, help="fraction")
     ap.add_argument("--disk", action="store_true",
                     help="device state on the real disk instead of tmpfs (/dev/shm)")
+    ap.add_argument("--cluster", action="store_true",
+                    help="a staged rollout on one Mosquitto and on a two-node ejabberd "
+                         "cluster (devices on node A, the rollout on node B, node A killed "
+                         "when the second wave starts), side by side")
     ap.add_argument("--json", type=Path)
     a = ap.parse_args()
+    if a.cluster:
+        return main_cluster(a)
     tmp = Path(tempfile.mkdtemp(prefix="bench-fleet-"))
     # Device state on tmpfs: 500 real devices have 500 disks, not one shared disk whose
     # fsync queue would be the bottleneck (see docs/scale.md). --disk measures that too.
@@ -390,6 +448,79 @@ def main() -> int:
         broker.wait(10)
         shutil.rmtree(tmp, ignore_errors=True)
         shutil.rmtree(fleet_dir, ignore_errors=True)
+
+
+def start_fleet(a: argparse.Namespace, spec: SimSpec, meter: Meter) -> SimProcesses:
+    sims = SimProcesses(split(spec, a.processes))
+    sims.start(timeout_s=600)
+    if not meter.wait(lambda: len(meter.online) >= a.devices, 120):
+        sims.stop()
+        raise RuntimeError(f"only {len(meter.online)} of {a.devices} online")
+    time.sleep(2.0)  # let start-up traffic settle out of the counters
+    return sims
+
+
+def main_cluster(a: argparse.Namespace) -> int:
+    """``--cluster``: the same rollout on one Mosquitto, then on a two-node ejabberd cluster
+    with node A killed mid-rollout (tests/ejabberd_cluster.py starts it)."""
+    sys.path.insert(0, str(ROOT / "tests"))
+    import ejabberd_cluster
+
+    tmp = Path(tempfile.mkdtemp(prefix="bench-fleet-"))
+    shm = Path("/dev/shm")
+    base = shm if shm.is_dir() and not a.disk else tmp
+    broker, url = start_broker(tmp)
+    cluster = ejabberd_cluster.Cluster(tmp / "cluster")
+    results: list[dict[str, Any]] = []
+    try:
+        v1 = a.bundle or find_digits()
+        v2 = derive(v1, tmp / "v2", 2)
+        devices = tuple(device_ids(a.devices, "sim"))
+        for where in ("mosquitto", "cluster"):
+            repo, signers = make_repo(tmp / where)
+            if where == "cluster":
+                cluster.start()
+                dev_url, tool_url = cluster.urls, cluster.b.url
+                pids = [p for p in (cluster.a.pid, cluster.b.pid) if p is not None]
+            else:
+                dev_url = tool_url = url
+                pids = [broker.pid]
+            spec = SimSpec(broker_url=dev_url, root_file=repo.meta_dir / "1.root.json",
+                           bundle=v1, workdir=Path(tempfile.mkdtemp(prefix=f"bench-{where}-",
+                                                                    dir=base)),
+                           devices=devices, groups=("sim",), probation_s=a.probation,
+                           rps=a.rps, telemetry_interval_s=300.0, keepalive_s=30)
+            meter = Meter(tool_url, sys_topics=where == "mosquitto")
+            sims = start_fleet(a, spec, meter)
+            try:
+                if where == "cluster":
+                    def kill() -> list[int]:
+                        cluster.a.kill()
+                        return [p for p in (cluster.b.pid,) if p is not None]
+                    results.append(rollout(meter, repo, signers, v2, tool_url, a.devices,
+                                           a.chunk_size, a.timeout, pids, kill,
+                                           "rollout, 2-node ejabberd, node A killed"))
+                else:
+                    results.append(rollout(meter, repo, signers, v2, tool_url, a.devices,
+                                           a.chunk_size, a.timeout, pids,
+                                           name="rollout, one Mosquitto"))
+            finally:
+                sims.stop()
+                meter.client.stop()
+                shutil.rmtree(spec.workdir, ignore_errors=True)
+        print()
+        print(f"bench/fleet --cluster — {a.devices} simulated agents, {a.processes} "
+              f"processes, {os.cpu_count()} CPUs, probation {a.probation:g} s, chunk "
+              f"{a.chunk_size} B; load {os.getloadavg()[0]:.2f}")
+        print(table(results))
+        if a.json:
+            a.json.write_text(json.dumps({"results": results}, indent=1))
+        return 0 if all(r["ok"] for r in results) else 1
+    finally:
+        cluster.stop()
+        broker.terminate()
+        broker.wait(10)
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":

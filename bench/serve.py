@@ -11,14 +11,17 @@ Rows (same model, same thread count within a row group):
    (goal ≥ 0.97), for the digits CNN, a two-head tabular model (class + regression, both
    outputs read back) and MobileNetV2 int8;
 2. REST p50/p99 against a real ``edge-agent run`` process over keep-alive HTTP, minus the
-   bare invoke p50 (goal: p50 overhead ≤ 0.5 ms), per request format;
+   bare invoke p50 (goal: p50 overhead ≤ 0.5 ms), per request format: TF Serving REST's,
+   and KServe v2 ``/infer`` with a binary tensor (``Inference-Header-Content-Length``) and
+   with JSON ``data``, side by side;
 3. RSS of an idle agent with MobileNetV2 int8 loaded (goal ≤ 70 MB) and start → first
    answer (goal ≤ 1.5 s; warm = model store and runtime probe already on disk);
 4. MobileNetV2 on ONNX Runtime (tf2onnx) beside LiteRT float and int8 — skipped, with a
    note, when onnxruntime / tf2onnx are not installed.
 
 ``--overhead-only``: just the REST overhead over bare invoke for digits and the two-head
-model, in alternating rounds (REST block, bare block, …), the load average noted;
+model (TF Serving JSON, and KServe v2 binary tensor / JSON on the same agent), in
+alternating rounds (REST block, bare block, …), the load average noted;
 ``--baseline-src DIR`` adds an agent run from another checkout (e.g. a temporary worktree
 of an older commit) serving digits, its rounds interleaved with this checkout's, so both
 figures see the same machine load.
@@ -222,9 +225,11 @@ class RawClient:
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     @staticmethod
-    def build(path: str, body: bytes, ctype: str) -> bytes:
+    def build(path: str, body: bytes, ctype: str, headers: dict[str, str] | None = None
+              ) -> bytes:
+        extra = "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
         return (f"POST {path} HTTP/1.1\r\nHost: bench\r\nContent-Type: {ctype}\r\n"
-                f"Content-Length: {len(body)}\r\n\r\n").encode() + body
+                f"{extra}Content-Length: {len(body)}\r\n\r\n").encode() + body
 
     def call(self, request: bytes) -> tuple[int, bytes]:
         self.sock.sendall(request)
@@ -282,12 +287,13 @@ class Agent:
 
 
 def rest_latency(agent: Agent, path: str, body: bytes, ctype: str, runs: int,
-                 bare_once: Any, block: int = 10) -> tuple[list[float], list[float]]:
+                 bare_once: Any, block: int = 10, headers: dict[str, str] | None = None
+                 ) -> tuple[list[float], list[float]]:
     """REST requests and bare invokes of the same model here (same threads), alternating in
     blocks with a pause between, so both see the same background load but never overlap
     with the other process's spinning XNNPACK worker threads (2 processes, 2 cores)."""
     c = RawClient(agent.host, agent.port)
-    req = RawClient.build(path, body, ctype)
+    req = RawClient.build(path, body, ctype, headers)
     for _ in range(max(5, runs // 10)):
         status, data = c.call(req)
         assert status == 200, data[:300]
@@ -354,6 +360,12 @@ def overhead_only(rounds: int, baseline: Path | None) -> dict[str, Any]:
     store = Path(tempfile.mkdtemp(prefix="bench-overhead-"))
     rows: dict[str, Any] = {}
     try:
+        v2 = {"digits": [("KServe v2 binary tensor",
+                          v2_request(DIGITS, digit_x[None], binary=True)),
+                         ("KServe v2 JSON", v2_request(DIGITS, digit_x[None], binary=False))],
+              "two-head (class + score)": [
+                  ("KServe v2 binary tensor",
+                   v2_request(TWO_HEADS / "two-v1", two, binary=True))]}
         groups: list[tuple[str, Path, str, bytes, list[tuple[str, Path | None]]]] = [
             ("digits", DIGITS, "/v1/models/digits:predict", digit_json,
              [("this checkout", None)] + ([("baseline", baseline)] if baseline else [])),
@@ -364,8 +376,12 @@ def overhead_only(rounds: int, baseline: Path | None) -> dict[str, Any]:
                       for i, (who, src) in enumerate(srcs)}
             try:
                 req = RawClient.build(path, body, "application/json")
-                lat, bare = alternating({k: (a, req) for k, a in agents.items()},
-                                        bare_invoker(bundle, 1), rounds)
+                reqs = {k: (a, req) for k, a in agents.items()}
+                for fmt, (v2_path, v2_body, ctype, headers) in v2.get(model, []):
+                    reqs[f"this checkout, {fmt}"] = (
+                        agents["this checkout"], RawClient.build(v2_path, v2_body, ctype,
+                                                                 headers))
+                lat, bare = alternating(reqs, bare_invoker(bundle, 1), rounds)
             finally:
                 for a in agents.values():
                     a.stop()
@@ -385,8 +401,8 @@ def overhead_only(rounds: int, baseline: Path | None) -> dict[str, Any]:
 def print_overhead(r: dict[str, Any]) -> None:
     print(f"\nbench/serve --overhead-only — {r['machine']}, {r['cpus']} CPUs, Python "
           f"{r['python']}, 1 interpreter thread, {r['rounds']} alternating rounds of 20\n")
-    print("| REST JSON `:predict` (keep-alive, real `edge-agent run`) | p50 | p99 | bare p50 |"
-          " p50 overhead | min − min |")
+    print("| REST (keep-alive, real `edge-agent run`; TF Serving JSON `:predict` unless the row "
+          "says KServe v2 `/infer`) | p50 | p99 | bare p50 | p50 overhead | min − min |")
     print("|---|---:|---:|---:|---:|---:|")
     for k, v in r["rest"].items():
         print(f"| {k} | {v['p50_ms']:.3f} ms | {v['p99_ms']:.3f} ms | {v['bare_p50_ms']:.3f} "
@@ -511,6 +527,42 @@ def _jpeg(img: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
+def v2_request(bundle: Path, x: np.ndarray, *, binary: bool
+               ) -> tuple[str, bytes, str, dict[str, str]]:
+    """A KServe v2 ``/infer`` request for the bundle's FP32 input ``x`` (path, body, content
+    type, headers), every output asked for in the same form as the input: binary tensor
+    data (``Inference-Header-Content-Length``) or JSON ``data``."""
+    from edge_agent.bundle import read_bundle
+    from edge_agent.serving.json_encode import signature_keys
+
+    m = read_bundle(bundle).manifest
+    model, name = m.name, signature_keys(m.inputs)[0].name  # the v2 metadata's input name
+    x = np.ascontiguousarray(x, dtype="<f4")
+    tensor: dict[str, Any] = {"name": name, "shape": list(x.shape), "datatype": "FP32"}
+    if binary:
+        tensor["parameters"] = {"binary_data_size": x.nbytes}
+    else:
+        tensor["data"] = x.reshape(-1).round(4).tolist()
+    head = json.dumps({"inputs": [tensor], "parameters": {"binary_data_output": binary}}
+                      ).encode()
+    path = f"/v2/models/{model}/infer"
+    if not binary:
+        return path, head, "application/json", {}
+    return (path, head + x.tobytes(), "application/octet-stream",
+            {"Inference-Header-Content-Length": str(len(head))})
+
+
+def v2_cases(bundle: Path, x: np.ndarray, n: int
+             ) -> list[tuple[str, str, bytes, str, int, dict[str, str]]]:
+    """KServe v2 REST rows beside TF Serving REST's: binary tensor vs JSON."""
+    out = []
+    for binary in (True, False):
+        path, body, ctype, headers = v2_request(bundle, x, binary=binary)
+        out.append((f"KServe v2 {'binary tensor' if binary else 'JSON'}", path, body, ctype,
+                    n, headers))
+    return out
+
+
 def run(threads: int, quick: bool) -> dict[str, Any]:
     from converter.digits import image_bytes, load_split
 
@@ -561,16 +613,24 @@ def run(threads: int, quick: bool) -> dict[str, Any]:
              n_big),
             ("JSON instances (150,528 floats)", "/v1/models/mobilenet_v2:predict", mn_json,
              "application/json", max(10, n_big // 3))]}
+    v2: dict[str, list[tuple[str, str, bytes, str, int, dict[str, str]]]] = {
+        "digits": v2_cases(DIGITS, digit_x[None], n_small // 5),
+        "two-head": v2_cases(TWO_HEADS / "two-v1", np.load(TWO_HEADS / "held.npz")["x"][:1],
+                             n_small // 5),
+        "mobilenet_v2_int8": v2_cases(
+            MNV2_INT8, (img[None].astype(np.float32) - 127.5) / 127.5, n_big)}
     try:
         for model, bundle, t in (("digits", DIGITS, 1), ("two-head", TWO_HEADS / "two-v1", 1),
                                  ("mobilenet_v2_int8", MNV2_INT8, threads)):
             agent = Agent(store / model, [bundle], t)
             bare_once = bare_invoker(bundle, t)
             try:
-                for fmt, path, body, ctype, n in cases[model]:
-                    route = path.rsplit(":", 1)[1]
+                rows = [(*c, {}) for c in cases[model]] + v2[model]
+                for fmt, path, body, ctype, n, headers in rows:
+                    route = path.rsplit(":", 1)[1] if ":" in path else "v2_infer"
                     before = scrape(agent)
-                    lat, bare = rest_latency(agent, path, body, ctype, n, bare_once)
+                    lat, bare = rest_latency(agent, path, body, ctype, n, bare_once,
+                                             headers=headers)
                     after = scrape(agent)
                     rest[f"{model} | {fmt}"] = {
                         "server_overhead_mean_ms": server_overhead_ms(before, after, route),

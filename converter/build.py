@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 import converter
+from converter import dettask
 from converter.data import Dataset, check_data_path, class_indices, load_dataset, read_labels
 from converter.errors import DatasetError, OptionError, OutputError
 from converter.evaluate import compare, latency_ms, run_all
@@ -50,7 +51,7 @@ from edge_agent.runtime.model import LoadedModel
 
 MODES = BUNDLE_MODES  # one definition: converter.quantize
 IO_DTYPES = ("int8", "uint8", "float32")
-TASKS = ("classification", "regression", "multi_output", "raw")  # --task (manifest TASKS)
+TASKS = ("classification", "regression", "multi_output", "detection", "raw")  # manifest TASKS
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -83,6 +84,8 @@ def preflight(opts: ConvertOptions) -> DeviceProfile:
                           f"got {opts.io_dtype!r}")
     if opts.task is not None and opts.task not in TASKS:
         raise OptionError(f"--task must be one of {', '.join(TASKS)}, got {opts.task!r}")
+    if opts.heads and opts.task != "detection":
+        raise OptionError("--heads applies to --task detection only")
     if opts.version < 1:
         raise OptionError(f"--version must be a positive integer, got {opts.version}")
     if opts.samples < 1:
@@ -217,12 +220,16 @@ def _is_target(y: np.ndarray | None) -> bool:
 
 
 def _task_heads(task: str | None, model: LoadedModel, f_outs: list[np.ndarray],
-                y: np.ndarray | None) -> tuple[str, dict[str, str]]:
+                y: np.ndarray | None, overrides: dict[str, str] | None = None
+                ) -> tuple[str, dict[str, str]]:
     """The bundle's task and what each output is: ``--task`` when given, else inferred
     (a single output that is not a probability vector, with float targets ``y``, is a
-    regression head; otherwise :func:`_heads`). Raises OptionError when the outputs
-    cannot be what ``--task`` says."""
+    regression head; otherwise :func:`_heads`; detection: :mod:`converter.dettask`, with
+    the ``--heads`` ``overrides``). Raises OptionError when the outputs cannot be what
+    ``--task`` says."""
     specs = model.output_specs
+    if task == "detection":
+        return task, dettask.detection_heads(specs, overrides or {})
     inferred = _heads(model, f_outs)
     single = len(specs) == 1
     if task is None:
@@ -323,7 +330,7 @@ def build_bundle(opts: ConvertOptions, steps: Steps | None = None) -> tuple[Bund
         pre = _preprocessing(opts, fmodel.input_specs)
         # Task, heads, then labels against the class head, before the (long) calibration.
         task, heads = _task_heads(opts.task, fmodel, run_all(fmodel, rep.rows(0, 64)),
-                                  (ev if ev is not None else rep).y)
+                                  (ev if ev is not None else rep).y, opts.heads)
         head = next((i for i, k in enumerate(heads.values()) if k == "class"), None)
         single = len(heads) == 1  # one output: scored as today, whatever its size
         # the output top-1 metrics are computed on
@@ -365,6 +372,7 @@ def build_bundle(opts: ConvertOptions, steps: Steps | None = None) -> tuple[Bund
         if t is not None:
             targets[regs[0]] = t
     head_report = _head_report(heads, f_outs, q_outs, y_class, names, targets)
+    detection = dettask.evaluate(heads, f_outs, q_outs) if task == "detection" else None
 
     runs = opts.latency_runs
     tick = steps.start("measuring latency", runs)
@@ -391,9 +399,10 @@ def build_bundle(opts: ConvertOptions, steps: Steps | None = None) -> tuple[Bund
         target_profiles=(profile.name,),
         golden=golden_vectors(qmodel, data, opts.golden_atol),
         drift_reference=drift_reference(
-            dict(zip(heads, q_reps, strict=True)), heads,
+            {s.name: o for s, o in zip(qmodel.output_specs, q_reps, strict=True)}, heads,
             {s.name: rep.xs[s.name] for s in qmodel.input_specs},
-            scored=None if scored is None else list(heads)[scored], classes=out_classes,
+            scored=None if scored is None else qmodel.output_specs[scored].name,
+            classes=out_classes,
             is_prob=is_prob),
         converter_version=converter.__version__,
         tensorflow_version=tf.__version__,
@@ -409,7 +418,8 @@ def build_bundle(opts: ConvertOptions, steps: Steps | None = None) -> tuple[Bund
         "size": {"float_bytes": len(float_bytes), "quant_bytes": len(quant_bytes),
                  "ratio": round(len(quant_bytes) / len(float_bytes), 4)},
         "evaluation": {"data": data.source, "labelled": data.y is not None, **comp.as_dict(),
-                       "heads": head_report},
+                       "heads": head_report,
+                       **({"detection": detection} if detection is not None else {})},
         "latency_ms": {"float": lat_f, "quant": lat_q,
                        "speedup": (round(lat_f["mean"] / lat_q["mean"], 3)
                                    if runs and lat_q["mean"] > 0 else None)},

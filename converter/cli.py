@@ -58,9 +58,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="labels file, one class name per line")
     c.add_argument("--mode", default="int8", choices=list(BUNDLE_MODES),
                    help="quantization (default int8: every op int8)")
-    c.add_argument("--task", choices=["classification", "regression", "multi_output", "raw"],
+    c.add_argument("--task", choices=["classification", "regression", "multi_output",
+                                      "detection", "raw"],
                    help="what the outputs are (default: inferred; one non-probability output "
                    "with float targets 'y' is regression)")
+    _add_heads(c)
     c.add_argument("--allow-float-ops", action="store_true",
                    help="with --mode int8: ops without an int8 kernel stay float, the rest is "
                    "int8 (not for full-integer profiles such as Coral)")
@@ -123,6 +125,7 @@ def _add_bundle_parser(sub: Any) -> None:
     b.add_argument("--profile", default="generic-x86_64", metavar="NAME",
                    help="device profile the op table is checked against (default generic-x86_64)")
     b.add_argument("--task", choices=list(TASKS), help="default: from the outputs")
+    _add_heads(b)
     b.add_argument("--samples", type=int, default=200, metavar="N",
                    help="representative samples read (default 200)")
     _add_image_options(b)
@@ -132,6 +135,12 @@ def _add_bundle_parser(sub: Any) -> None:
                    help="bundle directory, or a path ending in .tar")
     b.add_argument("--json", action="store_true", help="print the report as JSON")
     b.add_argument("-v", "--verbose", action="store_true", help="show LiteRT native logs")
+
+
+def _add_heads(p: Any) -> None:
+    p.add_argument("--heads", metavar="NAME=ROLE,...",
+                   help="with --task detection: which output is boxes, scores, classes, count "
+                   "or raw (default: from the outputs' names and shapes)")
 
 
 @contextlib.contextmanager
@@ -201,13 +210,15 @@ def _quiet_native(verbose: bool) -> Iterator[None]:
 
 def cmd_convert(a: argparse.Namespace) -> int:
     from converter.build import ConvertOptions, convert_to_bundle
+    from converter.dettask import parse_heads
     from converter.quiet import terminal
     from converter.report import print_report
     from edge_agent.bundle import Preprocessing
 
     opts = ConvertOptions(model=a.model, representative=a.representative, profile=a.profile,
                           output=a.output, eval_data=a.eval_data, labels_file=a.labels,
-                          mode=a.mode, task=a.task, allow_float_ops=a.allow_float_ops,
+                          mode=a.mode, task=a.task, heads=parse_heads(a.heads),
+                          allow_float_ops=a.allow_float_ops,
                           io_dtype=a.io_dtype,
                           samples=a.samples, name=a.name,
                           version=a.version, preprocessing=Preprocessing(mean=a.mean, std=a.std),
@@ -226,12 +237,14 @@ def cmd_convert(a: argparse.Namespace) -> int:
 
 
 def cmd_bundle(a: argparse.Namespace) -> int:
+    from converter.dettask import parse_heads
     from converter.wrap import WrapOptions, report_lines, wrap_to_bundle
     from edge_agent.bundle import Preprocessing
 
     opts = WrapOptions(model=a.model, name=a.name, version=a.version, output=a.output,
                        labels_file=a.labels, representative=a.representative, profile=a.profile,
-                       task=a.task, samples=a.samples, latency_runs=a.latency_runs,
+                       task=a.task, heads=parse_heads(a.heads), samples=a.samples,
+                       latency_runs=a.latency_runs,
                        preprocessing=Preprocessing(mean=a.mean, std=a.std), color=a.color,
                        image_input=a.image_input)
     with _quiet_native(a.verbose):

@@ -5,8 +5,9 @@ One home for both producers of bundles — ``edge-convert convert`` (:mod:`conve
 and ``edge-convert bundle`` (:mod:`converter.wrap`) — so a converted and a wrapped model
 carry the same statistics by the same rules. The drift reference follows the per-head
 rules the agent watches by (:mod:`edge_agent.telemetry.monitoring`): the class head's
-class and confidence histograms, and for every regression or raw head the mean and
-standard deviation of its per-sample value, computed by the agent's own
+class and confidence histograms, and for every head the agent watches (regression, raw,
+a detector's scores: :data:`edge_agent.monitor.outputs.WATCHED`) the mean and standard
+deviation of its per-sample value, computed by the agent's own
 :func:`edge_agent.monitor.outputs.per_sample_values`.
 
 Pure numpy over a :class:`~edge_agent.runtime.model.LoadedModel`; no files, no TensorFlow.
@@ -26,7 +27,7 @@ from edge_agent.manifest import (
     InputStats,
     OutputReference,
 )
-from edge_agent.monitor.outputs import per_sample_values
+from edge_agent.monitor.outputs import WATCHED, per_sample_values
 from edge_agent.runtime.model import LoadedModel
 
 CONFIDENCE_EDGES = tuple(round(x, 2) for x in np.linspace(0.0, 1.0, 11))
@@ -74,9 +75,10 @@ def input_stats(x: np.ndarray) -> InputStats:
                       tuple(round(float(v), 6) for v in np.atleast_1d(xf.std(axis=axes))))
 
 
-def output_reference(out: np.ndarray) -> OutputReference:
-    """One regression or raw head's calibration-time per-sample value: mean and std."""
-    v = per_sample_values(out)
+def output_reference(out: np.ndarray, kind: str) -> OutputReference:
+    """One watched head's calibration-time per-sample value (``kind``'s rule): mean and
+    std."""
+    v = per_sample_values(out, kind)
     v = v[np.isfinite(v)]
     if len(v) == 0:
         return OutputReference(mean=0.0, std=0.0)
@@ -93,8 +95,9 @@ def drift_reference(outs: Mapping[str, np.ndarray], heads: Mapping[str, str],
     (``input_mean``/``input_std`` are the first input's, what schema 1 holds); ``scored``
     the output whose class and confidence histograms are kept (the class head, or the
     one output of a one-output model, scored as before heads), None for none: then the
-    histograms are one empty bin's worth. Every regression or raw head gets its
-    :func:`output_reference` (``outputs``), what the agent's output statistics report
+    histograms are one empty bin's worth. Every head the agent watches
+    (:data:`edge_agent.monitor.outputs.WATCHED`: regression, raw, a detector's scores) gets
+    its :func:`output_reference` (``outputs``), what the agent's output statistics report
     their ``shift_sigma`` against.
     """
     if scored is None:
@@ -115,5 +118,5 @@ def drift_reference(outs: Mapping[str, np.ndarray], heads: Mapping[str, str],
         input_mean=first.mean,
         input_std=first.std,
         inputs=stats,
-        outputs={n: output_reference(outs[n]) for n, k in heads.items() if k != "class"},
+        outputs={n: output_reference(outs[n], k) for n, k in heads.items() if k in WATCHED},
     )

@@ -18,6 +18,7 @@ class BundleOptions:
     output: Path  # bundle directory, or a path ending in .tar
     labels_file: Path | None = None
     task: str | None = None  # manifest TASKS; default: from the outputs
+    heads: dict[str, str] = field(default_factory=dict)  # --heads NAME=ROLE (detection)
     samples: int = 200  # representative samples read
     latency_runs: int = 50
     golden_atol: float = 2.0  # integer outputs, in tensor steps: runtimes may round by one

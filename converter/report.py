@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, TextIO
 
+from converter.dettask import detection_rows
 from converter.modes import CALIBRATED_MODES
 from edge_agent.bundle import Manifest, TensorSpec
 from edge_agent.profiles import DeviceProfile
@@ -123,13 +124,16 @@ def report_lines(r: dict[str, Any]) -> list[tuple[str, str, str]]:
     """(metric, float, quantized) rows of the summary table."""
     ev, lat, size, mem = r["evaluation"], r["latency_ms"], r["size"], r["memory"]
     d = r["delegate"]
-    return [
-        ("size", _kb(size["float_bytes"]), f"{_kb(size['quant_bytes'])} (×{size['ratio']:.3f})"),
+    det = ev.get("detection")
+    scored = detection_rows(det) if det is not None else [  # no top-1 on a box tensor
         ("top-1 accuracy", _pct(ev["float_top1"]), _pct(ev["quant_top1"])),
         ("top-1 drop", "", "–" if ev["top1_drop_pp"] is None else f"{ev['top1_drop_pp']:.2f} pp"),
         ("top-1 agreement", "", _pct(ev["top1_agreement"])),
         ("max / mean |Δ output|", "",
-         f"{ev['max_abs_output_diff']:.4f} / {ev['mean_abs_output_diff']:.4f}"),
+         f"{ev['max_abs_output_diff']:.4f} / {ev['mean_abs_output_diff']:.4f}")]
+    return [
+        ("size", _kb(size["float_bytes"]), f"{_kb(size['quant_bytes'])} (×{size['ratio']:.3f})"),
+        *scored,
         ("latency p50 / invoke", _ms(lat["float"]["p50"]), _ms(lat["quant"]["p50"])),
         ("ops on delegate", "", f"{d['delegated_ops']}/{d['total_ops']} ({d['delegate']})"),
         ("memory estimate", "", f"{mem['estimate_mb']:.2f} MB of {mem['budget_mb']} MB"),

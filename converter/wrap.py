@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 import converter
+from converter import dettask
 from converter.build import check_output_path, write_output
 from converter.data import Dataset, check_data_path, load_dataset, read_labels
 from converter.errors import DatasetError, ModelSourceError, OptionError
@@ -88,14 +89,21 @@ def _describe(outputs: tuple[TensorSpec, ...]) -> str:
 
 
 def choose_heads(task: str | None, outputs: tuple[TensorSpec, ...], labels: tuple[str, ...],
-                 source: str) -> tuple[str, dict[str, str]]:
+                 source: str, overrides: dict[str, str] | None = None
+                 ) -> tuple[str, dict[str, str]]:
     """The task and what each output is (``heads`` by name).
 
     A class head is the output ``--labels`` count matches, or the one output of a
     one-output model with several values (the converter's rule); nothing is guessed
-    from generated outputs. Raises DatasetError (labels fit no output, or several) and
-    OptionError (a task the outputs cannot be).
+    from generated outputs. ``--task detection``: the roles of
+    :func:`converter.dettask.detection_heads` (``overrides``: ``--heads``). Raises
+    DatasetError (labels fit no output, or several) and OptionError (a task the outputs
+    cannot be).
     """
+    if task == "detection":
+        if labels:
+            raise OptionError("--task detection has no class head; drop --labels")
+        return task, dettask.detection_heads(outputs, overrides or {})
     head: str | None = None
     if labels:
         fits = [s.name for s in outputs if _values(s) == len(labels)]
@@ -169,6 +177,8 @@ def preflight(opts: WrapOptions) -> DeviceProfile:
         raise OptionError(f"--version must be a positive integer, got {opts.version}")
     if opts.task is not None and opts.task not in TASKS:
         raise OptionError(f"--task must be one of {', '.join(TASKS)}, got {opts.task!r}")
+    if opts.heads and opts.task != "detection":
+        raise OptionError("--heads applies to --task detection only")
     if opts.samples < 1 or opts.latency_runs < 0:
         raise OptionError("--samples must be >= 1 and --latency-runs >= 0")
     check_normalisation(opts.preprocessing)
@@ -201,7 +211,7 @@ def build_wrapped(opts: WrapOptions) -> tuple[Bundle, dict[str, Any]]:
     _check_profile(profile, mode, model)
     labels = read_labels(opts.labels_file) if opts.labels_file else ()
     task, heads = choose_heads(opts.task, model.output_specs, labels,
-                               str(opts.labels_file or opts.model))
+                               str(opts.labels_file or opts.model), opts.heads)
     pre = image_preprocessing(model.input_specs, opts.preprocessing, color=opts.color,
                               image_input=opts.image_input)
     rep = (load_dataset(opts.representative, source_inputs(model.input_specs), pre,
@@ -212,7 +222,8 @@ def build_wrapped(opts: WrapOptions) -> tuple[Bundle, dict[str, Any]]:
     head = next((s.name for s in model.output_specs if heads[s.name] == "class"), None)
     is_prob, drift = True, None
     if rep is not None:
-        outs = dict(zip(heads, run_all(model, rep.xs), strict=True))
+        outs = {s.name: o for s, o in zip(model.output_specs, run_all(model, rep.xs),
+                                          strict=True)}
         is_prob = is_probability(outs[head]) if head is not None else True
         drift = drift_reference(outs, heads, rep.xs, scored=head, is_prob=is_prob,
                                 classes=0 if head is None else _values(

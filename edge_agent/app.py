@@ -43,6 +43,7 @@ from edge_agent.runtime.capabilities import capabilities as runtime_capabilities
 from edge_agent.runtime.probe import select_probed_runtime
 from edge_agent.serving import Admission, HttpServer, Metrics, ServingApi
 from edge_agent.serving.images import budget_for, process_budget
+from edge_agent.serving.v2_api import V2Api
 from edge_agent.sources import MessageLink, MqttRequestSource, Source
 from edge_agent.sources.wiring import source_factories, wants_link
 from edge_agent.store import ModelStore
@@ -109,9 +110,12 @@ class Agent:
                                    head_timeout_s=h.head_timeout_s,
                                    body_timeout_s=h.body_timeout_s,
                                    on_response=self.metrics.observe_http)
-            ServingApi(self.registry, self.admission, self.metrics, max_batch=h.max_batch,
-                       max_image_pixels=a.max_image_pixels, ready=self._ready,
-                       status=self.status, failures=self.loader.failures_of).register(self.http)
+            api = ServingApi(self.registry, self.admission, self.metrics,
+                             max_batch=h.max_batch, max_image_pixels=a.max_image_pixels,
+                             ready=self._ready, status=self.status,
+                             failures=self.loader.failures_of)
+            api.register(self.http)
+            V2Api(api).register(self.http)  # KServe v2 REST (docs/kserve.md)
         self.components: list[Component] = []
         self.sources: list[Source] = []
         self.started_at: float | None = None

@@ -3,7 +3,7 @@
 ::
 
     edge-agent run [--config agent.toml] [--model BUNDLE ...] [--http HOST:PORT|off]
-                   [--device-id ID] [--profile NAME] [--store DIR] [--mqtt URL]
+                   [--device-id ID] [--profile NAME] [--store DIR] [--mqtt URL[,URL…]]
     edge-agent predict BUNDLE FILE... [--json] [-k K]
     edge-agent bench BUNDLE [--runs N] [--threads N] [--json]
     edge-agent check-config [--config agent.toml] [--no-models]
@@ -68,7 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--device-id")
     r.add_argument("--profile", help="device profile name or .toml path (default: detect)")
     r.add_argument("--store", type=Path, help="model store directory")
-    r.add_argument("--mqtt", metavar="URL", help="MQTT broker URL (mqtt[s]://host:port)")
+    r.add_argument("--mqtt", metavar="URL", help="MQTT broker URL (mqtt[s]://host:port); "
+                   "several, comma separated, are tried in order (failover)")
     r.add_argument("--log-format", choices=("text", "json"))
     r.set_defaults(func=cmd_run)
 
@@ -100,7 +101,11 @@ def build_parser() -> argparse.ArgumentParser:
 def run_overrides(a: argparse.Namespace) -> dict[str, Any]:
     o: dict[str, Any] = {"agent.device_id": a.device_id, "agent.profile": a.profile,
                          "agent.store_dir": str(a.store) if a.store else None,
-                         "mqtt.url": a.mqtt, "agent.log_format": a.log_format}
+                         "agent.log_format": a.log_format}
+    if a.mqtt and "," in a.mqtt:  # several brokers: tried in order, failing over
+        o["mqtt.brokers"] = [u.strip() for u in a.mqtt.split(",") if u.strip()]
+    else:
+        o["mqtt.url"] = a.mqtt
     if a.http:
         o.update(a.http)
     if a.model:

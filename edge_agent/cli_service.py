@@ -34,7 +34,7 @@ def check_config(path: Path | None, *, read_models: bool = True) -> list[str]:
     profile = load_profile(detect_profile() if a.profile == "auto" else a.profile)
     lines = [f"device {a.device_id}, profile {profile.name}, store {a.store_dir}"]
     if cfg.mqtt is not None:  # [mqtt], [telemetry] and [update] were validated by load_config
-        lines.append(f"mqtt {cfg.mqtt.url}")
+        lines.append(f"mqtt {cfg.mqtt.urls}")
     if cfg.update is not None and cfg.update.enabled:
         from edge_agent.update.service import check_root
 

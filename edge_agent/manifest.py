@@ -36,6 +36,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
+from edge_agent import detection
 from edge_agent.errors import ManifestError
 
 SCHEMA_VERSION = 2  # what this agent writes for several tensors or heads
@@ -46,7 +47,8 @@ QUANTIZED_DTYPES = ("int8", "uint8", "int16")  # the IO dtypes runtime.quant (de
 # converter.modes.MODES; float32: a float model wrapped by ``edge-convert bundle``
 QUANTIZATION_MODES = ("int8", "int8-fallback", "int16x8", "float16", "dynamic", "float32")
 TASKS = ("classification", "regression", "multi_output", "detection", "raw")
-HEADS = ("class", "regression", "raw")  # what an output is: per-head metrics, drift, :classify
+# what an output is: per-head metrics, drift, :classify; detection roles: edge_agent.detection
+HEADS = ("class", "regression", "raw", *detection.ROLES)
 COLORS = ("rgb", "grayscale")
 CHANNEL_ORDERS = ("rgb", "bgr")
 LAYOUTS = ("nhwc",)
@@ -227,7 +229,8 @@ class Manifest:
     heads: dict[str, str] = field(default_factory=dict)
 
     def head(self, output: str) -> str:
-        """``class``, ``regression`` or ``raw``: what the output ``output`` is."""
+        """What the output ``output`` is (HEADS): ``class``, ``regression``, ``raw``, or a
+        detection role (``boxes``, ``scores``, ``classes``, ``count``)."""
         return head_of(output, self.outputs, self.task, self.heads)
 
     @property
@@ -542,6 +545,13 @@ def _heads(f: _Field, outputs: tuple[TensorSpec, ...], task: str) -> dict[str, s
     classes = [n for n, h in heads.items() if h == "class"]
     if len(classes) > 1:
         raise f.fail(f"expected at most one class head, got {', '.join(classes)}")
+    roles = sorted({h for h in heads.values() if h in detection.ROLES})
+    if task == "detection":
+        why = detection.heads_problem(outputs, heads)
+        if why:
+            raise f.fail(why)
+    elif roles:
+        raise f.fail(f"expected no detection heads ({', '.join(roles)}) for task {task!r}")
     rule = {"classification": (bool(classes), "a class head"),
             "regression": (not classes and "regression" in heads.values(),
                            "regression heads and no class head"),

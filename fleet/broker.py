@@ -2,7 +2,9 @@
 
 ::
 
-    --broker URL            mqtt[s]://[user[:password]@]host[:port]
+    --broker URL[,URL…]     mqtt[s]://[user[:password]@]host[:port]; several (cluster
+                            nodes) are tried in order, failing over to the next
+    --protocol P            auto (MQTT 5, falling back to 3.1.1) | 5 | 3.1.1
     --ca-file FILE          mqtts: the CA that signed the broker (default: the system store)
     --cert-file FILE        mqtts: client certificate (mTLS) ...
     --key-file FILE         ... and its key
@@ -28,11 +30,12 @@ import argparse
 from dataclasses import replace
 
 from edge_agent.errors import ConfigError
-from edge_agent.mqtt.config import MqttConfig
+from edge_agent.mqtt.config import PROTOCOLS, MqttConfig
 
 SOURCE = "command line"
 # MqttConfig key → the flag that sets it (``password`` only comes from a URL)
-FLAGS = {"url": "--broker", "password": "--broker", "ca_file": "--ca-file",
+FLAGS = {"url": "--broker", "brokers": "--broker", "password": "--broker",
+         "protocol": "--protocol", "ca_file": "--ca-file",
          "cert_file": "--cert-file", "key_file": "--key-file", "username": "--username",
          "password_file": "--password-file", "client_id": "--client-id",
          "topic_prefix": "--prefix"}
@@ -43,7 +46,10 @@ def add_broker_args(p: argparse.ArgumentParser) -> None:
     """Add the broker flags (see the module docstring) to ``p``, in their own help group."""
     g = p.add_argument_group("broker", "how to reach the MQTT broker (docs/fleet.md)")
     g.add_argument("--broker", required=True, metavar="URL",
-                   help="mqtt[s]://[user[:password]@]host[:port]")
+                   help="mqtt[s]://[user[:password]@]host[:port]; several, comma separated, "
+                        "are tried in order (failover)")
+    g.add_argument("--protocol", default="auto", choices=PROTOCOLS,
+                   help="MQTT version: auto (5, falling back to 3.1.1), 5 or 3.1.1")
     g.add_argument("--ca-file", metavar="FILE",
                    help="mqtts: CA that signed the broker (default: system store)")
     g.add_argument("--cert-file", metavar="FILE", help="mqtts: client certificate (mTLS)")
@@ -62,7 +68,13 @@ def broker_config(a: argparse.Namespace) -> MqttConfig:
     Raises ConfigError naming the flag: unreadable files, TLS files on an ``mqtt://`` URL,
     a certificate without its key, a password file without a user name, a bad URL.
     """
-    raw: dict[str, object] = {"url": a.broker, "topic_prefix": a.prefix}
+    urls = [u.strip() for u in str(a.broker).split(",") if u.strip()]
+    raw: dict[str, object] = {"topic_prefix": a.prefix,
+                              "protocol": getattr(a, "protocol", None) or "auto"}
+    if len(urls) > 1:
+        raw["brokers"] = urls
+    else:
+        raw["url"] = urls[0] if urls else a.broker
     for key in OPTIONAL:
         value = getattr(a, key, None)
         if value:  # an empty flag counts as not given

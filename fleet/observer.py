@@ -31,6 +31,7 @@ class FleetObserver:
 
     def __init__(self, client: MqttClient, prefix: str = "edge") -> None:
         self.prefix = prefix
+        self.client = client
         self.statuses: dict[str, Status] = {}
         self._q: queue.Queue[Observed] = queue.Queue()
         self._lock = threading.Lock()
@@ -65,6 +66,13 @@ class FleetObserver:
             self._q.put((device, Event.parse(payload)))
         except ProtocolError as e:
             log.warning("%s: %s", topic, e)
+
+    def ask(self, group: str) -> None:
+        """Ask every member of ``group`` to publish its status again (``status/want``):
+        a status retained on another cluster node may not reach us (protocol.wants)."""
+        self.client.publish(FleetTopics(self.prefix).group_status_want(group), b"", 1, False)
+        with self._lock:
+            self._last_status = time.monotonic()  # settle() waits for the answers
 
     def settle(self, max_s: float, quiet_s: float = 0.5) -> None:
         """Wait for the retained statuses to arrive: until none came for ``quiet_s``."""

@@ -121,10 +121,19 @@ class Broker:
         self.config = replace(as_config(broker), max_inflight=100)
         self.client = MqttClient(config=self.config,
                                  client_id=client_id or f"edge-fleet-{uuid.uuid4().hex[:8]}")
-        self.client.connect(connect_timeout_s)
         self._pending = 0
         self._failed: list[int] = []
+        self._lost = False  # the connection dropped: unacknowledged publishes are lost
         self._cond = threading.Condition()
+        self.client.add_listener(on_disconnect=self._on_lost)
+        self.client.connect(connect_timeout_s)
+
+    def _on_lost(self) -> None:
+        # the client reconnects by itself, but PUBACKs of the lost connection never come:
+        # flush() must fail now (the caller re-publishes), not wait out its timeout
+        with self._cond:
+            self._lost = True
+            self._cond.notify_all()
 
     def publish(self, topic: str, payload: bytes, *, retain: bool = True) -> None:
         def acked(rc: int) -> None:
@@ -146,6 +155,9 @@ class Broker:
         deadline = time.monotonic() + timeout_s
         with self._cond:
             while self._pending > 0:
+                if self._lost:
+                    raise TransportError(f"broker {self.config.url}: connection lost with "
+                                         f"{self._pending} publishes unacknowledged")
                 left = deadline - time.monotonic()
                 if left <= 0:
                     raise TransportError(f"broker {self.config.url}: {self._pending} publishes "

@@ -35,8 +35,9 @@ from edge_agent.mqtt.client import MqttClient
 from edge_agent.mqtt.config import MqttConfig
 from edge_agent.mqtt.topics import FleetTopics
 from edge_agent.protocol import Status
-from edge_agent.update.wire import Announcement, Audience
+from edge_agent.update.wire import Announcement, Audience, ChunkPlan
 from fleet.broker import as_config, client_config
+from fleet.chunk_server import ChunkServer
 from fleet.observer import FleetObserver
 from fleet.publish import DEFAULT_CHUNK, Broker, publish_chunks, rollback, sign_bundle
 from fleet.repo import FleetRepo
@@ -169,8 +170,12 @@ class Rollout:
                             client_id=f"edge-fleet-rollout-{os.getpid()}-{time.time_ns() % 10**6}",
                             dispatch_queue=DISPATCH_QUEUE)
         obs = FleetObserver(client, self.prefix)
+        plan = ChunkPlan.for_data(self.tar, self.req.chunk_size)
+        chunks = ChunkServer(client, self.prefix, self.target.sha256, self.tar, plan)
         client.connect()
         try:
+            if self.req.group is not None:  # statuses retained on another cluster node
+                obs.ask(self.req.group)
             obs.settle(self.req.discover_s)
             if st is None:
                 st = self._plan(obs)
@@ -188,6 +193,10 @@ class Rollout:
             return self._drive(obs)
         finally:
             self._save(force=True)
+            chunks.close()
+            if chunks.wants:
+                self.say(f"rollout {self.id}: answered {chunks.wants} chunk request(s) with "
+                         f"{chunks.served} chunk publish(es)")
             client.stop()
 
     def _members(self, obs: FleetObserver) -> list[str]:
@@ -279,34 +288,38 @@ class Rollout:
         assert st is not None
         ann = json.loads(self._announcement())
         if ann.get("chunks"):
-            from edge_agent.update.wire import ChunkPlan
-
             plan = ChunkPlan.for_data(self.tar, self.req.chunk_size)
-            broker = Broker(client_config(self.config, "chunks"),
-                            client_id=f"edge-fleet-chunks-{os.getpid()}")
-            try:
-                publish_chunks(broker, self.tar, plan, self.target.sha256, self.prefix)
-            finally:
-                broker.close()
+            self._with_broker("chunks", lambda broker: publish_chunks(
+                broker, self.tar, plan, self.target.sha256, self.prefix))
         self._set(replace(st, chunks_published=True))
 
-    def _publish(self, topics: Sequence[str], payload: bytes, attempts: int = 5) -> None:
+    def _publish(self, topics: Sequence[str], payload: bytes) -> None:
         """Retained QoS 1 publishes, each acknowledged by the broker (retried on drops)."""
+        def send(broker: Broker) -> None:
+            for t in topics:
+                broker.publish(t, payload, retain=True)
+            broker.flush(60.0)
+        self._with_broker("announce", send)
+
+    def _with_broker(self, role: str, send: Callable[[Broker], None], attempts: int = 5
+                     ) -> None:
+        """Run ``send`` on a fresh acknowledged-publish connection; again, on a new one, when
+        it could not connect or lost its connection before every PUBACK came (a cluster
+        node dying mid-publish). Retained publishes are idempotent."""
         err: TransportError | None = None
         for _ in range(attempts):
             try:
-                broker = Broker(client_config(self.config, "announce"),
-                                client_id=f"edge-fleet-announce-{os.getpid()}")
+                broker = Broker(client_config(self.config, role),
+                                client_id=f"edge-fleet-{role}-{os.getpid()}")
             except TransportError as e:
                 err = e
                 time.sleep(1.0)
                 continue
             try:
-                for t in topics:
-                    broker.publish(t, payload, retain=True)
-                broker.flush(60.0)
+                send(broker)
                 return
             except TransportError as e:
+                log.warning("rollout: %s publish failed (%s); retrying", role, e)
                 err = e
             finally:
                 broker.close()

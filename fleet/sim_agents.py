@@ -160,7 +160,7 @@ class SharedRegistry(ModelRegistry):
 class SimSpec:
     """What to simulate in this process (units in the names)."""
 
-    broker_url: str
+    broker_url: str  # one URL, or several comma separated (cluster nodes, failover)
     root_file: Path
     bundle: Path
     workdir: Path
@@ -178,6 +178,9 @@ class SimSpec:
     slow_latency_s: float = 0.05
     slow_rate_bytes_per_s: float = 64_000.0
     keepalive_s: int = 10
+    # "5" by default: a busy simulator process may answer a CONNACK late, and "auto" waits
+    # only 3 s for it before falling back to 3.1.1. "3.1.1" or "auto" for brokers without 5.
+    protocol: str = "5"
     start_threads: int = 4
     extra: Mapping[str, Any] = field(default_factory=dict)  # more dotted config overrides
 
@@ -212,7 +215,8 @@ class SimFleet:
         self._burst_cond = threading.Condition()
         self._burst_seq = 0
         self._burster: threading.Thread | None = None
-        u = urlsplit(spec.broker_url)
+        self._urls = [x.strip() for x in spec.broker_url.split(",") if x.strip()]
+        u = urlsplit(self._urls[0])  # a fault proxy fronts the first broker
         self._upstream = (u.hostname or "127.0.0.1", u.port or 1883)
 
     def _config(self, device: str, url: str) -> Any:
@@ -224,11 +228,9 @@ class SimFleet:
             "agent.store_dir": str(s.workdir / device / "store"),
             "agent.probe_runtime": False, "agent.threads": 1, "agent.groups": list(s.groups),
             "http.enabled": False, "mqtt_requests.enabled": False,
-            "mqtt.url": url, "mqtt.keepalive_s": s.keepalive_s,
+            "mqtt.brokers": [url, *self._urls[1:]], "mqtt.keepalive_s": s.keepalive_s,
             "mqtt.reconnect_min_s": 0.2, "mqtt.reconnect_max_s": 2.0,
-            # A busy simulator process may answer a CONNACK late: no MQTT 3.1.1 fallback
-            # on a slow CONNACK (protocol "auto" waits only 3 s for it).
-            "mqtt.protocol": "5", "mqtt.connect_timeout_s": 30.0,
+            "mqtt.protocol": s.protocol, "mqtt.connect_timeout_s": 30.0,
             "telemetry.interval_s": s.telemetry_interval_s,
             "update.root_file": str(s.root_file), "update.probation_s": s.probation_s,
             "update.probation_min_requests": s.probation_min_requests,
@@ -249,7 +251,7 @@ class SimFleet:
                               latency_s=s.slow_latency_s if fault == "slow" else 0.0,
                               rate_bytes_per_s=s.slow_rate_bytes_per_s if fault == "slow"
                               else None)
-        config = self._config(device, proxy.url if proxy else s.broker_url)
+        config = self._config(device, proxy.url if proxy else self._urls[0])
         initial: dict[str, int] = {}
         check: FaultCheck | None = None
         if fault == "fail_probation":

@@ -2,7 +2,8 @@
 
 ::
 
-    edge-fleet simulate N --broker URL --root ROOT.json --bundle BUNDLE
+    edge-fleet simulate N --broker URL[,URL…] --root ROOT.json --bundle BUNDLE
+        [--protocol 5|3.1.1|auto]
         [--workdir DIR] [--processes P] [--group G …] [--id-prefix sim]
         [--fail-probation 5%] [--drop-link 5%] [--slow 5%] [--seed 7]
         [--probation 2s] [--rps 1] [--telemetry 30s] [--duration 10m]
@@ -53,6 +54,7 @@ from pathlib import Path
 from typing import Any
 
 from edge_agent.errors import BadInputError, TransportError
+from edge_agent.mqtt.config import PROTOCOLS
 from fleet.rollout_core import parse_duration, parse_rate
 from fleet.sim_agents import SimSpec, assign_faults
 
@@ -198,7 +200,7 @@ def build_spec(a: argparse.Namespace, workdir: Path) -> SimSpec:
                  "slow": parse_rate(a.slow, "--slow")}
     if sum(fractions.values()) > 1:
         raise BadInputError("the fault fractions add up to more than 100%")
-    return SimSpec(broker_url=a.broker, root_file=Path(a.root).resolve(),
+    return SimSpec(broker_url=a.broker, protocol=a.protocol, root_file=Path(a.root).resolve(),
                    bundle=Path(a.bundle).resolve(), workdir=Path(workdir).resolve(),
                    devices=tuple(devices), groups=tuple(a.group or ["sim"]),
                    faults=assign_faults(devices, fractions, a.seed),
@@ -257,7 +259,11 @@ def register(subparsers: Any) -> None:
                               description=__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("count", type=int, metavar="N")
-    p.add_argument("--broker", required=True, metavar="URL", help="mqtt://host:port")
+    p.add_argument("--broker", required=True, metavar="URL",
+                   help="mqtt://host:port; several, comma separated, are tried in order")
+    p.add_argument("--protocol", default="5", choices=PROTOCOLS,
+                   help="MQTT version of every agent (default 5: 'auto' waits only 3 s for "
+                        "an MQTT 5 CONNACK, which a busy simulator may miss)")
     p.add_argument("--root", required=True, type=Path,
                    help="the repository's provisioned root.json (trust anchor)")
     p.add_argument("--bundle", required=True, type=Path, help="model every device starts with")

@@ -32,7 +32,7 @@ from typing import Any
 from edge_agent.mqtt.client import MqttClient
 from edge_agent.mqtt.config import MqttConfig
 from edge_agent.mqtt.payloads import decode
-from edge_agent.mqtt.topics import DEVICE_OUTPUT, Topics
+from edge_agent.mqtt.topics import DEVICE_OUTPUT, FleetTopics, Topics
 from edge_agent.protocol import (
     UPDATE_STOPPED,
     ProtocolError,
@@ -157,6 +157,8 @@ def collect(config: MqttConfig, duration_s: float = 2.0, *, group: str | None = 
                         dispatch_queue=200_000)  # every retained status arrives at once
     col.attach(client)
     client.connect()
+    if group is not None:  # statuses retained on another cluster node (protocol.wants)
+        client.publish(FleetTopics(config.topic_prefix).group_status_want(group), b"", 1)
     try:
         time.sleep(duration_s)
     finally:

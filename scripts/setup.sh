@@ -7,7 +7,7 @@ extras="${1:-converter,fleet,dev}"
 
 sudo_() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
 need=()
-for p in mosquitto python3-venv; do
+for p in mosquitto python3-venv ejabberd; do  # ejabberd: the two-node cluster tests (mod_mqtt)
   dpkg -s "$p" >/dev/null 2>&1 || need+=("$p")
 done
 if [ "${#need[@]}" -gt 0 ]; then

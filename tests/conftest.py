@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from det_models import SquareBundle, square_bundle_at
 from model_fixtures import KeywordSpotter, TwoHeads, keyword_spotter_at, raw_variant, two_heads_at
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -89,6 +90,15 @@ def two_heads() -> TwoHeads:
 def kws() -> KeywordSpotter:
     """A 1-D audio keyword spotter (Conv1D on [1600] clips, 3 tones), converted (cached)."""
     return keyword_spotter_at(CACHE / f"kws-{_source_key('converter', 'edge_agent/bundle.py')}")
+
+
+@pytest.fixture(scope="session")
+def square_detector() -> SquareBundle:
+    """A Keras detector (``boxes``, ``scores``) trained on synthetic squares, converted with
+    ``--task detection`` (cached)."""
+    key = _source_key("converter", "edge_agent/bundle.py", "edge_agent/manifest.py",
+                      "edge_agent/detection.py")
+    return square_bundle_at(CACHE / f"squares-{key}")
 
 
 @pytest.fixture(scope="session")

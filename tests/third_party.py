@@ -148,6 +148,21 @@ def face_detection_tflite() -> bytes:
     return read_member(fetch_wheel(MEDIAPIPE), FACE_DETECTION)
 
 
+def run_direct(model: bytes, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The model on a bare LiteRT interpreter (one thread, as the agent here): through its
+    ``serving_default`` signature when it has one, else by its own tensor names."""
+    from edge_agent.runtime.backends import select_runtime
+
+    interp = select_runtime().interpreter_cls(model_content=model, num_threads=1)
+    if interp.get_signature_list():
+        return dict(interp.get_signature_runner("serving_default")(**feed))
+    interp.allocate_tensors()
+    for d in interp.get_input_details():
+        interp.set_tensor(d["index"], feed[d["name"]])
+    interp.invoke()
+    return {d["name"]: interp.get_tensor(d["index"]) for d in interp.get_output_details()}
+
+
 def saved_model_outputs(sm: Path, x: np.ndarray) -> list[dict[str, np.ndarray]]:
     """The SavedModel's own ``serving_default`` outputs, sample by sample (TF1 session)."""
     from converter.tfload import import_tf

@@ -1,4 +1,5 @@
-"""Output statistics of the heads that are not a class head (``regression``, ``raw``).
+"""Output statistics of the heads that are not a class head (``regression``, ``raw``,
+a detection model's ``scores``).
 
 A class head is watched through its class and confidence histograms
 (:mod:`edge_agent.monitor.quality`); a regression or raw head has no classes, so what
@@ -10,6 +11,12 @@ mean| / reference std when the bundle's ``drift_reference.outputs`` carries the 
 calibration-time statistics, and ``drift`` — the head's value moved more than
 ``drift_sigma`` reference standard deviations over at least ``min_samples`` samples (None
 without a reference, or on fewer samples).
+
+A detection model's ``scores`` head is watched through its per-sample *top* score (the
+most confident detection: what moves when objects stop being found, or the camera
+changes); its ``boxes``, ``classes`` and ``count`` are not watched (a mean of box
+coordinates or of class ids says nothing). :data:`WATCHED` and :func:`per_sample_values`
+are the one place these rules live; the converter's drift reference uses them too.
 
 Pure numpy, no transport; ``add`` is vectorised (the telemetry loop calls it with every
 queued prediction at once).
@@ -26,15 +33,21 @@ import numpy as np
 
 from edge_agent.manifest import OutputReference
 
+WATCHED = ("regression", "raw", "scores")  # head kinds with output statistics
 
-def per_sample_values(output: np.ndarray) -> np.ndarray:
-    """One float per sample of a batch-first output: the mean over the sample's values."""
+
+def per_sample_values(output: np.ndarray, kind: str = "raw") -> np.ndarray:
+    """One float per sample of a batch-first output: the mean over the sample's values,
+    or for a ``scores`` head the largest (the top detection's score)."""
     o = np.asarray(output)
     if o.ndim == 0 or len(o) == 0:
         return np.zeros(0, np.float64)
     flat = o.reshape(len(o), -1)
     if flat.shape[1] == 1:
         return flat[:, 0].astype(np.float64)
+    if kind == "scores":
+        top: np.ndarray = flat.max(axis=1).astype(np.float64)
+        return top
     means: np.ndarray = flat.mean(axis=1, dtype=np.float64)
     return means
 
@@ -43,7 +56,7 @@ def per_sample_values(output: np.ndarray) -> np.ndarray:
 class HeadStats:
     """What one head's values looked like over the window."""
 
-    kind: str  # regression | raw
+    kind: str  # WATCHED: regression | raw | scores
     samples: int
     mean: float | None
     std: float | None

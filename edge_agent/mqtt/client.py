@@ -11,7 +11,11 @@ dead connection is ever re-sent behind our back: durable delivery (resend after 
 delete after PUBACK) is the outbox's job (:mod:`edge_agent.mqtt.outbox`), not paho's.
 
 ``protocol="auto"`` speaks MQTT 5 and falls back to 3.1.1 when the broker refuses it
-(amqtt, old brokers); the working version is kept for later reconnects.
+(amqtt, old brokers); the working version is kept for later reconnects, per broker.
+
+With several brokers (``[mqtt] brokers``, e.g. the nodes of a cluster) a failed attempt
+moves on to the next one in the list, with the same backoff; a lost connection is retried
+on the broker it was on first. Subscriptions are renewed on whichever broker answers.
 
 There must be one client per device id (a broker drops the older of two connections with
 the same client id): inside the agent get it from :func:`edge_agent.mqtt.shared_client`.
@@ -78,7 +82,7 @@ class MqttClient:
         self.will = will  # a callable is re-evaluated at every connect (fresh seq, state)
         self.farewell = farewell
         self.on_handler_error = on_handler_error
-        self._ssl = config.ssl_context() if config.tls else None
+        self._ssl = config.ssl_context() if any(b.tls for b in config.broker_list) else None
         self._lock = threading.RLock()
         self._cond = threading.Condition(self._lock)
         self._paho: paho.Client | None = None
@@ -89,7 +93,9 @@ class MqttClient:
         self._dispatch = Dispatcher(f"mqtt-dispatch-{self.client_id}", dispatch_queue,
                                     self._on_handler_error)
         self._subs = Subscriptions(self._dispatch, self._lock)
-        self._protocol = _V311 if config.protocol == "3.1.1" else _V5
+        first = _V311 if config.protocol == "3.1.1" else _V5
+        self._protocols = [first] * len(config.broker_list)  # the working version, per broker
+        self._broker = 0  # index into config.broker_list of the current (or next) attempt
         self.last_error: MqttConnectError | None = None
         self.connects = 0  # successful CONNACKs so far (tests, telemetry)
         self._attempt_log: list[str] = []
@@ -132,7 +138,7 @@ class MqttClient:
                         return False
                     if err is not None:
                         raise err
-                    raise MqttConnectError(f"no connection to {self.config.url} within "
+                    raise MqttConnectError(f"no connection to {self.config.urls} within "
                                            f"{timeout_s:g} s", kind="timeout")
                 self._cond.wait(min(left, 0.2))
         return True
@@ -147,9 +153,18 @@ class MqttClient:
         return self.connects
 
     @property
+    def _protocol(self) -> MQTTProtocolVersion:
+        return self._protocols[self._broker]
+
+    @property
     def protocol(self) -> str:
         """``"5"`` or ``"3.1.1"``: what the current (or next) connection speaks."""
         return "5" if self._protocol == _V5 else "3.1.1"
+
+    @property
+    def broker_url(self) -> str:
+        """The broker of the current (or next) connection attempt."""
+        return self.config.broker_list[self._broker].url
 
     def stop(self, timeout_s: float = 5.0) -> None:
         """Publish ``farewell`` (the clean-shutdown offline status) if connected, disconnect
@@ -270,8 +285,8 @@ class MqttClient:
 
     # ---- network thread --------------------------------------------------------------
 
-    def _make_paho(self, protocol: MQTTProtocolVersion) -> paho.Client:
-        c = new_paho(self.config, self.client_id, protocol, self._ssl,
+    def _make_paho(self, cfg: MqttConfig, protocol: MQTTProtocolVersion) -> paho.Client:
+        c = new_paho(cfg, self.client_id, protocol, self._ssl,
                      resolve(self.will, "will"))
         c.on_connect = self._on_connect
         c.on_disconnect = self._on_disconnect
@@ -282,15 +297,18 @@ class MqttClient:
 
     def _net_loop(self) -> None:
         failures = 0
+        n = len(self.config.broker_list)
         while not self._stop.is_set():
-            err = self._session(self._protocol)
+            i = self._broker
+            cfg = self.config.at(i)
+            err = self._session(cfg, self._protocols[i])
             if err is not None and err.kind == "protocol" and self.config.protocol == "auto" \
-                    and self._protocol == _V5 and not self._stop.is_set():
-                log.info("%s refused MQTT 5 (%s); trying MQTT 3.1.1", self.config.url, err)
-                self._protocol = _V311
-                err = self._session(_V311)
+                    and self._protocols[i] == _V5 and not self._stop.is_set():
+                log.info("%s refused MQTT 5 (%s); trying MQTT 3.1.1", cfg.url, err)
+                self._protocols[i] = _V311
+                err = self._session(cfg, _V311)
                 if err is not None and err.kind == "protocol":
-                    self._protocol = _V5
+                    self._protocols[i] = _V5
             if self._stop.is_set():
                 break
             if err is None:
@@ -298,13 +316,18 @@ class MqttClient:
             else:
                 failures += 1
                 self._set_error(err)
+                if n > 1:
+                    self._broker = (i + 1) % n  # fail over: the next broker in the list
+                    log.info("mqtt: %s failed; next attempt on %s", cfg.url, self.broker_url)
             delay = min(self.config.reconnect_max_s,
                         self.config.reconnect_min_s * 2 ** min(failures, 30))
             self._stop.wait(random.uniform(delay / 2, delay))  # "equal jitter" backoff
 
-    def _session(self, protocol: MQTTProtocolVersion) -> MqttConnectError | None:
-        """One connection attempt and its lifetime. None if it got connected at all."""
-        c = self._make_paho(protocol)
+    def _session(self, cfg: MqttConfig, protocol: MQTTProtocolVersion
+                 ) -> MqttConnectError | None:
+        """One connection attempt to the broker of ``cfg`` and its lifetime. None if it
+        got connected at all."""
+        c = self._make_paho(cfg, protocol)
         self._attempt_log = []
         self._conn_refusal = None
         props = None
@@ -313,12 +336,12 @@ class MqttClient:
             props.SessionExpiryInterval = 0
         try:
             if protocol == _V5:
-                c.connect(self.config.host, self.config.port, self.config.keepalive_s,
-                          clean_start=True, properties=props)
+                c.connect(cfg.host, cfg.port, cfg.keepalive_s, clean_start=True,
+                          properties=props)
             else:
-                c.connect(self.config.host, self.config.port, self.config.keepalive_s)
+                c.connect(cfg.host, cfg.port, cfg.keepalive_s)
         except OSError as e:  # includes ssl.SSLError
-            return diagnose.connect_failure(e, self.config)
+            return diagnose.connect_failure(e, cfg)
         with self._lock:
             self._paho = c
         got_connack = False
@@ -363,7 +386,7 @@ class MqttClient:
         if self._conn_refusal is not None:
             return self._conn_refusal
         return diagnose.closed_before_connack(
-            "; ".join(self._attempt_log[-2:]), self.config,
+            "; ".join(self._attempt_log[-2:]), cfg,
             tried_mqtt5_auto=protocol == _V5 and self.config.protocol == "auto")
 
     def _set_error(self, err: MqttConnectError) -> None:
@@ -382,7 +405,8 @@ class MqttClient:
     def _on_connect(self, c: paho.Client, _u: Any, _flags: paho.ConnectFlags, rc: ReasonCode,
                     _props: Properties | None) -> None:
         if rc.is_failure:
-            self._conn_refusal = diagnose.connack_refusal(rc.value, str(rc), self.config)
+            self._conn_refusal = diagnose.connack_refusal(rc.value, str(rc),
+                                                          self.config.at(self._broker))
             return
         subs = self._subs.filters()
         if subs:
@@ -392,14 +416,14 @@ class MqttClient:
             self.connects += 1
             self.last_error = None
             self._cond.notify_all()
-        log.info("mqtt: connected to %s as %s (MQTT %s)", self.config.url, self.client_id,
+        log.info("mqtt: connected to %s as %s (MQTT %s)", self.broker_url, self.client_id,
                  self.protocol)
         self._subs.notify(connected=True)
 
     def _on_disconnect(self, _c: paho.Client, _u: Any, _flags: paho.DisconnectFlags,
                        rc: ReasonCode, _props: Properties | None) -> None:
         if self._connected and not self._stop.is_set():
-            log.warning("mqtt: lost connection to %s: %s", self.config.url, rc)
+            log.warning("mqtt: lost connection to %s: %s", self.broker_url, rc)
             if rc.value == 0x8E:
                 log.error("mqtt: another client connected with client id %r; there must be "
                           "one MqttClient per device", self.client_id)

@@ -4,6 +4,8 @@ Example (TOML)::
 
     [mqtt]
     url = "mqtts://broker.example:8883"   # mqtt:// (1883) or mqtts:// (8883)
+    # or a list, tried in order; the client fails over to the next when one is unreachable:
+    # brokers = ["mqtt://node-a:1883", "mqtt://node-b:1883"]
     ca_file = "/etc/edge/ca.pem"           # mqtts: CA that signed the broker (default: system)
     cert_file = "/etc/edge/device.pem"     # optional client certificate (mTLS) ...
     key_file = "/etc/edge/device.key"      # ... and its key
@@ -23,7 +25,7 @@ from __future__ import annotations
 
 import re
 import ssl
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -33,6 +35,21 @@ from edge_agent.errors import ConfigError
 
 SEGMENT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 PROTOCOLS = ("auto", "5", "3.1.1")
+MAX_BROKERS = 16
+
+
+@dataclass(frozen=True)
+class Broker:
+    """One broker address of ``[mqtt] url`` / ``brokers`` (credentials live in MqttConfig)."""
+
+    host: str
+    port: int
+    tls: bool = False
+
+    @property
+    def url(self) -> str:
+        """``mqtt[s]://host:port`` (no credentials: safe to log)."""
+        return f"{'mqtts' if self.tls else 'mqtt'}://{self.host}:{self.port}"
 
 
 @dataclass(frozen=True)
@@ -60,11 +77,29 @@ class MqttConfig:
     outbox_max_messages: int = 20_000
     outbox_max_bytes: int = 64 << 20
     source: str = field(default="", compare=False)
+    # every broker to try, in order; () means just (host, port, tls). host/port/tls are
+    # always the broker a connection attempt is for (see :meth:`at`).
+    brokers: tuple[Broker, ...] = ()
 
     @property
     def url(self) -> str:
         """The broker URL without credentials (safe to log)."""
-        return f"{'mqtts' if self.tls else 'mqtt'}://{self.host}:{self.port}"
+        return Broker(self.host, self.port, self.tls).url
+
+    @property
+    def broker_list(self) -> tuple[Broker, ...]:
+        """Every broker to try, in order (at least one)."""
+        return self.brokers or (Broker(self.host, self.port, self.tls),)
+
+    @property
+    def urls(self) -> str:
+        """All broker URLs, comma separated (for logs and errors)."""
+        return ", ".join(b.url for b in self.broker_list)
+
+    def at(self, index: int) -> MqttConfig:
+        """This config aimed at broker ``index`` (modulo the list): one connection attempt."""
+        b = self.broker_list[index % len(self.broker_list)]
+        return replace(self, host=b.host, port=b.port, tls=b.tls)
 
     @classmethod
     def from_url(cls, url: str, **kw: Any) -> MqttConfig:
@@ -87,6 +122,7 @@ class MqttConfig:
         Raises ConfigError naming ``mqtt.<key>`` and the file or environment variable.
         """
         url = t.opt_text("url")
+        urls = _url_list(t)
         username = t.opt_text("username")
         password = t.take("password")
         if password is not None and not isinstance(password, str):
@@ -112,20 +148,32 @@ class MqttConfig:
             outbox_max_bytes=t.integer("outbox_max_bytes", d.outbox_max_bytes, 1024),
         )
         t.finish()
-        if url is None:
+        if url is not None and urls:
+            raise t.err("brokers", "give either mqtt.url or mqtt.brokers, not both")
+        if url is None and not urls:
             return None
-        host, port, tls, url_user, url_pass = _parse_url(url, t)
-        if url_user is not None:
+        ukey = "url" if url is not None else "brokers"
+        parsed = [_parse_url(u, t, ukey) for u in ([url] if url is not None else urls)]
+        creds = {(p[3], p[4]) for p in parsed if p[3] is not None}
+        if len(creds) > 1:
+            raise t.err(ukey, "the broker URLs carry different user names or passwords")
+        if creds:
+            url_user, url_pass = creds.pop()
             if username is not None:
-                raise t.err("url", "user name given both in the URL and as mqtt.username")
+                raise t.err(ukey, "user name given both in the URL and as mqtt.username")
             username, password = url_user, url_pass if password is None else password
+        brokers = tuple(Broker(h, p, tl) for h, p, tl, _u, _p in parsed)
+        if len(set(brokers)) != len(brokers):
+            raise t.err(ukey, "the same broker is listed twice")
+        host, port, tls = brokers[0].host, brokers[0].port, brokers[0].tls
+        any_tls = any(b.tls for b in brokers)
         if pw_file is not None:
             if password is not None:
                 raise t.err("password_file", "give either password or password_file, not both")
             password = t.read_secret("password_file", pw_file)
         if password is not None and username is None:
             raise t.err("password", "a password needs a username")
-        if not tls:
+        if not any_tls:
             for k, v in (("ca_file", ca), ("cert_file", cert), ("key_file", key)):
                 if v is not None:
                     raise t.err(k, "TLS files need an mqtts:// URL")
@@ -139,11 +187,12 @@ class MqttConfig:
             raise t.err("client_id", "must be 1..128 characters")
         cfg = cls(host=host, port=port, tls=tls, ca_file=ca, cert_file=cert, key_file=key,
                   username=username, password=password, client_id=client_id,
-                  protocol=protocol, topic_prefix=prefix, source=t.source, **kw)
+                  protocol=protocol, topic_prefix=prefix, source=t.source,
+                  brokers=brokers if len(brokers) > 1 else (), **kw)
         if cfg.reconnect_max_s < cfg.reconnect_min_s:
             raise t.err("reconnect_max_s", f"must be >= reconnect_min_s "
                                            f"({cfg.reconnect_min_s:g})")
-        if cfg.tls:
+        if any_tls:
             cfg.ssl_context()  # fail at start, naming the key, not at the first connect
         return cfg
 
@@ -168,18 +217,32 @@ class MqttConfig:
         return ctx
 
 
-def _parse_url(url: str, t: Table) -> tuple[str, int, bool, str | None, str | None]:
+def _url_list(t: Table) -> list[str]:
+    """``mqtt.brokers``: a non-empty list of URL strings, or [] when absent."""
+    raw = t.take("brokers")
+    if raw is None:
+        return []
+    if not isinstance(raw, list) or not raw or not all(isinstance(u, str) and u for u in raw):
+        raise t.err("brokers", f"expected a non-empty list of broker URLs like "
+                               f"[\"mqtt://a:1883\", \"mqtt://b:1883\"], got {raw!r}")
+    if len(raw) > MAX_BROKERS:
+        raise t.err("brokers", f"at most {MAX_BROKERS} brokers, got {len(raw)}")
+    return list(raw)
+
+
+def _parse_url(url: str, t: Table, key: str = "url"
+               ) -> tuple[str, int, bool, str | None, str | None]:
     try:
         u = urlsplit(url)
         port = u.port
     except ValueError as e:
-        raise t.err("url", f"not a broker URL: {url!r} ({e})") from e
+        raise t.err(key, f"not a broker URL: {url!r} ({e})") from e
     if u.scheme not in ("mqtt", "mqtts"):
-        raise t.err("url", f"expected mqtt:// or mqtts://, got {url!r}")
+        raise t.err(key, f"expected mqtt:// or mqtts://, got {url!r}")
     if not u.hostname:
-        raise t.err("url", f"no host in {url!r}")
+        raise t.err(key, f"no host in {url!r}")
     if u.path not in ("", "/") or u.query or u.fragment:
-        raise t.err("url", f"a broker URL has no path or query, got {url!r}")
+        raise t.err(key, f"a broker URL has no path or query, got {url!r}")
     tls = u.scheme == "mqtts"
     user = unquote(u.username) if u.username else None
     pw = unquote(u.password) if u.password is not None else None

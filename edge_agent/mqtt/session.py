@@ -59,7 +59,7 @@ def new_paho(config: MqttConfig, client_id: str, protocol: MQTTProtocolVersion,
     c.connect_timeout = config.connect_timeout_s
     c.max_inflight_messages_set(config.max_inflight)
     c.max_queued_messages_set(0)
-    if ssl_context is not None:
+    if ssl_context is not None and config.tls:  # a list may mix mqtt:// and mqtts://
         c.tls_set_context(ssl_context)
     if config.username is not None:
         c.username_pw_set(config.username, config.password)

@@ -12,6 +12,7 @@ the fleet tools and the broker ACL use is built here.
     edge/<device>/feedback           ground-truth labels for earlier request ids
     edge/<device>/infer/<model>      MQTT inference requests (docs/agent.md)
     edge/<device>/update/announce    retained update announcement for one device
+    edge/<device>/update/want        the device asks for chunks it is missing (protocol.wants)
     edge/group/<group>/...           fleet-wide messages a device reads (e.g. announcements)
     edge/blobs/<sha256>/<index>      retained update chunks, shared by the whole fleet
     replies/...                      replies to MQTT inference requests that ask for a topic
@@ -38,6 +39,8 @@ DEFAULT_PREFIX = "edge"
 GROUP = "group"  # the level after the prefix that is not a device id
 BLOBS = "blobs"
 ANNOUNCE = "update/announce"
+UPDATE_WANT = "update/want"  # device → fleet: chunks it is missing (protocol.wants)
+STATUS_WANT = "status/want"  # fleet → group: publish your status again (protocol.wants)
 # what fleet tools read of every device (telemetry and events are durable, status retained)
 DEVICE_OUTPUT = ("status", "telemetry", "events")
 # where a requester may have inference replies sent (outside every device's namespace: a
@@ -117,6 +120,11 @@ class Topics:
     @property
     def announce(self) -> str:
         return f"{self.base}/{ANNOUNCE}"
+
+    @property
+    def update_want(self) -> str:
+        """Chunks this device asks the fleet tools for (edge_agent.protocol.wants)."""
+        return f"{self.base}/{UPDATE_WANT}"
 
     def results(self, model: str) -> str:
         return f"{self.base}/results/{check_segment(model, 'model name')}"
@@ -209,6 +217,13 @@ class FleetTopics:
     def group_announce(self, group: str) -> str:
         return self.group(group, ANNOUNCE)
 
+    def group_status_want(self, group: str) -> str:
+        """Fleet tools ask every member of ``group`` to publish its status again."""
+        return self.group(group, STATUS_WANT)
+
+    def group_status_want_filter(self) -> str:
+        return f"{self.prefix}/{GROUP}/+/{STATUS_WANT}"
+
     def group_filter(self, group: str) -> str:
         """Everything a member of ``group`` reads: ``edge/group/<g>/#``."""
         return self.group(group, "#")
@@ -240,12 +255,15 @@ class FleetTopics:
 
     def operator_reads(self) -> tuple[str, ...]:
         """What the fleet tools read of every device."""
-        return tuple(self.filter(k) for k in (*DEVICE_OUTPUT, "results/+", "reply/+"))
+        return tuple(self.filter(k) for k in (*DEVICE_OUTPUT, "results/+", "reply/+",
+                                              UPDATE_WANT))
 
     def operator_writes(self) -> tuple[str, ...]:
-        """What the fleet tools write: commands, feedback, announcements and chunks."""
+        """What the fleet tools write: commands, feedback, announcements, chunks, and the
+        requests to publish statuses again."""
         return (self.filter("cmd/+"), self.filter("feedback"), self.filter(ANNOUNCE),
-                f"{self.prefix}/{GROUP}/+/{ANNOUNCE}", self.blobs_filter)
+                f"{self.prefix}/{GROUP}/+/{ANNOUNCE}", self.blobs_filter,
+                self.group_status_want_filter())
 
 
 def announce_topic(device: str, prefix: str = DEFAULT_PREFIX) -> str:

@@ -72,7 +72,7 @@ class ServingApi:
 
     # ------------------------------------------------------------------ helpers
 
-    def _name_version(self, req: Request) -> tuple[str, int | None]:
+    def name_version(self, req: Request) -> tuple[str, int | None]:
         """The model name and the version the path names (by number or label), or None."""
         name = req.params["name"] or ""
         label = req.params.get("label")
@@ -88,15 +88,20 @@ class ServingApi:
 
     def _served(self, req: Request) -> ServedModel:
         """The model version the path names. Raises NotFoundError in TF Serving's words."""
-        name, version = self._name_version(req)
+        name, version = self.name_version(req)
         try:
             return self.registry.get(name, version)
         except NotFoundError as e:
             what = f"Latest({name})" if version is None else f"Specific({name}, {version})"
             raise NotFoundError(f"Servable not found for request: {what}: {e}") from e
 
+    def ready(self) -> tuple[bool, str]:
+        """(ready to serve, why not): what ``/readyz`` and ``/v2/health/ready`` answer."""
+        return self._ready()
+
     @contextmanager
-    def _admit(self, model: str) -> Iterator[None]:
+    def admit(self, model: str) -> Iterator[None]:
+        """A work slot for ``model`` (every protocol's one gate). Raises Overloaded."""
         try:
             with self.admission.slot(model):
                 yield
@@ -110,7 +115,7 @@ class ServingApi:
         return 200, {"status": "ok"}
 
     def readyz(self, req: Request) -> tuple[int, Any]:
-        ok, reason = self._ready()
+        ok, reason = self.ready()
         if not ok:
             return 503, {"ready": False, "error": reason}
         return 200, {"ready": True, "models": self.registry.names()}
@@ -124,7 +129,7 @@ class ServingApi:
 
     def status(self, req: Request) -> tuple[int, Any]:
         """TF Serving's GetModelStatusResponse; failed loads show as END with their error."""
-        name, version = self._name_version(req)
+        name, version = self.name_version(req)
         loaded = {sm.version: sm for sm in self.registry.versions(name)}
         failed = dict(self._failures(name))
         rows = [(v, sm.state.value, "OK", "") for v, sm in loaded.items()]
@@ -141,7 +146,7 @@ class ServingApi:
 
     def predict(self, req: Request) -> Response:
         served = self._served(req)
-        with self._admit(served.name):
+        with self.admit(served.name):
             doc = None if req.content_type == "application/octet-stream" else req.json()
             x: Inputs
             try:  # the body parsed; now it must fit this model version
@@ -192,7 +197,7 @@ class ServingApi:
         head = served.class_position  # check_classify refused a model without one
         classes = int(np.prod(served.output_specs[head or 0].shape[1:]))
         k = codec.parse_k(req.query, self.default_k, classes)
-        with self._admit(served.name):
+        with self.admit(served.name):
             if json_body:
                 x = codec.classify_inputs(req.json(), served, max_batch=self.max_batch,
                                           max_image_pixels=self.max_image_pixels)

@@ -33,7 +33,7 @@ from edge_agent.monitor.feedback import (
     PredictionMemory,
     Remembered,
 )
-from edge_agent.monitor.outputs import OutputWindow, per_sample_values
+from edge_agent.monitor.outputs import WATCHED, OutputWindow, per_sample_values
 from edge_agent.monitor.quality import DriftDetector, QualityWindow, input_channel_means
 from edge_agent.protocol.kinds import EventKind
 from edge_agent.telemetry.config import TelemetryConfig
@@ -96,7 +96,7 @@ class ModelMonitor:
                 classes = math.prod(head.shape[1:])
             heads = {} if manifest is None else {
                 o.name: manifest.head(o.name) for o in manifest.outputs
-                if manifest.head(o.name) != "class"}
+                if manifest.head(o.name) in WATCHED}
             w = _Watch(version, QualityWindow(ref, classes, self.cfg.quality_window),
                        class_head,
                        OutputWindow(heads, ref.outputs if ref else {}, self.cfg.quality_window,
@@ -150,7 +150,7 @@ class ModelMonitor:
         for pos, name in enumerate(names):
             if name not in w.outputs.heads:
                 continue
-            vals = [per_sample_values(s[OUTPUTS][pos]) for s in rows
+            vals = [per_sample_values(s[OUTPUTS][pos], w.outputs.heads[name]) for s in rows
                     if s[OUTPUT_NAMES] == names]
             w.outputs.add(name, np.concatenate(vals))
 

@@ -42,7 +42,7 @@ from edge_agent.mqtt.forwarder import Forwarder
 from edge_agent.mqtt.outbox import Outbox
 from edge_agent.mqtt.payloads import envelope, parse_json
 from edge_agent.mqtt.publisher import Publisher
-from edge_agent.mqtt.topics import Topics
+from edge_agent.mqtt.topics import FleetTopics, Topics
 from edge_agent.protocol import (
     DeviceState,
     EventKind,
@@ -126,6 +126,7 @@ class TelemetryService:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._started = False
+        self._status_wanted_at = -1e9  # monotonic time of the last answered status want
         self._last_dropped = self.outbox.stats().dropped
         self._refused_at: dict[str, float] = {}
         self._dropped_event_at = -1e9
@@ -156,6 +157,10 @@ class TelemetryService:
             self.commands.start()
             self._undo.append(c.subscribe_message(self.topics.cmd_filter, self.commands.handle))
         self._undo.append(c.subscribe(self.topics.feedback, self._mqtt_feedback))
+        fleet = FleetTopics(self.topics.prefix)
+        for g in self._groups():  # a fleet tool on another cluster node asks for our status
+            self._undo.append(c.subscribe(fleet.group_status_want(g), self._status_wanted,
+                                          max_bytes=1024))
         http = self.deps.http
         if http is not None:
             http.add_route("POST", FEEDBACK_ROUTE, self._http_feedback, name="feedback")
@@ -167,7 +172,7 @@ class TelemetryService:
         if self.cfg.enabled:
             self._thread = threading.Thread(target=self._loop, daemon=True, name="telemetry")
             self._thread.start()
-        log.info("telemetry: %s as %s every %g s", self.mcfg.url, self.topics.device,
+        log.info("telemetry: %s as %s every %g s", self.mcfg.urls, self.topics.device,
                  self.interval_s)
 
     def stop(self) -> None:
@@ -254,6 +259,14 @@ class TelemetryService:
     def _publish_birth(self) -> None:
         if self.client.is_connected:
             self.publisher.live(self.topics.status, self.birth(), retain=True)
+
+    def _status_wanted(self, _topic: str, _payload: bytes) -> None:
+        """``edge/group/<g>/status/want``: publish the status again, at most once a second
+        (many tools asking at once cost one status; edge_agent.protocol.wants)."""
+        now = time.monotonic()
+        if now - self._status_wanted_at >= 1.0:
+            self._status_wanted_at = now
+            self._publish_birth()
 
     # ---- hooks -----------------------------------------------------------------------
 

@@ -48,6 +48,9 @@ class UpdateConfig:
     min_free_bytes: int = 32 << 20  # disk that must stay free after staging + install
     max_announcement_bytes: int = 1 << 20
     chunk_window: int = 8  # MQTT chunk topics subscribed at once (flow control)
+    # no chunk for this long → ask the fleet tools for them (edge/<device>/update/want),
+    # again every chunk_want_after_s; for clusters whose retained index is per node
+    chunk_want_after_s: float = 2.0
     # every download of one attempt (metadata + target, inline/MQTT/HTTP), enforced inside
     # the read loops: a dripping source is abandoned mid-read (update.failed, "deadline")
     download_timeout_s: float = 900.0
@@ -103,6 +106,8 @@ class UpdateConfig:
             max_announcement_bytes=t.integer("max_announcement_bytes",
                                              d.max_announcement_bytes, 1024),
             chunk_window=t.integer("chunk_window", d.chunk_window, 1),
+            chunk_want_after_s=t.number("chunk_want_after_s", d.chunk_want_after_s, 0.1,
+                                        exclusive=False),
             download_timeout_s=t.number("download_timeout_s", d.download_timeout_s, 0.1,
                                         exclusive=False),
             metadata_timeout_s=t.number("metadata_timeout_s", d.metadata_timeout_s, 0.1,

@@ -40,6 +40,7 @@ from tuf.ngclient import FetcherInterface
 
 from edge_agent.deadline import Deadline
 from edge_agent.mqtt.topics import FleetTopics
+from edge_agent.protocol.wants import MAX_WANTED_CHUNKS, ChunkWant
 from edge_agent.update import faults
 from edge_agent.update.errors import (
     BadAnnouncementError,
@@ -69,6 +70,9 @@ class PubSub(Protocol):
     def subscribe(self, topic_filter: str, handler: Callable[[str, bytes], None],
                   qos: int = 1, *, max_bytes: int | None = None) -> Callable[[], None]: ...
 
+    def publish(self, topic: str, payload: bytes | str, qos: int = 1,
+                retain: bool = False) -> bool: ...
+
 
 class Cancelled(UpdateTransportError):
     """The agent is stopping; the download resumes at the next start."""
@@ -79,13 +83,22 @@ class MqttChunks:
 
     Subscribing to exact chunk topics (not a wildcard) bounds memory and broker fan-out,
     and after a broker restart the client re-subscribes only the chunks still missing.
+
+    When ``want_after_s`` passes with no chunk, the subscribed chunks are asked for on
+    ``want_topic`` (a :class:`~edge_agent.protocol.wants.ChunkWant`), again every
+    ``want_after_s`` until ``stall_s``: on a cluster whose retained index is per node the
+    retained chunks may never come, and the rollout tool answers a want live.
     """
 
-    def __init__(self, client: PubSub, prefix: str, window: int) -> None:
+    def __init__(self, client: PubSub, prefix: str, window: int, *,
+                 want_topic: str | None = None, want_after_s: float = 2.0) -> None:
         self.client = client
         self.prefix = prefix
         self.topics = FleetTopics(prefix)
         self.window = window
+        self.want_topic = want_topic
+        self.want_after_s = want_after_s
+        self.wants_sent = 0
 
     def fetch(self, sha256: str, plan: ChunkPlan, missing: set[int], write: Write, *,
               stall_s: float, deadline: Deadline, stop: threading.Event) -> None:
@@ -108,7 +121,7 @@ class MqttChunks:
         def present() -> str:
             return f"{plan.count - len(subs) - len(todo)}/{plan.count} chunks present"
 
-        last = time.monotonic()
+        last = asked = time.monotonic()
         try:
             fill()
             while subs:
@@ -122,6 +135,12 @@ class MqttChunks:
                         raise UpdateTransportError(
                             f"MQTT download stalled: no chunk for {now - last:.0f} s, "
                             f"{present()}") from None
+                    if self.want_topic is not None and now - max(last, asked) \
+                            >= self.want_after_s:
+                        asked = now
+                        want = ChunkWant(sha256, tuple(sorted(subs))[:MAX_WANTED_CHUNKS])
+                        if self.client.publish(self.want_topic, want.to_bytes(), 1, False):
+                            self.wants_sent += 1
                     continue
                 if idx not in subs or not payload:
                     continue  # a duplicate after a reconnect, or a cleared retained topic

@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 from edge_agent.bundle import Bundle, read_tar_file
 from edge_agent.errors import BundleError, EdgeError, ModelError, NotFoundError, TransportError
 from edge_agent.hooks import Hooks
+from edge_agent.mqtt.topics import Topics
 from edge_agent.protocol.kinds import EventKind, UpdateResult
 from edge_agent.registry import ModelRegistry, ServedModel
 from edge_agent.store import ModelStore
@@ -356,7 +357,9 @@ class UpdateFlow:
 
     def _fetcher(self, ann: Announcement) -> AnnouncementFetcher:
         """The attempt's transports; its deadline (download_timeout_s) starts now."""
-        mqtt = MqttChunks(self.d.client, self.d.topic_prefix, self.cfg.chunk_window) \
+        want = Topics(self.d.identity.device, self.d.topic_prefix).update_want
+        mqtt = MqttChunks(self.d.client, self.d.topic_prefix, self.cfg.chunk_window,
+                          want_topic=want, want_after_s=self.cfg.chunk_want_after_s) \
             if self.d.client is not None else None
         http = HttpMirrors(timeout_s=self.cfg.http_timeout_s, retries=self.cfg.http_retries,
                            ssl_context=self._ssl)

@@ -136,15 +136,17 @@ class AgentProcess:
 
 
 @contextlib.contextmanager
-def agent_process(tmp: Path, bundle: Path, *, toml: str = "", profile: str = "generic-x86_64",
-                  timeout_s: float = 60) -> Iterator[AgentProcess]:
-    """``python -m edge_agent.cli run`` serving ``bundle`` on a free port; stopped at exit."""
+def agent_process(tmp: Path, bundle: Path, *more: Path, toml: str = "",
+                  profile: str = "generic-x86_64", timeout_s: float = 60
+                  ) -> Iterator[AgentProcess]:
+    """``python -m edge_agent.cli run`` serving ``bundle`` (and ``more`` bundles) on a free
+    port; stopped at exit."""
     cfg = tmp / "agent.toml"
     cfg.write_text(f'[agent]\nprofile = "{profile}"\nthreads = 1\nprobe_runtime = false\n'
                    f"{toml}")
     proc = subprocess.Popen(
         [sys.executable, "-m", "edge_agent.cli", "run", "--config", str(cfg), "--model",
-         str(bundle), "--http", "127.0.0.1:0", "--store", str(tmp / "store"),
+         str(bundle), *map(str, more), "--http", "127.0.0.1:0", "--store", str(tmp / "store"),
          "--device-id", "attacked"],
         stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
         env={**os.environ, "PYTHONUNBUFFERED": "1"})

@@ -32,11 +32,11 @@ from third_party import (
     basic_pitch_tflite,
     basic_pitch_tones,
     face_detection_tflite,
+    run_direct,
     saved_model_outputs,
 )
 
 from edge_agent.bundle import read_bundle
-from edge_agent.runtime.backends import select_runtime
 
 ROOT = Path(__file__).resolve().parents[2]
 BASIC_PITCH_OUTPUTS = {"contour", "note", "onset"}
@@ -51,19 +51,6 @@ def _cli(module: str, *args: object, timeout: float = 600) -> subprocess.Complet
 
 def _convert(*args: object) -> subprocess.CompletedProcess[str]:
     return _cli("converter.cli", *args)
-
-
-def _direct(model: bytes, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """The model on a bare LiteRT interpreter (one thread, as the agent here): through its
-    ``serving_default`` signature when it has one, else by its own tensor names."""
-    interp = select_runtime().interpreter_cls(model_content=model, num_threads=1)
-    if interp.get_signature_list():
-        return dict(interp.get_signature_runner("serving_default")(**feed))
-    interp.allocate_tensors()
-    for d in interp.get_input_details():
-        interp.set_tensor(d["index"], feed[d["name"]])
-    interp.invoke()
-    return {d["name"]: interp.get_tensor(d["index"]) for d in interp.get_output_details()}
 
 
 @dataclass(frozen=True)
@@ -140,7 +127,7 @@ def test_face_detector_without_signature_is_wrapped_verified_and_serves_both_out
     assert r.status == 200, r.body[:500]
     (pred,) = r.json()["predictions"]
     assert pred.keys() == {"regressors", "classificators"}
-    want = _direct(models.face_tflite, {"input": x})
+    want = run_direct(models.face_tflite, {"input": x})
     for k in ("regressors", "classificators"):
         np.testing.assert_array_equal(np.asarray(pred[k], np.float32)[None], want[k])
 
@@ -161,7 +148,7 @@ def test_basic_pitch_tflite_is_wrapped_and_serves_all_three_outputs_by_signature
     outs = r.json()["outputs"]
     assert outs.keys() == BASIC_PITCH_OUTPUTS
     for i in range(len(x)):
-        want = _direct(models.pitch_tflite, {"input_2": x[i:i + 1]})
+        want = run_direct(models.pitch_tflite, {"input_2": x[i:i + 1]})
         for k in BASIC_PITCH_OUTPUTS:
             np.testing.assert_array_equal(np.asarray(outs[k][i], np.float32), want[k][0])
 

@@ -42,7 +42,10 @@ def _toml(v: Any) -> str:
 
 class AgentProcess:
     def __init__(self, tmp: Path, fleet: Fleet, bundles: Bundles, broker_url: str,
-                 **update: Any) -> None:
+                 *, mqtt: dict[str, Any] | None = None,
+                 telemetry: dict[str, Any] | None = None, **update: Any) -> None:
+        """``broker_url`` may list several brokers, comma separated (``[mqtt] brokers``);
+        ``mqtt`` / ``telemetry`` add keys to those sections (e.g. ``protocol``)."""
         self.tmp = tmp
         self.fleet = fleet
         self.port = free_port()
@@ -51,6 +54,9 @@ class AgentProcess:
         upd = {"root_file": str(fleet.repo.meta_dir / "1.root.json"), "probation_s": 0.5,
                "stall_timeout_s": 10.0, "retry_backoff_s": 0.5, **update}  # overridable
         extra = "".join(f"{k} = {_toml(v)}\n" for k, v in upd.items())
+        urls = broker_url.split(",")
+        where = f"url = {_toml(urls[0])}" if len(urls) == 1 else f"brokers = {json.dumps(urls)}"
+        where += "".join(f"\n{k} = {_toml(v)}" for k, v in (mqtt or {}).items())
         self.config.write_text(f"""
 [agent]
 device_id = "{DEVICE}"
@@ -64,10 +70,12 @@ groups = ["{GROUP}"]
 port = {self.port}
 
 [mqtt]
-url = "{broker_url}"
+{where}
 keepalive_s = 5
 reconnect_max_s = 1.0
 
+[telemetry]
+{"".join(f"{k} = {_toml(v)}" + chr(10) for k, v in (telemetry or {}).items())}
 [update]
 {extra}
 [[models]]
