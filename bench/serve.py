@@ -4,6 +4,7 @@
     .venv/bin/pip install --no-deps --target .cache/bench/pylib tf2onnx  # once, to convert
     .venv/bin/python bench/serve.py [--threads N] [--quick] [--json OUT]
     .venv/bin/python bench/serve.py --overhead-only [--rounds N] [--baseline-src DIR]
+    .venv/bin/python bench/serve.py --grpc [--rounds N] [--seconds S]   # bench/serve_grpc.py
 
 Rows (same model, same thread count within a row group):
 
@@ -265,6 +266,8 @@ class Agent:
             m = re.search(r"ready: .* on http://([\d.]+):(\d+)", line)
             if m:
                 self.host, self.port = m.group(1), int(m.group(2))
+                g = re.search(r"grpc on ([\d.]+:\d+)", line)
+                self.grpc = g.group(1) if g else ""
                 break
         else:
             raise RuntimeError(f"agent did not start (exit {self.proc.wait()})")
@@ -320,7 +323,14 @@ def alternating(reqs: dict[str, tuple[Agent, bytes]], bare_once: Any, rounds: in
     """Rounds of one block of requests per agent, each followed by a block of bare invokes
     here, with short pauses: every series sees the same background load, none overlaps
     another process's busy threads."""
-    clients = {k: (RawClient(a.host, a.port), req) for k, (a, req) in reqs.items()}
+    return alternating_clients({k: (RawClient(a.host, a.port), req)
+                                for k, (a, req) in reqs.items()}, bare_once, rounds, block)
+
+
+def alternating_clients(clients: dict[str, tuple[Any, bytes]], bare_once: Any, rounds: int,
+                        block: int = 20) -> tuple[dict[str, list[float]], list[float]]:
+    """:func:`alternating` over ready clients (anything with ``call(bytes)`` and
+    ``close()``: :class:`RawClient`, bench/serve_grpc.py's gRPC client)."""
     for c, req in clients.values():  # warm up
         for _ in range(20):
             status, data = c.call(req)
@@ -732,6 +742,10 @@ def main() -> int:
                    help="only REST overhead over bare invoke: digits and the two-head model")
     p.add_argument("--rounds", type=int, default=50,
                    help="--overhead-only: alternating rounds of 20 requests (default 50)")
+    p.add_argument("--grpc", action="store_true",
+                   help="only the gRPC column (bench/serve_grpc.py): overhead and throughput")
+    p.add_argument("--seconds", type=float, default=1.0,
+                   help="--grpc: seconds per throughput round (default 1)")
     p.add_argument("--baseline-src", type=Path,
                    help="--overhead-only: also an agent from this checkout, on digits")
     a = p.parse_args()
@@ -747,7 +761,12 @@ def main() -> int:
               file=sys.stderr)
         subprocess.run([sys.executable, __file__, "--build-only",
                         *(["--overhead-only"] if a.overhead_only else [])], check=True)
-    if a.overhead_only:
+    if a.grpc:
+        import serve_grpc
+
+        r = serve_grpc.run(sys.modules[__name__], a.rounds, a.seconds)
+        serve_grpc.print_table(r)
+    elif a.overhead_only:
         r = overhead_only(a.rounds, a.baseline_src)
         print_overhead(r)
     else:

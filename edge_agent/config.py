@@ -50,6 +50,7 @@ from edge_agent.config_reader import (
     read_toml,
 )
 from edge_agent.errors import ConfigError, ProfileError
+from edge_agent.grpc.config import GrpcConfig
 from edge_agent.mqtt.config import MqttConfig
 from edge_agent.mqtt.topics import DEFAULT_REPLY_PREFIX, check_reply_prefix
 from edge_agent.protocol.kinds import RUNTIME_CHOICES as RUNTIMES
@@ -64,7 +65,7 @@ __all__ = [
 ]
 
 SECTIONS = ("agent", "http", "models", "watch", "camera", "mqtt_requests", "mqtt",
-            "telemetry", "update")
+            "telemetry", "update", "grpc")
 ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")  # safe in MQTT topics and paths
 LABEL_RE = re.compile(r"^[A-Za-z][A-Za-z0-9._-]{0,63}$")  # a version label: never a number
 COMPONENTS = ("telemetry", "update", "systemd")  # in start order
@@ -94,6 +95,7 @@ class AgentSettings:
     verify_golden: bool = True  # check each bundle's golden vectors before serving it
     probe_runtime: bool = True  # try the runtime in a child process first (crash-safe)
     max_image_pixels: int = 12_000_000  # larger images are refused before decoding
+    max_image_factor: int = 64  # decoded pixels per model-input pixel; more: refused (413)
     max_loaded_versions: int = 2  # per model name, kept in memory for instant rollback
     max_bundle_bytes: int = MAX_BUNDLE_BYTES  # read from one bundle on disk (store, --model)
     components: tuple[str, ...] | None = None  # names from COMPONENTS; None = all that apply
@@ -196,6 +198,7 @@ class AgentConfig:
     mqtt: MqttConfig | None = None  # None: no [mqtt] url, no broker
     telemetry: TelemetryConfig = field(default_factory=TelemetryConfig)
     update: UpdateConfig | None = None  # None: no [update] section
+    grpc: GrpcConfig = field(default_factory=GrpcConfig)  # [grpc]: off by default
     source: str = DEFAULTS
 
     def wants(self, component: str) -> bool:
@@ -268,6 +271,7 @@ def _agent(t: Table) -> AgentSettings:
         verify_golden=t.flag("verify_golden", True),
         probe_runtime=t.flag("probe_runtime", True),
         max_image_pixels=t.integer("max_image_pixels", d.max_image_pixels, 1),
+        max_image_factor=t.integer("max_image_factor", d.max_image_factor, 1, 1 << 20),
         max_loaded_versions=t.integer("max_loaded_versions", d.max_loaded_versions, 1, 16),
         max_bundle_bytes=t.integer("max_bundle_bytes", d.max_bundle_bytes, 1 << 16),
         components=_components(t),
@@ -503,9 +507,10 @@ def load_config(path: Path | None, overrides: Mapping[str, Any] | None = None, *
     def table(name: str) -> Table:
         return Table(raw.get(name), name, origins)
 
+    http = _http(table("http"))
     return AgentConfig(
         agent=_agent(table("agent")),
-        http=_http(table("http")),
+        http=http,
         models=_models(raw.get("models"), origins),
         watch=_watch(table("watch")),
         camera=_camera(table("camera")),
@@ -513,5 +518,6 @@ def load_config(path: Path | None, overrides: Mapping[str, Any] | None = None, *
         mqtt=MqttConfig.parse(table("mqtt")),
         telemetry=TelemetryConfig.parse(table("telemetry")),
         update=UpdateConfig.parse(table("update")),
+        grpc=GrpcConfig.parse(table("grpc"), http_token=http.token),
         source=source,
     )

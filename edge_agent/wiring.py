@@ -12,7 +12,8 @@ imported directly; none receives the agent, none probes for attributes::
              └─► Wiring.systemd()    → SystemdNotifier(health, status)    needs $NOTIFY_SOCKET
 
 The update flow pulls in tuf and cryptography (~11 MB): it is imported only when
-``[update]`` is configured.
+``[update]`` is configured; the telemetry component (psutil, the monitors) only with
+``[mqtt] url``.
 
 Raises ConfigError (a trust anchor that is missing or is not TUF root metadata).
 """
@@ -24,7 +25,7 @@ import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from edge_agent.agent_view import AgentView
 from edge_agent.config import COMPONENTS, AgentConfig
@@ -39,8 +40,10 @@ from edge_agent.registry import ModelRegistry
 from edge_agent.serving.http import HttpServer
 from edge_agent.store import ModelStore
 from edge_agent.systemd import SystemdNotifier
-from edge_agent.telemetry.service import TelemetryDeps, TelemetryService
-from edge_agent.update.service import UpdateService, check_root
+
+if TYPE_CHECKING:  # imported where built: an agent without [mqtt] / [update] never loads them
+    from edge_agent.telemetry.service import TelemetryService
+    from edge_agent.update.service import UpdateService
 
 
 class Component(Protocol):
@@ -130,6 +133,8 @@ class Wiring:
         s, c = self.s, self.s.config
         if c.mqtt is None or s.mqtt is None:
             return None
+        from edge_agent.telemetry.service import TelemetryDeps, TelemetryService
+
         self.telemetry_service = TelemetryService(TelemetryDeps(
             agent=s.view, mqtt=c.mqtt, config=c.telemetry, client=s.mqtt, registry=s.registry,
             hooks=s.hooks, http=s.http, store_root=Path(s.store.root),
@@ -142,6 +147,8 @@ class Wiring:
         s, cfg = self.s, self.s.config.update
         if cfg is None or not cfg.enabled:
             return None
+        from edge_agent.update.service import UpdateService, check_root
+
         check_root(cfg)
         from edge_agent.update.check import CheckSetup
         from edge_agent.update.flow import FlowDeps

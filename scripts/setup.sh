@@ -25,3 +25,8 @@ fi
 .venv/bin/python -m pip install -q --upgrade pip
 echo "setup: pip install -e .[$extras]"
 .venv/bin/python -m pip install -q -e ".[$extras]"
+if [[ ",$extras," == *",dev,"* ]]; then
+  # TF Serving's official Python client, for the gRPC tests: it pins the full `tensorflow`
+  # (the converter extra brings tensorflow-cpu), so without its dependencies.
+  .venv/bin/python -m pip install -q --no-deps "tensorflow-serving-api>=2.16"
+fi

@@ -44,10 +44,10 @@ import io
 import json
 import logging
 import re
+import selectors
 import socket
 import threading
 import time
-import uuid
 from collections.abc import Callable, Mapping
 from email.utils import formatdate
 from http import HTTPStatus
@@ -56,6 +56,7 @@ from typing import Any
 from urllib.parse import unquote
 
 from edge_agent.errors import EdgeError, TransportError
+from edge_agent.ids import request_id
 from edge_agent.serving.admission import Overloaded
 from edge_agent.serving.deadline import DeadlineReader
 from edge_agent.serving.routes import (
@@ -136,7 +137,7 @@ class _Handler(BaseHTTPRequestHandler):
         """Errors found while parsing the request line/headers, answered as JSON."""
         self.close_connection = True
         msg = message or _REASONS.get(code, "error")
-        rid = uuid.uuid4().hex
+        rid = request_id()
         with contextlib.suppress(OSError):
             self.server.app.write(self, code, json.dumps({"error": msg}).encode(),
                                   "application/json", {}, rid, head=False)
@@ -156,7 +157,56 @@ class _Server(ThreadingHTTPServer):
         self._conns: set[socket.socket] = set()
         self._per_client: dict[str, int] = {}
         self._conn_lock = threading.Lock()
-        super().__init__(addr, _Handler)
+        # the accept loop sleeps in select() until a connection or shutdown() (which
+        # writes to this pair) instead of waking every poll interval to look for a flag
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._stopping = False
+        self._stopped = threading.Event()
+        super().__init__(addr, _Handler)  # closes the pair too (server_close) if bind fails
+
+    def serve_forever(self, poll_interval: float | None = None) -> None:
+        """Accept until :meth:`shutdown`; ``poll_interval`` is ignored (nothing polls)."""
+        self._stopped.clear()
+        try:
+            with selectors.DefaultSelector() as sel:
+                sel.register(self, selectors.EVENT_READ)
+                sel.register(self._wake_r, selectors.EVENT_READ)
+                while not self._stopping:
+                    ready = sel.select()
+                    if self._stopping:
+                        break
+                    if any(key.fileobj is self for key, _ in ready):
+                        self._accept_one()
+                    self.service_actions()
+        finally:
+            self._stopped.set()
+
+    def _accept_one(self) -> None:
+        """One ready connection, as socketserver's own loop takes it."""
+        try:
+            request, client_address = self.get_request()
+        except OSError:
+            return
+        if not self.verify_request(request, client_address):
+            self.shutdown_request(request)
+            return
+        try:
+            self.process_request(request, client_address)
+        except Exception:
+            self.handle_error(request, client_address)
+            self.shutdown_request(request)
+
+    def shutdown(self) -> None:
+        """Stop :meth:`serve_forever` and wait until it has returned."""
+        self._stopping = True
+        with contextlib.suppress(OSError):
+            self._wake_w.send(b"x")
+        self._stopped.wait()
+
+    def server_close(self) -> None:
+        super().server_close()
+        self._wake_r.close()
+        self._wake_w.close()
 
     def process_request(self, request: Any, client_address: Any) -> None:
         """Accept thread: take a connection slot (total and per peer IP) or refuse with 503."""
@@ -258,7 +308,6 @@ class HttpServer:
             raise TransportError(f"cannot listen on {self.host}:{self.port} "
                                  f"({e.strerror or e})") from e
         self._thread = threading.Thread(target=self._httpd.serve_forever,
-                                        kwargs={"poll_interval": 0.2},
                                         name="edge-agent-http", daemon=True)
         self._thread.start()
 
@@ -293,7 +342,7 @@ class HttpServer:
     def dispatch(self, h: _Handler) -> None:
         t0 = getattr(h, "t0", None) or time.perf_counter()
         rid_in = h.headers.get("X-Request-Id")
-        rid = rid_in if rid_in and _RID_RE.match(rid_in) else uuid.uuid4().hex
+        rid = rid_in if rid_in and _RID_RE.match(rid_in) else request_id()
         method = h.command.upper()
         path, _, query = h.path.partition("?")
         path = unquote(path)

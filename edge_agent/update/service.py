@@ -167,8 +167,10 @@ class UpdateService:
                     del self._retry[topic]
                     self._busy = True
                     return topic, payload
-                wait = min((at for _, at in self._retry.values()), default=now + 1.0) - now
-                self._cond.wait(max(0.05, min(wait, 1.0)))
+                if self._retry:  # asleep until the next retry is due, a submit() or stop()
+                    self._cond.wait(max(0.05, min(at for _, at in self._retry.values()) - now))
+                else:  # nothing to retry: asleep until submit() or stop() notifies
+                    self._cond.wait()
         return None
 
     def _worker(self) -> None:
