@@ -14,8 +14,8 @@ import datetime as dt
 import math
 import os
 import tempfile
-from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -27,57 +27,44 @@ from converter.data import Dataset, check_data_path, class_indices, load_dataset
 from converter.errors import DatasetError, OptionError, OutputError
 from converter.evaluate import compare, latency_ms, run_all
 from converter.floatops import explain
+from converter.goldens import drift_reference, golden_vectors, is_probability
 from converter.graph import inspect_graph
+from converter.imageinput import check_normalisation, image_preprocessing
 from converter.modes import BUNDLE_MODES, CALIBRATED_MODES, INT8_MODES, REFERENCE_MODE, resolve
+from converter.options import BundleOptions
 from converter.quantize import convert
 from converter.report import build_warnings
 from converter.support import delegate_summary, memory_check, op_support
-from converter.tfload import check_model_path, import_tf, load_source
+from converter.tfload import SourceInput, check_model_path, import_tf, load_source
 from edge_agent.bundle import (
     BUNDLE_FILES,
     Bundle,
-    DriftReference,
-    EncodedArray,
-    GoldenVector,
-    InputStats,
     Manifest,
     Preprocessing,
     sha256_bytes,
     write_bundle,
 )
-from edge_agent.manifest import oldest_schema
+from edge_agent.manifest import TensorSpec, oldest_schema
 from edge_agent.profiles import DeviceProfile, load_profile
 from edge_agent.runtime.backends import select_runtime
 from edge_agent.runtime.model import LoadedModel
 
-CONFIDENCE_EDGES = tuple(round(x, 2) for x in np.linspace(0.0, 1.0, 11))
-GOLDEN_COUNT = 4
 MODES = BUNDLE_MODES  # one definition: converter.quantize
 IO_DTYPES = ("int8", "uint8", "float32")
 TASKS = ("classification", "regression", "multi_output", "detection", "raw")  # manifest TASKS
 
 
-@dataclass
-class ConvertOptions:
-    model: Path
+@dataclass(frozen=True, kw_only=True)
+class ConvertOptions(BundleOptions):
     representative: Path
     profile: str
-    output: Path
     eval_data: Path | None = None
-    labels_file: Path | None = None
     mode: str = "int8"
-    task: str | None = None  # TASKS; default: inferred from the outputs and ``y``
-    heads: dict[str, str] = field(default_factory=dict)  # --heads NAME=ROLE (detection)
     allow_float_ops: bool = False  # with int8: ops without int8 kernels stay float
     io_dtype: str | None = None  # default: the profile's
-    samples: int = 200
-    name: str | None = None
+    name: str | None = None  # default: the model file's stem
     version: int = 1
-    preprocessing: Preprocessing = field(default_factory=Preprocessing)
-    color: str | None = None  # rgb | grayscale; default: from the input's channels
     trust_model: bool = False  # let Keras deserialize Python lambdas
-    golden_atol: float = 2.0  # quantized steps: runtimes may round differently by a step
-    latency_runs: int = 50
 
 
 class Steps:
@@ -105,9 +92,7 @@ def preflight(opts: ConvertOptions) -> DeviceProfile:
         raise OptionError(f"--samples must be >= 1, got {opts.samples}")
     if opts.latency_runs < 0:
         raise OptionError(f"--latency-runs must be >= 0, got {opts.latency_runs}")
-    pre = opts.preprocessing
-    if any(s == 0 for s in pre.std):
-        raise OptionError(f"--std must not contain 0, got {list(pre.std)}")
+    check_normalisation(opts.preprocessing)
     profile = load_profile(opts.profile)
     if opts.allow_float_ops and opts.mode != "int8":
         raise OptionError(f"--allow-float-ops applies to --mode int8 only, got --mode "
@@ -161,18 +146,14 @@ def check_output_path(out: Path) -> None:
     os.unlink(name)
 
 
-def _preprocessing(opts: ConvertOptions, shape: tuple[int, ...]) -> Preprocessing:
-    pre = opts.preprocessing
-    if len(shape) == 3:
-        color = opts.color or ("grayscale" if shape[2] == 1 else "rgb")
-        if (color == "grayscale") != (shape[2] == 1):
-            raise OptionError(f"--color {color} does not match the model input's {shape[2]} "
-                              "channel(s)")
-        pre = replace(pre, color=color, resize=pre.resize or (shape[0], shape[1]))
-        for key, vals in (("mean", pre.mean), ("std", pre.std)):
-            if len(vals) not in (1, shape[2]):
-                raise OptionError(f"--{key} needs 1 or {shape[2]} values, got {len(vals)}")
-    return pre
+def _preprocessing(opts: ConvertOptions, inputs: Sequence[SourceInput | TensorSpec]
+                   ) -> Preprocessing:
+    """The options' preprocessing completed for the model's image input
+    (:func:`converter.imageinput.image_preprocessing`)."""
+    specs = [s if isinstance(s, TensorSpec) else TensorSpec(s.name, (1, *s.shape), s.dtype)
+             for s in inputs]
+    return image_preprocessing(specs, opts.preprocessing, color=opts.color,
+                               image_input=opts.image_input)
 
 
 def _labels(opts: ConvertOptions, out_classes: int, ev: Dataset | None,
@@ -219,37 +200,6 @@ def _labels(opts: ConvertOptions, out_classes: int, ev: Dataset | None,
     return labels, ev
 
 
-def _softmax(x: np.ndarray) -> np.ndarray:
-    z = x - x.max(axis=-1, keepdims=True)
-    e = np.exp(z)
-    p: np.ndarray = e / e.sum(axis=-1, keepdims=True)
-    return p
-
-
-def _is_probability(out: np.ndarray) -> bool:
-    flat = out.reshape(len(out), -1)
-    return bool(np.all(flat >= -1e-3) and np.allclose(flat.sum(1), 1.0, atol=2e-2))
-
-
-def _golden(qmodel: LoadedModel, data: Dataset, atol_quant: float
-            ) -> tuple[GoldenVector, ...]:
-    """A few real samples: their raw input tensors (every input, by name) and the raw
-    outputs they must give, every output by name, each with its own tolerance."""
-    out = []
-    for i in np.linspace(0, data.n - 1, min(GOLDEN_COUNT, data.n)).astype(int):
-        raw_in = qmodel.coerce(data.rows(i, i + 1))
-        assert not isinstance(raw_in, np.ndarray)
-        outs = qmodel.invoke_raw(raw_in)
-        ys, atols = {}, {}
-        for spec, raw_out in zip(qmodel.output_specs, outs, strict=True):
-            ys[spec.name] = EncodedArray.encode(raw_out)
-            atols[spec.name] = (atol_quant if spec.quantized or spec.dtype in ("int8", "int16")
-                                else 1e-4 * max(1.0, float(np.abs(raw_out).max())))
-        out.append(GoldenVector({k: EncodedArray.encode(v) for k, v in raw_in.items()}, ys,
-                                atols))
-    return tuple(out)
-
-
 def _heads(model: LoadedModel, f_outs: list[np.ndarray]) -> dict[str, str]:
     """What each output is. One output: a class head when it has several values (today's
     rule), else raw. Several: the one output whose float values are probabilities (>= 0,
@@ -258,7 +208,7 @@ def _heads(model: LoadedModel, f_outs: list[np.ndarray]) -> dict[str, str]:
     if len(specs) == 1:
         return {specs[0].name: "class" if math.prod(specs[0].shape[1:]) > 1 else "raw"}
     probs = [s.name for s, o in zip(specs, f_outs, strict=True)
-             if math.prod(s.shape[1:]) > 1 and _is_probability(o)]
+             if math.prod(s.shape[1:]) > 1 and is_probability(o)]
     head = probs[0] if len(probs) == 1 else None
     return {s.name: "class" if s.name == head else "regression" for s in specs}
 
@@ -283,7 +233,7 @@ def _task_heads(task: str | None, model: LoadedModel, f_outs: list[np.ndarray],
     inferred = _heads(model, f_outs)
     single = len(specs) == 1
     if task is None:
-        if single and not _is_probability(f_outs[0]) and _is_target(y):
+        if single and not is_probability(f_outs[0]) and _is_target(y):
             task = "regression"
         elif single:
             task = "classification" if inferred[specs[0].name] == "class" else "raw"
@@ -353,41 +303,6 @@ def _head_report(heads: dict[str, str], f_outs: list[np.ndarray], q_outs: list[n
     return out
 
 
-def _input_stats(x: np.ndarray) -> InputStats:
-    """Per channel (last axis) mean and std of one input's samples."""
-    axes = tuple(range(x.ndim - 1)) if x.ndim > 1 else (0,)
-    xf = x.astype(np.float64)
-    return InputStats(tuple(round(float(v), 6) for v in np.atleast_1d(xf.mean(axis=axes))),
-                      tuple(round(float(v), 6) for v in np.atleast_1d(xf.std(axis=axes))))
-
-
-def _drift(q_rep: np.ndarray, xs: dict[str, np.ndarray], is_prob: bool, classes: int,
-           class_head: bool = True) -> DriftReference:
-    """Calibration-time statistics of the quantized model (what the device will see).
-    Without a class head the class and confidence histograms are one empty bin's worth
-    (no class drift to watch); the input statistics always apply, for every input by
-    name (``xs`` in the bundle's input order: ``input_mean``/``input_std`` are the first
-    input's, what schema 1 holds)."""
-    if not class_head:
-        q_rep = np.ones((len(q_rep), 1), np.float32)
-        classes, is_prob = 1, True
-    probs = q_rep.reshape(len(q_rep), -1)
-    probs = probs if is_prob else _softmax(probs)
-    cls_hist = np.bincount(probs.argmax(1), minlength=classes) / len(probs)
-    conf_hist, _ = np.histogram(probs.max(1), bins=np.asarray(CONFIDENCE_EDGES))
-    stats = {k: _input_stats(v) for k, v in xs.items()}
-    first = next(iter(stats.values()))
-    return DriftReference(
-        samples=len(probs),
-        class_hist=tuple(round(float(v), 6) for v in cls_hist),
-        confidence_edges=CONFIDENCE_EDGES,
-        confidence_hist=tuple(round(float(v), 6) for v in conf_hist / max(1, conf_hist.sum())),
-        input_mean=first.mean,
-        input_std=first.std,
-        inputs=stats,
-    )
-
-
 def build_bundle(opts: ConvertOptions, steps: Steps | None = None) -> tuple[Bundle, dict[str, Any]]:
     """Run the conversion and return the bundle (not yet written) and the report."""
     steps = steps or Steps()
@@ -396,7 +311,7 @@ def build_bundle(opts: ConvertOptions, steps: Steps | None = None) -> tuple[Bund
     mode = resolve(opts.mode, opts.allow_float_ops)
     steps.stage("loading model")
     src = load_source(opts.model, trust=opts.trust_model)
-    pre = _preprocessing(opts, src.input_shape)
+    pre = _preprocessing(opts, src.inputs)
     steps.stage("loading data")
     rep = load_dataset(opts.representative, src.inputs, pre, samples=opts.samples)
     ev = (load_dataset(opts.eval_data, src.inputs, pre, need_labels=True)
@@ -411,8 +326,8 @@ def build_bundle(opts: ConvertOptions, steps: Steps | None = None) -> tuple[Bund
         runtime = select_runtime()
         threads = min(profile.default_threads, os.cpu_count() or 1)
         fmodel = LoadedModel(runtime, float_bytes, num_threads=threads)
-        # preprocessing describes the input images feed: the bundle's first input
-        pre = _preprocessing(opts, fmodel.input_specs[0].shape[1:])
+        # preprocessing describes the input images feed, by the bundle's own names
+        pre = _preprocessing(opts, fmodel.input_specs)
         # Task, heads, then labels against the class head, before the (long) calibration.
         task, heads = _task_heads(opts.task, fmodel, run_all(fmodel, rep.rows(0, 64)),
                                   (ev if ev is not None else rep).y, opts.heads)
@@ -442,8 +357,8 @@ def build_bundle(opts: ConvertOptions, steps: Steps | None = None) -> tuple[Bund
     q_outs = run_all(qmodel, data.xs, tick)
     q_reps = q_outs if ev is None else run_all(qmodel, rep.xs, tick)
     ref = scored if scored is not None else 0
-    f_out, q_out, q_rep = f_outs[ref], q_outs[ref], q_reps[ref]
-    is_prob = _is_probability(f_out)
+    f_out, q_out = f_outs[ref], q_outs[ref]
+    is_prob = is_probability(f_out)
     names = labels or tuple(str(i) for i in range(out_classes))
     y_class = class_indices(data) if scored is not None else None
     comp = compare(f_out, q_out, y_class, names)
@@ -482,9 +397,13 @@ def build_bundle(opts: ConvertOptions, steps: Steps | None = None) -> tuple[Bund
         output_is_probability=is_prob,
         labels=labels,
         target_profiles=(profile.name,),
-        golden=_golden(qmodel, data, opts.golden_atol),
-        drift_reference=_drift(q_rep, {s.name: rep.xs[s.name] for s in qmodel.input_specs},
-                               is_prob, out_classes, scored is not None),
+        golden=golden_vectors(qmodel, data, opts.golden_atol),
+        drift_reference=drift_reference(
+            {s.name: o for s, o in zip(qmodel.output_specs, q_reps, strict=True)}, heads,
+            {s.name: rep.xs[s.name] for s in qmodel.input_specs},
+            scored=None if scored is None else qmodel.output_specs[scored].name,
+            classes=out_classes,
+            is_prob=is_prob),
         converter_version=converter.__version__,
         tensorflow_version=tf.__version__,
     )

@@ -72,11 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="representative samples drawn, deterministically (default 200)")
     c.add_argument("--name", help="model name (default: the model file's stem)")
     c.add_argument("--version", type=int, default=1, metavar="V", help="positive integer version")
-    c.add_argument("--mean", type=_floats, default=(0.0,), metavar="M[,M,M]",
-                   help="per-channel mean in pixels, model input = (pixel - mean) / std")
-    c.add_argument("--std", type=_floats, default=(255.0,), metavar="S[,S,S]",
-                   help="per-channel std in pixels")
-    c.add_argument("--color", choices=["rgb", "grayscale"], help="default: from input channels")
+    _add_image_options(c)
     c.add_argument("--latency-runs", type=int, default=50, metavar="N",
                    help="timed invokes per model for the latency figures (0 skips)")
     c.add_argument("--trust-model", action="store_true",
@@ -99,6 +95,20 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _add_image_options(p: argparse.ArgumentParser) -> None:
+    """How images become the image input's values (convert and bundle alike)."""
+    p.add_argument("--mean", type=_floats, default=(0.0,), metavar="M[,M,M]",
+                   help="per-channel mean in pixels, model input = (pixel - mean) / std "
+                   "(default 0)")
+    p.add_argument("--std", type=_floats, default=(255.0,), metavar="S[,S,S]",
+                   help="per-channel std in pixels (default 255: pixels to [0, 1])")
+    p.add_argument("--color", choices=["rgb", "grayscale"],
+                   help="default: from the image input's channels")
+    p.add_argument("--image-input", metavar="NAME",
+                   help="the input images feed (default: the model's one NHWC input of 1 or "
+                   "3 channels; needed when it has several)")
+
+
 def _add_bundle_parser(sub: Any) -> None:
     from edge_agent.manifest import TASKS
 
@@ -118,6 +128,7 @@ def _add_bundle_parser(sub: Any) -> None:
     _add_heads(b)
     b.add_argument("--samples", type=int, default=200, metavar="N",
                    help="representative samples read (default 200)")
+    _add_image_options(b)
     b.add_argument("--latency-runs", type=int, default=50, metavar="N",
                    help="timed invokes for the latency figures (0 skips)")
     b.add_argument("-o", "--output", type=Path, required=True, metavar="OUT",
@@ -211,7 +222,7 @@ def cmd_convert(a: argparse.Namespace) -> int:
                           io_dtype=a.io_dtype,
                           samples=a.samples, name=a.name,
                           version=a.version, preprocessing=Preprocessing(mean=a.mean, std=a.std),
-                          color=a.color, trust_model=a.trust_model,
+                          color=a.color, image_input=a.image_input, trust_model=a.trust_model,
                           latency_runs=a.latency_runs)
     with terminal() as term:
         show = not a.json and not a.verbose and term.isatty()
@@ -228,11 +239,14 @@ def cmd_convert(a: argparse.Namespace) -> int:
 def cmd_bundle(a: argparse.Namespace) -> int:
     from converter.dettask import parse_heads
     from converter.wrap import WrapOptions, report_lines, wrap_to_bundle
+    from edge_agent.bundle import Preprocessing
 
     opts = WrapOptions(model=a.model, name=a.name, version=a.version, output=a.output,
                        labels_file=a.labels, representative=a.representative, profile=a.profile,
                        task=a.task, heads=parse_heads(a.heads), samples=a.samples,
-                       latency_runs=a.latency_runs)
+                       latency_runs=a.latency_runs,
+                       preprocessing=Preprocessing(mean=a.mean, std=a.std), color=a.color,
+                       image_input=a.image_input)
     with _quiet_native(a.verbose):
         report = wrap_to_bundle(opts)
     print(json.dumps(report, indent=1) if a.json else "\n".join(report_lines(report)))

@@ -207,7 +207,7 @@ def manifest_summary(m: Manifest) -> list[tuple[str, str]]:
         q = f" q=({s.scale:.6g}, {s.zero_point})" if s.quantized else ""
         return f"{s.name} {list(s.shape)} {s.dtype}{q}"
 
-    p = m.preprocessing
+    p, img = m.preprocessing, m.image_input
     return [
         ("name", m.name), ("version", str(m.version)), ("created", m.created_at),
         ("schema", str(m.schema_version)),
@@ -216,9 +216,11 @@ def manifest_summary(m: Manifest) -> list[tuple[str, str]]:
         ("quantization", m.quantization_mode), ("task", m.task),
         ("inputs", "; ".join(spec(s) for s in m.inputs)),
         ("outputs", "; ".join(spec(s) for s in m.outputs)),
-        ("preprocessing", f"resize={list(p.resize) if p.resize else None} color={p.color} "
-                          f"order={p.channel_order} layout={p.layout} mean={list(p.mean)} "
-                          f"std={list(p.std)} resample={p.resample}"),
+        ("preprocessing", f"image input {img.name} resize={list(p.resize) if p.resize else None} "
+                          f"color={p.color} order={p.channel_order} layout={p.layout} "
+                          f"mean={list(p.mean)} std={list(p.std)} resample={p.resample}"
+         if img is not None else f"no image input (takes no images); mean={list(p.mean)} "
+                                 f"std={list(p.std)}"),
         ("labels", _labels_line(m.labels)),
         ("target profiles", ", ".join(m.target_profiles) or "–"),
         ("golden vectors", str(len(m.golden))),

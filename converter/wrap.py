@@ -21,7 +21,7 @@ import datetime as dt
 import math
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -29,23 +29,19 @@ import numpy as np
 
 import converter
 from converter import dettask
-from converter.build import (
-    GOLDEN_COUNT,
-    _drift,
-    _golden,
-    _is_probability,
-    check_output_path,
-    write_output,
-)
+from converter.build import check_output_path, write_output
 from converter.data import Dataset, check_data_path, load_dataset, read_labels
 from converter.errors import DatasetError, ModelSourceError, OptionError
 from converter.evaluate import latency_ms, run_all
+from converter.goldens import GOLDEN_COUNT, drift_reference, golden_vectors, is_probability
 from converter.graph import BOUNDARY_OPS, FLOAT_DTYPES, Graph, inspect_graph
+from converter.imageinput import check_normalisation, image_preprocessing
+from converter.options import BundleOptions
 from converter.support import activations, delegate_summary, memory_check, op_support
 from converter.tfload import SourceInput
 from edge_agent.bundle import MAX_BUNDLE_BYTES, Bundle, Manifest, sha256_bytes
 from edge_agent.errors import ModelLoadError
-from edge_agent.manifest import NAME_RE, TASKS, Preprocessing, TensorSpec, oldest_schema
+from edge_agent.manifest import NAME_RE, TASKS, TensorSpec, oldest_schema
 from edge_agent.profiles import DeviceProfile, load_profile
 from edge_agent.runtime.backends import select_runtime
 from edge_agent.runtime.model import LoadedModel
@@ -56,20 +52,12 @@ INTEGER = ("int8", "uint8")
 SEED = 20261202  # generated golden inputs
 
 
-@dataclass(frozen=True)
-class WrapOptions:
-    model: Path
+@dataclass(frozen=True, kw_only=True)
+class WrapOptions(BundleOptions):
     name: str
     version: int
-    output: Path
-    labels_file: Path | None = None
-    representative: Path | None = None
+    representative: Path | None = None  # default: generated golden inputs, no drift
     profile: str = DEFAULT_PROFILE
-    task: str | None = None  # TASKS; default: from the outputs
-    heads: dict[str, str] = field(default_factory=dict)  # --heads NAME=ROLE (detection)
-    samples: int = 200
-    latency_runs: int = 50
-    golden_atol: float = 2.0  # integer outputs, in tensor steps (as the converter)
 
 
 def quantization_mode(graph: Graph) -> str:
@@ -167,14 +155,6 @@ def source_inputs(specs: Sequence[TensorSpec]) -> tuple[SourceInput, ...]:
                  for s in specs)
 
 
-def _preprocessing(spec: TensorSpec) -> Preprocessing:
-    """Image-shaped inputs (NHWC, 1 or 3 channels) decode images at their size."""
-    if len(spec.shape) == 4 and spec.shape[3] in (1, 3):
-        return Preprocessing(resize=(spec.shape[1], spec.shape[2]),
-                             color="grayscale" if spec.shape[3] == 1 else "rgb")
-    return Preprocessing()
-
-
 def _check_profile(profile: DeviceProfile, mode: str, model: LoadedModel) -> None:
     if not profile.requires_full_integer:
         return
@@ -201,6 +181,7 @@ def preflight(opts: WrapOptions) -> DeviceProfile:
         raise OptionError("--heads applies to --task detection only")
     if opts.samples < 1 or opts.latency_runs < 0:
         raise OptionError("--samples must be >= 1 and --latency-runs >= 0")
+    check_normalisation(opts.preprocessing)
     profile = load_profile(opts.profile)
     check_output_path(opts.output)
     if not opts.model.is_file():
@@ -231,19 +212,22 @@ def build_wrapped(opts: WrapOptions) -> tuple[Bundle, dict[str, Any]]:
     labels = read_labels(opts.labels_file) if opts.labels_file else ()
     task, heads = choose_heads(opts.task, model.output_specs, labels,
                                str(opts.labels_file or opts.model), opts.heads)
-    pre = _preprocessing(model.input_specs[0])
+    pre = image_preprocessing(model.input_specs, opts.preprocessing, color=opts.color,
+                              image_input=opts.image_input)
     rep = (load_dataset(opts.representative, source_inputs(model.input_specs), pre,
                         samples=opts.samples) if opts.representative else None)
     data = rep if rep is not None else generated(model.input_specs, GOLDEN_COUNT)
-    golden = _golden(model, data, opts.golden_atol)
+    golden = golden_vectors(model, data, opts.golden_atol)
     single = len(model.output_specs) == 1
-    head = next((i for i, s in enumerate(model.output_specs) if heads[s.name] == "class"), None)
+    head = next((s.name for s in model.output_specs if heads[s.name] == "class"), None)
     is_prob, drift = True, None
     if rep is not None:
-        ref = head if head is not None else 0
-        q_rep = run_all(model, rep.xs)[ref]
-        is_prob = _is_probability(q_rep) if head is not None else True
-        drift = _drift(q_rep, rep.xs, is_prob, _values(model.output_specs[ref]), head is not None)
+        outs = {s.name: o for s, o in zip(model.output_specs, run_all(model, rep.xs),
+                                          strict=True)}
+        is_prob = is_probability(outs[head]) if head is not None else True
+        drift = drift_reference(outs, heads, rep.xs, scored=head, is_prob=is_prob,
+                                classes=0 if head is None else _values(
+                                    next(s for s in model.output_specs if s.name == head)))
     lat = latency_ms({"model": model}, data.rows(0, 1), runs=opts.latency_runs)["model"]
     manifest = Manifest(
         name=opts.name, version=opts.version,

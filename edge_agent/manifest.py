@@ -129,6 +129,9 @@ class Preprocessing:
     mean: tuple[float, ...] = (0.0,)
     std: tuple[float, ...] = (255.0,)
     resample: str = "bilinear"
+    # the input images feed, by name; "" means the model's one image-shaped input
+    # (:func:`image_input_of`). Written when a model has several inputs (schema 2).
+    image_input: str = ""
 
 
 @dataclass(frozen=True)
@@ -231,6 +234,11 @@ class Manifest:
         return head_of(output, self.outputs, self.task, self.heads)
 
     @property
+    def image_input(self) -> TensorSpec | None:
+        """The input encoded images feed (:func:`image_input_of`), if there is one."""
+        return image_input_of(self.inputs, self.preprocessing.image_input)
+
+    @property
     def class_head(self) -> TensorSpec | None:
         """The output that scores classes (labels, top-k, class drift), if there is one."""
         return class_head_of(self.outputs, self.task, self.heads)
@@ -240,6 +248,8 @@ class Manifest:
         say: one input, one output, no per-head table)."""
         d = asdict(self)
         d.pop("heads")
+        if not self.preprocessing.image_input:  # optional: absent when inferred
+            d["preprocessing"].pop("image_input")
         if d["drift_reference"] is not None:  # optional parts: absent when empty
             for part in ("inputs", "outputs"):
                 if not d["drift_reference"][part]:
@@ -281,6 +291,21 @@ def head_of(output: str, outputs: tuple[TensorSpec, ...], task: str,
         return heads.get(output, "raw")
     first = outputs[0].name if outputs else ""
     return "class" if task == "classification" and output == first else "raw"
+
+
+def image_candidates(inputs: tuple[TensorSpec, ...]) -> tuple[TensorSpec, ...]:
+    """Inputs an encoded image can feed: NHWC with 1 (grayscale) or 3 (RGB) channels."""
+    return tuple(s for s in inputs if len(s.shape) == 4 and s.shape[3] in (1, 3))
+
+
+def image_input_of(inputs: tuple[TensorSpec, ...], named: str) -> TensorSpec | None:
+    """The input images feed: the one ``named`` (the manifest's
+    ``preprocessing.image_input``), else the model's only image-shaped input; None when
+    there is none, or several and no name says which."""
+    cands = image_candidates(inputs)
+    if named:
+        return next((s for s in cands if s.name == named), None)
+    return cands[0] if len(cands) == 1 else None
 
 
 def class_head_of(outputs: tuple[TensorSpec, ...], task: str, heads: dict[str, str]
@@ -474,7 +499,7 @@ def parse_manifest(d: Any, source: str = "manifest.json") -> Manifest:
         model_size=model["size_bytes"].integer(1, MAX_MODEL_BYTES),
         inputs=inputs,
         outputs=outputs,
-        preprocessing=_preprocessing(m["preprocessing"], inputs[0]),
+        preprocessing=_preprocessing(m["preprocessing"], inputs),
         quantization_mode=m["quantization_mode"].text(choices=QUANTIZATION_MODES),
         task=task,
         output_is_probability=m["output_is_probability"].flag(default=True),
@@ -561,8 +586,19 @@ def _shape(f: _Field) -> tuple[int, ...]:
     return dims
 
 
-def _preprocessing(p: _Field, inp: TensorSpec) -> Preprocessing:
-    image = len(inp.shape) == 4  # NHWC: what decode_images feeds
+def _preprocessing(p: _Field, inputs: tuple[TensorSpec, ...]) -> Preprocessing:
+    """The image rules apply to the input images feed (``image_input``, or the one
+    image-shaped input); a model with none (or several, unnamed) takes no images."""
+    named = p["image_input"].text(max_len=MAX_TENSOR_NAME, default="")
+    cands = image_candidates(inputs)
+    if named and named not in {s.name for s in cands}:
+        raise p["image_input"].fail(
+            "expected the name of an NHWC input of 1 or 3 channels ("
+            f"{', '.join(repr(s.name) for s in cands) or 'the model has none'}), "
+            f"got {_show(named)}")
+    target = image_input_of(inputs, named)
+    image = target is not None
+    inp = target or inputs[0]
     resize = None
     if p["resize"].present:
         h, w = (d.integer(1, MAX_DIM) for d in p["resize"].items(2, 2))
@@ -591,6 +627,7 @@ def _preprocessing(p: _Field, inp: TensorSpec) -> Preprocessing:
         mean=stats("mean", (0.0,), nonzero=False),
         std=stats("std", (255.0,), nonzero=True),
         resample=p["resample"].text(choices=RESAMPLES, default="bilinear"),
+        image_input=named,
     )
 
 

@@ -35,7 +35,6 @@ from edge_agent.errors import (
 from edge_agent.hooks import Hooks, PredictionRecord
 from edge_agent.runtime.backends import Runtime
 from edge_agent.runtime.model import GoldenResult, Inputs, LoadedModel, batch_of, verify_golden
-from edge_agent.runtime.preprocess import decode_image
 from edge_agent.runtime.quant import TensorCodec
 
 DelegateFactory = Callable[[], Sequence[Any]]
@@ -244,19 +243,6 @@ class ServedModel:
                                  if isinstance(coerced, np.ndarray) else coerced),
                          prediction=pred)
         return pred
-
-    def decode_images(self, images: Sequence[bytes]) -> np.ndarray:
-        """Encoded images → a float batch in model units (bundle preprocessing)."""
-        shape = self.input_spec.shape
-        if len(shape) != 4:
-            raise InvalidRequestError(f"{self.name} does not take images (input {list(shape)})")
-        size = (int(shape[1]), int(shape[2]))
-        arrs = [decode_image(b, self.manifest.preprocessing, size) for b in images]
-        batch = np.stack(arrs)
-        if batch.shape[-1] != shape[3]:
-            raise InvalidRequestError(f"image has {batch.shape[-1]} channels, model takes "
-                                      f"{shape[3]}")
-        return batch
 
     def top_k(self, pred: Prediction, k: int = 5) -> list[list[dict[str, Any]]]:
         """Top-k labels and scores per sample (labels from the manifest, else indices)."""

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 from det_models import SquareBundle, square_bundle_at
-from model_fixtures import TwoHeads, raw_variant, two_heads_at
+from model_fixtures import KeywordSpotter, TwoHeads, keyword_spotter_at, raw_variant, two_heads_at
 
 ROOT = Path(__file__).resolve().parents[1]
 CACHE = ROOT / ".cache" / "test-artifacts"
@@ -84,6 +84,12 @@ def digits() -> DigitsArtifacts:
 def two_heads() -> TwoHeads:
     """A tabular Keras model with a class head and a regression head, converted (cached)."""
     return two_heads_at(CACHE / f"two-heads-{_source_key('converter', 'edge_agent/bundle.py')}")
+
+
+@pytest.fixture(scope="session")
+def kws() -> KeywordSpotter:
+    """A 1-D audio keyword spotter (Conv1D on [1600] clips, 3 tones), converted (cached)."""
+    return keyword_spotter_at(CACHE / f"kws-{_source_key('converter', 'edge_agent/bundle.py')}")
 
 
 @pytest.fixture(scope="session")

@@ -8,7 +8,9 @@ last ``window`` per-sample values (the sample's mean over the head's values — 
 itself for a one-value regression head) in a ring buffer and reports their live mean,
 standard deviation, minimum and maximum, plus ``shift_sigma`` = |live mean − reference
 mean| / reference std when the bundle's ``drift_reference.outputs`` carries the head's
-calibration-time statistics.
+calibration-time statistics, and ``drift`` — the head's value moved more than
+``drift_sigma`` reference standard deviations over at least ``min_samples`` samples (None
+without a reference, or on fewer samples).
 
 A detection model's ``scores`` head is watched through its per-sample *top* score (the
 most confident detection: what moves when objects stop being found, or the camera
@@ -62,23 +64,27 @@ class HeadStats:
     max: float | None
     shift_sigma: float | None  # None without a reference for this head
     reference: bool = False  # the bundle carries this head's calibration statistics
+    drift: bool | None = None  # shift_sigma over the threshold (None: no verdict)
 
     def to_dict(self) -> dict[str, Any]:
         def r(v: float | None) -> float | None:
             return None if v is None else round(v, 6)
         return {"kind": self.kind, "samples": self.samples, "mean": r(self.mean),
                 "std": r(self.std), "min": r(self.min), "max": r(self.max),
-                "shift_sigma": r(self.shift_sigma), "reference": self.reference}
+                "shift_sigma": r(self.shift_sigma), "reference": self.reference,
+                "drift": self.drift}
 
 
 class OutputWindow:
     """The last ``window`` per-sample values of each watched head (thread-safe)."""
 
     def __init__(self, heads: Mapping[str, str], references: Mapping[str, OutputReference],
-                 window: int = 1000) -> None:
+                 window: int = 1000, *, drift_sigma: float = 1.0,
+                 min_samples: int = 200) -> None:
         self.heads = dict(heads)  # name -> kind, the heads watched here (no class head)
         self.references = {n: r for n, r in references.items() if n in self.heads}
         self.window = window
+        self.drift_sigma, self.min_samples = drift_sigma, min_samples
         self._vals = {n: np.zeros(window, np.float64) for n in self.heads}
         self._n = dict.fromkeys(self.heads, 0)
         self._lock = threading.Lock()
@@ -109,6 +115,8 @@ class OutputWindow:
                 continue
             mean = float(finite.mean())
             shift = (abs(mean - ref.mean) / max(ref.std, 1e-9)) if ref is not None else None
+            drift = (shift > self.drift_sigma if shift is not None
+                     and len(finite) >= self.min_samples else None)
             out[name] = HeadStats(kind, n, mean, float(finite.std()), float(finite.min()),
-                                  float(finite.max()), shift, ref is not None)
+                                  float(finite.max()), shift, ref is not None, drift)
         return out

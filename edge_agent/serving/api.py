@@ -6,6 +6,7 @@
     GET  /v1/models/{name}[/versions/{v}|/labels/{l}]/metadata   signature_def + bundle
     POST /v1/models/{name}[/versions/{v}|/labels/{l}]:predict    {"instances"|"inputs": ...}
     POST /v1/models/{name}[/versions/{v}|/labels/{l}]:classify   image body, or {"examples"}
+                                                                  (features by input name)
     POST /v1/models/{name}[/versions/{v}|/labels/{l}]:regress    checked, then refused
     GET  /v1/models                                   every loaded model (extension)
     GET  /v1/agent/status                             Agent.status() (extension)
@@ -196,10 +197,10 @@ class ServingApi:
             if not json_body and not req.body:
                 raise InvalidRequestError("empty body: send the image bytes (PNG, JPEG, …)")
             with self.admission.decoding(len(req.body)):  # bounded decodes in flight
-                images = (codec.classify_examples(req.json(), served, max_batch=self.max_batch)
-                          if json_body else [req.body])
-                x = codec.image_batch(served, images, self.max_image_pixels)
-                del images
+                x = (codec.classify_inputs(req.json(), served, max_batch=self.max_batch,
+                                           max_image_pixels=self.max_image_pixels)
+                     if json_body else codec.image_batch(served, [req.body],
+                                                         self.max_image_pixels))
             pred = served.predict(x, source="rest", request_id=req.request_id,
                                   client=req.client)
         return Response(200, codec.encode_classify(served, pred, k))

@@ -20,6 +20,7 @@ with a message naming the problem; nothing here raises anything else for bad inp
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
@@ -35,6 +36,7 @@ from edge_agent.runtime.model import Inputs
 from edge_agent.serving import json_encode, json_examples, json_tensor
 from edge_agent.serving.images import IMAGE_FORMATS as IMAGE_FORMATS
 from edge_agent.serving.images import image_batch as image_batch
+from edge_agent.serving.images import image_note
 from edge_agent.serving.json_encode import Format, Layout, NamedSpec, signature_keys
 from edge_agent.serving.json_examples import CLASSIFY_METHOD, PREDICT_METHOD, REGRESS_METHOD
 
@@ -77,7 +79,9 @@ _SPECS: WeakKeyDictionary[ServedModel, tuple[list[NamedSpec], list[NamedSpec]]] 
 def _specs(served: ServedModel) -> tuple[list[NamedSpec], list[NamedSpec]]:
     hit = _SPECS.get(served)
     if hit is None:
-        hit = (signature_keys(served.input_specs, binary=True),
+        image = served.manifest.image_input
+        hit = (signature_keys(served.input_specs, image=image.name if image else None,
+                              images=image_note(served)),
                signature_keys(served.output_specs))
         _SPECS[served] = hit
     return hit
@@ -138,28 +142,74 @@ def signature_method(served: ServedModel) -> str:
     return CLASSIFY_METHOD if served.class_position is not None else PREDICT_METHOD
 
 
-def classify_examples(doc: Any, served: ServedModel, *, max_batch: int) -> list[bytes]:
-    """TF Serving's classify body → one encoded image per example.
+def classify_inputs(doc: Any, served: ServedModel, *, max_batch: int, max_image_pixels: int
+                    ) -> Inputs:
+    """TF Serving's classify body → the model's input batch.
 
     Parsed by TF Serving's rules (:func:`json_examples.parse_examples`), then the signature
-    is checked, then each example must carry exactly one binary (``{"b64": …}``) feature:
-    the image. Other features are ignored, as ``tf.io.parse_example`` ignores features a
-    model does not declare.
+    is checked. Each example is one sample whose features are the model's inputs by name,
+    as ``tf.io.parse_example`` reads them: numbers (a flat list of the input's values per
+    sample), or ``{"b64": …}`` for the input images feed (:func:`image_target`). A
+    one-input image model also takes one binary feature of any name (the image). Other
+    features are ignored, as ``parse_example`` ignores features a model does not declare.
     """
     req = json_examples.parse_examples(doc, method="classify", max_examples=max_batch)
     check_classify(served, req.signature_name)
     if req.context is not None:
-        raise InvalidRequestError('"context" is not supported: put the image feature in each '
+        raise InvalidRequestError('"context" is not supported: put every feature in each '
                                   "example")
-    images = []
-    for i, ex in enumerate(req.examples):
-        found = [f for f in ex.values() if f.binary]
-        if len(found) != 1 or len(found[0].values) != 1:
+    specs = input_specs(served)
+    keys = {ns.name for ns in specs}
+    if len(specs) == 1 and not any(k in keys for ex in req.examples for k in ex):
+        images = []  # a one-input model and no feature by its name: one image per example
+        for i, ex in enumerate(req.examples):
+            found = [f for f in ex.values() if f.binary]
+            if len(found) != 1 or len(found[0].values) != 1:
+                raise InvalidRequestError(
+                    f'examples[{i}]: expected a feature {specs[0].name!r} (the model\'s input) '
+                    f'or exactly one {{"b64": ...}} image feature, found '
+                    f"{sum(len(f.values) for f in found)} (features: {', '.join(ex) or 'none'})")
+            images.append(found[0].values[0])
+        return image_batch(served, images, max_image_pixels)
+    named = {ns.spec.name: _feature_batch(req.examples, ns, served, max_image_pixels)
+             for ns in specs}
+    return named[specs[0].spec.name] if len(specs) == 1 else named
+
+
+def _feature_batch(examples: Sequence[json_examples.Example], ns: NamedSpec,
+                   served: ServedModel, max_image_pixels: int) -> np.ndarray:
+    """One input's feature in every example → its batch (numbers, or images for the
+    image input). Raises InvalidRequestError naming the example and the feature."""
+    shape = ns.spec.shape
+    want = math.prod(shape[1:])
+    rows: list[Any] = []
+    for i, ex in enumerate(examples):
+        f = ex.get(ns.name)
+        if f is None:
             raise InvalidRequestError(
-                f'examples[{i}]: expected exactly one {{"b64": ...}} image feature, found '
-                f"{sum(len(f.values) for f in found)} (features: {', '.join(ex) or 'none'})")
-        images.append(found[0].values[0])
-    return images
+                f"examples[{i}]: missing feature {ns.name!r} (the model's inputs: "
+                f"{', '.join(repr(n.name) for n in input_specs(served))})")
+        if f.binary and ns.binary and len(f.values) == 1:
+            rows.append(f.values[0])
+        elif f.kind == "bytes" or (ns.integer and f.kind == "float"):
+            what = "integer(s)" if ns.integer else "number(s)"
+            raise InvalidRequestError(
+                f"examples[{i}].{ns.name}: expected {want} {what} (input shape "
+                f"{list(shape)}), got {f.kind} values" + (f"; {ns.images}" if f.binary else ""))
+        elif len(f.values) != want:
+            raise InvalidRequestError(
+                f"examples[{i}].{ns.name}: expected {want} value(s) (input shape "
+                f"{list(shape)}), got {len(f.values)}")
+        else:
+            rows.append(f.values)
+    if ns.binary and all(isinstance(r, bytes) for r in rows):
+        return image_batch(served, rows, max_image_pixels, spec=ns.spec)
+    if any(isinstance(r, bytes) for r in rows):
+        raise InvalidRequestError(f"feature {ns.name!r}: images and numbers mixed across "
+                                  "examples")
+    dtype = np.float32 if ns.spec.quantized or ns.spec.dtype.startswith("float") else \
+        np.dtype(ns.spec.dtype)
+    return np.asarray(rows, dtype=dtype).reshape(len(rows), *shape[1:])
 
 
 def check_classify(served: ServedModel, sig: str) -> None:

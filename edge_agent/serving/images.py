@@ -41,6 +41,7 @@ from PIL import Image
 
 from edge_agent.bundle import TensorSpec
 from edge_agent.errors import EdgeError, InvalidRequestError
+from edge_agent.manifest import image_candidates
 from edge_agent.registry import ServedModel
 from edge_agent.runtime.preprocess import image_to_array
 from edge_agent.serving.admission import Overloaded
@@ -188,18 +189,55 @@ def open_header(data: bytes, where: str, target: tuple[int, int], max_pixels: in
     return img, header
 
 
+def image_note(served: ServedModel) -> str:
+    """Where images go for ``served``, in words: its image input, or why it has none."""
+    m = served.manifest
+    spec = m.image_input
+    if spec is not None:
+        return f"{served.name}'s image input is {spec.name!r}"
+    cands = image_candidates(m.inputs)
+    if len(cands) > 1:
+        return (f"{served.name} has several image inputs "
+                f"({', '.join(repr(s.name) for s in cands)}) and its manifest does not say "
+                "which one images feed (preprocessing.image_input)")
+    described = ", ".join(f"{s.name} {list(s.shape)}" for s in m.inputs)
+    return (f"{served.name} does not take images (inputs: {described}; an image feeds an "
+            "NHWC input of 1 or 3 channels)")
+
+
+def image_target(served: ServedModel) -> TensorSpec:
+    """The input a request of images only (a raw body, classify examples of one image, an
+    MQTT request or a watched file, a camera frame) feeds: the one the manifest names
+    (``preprocessing.image_input``), else the model's only NHWC input of 1 or 3 channels.
+
+    Raises InvalidRequestError (400) naming the model's inputs when there is no such
+    input, several and the manifest does not say which (:func:`image_note`), or other
+    inputs an image cannot fill.
+    """
+    m = served.manifest
+    spec = m.image_input
+    if spec is None:
+        several = len(image_candidates(m.inputs)) > 1
+        raise InvalidRequestError(image_note(served) + (
+            "; send :predict with every input by name" if several else ""))
+    if len(m.inputs) > 1:
+        described = ", ".join(f"{s.name} {list(s.shape)}" for s in m.inputs)
+        raise InvalidRequestError(
+            f"{served.name} takes {len(m.inputs)} inputs ({described}); an image feeds only "
+            f"{spec.name!r}: send :predict with every input by name")
+    return spec
+
+
 def image_batch(served: ServedModel, images: Sequence[bytes], max_pixels: int, *,
                 budget: DecodeBudget | None = None, spec: TensorSpec | None = None
                 ) -> np.ndarray:
     """Encoded images → float batch with the bundle's preprocessing, memory-bounded, for
-    the input ``spec`` (default: the model's first input).
+    the input ``spec`` (default: the request is only images, for
+    :func:`image_target`).
 
     Raises InvalidRequestError (400), ImageTooLarge (413), Overloaded (503).
     """
-    shape = (spec or served.input_spec).shape
-    if len(shape) != 4:
-        raise InvalidRequestError(f"{served.name} does not take images (input "
-                                  f"{list(shape)})")
+    shape = (spec or image_target(served)).shape
     pre = served.manifest.preprocessing
     h, w = pre.resize or (int(shape[1]), int(shape[2]))
     budget = budget or _PROCESS_BUDGET

@@ -72,12 +72,14 @@ class NamedSpec:
     """One signature tensor: the key clients use (``name``) and the tensor behind it.
 
     ``binary``: the input also takes one binary value (``{"b64": ...}``, an encoded image)
-    in place of each instance's numbers.
+    in place of each instance's numbers; ``images``, for the others, says where images
+    go instead (error messages).
     """
 
     name: str
     spec: TensorSpec
     binary: bool = False
+    images: str = field(default="", compare=False)
     # a raw integer tensor: JSON integers in, integers out (``DT_INT32`` …)
     integer: bool = field(init=False, repr=False, compare=False)
 
@@ -98,15 +100,19 @@ class NamedSpec:
         return {"DT_FLOAT": "float", "DT_HALF": "half"}.get(self.dtype, self.spec.dtype)
 
 
-def signature_keys(specs: Sequence[TensorSpec], *, binary: bool = False) -> list[NamedSpec]:
-    """The signature's keys for ``specs``: ``serving_default_x:0`` → ``x``.
+def signature_keys(specs: Sequence[TensorSpec], *, image: str | None = None,
+                   images: str = "") -> list[NamedSpec]:
+    """The signature's keys for ``specs``: ``serving_default_x:0`` → ``x``; the input
+    named ``image`` (the one images feed, ``Manifest.image_input``) is ``binary``, the
+    others carry ``images`` (where images go instead, for error messages).
 
     Two tensors whose short names collide (``StatefulPartitionedCall:0`` and ``:1``) keep
     their full tensor names, so no output is ever dropped by a shared JSON key.
     """
     short = [_alias(s.name) for s in specs]
     unique = len(set(short)) == len(short)
-    return [NamedSpec(k if unique else s.name, s, binary=binary and len(s.shape) == 4)
+    return [NamedSpec(k if unique else s.name, s, binary=image is not None and s.name == image,
+                      images="" if image is not None and s.name == image else images)
             for k, s in zip(short, specs, strict=True)]
 
 

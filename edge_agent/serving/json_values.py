@@ -147,8 +147,9 @@ def _leaf(v: Any, ns: NamedSpec, out: list[Any]) -> None:
     else:
         hint = ""
         if is_b64(v):
-            hint = (" (binary values are taken only as a whole instance of an image input)"
-                    if not ns.binary else " (an encoded image stands for a whole instance)")
+            hint = (" (an encoded image stands for a whole instance)" if ns.binary else
+                    f" (binary values are taken only as a whole instance of an image input"
+                    f"{'; ' + ns.images if ns.images else ''})")
         raise ValueRefused(f"JSON Value: {json_text(v)} Type: {json_type(v)} is not of "
                            f"expected type: {ns.type_name}{hint}")
     out.append(v)

@@ -5,9 +5,10 @@ The model's tensors are the ones TF Serving's REST signature shows
 quantized int8/uint8 tensors take and give FP32 values in model units (the agent quantizes),
 a raw integer tensor takes its own integers. So a model has one datatype per tensor, the one
 its v2 metadata advertises (``FP32``, ``FP16``, ``INT32`` …), and a request in another
-datatype is refused, as the protocol's "datatype of the input tensor" requires. An image
-input (rank 4) also takes BYTES of shape ``[N]``: N encoded images, decoded with the
-bundle's preprocessing (OpenVINO Model Server's convention).
+datatype is refused, as the protocol's "datatype of the input tensor" requires. The image
+input (``Manifest.image_input``: the one the manifest names, else the only NHWC input of 1
+or 3 channels; docs/rest.md) also takes BYTES of shape ``[N]``: N encoded images, decoded
+with the bundle's preprocessing (OpenVINO Model Server's convention).
 
 Raises :class:`~edge_agent.errors.InvalidRequestError` (400) naming the tensor and the
 problem, and :class:`~edge_agent.errors.NotFoundError` for nothing: the caller looks the
@@ -108,7 +109,8 @@ def _fit(t: InputTensor, ns: NamedSpec, served: ServedModel, max_batch: int,
                                       f"to {max_batch} (http.max_batch)")
         return image_batch(served, list(t.array.tolist()), max_image_pixels, spec=ns.spec)
     if t.datatype != want:
-        extra = " or BYTES (encoded images)" if ns.binary else ""
+        extra = (" or BYTES (encoded images)" if ns.binary else
+                 f" ({ns.images})" if t.datatype == "BYTES" and ns.images else "")
         raise InvalidRequestError(f"input {ns.name!r}: datatype {t.datatype} does not match "
                                   f"the model's {want}{extra}")
     if len(t.shape) != len(ns.spec.shape) or tuple(t.shape[1:]) != tuple(ns.spec.shape[1:]):

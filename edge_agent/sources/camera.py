@@ -21,6 +21,7 @@ from PIL import Image
 from edge_agent.errors import EdgeError, RuntimeUnavailableError, TransportError
 from edge_agent.registry import ModelRegistry
 from edge_agent.runtime.preprocess import image_to_array
+from edge_agent.serving.images import image_target
 from edge_agent.sources.base import ResultSink, classify_array
 
 log = logging.getLogger(__name__)
@@ -159,7 +160,7 @@ class CameraSource:
         """One frame → result emitted to the sink (``None`` if the model is unavailable)."""
         try:
             served = self.registry.get(self.model, self.version)
-            shape = served.input_spec.shape
+            shape = image_target(served).shape
             img = Image.fromarray(_rgb(frame))
             x = image_to_array(img, served.manifest.preprocessing,
                                (int(shape[1]), int(shape[2])))

@@ -9,6 +9,7 @@ Example (TOML; every key optional)::
     quality_window = 1000      # predictions in the rolling class/confidence histograms
     drift_threshold = 0.25     # PSI above which drift.detected is raised
     drift_min_samples = 200    # no drift verdict on fewer predictions
+    output_drift_sigma = 1.0   # a regression/raw head's mean moved this many reference stds
     feedback_window = 1000     # labelled samples behind accuracy/precision/recall/F1/AUC
     prediction_memory = 10000  # request ids remembered for joining label feedback ...
     prediction_ttl_s = 3600    # ... and for how long
@@ -36,6 +37,7 @@ class TelemetryConfig:
     quality_window: int = 1000
     drift_threshold: float = 0.25
     drift_min_samples: int = 200
+    output_drift_sigma: float = 1.0  # reference standard deviations (quality.outputs.drift)
     feedback_window: int = 1000
     prediction_memory: int = 10_000
     prediction_ttl_s: float = 3600.0
@@ -64,6 +66,7 @@ class TelemetryConfig:
             quality_window=t.integer("quality_window", d.quality_window, 1),
             drift_threshold=t.number("drift_threshold", d.drift_threshold, 0.0),
             drift_min_samples=t.integer("drift_min_samples", d.drift_min_samples, 1),
+            output_drift_sigma=t.number("output_drift_sigma", d.output_drift_sigma, 0.0),
             feedback_window=t.integer("feedback_window", d.feedback_window, 1),
             prediction_memory=t.integer("prediction_memory", d.prediction_memory, 1),
             prediction_ttl_s=t.number("prediction_ttl_s", d.prediction_ttl_s, 0.0),

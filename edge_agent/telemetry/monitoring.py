@@ -99,7 +99,9 @@ class ModelMonitor:
                 if manifest.head(o.name) in WATCHED}
             w = _Watch(version, QualityWindow(ref, classes, self.cfg.quality_window),
                        class_head,
-                       OutputWindow(heads, ref.outputs if ref else {}, self.cfg.quality_window))
+                       OutputWindow(heads, ref.outputs if ref else {}, self.cfg.quality_window,
+                                    drift_sigma=self.cfg.output_drift_sigma,
+                                    min_samples=self.cfg.drift_min_samples))
             self._watches[model] = w  # a new version starts afresh
             self._detectors[model] = DriftDetector(self.cfg.drift_threshold,
                                                    self.cfg.drift_min_samples)

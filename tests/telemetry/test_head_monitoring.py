@@ -81,7 +81,11 @@ def test_two_head_model_class_stats_for_the_class_head_output_stats_for_the_othe
         assert s["std"] == pytest.approx(float(scores.std()), abs=1e-5)
         assert s["min"] == pytest.approx(float(scores.min()), abs=1e-5)
         assert s["max"] == pytest.approx(float(scores.max()), abs=1e-5)
-        assert s["shift_sigma"] is None and s["reference"] is False  # live stats only
+        ref = served.manifest.drift_reference  # the converter's, for the score head
+        assert ref is not None and s["reference"] is True
+        assert s["shift_sigma"] == pytest.approx(
+            abs(float(scores.mean()) - ref.outputs["score"].mean) / ref.outputs["score"].std,
+            rel=1e-4, abs=1e-6)
         # the class head takes label feedback
         code, body = _post(f"{agent.http.url}/v1/models/two:feedback",
                            [{"request_id": f"t{i}", "label": [0, 1, 2, 0]}
