@@ -57,6 +57,7 @@ from edge_agent.serving.http import HttpServer, Request
 from edge_agent.telemetry.commands import CommandHandler
 from edge_agent.telemetry.config import TelemetryConfig
 from edge_agent.telemetry.monitoring import ModelMonitor
+from edge_agent.telemetry.prom import TelemetryCollector
 from edge_agent.telemetry.sample import Sample, sample_of
 from edge_agent.telemetry.stats import ModelStats
 from edge_agent.telemetry.system import SystemSampler
@@ -136,6 +137,8 @@ class TelemetryService:
         self.ticks = 0
         self.tick_cpu_s = 0.0  # CPU time spent building telemetry (bench/telemetry.py)
         self.drain_cpu_s = 0.0  # CPU time spent folding prediction records
+        # per model, the last tick's quality report (the /metrics drift gauges read it)
+        self.last_quality: dict[str, dict[str, Any]] = {}
         if self.outbox.reset_reason:
             deps.hooks.emit_event("error", EventKind.OUTBOX_RESET, self.outbox.reset_reason)
 
@@ -339,8 +342,10 @@ class TelemetryService:
         """One telemetry body (also used by tests and the bench)."""
         self.drain()
         models = self.stats.snapshot()
-        for name, extra in self.monitor.report().items():
+        report = self.monitor.report()
+        for name, extra in report.items():
             models.setdefault(name, {}).update(extra)
+        self.last_quality = {n: e["quality"] for n, e in report.items() if "quality" in e}
         ob = self.outbox.stats()
         self._report_drops(ob.dropped)
         started = self.agent.started_at() or self.started_at
@@ -356,6 +361,10 @@ class TelemetryService:
                   "dropped_incoming": self.client.dropped_incoming,
                   "rejected_incoming": self.client.rejected_incoming},
         ).to_dict()
+
+    def metrics_collector(self) -> TelemetryCollector:
+        """Drift and outbox gauges for ``/metrics`` (:mod:`edge_agent.telemetry.prom`)."""
+        return TelemetryCollector(lambda: self.last_quality, self.outbox.stats)
 
     def _report_drops(self, dropped_total: int, *, force: bool = False) -> None:
         """An ``outbox.dropped`` event: when delivery resumes (``force``), else at most one
