@@ -151,7 +151,8 @@ class Wiring:
             config=cfg, registry=self.s.registry, hooks=self.s.hooks,
             store_root=Path(self.s.store.root),
             quality=(lambda: t.last_quality) if t is not None else dict,
-            add_command=t.commands.add if t is not None else None))
+            add_command=t.commands.add if t is not None else None,
+            on_feedback=t.on_feedback if t is not None else None))
         return self.capture_service
 
     def update(self) -> UpdateService | None:

@@ -9,8 +9,9 @@ and the total pulled.
 
 The output is the labelled-folder layout ``edge-convert convert --eval DIR`` reads:
 ``DIR/<label>/<id>.png`` (one folder per label of the model, so the sorted folder names
-index the classes as the model does; the folder is the *predicted* label: review and move
-files before using them as ground truth), ``DIR/features.npz`` for ``mode = "features"``
+index the classes as the model does; the folder is the label feedback gave for items
+captured because feedback disagreed, else the *predicted* label: review those before using
+them as ground truth), ``DIR/features.npz`` for ``mode = "features"``
 items (``x``, ``y`` = predicted class, ``labels``), and ``DIR/index.jsonl`` with each
 item's metadata (model, version, reason, confidence, request id, time).
 """
@@ -147,7 +148,7 @@ def write_item(out: Path, item_id: str, data: np.ndarray, meta: dict[str, Any],
                features: list[tuple[np.ndarray, int, list[str]]]) -> str:
     """Write one item into the layout; returns its path relative to ``out``."""
     labels = [str(x) for x in meta.get("labels") or []]
-    top1 = int(meta.get("top1", 0))
+    top1 = int(meta.get("y", meta.get("top1", 0)))  # feedback's label, else the prediction
     if meta.get("mode") == "features" or data.ndim != 3 or data.shape[-1] not in (1, 3):
         features.append((data.astype(np.float32).ravel(), top1, labels))
         return "features.npz"

@@ -20,6 +20,8 @@ class CaptureConfig:
     mode: str = "thumbnail"  # input (the tensor as served) | thumbnail | features
     confidence_below: float = 0.5  # top-1 confidence under this → capture (0: never)
     on_drift: bool = True  # predictions in a drifting model's over-represented class bins
+    on_feedback: bool = True  # predictions label feedback says were wrong
+    feedback_memory_bytes: int = 4 * 1024 * 1024  # inputs held in RAM awaiting feedback
     thumbnail_px: int = 32  # longest side of a thumbnail
     dir: Path | None = None  # default <store_dir>/capture
     max_bytes: int = 64 * 1024 * 1024  # the store's cap (oldest out first)
@@ -41,6 +43,9 @@ class CaptureConfig:
             confidence_below=t.number("confidence_below", d.confidence_below, 0.0, 1.0,
                                       exclusive=False),
             on_drift=t.flag("on_drift", d.on_drift),
+            on_feedback=t.flag("on_feedback", d.on_feedback),
+            feedback_memory_bytes=t.integer("feedback_memory_bytes", d.feedback_memory_bytes,
+                                            0),
             thumbnail_px=t.integer("thumbnail_px", d.thumbnail_px, 4, 512),
             dir=t.path("dir"),
             max_bytes=t.integer("max_bytes", d.max_bytes, 4096),

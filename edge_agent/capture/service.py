@@ -5,7 +5,10 @@ threshold test, at most ``max_per_s`` times a second a copy of one sample, and a
 ``put_nowait`` on a bounded queue (full: the item is dropped and counted, the prediction
 never waits). The writer thread dequantizes, makes the thumbnail or features, and stores
 the item (:mod:`edge_agent.capture.store`); every second it refreshes the drifting class
-bins from the telemetry monitor's last report. ``capture.store_full`` (oldest items
+bins from the telemetry monitor's last report. With ``on_feedback``, a request with an id
+that is not captured at once is held in RAM (``feedback_memory_bytes``, oldest out) until
+label feedback for it arrives: the samples it says were predicted wrong are captured,
+filed under the label feedback gave. ``capture.store_full`` (oldest items
 evicted) and ``capture.skipped`` (disk low, item too big, write failed) events are sent
 at most once a minute each.
 
@@ -21,6 +24,7 @@ import logging
 import queue
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -41,6 +45,7 @@ from edge_agent.capture.select import (
 from edge_agent.capture.store import CaptureStore, encode_item
 from edge_agent.errors import EdgeError, InvalidRequestError
 from edge_agent.hooks import Hooks, PredictionRecord
+from edge_agent.monitor.feedback import FeedbackItem
 from edge_agent.protocol.kinds import EventKind
 from edge_agent.registry import ModelRegistry
 from edge_agent.runtime.quant import dequantize
@@ -63,6 +68,20 @@ class _Pick:
     probabilities: np.ndarray | None
     request_id: str | None
     at: float
+    truth: int | None = None  # the class label feedback gave (reason "feedback")
+
+
+@dataclass(frozen=True)
+class _Held:
+    """A request's inputs kept in RAM until label feedback or eviction (oldest first)."""
+
+    model: str
+    version: int
+    x: np.ndarray  # the whole batch, as served
+    spec: TensorSpec | None
+    top1: np.ndarray
+    confidence: np.ndarray
+    at: float
 
 
 @dataclass(frozen=True)
@@ -73,6 +92,17 @@ class CaptureDeps:
     store_root: Path  # the store lives in <store_root>/capture unless [capture] dir is set
     quality: Callable[[], Mapping[str, Mapping[str, Any]]]  # telemetry's last report
     add_command: Callable[[str, Callable[[dict[str, Any]], Any]], None] | None = None
+    on_feedback: Callable[[Callable[[list[FeedbackItem]], None]], None] | None = None
+
+
+def label_index(label: int | str, labels: tuple[str, ...]) -> int | None:
+    """A feedback label (class index or name) as a class index; None if unknown."""
+    if isinstance(label, int) and not isinstance(label, bool):
+        return label if label >= 0 else None
+    try:
+        return labels.index(str(label))
+    except ValueError:
+        return int(label) if str(label).isdigit() else None
 
 
 class CaptureService:
@@ -91,6 +121,9 @@ class CaptureService:
         self._event_at: dict[str, float] = {}
         self.dropped = self.limited = self.stored = self.evicted = self.skipped = 0
         self._undo: Callable[[], None] | None = None
+        self._held: OrderedDict[str, _Held] = OrderedDict()  # request id → inputs
+        self._held_bytes = 0
+        self._held_lock = threading.Lock()
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
@@ -99,6 +132,8 @@ class CaptureService:
         if self.deps.add_command is not None:
             self.deps.add_command("capture_list", self.list_items)
             self.deps.add_command("capture_get", self.get_chunk)
+        if self.deps.on_feedback is not None and self.cfg.on_feedback:
+            self.deps.on_feedback(self.feedback)
         self._undo = self.deps.hooks.on_prediction(self._on_prediction)
         self._thread = threading.Thread(target=self._work, daemon=True, name="capture")
         self._thread.start()
@@ -122,13 +157,23 @@ class CaptureService:
             return
         picks = choose(rec.confidence, rec.top1, confidence_below=self.cfg.confidence_below,
                        drift_bins=self._bins.get(rec.model, frozenset()))
-        if not picks:
+        hold = (self.cfg.on_feedback and rec.request_id is not None and rec.top1 is not None
+                and rec.confidence is not None
+                and rec.inputs_raw.nbytes <= self.cfg.feedback_memory_bytes)
+        if not picks and not hold:
             return
         now = time.monotonic()
         if now < self._next_at:
             self.limited += 1
             return
         self._next_at = now + 1.0 / self.cfg.max_per_s
+        if not picks:
+            assert rec.request_id is not None and rec.top1 is not None
+            assert rec.confidence is not None
+            self._hold(rec.request_id, _Held(rec.model, rec.version, np.array(rec.inputs_raw),
+                                             rec.input_spec, np.array(rec.top1),
+                                             np.array(rec.confidence), rec.at))
+            return
         i, reason = picks[0]
         assert rec.top1 is not None and rec.confidence is not None  # choose() checked
         probs = rec.probabilities
@@ -139,6 +184,42 @@ class CaptureService:
             self._q.put_nowait(pick)
         except queue.Full:
             self.dropped += 1
+
+    def _hold(self, request_id: str, held: _Held) -> None:
+        with self._held_lock:
+            old = self._held.pop(request_id, None)
+            if old is not None:
+                self._held_bytes -= old.x.nbytes
+            self._held[request_id] = held
+            self._held_bytes += held.x.nbytes
+            while self._held_bytes > self.cfg.feedback_memory_bytes and self._held:
+                _, gone = self._held.popitem(last=False)
+                self._held_bytes -= gone.x.nbytes
+
+    def feedback(self, items: list[FeedbackItem]) -> None:
+        """Label feedback: the held samples it says were predicted wrong are captured."""
+        for it in items:
+            with self._held_lock:
+                h = self._held.pop(it.request_id, None)
+                if h is not None:
+                    self._held_bytes -= h.x.nbytes
+            if h is None:
+                continue
+            labels: tuple[str, ...] = ()
+            try:
+                labels = tuple(self.deps.registry.get(h.model, h.version).manifest.labels)
+            except EdgeError:
+                pass
+            for j, label in enumerate(it.labels[:len(h.top1)]):
+                truth = label_index(label, labels)
+                if truth is None or truth == int(h.top1[j]):
+                    continue
+                try:
+                    self._q.put_nowait(_Pick(h.model, h.version, "feedback", h.x[j], h.spec,
+                                             int(h.top1[j]), float(h.confidence[j]), None,
+                                             it.request_id, h.at, truth))
+                except queue.Full:
+                    self.dropped += 1
 
     # ---- the writer thread -------------------------------------------------------------
 
@@ -199,8 +280,9 @@ class CaptureService:
             data = features(x, p.probabilities)
         else:
             data = x
+        y = p.top1 if p.truth is None else p.truth  # the folder: feedback's label, if any
         meta = {"model": p.model, "version": p.version, "reason": p.reason, "top1": p.top1,
-                "label": labels[p.top1] if 0 <= p.top1 < len(labels) else str(p.top1),
+                "y": y, "label": labels[y] if 0 <= y < len(labels) else str(y),
                 "labels": list(labels), "confidence": round(p.confidence, 6),
                 "request_id": p.request_id, "at": p.at, "mode": mode,
                 "preprocessing": asdict(pre) if pre is not None else None}

@@ -35,7 +35,7 @@ import edge_agent
 from edge_agent.agent_view import AgentView
 from edge_agent.errors import EdgeError, InvalidRequestError
 from edge_agent.hooks import AgentEvent, Hooks, PredictionRecord
-from edge_agent.monitor.feedback import parse_feedback
+from edge_agent.monitor.feedback import FeedbackItem, parse_feedback
 from edge_agent.mqtt.client import MqttClient, Will
 from edge_agent.mqtt.config import MqttConfig
 from edge_agent.mqtt.forwarder import Forwarder
@@ -139,6 +139,7 @@ class TelemetryService:
         self.drain_cpu_s = 0.0  # CPU time spent folding prediction records
         # per model, the last tick's quality report (the /metrics drift gauges read it)
         self.last_quality: dict[str, dict[str, Any]] = {}
+        self._feedback_listeners: list[Callable[[list[FeedbackItem]], None]] = []
         if self.outbox.reset_reason:
             deps.hooks.emit_event("error", EventKind.OUTBOX_RESET, self.outbox.reset_reason)
 
@@ -403,6 +404,7 @@ class TelemetryService:
         items = parse_feedback(parse_json(payload, "feedback"))
         self.drain()  # predictions made just before the feedback must be joinable
         res = self.monitor.apply_feedback(items)
+        self._tell_feedback(items)
         if res.unknown or res.rejected:
             log.info("feedback on %s: %s", topic, res.to_dict())
 
@@ -417,4 +419,17 @@ class TelemetryService:
             raise InvalidRequestError(f"feedback: body is not JSON ({e})") from e
         items = parse_feedback(doc, model=name)
         self.drain()
-        return 200, self.monitor.apply_feedback(items).to_dict()
+        res = self.monitor.apply_feedback(items)
+        self._tell_feedback(items)
+        return 200, res.to_dict()
+
+    def on_feedback(self, cb: Callable[[list[FeedbackItem]], None]) -> None:
+        """``cb(items)`` after accepted label feedback (data capture keeps disagreements)."""
+        self._feedback_listeners.append(cb)
+
+    def _tell_feedback(self, items: list[FeedbackItem]) -> None:
+        for cb in list(self._feedback_listeners):
+            try:
+                cb(items)
+            except Exception:
+                log.exception("feedback listener failed")

@@ -177,9 +177,9 @@ def test_a_flood_of_low_confidence_inputs_stays_under_the_store_cap(
 def test_capture_is_off_by_default_and_needs_a_model_switched_on(tmp_path: Path) -> None:
     cfg = load_config(None, {"agent.store_dir": str(tmp_path)}, env={})
     assert cfg.capture.enabled is False and cfg.capture.models == ()
-    with pytest.raises(ConfigError, match="capture.models"):
+    with pytest.raises(ConfigError, match=r"capture\.models"):
         load_config(None, {"agent.store_dir": str(tmp_path), "capture.enabled": True}, env={})
-    with pytest.raises(ConfigError, match="capture.mode"):
+    with pytest.raises(ConfigError, match=r"capture\.mode"):
         load_config(None, {"agent.store_dir": str(tmp_path), "capture.mode": "raw"}, env={})
 
 
@@ -193,3 +193,61 @@ def test_capture_store_keeps_a_free_space_reserve(tmp_path: Path) -> None:
                        min_free_bytes=0)
     assert big.put(encode_item(np.zeros(4096, np.uint8), {})).skipped == "too_big"
     assert items(tmp_path / "d") == []
+
+
+def test_feedback_that_disagrees_captures_the_input_under_the_given_label(
+        tmp_path: Path, broker: Any, digits: Any) -> None:
+    agent = capture_agent(tmp_path, broker, digits, "cap-3",
+                          'enabled = true\nmodels = ["digits"]\nconfidence_below = 0.0\n'
+                          'on_drift = false\nmode = "thumbnail"\nmax_per_s = 1000\n'
+                          'min_free_bytes = 0')
+    agent.start()
+    try:
+        url = http_url(agent)
+        x = np.load(digits.eval_npz)["x"]
+        preds = []
+        for i in range(6):
+            req = urllib.request.Request(
+                f"{url}/v1/models/digits:predict", method="POST",
+                data=json.dumps({"instances": x[i:i + 1].tolist()}).encode(),
+                headers={"Content-Type": "application/json", "X-Request-Id": f"fb-{i}"})
+            with urllib.request.urlopen(req, timeout=10) as r:
+                p = json.loads(r.read())["predictions"][0]
+            preds.append(int(np.argmax(p)) if isinstance(p, list) else int(p))
+        store = agent.dir / "store" / "capture"
+        time.sleep(0.5)
+        assert items(store) == [], "confidence_below = 0 captured without feedback"
+        wrong = {0: (preds[0] + 1) % 10, 3: (preds[3] + 2) % 10}
+        fb = [{"request_id": f"fb-{i}", "label": wrong.get(i, preds[i])} for i in range(6)]
+        req = urllib.request.Request(f"{url}/v1/models/digits:feedback", method="POST",
+                                     data=json.dumps(fb).encode(),
+                                     headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=10) as r:
+            assert json.loads(r.read())["accepted"] == 6
+        wait_for(lambda: len(items(store)) == 2, 10, "the two disagreeing inputs")
+        out = tmp_path / "pulled"
+        r2 = edge_fleet("capture", "pull", "--device", "cap-3", "-o", out, "--broker",
+                        broker.url)
+        assert r2.returncode == 0, r2.stderr
+        index = [json.loads(ln) for ln in (out / "index.jsonl").read_text().splitlines()]
+        assert sorted((d["request_id"], d["reason"], d["label"]) for d in index) == [
+            ("fb-0", "feedback", str(wrong[0])), ("fb-3", "feedback", str(wrong[3]))]
+        assert all(Path(out / d["file"]).parent.name == d["label"] for d in index)
+        time.sleep(0.3)
+        assert len(items(store)) == 2  # agreeing feedback captured nothing
+    finally:
+        agent.stop()
+
+
+def test_drifting_bins_select_the_inputs_that_moved() -> None:
+    from edge_agent.capture.select import choose, drifting_bins
+    ref = [0.1] * 10
+    cur = [5, 5, 5, 60, 5, 5, 5, 5, 5, 0]  # class 3 floods in
+    bins = drifting_bins(cur, ref)
+    assert bins == frozenset({3})
+    picks = choose(np.array([0.9, 0.95, 0.3]), np.array([3, 1, 1]), confidence_below=0.5,
+                   drift_bins=bins)
+    assert picks == [(0, "drift"), (2, "low_confidence")]
+    assert drifting_bins(ref, ref) == frozenset()
+    assert choose(np.array([0.9]), np.array([1]), confidence_below=0.5,
+                  drift_bins=frozenset()) == []
