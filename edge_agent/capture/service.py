@@ -155,8 +155,12 @@ class CaptureService:
     def _on_prediction(self, rec: PredictionRecord) -> None:
         if rec.model not in self.models or not rec.ok or rec.inputs_raw is None:
             return
+        bins = self._bins.get(rec.model)
+        if (not bins and rec.request_id is None and rec.confidence is not None
+                and rec.confidence.min() >= self.cfg.confidence_below):
+            return  # the common case: confident, nothing drifting, no id to hold
         picks = choose(rec.confidence, rec.top1, confidence_below=self.cfg.confidence_below,
-                       drift_bins=self._bins.get(rec.model, frozenset()))
+                       drift_bins=bins or frozenset())
         hold = (self.cfg.on_feedback and rec.request_id is not None and rec.top1 is not None
                 and rec.confidence is not None
                 and rec.inputs_raw.nbytes <= self.cfg.feedback_memory_bytes)
