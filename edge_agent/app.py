@@ -23,6 +23,7 @@ from __future__ import annotations
 import collections
 import logging
 import os
+import platform
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -49,6 +50,8 @@ from edge_agent.serving.v2_api import V2Api
 from edge_agent.sources import MessageLink, MqttRequestSource, Source
 from edge_agent.sources.wiring import source_factories, wants_link
 from edge_agent.store import ModelStore
+from edge_agent.telemetry.prom import SystemCollector
+from edge_agent.telemetry.system import SystemSampler
 from edge_agent.wiring import Component, ComponentFactory, Services, Wiring, mqtt_client
 
 if TYPE_CHECKING:
@@ -107,6 +110,14 @@ class Agent:
                 self.registry.set_label(model, label, version)
         self.admission = Admission(a.workers, h.queue_size, retry_after_s=h.retry_after_s)
         self.metrics.queue_source = self.admission.snapshot
+        self.metrics.model_names = self.registry.names
+        self.metrics.set_build_info(version=edge_agent.__version__, runtime=str(self.runtime),
+                                    profile=self.profile.name,
+                                    python=platform.python_version())
+        self.metrics.add_collector(SystemCollector(SystemSampler(
+            None, thermal_paths=tuple(self.profile.thermal_paths),
+            throttling_path=self.profile.throttling_path)))
+        self._telemetry_metrics = False
         self.http: HttpServer | None = None
         if h.enabled:
             self.http = HttpServer(h.host, h.port, token=h.token, max_body_bytes=h.max_body_bytes,
@@ -276,6 +287,10 @@ class Agent:
                                       component=type(comp).__name__)
                 continue
             self.components.append(comp)
+        t = self.wiring.telemetry_service
+        if t is not None and not self._telemetry_metrics:  # drift and outbox on /metrics
+            self.metrics.add_collector(t.metrics_collector())
+            self._telemetry_metrics = True
         if self.mqtt is not None:
             self.mqtt.start()  # idempotent: telemetry normally started it with its Will
 

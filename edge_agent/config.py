@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from edge_agent.bundle import MAX_BUNDLE_BYTES
+from edge_agent.capture.config import CaptureConfig
 from edge_agent.config_reader import (
     COMMAND_LINE,
     DEFAULTS,
@@ -65,10 +66,10 @@ __all__ = [
 ]
 
 SECTIONS = ("agent", "http", "models", "watch", "camera", "mqtt_requests", "mqtt",
-            "telemetry", "update", "grpc")
+            "telemetry", "update", "grpc", "capture")
 ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")  # safe in MQTT topics and paths
 LABEL_RE = re.compile(r"^[A-Za-z][A-Za-z0-9._-]{0,63}$")  # a version label: never a number
-COMPONENTS = ("telemetry", "update", "systemd", "dashboard")  # in start order
+COMPONENTS = ("telemetry", "capture", "update", "systemd", "dashboard")  # in start order
 LEGACY_COMPONENTS = {"edge_agent.telemetry.service:create": "telemetry",
                      "edge_agent.update.service:create": "update",
                      "edge_agent.service:create": "systemd",
@@ -202,6 +203,7 @@ class AgentConfig:
     telemetry: TelemetryConfig = field(default_factory=TelemetryConfig)
     update: UpdateConfig | None = None  # None: no [update] section
     grpc: GrpcConfig = field(default_factory=GrpcConfig)  # [grpc]: off by default
+    capture: CaptureConfig = field(default_factory=CaptureConfig)  # off by default
     source: str = DEFAULTS
 
     def wants(self, component: str) -> bool:
@@ -538,5 +540,6 @@ def load_config(path: Path | None, overrides: Mapping[str, Any] | None = None, *
         telemetry=TelemetryConfig.parse(table("telemetry")),
         update=UpdateConfig.parse(table("update")),
         grpc=GrpcConfig.parse(table("grpc"), http_token=http.token),
+        capture=CaptureConfig.parse(table("capture")),
         source=source,
     )

@@ -8,6 +8,7 @@ dependencies (:class:`~edge_agent.telemetry.service.TelemetryDeps`,
 imported directly; none receives the agent, none probes for attributes::
 
     Services ──► Wiring.telemetry()  → TelemetryService(TelemetryDeps)   needs [mqtt] url
+             ├─► Wiring.capture()    → CaptureService(CaptureDeps)        needs [capture] enabled
              ├─► Wiring.update()     → UpdateService(FlowDeps)            needs [update]
              ├─► Wiring.systemd()    → SystemdNotifier(health, status)    needs $NOTIFY_SOCKET
              └─► Wiring.dashboard()  → Dashboard(DashboardDeps)           needs [http] ui
@@ -29,6 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 from edge_agent.agent_view import AgentView
+from edge_agent.capture.service import CaptureDeps, CaptureService
 from edge_agent.config import COMPONENTS, AgentConfig
 from edge_agent.hooks import Hooks
 from edge_agent.mqtt.client import MqttClient, Will
@@ -109,10 +111,12 @@ class Wiring:
         self.env = os.environ if env is None else env
         self.telemetry_service: TelemetryService | None = None
         self.update_service: UpdateService | None = None
+        self.capture_service: CaptureService | None = None
 
     def factories(self, names: Sequence[str] | None = None) -> list[ComponentFactory]:
         """Builders for ``names`` (default: ``[agent] components``, else all) in start order."""
         table: dict[str, ComponentFactory] = {"telemetry": lambda _s: self.telemetry(),
+                                              "capture": lambda _s: self.capture(),
                                               "update": lambda _s: self.update(),
                                               "systemd": lambda _s: self.systemd(),
                                               "dashboard": lambda _s: self.dashboard()}
@@ -144,6 +148,20 @@ class Wiring:
             groups=device_groups(c), update_status=self.update_status,
             mqtt_requests=c.mqtt_requests.enabled, signed_updates=c.update is not None))
         return self.telemetry_service
+
+    def capture(self) -> CaptureService | None:
+        """Data capture: needs ``[capture] enabled``; pulled over telemetry's commands."""
+        cfg = self.s.config.capture
+        if not cfg.enabled:
+            return None
+        t = self.telemetry_service
+        self.capture_service = CaptureService(CaptureDeps(
+            config=cfg, registry=self.s.registry, hooks=self.s.hooks,
+            store_root=Path(self.s.store.root),
+            quality=(lambda: t.last_quality) if t is not None else dict,
+            add_command=t.commands.add if t is not None else None,
+            on_feedback=t.on_feedback if t is not None else None))
+        return self.capture_service
 
     def update(self) -> UpdateService | None:
         """Signed updates: needs an enabled ``[update]`` section with a valid TUF root."""

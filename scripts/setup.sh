@@ -11,6 +11,7 @@ for p in mosquitto python3-venv ejabberd; do  # ejabberd: the two-node cluster t
   dpkg -s "$p" >/dev/null 2>&1 || need+=("$p")
 done
 for p in chromium chromium-driver; do dpkg -s "$p" >/dev/null 2>&1 || need+=("$p"); done  # dashboard tests
+dpkg -s prometheus >/dev/null 2>&1 || need+=(prometheus)  # promtool check metrics (tests)
 if [ "${#need[@]}" -gt 0 ]; then
   echo "setup: installing ${need[*]} (apt)"
   sudo_ env DEBIAN_FRONTEND=noninteractive apt-get update -qq

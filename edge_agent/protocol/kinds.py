@@ -80,6 +80,9 @@ class EventKind(StrEnum):
     # quality
     DRIFT_DETECTED = "drift.detected"
     DRIFT_CLEARED = "drift.cleared"
+    # data capture (docs/capture.md)
+    CAPTURE_STORE_FULL = "capture.store_full"
+    CAPTURE_SKIPPED = "capture.skipped"
     # transport
     MQTT_BAD_MESSAGE = "mqtt.bad_message"
     MQTT_PUBLISH_REFUSED = "mqtt.publish_refused"

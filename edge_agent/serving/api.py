@@ -34,7 +34,7 @@ from edge_agent.serving import codec
 from edge_agent.serving.admission import Admission
 from edge_agent.serving.dataplane import DataPlane
 from edge_agent.serving.http import HttpServer, HTTPStatusError, Request, Response
-from edge_agent.serving.metrics import CONTENT_TYPE, Metrics
+from edge_agent.serving.metrics import Metrics, wants_openmetrics
 
 _MODEL = (r"/v1/models/(?P<name>[^/:]+)"
           r"(?:/versions/(?P<version>[^/:]+)|/labels/(?P<label>[^/:]+))?")
@@ -110,7 +110,9 @@ class ServingApi:
 
     def metrics_page(self, req: Request) -> Response:
         self.metrics.models_loaded.set(sum(len(m["versions"]) for m in self.registry.snapshot()))
-        return Response(200, self.metrics.exposition(), CONTENT_TYPE)
+        body, ctype = self.metrics.exposition(
+            openmetrics_format=wants_openmetrics(req.headers.get("Accept")))
+        return Response(200, body, ctype)
 
     def models(self, req: Request) -> tuple[int, Any]:
         return 200, {"models": self.registry.snapshot()}

@@ -70,6 +70,10 @@ class CommandHandler:
         self._q: queue.Queue[tuple[Callable[[], None] | None]] = queue.Queue(max_pending)
         self._thread: threading.Thread | None = None
 
+    def add(self, name: str, fn: Callable[[dict[str, Any]], Any]) -> None:
+        """Another component's command (``capture_list``); its errors are answered too."""
+        self.commands[name] = fn
+
     def start(self) -> None:
         if self._thread is None:
             self._thread = threading.Thread(target=self._work, daemon=True, name="mqtt-cmd")

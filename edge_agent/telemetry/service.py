@@ -35,7 +35,7 @@ import edge_agent
 from edge_agent.agent_view import AgentView
 from edge_agent.errors import EdgeError, InvalidRequestError
 from edge_agent.hooks import AgentEvent, Hooks, PredictionRecord
-from edge_agent.monitor.feedback import parse_feedback
+from edge_agent.monitor.feedback import FeedbackItem, parse_feedback
 from edge_agent.mqtt.client import MqttClient, Will
 from edge_agent.mqtt.config import MqttConfig
 from edge_agent.mqtt.forwarder import Forwarder
@@ -57,6 +57,7 @@ from edge_agent.serving.http import HttpServer, Request
 from edge_agent.telemetry.commands import CommandHandler
 from edge_agent.telemetry.config import TelemetryConfig
 from edge_agent.telemetry.monitoring import ModelMonitor
+from edge_agent.telemetry.prom import TelemetryCollector
 from edge_agent.telemetry.sample import Sample, sample_of
 from edge_agent.telemetry.stats import ModelStats
 from edge_agent.telemetry.system import SystemSampler
@@ -139,6 +140,9 @@ class TelemetryService:
         self.last: dict[str, Any] | None = None  # the last body published (dashboard)
         self.tick_cpu_s = 0.0  # CPU time spent building telemetry (bench/telemetry.py)
         self.drain_cpu_s = 0.0  # CPU time spent folding prediction records
+        # per model, the last tick's quality report (the /metrics drift gauges read it)
+        self.last_quality: dict[str, dict[str, Any]] = {}
+        self._feedback_listeners: list[Callable[[list[FeedbackItem]], None]] = []
         if self.outbox.reset_reason:
             deps.hooks.emit_event("error", EventKind.OUTBOX_RESET, self.outbox.reset_reason)
 
@@ -353,8 +357,10 @@ class TelemetryService:
         """One telemetry body (also used by tests and the bench)."""
         self.drain()
         models = self.stats.snapshot()
-        for name, extra in self.monitor.report().items():
+        report = self.monitor.report()
+        for name, extra in report.items():
             models.setdefault(name, {}).update(extra)
+        self.last_quality = {n: e["quality"] for n, e in report.items() if "quality" in e}
         ob = self.outbox.stats()
         self._report_drops(ob.dropped)
         started = self.agent.started_at() or self.started_at
@@ -370,6 +376,10 @@ class TelemetryService:
                   "dropped_incoming": self.client.dropped_incoming,
                   "rejected_incoming": self.client.rejected_incoming},
         ).to_dict()
+
+    def metrics_collector(self) -> TelemetryCollector:
+        """Drift and outbox gauges for ``/metrics`` (:mod:`edge_agent.telemetry.prom`)."""
+        return TelemetryCollector(lambda: self.last_quality, self.outbox.stats)
 
     def _report_drops(self, dropped_total: int, *, force: bool = False) -> None:
         """An ``outbox.dropped`` event: when delivery resumes (``force``), else at most one
@@ -408,6 +418,7 @@ class TelemetryService:
         items = parse_feedback(parse_json(payload, "feedback"))
         self.drain()  # predictions made just before the feedback must be joinable
         res = self.monitor.apply_feedback(items)
+        self._tell_feedback(items)
         if res.unknown or res.rejected:
             log.info("feedback on %s: %s", topic, res.to_dict())
 
@@ -422,4 +433,17 @@ class TelemetryService:
             raise InvalidRequestError(f"feedback: body is not JSON ({e})") from e
         items = parse_feedback(doc, model=name)
         self.drain()
-        return 200, self.monitor.apply_feedback(items).to_dict()
+        res = self.monitor.apply_feedback(items)
+        self._tell_feedback(items)
+        return 200, res.to_dict()
+
+    def on_feedback(self, cb: Callable[[list[FeedbackItem]], None]) -> None:
+        """``cb(items)`` after accepted label feedback (data capture keeps disagreements)."""
+        self._feedback_listeners.append(cb)
+
+    def _tell_feedback(self, items: list[FeedbackItem]) -> None:
+        for cb in list(self._feedback_listeners):
+            try:
+                cb(items)
+            except Exception:
+                log.exception("feedback listener failed")

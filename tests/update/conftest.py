@@ -104,7 +104,8 @@ def start_device(tmp_path: Path, fleet: Fleet, bundles: Bundles, mosquitto: Any
     agents: list[Any] = []
 
     def make(*, store: Path | None = None, models: tuple[Path, ...] | None = None,
-             http: dict[str, Any] | None = None, **update: Any) -> Device:
+             http: dict[str, Any] | None = None, config: dict[str, Any] | None = None,
+             **update: Any) -> Device:
         o: dict[str, Any] = {
             "agent.store_dir": str(store or tmp_path / "store"),
             "agent.profile": "generic-x86_64", "agent.device_id": DEVICE,
@@ -119,6 +120,7 @@ def start_device(tmp_path: Path, fleet: Fleet, bundles: Bundles, mosquitto: Any
         }
         o.update({f"update.{k}": v for k, v in update.items()})
         o.update({f"http.{k}": v for k, v in (http or {}).items()})
+        o.update(config or {})  # other sections' keys, e.g. {"telemetry.interval_s": 0.2}
         o["models"] = [{"bundle": str(b)} for b in (models if models is not None
                                                     else (bundles.v1,))]
         agent = Agent(load_config(None, o, env={}))
