@@ -61,6 +61,9 @@ PYTHON3="$ROOTFS/usr/local/bin/python3.11"
 rm -rf "$ROOTFS/opt/edge-agent" "$ROOTFS/opt/fallback"
 (
   "$PYTHON3" -m venv "$ROOTFS/opt/edge-agent"
+  pipq "$ROOTFS/opt/edge-agent/bin/pip" install --no-index --find-links "$WH/qemu-aarch64" edge-inference \
+    | { grep -E "^(Successfully|ERROR)" || true; }
+  # the grpc extra, as docs/install.md's gRPC section adds it (the smoke test sends a Predict)
   pipq "$ROOTFS/opt/edge-agent/bin/pip" install --no-index --find-links "$WH/qemu-aarch64" 'edge-inference[grpc]' \
     | { grep -E "^(Successfully|ERROR)" || true; }
 ) &
