@@ -10,7 +10,7 @@
 #   bundles     digits + MobileNetV2 int8 from the main venv (or $EDGE_MATRIX_BUNDLES)
 #   wheelhouse  python -m fleet.wheelhouse qemu-aarch64 / rpi-bookworm-fallback
 #   install     python3 -m venv + pip install --no-index --find-links (two venvs, fresh)
-#   smoke       pytest tests/boards/test_aarch64_smoke.py: golden vectors, REST predict,
+#   smoke       pytest tests/boards/test_aarch64_smoke.py: golden vectors, REST and gRPC predict,
 #               MQTT birth to the host's Mosquitto, the 2.3.0 SIGSEGV → tflite fallback
 # Env: MAIN_PY (.venv/bin/python), QEMU_CPU (cortex-a72), DEBIAN_MIRROR.
 set -euo pipefail
@@ -45,7 +45,10 @@ cat "$EDGE_MATRIX_BUNDLES"
 done_step bundles
 
 step "wheelhouses"
-pipq "$MAIN_PY" -m fleet.wheelhouse qemu-aarch64 --out "$WH/qemu-aarch64" | grep -v "^  "
+# + the grpc extra's aarch64 wheels (grpcio, protobuf: pyproject's [grpc]): one gRPC Predict
+GRPC_REQS=$("$MAIN_PY" -c 'import tomllib; print(" ".join("--extra=" + r for r in tomllib.load(open("pyproject.toml", "rb"))["project"]["optional-dependencies"]["grpc"]))')
+# shellcheck disable=SC2086
+pipq "$MAIN_PY" -m fleet.wheelhouse qemu-aarch64 --out "$WH/qemu-aarch64" $GRPC_REQS | grep -v "^  "
 OWN="$(ls "$WH"/qemu-aarch64/edge_inference-*.whl)"
 pipq "$MAIN_PY" -m fleet.wheelhouse rpi-bookworm-fallback --out "$WH/rpi-bookworm-fallback" \
   --wheel "$OWN" | grep -v "^  "
@@ -60,6 +63,9 @@ rm -rf "$ROOTFS/opt/edge-agent" "$ROOTFS/opt/fallback"
   "$PYTHON3" -m venv "$ROOTFS/opt/edge-agent"
   pipq "$ROOTFS/opt/edge-agent/bin/pip" install --no-index --find-links "$WH/qemu-aarch64" edge-inference \
     | { grep -E "^(Successfully|ERROR)" || true; }
+  # the grpc extra, as docs/install.md's gRPC section adds it (the smoke test sends a Predict)
+  pipq "$ROOTFS/opt/edge-agent/bin/pip" install --no-index --find-links "$WH/qemu-aarch64" 'edge-inference[grpc]' \
+    | { grep -E "^(Successfully|ERROR)" || true; }
 ) &
 P1=$!
 (
@@ -71,7 +77,7 @@ P2=$!
 wait $P1
 wait $P2
 for v in edge-agent fallback; do
-  echo "  /opt/$v: $("$ROOTFS/opt/$v/bin/pip" list 2>/dev/null | grep -iE '^(edge-inference|ai-edge-litert|tflite-runtime|numpy) ' | tr -s ' ' | paste -sd, -)"
+  echo "  /opt/$v: $("$ROOTFS/opt/$v/bin/pip" list 2>/dev/null | grep -iE '^(edge-inference|ai-edge-litert|tflite-runtime|numpy|grpcio|protobuf) ' | tr -s ' ' | paste -sd, -)"
 done
 done_step install
 

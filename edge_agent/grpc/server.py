@@ -109,31 +109,42 @@ class GrpcServer:
 
     # ------------------------------------------------------------------ handlers
 
-    def _authorized(self, ctx: grpc.ServicerContext) -> bool:
+    def _authorized(self, metadata: dict[str, str]) -> bool:
         if self._token is None:
             return True
+        value = metadata.get("authorization")
+        if value is None:
+            return False
+        scheme, _, cred = value.partition(" ")
+        # compare_digest on bytes: time depends only on the token's length
+        return scheme.lower() == "bearer" and hmac.compare_digest(
+            cred.strip().encode("utf-8", "replace"), self._token)
+
+    @staticmethod
+    def _metadata(ctx: grpc.ServicerContext) -> dict[str, str]:
+        """The call's metadata in one pass (the first value of each key; binary ``-bin``
+        values are skipped: no RPC reads them)."""
+        out: dict[str, str] = {}
         for key, value in ctx.invocation_metadata():
-            if key == "authorization":
-                scheme, _, cred = str(value).partition(" ")
-                # compare_digest on bytes: time depends only on the token's length
-                return scheme.lower() == "bearer" and hmac.compare_digest(
-                    cred.strip().encode("utf-8", "replace"), self._token)
-        return False
+            if isinstance(value, str):
+                out.setdefault(key, value)
+        return out
 
     def _wrap(self, rpc: str, fn: Handler, auth: bool) -> Callable[[Any, Any], Message]:
         def handle(req: Any, ctx: grpc.ServicerContext) -> Message:
             t0 = time.perf_counter()
             code = grpc.StatusCode.OK
             try:
-                if auth and not self._authorized(ctx):
+                md = self._metadata(ctx)
+                if auth and not self._authorized(md):
                     code = grpc.StatusCode.UNAUTHENTICATED
                     ctx.abort(code, "missing or wrong bearer token: send metadata "
                                     "'authorization: Bearer <token>'")
                 if isinstance(req, _Malformed):
                     code = grpc.StatusCode.INVALID_ARGUMENT
                     ctx.abort(code, req.error)
-                rid = dict(ctx.invocation_metadata()).get("x-request-id")
-                return fn(req, Caller(ctx.peer(), str(rid)[:128] if rid else None))
+                rid = md.get("x-request-id")
+                return fn(req, Caller(ctx.peer(), rid[:128] if rid else None))
             except EdgeError as e:
                 code = status_of(e)
                 ctx.abort(code, str(e))

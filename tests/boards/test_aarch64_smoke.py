@@ -4,7 +4,8 @@
 wheelhouse into two venvs inside it (``/opt/edge-agent``: ai-edge-litert 2.1.6;
 ``/opt/fallback``: ai-edge-litert 2.3.0 + tflite-runtime 2.14.0) and runs this file with
 their paths in the environment. Here the emulated ``edge-agent`` is a real process on the
-host's loopback: it loads a bundle, verifies its golden vectors, answers a REST predict,
+host's loopback: it loads a bundle, verifies its golden vectors, answers a REST predict
+and one TF Serving gRPC Predict (grpcio + protobuf aarch64 wheels, the ``grpc`` extra),
 and publishes its birth to a Mosquitto on the host. Every test names the runtime it ran
 (``EDGE_AARCH64_REPORT`` collects them for the CI log).
 """
@@ -171,22 +172,23 @@ def agent(bundles: dict[str, Path], mosquitto: Any, tmp_path: Path) -> Iterator[
     err = tmp_path / "agent.err"
     cmd = [str(VENV / "bin" / "edge-agent"), "run", "--model", str(bundles["digits"]),
            "--http", "127.0.0.1:0", "--profile", "rpi4", "--store", str(tmp_path / "store"),
-           "--device-id", "qemu-pi4", "--mqtt", mosquitto.url]
+           "--device-id", "qemu-pi4", "--mqtt", mosquitto.url, "--grpc", "127.0.0.1:0"]
     t0 = time.monotonic()
     with open(err, "w") as errf:
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=errf, cwd=tmp_path,
                                 env=_env())
-    url = None
+    url = grpc_at = None
     while time.monotonic() - t0 < START_TIMEOUT_S and proc.poll() is None:
-        m = re.search(r"ready: .* on (http://127\.0\.0\.1:\d+)", err.read_text())
+        m = re.search(r"ready: .* on (http://127\.0\.0\.1:\d+).*grpc on (127\.0\.0\.1:\d+)",
+                      err.read_text())
         if m:
-            url = m.group(1)
+            url, grpc_at = m.group(1), m.group(2)
             break
         time.sleep(0.2)
     try:
         assert url, f"agent not ready (exit {proc.poll()}):\n{err.read_text()[-3000:]}"
-        yield {"url": url, "birth": birth, "proc": proc, "ready_s": time.monotonic() - t0,
-               "stderr": err}
+        yield {"url": url, "grpc": grpc_at, "birth": birth, "proc": proc,
+               "ready_s": time.monotonic() - t0, "stderr": err}
     finally:
         proc.terminate()
         try:
@@ -219,6 +221,33 @@ def test_the_agent_serves_rest_and_publishes_its_birth_on_emulated_pi4(
     assert np.max(np.abs(got - want)) <= g.atol * spec_out.scale + 1e-6
     assert int(got.argmax()) == int(want.argmax())
 
+    # one TF Serving gRPC Predict from the host (raw tensor_content, the agent's own protos)
+    import grpc
+
+    from edge_agent.grpc import tensors
+    from edge_agent.grpc.protos import tfs_apis_pb2
+    from edge_agent.runtime.backends import select_runtime
+    from edge_agent.runtime.model import LoadedModel
+    from edge_agent.serving.json_encode import signature_keys
+
+    key_in = signature_keys(LoadedModel(select_runtime(), b.model_bytes,
+                                        num_threads=1).input_specs)[0].name
+    req = tfs_apis_pb2.PredictRequest()
+    req.model_spec.name = "digits"
+    tensors.to_tensor_proto(x.astype(np.float32), req.inputs[key_in])
+    t0 = time.monotonic()
+    with grpc.insecure_channel(agent["grpc"]) as ch:
+        stub = ch.unary_unary("/tensorflow.serving.PredictionService/Predict",
+                              request_serializer=tfs_apis_pb2.PredictRequest.SerializeToString,
+                              response_deserializer=tfs_apis_pb2.PredictResponse.FromString)
+        resp = stub(req, timeout=120)
+    grpc_predict_s = time.monotonic() - t0
+    (key, out), = resp.outputs.items()
+    got_grpc = tensors.from_tensor_proto(out, key, max_elements=10**6)
+    assert isinstance(got_grpc, np.ndarray)
+    assert resp.model_spec.name == "digits" and resp.model_spec.version.value == b.version
+    np.testing.assert_array_equal(got_grpc.reshape(got.shape), got)  # same answer as REST
+
     birth = agent["birth"].wait_for("online", 60)
     assert birth["device"] == "qemu-pi4" and birth["profile"] == "rpi4"
     assert f"{birth['runtime']['name']} {birth['runtime']['version']}" == EXPECT
@@ -231,6 +260,7 @@ def test_the_agent_serves_rest_and_publishes_its_birth_on_emulated_pi4(
     assert probes[0]["outcome"] == "ok" and probes[0]["machine"] == "aarch64"
     report("agent", {"runtime": EXPECT, "ready_s": round(agent["ready_s"], 1),
                      "rest_predict_s": round(predict_s, 3),
+                     "grpc_predict_s": round(grpc_predict_s, 3),
                      "birth_runtime": birth["runtime"], "notes":
                      status["runtime"]["capabilities"]["notes"]})
 
