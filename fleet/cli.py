@@ -13,7 +13,18 @@ import re
 import sys
 
 from edge_agent.errors import EdgeError
-from fleet import keys, publish, repo, rollout, serve, simulate, status, watch, wheelhouse
+from fleet import (
+    dashboard,
+    keys,
+    publish,
+    repo,
+    rollout,
+    serve,
+    simulate,
+    status,
+    watch,
+    wheelhouse,
+)
 
 DESCRIPTION = ("Workstation fleet tools: signing keys, the update repository, publishing and "
                "rollbacks, an HTTP mirror, fleet status, staged rollouts, a simulated fleet "
@@ -31,6 +42,7 @@ SUBCOMMANDS = (
     rollout,     # staged rollout
     simulate,    # N simulated agents
     wheelhouse,  # offline wheel directory for a board
+    dashboard,   # live fleet page in a browser
 )
 
 

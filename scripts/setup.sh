@@ -10,6 +10,7 @@ need=()
 for p in mosquitto python3-venv ejabberd; do  # ejabberd: the two-node cluster tests (mod_mqtt)
   dpkg -s "$p" >/dev/null 2>&1 || need+=("$p")
 done
+for p in chromium chromium-driver; do dpkg -s "$p" >/dev/null 2>&1 || need+=("$p"); done  # browser tests
 if [ "${#need[@]}" -gt 0 ]; then
   echo "setup: installing ${need[*]} (apt)"
   sudo_ env DEBIAN_FRONTEND=noninteractive apt-get update -qq
