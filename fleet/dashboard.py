@@ -182,8 +182,8 @@ def cmd_dashboard(a: argparse.Namespace) -> int:
         except OSError as e:
             print(f"edge-fleet: error: --port {a.port}: {e.strerror}", file=sys.stderr)
             return 2
-        print(f"fleet dashboard: http://{a.host}:{srv.server_port}/ (broker {cfg.url}; Ctrl-C stops)",
-              flush=True)
+        print(f"fleet dashboard: http://{a.host}:{srv.server_port}/ (broker {cfg.url}; "
+              "Ctrl-C stops)", flush=True)
         try:
             srv.serve_forever(poll_interval=0.5)
         except KeyboardInterrupt:
