@@ -50,6 +50,7 @@ from edge_agent.config_reader import (
     read_toml,
 )
 from edge_agent.errors import ConfigError, ProfileError
+from edge_agent.homeassistant.config import HomeAssistantConfig
 from edge_agent.mqtt.config import MqttConfig
 from edge_agent.mqtt.topics import DEFAULT_REPLY_PREFIX, check_reply_prefix
 from edge_agent.protocol.kinds import RUNTIME_CHOICES as RUNTIMES
@@ -64,10 +65,10 @@ __all__ = [
 ]
 
 SECTIONS = ("agent", "http", "models", "watch", "camera", "mqtt_requests", "mqtt",
-            "telemetry", "update")
+            "telemetry", "update", "homeassistant")
 ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")  # safe in MQTT topics and paths
 LABEL_RE = re.compile(r"^[A-Za-z][A-Za-z0-9._-]{0,63}$")  # a version label: never a number
-COMPONENTS = ("telemetry", "update", "systemd")  # in start order
+COMPONENTS = ("telemetry", "update", "homeassistant", "systemd")  # in start order
 LEGACY_COMPONENTS = {"edge_agent.telemetry.service:create": "telemetry",
                      "edge_agent.update.service:create": "update",
                      "edge_agent.service:create": "systemd",
@@ -196,6 +197,7 @@ class AgentConfig:
     mqtt: MqttConfig | None = None  # None: no [mqtt] url, no broker
     telemetry: TelemetryConfig = field(default_factory=TelemetryConfig)
     update: UpdateConfig | None = None  # None: no [update] section
+    homeassistant: HomeAssistantConfig = field(default_factory=HomeAssistantConfig)
     source: str = DEFAULTS
 
     def wants(self, component: str) -> bool:
@@ -279,8 +281,8 @@ def _agent(t: Table) -> AgentSettings:
 def _components(t: Table) -> tuple[str, ...] | None:
     """``[agent] components``: which built-in components run (None = all that apply).
 
-    Names are ``telemetry``, ``update``, ``systemd``. The old ``module:factory`` spelling of
-    the same three is accepted with a deprecation warning.
+    Names are ``telemetry``, ``update``, ``homeassistant``, ``systemd``. The old
+    ``module:factory`` spelling of the first three is accepted with a deprecation warning.
     """
     if t.raw.get("components") is None:
         t.take("components")
@@ -513,5 +515,6 @@ def load_config(path: Path | None, overrides: Mapping[str, Any] | None = None, *
         mqtt=MqttConfig.parse(table("mqtt")),
         telemetry=TelemetryConfig.parse(table("telemetry")),
         update=UpdateConfig.parse(table("update")),
+        homeassistant=HomeAssistantConfig.parse(table("homeassistant")),
         source=source,
     )

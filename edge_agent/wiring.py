@@ -9,6 +9,7 @@ imported directly; none receives the agent, none probes for attributes::
 
     Services ──► Wiring.telemetry()  → TelemetryService(TelemetryDeps)   needs [mqtt] url
              ├─► Wiring.update()     → UpdateService(FlowDeps)            needs [update]
+             ├─► Wiring.homeassistant() → HomeAssistantService            [homeassistant] on
              └─► Wiring.systemd()    → SystemdNotifier(health, status)    needs $NOTIFY_SOCKET
 
 The update flow pulls in tuf and cryptography (~11 MB): it is imported only when
@@ -28,6 +29,7 @@ from typing import Protocol
 
 from edge_agent.agent_view import AgentView
 from edge_agent.config import COMPONENTS, AgentConfig
+from edge_agent.homeassistant.service import HomeAssistantDeps, HomeAssistantService
 from edge_agent.hooks import Hooks
 from edge_agent.mqtt.client import MqttClient, Will
 from edge_agent.mqtt.config import MqttConfig
@@ -109,6 +111,7 @@ class Wiring:
         """Builders for ``names`` (default: ``[agent] components``, else all) in start order."""
         table: dict[str, ComponentFactory] = {"telemetry": lambda _s: self.telemetry(),
                                               "update": lambda _s: self.update(),
+                                              "homeassistant": lambda _s: self.homeassistant(),
                                               "systemd": lambda _s: self.systemd()}
         wanted = set(names) if names is not None else {
             n for n in COMPONENTS if self.s.config.wants(n)}
@@ -160,6 +163,16 @@ class Wiring:
                         check_setup=check)
         self.update_service = UpdateService(deps, client=s.mqtt, http=s.http)
         return self.update_service
+
+    def homeassistant(self) -> HomeAssistantService | None:
+        """Home Assistant discovery: needs ``[homeassistant] enabled`` and ``[mqtt] url``."""
+        s, c = self.s, self.s.config
+        if not c.homeassistant.enabled or c.mqtt is None or s.mqtt is None:
+            return None
+        return HomeAssistantService(HomeAssistantDeps(
+            config=c.homeassistant, topics=Topics(s.view.device_id, c.mqtt.topic_prefix),
+            profile=s.view.profile.name, client=s.mqtt, registry=s.registry, hooks=s.hooks,
+            update=lambda: self.update_service))
 
     def systemd(self) -> SystemdNotifier | None:
         """READY=1 and the watchdog: only when started by systemd (``$NOTIFY_SOCKET``)."""

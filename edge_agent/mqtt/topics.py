@@ -13,6 +13,10 @@ the fleet tools and the broker ACL use is built here.
     edge/<device>/infer/<model>      MQTT inference requests (docs/agent.md)
     edge/<device>/update/announce    retained update announcement for one device
     edge/<device>/update/want        the device asks for chunks it is missing (protocol.wants)
+    edge/<device>/ha/state           retained; what Home Assistant's entities read (opt-in
+                                     [homeassistant]: docs/homeassistant.md)
+    edge/<device>/ha/install         Home Assistant's update "install" press (control plane:
+                                     only ever re-runs the signed update already announced)
     edge/group/<group>/...           fleet-wide messages a device reads (e.g. announcements)
     edge/blobs/<sha256>/<index>      retained update chunks, shared by the whole fleet
     edge/rollouts/<id>/progress      retained; a staged rollout's report, wave by wave
@@ -132,6 +136,16 @@ class Topics:
     def update_want(self) -> str:
         """Chunks this device asks the fleet tools for (edge_agent.protocol.wants)."""
         return f"{self.base}/{UPDATE_WANT}"
+
+    @property
+    def ha_state(self) -> str:
+        """Retained state of the Home Assistant entities (edge_agent.homeassistant)."""
+        return f"{self.base}/ha/state"
+
+    @property
+    def ha_install(self) -> str:
+        """Home Assistant's install press: "install the update the fleet announced"."""
+        return f"{self.base}/ha/install"
 
     def results(self, model: str) -> str:
         return f"{self.base}/results/{check_segment(model, 'model name')}"
@@ -266,7 +280,7 @@ class FleetTopics:
         """What a device may read besides its groups: its inputs and the shared chunks."""
         own = f"{self.prefix}/%u"
         return (f"{own}/cmd/+", f"{own}/feedback", f"{own}/infer/+", f"{own}/{ANNOUNCE}",
-                self.blobs_filter)
+                f"{own}/ha/install", self.blobs_filter)
 
     def operator_reads(self) -> tuple[str, ...]:
         """What the fleet tools read of every device."""
