@@ -49,18 +49,21 @@ def dashboard_url(mosquitto: Any) -> Iterator[str]:
     yield from _dashboard(mosquitto.url)
 
 
+# The page redraws every second: read what it shows in one script call, never through
+# element handles that a redraw makes stale.
 def _page_waves(drv: Any) -> list[str]:
-    return [w.get_attribute("data-status")
-            for w in drv.find_elements("css selector", ".rollout .wave")]
+    return list(drv.execute_script(
+        "return [...document.querySelectorAll('.rollout .wave')].map(w => w.dataset.status)"))
+
+
+def _rows(drv: Any) -> dict[str, list[str]]:
+    return dict(drv.execute_script(
+        "const o = {}; document.querySelectorAll('#devices tbody tr').forEach(r => "
+        "{o[r.dataset.device] = [...r.cells].map(c => c.textContent)}); return o"))
 
 
 def _row_text(drv: Any) -> dict[str, str]:
-    return {r.get_attribute("data-device"): r.text
-            for r in drv.find_elements("css selector", "#devices tbody tr")}
-
-
-def _cells(row: Any) -> list[str]:
-    return [c.text for c in row.find_elements("css selector", "td")]
+    return {d: " ".join(cells) for d, cells in _rows(drv).items()}
 
 
 def test_dashboard_shows_devices_and_a_rollouts_waves_advancing_in_a_browser(
@@ -73,14 +76,16 @@ def test_dashboard_shows_devices_and_a_rollouts_waves_advancing_in_a_browser(
         "online" in t and "digits v1" in t for t in r.values()) and r, 20,
         "the 4 simulated devices online with digits v1 on the page")
     assert set(rows) == set(devices)
-    assert browser.find_element("id", "summary").text == "4 devices, 4 online"
+    assert browser.execute_script("return document.getElementById('summary').textContent") \
+        == "4 devices, 4 online"
     # telemetry figures arrive live: every row gets a p50 latency and a request rate
-    wait_for(lambda: all(_cells(r)[7] != "–" and _cells(r)[6] != "–" for r in
-                         browser.find_elements("css selector", "#devices tbody tr")), 20,
+    wait_for(lambda: all(c[7] != "–" and c[6] != "–" for c in _rows(browser).values()), 20,
              "p50 and req/s of every device on the page")
     # the agents' events (model.loaded at start) appear per device
-    wait_for(lambda: len(browser.find_elements("css selector", "#events .device-events"))
-             == 4, 20, "each device's recent events")
+    wait_for(lambda: sorted(browser.execute_script(
+        "return [...document.querySelectorAll('#events .device-events')]"
+        ".filter(d => d.querySelector('li')).map(d => d.dataset.device)")) == devices, 20,
+        "each device's recent events")
     browser.save_screenshot(str(tmp_path / "fleet-devices.png"))
 
     req = RolloutRequest(bundle=digits.bundle_v2, repo=workstation.repo.path,
@@ -107,7 +112,8 @@ def test_dashboard_shows_devices_and_a_rollouts_waves_advancing_in_a_browser(
     # Three waves (1, 2, 1 devices), seen advancing one after the other on the page.
     assert seen[-1] == ["passed"] * 3, seen
     assert any(s[0] == "passed" and s[2] != "passed" for s in seen), seen
-    assert browser.find_element("css selector", ".rollout strong").text.endswith("completed")
+    assert browser.execute_script(
+        "return document.querySelector('.rollout strong').textContent").endswith("completed")
     wait_for(lambda: all("digits v2" in t for t in _row_text(browser).values()), 20,
              "every row showing digits v2")
     assert all(v == 2 for v in sim.active_versions("digits").values())
