@@ -21,6 +21,8 @@ from fleet_browser import browser  # noqa: F401 (the fixture)
 from fleet_helpers import SimFactory, Workstation
 from waiting import wait_for
 
+from edge_agent.errors import ConfigError
+from edge_agent.mqtt.topics import FleetTopics, Topics
 from fleet.dashboard import EVENTS_PER_DEVICE, MAX_ROLLOUTS, FleetBoard
 from fleet.rollout import Rollout, RolloutRequest
 from fleet.rollout_core import Policy, RolloutState
@@ -165,3 +167,12 @@ def test_dashboard_serves_only_its_files_and_the_snapshot(mosquitto: Any,
     with pytest.raises(urllib.error.HTTPError) as e:
         urllib.request.urlopen(dashboard_url + "../pyproject.toml", timeout=10)
     assert e.value.code == 404
+
+
+def test_reserved_fleet_levels_are_not_device_ids() -> None:
+    for name in ("rollouts", "group", "blobs"):
+        with pytest.raises(ConfigError, match="reserved for fleet topics"):
+            Topics(name)
+        assert Topics.device_of(f"edge/{name}/x/progress") is None
+    assert FleetTopics().rollout_progress("digits-v2-group-sim") \
+        == "edge/rollouts/digits-v2-group-sim/progress"
