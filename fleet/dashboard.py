@@ -11,7 +11,7 @@ them with :class:`fleet.watch.FleetView`) — plus the retained progress each
 (:meth:`~edge_agent.mqtt.topics.FleetTopics.rollout_progress`). :class:`FleetBoard` is the
 in-memory model (no I/O); the HTTP shell serves the page (files in the package,
 ``fleet/dashboard_static``, no CDN, no build step) and ``GET /api/fleet``, a JSON snapshot
-the page polls every ``POLL_MS``.
+the page polls every ``POLL_MS`` (slower for big fleets: the snapshot says how often).
 
 Memory is bounded: at most ``MAX_DEVICES`` devices are tracked (later ones are counted in
 ``dropped_devices``), the last ``EVENTS_PER_DEVICE`` events per device, and the
@@ -44,10 +44,11 @@ from fleet.status import StatusCollector
 log = logging.getLogger(__name__)
 
 MAX_DEVICES = 10_000
-EVENTS_PER_DEVICE = 20
+EVENTS_PER_DEVICE = 8  # kept and shown, newest first
 MAX_ROLLOUTS = 20
 MAX_TEXT = 300  # characters of an event message kept
-POLL_MS = 1000
+POLL_MS = 1000  # the page's poll period; 5 ms more per device above 200 devices
+POLL_MS_PER_DEVICE = 5
 STATIC = {"/": ("index.html", "text/html; charset=utf-8"),
           "/dashboard.js": ("dashboard.js", "text/javascript; charset=utf-8"),
           "/dashboard.css": ("dashboard.css", "text/css; charset=utf-8")}
@@ -121,7 +122,8 @@ class FleetBoard:
             rollouts = list(reversed(self._rollouts.values()))
             dropped = self.dropped_devices
         return {"now": now, "devices": devices, "events": events, "rollouts": rollouts,
-                "dropped_devices": dropped, "poll_ms": POLL_MS}
+                "dropped_devices": dropped,
+                "poll_ms": max(POLL_MS, POLL_MS_PER_DEVICE * len(devices))}
 
     def attach(self, client: MqttClient) -> None:
         """Feed the board from ``client``: device output and every rollout's progress."""

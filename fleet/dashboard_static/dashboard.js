@@ -62,7 +62,7 @@ function events(doc) {
     const div = el("div", null, "device-events"); div.dataset.device = d;
     div.appendChild(el("strong", d));
     const ul = el("ul");
-    doc.events[d].slice().reverse().slice(0, 5).forEach(function (e) {
+    doc.events[d].slice().reverse().forEach(function (e) {
       ul.appendChild(el("li", new Date(e.at * 1000).toLocaleTimeString() + " " + e.kind + " — " +
         e.message, e.level));
     });
