@@ -245,8 +245,11 @@ def test_homeassistant_install_press_with_nothing_announced_is_refused_and_moves
     _press(mosquitto.url, b'{"model": "../../etc", "url": "http://evil/x.tar"}')
     wait_for(lambda: [e for e in dev.events_of(EventKind.UPDATE_REJECTED)
                       if e.data.get("code") == "bad_press"], 10, "the bad press refused")
+    _press(mosquitto.url, json.dumps({"model": "digits", "pad": "x" * 300}).encode())
+    wait_for(lambda: [e for e in dev.events_of(EventKind.MQTT_BAD_MESSAGE)
+                      if TOPICS.ha_install in e.message], 10, "the oversized press refused")
     time.sleep(0.5)
-    assert ha.presses == 2
+    assert ha.presses == 2  # the oversized one never reached the handler
     assert_nothing_moved(dev, before)
     assert dev.svc.idle()
 
