@@ -4,6 +4,7 @@
     .venv/bin/pip install --no-deps --target .cache/bench/pylib tf2onnx  # once, to convert
     .venv/bin/python bench/serve.py [--threads N] [--quick] [--json OUT]
     .venv/bin/python bench/serve.py --overhead-only [--rounds N] [--baseline-src DIR]
+    .venv/bin/python bench/serve.py --grpc [--rounds N] [--seconds S]   # bench/serve_grpc.py
 
 Rows (same model, same thread count within a row group):
 
@@ -18,6 +19,12 @@ Rows (same model, same thread count within a row group):
    answer (goal ≤ 1.5 s; warm = model store and runtime probe already on disk);
 4. MobileNetV2 on ONNX Runtime (tf2onnx) beside LiteRT float and int8 — skipped, with a
    note, when onnxruntime / tf2onnx are not installed.
+
+``--dashboard``: the device dashboard's cost (issue 16): page weight in bytes, the
+agent's CPU time (``/proc/PID/stat`` utime+stime) over ``--seconds`` idle with a page
+polling ``/ui/api/state`` as ``app.js`` does (every 2 s, charts every 5th poll) vs none,
+and REST throughput (closed loop, one keep-alive client) in alternating closed/open
+blocks: the open/closed ratio (goal ≥ 0.97).
 
 ``--overhead-only``: just the REST overhead over bare invoke for digits and the two-head
 model (TF Serving JSON, and KServe v2 binary tensor / JSON on the same agent), in
@@ -265,6 +272,8 @@ class Agent:
             m = re.search(r"ready: .* on http://([\d.]+):(\d+)", line)
             if m:
                 self.host, self.port = m.group(1), int(m.group(2))
+                g = re.search(r"grpc on ([\d.]+:\d+)", line)
+                self.grpc = g.group(1) if g else ""
                 break
         else:
             raise RuntimeError(f"agent did not start (exit {self.proc.wait()})")
@@ -320,7 +329,14 @@ def alternating(reqs: dict[str, tuple[Agent, bytes]], bare_once: Any, rounds: in
     """Rounds of one block of requests per agent, each followed by a block of bare invokes
     here, with short pauses: every series sees the same background load, none overlaps
     another process's busy threads."""
-    clients = {k: (RawClient(a.host, a.port), req) for k, (a, req) in reqs.items()}
+    return alternating_clients({k: (RawClient(a.host, a.port), req)
+                                for k, (a, req) in reqs.items()}, bare_once, rounds, block)
+
+
+def alternating_clients(clients: dict[str, tuple[Any, bytes]], bare_once: Any, rounds: int,
+                        block: int = 20) -> tuple[dict[str, list[float]], list[float]]:
+    """:func:`alternating` over ready clients (anything with ``call(bytes)`` and
+    ``close()``: :class:`RawClient`, bench/serve_grpc.py's gRPC client)."""
     for c, req in clients.values():  # warm up
         for _ in range(20):
             status, data = c.call(req)
@@ -396,6 +412,112 @@ def overhead_only(rounds: int, baseline: Path | None) -> dict[str, Any]:
     res["rest"] = rows
     res["loadavg_end"] = os.getloadavg()
     return res
+
+
+class PagePoller:
+    """What an open dashboard asks of the agent: ``app.js``'s polls, on a thread."""
+
+    def __init__(self, host: str, port: int, interval_s: float = 2.0) -> None:
+        import threading
+
+        self.host, self.port, self.interval_s = host, port, interval_s
+        self.polls = 0
+        self.state_bytes = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        conn = http.client.HTTPConnection(self.host, self.port, timeout=10)
+        seq = 0
+        while not self._stop.is_set():
+            conn.request("GET", f"/ui/api/state?since={seq}&series="
+                                f"{1 if self.polls % 5 == 0 else 0}")
+            r = conn.getresponse()
+            body = r.read()
+            assert r.status == 200, body[:200]
+            doc = json.loads(body)  # the page parses it too
+            seq = doc["seq"]
+            self.polls += 1
+            self.state_bytes = max(self.state_bytes, len(body))
+            self._stop.wait(self.interval_s)
+        conn.close()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(15)
+
+
+def _cpu_s(pid: int) -> float:
+    """utime + stime of ``pid`` in seconds (``/proc/PID/stat`` fields 14 and 15)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def dashboard_cost(seconds: float, rounds: int) -> dict[str, Any]:
+    """Page weight, agent CPU with the page open vs closed, throughput open/closed."""
+    from converter.digits import load_split
+
+    res: dict[str, Any] = {"loadavg_start": os.getloadavg(), "seconds": seconds,
+                           "rounds": rounds}
+    body = json.dumps({"instances": [load_split().x_test[0].tolist()]}).encode()
+    store = Path(tempfile.mkdtemp(prefix="bench-ui-"))
+    agent = Agent(store, [DIGITS], 1)
+    try:
+        weight = {}
+        for f in ("", "app.js", "app.css"):
+            agent.conn.request("GET", "/ui/" + f)
+            r = agent.conn.getresponse()
+            weight[f or "index.html"] = len(r.read())
+        res["page_bytes"] = weight
+        res["page_bytes_total"] = sum(weight.values())
+        cpu: dict[str, float] = {}
+        for state in ("closed", "open"):  # idle agent: what the page alone costs
+            poller = PagePoller(agent.host, agent.port) if state == "open" else None
+            c0, t0 = _cpu_s(agent.proc.pid), time.monotonic()
+            time.sleep(seconds)
+            cpu[state] = (_cpu_s(agent.proc.pid) - c0) / (time.monotonic() - t0)
+            if poller is not None:
+                poller.stop()
+                res["state_bytes_max"] = poller.state_bytes
+        res["agent_cpu_percent"] = {k: round(100 * v, 3) for k, v in cpu.items()}
+        c = RawClient(agent.host, agent.port)
+        req = RawClient.build("/v1/models/digits:predict", body, "application/json")
+        for _ in range(200):
+            c.call(req)
+        done: dict[str, list[float]] = {"closed": [], "open": []}
+        block_s = 5.0
+        for i in range(2 * rounds):  # closed, open, closed, open, … (same load for both)
+            state = "closed" if i % 2 == 0 else "open"
+            poller = PagePoller(agent.host, agent.port) if state == "open" else None
+            n, t0 = 0, time.perf_counter()
+            while time.perf_counter() - t0 < block_s:
+                c.call(req)
+                n += 1
+            done[state].append(n / (time.perf_counter() - t0))
+            if poller is not None:
+                poller.stop()
+        c.close()
+        closed, opened = float(np.median(done["closed"])), float(np.median(done["open"]))
+        res["throughput_rps"] = {"closed": round(closed, 1), "open": round(opened, 1)}
+        res["throughput_ratio"] = round(opened / closed, 4)
+    finally:
+        agent.stop()
+        shutil.rmtree(store, ignore_errors=True)
+    res["loadavg_end"] = os.getloadavg()
+    return res
+
+
+def print_dashboard(r: dict[str, Any]) -> None:
+    print(f"page weight: {r['page_bytes_total']} bytes {r['page_bytes']}; largest state "
+          f"document {r.get('state_bytes_max')} bytes")
+    cpu = r["agent_cpu_percent"]
+    print(f"idle agent CPU over {r['seconds']:g} s: closed {cpu['closed']:.3f} %, page open "
+          f"{cpu['open']:.3f} %")
+    t = r["throughput_rps"]
+    print(f"REST throughput: closed {t['closed']} req/s, open {t['open']} req/s, ratio "
+          f"{r['throughput_ratio']:.3f} (goal >= 0.97); load {r['loadavg_start']} -> "
+          f"{r['loadavg_end']}")
 
 
 def print_overhead(r: dict[str, Any]) -> None:
@@ -732,9 +854,18 @@ def main() -> int:
                    help="only REST overhead over bare invoke: digits and the two-head model")
     p.add_argument("--rounds", type=int, default=50,
                    help="--overhead-only: alternating rounds of 20 requests (default 50)")
+    p.add_argument("--grpc", action="store_true",
+                   help="only the gRPC column (bench/serve_grpc.py): overhead and throughput")
+    p.add_argument("--seconds", type=float, default=None,
+                   help="--grpc: seconds per throughput round (default 1); "
+                        "--dashboard: idle CPU window per state (default 60)")
     p.add_argument("--baseline-src", type=Path,
                    help="--overhead-only: also an agent from this checkout, on digits")
+    p.add_argument("--dashboard", action="store_true",
+                   help="only the device dashboard's cost: page weight, CPU, throughput")
     a = p.parse_args()
+    if a.dashboard:
+        a.overhead_only = True  # digits is all it needs
     if a.build_only:
         build(small=a.overhead_only)
         return 0
@@ -747,7 +878,15 @@ def main() -> int:
               file=sys.stderr)
         subprocess.run([sys.executable, __file__, "--build-only",
                         *(["--overhead-only"] if a.overhead_only else [])], check=True)
-    if a.overhead_only:
+    if a.grpc:
+        import serve_grpc
+
+        r = serve_grpc.run(sys.modules[__name__], a.rounds, a.seconds or 1.0)
+        serve_grpc.print_table(r)
+    elif a.dashboard:
+        r = dashboard_cost(a.seconds or 60.0, min(a.rounds, 6))
+        print_dashboard(r)
+    elif a.overhead_only:
         r = overhead_only(a.rounds, a.baseline_src)
         print_overhead(r)
     else:

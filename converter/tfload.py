@@ -243,7 +243,7 @@ def _serving_meta_graph(tf: Any, p: Path) -> Any:
 
     Raises ModelSourceError when the file does not parse or has no ``serve`` graph.
     """
-    from google.protobuf import message, text_format  # type: ignore[import-untyped]
+    from google.protobuf import message, text_format
     from tensorflow.core.protobuf import saved_model_pb2
 
     pb, pbtxt = p / "saved_model.pb", p / "saved_model.pbtxt"

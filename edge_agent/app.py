@@ -3,7 +3,8 @@
 Start order (``stop()`` is the reverse)::
 
     install [[models]] bundles → load each model's serving version from the store
-    → HTTP → components (telemetry, updates, systemd: built by :mod:`edge_agent.wiring`)
+    → HTTP → gRPC ([grpc]) → components (telemetry, updates, systemd: built by
+    :mod:`edge_agent.wiring`)
     → the MQTT connection → input sources (MQTT requests, watch folder, camera)
 
 A bundle that fails to load or verify is skipped with an ``error`` event of kind
@@ -14,7 +15,7 @@ root metadata) fails the start; any other failure becomes a ``component.failed``
 
 Raises ConfigError / ProfileError (bad config, unknown profile, unusable store directory),
 RuntimeUnavailableError (no runtime, or a missing delegate with ``delegate_fallback =
-"fail"``), TransportError (cannot bind the HTTP port).
+"fail"``), TransportError (cannot bind the HTTP or gRPC port).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import edge_agent
 from edge_agent.agent_view import AgentView
@@ -42,12 +43,16 @@ from edge_agent.runtime.backends import Runtime, select_runtime
 from edge_agent.runtime.capabilities import capabilities as runtime_capabilities
 from edge_agent.runtime.probe import select_probed_runtime
 from edge_agent.serving import Admission, HttpServer, Metrics, ServingApi
+from edge_agent.serving.dataplane import DataPlane
 from edge_agent.serving.images import budget_for, process_budget
 from edge_agent.serving.v2_api import V2Api
 from edge_agent.sources import MessageLink, MqttRequestSource, Source
 from edge_agent.sources.wiring import source_factories, wants_link
 from edge_agent.store import ModelStore
 from edge_agent.wiring import Component, ComponentFactory, Services, Wiring, mqtt_client
+
+if TYPE_CHECKING:
+    from edge_agent.grpc.server import GrpcServer
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +99,8 @@ class Agent:
         self.metrics = Metrics()
         self.metrics.attach(self.hooks)
         # every image decode in this process (REST, MQTT, watch) shares one memory budget
-        process_budget().configure(budget_for(self.profile.memory_budget_mb))
+        process_budget().configure(budget_for(self.profile.memory_budget_mb),
+                                   max_image_factor=a.max_image_factor)
         h = config.http
         for model, labels in h.version_labels:  # /labels/{label} URLs (docs/rest.md)
             for label, version in labels:
@@ -109,13 +115,15 @@ class Agent:
                                    idle_timeout_s=h.idle_timeout_s,
                                    head_timeout_s=h.head_timeout_s,
                                    body_timeout_s=h.body_timeout_s,
-                                   on_response=self.metrics.observe_http)
+                                   on_response=self.metrics.observe_http,
+                                   admin_token=h.admin_token)
             api = ServingApi(self.registry, self.admission, self.metrics,
                              max_batch=h.max_batch, max_image_pixels=a.max_image_pixels,
                              ready=self._ready, status=self.status,
                              failures=self.loader.failures_of)
             api.register(self.http)
             V2Api(api).register(self.http)  # KServe v2 REST (docs/kserve.md)
+        self.grpc: GrpcServer | None = self._grpc_server() if config.grpc.enabled else None
         self.components: list[Component] = []
         self.sources: list[Source] = []
         self.started_at: float | None = None
@@ -128,6 +136,21 @@ class Agent:
                                       mqtt=self.mqtt))
         self._capabilities: dict[str, Any] | None = None
         self._lock = threading.RLock()
+
+    def _grpc_server(self) -> GrpcServer:
+        """TF Serving and KServe v2 over gRPC, on the same data plane as REST (``[grpc]``;
+        grpc is imported only then)."""
+        from edge_agent.grpc.kserve import KServeService
+        from edge_agent.grpc.server import GrpcServer
+        from edge_agent.grpc.tfs import Limits, TfServingService
+
+        plane = DataPlane(self.registry, self.admission, self.metrics,
+                          failures=self.loader.failures_of)
+        limits = Limits(max_batch=self.config.http.max_batch,
+                        max_image_pixels=self.config.agent.max_image_pixels)
+        return GrpcServer(config=self.config.grpc, tf_serving=TfServingService(plane, limits),
+                          kserve=KServeService(plane, limits, self._ready),
+                          metrics=self.metrics)
 
     def view(self) -> AgentView:
         """What components may ask of this agent (see :mod:`edge_agent.agent_view`)."""
@@ -213,6 +236,8 @@ class Agent:
             self.loader.load_store()
             if self.http is not None:
                 self.http.start()
+            if self.grpc is not None:
+                self.grpc.start()
             self._start_components()
             self._start_sources()
             self.started_at = time.time()
@@ -220,6 +245,7 @@ class Agent:
             _release_free_memory()
         served = ", ".join(self.registry.names()) or "no models"
         where = f" on {self.http.url}" if self.http else ""
+        where += f" and gRPC {self.grpc.address}" if self.grpc else ""
         self.hooks.emit_event("info", EventKind.AGENT_STARTED,
                               f"{self.device_id}: serving {served}{where}",
                               device_id=self.device_id, profile=self.profile.name,
@@ -273,6 +299,8 @@ class Agent:
     def stop(self) -> None:
         """Stop HTTP, sources, components (reverse order), then unload every model."""
         with self._lock:
+            if self.grpc is not None:
+                self.grpc.stop()
             if self.http is not None:
                 self.http.stop(in_flight=self.admission.in_flight)
             for src in reversed(self.sources):
@@ -304,6 +332,7 @@ class Agent:
         c = self.config
         caps = ["predict", "classify", "metadata"]
         caps += ["rest"] if self.http else []
+        caps += ["grpc"] if self.grpc else []
         caps += [f"source:{s.name}" for s in self.sources]
         caps += [f"component:{type(x).__name__}" for x in self.components]
         caps.append(f"delegate:{'cpu' if self.delegate_error else self.profile.delegate}")

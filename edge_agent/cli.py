@@ -3,6 +3,7 @@
 ::
 
     edge-agent run [--config agent.toml] [--model BUNDLE ...] [--http HOST:PORT|off]
+                   [--grpc HOST:PORT|off]
                    [--device-id ID] [--profile NAME] [--store DIR] [--mqtt URL[,URL…]]
     edge-agent predict BUNDLE FILE... [--json] [-k K]
     edge-agent bench BUNDLE [--runs N] [--threads N] [--json]
@@ -22,7 +23,6 @@ import json
 import os
 import signal
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -54,6 +54,11 @@ def _host_port(text: str) -> dict[str, Any]:
     return out
 
 
+def _grpc_host_port(text: str) -> dict[str, Any]:
+    """``--grpc HOST:PORT`` (or ``off``) → the ``[grpc]`` overrides."""
+    return {k.replace("http.", "grpc.", 1): v for k, v in _host_port(text).items()}
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=PROG, description="Edge inference agent (LiteRT).")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -66,6 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="bundle directory or .tar to install and serve (repeatable)")
     r.add_argument("--http", type=_host_port, metavar="HOST:PORT",
                    help="listen address (port 0: any free port; 'off' disables HTTP)")
+    r.add_argument("--grpc", type=_grpc_host_port, metavar="HOST:PORT",
+                   help="serve gRPC (TF Serving and KServe v2) there (port 0: any free port; "
+                        "'off' disables it); needs the grpc extra")
     r.add_argument("--device-id")
     r.add_argument("--profile", help="device profile name or .toml path (default: detect)")
     r.add_argument("--store", type=Path, help="model store directory")
@@ -110,9 +118,34 @@ def run_overrides(a: argparse.Namespace) -> dict[str, Any]:
         o["mqtt.url"] = a.mqtt
     if a.http:
         o.update(a.http)
+    if a.grpc:
+        o.update(a.grpc)
     if a.model:
         o["models"] = [{"bundle": str(m), "activate": True} for m in a.model]
     return o
+
+
+class _SignalPipe:
+    """The main thread's sleep: ``signal.set_wakeup_fd`` writes each caught signal's number
+    into a pipe and :meth:`wait` blocks reading it. The Python handlers do nothing (no
+    lock, so nothing can deadlock in a handler); they only keep the default action (exit)
+    away. Signals caught before :meth:`wait` are not lost: they wait in the pipe."""
+
+    def __init__(self, sigs: tuple[signal.Signals, ...]) -> None:
+        self._r, self._w = os.pipe()
+        os.set_blocking(self._w, False)
+        for s in sigs:
+            signal.signal(s, lambda *_: None)
+        self._old_fd = signal.set_wakeup_fd(self._w)
+
+    def wait(self) -> set[int]:
+        """The signals caught since the last call (blocks until there is one)."""
+        return set(os.read(self._r, 64))
+
+    def close(self) -> None:
+        signal.set_wakeup_fd(self._old_fd)
+        os.close(self._r)
+        os.close(self._w)
 
 
 def cmd_run(a: argparse.Namespace) -> int:
@@ -121,25 +154,28 @@ def cmd_run(a: argparse.Namespace) -> int:
 
     cfg = load_config(a.config, run_overrides(a))
     setup_logging(cfg.agent.log_format, "debug" if a.verbose else cfg.agent.log_level)
-    stop, reload = threading.Event(), threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
-    if hasattr(signal, "SIGHUP"):
-        signal.signal(signal.SIGHUP, lambda *_: reload.set())
+    signals = _SignalPipe((signal.SIGTERM, signal.SIGINT, signal.SIGHUP))
+    from edge_agent import memtrim
+
+    memtrim.tune()  # before any thread: fewer malloc arenas, large blocks mapped
     agent = Agent(cfg)
     try:
         agent.start()
         models = ", ".join(f"{m['name']} v{m['active']}" for m in agent.registry.snapshot())
         where = f" on {agent.http.url}" if agent.http else ""
+        where += f", grpc on {agent.grpc.address}" if agent.grpc else ""
         print(f"{PROG}: ready: {models or 'no models'}{where} ({agent.runtime}, "
               f"{agent.threads} threads, profile {agent.profile.name})", file=sys.stderr,
               flush=True)
-        while not stop.wait(0.5):
-            if reload.is_set():
-                reload.clear()
+        while True:  # asleep until a signal: no polling
+            got = signals.wait()
+            if signal.SIGTERM in got or signal.SIGINT in got:
+                break
+            if signal.SIGHUP in got:
                 agent.reload()
     finally:
         agent.stop()
+        signals.close()
     print(f"{PROG}: stopped", file=sys.stderr, flush=True)
     return 0
 

@@ -50,6 +50,7 @@ from edge_agent.config_reader import (
     read_toml,
 )
 from edge_agent.errors import ConfigError, ProfileError
+from edge_agent.grpc.config import GrpcConfig
 from edge_agent.homeassistant.config import HomeAssistantConfig
 from edge_agent.mqtt.config import MqttConfig
 from edge_agent.mqtt.topics import DEFAULT_REPLY_PREFIX, check_reply_prefix
@@ -65,10 +66,10 @@ __all__ = [
 ]
 
 SECTIONS = ("agent", "http", "models", "watch", "camera", "mqtt_requests", "mqtt",
-            "telemetry", "update", "homeassistant")
+            "telemetry", "update", "grpc", "homeassistant")
 ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")  # safe in MQTT topics and paths
 LABEL_RE = re.compile(r"^[A-Za-z][A-Za-z0-9._-]{0,63}$")  # a version label: never a number
-COMPONENTS = ("telemetry", "update", "homeassistant", "systemd")  # in start order
+COMPONENTS = ("telemetry", "update", "homeassistant", "systemd", "dashboard")  # in start order
 LEGACY_COMPONENTS = {"edge_agent.telemetry.service:create": "telemetry",
                      "edge_agent.update.service:create": "update",
                      "edge_agent.service:create": "systemd",
@@ -95,6 +96,7 @@ class AgentSettings:
     verify_golden: bool = True  # check each bundle's golden vectors before serving it
     probe_runtime: bool = True  # try the runtime in a child process first (crash-safe)
     max_image_pixels: int = 12_000_000  # larger images are refused before decoding
+    max_image_factor: int = 64  # decoded pixels per model-input pixel; more: refused (413)
     max_loaded_versions: int = 2  # per model name, kept in memory for instant rollback
     max_bundle_bytes: int = MAX_BUNDLE_BYTES  # read from one bundle on disk (store, --model)
     components: tuple[str, ...] | None = None  # names from COMPONENTS; None = all that apply
@@ -109,6 +111,9 @@ class HttpSettings:
     port: int = 8501  # TF Serving's REST port; 0 picks a free port (tests)
     token: str | None = field(default=None, repr=False)  # bearer token (or from token_file)
     token_file: Path | None = None
+    # admin actions (dashboard rollback); None: they are refused (403) for everyone
+    admin_token: str | None = field(default=None, repr=False)
+    ui: bool = True  # the device dashboard at /ui/ (docs/dashboard.md)
     max_body_bytes: int = 8 * MIB
     queue_size: int = 16  # requests waiting for an interpreter beyond the busy workers
     max_batch: int = 64  # instances per request
@@ -197,6 +202,7 @@ class AgentConfig:
     mqtt: MqttConfig | None = None  # None: no [mqtt] url, no broker
     telemetry: TelemetryConfig = field(default_factory=TelemetryConfig)
     update: UpdateConfig | None = None  # None: no [update] section
+    grpc: GrpcConfig = field(default_factory=GrpcConfig)  # [grpc]: off by default
     homeassistant: HomeAssistantConfig = field(default_factory=HomeAssistantConfig)
     source: str = DEFAULTS
 
@@ -270,6 +276,7 @@ def _agent(t: Table) -> AgentSettings:
         verify_golden=t.flag("verify_golden", True),
         probe_runtime=t.flag("probe_runtime", True),
         max_image_pixels=t.integer("max_image_pixels", d.max_image_pixels, 1),
+        max_image_factor=t.integer("max_image_factor", d.max_image_factor, 1, 1 << 20),
         max_loaded_versions=t.integer("max_loaded_versions", d.max_loaded_versions, 1, 16),
         max_bundle_bytes=t.integer("max_bundle_bytes", d.max_bundle_bytes, 1 << 16),
         components=_components(t),
@@ -281,7 +288,7 @@ def _agent(t: Table) -> AgentSettings:
 def _components(t: Table) -> tuple[str, ...] | None:
     """``[agent] components``: which built-in components run (None = all that apply).
 
-    Names are ``telemetry``, ``update``, ``homeassistant``, ``systemd``. The old
+    Names are ``telemetry``, ``update``, ``homeassistant``, ``systemd``, ``dashboard``. The old
     ``module:factory`` spelling of the first three is accepted with a deprecation warning.
     """
     if t.raw.get("components") is None:
@@ -301,6 +308,20 @@ def _components(t: Table) -> tuple[str, ...] | None:
     return tuple(dict.fromkeys(out))
 
 
+def _admin_token(t: Table, token: str | None) -> str | None:
+    """``http.admin_token`` / ``http.admin_token_file``: must differ from the data token."""
+    admin = t.opt_text("admin_token")
+    admin_file = t.path("admin_token_file")
+    if admin is not None and admin_file is not None:
+        raise t.err("admin_token_file", "set http.admin_token or http.admin_token_file, not both")
+    if admin_file is not None:
+        admin = t.read_secret("admin_token_file", admin_file)
+    if admin is not None and admin == token:
+        raise t.err("admin_token", "must differ from http.token (data-plane clients must not "
+                    "reach admin actions)")
+    return admin
+
+
 def _http(t: Table) -> HttpSettings:
     d = HttpSettings
     token = t.opt_text("token")
@@ -315,6 +336,8 @@ def _http(t: Table) -> HttpSettings:
         port=t.integer("port", d.port, 1, 65535, allow=(0,)),
         token=token,
         token_file=token_file,
+        admin_token=_admin_token(t, token),
+        ui=t.flag("ui", True),
         max_body_bytes=t.integer("max_body_bytes", d.max_body_bytes, 1024),
         queue_size=t.integer("queue_size", d.queue_size, 0, 100_000),
         max_batch=t.integer("max_batch", d.max_batch, 1, 100_000),
@@ -505,9 +528,10 @@ def load_config(path: Path | None, overrides: Mapping[str, Any] | None = None, *
     def table(name: str) -> Table:
         return Table(raw.get(name), name, origins)
 
+    http = _http(table("http"))
     return AgentConfig(
         agent=_agent(table("agent")),
-        http=_http(table("http")),
+        http=http,
         models=_models(raw.get("models"), origins),
         watch=_watch(table("watch")),
         camera=_camera(table("camera")),
@@ -515,6 +539,7 @@ def load_config(path: Path | None, overrides: Mapping[str, Any] | None = None, *
         mqtt=MqttConfig.parse(table("mqtt")),
         telemetry=TelemetryConfig.parse(table("telemetry")),
         update=UpdateConfig.parse(table("update")),
+        grpc=GrpcConfig.parse(table("grpc"), http_token=http.token),
         homeassistant=HomeAssistantConfig.parse(table("homeassistant")),
         source=source,
     )

@@ -18,7 +18,6 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -37,7 +36,7 @@ from edge_agent.hooks import Hooks, PredictionRecord
 from edge_agent.runtime.backends import Runtime
 from edge_agent.runtime.model import GoldenResult, Inputs, LoadedModel, batch_of, verify_golden
 from edge_agent.runtime.preprocess import decode_image
-from edge_agent.runtime.quant import coerce_input, dequantize
+from edge_agent.runtime.quant import TensorCodec
 
 DelegateFactory = Callable[[], Sequence[Any]]
 
@@ -51,15 +50,65 @@ class ModelState(str, enum.Enum):
     END = "END"
 
 
-@dataclass(frozen=True)
 class Prediction:
-    model: str
-    version: int
-    outputs: list[np.ndarray]  # dequantized, batch first, one per output tensor (model order)
-    probabilities: np.ndarray | None  # (batch, classes) of the class head, if there is one
-    top1: np.ndarray | None
-    confidence: np.ndarray | None
-    names: tuple[str, ...] = ()  # the outputs' names, in the order of ``outputs``
+    """The answer to one batch: every output, batch first, one per output tensor (model
+    order, named by :attr:`names`).
+
+    Lazy: the interpreter's raw outputs are kept, and the dequantized :attr:`outputs` and
+    the class head's :attr:`probabilities` / :attr:`top1` / :attr:`confidence` are computed
+    on first access (each once), so a caller that reads only what it answers with pays for
+    only that. Read-only after construction; computing a field twice from two threads
+    gives the same value, so no lock is needed.
+    """
+
+    __slots__ = ("_class_position", "_codecs", "_conf", "_is_probability", "_outputs",
+                 "_probs", "_top1", "model", "names", "raw", "version")
+
+    def __init__(self, model: str, version: int, raw: list[np.ndarray],
+                 codecs: Sequence[TensorCodec], names: tuple[str, ...],
+                 class_position: int | None, is_probability: bool) -> None:
+        self.model = model
+        self.version = version
+        self.names = names
+        self.raw = raw  # the interpreter's outputs, in their tensor dtypes
+        self._codecs = codecs
+        self._class_position = class_position
+        self._is_probability = is_probability
+        self._outputs: list[np.ndarray] | None = None
+        self._probs: np.ndarray | None = None
+        self._top1: np.ndarray | None = None
+        self._conf: np.ndarray | None = None
+
+    @property
+    def outputs(self) -> list[np.ndarray]:
+        """Dequantized (float32 model units), batch first, model order."""
+        if self._outputs is None:
+            self._outputs = [c.dequantize(o) for o, c in zip(self.raw, self._codecs,
+                                                               strict=True)]
+        return self._outputs
+
+    @property
+    def probabilities(self) -> np.ndarray | None:
+        """(batch, classes) of the class head, if there is one."""
+        if self._probs is None and self._class_position is not None:
+            pos = self._class_position
+            head = (self._outputs[pos] if self._outputs is not None
+                    else self._codecs[pos].dequantize(self.raw[pos]))
+            flat = head.reshape(len(head), -1)
+            self._probs = flat if self._is_probability else softmax(flat)
+        return self._probs
+
+    @property
+    def top1(self) -> np.ndarray | None:
+        if self._top1 is None and (p := self.probabilities) is not None:
+            self._top1 = p.argmax(axis=1)
+        return self._top1
+
+    @property
+    def confidence(self) -> np.ndarray | None:
+        if self._conf is None and (p := self.probabilities) is not None:
+            self._conf = p.max(axis=1)
+        return self._conf
 
     def by_name(self) -> dict[str, np.ndarray]:
         """Every output by its name."""
@@ -85,7 +134,8 @@ class ServedModel:
         self.hooks = hooks or Hooks()
         self.state = ModelState.LOADING
         self.borrow_timeout_s = borrow_timeout_s
-        self._pool: queue.Queue[LoadedModel] = queue.Queue()
+        # a C queue: a borrow is one uncontended get/put, no Condition (queue.Queue's)
+        self._pool: queue.SimpleQueue[LoadedModel] = queue.SimpleQueue()
         t0 = time.perf_counter()
         first = None
         for _ in range(max(1, workers)):
@@ -110,6 +160,10 @@ class ServedModel:
         self.class_position = (None if head is None else m.output_position(head.name))
         self._coerce = m.coerce
         self._one_input = len(self.input_specs) == 1  # the common case: no dict per call
+        self._in_codec = m.input_codecs[0]
+        self._out_codecs = m.output_codecs
+        self._name, self._version = self.manifest.name, self.manifest.version
+        self._is_probability = self.manifest.output_is_probability
 
     @property
     def name(self) -> str:
@@ -119,18 +173,26 @@ class ServedModel:
     def version(self) -> int:
         return self.manifest.version
 
-    @contextmanager
-    def borrow(self) -> Iterator[LoadedModel]:
-        """Exclusive use of one interpreter. Raises TransportError on timeout."""
+    def _take(self) -> LoadedModel:
+        """One free interpreter; give it back with :meth:`_give`. Raises TransportError on
+        timeout. (With ``_give``, the seam a subclass overrides to share another pool.)"""
         try:
-            m = self._pool.get(timeout=self.borrow_timeout_s)
+            return self._pool.get(timeout=self.borrow_timeout_s)
         except queue.Empty as e:
             raise TransportError(f"{self.name} v{self.version}: no interpreter free within "
                                  f"{self.borrow_timeout_s:g} s") from e
+
+    def _give(self, m: LoadedModel) -> None:
+        self._pool.put(m)
+
+    @contextmanager
+    def borrow(self) -> Iterator[LoadedModel]:
+        """Exclusive use of one interpreter. Raises TransportError on timeout."""
+        m = self._take()
         try:
             yield m
         finally:
-            self._pool.put(m)
+            self._give(m)
 
     def verify_golden(self) -> GoldenResult:
         with self.borrow() as m:
@@ -150,24 +212,19 @@ class ServedModel:
         raw = None
         coerced: Inputs
         try:
-            if self._one_input and isinstance(x, np.ndarray):
-                coerced = raw = coerce_input(x, self.input_spec)
+            if self._one_input and type(x) is np.ndarray:
+                coerced = raw = self._in_codec.coerce(x)
             else:
                 coerced = self._coerce(x)
                 raw = (coerced if isinstance(coerced, np.ndarray) else
                        coerced.get(self.input_spec.name))
             if raw is not None and raw.shape[0] == 0:
                 raise InvalidRequestError("empty batch: send at least one instance")
-            with self.borrow() as m:
+            m = self._take()
+            try:
                 outs = m.invoke_raw(coerced)
-            deq = [dequantize(o, s) for o, s in zip(outs, self.output_specs, strict=True)]
-            probs = top1 = conf = None
-            if self.class_position is not None:
-                head = deq[self.class_position]
-                flat = head.reshape(len(head), -1)
-                probs = flat if self.manifest.output_is_probability else softmax(flat)
-                top1 = probs.argmax(axis=1)
-                conf = probs.max(axis=1)
+            finally:
+                self._give(m)
         except Exception as e:  # record every failure (probation sees it), then re-raise
             bad_input = isinstance(e, BadInputError)
             self._record(source, request_id, False, time.perf_counter() - t0,
@@ -176,14 +233,17 @@ class ServedModel:
                          input_shape=e.shape if isinstance(e, ShapeMismatchError) else None,
                          error=str(e) if isinstance(e, EdgeError) else f"{type(e).__name__}: {e}")
             raise
-        self._record(source, request_id, True, time.perf_counter() - t0,
-                     raw.shape[0] if coerced is raw and raw is not None else batch_of(coerced),
-                     client=client,
-                     top1=top1, confidence=conf, probabilities=probs, inputs_raw=raw,
-                     inputs=({self.input_spec.name: coerced} if isinstance(coerced, np.ndarray)
-                             else coerced),
-                     outputs=deq)
-        return Prediction(self.name, self.version, deq, probs, top1, conf, self.output_names)
+        pred = Prediction(self._name, self._version, outs, self._out_codecs, self.output_names,
+                          self.class_position, self._is_probability)
+        if self.hooks.wants_predictions:  # the record is built only for a listener
+            self._record(source, request_id, True, time.perf_counter() - t0,
+                         raw.shape[0] if coerced is raw and raw is not None
+                         else batch_of(coerced),
+                         client=client, inputs_raw=raw,
+                         inputs=({self.input_spec.name: coerced}
+                                 if isinstance(coerced, np.ndarray) else coerced),
+                         prediction=pred)
+        return pred
 
     def decode_images(self, images: Sequence[bytes]) -> np.ndarray:
         """Encoded images → a float batch in model units (bundle preprocessing)."""
@@ -222,8 +282,10 @@ class ServedModel:
 
     def _record(self, source: str, request_id: str | None, ok: bool, latency: float,
                 batch: int, **kw: Any) -> None:
+        if not self.hooks.wants_predictions:
+            return  # nobody listens: no record
         self.hooks.emit_prediction(PredictionRecord(
-            model=self.name, version=self.version, source=source, ok=ok, latency_s=latency,
+            model=self._name, version=self._version, source=source, ok=ok, latency_s=latency,
             batch=batch, request_id=request_id, input_spec=self.input_spec,
             output_names=self.output_names, **kw))
 

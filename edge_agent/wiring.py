@@ -10,10 +10,12 @@ imported directly; none receives the agent, none probes for attributes::
     Services ──► Wiring.telemetry()  → TelemetryService(TelemetryDeps)   needs [mqtt] url
              ├─► Wiring.update()     → UpdateService(FlowDeps)            needs [update]
              ├─► Wiring.homeassistant() → HomeAssistantService            [homeassistant] on
-             └─► Wiring.systemd()    → SystemdNotifier(health, status)    needs $NOTIFY_SOCKET
+             ├─► Wiring.systemd()    → SystemdNotifier(health, status)    needs $NOTIFY_SOCKET
+             └─► Wiring.dashboard()  → Dashboard(DashboardDeps)           needs [http] ui
 
 The update flow pulls in tuf and cryptography (~11 MB): it is imported only when
-``[update]`` is configured.
+``[update]`` is configured; the telemetry component (psutil, the monitors) only with
+``[mqtt] url``.
 
 Raises ConfigError (a trust anchor that is missing or is not TUF root metadata).
 """
@@ -25,7 +27,7 @@ import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from edge_agent.agent_view import AgentView
 from edge_agent.config import COMPONENTS, AgentConfig
@@ -41,8 +43,11 @@ from edge_agent.registry import ModelRegistry
 from edge_agent.serving.http import HttpServer
 from edge_agent.store import ModelStore
 from edge_agent.systemd import SystemdNotifier
-from edge_agent.telemetry.service import TelemetryDeps, TelemetryService
-from edge_agent.update.service import UpdateService, check_root
+
+if TYPE_CHECKING:  # imported where built: an agent without [mqtt] / [update] / ui never loads them
+    from edge_agent.telemetry.service import TelemetryService
+    from edge_agent.ui import Dashboard
+    from edge_agent.update.service import UpdateService
 
 
 class Component(Protocol):
@@ -112,7 +117,8 @@ class Wiring:
         table: dict[str, ComponentFactory] = {"telemetry": lambda _s: self.telemetry(),
                                               "update": lambda _s: self.update(),
                                               "homeassistant": lambda _s: self.homeassistant(),
-                                              "systemd": lambda _s: self.systemd()}
+                                              "systemd": lambda _s: self.systemd(),
+                                              "dashboard": lambda _s: self.dashboard()}
         wanted = set(names) if names is not None else {
             n for n in COMPONENTS if self.s.config.wants(n)}
         return [table[n] for n in COMPONENTS if n in wanted]
@@ -133,6 +139,8 @@ class Wiring:
         s, c = self.s, self.s.config
         if c.mqtt is None or s.mqtt is None:
             return None
+        from edge_agent.telemetry.service import TelemetryDeps, TelemetryService
+
         self.telemetry_service = TelemetryService(TelemetryDeps(
             agent=s.view, mqtt=c.mqtt, config=c.telemetry, client=s.mqtt, registry=s.registry,
             hooks=s.hooks, http=s.http, store_root=Path(s.store.root),
@@ -145,6 +153,8 @@ class Wiring:
         s, cfg = self.s, self.s.config.update
         if cfg is None or not cfg.enabled:
             return None
+        from edge_agent.update.service import UpdateService, check_root
+
         check_root(cfg)
         from edge_agent.update.check import CheckSetup
         from edge_agent.update.flow import FlowDeps
@@ -173,6 +183,22 @@ class Wiring:
             config=c.homeassistant, topics=Topics(s.view.device_id, c.mqtt.topic_prefix),
             profile=s.view.profile.name, client=s.mqtt, registry=s.registry, hooks=s.hooks,
             update=lambda: self.update_service))
+
+    def dashboard(self) -> Dashboard | None:
+        """The device dashboard at ``/ui/``: needs the HTTP server and ``[http] ui``."""
+        s = self.s
+        if s.http is None or not s.config.http.ui:
+            return None
+        from edge_agent.ui import Dashboard, DashboardDeps
+
+        def telemetry() -> dict[str, object] | None:
+            t = self.telemetry_service
+            return t.last if t is not None else None
+
+        return Dashboard(DashboardDeps(http=s.http, hooks=s.hooks, registry=s.registry,
+                                       store=s.store, view=s.view,
+                                       store_root=Path(s.store.root), telemetry=telemetry,
+                                       update=lambda: self.update_service))
 
     def systemd(self) -> SystemdNotifier | None:
         """READY=1 and the watchdog: only when started by systemd (``$NOTIFY_SOCKET``)."""

@@ -44,10 +44,10 @@ FLAGS = {"url": "--broker", "brokers": "--broker", "password": "--broker",
 OPTIONAL = ("ca_file", "cert_file", "key_file", "username", "password_file", "client_id")
 
 
-def add_broker_args(p: argparse.ArgumentParser) -> None:
+def add_broker_args(p: argparse.ArgumentParser, *, required: bool = True) -> None:
     """Add the broker flags (see the module docstring) to ``p``, in their own help group."""
     g = p.add_argument_group("broker", "how to reach the MQTT broker (docs/fleet.md)")
-    g.add_argument("--broker", required=True, metavar="URL",
+    g.add_argument("--broker", required=required, metavar="URL",
                    help="mqtt[s]://[user[:password]@]host[:port]; several, comma separated, "
                         "are tried in order (failover)")
     g.add_argument("--protocol", default="auto", choices=PROTOCOLS,

@@ -71,6 +71,7 @@ from tuf.api.metadata import Metadata, Targets
 
 from edge_agent.bundle import read_bundle, tar_bytes
 from edge_agent.errors import BadInputError, TransportError, UpdateError
+from edge_agent.fsutil import atomic_write_bytes
 from edge_agent.mqtt.client import MqttClient
 from edge_agent.mqtt.config import MqttConfig
 from edge_agent.mqtt.topics import FleetTopics
@@ -200,6 +201,25 @@ class Link(Protocol):
 
 
 Connect = Callable[[MqttConfig | str], Link]
+
+
+class FileLink:
+    """A :class:`Link` that keeps the announcements instead of publishing them
+    (``edge-fleet rollback --out FILE``: the signed command is carried to a device's
+    dashboard, docs/dashboard.md, or to ``POST /v1/agent/update/announce``)."""
+
+    def __init__(self, broker: MqttConfig | str) -> None:
+        self.config = as_config(broker)
+        self.payloads: list[bytes] = []
+
+    def publish(self, topic: str, payload: bytes, *, retain: bool = True) -> None:
+        self.payloads.append(payload)
+
+    def flush(self, timeout_s: float = 120.0) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
 
 
 def _bundle_target(bundle_path: Path, audience: Audience, chunk_size: int,
@@ -405,7 +425,7 @@ def _audience(args: argparse.Namespace) -> Audience:
     return Audience(tuple(args.device or ()), tuple(args.group or ()))
 
 
-def _common(p: argparse.ArgumentParser) -> None:
+def _common(p: argparse.ArgumentParser, *, broker_required: bool = True) -> None:
     p.add_argument("--repo", type=Path, required=True, help="repository directory")
     p.add_argument("--key", action="append", default=[], metavar="KEY",
                    help="private key file (repeat: targets, snapshot, timestamp keys)")
@@ -413,7 +433,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     who.add_argument("--device", nargs="+", metavar="ID")
     who.add_argument("--group", action="append", metavar="G")
     keys.add_passphrase_args(p)
-    add_broker_args(p)
+    add_broker_args(p, required=broker_required)
 
 
 def _cmd_publish(args: argparse.Namespace) -> int:
@@ -431,10 +451,20 @@ def _cmd_publish(args: argparse.Namespace) -> int:
 
 
 def _cmd_rollback(args: argparse.Namespace) -> int:
-    broker = broker_config(args)
+    if args.broker is None and args.out is None:
+        raise BadInputError("name --broker URL (publish the command) or --out FILE (save it)")
+    broker: MqttConfig | str = broker_config(args) if args.broker else \
+        MqttConfig.from_section({"url": "mqtt://localhost", "topic_prefix": args.prefix},
+                                "--out")
     res = rollback(FleetRepo(args.repo), _signers(args), audience=_audience(args),
                    name=args.model, to_version=args.to_version, broker=broker,
-                   from_version=args.from_version, expires_in_s=args.expires_in)
+                   from_version=args.from_version, expires_in_s=args.expires_in,
+                   connect=FileLink if args.out else None)
+    if args.out:
+        atomic_write_bytes(Path(args.out), res.announcement)
+        print(f"signed rollback of {args.model} saved to {args.out} (command {res.target}): "
+              "hand it to the device's dashboard (/ui/) or POST /v1/agent/update/announce")
+        return 0
     print(f"signed rollback of {args.model} to "
           f"{'v' + str(args.to_version) if args.to_version else 'the previous version'} "
           f"(command {res.target}) → {', '.join(res.topics)}")
@@ -461,7 +491,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                    help="signed: distinct clients among them")
     p.set_defaults(func=_cmd_publish)
     r = sub.add_parser("rollback", help="sign a rollback command for devices")
-    _common(r)
+    _common(r, broker_required=False)
+    r.add_argument("--out", type=Path, metavar="FILE",
+                   help="save the signed announcement to FILE instead of publishing it (for "
+                        "a device's dashboard or POST /v1/agent/update/announce)")
     r.add_argument("--model", required=True)
     r.add_argument("--to-version", type=int, help="default: each device's previous version")
     r.add_argument("--from-version", type=int,

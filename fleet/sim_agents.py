@@ -35,9 +35,8 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -124,10 +123,11 @@ class SharedServedModel(ServedModel):
         self._template = template
         self._fault = fault
 
-    @contextmanager
-    def borrow(self) -> Iterator[LoadedModel]:
-        with self._template.borrow() as m:
-            yield m
+    def _take(self) -> LoadedModel:  # the template's interpreters (borrow and predict)
+        return self._template._take()
+
+    def _give(self, m: LoadedModel) -> None:
+        self._template._give(m)
 
     def predict(self, x: Inputs, *, source: str = "api", request_id: str | None = None,
                 client: str | None = None) -> Prediction:

@@ -187,6 +187,7 @@ def main() -> int:
             t0 = time.monotonic()
             wait_for(lambda: http("GET", f"{base}/readyz")[0] == 200, 30, "agent ready")
             print(f"agent ready in {time.monotonic() - t0:.2f} s: {base} (log: demo-out/agent.log)")
+            print(f"device dashboard (open it while the demo runs): {base}/ui/")
             step_predict(base)
             step_telemetry(tap, mhost, mport)
             upd.step_update(OUT, run, BIN, repo, bundles, base, tap, f"mqtt://{mhost}:{mport}",

@@ -10,7 +10,7 @@ need=()
 for p in mosquitto python3-venv ejabberd; do  # ejabberd: the two-node cluster tests (mod_mqtt)
   dpkg -s "$p" >/dev/null 2>&1 || need+=("$p")
 done
-for p in chromium chromium-driver; do dpkg -s "$p" >/dev/null 2>&1 || need+=("$p"); done  # browser tests
+for p in chromium chromium-driver; do dpkg -s "$p" >/dev/null 2>&1 || need+=("$p"); done  # dashboard tests
 if [ "${#need[@]}" -gt 0 ]; then
   echo "setup: installing ${need[*]} (apt)"
   sudo_ env DEBIAN_FRONTEND=noninteractive apt-get update -qq
@@ -26,3 +26,8 @@ fi
 .venv/bin/python -m pip install -q --upgrade pip
 echo "setup: pip install -e .[$extras]"
 .venv/bin/python -m pip install -q -e ".[$extras]"
+if [[ ",$extras," == *",dev,"* ]]; then
+  # TF Serving's official Python client, for the gRPC tests: it pins the full `tensorflow`
+  # (the converter extra brings tensorflow-cpu), so without its dependencies.
+  .venv/bin/python -m pip install -q --no-deps "tensorflow-serving-api>=2.16"
+fi

@@ -55,7 +55,14 @@ from edge_agent.mqtt.dispatch import (
     check_filter,
 )
 from edge_agent.mqtt.errors import MqttConnectError
-from edge_agent.mqtt.session import AckCallback, AckTable, Will, new_paho, resolve
+from edge_agent.mqtt.session import (
+    AckCallback,
+    AckTable,
+    Will,
+    loop_timeout_s,
+    new_paho,
+    resolve,
+)
 
 log = logging.getLogger(__name__)
 
@@ -363,8 +370,15 @@ class MqttClient:
                     stop_deadline = stop_deadline or time.monotonic() + 2.0
                     if not self._connected or time.monotonic() > stop_deadline:
                         break
+                # sleep until paho's next keepalive check, the CONNACK deadline or the
+                # stop deadline; packets, publishes and disconnect() wake it earlier
+                wait = loop_timeout_s(c)
+                if not got_connack and not self._connected:
+                    wait = min(wait, max(0.0, connack_deadline - time.monotonic()) + 0.01)
+                if stop_deadline is not None:
+                    wait = min(wait, 0.1)
                 try:
-                    rc = c.loop(timeout=0.5)
+                    rc = c.loop(timeout=wait)
                 except Exception as e:  # paho bug or a callback of ours: drop the link
                     log.exception("mqtt network loop failed")
                     self._attempt_log.append(str(e))

@@ -6,6 +6,11 @@ back to the oldest row, so whatever was on the wire without a PUBACK when the li
 is sent again first; QoS 1 makes that *at least once*, and the per-device sequence
 number in every payload lets consumers drop the rare duplicate (``edge-fleet watch``
 does). At most ``window`` messages are unacknowledged at a time.
+
+Event-driven: the thread sleeps until something can change what it would do — a row put
+into the outbox, a (re)connection, a PUBACK, ``stop`` — each of which sets a flag under
+the condition before notifying it, so a wake-up is never lost between two steps. An idle
+forwarder does not wake at all (``IDLE_CHECK_S`` is only a safety net).
 """
 
 from __future__ import annotations
@@ -19,6 +24,8 @@ from edge_agent.mqtt.client import MqttClient
 from edge_agent.mqtt.outbox import Outbox
 
 log = logging.getLogger(__name__)
+
+IDLE_CHECK_S = 300.0  # a safety net only: every cause of work wakes the thread itself
 
 
 class Forwarder:
@@ -36,6 +43,8 @@ class Forwarder:
         self._inflight: dict[int, str] = {}
         self._cursor = 0
         self._epoch = -1
+        self._poked = True  # something may have changed since the last step (see wake)
+        self._wait_s = IDLE_CHECK_S  # 1 s after a publish refused on a live connection
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.sent = 0  # publishes handed to the connection (including resends)
@@ -67,6 +76,7 @@ class Forwarder:
 
     def wake(self) -> None:
         with self._cond:
+            self._poked = True
             self._cond.notify_all()
 
     def _on_ack(self, seq: int, topic: str, rc: int) -> None:
@@ -88,13 +98,17 @@ class Forwarder:
             except TransportError as e:
                 log.error("outbox: %s", e)
                 self._stop.wait(1.0)
+                self._poked = True  # retry the step
             except Exception:
                 log.exception("outbox forwarder failed; retrying")
                 self._stop.wait(1.0)
+                self._poked = True  # retry the step
 
     def _step(self) -> None:
         with self._cond:
-            self._cond.wait(0.5)
+            self._cond.wait_for(lambda: self._poked or self._acked or self._refused
+                                or self._stop.is_set(), self._wait_s)
+            self._poked = False
             acked, self._acked = self._acked, []
             refused, self._refused = self._refused, []
         if acked or refused:
@@ -114,6 +128,7 @@ class Forwarder:
         self._send()
 
     def _send(self) -> None:
+        self._wait_s = IDLE_CHECK_S
         while not self._stop.is_set() and self.client.is_connected:
             epoch = self.client.epoch
             if epoch != self._epoch:  # new connection: resend everything not acknowledged
@@ -128,8 +143,10 @@ class Forwarder:
             for r in rows:
                 ok = self.client.publish(r.topic, r.payload, r.qos, r.retain, epoch=epoch,
                                          on_ack=self._ack_for(r.seq, r.topic))
-                if not ok:
-                    return  # connection gone or replaced: the next step starts over
+                if not ok:  # connection gone or replaced: the next step starts over
+                    if self.client.is_connected and self.client.epoch == epoch:
+                        self._wait_s = 1.0  # refused on a live link: retry, not at once
+                    return
                 self._inflight[r.seq] = r.topic
                 self._cursor = r.seq
                 self.sent += 1

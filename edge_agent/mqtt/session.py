@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import ssl
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -71,6 +72,27 @@ def new_paho(config: MqttConfig, client_id: str, protocol: MQTTProtocolVersion,
     # queue the packet and wake our loop() through paho's socket pair.
     c.on_socket_register_write = _no_op_register
     return c
+
+
+def loop_timeout_s(c: paho.Client, *, cap_s: float = 60.0) -> float:
+    """How long the network thread may block in ``c.loop()``: until paho's next keepalive
+    check is due (a PINGREQ to send, or a PINGRESP overdue), at most ``cap_s``.
+
+    ``loop()`` returns early on anything else: a packet from the broker, and every local
+    publish / disconnect (paho's socket pair wakes the select). So an idle connection
+    wakes once per keepalive instead of every fixed poll interval. Reads paho 2.x's
+    keepalive bookkeeping (``_keepalive``, ``_last_msg_out``, ``_last_bytes_received``);
+    with another paho, 1 s (its own ``loop_forever`` default).
+    """
+    try:
+        keepalive = float(c._keepalive)
+        last = min(float(c._last_msg_out), float(c._last_bytes_received))
+    except (AttributeError, TypeError, ValueError):
+        return 1.0
+    if keepalive <= 0:
+        return cap_s
+    # 10 ms late, so the check finds the interval elapsed (paho compares with >=)
+    return max(0.0, min(cap_s, last + keepalive - time.monotonic() + 0.01))
 
 
 class AckTable:

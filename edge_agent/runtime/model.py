@@ -24,7 +24,7 @@ import numpy as np
 from edge_agent.bundle import Bundle, TensorSpec
 from edge_agent.errors import GoldenMismatchError, InvalidRequestError
 from edge_agent.runtime.backends import Runtime
-from edge_agent.runtime.quant import coerce_input, dequantize
+from edge_agent.runtime.quant import TensorCodec
 from edge_agent.runtime.signature import BoundTensor, bind
 from edge_agent.runtime.signature import spec_from_detail as spec_from_detail
 
@@ -77,6 +77,10 @@ class LoadedModel:
         self._out_index = [t.index for t in self._out]
         self._in_dtypes = [np.dtype(s.dtype) for s in self.input_specs]
         self._batch_fixed = int(self.input_spec.shape[0])
+        self.input_codecs = tuple(TensorCodec(s) for s in self.input_specs)
+        self.output_codecs = tuple(TensorCodec(s) for s in self.output_specs)
+        # the common call, one array in one model's input at its fixed batch: no slicing
+        self._single = (self._in_index[0], self._in_dtypes[0]) if len(self._in) == 1 else None
 
     @property
     def interpreter(self) -> Any:
@@ -128,6 +132,14 @@ class LoadedModel:
         than the model's fixed batch run one slice at a time.
         Raises InvalidRequestError.
         """
+        if self._single is not None and type(x) is np.ndarray and x.dtype == self._single[1] \
+                and x.ndim and x.shape[0] == self._batch_fixed:
+            interp = self._interp
+            with self._lock:
+                interp.set_tensor(self._single[0], x)
+                interp.invoke()
+                # get_tensor returns a copy: the arrays outlive the next invoke
+                return [interp.get_tensor(idx) for idx in self._out_index]
         arrays = self._ordered(x)
         n = arrays[0].shape[0]
         for a, s, dt in zip(arrays, self.input_specs, self._in_dtypes, strict=True):
@@ -151,20 +163,21 @@ class LoadedModel:
                 self._interp.invoke()
                 keep = min(b, n - i)
                 for j, idx in enumerate(self._out_index):
-                    outs[j].append(self._interp.get_tensor(idx)[:keep].copy())
+                    o = self._interp.get_tensor(idx)  # a copy already
+                    outs[j].append(o if keep == b else o[:keep].copy())
         return [np.concatenate(o) if len(o) > 1 else o[0] for o in outs]
 
     def coerce(self, x: Inputs) -> Inputs:
         """Float (model units) or raw input(s) → each input tensor's dtype (by name)."""
         if isinstance(x, np.ndarray):
-            return coerce_input(x, self.input_spec)
-        return {self.input_specs[self.input_position(k)].name:
-                coerce_input(v, self.input_specs[self.input_position(k)]) for k, v in x.items()}
+            return self.input_codecs[0].coerce(x)
+        return {self.input_specs[pos].name: self.input_codecs[pos].coerce(v)
+                for pos, v in ((self.input_position(k), v) for k, v in x.items())}
 
     def predict(self, x: Inputs) -> list[np.ndarray]:
         """Float (model units) or raw input(s) → dequantized float outputs (model order)."""
         raw = self.invoke_raw(self.coerce(x))
-        return [dequantize(o, s) for o, s in zip(raw, self.output_specs, strict=True)]
+        return [c.dequantize(o) for o, c in zip(raw, self.output_codecs, strict=True)]
 
 
 @dataclass(frozen=True)

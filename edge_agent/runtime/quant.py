@@ -1,4 +1,9 @@
-"""Quantize / dequantize between float model units and a tensor's integer units."""
+"""Quantize / dequantize between float model units and a tensor's integer units.
+
+:class:`TensorCodec` holds one tensor's parameters, computed once (dtype, shape, scale,
+zero point, integer range), so the per-call work is only the arithmetic; the module
+functions are the same operations for a spec at hand (one code path: they build a codec).
+"""
 
 from __future__ import annotations
 
@@ -13,50 +18,87 @@ _INFO: dict[str, np.iinfo[Any]] = {
     "int8": np.iinfo(np.int8), "uint8": np.iinfo(np.uint8), "int16": np.iinfo(np.int16)}
 
 
+class TensorCodec:
+    """One tensor's quantization parameters, precomputed (immutable after construction)."""
+
+    __slots__ = ("dtype", "hi", "lo", "ndim", "quantized", "scale", "spec", "tail",
+                 "zero_point")
+
+    def __init__(self, spec: TensorSpec) -> None:
+        self.spec = spec
+        self.dtype = np.dtype(spec.dtype)
+        self.tail = tuple(spec.shape[1:])
+        self.ndim = len(spec.shape)
+        self.quantized = spec.quantized
+        self.scale = np.float32(spec.scale)
+        self.zero_point = spec.zero_point
+        info = _INFO.get(spec.dtype)
+        self.lo, self.hi = (info.min, info.max) if info is not None else (0, 0)
+
+    def quantize(self, x: np.ndarray) -> np.ndarray:
+        """Float values → the tensor's dtype (round-half-to-even, saturating)."""
+        if not self.quantized:
+            return np.asarray(x, dtype=self.dtype)
+        q = np.asarray(x, dtype=np.float32) / self.scale
+        np.round(q, out=q)
+        q += self.zero_point
+        np.clip(q, self.lo, self.hi, out=q)
+        return q.astype(self.dtype)
+
+    def dequantize(self, q: np.ndarray) -> np.ndarray:
+        """The tensor's values → float32 model units (a new array)."""
+        if not self.quantized:
+            return np.asarray(q, dtype=np.float32)
+        out = q.astype(np.float32)
+        out -= self.zero_point
+        out *= self.scale
+        return out
+
+    def coerce(self, x: np.ndarray) -> np.ndarray:
+        """Accept float model-unit input or raw tensor-dtype input; return tensor dtype.
+
+        Integer arrays already in the tensor's dtype pass through (no copy); float arrays
+        are quantized. Raises InvalidRequestError on a shape mismatch (batch dimension
+        excluded) or a NaN/infinity.
+        """
+        arr = x if type(x) is np.ndarray else np.asarray(x)
+        if arr.dtype == self.dtype and arr.shape[1:] == self.tail and arr.ndim == self.ndim:
+            if arr.dtype.kind != "f":
+                return arr  # the common case: already the tensor's own type and shape
+        elif arr.ndim == self.ndim - 1:
+            arr = arr[None, ...]
+        if arr.shape[1:] != self.tail:
+            raise ShapeMismatchError(
+                f"input {self.spec.name!r}: expected shape [batch, "
+                f"{', '.join(map(str, self.tail))}], got {list(arr.shape)}",
+                shape=tuple(int(d) for d in arr.shape))
+        kind = arr.dtype.kind
+        if kind == "f":
+            if not np.isfinite(arr).all():
+                raise InvalidRequestError(f"input {self.spec.name!r}: contains NaN or infinity")
+            return self.quantize(arr)
+        if kind in "iub":
+            if arr.dtype == self.dtype:
+                return arr  # every value of the tensor's own type is in range, no copy
+            if self.quantized and arr.size and (arr.min() < self.lo or arr.max() > self.hi):
+                # integers outside the raw range are model-unit values, not tensor values
+                return self.quantize(arr.astype(np.float32))
+            return arr.astype(self.dtype)
+        raise InvalidRequestError(
+            f"input {self.spec.name!r}: expected numbers, got array of dtype {arr.dtype}")
+
+
 def quantize(x: np.ndarray, spec: TensorSpec) -> np.ndarray:
     """Float values → the tensor's dtype (round-half-to-even, saturating)."""
-    dtype = np.dtype(spec.dtype)
-    if not spec.quantized:
-        return np.asarray(x, dtype=dtype)
-    info = _INFO[spec.dtype]
-    q = np.round(np.asarray(x, dtype=np.float32) / spec.scale) + spec.zero_point
-    return np.asarray(np.clip(q, info.min, info.max), dtype=dtype)
+    return TensorCodec(spec).quantize(x)
 
 
 def dequantize(q: np.ndarray, spec: TensorSpec) -> np.ndarray:
     """The tensor's values → float32 model units."""
-    if not spec.quantized:
-        return np.asarray(q, dtype=np.float32)
-    return (q.astype(np.float32) - spec.zero_point) * np.float32(spec.scale)
+    return TensorCodec(spec).dequantize(q)
 
 
 def coerce_input(x: np.ndarray, spec: TensorSpec) -> np.ndarray:
-    """Accept float model-unit input or raw tensor-dtype input; return tensor dtype.
-
-    Integer arrays already in the tensor's dtype pass through; float arrays are quantized.
-    Raises InvalidRequestError on a shape mismatch (batch dimension excluded).
-    """
-    arr = np.asarray(x)
-    want = tuple(spec.shape[1:])
-    if arr.ndim == len(spec.shape) - 1:
-        arr = arr[None, ...]
-    if tuple(arr.shape[1:]) != want:
-        raise ShapeMismatchError(
-            f"input {spec.name!r}: expected shape [batch, {', '.join(map(str, want))}], "
-            f"got {list(arr.shape)}", shape=tuple(int(d) for d in arr.shape))
-    if arr.dtype.kind == "f":
-        if not np.all(np.isfinite(arr)):
-            raise InvalidRequestError(f"input {spec.name!r}: contains NaN or infinity")
-        return quantize(arr, spec)
-    if arr.dtype.kind in "iub":
-        if arr.dtype == np.dtype(spec.dtype):
-            return arr  # already the tensor's own type: every value is in range, no copy
-        if spec.quantized:
-            info = _INFO[spec.dtype]
-            if arr.size and (arr.min() < info.min or arr.max() > info.max):
-                # integers outside the raw range are model-unit values, not tensor values
-                return quantize(arr.astype(np.float32), spec)
-            return arr.astype(np.dtype(spec.dtype))
-        return arr.astype(np.dtype(spec.dtype))
-    raise InvalidRequestError(
-        f"input {spec.name!r}: expected numbers, got array of dtype {arr.dtype}")
+    """Float model-unit or raw tensor-dtype input → the tensor's dtype (see
+    :meth:`TensorCodec.coerce`). Raises InvalidRequestError."""
+    return TensorCodec(spec).coerce(x)

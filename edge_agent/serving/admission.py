@@ -8,6 +8,13 @@ for one of the model's interpreters (the registry's pool); that wait is the queu
 depth is ``in_flight - workers``. Refusal raises :class:`Overloaded` (HTTP 503 with
 ``Retry-After``). There is no thread hand-off: the connection's thread runs the model,
 which keeps the per-request overhead to a lock and two counter updates.
+
+Decoding (a JSON body → tensors) additionally holds one of ``workers`` decode permits
+(:meth:`Admission.decoding`, shared by every model of the agent): all admitted requests
+may have their bodies in memory, but only ``workers`` of them are expanded into Python
+objects at once (a 3 MB JSON body becomes ~10–25 MB of them), so peak memory is bounded
+by bodies + ``workers`` decodes, not by ``capacity`` decodes. A request that waits longer
+than ``decode_wait_s`` for a permit is refused (503).
 """
 
 from __future__ import annotations
@@ -16,6 +23,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from edge_agent import memtrim
 from edge_agent.errors import TransportError
 
 
@@ -30,8 +38,11 @@ class Overloaded(TransportError):
 class Admission:
     """Per-model counters of admitted requests, with a fixed capacity each."""
 
-    def __init__(self, workers: int, queue_size: int, *, retry_after_s: int = 1) -> None:
+    def __init__(self, workers: int, queue_size: int, *, retry_after_s: int = 1,
+                 decode_wait_s: float = 30.0) -> None:
         self.workers = max(1, workers)
+        self.decode_wait_s = decode_wait_s
+        self._decodes = threading.BoundedSemaphore(self.workers)
         self.queue_size = max(0, queue_size)
         self.capacity = self.workers + self.queue_size
         self.retry_after_s = retry_after_s
@@ -65,6 +76,21 @@ class Admission:
             yield
         finally:
             self.leave(model)
+
+    @contextmanager
+    def decoding(self, body_bytes: int) -> Iterator[None]:
+        """Hold one of the ``workers`` decode permits while a body becomes tensors; after
+        a large body, give the freed heap back (:mod:`edge_agent.memtrim`). Raises
+        Overloaded when no permit frees up within ``decode_wait_s``."""
+        if not self._decodes.acquire(timeout=self.decode_wait_s):
+            raise Overloaded(f"request decoding is busy ({self.workers} at a time, none free "
+                             f"within {self.decode_wait_s:g} s); retry later",
+                             retry_after_s=self.retry_after_s)
+        try:
+            yield
+        finally:
+            self._decodes.release()
+            memtrim.after_request(body_bytes)
 
     def snapshot(self) -> dict[str, tuple[int, int]]:
         """``{model: (in_flight, queued)}`` for metrics and status."""

@@ -19,17 +19,19 @@ tensors. See docs/rest.md.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+import traceback
+from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager
 from typing import Any
 
 import numpy as np
 
-from edge_agent.errors import InvalidRequestError, NotFoundError
+from edge_agent.errors import InvalidRequestError
 from edge_agent.registry import ModelRegistry, ServedModel
 from edge_agent.runtime.model import Inputs
 from edge_agent.serving import codec
-from edge_agent.serving.admission import Admission, Overloaded
+from edge_agent.serving.admission import Admission
+from edge_agent.serving.dataplane import DataPlane
 from edge_agent.serving.http import HttpServer, HTTPStatusError, Request, Response
 from edge_agent.serving.metrics import CONTENT_TYPE, Metrics
 
@@ -54,7 +56,7 @@ class ServingApi:
         self.default_k = default_k
         self._ready = ready or (lambda: (bool(registry.names()), "no model loaded"))
         self._status = status or (lambda: {"models": registry.snapshot()})
-        self._failures = failures or (lambda name: {})
+        self.plane = DataPlane(registry, admission, metrics, failures=failures)
 
     def register(self, http: HttpServer) -> None:
         http.add_route("GET", "/healthz", self.healthz, name="healthz", auth=False)
@@ -74,39 +76,25 @@ class ServingApi:
     def name_version(self, req: Request) -> tuple[str, int | None]:
         """The model name and the version the path names (by number or label), or None."""
         name = req.params["name"] or ""
-        label = req.params.get("label")
-        if label is not None:
-            return name, self.registry.label_version(name, label)
         v = req.params.get("version")
-        if v is None:
-            return name, None
-        if _VERSION.fullmatch(v) is None or int(v) < 1:  # never int() of 5000 digits
+        if v is not None and (_VERSION.fullmatch(v) is None or int(v) < 1):
             raise InvalidRequestError(f"version must be a positive integer of at most 18 "
-                                      f"digits, got {v[:40]!r}")
-        return name, int(v)
+                                      f"digits, got {v[:40]!r}")  # never int() of 5000 digits
+        return name, self.plane.version_of(name, None if v is None else int(v),
+                                           req.params.get("label"))
 
     def _served(self, req: Request) -> ServedModel:
         """The model version the path names. Raises NotFoundError in TF Serving's words."""
-        name, version = self.name_version(req)
-        try:
-            return self.registry.get(name, version)
-        except NotFoundError as e:
-            what = f"Latest({name})" if version is None else f"Specific({name}, {version})"
-            raise NotFoundError(f"Servable not found for request: {what}: {e}") from e
+        return self.plane.served(*self.name_version(req))
 
     def ready(self) -> tuple[bool, str]:
         """(ready to serve, why not): what ``/readyz`` and ``/v2/health/ready`` answer."""
         return self._ready()
 
-    @contextmanager
-    def admit(self, model: str) -> Iterator[None]:
-        """A work slot for ``model`` (every protocol's one gate). Raises Overloaded."""
-        try:
-            with self.admission.slot(model):
-                yield
-        except Overloaded:
-            self.metrics.reject(model, "queue_full")
-            raise
+    def admit(self, model: str) -> AbstractContextManager[None]:
+        """A work slot for ``model`` (every protocol's one gate: :class:`DataPlane`).
+        Raises Overloaded."""
+        return self.plane.admit(model)
 
     # ------------------------------------------------------------------ routes
 
@@ -128,17 +116,7 @@ class ServingApi:
 
     def status(self, req: Request) -> tuple[int, Any]:
         """TF Serving's GetModelStatusResponse; failed loads show as END with their error."""
-        name, version = self.name_version(req)
-        loaded = {sm.version: sm for sm in self.registry.versions(name)}
-        failed = dict(self._failures(name))
-        rows = [(v, sm.state.value, "OK", "") for v, sm in loaded.items()]
-        rows += [(v, "END", "UNKNOWN", msg) for v, msg in failed.items() if v not in loaded]
-        if version is not None:
-            rows = [r for r in rows if r[0] == version]
-        if not rows:
-            self.registry.get(name, version)  # raises the standard NotFoundError message
-            raise NotFoundError(f"model {name!r} version {version} not found")
-        return 200, codec.status(sorted(rows, key=lambda r: -r[0]))
+        return 200, codec.status(self.plane.status_rows(*self.name_version(req)))
 
     def metadata(self, req: Request) -> tuple[int, Any]:
         return 200, codec.metadata(self._served(req), req.query)
@@ -146,24 +124,42 @@ class ServingApi:
     def predict(self, req: Request) -> Response:
         served = self._served(req)
         with self.admit(served.name):
-            doc = None if req.content_type == "application/octet-stream" else req.json()
             x: Inputs
-            try:  # the body parsed; now it must fit this model version
-                if doc is None:
-                    x, layout = self._raw_tensor(served, req.body), codec.ROW
-                else:
-                    x, layout = codec.decode_predict(doc, served, max_batch=self.max_batch,
-                                                     max_image_pixels=self.max_image_pixels,
-                                                     body=req.body)
-            except InvalidRequestError as e:
-                served.record_rejected(e, source="rest", request_id=req.request_id,
-                                       client=req.client)
-                raise
+            if req.content_type == "application/octet-stream":
+                x, layout = self._raw_tensor(served, req.body, req), codec.ROW
+            else:
+                with self.admission.decoding(len(req.body)):  # bounded decodes in flight
+                    doc = req.json()
+                    try:  # the body parsed; now it must fit this model version
+                        x, layout = codec.decode_predict(
+                            doc, served, max_batch=self.max_batch,
+                            max_image_pixels=self.max_image_pixels, body=req.body)
+                    except InvalidRequestError as e:
+                        del doc
+                        self._rejected(served, e, req)
+                        raise
+                    del doc  # the Python objects go before the invoke, not after it
             pred = served.predict(x, source="rest", request_id=req.request_id,
                                   client=req.client)
         return Response(200, codec.encode_predict_bytes(pred, served, layout))
 
-    def _raw_tensor(self, served: ServedModel, body: bytes) -> np.ndarray:
+    @staticmethod
+    def _rejected(served: ServedModel, e: InvalidRequestError, req: Request) -> None:
+        """A body that parsed but does not fit this model version: recorded, and the
+        decoder's frames in the traceback cleared, so the parsed body's objects are freed
+        now (inside the decode permit), not when the 400 has been written."""
+        traceback.clear_frames(e.__traceback__)
+        served.record_rejected(e, source="rest", request_id=req.request_id,
+                               client=req.client)
+
+    def _raw_tensor(self, served: ServedModel, body: bytes, req: Request) -> np.ndarray:
+        try:
+            return self._raw_tensor_of(served, body)
+        except InvalidRequestError as e:
+            self._rejected(served, e, req)
+            raise
+
+    def _raw_tensor_of(self, served: ServedModel, body: bytes) -> np.ndarray:
         if len(served.input_specs) != 1:
             raise InvalidRequestError(
                 f"an octet-stream body is one input tensor; {served.name} takes "
@@ -197,14 +193,13 @@ class ServingApi:
         classes = int(np.prod(served.output_specs[head or 0].shape[1:]))
         k = codec.parse_k(req.query, self.default_k, classes)
         with self.admit(served.name):
-            if json_body:
-                images = codec.classify_examples(req.json(), served, max_batch=self.max_batch)
-            else:
-                body = req.body
-                if not body:
-                    raise InvalidRequestError("empty body: send the image bytes (PNG, JPEG, …)")
-                images = [body]
-            x = codec.image_batch(served, images, self.max_image_pixels)
+            if not json_body and not req.body:
+                raise InvalidRequestError("empty body: send the image bytes (PNG, JPEG, …)")
+            with self.admission.decoding(len(req.body)):  # bounded decodes in flight
+                images = (codec.classify_examples(req.json(), served, max_batch=self.max_batch)
+                          if json_body else [req.body])
+                x = codec.image_batch(served, images, self.max_image_pixels)
+                del images
             pred = served.predict(x, source="rest", request_id=req.request_id,
                                   client=req.client)
         return Response(200, codec.encode_classify(served, pred, k))

@@ -23,9 +23,10 @@ Error bodies are always ``{"error": "<message>"}``. A request's body is read who
 handler's work admission never waits on a slow client.
 
 Limits: bearer token (constant-time compare; every route not added with ``auth=False``,
-which only ``/healthz`` is), request body (413), open connections in total and per peer IP
-(503), total time for a request head and for a body (408, :mod:`.deadline`), idle keep-alive
-connections (closed after a timeout).
+which only ``/healthz`` and the dashboard's page files are; the admin token also passes it,
+and handlers of admin actions check :meth:`HttpServer.is_admin`), request body (413), open
+connections in total and per peer IP (503), total time for a request head and for a body
+(408, :mod:`.deadline`), idle keep-alive connections (closed after a timeout).
 
 The route table and the handler-facing types live in :mod:`edge_agent.serving.routes` (no
 sockets); this module is the connection side. Both are importable from here.
@@ -44,10 +45,10 @@ import io
 import json
 import logging
 import re
+import selectors
 import socket
 import threading
 import time
-import uuid
 from collections.abc import Callable, Mapping
 from email.utils import formatdate
 from http import HTTPStatus
@@ -56,6 +57,7 @@ from typing import Any
 from urllib.parse import unquote
 
 from edge_agent.errors import EdgeError, TransportError
+from edge_agent.ids import request_id
 from edge_agent.serving.admission import Overloaded
 from edge_agent.serving.deadline import DeadlineReader
 from edge_agent.serving.routes import (
@@ -136,7 +138,7 @@ class _Handler(BaseHTTPRequestHandler):
         """Errors found while parsing the request line/headers, answered as JSON."""
         self.close_connection = True
         msg = message or _REASONS.get(code, "error")
-        rid = uuid.uuid4().hex
+        rid = request_id()
         with contextlib.suppress(OSError):
             self.server.app.write(self, code, json.dumps({"error": msg}).encode(),
                                   "application/json", {}, rid, head=False)
@@ -156,7 +158,56 @@ class _Server(ThreadingHTTPServer):
         self._conns: set[socket.socket] = set()
         self._per_client: dict[str, int] = {}
         self._conn_lock = threading.Lock()
-        super().__init__(addr, _Handler)
+        # the accept loop sleeps in select() until a connection or shutdown() (which
+        # writes to this pair) instead of waking every poll interval to look for a flag
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._stopping = False
+        self._stopped = threading.Event()
+        super().__init__(addr, _Handler)  # closes the pair too (server_close) if bind fails
+
+    def serve_forever(self, poll_interval: float | None = None) -> None:
+        """Accept until :meth:`shutdown`; ``poll_interval`` is ignored (nothing polls)."""
+        self._stopped.clear()
+        try:
+            with selectors.DefaultSelector() as sel:
+                sel.register(self, selectors.EVENT_READ)
+                sel.register(self._wake_r, selectors.EVENT_READ)
+                while not self._stopping:
+                    ready = sel.select()
+                    if self._stopping:
+                        break
+                    if any(key.fileobj is self for key, _ in ready):
+                        self._accept_one()
+                    self.service_actions()
+        finally:
+            self._stopped.set()
+
+    def _accept_one(self) -> None:
+        """One ready connection, as socketserver's own loop takes it."""
+        try:
+            request, client_address = self.get_request()
+        except OSError:
+            return
+        if not self.verify_request(request, client_address):
+            self.shutdown_request(request)
+            return
+        try:
+            self.process_request(request, client_address)
+        except Exception:
+            self.handle_error(request, client_address)
+            self.shutdown_request(request)
+
+    def shutdown(self) -> None:
+        """Stop :meth:`serve_forever` and wait until it has returned."""
+        self._stopping = True
+        with contextlib.suppress(OSError):
+            self._wake_w.send(b"x")
+        self._stopped.wait()
+
+    def server_close(self) -> None:
+        super().server_close()
+        self._wake_r.close()
+        self._wake_w.close()
 
     def process_request(self, request: Any, client_address: Any) -> None:
         """Accept thread: take a connection slot (total and per peer IP) or refuse with 503."""
@@ -210,9 +261,11 @@ class HttpServer:
                  max_body_bytes: int = 8 * 1024 * 1024, max_connections: int = 64,
                  max_connections_per_client: int = 16, idle_timeout_s: float = 30.0,
                  head_timeout_s: float = 10.0, body_timeout_s: float = 60.0,
-                 on_response: Callable[[str, int, float], None] | None = None) -> None:
+                 on_response: Callable[[str, int, float], None] | None = None,
+                 admin_token: str | None = None) -> None:
         self.host, self.port = host, port
         self._token = token.encode() if token else None
+        self._admin = admin_token.encode() if admin_token else None
         self.max_body_bytes = max_body_bytes
         self.max_connections = max_connections
         self.max_connections_per_client = max_connections_per_client
@@ -258,7 +311,6 @@ class HttpServer:
             raise TransportError(f"cannot listen on {self.host}:{self.port} "
                                  f"({e.strerror or e})") from e
         self._thread = threading.Thread(target=self._httpd.serve_forever,
-                                        kwargs={"poll_interval": 0.2},
                                         name="edge-agent-http", daemon=True)
         self._thread.start()
 
@@ -282,18 +334,23 @@ class HttpServer:
     # ------------------------------------------------------------------ requests
 
     def _authorized(self, headers: Headers) -> bool:
+        """The data token, or the admin token (an admin may also read)."""
         if self._token is None:
             return True
-        got = headers.get("Authorization") or ""
-        scheme, _, cred = got.partition(" ")
-        # compare_digest on bytes of any length: time depends only on the token's length
-        return scheme.lower() == "bearer" and hmac.compare_digest(
-            cred.strip().encode("utf-8", "replace"), self._token)
+        return _bearer(headers, self._token) or self.is_admin(headers)
+
+    @property
+    def admin_enabled(self) -> bool:
+        return self._admin is not None
+
+    def is_admin(self, headers: Headers) -> bool:
+        """True if the request carries ``[http] admin_token`` (never when none is set)."""
+        return self._admin is not None and _bearer(headers, self._admin)
 
     def dispatch(self, h: _Handler) -> None:
         t0 = getattr(h, "t0", None) or time.perf_counter()
         rid_in = h.headers.get("X-Request-Id")
-        rid = rid_in if rid_in and _RID_RE.match(rid_in) else uuid.uuid4().hex
+        rid = rid_in if rid_in and _RID_RE.match(rid_in) else request_id()
         method = h.command.upper()
         path, _, query = h.path.partition("?")
         path = unquote(path)
@@ -418,6 +475,13 @@ class HttpServer:
 def _peer(client_address: Any) -> str:
     """The peer IP of a connection (the unit of the per-client connection cap)."""
     return str(client_address[0]) if client_address else ""
+
+
+def _bearer(headers: Headers, token: bytes) -> bool:
+    scheme, _, cred = (headers.get("Authorization") or "").partition(" ")
+    # compare_digest on bytes of any length: time depends only on the token's length
+    return scheme.lower() == "bearer" and hmac.compare_digest(
+        cred.strip().encode("utf-8", "replace"), token)
 
 
 def _has_body(h: _Handler) -> bool:

@@ -13,7 +13,12 @@ request and from the image headers only:
    request; a request over :meth:`DecodeBudget.request_limit` is refused (413);
 4. the sum is then reserved from one process-wide :class:`DecodeBudget` (derived from the
    profile's ``memory_budget_mb`` by the agent at start), waiting a little when other
-   requests hold it, else refused with 503 + Retry-After.
+   requests hold it, else refused with 503 + Retry-After;
+5. before all that, an image whose decoded size (after a JPEG draft) is more than
+   ``max_image_factor`` times the model input's pixels is refused (413): a model that takes
+   224×224 has no use for 30 million pixels, and a small PNG that claims them is a
+   decompression bomb. ``agent.max_image_factor`` (default 64) sets the factor for every
+   source, through the process budget.
 
 Every source (REST, MQTT requests, watch folder, CLI) goes through :func:`image_batch`, so the
 budget bounds all image decoding in the process, however the images arrive.
@@ -48,6 +53,7 @@ PIXEL_BYTES = {"1": 1, "L": 1, "P": 1, "I;16": 2, "I;16B": 2, "I;16L": 2, "I;16N
                "CMYK": 4, "YCbCr": 4, "LAB": 4, "HSV": 4, "I": 4, "F": 4}
 CONVERTED_BYTES = 4  # the L/RGB copy image_to_array makes (RGB is stored 4 bytes a pixel)
 BUDGET_SHARE = 4  # the process-wide decode budget is memory_budget_mb / BUDGET_SHARE
+MAX_IMAGE_FACTOR = 64  # decoded pixels per model-input pixel an image may have
 WAIT_S = 5.0  # how long a request waits for budget that other requests hold
 
 
@@ -78,19 +84,23 @@ class DecodeBudget:
     few large requests cannot take the whole budget from everyone else.
     """
 
-    def __init__(self, total_bytes: int) -> None:
+    def __init__(self, total_bytes: int, max_image_factor: int = MAX_IMAGE_FACTOR) -> None:
         self._cond = threading.Condition()
         self._used = 0
         self.total_bytes = max(1, total_bytes)
+        self.max_image_factor = max(1, max_image_factor)
 
     @property
     def request_limit(self) -> int:
         return max(1, self.total_bytes // 4)
 
-    def configure(self, total_bytes: int) -> None:
-        """Set the total (the agent does, from its profile, at start)."""
+    def configure(self, total_bytes: int, max_image_factor: int | None = None) -> None:
+        """Set the total (the agent does, from its profile, at start) and the image
+        factor (``agent.max_image_factor``)."""
         with self._cond:
             self.total_bytes = max(1, total_bytes)
+            if max_image_factor is not None:
+                self.max_image_factor = max(1, max_image_factor)
             self._cond.notify_all()
 
     def in_use(self) -> int:
@@ -139,12 +149,13 @@ def _mib(n: int) -> str:
     return f"{n / MIB:.1f} MiB"
 
 
-def open_header(data: bytes, where: str, target: tuple[int, int], max_pixels: int
-                ) -> tuple[Image.Image, ImageHeader]:
+def open_header(data: bytes, where: str, target: tuple[int, int], max_pixels: int,
+                max_factor: int | None = None) -> tuple[Image.Image, ImageHeader]:
     """Open ``data`` lazily (header only) and plan its decode at ``target`` (width, height).
 
     Raises InvalidRequestError for bytes that are not an image of a known format and mode,
-    or an image over ``max_pixels``.
+    or an image over ``max_pixels``; ImageTooLarge when, at the size it would decode to, it
+    has more than ``max_factor`` times the pixels of ``target``.
     """
     try:
         img = Image.open(io.BytesIO(data), formats=IMAGE_FORMATS)
@@ -163,6 +174,12 @@ def open_header(data: bytes, where: str, target: tuple[int, int], max_pixels: in
         if img.format == "JPEG":  # decode at a 1/2, 1/4 or 1/8 DCT scale (no pixel read yet)
             img.draft(img.mode if img.mode in ("L", "RGB") else "RGB", target)
         header = ImageHeader(str(img.format), img.mode, img.width, img.height, bits)
+        want = target[0] * target[1]
+        if max_factor is not None and header.width * header.height > want * max_factor:
+            raise ImageTooLarge(
+                f"{where}: {w}x{h} decodes to {header.width}x{header.height} pixels, over "
+                f"{max_factor} times the model input's {target[0]}x{target[1]}; send it "
+                "downscaled (agent.max_image_factor)")
         if img.mode not in PIXEL_BYTES:  # draft may change the mode
             raise InvalidRequestError(f"{where}: image mode {img.mode!r} is not supported")
     except BaseException:
@@ -185,15 +202,16 @@ def image_batch(served: ServedModel, images: Sequence[bytes], max_pixels: int, *
                                   f"{list(shape)})")
     pre = served.manifest.preprocessing
     h, w = pre.resize or (int(shape[1]), int(shape[2]))
+    budget = budget or _PROCESS_BUDGET
     with ExitStack() as stack:
         opened = []
         for i, data in enumerate(images):
             where = f"image {i}" if len(images) > 1 else "image"
-            img, header = open_header(data, where, (w, h), max_pixels)
+            img, header = open_header(data, where, (w, h), max_pixels, budget.max_image_factor)
             stack.callback(img.close)
             opened.append((img, header))
         cost = sum(hd.decode_bytes for _, hd in opened)
-        stack.enter_context((budget or _PROCESS_BUDGET).reserve(cost))
+        stack.enter_context(budget.reserve(cost))
         try:
             arrs = [image_to_array(img, pre, (int(shape[1]), int(shape[2])))
                     for img, _ in opened]

@@ -89,7 +89,11 @@ def _add(v: Any, name: str, feature: Feature) -> None:
     elif isinstance(v, int) and v <= _UINT64_MAX:
         kind, value = "int64", v
     else:  # a decimal, or an integer too large for 64 bits (rapidjson reads it as a double)
-        kind, value = "float", float(v)
+        try:
+            kind, value = "float", float(v)
+        except OverflowError as e:  # an integer past the double range: no number at all
+            raise InvalidRequestError(f"Feature: {name} has a number too big to be stored in "
+                                      f"double (about 2^{int(v).bit_length()})") from e
     if feature.kind not in (None, kind):
         raise _kind_error(name, feature)
     if isinstance(value, int) and value > _INT64[1]:

@@ -69,6 +69,11 @@ class Metrics:
         self.http_latency = Histogram("edge_agent_http_request_duration_seconds",
                                       "HTTP request time, socket read to response written",
                                       ["route"], buckets=LATENCY_BUCKETS_S, registry=r)
+        self.grpc = Counter("edge_agent_grpc_responses", "gRPC responses by method and status",
+                            ["method", "code"], registry=r)
+        self.grpc_latency = Histogram("edge_agent_grpc_request_duration_seconds",
+                                      "gRPC request time, message decoded to response built",
+                                      ["method"], buckets=LATENCY_BUCKETS_S, registry=r)
         self.models_loaded = Gauge("edge_agent_models_loaded", "Model versions in memory",
                                    registry=r)
         r.register(_Gauges(self))
@@ -98,6 +103,10 @@ class Metrics:
     def observe_http(self, route: str, code: int, seconds: float) -> None:
         self._child(self.http, route, str(code)).inc()
         self._child(self.http_latency, route).observe(seconds)
+
+    def observe_grpc(self, method: str, code: str, seconds: float) -> None:
+        self._child(self.grpc, method, code).inc()
+        self._child(self.grpc_latency, method).observe(seconds)
 
     def reject(self, model: str, reason: str) -> None:
         self._child(self.rejected, model, reason).inc()

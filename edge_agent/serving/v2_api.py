@@ -93,16 +93,19 @@ class V2Api:
             raise HTTPStatusError(415, f"Content-Encoding {encoding[:40]!r} is not supported: "
                                        "send the request uncompressed")
         with self.api.admit(served.name):
-            try:  # the body parsed and fitted to this model version
-                header, binary = v2_tensor.split_body(req.body, req.headers.get(HEADER_LENGTH))
-                parsed = v2_tensor.parse_infer(v2_tensor.parse_header(header), binary)
-                v2_model.check_outputs(parsed, served)
-                x = v2_model.decode(parsed, served, max_batch=self.api.max_batch,
-                                    max_image_pixels=self.api.max_image_pixels)
-            except InvalidRequestError as e:
-                served.record_rejected(e, source=SOURCE, request_id=req.request_id,
-                                       client=req.client)
-                raise
+            # at most `workers` bodies decoded at once (serving/admission.py)
+            with self.api.admission.decoding(len(req.body)):
+                try:  # the body parsed and fitted to this model version
+                    header, binary = v2_tensor.split_body(req.body,
+                                                          req.headers.get(HEADER_LENGTH))
+                    parsed = v2_tensor.parse_infer(v2_tensor.parse_header(header), binary)
+                    v2_model.check_outputs(parsed, served)
+                    x = v2_model.decode(parsed, served, max_batch=self.api.max_batch,
+                                        max_image_pixels=self.api.max_image_pixels)
+                except InvalidRequestError as e:
+                    served.record_rejected(e, source=SOURCE, request_id=req.request_id,
+                                           client=req.client)
+                    raise
             pred = served.predict(x, source=SOURCE, request_id=req.request_id,
                                   client=req.client)
         body, json_length = v2_encode.encode_infer(

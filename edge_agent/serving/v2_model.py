@@ -31,8 +31,9 @@ from edge_agent.serving.v2_encode import OutputTensor
 from edge_agent.serving.v2_tensor import InferRequest, InputTensor
 
 PLATFORM = "tflite"  # the model format, as Triton names platforms after theirs (onnxruntime_onnx)
-_V2_OF_TF = {"DT_FLOAT": "FP32", "DT_HALF": "FP16", "DT_INT8": "INT8", "DT_UINT8": "UINT8",
-             "DT_INT16": "INT16", "DT_INT32": "INT32", "DT_INT64": "INT64"}
+_V2_OF_TF = {"DT_FLOAT": "FP32", "DT_HALF": "FP16", "DT_DOUBLE": "FP64", "DT_INT8": "INT8",
+             "DT_UINT8": "UINT8", "DT_INT16": "INT16", "DT_INT32": "INT32",
+             "DT_INT64": "INT64", "DT_BOOL": "BOOL"}  # REST and gRPC metadata
 
 
 def datatype(ns: NamedSpec) -> str:

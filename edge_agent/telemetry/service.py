@@ -64,7 +64,7 @@ from edge_agent.telemetry.system import SystemSampler
 log = logging.getLogger(__name__)
 
 FEEDBACK_ROUTE = r"/v1/models/(?P<name>[^/:]+):feedback"
-DRAIN_S = 0.1  # how often queued prediction records are folded into the statistics
+DRAIN_S = 0.1  # how long queued prediction records wait before they are folded (batching)
 INPUT_SAMPLES_PER_S = 20.0  # input tensors whose channel means feed the drift monitor
 # events after which the retained status is republished: update outcomes (fleet
 # rollouts), and the agent's start (sources and started_at exist only from then on)
@@ -124,6 +124,8 @@ class TelemetryService:
         self._next_input_sample = 0.0
         self._drainer: threading.Thread | None = None
         self._stop = threading.Event()
+        # set by the first record after a drain: the drainer sleeps while nothing is queued
+        self._queued = threading.Event()
         self._thread: threading.Thread | None = None
         self._started = False
         self._status_wanted_at = -1e9  # monotonic time of the last answered status want
@@ -134,6 +136,7 @@ class TelemetryService:
         self.started_at = time.time()
         self.boot_id = uuid.uuid4().hex[:16]  # changes with every process start
         self.ticks = 0
+        self.last: dict[str, Any] | None = None  # the last body published (dashboard)
         self.tick_cpu_s = 0.0  # CPU time spent building telemetry (bench/telemetry.py)
         self.drain_cpu_s = 0.0  # CPU time spent folding prediction records
         if self.outbox.reset_reason:
@@ -181,6 +184,7 @@ class TelemetryService:
             return
         self._started = False
         self._stop.set()
+        self._queued.set()  # wake the drainer
         for th in (self._thread, self._drainer):
             if th is not None:
                 th.join(5)
@@ -274,6 +278,8 @@ class TelemetryService:
         # The serving path: one tuple and one deque append (thread-safe, ~0.3 µs), plus an
         # input-mean sample at most INPUT_SAMPLES_PER_S times a second. The rest is batched.
         self._pending.append(sample_of(rec))
+        if not self._queued.is_set():  # one lock per batch, not per record
+            self._queued.set()
         if rec.inputs_raw is not None:
             now = time.monotonic()
             if now >= self._next_input_sample:
@@ -282,7 +288,8 @@ class TelemetryService:
 
     def drain(self) -> int:
         """Fold queued prediction records into stats, quality windows and the request-id
-        memory; returns how many. Called every DRAIN_S, before telemetry and feedback."""
+        memory; returns how many. Called DRAIN_S after the first record queued since the
+        last drain (never while nothing is queued), and before telemetry and feedback."""
         with self._drain_lock:
             q = self._pending
             recs = [q.popleft() for _ in range(len(q))]
@@ -292,7 +299,13 @@ class TelemetryService:
             return len(recs)
 
     def _drain_loop(self) -> None:
-        while not self._stop.wait(DRAIN_S):
+        # Event-driven: asleep until a record is queued, then DRAIN_S more to batch. A record
+        # queued after the clear below sets the event again (drained now or next round).
+        while True:
+            self._queued.wait()
+            if self._stop.wait(DRAIN_S):
+                return
+            self._queued.clear()
             c0 = time.thread_time()
             try:
                 self.drain()
@@ -327,7 +340,8 @@ class TelemetryService:
                 next_at = time.monotonic() + interval
             c0 = time.thread_time()
             try:
-                self.publisher.durable(self.topics.telemetry, self.telemetry())
+                self.last = body = self.telemetry()  # the dashboard charts it
+                self.publisher.durable(self.topics.telemetry, body)
             except EdgeError as e:
                 log.error("telemetry: %s", e)
             except Exception:

@@ -135,3 +135,20 @@ class SystemSampler:
             "throttled": self.throttled(),
         }
         return out
+
+
+def context_switches(pid: int | str = "self", proc: Path = Path("/proc")) -> dict[int, int]:
+    """Voluntary + involuntary context switches of every thread of ``pid``, by thread id
+    (Linux ``/proc/<pid>/task/*/status``; empty elsewhere). Each switch is one wake-up or
+    preemption: sampled twice, the difference over the interval is how often the process
+    woke up. A thread that ends between reads is skipped."""
+    out: dict[int, int] = {}
+    with contextlib.suppress(OSError):
+        for task in (proc / str(pid) / "task").iterdir():
+            n = 0
+            with contextlib.suppress(OSError, ValueError):
+                for line in (task / "status").read_text().splitlines():
+                    if "ctxt_switches:" in line:
+                        n += int(line.split(":", 1)[1])
+                out[int(task.name)] = n
+    return out

@@ -12,7 +12,8 @@ mirror) waits out its backoff instead of taking the worker again at once, while 
 announcement with other bytes (a new release) runs as soon as the worker is free.
 ``GET /v1/agent/update`` shows the status (``backoff`` lists the announcements waiting);
 ``POST /v1/agent/update/announce`` accepts an announcement body from a local
-operator (USB stick, air-gapped site): it is verified exactly like one from MQTT.
+operator (USB stick, air-gapped site): it is verified exactly like one from MQTT. When
+``[http] admin_token`` is set it needs that token (403 with the data token).
 
 :func:`check_root` raises ConfigError for a missing or non-root trust anchor (at start).
 """
@@ -187,8 +188,10 @@ class UpdateService:
                     del self._retry[topic]
                     self._busy = True
                     return topic, payload
-                wait = min((at for _, at in self._retry.values()), default=now + 1.0) - now
-                self._cond.wait(max(0.05, min(wait, 1.0)))
+                if self._retry:  # asleep until the next retry is due, a submit() or stop()
+                    self._cond.wait(max(0.05, min(at for _, at in self._retry.values()) - now))
+                else:  # nothing to retry: asleep until submit() or stop() notifies
+                    self._cond.wait()
         return None
 
     def _worker(self) -> None:
@@ -253,6 +256,9 @@ class UpdateService:
                        name="update_status")
 
         def announce(req: Request) -> tuple[int, dict[str, Any]]:
+            if http.admin_enabled and not http.is_admin(req.headers):  # control, not data
+                return 403, {"error": "admin action: send the admin token ('Authorization: "
+                                      "Bearer <http.admin_token>'); the data token only reads"}
             body = req.body
             if len(body) > self.deps.config.max_announcement_bytes:
                 return 413, {"error": "announcement too large"}

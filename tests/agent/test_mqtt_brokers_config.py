@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from edge_agent.cli import run_overrides
+from edge_agent.cli import build_parser, run_overrides
 from edge_agent.config import load_config
 from edge_agent.errors import ConfigError
 from edge_agent.mqtt.client import MqttClient
@@ -55,8 +55,8 @@ def test_a_bad_broker_list_fails_at_start_naming_the_key(mqtt: dict[str, Any],
 
 
 def test_the_agent_flag_and_the_environment_set_the_list() -> None:
-    a = argparse.Namespace(device_id="d1", profile=None, store=None, log_format=None,
-                           http=None, model=None, mqtt="mqtt://a:1,mqtt://b:2")
+    a = build_parser().parse_args(["run", "--device-id", "d1", "--mqtt",
+                                   "mqtt://a:1,mqtt://b:2"])  # every run flag, as parsed
     o = {k: v for k, v in run_overrides(a).items() if k.startswith("mqtt.")}
     assert o == {"mqtt.brokers": ["mqtt://a:1", "mqtt://b:2"]}
     env = {"EDGE_AGENT__MQTT__BROKERS": '["mqtt://a:1", "mqtt://b:2"]'}

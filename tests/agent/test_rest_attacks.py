@@ -112,7 +112,10 @@ def test_hostile_16bit_pngs_keep_peak_rss_under_the_profile_budget(
     budget_mb = load_profile("rpi4").memory_budget_mb
     model_mb = (digits.bundle / "model.tflite").stat().st_size / 2**20
     big, small = hostile_png(), hostile_png(1400, 1400)  # 96 MB vs 16 MB to decode
-    with agent_process(tmp_path, digits.bundle, profile="rpi4") as agent:
+    # a factor high enough to let both through to the byte budget this test is about (the
+    # factor alone refuses both: test_memory_bounds.py)
+    with agent_process(tmp_path, digits.bundle, profile="rpi4",
+                       toml="max_image_factor = 1000000\n") as agent:
         c = Client(agent.host, agent.port)
         want = c.post("/v1/models/digits:classify", body=small, content_type="image/png")
         assert want.status == 200

@@ -790,3 +790,13 @@ def test_e2e_nan_token_parses_and_the_model_refuses_it(client: Client) -> None:
     r = client.request("POST", "/v1/models/digits:predict", body=text,
                        headers={"Content-Type": "application/json"})
     assert r.status == 400 and "contains NaN or infinity" in r.json()["error"]
+
+
+def test_example_integer_past_the_double_range_is_a_400_naming_the_feature() -> None:
+    """Found by test_fuzz's body fuzzer: float() of a 400-digit integer raised
+    OverflowError (a 500 with a traceback)."""
+    from edge_agent.serving.json_examples import parse_examples
+
+    with pytest.raises(InvalidRequestError, match="Feature: image has a number too big"):
+        parse_examples({"examples": [{"image": int("9" * 400)}]}, method="classify",
+                       max_examples=8)

@@ -104,6 +104,7 @@ def start_device(tmp_path: Path, fleet: Fleet, bundles: Bundles, mosquitto: Any
     agents: list[Any] = []
 
     def make(*, store: Path | None = None, models: tuple[Path, ...] | None = None,
+             http: dict[str, Any] | None = None,
              overrides: dict[str, Any] | None = None, **update: Any) -> Device:
         o: dict[str, Any] = {
             "agent.store_dir": str(store or tmp_path / "store"),
@@ -118,6 +119,7 @@ def start_device(tmp_path: Path, fleet: Fleet, bundles: Bundles, mosquitto: Any
             "update.http_timeout_s": 5.0,
         }
         o.update({f"update.{k}": v for k, v in update.items()})
+        o.update({f"http.{k}": v for k, v in (http or {}).items()})
         o.update(overrides or {})  # other sections' dotted keys (e.g. homeassistant.*)
         o["models"] = [{"bundle": str(b)} for b in (models if models is not None
                                                     else (bundles.v1,))]
