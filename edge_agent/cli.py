@@ -31,6 +31,7 @@ import numpy as np
 
 from edge_agent.cli_service import add_service_commands
 from edge_agent.errors import BadInputError, EdgeError
+from edge_agent.homeassistant.cli import add_commands as add_homeassistant_commands
 from edge_agent.logs import setup_logging
 
 PROG = "edge-agent"
@@ -100,6 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.set_defaults(func=cmd_bench)
 
     add_service_commands(sub)
+    add_homeassistant_commands(sub)
     return p
 
 

@@ -52,6 +52,7 @@ from edge_agent.config_reader import (
 )
 from edge_agent.errors import ConfigError, ProfileError
 from edge_agent.grpc.config import GrpcConfig
+from edge_agent.homeassistant.config import HomeAssistantConfig
 from edge_agent.mqtt.config import MqttConfig
 from edge_agent.mqtt.topics import DEFAULT_REPLY_PREFIX, check_reply_prefix
 from edge_agent.protocol.kinds import RUNTIME_CHOICES as RUNTIMES
@@ -66,10 +67,11 @@ __all__ = [
 ]
 
 SECTIONS = ("agent", "http", "models", "watch", "camera", "mqtt_requests", "mqtt",
-            "telemetry", "update", "grpc", "capture")
+            "telemetry", "update", "grpc", "capture", "homeassistant")
 ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")  # safe in MQTT topics and paths
 LABEL_RE = re.compile(r"^[A-Za-z][A-Za-z0-9._-]{0,63}$")  # a version label: never a number
-COMPONENTS = ("telemetry", "capture", "update", "systemd", "dashboard")  # in start order
+COMPONENTS = ("telemetry", "capture", "update", "homeassistant", "systemd",
+              "dashboard")  # in start order
 LEGACY_COMPONENTS = {"edge_agent.telemetry.service:create": "telemetry",
                      "edge_agent.update.service:create": "update",
                      "edge_agent.service:create": "systemd",
@@ -204,6 +206,7 @@ class AgentConfig:
     update: UpdateConfig | None = None  # None: no [update] section
     grpc: GrpcConfig = field(default_factory=GrpcConfig)  # [grpc]: off by default
     capture: CaptureConfig = field(default_factory=CaptureConfig)  # off by default
+    homeassistant: HomeAssistantConfig = field(default_factory=HomeAssistantConfig)
     source: str = DEFAULTS
 
     def wants(self, component: str) -> bool:
@@ -288,8 +291,8 @@ def _agent(t: Table) -> AgentSettings:
 def _components(t: Table) -> tuple[str, ...] | None:
     """``[agent] components``: which built-in components run (None = all that apply).
 
-    Names are ``telemetry``, ``update``, ``systemd``. The old ``module:factory`` spelling of
-    the same three is accepted with a deprecation warning.
+    Names are ``telemetry``, ``update``, ``homeassistant``, ``systemd``, ``dashboard``. The old
+    ``module:factory`` spelling of the first three is accepted with a deprecation warning.
     """
     if t.raw.get("components") is None:
         t.take("components")
@@ -541,5 +544,6 @@ def load_config(path: Path | None, overrides: Mapping[str, Any] | None = None, *
         update=UpdateConfig.parse(table("update")),
         grpc=GrpcConfig.parse(table("grpc"), http_token=http.token),
         capture=CaptureConfig.parse(table("capture")),
+        homeassistant=HomeAssistantConfig.parse(table("homeassistant")),
         source=source,
     )

@@ -10,6 +10,7 @@ imported directly; none receives the agent, none probes for attributes::
     Services ──► Wiring.telemetry()  → TelemetryService(TelemetryDeps)   needs [mqtt] url
              ├─► Wiring.capture()    → CaptureService(CaptureDeps)        needs [capture] enabled
              ├─► Wiring.update()     → UpdateService(FlowDeps)            needs [update]
+             ├─► Wiring.homeassistant() → HomeAssistantService            [homeassistant] on
              ├─► Wiring.systemd()    → SystemdNotifier(health, status)    needs $NOTIFY_SOCKET
              └─► Wiring.dashboard()  → Dashboard(DashboardDeps)           needs [http] ui
 
@@ -32,6 +33,7 @@ from typing import TYPE_CHECKING, Protocol
 from edge_agent.agent_view import AgentView
 from edge_agent.capture.service import CaptureDeps, CaptureService
 from edge_agent.config import COMPONENTS, AgentConfig
+from edge_agent.homeassistant.service import HomeAssistantDeps, HomeAssistantService
 from edge_agent.hooks import Hooks
 from edge_agent.mqtt.client import MqttClient, Will
 from edge_agent.mqtt.config import MqttConfig
@@ -118,6 +120,7 @@ class Wiring:
         table: dict[str, ComponentFactory] = {"telemetry": lambda _s: self.telemetry(),
                                               "capture": lambda _s: self.capture(),
                                               "update": lambda _s: self.update(),
+                                              "homeassistant": lambda _s: self.homeassistant(),
                                               "systemd": lambda _s: self.systemd(),
                                               "dashboard": lambda _s: self.dashboard()}
         wanted = set(names) if names is not None else {
@@ -188,6 +191,16 @@ class Wiring:
                         check_setup=check)
         self.update_service = UpdateService(deps, client=s.mqtt, http=s.http)
         return self.update_service
+
+    def homeassistant(self) -> HomeAssistantService | None:
+        """Home Assistant discovery: needs ``[homeassistant] enabled`` and ``[mqtt] url``."""
+        s, c = self.s, self.s.config
+        if not c.homeassistant.enabled or c.mqtt is None or s.mqtt is None:
+            return None
+        return HomeAssistantService(HomeAssistantDeps(
+            config=c.homeassistant, topics=Topics(s.view.device_id, c.mqtt.topic_prefix),
+            profile=s.view.profile.name, client=s.mqtt, registry=s.registry, hooks=s.hooks,
+            update=lambda: self.update_service))
 
     def dashboard(self) -> Dashboard | None:
         """The device dashboard at ``/ui/``: needs the HTTP server and ``[http] ui``."""

@@ -27,9 +27,11 @@ no such file: …``).
 from __future__ import annotations
 
 import argparse
+import logging
 from dataclasses import replace
 
 from edge_agent.errors import ConfigError
+from edge_agent.mqtt.client import MqttClient
 from edge_agent.mqtt.config import PROTOCOLS, MqttConfig
 
 SOURCE = "command line"
@@ -111,3 +113,16 @@ def _naming_the_flag(e: ConfigError, *, password_file: bool) -> ConfigError:
         message = message.replace(f"mqtt.{k}", FLAGS[k])
     flag = "--password-file" if key == "password" and password_file else FLAGS.get(key, e.key)
     return ConfigError(message, source=SOURCE, key=flag)
+
+
+def connect_once(client: MqttClient) -> None:
+    """``client.connect()`` whose failure is reported once, by the raised
+    MqttConnectError (the command's one-line error), not also by the client's
+    "retrying with backoff" warning; later reconnects still warn as usual."""
+    mqtt_log = logging.getLogger("edge_agent.mqtt.client")
+    level = mqtt_log.level
+    mqtt_log.setLevel(max(level, logging.ERROR))
+    try:
+        client.connect()
+    finally:
+        mqtt_log.setLevel(level)

@@ -15,6 +15,7 @@ import sys
 from edge_agent.errors import EdgeError
 from fleet import (
     capture,
+    dashboard,
     keys,
     publish,
     repo,
@@ -43,6 +44,7 @@ SUBCOMMANDS = (
     simulate,    # N simulated agents
     wheelhouse,  # offline wheel directory for a board
     capture,     # capture pull
+    dashboard,   # live fleet page in a browser
 )
 
 

@@ -21,6 +21,7 @@ import hashlib
 import json
 import logging
 import os
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -53,6 +54,7 @@ from fleet.rollout_core import (
     new_state,
     parse_wave_size,
     rollout_id,
+    summary,
 )
 from fleet.rollout_observe import active_version, observe_event, observe_status
 
@@ -62,6 +64,7 @@ SAVE_EVERY_S = 0.2  # at most this often while outcomes stream in (always on wav
 # Incoming messages buffered for our handlers: a fleet's burst of retained statuses and
 # update events must not overflow it (the client drops, and counts, what does not fit).
 DISPATCH_QUEUE = 200_000
+PROGRESS_FLUSH_S = 5.0  # at exit, wait at most this long for the last progress PUBACK
 
 
 def _online(status: Status | None) -> bool:
@@ -123,6 +126,8 @@ class Rollout:
         self.state: RolloutState | None = None
         self._saved: RolloutState | None = None
         self._saved_at = 0.0
+        self._client: MqttClient | None = None  # while run() holds a connection
+        self._progress_acked = threading.Event()
 
     # -- persistence --
 
@@ -135,6 +140,23 @@ class Rollout:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(self.path, st.to_json())
         self._saved, self._saved_at = st, time.monotonic()
+        self._progress(st)
+
+    def _progress(self, st: RolloutState) -> None:
+        """Retain the report on ``<prefix>/rollouts/<id>/progress`` (the dashboard's view),
+        each time the state is saved: best effort, the state file stays the truth."""
+        if self._client is None or self.req.dry_run:
+            return
+        doc = {**summary(st), "created_at": st.created_at, "finished_at": st.finished_at,
+               "updated_at": time.time(), "wait_s": st.policy.wait_s,
+               "wave_started_at": [w.started_at for w in st.waves]}
+        acked = threading.Event()
+        if self._client.publish(FleetTopics(self.prefix).rollout_progress(st.rollout_id),
+                                json.dumps(doc, separators=(",", ":")), 1, True,
+                                on_ack=lambda _rc: acked.set()):
+            self._progress_acked = acked
+        else:
+            log.warning("rollout %s: progress not published (disconnected)", st.rollout_id)
 
     def _set(self, st: RolloutState, *, save: bool = True) -> None:
         self.state = st
@@ -173,6 +195,7 @@ class Rollout:
         plan = ChunkPlan.for_data(self.tar, self.req.chunk_size)
         chunks = ChunkServer(client, self.prefix, self.target.sha256, self.tar, plan)
         client.connect()
+        self._client = client
         try:
             if self.req.group is not None:  # statuses retained on another cluster node
                 obs.ask(self.req.group)
@@ -197,6 +220,8 @@ class Rollout:
             if chunks.wants:
                 self.say(f"rollout {self.id}: answered {chunks.wants} chunk request(s) with "
                          f"{chunks.served} chunk publish(es)")
+            self._client = None
+            self._progress_acked.wait(PROGRESS_FLUSH_S)  # the final report reaches the broker
             client.stop()
 
     def _members(self, obs: FleetObserver) -> list[str]:

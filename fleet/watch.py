@@ -51,6 +51,7 @@ class DeviceRow:
     req_per_s: float | None = None
     p50_ms: float | None = None
     drift: bool = False
+    psi: float | None = None  # the largest drift PSI any model reports (class or confidence)
     last_seen: float | None = None  # receive time, seconds since the epoch
     stale: bool = False  # online but no telemetry for 3 intervals
     seq: int | None = None
@@ -148,7 +149,7 @@ class FleetView:
         if isinstance(iv, (int, float)) and iv > 0:
             self._interval[row.device] = float(iv)
         models = _dict(doc.get("models"))
-        rps, p50s, drift = 0.0, [], False
+        rps, p50s, drift, psis = 0.0, [], False, []
         for m in models.values():
             if not isinstance(m, dict):
                 continue
@@ -158,9 +159,11 @@ class FleetView:
                 p50s.append(p50)
             q = _dict(m.get("quality"))
             drift = drift or q.get("drift") is True
+            psis += [v for v in map(_num, _dict(q.get("psi")).values()) if v is not None]
         row.req_per_s = round(rps, 2)
         row.p50_ms = max(p50s) if p50s else None
         row.drift = drift
+        row.psi = max(psis) if psis else None
         if row.online is None:
             row.online = True  # telemetry flows: it is up even if we missed the status
 

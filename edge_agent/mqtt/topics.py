@@ -13,8 +13,14 @@ the fleet tools and the broker ACL use is built here.
     edge/<device>/infer/<model>      MQTT inference requests (docs/agent.md)
     edge/<device>/update/announce    retained update announcement for one device
     edge/<device>/update/want        the device asks for chunks it is missing (protocol.wants)
+    edge/<device>/ha/state           retained; what Home Assistant's entities read (opt-in
+                                     [homeassistant]: docs/homeassistant.md)
+    edge/<device>/ha/install         Home Assistant's update "install" press (control plane:
+                                     only ever re-runs the signed update already announced)
     edge/group/<group>/...           fleet-wide messages a device reads (e.g. announcements)
     edge/blobs/<sha256>/<index>      retained update chunks, shared by the whole fleet
+    edge/rollouts/<id>/progress      retained; a staged rollout's report, wave by wave
+                                     (``edge-fleet rollout`` writes, the dashboard reads)
     replies/...                      replies to MQTT inference requests that ask for a topic
                                      ("reply_to" / MQTT 5 response topic): only below the
                                      ``[mqtt_requests] reply_prefix``, never below ``edge/``
@@ -38,6 +44,8 @@ from edge_agent.mqtt.config import SEGMENT_RE
 DEFAULT_PREFIX = "edge"
 GROUP = "group"  # the level after the prefix that is not a device id
 BLOBS = "blobs"
+ROLLOUTS = "rollouts"  # fleet tools: retained rollout progress (not a device id)
+RESERVED = (GROUP, BLOBS, ROLLOUTS)  # levels after the prefix that are not device ids
 ANNOUNCE = "update/announce"
 UPDATE_WANT = "update/want"  # device → fleet: chunks it is missing (protocol.wants)
 STATUS_WANT = "status/want"  # fleet → group: publish your status again (protocol.wants)
@@ -88,6 +96,9 @@ class Topics:
     def __post_init__(self) -> None:
         check_segment(self.device, "device id")
         check_segment(self.prefix, "topic prefix")
+        if self.device in RESERVED:
+            raise ConfigError(f"device id {self.device!r} is reserved for fleet topics "
+                              f"({', '.join(RESERVED)})")
 
     @property
     def base(self) -> str:
@@ -125,6 +136,16 @@ class Topics:
     def update_want(self) -> str:
         """Chunks this device asks the fleet tools for (edge_agent.protocol.wants)."""
         return f"{self.base}/{UPDATE_WANT}"
+
+    @property
+    def ha_state(self) -> str:
+        """Retained state of the Home Assistant entities (edge_agent.homeassistant)."""
+        return f"{self.base}/ha/state"
+
+    @property
+    def ha_install(self) -> str:
+        """Home Assistant's install press: "install the update the fleet announced"."""
+        return f"{self.base}/ha/install"
 
     def results(self, model: str) -> str:
         return f"{self.base}/results/{check_segment(model, 'model name')}"
@@ -175,7 +196,7 @@ class Topics:
         """``edge/pi-17/results/digits`` → ``("pi-17", "results/digits")``; None for a topic
         outside ``prefix`` or one that is not a device's (group, blobs)."""
         parts = topic.split("/", 2)
-        if len(parts) < 3 or parts[0] != prefix or parts[1] in (GROUP, BLOBS) \
+        if len(parts) < 3 or parts[0] != prefix or parts[1] in RESERVED \
                 or not parts[1] or not parts[2]:
             return None
         return parts[1], parts[2]
@@ -235,6 +256,14 @@ class FleetTopics:
     def blobs_filter(self) -> str:
         return f"{self.prefix}/{BLOBS}/#"
 
+    def rollout_progress(self, rollout_id: str) -> str:
+        """Retained report of one rollout (``fleet.rollout_core.summary`` + timestamps)."""
+        return f"{self.prefix}/{ROLLOUTS}/{check_segment(rollout_id, 'rollout id')}/progress"
+
+    @property
+    def rollout_progress_filter(self) -> str:
+        return f"{self.prefix}/{ROLLOUTS}/+/progress"
+
     # --- Mosquitto ACL patterns: %u is substituted with the authenticated user name ------
 
     def acl_device_write(self) -> str:
@@ -251,19 +280,19 @@ class FleetTopics:
         """What a device may read besides its groups: its inputs and the shared chunks."""
         own = f"{self.prefix}/%u"
         return (f"{own}/cmd/+", f"{own}/feedback", f"{own}/infer/+", f"{own}/{ANNOUNCE}",
-                self.blobs_filter)
+                f"{own}/ha/install", self.blobs_filter)
 
     def operator_reads(self) -> tuple[str, ...]:
         """What the fleet tools read of every device."""
-        return tuple(self.filter(k) for k in (*DEVICE_OUTPUT, "results/+", "reply/+",
-                                              UPDATE_WANT))
+        return (*(self.filter(k) for k in (*DEVICE_OUTPUT, "results/+", "reply/+",
+                                           UPDATE_WANT)), self.rollout_progress_filter)
 
     def operator_writes(self) -> tuple[str, ...]:
         """What the fleet tools write: commands, feedback, announcements, chunks, and the
         requests to publish statuses again."""
         return (self.filter("cmd/+"), self.filter("feedback"), self.filter(ANNOUNCE),
                 f"{self.prefix}/{GROUP}/+/{ANNOUNCE}", self.blobs_filter,
-                self.group_status_want_filter())
+                self.group_status_want_filter(), self.rollout_progress_filter)
 
 
 def announce_topic(device: str, prefix: str = DEFAULT_PREFIX) -> str:

@@ -73,6 +73,7 @@ class UpdateService:
         self._stop = threading.Event()
         self._cond = threading.Condition()
         self._pending: OrderedDict[str, bytes] = OrderedDict()  # topic → latest payload
+        self._announced: dict[str, bytes] = {}  # topic → its latest announcement (kept)
         self._retry: dict[str, tuple[bytes, float]] = {}  # topic → payload, monotonic due
         cfg = deps.config
         self._book = RetryBook(deps.update_dir / "retry.json", cfg.retry_backoff_s,
@@ -141,7 +142,26 @@ class UpdateService:
             self._pending.pop(topic, None)
             self._pending[topic] = payload
             self._retry.pop(topic, None)
+            if payload:
+                self._announced[topic] = payload
+            else:  # an empty retained message: the announcement was withdrawn
+                self._announced.pop(topic, None)
             self._cond.notify_all()
+
+    def install_announced(self) -> int:
+        """Run again, now, the latest announcement of each topic (an operator's "install"
+        press, e.g. Home Assistant's): each is verified like any other, so nothing but
+        what the fleet signed for this device can install; one that failed lately skips
+        its backoff. Returns how many were queued (0: nothing was announced)."""
+        with self._cond:
+            items = list(self._announced.items())
+            for topic, payload in items:
+                self._book.settled(_digest(payload))
+                self._pending.pop(topic, None)
+                self._pending[topic] = payload
+                self._retry.pop(topic, None)
+            self._cond.notify_all()
+        return len(items)
 
     def idle(self) -> bool:
         """Nothing queued and nothing running (tests, demos)."""

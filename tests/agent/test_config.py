@@ -109,7 +109,8 @@ def test_env_values_parse_as_toml_then_string(text: str, value: object) -> None:
     ("[http]\ntoken_file = 'missing'\n", "agent.toml: http.token_file: cannot read"),
     ("[camera]\nenabled = true\n", "agent.toml: camera.model: missing required key"),
     ("[agent]\ncomponents = ['telemetry', 'x.y:create']\n", "agent.toml: agent.components: "
-     "expected component names from telemetry, capture, update, systemd, dashboard, "
+     "expected component names from telemetry, capture, update, homeassistant, systemd, "
+     "dashboard, "
      "got 'x.y:create'"),
     ("[mqtt]\nurl = 'mqtt://b'\nkeepalive_s = 1\n", "agent.toml: mqtt.keepalive_s: expected "
      "int 5..65535, got 1"),
