@@ -187,11 +187,11 @@ def main() -> int:
             t0 = time.monotonic()
             wait_for(lambda: http("GET", f"{base}/readyz")[0] == 200, 30, "agent ready")
             print(f"agent ready in {time.monotonic() - t0:.2f} s: {base} (log: demo-out/agent.log)")
-            print(f"device dashboard (open it while the demo runs): {base}/ui/")
             step_predict(base)
             step_telemetry(tap, mhost, mport)
             upd.step_update(OUT, run, BIN, repo, bundles, base, tap, f"mqtt://{mhost}:{mport}",
                             DEVICE, say, http, wait_for)
+            step_dashboards(base, f"mqtt://{mhost}:{mport}")
         finally:
             agent.send_signal(signal.SIGTERM)
             with contextlib.suppress(subprocess.TimeoutExpired):
@@ -230,8 +230,47 @@ def step_predict(base: str) -> None:
     st, body = http("POST", f"{base}/v1/models/digits/labels/stable:predict",
                     json.dumps({"instances": x[:1].tolist()}).encode())
     print(f"POST /labels/stable:predict (version label → active version) → {st}")
+    st, meta = http("GET", f"{base}/v2/models/digits")
+    inp = meta["inputs"][0]
+    st, body = http("POST", f"{base}/v2/models/digits/infer", json.dumps(
+        {"inputs": [{"name": inp["name"], "datatype": inp["datatype"], "shape": [2, *x.shape[1:]],
+                     "data": x[:2].ravel().tolist()}]}).encode())
+    out = body["outputs"][0]
+    top = np.asarray(out["data"]).reshape(out["shape"]).argmax(1)
+    print(f"POST /v2/models/digits/infer (KServe v2, the protocol tritonclient speaks) → {st}; "
+          f"top-1 {top.tolist()} (labels {y[:2].tolist()})")
     st, body = http("POST", f"{base}/v1/models/digits:predict", b'{"instances": [[1, 2]]}')
     print(f"POST :predict with a wrong shape → {st} {json.dumps(body)}")
+
+
+def step_dashboards(base: str, broker_url: str) -> None:
+    """Both pages up and answering, then their URLs; an interactive run keeps them open."""
+    say("8. See it: the device dashboard and the fleet dashboard (edge-fleet dashboard)")
+    with urllib.request.urlopen(f"{base}/ui/", timeout=10) as r:
+        print(f"GET /ui/ → {r.status}, {len(r.read())} bytes of page")
+    port = free_port()
+    log = open(OUT / "fleet-dashboard.log", "w")  # noqa: SIM115
+    fleet = subprocess.Popen([str(BIN / "edge-fleet"), "dashboard", "--broker", broker_url,
+                              "--port", str(port)], stdout=log, stderr=log)
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        def listed() -> bool:
+            st, body = http("GET", f"{url}api/fleet")
+            return st == 200 and any(d.get("device") == DEVICE
+                                     for d in body.get("devices", []))
+        wait_for(listed, 30, f"{DEVICE} on the fleet dashboard")
+        print(f"GET /api/fleet → 200, {DEVICE} listed")
+        print(f"\n  device dashboard: {base}/ui/\n  fleet dashboard:  {url}")
+        if sys.stdin.isatty() and "--exit" not in sys.argv:
+            print("(both stay up until Ctrl-C; run with --exit to stop here)", flush=True)
+            with contextlib.suppress(KeyboardInterrupt):
+                fleet.wait()
+    finally:
+        fleet.terminate()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            fleet.wait(10)
+        if fleet.poll() is None:
+            fleet.kill()
 
 
 def step_telemetry(tap: EventTap, host: str, port: int) -> None:
