@@ -22,6 +22,7 @@ from edge_agent.grpc.inputs import Wire, element_limits, model_inputs
 from edge_agent.grpc.protos import grpc_predict_v2_pb2 as v2
 from edge_agent.grpc.tfs import SOURCE, Caller, Limits
 from edge_agent.registry import ServedModel
+from edge_agent.runtime.model import Inputs
 from edge_agent.serving import codec, v2_model
 from edge_agent.serving.dataplane import DataPlane
 
@@ -94,27 +95,26 @@ class KServeService:
                 raise InvalidRequestError(f"unknown output {o.name[:100]!r} (outputs of "
                                           f"{served.name}: {', '.join(keys)})")
         lim = self.limits
+        def decode() -> Inputs:
+            most = element_limits(served, {t.name: t for t in req.inputs},
+                                  max_batch=lim.max_batch)
+            wire: dict[str, Wire] = {}
+            for i, t in enumerate(req.inputs):
+                where = f"input {t.name[:100]!r}"
+                if t.name in wire:
+                    raise InvalidRequestError(f"{where} is sent twice")
+                if raw and t.HasField("contents"):
+                    raise InvalidRequestError(f"{where}: contents and raw_input_contents "
+                                              "together; send one")
+                wire[t.name] = tensors.from_v2(t.datatype, t.shape, t.contents,
+                                               raw[i] if raw else None, where,
+                                               max_elements=most[t.name])
+            return model_inputs(served, wire, max_batch=lim.max_batch,
+                                max_image_pixels=lim.max_image_pixels)
+
         with self.plane.admit(served.name):
-            try:
-                most = element_limits(served, {t.name: t for t in req.inputs},
-                                      max_batch=lim.max_batch)
-                wire: dict[str, Wire] = {}
-                for i, t in enumerate(req.inputs):
-                    where = f"input {t.name[:100]!r}"
-                    if t.name in wire:
-                        raise InvalidRequestError(f"{where} is sent twice")
-                    if raw and t.HasField("contents"):
-                        raise InvalidRequestError(f"{where}: contents and raw_input_contents "
-                                                  "together; send one")
-                    wire[t.name] = tensors.from_v2(t.datatype, t.shape, t.contents,
-                                                   raw[i] if raw else None, where,
-                                                   max_elements=most[t.name])
-                x = model_inputs(served, wire, max_batch=lim.max_batch,
-                                 max_image_pixels=lim.max_image_pixels)
-            except InvalidRequestError as e:
-                served.record_rejected(e, source=SOURCE, request_id=caller.request_id,
-                                       client=caller.peer)
-                raise
+            x = self.plane.decode(served, decode, size=req.ByteSize(), source=SOURCE,
+                                  request_id=caller.request_id, client=caller.peer)
             pred = served.predict(x, source=SOURCE, request_id=caller.request_id,
                                   client=caller.peer)
         resp = v2.ModelInferResponse(model_name=served.name, model_version=str(served.version),

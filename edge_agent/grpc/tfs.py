@@ -26,6 +26,7 @@ from edge_agent.grpc.inputs import Wire, element_limits, model_inputs
 from edge_agent.grpc.protos import error_codes_pb2
 from edge_agent.grpc.protos import tfs_apis_pb2 as tfs
 from edge_agent.registry import ServedModel
+from edge_agent.runtime.model import Inputs
 from edge_agent.serving import codec
 from edge_agent.serving.dataplane import DataPlane
 from edge_agent.serving.json_tensor import check_predict_signature
@@ -89,18 +90,17 @@ class TfServingService:
                 raise InvalidRequestError(f"output tensor alias not found in signature: "
                                           f"{f[:100]} (outputs: {', '.join(keys)})")
         lim = self.limits
+        def decode() -> Inputs:
+            most = element_limits(served, req.inputs, max_batch=lim.max_batch)
+            wire: dict[str, Wire] = {
+                k: tensors.from_tensor_proto(t, f"input {k!r}", max_elements=most[k])
+                for k, t in req.inputs.items()}
+            return model_inputs(served, wire, max_batch=lim.max_batch,
+                                max_image_pixels=lim.max_image_pixels)
+
         with self.plane.admit(served.name):
-            try:
-                most = element_limits(served, req.inputs, max_batch=lim.max_batch)
-                wire: dict[str, Wire] = {
-                    k: tensors.from_tensor_proto(t, f"input {k!r}", max_elements=most[k])
-                    for k, t in req.inputs.items()}
-                x = model_inputs(served, wire, max_batch=lim.max_batch,
-                                 max_image_pixels=lim.max_image_pixels)
-            except InvalidRequestError as e:
-                served.record_rejected(e, source=SOURCE, request_id=caller.request_id,
-                                       client=caller.peer)
-                raise
+            x = self.plane.decode(served, decode, size=req.ByteSize(), source=SOURCE,
+                                  request_id=caller.request_id, client=caller.peer)
             pred = served.predict(x, source=SOURCE, request_id=caller.request_id,
                                   client=caller.peer)
         resp = tfs.PredictResponse()
@@ -137,7 +137,10 @@ class TfServingService:
                     f"{', '.join(list(ex.features.feature)[:10]) or 'none'})")
             images.append(found[0][1].bytes_list.value[0])
         with self.plane.admit(served.name):
-            x = codec.image_batch(served, images, lim.max_image_pixels)
+            x = self.plane.decode(
+                served, lambda: codec.image_batch(served, images, lim.max_image_pixels),
+                size=req.ByteSize(), source=SOURCE, request_id=caller.request_id,
+                client=caller.peer)
             pred = served.predict(x, source=SOURCE, request_id=caller.request_id,
                                   client=caller.peer)
         probs = pred.probabilities

@@ -14,12 +14,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
+from typing import TypeVar
 
-from edge_agent.errors import NotFoundError
+from edge_agent.errors import InvalidRequestError, NotFoundError
 from edge_agent.registry import ModelRegistry, ServedModel
 from edge_agent.serving.admission import Admission, Overloaded
 from edge_agent.serving.metrics import Metrics
 
+T = TypeVar("T")
 StatusRow = tuple[int, str, str, str]  # (version, state, error_code, error_message)
 
 
@@ -56,6 +58,19 @@ class DataPlane:
         except Overloaded:
             self.metrics.reject(model, "queue_full")
             raise
+
+    def decode(self, served: ServedModel, decode: Callable[[], T], *, size: int, source: str,
+               request_id: str | None, client: str | None) -> T:
+        """``decode()`` (a request becoming the model's inputs) under one of the ``workers``
+        decode permits, as REST decodes; a request that does not fit the model is recorded
+        as the client's fault. Raises what ``decode`` raises, and Overloaded when no permit
+        frees up in time."""
+        with self.admission.decoding(size):
+            try:
+                return decode()
+            except InvalidRequestError as e:
+                served.record_rejected(e, source=source, request_id=request_id, client=client)
+                raise
 
     def status_rows(self, name: str, version: int | None) -> list[StatusRow]:
         """``GetModelStatusResponse`` rows, newest first; failed loads show as END with

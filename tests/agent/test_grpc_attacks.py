@@ -10,6 +10,7 @@ the only interpreter (fault injection, as tests/agent/test_limits.py does for RE
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import subprocess
 import sys
@@ -398,3 +399,43 @@ def test_grpc_bad_input_is_recorded_as_the_clients_fault(start_agent: Any, digit
     assert (failed.source, failed.ok, failed.fault) == ("grpc", False, "client")
     assert (ok.source, ok.ok, ok.batch, ok.request_id) == ("grpc", True, 2, "r-1")
     assert ok.client and ok.client.startswith("ipv")
+
+
+def test_grpc_decodes_share_the_rest_decode_permits(start_agent: Any, digits: Any,
+                                                     digits_eval: Any) -> None:
+    """One path inside: gRPC Predict decodes under the same ``workers`` decode permits as
+    REST bodies. With every permit held, a Predict is RESOURCE_EXHAUSTED (nothing decoded,
+    nothing predicted); once they are free it answers."""
+    agent = start_agent(digits.bundle, **{"grpc.enabled": True, "grpc.port": 0})
+    adm = agent.admission
+    adm.decode_wait_s = 0.2
+    records: list[Any] = []
+    agent.hooks.on_prediction(records.append)
+    req = _req("digits", input_layer=tf.make_tensor_proto(digits_eval.x[:1]))
+    held = threading.Event()
+    release = threading.Event()
+
+    def hold() -> None:
+        with contextlib.ExitStack() as stack:
+            for _ in range(adm.workers):
+                stack.enter_context(adm.decoding(0))
+            held.set()
+            release.wait(30)
+
+    t = threading.Thread(target=hold)
+    t.start()
+    try:
+        assert held.wait(10)
+        with grpc.insecure_channel(agent.grpc.address) as ch:
+            stub = prediction_service_pb2_grpc.PredictionServiceStub(ch)
+            err = _fails(lambda: stub.Predict(req, timeout=10))
+            assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert "decoding is busy" in (err.details() or "")
+            assert records == []
+            release.set()
+            t.join(10)
+            resp = stub.Predict(req, timeout=10)
+            assert list(resp.outputs) and len(records) == 1
+    finally:
+        release.set()
+        t.join(10)
