@@ -114,8 +114,11 @@ def test_hostile_16bit_pngs_keep_peak_rss_under_the_profile_budget(
     big, small = hostile_png(), hostile_png(1400, 1400)  # 96 MB vs 16 MB to decode
     # a factor high enough to let both through to the byte budget this test is about (the
     # factor alone refuses both: test_memory_bounds.py)
+    # and all 34 connections admitted (the per-client connection limit, 16, would refuse some
+    # mid-upload, which a client sees as a reset: not what this test is about)
     with agent_process(tmp_path, digits.bundle, profile="rpi4",
-                       toml="max_image_factor = 1000000\n") as agent:
+                       toml="max_image_factor = 1000000\n[http]\n"
+                            "max_connections_per_client = 64\n") as agent:
         c = Client(agent.host, agent.port)
         want = c.post("/v1/models/digits:classify", body=small, content_type="image/png")
         assert want.status == 200
