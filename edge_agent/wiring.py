@@ -188,7 +188,7 @@ class Wiring:
                                                 s.view.profile.name),
                         config=cfg, update_dir=cfg.dir or Path(s.store.root) / "update",
                         client=s.mqtt, topic_prefix=mcfg.topic_prefix if mcfg else "edge",
-                        check_setup=check)
+                        check_setup=check, busy=lambda: s.view.queue_depth() > 0)
         self.update_service = UpdateService(deps, client=s.mqtt, http=s.http)
         return self.update_service
 

@@ -105,6 +105,11 @@ class EventKind(StrEnum):
     UPDATE_IGNORED = "update.ignored"
     UPDATE_REJECTED = "update.rejected"
     UPDATE_FAILED = "update.failed"
+    # shadow evaluation of a candidate before promotion (docs/update.md#shadow-evaluation)
+    SHADOW_STARTED = "shadow.started"
+    SHADOW_PROGRESS = "shadow.progress"
+    SHADOW_PASSED = "shadow.passed"
+    SHADOW_FAILED = "shadow.failed"
 
     @property
     def room(self) -> str:
@@ -167,6 +172,7 @@ class UpdatePhase(StrEnum):
     VERIFYING = "verifying"
     TEST_LOADING = "test_loading"
     GOLDEN = "golden"
+    SHADOW = "shadow"  # a shadow release: verified, not active, compared on live requests
     SWAPPING = "swapping"
     PROBATION = "probation"
     ROLLING_BACK = "rolling_back"

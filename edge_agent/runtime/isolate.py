@@ -43,8 +43,8 @@ from pathlib import Path
 from typing import Any
 
 __all__ = ["LIMITS_ENV", "RESULT_TAG", "STAGE_TAG", "ChildLimits", "ChildRun",
-           "apply_limits", "parse_output", "peak_rss_mb", "report", "run_child",
-           "signal_name", "stage"]
+           "apply_limits", "child_environment", "parse_output", "peak_rss_mb", "report",
+           "run_child", "signal_name", "stage"]
 
 RESULT_TAG = "EDGE-CHILD-RESULT "
 STAGE_TAG = "EDGE-CHILD-STAGE "
@@ -193,16 +193,22 @@ class _Pipes:
         self.sel.close()
 
 
-def run_child(module: str, args: Sequence[str], *, limits: ChildLimits,
-              env: dict[str, str] | None = None, python: str | None = None,
-              stop: threading.Event | None = None) -> ChildRun:
-    """Run ``python -m module args…`` under ``limits``; never raises for what it does."""
-    cmd = [python or sys.executable, "-m", module, *args]
+def child_environment(limits: ChildLimits, env: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment of a child: its limits, no BLAS threads, this agent importable."""
     child_env = {**_CHILD_ENV, **os.environ, **(env or {}), LIMITS_ENV: limits.to_env()}
     # The child must import this agent, wherever the parent found it (venv or source tree).
     pkg_root = str(Path(__file__).resolve().parents[2])
     child_env["PYTHONPATH"] = os.pathsep.join(
         p for p in (pkg_root, child_env.get("PYTHONPATH", "")) if p)
+    return child_env
+
+
+def run_child(module: str, args: Sequence[str], *, limits: ChildLimits,
+              env: dict[str, str] | None = None, python: str | None = None,
+              stop: threading.Event | None = None) -> ChildRun:
+    """Run ``python -m module args…`` under ``limits``; never raises for what it does."""
+    cmd = [python or sys.executable, "-m", module, *args]
+    child_env = child_environment(limits, env)
     t0 = time.monotonic()
     deadline = t0 + limits.timeout_s
     try:

@@ -74,6 +74,11 @@ class UpdateConfig:
     # the candidate check (test-load + golden vectors) runs in a child process with limits
     check_timeout_s: float = 60.0  # wall clock for the child: start, load, golden vectors
     check_memory_mb: int = 0  # the child's RLIMIT_DATA; 0: the profile's memory_budget_mb
+    # shadow releases (docs/update.md#shadow-evaluation): copies of live requests queued
+    # for the candidate (drop-newest beyond), the longest a shadow may run, one answer's limit
+    shadow_queue: int = 32
+    shadow_timeout_s: float = 3600.0
+    shadow_invoke_timeout_s: float = 10.0
     source: str = field(default="", compare=False)
 
     @classmethod
@@ -141,6 +146,14 @@ class UpdateConfig:
             check_timeout_s=t.number("check_timeout_s", d.check_timeout_s, 0.5, 3600.0,
                                      exclusive=False),
             check_memory_mb=t.integer("check_memory_mb", d.check_memory_mb, 64, allow=(0,)),
+        )
+        kw.update(  # shadow evaluation (edge_agent.shadow)
+            shadow_queue=t.integer("shadow_queue", d.shadow_queue, 1, 4096),
+            shadow_timeout_s=t.number("shadow_timeout_s", d.shadow_timeout_s, 1.0, 7 * 86400.0,
+                                      exclusive=False),
+            shadow_invoke_timeout_s=t.number("shadow_invoke_timeout_s",
+                                             d.shadow_invoke_timeout_s, 0.1, 600.0,
+                                             exclusive=False),
         )
         t.finish()
         if empty:

@@ -26,6 +26,7 @@ import logging
 import ssl
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -36,8 +37,10 @@ from edge_agent.hooks import Hooks
 from edge_agent.mqtt.topics import Topics
 from edge_agent.protocol.kinds import EventKind, UpdateResult
 from edge_agent.registry import ModelRegistry, ServedModel
+from edge_agent.shadow.gate import parse_gate
+from edge_agent.shadow.runner import ShadowRun
 from edge_agent.store import ModelStore
-from edge_agent.update import check, faults, policy, swap
+from edge_agent.update import check, faults, policy, shadow_phase, swap
 from edge_agent.update.config import UpdateConfig
 from edge_agent.update.errors import (
     SPACE_CODES,
@@ -75,6 +78,7 @@ from edge_agent.update.trust import TrustStore
 from edge_agent.update.wire import (
     SHA256_RE,
     Announcement,
+    ShadowTerms,
     TargetSpec,
     parse_announcement,
     parse_command,
@@ -103,6 +107,7 @@ class FlowDeps:
     client: PubSub | None = None
     topic_prefix: str = "edge"
     check_setup: check.CheckSetup | None = None  # default: the registry's runtime, threads
+    busy: Callable[[], bool] | None = None  # requests wait for an interpreter: shed the shadow
 
 
 CANARY = "canary"  # the version label of the version on probation (docs/update.md)
@@ -134,6 +139,7 @@ class UpdateFlow:
         self.check_setup = deps.check_setup or check.CheckSetup(
             deps.registry.runtime.name, deps.registry.num_threads)
         self.check_limits = check.CheckLimits.resolve(self.cfg, self.check_setup)
+        self.shadow: ShadowRun | None = None  # the current or last shadow run
 
     # --- plumbing ---------------------------------------------------------------------------
 
@@ -321,6 +327,10 @@ class UpdateFlow:
             bundle = self._download_and_verify(updater, fetcher, info, spec)
             served = self._test_load(bundle)
             self._golden(served)
+            if spec.shadow is not None:
+                stopped = self._shadow(spec.shadow, served)
+                if stopped is not None:
+                    return stopped
             base = self.d.registry.active_version(spec.name)
             baseline = self.monitor.baseline(spec.name, base)
             self._set(self.state.to(Phase.SWAPPING, crashes=0))
@@ -449,6 +459,40 @@ class UpdateFlow:
             raise ModelRejectedError(f"golden vectors failed: {e}", code="golden_mismatch") from e
         self._event("info", EventKind.UPDATE_GOLDEN_OK, f"{res.vectors} golden vectors match "
                     f"(max diff {res.max_abs_diff:g})")
+
+    def _shadow(self, terms: ShadowTerms, served: ServedModel) -> Outcome | None:
+        """Run the verified, inactive candidate on copies of live requests (in its own child
+        process) until the signed gate can be judged. Returns None when it passed (promote:
+        the swap follows), an interrupted Outcome when stopping; raises ModelRejectedError
+        (blocked) when it failed, so the candidate is discarded and the active one serves."""
+        self._set(self.state.to(Phase.SHADOW))
+        gate = parse_gate(terms.gate)  # parsed at the spec already: cannot fail here
+        run = shadow_phase.prepare(self.d.registry, self.d.hooks, self.cfg, self.check_setup,
+                                   self.check_limits, served, busy=self.d.busy,
+                                   emit=self._event)
+        self.shadow = run
+        what = f"{terms.duration_s:g} s" if terms.duration_s is not None \
+            else f"{terms.min_requests} requests"
+        self._event("info", EventKind.SHADOW_STARTED, f"v{served.version} in the shadow of "
+                    f"v{run.active_version} for {what}, gate {gate.text()}", gate=gate.text(),
+                    min_requests=terms.min_requests, duration_s=terms.duration_s,
+                    active_version=run.active_version)
+        res = run.run(self.staging.final(self.state.target_sha256 or ""), gate,
+                      min_requests=terms.min_requests, duration_s=terms.duration_s,
+                      timeout_s=self.cfg.shadow_timeout_s, stop=self.stop)
+        if res.code == "stopping":
+            return Outcome(UpdateResult.INTERRUPTED, "stopping", res.reason, self.state.name,
+                           self.state.version, time.time())
+        if res.passed:
+            self._event("info", EventKind.SHADOW_PASSED, res.reason, shadow=res.summary,
+                        active_version=run.active_version)
+            return None
+        self._event("error", EventKind.SHADOW_FAILED, f"v{served.version} discarded: "
+                    f"{res.reason}", code=res.code, reason=res.reason, shadow=res.summary,
+                    active_version=run.active_version)
+        if res.code != "shadow_failed":  # not this device's trouble: never again here
+            self._block()
+        raise ModelRejectedError(f"shadow: {res.reason}", code=res.code)
 
     def _block(self) -> None:
         """Never try this version again here (rolled back, or it hung/crashed its check)."""
@@ -601,6 +645,8 @@ class UpdateFlow:
                               "errors": w.errors}
         if self._unsaved is not None:
             d["state_error"] = f"state.json not written: {self._unsaved}"
+        if self.shadow is not None:
+            d["shadow"] = self.shadow.status()
         if s.last:
             d["last"] = {"result": s.last.result, "code": s.last.code, "reason": s.last.reason,
                          "name": s.last.name, "version": s.last.version, "at": s.last.at}

@@ -46,7 +46,7 @@ Phase = UpdatePhase  # the phases are part of the status: defined in edge_agent.
 
 
 PRE_SWAP = (Phase.NOTIFIED, Phase.DOWNLOADING, Phase.VERIFYING, Phase.TEST_LOADING,
-            Phase.GOLDEN)
+            Phase.GOLDEN, Phase.SHADOW)
 
 # ``→ notified`` from a later pre-swap phase is the resume edge after a restart.
 TRANSITIONS: dict[Phase, frozenset[Phase]] = {
@@ -55,7 +55,8 @@ TRANSITIONS: dict[Phase, frozenset[Phase]] = {
     Phase.DOWNLOADING: frozenset({Phase.VERIFYING, Phase.IDLE, Phase.NOTIFIED}),
     Phase.VERIFYING: frozenset({Phase.TEST_LOADING, Phase.IDLE, Phase.NOTIFIED}),
     Phase.TEST_LOADING: frozenset({Phase.GOLDEN, Phase.IDLE, Phase.NOTIFIED}),
-    Phase.GOLDEN: frozenset({Phase.SWAPPING, Phase.IDLE, Phase.NOTIFIED}),
+    Phase.GOLDEN: frozenset({Phase.SWAPPING, Phase.SHADOW, Phase.IDLE, Phase.NOTIFIED}),
+    Phase.SHADOW: frozenset({Phase.SWAPPING, Phase.IDLE, Phase.NOTIFIED}),
     Phase.SWAPPING: frozenset({Phase.PROBATION, Phase.ROLLING_BACK, Phase.IDLE,
                                Phase.NOTIFIED}),
     Phase.PROBATION: frozenset({Phase.IDLE, Phase.ROLLING_BACK}),

@@ -49,9 +49,9 @@ from edge_agent.update.errors import (
 
 __all__ = ["ANNOUNCE_TYPE", "CHUNK_HEADER_BYTES", "CHUNK_MAGIC", "FILE_KEY_RE", "MAX_CHUNKS",
            "SCHEMA", "SHA256_RE", "Announcement", "Audience", "ChunkPlan", "Command",
-           "ProbationTerms", "TargetSpec", "announce_topic", "chunk_topic", "decode_chunk",
-           "encode_chunk", "group_announce_topic", "parse_announcement", "parse_command",
-           "parse_target_spec"]
+           "ProbationTerms", "ShadowTerms", "TargetSpec", "announce_topic", "chunk_topic",
+           "decode_chunk", "encode_chunk", "group_announce_topic", "parse_announcement",
+           "parse_command", "parse_target_spec"]
 
 CHUNK_MAGIC = b"EUC1"
 _CHUNK_HEADER = struct.Struct(">4sIIQ32s")  # magic, index, count, total length, sha256(data)
@@ -151,6 +151,7 @@ class TargetSpec:
     chunks: ChunkPlan | None = None
     probation: ProbationTerms | None = None  # signed floors for the device's probation
     mirrors: tuple[str, ...] = ()  # HTTP(S) mirrors the publisher vouches for (base URLs)
+    shadow: ShadowTerms | None = None  # mode = "shadow": evaluate before promotion
 
     def to_custom(self) -> dict[str, Any]:
         d: dict[str, Any] = {"kind": self.kind, **self.audience.to_dict()}
@@ -163,6 +164,9 @@ class TargetSpec:
                 d["probation"] = self.probation.to_dict()
             if self.mirrors:
                 d["mirrors"] = list(self.mirrors)
+            if self.shadow is not None:
+                d["mode"] = "shadow"
+                d["shadow"] = self.shadow.to_dict()
         return {"edge": d}
 
 
@@ -189,6 +193,53 @@ def _probation_terms(d: dict[str, Any], path: str) -> ProbationTerms | None:
         raise BundleRejectedError(f"signed target {path!r}: 'probation' must map min_requests "
                                   "/ min_clients to non-negative ints")
     return ProbationTerms(**vals)
+
+
+@dataclass(frozen=True)
+class ShadowTerms:
+    """How a shadow release is judged (signed): the gate's normalized text, and either a
+    count of compared requests (``min_requests``) or a ``duration_s`` (then at least one)."""
+
+    gate: str
+    min_requests: int = 0
+    duration_s: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"gate": self.gate, "min_requests": self.min_requests}
+        if self.duration_s is not None:
+            d["duration_s"] = self.duration_s
+        return d
+
+
+def _shadow_terms(d: dict[str, Any], path: str) -> ShadowTerms | None:
+    """Read and re-parse the signed shadow terms: the device never trusts the publisher's
+    parser. Raises BundleRejectedError (code ``shadow_gate``) naming what is wrong."""
+    from edge_agent.shadow.gate import GateError, parse_gate
+
+    mode = d.get("mode", "direct")
+    if mode == "direct" and "shadow" not in d:
+        return None
+    raw = d.get("shadow")
+    if mode != "shadow" or not isinstance(raw, dict):
+        raise BundleRejectedError(f"signed target {path!r}: mode {mode!r} with shadow "
+                                  f"{raw!r:.80}: expected mode 'shadow' and a shadow table",
+                                  code="shadow_gate")
+    gate, n, dur = raw.get("gate"), raw.get("min_requests", 0), raw.get("duration_s")
+    if not isinstance(gate, str):
+        raise BundleRejectedError(f"signed target {path!r}: shadow gate must be a string",
+                                  code="shadow_gate")
+    try:
+        parsed = parse_gate(gate)
+    except GateError as e:
+        raise BundleRejectedError(f"signed target {path!r}: shadow gate refused: {e}",
+                                  code="shadow_gate") from e
+    if isinstance(n, bool) or not isinstance(n, int) or not 0 <= n <= 10_000_000 or (
+            dur is not None and (isinstance(dur, bool) or not isinstance(dur, (int, float))
+                                 or not 0 < dur <= 7 * 86400)) or (dur is None and n < 1):
+        raise BundleRejectedError(f"signed target {path!r}: shadow needs min_requests >= 1 "
+                                  f"or 0 < duration_s <= 7 days, got {n!r}, {dur!r}",
+                                  code="shadow_gate")
+    return ShadowTerms(parsed.text(), n, float(dur) if dur is not None else None)
 
 
 def _strs(d: dict[str, Any], key: str) -> tuple[str, ...]:
@@ -230,7 +281,7 @@ def parse_target_spec(custom: Any, length: int, path: str) -> TargetSpec:
     if not all(re.match(r"^https?://[^\s]+$", m) for m in mirrors):
         raise BundleRejectedError(f"signed target {path!r}: 'mirrors' must be http(s) URLs")
     return TargetSpec("model", audience, name, version, _strs(d, "profiles"), plan,
-                      _probation_terms(d, path), mirrors)
+                      _probation_terms(d, path), mirrors, _shadow_terms(d, path))
 
 
 @dataclass(frozen=True)
