@@ -6,6 +6,7 @@
                        [--http-url URL] [--chunk-size BYTES] [--no-mqtt-chunks]
                        [--signed-metadata DIR] [broker options]
                        [--probation-min-requests N] [--probation-min-clients N]
+                       [--shadow DURATION|N [--gate EXPR]]
     edge-fleet rollback --repo REPO --key K… --broker URL --model NAME [--to-version N]
                        [--from-version N] [--expires-in SECONDS]
                        (--device ID… | --group G) [broker options]
@@ -81,6 +82,7 @@ from edge_agent.update.wire import (
     ChunkPlan,
     Command,
     ProbationTerms,
+    ShadowTerms,
     TargetSpec,
     encode_chunk,
     parse_target_spec,
@@ -88,6 +90,7 @@ from edge_agent.update.wire import (
 from fleet import keys
 from fleet.broker import add_broker_args, as_config, broker_config
 from fleet.repo import FleetRepo, target_path_for_model
+from fleet.shadow_args import DEFAULT_GATE, shadow_terms
 from fleet.staged import PENDING_DIR, StagedRelease
 
 log = logging.getLogger(__name__)
@@ -224,7 +227,8 @@ class FileLink:
 
 def _bundle_target(bundle_path: Path, audience: Audience, chunk_size: int,
                    probation: ProbationTerms | None = None,
-                   mirrors: tuple[str, ...] = ()) -> tuple[str, bytes, TargetSpec]:
+                   mirrors: tuple[str, ...] = (),
+                   shadow: ShadowTerms | None = None) -> tuple[str, bytes, TargetSpec]:
     bad = [m for m in mirrors if not re.match(r"^https?://[^\s]+$", m)]
     if bad:
         raise BadInputError(f"--http-url {bad[0]!r}: expected an http:// or https:// URL")
@@ -235,7 +239,7 @@ def _bundle_target(bundle_path: Path, audience: Audience, chunk_size: int,
     data = tar_bytes(bundle)
     spec = TargetSpec("model", audience, bundle.name, bundle.version,
                       bundle.manifest.target_profiles, ChunkPlan.for_data(data, chunk_size),
-                      probation, mirrors)
+                      probation, mirrors, shadow)
     return target_path_for_model(bundle.name, bundle.version), data, spec
 
 
@@ -243,14 +247,16 @@ def sign_bundle(repo: FleetRepo, bundle_path: Path, signers: Sequence[Signer], *
                 audience: Audience, chunk_size: int = DEFAULT_CHUNK,
                 expires: dict[str, datetime] | None = None,
                 probation: ProbationTerms | None = None,
-                mirrors: tuple[str, ...] = ()) -> tuple[str, bytes, TargetSpec]:
+                mirrors: tuple[str, ...] = (),
+                shadow: ShadowTerms | None = None) -> tuple[str, bytes, TargetSpec]:
     """Add the bundle to the repository and release signed metadata; returns path, tar, spec.
 
     (Signing on an offline copy: nothing is announced, so the release is committed at once.)
     The release drops every earlier command from the targets metadata. ``mirrors`` are
     signed into the target's entry: devices may fetch it from them.
     """
-    path, data, spec = _bundle_target(bundle_path, audience, chunk_size, probation, mirrors)
+    path, data, spec = _bundle_target(bundle_path, audience, chunk_size, probation, mirrors,
+                                      shadow)
     repo.add_targets({path: (data, spec)}, signers, expires=expires)
     return path, data, spec
 
@@ -303,7 +309,8 @@ def publish(repo: FleetRepo, bundle_path: Path, signers: Sequence[Signer], *,
             audience: Audience, broker: MqttConfig | str, http_url: str | None = None,
             chunk_size: int = DEFAULT_CHUNK, mqtt_chunks: bool = True,
             signed_metadata: Path | None = None, connect: Connect | None = None,
-            probation: ProbationTerms | None = None) -> Published:
+            probation: ProbationTerms | None = None,
+            shadow: ShadowTerms | None = None) -> Published:
     """Sign (or take signed metadata), push chunks, announce, commit. See the module doc.
 
     Raises ThresholdError / KeyFileError / BadInputError (repository untouched),
@@ -314,7 +321,7 @@ def publish(repo: FleetRepo, bundle_path: Path, signers: Sequence[Signer], *,
     staged: StagedRelease | None = None
     if signed_metadata is None:
         path, data, spec = _bundle_target(bundle_path, audience, chunk_size, probation,
-                                          (http_url,) if http_url else ())
+                                          (http_url,) if http_url else (), shadow)
         staged = _stage(repo, {path: (data, spec)}, signers)
         spec = _spec_in(staged, path)  # a resumed release keeps its own chunk plan
         files = repo.announce_files(staged)
@@ -438,13 +445,14 @@ def _common(p: argparse.ArgumentParser, *, broker_required: bool = True) -> None
 
 def _cmd_publish(args: argparse.Namespace) -> int:
     broker = broker_config(args)  # a bad flag fails before any key is opened
+    shadow = shadow_terms(args.shadow, args.gate)  # a bad gate fails before any key is opened
     repo = FleetRepo(args.repo)
     terms = ProbationTerms(args.probation_min_requests or 0, args.probation_min_clients or 0) \
         if args.probation_min_requests or args.probation_min_clients else None
     res = publish(repo, Path(args.bundle), [] if args.signed_metadata else _signers(args),
                   audience=_audience(args), broker=broker, http_url=args.http_url,
                   chunk_size=args.chunk_size, mqtt_chunks=not args.no_mqtt_chunks,
-                  signed_metadata=args.signed_metadata, probation=terms)
+                  signed_metadata=args.signed_metadata, probation=terms, shadow=shadow)
     print(f"published {res.target} ({res.length} bytes, sha256 {res.sha256[:16]}…, "
           f"{res.chunks} chunks) → {', '.join(res.topics)}")
     return 0
@@ -489,6 +497,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                    help="signed: requests a device's probation needs before it may fail v")
     p.add_argument("--probation-min-clients", type=_nonneg, metavar="N",
                    help="signed: distinct clients among them")
+    p.add_argument("--shadow", metavar="DURATION|N",
+                   help="signed: devices run v in the shadow of the active version on copies "
+                        "of live requests (N requests, or 30s/10m/2h) and promote it only if "
+                        "--gate holds (docs/update.md#shadow-evaluation)")
+    p.add_argument("--gate", metavar="EXPR",
+                   help=f"signed shadow gate (default {DEFAULT_GATE})")
     p.set_defaults(func=_cmd_publish)
     r = sub.add_parser("rollback", help="sign a rollback command for devices")
     _common(r, broker_required=False)

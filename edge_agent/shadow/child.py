@@ -7,8 +7,8 @@ parent-death signal) applied first. A candidate that crashes native code kills o
 process; the agent sees the pipe close and the signal, and discards the candidate.
 
 Frames (:mod:`edge_agent.shadow.frames`) on stdin/stdout; stderr is for logs. The fault
-point ``shadow`` (:mod:`edge_agent.update.faults`) is reached before each invoke, so
-``EDGE_UPDATE_FAULT=segv@shadow`` crashes the candidate on its first shadowed request.
+point ``shadow_child`` (:mod:`edge_agent.update.faults`) is reached before each invoke, so
+``EDGE_UPDATE_FAULT=segv@shadow_child`` crashes the candidate on its first shadowed request.
 """
 
 from __future__ import annotations
@@ -45,6 +45,8 @@ def _serve(bundle_path: str, runtime: str, threads: int | None, delegate: str | 
             return 3
         delegates = [rt.load_delegate(delegate)] if delegate else []
         model = LoadedModel(rt, bundle.model_bytes, num_threads=threads, delegates=delegates)
+        for g in bundle.manifest.golden[:2]:  # warm up: first invokes pack weights (XNNPACK)
+            model.invoke_raw({k: v.decode() for k, v in g.inputs.items()})
     except EdgeError as e:
         send(b"E", f"candidate did not load: {e}".encode()[:2000])
         return 3
@@ -57,7 +59,7 @@ def _serve(bundle_path: str, runtime: str, threads: int | None, delegate: str | 
         if kind != b"I":
             send(b"E", f"unexpected frame {kind!r}".encode())
             continue
-        faults.point("shadow")
+        faults.point("shadow_child")
         try:
             x = frames.unpack_arrays(data)
             t0 = time.perf_counter()

@@ -135,9 +135,14 @@ class ShadowChild:
             return None, 0.0, data.decode(errors="replace")[:400]
         if kind != b"O":
             raise ShadowChildError(f"unexpected frame {kind!r}", code="shadow_crashed")
-        arrs = frames.unpack_arrays(data)
-        outs = [arrs[f"o{i}"] for i in range(len(arrs) - 1)]
-        return outs, float(arrs["ms"]), ""
+        try:  # the child is the candidate's: its frames are checked like any input
+            arrs = frames.unpack_arrays(data)
+            outs = [arrs[f"o{i}"] for i in range(len(arrs) - 1)]
+            ms = float(arrs["ms"].reshape(-1)[0])
+        except (frames.FrameError, KeyError, IndexError, ValueError, TypeError) as e:
+            raise ShadowChildError(f"the candidate's shadow process sent a malformed answer: "
+                                   f"{e}", code="shadow_crashed") from e
+        return outs, ms, ""
 
     def close(self) -> None:
         if self.proc.stdin is not None:

@@ -5,7 +5,8 @@
 Points are the phase names plus ``chunk:<n>``, ``installed``, ``activated``,
 ``committing``, and ``check``: inside the candidate-check child process
 (:mod:`edge_agent.update.check_child`), where the interpreter is about to be created —
-so ``kill@check`` kills that child, not the agent.
+so ``kill@check`` kills that child, not the agent; and ``shadow_child``: inside a shadow
+candidate's process (:mod:`edge_agent.shadow.child`), before each shadowed request.
 
 Actions: ``kill`` (SIGKILL), ``segv`` (a real SIGSEGV in native code: a NULL read through
 ctypes), ``pause@<point>:<seconds>``, and ``alloc@<point>:<MiB>`` (allocates and keeps
