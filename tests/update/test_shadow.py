@@ -29,12 +29,12 @@ from update_helpers import (
 )
 from waiting import wait_for
 
+import fleet.publish as fleet_publish
+import fleet.repo as fleet_repo
 from edge_agent.errors import BadInputError
 from edge_agent.shadow.gate import GateError, parse_gate
 from edge_agent.update.errors import BundleRejectedError
 from edge_agent.update.wire import ShadowTerms, parse_target_spec
-import fleet.publish as fleet_publish
-import fleet.repo as fleet_repo
 from fleet.cli import main as fleet_main
 from fleet.shadow_args import shadow_terms
 
