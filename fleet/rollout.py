@@ -55,6 +55,7 @@ from fleet.observer import FleetObserver
 from fleet.publish import DEFAULT_CHUNK
 from fleet.rollout_core import Policy, parse_duration, parse_rate, summary
 from fleet.rollout_run import Rollout, RolloutRequest
+from fleet.shadow_args import shadow_terms
 
 __all__ = ["FleetObserver", "Rollout", "RolloutRequest", "cmd_rollout", "register",
            "render_report", "request_from_args"]
@@ -88,7 +89,7 @@ def request_from_args(a: argparse.Namespace) -> RolloutRequest:
         devices=tuple(a.device or ()), policy=policy, state_path=a.state,
         http_url=a.http_url, chunk_size=a.chunk_size,
         discover_s=parse_duration(a.discover, "--discover"), restart=a.restart,
-        dry_run=a.dry_run)
+        dry_run=a.dry_run, shadow=shadow_terms(a.require_shadow, a.gate))
 
 
 def cmd_rollout(a: argparse.Namespace) -> int:
@@ -124,6 +125,11 @@ def register(subparsers: Any) -> None:
     p.add_argument("--state", type=Path, help="state file (default REPO/rollouts/<id>.json)")
     p.add_argument("--http-url", metavar="URL", help="HTTP mirror of the repository")
     p.add_argument("--chunk-size", type=int, default=DEFAULT_CHUNK, metavar="BYTES")
+    p.add_argument("--require-shadow", metavar="DURATION|N",
+                   help="sign the release as a shadow release: every device runs it in the "
+                        "shadow of its active version and commits only if --gate holds; a "
+                        "failed shadow counts as a failed device for the wave")
+    p.add_argument("--gate", metavar="EXPR", help="the signed shadow gate (see publish)")
     p.add_argument("--discover", default="3s", help="max time to gather retained statuses")
     p.add_argument("--dry-run", action="store_true", help="print the waves; publish nothing")
     p.add_argument("--restart", action="store_true", help="discard the state file first")

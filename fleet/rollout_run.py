@@ -36,7 +36,7 @@ from edge_agent.mqtt.client import MqttClient
 from edge_agent.mqtt.config import MqttConfig
 from edge_agent.mqtt.topics import FleetTopics
 from edge_agent.protocol import Status
-from edge_agent.update.wire import Announcement, Audience, ChunkPlan
+from edge_agent.update.wire import Announcement, Audience, ChunkPlan, ShadowTerms
 from fleet.broker import as_config, client_config
 from fleet.chunk_server import ChunkServer
 from fleet.observer import FleetObserver
@@ -91,6 +91,9 @@ class RolloutRequest:
     restart: bool = False
     dry_run: bool = False
     poll_s: float = 0.05
+    # signed shadow terms: each device promotes only after its shadow passed; a failed
+    # shadow is a rejected update, i.e. a failed device for the wave's budget
+    shadow: ShadowTerms | None = None
 
     def __post_init__(self) -> None:
         if (self.group is None) == (not self.devices):
@@ -254,7 +257,7 @@ class Rollout:
                                         self.signers, audience=audience,
                                         chunk_size=self.req.chunk_size,
                                         mirrors=(self.req.http_url,) if self.req.http_url
-                                        else ())
+                                        else (), shadow=self.req.shadow)
         files = FleetRepo(self.req.repo).announce_files()
         ann = Announcement(path, files, chunks=spec.chunks is not None,
                            mirrors=(self.req.http_url,) if self.req.http_url else (),

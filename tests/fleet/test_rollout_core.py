@@ -248,3 +248,14 @@ def test_summary_counts_outcomes_and_lists_problems() -> None:
     assert rep["outcomes"] == {"skipped": 6, "already": 1, "failed": 1}
     assert rep["problems"] == {"d00": {"outcome": "failed", "detail": "probation"}}
     assert rep["waves"][0]["failed"] == 1
+
+
+def test_a_failed_shadow_is_a_failed_device_for_the_wave_and_passing_it_is_not_yet_success(
+        ) -> None:
+    # rollout --require-shadow: the device rejects the release when its shadow fails ...
+    o = observe_event("a", "update.rejected", {"name": "digits", "version": 2,
+                                               "code": "shadow_gate",
+                                               "reason": "agreement 0.17"}, T)
+    assert o is not None and o.outcome == Outcome.FAILED and "shadow_gate" in o.detail
+    # ... and a passed shadow only lets it go on to probation: the wave waits for commit
+    assert observe_event("a", "shadow.passed", {"name": "digits", "version": 2}, T) is None

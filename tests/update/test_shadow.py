@@ -8,6 +8,7 @@ Every client answer during a shadow is checked to come from the active version
 from __future__ import annotations
 
 import json
+import re
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -206,3 +207,19 @@ def test_a_signed_gate_that_does_not_parse_is_refused_at_the_device(
     assert "'agreement>=0.98;rm-rf'" in st["last"]["reason"], st["last"]["reason"]
     assert infer(a, stream[:1]) == "1"
     assert_nothing_moved(a, before, accepted=signed_release(fleet.repo))
+
+
+def test_rollout_require_shadow_signs_the_shadow_terms_into_the_release() -> None:
+    import argparse
+
+    from fleet.rollout import register
+    p = argparse.ArgumentParser()
+    register(p.add_subparsers())
+    a = p.parse_args(["rollout", "b/", "--repo", "r/", "--group", "g", "--broker",
+                      "mqtt://127.0.0.1:1", "--require-shadow", "200", "--gate",
+                      "agreement >= 0.99"])
+    from fleet.rollout import request_from_args
+    assert request_from_args(a).shadow == ShadowTerms("agreement>=0.99", 200)
+    a.gate = "agreement=>0.99"
+    with pytest.raises(GateError, match=re.escape("'agreement=>0.99'")):
+        request_from_args(a)
