@@ -181,3 +181,38 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def disagreeing(src: Path, out: Path, *, version: int, favour: int = 2) -> Path:
+    """A bad candidate for shadow evaluation (demo, tests): ``src`` with the final dense
+    layer's bias of class ``favour`` raised in the real TFLite flatbuffer, so it answers
+    that class for most inputs, yet loads and passes its own (recomputed) golden vectors."""
+    from dataclasses import replace
+
+    import numpy as np
+
+    from edge_agent.bundle import Bundle, EncodedArray, sha256_bytes, write_bundle
+    from edge_agent.runtime.backends import get_runtime
+    from edge_agent.runtime.model import LoadedModel
+
+    b = read_bundle(src)
+    rt = get_runtime("ai-edge-litert") or get_runtime("tflite-runtime")
+    assert rt is not None
+    it = rt.make_interpreter(model_content=b.model_bytes)
+    it.allocate_tensors()
+    bias = next(it.get_tensor(d["index"]) for d in it.get_tensor_details()
+                if d["dtype"] == np.int32 and tuple(d["shape"]) == (10,))
+    at = b.model_bytes.find(bias.tobytes())
+    assert at > 0 and b.model_bytes.count(bias.tobytes()) == 1, "final bias not found once"
+    new = bias.copy()
+    new[favour] += 1 << 20  # far above any logit: (nearly) every input now answers `favour`
+    data = b.model_bytes[:at] + new.tobytes() + b.model_bytes[at + len(new.tobytes()):]
+    model = LoadedModel(rt, data, num_threads=1)
+    golden = []
+    for g in b.manifest.golden:
+        raw = model.invoke_raw({k: v.decode() for k, v in g.inputs.items()})
+        golden.append(g.with_output(EncodedArray.encode(raw[0]), atol=0.0))
+    m = replace(b.manifest, version=version, model_sha256=sha256_bytes(data),
+                model_size=len(data), golden=tuple(golden))
+    write_bundle(Bundle(m, data, b.report, str(out)), out)
+    return out

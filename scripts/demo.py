@@ -191,6 +191,8 @@ def main() -> int:
             step_telemetry(tap, mhost, mport)
             upd.step_update(OUT, run, BIN, repo, bundles, base, tap, f"mqtt://{mhost}:{mport}",
                             DEVICE, say, http, wait_for)
+            upd.step_shadow(OUT, run, BIN, repo, bundles, base, tap, f"mqtt://{mhost}:{mport}",
+                            DEVICE, say, http, wait_for)
             step_dashboards(base, f"mqtt://{mhost}:{mport}")
         finally:
             agent.send_signal(signal.SIGTERM)

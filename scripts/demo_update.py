@@ -134,3 +134,57 @@ def step_update(out: Path, run: Callable[..., Any], bin_: Path, repo: Path,
     print(f"outcome: {ev['kind']}: {ev.get('message', '')}")
     print(f"client saw {len(codes)} responses, {bad} errors while v4 was on probation; "
           f"serving now: {serving()}")
+
+
+def step_shadow(out: Path, run: Callable[..., Any], bin_: Path, repo: Path,
+                bundles: dict[str, Path], base: str, tap: Any, broker: str, device: str,
+                say: Callable[[str], None], http: Callable[..., Any],
+                wait_for: Callable[..., Any]) -> None:
+    """A signed v5 that disagrees with v2 runs in the shadow of v2 and is blocked."""
+    from fleet.update_demo import disagreeing
+
+    say("9. Shadow evaluation: a signed v5 that disagrees with v2 is judged on copies of live "
+        "requests and blocked")
+    keys = out / "keys"
+    signing = [a for r in ROLES[1:] for a in ("--key", keys / f"{r}.key")]
+    bad = out / "bundles" / "digits-v5-disagrees"
+    if not (bad / "manifest.json").exists():
+        disagreeing(bundles["v2"], bad, version=5)
+    xs = np.load(out / "eval.npz")["x"][:64]
+    stop = threading.Event()
+    versions: list[str] = []
+
+    name = http("GET", f"{base}/v2/models/digits")[1]["inputs"][0]["name"]
+
+    def client() -> None:  # clients keep asking (KServe v2: it names the version answering)
+        i = 0
+        while not stop.is_set():
+            x = xs[i % len(xs)][None]
+            body = json.dumps({"inputs": [{"name": name, "shape": list(x.shape),
+                                           "datatype": "FP32",
+                                           "data": x.ravel().tolist()}]}).encode()
+            st, doc = http("POST", f"{base}/v2/models/digits/infer", body)
+            if st == 200:
+                versions.append(str(doc.get("model_version")))
+            i += 1
+            time.sleep(0.01)
+
+    n = len(tap.find("/events"))
+    t = threading.Thread(target=client, daemon=True)
+    t.start()
+    try:
+        run(bin_ / "edge-fleet", "publish", bad, "--repo", repo, *signing, "--broker", broker,
+            "--device", device, "--shadow", "40",
+            "--gate", "agreement>=0.98,p99_ms<=1.5x,errors==0")
+        final = ("update.committed", "update.rejected", "update.failed")
+        ev = wait_for(lambda: [e for e in tap.find("/events")[n:]
+                               if e.get("kind") in final], 60, "shadow outcome")[0]
+    finally:
+        stop.set()
+        t.join()
+    for e in tap.find("/events")[n:]:
+        if str(e.get("kind", "")).startswith("shadow.") and e.get("kind") != "shadow.progress":
+            print(f"  event {e['kind']:<24} {e.get('message', '')[:120]}")
+    print(f"outcome: {ev['kind']}: {ev.get('message', '')[:160]}")
+    print(f"clients got {len(versions)} answers during the shadow, from versions "
+          f"{sorted(set(versions))}")
