@@ -143,7 +143,7 @@ def step_shadow(out: Path, run: Callable[..., Any], bin_: Path, repo: Path,
     """A signed v5 that disagrees with v2 runs in the shadow of v2 and is blocked."""
     from fleet.update_demo import disagreeing
 
-    say("9. Shadow evaluation: a signed v5 that disagrees with v2 is judged on copies of live "
+    say("7b. Shadow evaluation: a signed v5 that disagrees with v2 is judged on copies of live "
         "requests and blocked")
     keys = out / "keys"
     signing = [a for r in ROLES[1:] for a in ("--key", keys / f"{r}.key")]
