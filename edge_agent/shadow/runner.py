@@ -11,8 +11,11 @@ candidate's child process (:mod:`edge_agent.shadow.child`, the same isolation as
 candidate check), compares the outputs with the active version's
 (:mod:`edge_agent.shadow.stats`), emits ``shadow.progress`` at most once a second, and
 returns a :class:`ShadowOutcome` once ``min_requests`` were compared (count mode), or the
-duration ended, or the time limit passed. A child that dies, hangs on one input past
-``invoke_timeout_s`` or answers with a malformed frame ends the shadow with a failure.
+duration ended, or the time limit passed. Its work in the agent's process (framing,
+comparing) is paced to ``max_busy`` of the wall time (``[update] shadow_max_busy``), as it
+shares the interpreter lock with the threads answering clients. A child that dies, hangs
+on one input past ``invoke_timeout_s`` or answers with a malformed frame ends the shadow
+with a failure.
 """
 
 from __future__ import annotations
@@ -54,6 +57,7 @@ class ShadowSetup:
     memory_mb: int = 1024
     queue_size: int = 32
     invoke_timeout_s: float = 10.0
+    max_busy: float = 0.1  # share of wall time the shadow's work in this process may take
 
 
 @dataclass(frozen=True)
@@ -217,6 +221,7 @@ class ShadowRun:
         t0 = time.monotonic()
         end = t0 + lifetime
         last = 0.0
+        busy = 0.0  # seconds this thread spent comparing: held to max_busy of the elapsed
         try:
             while True:
                 now = time.monotonic()
@@ -239,7 +244,14 @@ class ShadowRun:
                     self._wake.clear()
                     continue
                 inputs, rec = self._q.popleft()
+                c0 = time.monotonic()
                 self._compare(child, inputs, rec)
+                busy += time.monotonic() - c0
+                # the worker shares the interpreter lock with the request threads: pace it
+                # (copies queued meanwhile are dropped, counted) so clients keep the process
+                owed = busy / self.setup.max_busy - (time.monotonic() - t0)
+                if owed > 0:
+                    stop.wait(min(owed, 1.0))
         except ShadowChildError as e:
             return self._end(False, e.code, str(e))
         finally:

@@ -42,7 +42,8 @@ def prepare(registry: ModelRegistry, hooks: Hooks, cfg: UpdateConfig, setup: Che
             code="shadow_incompatible")
     shadow = ShadowSetup(setup.runtime, setup.threads, setup.delegate_library,
                          memory_mb=limits.memory_mb, queue_size=cfg.shadow_queue,
-                         invoke_timeout_s=cfg.shadow_invoke_timeout_s)
+                         invoke_timeout_s=cfg.shadow_invoke_timeout_s,
+                         max_busy=cfg.shadow_max_busy)
     return ShadowRun(hooks=hooks, name=name, active_version=active.version,
                      candidate_version=candidate.version,
                      codecs={s.name: TensorCodec(s) for s in active.input_specs},
