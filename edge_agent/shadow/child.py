@@ -13,13 +13,13 @@ point ``shadow_child`` (:mod:`edge_agent.update.faults`) is reached before each 
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import time
 from collections.abc import Sequence
 
 from edge_agent.runtime.isolate import apply_limits
+from edge_agent.update.check_child import parse_bundle_args
 
 
 def _serve(bundle_path: str, runtime: str, threads: int | None, delegate: str | None) -> int:
@@ -76,12 +76,7 @@ def _serve(bundle_path: str, runtime: str, threads: int | None, delegate: str | 
 
 def main(argv: Sequence[str] | None = None) -> int:
     apply_limits()
-    p = argparse.ArgumentParser(prog="python -m edge_agent.shadow.child")
-    p.add_argument("--bundle", required=True)
-    p.add_argument("--runtime", required=True)
-    p.add_argument("--threads", type=int)
-    p.add_argument("--delegate")
-    a = p.parse_args(argv)
+    a = parse_bundle_args("edge_agent.shadow.child", argv)
     try:
         return _serve(a.bundle, a.runtime, a.threads, a.delegate)
     except MemoryError:

@@ -42,6 +42,7 @@ from edge_agent.runtime.quant import TensorCodec
 from edge_agent.shadow import frames
 from edge_agent.shadow.gate import Gate, GateVerdict
 from edge_agent.shadow.stats import ShadowStats, agreement
+from edge_agent.update.check_child import bundle_args
 
 log = logging.getLogger(__name__)
 
@@ -81,11 +82,7 @@ class ShadowChild:
 
     def __init__(self, staged: Path, setup: ShadowSetup, lifetime_s: float) -> None:
         self.setup = setup
-        args = ["--bundle", str(staged), "--runtime", setup.runtime]
-        if setup.threads:
-            args += ["--threads", str(setup.threads)]
-        if setup.delegate_library:
-            args += ["--delegate", setup.delegate_library]
+        args = bundle_args(str(staged), setup.runtime, setup.threads, setup.delegate_library)
         threads = setup.threads or os.cpu_count() or 1
         limits = ChildLimits(lifetime_s + START_TIMEOUT_S, setup.memory_mb << 20,
                              threads=threads)

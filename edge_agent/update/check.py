@@ -49,7 +49,7 @@ from pathlib import Path
 from edge_agent.bundle import Manifest
 from edge_agent.runtime.isolate import ChildLimits, ChildRun, run_child
 from edge_agent.update import faults
-from edge_agent.update.check_child import STAGES
+from edge_agent.update.check_child import STAGES, bundle_args
 from edge_agent.update.config import UpdateConfig
 from edge_agent.update.errors import ModelRejectedError
 from edge_agent.update.fetchers import Cancelled
@@ -170,11 +170,7 @@ def check_candidate(staged: Path, manifest: Manifest, setup: CheckSetup, limits:
         if run is not None:
             res = judge(run, limits)
             return CheckResult(res.vectors, res.max_abs_diff, 0.0, res.peak_rss_mb, True)
-        args = ["--bundle", str(staged), "--runtime", setup.runtime]
-        if setup.threads:
-            args += ["--threads", str(setup.threads)]
-        if setup.delegate_library:
-            args += ["--delegate", setup.delegate_library]
+        args = bundle_args(str(staged), setup.runtime, setup.threads, setup.delegate_library)
         threads = setup.threads or os.cpu_count() or 1  # LiteRT's own default otherwise
         run = run_child(CHILD, args, stop=stop, limits=ChildLimits(
             limits.timeout_s, limits.memory_mb << 20, threads=threads))

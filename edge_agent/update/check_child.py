@@ -79,14 +79,31 @@ def _check(bundle_path: str, runtime: str, threads: int | None, delegate: str | 
                    vectors=g.vectors, max_abs_diff=g.max_abs_diff)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    apply_limits()
-    p = argparse.ArgumentParser(prog="python -m edge_agent.update.check_child")
+def bundle_args(bundle: str, runtime: str, threads: int | None,
+                delegate: str | None) -> list[str]:
+    """The command line of a child that builds a staged bundle like the agent (this one,
+    and the shadow candidate's :mod:`edge_agent.shadow.child`)."""
+    args = ["--bundle", bundle, "--runtime", runtime]
+    if threads:
+        args += ["--threads", str(threads)]
+    if delegate:
+        args += ["--delegate", delegate]
+    return args
+
+
+def parse_bundle_args(module: str, argv: Sequence[str] | None) -> argparse.Namespace:
+    """The child's side of :func:`bundle_args`."""
+    p = argparse.ArgumentParser(prog=f"python -m {module}")
     p.add_argument("--bundle", required=True)
     p.add_argument("--runtime", required=True)
     p.add_argument("--threads", type=int)
     p.add_argument("--delegate")
-    a = p.parse_args(argv)
+    return p.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    apply_limits()
+    a = parse_bundle_args("edge_agent.update.check_child", argv)
     try:
         return _check(a.bundle, a.runtime, a.threads, a.delegate)
     except MemoryError:

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from update_agentproc import AgentProcess
+from update_agentproc import AgentProcess, settled, start
 from update_helpers import (
     ME,
     Bundles,
@@ -70,21 +70,6 @@ def agents(tmp_path: Path, fleet: Fleet, bundles: Bundles, mosquitto: Any
     yield made
     for a in made:
         a.stop()
-
-
-def start(agents: list[AgentProcess], tmp_path: Path, fleet: Fleet, bundles: Bundles,
-          mosquitto: Any, *, fault: str | None = None, **update: Any) -> AgentProcess:
-    a = AgentProcess(tmp_path, fleet, bundles, mosquitto.url, **update)
-    agents.append(a)
-    a.start(fault=fault)
-    return a
-
-
-def settled(a: AgentProcess, after: float, timeout_s: float = 30.0) -> dict[str, Any]:
-    """The update status once idle with an outcome decided after ``after`` (epoch s)."""
-    return wait_for(lambda: (s := a.update_status())["phase"] == "idle"
-                    and (s.get("last") or {}).get("at", 0) > after and s,
-                    timeout_s, "an update outcome")
 
 
 def event_at(a: AgentProcess, kind: str) -> float:

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import pytest
 from shadow_models import disagreeing
-from update_agentproc import AgentProcess
+from update_agentproc import AgentProcess, settled, start
 from update_helpers import (
     CHUNK,
     ME,
@@ -40,6 +40,7 @@ from fleet.cli import main as fleet_main
 from fleet.shadow_args import shadow_terms
 
 GATE = "agreement>=0.98,p99_ms<=5x,errors==0"
+SHADOW_CFG = {"shadow_invoke_timeout_s": 5.0}
 
 
 @pytest.fixture
@@ -53,20 +54,6 @@ def agents() -> Iterator[list[AgentProcess]]:
     yield made
     for a in made:
         a.stop()
-
-
-def start(agents: list[AgentProcess], tmp_path: Path, fleet: Fleet, bundles: Bundles,
-          mosquitto: Any, *, fault: str | None = None) -> AgentProcess:
-    a = AgentProcess(tmp_path, fleet, bundles, mosquitto.url, shadow_invoke_timeout_s=5.0)
-    agents.append(a)
-    a.start(fault=fault)
-    return a
-
-
-def settled(a: AgentProcess, after: float, timeout_s: float = 60.0) -> dict[str, Any]:
-    return wait_for(lambda: (s := a.update_status())["phase"] == "idle"
-                    and (s.get("last") or {}).get("at", 0) > after and s,
-                    timeout_s, "an update outcome")
 
 
 def infer(a: AgentProcess, x: np.ndarray) -> str:
@@ -106,12 +93,12 @@ def test_a_candidate_that_disagrees_is_discarded_in_shadow_and_never_answers_a_c
         tmp_path: Path, fleet: Fleet, bundles: Bundles, mosquitto: Any, stream: np.ndarray,
         agents: list[AgentProcess]) -> None:
     bad = disagreeing(bundles.v1, tmp_path / "bad-v2", version=2)
-    a = start(agents, tmp_path, fleet, bundles, mosquitto)
+    a = start(agents, tmp_path, fleet, bundles, mosquitto, **SHADOW_CFG)
     before = a.snapshot()
     t0 = time.time()
     fleet.publish(bad, audience=ME, shadow=ShadowTerms(parse_gate(GATE).text(), 40))
     answered = serve_through_shadow(a, stream)
-    st = settled(a, t0)
+    st = settled(a, t0, 60.0)
     assert (st["last"]["result"], st["last"]["code"]) == ("rejected", "shadow_gate"), st["last"]
     assert "agreement" in st["last"]["reason"] and "digits@2" in st["blocked"]
     shadow = st["shadow"]
@@ -127,12 +114,12 @@ def test_a_candidate_that_disagrees_is_discarded_in_shadow_and_never_answers_a_c
 def test_an_equivalent_candidate_passes_the_shadow_and_is_promoted(
         tmp_path: Path, fleet: Fleet, bundles: Bundles, mosquitto: Any, stream: np.ndarray,
         agents: list[AgentProcess]) -> None:
-    a = start(agents, tmp_path, fleet, bundles, mosquitto)
+    a = start(agents, tmp_path, fleet, bundles, mosquitto, **SHADOW_CFG)
     t0 = time.time()
     fleet.publish(bundles.v3, audience=ME, shadow=ShadowTerms(parse_gate(GATE).text(), 30))
     answered = serve_through_shadow(a, stream)
     assert answered and set(answered) == {"1"}, "the candidate answered before promotion"
-    st = settled(a, t0)
+    st = settled(a, t0, 60.0)
     assert (st["last"]["result"], st["last"]["code"]) == ("committed", "ok"), st["last"]
     assert st["shadow"]["phase"] == "passed" and st["shadow"]["agreement"] == 1.0
     assert st["shadow"]["errors"] == 0 and st["shadow"]["requests"] >= 30
@@ -144,13 +131,14 @@ def test_an_equivalent_candidate_passes_the_shadow_and_is_promoted(
 def test_a_candidate_that_crashes_in_shadow_is_discarded_and_the_active_keeps_serving(
         tmp_path: Path, fleet: Fleet, bundles: Bundles, mosquitto: Any, stream: np.ndarray,
         agents: list[AgentProcess]) -> None:
-    a = start(agents, tmp_path, fleet, bundles, mosquitto, fault="segv@shadow_child")
+    a = start(agents, tmp_path, fleet, bundles, mosquitto, fault="segv@shadow_child",
+              **SHADOW_CFG)
     pid, started = a.pid, a.get("/v1/agent/status")["started_at"]
     before = a.snapshot()
     t0 = time.time()
     fleet.publish(bundles.v3, audience=ME, shadow=ShadowTerms(parse_gate(GATE).text(), 30))
     answered = serve_through_shadow(a, stream)
-    st = settled(a, t0)
+    st = settled(a, t0, 60.0)
     assert (st["last"]["result"], st["last"]["code"]) == ("rejected", "shadow_crashed")
     assert "SIGSEGV" in st["last"]["reason"] and "digits@3" in st["blocked"]
     assert set(answered) <= {"1"}
@@ -193,7 +181,7 @@ def test_a_signed_gate_that_does_not_parse_is_refused_at_the_device(
                                     "mode": "shadow", "shadow": {"gate": "errors=0",
                                                                  "min_requests": 5}}}, 1, "d")
     assert e.value.code == "shadow_gate"
-    a = start(agents, tmp_path, fleet, bundles, mosquitto)
+    a = start(agents, tmp_path, fleet, bundles, mosquitto, **SHADOW_CFG)
     before = a.snapshot()
     t0 = time.time()
     # another publisher's tool, which signs whatever it is given: its own read-back is off
@@ -202,7 +190,7 @@ def test_a_signed_gate_that_does_not_parse_is_refused_at_the_device(
     monkeypatch.setattr(fleet_publish, "_spec_in", lambda staged, path: spec)
     monkeypatch.setattr(fleet_repo, "_retain", lambda targets: targets)
     fleet.publish(bundles.v2, audience=ME, shadow=forged)
-    st = settled(a, t0)
+    st = settled(a, t0, 60.0)
     assert (st["last"]["result"], st["last"]["code"]) == ("rejected", "shadow_gate"), st["last"]
     assert "'agreement>=0.98;rm-rf'" in st["last"]["reason"], st["last"]["reason"]
     assert infer(a, stream[:1]) == "1"

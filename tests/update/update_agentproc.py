@@ -184,3 +184,20 @@ activate = false
             if k in ("VmRSS", "VmHWM"):
                 out[k] = int(v.split()[0])
         return out
+
+
+def start(agents: list[AgentProcess], tmp_path: Path, fleet: Fleet, bundles: Bundles,
+          mosquitto: Any, *, fault: str | None = None, **update: Any) -> AgentProcess:
+    """A real ``edge-agent run`` (``update`` keys into ``[update]``), stopped by the test's
+    ``agents`` list."""
+    a = AgentProcess(tmp_path, fleet, bundles, mosquitto.url, **update)
+    agents.append(a)
+    a.start(fault=fault)
+    return a
+
+
+def settled(a: AgentProcess, after: float, timeout_s: float = 30.0) -> dict[str, Any]:
+    """The update status once idle with an outcome decided after ``after`` (epoch s)."""
+    return wait_for(lambda: (s := a.update_status())["phase"] == "idle"
+                    and (s.get("last") or {}).get("at", 0) > after and s,
+                    timeout_s, "an update outcome")
