@@ -80,7 +80,8 @@ class Agent:
         self.hooks = hooks or Hooks()
         self.events: collections.deque[AgentEvent] = collections.deque(maxlen=50)
         self.hooks.on_event(self.events.append)
-        self.store = ModelStore(a.store_dir, max_bundle_bytes=a.max_bundle_bytes)
+        self.store = ModelStore(a.store_dir, max_bundle_bytes=a.max_bundle_bytes,
+                                device_key=a.device_key_path)
         try:
             self.store.ensure()
         except OSError as e:

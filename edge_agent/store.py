@@ -3,6 +3,7 @@
 Layout (all writes atomic; a crash leaves the old or the new state, never a part)::
 
     <root>/models/<name>/<version>/{model.tflite,manifest.json,report.json}
+    <root>/models/<name>/<version>/bundle.sealed   (an encrypted bundle: kept encrypted)
     <root>/models/<name>/active.json     {"version": 3, "previous": 2}
 
 A version directory is complete or absent (written to a temp dir, then renamed).
@@ -16,8 +17,9 @@ import shutil
 from pathlib import Path
 
 from edge_agent.bundle import MAX_BUNDLE_BYTES, Bundle, read_bundle, write_bundle
+from edge_agent.crypto import MAGIC, SEALED_FILE
 from edge_agent.errors import BundleError
-from edge_agent.fsutil import atomic_write_text
+from edge_agent.fsutil import atomic_write_text, staged_dir
 from edge_agent.manifest import NAME_RE
 
 
@@ -31,15 +33,36 @@ def check_name(name: str) -> str:
 class ModelStore:
     """``max_bundle_bytes`` bounds every bundle read (``[agent] max_bundle_bytes``)."""
 
-    def __init__(self, root: str | Path, *, max_bundle_bytes: int = MAX_BUNDLE_BYTES) -> None:
+    def __init__(self, root: str | Path, *, max_bundle_bytes: int = MAX_BUNDLE_BYTES,
+                 device_key: Path | None = None) -> None:
         self.root = Path(root)
         self.models_dir = self.root / "models"
         self.max_bundle_bytes = max_bundle_bytes
+        self.device_key = device_key  # [agent] device_key: opens sealed bundles
 
     def read(self, path: str | Path) -> Bundle:
         """A bundle from disk (installed, ``--model``, ``[[models]]``), read within the
-        store's bound. Raises BundleError."""
+        store's bound; a sealed one is decrypted in memory. Raises BundleError."""
+        p = Path(path)
+        sealed = p / SEALED_FILE if p.is_dir() else p
+        try:
+            if sealed.is_file():
+                with sealed.open("rb") as f:
+                    is_sealed = f.read(len(MAGIC)) == MAGIC
+                if is_sealed:  # cryptography is imported only for sealed bundles
+                    from edge_agent.crypto.device_key import DeviceKeys, read_sealed_file
+                    return read_sealed_file(sealed, DeviceKeys(self.device_key),
+                                            max_bytes=self.max_bundle_bytes)
+        except OSError as e:
+            raise BundleError(f"{p}: cannot read: {e.strerror or e}") from e
         return read_bundle(path, max_bytes=self.max_bundle_bytes)
+
+    def read_target(self, path: Path, *, source: str, max_bytes: int) -> Bundle:
+        """A staged update target (a tar, or a sealed bundle decrypted in memory), read
+        within its signed length. Raises BundleError, OSError."""
+        from edge_agent.crypto.device_key import DeviceKeys, read_staged
+        return read_staged(path, DeviceKeys(self.device_key), source=source,
+                           max_bytes=max_bytes)
 
     def ensure(self) -> None:
         self.models_dir.mkdir(parents=True, exist_ok=True)
@@ -58,7 +81,8 @@ class ModelStore:
         if not d.is_dir():
             return []
         return sorted(int(p.name) for p in d.iterdir()
-                      if p.is_dir() and p.name.isdigit() and (p / "manifest.json").exists())
+                      if p.is_dir() and p.name.isdigit() and ((p / "manifest.json").exists()
+                                                            or (p / SEALED_FILE).exists()))
 
     def install(self, bundle: Bundle) -> Path:
         """Write ``bundle`` as ``<name>/<version>``; an identical existing copy is kept."""
@@ -71,6 +95,10 @@ class ModelStore:
                     return dest
             except BundleError:
                 pass  # damaged copy: replace it
+        if bundle.sealed is not None:  # encrypted at rest: the envelope, never the plaintext
+            with staged_dir(dest) as tmp:
+                (tmp / SEALED_FILE).write_bytes(bundle.sealed)
+            return dest
         write_bundle(bundle, dest)
         return dest
 
