@@ -273,3 +273,32 @@ def test_a_tampered_ciphertext_not_re_signed_is_refused_by_tuf_before_decryption
     assert not any(e["kind"] == "update.verified" for e in events), events
     assert a.installed() == before.installed and a.serving() == 1
     bounds.serving_v1(a)
+
+
+def test_keygen_and_encrypt_commands_seal_a_bundle_the_device_opens(
+        tmp_path: Path, bundles: Bundles, capsys: pytest.CaptureFixture[str]) -> None:
+    """``edge-agent keygen`` prints the key ``edge-fleet encrypt --to`` takes; a second
+    keygen refuses (exit 2) and leaves the key as it was."""
+    import subprocess
+    import sys
+
+    from fleet.cli import main as fleet_main
+    key = tmp_path / "device.key"
+    cmd = [sys.executable, "-m", "edge_agent.cli", "keygen", "--key", str(key)]
+    r = subprocess.run(cmd, capture_output=True, text=True, check=False,
+                       cwd=Path(__file__).resolve().parents[2])
+    assert r.returncode == 0, r.stderr
+    hexkey = next(ln.split()[-1] for ln in r.stdout.splitlines() if ln.startswith("public"))
+    assert key.stat().st_mode & 0o777 == 0o600
+    before = key.read_bytes()
+    again = subprocess.run(cmd, capture_output=True, text=True, check=False,
+                           cwd=Path(__file__).resolve().parents[2])
+    assert again.returncode == 2 and "--force" in again.stderr and key.read_bytes() == before
+    out = tmp_path / "v3.sealed"
+    assert fleet_main(["encrypt", str(bundles.v3), "--to", hexkey, "-o", str(out)]) == 0
+    assert "1 recipient(s)" in capsys.readouterr().out
+    b = open_sealed(out.read_bytes(), DeviceKeys(key), str(out))
+    assert b.files() == read_bundle(bundles.v3).files()
+    assert fleet_main(["encrypt", str(bundles.v3), "--to", "nonsense", "-o",
+                       str(tmp_path / "x")]) == 2
+    assert "--to: 'nonsense'" in capsys.readouterr().err
