@@ -302,3 +302,35 @@ def test_keygen_and_encrypt_commands_seal_a_bundle_the_device_opens(
     assert fleet_main(["encrypt", str(bundles.v3), "--to", "nonsense", "-o",
                        str(tmp_path / "x")]) == 2
     assert "--to: 'nonsense'" in capsys.readouterr().err
+
+
+def test_publish_encrypt_to_seals_for_the_group_and_only_its_members_commit(
+        tmp_path: Path, fleet: Fleet, bundles: Bundles, start_device: Any,
+        x_digits: Any) -> None:
+    """``edge-fleet publish --encrypt-to`` (the CLI, real keys, real broker) to a group of
+    two keys: the device holding one of them commits; the repository holds only the
+    ciphertext."""
+    from fleet.cli import main as fleet_main
+    from fleet.repo import target_path_for_model
+    pub = generate(tmp_path / "store" / "device.key")
+    dev = start_device()
+    n = dev.mark()
+    keys = [a for k in ("targets-a", "targets-b", "snapshot", "timestamp")
+            for a in ("--key", str(fleet.keys[k].path))]
+    assert fleet_main(["publish", str(bundles.v2), "--repo", str(fleet.repo.path), *keys,
+                       "--broker", fleet.broker_url, "--device", DEVICE, "--chunk-size",
+                       str(CHUNK), "--encrypt-to", fingerprint_hex(pub),
+                       fingerprint_hex(X25519PrivateKey.generate().public_key())]) == 0
+    out = dev.outcome(n, 60)
+    assert (out.result, out.code) == ("committed", "ok"), out
+    assert dev.predict_version(x_digits) == 2
+    target = fleet.repo.path / "targets" / target_path_for_model("digits", 2)
+    stored = [p.read_bytes() for p in target.parent.glob(f"*{target.name}")]
+    assert stored and all(s.startswith(b"EDGESEAL") for s in stored), target
+    assert not plaintext_on_disk(fleet.repo.path, windows(bundles.v2)[:3])
+
+
+def fingerprint_hex(pub: Any) -> str:
+    """The raw public key in hex, as ``edge-agent keygen`` prints it."""
+    from edge_agent.crypto.sealed import public_bytes
+    return public_bytes(pub).hex()
