@@ -196,6 +196,7 @@ def test_sealed_release_is_committed_on_its_device_and_stays_encrypted_at_rest(
     sealed.write_bytes(sealed_v(bundles, 2, pub, other))
     a.start()
     bounds.serving_v1(a)
+    assert a.get("/v1/agent/status")["device_key"]["fingerprints"] == [fingerprint(pub)]
     fleet.publish(sealed)
     st = wait_for(lambda: (s := a.update_status()).get("last") and s["phase"] == "idle" and s,
                   90, "the sealed release to be decided")
