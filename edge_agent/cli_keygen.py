@@ -12,11 +12,10 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 from pathlib import Path
 from typing import Any
 
-from edge_agent.errors import EdgeError
+from edge_agent.errors import BadInputError
 
 
 def _cmd_keygen(a: argparse.Namespace) -> int:
@@ -24,21 +23,15 @@ def _cmd_keygen(a: argparse.Namespace) -> int:
     from edge_agent.crypto.sealed import fingerprint, public_bytes
 
     path = a.key
-    if path is None:
+    if path is None:  # a bad config is a ConfigError: edge-agent's main says so, exit 2
         from edge_agent.config import load_config
-        try:
-            path = load_config(a.config).agent.device_key_path
-        except EdgeError as e:
-            print(f"edge-agent: keygen: {e}", file=sys.stderr)
-            return 2
+        path = load_config(a.config).agent.device_key_path
     try:
         pub = generate(Path(path), force=a.force, rotate=a.rotate)
     except FileExistsError as e:
-        print(f"edge-agent: keygen: {e}", file=sys.stderr)
-        return 2
+        raise BadInputError(f"keygen: {e}") from e
     except OSError as e:
-        print(f"edge-agent: keygen: {path}: {e.strerror or e}", file=sys.stderr)
-        return 2
+        raise BadInputError(f"keygen: {path}: {e.strerror or e}") from e
     if a.pub:
         Path(a.pub).write_bytes(public_pem(pub))
     print(f"device key {path} (0600){' rotated' if a.rotate else ''}")

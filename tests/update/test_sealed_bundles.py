@@ -18,7 +18,7 @@ import base64
 import hashlib
 import json
 import struct
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -157,12 +157,7 @@ def test_keygen_writes_0600_refuses_to_overwrite_and_rotation_keeps_the_old_key(
 # --- black-box: a real agent ---------------------------------------------------------------
 
 
-@pytest.fixture
-def agent_proc(tmp_path: Path, fleet: Fleet, bundles: Bundles, mosquitto: Any
-               ) -> Iterator[AgentProcess]:
-    a = AgentProcess(tmp_path, fleet, bundles, mosquitto.url)
-    yield a
-    a.stop()
+agent_proc = bounds.agent_proc  # a real `edge-agent run` (the same fixture)
 
 
 def device_key(a: AgentProcess) -> Any:
