@@ -330,3 +330,16 @@ def fingerprint_hex(pub: Any) -> str:
     """The raw public key in hex, as ``edge-agent keygen`` prints it."""
     from edge_agent.crypto.sealed import public_bytes
     return public_bytes(pub).hex()
+
+
+def test_a_sealed_models_entry_is_served_and_installed_sealed(
+        tmp_path: Path, bundles: Bundles, start_device: Any, x_digits: Any) -> None:
+    """``[[models]]`` / ``run --model`` take a sealed file like a bundle: opened in memory
+    with the device key, installed as ``bundle.sealed``."""
+    pub = generate(tmp_path / "store" / "device.key")
+    sealed = tmp_path / "digits-v3.sealed"
+    sealed.write_bytes(sealed_v(bundles, 3, pub))
+    dev = start_device(models=(bundles.v1, sealed))
+    assert dev.serving() == 3 and dev.predict_version(x_digits) == 3
+    assert (tmp_path / "store" / "models" / "digits" / "3" / "bundle.sealed").is_file()
+    assert not (tmp_path / "store" / "models" / "digits" / "3" / "model.tflite").exists()
