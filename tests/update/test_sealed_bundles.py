@@ -343,3 +343,4 @@ def test_a_sealed_models_entry_is_served_and_installed_sealed(
     assert dev.serving() == 3 and dev.predict_version(x_digits) == 3
     assert (tmp_path / "store" / "models" / "digits" / "3" / "bundle.sealed").is_file()
     assert not (tmp_path / "store" / "models" / "digits" / "3" / "model.tflite").exists()
+    assert dev.agent.registry.get("digits").bundle.sealed is None  # no envelope kept in RAM
