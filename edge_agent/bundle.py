@@ -52,29 +52,10 @@ from edge_agent.manifest import (
 from edge_agent.untrusted_json import loads as untrusted_loads
 
 __all__ = [
-    "BUNDLE_FILES",
-    "DTYPES",
-    "MANIFEST_FILE",
-    "MAX_BUNDLE_BYTES",
-    "MODEL_FILE",
-    "REPORT_FILE",
-    "SCHEMA_VERSION",
-    "Bundle",
-    "DriftReference",
-    "EncodedArray",
-    "GoldenVector",
-    "InputStats",
-    "Manifest",
-    "Preprocessing",
-    "TensorSpec",
-    "bundle_from_files",
-    "check_member",
-    "read_bundle",
-    "read_tar_bytes",
-    "read_tar_file",
-    "sha256_bytes",
-    "tar_bytes",
-    "write_bundle",
+    "BUNDLE_FILES", "DTYPES", "MANIFEST_FILE", "MAX_BUNDLE_BYTES", "MODEL_FILE", "REPORT_FILE",
+    "SCHEMA_VERSION", "Bundle", "DriftReference", "EncodedArray", "GoldenVector", "InputStats",
+    "Manifest", "Preprocessing", "TensorSpec", "bundle_from_files", "check_member",
+    "read_bundle", "read_tar_bytes", "read_tar_file", "sha256_bytes", "tar_bytes", "write_bundle",
 ]
 
 MANIFEST_FILE = "manifest.json"

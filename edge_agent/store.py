@@ -16,11 +16,21 @@ import json
 import shutil
 from pathlib import Path
 
-from edge_agent.bundle import MAX_BUNDLE_BYTES, Bundle, read_bundle, write_bundle
-from edge_agent.crypto import MAGIC, SEALED_FILE
+from edge_agent.bundle import MAX_BUNDLE_BYTES, Bundle, read_bundle, read_tar_file, write_bundle
+from edge_agent.crypto import SEALED_FILE, is_sealed_file
 from edge_agent.errors import BundleError
 from edge_agent.fsutil import atomic_write_text, staged_dir
 from edge_agent.manifest import NAME_RE
+
+
+def read_target(path: Path, device_key: Path | None, *, source: str, max_bytes: int
+                ) -> Bundle:
+    """A bundle tar, or a sealed bundle decrypted in memory with ``device_key`` (the agent
+    and the check child read staged targets alike). Raises BundleError, OSError."""
+    if not is_sealed_file(path):
+        return read_tar_file(path, source=source, max_bytes=max_bytes)
+    from edge_agent.crypto.device_key import DeviceKeys, read_sealed_file  # cryptography: lazy
+    return read_sealed_file(path, DeviceKeys(device_key), max_bytes=max_bytes, source=source)
 
 
 def check_name(name: str) -> str:
@@ -46,23 +56,16 @@ class ModelStore:
         p = Path(path)
         sealed = p / SEALED_FILE if p.is_dir() else p
         try:
-            if sealed.is_file():
-                with sealed.open("rb") as f:
-                    is_sealed = f.read(len(MAGIC)) == MAGIC
-                if is_sealed:  # cryptography is imported only for sealed bundles
-                    from edge_agent.crypto.device_key import DeviceKeys, read_sealed_file
-                    return read_sealed_file(sealed, DeviceKeys(self.device_key),
-                                            max_bytes=self.max_bundle_bytes)
+            if is_sealed_file(sealed):
+                return read_target(sealed, self.device_key, source=str(sealed),
+                                   max_bytes=self.max_bundle_bytes)
         except OSError as e:
             raise BundleError(f"{p}: cannot read: {e.strerror or e}") from e
         return read_bundle(path, max_bytes=self.max_bundle_bytes)
 
     def read_target(self, path: Path, *, source: str, max_bytes: int) -> Bundle:
-        """A staged update target (a tar, or a sealed bundle decrypted in memory), read
-        within its signed length. Raises BundleError, OSError."""
-        from edge_agent.crypto.device_key import DeviceKeys, read_staged
-        return read_staged(path, DeviceKeys(self.device_key), source=source,
-                           max_bytes=max_bytes)
+        """A staged update target, read within its signed length (:func:`read_target`)."""
+        return read_target(path, self.device_key, source=source, max_bytes=max_bytes)
 
     def ensure(self) -> None:
         self.models_dir.mkdir(parents=True, exist_ok=True)

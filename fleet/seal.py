@@ -19,13 +19,13 @@ from pathlib import Path
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
 
 from edge_agent.bundle import read_bundle
-from edge_agent.crypto import MAGIC
+from edge_agent.crypto import is_sealed_file
 from edge_agent.crypto.device_key import load_public
 from edge_agent.crypto.sealed import fingerprint, parse_header, seal_files
 from edge_agent.errors import BadInputError
 from edge_agent.fsutil import atomic_write_bytes
 
-__all__ = ["recipients", "register", "seal_bundle", "sealed_for_publish"]
+__all__ = ["is_sealed_file", "recipients", "register", "seal_bundle", "sealed_for_publish"]
 
 
 def recipients(specs: Sequence[str]) -> list[X25519PublicKey]:
@@ -44,13 +44,6 @@ def seal_bundle(bundle_path: Path, to: Sequence[X25519PublicKey]) -> bytes:
                           target_profiles=b.manifest.target_profiles, recipients=to)
     except ValueError as e:
         raise BadInputError(f"{bundle_path}: {e}") from e
-
-
-def is_sealed_file(path: Path) -> bool:
-    if not path.is_file():
-        return False
-    with path.open("rb") as f:
-        return f.read(len(MAGIC)) == MAGIC
 
 
 def sealed_for_publish(bundle_path: Path, encrypt_to: Sequence[str],

@@ -25,8 +25,7 @@ from cryptography.hazmat.primitives.serialization import (
     load_pem_public_key,
 )
 
-from edge_agent.bundle import MAX_BUNDLE_BYTES, Bundle, bundle_from_files, read_tar_file
-from edge_agent.crypto import MAGIC
+from edge_agent.bundle import MAX_BUNDLE_BYTES, Bundle, bundle_from_files
 from edge_agent.crypto.sealed import (
     SealedBundleError,
     fingerprint,
@@ -36,7 +35,7 @@ from edge_agent.crypto.sealed import (
 )
 
 __all__ = ["DeviceKeys", "generate", "load_public", "open_sealed",
-           "read_sealed_file", "read_staged"]
+           "read_sealed_file"]
 
 MAX_KEY_FILE_BYTES = 16 << 10
 
@@ -170,12 +169,3 @@ def read_sealed_file(path: Path, keys: DeviceKeys, *, max_bytes: int,
         data = f.read(max_bytes + 1)
     return open_sealed(data, keys, source or str(path), max_bytes=max_bytes)
 
-
-def read_staged(path: Path, keys: DeviceKeys, *, source: str, max_bytes: int) -> Bundle:
-    """A staged update target: a bundle tar, or a sealed bundle decrypted in memory
-    (the agent and the check child read it alike). Raises BundleError, OSError."""
-    with path.open("rb") as f:
-        head = f.read(len(MAGIC))
-    if head == MAGIC:
-        return read_sealed_file(path, keys, max_bytes=max_bytes, source=source)
-    return read_tar_file(path, source=source, max_bytes=max_bytes)

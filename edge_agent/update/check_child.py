@@ -42,7 +42,6 @@ def _result(outcome: str, detail: str = "", **extra: Any) -> int:
 
 def _check(bundle_path: str, runtime: str, threads: int | None, delegate: str | None,
            device_key: str | None = None) -> int:
-    from edge_agent.crypto.device_key import DeviceKeys, read_staged
     from edge_agent.errors import (
         BundleError,
         GoldenMismatchError,
@@ -51,13 +50,13 @@ def _check(bundle_path: str, runtime: str, threads: int | None, delegate: str | 
     )
     from edge_agent.runtime.backends import get_runtime
     from edge_agent.runtime.model import LoadedModel, verify_golden
+    from edge_agent.store import read_target
     from edge_agent.update import faults
 
     stage("load")
     try:
         # the staged file is the signed target: its length is the bound the parent read it in
-        bundle = read_staged(Path(bundle_path), DeviceKeys(Path(device_key) if device_key
-                                                            else None),
+        bundle = read_target(Path(bundle_path), Path(device_key) if device_key else None,
                              source=bundle_path, max_bytes=os.path.getsize(bundle_path))
     except BundleError as e:
         return _result("error", f"bundle unreadable: {e}")
