@@ -152,7 +152,8 @@ _MEMO: OrderedDict[tuple[object, ...], ChildRun] = OrderedDict()
 
 
 def check_candidate(staged: Path, manifest: Manifest, setup: CheckSetup, limits: CheckLimits,
-                    *, sha256: str, stop: threading.Event | None = None) -> CheckResult:
+                    *, sha256: str, stop: threading.Event | None = None,
+                    device_key: Path | None = None) -> CheckResult:
     """Test-load ``staged`` and run its golden vectors in a child, under ``limits``.
 
     Raises ModelRejectedError (``golden_missing`` before any child, else see :func:`judge`),
@@ -175,6 +176,8 @@ def check_candidate(staged: Path, manifest: Manifest, setup: CheckSetup, limits:
             args += ["--threads", str(setup.threads)]
         if setup.delegate_library:
             args += ["--delegate", setup.delegate_library]
+        if device_key is not None:  # a sealed candidate is decrypted in the child's memory
+            args += ["--device-key", str(device_key)]
         threads = setup.threads or os.cpu_count() or 1  # LiteRT's own default otherwise
         run = run_child(CHILD, args, stop=stop, limits=ChildLimits(
             limits.timeout_s, limits.memory_mb << 20, threads=threads))

@@ -30,7 +30,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from edge_agent.bundle import Bundle, read_tar_file
+from edge_agent.bundle import Bundle
 from edge_agent.errors import BundleError, EdgeError, ModelError, NotFoundError, TransportError
 from edge_agent.hooks import Hooks
 from edge_agent.mqtt.topics import Topics
@@ -404,7 +404,7 @@ class UpdateFlow:
                     sources=fetcher.sources)
         self._set(self.state.to(Phase.VERIFYING))
         try:  # bounded by the signed length, member by member (edge_agent.bundle)
-            bundle = read_tar_file(dest, source=info.path, max_bytes=info.length)
+            bundle = self.d.store.read_target(dest, source=info.path, max_bytes=info.length)
         except BundleError as e:
             raise from_bundle(e) from e
         policy.check_manifest(bundle.manifest, spec, self.d.identity)
@@ -421,7 +421,8 @@ class UpdateFlow:
         try:
             proof = check.check_candidate(self.staging.final(sha), bundle.manifest,
                                           self.check_setup, self.check_limits, sha256=sha,
-                                          stop=self.stop)
+                                          stop=self.stop,
+                                          device_key=self.d.store.device_key)
         except ModelRejectedError as e:
             if e.code in check.BLOCKING:
                 self._block()
