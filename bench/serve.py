@@ -5,6 +5,7 @@
     .venv/bin/python bench/serve.py [--threads N] [--quick] [--json OUT]
     .venv/bin/python bench/serve.py --overhead-only [--rounds N] [--baseline-src DIR]
     .venv/bin/python bench/serve.py --grpc [--rounds N] [--seconds S]   # bench/serve_grpc.py
+    .venv/bin/python bench/serve.py --grpc-native [--rounds N]          # bench/grpc_floor.py
 
 Rows (same model, same thread count within a row group):
 
@@ -856,6 +857,9 @@ def main() -> int:
                    help="--overhead-only: alternating rounds of 20 requests (default 50)")
     p.add_argument("--grpc", action="store_true",
                    help="only the gRPC column (bench/serve_grpc.py): overhead and throughput")
+    p.add_argument("--grpc-native", action="store_true",
+                   help="only gRPC with a native C++ client (bench/grpc_floor.py): the floor "
+                        "of grpcio, the agent's Predict, and throughput vs REST from wrk")
     p.add_argument("--seconds", type=float, default=None,
                    help="--grpc: seconds per throughput round (default 1); "
                         "--dashboard: idle CPU window per state (default 60)")
@@ -864,7 +868,7 @@ def main() -> int:
     p.add_argument("--dashboard", action="store_true",
                    help="only the device dashboard's cost: page weight, CPU, throughput")
     a = p.parse_args()
-    if a.dashboard:
+    if a.dashboard or a.grpc_native:
         a.overhead_only = True  # digits is all it needs
     if a.build_only:
         build(small=a.overhead_only)
@@ -878,7 +882,12 @@ def main() -> int:
               file=sys.stderr)
         subprocess.run([sys.executable, __file__, "--build-only",
                         *(["--overhead-only"] if a.overhead_only else [])], check=True)
-    if a.grpc:
+    if a.grpc_native:
+        import grpc_floor
+
+        r = grpc_floor.run(sys.modules[__name__], min(a.rounds, 10), a.seconds or 3.0)
+        grpc_floor.print_table(r)
+    elif a.grpc:
         import serve_grpc
 
         r = serve_grpc.run(sys.modules[__name__], a.rounds, a.seconds or 1.0)

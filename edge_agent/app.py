@@ -80,7 +80,8 @@ class Agent:
         self.hooks = hooks or Hooks()
         self.events: collections.deque[AgentEvent] = collections.deque(maxlen=50)
         self.hooks.on_event(self.events.append)
-        self.store = ModelStore(a.store_dir, max_bundle_bytes=a.max_bundle_bytes)
+        self.store = ModelStore(a.store_dir, max_bundle_bytes=a.max_bundle_bytes,
+                                device_key=a.device_key_path)
         try:
             self.store.ensure()
         except OSError as e:
@@ -388,7 +389,18 @@ class Agent:
             if self.http else None,
             "recent_events": [{"level": e.level, "kind": e.kind, "message": e.message,
                                "at": e.at} for e in list(self.events)[-10:]],
+            "device_key": self._device_key_status(),
         }
+
+    def _device_key_status(self) -> dict[str, Any] | None:
+        """Fingerprints of ``[agent] device_key`` (and its ``.previous``): the recipient ids
+        sealed bundles must name to open here (docs/security.md, rotation)."""
+        path = self.config.agent.device_key_path
+        if not path.is_file():
+            return None
+        from edge_agent.crypto.device_key import DeviceKeys  # cryptography only if keyed
+
+        return {"path": str(path), "fingerprints": DeviceKeys(path).fingerprints()}
 
 
 def _release_free_memory() -> None:

@@ -30,7 +30,7 @@ import io
 import json
 import tarfile
 from collections.abc import Collection
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import IO, Any
 
@@ -54,8 +54,8 @@ from edge_agent.untrusted_json import loads as untrusted_loads
 __all__ = [
     "BUNDLE_FILES", "DTYPES", "MANIFEST_FILE", "MAX_BUNDLE_BYTES", "MODEL_FILE", "REPORT_FILE",
     "SCHEMA_VERSION", "Bundle", "DriftReference", "EncodedArray", "GoldenVector", "InputStats",
-    "Manifest", "Preprocessing", "TensorSpec", "check_member", "read_bundle", "read_tar_bytes",
-    "read_tar_file", "sha256_bytes", "tar_bytes", "write_bundle",
+    "Manifest", "Preprocessing", "TensorSpec", "bundle_from_files", "check_member",
+    "read_bundle", "read_tar_bytes", "read_tar_file", "sha256_bytes", "tar_bytes", "write_bundle",
 ]
 
 MANIFEST_FILE = "manifest.json"
@@ -88,6 +88,8 @@ class Bundle:
     model_bytes: bytes
     report: dict[str, Any]
     source: str
+    sealed: bytes | None = field(default=None, repr=False, compare=False)  # the envelope
+    # it was decrypted from (edge_agent.crypto): what the store keeps at rest
 
     @property
     def name(self) -> str:
@@ -132,6 +134,14 @@ def _parse_files(files: dict[str, bytes], source: str, verify_hash: bool) -> Bun
         if not isinstance(report, dict):
             raise BundleError(f"{source}: report.json must hold a JSON object")
     return Bundle(manifest, model, report, source)
+
+
+def bundle_from_files(files: dict[str, bytes], source: str, *,
+                      sealed: bytes | None = None) -> Bundle:
+    """A bundle from its files held in memory (decrypted by :mod:`edge_agent.crypto`),
+    hash-verified; ``sealed`` is the envelope they came from. Raises BundleError."""
+    b = _parse_files(files, source, True)
+    return replace(b, sealed=sealed) if sealed is not None else b
 
 
 def _refuse(source: str, member: str, rule: str, problem: str) -> BundleMemberError:

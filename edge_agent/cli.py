@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from edge_agent.cli_keygen import add_keygen_command
 from edge_agent.cli_service import add_service_commands
 from edge_agent.errors import BadInputError, EdgeError
 from edge_agent.homeassistant.cli import add_commands as add_homeassistant_commands
@@ -102,6 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_service_commands(sub)
     add_homeassistant_commands(sub)
+    add_keygen_command(sub)
     return p
 
 

@@ -25,9 +25,9 @@ def check_config(path: Path | None, *, read_models: bool = True) -> list[str]:
 
     Raises ConfigError / ProfileError / BundleError naming the file and key.
     """
-    from edge_agent.bundle import read_bundle
     from edge_agent.config import load_config
     from edge_agent.profiles import detect_profile, load_profile
+    from edge_agent.store import ModelStore
 
     cfg = load_config(path)
     a = cfg.agent
@@ -40,9 +40,11 @@ def check_config(path: Path | None, *, read_models: bool = True) -> list[str]:
 
         check_root(cfg.update)
         lines.append("update enabled")
+    store = ModelStore(a.store_dir, max_bundle_bytes=a.max_bundle_bytes,
+                       device_key=a.device_key_path)
     for spec in cfg.models:
         if read_models:
-            b = read_bundle(spec.bundle, max_bytes=a.max_bundle_bytes)
+            b = store.read(spec.bundle)  # a sealed bundle is opened with [agent] device_key
             lines.append(f"model {b.name} v{b.version} from {spec.bundle}")
     if cfg.http.enabled:
         lines.append(f"http {cfg.http.host}:{cfg.http.port}"

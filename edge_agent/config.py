@@ -102,6 +102,12 @@ class AgentSettings:
     max_loaded_versions: int = 2  # per model name, kept in memory for instant rollback
     max_bundle_bytes: int = MAX_BUNDLE_BYTES  # read from one bundle on disk (store, --model)
     components: tuple[str, ...] | None = None  # names from COMPONENTS; None = all that apply
+    device_key: Path | None = None  # X25519 key for sealed bundles; None: <store_dir>/device.key
+
+    @property
+    def device_key_path(self) -> Path:
+        """``[agent] device_key``, by default ``<store_dir>/device.key`` (docs/config.md)."""
+        return self.device_key or self.store_dir / "device.key"
 
 
 @dataclass(frozen=True)
@@ -283,6 +289,7 @@ def _agent(t: Table) -> AgentSettings:
         max_loaded_versions=t.integer("max_loaded_versions", d.max_loaded_versions, 1, 16),
         max_bundle_bytes=t.integer("max_bundle_bytes", d.max_bundle_bytes, 1 << 16),
         components=_components(t),
+        device_key=t.path("device_key"),
     )
     t.finish()
     return s

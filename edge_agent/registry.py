@@ -18,6 +18,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -127,7 +128,8 @@ class ServedModel:
     def __init__(self, bundle: Bundle, runtime: Runtime, *, workers: int = 1,
                  num_threads: int | None = None, delegates: DelegateFactory | None = None,
                  hooks: Hooks | None = None, borrow_timeout_s: float = 30.0) -> None:
-        self.bundle = bundle
+        # a sealed bundle's envelope is the store's business, not held by every served version
+        self.bundle = bundle if bundle.sealed is None else replace(bundle, sealed=None)
         self.manifest: Manifest = bundle.manifest
         self.runtime = runtime
         self.hooks = hooks or Hooks()

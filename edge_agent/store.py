@@ -3,6 +3,7 @@
 Layout (all writes atomic; a crash leaves the old or the new state, never a part)::
 
     <root>/models/<name>/<version>/{model.tflite,manifest.json,report.json}
+    <root>/models/<name>/<version>/bundle.sealed   (an encrypted bundle: kept encrypted)
     <root>/models/<name>/active.json     {"version": 3, "previous": 2}
 
 A version directory is complete or absent (written to a temp dir, then renamed).
@@ -15,10 +16,21 @@ import json
 import shutil
 from pathlib import Path
 
-from edge_agent.bundle import MAX_BUNDLE_BYTES, Bundle, read_bundle, write_bundle
+from edge_agent.bundle import MAX_BUNDLE_BYTES, Bundle, read_bundle, read_tar_file, write_bundle
+from edge_agent.crypto import SEALED_FILE, is_sealed_file
 from edge_agent.errors import BundleError
-from edge_agent.fsutil import atomic_write_text
+from edge_agent.fsutil import atomic_write_text, staged_dir
 from edge_agent.manifest import NAME_RE
+
+
+def read_target(path: Path, device_key: Path | None, *, source: str, max_bytes: int
+                ) -> Bundle:
+    """A bundle tar, or a sealed bundle decrypted in memory with ``device_key`` (the agent
+    and the check child read staged targets alike). Raises BundleError, OSError."""
+    if not is_sealed_file(path):
+        return read_tar_file(path, source=source, max_bytes=max_bytes)
+    from edge_agent.crypto.device_key import DeviceKeys, read_sealed_file  # cryptography: lazy
+    return read_sealed_file(path, DeviceKeys(device_key), max_bytes=max_bytes, source=source)
 
 
 def check_name(name: str) -> str:
@@ -31,15 +43,29 @@ def check_name(name: str) -> str:
 class ModelStore:
     """``max_bundle_bytes`` bounds every bundle read (``[agent] max_bundle_bytes``)."""
 
-    def __init__(self, root: str | Path, *, max_bundle_bytes: int = MAX_BUNDLE_BYTES) -> None:
+    def __init__(self, root: str | Path, *, max_bundle_bytes: int = MAX_BUNDLE_BYTES,
+                 device_key: Path | None = None) -> None:
         self.root = Path(root)
         self.models_dir = self.root / "models"
         self.max_bundle_bytes = max_bundle_bytes
+        self.device_key = device_key  # [agent] device_key: opens sealed bundles
 
     def read(self, path: str | Path) -> Bundle:
         """A bundle from disk (installed, ``--model``, ``[[models]]``), read within the
-        store's bound. Raises BundleError."""
+        store's bound; a sealed one is decrypted in memory. Raises BundleError."""
+        p = Path(path)
+        sealed = p / SEALED_FILE if p.is_dir() else p
+        try:
+            if is_sealed_file(sealed):
+                return read_target(sealed, self.device_key, source=str(sealed),
+                                   max_bytes=self.max_bundle_bytes)
+        except OSError as e:
+            raise BundleError(f"{p}: cannot read: {e.strerror or e}") from e
         return read_bundle(path, max_bytes=self.max_bundle_bytes)
+
+    def read_target(self, path: Path, *, source: str, max_bytes: int) -> Bundle:
+        """A staged update target, read within its signed length (:func:`read_target`)."""
+        return read_target(path, self.device_key, source=source, max_bytes=max_bytes)
 
     def ensure(self) -> None:
         self.models_dir.mkdir(parents=True, exist_ok=True)
@@ -58,7 +84,8 @@ class ModelStore:
         if not d.is_dir():
             return []
         return sorted(int(p.name) for p in d.iterdir()
-                      if p.is_dir() and p.name.isdigit() and (p / "manifest.json").exists())
+                      if p.is_dir() and p.name.isdigit() and ((p / "manifest.json").exists()
+                                                            or (p / SEALED_FILE).exists()))
 
     def install(self, bundle: Bundle) -> Path:
         """Write ``bundle`` as ``<name>/<version>``; an identical existing copy is kept."""
@@ -71,6 +98,10 @@ class ModelStore:
                     return dest
             except BundleError:
                 pass  # damaged copy: replace it
+        if bundle.sealed is not None:  # encrypted at rest: the envelope, never the plaintext
+            with staged_dir(dest) as tmp:
+                (tmp / SEALED_FILE).write_bytes(bundle.sealed)
+            return dest
         write_bundle(bundle, dest)
         return dest
 

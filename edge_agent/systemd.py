@@ -196,6 +196,10 @@ def install_service(options: ServiceOptions | None = None, *, root: Path = Path(
                         ["useradd", "--system", "--user-group", "--home-dir", str(STATE_DIR),
                          "--no-create-home", "--shell", "/usr/sbin/nologin", o.user])
         cmds.append(["chown", f"root:{o.user}", str(o.config_path)])
+        if not (state / "device.key").exists():  # sealed bundles: the service user's key
+            cmds.append(["chown", f"{o.user}:{o.user}", str(STATE_DIR)])
+            cmds.append(["runuser", "-u", o.user, "--", str(o.exec_path), "keygen", "--key",
+                         str(STATE_DIR / "device.key")])
         cmds.append(["systemctl", "daemon-reload"])
         if enable or start:
             cmds.append(["systemctl", "enable", *(["--now"] if start else []), UNIT_NAME])

@@ -20,6 +20,7 @@ from fleet import (
     publish,
     repo,
     rollout,
+    seal,
     serve,
     simulate,
     status,
@@ -45,6 +46,7 @@ SUBCOMMANDS = (
     wheelhouse,  # offline wheel directory for a board
     capture,     # capture pull
     dashboard,   # live fleet page in a browser
+    seal,        # encrypt (sealed bundles for device keys)
 )
 
 

@@ -87,7 +87,7 @@ from edge_agent.update.wire import (
     encode_chunk,
     parse_target_spec,
 )
-from fleet import keys
+from fleet import keys, seal
 from fleet.broker import add_broker_args, as_config, broker_config
 from fleet.repo import FleetRepo, target_path_for_model
 from fleet.shadow_args import DEFAULT_GATE, shadow_terms
@@ -232,15 +232,19 @@ def _bundle_target(bundle_path: Path, audience: Audience, chunk_size: int,
     bad = [m for m in mirrors if not re.match(r"^https?://[^\s]+$", m)]
     if bad:
         raise BadInputError(f"--http-url {bad[0]!r}: expected an http:// or https:// URL")
-    bundle = read_bundle(bundle_path)
-    if not bundle.manifest.target_profiles:
+    if seal.is_sealed_file(bundle_path):  # edge-fleet encrypt's output: signed as it is
+        name, version, profiles, data = seal.sealed_header(bundle_path)
+    else:
+        bundle = read_bundle(bundle_path)
+        name, version, profiles = (bundle.name, bundle.version,
+                                   bundle.manifest.target_profiles)
+        data = tar_bytes(bundle)
+    if not profiles:
         raise BadInputError(f"{bundle_path}: manifest lists no target_profiles; devices "
                             "refuse a bundle that does not name their profile")
-    data = tar_bytes(bundle)
-    spec = TargetSpec("model", audience, bundle.name, bundle.version,
-                      bundle.manifest.target_profiles, ChunkPlan.for_data(data, chunk_size),
-                      probation, mirrors, shadow)
-    return target_path_for_model(bundle.name, bundle.version), data, spec
+    spec = TargetSpec("model", audience, name, version, tuple(profiles),
+                      ChunkPlan.for_data(data, chunk_size), probation, mirrors, shadow)
+    return target_path_for_model(name, version), data, spec
 
 
 def sign_bundle(repo: FleetRepo, bundle_path: Path, signers: Sequence[Signer], *,
@@ -449,10 +453,14 @@ def _cmd_publish(args: argparse.Namespace) -> int:
     repo = FleetRepo(args.repo)
     terms = ProbationTerms(args.probation_min_requests or 0, args.probation_min_clients or 0) \
         if args.probation_min_requests or args.probation_min_clients else None
-    res = publish(repo, Path(args.bundle), [] if args.signed_metadata else _signers(args),
-                  audience=_audience(args), broker=broker, http_url=args.http_url,
-                  chunk_size=args.chunk_size, mqtt_chunks=not args.no_mqtt_chunks,
-                  signed_metadata=args.signed_metadata, probation=terms, shadow=shadow)
+    with seal.temp_dir() as tmp:
+        bundle = seal.sealed_for_publish(Path(args.bundle), args.encrypt_to, Path(tmp)) \
+            if args.encrypt_to else Path(args.bundle)
+        res = publish(repo, bundle, [] if args.signed_metadata else _signers(args),
+                      audience=_audience(args), broker=broker, http_url=args.http_url,
+                      chunk_size=args.chunk_size, mqtt_chunks=not args.no_mqtt_chunks,
+                      signed_metadata=args.signed_metadata, probation=terms,
+                      shadow=shadow)
     print(f"published {res.target} ({res.length} bytes, sha256 {res.sha256[:16]}…, "
           f"{res.chunks} chunks) → {', '.join(res.topics)}")
     return 0
@@ -503,6 +511,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                         "--gate holds (docs/update.md#shadow-evaluation)")
     p.add_argument("--gate", metavar="EXPR",
                    help=f"signed shadow gate (default {DEFAULT_GATE})")
+    p.add_argument("--encrypt-to", nargs="+", action="extend", default=[], metavar="KEY",
+                   help="seal the bundle for these device keys first (as edge-fleet encrypt; "
+                        "a fresh content key each run: encrypt once to resume a publish)")
     p.set_defaults(func=_cmd_publish)
     r = sub.add_parser("rollback", help="sign a rollback command for devices")
     _common(r, broker_required=False)

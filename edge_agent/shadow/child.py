@@ -22,12 +22,15 @@ from edge_agent.runtime.isolate import apply_limits
 from edge_agent.update.check_child import parse_bundle_args
 
 
-def _serve(bundle_path: str, runtime: str, threads: int | None, delegate: str | None) -> int:
-    from edge_agent.bundle import read_bundle
+def _serve(bundle_path: str, runtime: str, threads: int | None, delegate: str | None,
+           device_key: str | None) -> int:
+    from pathlib import Path
+
     from edge_agent.errors import EdgeError
     from edge_agent.runtime.backends import get_runtime
     from edge_agent.runtime.model import LoadedModel
     from edge_agent.shadow import frames
+    from edge_agent.store import read_target
     from edge_agent.update import faults
 
     out, inp = sys.stdout.buffer, sys.stdin.buffer
@@ -37,8 +40,8 @@ def _serve(bundle_path: str, runtime: str, threads: int | None, delegate: str | 
         out.flush()
 
     try:
-        bundle = read_bundle(bundle_path, verify_hash=True,
-                             max_bytes=os.path.getsize(bundle_path))
+        bundle = read_target(Path(bundle_path), Path(device_key) if device_key else None,
+                             source=bundle_path, max_bytes=os.path.getsize(bundle_path))
         rt = get_runtime(runtime)
         if rt is None:
             send(b"E", f"runtime {runtime} does not import in the shadow process".encode())
@@ -78,7 +81,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     apply_limits()
     a = parse_bundle_args("edge_agent.shadow.child", argv)
     try:
-        return _serve(a.bundle, a.runtime, a.threads, a.delegate)
+        return _serve(a.bundle, a.runtime, a.threads, a.delegate, a.device_key)
     except MemoryError:
         return 4
 

@@ -58,6 +58,7 @@ class ShadowSetup:
     memory_mb: int = 1024
     queue_size: int = 32
     invoke_timeout_s: float = 10.0
+    device_key: Path | None = None  # a sealed candidate: decrypted in the child's memory
     max_busy: float = 0.1  # share of wall time the shadow's work in this process may take
 
 
@@ -82,7 +83,8 @@ class ShadowChild:
 
     def __init__(self, staged: Path, setup: ShadowSetup, lifetime_s: float) -> None:
         self.setup = setup
-        args = bundle_args(str(staged), setup.runtime, setup.threads, setup.delegate_library)
+        args = bundle_args(str(staged), setup.runtime, setup.threads, setup.delegate_library,
+                           setup.device_key)
         threads = setup.threads or os.cpu_count() or 1
         limits = ChildLimits(lifetime_s + START_TIMEOUT_S, setup.memory_mb << 20,
                              threads=threads)

@@ -152,7 +152,8 @@ _MEMO: OrderedDict[tuple[object, ...], ChildRun] = OrderedDict()
 
 
 def check_candidate(staged: Path, manifest: Manifest, setup: CheckSetup, limits: CheckLimits,
-                    *, sha256: str, stop: threading.Event | None = None) -> CheckResult:
+                    *, sha256: str, stop: threading.Event | None = None,
+                    device_key: Path | None = None) -> CheckResult:
     """Test-load ``staged`` and run its golden vectors in a child, under ``limits``.
 
     Raises ModelRejectedError (``golden_missing`` before any child, else see :func:`judge`),
@@ -170,7 +171,8 @@ def check_candidate(staged: Path, manifest: Manifest, setup: CheckSetup, limits:
         if run is not None:
             res = judge(run, limits)
             return CheckResult(res.vectors, res.max_abs_diff, 0.0, res.peak_rss_mb, True)
-        args = bundle_args(str(staged), setup.runtime, setup.threads, setup.delegate_library)
+        args = bundle_args(str(staged), setup.runtime, setup.threads, setup.delegate_library,
+                           device_key)
         threads = setup.threads or os.cpu_count() or 1  # LiteRT's own default otherwise
         run = run_child(CHILD, args, stop=stop, limits=ChildLimits(
             limits.timeout_s, limits.memory_mb << 20, threads=threads))

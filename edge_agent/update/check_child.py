@@ -1,8 +1,8 @@
 """The candidate check's child process: load a staged bundle, run its golden vectors, report.
 
 Runs as ``python -m edge_agent.update.check_child --bundle STAGED --runtime NAME
-[--threads N] [--delegate LIB]``, started by :mod:`edge_agent.update.check` through
-:func:`edge_agent.runtime.isolate.run_child`. Its limits (memory, CPU, parent death) are
+[--threads N] [--delegate LIB] [--device-key KEY]``, started by :mod:`edge_agent.update.check`
+through :func:`edge_agent.runtime.isolate.run_child`. Its limits (memory, CPU, parent death) are
 applied first, before a byte of the bundle is read. It builds the interpreter the way the
 agent's registry does (runtime, threads, delegate) and prints one verdict
 (:func:`edge_agent.runtime.isolate.report`):
@@ -24,6 +24,7 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from edge_agent.runtime.isolate import apply_limits, peak_rss_mb, report, stage
@@ -39,8 +40,8 @@ def _result(outcome: str, detail: str = "", **extra: Any) -> int:
     return 0 if outcome == "ok" else 3
 
 
-def _check(bundle_path: str, runtime: str, threads: int | None, delegate: str | None) -> int:
-    from edge_agent.bundle import read_bundle
+def _check(bundle_path: str, runtime: str, threads: int | None, delegate: str | None,
+           device_key: str | None = None) -> int:
     from edge_agent.errors import (
         BundleError,
         GoldenMismatchError,
@@ -49,13 +50,14 @@ def _check(bundle_path: str, runtime: str, threads: int | None, delegate: str | 
     )
     from edge_agent.runtime.backends import get_runtime
     from edge_agent.runtime.model import LoadedModel, verify_golden
+    from edge_agent.store import read_target
     from edge_agent.update import faults
 
     stage("load")
     try:
         # the staged file is the signed target: its length is the bound the parent read it in
-        bundle = read_bundle(bundle_path, verify_hash=True,
-                             max_bytes=os.path.getsize(bundle_path))
+        bundle = read_target(Path(bundle_path), Path(device_key) if device_key else None,
+                             source=bundle_path, max_bytes=os.path.getsize(bundle_path))
     except BundleError as e:
         return _result("error", f"bundle unreadable: {e}")
     stage("import")
@@ -80,7 +82,7 @@ def _check(bundle_path: str, runtime: str, threads: int | None, delegate: str | 
 
 
 def bundle_args(bundle: str, runtime: str, threads: int | None,
-                delegate: str | None) -> list[str]:
+                delegate: str | None, device_key: Path | None = None) -> list[str]:
     """The command line of a child that builds a staged bundle like the agent (this one,
     and the shadow candidate's :mod:`edge_agent.shadow.child`)."""
     args = ["--bundle", bundle, "--runtime", runtime]
@@ -88,6 +90,8 @@ def bundle_args(bundle: str, runtime: str, threads: int | None,
         args += ["--threads", str(threads)]
     if delegate:
         args += ["--delegate", delegate]
+    if device_key is not None:  # a sealed candidate is decrypted in the child's memory
+        args += ["--device-key", str(device_key)]
     return args
 
 
@@ -98,6 +102,7 @@ def parse_bundle_args(module: str, argv: Sequence[str] | None) -> argparse.Names
     p.add_argument("--runtime", required=True)
     p.add_argument("--threads", type=int)
     p.add_argument("--delegate")
+    p.add_argument("--device-key")  # a sealed candidate: decrypted here, in memory only
     return p.parse_args(argv)
 
 
@@ -105,7 +110,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     apply_limits()
     a = parse_bundle_args("edge_agent.update.check_child", argv)
     try:
-        return _check(a.bundle, a.runtime, a.threads, a.delegate)
+        return _check(a.bundle, a.runtime, a.threads, a.delegate, a.device_key)
     except MemoryError:
         return _result("memory", "an allocation was refused (MemoryError)")
 

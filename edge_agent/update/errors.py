@@ -241,6 +241,9 @@ def from_bundle(e: BundleError) -> BundleRejectedError:
         return BundleRejectedError(str(e), code="manifest_invalid")
     if isinstance(e, BundleMemberError):
         return BundleRejectedError(str(e), code=f"bundle_{e.rule}")
+    sealed_code = getattr(e, "code", None)  # edge_agent.crypto.SealedBundleError's codes
+    if isinstance(sealed_code, str):
+        return BundleRejectedError(str(e), code=sealed_code)
     return BundleRejectedError(str(e))
 
 

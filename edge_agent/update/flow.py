@@ -31,7 +31,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from edge_agent.bundle import Bundle, read_tar_file
+from edge_agent.bundle import Bundle
 from edge_agent.errors import BundleError, EdgeError, ModelError, NotFoundError, TransportError
 from edge_agent.hooks import Hooks
 from edge_agent.mqtt.topics import Topics
@@ -414,7 +414,7 @@ class UpdateFlow:
                     sources=fetcher.sources)
         self._set(self.state.to(Phase.VERIFYING))
         try:  # bounded by the signed length, member by member (edge_agent.bundle)
-            bundle = read_tar_file(dest, source=info.path, max_bytes=info.length)
+            bundle = self.d.store.read_target(dest, source=info.path, max_bytes=info.length)
         except BundleError as e:
             raise from_bundle(e) from e
         policy.check_manifest(bundle.manifest, spec, self.d.identity)
@@ -431,7 +431,8 @@ class UpdateFlow:
         try:
             proof = check.check_candidate(self.staging.final(sha), bundle.manifest,
                                           self.check_setup, self.check_limits, sha256=sha,
-                                          stop=self.stop)
+                                          stop=self.stop,
+                                          device_key=self.d.store.device_key)
         except ModelRejectedError as e:
             if e.code in check.BLOCKING:
                 self._block()
@@ -469,7 +470,7 @@ class UpdateFlow:
         gate = parse_gate(terms.gate)  # parsed at the spec already: cannot fail here
         run = shadow_phase.prepare(self.d.registry, self.d.hooks, self.cfg, self.check_setup,
                                    self.check_limits, served, busy=self.d.busy,
-                                   emit=self._event)
+                                   emit=self._event, device_key=self.d.store.device_key)
         self.shadow = run
         what = f"{terms.duration_s:g} s" if terms.duration_s is not None \
             else f"{terms.min_requests} requests"

@@ -9,6 +9,7 @@ it and promotes or discards. Raises ModelRejectedError (``shadow_incompatible``)
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 from edge_agent.errors import NotFoundError
 from edge_agent.hooks import Hooks
@@ -22,7 +23,7 @@ from edge_agent.update.errors import ModelRejectedError
 
 def prepare(registry: ModelRegistry, hooks: Hooks, cfg: UpdateConfig, setup: CheckSetup,
             limits: CheckLimits, candidate: ServedModel, *, busy: Callable[[], bool] | None,
-            emit: Callable[..., None]) -> ShadowRun:
+            emit: Callable[..., None], device_key: Path | None = None) -> ShadowRun:
     name = candidate.name
     version = registry.active_version(name)
     try:
@@ -43,7 +44,7 @@ def prepare(registry: ModelRegistry, hooks: Hooks, cfg: UpdateConfig, setup: Che
     shadow = ShadowSetup(setup.runtime, setup.threads, setup.delegate_library,
                          memory_mb=limits.memory_mb, queue_size=cfg.shadow_queue,
                          invoke_timeout_s=cfg.shadow_invoke_timeout_s,
-                         max_busy=cfg.shadow_max_busy)
+                         max_busy=cfg.shadow_max_busy, device_key=device_key)
     return ShadowRun(hooks=hooks, name=name, active_version=active.version,
                      candidate_version=candidate.version,
                      codecs={s.name: TensorCodec(s) for s in active.input_specs},

@@ -105,6 +105,14 @@ def test_on_the_host_the_install_creates_the_user_and_reloads_systemd() -> None:
     assert rep.commands[-1] == ["systemctl", "enable", "--now", "edge-agent.service"]
 
 
+def test_on_the_host_the_install_makes_the_service_users_device_key() -> None:
+    """Sealed bundles: the key is made by the service user (0600, its owner), once."""
+    opts = ServiceOptions(user="edge-agent-test-nobody")
+    rep = install_service(opts, root=Path("/"), dry_run=True)
+    assert ["runuser", "-u", "edge-agent-test-nobody", "--", str(opts.exec_path), "keygen",
+            "--key", "/var/lib/edge-agent/device.key"] in rep.commands
+
+
 def test_the_shipped_unit_is_the_rendered_unit() -> None:
     """Regenerate: edge-agent install-service --print-unit --exec /opt/edge-agent/bin/edge-agent
     > packaging/systemd/edge-agent.service (the unit changes when the agent loads the notifier).
