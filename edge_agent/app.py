@@ -94,6 +94,8 @@ class Agent:
         self.registry = registry or ModelRegistry(
             self.runtime, self.hooks, workers=a.workers, num_threads=self.threads,
             delegates=self._delegates(), max_loaded_versions=a.max_loaded_versions)
+        if self.registry.delegates is not None:  # bundle variants may require it
+            self.registry.delegate = self.profile.delegate
         self.loader = ModelLoader(self.store, self.registry, self.hooks,
                                   verify_golden=a.verify_golden,
                                   max_loaded_versions=a.max_loaded_versions,
