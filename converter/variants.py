@@ -5,6 +5,7 @@ a bundle as a variant, with that bundle's tensors and golden vectors (docs/bundl
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 from pathlib import Path
 
@@ -49,5 +50,5 @@ def add_variants(base: Bundle, specs: list[VariantSpec]) -> Bundle:
                                 outputs=m.outputs, golden=m.golden, requires=req))
         models[name] = vb.model_bytes
     manifest = replace(base.manifest, variants=tuple(variants))
-    checked = parse_manifest(manifest.to_dict(), base.source)  # the reader's rules, once
+    checked = parse_manifest(json.loads(manifest.to_json()), base.source)  # the reader's rules
     return replace(base, manifest=checked, variant_bytes=models)

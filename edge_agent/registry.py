@@ -315,6 +315,19 @@ class ModelRegistry:
                            num_threads=self.num_threads, delegates=self.delegates,
                            hooks=self.hooks, variant=variant)
 
+    def build_checked(self, bundle: Bundle, *, verify: bool) -> ServedModel:
+        """:meth:`build`, golden vectors checked if ``verify``; of a bundle with variants,
+        the best this device runs, the others standing by (:mod:`edge_agent.variants`).
+        Raises ModelLoadError (NoRunnableVariantError), GoldenMismatchError."""
+        if bundle.manifest.variants:
+            from edge_agent.variants import build_variants
+
+            return build_variants(self, bundle, verify=verify)
+        served = self.build(bundle)
+        if verify and bundle.manifest.golden:
+            served.verify_golden()
+        return served
+
     def replace(self, old: ServedModel, new: ServedModel) -> bool:
         """Serve ``new`` where ``old`` is (same name and version: another variant), if
         ``old`` is still there. Requests holding ``old`` finish on it."""
@@ -340,14 +353,7 @@ class ModelRegistry:
     def load(self, bundle: Bundle, *, activate: bool = True, verify: bool = True) -> ServedModel:
         """Build, optionally check golden vectors, then add. Nothing changes on failure.
         A bundle with variants serves the best one that runs (:mod:`edge_agent.variants`)."""
-        if bundle.manifest.variants:
-            from edge_agent.variants import build_variants
-
-            served = build_variants(self, bundle, verify=verify)
-        else:
-            served = self.build(bundle)
-            if verify and bundle.manifest.golden:
-                served.verify_golden()
+        served = self.build_checked(bundle, verify=verify)
         self.add(served, activate=activate)
         return served
 
