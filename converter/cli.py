@@ -251,14 +251,14 @@ def cmd_bundle(a: argparse.Namespace) -> int:
                        latency_runs=a.latency_runs,
                        preprocessing=Preprocessing(mean=a.mean, std=a.std), color=a.color,
                        image_input=a.image_input)
-    with _quiet_native(a.verbose):
-        report = wrap_to_bundle(opts)
-    if a.variant:
-        from converter.variants import add_variants, parse_variant_spec
-        from edge_agent.bundle import read_bundle, write_bundle
+    if a.variant:  # wrapped beside OUT first: a bad variant leaves nothing at OUT
+        from converter.variants import wrap_with_variants
 
-        specs = [parse_variant_spec(v) for v in a.variant]
-        write_bundle(add_variants(read_bundle(a.output), specs), a.output)
+        with _quiet_native(a.verbose):
+            report = wrap_with_variants(opts, a.variant)
+    else:
+        with _quiet_native(a.verbose):
+            report = wrap_to_bundle(opts)
     print(json.dumps(report, indent=1) if a.json else "\n".join(report_lines(report)))
     if not a.json:
         print(f"bundle written to {a.output}")

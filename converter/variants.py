@@ -8,12 +8,16 @@ from __future__ import annotations
 import json
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from edge_agent.bundle import Bundle, read_bundle
 from edge_agent.errors import InvalidRequestError
 from edge_agent.manifest import Requires, Variant, parse_manifest
 
-__all__ = ["VariantSpec", "add_variants", "parse_variant_spec"]
+__all__ = ["VariantSpec", "add_variants", "parse_variant_spec", "wrap_with_variants"]
+
+if TYPE_CHECKING:
+    from converter.wrap import WrapOptions
 
 VariantSpec = tuple[str, Path, Requires]
 
@@ -52,3 +56,16 @@ def add_variants(base: Bundle, specs: list[VariantSpec]) -> Bundle:
     manifest = replace(base.manifest, variants=tuple(variants))
     checked = parse_manifest(json.loads(manifest.to_json()), base.source)  # the reader's rules
     return replace(base, manifest=checked, variant_bytes=models)
+
+
+def wrap_with_variants(opts: WrapOptions, variants: list[str]) -> dict[str, Any]:
+    """``edge-convert bundle`` with ``--variant``: the specs parsed first, the model wrapped
+    in memory, the variants added, then the whole bundle written to ``opts.output``
+    atomically (a failure leaves nothing there). Returns the wrap report."""
+    from converter.build import write_output
+    from converter.wrap import build_wrapped
+
+    specs = [parse_variant_spec(v) for v in variants]
+    bundle, report = build_wrapped(opts)
+    write_output(add_variants(bundle, specs), opts.output)
+    return report

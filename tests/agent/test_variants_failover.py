@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import re
 import threading
-import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ import pytest
 from agent_helpers import Client
 from attack_helpers import agent_process
 from model_fixtures import TwoHeads, convert_cli
+from waiting import wait_for
 
 from edge_agent.bundle import read_bundle, tar_bytes, write_bundle
 from edge_agent.errors import ManifestError, NoRunnableVariantError
@@ -26,7 +26,6 @@ from edge_agent.hooks import Hooks
 from edge_agent.manifest import EncodedArray, Requires
 from edge_agent.registry import ModelRegistry
 from edge_agent.runtime.backends import select_runtime
-from waiting import wait_for
 
 
 @pytest.fixture(scope="module")
@@ -87,7 +86,7 @@ def test_listed_variant_member_missing_is_refused(variant_bundle: Path, tmp_path
     d = tmp_path / "b"
     write_bundle(read_bundle(variant_bundle), d)
     (d / "variants" / "fast.tflite").unlink()
-    with pytest.raises(ManifestError, match="no variants/fast.tflite"):
+    with pytest.raises(ManifestError, match=r"no variants/fast\.tflite"):
         read_bundle(d)
 
 
@@ -173,3 +172,16 @@ def test_failover_to_the_cpu_variant_and_back_under_a_request_stream(
         assert "model.degraded" in log or "variant 'fast' failed" in log, log[-3000:]
         assert "passes its golden vectors again" in log, log[-3000:]
         c.close()
+
+
+@pytest.mark.parametrize("spec, says", [("fast={b},colour=red", "unknown or repeated option"),
+                                        ("fast={b},delegate=npu", "delegate"),
+                                        ("default={b}", "default")])
+def test_bundle_cli_refuses_a_bad_variant_and_writes_nothing(
+        variant_bundle: Path, two_heads: TwoHeads, tmp_path: Path, spec: str, says: str) -> None:
+    out = tmp_path / "out"
+    r = convert_cli("bundle", variant_bundle / "model.tflite", "--name", "two", "--version", 1,
+                    "--latency-runs", 0, "--variant", spec.format(b=two_heads.bundle),
+                    "-o", out)
+    assert r.returncode != 0 and says in r.stderr, r.stderr[-2000:]
+    assert not out.exists() and list(tmp_path.iterdir()) == []  # nothing half-written
