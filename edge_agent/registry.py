@@ -336,9 +336,13 @@ class ModelRegistry:
             if versions.get(old.version) is not old:
                 return False
             versions[old.version] = new
-            old.state = ModelState.END if old.failover is None else old.state
         self.hooks.emit_models_changed()
         return True
+
+    def serves(self, sm: ServedModel) -> bool:
+        """Whether ``sm`` is still loaded (not unloaded or evicted)."""
+        with self._lock:
+            return self._models.get(sm.name, {}).get(sm.version) is sm
 
     def add(self, served: ServedModel, *, activate: bool = True) -> None:
         """Make ``served`` reachable; if ``activate``, the default for its name (atomic)."""

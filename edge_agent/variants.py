@@ -180,8 +180,8 @@ class Failover:
 
     def _retry(self) -> None:
         with self._lock:
-            if self.index == 0:
-                return
+            if self.index == 0 or not self.registry.serves(self.current):
+                return  # recovered, or this version was unloaded: stop retrying
             candidates = self.chain[:self.index]
         for i, sm in enumerate(candidates):
             why = self._passes(sm)
