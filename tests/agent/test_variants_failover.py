@@ -127,7 +127,8 @@ def test_failover_to_the_cpu_variant_and_back_under_a_request_stream(
     fault = tmp_path / "delegate-broken"
     monkeypatch.setenv("EDGE_RUNTIME_FAULT", f"raise@fast:{fault}")
     x = two_heads.x[:1].tolist()
-    with agent_process(tmp_path, variant_bundle, timeout_s=120) as proc:
+    with agent_process(tmp_path, variant_bundle, timeout_s=120,
+                       toml="variant_backoff_s = 0.5\nvariant_backoff_max_s = 2\n") as proc:
         c = Client(proc.host, proc.port)
         assert _serving(c)["variant"] == "fast" and _serving(c)["degraded"] is False
         assert _gauge(c, "edge_agent_model_degraded") == 0.0
