@@ -131,6 +131,10 @@ def _add_bundle_parser(sub: Any) -> None:
     _add_image_options(b)
     b.add_argument("--latency-runs", type=int, default=50, metavar="N",
                    help="timed invokes for the latency figures (0 skips)")
+    b.add_argument("--variant", action="append", default=[], metavar="NAME=BUNDLE[,OPT]",
+                   help="add BUNDLE's model (same model, other quantization or compile) as "
+                   "variant NAME, preferred before this one in the order given; options "
+                   "delegate=edgetpu|gpu|xnnpack, min_runtime=VERSION (docs/bundle.md)")
     b.add_argument("-o", "--output", type=Path, required=True, metavar="OUT",
                    help="bundle directory, or a path ending in .tar")
     b.add_argument("--json", action="store_true", help="print the report as JSON")
@@ -247,8 +251,14 @@ def cmd_bundle(a: argparse.Namespace) -> int:
                        latency_runs=a.latency_runs,
                        preprocessing=Preprocessing(mean=a.mean, std=a.std), color=a.color,
                        image_input=a.image_input)
-    with _quiet_native(a.verbose):
-        report = wrap_to_bundle(opts)
+    if a.variant:  # wrapped beside OUT first: a bad variant leaves nothing at OUT
+        from converter.variants import wrap_with_variants
+
+        with _quiet_native(a.verbose):
+            report = wrap_with_variants(opts, a.variant)
+    else:
+        with _quiet_native(a.verbose):
+            report = wrap_to_bundle(opts)
     print(json.dumps(report, indent=1) if a.json else "\n".join(report_lines(report)))
     if not a.json:
         print(f"bundle written to {a.output}")

@@ -52,6 +52,7 @@ from edge_agent.sources.wiring import source_factories, wants_link
 from edge_agent.store import ModelStore
 from edge_agent.telemetry.prom import SystemCollector
 from edge_agent.telemetry.system import SystemSampler
+from edge_agent.variants import FailoverPolicy
 from edge_agent.wiring import Component, ComponentFactory, Services, Wiring, mqtt_client
 
 if TYPE_CHECKING:
@@ -95,6 +96,11 @@ class Agent:
         self.registry = registry or ModelRegistry(
             self.runtime, self.hooks, workers=a.workers, num_threads=self.threads,
             delegates=self._delegates(), max_loaded_versions=a.max_loaded_versions)
+        if self.registry.delegates is not None:  # bundle variants may require it
+            self.registry.delegate = self.profile.delegate
+        self.registry.failover_policy = FailoverPolicy(
+            a.variant_backoff_s, max(a.variant_backoff_s, a.variant_backoff_max_s),
+            a.variant_check_timeout_s)
         self.loader = ModelLoader(self.store, self.registry, self.hooks,
                                   verify_golden=a.verify_golden,
                                   max_loaded_versions=a.max_loaded_versions,

@@ -38,8 +38,11 @@ from edge_agent.errors import BundleError, BundleMemberError, InvalidRequestErro
 from edge_agent.fsutil import atomic_write_bytes, staged_dir
 from edge_agent.manifest import (
     DTYPES,
+    MAX_VARIANTS,
     MODEL_FILE,
+    NAME_RE,
     SCHEMA_VERSION,
+    VARIANTS_DIR,
     DriftReference,
     EncodedArray,
     GoldenVector,
@@ -47,6 +50,7 @@ from edge_agent.manifest import (
     Manifest,
     Preprocessing,
     TensorSpec,
+    Variant,
     parse_manifest,
 )
 from edge_agent.untrusted_json import loads as untrusted_loads
@@ -55,7 +59,8 @@ __all__ = [
     "BUNDLE_FILES", "DTYPES", "MANIFEST_FILE", "MAX_BUNDLE_BYTES", "MODEL_FILE", "REPORT_FILE",
     "SCHEMA_VERSION", "Bundle", "DriftReference", "EncodedArray", "GoldenVector", "InputStats",
     "Manifest", "Preprocessing", "TensorSpec", "bundle_from_files", "check_member",
-    "read_bundle", "read_tar_bytes", "read_tar_file", "sha256_bytes", "tar_bytes", "write_bundle",
+    "read_bundle", "read_tar_bytes", "read_tar_file", "sha256_bytes", "tar_bytes",
+    "variant_member", "write_bundle",
 ]
 
 MANIFEST_FILE = "manifest.json"
@@ -90,6 +95,8 @@ class Bundle:
     source: str
     sealed: bytes | None = field(default=None, repr=False, compare=False)  # the envelope
     # it was decrypted from (edge_agent.crypto): what the store keeps at rest
+    # variant name → its model's bytes (manifest.variants; empty for a single-model bundle)
+    variant_bytes: dict[str, bytes] = field(default_factory=dict)
 
     @property
     def name(self) -> str:
@@ -99,11 +106,21 @@ class Bundle:
     def version(self) -> int:
         return self.manifest.version
 
+    def model_files(self) -> dict[str, bytes]:
+        """Every model of the bundle by member name: ``model.tflite``, then each variant's
+        ``variants/NAME.tflite`` in the manifest's order (what is hashed, loaded, encrypted)."""
+        return {MODEL_FILE: self.model_bytes,
+                **{v.file: self.variant_bytes[v.name] for v in self.manifest.variants}}
+
     def files(self) -> dict[str, bytes]:
+        """Every member, in tar order (the variants last, so a single-model bundle's
+        bytes are those it always had)."""
+        models = self.model_files()
         return {
-            MODEL_FILE: self.model_bytes,
+            MODEL_FILE: models.pop(MODEL_FILE),
             MANIFEST_FILE: self.manifest.to_json().encode(),
             REPORT_FILE: (json.dumps(self.report, indent=1, sort_keys=True) + "\n").encode(),
+            **models,
         }
 
 
@@ -118,13 +135,8 @@ def _parse_files(files: dict[str, bytes], source: str, verify_hash: bool) -> Bun
     manifest = parse_manifest(mdict, source)
     model = files[MODEL_FILE]
     if verify_hash:
-        if len(model) != manifest.model_size:
-            raise BundleError(f"{source}: model.tflite is {len(model)} bytes, manifest says "
-                              f"{manifest.model_size}")
-        got = sha256_bytes(model)
-        if got != manifest.model_sha256:
-            raise BundleError(f"{source}: model.tflite sha256 {got[:16]}… does not match "
-                              f"manifest {manifest.model_sha256[:16]}…")
+        _check_model(model, MODEL_FILE, manifest.model_size, manifest.model_sha256, source)
+    variants = _variant_models(files, manifest, source, verify_hash)
     report: Any = {}
     if REPORT_FILE in files:
         try:
@@ -133,7 +145,44 @@ def _parse_files(files: dict[str, bytes], source: str, verify_hash: bool) -> Bun
             raise BundleError(f"{source}: {e}") from e
         if not isinstance(report, dict):
             raise BundleError(f"{source}: report.json must hold a JSON object")
-    return Bundle(manifest, model, report, source)
+    return Bundle(manifest, model, report, source, variant_bytes=variants)
+
+
+def _check_model(data: bytes, member: str, size: int, sha256: str, source: str) -> None:
+    if len(data) != size:
+        raise BundleError(f"{source}: {member} is {len(data)} bytes, manifest says {size}")
+    got = sha256_bytes(data)
+    if got != sha256:
+        raise BundleError(f"{source}: {member} sha256 {got[:16]}… does not match "
+                          f"manifest {sha256[:16]}…")
+
+
+def _variant_models(files: dict[str, bytes], manifest: Manifest, source: str,
+                    verify_hash: bool) -> dict[str, bytes]:
+    """Each listed variant's model, checked like model.tflite; a listed member missing is a
+    manifest error, a variant member the manifest does not list is refused."""
+    listed: dict[str, Variant] = {v.file: v for v in manifest.variants}
+    for member in files:
+        if member.startswith(VARIANTS_DIR + "/") and member not in listed:
+            raise _refuse(source, member, UNEXPECTED, "a variant the manifest does not list")
+    out: dict[str, bytes] = {}
+    for member, v in listed.items():
+        if member not in files:
+            raise ManifestError(f"{source}: manifest.variants lists {v.name!r} but the "
+                                f"bundle has no {member}", field="variants")
+        if verify_hash:
+            _check_model(files[member], member, v.size_bytes, v.sha256, source)
+        out[v.name] = files[member]
+    return out
+
+
+def variant_member(name: str) -> str | None:
+    """The variant a member name holds (``variants/NAME.tflite``), else None."""
+    head, _, file = name.partition("/")
+    stem, dot, ext = file.rpartition(".")
+    if head == VARIANTS_DIR and dot and ext == "tflite" and NAME_RE.fullmatch(stem):
+        return stem
+    return None
 
 
 def bundle_from_files(files: dict[str, bytes], source: str, *,
@@ -160,9 +209,12 @@ def check_member(m: tarfile.TarInfo, seen: Collection[str], *, used: int, max_by
     Pure (the header only). Raises BundleMemberError naming the member and the rule.
     """
     name = m.name[2:] if m.name.startswith("./") else m.name
-    if name not in BUNDLE_FILES:
+    if name not in BUNDLE_FILES and variant_member(name) is None:
         raise _refuse(source, m.name, UNEXPECTED,
-                      f"not a bundle file (a bundle tar holds only {', '.join(BUNDLE_FILES)})")
+                      f"not a bundle file (a bundle tar holds only {', '.join(BUNDLE_FILES)}"
+                      f" and {VARIANTS_DIR}/NAME.tflite)")
+    if name not in BUNDLE_FILES and len(set(seen) - set(BUNDLE_FILES)) >= MAX_VARIANTS:
+        raise _refuse(source, m.name, UNEXPECTED, f"more than {MAX_VARIANTS} variants")
     if name in seen:
         raise _refuse(source, m.name, DUPLICATE,
                       f"a second {name} (names are compared without a leading './')")
@@ -245,21 +297,30 @@ def read_tar_file(path: str | Path, source: str | None = None, verify_hash: bool
         return _parse_files(_read_tar(f, src, min(size, max_bytes)), src, verify_hash)
 
 
+def _read_capped(fp: Path, name: str, p: Path, max_bytes: int, used: int) -> bytes:
+    cap = _cap(name, max_bytes, used)
+    with fp.open("rb") as f:
+        data = f.read(cap + 1)  # never more than the bound, even if the file grows
+    if len(data) > cap:
+        raise _refuse(str(p), name, TOO_LARGE, f"over the {cap} bytes left of the "
+                      f"bundle bound (max_bundle_bytes {max_bytes})")
+    return data
+
+
 def _read_dir(p: Path, max_bytes: int) -> dict[str, bytes]:
+    vdir = p / VARIANTS_DIR
+    found = [p / n for n in BUNDLE_FILES] + (
+        sorted(vdir.iterdir())[:MAX_VARIANTS + 1] if vdir.is_dir() else [])
     files: dict[str, bytes] = {}
     used = 0
-    for name in BUNDLE_FILES:
-        fp = p / name
-        if not fp.is_file():
+    for fp in found:
+        name = fp.name if fp.parent == p else f"{VARIANTS_DIR}/{fp.name}"
+        if not fp.is_file() or (name not in BUNDLE_FILES and variant_member(name) is None):
             continue
-        cap = _cap(name, max_bytes, used)
-        with fp.open("rb") as f:
-            data = f.read(cap + 1)  # never more than the bound, even if the file grows
-        if len(data) > cap:
-            raise _refuse(str(p), name, TOO_LARGE, f"over the {cap} bytes left of the "
-                          f"bundle bound (max_bundle_bytes {max_bytes})")
-        files[name] = data
-        used += len(data)
+        if len(files) - len(set(files) & set(BUNDLE_FILES)) >= MAX_VARIANTS:
+            raise _refuse(str(p), name, UNEXPECTED, f"more than {MAX_VARIANTS} variants")
+        files[name] = _read_capped(fp, name, p, max_bytes, used)
+        used += len(files[name])
     return files
 
 
@@ -303,5 +364,6 @@ def write_bundle(bundle: Bundle, out: str | Path) -> Path:
         return out
     with staged_dir(out) as tmp:
         for name, data in bundle.files().items():
+            (tmp / name).parent.mkdir(exist_ok=True)
             (tmp / name).write_bytes(data)
     return out

@@ -101,6 +101,12 @@ class AgentSettings:
     max_image_factor: int = 64  # decoded pixels per model-input pixel; more: refused (413)
     max_loaded_versions: int = 2  # per model name, kept in memory for instant rollback
     max_bundle_bytes: int = MAX_BUNDLE_BYTES  # read from one bundle on disk (store, --model)
+    # bundles with variants (edge_agent.variants): after a failover, the better variant is
+    # retried after variant_backoff_s, doubling to variant_backoff_max_s; each retry's
+    # golden vectors must finish within variant_check_timeout_s
+    variant_backoff_s: float = 1.0
+    variant_backoff_max_s: float = 300.0
+    variant_check_timeout_s: float = 10.0
     components: tuple[str, ...] | None = None  # names from COMPONENTS; None = all that apply
     device_key: Path | None = None  # X25519 key for sealed bundles; None: <store_dir>/device.key
 
@@ -288,6 +294,11 @@ def _agent(t: Table) -> AgentSettings:
         max_image_factor=t.integer("max_image_factor", d.max_image_factor, 1, 1 << 20),
         max_loaded_versions=t.integer("max_loaded_versions", d.max_loaded_versions, 1, 16),
         max_bundle_bytes=t.integer("max_bundle_bytes", d.max_bundle_bytes, 1 << 16),
+        variant_backoff_s=t.number("variant_backoff_s", d.variant_backoff_s, 0, 3600),
+        variant_backoff_max_s=t.number("variant_backoff_max_s", d.variant_backoff_max_s, 0,
+                                       86400),
+        variant_check_timeout_s=t.number("variant_check_timeout_s",
+                                         d.variant_check_timeout_s, 0, 3600),
         components=_components(t),
         device_key=t.path("device_key"),
     )

@@ -101,6 +101,18 @@ class ModelLoadError(ModelError):
     """The runtime refused to load the model (corrupt file, unsupported op)."""
 
 
+class NoRunnableVariantError(ModelLoadError):
+    """No variant of the bundle passes this device's requirements, load and golden vectors
+    (update code ``no_runnable_variant``); the message names each variant's reason."""
+
+    code = "no_runnable_variant"
+
+
+class VariantFaultError(ModelError):
+    """The runtime or delegate of the serving variant failed at invoke (injected by
+    :mod:`edge_agent.runtime.fault_seam` in tests)."""
+
+
 class GoldenMismatchError(ModelError):
     """The model loads but its outputs differ from the golden vectors in the manifest."""
 

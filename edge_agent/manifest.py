@@ -42,6 +42,10 @@ from edge_agent.errors import ManifestError
 SCHEMA_VERSION = 2  # what this agent writes for several tensors or heads
 SCHEMA_VERSIONS = (1, 2)  # what it reads: 1 = one input, one output (docs/bundle.md)
 MODEL_FILE = "model.tflite"
+VARIANTS_DIR = "variants"  # a variant NAME's model is the member ``variants/NAME.tflite``
+VARIANT_DELEGATES = ("edgetpu", "gpu", "xnnpack")  # profiles.DELEGATES but "none"
+MAX_VARIANTS = 8
+VERSION_RE = re.compile(r"^[0-9]{1,6}(\.[0-9]{1,6}){0,3}$")  # a runtime version floor
 DTYPES = ("int8", "uint8", "int16", "int32", "float32", "float16")
 QUANTIZED_DTYPES = ("int8", "uint8", "int16")  # the IO dtypes runtime.quant (de)quantizes
 # converter.modes.MODES; float32: a float model wrapped by ``edge-convert bundle``
@@ -205,6 +209,40 @@ class DriftReference:
 
 
 @dataclass(frozen=True)
+class Requires:
+    """What a device needs to run one variant (all optional): a delegate by profile name
+    (``edgetpu``, ``gpu``, ``xnnpack``) and a minimum runtime version."""
+
+    delegate: str | None = None
+    min_runtime: str | None = None
+
+
+@dataclass(frozen=True)
+class Variant:
+    """Another model of the same version (``variants/NAME.tflite``), preferred in the
+    manifest's order before ``model.tflite``: same tensor names and shapes as the bundle's,
+    its own dtypes, quantization and golden vectors (docs/bundle.md, *Variants*)."""
+
+    name: str
+    sha256: str
+    size_bytes: int
+    quantization_mode: str
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    golden: tuple[GoldenVector, ...] = ()
+    requires: Requires = field(default_factory=Requires)
+
+    @property
+    def file(self) -> str:
+        return variant_file(self.name)
+
+
+def variant_file(name: str) -> str:
+    """The bundle member holding variant ``name``'s model."""
+    return f"{VARIANTS_DIR}/{name}.tflite"
+
+
+@dataclass(frozen=True)
 class Manifest:
     name: str
     version: int
@@ -227,6 +265,8 @@ class Manifest:
     extra: dict[str, Any] = field(default_factory=dict)
     # what each output is, by name (HEADS); empty: from the task (schema 1's rule)
     heads: dict[str, str] = field(default_factory=dict)
+    # other models of this version, most preferred first, all before model.tflite
+    variants: tuple[Variant, ...] = ()
 
     def head(self, output: str) -> str:
         """What the output ``output`` is (HEADS): ``class``, ``regression``, ``raw``, or a
@@ -248,6 +288,9 @@ class Manifest:
         say: one input, one output, no per-head table)."""
         d = asdict(self)
         d.pop("heads")
+        d.pop("variants")  # absent when empty: a single-model bundle keeps its bytes
+        if self.variants:
+            d["variants"] = [_variant_dict(v, self.schema_version) for v in self.variants]
         if not self.preprocessing.image_input:  # optional: absent when inferred
             d["preprocessing"].pop("image_input")
         if d["drift_reference"] is not None:  # optional parts: absent when empty
@@ -259,15 +302,12 @@ class Manifest:
                     "classification", "raw"):
                 raise ValueError("schema 1 holds one input, one output and task "
                                  "classification or raw; write schema 2")
-            d["golden"] = [{"input": asdict(g.input), "output": asdict(g.output),
-                            "atol": g.atol} for g in self.golden]
+            d["golden"] = _golden_dicts(self.golden, 1)
             if d["drift_reference"] is not None:
                 d["drift_reference"].pop("inputs", None)
         else:
             d["heads"] = {o.name: self.head(o.name) for o in self.outputs}
-            d["golden"] = [{"inputs": {k: asdict(v) for k, v in g.inputs.items()},
-                            "outputs": {k: asdict(v) for k, v in g.outputs.items()},
-                            "atol": dict(g.atols)} for g in self.golden]
+            d["golden"] = _golden_dicts(self.golden, 2)
         d["model"] = {"file": MODEL_FILE, "sha256": d.pop("model_sha256"),
                       "size_bytes": d.pop("model_size")}
         d["producer"] = {"converter": d.pop("converter_version"),
@@ -281,6 +321,23 @@ class Manifest:
     def from_dict(cls, d: Any, source: str = "manifest.json") -> Manifest:
         """Strictly parsed (:func:`parse_manifest`). Raises ManifestError naming the field."""
         return parse_manifest(d, source)
+
+
+def _golden_dicts(golden: tuple[GoldenVector, ...], schema: int) -> list[dict[str, Any]]:
+    if schema == 1:
+        return [{"input": asdict(g.input), "output": asdict(g.output), "atol": g.atol}
+                for g in golden]
+    return [{"inputs": {k: asdict(v) for k, v in g.inputs.items()},
+             "outputs": {k: asdict(v) for k, v in g.outputs.items()},
+             "atol": dict(g.atols)} for g in golden]
+
+
+def _variant_dict(v: Variant, schema: int) -> dict[str, Any]:
+    req = {k: x for k, x in asdict(v.requires).items() if x is not None}
+    return {"name": v.name, "file": v.file, "sha256": v.sha256, "size_bytes": v.size_bytes,
+            "quantization_mode": v.quantization_mode, "requires": req,
+            "inputs": [asdict(t) for t in v.inputs], "outputs": [asdict(t) for t in v.outputs],
+            "golden": _golden_dicts(v.golden, schema)}
 
 
 def head_of(output: str, outputs: tuple[TensorSpec, ...], task: str,
@@ -517,7 +574,41 @@ def parse_manifest(d: Any, source: str = "manifest.json") -> Manifest:
         schema_version=sv,
         extra=m["extra"].obj(default={}),
         heads=heads,
+        variants=_variants(m["variants"], inputs, outputs, one),
     )
+
+
+def _variants(f: _Field, inputs: tuple[TensorSpec, ...], outputs: tuple[TensorSpec, ...],
+              one: bool) -> tuple[Variant, ...]:
+    """The ``variants`` list: unique names, each the member ``variants/NAME.tflite``, the
+    bundle's tensor names and shapes (dtypes may differ), known delegates."""
+    out: list[Variant] = []
+    for v in f.items(0, MAX_VARIANTS, default=[]):
+        name = v["name"].text(pattern=NAME_RE)
+        if name in {o.name for o in out} or name == "default":
+            raise v["name"].fail(f"variant name {name!r} used twice (\"default\" is "
+                                 "model.tflite's)")
+        v["file"].text(choices=(variant_file(name),), why="the variant's member")
+        vin, vout = _tensors(v["inputs"], len(inputs)), _tensors(v["outputs"], len(outputs))
+        for got, want, fv in ((vin, inputs, v["inputs"]), (vout, outputs, v["outputs"])):
+            if [(t.name, t.shape) for t in got] != [(t.name, t.shape) for t in want]:
+                raise fv.fail("expected the bundle's tensor names and shapes "
+                              f"({', '.join(f'{t.name}{list(t.shape)}' for t in want)})")
+        r = v["requires"]
+        req = Requires(
+            delegate=r["delegate"].text(choices=VARIANT_DELEGATES, default="") or None
+            if r.present else None,
+            min_runtime=r["min_runtime"].text(pattern=VERSION_RE, default="") or None
+            if r.present else None)
+        out.append(Variant(
+            name=name, sha256=v["sha256"].text(pattern=SHA256_RE),
+            size_bytes=v["size_bytes"].integer(1, MAX_MODEL_BYTES),
+            quantization_mode=v["quantization_mode"].text(choices=QUANTIZATION_MODES),
+            inputs=vin, outputs=vout,
+            golden=tuple(_golden(g, vin, vout, one)
+                         for g in v["golden"].items(0, MAX_GOLDEN, default=[])),
+            requires=req))
+    return tuple(out)
 
 
 def _tensors(f: _Field, most: int) -> tuple[TensorSpec, ...]:

@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -34,9 +34,13 @@ from edge_agent.errors import (
     TransportError,
 )
 from edge_agent.hooks import Hooks, PredictionRecord
+from edge_agent.runtime import fault_seam
 from edge_agent.runtime.backends import Runtime
 from edge_agent.runtime.model import GoldenResult, Inputs, LoadedModel, batch_of, verify_golden
 from edge_agent.runtime.quant import TensorCodec
+
+if TYPE_CHECKING:
+    from edge_agent.variants import Failover
 
 DelegateFactory = Callable[[], Sequence[Any]]
 
@@ -127,9 +131,12 @@ class ServedModel:
 
     def __init__(self, bundle: Bundle, runtime: Runtime, *, workers: int = 1,
                  num_threads: int | None = None, delegates: DelegateFactory | None = None,
-                 hooks: Hooks | None = None, borrow_timeout_s: float = 30.0) -> None:
+                 hooks: Hooks | None = None, borrow_timeout_s: float = 30.0,
+                 variant: str = "default") -> None:
         # a sealed bundle's envelope is the store's business, not held by every served version
         self.bundle = bundle if bundle.sealed is None else replace(bundle, sealed=None)
+        self.variant = variant  # which model of the bundle (edge_agent.variants)
+        self.failover: Failover | None = None  # set when the bundle has other variants
         self.manifest: Manifest = bundle.manifest
         self.runtime = runtime
         self.hooks = hooks or Hooks()
@@ -142,6 +149,7 @@ class ServedModel:
         for _ in range(max(1, workers)):
             m = LoadedModel(runtime, bundle.model_bytes, num_threads=num_threads,
                             delegates=delegates() if delegates else ())
+            m.fault = fault_seam.hook(variant)
             first = first or m
             self._pool.put(m)
         assert first is not None
@@ -228,6 +236,10 @@ class ServedModel:
                 self._give(m)
         except Exception as e:  # record every failure (probation sees it), then re-raise
             bad_input = isinstance(e, BadInputError)
+            if not bad_input and self.failover is not None:
+                nxt = self.failover.failed(self, e)  # a runtime failure: the next variant
+                if nxt is not None:  # another request saw it first: retry there
+                    return nxt.predict(x, source=source, request_id=request_id, client=client)
             self._record(source, request_id, False, time.perf_counter() - t0,
                          0 if raw is None else len(raw), client=client,
                          fault="client" if bad_input else "model",
@@ -290,16 +302,49 @@ class ModelRegistry:
         self.num_threads = num_threads
         self.delegates = delegates
         self.max_loaded_versions = max_loaded_versions
+        self.delegate: str | None = None  # the profile's external delegate, when loaded
+        from edge_agent.variants import FailoverPolicy
+
+        self.failover_policy = FailoverPolicy()  # a bundle with variants (edge_agent.variants)
         self._lock = threading.RLock()
         self._models: dict[str, dict[int, ServedModel]] = {}
         self._active: dict[str, int] = {}
         self._labels: dict[str, dict[str, int]] = {}
 
-    def build(self, bundle: Bundle) -> ServedModel:
+    def build(self, bundle: Bundle, variant: str = "default") -> ServedModel:
         """Load a bundle into a new ServedModel without serving it (test-load)."""
         return ServedModel(bundle, self.runtime, workers=self.workers,
                            num_threads=self.num_threads, delegates=self.delegates,
-                           hooks=self.hooks)
+                           hooks=self.hooks, variant=variant)
+
+    def build_checked(self, bundle: Bundle, *, verify: bool) -> ServedModel:
+        """:meth:`build`, golden vectors checked if ``verify``; of a bundle with variants,
+        the best this device runs, the others standing by (:mod:`edge_agent.variants`).
+        Raises ModelLoadError (NoRunnableVariantError), GoldenMismatchError."""
+        if bundle.manifest.variants:
+            from edge_agent.variants import build_variants
+
+            return build_variants(self, bundle, verify=verify)
+        served = self.build(bundle)
+        if verify and bundle.manifest.golden:
+            served.verify_golden()
+        return served
+
+    def replace(self, old: ServedModel, new: ServedModel) -> bool:
+        """Serve ``new`` where ``old`` is (same name and version: another variant), if
+        ``old`` is still there. Requests holding ``old`` finish on it."""
+        with self._lock:
+            versions = self._models.get(old.name, {})
+            if versions.get(old.version) is not old:
+                return False
+            versions[old.version] = new
+        self.hooks.emit_models_changed()
+        return True
+
+    def serves(self, sm: ServedModel) -> bool:
+        """Whether ``sm`` is still loaded (not unloaded or evicted)."""
+        with self._lock:
+            return self._models.get(sm.name, {}).get(sm.version) is sm
 
     def add(self, served: ServedModel, *, activate: bool = True) -> None:
         """Make ``served`` reachable; if ``activate``, the default for its name (atomic)."""
@@ -312,10 +357,9 @@ class ModelRegistry:
         self.hooks.emit_models_changed()
 
     def load(self, bundle: Bundle, *, activate: bool = True, verify: bool = True) -> ServedModel:
-        """Build, optionally check golden vectors, then add. Nothing changes on failure."""
-        served = self.build(bundle)
-        if verify and bundle.manifest.golden:
-            served.verify_golden()
+        """Build, optionally check golden vectors, then add. Nothing changes on failure.
+        A bundle with variants serves the best one that runs (:mod:`edge_agent.variants`)."""
+        served = self.build_checked(bundle, verify=verify)
         self.add(served, activate=activate)
         return served
 
@@ -420,6 +464,7 @@ class ModelRegistry:
             return [{"name": n, "active": self._active.get(n),
                      "versions": [{"version": v, "state": sm.state.value,
                                    "sha256": sm.manifest.model_sha256,
-                                   "loaded_at": sm.loaded_at}
+                                   "loaded_at": sm.loaded_at,
+                                   **({} if sm.failover is None else sm.failover.status())}
                                   for v, sm in sorted(vs.items())]}
                     for n, vs in sorted(self._models.items())]

@@ -149,7 +149,7 @@ class SharedRegistry(ModelRegistry):
         self.cache = cache
         self.fault = fault
 
-    def build(self, bundle: Bundle) -> ServedModel:
+    def build(self, bundle: Bundle, variant: str = "default") -> ServedModel:
         return SharedServedModel(bundle, self.cache.template(bundle), self.hooks, self.fault)
 
 

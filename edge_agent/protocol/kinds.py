@@ -65,6 +65,8 @@ class EventKind(StrEnum):
     MODEL_LOADED = "model.loaded"
     MODEL_LOAD_FAILED = "model.load_failed"
     MODEL_FALLBACK = "model.fallback"
+    MODEL_DEGRADED = "model.degraded"  # serving a less preferred variant (edge_agent.variants)
+    MODEL_RECOVERED = "model.recovered"  # back on the preferred variant
     DELEGATE_UNAVAILABLE = "delegate.unavailable"
     RUNTIME_PROBE_OK = "runtime.probe_ok"
     RUNTIME_PROBE_CRASHED = "runtime.probe_crashed"

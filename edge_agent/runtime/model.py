@@ -15,7 +15,7 @@ it with a lock, so it is never used by two threads at once. Serve with one
 from __future__ import annotations
 
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -64,6 +64,7 @@ class LoadedModel:
         self.num_threads = num_threads
         self._interp = runtime.make_interpreter(model_content, num_threads, delegates)
         self._lock = threading.Lock()
+        self.fault: Callable[[], None] | None = None  # runtime.fault_seam, tests only
         binding = bind(self._interp)
         self.signature = binding.signature
         self._in = binding.inputs
@@ -132,6 +133,8 @@ class LoadedModel:
         than the model's fixed batch run one slice at a time.
         Raises InvalidRequestError.
         """
+        if self.fault is not None:
+            self.fault()
         if self._single is not None and type(x) is np.ndarray and x.dtype == self._single[1] \
                 and x.ndim and x.shape[0] == self._batch_fixed:
             interp = self._interp

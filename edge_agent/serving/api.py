@@ -109,7 +109,14 @@ class ServingApi:
         return 200, {"ready": True, "models": self.registry.names()}
 
     def metrics_page(self, req: Request) -> Response:
-        self.metrics.models_loaded.set(sum(len(m["versions"]) for m in self.registry.snapshot()))
+        snapshot = self.registry.snapshot()
+        self.metrics.models_loaded.set(sum(len(m["versions"]) for m in snapshot))
+        for m in snapshot:
+            for v in m["versions"]:
+                if "variant_index" in v:
+                    labels = (m["name"], str(v["version"]))
+                    self.metrics.model_variant.labels(*labels).set(v["variant_index"])
+                    self.metrics.model_degraded.labels(*labels).set(int(v["degraded"]))
         body, ctype = self.metrics.exposition(
             openmetrics_format=wants_openmetrics(req.headers.get("Accept")))
         return Response(200, body, ctype)

@@ -108,6 +108,12 @@ class Metrics:
                                       ["method"], buckets=LATENCY_BUCKETS_S, registry=r)
         self.models_loaded = Gauge("edge_agent_models_loaded", "Model versions in memory",
                                    registry=r)
+        self.model_variant = Gauge("edge_agent_model_variant_index", "The serving variant of "
+                                   "a model version with variants, in the bundle's preference "
+                                   "order (0 = the best)", ["model", "version"], registry=r)
+        self.model_degraded = Gauge("edge_agent_model_degraded", "1 while a model version "
+                                    "serves a less preferred variant after a failure",
+                                    ["model", "version"], registry=r)
         self.build = Info("edge_agent_build", "The agent's version and how it runs",
                           registry=r)
         r.register(_Gauges(self))

@@ -32,7 +32,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from edge_agent.bundle import Bundle
-from edge_agent.errors import BundleError, EdgeError, ModelError, NotFoundError, TransportError
+from edge_agent.errors import (
+    BundleError,
+    EdgeError,
+    ModelError,
+    NoRunnableVariantError,
+    NotFoundError,
+    TransportError,
+)
 from edge_agent.hooks import Hooks
 from edge_agent.mqtt.topics import Topics
 from edge_agent.protocol.kinds import EventKind, UpdateResult
@@ -438,7 +445,10 @@ class UpdateFlow:
                 self._block()
             raise
         try:
-            served = self.d.registry.build(bundle)
+            served = (self.d.registry.build_checked(bundle, verify=True)
+                      if bundle.manifest.variants else self.d.registry.build(bundle))
+        except NoRunnableVariantError as e:  # edge_agent.variants
+            raise ModelRejectedError(str(e), code=e.code) from e
         except EdgeError as e:
             raise ModelRejectedError(f"test-load failed: {e}", code="load_failed") from e
         self._event("info", EventKind.UPDATE_TEST_LOADED,

@@ -1,0 +1,55 @@
+"""Runtime fault seam for failover tests: ``EDGE_RUNTIME_FAULT=<action>@<variant>:<file>[,…]``.
+
+While ``<file>`` exists, every invoke of an interpreter of variant ``<variant>`` (``default``
+is ``model.tflite``) fails as a delegate would: ``raise`` raises VariantFaultError
+("delegate error"), ``hang`` sleeps until the file is removed (bounded by the invoke
+watchdog of :mod:`edge_agent.variants`, which gives up on it). Removing the file clears the
+fault. Read once at import; unset in production (setting it needs control of the agent's
+environment). A real Edge TPU is not available to tests; this is where it would fail.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from edge_agent.errors import VariantFaultError
+
+ENV = "EDGE_RUNTIME_FAULT"
+HANG_POLL_S = 0.05
+MAX_HANG_S = 600.0  # a hang ends by itself after this (a test that forgets the file)
+
+
+def _parse(spec: str) -> dict[str, tuple[str, Path]]:
+    out: dict[str, tuple[str, Path]] = {}
+    for item in filter(None, (i.strip() for i in spec.split(","))):
+        action, _, where = item.partition("@")
+        variant, _, file = where.partition(":")
+        if action in ("raise", "hang") and variant and file:
+            out[variant] = (action, Path(file))
+    return out
+
+
+_SPECS = _parse(os.environ.get(ENV, ""))
+
+
+def hook(variant: str) -> Callable[[], None] | None:
+    """What an interpreter of ``variant`` calls before each invoke (None: no fault set)."""
+    spec = _SPECS.get(variant)
+    if spec is None:
+        return None
+    action, file = spec
+
+    def fault() -> None:
+        if not file.exists():
+            return
+        if action == "raise":
+            raise VariantFaultError(f"delegate error in variant {variant!r} (injected: "
+                                    f"{file} exists)")
+        end = time.monotonic() + MAX_HANG_S
+        while file.exists() and time.monotonic() < end:
+            time.sleep(HANG_POLL_S)
+
+    return fault

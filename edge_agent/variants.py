@@ -1,0 +1,205 @@
+"""Model variants: pick the best one a device runs, and fail over while serving.
+
+A bundle may carry other models of the same version (``manifest.variants``, most preferred
+first, all before ``model.tflite``, named ``default``; docs/bundle.md). At load,
+:func:`build_variants` skips each variant whose requirements this device does not meet
+(a delegate that is not loaded, a runtime older than asked), loads the others and checks
+each one's golden vectors; the first that passes serves, the rest stand by loaded. None:
+:class:`~edge_agent.errors.NoRunnableVariantError` naming every variant's reason.
+
+While serving, :class:`Failover` is told of each runtime failure of an invoke (not a
+client's bad input): the request that saw it first fails, the model is switched to the
+next variant in place (same name and version: :meth:`ModelRegistry.replace`), a
+``model.degraded`` event is emitted, and requests that were in flight on the failed
+variant are retried on the new one. The better variant is retried after a backoff that
+doubles up to a cap: its golden vectors run on its own interpreter (with a deadline, so a
+hung delegate cannot hold the retry) and, if they pass, it serves again
+(``model.recovered``). Status and ``/metrics`` show the variant and the degraded state.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from edge_agent.bundle import Bundle
+from edge_agent.errors import EdgeError, NoRunnableVariantError
+from edge_agent.manifest import Requires
+from edge_agent.protocol.kinds import EventKind
+from edge_agent.runtime.backends import Runtime, parse_version
+
+if TYPE_CHECKING:
+    from edge_agent.registry import ModelRegistry, ServedModel
+
+DEFAULT = "default"  # model.tflite's name as a variant
+BUILTIN_DELEGATES = ("xnnpack",)  # in every CPU runtime: always available
+
+
+@dataclass(frozen=True)
+class FailoverPolicy:
+    """How a degraded model retries its better variant (docs/agent.md, *Variants*)."""
+
+    backoff_s: float = 1.0  # first retry after this
+    backoff_max_s: float = 300.0  # the doubling stops here
+    check_timeout_s: float = 10.0  # a retry's golden vectors must finish within this
+
+
+def variant_bundles(bundle: Bundle) -> list[tuple[str, Requires, Bundle]]:
+    """Each model of ``bundle`` as a bundle of its own, in preference order."""
+    m = bundle.manifest
+    out = [(v.name, v.requires, replace(
+        bundle, model_bytes=bundle.variant_bytes[v.name], variant_bytes={},
+        manifest=replace(m, model_sha256=v.sha256, model_size=v.size_bytes,
+                         quantization_mode=v.quantization_mode, inputs=v.inputs,
+                         outputs=v.outputs, golden=v.golden, variants=())))
+        for v in m.variants]
+    return [*out, (DEFAULT, Requires(), replace(bundle, variant_bytes={},
+                                                manifest=replace(m, variants=())))]
+
+
+def unmet(req: Requires, *, delegate: str | None, runtime: Runtime) -> str | None:
+    """Why this device cannot run a variant requiring ``req`` (None: it can). Pure."""
+    if req.delegate and req.delegate not in (*BUILTIN_DELEGATES, delegate):
+        return (f"needs the {req.delegate} delegate (loaded here: "
+                f"{delegate or 'none'}{'' if delegate else ', CPU only'})")
+    if req.min_runtime and parse_version(runtime.version) < parse_version(req.min_runtime):
+        return f"needs runtime >= {req.min_runtime} (here {runtime})"
+    return None
+
+
+def build_variants(registry: ModelRegistry, bundle: Bundle, *, verify: bool) -> ServedModel:
+    """Load every variant this device can run (golden vectors checked if ``verify``); the
+    best serves, the others stand by behind a :class:`Failover`. Nothing is added to the
+    registry here. Raises NoRunnableVariantError."""
+    chain: list[ServedModel] = []
+    reasons: dict[str, str] = {}
+    for name, req, vb in variant_bundles(bundle):
+        why = unmet(req, delegate=registry.delegate, runtime=registry.runtime)
+        if why is None:
+            try:
+                sm = registry.build(vb, variant=name)
+                if verify and vb.manifest.golden:
+                    sm.verify_golden()
+                chain.append(sm)
+                continue
+            except EdgeError as e:
+                why = str(e)
+        reasons[name] = why
+    if not chain:
+        raise NoRunnableVariantError(
+            f"{bundle.name} v{bundle.version}: no variant this device can run ("
+            + "; ".join(f"{n}: {w}" for n, w in reasons.items()) + ")")
+    Failover(registry, chain, skipped=reasons)
+    return chain[0]
+
+
+class Failover:
+    """The loaded variants of one model version and which one serves (thread-safe)."""
+
+    def __init__(self, registry: ModelRegistry, chain: list[ServedModel], *,
+                 skipped: dict[str, str] | None = None,
+                 policy: FailoverPolicy | None = None) -> None:
+        self.registry, self.chain = registry, chain
+        self.skipped = dict(skipped or {})
+        self.policy = policy or registry.failover_policy
+        self.index = 0
+        self._delay = self.policy.backoff_s
+        self._lock = threading.Lock()
+        self._timer: threading.Timer | None = None
+        for sm in chain:
+            sm.failover = self
+
+    @property
+    def current(self) -> ServedModel:
+        return self.chain[self.index]
+
+    def status(self) -> dict[str, Any]:
+        """For status and /metrics: the serving variant, its index in the bundle's order,
+        the loaded ones, and whether a better one failed."""
+        return {"variant": self.current.variant, "variant_index": self.index,
+                "variants": [sm.variant for sm in self.chain], "degraded": self.index > 0,
+                **({"variants_skipped": self.skipped} if self.skipped else {})}
+
+    def failed(self, sm: ServedModel, error: BaseException) -> ServedModel | None:
+        """An invoke on ``sm`` failed in the runtime. Returns the variant to retry that
+        request on, or None when it is the request that detected the failure (it fails;
+        the model is switched to the next variant) or no variant is left."""
+        with self._lock:
+            cur = self.current
+            if sm is not cur:
+                return cur  # switched already: retry on the serving variant
+            if self.index + 1 >= len(self.chain):
+                return None  # the last variant: fail as a model without variants does
+            self.index += 1
+            nxt = self.chain[self.index]
+            self.registry.replace(sm, nxt)
+            self._schedule()
+        self._emit("warning", EventKind.MODEL_DEGRADED,
+                   f"{sm.name} v{sm.version}: variant {sm.variant!r} failed ({error}); "
+                   f"serving {nxt.variant!r}, retrying {sm.variant!r} in {self._delay:g} s",
+                   failed=sm.variant, error=str(error))
+        return None
+
+    def _emit(self, level: str, kind: EventKind, message: str, **kw: Any) -> None:
+        cur = self.current
+        self.registry.hooks.emit_event(level, kind, message, model=cur.name,
+                                       version=cur.version, variant=cur.variant,
+                                       variant_index=self.index, **kw)
+
+    def _schedule(self) -> None:
+        """Retry the better variants after the backoff (caller holds the lock)."""
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = threading.Timer(self._delay, self._retry)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def _passes(self, sm: ServedModel) -> str | None:
+        """Run ``sm``'s golden vectors within the deadline: None if they pass, else why."""
+        box: list[str | None] = ["did not finish within "
+                                 f"{self.policy.check_timeout_s:g} s"]
+
+        def check() -> None:
+            try:
+                if sm.manifest.golden:
+                    sm.verify_golden()
+                else:  # no golden data: one invoke of zeros still exercises the delegate
+                    with sm.borrow() as m:
+                        m.invoke_raw({s.name: np.zeros(s.shape, s.dtype) for s in m.input_specs})
+                box[0] = None
+            except Exception as e:  # any failure of the retried variant: stay degraded
+                box[0] = f"{type(e).__name__}: {e}"
+
+        t = threading.Thread(target=check, name=f"variant-retry-{sm.name}", daemon=True)
+        t.start()
+        t.join(self.policy.check_timeout_s)
+        return box[0]
+
+    def _retry(self) -> None:
+        with self._lock:
+            if self.index == 0 or not self.registry.serves(self.current):
+                return  # recovered, or this version was unloaded: stop retrying
+            candidates = self.chain[:self.index]
+        for i, sm in enumerate(candidates):
+            why = self._passes(sm)
+            if why is None:
+                with self._lock:
+                    if i >= self.index:
+                        return
+                    old, self.index = self.current, i
+                    self._delay = self.policy.backoff_s
+                    self.registry.replace(old, sm)
+                self._emit("info", EventKind.MODEL_RECOVERED,
+                           f"{sm.name} v{sm.version}: variant {sm.variant!r} passes its "
+                           f"golden vectors again; serving it (was {old.variant!r})",
+                           was=old.variant)
+                if self.index > 0:
+                    with self._lock:
+                        self._schedule()
+                return
+        with self._lock:
+            self._delay = min(self._delay * 2, self.policy.backoff_max_s)
+            self._schedule()
