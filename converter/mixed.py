@@ -64,7 +64,7 @@ class Budget:
     def missed_by(self, score: Score) -> float:
         """How far ``score`` is over the budget (<= 0: met)."""
         v = score.drop_points if self.max_drop is not None else score.rel_error
-        return round((v if v is not None else math.inf) - self.limit, 4)
+        return (v if v is not None else math.inf) - self.limit  # unrounded: 4e-05 > 0
 
 
 @dataclass(frozen=True)
@@ -102,7 +102,7 @@ class Candidate:
 
     def as_dict(self) -> dict[str, Any]:
         return {"float_ops": list(self.float_nodes), "size_bytes": self.size_bytes,
-                **asdict(self.score), "missed_by": self.missed_by, "meets": self.meets,
+                **asdict(self.score), "missed_by": round(self.missed_by, 6), "meets": self.meets,
                 "latency_ms": self.latency_ms}
 
 
