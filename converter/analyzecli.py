@@ -61,6 +61,6 @@ def cmd_analyze(a: argparse.Namespace) -> int:
     for i, o in enumerate(out["ops"][:a.top], 1):
         al = o["alone"] or {}
         print(f"{i:>3} {o['op']:<18} {o['node'][:40]:<40} {o['rmse_per_scale']:>10.4g} "
-              f"{o['mean_squared_error']:>10.4g} {str(al.get('drop_points', '-')):>13} "
-              f"{str(al.get('rel_error', '-')):>16}")
+              f"{o['mean_squared_error']:>10.4g} {al.get('drop_points', '-')!s:>13} "
+              f"{al.get('rel_error', '-')!s:>16}")
     return 0
