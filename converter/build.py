@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 import converter
-from converter import dettask
+from converter import dettask, tradeoff
 from converter.data import Dataset, check_data_path, class_indices, load_dataset, read_labels
 from converter.errors import DatasetError, OptionError, OutputError
 from converter.evaluate import compare, latency_ms, run_all
@@ -30,7 +30,16 @@ from converter.floatops import explain
 from converter.goldens import drift_reference, golden_vectors, is_probability
 from converter.graph import inspect_graph
 from converter.imageinput import check_normalisation, image_preprocessing
-from converter.modes import BUNDLE_MODES, CALIBRATED_MODES, INT8_MODES, REFERENCE_MODE, resolve
+from converter.mixed import Budget, Candidate
+from converter.mixedrun import candidates_report, choose, measure_fn, tradeoff_points
+from converter.modes import (
+    BUNDLE_MODES,
+    CALIBRATED_MODES,
+    INT8_FLOAT_FALLBACK,
+    INT8_MODES,
+    REFERENCE_MODE,
+    resolve,
+)
 from converter.options import BundleOptions
 from converter.quantize import convert
 from converter.report import build_warnings
@@ -65,6 +74,8 @@ class ConvertOptions(BundleOptions):
     name: str | None = None  # default: the model file's stem
     version: int = 1
     trust_model: bool = False  # let Keras deserialize Python lambdas
+    max_drop: float | None = None  # --max-drop: accuracy points below float (mixed search)
+    max_error: float | None = None  # --max-error: relative output error budget
 
 
 class Steps:
@@ -107,6 +118,7 @@ def preflight(opts: ConvertOptions) -> DeviceProfile:
     if profile.requires_full_integer and (opts.io_dtype or profile.io_dtype) == "float32":
         raise OptionError(f"profile {profile.name} ({profile.delegate}) needs integer model "
                           "input and output; drop --io-dtype float32")
+    check_budget(opts)
     check_output_path(opts.output)
     check_model_path(opts.model)
     check_data_path(opts.representative)
@@ -115,6 +127,25 @@ def preflight(opts: ConvertOptions) -> DeviceProfile:
     if opts.labels_file is not None and not opts.labels_file.is_file():
         raise DatasetError(f"{opts.labels_file}: no such labels file")
     return profile
+
+
+def check_budget(opts: ConvertOptions) -> None:
+    """``--max-drop`` / ``--max-error``: one of them, >= 0, with ``--eval``, full int8."""
+    if opts.max_drop is None and opts.max_error is None:
+        return
+    if opts.max_drop is not None and opts.max_error is not None:
+        raise OptionError("give --max-drop (accuracy points) or --max-error (relative output "
+                          "error), not both")
+    flag, v = (("--max-drop", opts.max_drop) if opts.max_drop is not None
+               else ("--max-error", opts.max_error))
+    if v is None or not v >= 0 or math.isinf(v):
+        raise OptionError(f"{flag} must be a finite number >= 0, got {v}")
+    if opts.eval_data is None:
+        raise OptionError(f"{flag} needs --eval DATA: the budget is measured on held-out data")
+    if opts.mode != "int8" or opts.allow_float_ops:
+        raise OptionError(f"{flag} starts from full int8 and keeps ops float itself; drop "
+                          f"--mode {opts.mode}"
+                          + (" --allow-float-ops" if opts.allow_float_ops else ""))
 
 
 def check_output_path(out: Path) -> None:
@@ -129,7 +160,8 @@ def check_output_path(out: Path) -> None:
         if out.suffix != ".tar" and not out.is_dir():
             raise OutputError(f"{out}: exists and is not a bundle directory or .tar")
         if out.is_dir():
-            foreign = sorted(p.name for p in out.iterdir() if p.name not in BUNDLE_FILES)
+            foreign = sorted(p.name for p in out.iterdir()
+                             if p.name not in (*BUNDLE_FILES, tradeoff.FILE))
             if foreign:
                 raise OutputError(f"{out}: exists and holds files that are not a bundle "
                                   f"({', '.join(foreign[:3])}); refusing to replace it")
@@ -344,11 +376,19 @@ def build_bundle(opts: ConvertOptions, steps: Steps | None = None) -> tuple[Bund
                              "" if single else fmodel.output_specs[scored].name
                              if scored is not None else "")
         tick: Callable[[int], None] | None = None
-        if mode in CALIBRATED_MODES:
-            tick = steps.start(f"calibrating {mode}", rep.n)
+        mixed: dict[str, Any] | None = None
+        if opts.max_drop is not None or opts.max_error is not None:
+            steps.stage("mixed-precision search")
+            quant_bytes, mixed, tried = _mixed(opts, exported, rep, ev, fmodel, runtime, threads,
+                                               scored)
+            mode = INT8_FLOAT_FALLBACK if tried[-1].float_nodes else mode
         else:
-            steps.stage(f"converting {mode}")
-        quant_bytes = convert(exported, mode, io_dtype, rep.xs, tick)
+            tried = []
+            if mode in CALIBRATED_MODES:
+                tick = steps.start(f"calibrating {mode}", rep.n)
+            else:
+                steps.stage(f"converting {mode}")
+            quant_bytes = convert(exported, mode, io_dtype, rep.xs, tick)
     qmodel = LoadedModel(runtime, quant_bytes, num_threads=threads)
 
     data = ev if ev is not None else rep
@@ -430,6 +470,9 @@ def build_bundle(opts: ConvertOptions, steps: Steps | None = None) -> tuple[Bund
     if mode in INT8_MODES:
         report["float_ops"] = explain(graph).as_dict()
     report["unsupported_on_delegate"] = [r["op"] for r in report["ops"] if not r["delegate"]]
+    if mixed is not None:
+        report["mixed"] = mixed
+    report["tradeoff"] = tradeoff_points(report, tried)
     report["warnings"] = build_warnings(report, has_eval=ev is not None)
     return Bundle(manifest, quant_bytes, report, str(opts.output)), report
 
@@ -447,4 +490,27 @@ def convert_to_bundle(opts: ConvertOptions, steps: Steps | None = None) -> dict[
     bundle, report = build_bundle(opts, steps)
     (steps or Steps()).stage("writing bundle")
     write_output(bundle, opts.output)
+    note = tradeoff.write(report["tradeoff"], tradeoff.path_for(opts.output),
+                          f"{report['name']} v{report['version']} on {report['profile']}")
+    if note:
+        report["tradeoff_note"] = note
     return report
+
+
+def _mixed(opts: ConvertOptions, exported: Path, rep: Dataset, ev: Dataset | None,
+           fmodel: LoadedModel, runtime: Any, threads: int, scored: int | None
+           ) -> tuple[bytes, dict[str, Any], list[Candidate]]:
+    """The budget search (:mod:`converter.mixedrun`): bytes, report section, candidates."""
+    assert ev is not None  # check_budget
+    budget = Budget(max_drop=opts.max_drop, max_error=opts.max_error)
+    ref = scored if scored is not None else 0
+    y = class_indices(ev) if scored is not None else None
+    if opts.max_drop is not None and y is None:
+        raise OptionError("--max-drop needs a class head scored on labelled --eval data; use "
+                          "--max-error for other heads")
+    f_out = run_all(fmodel, ev.xs)[ref]
+    run = measure_fn(runtime, threads, ev, ref, min(opts.latency_runs, 20))
+    content, analysis, tried = choose(exported, rep, ev, f_out, y, run, budget)
+    section = {"budget": {budget.flag.lstrip("-"): budget.limit},
+               **candidates_report(tried, len(analysis.ops)), "analysis": analysis.as_dict()}
+    return content, section, tried

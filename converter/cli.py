@@ -82,7 +82,16 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--json", action="store_true", help="print the report as JSON")
     c.add_argument("-v", "--verbose", action="store_true",
                    help="show TensorFlow/LiteRT native logs instead of hiding them")
+    c.add_argument("--max-drop", type=float, metavar="PP",
+                   help="accuracy budget in points below float top-1 on --eval: start from "
+                   "full int8 and keep the fewest most sensitive ops float to meet it")
+    c.add_argument("--max-error", type=float, metavar="REL",
+                   help="like --max-drop for non-classification heads: relative output error "
+                   "(mean |q - f| / mean |f|) on --eval")
     _add_bundle_parser(sub)
+    from converter.analyzecli import add_analyze_parser
+
+    add_analyze_parser(sub)
     pr = sub.add_parser("profiles", help="list device profiles")
     pr.add_argument("--json", action="store_true")
     i = sub.add_parser("inspect", help="print a bundle's manifest")
@@ -227,7 +236,8 @@ def cmd_convert(a: argparse.Namespace) -> int:
                           samples=a.samples, name=a.name,
                           version=a.version, preprocessing=Preprocessing(mean=a.mean, std=a.std),
                           color=a.color, image_input=a.image_input, trust_model=a.trust_model,
-                          latency_runs=a.latency_runs)
+                          latency_runs=a.latency_runs, max_drop=a.max_drop,
+                          max_error=a.max_error)
     with terminal() as term:
         show = not a.json and not a.verbose and term.isatty()
         with _quiet_native(a.verbose), _progress(term if show else None) as steps:
@@ -325,6 +335,15 @@ def cmd_verify(a: argparse.Namespace) -> int:
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "convert": cmd_convert, "bundle": cmd_bundle, "profiles": cmd_profiles, "inspect": cmd_inspect,
     "verify": cmd_verify}
+
+
+def _cmd_analyze(a: argparse.Namespace) -> int:
+    from converter.analyzecli import cmd_analyze
+
+    return cmd_analyze(a)
+
+
+COMMANDS["analyze"] = _cmd_analyze
 
 
 def _one_line(e: BaseException) -> str:

@@ -84,7 +84,8 @@ def float_ops_line(r: dict[str, Any]) -> str | None:
 
     parts = []
     if fl["no_int8_kernel"]:
-        parts.append(f"{names(fl['no_int8_kernel'])} (no int8 kernel)")
+        why = ("kept float by the accuracy budget" if r.get("mixed") else "no int8 kernel")
+        parts.append(f"{names(fl['no_int8_kernel'])} ({why})")
     if fl["float_glue"]:
         parts.append(f"{names(fl['float_glue'])} (float only because their neighbours are)")
     lat, size = r["latency_ms"], r["size"]

@@ -1,0 +1,275 @@
+"""Mixed precision: which ops full-int8 quantization hurts, and the fewest to keep float.
+
+Calibration runs once, through TFLite's ``tf.lite.experimental.QuantizationDebugger``
+(TF 2.21: ``tensorflow/lite/tools/optimize/debugging/python/debugger.py``). Every
+candidate is then requantized from that calibrated model with
+``QuantizationDebugOptions(denylisted_nodes=[...])`` (``mlir_quantize`` with a denylist:
+no recalibration), so trying one costs a requantize plus one pass over the eval data.
+
+Two parts: :func:`search` is a pure core (no TensorFlow, no files): greedy by
+sensitivity rank until the budget is met, then it tries to drop each added op again.
+:class:`Calibrated` is the TensorFlow shell that measures.
+
+A candidate's ``float_nodes`` are output tensor names (what ``denylisted_nodes`` takes).
+Limits: at most :data:`MAX_FLOAT_FRACTION` of the quantized ops are kept float, the
+per-op "alone" measurement covers the :data:`MAX_PROBED_OPS` ops with the largest
+layer error, and the search stops after :data:`MAX_CANDIDATES` candidates.
+
+Raises :class:`BudgetError` (exit 3) from :func:`search_budget` when no candidate meets it.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from converter.errors import UnsupportedOpsError
+
+MAX_FLOAT_FRACTION = 0.5  # beyond half the ops float, mixed precision is not the tool
+MAX_PROBED_OPS = 48  # ops measured alone (largest layer error first)
+MAX_CANDIDATES = 64  # candidates re-measured on the eval data per search
+
+
+class BudgetError(UnsupportedOpsError):
+    """No candidate met the accuracy / error budget; carries the candidates tried."""
+
+    def __init__(self, message: str, candidates: list[Candidate]):
+        self.candidates = candidates
+        super().__init__(message, [n for c in candidates[-1:] for n in c.float_nodes])
+
+
+@dataclass(frozen=True)
+class Budget:
+    """``max_drop``: accuracy points below float top-1; ``max_error``: relative output
+    error (mean |q - f| / mean |f|). Exactly one is set."""
+
+    max_drop: float | None = None
+    max_error: float | None = None
+
+    @property
+    def flag(self) -> str:
+        return "--max-drop" if self.max_drop is not None else "--max-error"
+
+    @property
+    def limit(self) -> float:
+        return self.max_drop if self.max_drop is not None else float(self.max_error or 0.0)
+
+    def missed_by(self, score: Score) -> float:
+        """How far ``score`` is over the budget (<= 0: met)."""
+        v = score.drop_points if self.max_drop is not None else score.rel_error
+        return (v if v is not None else math.inf) - self.limit  # unrounded: 4e-05 > 0
+
+
+@dataclass(frozen=True)
+class Score:
+    accuracy: float | None  # top-1 on the eval labels (None without a class head)
+    drop_points: float | None  # float top-1 minus this, in points
+    rel_error: float  # mean |q - f| / mean |f| over the scored output
+
+
+@dataclass(frozen=True)
+class OpError:
+    """One quantized op's error from the debugger, and the score with it alone float."""
+
+    node: str  # its output tensor name
+    op: str  # op type, e.g. FULLY_CONNECTED
+    mean_squared_error: float
+    rmse_per_scale: float  # rmse in output quantization steps
+    alone: Score | None = None  # this op float, everything else int8
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Candidate:
+    float_nodes: tuple[str, ...]
+    size_bytes: int
+    score: Score
+    missed_by: float  # <= 0: met the budget
+    latency_ms: float | None = None
+
+    @property
+    def meets(self) -> bool:
+        return self.missed_by <= 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"float_ops": list(self.float_nodes), "size_bytes": self.size_bytes,
+                **asdict(self.score), "missed_by": round(self.missed_by, 6), "meets": self.meets,
+                "latency_ms": self.latency_ms}
+
+
+def rank(ops: Sequence[OpError], base: Score) -> list[OpError]:
+    """Most sensitive first: the largest gain in score when kept float alone (accuracy
+    points recovered, else relative error removed), then the largest layer error."""
+
+    def gain(o: OpError) -> float:
+        if o.alone is None:
+            return 0.0
+        if base.drop_points is not None and o.alone.drop_points is not None:
+            return base.drop_points - o.alone.drop_points
+        return base.rel_error - o.alone.rel_error
+
+    return sorted(ops, key=lambda o: (-round(gain(o), 6), -o.rmse_per_scale,
+                                      -o.mean_squared_error))
+
+
+def search(ranked: Sequence[str], measure: Callable[[tuple[str, ...]], Candidate],
+           max_float: int, max_candidates: int = MAX_CANDIDATES) -> list[Candidate]:
+    """Every candidate tried, in order; the last one that meets the budget (if any) is the
+    choice. Pure: ``measure`` builds and scores a candidate.
+
+    Greedy: full int8, then add ops in ``ranked`` order (at most ``max_float``) until the
+    budget is met; then try removing each added op again (oldest first), keeping a
+    removal whenever the budget is still met.
+    """
+    tried: list[Candidate] = []
+
+    def run(nodes: tuple[str, ...]) -> Candidate:
+        c = measure(nodes)
+        tried.append(c)
+        return c
+
+    kept: tuple[str, ...] = ()
+    best = run(kept)
+    for node in ranked[:max_float]:
+        if best.meets or len(tried) >= max_candidates:
+            break
+        kept = (*kept, node)
+        best = run(kept)
+    if not best.meets:
+        return tried
+    for node in kept[:-1] if len(kept) > 1 else ():
+        if len(tried) >= max_candidates:
+            break
+        fewer = tuple(n for n in best.float_nodes if n != node)
+        c = run(fewer)
+        if c.meets:
+            best = c
+    tried.append(tried.pop(tried.index(best)))  # the chosen one last
+    return tried
+
+
+def score(f_out: np.ndarray, q_out: np.ndarray, y: np.ndarray | None) -> Score:
+    """Top-1 against ``y`` (when given) and the relative output error against float."""
+    f = f_out.astype(np.float64).reshape(len(f_out), -1)
+    q = q_out.astype(np.float64).reshape(len(q_out), -1)
+    rel = float(np.abs(q - f).mean() / max(float(np.abs(f).mean()), 1e-12))
+    if y is None:
+        return Score(None, None, round(rel, 6))
+    fa, qa = float(np.mean(f.argmax(1) == y)), float(np.mean(q.argmax(1) == y))
+    return Score(round(qa, 4), round((fa - qa) * 100, 2), round(rel, 6))
+
+
+class Calibrated:
+    """The model calibrated once; requantized with any set of ops kept float.
+
+    ``exported``: the fixed-batch SavedModel (``SourceModel.export``); ``rep``:
+    model-unit samples by signature input name, in the model's input order.
+    """
+
+    def __init__(self, exported: Path, rep: Mapping[str, np.ndarray]):
+        from converter.tfload import import_tf, quiet
+
+        tf = import_tf()
+        data = dict(rep)
+        n = len(next(iter(data.values())))
+
+        def rep_by_name() -> Iterator[dict[str, np.ndarray]]:
+            for i in range(n):
+                yield {k: v[i:i + 1] for k, v in data.items()}
+
+        def rep_list() -> Iterator[list[np.ndarray]]:
+            for i in range(n):
+                yield [v[i:i + 1] for v in data.values()]
+
+        conv = tf.lite.TFLiteConverter.from_saved_model(str(exported))
+        conv.optimizations = [tf.lite.Optimize.DEFAULT]
+        conv.representative_dataset = rep_by_name
+        self._opts_cls = tf.lite.experimental.QuantizationDebugOptions
+        with quiet():
+            self._dbg = tf.lite.experimental.QuantizationDebugger(
+                converter=conv, debug_dataset=rep_list)
+
+    def layer_errors(self) -> list[OpError]:
+        """Per quantized op: the debugger's error of its output against the float op run
+        on the same (dequantized) inputs."""
+        from converter.tfload import quiet
+
+        with quiet():
+            self._dbg.run()
+        buf = io.StringIO()
+        self._dbg.layer_statistics_dump(buf)
+        buf.seek(0)
+        out = []
+        for row in csv.DictReader(buf):
+            mse = float(row["mean_squared_error"])
+            scale = float(row["scale"]) or 1.0
+            out.append(OpError(node=row["tensor_name"], op=row["op_name"],
+                               mean_squared_error=round(mse, 8),
+                               rmse_per_scale=round(math.sqrt(max(mse, 0.0)) / scale, 4)))
+        return out
+
+    def quantize(self, float_nodes: Sequence[str]) -> bytes:
+        """int8 everywhere but ``float_nodes`` (float IO)."""
+        from converter.tfload import quiet
+
+        with quiet():
+            self._dbg.options = self._opts_cls(denylisted_nodes=list(float_nodes) or None)
+            content: bytes = self._dbg.get_nondebug_quantized_model()
+        return content
+
+
+Measure = Callable[[bytes], tuple[np.ndarray, float | None]]  # model → (scored output, latency)
+
+
+@dataclass(frozen=True)
+class Analysis:
+    base: Score  # full int8 (float IO)
+    ops: list[OpError]  # ranked, most sensitive first
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"int8": asdict(self.base), "ops": [o.as_dict() for o in self.ops]}
+
+
+def analyze(cal: Calibrated, f_out: np.ndarray, y: np.ndarray | None, run: Measure) -> Analysis:
+    """Layer errors, then the score with each of the worst :data:`MAX_PROBED_OPS` ops kept
+    float alone; ranked by :func:`rank`."""
+    errs = sorted(cal.layer_errors(), key=lambda o: -o.mean_squared_error)
+    base = score(f_out, run(cal.quantize(()))[0], y)
+    probed = [OpError(o.node, o.op, o.mean_squared_error, o.rmse_per_scale,
+                      score(f_out, run(cal.quantize((o.node,)))[0], y))
+              if i < MAX_PROBED_OPS else o for i, o in enumerate(errs)]
+    return Analysis(base, rank(probed, base))
+
+
+def search_budget(cal: Calibrated, analysis: Analysis, f_out: np.ndarray,
+                  y: np.ndarray | None, run: Measure, budget: Budget
+                  ) -> tuple[bytes, list[Candidate]]:
+    """The chosen model's bytes and every candidate tried; BudgetError when none meets."""
+    models: dict[tuple[str, ...], bytes] = {}
+
+    def measure(nodes: tuple[str, ...]) -> Candidate:
+        content = models[nodes] = cal.quantize(nodes)
+        q_out, lat = run(content)
+        s = score(f_out, q_out, y)
+        return Candidate(nodes, len(content), s, budget.missed_by(s), lat)
+
+    max_float = int(len(analysis.ops) * MAX_FLOAT_FRACTION)
+    tried = search([o.node for o in analysis.ops], measure, max_float)
+    chosen = tried[-1]
+    if not chosen.meets:
+        best = min(tried, key=lambda c: c.missed_by)
+        raise BudgetError(
+            f"no candidate meets {budget.flag} {budget.limit:g}: best keeps "
+            f"{len(best.float_nodes)} op(s) float ({', '.join(best.float_nodes) or 'none'}) "
+            f"and misses by {best.missed_by:g} after {len(tried)} candidate(s), keeping at "
+            f"most {max_float} of {len(analysis.ops)} ops float", tried)
+    return models[chosen.float_nodes], tried
