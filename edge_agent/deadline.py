@@ -13,8 +13,7 @@ mirror dripping a target wedged the single update worker. Two pieces, used by bo
   above it (``readline``, ``read(n)``, http.client's header parser) ends at the deadline
   even mid-read, whatever the peer drips.
 
-Users: :mod:`edge_agent.serving.deadline` (request head and body phases) and the update
-mirrors (:mod:`edge_agent.update.mirror_http`). Raises what the caller chose: the
+Users: the update mirrors (:mod:`edge_agent.update.mirror_http`). Raises what the caller chose: the
 ``error`` of the deadline once it has passed, ``stalled`` when one receive waited
 ``per_recv_s`` with nothing (both default to TimeoutError), OSError from the socket.
 """

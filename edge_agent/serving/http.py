@@ -1,9 +1,11 @@
 """A small, fast HTTP/1.1 JSON server on the standard library, with a route table.
 
 Why not a framework: the agent must stay light (RSS budget on a Pi Zero) and the hot path
-short; ``ThreadingHTTPServer`` with keep-alive, ``TCP_NODELAY``, one ``sendall`` per
-response and a strict request-head parser of our own (:mod:`edge_agent.serving.wire`, not the
-``email`` package) adds a fraction of a millisecond per request.
+short. One event loop (:mod:`edge_agent.serving.http_loop`) owns every socket: it reads and
+parses request heads (a strict parser of our own, :mod:`edge_agent.serving.wire`), checks
+the route, token and ``Content-Length`` here (:meth:`HttpServer.prepare`), reads the body,
+and hands the request to a handler thread (:meth:`HttpServer.run`); the answer goes back in
+one write with ``TCP_NODELAY``.
 
 Other components add routes with :meth:`HttpServer.add_route`::
 
@@ -20,46 +22,39 @@ Overloaded → 503 + Retry-After, TransportError / RuntimeUnavailableError → 5
 :class:`HTTPStatusError` → its status, anything else → 500 (logged with the request id).
 Error bodies are always ``{"error": "<message>"}``. A request's body is read whole (within
 ``body_timeout_s``) after its route and token are checked and before its handler runs, so a
-handler's work admission never waits on a slow client.
+handler's work admission never waits on a slow client, and a slow client never holds a
+handler thread.
 
 Limits: bearer token (constant-time compare; every route not added with ``auth=False``,
 which only ``/healthz`` and the dashboard's page files are; the admin token also passes it,
 and handlers of admin actions check :meth:`HttpServer.is_admin`), request body (413), open
 connections in total and per peer IP (503), total time for a request head and for a body
-(408, :mod:`.deadline`), idle keep-alive connections (closed after a timeout).
+(408), idle keep-alive connections (closed after a timeout).
 
 The route table and the handler-facing types live in :mod:`edge_agent.serving.routes` (no
-sockets); this module is the connection side. Both are importable from here.
-
-Size: a little over ~400 lines: the connection loop, its deadlines and its admission
-points are one state machine per socket, and splitting it would spread one request's life
-over several files; routing lives in :mod:`edge_agent.serving.routes`, deadline reads in
-:mod:`edge_agent.serving.deadline`.
+sockets); the sockets in :mod:`edge_agent.serving.http_loop`. Both are importable from here.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hmac
 import io
 import json
 import logging
 import re
-import selectors
 import socket
-import threading
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from email.utils import formatdate
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import unquote
 
 from edge_agent.errors import EdgeError, TransportError
 from edge_agent.ids import request_id
 from edge_agent.serving.admission import Overloaded
-from edge_agent.serving.deadline import DeadlineReader
+from edge_agent.serving.http_loop import Conn, EventLoop, Head
 from edge_agent.serving.routes import (
     Handler,
     HTTPStatusError,
@@ -69,7 +64,13 @@ from edge_agent.serving.routes import (
     RouteTable,
     status_for,
 )
-from edge_agent.serving.wire import HeadError, Headers, parse_headers, parse_request_line
+from edge_agent.serving.wire import (
+    MAX_LINE,
+    HeadError,
+    Headers,
+    parse_headers,
+    parse_request_line,
+)
 
 __all__ = ["HTTPStatusError", "Handler", "HttpServer", "Request", "Response", "Route",
            "status_for"]
@@ -78,184 +79,30 @@ log = logging.getLogger(__name__)
 _RID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 _LENGTH_RE = re.compile(r"[0-9]{1,18}")
 _REASONS = {s.value: s.phrase for s in HTTPStatus}
+_BACKLOG = 128
+Answer = tuple[bytes, bool]  # the response's bytes, and whether to close after it
 
 
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    server: _Server
-    headers: Headers  # type: ignore[assignment]  # ours, not an email.message.Message
+@dataclass(slots=True)
+class Prepared:
+    """A request whose head passed :meth:`HttpServer.prepare`: waiting for its body."""
 
-    def setup(self) -> None:
-        self.request.settimeout(self.server.idle_timeout_s)
-        super().setup()
-        self.reader = DeadlineReader(self.connection, self.server.idle_timeout_s)
-        self.rfile = io.BufferedReader(self.reader)
-        with contextlib.suppress(OSError):
-            self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-
-    def handle_one_request(self) -> None:
-        """One request; its head must arrive within ``head_timeout_s`` of its first byte."""
-        self.reader.await_head(self.server.app.head_timeout_s)
-        super().handle_one_request()
-
-    def parse_request(self) -> bool:
-        """Request line + headers with :mod:`edge_agent.serving.wire` (fast and strict).
-
-        Replaces the standard library's version (same attributes set, same keep-alive and
-        ``Expect: 100-continue`` rules) but refuses HTTP/0.9 and HTTP/2 request lines.
-        """
-        self.t0 = time.perf_counter()  # request line read: the request's clock starts here
-        self.command = None  # type: ignore[assignment]
-        self.close_connection = True
-        self.requestline = str(self.raw_requestline, "iso-8859-1").rstrip("\r\n")
-        try:
-            method, target, version = parse_request_line(self.raw_requestline)
-            self.request_version = f"HTTP/{version[0]}.{version[1]}"
-            self.command, self.path = method, target
-            self.headers = parse_headers(self.rfile)
-        except HeadError as e:
-            self.send_error(e.status, str(e))
-            return False
-        except TimeoutError as e:  # slowloris: the head dripped in past its deadline
-            self.send_error(408, str(e))
-            return False
-        self.reader.clear()
-        conn = self.headers.get("Connection", "").lower()
-        self.close_connection = (version < (1, 1) and conn != "keep-alive") or conn == "close"
-        expects = self.headers.get("Expect", "").lower() == "100-continue"
-        return not expects or version < (1, 1) or self.handle_expect_100()
-
-    def __getattr__(self, name: str) -> Any:
-        if name.startswith("do_"):
-            return self._dispatch
-        raise AttributeError(name)
-
-    def _dispatch(self) -> None:
-        self.server.app.dispatch(self)
-
-    def send_error(self, code: int, message: str | None = None, explain: str | None = None
-                   ) -> None:
-        """Errors found while parsing the request line/headers, answered as JSON."""
-        self.close_connection = True
-        msg = message or _REASONS.get(code, "error")
-        rid = request_id()
-        with contextlib.suppress(OSError):
-            self.server.app.write(self, code, json.dumps({"error": msg}).encode(),
-                                  "application/json", {}, rid, head=False)
-
-    def log_message(self, format: str, *args: Any) -> None:
-        log.debug("%s " + format, self.address_string(), *args)
-
-
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    allow_reuse_address = True
-    request_queue_size = 128
-
-    def __init__(self, addr: tuple[str, int], app: HttpServer) -> None:
-        self.app = app
-        self.idle_timeout_s = app.idle_timeout_s
-        self._conns: set[socket.socket] = set()
-        self._per_client: dict[str, int] = {}
-        self._conn_lock = threading.Lock()
-        # the accept loop sleeps in select() until a connection or shutdown() (which
-        # writes to this pair) instead of waking every poll interval to look for a flag
-        self._wake_r, self._wake_w = socket.socketpair()
-        self._stopping = False
-        self._stopped = threading.Event()
-        super().__init__(addr, _Handler)  # closes the pair too (server_close) if bind fails
-
-    def serve_forever(self, poll_interval: float | None = None) -> None:
-        """Accept until :meth:`shutdown`; ``poll_interval`` is ignored (nothing polls)."""
-        self._stopped.clear()
-        try:
-            with selectors.DefaultSelector() as sel:
-                sel.register(self, selectors.EVENT_READ)
-                sel.register(self._wake_r, selectors.EVENT_READ)
-                while not self._stopping:
-                    ready = sel.select()
-                    if self._stopping:
-                        break
-                    if any(key.fileobj is self for key, _ in ready):
-                        self._accept_one()
-                    self.service_actions()
-        finally:
-            self._stopped.set()
-
-    def _accept_one(self) -> None:
-        """One ready connection, as socketserver's own loop takes it."""
-        try:
-            request, client_address = self.get_request()
-        except OSError:
-            return
-        if not self.verify_request(request, client_address):
-            self.shutdown_request(request)
-            return
-        try:
-            self.process_request(request, client_address)
-        except Exception:
-            self.handle_error(request, client_address)
-            self.shutdown_request(request)
-
-    def shutdown(self) -> None:
-        """Stop :meth:`serve_forever` and wait until it has returned."""
-        self._stopping = True
-        with contextlib.suppress(OSError):
-            self._wake_w.send(b"x")
-        self._stopped.wait()
-
-    def server_close(self) -> None:
-        super().server_close()
-        self._wake_r.close()
-        self._wake_w.close()
-
-    def process_request(self, request: Any, client_address: Any) -> None:
-        """Accept thread: take a connection slot (total and per peer IP) or refuse with 503."""
-        peer = _peer(client_address)
-        app = self.app
-        with self._conn_lock:
-            refusal = None
-            if len(self._conns) >= app.max_connections:
-                refusal = f"too many open connections (limit {app.max_connections}); retry later"
-            elif self._per_client.get(peer, 0) >= app.max_connections_per_client:
-                refusal = (f"too many open connections from {peer} (limit "
-                           f"{app.max_connections_per_client} per client); retry later")
-            else:
-                self._conns.add(request)
-                self._per_client[peer] = self._per_client.get(peer, 0) + 1
-        if refusal is not None:
-            app.refuse_connection(request, refusal)
-            self.shutdown_request(request)
-            return
-        super().process_request(request, client_address)
-
-    def process_request_thread(self, request: Any, client_address: Any) -> None:
-        try:
-            super().process_request_thread(request, client_address)
-        finally:
-            peer = _peer(client_address)
-            with self._conn_lock:
-                self._conns.discard(request)
-                n = self._per_client.get(peer, 0) - 1
-                if n > 0:
-                    self._per_client[peer] = n
-                else:
-                    self._per_client.pop(peer, None)
-
-    def open_connections(self) -> int:
-        with self._conn_lock:
-            return len(self._conns)
-
-    def close_all(self) -> None:
-        with self._conn_lock:
-            conns = list(self._conns)
-        for c in conns:
-            with contextlib.suppress(OSError):
-                c.shutdown(socket.SHUT_RDWR)
+    route: Route
+    match: re.Match[str]
+    method: str
+    path: str
+    query: str
+    length: int
+    rid: str
+    t0: float
+    close: bool
+    expect_continue: bool
+    headers: Headers
+    client_address: tuple[str, int]
 
 
 class HttpServer:
-    """Route table + limits + a ThreadingHTTPServer bound on :meth:`start`."""
+    """Route table + limits + the event loop bound on :meth:`start`."""
 
     def __init__(self, host: str = "127.0.0.1", port: int = 8501, *, token: str | None = None,
                  max_body_bytes: int = 8 * 1024 * 1024, max_connections: int = 64,
@@ -274,8 +121,7 @@ class HttpServer:
         self.body_timeout_s = body_timeout_s
         self.on_response = on_response
         self._routes = RouteTable()
-        self._httpd: _Server | None = None
-        self._thread: threading.Thread | None = None
+        self._loop: EventLoop | None = None
         self._date = ("", 0)
 
     # ------------------------------------------------------------------ routes
@@ -293,10 +139,7 @@ class HttpServer:
 
     @property
     def address(self) -> tuple[str, int]:
-        if self._httpd is None:
-            return self.host, self.port
-        host, port = self._httpd.server_address[:2]
-        return str(host), int(port)
+        return self._loop.address if self._loop is not None else (self.host, self.port)
 
     @property
     def url(self) -> str:
@@ -305,31 +148,29 @@ class HttpServer:
 
     def start(self) -> None:
         """Bind and serve on a background thread. Raises TransportError if it cannot bind."""
+        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
         try:
-            self._httpd = _Server((self.host, self.port), self)
+            lsock = socket.create_server((self.host, self.port), family=family,
+                                         backlog=_BACKLOG)
         except OSError as e:
             raise TransportError(f"cannot listen on {self.host}:{self.port} "
                                  f"({e.strerror or e})") from e
-        self._thread = threading.Thread(target=self._httpd.serve_forever,
-                                        name="edge-agent-http", daemon=True)
-        self._thread.start()
+        self._loop = EventLoop(self, lsock)
+        self._loop.start()
 
     def stop(self, grace_s: float = 5.0, in_flight: Callable[[], int] | None = None) -> None:
         """Stop accepting, let admitted requests finish (up to ``grace_s``), close the rest."""
-        httpd, self._httpd = self._httpd, None
-        if httpd is None:
+        loop, self._loop = self._loop, None
+        if loop is None:
             return
-        httpd.shutdown()
-        httpd.server_close()
+        loop.stop_accepting()
         deadline = time.monotonic() + grace_s
         while in_flight and in_flight() > 0 and time.monotonic() < deadline:
             time.sleep(0.01)
-        httpd.close_all()
-        if self._thread:
-            self._thread.join(timeout=grace_s)
+        loop.stop(grace_s)
 
     def open_connections(self) -> int:
-        return self._httpd.open_connections() if self._httpd else 0
+        return self._loop.open_connections() if self._loop else 0
 
     # ------------------------------------------------------------------ requests
 
@@ -347,51 +188,92 @@ class HttpServer:
         """True if the request carries ``[http] admin_token`` (never when none is set)."""
         return self._admin is not None and _bearer(headers, self._admin)
 
-    def dispatch(self, h: _Handler) -> None:
-        t0 = getattr(h, "t0", None) or time.perf_counter()
-        rid_in = h.headers.get("X-Request-Id")
-        rid = rid_in if rid_in and _RID_RE.match(rid_in) else request_id()
-        method = h.command.upper()
-        path, _, query = h.path.partition("?")
-        path = unquote(path)
-        route_name = "unmatched"
-        extra: dict[str, str] = {}
-        req: Request | None = None
+    def prepare(self, conn: Conn, head: Head) -> Prepared | Answer:
+        """On the loop: parse a head, match its route, check token and length (cheap, no
+        IO). Returns what the body is awaited for, or the answer to send at once."""
+        nl = head.raw.find(b"\n")
+        line = head.raw[:nl + 1] if nl >= 0 else head.raw
         try:
-            route, match = self._route(h, method, path, extra)
+            if len(line) > MAX_LINE:
+                raise HeadError(414, _REASONS[414])
+            method, target, version = parse_request_line(line)
+            headers = parse_headers(io.BytesIO(head.raw[len(line):]))
+        except HeadError as e:
+            return self.answer_error(e.status, str(e)), True
+        conn.headers = headers
+        rid_in = headers.get("X-Request-Id")
+        rid = rid_in if rid_in and _RID_RE.match(rid_in) else request_id()
+        method = method.upper()
+        path, _, query = target.partition("?")
+        path = unquote(path)
+        hdr = headers.get("Connection", "").lower()
+        close = (version < (1, 1) and hdr != "keep-alive") or hdr == "close"
+        extra: dict[str, str] = {}
+        route_name = "unmatched"
+        try:
+            route, match = self._route(headers, method, path, extra)
             route_name = route.name
-            length = self._content_length(h)
-            req = Request(h, method, path, query, match, length, rid, route.name)
-            self._read_body(h, req)
-            result = route.handler(req)
+            length = self._content_length(headers)
+        except Exception as e:
+            status, body = _error_body(e, extra, method, path, rid)
+            close = close or _has_body(headers)  # unread body bytes would corrupt the next
+            data = self._response(status, body, "application/json", extra, rid, close=close,
+                                  head=method == "HEAD")
+            self._observe(route_name, status, head.t0)
+            return data, close
+        expects = (version >= (1, 1)
+                   and headers.get("Expect", "").lower() == "100-continue")
+        return Prepared(route, match, method, path, query, length, rid, head.t0, close,
+                        expects, headers, conn.client_address)
+
+    def run(self, conn: Conn, pending: object, body: bytes) -> Answer:
+        """On a handler thread: the route's handler on the whole request, as bytes."""
+        assert isinstance(pending, Prepared)
+        p, extra = pending, {}
+        try:
+            req = Request(p, p.method, p.path, p.query, p.match, body, p.rid, p.route.name)
+            result = p.route.handler(req)
             if isinstance(result, Response):
-                status, body, ctype = result.status, result.body, result.content_type
+                status, out, ctype = result.status, result.body, result.content_type
                 extra.update(result.headers)
             else:
                 status, doc = result
-                body, ctype = _dumps(doc), "application/json"
+                out, ctype = _dumps(doc), "application/json"
         except Exception as e:
-            status = status_for(e)
-            if status >= 500 and not isinstance(e, EdgeError):
-                log.exception("request %s %s failed (request id %s)", method, path, rid)
-                msg = f"internal error ({type(e).__name__}); request id {rid}"
-            else:
-                msg = str(e)
-            if isinstance(e, HTTPStatusError):
-                extra.update(e.headers)
-            if isinstance(e, Overloaded):
-                extra["Retry-After"] = str(e.retry_after_s)
-            body, ctype = _dumps({"error": msg}), "application/json"
-        if (req is not None and not req.body_read) or (req is None and _has_body(h)):
-            h.close_connection = True  # unread body bytes would corrupt the next request
-        try:
-            self.write(h, status, body, ctype, extra, rid, head=method == "HEAD")
-        except OSError:
-            h.close_connection = True
-        if self.on_response is not None:
-            self.on_response(route_name, status, time.perf_counter() - t0)
+            status, out = _error_body(e, extra, p.method, p.path, p.rid)
+            ctype = "application/json"
+        data = self._response(status, out, ctype, extra, p.rid, close=p.close,
+                              head=p.method == "HEAD")
+        self._observe(p.route.name, status, p.t0)
+        return data, p.close
 
-    def _route(self, h: _Handler, method: str, path: str, extra: dict[str, str]
+    def timed_out(self, conn: Conn, message: str, *, body: bool) -> bytes:
+        """The 408 for a head or body not received in time (the connection then closes)."""
+        if not body or not isinstance(conn.pending, Prepared):
+            return self.answer_error(408, message)
+        p = conn.pending
+        data = self._response(408, _dumps({"error": f"timed out waiting for the request "
+                                                    f"body ({message})"}),
+                              "application/json", {}, p.rid, close=True, head=False)
+        self._observe(p.route.name, 408, p.t0)
+        return data
+
+    def answer_error(self, status: int, message: str) -> bytes:
+        """A JSON error answered before any route is known; the connection then closes."""
+        msg = message or _REASONS.get(status, "error")
+        return self._response(status, _dumps({"error": msg}), "application/json", {},
+                              request_id(), close=True, head=False)
+
+    def refusal(self, message: str) -> bytes:
+        """The 503 for a connection that gets no slot."""
+        return self._response(503, _dumps({"error": message}), "application/json",
+                              {"Retry-After": "1"}, request_id(), close=True, head=False)
+
+    def _observe(self, route: str, status: int, t0: float) -> None:
+        if self.on_response is not None:
+            self.on_response(route, status, time.perf_counter() - t0)
+
+    def _route(self, headers: Headers, method: str, path: str, extra: dict[str, str]
                ) -> tuple[Route, re.Match[str]]:
         """The matching route, after the token check its ``auth`` flag asks for.
 
@@ -401,39 +283,23 @@ class HttpServer:
             route, match = self._routes.match(method, path)
         except EdgeError:
             if not self._routes.public(path):
-                self._require_token(h, extra)
+                self._require_token(headers, extra)
             raise
         if route.auth:
-            self._require_token(h, extra)
+            self._require_token(headers, extra)
         return route, match
 
-    def _read_body(self, h: _Handler, req: Request) -> None:
-        """The whole body, within ``body_timeout_s``, before the handler runs.
-
-        So a handler's work admission (:mod:`edge_agent.serving.admission`) is only ever
-        taken by a request whose body is here: a client dripping its body holds its own
-        connection slot until the deadline, never a model's queue. Raises HTTPStatusError
-        (408 past the deadline, 400 for a short body) or TransportError.
-        """
-        if req.body_read:
-            return
-        h.reader.start("request body", self.body_timeout_s)
-        try:
-            req.body  # noqa: B018  (the property reads and keeps it)
-        finally:
-            h.reader.clear()
-
-    def _require_token(self, h: _Handler, extra: dict[str, str]) -> None:
-        if not self._authorized(h.headers):
+    def _require_token(self, headers: Headers, extra: dict[str, str]) -> None:
+        if not self._authorized(headers):
             extra["WWW-Authenticate"] = 'Bearer realm="edge-agent"'
             raise HTTPStatusError(401, "missing or wrong bearer token (send "
                                        "'Authorization: Bearer <token>')")
 
-    def _content_length(self, h: _Handler) -> int:
-        if "chunked" in (h.headers.get("Transfer-Encoding") or "").lower():
+    def _content_length(self, headers: Headers) -> int:
+        if "chunked" in (headers.get("Transfer-Encoding") or "").lower():
             raise HTTPStatusError(411, "chunked request bodies are not supported; send "
                                        "Content-Length")
-        raw = h.headers.get("Content-Length")
+        raw = headers.get("Content-Length")
         if raw is None:
             return 0
         if _LENGTH_RE.fullmatch(raw) is None:  # RFC 9110 §8.6: 1*DIGIT (no sign, no '_')
@@ -444,37 +310,38 @@ class HttpServer:
                                        f"{self.max_body_bytes} bytes")
         return n
 
-    def write(self, h: _Handler, status: int, body: bytes, ctype: str,
-              headers: Mapping[str, str], rid: str, *, head: bool) -> None:
-        """Status line, headers and body in one ``sendall`` (no Nagle/delayed-ACK stall)."""
+    def _response(self, status: int, body: bytes, ctype: str, headers: Mapping[str, str],
+                  rid: str, *, close: bool, head: bool) -> bytes:
+        """Status line, headers and body as one buffer (one send: no Nagle stall)."""
         now = int(time.time())
-        if self._date[1] != now:
-            self._date = (formatdate(now, usegmt=True), now)
+        date = self._date
+        if date[1] != now:
+            date = self._date = (formatdate(now, usegmt=True), now)
         lines = [f"HTTP/1.1 {status} {_REASONS.get(status, 'Unknown')}\r\n"
                  f"Content-Type: {ctype}\r\nContent-Length: {len(body)}\r\n"
-                 f"Date: {self._date[0]}\r\nX-Request-Id: {rid}\r\n"]
+                 f"Date: {date[0]}\r\nX-Request-Id: {rid}\r\n"]
         lines.extend(f"{k}: {v}\r\n" for k, v in headers.items())
-        if h.close_connection:
+        if close:
             lines.append("Connection: close\r\n")
         lines.append("\r\n")
         data = "".join(lines).encode("latin-1", "replace")
-        h.wfile.write(data if head else data + body)
-
-    def refuse_connection(self, sock: socket.socket, message: str) -> None:
-        """Answer 503 on a connection that gets no slot (on the accept thread: never waits
-        more than a second)."""
-        body = _dumps({"error": message})
-        msg = (f"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
-               f"Content-Length: {len(body)}\r\nRetry-After: 1\r\nConnection: close\r\n\r\n"
-               ).encode() + body
-        with contextlib.suppress(OSError):
-            sock.settimeout(1.0)
-            sock.sendall(msg)
+        return data if head else data + body
 
 
-def _peer(client_address: Any) -> str:
-    """The peer IP of a connection (the unit of the per-client connection cap)."""
-    return str(client_address[0]) if client_address else ""
+def _error_body(e: Exception, extra: dict[str, str], method: str, path: str, rid: str
+                ) -> tuple[int, bytes]:
+    """The status and ``{"error": ...}`` body for an exception (500s logged)."""
+    status = status_for(e)
+    if status >= 500 and not isinstance(e, EdgeError):
+        log.exception("request %s %s failed (request id %s)", method, path, rid)
+        msg = f"internal error ({type(e).__name__}); request id {rid}"
+    else:
+        msg = str(e)
+    if isinstance(e, HTTPStatusError):
+        extra.update(e.headers)
+    if isinstance(e, Overloaded):
+        extra["Retry-After"] = str(e.retry_after_s)
+    return status, _dumps({"error": msg})
 
 
 def _bearer(headers: Headers, token: bytes) -> bool:
@@ -484,9 +351,9 @@ def _bearer(headers: Headers, token: bytes) -> bool:
         cred.strip().encode("utf-8", "replace"), token)
 
 
-def _has_body(h: _Handler) -> bool:
-    return bool(h.headers.get("Content-Length", "0") not in ("", "0")
-                or h.headers.get("Transfer-Encoding"))
+def _has_body(headers: Headers) -> bool:
+    return bool(headers.get("Content-Length", "0") not in ("", "0")
+                or headers.get("Transfer-Encoding"))
 
 
 def _dumps(doc: Any) -> bytes:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from io import BufferedIOBase
 from typing import Any, Protocol, TypeAlias
 from urllib.parse import parse_qs
 
@@ -33,12 +32,8 @@ from edge_agent.serving.wire import Headers
 
 
 class Connection(Protocol):
-    """The side of a connection a :class:`Request` reads (http.py's request handler)."""
+    """The side of a connection a :class:`Request` sees (http_loop.py's exchange)."""
 
-    close_connection: bool
-
-    @property
-    def rfile(self) -> BufferedIOBase: ...
     @property
     def headers(self) -> Headers: ...
     @property
@@ -66,51 +61,27 @@ class Response:
 
 
 class Request:
-    """What a handler sees. ``body`` is read from the socket on first access."""
+    """What a handler sees. ``body`` has been read whole before the handler runs."""
 
-    __slots__ = ("_body", "_handler", "_length", "client", "groups", "headers", "method",
-                 "params", "path", "query", "request_id", "route")
+    __slots__ = ("body", "client", "groups", "headers", "method", "params", "path", "query",
+                 "request_id", "route")
 
-    def __init__(self, handler: Connection, method: str, path: str, query: str,
-                 match: re.Match[str], length: int, request_id: str, route: str) -> None:
-        self._handler = handler
+    def __init__(self, conn: Connection, method: str, path: str, query: str,
+                 match: re.Match[str], body: bytes, request_id: str, route: str) -> None:
         self.method = method
         self.path = path
         self.query: dict[str, list[str]] = parse_qs(query) if query else {}
         self.groups: tuple[str | None, ...] = match.groups()
         self.params: dict[str, str | None] = match.groupdict()
-        self.headers = handler.headers
+        self.headers = conn.headers
         self.request_id = request_id
-        self.client = handler.client_address[0] if handler.client_address else ""
+        self.client = conn.client_address[0] if conn.client_address else ""
         self.route = route
-        self._length = length
-        self._body: bytes | None = None
+        self.body = body
 
     @property
     def content_type(self) -> str:
         return (self.headers.get("Content-Type") or "").split(";")[0].strip().lower()
-
-    @property
-    def body(self) -> bytes:
-        if self._body is None:
-            try:
-                data = self._handler.rfile.read(self._length) if self._length else b""
-            except TimeoutError as e:
-                self._handler.close_connection = True
-                raise HTTPStatusError(408, f"timed out waiting for the request body ({e})") from e
-            except OSError as e:
-                self._handler.close_connection = True
-                raise TransportError(f"client stopped sending the body ({e})") from e
-            if len(data) != self._length:
-                self._handler.close_connection = True
-                raise HTTPStatusError(400, f"body ended after {len(data)} of {self._length} "
-                                           "bytes (Content-Length)")
-            self._body = data
-        return self._body
-
-    @property
-    def body_read(self) -> bool:
-        return self._body is not None or self._length == 0
 
     def json(self) -> Any:
         """The body as JSON. Raises InvalidRequestError (400) naming the parse error."""

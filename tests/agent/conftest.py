@@ -1,6 +1,6 @@
 """Agent test fixtures: real agents on real sockets, real bundles, a real MQTT client.
 
-Everything is real (LiteRT interpreters, ThreadingHTTPServer on 127.0.0.1, Mosquitto from
+Everything is real (LiteRT interpreters, the agent's HTTP event loop on 127.0.0.1, Mosquitto from
 tests/conftest.py); fakes appear only where a test injects a fault. Helpers live in
 agent_helpers.py.
 """

@@ -1,0 +1,442 @@
+"""The connection side of :class:`~edge_agent.serving.http.HttpServer`: one event loop.
+
+Why: a thread per connection spent 13 context switches per request handing the GIL around
+on every socket read and write, and a slow client held a thread for as long as it dripped
+(issue 17). Here one thread (``edge-agent-http``) owns every socket, non-blocking, in a
+``selectors`` loop: it accepts, reads, finds the end of each request head, parses it
+(:mod:`edge_agent.serving.wire`), checks the route, the token and ``Content-Length``
+(:meth:`HttpServer.prepare`), reads the whole body, and only then hands the request to a
+pool of handler threads (:meth:`HttpServer.run`: decode + invoke, under the model's
+:class:`~edge_agent.serving.admission.Admission` and its ``workers`` decode permits). The
+handler's answer comes back through a queue and a wake-up socket pair, and the loop writes
+it. A client that drips its head or body costs a socket and a buffer, never a thread.
+
+Per connection, one request at a time: while its handler runs the loop stops reading that
+socket, and pipelined requests already buffered are parsed after the answer is written, so
+answers go out in order. The pool has at most ``max_connections`` threads, started on demand
+(idle ones are reused), so admission answers (503 on a full queue) behave as before.
+
+Deadlines (RFC-free, ours; the same as the threaded server had), checked from a heap:
+
+* idle keep-alive connection: closed after ``idle_timeout_s`` without a byte;
+* request head: ``head_timeout_s`` from its first byte (408), and no receive gap over
+  ``idle_timeout_s``;
+* request body: ``body_timeout_s`` from the end of the head (408);
+* a response the client does not read: closed after ``idle_timeout_s`` without progress.
+
+Nothing here blocks: sends are non-blocking (the rest waits for ``EVENT_WRITE``), and the
+loop sleeps in ``select`` until a socket, a handler's answer, a deadline or :meth:`stop`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import heapq
+import itertools
+import logging
+import selectors
+import socket
+import threading
+import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from edge_agent.serving.wire import MAX_HEADERS, MAX_LINE, Headers
+
+if TYPE_CHECKING:
+    from edge_agent.serving.http import HttpServer
+
+log = logging.getLogger(__name__)
+
+IDLE, HEAD, BODY, BUSY, WRITE = range(5)
+_RECV = 65536
+_RECV_BODY_MAX = 1 << 20
+_ACCEPT_BATCH = 64
+_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+
+
+@dataclass(frozen=True, slots=True)
+class Head:
+    """A request head as the loop found it: the raw bytes up to its empty line."""
+
+    raw: bytes
+    t0: float  # perf_counter when its first byte was read (the request's clock)
+
+
+class Conn:
+    """One client socket and its request state (touched by the loop thread only)."""
+
+    __slots__ = ("buf", "check_at", "client_address", "close_after", "closed", "headers",
+                 "last_io", "lines", "mask", "need", "out", "peer", "pending", "scan",
+                 "since", "sock", "state", "t0")
+
+    def __init__(self, sock: socket.socket, addr: tuple[str, int], now: float) -> None:
+        self.sock = sock
+        self.client_address = addr
+        self.peer = str(addr[0]) if addr else ""
+        self.buf = bytearray()
+        self.state = IDLE
+        self.since = self.last_io = now
+        self.check_at = float("inf")
+        self.out = memoryview(b"")
+        self.close_after = False
+        self.closed = False
+        self.mask = 0
+        self.scan = self.lines = 0  # head scan: offset of the current line, lines seen
+        self.need = 0  # body bytes expected
+        self.pending: object = None  # HttpServer.prepare's result, while the body arrives
+        self.headers = Headers()
+        self.t0 = 0.0
+
+
+class EventLoop:
+    """Accepts and serves connections for ``app`` on one thread (:meth:`start`)."""
+
+    def __init__(self, app: HttpServer, lsock: socket.socket) -> None:
+        self.app = app
+        self._lsock = lsock
+        lsock.setblocking(False)
+        self._sel = selectors.DefaultSelector()
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        self._sel.register(lsock, selectors.EVENT_READ, None)
+        self._sel.register(self._wake_r, selectors.EVENT_READ, self._wake_r)
+        self._conns: dict[int, Conn] = {}
+        self._per_client: dict[str, int] = {}
+        self._timers: list[tuple[float, int, Conn]] = []
+        self._seq = itertools.count()
+        self._done: deque[tuple[Conn, bytes, bool]] = deque()
+        self._woken = False
+        self._listening = True
+        self._stop_listening = False
+        self._stopping = False
+        self._unlistened = threading.Event()
+        self._pool = ThreadPoolExecutor(max_workers=max(1, app.max_connections),
+                                        thread_name_prefix="edge-agent-http-worker")
+        self._thread = threading.Thread(target=self._run, name="edge-agent-http", daemon=True)
+
+    # ------------------------------------------------------------------ lifecycle
+
+    @property
+    def address(self) -> tuple[str, int]:
+        host, port = self._lsock.getsockname()[:2]
+        return str(host), int(port)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop_accepting(self) -> None:
+        """Close the listening socket (connections already open keep being served)."""
+        self._stop_listening = True
+        self._wake()
+        self._unlistened.wait(5.0)
+
+    def stop(self, grace_s: float) -> None:
+        """Close every connection, end the loop and the pool."""
+        self._stopping = True
+        self._wake()
+        self._thread.join(timeout=grace_s)
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    def open_connections(self) -> int:
+        return len(self._conns)
+
+    def _wake(self) -> None:
+        if not self._woken:
+            self._woken = True
+            with contextlib.suppress(OSError):
+                self._wake_w.send(b"x")
+
+    # ------------------------------------------------------------------ the loop
+
+    def _run(self) -> None:
+        sel = self._sel
+        try:
+            while not self._stopping:
+                timeout = None
+                if self._timers:
+                    timeout = max(0.0, self._timers[0][0] - time.monotonic())
+                for key, events in sel.select(timeout):
+                    conn = key.data
+                    if conn is None:
+                        self._accept()
+                    elif conn is self._wake_r:
+                        self._on_wake()
+                    elif isinstance(conn, Conn):
+                        if events & selectors.EVENT_WRITE:
+                            self._flush(conn)
+                        if events & selectors.EVENT_READ and not conn.closed:
+                            self._on_readable(conn)
+                self._expire()
+        except Exception:  # a bug here must not leave a silent dead port
+            log.exception("the HTTP event loop failed")
+        finally:
+            for conn in list(self._conns.values()):
+                self._close(conn)
+            self._unlisten()
+            sel.close()
+            self._wake_r.close()
+            self._wake_w.close()
+            self._unlistened.set()
+
+    def _on_wake(self) -> None:
+        with contextlib.suppress(OSError):
+            while self._wake_r.recv(4096):
+                pass
+        self._woken = False  # before draining: an answer queued after this wakes us again
+        if self._stop_listening:
+            self._unlisten()
+        while self._done:
+            conn, data, close = self._done.popleft()
+            if not conn.closed:
+                self._send(conn, data, close)
+
+    def _unlisten(self) -> None:
+        if self._listening:
+            self._listening = False
+            with contextlib.suppress(KeyError, ValueError, OSError):
+                self._sel.unregister(self._lsock)
+            self._lsock.close()
+        self._unlistened.set()
+
+    def _accept(self) -> None:
+        app = self.app
+        for _ in range(_ACCEPT_BATCH):
+            try:
+                sock, addr = self._lsock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as e:  # e.g. out of file descriptors: the backlog waits
+                log.warning("accept failed: %s", e)
+                return
+            peer = str(addr[0]) if addr else ""
+            refusal = None
+            if len(self._conns) >= app.max_connections:
+                refusal = f"too many open connections (limit {app.max_connections}); retry later"
+            elif self._per_client.get(peer, 0) >= app.max_connections_per_client:
+                refusal = (f"too many open connections from {peer} (limit "
+                           f"{app.max_connections_per_client} per client); retry later")
+            if refusal is not None:
+                _refuse(sock, app.refusal(refusal))
+                continue
+            sock.setblocking(False)
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            conn = Conn(sock, addr, time.monotonic())
+            self._conns[sock.fileno()] = conn
+            self._per_client[peer] = self._per_client.get(peer, 0) + 1
+            self._watch(conn, selectors.EVENT_READ)
+            self._schedule(conn)
+
+    def _watch(self, conn: Conn, mask: int) -> None:
+        if mask == conn.mask:
+            return
+        if conn.mask == 0:
+            self._sel.register(conn.sock, mask, conn)
+        elif mask == 0:
+            self._sel.unregister(conn.sock)
+        else:
+            self._sel.modify(conn.sock, mask, conn)
+        conn.mask = mask
+
+    def _close(self, conn: Conn) -> None:
+        if conn.closed:
+            return
+        conn.closed = True
+        if conn.mask:
+            with contextlib.suppress(KeyError, ValueError, OSError):
+                self._sel.unregister(conn.sock)
+        self._conns.pop(conn.sock.fileno(), None)
+        n = self._per_client.get(conn.peer, 0) - 1
+        if n > 0:
+            self._per_client[conn.peer] = n
+        else:
+            self._per_client.pop(conn.peer, None)
+        with contextlib.suppress(OSError):
+            conn.sock.shutdown(socket.SHUT_WR)
+        conn.sock.close()
+        conn.buf = bytearray()
+
+    # ------------------------------------------------------------------ reading
+
+    def _on_readable(self, conn: Conn) -> None:
+        size = _RECV
+        if conn.state == BODY:
+            size = min(max(_RECV, conn.need - len(conn.buf)), _RECV_BODY_MAX)
+        try:
+            data = conn.sock.recv(size)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            self._close(conn)
+            return
+        if not data:  # the client closed (mid-request or between requests)
+            self._close(conn)
+            return
+        conn.last_io = time.monotonic()
+        conn.buf += data
+        self._advance(conn)
+
+    def _advance(self, conn: Conn) -> None:
+        """Move the request state machine as far as the buffered bytes allow."""
+        while not conn.closed:
+            if conn.state in (IDLE, HEAD):
+                if not conn.buf:
+                    return
+                if conn.state == IDLE:
+                    conn.state, conn.since, conn.t0 = HEAD, time.monotonic(), time.perf_counter()
+                    conn.scan = conn.lines = 0
+                    self._schedule(conn)
+                end = self._head_end(conn)
+                if end < 0:
+                    return
+                raw = bytes(conn.buf[:end])
+                del conn.buf[:end]
+                self._on_head(conn, Head(raw, conn.t0))
+            elif conn.state == BODY:
+                if len(conn.buf) < conn.need:
+                    return
+                body = bytes(conn.buf[:conn.need])
+                del conn.buf[:conn.need]
+                self._submit(conn, body)
+            else:
+                return
+
+    def _head_end(self, conn: Conn) -> int:
+        """Offset just past the head's empty line; -1 if not here yet. Also returns the
+        buffer's length once a line or the line count is over the limit, so that the
+        parser refuses it (431/414) without waiting for more."""
+        buf = conn.buf
+        while True:
+            i = buf.find(b"\n", conn.scan)
+            if i < 0:
+                return len(buf) if len(buf) - conn.scan > MAX_LINE else -1
+            if conn.lines > 0 and (i == conn.scan or (i == conn.scan + 1
+                                                      and buf[conn.scan] == 0x0D)):
+                return i + 1  # the empty line: "\n" or "\r\n"
+            conn.scan = i + 1
+            conn.lines += 1
+            if conn.lines > MAX_HEADERS + 1:
+                return conn.scan
+
+    def _on_head(self, conn: Conn, head: Head) -> None:
+        prepared = self.app.prepare(conn, head)
+        if isinstance(prepared, tuple):  # an answer already (a bad head, 401, 404, 413...)
+            self._send(conn, *prepared)
+            return
+        conn.pending = prepared
+        conn.need = prepared.length
+        if conn.need == 0:
+            self._submit(conn, b"")
+            return
+        if prepared.expect_continue:
+            with contextlib.suppress(OSError):
+                conn.sock.send(_CONTINUE)
+        conn.state, conn.since = BODY, time.monotonic()
+        self._schedule(conn)
+
+    def _submit(self, conn: Conn, body: bytes) -> None:
+        """Hand the whole request to a handler thread; stop reading until it answers."""
+        conn.state = BUSY
+        self._watch(conn, 0)
+        pending, conn.pending = conn.pending, None
+        try:
+            self._pool.submit(self._work, conn, pending, body)
+        except RuntimeError:  # the pool is shut down: the server is stopping
+            self._close(conn)
+
+    def _work(self, conn: Conn, pending: object, body: bytes) -> None:
+        """On a handler thread: run the request, queue its answer for the loop."""
+        try:
+            data, close = self.app.run(conn, pending, body)
+        except Exception:  # run() answers every handler error itself; this is a bug
+            log.exception("HTTP request failed outside its handler")
+            data, close = self.app.answer_error(500, "internal error"), True
+        self._done.append((conn, data, close))
+        self._wake()
+
+    # ------------------------------------------------------------------ writing
+
+    def _send(self, conn: Conn, data: bytes, close: bool) -> None:
+        conn.out, conn.close_after = memoryview(data), close
+        conn.state, conn.last_io = WRITE, time.monotonic()
+        self._flush(conn)
+
+    def _flush(self, conn: Conn) -> None:
+        try:
+            while conn.out:
+                n = conn.sock.send(conn.out)
+                conn.out = conn.out[n:]
+        except (BlockingIOError, InterruptedError):
+            conn.last_io = time.monotonic()
+            self._watch(conn, selectors.EVENT_WRITE)
+            self._schedule(conn)
+            return
+        except OSError:
+            self._close(conn)
+            return
+        if conn.close_after:
+            self._close(conn)
+            return
+        conn.state, conn.last_io = IDLE, time.monotonic()
+        self._watch(conn, selectors.EVENT_READ)
+        self._schedule(conn)
+        self._advance(conn)  # a pipelined request may be buffered already
+
+    # ------------------------------------------------------------------ deadlines
+
+    def _due(self, conn: Conn) -> tuple[float, str] | None:
+        """When ``conn`` times out in its state, and the phase message (or "" to close)."""
+        app, idle = self.app, conn.last_io + self.app.idle_timeout_s
+        if conn.state in (IDLE, WRITE):
+            return idle, ""
+        if conn.state == HEAD:
+            phase, what = conn.since + app.head_timeout_s, "request head"
+            budget = app.head_timeout_s
+        elif conn.state == BODY:
+            phase, what = conn.since + app.body_timeout_s, "request body"
+            budget = app.body_timeout_s
+        else:
+            return None
+        if phase <= idle:
+            return phase, f"{what} not received within {budget:g} s"
+        return idle, f"connection idle for {app.idle_timeout_s:g} s"
+
+    def _schedule(self, conn: Conn) -> None:
+        due = self._due(conn)
+        if due is not None and due[0] < conn.check_at:
+            conn.check_at = due[0]
+            heapq.heappush(self._timers, (due[0], next(self._seq), conn))
+
+    def _expire(self) -> None:
+        now = time.monotonic()
+        timers = self._timers
+        while timers and timers[0][0] <= now:
+            at, _, conn = heapq.heappop(timers)
+            if conn.closed or at != conn.check_at:
+                continue  # stale: closed, or a sooner check was scheduled since
+            conn.check_at = float("inf")
+            due = self._due(conn)
+            if due is None:
+                continue
+            if due[0] > now:
+                self._schedule(conn)
+            elif not due[1]:
+                self._close(conn)
+            else:
+                self._watch(conn, 0)
+                data = self.app.timed_out(conn, due[1], body=conn.state == BODY)
+                conn.pending = None
+                self._send(conn, data, True)
+
+
+def _refuse(sock: socket.socket, data: bytes) -> None:
+    """Answer a connection that gets no slot, without ever blocking the loop."""
+    with contextlib.suppress(OSError):
+        sock.setblocking(False)
+        sock.send(data)
+        sock.shutdown(socket.SHUT_WR)
+    sock.close()
