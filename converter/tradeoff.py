@@ -35,6 +35,10 @@ def write(points: list[dict[str, Any]], dest: Path, title: str) -> str | None:
     acc = all(p.get("accuracy") is not None for p in points)
     key, ylabel = ("accuracy", "top-1 accuracy (%)") if acc else ("rel_error",
                                                                     "relative output error")
+    points = [p for p in points if p.get(key) is not None and p.get("size_bytes")]
+    if not points:  # no eval data (or a head scored neither way): nothing to place
+        return "tradeoff.png not drawn: no candidate has an accuracy or output error " \
+               "(give --eval data)"
     lats = [p["latency_ms"] for p in points if p.get("latency_ms")]
     top = max(lats) if lats else 1.0
     fig, ax = plt.subplots(figsize=(8, 5), dpi=100)

@@ -129,6 +129,10 @@ def softmax(x: np.ndarray) -> np.ndarray:
 class ServedModel:
     """One version of one model, ready to serve from ``workers`` interpreters."""
 
+    # class defaults, so a subclass sharing another pool (fleet/sim_agents.py) has them too
+    variant: str = "default"  # which model of the bundle (edge_agent.variants)
+    failover: Failover | None = None  # set when the bundle has other variants
+
     def __init__(self, bundle: Bundle, runtime: Runtime, *, workers: int = 1,
                  num_threads: int | None = None, delegates: DelegateFactory | None = None,
                  hooks: Hooks | None = None, borrow_timeout_s: float = 30.0,
