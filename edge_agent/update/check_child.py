@@ -41,6 +41,7 @@ def _result(outcome: str, detail: str = "", **extra: Any) -> int:
 
 def _check(bundle_path: str, runtime: str, threads: int | None, delegate: str | None) -> int:
     from edge_agent.bundle import read_bundle
+    from edge_agent.bundle_zstd import MAX_RATIO
     from edge_agent.errors import (
         BundleError,
         GoldenMismatchError,
@@ -53,9 +54,10 @@ def _check(bundle_path: str, runtime: str, threads: int | None, delegate: str | 
 
     stage("load")
     try:
-        # the staged file is the signed target: its length is the bound the parent read it in
+        # the staged file is the signed target: its length (a .tar.zst: the ratio cap on
+        # it) bounds the read, as the parent read it
         bundle = read_bundle(bundle_path, verify_hash=True,
-                             max_bytes=os.path.getsize(bundle_path))
+                             max_bytes=os.path.getsize(bundle_path) * MAX_RATIO)
     except BundleError as e:
         return _result("error", f"bundle unreadable: {e}")
     stage("import")
