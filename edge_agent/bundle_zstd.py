@@ -41,7 +41,8 @@ TOO_LARGE, TRUNCATED, INVALID, UNAVAILABLE = (
 
 
 def _refuse(source: str, rule: str, problem: str) -> BundleMemberError:
-    return BundleMemberError(f"{source}: zstd stream: {problem}", member="(stream)", rule=rule)
+    return BundleMemberError(f"{source}: member '(stream)': zstd: {problem}",
+                             member="(stream)", rule=rule)
 
 
 def _zstd(source: str) -> Any:
