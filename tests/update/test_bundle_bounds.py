@@ -415,6 +415,7 @@ def test_signed_zstd_bomb_is_rejected_with_bounded_memory_and_nothing_moves(
     last, rise = release_rejected(agent_proc, fleet, bomb, "bundle_compressed_too_large",
                                   uncompressed_length=300_000)
     assert "decompresses past its bound of 300000 bytes" in last["reason"], last
+    print(f"zstd bomb: {len(bomb)} bytes signed, agent peak RSS rise {rise:.1f} MiB")
     assert rise <= 50, f"agent peak RSS rose {rise:.1f} MiB on a {len(bomb)}-byte bomb"
 
 
