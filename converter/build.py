@@ -45,11 +45,13 @@ from converter.quantize import convert
 from converter.report import build_warnings
 from converter.support import delegate_summary, memory_check, op_support
 from converter.tfload import SourceInput, check_model_path, import_tf, load_source
+from edge_agent import bundle_zstd
 from edge_agent.bundle import (
     BUNDLE_FILES,
     Bundle,
     Manifest,
     Preprocessing,
+    is_tar_path,
     sha256_bytes,
     write_bundle,
 )
@@ -155,9 +157,9 @@ def check_output_path(out: Path) -> None:
     which also works for root and read-only mounts, where ``os.access`` lies.
     """
     if out.exists():
-        if out.suffix == ".tar" and not out.is_file():
+        if is_tar_path(out) and not out.is_file():
             raise OutputError(f"{out}: exists and is not a file")
-        if out.suffix != ".tar" and not out.is_dir():
+        if not is_tar_path(out) and not out.is_dir():
             raise OutputError(f"{out}: exists and is not a bundle directory or .tar")
         if out.is_dir():
             foreign = sorted(p.name for p in out.iterdir()
@@ -456,7 +458,8 @@ def build_bundle(opts: ConvertOptions, steps: Steps | None = None) -> tuple[Bund
         "inputs": [s.name for s in qmodel.input_specs],
         "calibration": {"data": rep.source, "samples": rep.n, "requested": opts.samples},
         "size": {"float_bytes": len(float_bytes), "quant_bytes": len(quant_bytes),
-                 "ratio": round(len(quant_bytes) / len(float_bytes), 4)},
+                 "ratio": round(len(quant_bytes) / len(float_bytes), 4),
+                 "quant_zstd_bytes": len(bundle_zstd.compress(quant_bytes))},
         "evaluation": {"data": data.source, "labelled": data.y is not None, **comp.as_dict(),
                        "heads": head_report,
                        **({"detection": detection} if detection is not None else {})},

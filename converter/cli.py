@@ -78,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--trust-model", action="store_true",
                    help="let Keras load Python lambda layers (runs code from the model file)")
     c.add_argument("-o", "--output", type=Path, required=True, metavar="OUT",
-                   help="bundle directory, or a path ending in .tar")
+                   help="bundle directory, or a path ending in .tar or .tar.zst (zstd-compressed)")
     c.add_argument("--json", action="store_true", help="print the report as JSON")
     c.add_argument("-v", "--verbose", action="store_true",
                    help="show TensorFlow/LiteRT native logs instead of hiding them")
@@ -145,7 +145,7 @@ def _add_bundle_parser(sub: Any) -> None:
                    "variant NAME, preferred before this one in the order given; options "
                    "delegate=edgetpu|gpu|xnnpack, min_runtime=VERSION (docs/bundle.md)")
     b.add_argument("-o", "--output", type=Path, required=True, metavar="OUT",
-                   help="bundle directory, or a path ending in .tar")
+                   help="bundle directory, or a path ending in .tar or .tar.zst (zstd-compressed)")
     b.add_argument("--json", action="store_true", help="print the report as JSON")
     b.add_argument("-v", "--verbose", action="store_true", help="show LiteRT native logs")
 

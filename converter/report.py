@@ -133,7 +133,8 @@ def report_lines(r: dict[str, Any]) -> list[tuple[str, str, str]]:
         ("max / mean |Δ output|", "",
          f"{ev['max_abs_output_diff']:.4f} / {ev['mean_abs_output_diff']:.4f}")]
     return [
-        ("size", _kb(size["float_bytes"]), f"{_kb(size['quant_bytes'])} (×{size['ratio']:.3f})"),
+        ("size", _kb(size["float_bytes"]), f"{_kb(size['quant_bytes'])} (×{size['ratio']:.3f})"
+         + (f", zstd {_kb(size['quant_zstd_bytes'])}" if "quant_zstd_bytes" in size else "")),
         *scored,
         ("latency p50 / invoke", _ms(lat["float"]["p50"]), _ms(lat["quant"]["p50"])),
         ("ops on delegate", "", f"{d['delegated_ops']}/{d['total_ops']} ({d['delegate']})"),

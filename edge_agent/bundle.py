@@ -15,8 +15,10 @@ lies (a GNU sparse member claiming GiBs of holes, a size past the end of the fil
 cannot make the reader allocate. Rules: only ``model.tflite``, ``manifest.json`` and
 ``report.json`` (``./`` prefix allowed), each at most once once ``./x`` and ``x`` are
 taken as one name, each a regular, non-sparse file within its cap and the remaining
-total; the stream uncompressed (bundles are never compressed: a gzip/bzip2/xz/zstd
-stream is refused by its magic number, so nothing can expand past the bound).
+total; the stream plain, or one zstd frame around the plain tar (``.tar.zst``,
+:mod:`edge_agent.bundle_zstd`, decompressed in bounded steps and refused at the first
+byte past its bound): a gzip/bzip2/xz stream, or any compression inside the zstd frame,
+is refused by its magic number, so nothing can expand past the bound.
 
 Raises :class:`~edge_agent.errors.BundleError` for anything malformed:
 :class:`~edge_agent.errors.BundleMemberError` (``member``, ``rule``) for a tar rule,
@@ -29,11 +31,12 @@ import hashlib
 import io
 import json
 import tarfile
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, cast
 
+from edge_agent import bundle_zstd
 from edge_agent.errors import BundleError, BundleMemberError, InvalidRequestError, ManifestError
 from edge_agent.fsutil import atomic_write_bytes, staged_dir
 from edge_agent.manifest import (
@@ -59,8 +62,8 @@ __all__ = [
     "BUNDLE_FILES", "DTYPES", "MANIFEST_FILE", "MAX_BUNDLE_BYTES", "MODEL_FILE", "REPORT_FILE",
     "SCHEMA_VERSION", "Bundle", "DriftReference", "EncodedArray", "GoldenVector", "InputStats",
     "Manifest", "Preprocessing", "TensorSpec", "bundle_from_files", "check_member",
-    "read_bundle", "read_tar_bytes", "read_tar_file", "sha256_bytes", "tar_bytes",
-    "variant_member", "write_bundle",
+    "is_tar_path", "read_bundle", "read_tar_bytes", "read_tar_file", "sha256_bytes",
+    "tar_bytes", "variant_member", "write_bundle",
 ]
 
 MANIFEST_FILE = "manifest.json"
@@ -253,17 +256,38 @@ def _read_member(tf: tarfile.TarFile, m: tarfile.TarInfo, source: str) -> bytes:
     return buf.getvalue()  # no copy: BytesIO hands over its buffer
 
 
-def _read_tar(stream: IO[bytes], source: str, max_bytes: int) -> dict[str, bytes]:
-    magic = stream.read(6)
-    stream.seek(0)
+def _refuse_compressed(magic: bytes, source: str, what: str) -> None:
     for prefix, kind in COMPRESSED.items():
         if magic.startswith(prefix):
-            raise _refuse(source, "(stream)", COMPRESSED_RULE,
-                          f"a {kind} stream; bundle tars are never compressed")
+            raise _refuse(source, "(stream)", COMPRESSED_RULE, f"a {kind} stream; {what}")
+
+
+def _read_tar(stream: IO[bytes], source: str, size: int, max_bytes: int) -> dict[str, bytes]:
+    """Members of the ``size``-byte tar in ``stream``, or of the one zstd frame around it
+    (:mod:`edge_agent.bundle_zstd`: ``max_bytes`` then bounds the decompressed bytes,
+    and so does the ratio cap)."""
+    magic = stream.read(6)
+    stream.seek(0)
+    if bundle_zstd.is_zstd(magic):
+        max_bytes = bundle_zstd.output_bound(size, max_bytes)
+        z = bundle_zstd.ZstdReader(stream, max_output=max_bytes, source=source)
+        _refuse_compressed(z.peek(6), source, "inside zstd (only one outer zstd layer is "
+                           "allowed)")
+        files = _read_members(  # tarfile's stream mode: forward reads only
+            lambda: tarfile.open(fileobj=cast(IO[bytes], z), mode="r|"), source, max_bytes)  # noqa: SIM115
+        z.finish()
+        return files
+    _refuse_compressed(magic, source, "bundle tars are plain or zstd (.tar.zst) only")
+    return _read_members(lambda: tarfile.open(fileobj=stream, mode="r:"), source,
+                         min(size, max_bytes))
+
+
+def _read_members(open_tar: Callable[[], tarfile.TarFile], source: str,
+                  max_bytes: int) -> dict[str, bytes]:
     files: dict[str, bytes] = {}
     used = 0
     try:
-        with tarfile.open(fileobj=stream, mode="r:") as tf:
+        with open_tar() as tf:
             while (m := tf.next()) is not None:
                 name = check_member(m, files, used=used, max_bytes=max_bytes, source=source)
                 files[name] = _read_member(tf, m, source)
@@ -278,14 +302,16 @@ def read_tar_bytes(data: bytes, source: str = "<bytes>", verify_hash: bool = Tru
     """Open a bundle ``.tar`` held in memory, reading at most ``max_bytes`` of members."""
     if len(data) > max_bytes:
         raise _refuse(source, "(tar)", TOO_LARGE, f"{len(data)} bytes, over {max_bytes}")
-    return _parse_files(_read_tar(io.BytesIO(data), source, min(len(data), max_bytes)),
+    return _parse_files(_read_tar(io.BytesIO(data), source, len(data), max_bytes),
                         source, verify_hash)
 
 
 def read_tar_file(path: str | Path, source: str | None = None, verify_hash: bool = True, *,
                   max_bytes: int = MAX_BUNDLE_BYTES) -> Bundle:
-    """Open a bundle ``.tar`` from its file, member by member; at most ``max_bytes`` are
-    read (the update flow passes the signed length). Raises BundleError, OSError."""
+    """Open a bundle ``.tar`` (or ``.tar.zst``) from its file, member by member; at most
+    ``max_bytes`` are read (the update flow passes the signed length; for a ``.tar.zst``
+    the signed uncompressed length, which bounds what the frame decompresses to).
+    Raises BundleError, OSError."""
     p = Path(path)
     src = source or str(p)
     with p.open("rb") as f:
@@ -294,7 +320,7 @@ def read_tar_file(path: str | Path, source: str | None = None, verify_hash: bool
             raise _refuse(src, "(tar)", TOO_LARGE, f"{size} bytes, over the bundle bound of "
                           f"{max_bytes} (max_bundle_bytes)")
         f.seek(0)
-        return _parse_files(_read_tar(f, src, min(size, max_bytes)), src, verify_hash)
+        return _parse_files(_read_tar(f, src, size, max_bytes), src, verify_hash)
 
 
 def _read_capped(fp: Path, name: str, p: Path, max_bytes: int, used: int) -> bytes:
@@ -352,12 +378,23 @@ def tar_bytes(bundle: Bundle) -> bytes:
     return buf.getvalue()
 
 
+def is_tar_path(out: str | Path) -> bool:
+    """Whether :func:`write_bundle` writes ``out`` as a file (``.tar``, ``.tar.zst``)."""
+    p = Path(out)
+    return p.suffix == ".tar" or p.name.endswith(bundle_zstd.SUFFIX)
+
+
 def write_bundle(bundle: Bundle, out: str | Path) -> Path:
-    """Write a bundle atomically: ``out`` ending in ``.tar`` gives a tar, else a directory.
+    """Write a bundle atomically: ``out`` ending in ``.tar`` gives a tar, ``.tar.zst`` that
+    tar in one zstd frame (:func:`edge_agent.bundle_zstd.compress`), else a directory.
 
     Nothing half-written is ever left at ``out``. Raises ``OSError`` if unwritable.
     """
     out = Path(out)
+    if out.name.endswith(bundle_zstd.SUFFIX):
+        out.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(out, bundle_zstd.compress(tar_bytes(bundle)))
+        return out
     if out.suffix == ".tar":
         out.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(out, tar_bytes(bundle))

@@ -70,7 +70,8 @@ from typing import Protocol
 from securesystemslib.signer import Signer
 from tuf.api.metadata import Metadata, Targets
 
-from edge_agent.bundle import read_bundle, tar_bytes
+from edge_agent import bundle_zstd
+from edge_agent.bundle import Bundle, read_bundle, tar_bytes
 from edge_agent.errors import BadInputError, TransportError, UpdateError
 from edge_agent.fsutil import atomic_write_bytes
 from edge_agent.mqtt.client import MqttClient
@@ -105,6 +106,7 @@ class Published:
     chunks: int
     topics: tuple[str, ...]
     announcement: bytes
+    uncompressed_length: int | None = None  # a .tar.zst target: its tar's bytes
 
 
 def audience_topics(audience: Audience, prefix: str = "edge") -> tuple[str, ...]:
@@ -232,19 +234,29 @@ def _bundle_target(bundle_path: Path, audience: Audience, chunk_size: int,
     bad = [m for m in mirrors if not re.match(r"^https?://[^\s]+$", m)]
     if bad:
         raise BadInputError(f"--http-url {bad[0]!r}: expected an http:// or https:// URL")
+    ulen: int | None = None
     if seal.is_sealed_file(bundle_path):  # edge-fleet encrypt's output: signed as it is
         name, version, profiles, data = seal.sealed_header(bundle_path)
     else:
         bundle = read_bundle(bundle_path)
         name, version, profiles = (bundle.name, bundle.version,
                                    bundle.manifest.target_profiles)
-        data = tar_bytes(bundle)
+        data, ulen = _target_bytes(bundle_path, bundle)
     if not profiles:
         raise BadInputError(f"{bundle_path}: manifest lists no target_profiles; devices "
                             "refuse a bundle that does not name their profile")
     spec = TargetSpec("model", audience, name, version, tuple(profiles),
-                      ChunkPlan.for_data(data, chunk_size), probation, mirrors, shadow)
-    return target_path_for_model(name, version), data, spec
+                      ChunkPlan.for_data(data, chunk_size), probation, mirrors, shadow, ulen)
+    return target_path_for_model(name, version, compressed=ulen is not None), data, spec
+
+
+def _target_bytes(bundle_path: Path, bundle: Bundle) -> tuple[bytes, int | None]:
+    """The bytes devices download: the deterministic tar, or for a ``.tar.zst`` input that
+    tar in one zstd frame, with the tar's length (signed as ``uncompressed_length``)."""
+    tar = tar_bytes(bundle)
+    if bundle_path.name.endswith(bundle_zstd.SUFFIX):
+        return bundle_zstd.compress(tar), len(tar)
+    return tar, None
 
 
 def sign_bundle(repo: FleetRepo, bundle_path: Path, signers: Sequence[Signer], *,
@@ -347,13 +359,13 @@ def publish(repo: FleetRepo, bundle_path: Path, signers: Sequence[Signer], *,
     finally:
         conn.close()
     return Published(path, sha, len(data), spec.chunks.count if spec.chunks else 0,
-                     topics, payload)
+                     topics, payload, spec.uncompressed_length)
 
 
 def _take_signed(bundle_path: Path, meta_dir: Path
                  ) -> tuple[str, bytes, TargetSpec, dict[str, bytes]]:
     """Use metadata signed elsewhere: find the bundle's entry in its targets metadata."""
-    data = tar_bytes(read_bundle(bundle_path))
+    data, _ = _target_bytes(bundle_path, read_bundle(bundle_path))
     sha = hashlib.sha256(data).hexdigest()
     files: dict[str, bytes] = {}
     for p in sorted(meta_dir.glob("*.json")):
@@ -461,7 +473,8 @@ def _cmd_publish(args: argparse.Namespace) -> int:
                       chunk_size=args.chunk_size, mqtt_chunks=not args.no_mqtt_chunks,
                       signed_metadata=args.signed_metadata, probation=terms,
                       shadow=shadow)
-    print(f"published {res.target} ({res.length} bytes, sha256 {res.sha256[:16]}…, "
+    raw = f", {res.uncompressed_length} uncompressed" if res.uncompressed_length else ""
+    print(f"published {res.target} ({res.length} bytes{raw}, sha256 {res.sha256[:16]}…, "
           f"{res.chunks} chunks) → {', '.join(res.topics)}")
     return 0
 
@@ -491,7 +504,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("publish", help="sign a bundle and push it to devices over MQTT",
                        description=(__doc__ or "").split("\nSize:")[0],
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("bundle", type=Path, help="bundle directory or .tar")
+    p.add_argument("bundle", type=Path, help="bundle directory, .tar or .tar.zst (devices "
+                   "download it compressed)")
     _common(p)
     p.add_argument("--http-url", metavar="URL",
                    help="mirror serving the repository (edge-fleet serve REPO); signed "

@@ -88,8 +88,8 @@ class Release:
     timestamp: int
 
 
-def target_path_for_model(name: str, version: int) -> str:
-    return f"models/{name}/{name}-{version}.tar"
+def target_path_for_model(name: str, version: int, *, compressed: bool = False) -> str:
+    return f"models/{name}/{name}-{version}.tar{'.zst' if compressed else ''}"
 
 
 def _now() -> datetime:

@@ -42,6 +42,7 @@ def _result(outcome: str, detail: str = "", **extra: Any) -> int:
 
 def _check(bundle_path: str, runtime: str, threads: int | None, delegate: str | None,
            device_key: str | None = None) -> int:
+    from edge_agent.bundle_zstd import MAX_RATIO
     from edge_agent.errors import (
         BundleError,
         GoldenMismatchError,
@@ -55,9 +56,11 @@ def _check(bundle_path: str, runtime: str, threads: int | None, delegate: str | 
 
     stage("load")
     try:
-        # the staged file is the signed target: its length is the bound the parent read it in
+        # the staged file is the signed target: its length (a .tar.zst: the ratio cap on
+        # it) bounds the read, as the parent read it
         bundle = read_target(Path(bundle_path), Path(device_key) if device_key else None,
-                             source=bundle_path, max_bytes=os.path.getsize(bundle_path))
+                             source=bundle_path,
+                             max_bytes=os.path.getsize(bundle_path) * MAX_RATIO)
     except BundleError as e:
         return _result("error", f"bundle unreadable: {e}")
     stage("import")

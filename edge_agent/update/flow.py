@@ -400,7 +400,7 @@ class UpdateFlow:
                              info: TargetFile,
                              spec: TargetSpec) -> Bundle:
         sha = info.hashes["sha256"]
-        dest = self.staging.final(sha)
+        dest = self.staging.final(sha, info.path)
         t0 = time.perf_counter()
         if updater.find_cached_target(info, str(dest)) is None:
             fetcher.expect_target(info, spec.chunks, spec.mirrors)
@@ -421,7 +421,8 @@ class UpdateFlow:
                     sources=fetcher.sources)
         self._set(self.state.to(Phase.VERIFYING))
         try:  # bounded by the signed length, member by member (edge_agent.bundle)
-            bundle = self.d.store.read_target(dest, source=info.path, max_bytes=info.length)
+            bundle = self.d.store.read_target(dest, source=info.path,
+                                              max_bytes=spec.uncompressed_length or info.length)
         except BundleError as e:
             raise from_bundle(e) from e
         policy.check_manifest(bundle.manifest, spec, self.d.identity)
@@ -436,7 +437,8 @@ class UpdateFlow:
         self._set(self.state.to(Phase.TEST_LOADING))
         sha = self.state.target_sha256 or ""
         try:
-            proof = check.check_candidate(self.staging.final(sha), bundle.manifest,
+            proof = check.check_candidate(self.staging.final(sha, self.state.target or ""),
+                                          bundle.manifest,
                                           self.check_setup, self.check_limits, sha256=sha,
                                           stop=self.stop,
                                           device_key=self.d.store.device_key)

@@ -13,6 +13,7 @@ from collections.abc import Collection
 from dataclasses import dataclass
 
 from edge_agent.bundle import Manifest
+from edge_agent.bundle_zstd import MAX_RATIO
 from edge_agent.update.errors import (
     BundleRejectedError,
     CommandExpiredError,
@@ -70,6 +71,25 @@ def check_model_target(spec: TargetSpec, *, path: str, length: int,
     if length > max_bytes:
         raise TargetMismatchError(f"{path} is {length} bytes, over this device's cap of "
                                   f"{max_bytes}")
+    check_uncompressed(spec.uncompressed_length, path=path, length=length,
+                       max_bytes=max_bytes)
+
+
+def check_uncompressed(ulen: int | None, *, path: str, length: int, max_bytes: int) -> None:
+    """A compressed target's signed tar length within the ratio cap and the device's cap.
+
+    Raises BundleRejectedError (``bundle_compressed_ratio``, ``bundle_compressed_too_large``).
+    """
+    if ulen is None:
+        return
+    if ulen > length * MAX_RATIO:
+        raise BundleRejectedError(f"{path}: signed uncompressed length {ulen} is over "
+                                  f"{MAX_RATIO}x its {length} compressed bytes",
+                                  code="bundle_compressed_ratio")
+    if ulen > max_bytes:
+        raise BundleRejectedError(f"{path}: signed uncompressed length {ulen} is over this "
+                                  f"device's cap of {max_bytes} (max_bundle_bytes)",
+                                  code="bundle_compressed_too_large")
 
 
 def check_free_space(*, free: int, length: int, reserve: int) -> None:

@@ -33,8 +33,9 @@ class Staging:
     def part(self, sha256: str) -> Path:
         return self.root / f"{sha256}.part"
 
-    def final(self, sha256: str) -> Path:
-        return self.root / f"{sha256}.tar"
+    def final(self, sha256: str, target: str = "") -> Path:
+        """The verified target's file; a ``.tar.zst`` target stays compressed here."""
+        return self.root / f"{sha256}{'.tar.zst' if target.endswith('.tar.zst') else '.tar'}"
 
     def free_bytes(self) -> int:
         self.ensure()

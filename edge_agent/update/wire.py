@@ -152,6 +152,7 @@ class TargetSpec:
     probation: ProbationTerms | None = None  # signed floors for the device's probation
     mirrors: tuple[str, ...] = ()  # HTTP(S) mirrors the publisher vouches for (base URLs)
     shadow: ShadowTerms | None = None  # mode = "shadow": evaluate before promotion
+    uncompressed_length: int | None = None  # bytes of the tar inside a signed .tar.zst
 
     def to_custom(self) -> dict[str, Any]:
         d: dict[str, Any] = {"kind": self.kind, **self.audience.to_dict()}
@@ -167,6 +168,8 @@ class TargetSpec:
             if self.shadow is not None:
                 d["mode"] = "shadow"
                 d["shadow"] = self.shadow.to_dict()
+            if self.uncompressed_length is not None:
+                d["uncompressed_length"] = self.uncompressed_length
         return {"edge": d}
 
 
@@ -281,7 +284,19 @@ def parse_target_spec(custom: Any, length: int, path: str) -> TargetSpec:
     if not all(re.match(r"^https?://[^\s]+$", m) for m in mirrors):
         raise BundleRejectedError(f"signed target {path!r}: 'mirrors' must be http(s) URLs")
     return TargetSpec("model", audience, name, version, _strs(d, "profiles"), plan,
-                      _probation_terms(d, path), mirrors, _shadow_terms(d, path))
+                      _probation_terms(d, path), mirrors, _shadow_terms(d, path),
+                      _uncompressed_length(d, path))
+
+
+def _uncompressed_length(d: dict[str, Any], path: str) -> int | None:
+    """A ``.tar.zst`` target must sign the length of its tar: it bounds decompression."""
+    v = d.get("uncompressed_length")
+    if v is None and not path.endswith(".tar.zst"):
+        return None
+    if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+        raise BundleRejectedError(f"signed target {path!r}: a .tar.zst needs a positive int "
+                                  f"'uncompressed_length' (the tar's bytes), got {v!r}")
+    return v
 
 
 @dataclass(frozen=True)

@@ -52,7 +52,8 @@ def agent(digits: Any, two_heads: Any, tmp_path_factory: pytest.TempPathFactory
                  f"workers = {WORKERS}\n")
     with grpc_agent(tmp_path_factory.mktemp("grpc-attacks"), digits.bundle, toml=toml,
                     grpc_toml=grpc_toml, extra_models=(two_heads.bundle,)) as a:
-        a.baseline_threads = a.threads()  # before any RPC: no pool thread yet
+        a.rest("/v1/models", token=TOKEN)  # the HTTP front end keeps one handler thread
+        a.baseline_threads = a.threads()  # before any RPC: no gRPC pool thread yet
         yield a
 
 

@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import zstandard
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from update_agentproc import AgentProcess
@@ -44,6 +45,7 @@ from update_forge import (
 from update_helpers import CHUNK, DEVICE, ME, Bundles, Fleet, assert_nothing_moved, role_files
 from waiting import wait_for
 
+from edge_agent import bundle_zstd
 from edge_agent.bundle import Bundle, read_bundle, read_tar_bytes, read_tar_file, tar_bytes
 from edge_agent.errors import BundleError, BundleMemberError, ManifestError
 from edge_agent.update.errors import from_bundle
@@ -258,8 +260,8 @@ def serving_v1(a: AgentProcess) -> None:
     assert a.serving() == 1
 
 
-def release_rejected(a: AgentProcess, fleet: Fleet, data: bytes, code: str
-                     ) -> tuple[dict[str, Any], float]:
+def release_rejected(a: AgentProcess, fleet: Fleet, data: bytes, code: str, *,
+                     uncompressed_length: int | None = None) -> tuple[dict[str, Any], float]:
     """Sign ``data`` as digits v3 with the repository's keys, announce it to ``a``, wait for
     the outcome; it must be ``update.rejected`` with ``code``, and nothing may have moved
     but the trusted timestamp/snapshot/targets, now exactly what the release signed (they
@@ -268,7 +270,8 @@ def release_rejected(a: AgentProcess, fleet: Fleet, data: bytes, code: str
     before = a.snapshot()
     path, chunks, files = signed_tar_release(
         fleet.repo, fleet.signers(), data, name="digits", version=3,
-        profiles=("generic-x86_64",), audience=ME, chunk_size=CHUNK)
+        profiles=("generic-x86_64",), audience=ME, chunk_size=CHUNK,
+        uncompressed_length=uncompressed_length)
     hwm = a.memory_kib()["VmHWM"]
     announce(fleet.broker_url, announce_topic(DEVICE), path, files, chunks=chunks,
              sha256=hashlib.sha256(data).hexdigest())
@@ -347,3 +350,105 @@ def test_signed_release_with_nan_atol_over_wrong_goldens_is_rejected_manifest_in
     last, _ = release_rejected(agent_proc, fleet, manifest_tar(v3, raw), "manifest_invalid")
     assert "manifest.golden[0].atol: expected a finite number >= 0" in last["reason"]
     assert "got NaN" in last["reason"]
+
+
+# --- .tar.zst: one zstd frame around the tar, bounded by the signed uncompressed length ------
+
+
+def zst(data: bytes) -> bytes:
+    return bundle_zstd.compress(data)
+
+
+def test_a_zstd_bundle_reads_within_exactly_its_uncompressed_length(v1: Bundle) -> None:
+    tar = tar_bytes(v1)
+    data = zst(tar)
+    assert len(data) < len(tar) and zst(tar) == data  # smaller, and deterministic
+    b = read_tar_bytes(data, "t.tar", max_bytes=len(tar))
+    assert (b.manifest, b.model_bytes, b.report) == (v1.manifest, v1.model_bytes, v1.report)
+    e = refused(data, "compressed_too_large", "(stream)", max_bytes=len(tar) - 1)
+    assert f"bound of {len(tar) - 1} bytes" in str(e)
+
+
+def test_a_truncated_zstd_stream_is_refused(v1: Bundle) -> None:
+    data = zst(tar_bytes(v1))
+    for cut in (len(data) - 4, len(data) // 2):  # the checksum only; half the frame
+        refused(data[:cut], "compressed_truncated", "(stream)")
+    refused(data + b"\0", "compressed_invalid", "(stream)")  # bytes after the frame
+
+
+@pytest.mark.parametrize(("inner", "kind"), [(bundle_zstd.compress, "zstd"),
+                                             (gzip.compress, "gzip")])
+def test_compression_inside_the_zstd_layer_is_refused(v1: Bundle, inner: Any, kind: str) -> None:
+    e = refused(zst(inner(tar_bytes(v1))), "compressed", "(stream)")
+    assert f"a {kind} stream; inside zstd" in str(e)
+
+
+def test_a_zstd_bomb_is_refused_at_the_ratio_cap_with_bounded_memory() -> None:
+    bomb = zstandard.ZstdCompressor(level=3).compress(b"\0" * (200 * MIB))  # ~6 KB
+    tracemalloc.start()
+    try:
+        e = refused(bomb, "compressed_too_large", "(stream)", max_bytes=1 << 40)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert f"bound of {len(bomb) * bundle_zstd.MAX_RATIO} bytes" in str(e)
+    assert peak < 16 * MIB, f"{peak / MIB:.1f} MiB allocated reading a {len(bomb)}-byte bomb"
+
+
+def test_a_signed_uncompressed_length_over_the_ratio_or_the_cap_is_refused() -> None:
+    from edge_agent.update.errors import BundleRejectedError
+    from edge_agent.update.policy import check_uncompressed
+
+    check_uncompressed(64_000, path="p", length=1000, max_bytes=MIB)  # within both
+    for ulen, cap, code in ((64_001, MIB, "bundle_compressed_ratio"),
+                            (64_000, 63_999, "bundle_compressed_too_large")):
+        with pytest.raises(BundleRejectedError) as ei:
+            check_uncompressed(ulen, path="p", length=1000, max_bytes=cap)
+        assert ei.value.code == code, str(ei.value)
+
+
+def test_signed_zstd_bomb_is_rejected_with_bounded_memory_and_nothing_moves(
+        agent_proc: AgentProcess, fleet: Fleet) -> None:
+    """A 6 KB signed frame of 200 MiB of zeros whose signed tar length is a lie (300 KB)."""
+    agent_proc.start()
+    bomb = zstandard.ZstdCompressor(level=3).compress(b"\0" * (200 * MIB))
+    last, rise = release_rejected(agent_proc, fleet, bomb, "bundle_compressed_too_large",
+                                  uncompressed_length=300_000)
+    assert "decompresses past its bound of 300000 bytes" in last["reason"], last
+    print(f"zstd bomb: {len(bomb)} bytes signed, agent peak RSS rise {rise:.1f} MiB")
+    assert rise <= 50, f"agent peak RSS rose {rise:.1f} MiB on a {len(bomb)}-byte bomb"
+
+
+@pytest.mark.parametrize("kind", ["truncated", "over_ratio"])
+def test_signed_bad_zstd_stream_is_rejected_with_its_code(
+        kind: str, v1: Bundle, agent_proc: AgentProcess, fleet: Fleet) -> None:
+    agent_proc.start()
+    tar = tar_bytes(v1)
+    data = zst(tar)
+    if kind == "truncated":
+        release_rejected(agent_proc, fleet, data[:-4], "bundle_compressed_truncated",
+                         uncompressed_length=len(tar))
+    else:  # signed as expanding past 64x: refused from the metadata, before downloading
+        release_rejected(agent_proc, fleet, data, "bundle_compressed_ratio",
+                         uncompressed_length=len(data) * bundle_zstd.MAX_RATIO + 1)
+
+
+def test_a_tar_zst_bundle_goes_through_the_signed_update_flow_and_commits(
+        bundles: Bundles, agent_proc: AgentProcess, fleet: Fleet, tmp_path: Path) -> None:
+    """edge-fleet publish of a .tar.zst: chunks and TUF hash/length are of the compressed
+    file, staged compressed; the agent decompresses it bounded, checks it and commits v3."""
+    from edge_agent.bundle import write_bundle
+
+    agent_proc.start()
+    v3 = read_bundle(bundles.v3)
+    out = write_bundle(v3, tmp_path / "digits-3.tar.zst")
+    tar = tar_bytes(v3)
+    res = fleet.publish(out)
+    assert res.target.endswith("digits-3.tar.zst") and res.length == out.stat().st_size
+    assert res.uncompressed_length == len(tar) and res.length < len(tar)
+    assert res.sha256 == hashlib.sha256(out.read_bytes()).hexdigest()
+    st = wait_for(lambda: (s := agent_proc.update_status())["phase"] == "idle"
+                  and s.get("last") and s, 90, "the .tar.zst release to be decided")
+    assert st["last"]["result"] == "committed", st["last"]
+    assert agent_proc.serving() == 3
+    assert len(agent_proc.predict(X)["predictions"]) == 1

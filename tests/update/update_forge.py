@@ -265,15 +265,18 @@ def manifest_tar(bundle: Any, manifest: bytes) -> bytes:
 
 def signed_tar_release(repo: FleetRepo, signers: Sequence[Signer], data: bytes, *,
                        name: str, version: int, profiles: tuple[str, ...],
-                       audience: Any, chunk_size: int) -> tuple[str, list[bytes], dict[str, bytes]]:
+                       audience: Any, chunk_size: int, uncompressed_length: int | None = None
+                       ) -> tuple[str, list[bytes], dict[str, bytes]]:
     """``data`` signed as model ``name`` v``version`` by ``signers`` (for every role, so a
     threshold of legitimate keys: the bytes are what the release signed). Nothing is
-    written to ``repo``. Returns the target path, its chunks and the announcement files."""
+    written to ``repo``. Returns the target path, its chunks and the announcement files.
+    ``uncompressed_length`` signs ``data`` as a ``.tar.zst`` with that tar length."""
     from fleet.repo import target_path_for_model
 
-    path = target_path_for_model(name, version)
+    path = target_path_for_model(name, version, compressed=uncompressed_length is not None)
     spec = TargetSpec("model", audience, name, version, profiles,
-                      ChunkPlan.for_data(data, chunk_size))
+                      ChunkPlan.for_data(data, chunk_size),
+                      uncompressed_length=uncompressed_length)
     files = forge_release(repo, target=(path, data, spec), targets_by=signers,
                           snapshot_by=signers, timestamp_by=signers)
     assert spec.chunks is not None
