@@ -224,7 +224,7 @@ def test_feedback_that_disagrees_captures_the_input_under_the_given_label(
                                      headers={"Content-Type": "application/json"})
         with urllib.request.urlopen(req, timeout=10) as r:
             assert json.loads(r.read())["accepted"] == 6
-        wait_for(lambda: len(items(store)) == 2, 10, "the two disagreeing inputs")
+        wait_for(lambda: len(items(store)) == 2, 30, "the two disagreeing inputs")
         out = tmp_path / "pulled"
         r2 = edge_fleet("capture", "pull", "--device", "cap-3", "-o", out, "--broker",
                         broker.url)
