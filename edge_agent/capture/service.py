@@ -164,20 +164,21 @@ class CaptureService:
         hold = (self.cfg.on_feedback and rec.request_id is not None and rec.top1 is not None
                 and rec.confidence is not None
                 and rec.inputs_raw.nbytes <= self.cfg.feedback_memory_bytes)
-        if not picks and not hold:
+        if not picks:
+            if hold:  # bounded by feedback_memory_bytes, not by the write rate: a request
+                # held too late (or skipped by max_per_s) could never be matched by feedback
+                assert rec.request_id is not None and rec.top1 is not None
+                assert rec.confidence is not None
+                self._hold(rec.request_id, _Held(rec.model, rec.version,
+                                                 np.array(rec.inputs_raw), rec.input_spec,
+                                                 np.array(rec.top1), np.array(rec.confidence),
+                                                 rec.at))
             return
         now = time.monotonic()
         if now < self._next_at:
             self.limited += 1
             return
         self._next_at = now + 1.0 / self.cfg.max_per_s
-        if not picks:
-            assert rec.request_id is not None and rec.top1 is not None
-            assert rec.confidence is not None
-            self._hold(rec.request_id, _Held(rec.model, rec.version, np.array(rec.inputs_raw),
-                                             rec.input_spec, np.array(rec.top1),
-                                             np.array(rec.confidence), rec.at))
-            return
         i, reason = picks[0]
         assert rec.top1 is not None and rec.confidence is not None  # choose() checked
         probs = rec.probabilities
