@@ -237,6 +237,12 @@ def test_homeassistant_install_press_with_nothing_announced_is_refused_and_moves
     dev = start_device(config=HA)
     ha = next(c for c in dev.agent.components if isinstance(c, HomeAssistantService))
     before = dev.snapshot()
+    # The press topic is not retained: press only once the agent is subscribed. Its discovery
+    # document is published after its subscriptions on the same connection, so seeing it
+    # means the broker holds the subscription (the CI flake: a press sent before that).
+    seen = Retained(mosquitto.url, "homeassistant/#")
+    wait_for(lambda: seen.doc(DISCOVERY), 20, "the discovery document")
+    seen.close()
     _press(mosquitto.url, json.dumps({"model": "digits"}).encode())
     ev = wait_for(lambda: [e for e in dev.events_of(EventKind.UPDATE_REJECTED)
                            if e.data.get("code") == "nothing_announced"], 10,
