@@ -5,7 +5,9 @@ Writes the private key (PKCS#8 PEM, mode 0600, owned by the user running it:
 device_key`` of ``--config``, else ``<store_dir>/device.key``; prints the public key (64
 hex digits, what ``edge-fleet encrypt --to`` takes) and its fingerprint. Refuses to
 overwrite an existing key without ``--force``; ``--rotate`` keeps the old one as
-``<key>.previous`` so installed versions sealed for it still open.
+``<key>.previous`` so installed versions sealed for it still open, until it is retired
+(:mod:`edge_agent.crypto.rotation`: automatically when a release sealed for the new key
+commits, or ``--retire``).
 """
 
 from __future__ import annotations
@@ -22,10 +24,13 @@ def _cmd_keygen(a: argparse.Namespace) -> int:
     from edge_agent.crypto.device_key import generate, public_pem
     from edge_agent.crypto.sealed import fingerprint, public_bytes
 
-    path = a.key
-    if path is None:  # a bad config is a ConfigError: edge-agent's main says so, exit 2
-        from edge_agent.config import load_config
-        path = load_config(a.config).agent.device_key_path
+    path, store = a.key, a.store
+    if path is None or (a.retire and store is None and a.config is not None):
+        from edge_agent.config import load_config  # a bad config is a ConfigError: exit 2
+        agent = load_config(a.config).agent
+        path, store = path or agent.device_key_path, store or agent.store_dir
+    if a.retire:
+        return _retire(Path(path), Path(store) if store else Path(path).parent)
     try:
         pub = generate(Path(path), force=a.force, rotate=a.rotate)
     except FileExistsError as e:
@@ -40,6 +45,25 @@ def _cmd_keygen(a: argparse.Namespace) -> int:
     return 0
 
 
+def _retire(key: Path, store: Path) -> int:
+    from edge_agent.crypto.rotation import retire_previous
+    from edge_agent.crypto.sealed import SealedBundleError
+
+    try:
+        rep = retire_previous(key, store)
+    except (OSError, SealedBundleError) as e:
+        raise BadInputError(f"keygen --retire: {e}") from e
+    if rep.retired is None:
+        print(f"no previous key beside {key}: nothing to retire")
+        return 0
+    for p in rep.rewrapped:
+        print(f"re-wrapped {p} for the current key")
+    for p in rep.unopenable:
+        print(f"left as it is (opens with neither key): {p}")
+    print(f"retired {rep.retired}")
+    return 0
+
+
 def add_keygen_command(subparsers: Any) -> None:
     k = subparsers.add_parser("keygen", help="create this device's key pair for sealed bundles")
     k.add_argument("--key", type=Path, help="private key path (default: [agent] device_key)")
@@ -48,5 +72,11 @@ def add_keygen_command(subparsers: Any) -> None:
     g = k.add_mutually_exclusive_group()
     g.add_argument("--force", action="store_true", help="overwrite an existing key")
     g.add_argument("--rotate", action="store_true",
-                   help="new key; the old one kept as <key>.previous")
+                   help="new key; the old one kept as <key>.previous until retired")
+    g.add_argument("--retire", action="store_true",
+                   help="end the rotation's grace now: re-wrap installed versions sealed "
+                        "only for <key>.previous for the current key, then remove it")
+    k.add_argument("--store", type=Path,
+                   help="the store whose versions --retire re-wraps (default: [agent] "
+                        "store_dir, else the key's folder)")
     k.set_defaults(func=_cmd_keygen)

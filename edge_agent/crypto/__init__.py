@@ -14,3 +14,23 @@ def is_sealed_file(path: Path) -> bool:
         return False
     with path.open("rb") as f:
         return f.read(len(MAGIC)) == MAGIC
+
+
+def retire_after_commit(key: Path | None, store_root: Path, version_dir: Path) -> str | None:
+    """The update flow's hook after a commit: when the committed version is sealed for
+    the current key and a rotation left ``<key>.previous``, retire it
+    (:func:`edge_agent.crypto.rotation.on_commit`). Returns the retired fingerprint, or
+    None; never raises (a failure is logged and the old key kept, which is safe)."""
+    if key is None or not key.with_name(key.name + ".previous").is_file():
+        return None  # the common case: no rotation pending, no `cryptography` import
+    import logging
+
+    from edge_agent.crypto.rotation import on_commit
+    from edge_agent.errors import BundleError
+    try:
+        rep = on_commit(key, store_root, version_dir)
+    except (OSError, BundleError) as e:
+        logging.getLogger(__name__).warning("device key: retiring %s.previous failed: %s",
+                                            key.name, e)
+        return None
+    return rep.retired if rep else None

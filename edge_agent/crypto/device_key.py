@@ -34,7 +34,7 @@ from edge_agent.crypto.sealed import (
     public_bytes,
 )
 
-__all__ = ["DeviceKeys", "generate", "load_public", "open_sealed",
+__all__ = ["DeviceKeys", "generate", "load_public", "open_sealed", "previous_path",
            "read_sealed_file"]
 
 MAX_KEY_FILE_BYTES = 16 << 10
@@ -66,10 +66,19 @@ def generate(path: Path, *, force: bool = False, rotate: bool = False) -> X25519
         raise FileExistsError(f"{path} exists; --force overwrites it, --rotate keeps it as "
                               f"{path.name}.previous")
     if rotate and path.exists():
-        os.replace(path, path.with_name(path.name + ".previous"))
+        if previous_path(path).exists():  # a second rotation would lose the older key
+            raise FileExistsError(
+                f"{previous_path(path)} is still kept from the last rotation; it is retired "
+                "when a release sealed for the new key commits, or now with --retire")
+        os.replace(path, previous_path(path))
     key = X25519PrivateKey.generate()
     _write_private(path, key)
     return key.public_key()
+
+
+def previous_path(path: Path) -> Path:
+    """Where a rotation keeps the old key until it is retired (:mod:`.rotation`)."""
+    return path.with_name(path.name + ".previous")
 
 
 def _load_private(path: Path) -> X25519PrivateKey:
@@ -128,11 +137,24 @@ class DeviceKeys:
                 "([agent] device_key; make one with `edge-agent keygen`)",
                 code="device_key_missing")
         out: dict[str, X25519PrivateKey] = {}
-        for p in (self.path, self.path.with_name(self.path.name + ".previous")):
+        for p in (self.path, previous_path(self.path)):
             if p.is_file():
                 k = _load_private(p)
                 out[fingerprint(public_bytes(k.public_key()))] = k
         return out
+
+    def _fingerprint_of(self, p: Path | None) -> str | None:
+        if p is None or not p.is_file():
+            return None
+        return fingerprint(public_bytes(_load_private(p).public_key()))
+
+    def current(self) -> str | None:
+        """Fingerprint of the current key (None without one). Raises SealedBundleError."""
+        return self._fingerprint_of(self.path)
+
+    def previous(self) -> str | None:
+        """Fingerprint of the key kept by the last rotation, if any."""
+        return self._fingerprint_of(previous_path(self.path) if self.path else None)
 
     def fingerprints(self) -> list[str]:
         try:

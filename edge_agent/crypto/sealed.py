@@ -55,7 +55,7 @@ from edge_agent.errors import BundleError
 
 __all__ = ["CODES", "ENVELOPE_VERSION", "MAGIC", "Recipient", "SealedBundleError",
            "SealedHeader", "fingerprint", "is_sealed", "open_files", "parse_header",
-           "public_bytes", "seal_files"]
+           "public_bytes", "rewrap", "seal_files"]
 
 ENVELOPE_VERSION = 1
 _PREFIX = struct.Struct(">8sBI")  # magic, version, header length
@@ -160,6 +160,20 @@ def seal_files(files: Mapping[str, bytes], *, name: str, version: int,
         raise ValueError(f"{len(files)} files, over {MAX_PARTS}")
     release = _release_aad(name, version, target_profiles)
     cek = AESGCM.generate_key(bit_length=256)
+    recs = _wrap_for(cek, release, recipients)
+    aead = AESGCM(cek)
+    parts, bodies = [], []
+    for file, data in files.items():  # every file of the bundle: model(s), manifest, report
+        nonce = os.urandom(NONCE_BYTES)
+        ct = aead.encrypt(nonce, data, _part_aad(release, file))
+        parts.append({"file": file, "nonce": _b64(nonce), "size": len(ct)})
+        bodies.append(ct)
+    return _envelope(name, version, target_profiles, recs, parts, bodies)
+
+
+def _wrap_for(cek: bytes, release: bytes, recipients: Sequence[X25519PublicKey]
+              ) -> list[dict[str, str]]:
+    """The content key wrapped for each recipient (a fresh ephemeral key each)."""
     recs, seen = [], set()
     for pub in recipients:
         rpk = public_bytes(pub)
@@ -172,19 +186,36 @@ def seal_files(files: Mapping[str, bytes], *, name: str, version: int,
         kek = _kek(eph.exchange(pub), epk, rpk)
         wrapped = AESGCM(kek).encrypt(b"\0" * NONCE_BYTES, cek, release)
         recs.append({"id": fid, "epk": _b64(epk), "wrapped": _b64(wrapped)})
-    aead = AESGCM(cek)
-    parts, bodies = [], []
-    for file, data in files.items():  # every file of the bundle: model(s), manifest, report
-        nonce = os.urandom(NONCE_BYTES)
-        ct = aead.encrypt(nonce, data, _part_aad(release, file))
-        parts.append({"file": file, "nonce": _b64(nonce), "size": len(ct)})
-        bodies.append(ct)
+    return recs
+
+
+def _envelope(name: str, version: int, target_profiles: Sequence[str],
+              recs: list[dict[str, str]], parts: list[dict[str, Any]],
+              bodies: Sequence[bytes | memoryview]) -> bytes:
     header = json.dumps({"name": name, "version": version,
                          "target_profiles": list(target_profiles), "recipients": recs,
                          "parts": parts}, sort_keys=True, separators=(",", ":")).encode()
     if len(header) > MAX_HEADER_BYTES:
         raise ValueError(f"header of {len(header)} bytes, over {MAX_HEADER_BYTES}")
     return b"".join([_PREFIX.pack(MAGIC, ENVELOPE_VERSION, len(header)), header, *bodies])
+
+
+def rewrap(data: bytes, key: X25519PrivateKey, to: X25519PublicKey, *, max_bytes: int
+           ) -> bytes:
+    """Key rotation on the device: envelope ``data`` with ``key``'s recipient entry
+    replaced by one for ``to`` (the content key unwrapped with ``key``, wrapped afresh
+    for ``to``). The encrypted parts are not touched: their AAD is the release, not the
+    recipient, so they still verify. Other recipients are kept. Raises
+    SealedBundleError (``not_for_this_device``, ``sealed_bad_tag``, header codes)."""
+    header = parse_header(data, max_bytes=max_bytes)
+    cek = unwrap_key(header, key)
+    gone = {fingerprint(key.public_key()), fingerprint(to)}
+    recs = [{"id": r.id, "epk": _b64(r.epk), "wrapped": _b64(r.wrapped)}
+            for r in header.recipients if r.id not in gone]
+    recs += _wrap_for(cek, header.release_aad(), [to])
+    parts = [{"file": p.file, "nonce": _b64(p.nonce), "size": p.size} for p in header.parts]
+    return _envelope(header.name, header.version, header.target_profiles, recs, parts,
+                     [memoryview(data)[header.body_offset:]])
 
 
 def _bad(msg: str, code: str = "sealed_malformed") -> SealedBundleError:

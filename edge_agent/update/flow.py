@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from edge_agent.bundle import Bundle
+from edge_agent.crypto import retire_after_commit
 from edge_agent.errors import (
     BundleError,
     EdgeError,
@@ -555,8 +556,12 @@ class UpdateFlow:
         except OSError as e:
             log.warning("update: pruning old versions of %s failed: %s", s.name, e)
             removed = []
-        self._event("info", EventKind.UPDATE_COMMITTED, out.reason, name=s.name, version=s.version,
-                    pruned=removed)
+        retired = retire_after_commit(self.d.store.device_key, self.d.store.root,
+                                      self.d.store.version_dir(s.name, s.version))
+        self._event("info", EventKind.UPDATE_COMMITTED,
+                    out.reason + (f"; device key {retired} retired" if retired else ""),
+                    name=s.name, version=s.version, pruned=removed,
+                    **({"device_key_retired": retired} if retired else {}))
         return out
 
     def _loaded(self, name: str, version: int | None) -> ServedModel | None:
