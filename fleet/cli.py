@@ -16,6 +16,7 @@ from edge_agent.errors import EdgeError
 from fleet import (
     capture,
     dashboard,
+    device_keys,
     keys,
     publish,
     repo,
@@ -46,7 +47,8 @@ SUBCOMMANDS = (
     wheelhouse,  # offline wheel directory for a board
     capture,     # capture pull
     dashboard,   # live fleet page in a browser
-    seal,        # encrypt (sealed bundles for device keys)
+    seal,        # encrypt, reencrypt (sealed bundles for device keys)
+    device_keys,  # device-keys add / rotate / remove / list
 )
 
 

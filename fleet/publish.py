@@ -88,7 +88,7 @@ from edge_agent.update.wire import (
     encode_chunk,
     parse_target_spec,
 )
-from fleet import keys, seal
+from fleet import device_keys, keys, seal
 from fleet.broker import add_broker_args, as_config, broker_config
 from fleet.repo import FleetRepo, target_path_for_model
 from fleet.shadow_args import DEFAULT_GATE, shadow_terms
@@ -466,7 +466,8 @@ def _cmd_publish(args: argparse.Namespace) -> int:
     terms = ProbationTerms(args.probation_min_requests or 0, args.probation_min_clients or 0) \
         if args.probation_min_requests or args.probation_min_clients else None
     with seal.temp_dir() as tmp:
-        bundle = seal.sealed_for_publish(Path(args.bundle), args.encrypt_to, Path(tmp)) \
+        bundle = seal.sealed_for_publish(Path(args.bundle), args.encrypt_to, Path(tmp),
+                                         args.device_keys) \
             if args.encrypt_to else Path(args.bundle)
         res = publish(repo, bundle, [] if args.signed_metadata else _signers(args),
                       audience=_audience(args), broker=broker, http_url=args.http_url,
@@ -527,7 +528,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                    help=f"signed shadow gate (default {DEFAULT_GATE})")
     p.add_argument("--encrypt-to", nargs="+", action="extend", default=[], metavar="KEY",
                    help="seal the bundle for these device keys first (as edge-fleet encrypt; "
-                        "a fresh content key each run: encrypt once to resume a publish)")
+                        "a fresh content key each run: encrypt once to resume a publish); "
+                        "device:ID / group:NAME from --device-keys")
+    device_keys.add_registry_arg(p)
     p.set_defaults(func=_cmd_publish)
     r = sub.add_parser("rollback", help="sign a rollback command for devices")
     _common(r, broker_required=False)

@@ -15,11 +15,17 @@ import test_bundle_bounds as bounds
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from test_sealed_bundles import header_of, plaintext_on_disk, sealed_v, windows
 from update_agentproc import AgentProcess
-from update_helpers import Bundles, Fleet
+from update_helpers import CHUNK, DEVICE, Bundles, Fleet
 from waiting import wait_for
 
 from edge_agent.crypto.device_key import DeviceKeys, generate, open_sealed
-from edge_agent.crypto.sealed import SealedBundleError, fingerprint, open_files, rewrap
+from edge_agent.crypto.sealed import (
+    SealedBundleError,
+    fingerprint,
+    open_files,
+    public_bytes,
+    rewrap,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 agent_proc = bounds.agent_proc  # a real `edge-agent run` (the same fixture)
@@ -103,9 +109,16 @@ def test_keygen_retire_rewraps_installed_versions_then_removes_the_old_key(
 # --- black-box: a real agent ---------------------------------------------------------------
 
 
-def commit(a: AgentProcess, fleet: Fleet, sealed: Path, version: int) -> str:
-    """Publish ``sealed``; it must commit. Returns the ``update.committed`` message."""
-    fleet.publish(sealed)
+def commit(a: AgentProcess, fleet: Fleet, bundle: Path, version: int, to: str,
+           registry: Path) -> str:
+    """``edge-fleet publish BUNDLE --encrypt-to TO --device-keys REGISTRY`` (the CLI, real
+    keys, real broker); it must commit. Returns the ``update.committed`` message."""
+    from fleet.cli import main as fleet_main
+    keys = [a for k in ("targets-a", "targets-b", "snapshot", "timestamp")
+            for a in ("--key", str(fleet.keys[k].path))]
+    assert fleet_main(["publish", str(bundle), "--repo", str(fleet.repo.path), *keys,
+                       "--broker", fleet.broker_url, "--device", DEVICE, "--chunk-size",
+                       str(CHUNK), "--encrypt-to", to, "--device-keys", str(registry)]) == 0
     ev = wait_for(lambda: next((e for e in a.get("/v1/agent/status")["recent_events"]
                                 if e["kind"] in ("update.committed", "update.rejected",
                                                  "update.rolled_back", "update.failed")
@@ -118,19 +131,25 @@ def commit(a: AgentProcess, fleet: Fleet, sealed: Path, version: int) -> str:
 
 def test_rotation_keeps_the_old_key_until_a_release_for_the_new_key_commits(
         agent_proc: AgentProcess, fleet: Fleet, bundles: Bundles, tmp_path: Path) -> None:
-    """v2 sealed for K1 commits; ``keygen --rotate`` (K2, K1 kept); v3 sealed for K2
-    commits → K1 is retired and v2, the rollback target, is re-wrapped for K2 (it opens
-    with K2 alone, across a restart); no plaintext on disk at any point."""
+    """Through the commands an operator types: the device's key in the fleet's registry
+    (``device-keys add``, group ``lab``), v2 published ``--encrypt-to group:lab`` commits;
+    on the device ``keygen --rotate`` (K2, K1 kept), here ``device-keys rotate``; v3
+    published for the group commits → K1 is retired and v2, the rollback target, is
+    re-wrapped for K2 (it opens with K2 alone, across a restart); no plaintext on disk."""
+    from fleet.cli import main as fleet_main
     a = agent_proc
-    key = a.store / "device.key"
+    key, reg = a.store / "device.key", tmp_path / "device-keys.json"
     k1 = generate(key)
-    v2 = tmp_path / "digits-v2.sealed"
-    v2.write_bytes(sealed_v(bundles, 2, k1))
+    other = X25519PrivateKey.generate().public_key()  # another member of the group
+    assert fleet_main(["device-keys", "add", DEVICE, public_bytes(k1).hex(), "--group", "lab",
+                       "--device-keys", str(reg)]) == 0
+    assert fleet_main(["device-keys", "add", "pi-b", public_bytes(other).hex(), "--group",
+                       "lab", "--device-keys", str(reg)]) == 0
     a.start()
     bounds.serving_v1(a)
-    commit(a, fleet, v2, 2)
+    commit(a, fleet, bundles.v2, 2, "group:lab", reg)
     installed_v2 = a.store / "models" / "digits" / "2" / "bundle.sealed"
-    assert recipients(installed_v2) == {fingerprint(k1)}
+    assert recipients(installed_v2) == {fingerprint(k1), fingerprint(other)}
 
     r = keygen("--key", key, "--rotate")  # on the device, while the agent runs
     assert r.returncode == 0, r.stderr
@@ -138,15 +157,15 @@ def test_rotation_keeps_the_old_key_until_a_release_for_the_new_key_commits(
     assert k2_fp is not None and k2_fp != fingerprint(k1)
     assert a.get("/v1/agent/status")["device_key"]["fingerprints"] == [k2_fp, fingerprint(k1)]
     assert len(a.predict(bounds.X)["predictions"]) == 1 and a.serving() == 2
-
     hexkey = next(ln.split()[-1] for ln in r.stdout.splitlines() if ln.startswith("public"))
-    v3 = tmp_path / "digits-v3.sealed"
-    from fleet.cli import main as fleet_main
-    assert fleet_main(["encrypt", str(bundles.v3), "--to", hexkey, "-o", str(v3)]) == 0
-    msg = commit(a, fleet, v3, 3)
+    assert fleet_main(["device-keys", "rotate", DEVICE, hexkey, "--device-keys", str(reg)]) == 0
+
+    msg = commit(a, fleet, bundles.v3, 3, "group:lab", reg)
     assert f"device key {fingerprint(k1)} retired" in msg, msg
     assert not (a.store / "device.key.previous").exists()
-    assert recipients(installed_v2) == {k2_fp}  # the rollback target opens with K2 alone
+    assert recipients(a.store / "models" / "digits" / "3" / "bundle.sealed") == {
+        k2_fp, fingerprint(other)}  # the fleet sealed for the new key, not the old
+    assert recipients(installed_v2) == {k2_fp, fingerprint(other)}  # re-wrapped on the device
     assert open_sealed(installed_v2.read_bytes(), DeviceKeys(key), "t").version == 2
     assert a.get("/v1/agent/status")["device_key"]["fingerprints"] == [k2_fp]
 
