@@ -42,6 +42,10 @@ def _cmd_keygen(a: argparse.Namespace) -> int:
     print(f"device key {path} (0600){' rotated' if a.rotate else ''}")
     print(f"public key  {public_bytes(pub).hex()}")
     print(f"fingerprint {fingerprint(pub)}")
+    if a.rotate:
+        print(f"the old key is kept as {Path(path).name}.previous until a release sealed for "
+              "the new key commits (or `edge-agent keygen --retire`); give the fleet the new "
+              "key: edge-fleet device-keys rotate DEVICE <public key>")
     return 0
 
 

@@ -163,6 +163,7 @@ def main() -> int:
     OUT.mkdir(exist_ok=True)
     bundles = step_convert()
     with broker() as (mhost, mport):
+        import demo_sealed as sealed  # the encrypted update (same folder)
         import demo_update as upd  # the signed-update half of the demo (same folder)
 
         repo = upd.prepare_repository(OUT, run, BIN)
@@ -193,6 +194,9 @@ def main() -> int:
                             DEVICE, say, http, wait_for)
             upd.step_shadow(OUT, run, BIN, repo, bundles, base, tap, f"mqtt://{mhost}:{mport}",
                             DEVICE, say, http, wait_for)
+            sealed.step_encrypted(OUT, run, BIN, repo, upd.build_extra_bundles(OUT, run, BIN)["v3"],
+                                  cfg, base, tap, f"mqtt://{mhost}:{mport}", DEVICE, say, http,
+                                  wait_for, upd.signing_args(OUT))
             step_dashboards(base, f"mqtt://{mhost}:{mport}")
         finally:
             agent.send_signal(signal.SIGTERM)

@@ -73,12 +73,16 @@ def forge(repo: Path, bundle: Path, out: Path, broker: str, device: str) -> None
            broker)
 
 
+def signing_args(out: Path) -> list[Any]:
+    """``--key`` arguments of the online roles (what ``publish`` signs with)."""
+    return [a for r in ROLES[1:] for a in ("--key", out / "keys" / f"{r}.key")]
+
+
 def step_update(out: Path, run: Callable[..., Any], bin_: Path, repo: Path,
                 bundles: dict[str, Path], base: str, tap: Any, broker: str, device: str,
                 say: Callable[[str], None], http: Callable[..., Any],
                 wait_for: Callable[..., Any]) -> None:
-    keys = out / "keys"
-    signing = [a for r in ROLES[1:] for a in ("--key", keys / f"{r}.key")]
+    signing = signing_args(out)
     extra = build_extra_bundles(out, run, bin_)
 
     def outcome(after: int) -> dict[str, Any]:
@@ -145,8 +149,7 @@ def step_shadow(out: Path, run: Callable[..., Any], bin_: Path, repo: Path,
 
     say("7b. Shadow evaluation: a signed v5 that disagrees with v2 is judged on copies of live "
         "requests and blocked")
-    keys = out / "keys"
-    signing = [a for r in ROLES[1:] for a in ("--key", keys / f"{r}.key")]
+    signing = signing_args(out)
     bad = out / "bundles" / "digits-v5-disagrees"
     if not (bad / "manifest.json").exists():
         disagreeing(bundles["v2"], bad, version=5)

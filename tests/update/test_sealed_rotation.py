@@ -18,6 +18,7 @@ from update_agentproc import AgentProcess
 from update_helpers import CHUNK, DEVICE, Bundles, Fleet
 from waiting import wait_for
 
+from edge_agent.crypto import retire_after_commit
 from edge_agent.crypto.device_key import DeviceKeys, generate, open_sealed
 from edge_agent.crypto.sealed import (
     SealedBundleError,
@@ -104,6 +105,27 @@ def test_keygen_retire_rewraps_installed_versions_then_removes_the_old_key(
     assert open_sealed(v2.read_bytes(), DeviceKeys(key), "t").version == 2
     again = keygen("--key", key, "--retire")
     assert again.returncode == 0 and "nothing to retire" in again.stdout
+
+
+def test_a_failed_retirement_is_logged_and_keeps_the_old_key(
+        tmp_path: Path, bundles: Bundles, caplog: pytest.LogCaptureFixture) -> None:
+    """The update flow's hook never raises: when retiring fails (here the kept key file
+    does not parse) the old key and the installed version stay exactly as they were."""
+    store = tmp_path / "store"
+    key = store / "device.key"
+    generate(key)
+    v3 = store / "models" / "digits" / "3"
+    v3.mkdir(parents=True)
+    (v3 / "bundle.sealed").write_bytes(sealed_v(bundles, 3, generate(tmp_path / "k2")))
+    (tmp_path / "k2").replace(key)  # v3 is sealed for the current key
+    prev = store / "device.key.previous"
+    prev.write_bytes(b"-----BEGIN PRIVATE KEY-----\nnot a key\n-----END PRIVATE KEY-----\n")
+    before = (v3 / "bundle.sealed").read_bytes()
+    assert retire_after_commit(key, store, v3) is None
+    assert prev.is_file() and (v3 / "bundle.sealed").read_bytes() == before
+    assert "retiring device.key.previous failed" in caplog.text
+    assert retire_after_commit(key, store, v3 / "missing") is None  # not sealed: no-op
+    assert retire_after_commit(None, store, v3) is None
 
 
 # --- black-box: a real agent ---------------------------------------------------------------
