@@ -1,7 +1,9 @@
 """End-to-end demo driven through the real CLIs (what a user would type), step by step.
 
 convert → serve (REST) → telemetry (MQTT) → signed update v2 → forged v3 rejected →
-signed rollback. Everything runs on loopback; the agent is a real ``edge-agent run``
+signed rollback → shadow run blocks v5 → encrypted v3 (refused when sealed for another
+board, committed when sealed for this board's group; ``demo_sealed.py``).
+Everything runs on loopback; the agent is a real ``edge-agent run``
 subprocess. Output (bundles, keys, repository, agent store, logs) goes to ``demo-out/``.
 """
 
