@@ -14,6 +14,7 @@ import pytest
 import test_bundle_bounds as bounds
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from test_sealed_bundles import header_of, plaintext_on_disk, sealed_v, windows
+from test_sealed_demo import Tap
 from update_agentproc import AgentProcess
 from update_helpers import CHUNK, DEVICE, Bundles, Fleet
 from waiting import wait_for
@@ -152,7 +153,8 @@ def commit(a: AgentProcess, fleet: Fleet, bundle: Path, version: int, to: str,
 
 
 def test_rotation_keeps_the_old_key_until_a_release_for_the_new_key_commits(
-        agent_proc: AgentProcess, fleet: Fleet, bundles: Bundles, tmp_path: Path) -> None:
+        agent_proc: AgentProcess, fleet: Fleet, bundles: Bundles, tmp_path: Path,
+        request: pytest.FixtureRequest) -> None:
     """Through the commands an operator types: the device's key in the fleet's registry
     (``device-keys add``, group ``lab``), v2 published ``--encrypt-to group:lab`` commits;
     on the device ``keygen --rotate`` (K2, K1 kept), here ``device-keys rotate``; v3
@@ -160,6 +162,8 @@ def test_rotation_keeps_the_old_key_until_a_release_for_the_new_key_commits(
     re-wrapped for K2 (it opens with K2 alone, across a restart); no plaintext on disk."""
     from fleet.cli import main as fleet_main
     a = agent_proc
+    tap = Tap(fleet.broker_url)  # the MQTT events, as a fleet observer sees them
+    request.addfinalizer(tap.close)
     key, reg = a.store / "device.key", tmp_path / "device-keys.json"
     k1 = generate(key)
     other = X25519PrivateKey.generate().public_key()  # another member of the group
@@ -184,6 +188,11 @@ def test_rotation_keeps_the_old_key_until_a_release_for_the_new_key_commits(
 
     msg = commit(a, fleet, bundles.v3, 3, "group:lab", reg)
     assert f"device key {fingerprint(k1)} retired" in msg, msg
+    committed = wait_for(lambda: [e for e in tap.find("/events")
+                                  if e.get("kind") == "update.committed"
+                                  and e["data"].get("version") == 3], 10,
+                         "v3's update.committed over MQTT")
+    assert committed[0]["data"]["device_key_retired"] == fingerprint(k1), committed
     assert not (a.store / "device.key.previous").exists()
     assert recipients(a.store / "models" / "digits" / "3" / "bundle.sealed") == {
         k2_fp, fingerprint(other)}  # the fleet sealed for the new key, not the old
