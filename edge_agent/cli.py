@@ -163,6 +163,7 @@ def cmd_run(a: argparse.Namespace) -> int:
     agent = Agent(cfg)
     try:
         agent.start()
+        memtrim.after_load()  # what loading left behind goes back to the OS before idling
         models = ", ".join(f"{m['name']} v{m['active']}" for m in agent.registry.snapshot())
         where = f" on {agent.http.url}" if agent.http else ""
         where += f", grpc on {agent.grpc.address}" if agent.grpc else ""
