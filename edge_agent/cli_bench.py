@@ -1,7 +1,7 @@
 """``edge-agent bench --sweep``: find the workers × threads split for this board by measuring.
 
     edge-agent bench --sweep --model BUNDLE [--seconds S] [--concurrency 1,2,4] [--rounds N]
-                     [--profile NAME|PATH] [--write-profile OUT.toml] [--json]
+                     [--profile NAME|PATH] [--write-profile DIR] [--json]
 
 For every split of the profile's cores into ``workers`` interpreters of ``threads`` threads
 (``workers × threads ≤ cores``), a real ``edge-agent run`` serves the bundle on a loopback
@@ -15,12 +15,14 @@ Per split and concurrency: requests/s, p50 and p99 latency, and the agent proces
 per request (``/proc/PID/stat`` utime + stime over the window, so the client's own CPU is
 not counted). The best split has the highest geometric mean of requests/s over the
 concurrencies (so neither the one-client latency nor the many-client throughput alone
-decides); ``--write-profile`` writes the profile with ``default_workers`` /
-``default_threads`` set to it (atomically, docs/agent.md#tuning), for ``[agent] profile``.
+decides); ``--write-profile DIR`` writes ``DIR/<profile>.toml``, the profile with
+``default_workers`` / ``default_threads`` set to it (atomically, docs/agent.md#tuning):
+with ``EDGE_PROFILES_DIR=DIR`` it overrides the shipped profile of the same name.
 
-The pure part (:func:`splits`, :func:`best_split`, :func:`profile_override`) takes no
-process, socket or clock; :func:`sweep` is the IO shell. Raises BadInputError for a bundle
-the sweep cannot drive (no single tensor input) and EdgeError when an agent does not start.
+The pure part (:func:`splits`, :func:`best_split`, :func:`medians`,
+:func:`profile_override`) takes no process, socket or clock; :func:`sweep` is the IO shell.
+Raises BadInputError for a bundle the sweep cannot drive (no single tensor input) and
+EdgeError when an agent does not start.
 """
 
 from __future__ import annotations
@@ -99,7 +101,7 @@ def profile_override(profile_text: str, workers: int, threads: int, note: str) -
     at = next((i for i, ln in enumerate(lines) if ln.lstrip().startswith("[")), len(lines))
     head = [f"# {n}" for n in note.splitlines()]
     keys = [f"default_threads = {threads}", f"default_workers = {workers}"]
-    return "\n".join(head + lines[:at] + keys + lines[at:]) + "\n"
+    return "\n".join(head + lines[:at] + keys + [""] + lines[at:]) + "\n"
 
 
 def medians(rows: Sequence[Row]) -> list[Row]:
@@ -295,13 +297,13 @@ def add_sweep_options(b: argparse.ArgumentParser, plain: Callable[[argparse.Name
     b.add_argument("--concurrency", default="1,2,4", help="closed-loop clients, e.g. 1,2,4")
     b.add_argument("--rounds", type=int, default=1, help="alternating rounds (medians)")
     b.add_argument("--profile", default="auto", help="profile name or path (its cores)")
-    b.add_argument("--write-profile", type=Path,
-                   help="write the profile with the best split as its defaults")
+    b.add_argument("--write-profile", type=Path, metavar="DIR",
+                   help="write DIR/<profile>.toml with the best split as its defaults "
+                        "(an override: EDGE_PROFILES_DIR=DIR)")
     b.set_defaults(func=lambda a: cmd_sweep(a) if a.sweep else plain(a))
 
 
 def cmd_sweep(a: argparse.Namespace) -> int:
-    from edge_agent.fsutil import atomic_write_text
     from edge_agent.profiles import detect_profile, load_profile
 
     bundle = a.model or a.bundle
@@ -334,16 +336,33 @@ def cmd_sweep(a: argparse.Namespace) -> int:
               "best": {"workers": w, "threads": t},
               "loadavg": os.getloadavg()[0]}
     if a.write_profile:
-        if not prof.source or not Path(prof.source).is_file():
-            raise BadInputError(f"profile {prof.name} has no file to start from")
-        note = (f"edge-agent bench --sweep on {bundle}: best {w} workers x {t} threads\n"
-                + table(rows))
-        atomic_write_text(a.write_profile, profile_override(
-            Path(prof.source).read_text(), w, t, note))
-        result["wrote"] = str(a.write_profile)
+        result["wrote"] = str(write_override(prof.source, prof.name, a.write_profile, w, t,
+                                             f"edge-agent bench --sweep on {bundle}: best "
+                                             f"{w} workers x {t} threads\n{table(rows)}"))
     if a.json:
         print(json.dumps(result, indent=1))
     else:
         print(f"best: {w} workers x {t} threads (load {result['loadavg']:.2f})"
-              + (f"; wrote {a.write_profile}" if a.write_profile else ""))
+              + (f"; wrote {result['wrote']}" if a.write_profile else ""))
     return 0
+
+
+def write_override(source: str, name: str, out_dir: Path, workers: int, threads: int,
+                   note: str) -> Path:
+    """``out_dir/<name>.toml``: the profile at ``source`` with the split as its defaults,
+    validated as a profile before it is written (atomically). The file keeps the profile's
+    name (update targeting uses it), so it overrides the shipped one when ``out_dir`` is
+    ``EDGE_PROFILES_DIR``. Raises BadInputError, ProfileError."""
+    import tomllib
+
+    from edge_agent.fsutil import atomic_write_text
+    from edge_agent.profiles import parse_profile
+
+    if not source or not Path(source).is_file():
+        raise BadInputError(f"profile {name} has no file to start from")
+    out = out_dir / f"{name}.toml"
+    text = profile_override(Path(source).read_text(encoding="utf-8"), workers, threads, note)
+    parse_profile(tomllib.loads(text), str(out))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out, text)
+    return out
