@@ -34,7 +34,6 @@ import math
 import os
 import re
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -106,6 +105,8 @@ def profile_override(profile_text: str, workers: int, threads: int, note: str) -
 
 def medians(rows: Sequence[Row]) -> list[Row]:
     """One row per (workers, threads, concurrency): the median of its rounds' figures."""
+    import statistics  # here: decimal and fractions stay out of every `edge-agent run`
+
     by: dict[tuple[int, int, int], list[Row]] = {}
     for r in rows:
         by.setdefault((r.workers, r.threads, r.concurrency), []).append(r)
@@ -264,6 +265,8 @@ def sweep(bundle: Path, *, profile: str, cores: int, concurrencies: Sequence[int
     """Measure every split (see module docstring), ``rounds`` times in alternating order
     (each round tries every split once, the next round in reverse order, so a change of
     machine load falls on all of them); every round's rows. Raises BadInputError, EdgeError."""
+    import statistics
+
     name, body = _golden_request(bundle)
     rows: list[Row] = []
     order = splits(cores)
