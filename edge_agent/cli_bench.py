@@ -33,6 +33,7 @@ import json
 import math
 import os
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -174,11 +175,16 @@ def load(host: str, port: int, request: bytes, concurrency: int, seconds: float,
     (answers, errors, latencies s, wall s, agent CPU s)."""
     lat: list[list[float]] = [[] for _ in range(concurrency)]
     errors = [0] * concurrency
-    start = threading.Barrier(concurrency + 1)
+    start = threading.Barrier(concurrency + 1, timeout=REQUEST_TIMEOUT_S)
     stop_at = [0.0]
 
     def client(i: int) -> None:
-        sock = socket.create_connection((host, port), timeout=REQUEST_TIMEOUT_S)
+        try:
+            sock = socket.create_connection((host, port), timeout=REQUEST_TIMEOUT_S)
+        except OSError:
+            errors[i] += 1
+            start.wait()  # the others still start; this one counts as failed
+            return
         buf = bytearray()
         start.wait()
         try:
@@ -228,9 +234,9 @@ class LocalAgent:
         deadline = time.monotonic() + START_TIMEOUT_S
         while not (m := re.search(r"ready: .* on http://([\d.]+):(\d+)", self._log())):
             if self.proc.poll() is not None or time.monotonic() > deadline:
+                tail = self._log()[-800:]
                 self.stop()
-                raise EdgeError(f"the agent for {workers}x{threads} did not start: "
-                                f"{self._log()[-800:]}")
+                raise EdgeError(f"the agent for {workers}x{threads} did not start: {tail}")
             time.sleep(0.1)
         self.host, self.port = m.group(1), int(m.group(2))
 
@@ -245,6 +251,7 @@ class LocalAgent:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+        shutil.rmtree(self.tmp, ignore_errors=True)
 
 
 def _golden_request(bundle_path: Path) -> tuple[str, bytes]:
@@ -323,6 +330,7 @@ def cmd_sweep(a: argparse.Namespace) -> int:
         raise BadInputError(f"--rounds: expected 1..100, got {a.rounds}")
     if not 0 < a.seconds <= MAX_SECONDS:
         raise BadInputError(f"--seconds: expected 0 < S <= {MAX_SECONDS:g}, got {a.seconds}")
+    _golden_request(Path(bundle))  # a bundle the sweep cannot drive fails before any agent
     prof = load_profile(detect_profile() if a.profile == "auto" else a.profile)
     cores = min(prof.cores, os.cpu_count() or prof.cores)
     say: Callable[[str], None] = (lambda _s: None) if a.json else print

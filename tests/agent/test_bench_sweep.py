@@ -140,6 +140,7 @@ def test_sweep_measures_every_split_through_a_real_agent_and_writes_the_best(
     (["--sweep", "--model", "{bundle}", "--seconds", "0"], "--seconds: expected"),
     (["--sweep", "--model", "{bundle}", "--rounds", "0"], "--rounds: expected 1..100"),
     ([], "bench needs a BUNDLE"),
+    (["--sweep", "--model", "/nonexistent-bundle"], "/nonexistent-bundle: no such bundle"),
 ])
 def test_bad_sweep_arguments_are_one_line_errors(digits: Any, args: list[str],
                                                  says: str) -> None:
