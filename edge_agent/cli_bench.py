@@ -16,8 +16,9 @@ per request (``/proc/PID/stat`` utime + stime over the window, so the client's o
 not counted). The best split has the highest geometric mean of requests/s over the
 concurrencies (so neither the one-client latency nor the many-client throughput alone
 decides); ``--write-profile DIR`` writes ``DIR/<profile>.toml``, the profile with
-``default_workers`` / ``default_threads`` set to it (atomically, docs/agent.md#tuning):
-with ``EDGE_PROFILES_DIR=DIR`` it overrides the shipped profile of the same name.
+``default_workers`` / ``default_threads`` set to it (atomically; docs/agent.md, "Tuning
+workers and threads"): with ``EDGE_PROFILES_DIR=DIR`` it overrides the shipped profile of
+the same name.
 
 The pure part (:func:`splits`, :func:`best_split`, :func:`medians`,
 :func:`profile_override`) takes no process, socket or clock; :func:`sweep` is the IO shell.
