@@ -2,7 +2,12 @@
 
     .venv/bin/python bench/fleet.py [--devices 500] [--processes 4] [--probation 2]
                                     [--rps 0.2] [--chunk-size 65536] [--rollout]
-                                    [--cluster] [--json out.json]
+                                    [--cluster] [--idle S [--idle-only]] [--json out.json]
+
+``--idle S`` first measures the simulator's idle cost for S seconds once every agent is
+online (worker processes' CPU as % of one core per 125 agents, and thread wake-ups per
+second per agent from ``/proc/PID/task/*/status``); use ``--rps 0`` for a fleet with no
+traffic at all.
 
 What it does, all real: starts a private Mosquitto (``sys_interval 1`` for ``$SYS``
 counters), creates a signed TUF repository, starts N agents with ``edge-fleet
@@ -31,6 +36,7 @@ import argparse
 import json
 import math
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -224,6 +230,36 @@ def cpu_seconds(pids: list[int]) -> float:
     return total
 
 
+def switches(pids: list[int]) -> int:
+    """Context switches (voluntary + not) of every thread of ``pids`` so far."""
+    n = 0
+    for pid in pids:
+        for st in Path(f"/proc/{pid}/task").glob("*/status"):
+            try:
+                text = st.read_text()
+            except OSError:  # the thread ended
+                continue
+            n += sum(int(v) for v in re.findall(r"^(?:non)?voluntary_ctxt_switches:\s+(\d+)",
+                                                   text, re.M))
+    return n
+
+
+def idle_cost(pids: list[int], n: int, seconds: float) -> dict[str, float]:
+    """The simulator processes' CPU and wake-ups over ``seconds`` with the fleet idle:
+    % of one core per 125 agents, wake-ups per second per agent; printed and returned."""
+    c0, s0, t0 = cpu_seconds(pids), switches(pids), time.monotonic()
+    time.sleep(seconds)
+    wall = time.monotonic() - t0
+    cpu, sw = cpu_seconds(pids) - c0, switches(pids) - s0
+    r = {"seconds": round(wall, 1), "agents": n,
+         "cpu_pct_per_125": round(cpu / wall * 100 * 125 / n, 2),
+         "wakeups_per_s_per_agent": round(sw / wall / n, 2), "load": os.getloadavg()[0]}
+    print(f"idle {wall:.0f} s, {n} agents: {r['cpu_pct_per_125']:.2f} % of a core per 125 "
+          f"agents, {r['wakeups_per_s_per_agent']:.2f} wake-ups/s per agent "
+          f"(load {r['load']:.2f})", flush=True)
+    return r
+
+
 def traffic(before: dict[str, float], after: dict[str, float], n: int) -> dict[str, float]:
     """Per-device broker traffic between two snapshots, without this meter's own share.
 
@@ -389,6 +425,9 @@ def main() -> int:
                     help="a staged rollout on one Mosquitto and on a two-node ejabberd "
                          "cluster (devices on node A, the rollout on node B, node A killed "
                          "when the second wave starts), side by side")
+    ap.add_argument("--idle", type=float, default=0.0,
+                    help="seconds: measure the simulator's idle CPU and wake-ups first")
+    ap.add_argument("--idle-only", action="store_true", help="stop after --idle")
     ap.add_argument("--json", type=Path)
     a = ap.parse_args()
     if a.cluster:
@@ -426,6 +465,11 @@ def main() -> int:
               flush=True)
         time.sleep(2.0)  # let start-up traffic settle out of the counters
         pids = [p.pid for p in sims.procs] + [broker.pid]
+        idle = idle_cost([p.pid for p in sims.procs], a.devices, a.idle) if a.idle else None
+        if a.idle_only:
+            if a.json:
+                a.json.write_text(json.dumps({"start_s": start_s, "idle": idle}, indent=1))
+            return 0
         results = [push(meter, repo, signers, v2, url, a.devices, a.chunk_size, pids,
                         a.timeout)]
         if a.rollout:

@@ -13,7 +13,9 @@ A real ``edge-agent run`` process serving MobileNetV2 int8 (``bench/serve.py``'s
    PNG (33 KB that decode to 46 MB of pixels, under ``max_image_pixels``) is posted to
    ``:classify`` by 4 clients for 3 s; the figure is the peak rise over the RSS before.
 
-``--src DIR`` runs the agent from another checkout (before/after). The load average is noted.
+``--src DIR`` runs the agent from another checkout (before/after); ``--idle-only`` stops
+after the idle figure (step 1), for alternating before/after rounds of the idle footprint
+(``--rounds N`` alternates this checkout and ``--src``, medians). The load average is noted.
 """
 
 from __future__ import annotations
@@ -97,7 +99,12 @@ def main() -> int:
     p.add_argument("--extra", default="", help="extra TOML lines for [http]")
     p.add_argument("--env", action="append", default=[], help="KEY=VALUE for the agent")
     p.add_argument("--json", type=Path)
+    p.add_argument("--idle-only", action="store_true", help="only the idle RSS (step 1)")
+    p.add_argument("--rounds", type=int, default=0,
+                   help="with --idle-only: N alternating rounds of this checkout and --src")
     a = p.parse_args()
+    if a.idle_only and a.rounds:
+        return idle_rounds(a)
     if not (MNV2 / "manifest.json").exists():
         sys.exit(f"no MobileNetV2 bundle at {MNV2}: run bench/serve.py once to build it")
     tmp = Path(tempfile.mkdtemp(prefix="bench-memory-"))
@@ -130,6 +137,13 @@ def main() -> int:
         conn.close()
         time.sleep(3.0)
         res["idle_rss_mb"] = mb(status_kb(pid, "VmRSS"))
+        if a.idle_only:
+            res["loadavg_end"] = os.getloadavg()
+            print(f"src {a.src}: idle {res['idle_rss_mb']:.1f} MB after one request; load "
+                  f"{res['loadavg_start'][0]:.2f} → {res['loadavg_end'][0]:.2f}")
+            if a.json:
+                a.json.write_text(json.dumps(res, indent=1))
+            return 0
         res["body_mb"] = len(body) / 1e6
         Path(f"/proc/{pid}/clear_refs").write_text("5")  # reset VmHWM
         res["json_codes"] = burst(host, port, a.clients, a.seconds,
@@ -162,6 +176,24 @@ def main() -> int:
           f"{res['loadavg_end'][0]:.2f}")
     if a.json:
         a.json.write_text(json.dumps(res, indent=1))
+    return 0
+
+
+def idle_rounds(a: argparse.Namespace) -> int:
+    """Alternate this checkout and ``--src`` for ``--rounds``; print each and the medians."""
+    import statistics
+
+    got: dict[str, list[float]] = {str(ROOT): [], str(a.src): []}
+    for _ in range(a.rounds):
+        for src in (ROOT, a.src):
+            out = Path(tempfile.mkdtemp(prefix="bench-memory-")) / "idle.json"
+            subprocess.run([sys.executable, __file__, "--idle-only", "--src", str(src),
+                            "--json", str(out)], check=True)
+            got[str(src)].append(json.loads(out.read_text())["idle_rss_mb"])
+    for src, vals in got.items():
+        print(f"median idle RSS {statistics.median(vals):.1f} MB over {len(vals)} rounds "
+              f"({', '.join(f'{v:.1f}' for v in vals)}): {src}")
+    print(f"load {os.getloadavg()[0]:.2f}")
     return 0
 
 

@@ -48,7 +48,13 @@ sys.path.insert(0, str(ROOT))
 
 from edge_agent.app import Agent  # noqa: E402
 from edge_agent.config import load_config  # noqa: E402
-from edge_agent.telemetry.service import TelemetryService, create  # noqa: E402
+from edge_agent.telemetry.service import TelemetryService  # noqa: E402
+
+
+def create(agent: Agent) -> TelemetryService | None:
+    """A fresh telemetry component for ``agent``, built the way the agent builds it
+    (:meth:`edge_agent.wiring.Wiring.telemetry`; the old module-level ``create`` is gone)."""
+    return agent.wiring.telemetry()
 
 
 def _free_port() -> int:

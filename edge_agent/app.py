@@ -94,7 +94,8 @@ class Agent:
         self.threads = a.threads or max(1, min(self.profile.default_threads, os.cpu_count() or 1))
         self.delegate_error: str | None = None
         self.registry = registry or ModelRegistry(
-            self.runtime, self.hooks, workers=a.workers, num_threads=self.threads,
+            self.runtime, self.hooks, workers=a.workers or self.profile.default_workers,
+            num_threads=self.threads,
             delegates=self._delegates(), max_loaded_versions=a.max_loaded_versions)
         if self.registry.delegates is not None:  # bundle variants may require it
             self.registry.delegate = self.profile.delegate
@@ -115,7 +116,8 @@ class Agent:
         for model, labels in h.version_labels:  # /labels/{label} URLs (docs/rest.md)
             for label, version in labels:
                 self.registry.set_label(model, label, version)
-        self.admission = Admission(a.workers, h.queue_size, retry_after_s=h.retry_after_s)
+        self.admission = Admission(self.registry.workers, h.queue_size,
+                                   retry_after_s=h.retry_after_s)
         self.metrics.queue_source = self.admission.snapshot
         self.metrics.model_names = self.registry.names
         self.metrics.set_build_info(version=edge_agent.__version__, runtime=str(self.runtime),

@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from edge_agent.cli_bench import add_sweep_options
 from edge_agent.cli_keygen import add_keygen_command
 from edge_agent.cli_service import add_service_commands
 from edge_agent.errors import BadInputError, EdgeError
@@ -93,13 +94,13 @@ def build_parser() -> argparse.ArgumentParser:
     pr.set_defaults(func=cmd_predict)
 
     b = sub.add_parser("bench", help="invoke latency/throughput: bare interpreter vs agent")
-    b.add_argument("bundle", type=Path)
+    b.add_argument("bundle", type=Path, nargs="?")
     b.add_argument("--runs", type=int, default=500)
     b.add_argument("--warmup", type=int, default=20)
     b.add_argument("--threads", type=int)
     b.add_argument("--runtime", default="auto")
     b.add_argument("--json", action="store_true")
-    b.set_defaults(func=cmd_bench)
+    add_sweep_options(b, cmd_bench)  # --sweep: workers x threads through a real agent
 
     add_service_commands(sub)
     add_homeassistant_commands(sub)
@@ -163,6 +164,7 @@ def cmd_run(a: argparse.Namespace) -> int:
     agent = Agent(cfg)
     try:
         agent.start()
+        memtrim.after_load()  # what loading left behind goes back to the OS before idling
         models = ", ".join(f"{m['name']} v{m['active']}" for m in agent.registry.snapshot())
         where = f" on {agent.http.url}" if agent.http else ""
         where += f", grpc on {agent.grpc.address}" if agent.grpc else ""
@@ -278,6 +280,8 @@ def bench_bundle(bundle_path: Path, *, runs: int = 500, warmup: int = 20,
 
 
 def cmd_bench(a: argparse.Namespace) -> int:
+    if a.bundle is None:
+        raise BadInputError("bench needs a BUNDLE (or --sweep --model BUNDLE)")
     r = bench_bundle(a.bundle, runs=a.runs, warmup=a.warmup, threads=a.threads,
                      runtime_name=a.runtime)
     if a.json:

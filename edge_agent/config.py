@@ -90,7 +90,7 @@ class AgentSettings:
     store_dir: Path = Path("/var/lib/edge-agent")
     runtime: str = "auto"  # auto (the profile's candidates in order) or one runtime name
     threads: int | None = None  # interpreter threads; None = profile default capped by cores
-    workers: int = 1  # interpreters per model version = requests served in parallel
+    workers: int | None = None  # interpreters per model version; None = profile default
     groups: tuple[str, ...] = ()
     log_format: str = "text"  # text | json
     log_level: str = "info"
@@ -283,7 +283,7 @@ def _agent(t: Table) -> AgentSettings:
         store_dir=t.path("store_dir") or d.store_dir,
         runtime=t.text("runtime", "auto", choices=RUNTIMES),
         threads=t.opt_integer("threads", 1, 256),
-        workers=t.integer("workers", 1, 1, 64),
+        workers=t.opt_integer("workers", 1, 64),
         groups=t.texts("groups", (), pattern=ID_RE, what="group names"),
         log_format=t.text("log_format", "text", choices=("text", "json")),
         log_level=t.text("log_level", "info", choices=("debug", "info", "warning", "error")),

@@ -79,6 +79,17 @@ def trim() -> bool:
     return True
 
 
+def after_load() -> bool:
+    """Collect the garbage that start-up left (manifest JSON, golden vectors, bundle
+    members) and give its free pages back: ``edge-agent run`` calls it once the models
+    are loaded and the agent is ready, so idle RSS is what serving holds
+    (docs/agent.md#footprint). False where trimming is not available."""
+    import gc
+
+    gc.collect()
+    return trim()
+
+
 def after_request(body_bytes: int) -> None:
     """Trim if the request's body was at least TRIM_AFTER_BYTES."""
     if body_bytes >= TRIM_AFTER_BYTES:

@@ -56,6 +56,7 @@ class DeviceProfile:
     throttling_path: str | None = None
     delegate_library: str | None = None
     supported_ops: tuple[str, ...] = ()
+    default_workers: int = 1  # interpreters per model version unless [agent] workers says
     source: str = field(default="", compare=False)
 
     @property
@@ -93,6 +94,10 @@ def parse_profile(data: dict[str, Any], source: str) -> DeviceProfile:
     threads = t.required("default_threads", t.opt_integer("default_threads", 1, 1024))
     if threads > cores:
         raise t.err("default_threads", f"must be within 1..cores ({cores}), got {threads}")
+    workers = t.opt_integer("default_workers", 1, 64) or 1
+    if workers * threads > cores:
+        raise t.err("default_workers", f"default_workers x default_threads must be within "
+                                       f"cores ({cores}), got {workers} x {threads}")
     raw_rt = t.take("runtimes")
     if not isinstance(raw_rt, list) or not raw_rt:
         raise t.err("runtimes", "must list at least one runtime ([[runtimes]] tables)")
@@ -124,6 +129,7 @@ def parse_profile(data: dict[str, Any], source: str) -> DeviceProfile:
         throttling_path=throttling,
         delegate_library=t.opt_text("delegate_library"),
         supported_ops=t.texts("supported_ops", (), what="op names"),
+        default_workers=workers,
         source=source,
     )
     t.finish()

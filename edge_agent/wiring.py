@@ -31,22 +31,20 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 from edge_agent.agent_view import AgentView
-from edge_agent.capture.service import CaptureDeps, CaptureService
 from edge_agent.config import COMPONENTS, AgentConfig
-from edge_agent.homeassistant.service import HomeAssistantDeps, HomeAssistantService
 from edge_agent.hooks import Hooks
-from edge_agent.mqtt.client import MqttClient, Will
-from edge_agent.mqtt.config import MqttConfig
-from edge_agent.mqtt.error_events import hook_events
-from edge_agent.mqtt.publisher import Publisher
-from edge_agent.mqtt.topics import Topics
 from edge_agent.protocol.kinds import DeviceState, EventKind
 from edge_agent.registry import ModelRegistry
 from edge_agent.serving.http import HttpServer
 from edge_agent.store import ModelStore
-from edge_agent.systemd import SystemdNotifier
 
 if TYPE_CHECKING:  # imported where built: an agent without [mqtt] / [update] / ui never loads them
+    from edge_agent.capture.service import CaptureService
+    from edge_agent.homeassistant.service import HomeAssistantService
+    from edge_agent.mqtt.client import MqttClient
+    from edge_agent.mqtt.config import MqttConfig
+    from edge_agent.mqtt.publisher import Publisher
+    from edge_agent.systemd import SystemdNotifier
     from edge_agent.telemetry.service import TelemetryService
     from edge_agent.ui import Dashboard
     from edge_agent.update.service import UpdateService
@@ -88,6 +86,10 @@ def mqtt_client(cfg: MqttConfig, device_id: str, hooks: Hooks) -> MqttClient:
     dispatch thread (:mod:`edge_agent.mqtt.error_events`). The telemetry component replaces
     the default Last Will (a bare offline status) with its enveloped one.
     """
+    from edge_agent.mqtt.client import MqttClient, Will
+    from edge_agent.mqtt.error_events import hook_events
+    from edge_agent.mqtt.topics import Topics
+
     topics = Topics(device_id, cfg.topic_prefix)
     events = hook_events(device_id, hooks)
 
@@ -157,6 +159,8 @@ class Wiring:
         cfg = self.s.config.capture
         if not cfg.enabled:
             return None
+        from edge_agent.capture.service import CaptureDeps, CaptureService
+
         t = self.telemetry_service
         self.capture_service = CaptureService(CaptureDeps(
             config=cfg, registry=self.s.registry, hooks=self.s.hooks,
@@ -197,6 +201,9 @@ class Wiring:
         s, c = self.s, self.s.config
         if not c.homeassistant.enabled or c.mqtt is None or s.mqtt is None:
             return None
+        from edge_agent.homeassistant.service import HomeAssistantDeps, HomeAssistantService
+        from edge_agent.mqtt.topics import Topics
+
         return HomeAssistantService(HomeAssistantDeps(
             config=c.homeassistant, topics=Topics(s.view.device_id, c.mqtt.topic_prefix),
             profile=s.view.profile.name, client=s.mqtt, registry=s.registry, hooks=s.hooks,
@@ -222,6 +229,8 @@ class Wiring:
         """READY=1 and the watchdog: only when started by systemd (``$NOTIFY_SOCKET``)."""
         if not self.env.get("NOTIFY_SOCKET"):
             return None
+        from edge_agent.systemd import SystemdNotifier
+
         view, registry = self.s.view, self.s.registry
 
         def status() -> str:

@@ -337,8 +337,9 @@ class SimFleet:
         inputs: dict[str, np.ndarray] = {}
         while not self._stop.is_set():
             with self._burst_cond:
-                if not self._bursts:
-                    self._burst_cond.wait(0.5)
+                if not self._bursts:  # asleep until a burst is scheduled or stop (notify)
+                    if not self._stop.is_set():  # stop() sets it, then notifies under the lock
+                        self._burst_cond.wait()
                     continue
                 due, _, sim = self._bursts[0]
                 delay = due - time.monotonic()

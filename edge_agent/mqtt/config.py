@@ -24,14 +24,16 @@ naming the file or environment variable and the key; :meth:`MqttConfig.from_sect
 from __future__ import annotations
 
 import re
-import ssl
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit
 
 from edge_agent.config_reader import Table, section
 from edge_agent.errors import ConfigError
+
+if TYPE_CHECKING:
+    import ssl
 
 SEGMENT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 PROTOCOLS = ("auto", "5", "3.1.1")
@@ -201,6 +203,8 @@ class MqttConfig:
 
         Raises ConfigError naming the key when a CA, certificate or key cannot be loaded.
         """
+        import ssl  # here: an agent without TLS never loads libssl
+
         try:
             ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH,
                                              cafile=str(self.ca_file) if self.ca_file else None)

@@ -16,8 +16,6 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from paho.mqtt.client import topic_matches_sub
-
 from edge_agent.errors import InvalidRequestError
 
 log = logging.getLogger(__name__)
@@ -172,6 +170,8 @@ class Subscriptions:
 
     def route(self, m: Message) -> None:
         """Queue ``m`` for every subscription whose filter matches its topic."""
+        from paho.mqtt.client import topic_matches_sub  # paho only once a message comes
+
         with self._lock:
             subs = [s for s in self._subs if topic_matches_sub(s.topic_filter, m.topic)]
         for s in subs:

@@ -7,16 +7,18 @@ see identical pixels.
 from __future__ import annotations
 
 import io
+from typing import TYPE_CHECKING
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
 
 from edge_agent.bundle import Preprocessing
 from edge_agent.errors import InvalidRequestError
 
+if TYPE_CHECKING:  # Pillow is imported by the first image (docs/agent.md#footprint)
+    from PIL import Image
+
 MAX_IMAGE_PIXELS = 40_000_000  # refuse decompression bombs before decoding
-_RESAMPLE = {"bilinear": Image.Resampling.BILINEAR, "nearest": Image.Resampling.NEAREST,
-             "bicubic": Image.Resampling.BICUBIC}
+_RESAMPLE = {"bilinear": "BILINEAR", "nearest": "NEAREST", "bicubic": "BICUBIC"}  # Resampling
 _REDUCIBLE = frozenset({"L", "LA", "RGB", "RGBA", "RGBX", "CMYK", "I", "F"})  # averageable
 
 
@@ -26,6 +28,8 @@ def decode_image(data: bytes, pre: Preprocessing, size: tuple[int, int]) -> np.n
     ``size`` is the model's (height, width). Raises InvalidRequestError for bytes that
     are not a decodable image.
     """
+    from PIL import Image, UnidentifiedImageError
+
     try:
         with Image.open(io.BytesIO(data)) as img:
             if img.width * img.height > MAX_IMAGE_PIXELS:
@@ -47,13 +51,15 @@ def image_to_array(img: Image.Image, pre: Preprocessing, size: tuple[int, int]) 
     twice the target size, so the colour conversion and the resize work on a small copy
     (and take little memory) whatever the source resolution.
     """
+    from PIL import Image
+
     h, w = pre.resize or size
     factor = min(img.width // (2 * w), img.height // (2 * h))
     if factor >= 2 and img.mode in _REDUCIBLE:
         img = img.reduce(factor)
     img = img.convert("L" if pre.color == "grayscale" else "RGB")
     if img.size != (w, h):
-        img = img.resize((w, h), _RESAMPLE.get(pre.resample, Image.Resampling.BILINEAR))
+        img = img.resize((w, h), Image.Resampling[_RESAMPLE.get(pre.resample, "BILINEAR")])
     arr = np.asarray(img, dtype=np.float32)
     if arr.ndim == 2:
         arr = arr[..., None]

@@ -35,9 +35,9 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-from PIL import Image
 
 from edge_agent.bundle import TensorSpec
 from edge_agent.errors import EdgeError, InvalidRequestError
@@ -45,6 +45,9 @@ from edge_agent.manifest import image_candidates
 from edge_agent.registry import ServedModel
 from edge_agent.runtime.preprocess import image_to_array
 from edge_agent.serving.admission import Overloaded
+
+if TYPE_CHECKING:  # Pillow is imported by the first image (docs/agent.md#footprint)
+    from PIL import Image
 
 IMAGE_FORMATS = ("PNG", "JPEG", "BMP", "GIF", "WEBP", "TIFF", "PPM")  # never EPS/PDF & co.
 MIB = 1024 * 1024
@@ -158,6 +161,8 @@ def open_header(data: bytes, where: str, target: tuple[int, int], max_pixels: in
     or an image over ``max_pixels``; ImageTooLarge when, at the size it would decode to, it
     has more than ``max_factor`` times the pixels of ``target``.
     """
+    from PIL import Image
+
     try:
         img = Image.open(io.BytesIO(data), formats=IMAGE_FORMATS)
     except Exception as e:  # PIL raises many types for garbage bytes

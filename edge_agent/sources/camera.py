@@ -16,7 +16,6 @@ from collections.abc import Sequence
 from typing import Any, Protocol
 
 import numpy as np
-from PIL import Image
 
 from edge_agent.errors import EdgeError, RuntimeUnavailableError, TransportError
 from edge_agent.registry import ModelRegistry
@@ -161,6 +160,8 @@ class CameraSource:
         try:
             served = self.registry.get(self.model, self.version)
             shape = image_target(served).shape
+            from PIL import Image  # Pillow only once a camera is configured
+
             img = Image.fromarray(_rgb(frame))
             x = image_to_array(img, served.manifest.preprocessing,
                                (int(shape[1]), int(shape[2])))

@@ -59,7 +59,7 @@ def source_factories(c: AgentConfig, registry: ModelRegistry, hooks: Hooks, *,
         mqtt_link = link
         out.append(lambda: MqttRequestSource(
             mqtt_link, registry, device, c.mqtt_requests, max_batch=c.http.max_batch,
-            max_image_pixels=a.max_image_pixels, threads=a.workers, prefix=prefix,
+            max_image_pixels=a.max_image_pixels, threads=registry.workers, prefix=prefix,
             hooks=hooks))
     if c.watch.enabled:
         out.append(lambda: WatchFolderSource(

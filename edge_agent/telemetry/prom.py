@@ -19,13 +19,15 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterator, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 
-from edge_agent.mqtt.outbox import OutboxStats
 from edge_agent.telemetry.system import THROTTLE_BITS, SystemSampler
+
+if TYPE_CHECKING:
+    from edge_agent.mqtt.outbox import OutboxStats
 
 log = logging.getLogger(__name__)
 
