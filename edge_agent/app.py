@@ -52,7 +52,7 @@ from edge_agent.sources.wiring import source_factories, wants_link
 from edge_agent.store import ModelStore
 from edge_agent.telemetry.prom import SystemCollector
 from edge_agent.telemetry.system import SystemSampler
-from edge_agent.variants import FailoverPolicy
+from edge_agent.variants import FailoverPolicy, failover_rules
 from edge_agent.wiring import Component, ComponentFactory, Services, Wiring, mqtt_client
 
 if TYPE_CHECKING:
@@ -100,7 +100,7 @@ class Agent:
             self.registry.delegate = self.profile.delegate
         self.registry.failover_policy = FailoverPolicy(
             a.variant_backoff_s, max(a.variant_backoff_s, a.variant_backoff_max_s),
-            a.variant_check_timeout_s)
+            a.variant_check_timeout_s, failover_rules(a, self.profile))
         self.loader = ModelLoader(self.store, self.registry, self.hooks,
                                   verify_golden=a.verify_golden,
                                   max_loaded_versions=a.max_loaded_versions,

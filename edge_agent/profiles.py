@@ -56,6 +56,8 @@ class DeviceProfile:
     throttling_path: str | None = None
     delegate_library: str | None = None
     supported_ops: tuple[str, ...] = ()
+    # the floor of the invoke watchdog of bundles with variants (edge_agent.variant_rules)
+    invoke_watchdog_floor_s: float = 1.0
     source: str = field(default="", compare=False)
 
     @property
@@ -124,6 +126,7 @@ def parse_profile(data: dict[str, Any], source: str) -> DeviceProfile:
         throttling_path=throttling,
         delegate_library=t.opt_text("delegate_library"),
         supported_ops=t.texts("supported_ops", (), what="op names"),
+        invoke_watchdog_floor_s=t.number("invoke_watchdog_floor_s", 1.0, 0.001, 3600),
         source=source,
     )
     t.finish()
