@@ -233,7 +233,8 @@ class Failover:
         """Run ``sm``'s golden vectors within the deadline: None if they pass, else why.
         An interpreter that does not come back within it is abandoned (counted)."""
         if sm.watchdog is not None and sm.watchdog.retired:
-            return "retired: too many interpreters abandoned (until restart)"
+            return (f"retired: {sm.watchdog.abandoned} interpreters abandoned, not retried "
+                    "until restart")
         try:
             sm.refill()
             m = sm._take()
@@ -265,6 +266,9 @@ class Failover:
                 gave_up.set()
                 if sm.watchdog is not None:
                     sm.watchdog.abandon_one()
+                    if sm.watchdog.retired:
+                        return (f"{box[0]}; retired: {sm.watchdog.abandoned} interpreters "
+                                "abandoned, not retried until restart")
         return box[0]
 
     def _retry(self) -> None:
