@@ -16,7 +16,7 @@ import enum
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
@@ -353,14 +353,16 @@ class ModelRegistry:
                            num_threads=self.num_threads, delegates=self.delegates,
                            hooks=self.hooks, variant=variant)
 
-    def build_checked(self, bundle: Bundle, *, verify: bool) -> ServedModel:
+    def build_checked(self, bundle: Bundle, *, verify: bool,
+                      exclude: Mapping[str, str] | None = None) -> ServedModel:
         """:meth:`build`, golden vectors checked if ``verify``; of a bundle with variants,
-        the best this device runs, the others standing by (:mod:`edge_agent.variants`).
+        the best this device runs (not those in ``exclude``: name → why), the others
+        standing by (:mod:`edge_agent.variants`).
         Raises ModelLoadError (NoRunnableVariantError), GoldenMismatchError."""
         if bundle.manifest.variants:
             from edge_agent.variants import build_variants
 
-            return build_variants(self, bundle, verify=verify)
+            return build_variants(self, bundle, verify=verify, exclude=exclude)
         served = self.build(bundle)
         if verify and bundle.manifest.golden:
             served.verify_golden()

@@ -30,6 +30,7 @@ from __future__ import annotations
 import statistics
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
@@ -96,14 +97,30 @@ def unmet(req: Requires, *, delegate: str | None, runtime: Runtime) -> str | Non
     return None
 
 
-def build_variants(registry: ModelRegistry, bundle: Bundle, *, verify: bool) -> ServedModel:
+def servable(registry: ModelRegistry, bundle: Bundle) -> tuple[list[str], dict[str, str]]:
+    """The variants this device would serve, in order, and why not the others."""
+    names: list[str] = []
+    reasons: dict[str, str] = {}
+    for name, req, _ in variant_bundles(bundle):
+        why = unmet(req, delegate=registry.delegate, runtime=registry.runtime)
+        if why is None:
+            names.append(name)
+        else:
+            reasons[name] = why
+    return names, reasons
+
+
+def build_variants(registry: ModelRegistry, bundle: Bundle, *, verify: bool,
+                   exclude: Mapping[str, str] | None = None) -> ServedModel:
     """Load every variant this device can run (golden vectors checked if ``verify``); the
-    best serves, the others stand by behind a :class:`Failover`. Nothing is added to the
-    registry here. Raises NoRunnableVariantError."""
+    best serves, the others stand by behind a :class:`Failover`. ``exclude``: variants
+    that failed their isolated check (name → why), never loaded here. Nothing is added
+    to the registry here. Raises NoRunnableVariantError."""
     chain: list[ServedModel] = []
     reasons: dict[str, str] = {}
     for name, req, vb in variant_bundles(bundle):
-        why = unmet(req, delegate=registry.delegate, runtime=registry.runtime)
+        why = (exclude or {}).get(name) or unmet(req, delegate=registry.delegate,
+                                                 runtime=registry.runtime)
         if why is None:
             try:
                 sm = registry.build(vb, variant=name)
