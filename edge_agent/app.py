@@ -36,7 +36,7 @@ from edge_agent.bundle import Bundle
 from edge_agent.config import AgentConfig
 from edge_agent.errors import ConfigError, EdgeError
 from edge_agent.hooks import AgentEvent, Hooks
-from edge_agent.loader import ModelLoader
+from edge_agent.loader import ModelLoader, VariantProbe
 from edge_agent.profiles import DeviceProfile, detect_profile, load_profile
 from edge_agent.protocol.kinds import EventKind
 from edge_agent.registry import DelegateFactory, ModelRegistry, ServedModel
@@ -105,7 +105,8 @@ class Agent:
                                   verify_golden=a.verify_golden,
                                   max_loaded_versions=a.max_loaded_versions,
                                   delegate_error=self.delegate_error,
-                                  describe=f"{self.runtime}, {self.threads} threads")
+                                  describe=f"{self.runtime}, {self.threads} threads",
+                                  variant_probe=self._variant_probe())
         self.metrics = Metrics()
         self.metrics.attach(self.hooks)
         # every image decode in this process (REST, MQTT, watch) shares one memory budget
@@ -195,6 +196,17 @@ class Agent:
                 self.hooks.emit_event(level, kind, message, **data)
         self.runtime_probes = sel.as_dict()
         return sel.runtime
+
+    def _variant_probe(self) -> VariantProbe | None:
+        """With ``probe_runtime``: each variant of a bundle probed in a child before it is
+        loaded here (edge_agent.runtime.variant_probe)."""
+        if not self.config.agent.probe_runtime:
+            return None
+        from edge_agent.runtime.variant_probe import probe_variants
+
+        return lambda bundle, names: probe_variants(
+            bundle, names, runtime=self.runtime, state_dir=self.store.root / "state",
+            device_key=self.store.device_key)
 
     def _delegates(self) -> DelegateFactory | None:
         """Delegates for each interpreter: XNNPACK is built in; external ones are loaded."""

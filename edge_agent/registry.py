@@ -394,10 +394,12 @@ class ModelRegistry:
             self._evict(served.name)
         self.hooks.emit_models_changed()
 
-    def load(self, bundle: Bundle, *, activate: bool = True, verify: bool = True) -> ServedModel:
+    def load(self, bundle: Bundle, *, activate: bool = True, verify: bool = True,
+             exclude: Mapping[str, str] | None = None) -> ServedModel:
         """Build, optionally check golden vectors, then add. Nothing changes on failure.
-        A bundle with variants serves the best one that runs (:mod:`edge_agent.variants`)."""
-        served = self.build_checked(bundle, verify=verify)
+        A bundle with variants serves the best one that runs (:mod:`edge_agent.variants`;
+        ``exclude``: variants that failed their probe, name → why)."""
+        served = self.build_checked(bundle, verify=verify, exclude=exclude)
         self.add(served, activate=activate)
         return served
 
