@@ -40,7 +40,10 @@ class _Job:
     def __init__(self, m: LoadedModel, x: Inputs) -> None:
         self.m, self.x = m, x
         self.timed_out = False
-        self.done = threading.Event()
+        # released when the invoke returns or is given up: a C lock's timed acquire is the
+        # cheapest hand-back there is (an Event is a Python Condition)
+        self.done = threading.Lock()
+        self.done.acquire()
         self.outs: list[np.ndarray] | None = None
         self.error: BaseException | None = None
         self.finished = False  # the invoke returned (under the watchdog's lock)
@@ -84,7 +87,7 @@ class Watchdog:
             self._pending.add(job)
         q.put(job)
         limit = self.limit_s(x)
-        job.done.wait(limit)
+        job.done.acquire(timeout=limit)
         with self._lock:
             self._pending.discard(job)
             if job.finished and not job.abandoned:
@@ -118,9 +121,9 @@ class Watchdog:
                 with self._lock:
                     job.finished = True
                     given_up = job.abandoned
-                job.done.set()
                 if given_up:
                     return  # the interpreter is never used again
+                job.done.release()
 
         with self._lock:
             self._queues[id(m)] = q
@@ -150,7 +153,7 @@ class Watchdog:
             for j in jobs:
                 self._abandon(j)
         for j in jobs:
-            j.done.set()
+            j.done.release()
         return len(jobs)
 
     def take_lost(self) -> int:
