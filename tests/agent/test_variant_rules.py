@@ -3,11 +3,15 @@ failures switch at once, which are counted, and the invoke watchdog's limit."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from edge_agent.errors import InvalidRequestError, InvokeHangError, VariantFaultError
+from edge_agent.config import AgentSettings, load_config
+from edge_agent.errors import ConfigError, InvalidRequestError, InvokeHangError, VariantFaultError
+from edge_agent.profiles import load_profile
 from edge_agent.variant_rules import (
     Decision,
     ErrorWindow,
@@ -17,6 +21,7 @@ from edge_agent.variant_rules import (
     decide,
     watchdog_limit_s,
 )
+from edge_agent.variants import failover_rules
 
 RULES = FailoverRules(fail_errors=3, fail_window_s=10.0)
 
@@ -105,3 +110,32 @@ def test_a_switch_happens_exactly_when_n_errors_fall_within_the_window(
         assert (d is Decision.SWITCH_AND_FAIL) == (len(recent) >= n)
         if d is Decision.SWITCH_AND_FAIL:
             since_switch = []
+
+
+def _agent_settings(tmp_path: Path, toml: str) -> AgentSettings:
+    p = tmp_path / "agent.toml"
+    p.write_text(f"[agent]\n{toml}")
+    return load_config(p, {}, env={}).agent
+
+
+def test_the_watchdog_floor_defaults_to_the_profiles_and_the_config_key_wins(
+        tmp_path: Path) -> None:
+    a = _agent_settings(tmp_path, "")
+    assert failover_rules(a, load_profile("generic-x86_64")).watchdog_floor_s == 1.0
+    assert failover_rules(a, load_profile("rpi3")).watchdog_floor_s == 3.0
+    a = _agent_settings(tmp_path, "variant_watchdog_floor_s = 0.25\nvariant_fail_errors = 5\n")
+    r = failover_rules(a, load_profile("rpi3"))
+    assert (r.watchdog_floor_s, r.fail_errors) == (0.25, 5)
+
+
+@pytest.mark.parametrize("line, key", [("variant_fail_errors = 0", "variant_fail_errors"),
+                                       ("variant_fail_window_s = -1", "variant_fail_window_s"),
+                                       ("variant_watchdog_factor = -2",
+                                        "variant_watchdog_factor"),
+                                       ("variant_watchdog_floor_s = 0",
+                                        "variant_watchdog_floor_s"),
+                                       ("variant_max_abandoned = 0", "variant_max_abandoned")])
+def test_a_bad_failover_key_is_refused_naming_the_file_and_the_key(
+        tmp_path: Path, line: str, key: str) -> None:
+    with pytest.raises(ConfigError, match=rf"agent\.toml: agent\.{key}: "):
+        _agent_settings(tmp_path, line + "\n")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,16 @@ from model_fixtures import TwoHeads
 from variant_helpers import gauge, serving
 from variant_helpers import variant_bundle as variant_bundle
 from waiting import wait_for
+
+from edge_agent.bundle import read_bundle
+from edge_agent.errors import InvokeHangError
+from edge_agent.hooks import Hooks
+from edge_agent.manifest import Requires
+from edge_agent.registry import ModelRegistry
+from edge_agent.runtime import fault_seam
+from edge_agent.runtime.backends import select_runtime
+from edge_agent.variant_rules import FailoverRules
+from edge_agent.variants import FailoverPolicy
 
 FLOOR_S = 0.3  # the watchdog limit here: the floor (the variant's invoke takes ~50 µs)
 WATCH = (f"variant_watchdog_floor_s = {FLOOR_S}\nvariant_backoff_s = 0.5\n"
@@ -148,3 +159,30 @@ def test_n_transient_errors_within_the_window_switch_and_fewer_do_not(
         after = [c.post("/v1/models/two:predict", x).status for _ in range(20)]
         assert after == [200] * 20  # the CPU variant serves
         c.close()
+
+
+def test_the_last_variant_hanging_fails_its_request_and_keeps_its_pool(
+        variant_bundle: Path, two_heads: TwoHeads, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """In-process (real LiteRT): `fast` needs an Edge TPU, so `default` is the only variant
+    and has nothing to fail over to: a hang fails its request with InvokeHangError at the
+    limit instead of holding it, and a fresh interpreter replaces the abandoned one."""
+    fault = tmp_path / "hangs"
+    monkeypatch.setattr(fault_seam, "_SPECS", {"default": ("hang", fault)})
+    b = read_bundle(variant_bundle)
+    b = replace(b, manifest=replace(b.manifest, variants=(replace(
+        b.manifest.variants[0], requires=Requires(delegate="edgetpu")),)))
+    reg = ModelRegistry(select_runtime(), Hooks())
+    reg.failover_policy = FailoverPolicy(rules=FailoverRules(watchdog_floor_s=FLOOR_S))
+    sm = reg.load(b)
+    assert sm.variant == "default" and sm.watchdog is not None
+    x = two_heads.x[:1].astype(np.float32)
+    fault.touch()
+    t0 = time.monotonic()
+    with pytest.raises(InvokeHangError, match=r"did not return within 0\.3 s"):
+        sm.predict(x)
+    assert FLOOR_S <= time.monotonic() - t0 < FLOOR_S + 1.0
+    assert sm.watchdog.abandoned == 1
+    fault.unlink()
+    assert sm.predict(x).outputs[0].shape[0] == 1  # a fresh interpreter serves
+    assert reg.get("two").variant == "default"
