@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -34,6 +36,19 @@ from edge_agent.variants import FailoverPolicy
 FLOOR_S = 0.3  # the watchdog limit here: the floor (the variant's invoke takes ~50 µs)
 WATCH = (f"variant_watchdog_floor_s = {FLOOR_S}\nvariant_backoff_s = 0.5\n"
          "variant_backoff_max_s = 1\nvariant_check_timeout_s = 0.5\n")
+
+
+@contextmanager
+def faulty_agent(tmp_path: Path, bundle: Path, monkeypatch: pytest.MonkeyPatch, action: str,
+                 toml: str) -> Iterator[tuple[Path, Any, Client]]:
+    """A real agent whose ``fast`` variant fails with ``action`` while the returned file
+    exists (the runtime fault seam), and a REST client to it."""
+    fault = tmp_path / f"fault-{action}"
+    monkeypatch.setenv("EDGE_RUNTIME_FAULT", f"{action}@fast:{fault}")
+    with agent_process(tmp_path, bundle, timeout_s=120, toml=toml) as proc:
+        c = Client(proc.host, proc.port)
+        yield fault, proc, c
+        c.close()
 
 
 class Stream:
@@ -66,10 +81,7 @@ class Stream:
 def test_a_hung_delegate_is_given_up_on_and_its_requests_answered_by_the_cpu_variant(
         variant_bundle: Path, two_heads: TwoHeads, tmp_path: Path,
         monkeypatch: pytest.MonkeyPatch) -> None:
-    fault = tmp_path / "delegate-hangs"
-    monkeypatch.setenv("EDGE_RUNTIME_FAULT", f"hang@fast:{fault}")
-    with agent_process(tmp_path, variant_bundle, timeout_s=120, toml=WATCH) as proc:
-        c = Client(proc.host, proc.port)
+    with faulty_agent(tmp_path, variant_bundle, monkeypatch, "hang", WATCH) as (fault, proc, c):
         assert serving(c)["variant"] == "fast"
         s = Stream(proc.host, proc.port, two_heads.x[:1].tolist(), 2)
         wait_for(lambda: len(s.results) > 50, timeout_s=30)
@@ -105,18 +117,14 @@ def test_a_hung_delegate_is_given_up_on_and_its_requests_answered_by_the_cpu_var
         print(f"\nhang → degraded seen after {switched_s * 1000:.0f} ms; slowest request "
               f"{max(r[1] for r in after) * 1000:.0f} ms; {len(slow)} slow, 0 failed of "
               f"{len(s.results)}")
-        c.close()
 
 
 def test_past_max_abandoned_the_hung_variant_stays_failed_until_restart(
         variant_bundle: Path, two_heads: TwoHeads, tmp_path: Path,
         monkeypatch: pytest.MonkeyPatch) -> None:
-    fault = tmp_path / "delegate-hangs"
-    monkeypatch.setenv("EDGE_RUNTIME_FAULT", f"hang@fast:{fault}")
     x = {"instances": two_heads.x[:1].tolist()}
-    with agent_process(tmp_path, variant_bundle, timeout_s=120,
-                       toml=WATCH + "variant_max_abandoned = 2\n") as proc:
-        c = Client(proc.host, proc.port)
+    with faulty_agent(tmp_path, variant_bundle, monkeypatch, "hang",
+                      WATCH + "variant_max_abandoned = 2\n") as (fault, _, c):
         fault.touch()
         assert c.post("/v1/models/two:predict", x).status == 200  # retried on the CPU variant
         # the first retry of `fast` hangs too: its interpreter is the second abandoned
@@ -129,19 +137,15 @@ def test_past_max_abandoned_the_hung_variant_stays_failed_until_restart(
         assert "retired" in v["variant_reasons"]["fast"], v
         assert v["variants_abandoned"]["fast"] == 2  # no more interpreters were risked
         assert c.post("/v1/models/two:predict", x).status == 200
-        c.close()
 
 
 def test_n_transient_errors_within_the_window_switch_and_fewer_do_not(
         variant_bundle: Path, two_heads: TwoHeads, tmp_path: Path,
         monkeypatch: pytest.MonkeyPatch) -> None:
-    fault = tmp_path / "invoke-errors"
-    monkeypatch.setenv("EDGE_RUNTIME_FAULT", f"error@fast:{fault}")
     x = {"instances": two_heads.x[:1].tolist()}
-    with agent_process(tmp_path, variant_bundle, timeout_s=120,
-                       toml="variant_fail_errors = 3\nvariant_fail_window_s = 60\n"
-                            "variant_backoff_s = 30\n") as proc:
-        c = Client(proc.host, proc.port)
+    with faulty_agent(tmp_path, variant_bundle, monkeypatch, "error",
+                      "variant_fail_errors = 3\nvariant_fail_window_s = 60\n"
+                      "variant_backoff_s = 30\n") as (fault, _, c):
         fault.touch()
         first = [c.post("/v1/models/two:predict", x) for _ in range(2)]
         assert [r.status for r in first] == [500, 500], [r.body[:200] for r in first]
@@ -158,7 +162,6 @@ def test_n_transient_errors_within_the_window_switch_and_fewer_do_not(
         assert v["variant_reasons"]["fast"].startswith("transient:"), v
         after = [c.post("/v1/models/two:predict", x).status for _ in range(20)]
         assert after == [200] * 20  # the CPU variant serves
-        c.close()
 
 
 def test_the_last_variant_hanging_fails_its_request_and_keeps_its_pool(
