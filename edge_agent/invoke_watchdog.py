@@ -31,7 +31,9 @@ from edge_agent.errors import InvokeHangError
 from edge_agent.runtime.model import Inputs, LoadedModel, batch_of
 from edge_agent.variant_rules import FailoverRules, watchdog_limit_s
 
-__all__ = ["Watchdog"]
+__all__ = ["IDLE_S", "Watchdog"]
+
+IDLE_S = 30.0  # an invoker thread idle this long ends (started again by the next invoke)
 
 
 class _Job:
@@ -54,11 +56,12 @@ class Watchdog:
     """The invoke watchdog of one variant's interpreters (thread-safe)."""
 
     def __init__(self, *, label: str, latency_s: float, fixed_batch: int,
-                 rules: FailoverRules) -> None:
+                 rules: FailoverRules, idle_s: float = IDLE_S) -> None:
         self.label = label  # "name vN variant 'x'", for messages
         self.latency_s = latency_s  # measured per invoke at load
         self.fixed_batch = max(1, fixed_batch)
         self.rules = rules
+        self.idle_s = idle_s  # an invoker thread without a job this long ends
         self.abandoned = 0  # interpreters given up on, since start
         self.tripped = False  # given up on: waiting requests go to the serving variant
         self._lost = 0  # abandoned and not yet replaced
@@ -79,13 +82,11 @@ class Watchdog:
                ) -> list[np.ndarray]:
         """``m.invoke_raw(x)`` within the limit; ``m`` goes back through ``give`` unless it is
         abandoned. Raises what the invoke raises, or InvokeHangError."""
-        q = self._queues.get(id(m))
-        if q is None:
-            q = self._start(m)
         job = _Job(m, x)
-        with self._lock:
+        with self._lock:  # with the idle exit of the invoker under the same lock: no job is
+            q = self._queues.get(id(m)) or self._start(m)  # put where nobody reads
             self._pending.add(job)
-        q.put(job)
+            q.put(job)
         limit = self.limit_s(x)
         job.done.acquire(timeout=limit)
         with self._lock:
@@ -109,11 +110,21 @@ class Watchdog:
                               f"{self.abandoned} so far)")
 
     def _start(self, m: LoadedModel) -> queue.SimpleQueue[_Job]:
+        """The invoker thread of ``m`` (caller holds the lock). It ends after ``idle_s``
+        without a job, so the interpreters of an unloaded version are not kept alive."""
         q: queue.SimpleQueue[_Job] = queue.SimpleQueue()
 
         def run() -> None:
             while True:
-                job = q.get()
+                try:
+                    job = q.get(timeout=self.idle_s)
+                except queue.Empty:
+                    with self._lock:
+                        if q.empty():
+                            if self._queues.get(id(m)) is q:
+                                del self._queues[id(m)]
+                            return
+                    continue
                 try:
                     job.outs = m.invoke_raw(job.x)
                 except BaseException as e:  # handed to the waiting request
@@ -125,8 +136,7 @@ class Watchdog:
                     return  # the interpreter is never used again
                 job.done.release()
 
-        with self._lock:
-            self._queues[id(m)] = q
+        self._queues[id(m)] = q
         threading.Thread(target=run, name=f"invoke-{self.label}", daemon=True).start()
         return q
 

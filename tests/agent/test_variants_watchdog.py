@@ -26,10 +26,12 @@ from waiting import wait_for
 from edge_agent.bundle import read_bundle
 from edge_agent.errors import InvokeHangError
 from edge_agent.hooks import Hooks
+from edge_agent.invoke_watchdog import Watchdog
 from edge_agent.manifest import Requires
 from edge_agent.registry import ModelRegistry
 from edge_agent.runtime import fault_seam
 from edge_agent.runtime.backends import select_runtime
+from edge_agent.runtime.model import LoadedModel
 from edge_agent.variant_rules import FailoverRules
 from edge_agent.variants import FailoverPolicy
 
@@ -189,3 +191,25 @@ def test_the_last_variant_hanging_fails_its_request_and_keeps_its_pool(
     fault.unlink()
     assert sm.predict(x).outputs[0].shape[0] == 1  # a fresh interpreter serves
     assert reg.get("two").variant == "default"
+
+
+def test_an_idle_invoker_thread_ends_and_the_next_invoke_starts_another(
+        two_heads: TwoHeads) -> None:
+    """So the interpreters of an unloaded version are not kept alive by their threads."""
+    rt = select_runtime()
+    m = LoadedModel(rt, read_bundle(two_heads.bundle).model_bytes)
+    wd = Watchdog(label="idle-test", latency_s=0.001, fixed_batch=1,
+                  rules=FailoverRules(), idle_s=0.2)
+    x = m.coerce(two_heads.x[:1].astype(np.float32))
+    given: list[LoadedModel] = []
+
+    def threads() -> int:
+        return sum(t.name == "invoke-idle-test" for t in threading.enumerate())
+
+    want = m.invoke_raw(x)
+    for _ in range(3):
+        got = wd.invoke(m, x, given.append)
+        assert all(np.array_equal(a, b) for a, b in zip(got, want, strict=True))
+        assert threads() == 1
+        wait_for(lambda: threads() == 0, timeout_s=5)
+    assert given == [m, m, m] and wd.abandoned == 0
