@@ -36,7 +36,7 @@ from edge_agent.bundle import Bundle
 from edge_agent.config import AgentConfig
 from edge_agent.errors import ConfigError, EdgeError
 from edge_agent.hooks import AgentEvent, Hooks
-from edge_agent.loader import ModelLoader
+from edge_agent.loader import ModelLoader, VariantProbe
 from edge_agent.profiles import DeviceProfile, detect_profile, load_profile
 from edge_agent.protocol.kinds import EventKind
 from edge_agent.registry import DelegateFactory, ModelRegistry, ServedModel
@@ -52,7 +52,7 @@ from edge_agent.sources.wiring import source_factories, wants_link
 from edge_agent.store import ModelStore
 from edge_agent.telemetry.prom import SystemCollector
 from edge_agent.telemetry.system import SystemSampler
-from edge_agent.variants import FailoverPolicy
+from edge_agent.variants import FailoverPolicy, failover_rules
 from edge_agent.wiring import Component, ComponentFactory, Services, Wiring, mqtt_client
 
 if TYPE_CHECKING:
@@ -101,12 +101,13 @@ class Agent:
             self.registry.delegate = self.profile.delegate
         self.registry.failover_policy = FailoverPolicy(
             a.variant_backoff_s, max(a.variant_backoff_s, a.variant_backoff_max_s),
-            a.variant_check_timeout_s)
+            a.variant_check_timeout_s, failover_rules(a, self.profile))
         self.loader = ModelLoader(self.store, self.registry, self.hooks,
                                   verify_golden=a.verify_golden,
                                   max_loaded_versions=a.max_loaded_versions,
                                   delegate_error=self.delegate_error,
-                                  describe=f"{self.runtime}, {self.threads} threads")
+                                  describe=f"{self.runtime}, {self.threads} threads",
+                                  variant_probe=self._variant_probe())
         self.metrics = Metrics()
         self.metrics.attach(self.hooks)
         # every image decode in this process (REST, MQTT, watch) shares one memory budget
@@ -197,6 +198,17 @@ class Agent:
                 self.hooks.emit_event(level, kind, message, **data)
         self.runtime_probes = sel.as_dict()
         return sel.runtime
+
+    def _variant_probe(self) -> VariantProbe | None:
+        """With ``probe_runtime``: each variant of a bundle probed in a child before it is
+        loaded here (edge_agent.runtime.variant_probe)."""
+        if not self.config.agent.probe_runtime:
+            return None
+        from edge_agent.runtime.variant_probe import probe_variants
+
+        return lambda bundle, names: probe_variants(
+            bundle, names, runtime=self.runtime, state_dir=self.store.root / "state",
+            device_key=self.store.device_key)
 
     def _delegates(self) -> DelegateFactory | None:
         """Delegates for each interpreter: XNNPACK is built in; external ones are loaded."""

@@ -107,6 +107,16 @@ class AgentSettings:
     variant_backoff_s: float = 1.0
     variant_backoff_max_s: float = 300.0
     variant_check_timeout_s: float = 10.0
+    # failover rules (edge_agent.variant_rules): variant_fail_errors runtime errors within
+    # variant_fail_window_s switch; an invoke longer than variant_watchdog_factor × the
+    # variant's measured latency (never under variant_watchdog_floor_s; None: the
+    # profile's invoke_watchdog_floor_s) is a hang (factor 0: no watchdog); past
+    # variant_max_abandoned hung interpreters a variant stays failed until restart
+    variant_fail_errors: int = 3
+    variant_fail_window_s: float = 10.0
+    variant_watchdog_factor: float = 20.0
+    variant_watchdog_floor_s: float | None = None
+    variant_max_abandoned: int = 8
     components: tuple[str, ...] | None = None  # names from COMPONENTS; None = all that apply
     device_key: Path | None = None  # X25519 key for sealed bundles; None: <store_dir>/device.key
 
@@ -299,6 +309,14 @@ def _agent(t: Table) -> AgentSettings:
                                        86400),
         variant_check_timeout_s=t.number("variant_check_timeout_s",
                                          d.variant_check_timeout_s, 0, 3600),
+        variant_fail_errors=t.integer("variant_fail_errors", d.variant_fail_errors, 1, 10_000),
+        variant_fail_window_s=t.number("variant_fail_window_s", d.variant_fail_window_s, 0,
+                                       86400),
+        variant_watchdog_factor=t.number("variant_watchdog_factor", d.variant_watchdog_factor,
+                                         0, 1e6, exclusive=False),
+        variant_watchdog_floor_s=t.opt_number("variant_watchdog_floor_s", 0),
+        variant_max_abandoned=t.integer("variant_max_abandoned", d.variant_max_abandoned, 1,
+                                        1024),
         components=_components(t),
         device_key=t.path("device_key"),
     )

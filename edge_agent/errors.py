@@ -14,6 +14,9 @@
     │   └── NotFoundError           an unknown model, version or route (404)
     ├── ModelError                  a model does not do what its bundle promises
     │   ├── ModelLoadError          the runtime refused to load it
+    │   │   └── NoRunnableVariantError  no variant of the bundle runs here (each reason)
+    │   ├── VariantFaultError       the serving variant's delegate failed at invoke
+    │   ├── InvokeHangError         an invoke exceeded its watchdog limit (abandoned)
     │   └── GoldenMismatchError     it loads but does not reproduce its golden vectors
     ├── RuntimeUnavailableError     no usable LiteRT runtime / delegate on this machine
     ├── UpdateError                 a bad or malicious update (edge_agent.update.errors)
@@ -111,6 +114,12 @@ class NoRunnableVariantError(ModelLoadError):
 class VariantFaultError(ModelError):
     """The runtime or delegate of the serving variant failed at invoke (injected by
     :mod:`edge_agent.runtime.fault_seam` in tests)."""
+
+
+class InvokeHangError(ModelError):
+    """An invoke of a variant exceeded its watchdog limit (edge_agent.variant_rules): its
+    interpreter is abandoned (a native invoke cannot be interrupted) and the request is
+    retried on the next variant."""
 
 
 class GoldenMismatchError(ModelError):

@@ -12,7 +12,7 @@ other method turns an :class:`~edge_agent.errors.EdgeError` into an event.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from edge_agent.bundle import Bundle
@@ -22,8 +22,10 @@ from edge_agent.hooks import Hooks
 from edge_agent.protocol.kinds import EventKind
 from edge_agent.registry import ModelRegistry, ServedModel
 from edge_agent.store import ModelStore
+from edge_agent.variants import servable
 
 EDGETPU_OP = b"edgetpu-custom-op"
+VariantProbe = Callable[[Bundle, Sequence[str]], dict[str, str]]  # → failed: name → why
 
 
 class ModelLoader:
@@ -31,13 +33,16 @@ class ModelLoader:
 
     def __init__(self, store: ModelStore, registry: ModelRegistry, hooks: Hooks, *,
                  verify_golden: bool, max_loaded_versions: int,
-                 delegate_error: str | None = None, describe: str = "") -> None:
+                 delegate_error: str | None = None, describe: str = "",
+                 variant_probe: VariantProbe | None = None) -> None:
         self.store, self.registry, self.hooks = store, registry, hooks
         self.verify_golden = verify_golden
         self.max_loaded_versions = max_loaded_versions
         self.delegate_error = delegate_error  # the accelerator's delegate did not load
         self.describe = describe  # runtime and threads, for the model.loaded message
         self.failures: dict[str, dict[int, str]] = {}
+        # a bundle with variants: each variant it would serve, probed in a child first
+        self.variant_probe = variant_probe
 
     def failures_of(self, name: str) -> dict[int, str]:
         """Versions of ``name`` that failed to load, with the reason (for metadata)."""
@@ -50,8 +55,12 @@ class ModelLoader:
         if self.delegate_error and EDGETPU_OP in bundle.model_bytes:
             raise ModelLoadError(f"{bundle.name} v{bundle.version} is compiled for the Edge TPU "
                                  f"but its delegate is unavailable: {self.delegate_error}")
+        exclude = None
+        if bundle.manifest.variants and self.variant_probe is not None:
+            names, _ = servable(self.registry, bundle)
+            exclude = self.variant_probe(bundle, names)  # edge_agent.runtime.variant_probe
         served = self.registry.load(bundle, activate=activate,
-                                    verify=self.verify_golden)
+                                    verify=self.verify_golden, exclude=exclude)
         self.failures.get(bundle.name, {}).pop(bundle.version, None)
         self.hooks.emit_event("info", EventKind.MODEL_LOADED,
                               f"{bundle.name} v{bundle.version} loaded in "

@@ -57,6 +57,8 @@ class DeviceProfile:
     delegate_library: str | None = None
     supported_ops: tuple[str, ...] = ()
     default_workers: int = 1  # interpreters per model version unless [agent] workers says
+    # the floor of the invoke watchdog of bundles with variants (edge_agent.variant_rules)
+    invoke_watchdog_floor_s: float = 1.0
     source: str = field(default="", compare=False)
 
     @property
@@ -130,6 +132,7 @@ def parse_profile(data: dict[str, Any], source: str) -> DeviceProfile:
         delegate_library=t.opt_text("delegate_library"),
         supported_ops=t.texts("supported_ops", (), what="op names"),
         default_workers=workers,
+        invoke_watchdog_floor_s=t.number("invoke_watchdog_floor_s", 1.0, 0.001, 3600),
         source=source,
     )
     t.finish()

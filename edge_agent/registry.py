@@ -16,7 +16,7 @@ import enum
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
@@ -29,6 +29,7 @@ from edge_agent.errors import (
     BadInputError,
     EdgeError,
     InvalidRequestError,
+    InvokeHangError,
     NotFoundError,
     ShapeMismatchError,
     TransportError,
@@ -40,9 +41,11 @@ from edge_agent.runtime.model import GoldenResult, Inputs, LoadedModel, batch_of
 from edge_agent.runtime.quant import TensorCodec
 
 if TYPE_CHECKING:
+    from edge_agent.invoke_watchdog import Watchdog
     from edge_agent.variants import Failover
 
 DelegateFactory = Callable[[], Sequence[Any]]
+TRIP_POLL_S = 0.02  # a request waiting on a watched variant's pool checks this often
 
 
 class ModelState(str, enum.Enum):
@@ -132,6 +135,7 @@ class ServedModel:
     # class defaults, so a subclass sharing another pool (fleet/sim_agents.py) has them too
     variant: str = "default"  # which model of the bundle (edge_agent.variants)
     failover: Failover | None = None  # set when the bundle has other variants
+    watchdog: Watchdog | None = None  # the invoke-time watchdog of a variant (invoke_watchdog)
 
     def __init__(self, bundle: Bundle, runtime: Runtime, *, workers: int = 1,
                  num_threads: int | None = None, delegates: DelegateFactory | None = None,
@@ -150,10 +154,9 @@ class ServedModel:
         self._pool: queue.SimpleQueue[LoadedModel] = queue.SimpleQueue()
         t0 = time.perf_counter()
         first = None
+        self._num_threads, self._delegates = num_threads, delegates
         for _ in range(max(1, workers)):
-            m = LoadedModel(runtime, bundle.model_bytes, num_threads=num_threads,
-                            delegates=delegates() if delegates else ())
-            m.fault = fault_seam.hook(variant)
+            m = self._new_interpreter()
             first = first or m
             self._pool.put(m)
         assert first is not None
@@ -162,6 +165,20 @@ class ServedModel:
         self.load_time_s = time.perf_counter() - t0
         self.loaded_at = time.time()
         self.state = ModelState.AVAILABLE
+
+    def _new_interpreter(self) -> LoadedModel:
+        m = LoadedModel(self.runtime, self.bundle.model_bytes, num_threads=self._num_threads,
+                        delegates=self._delegates() if self._delegates else ())
+        m.fault = fault_seam.hook(self.variant)
+        return m
+
+    def refill(self) -> int:
+        """Fresh interpreters for those the watchdog abandoned (none once it is retired).
+        Raises ModelLoadError."""
+        n = 0 if self.watchdog is None else self.watchdog.take_lost()
+        for _ in range(n):
+            self._pool.put(self._new_interpreter())
+        return n
 
     def _describe(self, m: LoadedModel) -> None:
         """Specs and bindings of this version, read from one of its interpreters."""
@@ -190,7 +207,19 @@ class ServedModel:
         """One free interpreter; give it back with :meth:`_give`. Raises TransportError on
         timeout. (With ``_give``, the seam a subclass overrides to share another pool.)"""
         try:
-            return self._pool.get(timeout=self.borrow_timeout_s)
+            if self.watchdog is None:
+                return self._pool.get(timeout=self.borrow_timeout_s)
+            end = time.monotonic() + self.borrow_timeout_s
+            while True:  # a watched variant: stop waiting once it has been given up on
+                if self.watchdog.tripped:
+                    raise InvokeHangError(f"{self.name} v{self.version}: variant "
+                                          f"{self.variant!r} was given up (hung)")
+                try:
+                    return self._pool.get(timeout=max(0.0, min(TRIP_POLL_S,
+                                                               end - time.monotonic())))
+                except queue.Empty:
+                    if time.monotonic() >= end:
+                        raise
         except queue.Empty as e:
             raise TransportError(f"{self.name} v{self.version}: no interpreter free within "
                                  f"{self.borrow_timeout_s:g} s") from e
@@ -234,10 +263,13 @@ class ServedModel:
             if raw is not None and raw.shape[0] == 0:
                 raise InvalidRequestError("empty batch: send at least one instance")
             m = self._take()
-            try:
-                outs = m.invoke_raw(coerced)
-            finally:
-                self._give(m)
+            if self.watchdog is not None:  # a variant: give up on a hung invoke
+                outs = self.watchdog.invoke(m, coerced, self._give)
+            else:
+                try:
+                    outs = m.invoke_raw(coerced)
+                finally:
+                    self._give(m)
         except Exception as e:  # record every failure (probation sees it), then re-raise
             bad_input = isinstance(e, BadInputError)
             if not bad_input and self.failover is not None:
@@ -321,14 +353,16 @@ class ModelRegistry:
                            num_threads=self.num_threads, delegates=self.delegates,
                            hooks=self.hooks, variant=variant)
 
-    def build_checked(self, bundle: Bundle, *, verify: bool) -> ServedModel:
+    def build_checked(self, bundle: Bundle, *, verify: bool,
+                      exclude: Mapping[str, str] | None = None) -> ServedModel:
         """:meth:`build`, golden vectors checked if ``verify``; of a bundle with variants,
-        the best this device runs, the others standing by (:mod:`edge_agent.variants`).
+        the best this device runs (not those in ``exclude``: name → why), the others
+        standing by (:mod:`edge_agent.variants`).
         Raises ModelLoadError (NoRunnableVariantError), GoldenMismatchError."""
         if bundle.manifest.variants:
             from edge_agent.variants import build_variants
 
-            return build_variants(self, bundle, verify=verify)
+            return build_variants(self, bundle, verify=verify, exclude=exclude)
         served = self.build(bundle)
         if verify and bundle.manifest.golden:
             served.verify_golden()
@@ -360,10 +394,12 @@ class ModelRegistry:
             self._evict(served.name)
         self.hooks.emit_models_changed()
 
-    def load(self, bundle: Bundle, *, activate: bool = True, verify: bool = True) -> ServedModel:
+    def load(self, bundle: Bundle, *, activate: bool = True, verify: bool = True,
+             exclude: Mapping[str, str] | None = None) -> ServedModel:
         """Build, optionally check golden vectors, then add. Nothing changes on failure.
-        A bundle with variants serves the best one that runs (:mod:`edge_agent.variants`)."""
-        served = self.build_checked(bundle, verify=verify)
+        A bundle with variants serves the best one that runs (:mod:`edge_agent.variants`;
+        ``exclude``: variants that failed their probe, name → why)."""
+        served = self.build_checked(bundle, verify=verify, exclude=exclude)
         self.add(served, activate=activate)
         return served
 

@@ -32,7 +32,7 @@ SCHEMA_VERSION = 1  # of the envelope and the bodies below; bumped only for brea
 
 __all__ = ["SCHEMA_VERSION", "CommandReply", "CommandRequest", "ErrorInfo", "Event", "Header",
            "ModelSummary", "ModelVersion", "ProtocolError", "RuntimeInfo", "Status", "Telemetry",
-           "UpdateOutcome", "UpdateSummary", "decode_object"]
+           "UpdateOutcome", "UpdateSummary", "VariantState", "decode_object"]
 
 
 # --- the envelope ----------------------------------------------------------------------
@@ -81,15 +81,51 @@ class RuntimeInfo:
 
 
 @dataclass(frozen=True)
+class VariantState:
+    """Which variant of a bundle with variants serves (edge_agent.variants), and why not a
+    better one: ``reasons`` (variant → why it failed while serving), ``skipped`` (variant →
+    why it was never loaded here)."""
+
+    variant: str
+    index: int
+    degraded: bool
+    reasons: tuple[tuple[str, str], ...] = ()
+    skipped: tuple[tuple[str, str], ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"variant": self.variant, "variant_index": self.index,
+                "degraded": self.degraded, "variant_reasons": dict(self.reasons),
+                "variants_skipped": dict(self.skipped)}
+
+    @classmethod
+    def read(cls, f: Fields) -> VariantState | None:
+        """The variant keys of a version in the status (None: a single-model bundle)."""
+        name = f.text("variant")
+        if name is None:
+            return None
+        return cls(name, f.integer("variant_index") or 0, bool(f.flag("degraded")),
+                   _str_map(f, "variant_reasons"), _str_map(f, "variants_skipped"))
+
+
+def _str_map(f: Fields, k: str) -> tuple[tuple[str, str], ...]:
+    d = f.obj(k) or {}
+    if not all(isinstance(v, str) for v in d.values()):
+        raise f.fail(k, "expected an object of strings")
+    return tuple(sorted(d.items()))
+
+
+@dataclass(frozen=True)
 class ModelVersion:
     version: int
     state: str
     sha256: str | None = None
     loaded_at: float | None = None
+    variant: VariantState | None = None  # a bundle with variants
 
     def to_dict(self) -> dict[str, Any]:
         return {"version": self.version, "state": self.state, "sha256": self.sha256,
-                "loaded_at": self.loaded_at}
+                "loaded_at": self.loaded_at,
+                **({} if self.variant is None else self.variant.to_dict())}
 
 
 @dataclass(frozen=True)
@@ -111,7 +147,7 @@ class ModelSummary:
     @classmethod
     def _read(cls, f: Fields) -> ModelSummary:
         vs = tuple(ModelVersion(v.integer("version", required=True), v.text("state") or "",
-                                v.text("sha256"), v.number("loaded_at"))
+                                v.text("sha256"), v.number("loaded_at"), VariantState.read(v))
                    for v in f.objs("versions"))
         return cls(f.text("name", required=True), f.integer("active"), vs)
 

@@ -1,10 +1,12 @@
 """Runtime fault seam for failover tests: ``EDGE_RUNTIME_FAULT=<action>@<variant>:<file>[,…]``.
 
 While ``<file>`` exists, every invoke of an interpreter of variant ``<variant>`` (``default``
-is ``model.tflite``) fails as a delegate would: ``raise`` raises VariantFaultError
-("delegate error"), ``hang`` sleeps until the file is removed (bounded by the invoke
-watchdog of :mod:`edge_agent.variants`, which gives up on it). Removing the file clears the
-fault. Read once at import; unset in production (setting it needs control of the agent's
+is ``model.tflite``) fails: ``raise`` raises VariantFaultError (a delegate error: the
+variant is switched away from at once), ``error`` raises a plain RuntimeError (a transient
+runtime error: counted, the N-th in the window switches), ``hang`` sleeps until the file is
+removed (a hung delegate: the invoke watchdog of :mod:`edge_agent.invoke_watchdog` gives
+up on it; see :mod:`edge_agent.variant_rules`). Removing the file clears the fault.
+Read once at import; unset in production (setting it needs control of the agent's
 environment). A real Edge TPU is not available to tests; this is where it would fail.
 """
 
@@ -19,6 +21,7 @@ from edge_agent.errors import VariantFaultError
 
 ENV = "EDGE_RUNTIME_FAULT"
 HANG_POLL_S = 0.05
+ACTIONS = ("raise", "error", "hang")
 MAX_HANG_S = 600.0  # a hang ends by itself after this (a test that forgets the file)
 
 
@@ -27,7 +30,7 @@ def _parse(spec: str) -> dict[str, tuple[str, Path]]:
     for item in filter(None, (i.strip() for i in spec.split(","))):
         action, _, where = item.partition("@")
         variant, _, file = where.partition(":")
-        if action in ("raise", "hang") and variant and file:
+        if action in ACTIONS and variant and file:
             out[variant] = (action, Path(file))
     return out
 
@@ -48,6 +51,9 @@ def hook(variant: str) -> Callable[[], None] | None:
         if action == "raise":
             raise VariantFaultError(f"delegate error in variant {variant!r} (injected: "
                                     f"{file} exists)")
+        if action == "error":
+            raise RuntimeError(f"invoke failed in variant {variant!r} (injected: {file} "
+                               "exists)")
         end = time.monotonic() + MAX_HANG_S
         while file.exists() and time.monotonic() < end:
             time.sleep(HANG_POLL_S)

@@ -201,14 +201,21 @@ def model_sha256(bundle: Path) -> str | None:
 
 def run_probe(name: str, version: str, bundle: Path | None = None, *,
               timeout_s: float = DEFAULT_TIMEOUT_S, python: str | None = None,
-              env: dict[str, str] | None = None) -> ProbeVerdict:
-    """Probe one runtime now, in a child process; never raises for what the child does."""
+              env: dict[str, str] | None = None, variant: str | None = None,
+              variant_sha256: str | None = None,
+              device_key: Path | None = None) -> ProbeVerdict:
+    """Probe one runtime now, in a child process; never raises for what the child does.
+    ``variant``: with that variant of ``bundle`` (:mod:`edge_agent.runtime.variant_probe`)."""
     args = ["--child", name]
     sha = None
     if bundle is not None:
         bundle = Path(bundle).resolve()
         args += ["--bundle", str(bundle)]
-        sha = model_sha256(bundle)
+        if variant is not None:
+            args += ["--variant", variant]
+        if device_key is not None:
+            args += ["--device-key", str(device_key)]
+        sha = variant_sha256 or model_sha256(bundle)
     base = ProbeVerdict(name, version, "error", "", machine=_machine(), python=_python(),
                         probed_at=time.time(), model_sha256=sha)
     run = run_child("edge_agent.runtime.probe", args, env=env, python=python,
@@ -306,9 +313,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                         "tflite-runtime)")
     p.add_argument("--reprobe", action="store_true", help="ignore cached verdicts")
     p.add_argument("--timeout-s", type=float, default=DEFAULT_TIMEOUT_S)
+    p.add_argument("--variant", help=argparse.SUPPRESS)  # one variant of --bundle
+    p.add_argument("--device-key", help=argparse.SUPPRESS)  # a sealed --bundle
     a = p.parse_args(argv)
     if a.child:
-        return child_main(a.child, a.bundle)
+        return child_main(a.child, a.bundle, a.variant, a.device_key)
     try:
         sel = select_probed_runtime(a.runtimes, Path(a.bundle) if a.bundle else None,
                                     state_dir=a.state_dir, reprobe=a.reprobe,

@@ -33,6 +33,12 @@ Blocked (:data:`BLOCKING`) candidates join the state's ``blocked`` list, like a 
 back version, so a retained or re-signed announcement of that version does not run the
 check again; ``check_failed`` is more likely this device's trouble than the model's.
 
+A bundle with variants (:func:`check_variants`) is checked one variant per child: each
+variant this device would serve (its requirements met), with its own golden vectors. A
+variant whose child fails for any reason of the table is skipped, with that reason, and is
+never loaded into the agent; the others go on. None passing: ``no_runnable_variant``,
+naming every variant's reason (blocked when every one of them is a blocking reason).
+
 Verdicts are memoised per process for the same inputs (signed bytes, runtime setup,
 limits, fault injection): one agent checks a target once anyway, and the fleet simulator,
 which runs many agents in one process, checks a release once instead of once per agent.
@@ -43,6 +49,7 @@ from __future__ import annotations
 import os
 import threading
 from collections import OrderedDict
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,7 +61,8 @@ from edge_agent.update.config import UpdateConfig
 from edge_agent.update.errors import ModelRejectedError
 from edge_agent.update.fetchers import Cancelled
 
-__all__ = ["BLOCKING", "CheckLimits", "CheckResult", "CheckSetup", "check_candidate", "judge"]
+__all__ = ["BLOCKING", "CheckLimits", "CheckResult", "CheckSetup", "check_candidate",
+           "check_variants", "judge"]
 
 CHILD = "edge_agent.update.check_child"
 DEFAULT_MEMORY_MB = 1024  # neither update.check_memory_mb nor a profile budget known
@@ -99,6 +107,8 @@ class CheckResult:
     duration_s: float  # the child's whole life: start, imports, load, golden vectors
     peak_rss_mb: float | None
     reused: bool = False  # the memoised verdict of an identical check in this process
+    # a bundle with variants: those that failed their check (name → why), never loaded
+    variants_failed: tuple[tuple[str, str], ...] = ()
 
 
 def judge(run: ChildRun, limits: CheckLimits) -> CheckResult:
@@ -153,7 +163,7 @@ _MEMO: OrderedDict[tuple[object, ...], ChildRun] = OrderedDict()
 
 def check_candidate(staged: Path, manifest: Manifest, setup: CheckSetup, limits: CheckLimits,
                     *, sha256: str, stop: threading.Event | None = None,
-                    device_key: Path | None = None) -> CheckResult:
+                    device_key: Path | None = None, variant: str | None = None) -> CheckResult:
     """Test-load ``staged`` and run its golden vectors in a child, under ``limits``.
 
     Raises ModelRejectedError (``golden_missing`` before any child, else see :func:`judge`),
@@ -162,7 +172,7 @@ def check_candidate(staged: Path, manifest: Manifest, setup: CheckSetup, limits:
     if not manifest.golden:
         raise ModelRejectedError("bundle carries no golden vectors: it cannot be proven on "
                                  "this device", code="golden_missing")
-    key = (sha256, setup, limits, os.environ.get(faults.ENV, ""))
+    key = (sha256, setup, limits, os.environ.get(faults.ENV, ""), variant)
     while not _LOCK.acquire(timeout=0.2):  # one check at a time per process
         if stop is not None and stop.is_set():
             raise Cancelled("the agent is stopping: candidate check not started")
@@ -172,7 +182,7 @@ def check_candidate(staged: Path, manifest: Manifest, setup: CheckSetup, limits:
             res = judge(run, limits)
             return CheckResult(res.vectors, res.max_abs_diff, 0.0, res.peak_rss_mb, True)
         args = bundle_args(str(staged), setup.runtime, setup.threads, setup.delegate_library,
-                           device_key)
+                           device_key) + ([] if variant is None else ["--variant", variant])
         threads = setup.threads or os.cpu_count() or 1  # LiteRT's own default otherwise
         run = run_child(CHILD, args, stop=stop, limits=ChildLimits(
             limits.timeout_s, limits.memory_mb << 20, threads=threads))
@@ -183,3 +193,38 @@ def check_candidate(staged: Path, manifest: Manifest, setup: CheckSetup, limits:
     finally:
         _LOCK.release()
     return judge(run, limits)
+
+
+def check_variants(staged: Path, manifest: Manifest, setup: CheckSetup, limits: CheckLimits,
+                   *, sha256: str, variants: Sequence[str], unmet: Mapping[str, str],
+                   stop: threading.Event | None = None,
+                   device_key: Path | None = None) -> CheckResult:
+    """:func:`check_candidate` for each of ``variants`` (those this device would serve, in
+    the bundle's order; ``unmet``: the others and why), one child each.
+
+    Raises ModelRejectedError ``no_runnable_variant`` naming each variant's reason when
+    none passes (code ``check_crashed`` … of the table are kept in the message), Cancelled.
+    """
+    passed: list[CheckResult] = []
+    failed: dict[str, str] = {}
+    codes: list[str] = []
+    for name in variants:
+        try:
+            passed.append(check_candidate(staged, manifest, setup, limits, sha256=sha256,
+                                          stop=stop, device_key=device_key, variant=name))
+        except ModelRejectedError as e:
+            failed[name] = f"check {e.code}: {e}"[:300]
+            codes.append(e.code)
+    if not passed:
+        reasons = {**unmet, **failed}
+        none = ModelRejectedError(
+            f"{manifest.name} v{manifest.version}: no variant this device can run ("
+            + "; ".join(f"{n}: {w}" for n, w in reasons.items()) + ")",
+            code="no_runnable_variant")
+        none.blocking = bool(codes) and all(c in BLOCKING for c in codes)
+        raise none
+    return CheckResult(sum(r.vectors for r in passed), max(r.max_abs_diff for r in passed),
+                       sum(r.duration_s for r in passed),
+                       max((r.peak_rss_mb for r in passed if r.peak_rss_mb is not None),
+                           default=None),
+                       all(r.reused for r in passed), tuple(failed.items()))

@@ -1,7 +1,8 @@
 """The candidate check's child process: load a staged bundle, run its golden vectors, report.
 
 Runs as ``python -m edge_agent.update.check_child --bundle STAGED --runtime NAME
-[--threads N] [--delegate LIB] [--device-key KEY]``, started by :mod:`edge_agent.update.check`
+[--threads N] [--delegate LIB] [--device-key KEY] [--variant NAME]``, started by
+:mod:`edge_agent.update.check`
 through :func:`edge_agent.runtime.isolate.run_child`. Its limits (memory, CPU, parent death) are
 applied first, before a byte of the bundle is read. It builds the interpreter the way the
 agent's registry does (runtime, threads, delegate) and prints one verdict
@@ -12,10 +13,15 @@ agent's registry does (runtime, threads, delegate) and prints one verdict
 * ``memory``: an allocation was refused (``MemoryError``: the limit, or the device);
 * ``error``: the bundle or the runtime is unusable here.
 
+A bundle with variants is checked one variant per child (``--variant NAME``, ``default``
+being ``model.tflite``), each with its own golden vectors, so a variant that crashes its
+child does not take the other variants' checks with it (:mod:`edge_agent.update.check`).
+
 Stages: ``load`` (reading the staged bundle, hash-verified), ``import`` (the runtime),
-``create`` (the interpreter; the fault point ``check`` of :mod:`edge_agent.update.faults`
-is here), ``golden``, ``done``. Like the agent, it never imports TensorFlow unless
-``tensorflow`` is the configured runtime. Exit status 0 only for ``ok``.
+``create`` (the interpreter; the fault points ``check`` and ``check:VARIANT`` of
+:mod:`edge_agent.update.faults` are here), ``golden``, ``done``. Like the agent, it
+never imports TensorFlow unless ``tensorflow`` is the configured runtime. Exit status 0
+only for ``ok``.
 """
 
 from __future__ import annotations
@@ -41,7 +47,7 @@ def _result(outcome: str, detail: str = "", **extra: Any) -> int:
 
 
 def _check(bundle_path: str, runtime: str, threads: int | None, delegate: str | None,
-           device_key: str | None = None) -> int:
+           device_key: str | None = None, variant: str | None = None) -> int:
     from edge_agent.bundle_zstd import MAX_RATIO
     from edge_agent.errors import (
         BundleError,
@@ -63,12 +69,21 @@ def _check(bundle_path: str, runtime: str, threads: int | None, delegate: str | 
                              max_bytes=os.path.getsize(bundle_path) * MAX_RATIO)
     except BundleError as e:
         return _result("error", f"bundle unreadable: {e}")
+    if variant is not None:
+        from edge_agent.variants import variant_bundles
+
+        chosen = [vb for name, _, vb in variant_bundles(bundle) if name == variant]
+        if not chosen:
+            return _result("error", f"the bundle has no variant {variant!r}")
+        bundle = chosen[0]
     stage("import")
     rt = get_runtime(runtime)
     if rt is None:
         return _result("error", f"runtime {runtime} does not import in the check process")
     stage("create")
     faults.point("check")
+    if variant is not None:
+        faults.point(f"check:{variant}")
     try:
         delegates = [rt.load_delegate(delegate)] if delegate else []
         model = LoadedModel(rt, bundle.model_bytes, num_threads=threads, delegates=delegates)
@@ -98,9 +113,12 @@ def bundle_args(bundle: str, runtime: str, threads: int | None,
     return args
 
 
-def parse_bundle_args(module: str, argv: Sequence[str] | None) -> argparse.Namespace:
-    """The child's side of :func:`bundle_args`."""
+def parse_bundle_args(module: str, argv: Sequence[str] | None, *,
+                      variant: bool = False) -> argparse.Namespace:
+    """The child's side of :func:`bundle_args` (``variant``: and ``--variant NAME``)."""
     p = argparse.ArgumentParser(prog=f"python -m {module}")
+    if variant:
+        p.add_argument("--variant")
     p.add_argument("--bundle", required=True)
     p.add_argument("--runtime", required=True)
     p.add_argument("--threads", type=int)
@@ -111,9 +129,9 @@ def parse_bundle_args(module: str, argv: Sequence[str] | None) -> argparse.Names
 
 def main(argv: Sequence[str] | None = None) -> int:
     apply_limits()
-    a = parse_bundle_args("edge_agent.update.check_child", argv)
+    a = parse_bundle_args("edge_agent.update.check_child", argv, variant=True)
     try:
-        return _check(a.bundle, a.runtime, a.threads, a.delegate, a.device_key)
+        return _check(a.bundle, a.runtime, a.threads, a.delegate, a.device_key, a.variant)
     except MemoryError:
         return _result("memory", "an allocation was refused (MemoryError)")
 

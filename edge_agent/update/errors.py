@@ -145,6 +145,7 @@ class ModelRejectedError(_Coded):
     def __init__(self, message: str, *, code: str = "model") -> None:
         super().__init__(message)
         self.code = code
+        self.blocking = False  # set by a check whose every verdict blocks (update.check)
 
 
 class ProbationFailedError(_Coded):

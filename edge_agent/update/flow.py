@@ -92,6 +92,7 @@ from edge_agent.update.wire import (
     parse_command,
     parse_target_spec,
 )
+from edge_agent.variants import servable
 
 if TYPE_CHECKING:
     from tuf.api.metadata import TargetFile
@@ -437,18 +438,25 @@ class UpdateFlow:
         load it here. A candidate that hung, crashed or exhausted the child is blocked."""
         self._set(self.state.to(Phase.TEST_LOADING))
         sha = self.state.target_sha256 or ""
+        staged = self.staging.final(sha, self.state.target or "")
         try:
-            proof = check.check_candidate(self.staging.final(sha, self.state.target or ""),
-                                          bundle.manifest,
-                                          self.check_setup, self.check_limits, sha256=sha,
-                                          stop=self.stop,
-                                          device_key=self.d.store.device_key)
+            if bundle.manifest.variants:  # one check child per variant (edge_agent.variants)
+                names, unmet = servable(self.d.registry, bundle)
+                proof = check.check_variants(staged, bundle.manifest, self.check_setup,
+                                             self.check_limits, sha256=sha, variants=names,
+                                             unmet=unmet, stop=self.stop,
+                                             device_key=self.d.store.device_key)
+            else:
+                proof = check.check_candidate(staged, bundle.manifest, self.check_setup,
+                                              self.check_limits, sha256=sha, stop=self.stop,
+                                              device_key=self.d.store.device_key)
         except ModelRejectedError as e:
-            if e.code in check.BLOCKING:
+            if e.code in check.BLOCKING or e.blocking:
                 self._block()
             raise
         try:
-            served = (self.d.registry.build_checked(bundle, verify=True)
+            served = (self.d.registry.build_checked(bundle, verify=True,
+                                                    exclude=dict(proof.variants_failed))
                       if bundle.manifest.variants else self.d.registry.build(bundle))
         except NoRunnableVariantError as e:  # edge_agent.variants
             raise ModelRejectedError(str(e), code=e.code) from e
@@ -458,9 +466,13 @@ class UpdateFlow:
                     f"proven in a check process in {proof.duration_s * 1000:.0f} ms "
                     f"({proof.vectors} golden vectors, max diff {proof.max_abs_diff:g}; limits "
                     f"{self.check_limits.describe()}), then loaded in "
-                    f"{served.load_time_s * 1000:.0f} ms on {self.d.registry.runtime}",
+                    f"{served.load_time_s * 1000:.0f} ms on {self.d.registry.runtime}"
+                    + "".join(f"; variant {n!r} skipped: {why}"
+                              for n, why in proof.variants_failed),
                     check_ms=round(proof.duration_s * 1000, 1),
-                    check_peak_rss_mb=proof.peak_rss_mb, check_reused=proof.reused)
+                    check_peak_rss_mb=proof.peak_rss_mb, check_reused=proof.reused,
+                    **({"variants_failed": dict(proof.variants_failed)}
+                       if proof.variants_failed else {}))
         return served
 
     def _golden(self, served: ServedModel) -> None:

@@ -7,7 +7,6 @@ of which this device can run."""
 from __future__ import annotations
 
 import json
-import re
 import threading
 from dataclasses import replace
 from pathlib import Path
@@ -18,6 +17,9 @@ import pytest
 from agent_helpers import Client
 from attack_helpers import agent_process
 from model_fixtures import TwoHeads, convert_cli
+from variant_helpers import gauge as _gauge
+from variant_helpers import serving as _serving
+from variant_helpers import variant_bundle as variant_bundle
 from waiting import wait_for
 
 from edge_agent.bundle import read_bundle, tar_bytes, write_bundle
@@ -26,22 +28,6 @@ from edge_agent.hooks import Hooks
 from edge_agent.manifest import EncodedArray, Requires
 from edge_agent.registry import ModelRegistry
 from edge_agent.runtime.backends import select_runtime
-
-
-@pytest.fixture(scope="module")
-def variant_bundle(two_heads: TwoHeads, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """``two`` v1: variant ``fast`` (the int8 bundle) preferred, ``model.tflite`` float16."""
-    d = tmp_path_factory.mktemp("variants")
-    src = two_heads.bundle.parent
-    r = convert_cli("convert", src / "two.keras", "--mode", "float16", "--representative",
-                    src / "calib.npz", "--profile", "generic-x86_64", "--latency-runs", 2,
-                    "--name", "two", "-o", d / "two-f16")
-    assert r.returncode == 0, r.stderr
-    r = convert_cli("bundle", d / "two-f16" / "model.tflite", "--name", "two", "--version", 1,
-                    "--latency-runs", 2, "--variant", f"fast={two_heads.bundle}",
-                    "-o", d / "two-var")
-    assert r.returncode == 0, r.stderr
-    return d / "two-var"
 
 
 def test_bundle_cli_assembles_variants_and_single_model_bundles_keep_their_bytes(
@@ -107,18 +93,6 @@ def test_bundle_with_no_runnable_variant_is_refused_naming_each_reason(
     reg.load(b)  # the good bundle still loads, on its preferred variant
     (snap,) = reg.snapshot()
     assert snap["versions"][0]["variant"] == "fast"
-
-
-def _gauge(c: Client, name: str) -> float | None:
-    text = c.get("/metrics").body.decode()
-    m = re.search(rf'^{name}{{model="two",version="1"}} ([0-9.]+)$', text, re.M)
-    return None if m is None else float(m.group(1))
-
-
-def _serving(c: Client) -> dict[str, Any]:
-    (m,) = c.get("/v1/models").json()["models"]
-    v: dict[str, Any] = m["versions"][0]
-    return v
 
 
 def test_failover_to_the_cpu_variant_and_back_under_a_request_stream(

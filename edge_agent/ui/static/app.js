@@ -76,7 +76,8 @@
   function renderModels(s) {
     const tb = $("models").tBodies[0]; tb.textContent = "";
     s.models.forEach((m) => row(tb, [m.name, m.active === null ? "–" : "v" + m.active,
-      m.versions.map((v) => "v" + v.version + " (" + v.state + ")").join(", "),
+      m.versions.map((v) => "v" + v.version + " (" + v.state + (v.variant === undefined ? "" :
+        ", variant " + v.variant + (v.degraded ? ", degraded" : "")) + ")").join(", "),
       m.installed.map((v) => "v" + v).join(", ")]));
     const f = s.load_failures || {};
     $("failures").textContent = Object.keys(f).length ? "load failures: " + JSON.stringify(f) : "";
