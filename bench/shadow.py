@@ -11,7 +11,9 @@ coordinated omission). Rounds alternate shadow off / on; for an "on" round the s
 is published as the next version with ``--shadow`` (a duration of round + 3 s, gate
 ``errors==0``), and the round starts once the agent's update phase is ``shadow``. The
 figures are the medians over rounds of p50/p99 and the ratios on/off, the candidate's own
-latency, and how many copies were compared, shed and dropped.
+latency, how many copies were compared, shed and dropped, the agent process's CPU time
+per request (``/proc``; less noisy than a p99 on a loaded machine; the candidate's child
+is a separate process) and the request thread's own shadow work timed alone (``hook_us``).
 """
 
 from __future__ import annotations
@@ -71,6 +73,36 @@ def run_client(port: int, rate: float, seconds: float) -> dict[str, Any]:
                           str(seconds)], check=True, capture_output=True, text=True)
     doc: dict[str, Any] = json.loads(out.stdout)
     return doc
+
+
+def cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) the process used so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def hook_cost_us(src: Path) -> dict[str, float]:
+    """What the request thread does per shadowed request, timed alone: pack the digits
+    request (input + raw output tensors) and put it on the sender's queue."""
+    import queue
+
+    import numpy as np
+
+    from edge_agent.bundle import read_bundle
+    from edge_agent.shadow import frames
+
+    g = read_bundle(src).manifest.golden[0]
+    x, y = g.input.decode()[:1], g.output.decode()[:1]
+    q: queue.SimpleQueue[bytes] = queue.SimpleQueue()
+    times = []
+    for _ in range(20000):
+        t = time.perf_counter()
+        q.put(frames.pack_request(0.0003, [x, y]))
+        times.append((time.perf_counter() - t) * 1e6)
+        if q.qsize() > 32:
+            while not q.empty():
+                q.get_nowait()
+    return {"p50": float(np.percentile(times, 50)), "p99": float(np.percentile(times, 99))}
 
 
 def _bench_update() -> Any:
@@ -169,7 +201,9 @@ keep_versions = 2
                     wait("the shadow", lambda: (s := get(port, "/v1/agent/update"))["phase"]
                          == "shadow" and (s.get("shadow") or {}).get("phase") == "running")
                     before = get(port, "/v1/agent/update")["shadow"]
+                cpu0 = cpu_s(agent.pid)
                 row.update(run_client(port, rate, a.round_s))
+                row["agent_cpu_ms_per_req"] = (cpu_s(agent.pid) - cpu0) * 1000 / row["n"]
                 row["load"] = os.getloadavg()[0]
                 if mode == "on":
                     sh = get(port, "/v1/agent/update")["shadow"]
@@ -206,6 +240,9 @@ keep_versions = 2
            "dropped_per_round": statistics.median(r["dropped"] for r in rows
                                                   if r["mode"] == "on"),
            "outcomes": [r["outcome"] for r in rows if r["mode"] == "on"],
+           "agent_cpu_ms_per_req": {"off": med("off", "agent_cpu_ms_per_req"),
+                                    "on": med("on", "agent_cpu_ms_per_req")},
+           "hook_us": hook_cost_us(src),
            "load": [r["load"] for r in rows], "rows": rows}
     print(json.dumps({k: v for k, v in out.items() if k != "rows"}, indent=1))
     if a.json:
