@@ -7,7 +7,8 @@ subprocess (1 worker, 1 thread, the digits bundle), and a client in its own proc
 sending TF Serving ``:predict`` requests over one keep-alive connection. Its closed-loop
 capacity is measured first; then every round the client sends at half of it on a fixed
 schedule, latency counted from each request's scheduled time (so queueing shows, no
-coordinated omission). Rounds alternate shadow off / on; for an "on" round the same model
+coordinated omission). Capacity is measured again before each pair of rounds, as the
+shared machine's load moves. Rounds alternate shadow off / on; for an "on" round the same model
 is published as the next version with ``--shadow`` (a duration of round + 3 s, gate
 ``errors==0``), and the round starts once the agent's update phase is ``shadow``. The
 figures are the medians over rounds of p50/p99 and the ratios on/off, the candidate's own
@@ -184,14 +185,15 @@ keep_versions = 2
     try:
         wait("the agent", lambda: get(port, "/v1/models/digits")["model_version_status"], 60)
         run_client(port, 0, 1.0)  # warm up
-        cap = run_client(port, 0, 3.0)["rps"]
-        rate = cap / 2
-        print(f"capacity {cap:.0f} req/s (1 connection, closed loop); rounds at {rate:.0f}",
-              file=sys.stderr)
-        version = 1
+        version, caps = 1, []
         for r in range(a.rounds):
+            # capacity again before every pair: on a shared machine it moves within minutes
+            caps.append(run_client(port, 0, 1.5)["rps"])
+            rate = caps[-1] / 2
+            print(f"capacity {caps[-1]:.0f} req/s (1 connection, closed loop); pair at "
+                  f"{rate:.0f}", file=sys.stderr)
             for mode in (("off", "on") if r % 2 == 0 else ("on", "off")):
-                row: dict[str, Any] = {"mode": mode}
+                row: dict[str, Any] = {"mode": mode, "rate": rate}
                 if mode == "on":
                     version += 1
                     b = bu.with_version(src, work / f"v{version}", version)
@@ -224,7 +226,7 @@ keep_versions = 2
 
     def med(mode: str, k: str) -> float:
         return float(statistics.median(r[k] for r in rows if r["mode"] == mode))
-    out = {"capacity_rps": round(cap), "rate_rps": round(rate), "round_s": a.round_s,
+    out = {"capacity_rps": [round(c) for c in caps], "round_s": a.round_s,
            "rounds": a.rounds,
            "p50_ms": {"off": med("off", "p50"), "on": med("on", "p50")},
            "p99_ms": {"off": med("off", "p99"), "on": med("on", "p99")},
