@@ -207,6 +207,27 @@ def test_a_candidate_that_crashes_in_shadow_is_discarded_and_the_active_keeps_se
     assert_nothing_moved(a, before, accepted=signed_release(fleet.repo))
 
 
+def test_a_candidate_that_hangs_in_shadow_is_killed_and_the_active_keeps_serving(
+        tmp_path: Path, fleet: Fleet, bundles: Bundles, mosquitto: Any, stream: np.ndarray,
+        agents: list[AgentProcess]) -> None:
+    # its first shadowed request never returns: no summary (heartbeat) comes for
+    # shadow_invoke_timeout_s + 0.5 s, so the child is killed and the candidate discarded
+    a = start(agents, tmp_path, fleet, bundles, mosquitto, fault="pause@shadow_child:60",
+              shadow_invoke_timeout_s=2.0)
+    pid = a.pid
+    before = a.snapshot()
+    t0 = time.time()
+    fleet.publish(bundles.v3, audience=ME, shadow=ShadowTerms(parse_gate(GATE).text(), 30))
+    answered = serve_through_shadow(a, stream)
+    st = settled(a, t0, 60.0)
+    assert (st["last"]["result"], st["last"]["code"]) == ("rejected", "shadow_timeout")
+    assert "did not answer within 2 s" in st["last"]["reason"], st["last"]["reason"]
+    assert time.time() - t0 < 40, "the hang was not cut at the invoke limit"
+    assert set(answered) == {"1"} and a.pid == pid
+    assert infer(a, stream[:1]) == "1"
+    assert_nothing_moved(a, before, accepted=signed_release(fleet.repo))
+
+
 def test_a_gate_that_does_not_parse_is_refused_at_publish_naming_the_token(
         fleet: Fleet, bundles: Bundles, capsys: pytest.CaptureFixture[str]) -> None:
     repo_files = {p: p.read_bytes() for p in sorted(fleet.repo.path.rglob("*")) if p.is_file()}
