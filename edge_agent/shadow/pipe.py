@@ -50,7 +50,7 @@ class ShadowSetup:
     invoke_timeout_s: float = 10.0
     device_key: Path | None = None  # a sealed candidate: decrypted in the child's memory
     summary_s: float = 0.5  # the child's summary (and heartbeat) period
-    batch_s: float = 0.005  # the sender gathers copies this long: one write, few wake-ups
+    batch_s: float = 0.01  # the sender gathers copies this long: one write, few wake-ups
 
 
 class ShadowChildError(Exception):

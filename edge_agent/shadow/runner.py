@@ -14,8 +14,8 @@ anything for it: the sender thread only joins and writes frames
 candidate, compares and keeps the statistics.
 
 :meth:`ShadowRun.run` runs on the update worker thread, asleep in ``select`` between the
-child's summaries (every ``summary_s``): it emits ``shadow.progress`` at most once a
-second and returns a :class:`ShadowOutcome` once ``min_requests`` were compared (count
+child's summaries (every ``summary_s``): it emits ``shadow.progress`` every
+:data:`PROGRESS_S` and returns a :class:`ShadowOutcome` once ``min_requests`` were compared (count
 mode), or the duration ended, or the time limit passed. A child that dies, answers with
 a malformed frame or stays silent past ``invoke_timeout_s`` (one request hangs) ends the
 shadow with a failure.
@@ -43,6 +43,8 @@ from edge_agent.shadow.stats import Figures, Heads, ShadowStats, from_wire
 __all__ = ["ShadowChildError", "ShadowOutcome", "ShadowRun", "ShadowSetup"]
 
 log = logging.getLogger(__name__)
+
+PROGRESS_S = 5.0  # shadow.progress events: each costs the agent an MQTT publish and more
 
 
 @dataclass(frozen=True)
@@ -152,11 +154,12 @@ class ShadowRun:
                     return self._end(False, "shadow_timeout", "the candidate did not answer "
                                      f"within {self.setup.invoke_timeout_s:g} s "
                                      "(update.shadow_invoke_timeout_s); its process was killed")
-                if now - last >= 1.0:
+                if now - last >= PROGRESS_S:
                     last = now
                     self.emit("info", EventKind.SHADOW_PROGRESS, f"{requests} compared",
                               shadow=self.summary())
-                for kind, data in child.read(min(0.2, max(0.0, end - now))):
+                wait_s = min(self.setup.summary_s, max(0.0, end - now))
+                for kind, data in child.read(wait_s):
                     heard = time.monotonic()
                     self._frame(kind, data)
         except ShadowChildError as e:
