@@ -47,6 +47,7 @@ from edge_agent.serving import Admission, HttpServer, Metrics, ServingApi
 from edge_agent.serving.dataplane import DataPlane
 from edge_agent.serving.images import budget_for, process_budget
 from edge_agent.serving.v2_api import V2Api
+from edge_agent.shadow.prom import ShadowCollector, current_run
 from edge_agent.sources import MessageLink, MqttRequestSource, Source
 from edge_agent.sources.wiring import source_factories, wants_link
 from edge_agent.store import ModelStore
@@ -155,6 +156,8 @@ class Agent:
         self.wiring = Wiring(Services(config=config, view=self.view(), hooks=self.hooks,
                                       registry=self.registry, store=self.store, http=self.http,
                                       mqtt=self.mqtt))
+        self.metrics.add_collector(ShadowCollector(  # docs/metrics.md: edge_agent_shadow_*
+            lambda: current_run(self.wiring.update_service)))
         self._capabilities: dict[str, Any] | None = None
         self._lock = threading.RLock()
 

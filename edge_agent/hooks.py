@@ -34,6 +34,8 @@ class _Lazy(Protocol):
     def probabilities(self) -> np.ndarray | None: ...
     @property
     def outputs(self) -> list[np.ndarray]: ...
+    @property
+    def raw(self) -> list[np.ndarray]: ...
 
 
 class PredictionRecord:
@@ -110,6 +112,13 @@ class PredictionRecord:
         the regression/raw heads); subscribers must not keep them."""
         p = self._prediction
         return self._outputs if p is None else p.outputs
+
+    @property
+    def outputs_raw(self) -> list[np.ndarray] | None:
+        """Every output as the interpreter gave it (tensor dtypes, not dequantized), model
+        order; the cheapest copy of a successful answer (the shadow's)."""
+        p = self._prediction
+        return None if p is None else p.raw
 
     def __repr__(self) -> str:
         return (f"PredictionRecord({self.model!r} v{self.version}, {self.source}, "

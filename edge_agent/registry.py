@@ -227,6 +227,10 @@ class ServedModel:
     def _give(self, m: LoadedModel) -> None:
         self._pool.put(m)
 
+    def free_interpreters(self) -> int:
+        """Interpreters not borrowed right now (one C call: the shadow's load check)."""
+        return self._pool.qsize()
+
     @contextmanager
     def borrow(self) -> Iterator[LoadedModel]:
         """Exclusive use of one interpreter. Raises TransportError on timeout."""

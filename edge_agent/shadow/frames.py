@@ -1,80 +1,102 @@
-"""The shadow child's pipe protocol: length-prefixed frames of named arrays. Pure encoding.
+"""The shadow child's pipe protocol: length-prefixed frames. Pure encoding, no IO.
 
-A frame is ``>cI`` (kind, length) then ``length`` bytes: ``I`` inputs (parent → child, the
-request's tensors by input name, float model units), ``O`` outputs (child
-→ parent, with ``o0``, ``o1``… dequantized, and ``ms``, the invoke time),
-``E`` an error message (UTF-8), ``R`` ready (the interpreter is built). Every read is
-bounded by :data:`MAX_FRAME_BYTES`; arrays are a JSON header line (name, dtype, shape) and
-raw bytes, never pickles.
+A frame is ``>cI`` (kind, length) then ``length`` bytes. Parent → child: ``C`` the
+configuration (JSON, once: the active version's input/output specs and heads, the
+summary period), then ``Q`` one shadowed request (:func:`pack_request`: the active
+version's latency, its input tensors and its raw output tensors). Child → parent: ``R``
+ready (the candidate's interpreter is built), ``S`` a summary of everything compared so
+far (JSON, :mod:`edge_agent.shadow.stats`), ``E`` a fatal error message (UTF-8).
+
+A request frame carries arrays as a tiny binary header (dtype character, rank, dims) and
+their raw bytes — never pickles, never JSON per request: building it is a few struct
+packs and one copy per tensor on the client's thread. Every read is bounded by
+:data:`MAX_FRAME_BYTES` (:class:`FrameReader`), and every array is checked against the
+frame's length before it is viewed.
 """
 
 from __future__ import annotations
 
-import json
 import struct
-from collections.abc import Mapping
-from typing import BinaryIO
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 
 HEADER = struct.Struct(">cI")
 MAX_FRAME_BYTES = 64 << 20
+MAX_RANK = 8
+DTYPES = frozenset("?bBhHiIlLqQefd")  # numpy type characters a tensor may have
+_REQ = struct.Struct("<dB")  # active latency (s), number of arrays
+_ARR = struct.Struct("<cB")  # dtype character, rank
 
 
 class FrameError(Exception):
     """A malformed or oversized frame, or the pipe closed mid-frame."""
 
 
-def pack_arrays(arrays: Mapping[str, np.ndarray]) -> bytes:
-    """Named arrays → one JSON header line (name, dtype, shape) + their raw bytes.
-
-    Not ``np.savez``: its zip container cost ~0.1 ms of Python per request, all of it
-    holding the GIL that the agent's request threads need."""
-    parts = [np.asarray(v) for v in arrays.values()]  # tobytes() is C order; 0-d stays 0-d
-    head = json.dumps([[k, a.dtype.str, list(a.shape)] for k, a in zip(arrays, parts,
-                                                                      strict=True)])
-    return b"".join([head.encode(), b"\n", *(a.tobytes() for a in parts)])
-
-
-def unpack_arrays(data: bytes) -> dict[str, np.ndarray]:
-    """The inverse of :func:`pack_arrays`; raises FrameError for anything malformed."""
-    try:
-        cut = data.index(b"\n")
-        head = json.loads(data[:cut])
-        out, at = {}, cut + 1
-        for name, dtype, shape in head:
-            dt = np.dtype(dtype)
-            if dt.hasobject or not all(isinstance(n, int) and n >= 0 for n in shape):
-                raise ValueError(f"array {name!r}: dtype {dtype!r}, shape {shape!r}")
-            size = dt.itemsize * int(np.prod(shape, dtype=np.int64))
-            if at + size > len(data):
-                raise ValueError(f"array {name!r}: {size} bytes past the frame's end")
-            out[str(name)] = np.frombuffer(data, dt, int(np.prod(shape, dtype=np.int64)),
-                                           at).reshape(shape)
-            at += size
-        if at != len(data):
-            raise ValueError(f"{len(data) - at} bytes after the arrays")
-        return out
-    except (ValueError, TypeError, KeyError) as e:
-        raise FrameError(f"bad array frame: {e}") from e
-
-
 def encode(kind: bytes, payload: bytes = b"") -> bytes:
     return HEADER.pack(kind, len(payload)) + payload
 
 
-def read_exact(f: BinaryIO, n: int) -> bytes:
-    out = bytearray()
-    while len(out) < n:
-        chunk = f.read(n - len(out))
-        if not chunk:
-            raise FrameError(f"pipe closed after {len(out)} of {n} bytes")
-        out += chunk
-    return bytes(out)
+def pack_request(latency_s: float, arrays: Sequence[np.ndarray]) -> bytes:
+    """One ``Q`` frame (header included): the active latency, then every array."""
+    parts = [b"", _REQ.pack(latency_s, len(arrays))]
+    for a in arrays:
+        parts.append(_ARR.pack(a.dtype.char.encode(), a.ndim))
+        parts.append(struct.pack(f"<{a.ndim}I", *a.shape))
+        parts.append(a.tobytes())
+    body = b"".join(parts)
+    return HEADER.pack(b"Q", len(body)) + body
 
 
-def read_frame(f: BinaryIO) -> tuple[bytes, bytes]:
-    kind, n = HEADER.unpack(read_exact(f, HEADER.size))
-    if n > MAX_FRAME_BYTES:
-        raise FrameError(f"frame of {n} bytes, at most {MAX_FRAME_BYTES}")
-    return kind, read_exact(f, n)
+def unpack_request(data: bytes) -> tuple[float, list[np.ndarray]]:
+    """The inverse of :func:`pack_request`'s payload. Raises FrameError."""
+    try:
+        latency, n = _REQ.unpack_from(data, 0)
+        at, out = _REQ.size, list[np.ndarray]()
+        for _ in range(n):
+            char, rank = _ARR.unpack_from(data, at)
+            at += _ARR.size
+            if char.decode() not in DTYPES or rank > MAX_RANK:
+                raise ValueError(f"array {len(out)}: dtype {char!r}, rank {rank}")
+            shape = struct.unpack_from(f"<{rank}I", data, at)
+            at += 4 * rank
+            dt = np.dtype(char.decode())
+            count = int(np.prod(shape, dtype=np.int64))
+            if at + count * dt.itemsize > len(data):
+                raise ValueError(f"array {len(out)}: {count * dt.itemsize} bytes past the "
+                                 "frame's end")
+            out.append(np.frombuffer(data, dt, count, at).reshape(shape))
+            at += count * dt.itemsize
+        if at != len(data):
+            raise ValueError(f"{len(data) - at} bytes after the arrays")
+        return float(latency), out
+    except (struct.error, ValueError, TypeError, UnicodeDecodeError) as e:
+        raise FrameError(f"bad request frame: {e}") from e
+
+
+class FrameReader:
+    """Frames out of a byte stream fed in pieces (``os.read`` of a pipe): bounded, so a
+    peer announcing a huge frame is refused before anything is buffered for it."""
+
+    def __init__(self, max_frame_bytes: int = MAX_FRAME_BYTES) -> None:
+        self.max = max_frame_bytes
+        self._buf = bytearray()
+
+    def feed(self, chunk: bytes) -> Iterator[tuple[bytes, bytes]]:
+        """Every complete frame now buffered. Raises FrameError for an oversized one."""
+        self._buf += chunk
+        while len(self._buf) >= HEADER.size:
+            kind, n = HEADER.unpack_from(self._buf, 0)
+            if n > self.max:
+                raise FrameError(f"frame of {n} bytes, at most {self.max}")
+            end = HEADER.size + n
+            if len(self._buf) < end:
+                return
+            data = bytes(self._buf[HEADER.size:end])
+            del self._buf[:end]
+            yield kind, data
+
+    @property
+    def pending(self) -> int:
+        """Bytes of an incomplete frame (a pipe closed with some: a broken peer)."""
+        return len(self._buf)

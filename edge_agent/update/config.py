@@ -79,7 +79,6 @@ class UpdateConfig:
     shadow_queue: int = 32
     shadow_timeout_s: float = 3600.0
     shadow_invoke_timeout_s: float = 10.0
-    shadow_max_busy: float = 0.1  # share of wall time the shadow's in-process work may take
     source: str = field(default="", compare=False)
 
     @classmethod
@@ -155,8 +154,6 @@ class UpdateConfig:
             shadow_invoke_timeout_s=t.number("shadow_invoke_timeout_s",
                                              d.shadow_invoke_timeout_s, 0.1, 600.0,
                                              exclusive=False),
-            shadow_max_busy=t.number("shadow_max_busy", d.shadow_max_busy, 0.01, 1.0,
-                                     exclusive=False),
         )
         t.finish()
         if empty:

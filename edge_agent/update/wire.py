@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 import struct
 from dataclasses import dataclass
@@ -209,8 +210,8 @@ class ShadowTerms:
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {"gate": self.gate, "min_requests": self.min_requests}
-        if self.duration_s is not None:
-            d["duration_s"] = self.duration_s
+        if self.duration_s is not None:  # whole seconds: canonical JSON signs no floats
+            d["duration_s"] = max(1, math.ceil(self.duration_s))
         return d
 
 

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
+import math
+
 import numpy as np
 import pytest
 
 from edge_agent.shadow import frames
 from edge_agent.shadow.gate import parse_gate
-from edge_agent.shadow.stats import Reservoir, ShadowStats, agreement
+from edge_agent.shadow.stats import Heads, Reservoir, ShadowStats, agreement, compare, from_wire
 
 
 def test_a_relative_latency_bound_is_judged_against_the_active_versions_figure() -> None:
@@ -40,12 +43,65 @@ def test_latency_reservoir_stays_bounded() -> None:
     assert s.summary()["errors"] == 1 and s.summary()["agreement"] is None
 
 
-def test_frames_round_trip_and_a_malformed_frame_is_refused() -> None:
-    x = {"in": np.arange(12, dtype=np.float32).reshape(3, 4), "ms": np.array(1.5)}
-    back = frames.unpack_arrays(frames.pack_arrays(x))
-    assert all(np.array_equal(back[k], v) and back[k].dtype == v.dtype for k, v in x.items())
-    data = frames.pack_arrays(x)
+def test_request_frames_round_trip_and_a_malformed_frame_is_refused() -> None:
+    arrays = [np.arange(12, dtype=np.int8).reshape(3, 4), np.ones((3, 10), np.float32),
+              np.zeros((3,), np.uint8)]
+    frame = frames.pack_request(0.00125, arrays)
+    got = list(frames.FrameReader().feed(frame))
+    assert [k for k, _ in got] == [b"Q"]
+    latency, back = frames.unpack_request(got[0][1])
+    assert latency == 0.00125 and len(back) == 3
+    assert all(np.array_equal(b, a) and b.dtype == a.dtype
+               for a, b in zip(arrays, back, strict=True))
+    payload = got[0][1]
     with pytest.raises(frames.FrameError, match="past the frame's end"):
-        frames.unpack_arrays(data[:-4])
-    with pytest.raises(frames.FrameError):
-        frames.unpack_arrays(b'[["a", "|O", [1]]]\n' + b"\0" * 8)  # no object arrays
+        frames.unpack_request(payload[:-1])
+    with pytest.raises(frames.FrameError, match="bytes after the arrays"):
+        frames.unpack_request(payload + b"\0")
+    with pytest.raises(frames.FrameError, match="dtype b'O'"):  # no object arrays
+        frames.unpack_request(payload[:9] + b"O" + payload[10:])
+
+
+def test_a_frame_reader_refuses_an_oversized_frame_before_buffering_it() -> None:
+    r = frames.FrameReader(max_frame_bytes=100)
+    whole = frames.encode(b"S", b"x" * 10)
+    assert list(r.feed(whole[:7])) == [] and r.pending == 7  # split anywhere: still one frame
+    assert list(r.feed(whole[7:] + frames.encode(b"R"))) == [(b"S", b"x" * 10), (b"R", b"")]
+    with pytest.raises(frames.FrameError, match="frame of 101 bytes, at most 100"):
+        list(r.feed(frames.HEADER.pack(b"S", 101)))
+
+
+def test_detection_agreement_is_top_class_and_top_score_not_boxes() -> None:
+    boxes = np.random.default_rng(0).random((2, 5, 4)).astype(np.float32)
+    scores = np.array([[0.9, 0.2, 0.1, 0.0, 0.0], [0.3, 0.8, 0.1, 0.0, 0.0]], np.float32)
+    classes = np.array([[3, 1, 1, 0, 0], [2, 7, 1, 0, 0]], np.float32)
+    active = [boxes, classes, scores]
+    heads = Heads(scores=2, classes=1)
+    other_boxes = [boxes[:, ::-1].copy(), classes, scores + 0.01]  # boxes moved: still agree
+    n, agree, err = compare(active, other_boxes, heads)
+    assert (n, agree) == (2, 2) and err == pytest.approx(0.02, abs=1e-6)
+    swapped = [boxes, np.array([[3, 1, 1, 0, 0], [2, 4, 1, 0, 0]], np.float32), scores]
+    assert compare(active, swapped, heads)[:2] == (2, 1)  # sample 1: top class 7 → 4
+    lower = [boxes, classes, scores * np.array([[1.0], [0.5]], np.float32)]
+    n, agree, err = compare(active, lower, heads)
+    assert (n, agree) == (2, 1) and err == pytest.approx(0.4, abs=1e-6)  # 0.8 → 0.4
+    anchors = np.zeros((1, 6, 3), np.float32)  # SSD style [B, A, C]: the class is the column
+    anchors[0, 4, 2] = 5.0
+    moved = anchors.copy()
+    moved[0, 4, 2], moved[0, 1, 1] = 0.0, 5.0
+    assert compare([anchors], [anchors], Heads(scores=0))[:2] == (1, 1)
+    assert compare([anchors], [moved], Heads(scores=0))[:2] == (1, 0)
+
+
+def test_a_summary_from_the_child_is_checked_like_any_input() -> None:
+    s = ShadowStats()
+    s.add(2, 2, 0.0, 0.001, 0.0005)
+    fig = from_wire(json.loads(json.dumps(s.wire())))
+    assert fig.summary["requests"] == 1 and fig.candidate["agreement"] == 1.0
+    assert math.isnan(fig.candidate["error"]) is False and fig.active["p99_ms"] == 0.5
+    with pytest.raises(ValueError, match="expected a number"):
+        from_wire({**s.wire(), "candidate": {"agreement": "1.0"}})
+    with pytest.raises(ValueError, match="known figures"):
+        from_wire({**s.wire(), "summary": {"requests": 1, "rm": 2}})
+    with pytest.raises(ValueError, match="expected an object"):
+        from_wire([1])
