@@ -5,16 +5,21 @@ on every socket read and write, and a slow client held a thread for as long as i
 (issue 17). Here one thread (``edge-agent-http``) owns every socket, non-blocking, in a
 ``selectors`` loop: it accepts, reads, finds the end of each request head, parses it
 (:mod:`edge_agent.serving.wire`), checks the route, the token and ``Content-Length``
-(:meth:`HttpServer.prepare`), reads the whole body, and only then hands the request to a
-pool of handler threads (:meth:`HttpServer.run`: decode + invoke, under the model's
-:class:`~edge_agent.serving.admission.Admission` and its ``workers`` decode permits). The
-handler's answer comes back through a queue and a wake-up socket pair, and the loop writes
-it. A client that drips its head or body costs a socket and a buffer, never a thread.
+(:meth:`HttpServer.prepare`), reads the whole body, and only then runs the request
+(:meth:`HttpServer.run`: decode + invoke, under the model's
+:class:`~edge_agent.serving.admission.Admission` and its ``workers`` decode permits).
+A request that is quick to serve (a small body, a route whose measured handler time is
+under a millisecond, nothing else on the pool: :mod:`edge_agent.serving.inline`) runs on
+the loop thread itself, as uvicorn runs its endpoints: no thread hand-off, no selector
+re-arm. Every other request goes to a pool of handler threads; its answer comes back
+through a queue and a wake-up socket pair, and the loop writes it. A client that drips
+its head or body costs a socket and a buffer, never a thread.
 
 Per connection, one request at a time: while its handler runs the loop stops reading that
 socket, and pipelined requests already buffered are parsed after the answer is written, so
-answers go out in order. The pool has at most ``max_connections`` threads, started on demand
-(idle ones are reused), so admission answers (503 on a full queue) behave as before.
+answers go out in order (a loop, not a recursion: any number of pipelined requests). The
+pool has at most ``max_connections`` threads, started on demand (idle ones are reused), so
+admission answers (503 on a full queue) behave as before.
 
 Deadlines (RFC-free, ours; the same as the threaded server had), checked from a heap:
 
@@ -51,10 +56,11 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 IDLE, HEAD, BODY, BUSY, WRITE = range(5)
-_RECV = 65536
+_RECV = 65536  # bytes per recv into the loop's reused buffer
 _RECV_BODY_MAX = 1 << 20
 _ACCEPT_BATCH = 64
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+_EMPTY = memoryview(b"")
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,7 +86,7 @@ class Conn:
         self.state = IDLE
         self.since = self.last_io = now
         self.check_at = float("inf")
-        self.out = memoryview(b"")
+        self.out = _EMPTY
         self.close_after = False
         self.closed = False
         self.mask = 0
@@ -108,7 +114,11 @@ class EventLoop:
         self._per_client: dict[str, int] = {}
         self._timers: list[tuple[float, int, Conn]] = []
         self._seq = itertools.count()
-        self._done: deque[tuple[Conn, bytes, bool]] = deque()
+        self._done: deque[tuple[Conn, bytes, bool, object, float, bool]] = deque()
+        self._rbuf = bytearray(_RECV_BODY_MAX)
+        self._rview = memoryview(self._rbuf)
+        self._busy = 0  # requests on the pool (loop thread only)
+        self._submitted = 0  # requests ever handed to the pool
         self._woken = False
         self._listening = True
         self._stop_listening = False
@@ -168,6 +178,7 @@ class EventLoop:
                     elif isinstance(conn, Conn):
                         if events & selectors.EVENT_WRITE:
                             self._flush(conn)
+                            self._advance(conn)  # a pipelined request may be buffered
                         if events & selectors.EVENT_READ and not conn.closed:
                             self._on_readable(conn)
                 self._expire()
@@ -190,9 +201,12 @@ class EventLoop:
         if self._stop_listening:
             self._unlisten()
         while self._done:
-            conn, data, close = self._done.popleft()
+            conn, data, close, pending, took_s, shared = self._done.popleft()
+            self._busy -= 1
+            self.app.served(pending, took_s, shared=shared)
             if not conn.closed:
                 self._send(conn, data, close)
+                self._advance(conn)  # a pipelined request may be buffered already
 
     def _unlisten(self) -> None:
         if self._listening:
@@ -267,21 +281,22 @@ class EventLoop:
         if conn.state == BODY:
             size = min(max(_RECV, conn.need - len(conn.buf)), _RECV_BODY_MAX)
         try:
-            data = conn.sock.recv(size)
+            n = conn.sock.recv_into(self._rbuf, size)
         except (BlockingIOError, InterruptedError):
             return
         except OSError:
             self._close(conn)
             return
-        if not data:  # the client closed (mid-request or between requests)
+        if not n:  # the client closed (mid-request or between requests)
             self._close(conn)
             return
         conn.last_io = time.monotonic()
-        conn.buf += data
+        conn.buf += self._rview[:n]
         self._advance(conn)
 
     def _advance(self, conn: Conn) -> None:
-        """Move the request state machine as far as the buffered bytes allow."""
+        """Move the request state machine as far as the buffered bytes allow: every
+        complete request in the buffer, in order, while each is answered at once."""
         while not conn.closed:
             if conn.state in (IDLE, HEAD):
                 if not conn.buf:
@@ -339,30 +354,61 @@ class EventLoop:
         self._schedule(conn)
 
     def _submit(self, conn: Conn, body: bytes) -> None:
-        """Hand the whole request to a handler thread; stop reading until it answers."""
+        """Run the whole request: here if it is quick (:meth:`HttpServer.inline`), else
+        on a handler thread, not reading the socket until it answers."""
         conn.state = BUSY
-        self._watch(conn, 0)
         pending, conn.pending = conn.pending, None
+        if self.app.inline(pending, len(body), self._busy):
+            t0 = time.perf_counter()
+            data, close = self._run_request(conn, pending, body)
+            self.app.served(pending, time.perf_counter() - t0, shared=False)
+            self._send(conn, data, close)
+            return
+        self._watch(conn, 0)
+        self._busy += 1
+        self._submitted += 1
         try:
-            self._pool.submit(self._work, conn, pending, body)
+            self._pool.submit(self._work, conn, pending, body, self._submitted)
         except RuntimeError:  # the pool is shut down: the server is stopping
+            self._busy -= 1
             self._close(conn)
 
-    def _work(self, conn: Conn, pending: object, body: bytes) -> None:
-        """On a handler thread: run the request, queue its answer for the loop."""
+    def _run_request(self, conn: Conn, pending: object, body: bytes) -> tuple[bytes, bool]:
         try:
-            data, close = self.app.run(conn, pending, body)
+            return self.app.run(conn, pending, body)
         except Exception:  # run() answers every handler error itself; this is a bug
             log.exception("HTTP request failed outside its handler")
-            data, close = self.app.answer_error(500, "internal error"), True
-        self._done.append((conn, data, close))
+            return self.app.answer_error(500, "internal error"), True
+
+    def _work(self, conn: Conn, pending: object, body: bytes, seq: int) -> None:
+        """On a handler thread: run the request, queue its answer for the loop. It had
+        the pool to itself if it was the only one there when it started and no other
+        request was handed over before it finished (``_busy`` and ``_submitted`` are
+        only read here; the loop counts a request before handing it over)."""
+        alone = self._busy <= 1
+        t0 = time.perf_counter()
+        data, close = self._run_request(conn, pending, body)
+        took = time.perf_counter() - t0
+        shared = not (alone and self._submitted == seq)
+        self._done.append((conn, data, close, pending, took, shared))
         self._wake()
 
     # ------------------------------------------------------------------ writing
 
     def _send(self, conn: Conn, data: bytes, close: bool) -> None:
-        conn.out, conn.close_after = memoryview(data), close
-        conn.state, conn.last_io = WRITE, time.monotonic()
+        """Write an answer (one send when the socket takes it all, as it mostly does);
+        the rest waits for ``EVENT_WRITE``. The caller then moves on to any pipelined
+        request (:meth:`_advance`, or its own loop)."""
+        conn.close_after = close
+        conn.state = WRITE
+        try:
+            n = conn.sock.send(data)
+        except (BlockingIOError, InterruptedError):
+            n = 0
+        except OSError:
+            self._close(conn)
+            return
+        conn.out = memoryview(data)[n:] if n < len(data) else _EMPTY
         self._flush(conn)
 
     def _flush(self, conn: Conn) -> None:
@@ -382,9 +428,8 @@ class EventLoop:
             self._close(conn)
             return
         conn.state, conn.last_io = IDLE, time.monotonic()
-        self._watch(conn, selectors.EVENT_READ)
+        self._watch(conn, selectors.EVENT_READ)  # a no-op when it was never unwatched
         self._schedule(conn)
-        self._advance(conn)  # a pipelined request may be buffered already
 
     # ------------------------------------------------------------------ deadlines
 
