@@ -243,11 +243,10 @@ class HttpServer:
         return pending.route.inline and self._inline.inline(
             pending.kind, body_bytes, pool_busy)
 
-    def served(self, pending: object, seconds: float, *, shared: bool) -> None:
-        """On the loop: a request's handler took ``seconds`` (``shared``: with others on
-        the pool, an upper bound). Feeds the inline decisions."""
+    def served(self, pending: object, seconds: float) -> None:
+        """On the loop: a request's handler took ``seconds``; feeds the inline decisions."""
         if isinstance(pending, Prepared) and pending.route.inline:
-            self._inline.observe(pending.kind, seconds, shared=shared)
+            self._inline.observe(pending.kind, seconds)
 
     def run(self, conn: Conn, pending: object, body: bytes) -> Answer:
         """On a handler thread: the route's handler on the whole request, as bytes."""

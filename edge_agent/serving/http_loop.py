@@ -114,11 +114,10 @@ class EventLoop:
         self._per_client: dict[str, int] = {}
         self._timers: list[tuple[float, int, Conn]] = []
         self._seq = itertools.count()
-        self._done: deque[tuple[Conn, bytes, bool, object, float, bool]] = deque()
+        self._done: deque[tuple[Conn, bytes, bool, object, float]] = deque()
         self._rbuf = bytearray(_RECV_BODY_MAX)
         self._rview = memoryview(self._rbuf)
         self._busy = 0  # requests on the pool (loop thread only)
-        self._submitted = 0  # requests ever handed to the pool
         self._woken = False
         self._listening = True
         self._stop_listening = False
@@ -201,9 +200,9 @@ class EventLoop:
         if self._stop_listening:
             self._unlisten()
         while self._done:
-            conn, data, close, pending, took_s, shared = self._done.popleft()
+            conn, data, close, pending, took_s = self._done.popleft()
             self._busy -= 1
-            self.app.served(pending, took_s, shared=shared)
+            self.app.served(pending, took_s)
             if not conn.closed:
                 self._send(conn, data, close)
                 self._advance(conn)  # a pipelined request may be buffered already
@@ -361,14 +360,13 @@ class EventLoop:
         if self.app.inline(pending, len(body), self._busy):
             t0 = time.perf_counter()
             data, close = self._run_request(conn, pending, body)
-            self.app.served(pending, time.perf_counter() - t0, shared=False)
+            self.app.served(pending, time.perf_counter() - t0)
             self._send(conn, data, close)
             return
         self._watch(conn, 0)
         self._busy += 1
-        self._submitted += 1
         try:
-            self._pool.submit(self._work, conn, pending, body, self._submitted)
+            self._pool.submit(self._work, conn, pending, body)
         except RuntimeError:  # the pool is shut down: the server is stopping
             self._busy -= 1
             self._close(conn)
@@ -380,17 +378,12 @@ class EventLoop:
             log.exception("HTTP request failed outside its handler")
             return self.app.answer_error(500, "internal error"), True
 
-    def _work(self, conn: Conn, pending: object, body: bytes, seq: int) -> None:
-        """On a handler thread: run the request, queue its answer for the loop. It had
-        the pool to itself if it was the only one there when it started and no other
-        request was handed over before it finished (``_busy`` and ``_submitted`` are
-        only read here; the loop counts a request before handing it over)."""
-        alone = self._busy <= 1
+    def _work(self, conn: Conn, pending: object, body: bytes) -> None:
+        """On a handler thread: run the request, queue its answer (and how long the
+        handler took) for the loop."""
         t0 = time.perf_counter()
         data, close = self._run_request(conn, pending, body)
-        took = time.perf_counter() - t0
-        shared = not (alone and self._submitted == seq)
-        self._done.append((conn, data, close, pending, took, shared))
+        self._done.append((conn, data, close, pending, time.perf_counter() - t0))
         self._wake()
 
     # ------------------------------------------------------------------ writing
