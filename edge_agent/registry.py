@@ -34,6 +34,7 @@ from edge_agent.errors import (
     TransportError,
 )
 from edge_agent.hooks import Hooks, PredictionRecord
+from edge_agent.nowait import WouldBlock, waiting_forbidden
 from edge_agent.runtime import fault_seam
 from edge_agent.runtime.backends import Runtime
 from edge_agent.runtime.model import GoldenResult, Inputs, LoadedModel, batch_of, verify_golden
@@ -188,7 +189,14 @@ class ServedModel:
 
     def _take(self) -> LoadedModel:
         """One free interpreter; give it back with :meth:`_give`. Raises TransportError on
-        timeout. (With ``_give``, the seam a subclass overrides to share another pool.)"""
+        timeout, and WouldBlock at once on a thread that must not wait (the HTTP loop).
+        (With ``_give``, the seam a subclass overrides to share another pool.)"""
+        if waiting_forbidden():
+            try:
+                return self._pool.get_nowait()
+            except queue.Empty:
+                raise WouldBlock(f"{self.name} v{self.version}: every interpreter is "
+                                 "busy") from None
         try:
             return self._pool.get(timeout=self.borrow_timeout_s)
         except queue.Empty as e:
@@ -238,6 +246,8 @@ class ServedModel:
                 outs = m.invoke_raw(coerced)
             finally:
                 self._give(m)
+        except WouldBlock:  # not a failure: the HTTP loop runs it again on its pool
+            raise
         except Exception as e:  # record every failure (probation sees it), then re-raise
             bad_input = isinstance(e, BadInputError)
             if not bad_input and self.failover is not None:

@@ -54,6 +54,7 @@ from urllib.parse import unquote
 
 from edge_agent.errors import EdgeError, TransportError
 from edge_agent.ids import request_id
+from edge_agent.nowait import WouldBlock
 from edge_agent.serving.admission import Overloaded
 from edge_agent.serving.http_loop import Conn, EventLoop, Head
 from edge_agent.serving.inline import InlinePolicy
@@ -249,7 +250,8 @@ class HttpServer:
             self._inline.observe(pending.kind, seconds)
 
     def run(self, conn: Conn, pending: object, body: bytes) -> Answer:
-        """On a handler thread: the route's handler on the whole request, as bytes."""
+        """The route's handler on the whole request, as bytes (on a handler thread, or on
+        the loop, where it raises WouldBlock instead of waiting)."""
         assert isinstance(pending, Prepared)
         p, extra = pending, {}
         try:
@@ -261,6 +263,8 @@ class HttpServer:
             else:
                 status, doc = result
                 out, ctype = _dumps(doc), "application/json"
+        except WouldBlock:  # on the loop, where it must not wait: the loop hands it over
+            raise
         except Exception as e:
             status, out = _error_body(e, extra, p.method, p.path, p.rid)
             ctype = "application/json"

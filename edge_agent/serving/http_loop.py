@@ -48,6 +48,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from edge_agent.nowait import WouldBlock, forbid_waiting
 from edge_agent.serving.wire import MAX_HEADERS, MAX_LINE, Headers
 
 if TYPE_CHECKING:
@@ -163,6 +164,7 @@ class EventLoop:
 
     def _run(self) -> None:
         sel = self._sel
+        forbid_waiting()  # a handler run here raises WouldBlock instead of waiting
         try:
             while not self._stopping:
                 timeout = None
@@ -359,10 +361,14 @@ class EventLoop:
         pending, conn.pending = conn.pending, None
         if self.app.inline(pending, len(body), self._busy):
             t0 = time.perf_counter()
-            data, close = self._run_request(conn, pending, body)
-            self.app.served(pending, time.perf_counter() - t0)
-            self._send(conn, data, close)
-            return
+            try:
+                data, close = self._run_request(conn, pending, body)
+            except WouldBlock:  # it would wait (an interpreter or permit is taken): pool
+                pass
+            else:
+                self.app.served(pending, time.perf_counter() - t0)
+                self._send(conn, data, close)
+                return
         self._watch(conn, 0)
         self._busy += 1
         try:
@@ -374,6 +380,8 @@ class EventLoop:
     def _run_request(self, conn: Conn, pending: object, body: bytes) -> tuple[bytes, bool]:
         try:
             return self.app.run(conn, pending, body)
+        except WouldBlock:
+            raise
         except Exception:  # run() answers every handler error itself; this is a bug
             log.exception("HTTP request failed outside its handler")
             return self.app.answer_error(500, "internal error"), True
