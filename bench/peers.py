@@ -279,8 +279,8 @@ class Server:
 
 
 def _ms(v: str) -> float:
-    num, unit = re.match(r"([\d.]+)(us|ms|s)", v).groups()  # type: ignore[union-attr]
-    return float(num) * {"us": 1e-3, "ms": 1.0, "s": 1e3}[unit]
+    num, unit = re.match(r"([\d.]+)(us|ms|s|m|h)$", v).groups()  # type: ignore[union-attr]
+    return float(num) * {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 6e4, "h": 3.6e6}[unit]
 
 
 def wrk(url: str, lua: Path, c: int, seconds: int) -> dict[str, float]:
