@@ -32,7 +32,8 @@ part 5 measured best on 2 cores: 1.7× the throughput of 1 × 2 at c=2), gunicor
 workers × 1 thread (its own way to use 2 cores), FastAPI and Flask one interpreter of 2
 threads under a lock (one interpreter is what their minimal scripts hold; two interpreters
 behind an ``async def`` would still run one at a time). ``--agent-split WxT`` overrides the
-agent's MobileNetV2 split (e.g. ``1x2`` for the same form as FastAPI's).
+agent's MobileNetV2 split: ``1x2`` is FastAPI's own form, and the fairer one at c=1, where
+2 × 1 leaves a core idle (README: both were run).
 
 The load is ``wrk`` (a native load generator, one connection per client) at concurrency 1,
 4 and 16, in alternating rounds (agent, fastapi, gunicorn, flask, agent, …) of
