@@ -189,9 +189,8 @@ class ServedModel:
 
     def _take(self) -> LoadedModel:
         """One free interpreter; give it back with :meth:`_give`. Raises TransportError on
-        timeout, and WouldBlock at once on a thread that must not wait (the HTTP loop).
-        (With ``_give``, the seam a subclass overrides to share another pool.)"""
-        if waiting_forbidden():
+        timeout. (With ``_give``, the seam a subclass overrides to share another pool.)"""
+        if waiting_forbidden():  # the HTTP loop: WouldBlock now, it hands the request over
             try:
                 return self._pool.get_nowait()
             except queue.Empty:
@@ -246,9 +245,9 @@ class ServedModel:
                 outs = m.invoke_raw(coerced)
             finally:
                 self._give(m)
-        except WouldBlock:  # not a failure: the HTTP loop runs it again on its pool
-            raise
         except Exception as e:  # record every failure (probation sees it), then re-raise
+            if isinstance(e, WouldBlock):  # not a failure: the HTTP loop runs it on its pool
+                raise
             bad_input = isinstance(e, BadInputError)
             if not bad_input and self.failover is not None:
                 nxt = self.failover.failed(self, e)  # a runtime failure: the next variant
