@@ -35,6 +35,7 @@ from edge_agent.errors import (
     TransportError,
 )
 from edge_agent.hooks import Hooks, PredictionRecord
+from edge_agent.nowait import WouldBlock, waiting_forbidden
 from edge_agent.runtime import fault_seam
 from edge_agent.runtime.backends import Runtime
 from edge_agent.runtime.model import GoldenResult, Inputs, LoadedModel, batch_of, verify_golden
@@ -206,6 +207,12 @@ class ServedModel:
     def _take(self) -> LoadedModel:
         """One free interpreter; give it back with :meth:`_give`. Raises TransportError on
         timeout. (With ``_give``, the seam a subclass overrides to share another pool.)"""
+        if waiting_forbidden():  # the HTTP loop: WouldBlock now, it hands the request over
+            try:
+                return self._pool.get_nowait()
+            except queue.Empty:
+                raise WouldBlock(f"{self.name} v{self.version}: every interpreter is "
+                                 "busy") from None
         try:
             if self.watchdog is None:
                 return self._pool.get(timeout=self.borrow_timeout_s)
@@ -275,6 +282,8 @@ class ServedModel:
                 finally:
                     self._give(m)
         except Exception as e:  # record every failure (probation sees it), then re-raise
+            if isinstance(e, WouldBlock):  # not a failure: the HTTP loop runs it on its pool
+                raise
             bad_input = isinstance(e, BadInputError)
             if not bad_input and self.failover is not None:
                 nxt = self.failover.failed(self, e)  # a runtime failure: the next variant

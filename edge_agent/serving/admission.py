@@ -25,6 +25,7 @@ from contextlib import contextmanager
 
 from edge_agent import memtrim
 from edge_agent.errors import TransportError
+from edge_agent.nowait import WouldBlock, waiting_forbidden
 
 
 class Overloaded(TransportError):
@@ -81,8 +82,12 @@ class Admission:
     def decoding(self, body_bytes: int) -> Iterator[None]:
         """Hold one of the ``workers`` decode permits while a body becomes tensors; after
         a large body, give the freed heap back (:mod:`edge_agent.memtrim`). Raises
-        Overloaded when no permit frees up within ``decode_wait_s``."""
-        if not self._decodes.acquire(timeout=self.decode_wait_s):
+        Overloaded when no permit frees up within ``decode_wait_s``, and WouldBlock at once
+        on a thread that must not wait (the HTTP loop: it then hands the request over)."""
+        if waiting_forbidden():
+            if not self._decodes.acquire(blocking=False):
+                raise WouldBlock("every decode permit is taken")
+        elif not self._decodes.acquire(timeout=self.decode_wait_s):
             raise Overloaded(f"request decoding is busy ({self.workers} at a time, none free "
                              f"within {self.decode_wait_s:g} s); retry later",
                              retry_after_s=self.retry_after_s)

@@ -60,17 +60,19 @@ class ServingApi:
         self.plane = DataPlane(registry, admission, metrics, failures=failures)
 
     def register(self, http: HttpServer) -> None:
-        http.add_route("GET", "/healthz", self.healthz, name="healthz", auth=False)
-        http.add_route("GET", "/readyz", self.readyz, name="readyz")
+        # inline=True: quick data-plane handlers may run on the event loop (serving/inline.py)
+        http.add_route("GET", "/healthz", self.healthz, name="healthz", auth=False, inline=True)
+        http.add_route("GET", "/readyz", self.readyz, name="readyz", inline=True)
         http.add_route("GET", "/metrics", self.metrics_page, name="metrics")
         http.add_route("GET", "/v1/agent/status", lambda r: (200, self._status()),
                        name="agent_status")
         http.add_route("GET", "/v1/models", self.models, name="models")
-        http.add_route("GET", _MODEL, self.status, name="status")
-        http.add_route("GET", _MODEL + "/metadata", self.metadata, name="metadata")
-        http.add_route("POST", _MODEL + ":predict", self.predict, name="predict")
-        http.add_route("POST", _MODEL + ":classify", self.classify, name="classify")
-        http.add_route("POST", _MODEL + ":regress", self.regress, name="regress")
+        http.add_route("GET", _MODEL, self.status, name="status", inline=True)
+        http.add_route("GET", _MODEL + "/metadata", self.metadata, name="metadata", inline=True)
+        http.add_route("POST", _MODEL + ":predict", self.predict, name="predict", inline=True)
+        http.add_route("POST", _MODEL + ":classify", self.classify, name="classify",
+                       inline=True)
+        http.add_route("POST", _MODEL + ":regress", self.regress, name="regress", inline=True)
 
     # ------------------------------------------------------------------ helpers
 

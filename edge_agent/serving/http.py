@@ -4,8 +4,9 @@ Why not a framework: the agent must stay light (RSS budget on a Pi Zero) and the
 short. One event loop (:mod:`edge_agent.serving.http_loop`) owns every socket: it reads and
 parses request heads (a strict parser of our own, :mod:`edge_agent.serving.wire`), checks
 the route, token and ``Content-Length`` here (:meth:`HttpServer.prepare`), reads the body,
-and hands the request to a handler thread (:meth:`HttpServer.run`); the answer goes back in
-one write with ``TCP_NODELAY``.
+and runs the request (:meth:`HttpServer.run`) on a handler thread, or on the loop itself
+when it is measured quick (routes added with ``inline=True``; :mod:`edge_agent.serving.inline`
+decides); the answer goes back in one write with ``TCP_NODELAY``.
 
 Other components add routes with :meth:`HttpServer.add_route`::
 
@@ -53,8 +54,10 @@ from urllib.parse import unquote
 
 from edge_agent.errors import EdgeError, TransportError
 from edge_agent.ids import request_id
+from edge_agent.nowait import WouldBlock
 from edge_agent.serving.admission import Overloaded
 from edge_agent.serving.http_loop import Conn, EventLoop, Head
+from edge_agent.serving.inline import InlinePolicy
 from edge_agent.serving.routes import (
     Handler,
     HTTPStatusError,
@@ -100,6 +103,11 @@ class Prepared:
     headers: Headers
     client_address: tuple[str, int]
 
+    @property
+    def kind(self) -> str:
+        """What the inline policy measures per: one route on one path (model version)."""
+        return f"{self.method} {self.path}"
+
 
 class HttpServer:
     """Route table + limits + the event loop bound on :meth:`start`."""
@@ -121,19 +129,23 @@ class HttpServer:
         self.body_timeout_s = body_timeout_s
         self.on_response = on_response
         self._routes = RouteTable()
+        self._inline = InlinePolicy()
         self._loop: EventLoop | None = None
         self._date = ("", 0)
 
     # ------------------------------------------------------------------ routes
 
     def add_route(self, method: str, path_regex: str, handler: Handler, *,
-                  name: str | None = None, auth: bool = True) -> None:
+                  name: str | None = None, auth: bool = True, inline: bool = False) -> None:
         """Serve ``method`` on paths fully matching ``path_regex`` (named groups → params).
 
         Routes are tried in the order added; ``name`` labels metrics (default: the regex).
         ``auth=False`` exempts the route from the bearer token (health checks only).
+        ``inline=True``: the handler may run on the event loop thread when its measured
+        time is under a millisecond (:mod:`edge_agent.serving.inline`); only for handlers
+        that never wait on IO or a lock held for long (the data plane, not admin actions).
         """
-        self._routes.add(method, path_regex, handler, name=name, auth=auth)
+        self._routes.add(method, path_regex, handler, name=name, auth=auth, inline=inline)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -226,8 +238,20 @@ class HttpServer:
         return Prepared(route, match, method, path, query, length, rid, head.t0, close,
                         expects, headers, conn.client_address)
 
+    def inline(self, pending: object, body_bytes: int, pool_busy: int) -> bool:
+        """On the loop: serve this request there (True) or on the pool."""
+        assert isinstance(pending, Prepared)
+        return pending.route.inline and self._inline.inline(
+            pending.kind, body_bytes, pool_busy)
+
+    def served(self, pending: object, seconds: float) -> None:
+        """On the loop: a request's handler took ``seconds``; feeds the inline decisions."""
+        if isinstance(pending, Prepared) and pending.route.inline:
+            self._inline.observe(pending.kind, seconds)
+
     def run(self, conn: Conn, pending: object, body: bytes) -> Answer:
-        """On a handler thread: the route's handler on the whole request, as bytes."""
+        """The route's handler on the whole request, as bytes (on a handler thread, or on
+        the loop, where it raises WouldBlock instead of waiting)."""
         assert isinstance(pending, Prepared)
         p, extra = pending, {}
         try:
@@ -239,6 +263,8 @@ class HttpServer:
             else:
                 status, doc = result
                 out, ctype = _dumps(doc), "application/json"
+        except WouldBlock:  # on the loop, where it must not wait: the loop hands it over
+            raise
         except Exception as e:
             status, out = _error_body(e, extra, p.method, p.path, p.rid)
             ctype = "application/json"

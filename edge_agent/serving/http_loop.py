@@ -5,16 +5,21 @@ on every socket read and write, and a slow client held a thread for as long as i
 (issue 17). Here one thread (``edge-agent-http``) owns every socket, non-blocking, in a
 ``selectors`` loop: it accepts, reads, finds the end of each request head, parses it
 (:mod:`edge_agent.serving.wire`), checks the route, the token and ``Content-Length``
-(:meth:`HttpServer.prepare`), reads the whole body, and only then hands the request to a
-pool of handler threads (:meth:`HttpServer.run`: decode + invoke, under the model's
-:class:`~edge_agent.serving.admission.Admission` and its ``workers`` decode permits). The
-handler's answer comes back through a queue and a wake-up socket pair, and the loop writes
-it. A client that drips its head or body costs a socket and a buffer, never a thread.
+(:meth:`HttpServer.prepare`), reads the whole body, and only then runs the request
+(:meth:`HttpServer.run`: decode + invoke, under the model's
+:class:`~edge_agent.serving.admission.Admission` and its ``workers`` decode permits).
+A request that is quick to serve (a small body, a route whose measured handler time is
+under a millisecond, nothing else on the pool: :mod:`edge_agent.serving.inline`) runs on
+the loop thread itself, as uvicorn runs its endpoints: no thread hand-off, no selector
+re-arm. Every other request goes to a pool of handler threads; its answer comes back
+through a queue and a wake-up socket pair, and the loop writes it. A client that drips
+its head or body costs a socket and a buffer, never a thread.
 
 Per connection, one request at a time: while its handler runs the loop stops reading that
 socket, and pipelined requests already buffered are parsed after the answer is written, so
-answers go out in order. The pool has at most ``max_connections`` threads, started on demand
-(idle ones are reused), so admission answers (503 on a full queue) behave as before.
+answers go out in order (a loop, not a recursion: any number of pipelined requests). The
+pool has at most ``max_connections`` threads, started on demand (idle ones are reused), so
+admission answers (503 on a full queue) behave as before.
 
 Deadlines (RFC-free, ours; the same as the threaded server had), checked from a heap:
 
@@ -43,6 +48,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from edge_agent.nowait import WouldBlock, forbid_waiting
 from edge_agent.serving.wire import MAX_HEADERS, MAX_LINE, Headers
 
 if TYPE_CHECKING:
@@ -51,10 +57,11 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 IDLE, HEAD, BODY, BUSY, WRITE = range(5)
-_RECV = 65536
+_RECV = 65536  # bytes per recv into the loop's reused buffer
 _RECV_BODY_MAX = 1 << 20
 _ACCEPT_BATCH = 64
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+_EMPTY = memoryview(b"")
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,7 +87,7 @@ class Conn:
         self.state = IDLE
         self.since = self.last_io = now
         self.check_at = float("inf")
-        self.out = memoryview(b"")
+        self.out = _EMPTY
         self.close_after = False
         self.closed = False
         self.mask = 0
@@ -108,7 +115,10 @@ class EventLoop:
         self._per_client: dict[str, int] = {}
         self._timers: list[tuple[float, int, Conn]] = []
         self._seq = itertools.count()
-        self._done: deque[tuple[Conn, bytes, bool]] = deque()
+        self._done: deque[tuple[Conn, bytes, bool, object, float]] = deque()
+        self._rbuf = bytearray(_RECV_BODY_MAX)
+        self._rview = memoryview(self._rbuf)
+        self._busy = 0  # requests on the pool (loop thread only)
         self._woken = False
         self._listening = True
         self._stop_listening = False
@@ -154,6 +164,7 @@ class EventLoop:
 
     def _run(self) -> None:
         sel = self._sel
+        forbid_waiting()  # a handler run here raises WouldBlock instead of waiting
         try:
             while not self._stopping:
                 timeout = None
@@ -168,6 +179,7 @@ class EventLoop:
                     elif isinstance(conn, Conn):
                         if events & selectors.EVENT_WRITE:
                             self._flush(conn)
+                            self._advance(conn)  # a pipelined request may be buffered
                         if events & selectors.EVENT_READ and not conn.closed:
                             self._on_readable(conn)
                 self._expire()
@@ -190,9 +202,12 @@ class EventLoop:
         if self._stop_listening:
             self._unlisten()
         while self._done:
-            conn, data, close = self._done.popleft()
+            conn, data, close, pending, took_s = self._done.popleft()
+            self._busy -= 1
+            self.app.served(pending, took_s)
             if not conn.closed:
                 self._send(conn, data, close)
+                self._advance(conn)  # a pipelined request may be buffered already
 
     def _unlisten(self) -> None:
         if self._listening:
@@ -267,21 +282,22 @@ class EventLoop:
         if conn.state == BODY:
             size = min(max(_RECV, conn.need - len(conn.buf)), _RECV_BODY_MAX)
         try:
-            data = conn.sock.recv(size)
+            n = conn.sock.recv_into(self._rbuf, size)
         except (BlockingIOError, InterruptedError):
             return
         except OSError:
             self._close(conn)
             return
-        if not data:  # the client closed (mid-request or between requests)
+        if not n:  # the client closed (mid-request or between requests)
             self._close(conn)
             return
         conn.last_io = time.monotonic()
-        conn.buf += data
+        conn.buf += self._rview[:n]
         self._advance(conn)
 
     def _advance(self, conn: Conn) -> None:
-        """Move the request state machine as far as the buffered bytes allow."""
+        """Move the request state machine as far as the buffered bytes allow: every
+        complete request in the buffer, in order, while each is answered at once."""
         while not conn.closed:
             if conn.state in (IDLE, HEAD):
                 if not conn.buf:
@@ -339,30 +355,61 @@ class EventLoop:
         self._schedule(conn)
 
     def _submit(self, conn: Conn, body: bytes) -> None:
-        """Hand the whole request to a handler thread; stop reading until it answers."""
+        """Run the whole request: here if it is quick (:meth:`HttpServer.inline`), else
+        on a handler thread, not reading the socket until it answers."""
         conn.state = BUSY
-        self._watch(conn, 0)
         pending, conn.pending = conn.pending, None
+        if self.app.inline(pending, len(body), self._busy):
+            t0 = time.perf_counter()
+            try:
+                data, close = self._run_request(conn, pending, body)
+            except WouldBlock:  # it would wait (an interpreter or permit is taken): pool
+                pass
+            else:
+                self.app.served(pending, time.perf_counter() - t0)
+                self._send(conn, data, close)
+                return
+        self._watch(conn, 0)
+        self._busy += 1
         try:
             self._pool.submit(self._work, conn, pending, body)
         except RuntimeError:  # the pool is shut down: the server is stopping
+            self._busy -= 1
             self._close(conn)
 
-    def _work(self, conn: Conn, pending: object, body: bytes) -> None:
-        """On a handler thread: run the request, queue its answer for the loop."""
+    def _run_request(self, conn: Conn, pending: object, body: bytes) -> tuple[bytes, bool]:
         try:
-            data, close = self.app.run(conn, pending, body)
+            return self.app.run(conn, pending, body)
+        except WouldBlock:
+            raise
         except Exception:  # run() answers every handler error itself; this is a bug
             log.exception("HTTP request failed outside its handler")
-            data, close = self.app.answer_error(500, "internal error"), True
-        self._done.append((conn, data, close))
+            return self.app.answer_error(500, "internal error"), True
+
+    def _work(self, conn: Conn, pending: object, body: bytes) -> None:
+        """On a handler thread: run the request, queue its answer (and how long the
+        handler took) for the loop."""
+        t0 = time.perf_counter()
+        data, close = self._run_request(conn, pending, body)
+        self._done.append((conn, data, close, pending, time.perf_counter() - t0))
         self._wake()
 
     # ------------------------------------------------------------------ writing
 
     def _send(self, conn: Conn, data: bytes, close: bool) -> None:
-        conn.out, conn.close_after = memoryview(data), close
-        conn.state, conn.last_io = WRITE, time.monotonic()
+        """Write an answer (one send when the socket takes it all, as it mostly does);
+        the rest waits for ``EVENT_WRITE``. The caller then moves on to any pipelined
+        request (:meth:`_advance`, or its own loop)."""
+        conn.close_after = close
+        conn.state = WRITE
+        try:
+            n = conn.sock.send(data)
+        except (BlockingIOError, InterruptedError):
+            n = 0
+        except OSError:
+            self._close(conn)
+            return
+        conn.out = memoryview(data)[n:] if n < len(data) else _EMPTY
         self._flush(conn)
 
     def _flush(self, conn: Conn) -> None:
@@ -382,9 +429,8 @@ class EventLoop:
             self._close(conn)
             return
         conn.state, conn.last_io = IDLE, time.monotonic()
-        self._watch(conn, selectors.EVENT_READ)
+        self._watch(conn, selectors.EVENT_READ)  # a no-op when it was never unwatched
         self._schedule(conn)
-        self._advance(conn)  # a pipelined request may be buffered already
 
     # ------------------------------------------------------------------ deadlines
 

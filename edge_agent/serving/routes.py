@@ -99,6 +99,7 @@ class Route:
     handler: Handler
     name: str
     auth: bool  # False: served without the bearer token (health checks only)
+    inline: bool = False  # may run on the event loop when measured quick (serving/inline.py)
 
 
 def status_for(e: BaseException) -> int:
@@ -123,9 +124,9 @@ class RouteTable:
         self._routes: list[Route] = []
 
     def add(self, method: str, path_regex: str, handler: Handler, *, name: str | None = None,
-            auth: bool = True) -> None:
+            auth: bool = True, inline: bool = False) -> None:
         self._routes.append(Route(method.upper(), re.compile(path_regex), handler,
-                                  name or path_regex, auth))
+                                  name or path_regex, auth, inline))
 
     def match(self, method: str, path: str) -> tuple[Route, re.Match[str]]:
         """The first route for ``method`` fully matching ``path``. Raises 405 or 404."""
