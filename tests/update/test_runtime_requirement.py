@@ -14,7 +14,6 @@ moves; the same release commits on this machine's ai-edge-litert 2.x and serves.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -107,12 +106,7 @@ def int4_v3(digits: Any, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-@pytest.fixture
-def agent_proc(tmp_path: Path, fleet: Fleet, bundles: Bundles, mosquitto: Any
-               ) -> Iterator[AgentProcess]:
-    a = AgentProcess(tmp_path, fleet, bundles, mosquitto.url)
-    yield a
-    a.stop()
+agent_proc = bounds.agent_proc  # a real agent serving digits v1 (not started)
 
 
 def test_an_agent_whose_runtime_cannot_run_int4_weights_refuses_them_before_any_load(
