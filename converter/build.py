@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 import converter
-from converter import dettask, tradeoff
+from converter import dettask, lowbit, tradeoff
 from converter.data import Dataset, check_data_path, class_indices, load_dataset, read_labels
 from converter.errors import DatasetError, OptionError, OutputError
 from converter.evaluate import compare, latency_ms, run_all
@@ -37,6 +37,7 @@ from converter.modes import (
     CALIBRATED_MODES,
     INT8_FLOAT_FALLBACK,
     INT8_MODES,
+    LOWBIT_MODES,
     REFERENCE_MODE,
     resolve,
 )
@@ -121,6 +122,8 @@ def preflight(opts: ConvertOptions) -> DeviceProfile:
         raise OptionError(f"profile {profile.name} ({profile.delegate}) needs integer model "
                           "input and output; drop --io-dtype float32")
     check_budget(opts)
+    if opts.mode in LOWBIT_MODES:  # the quantizer's venv; a profile runtime that runs it
+        lowbit.preflight(profile, opts.mode, opts.io_dtype)
     check_output_path(opts.output)
     check_model_path(opts.model)
     check_data_path(opts.representative)
@@ -390,7 +393,8 @@ def build_bundle(opts: ConvertOptions, steps: Steps | None = None) -> tuple[Bund
                 tick = steps.start(f"calibrating {mode}", rep.n)
             else:
                 steps.stage(f"converting {mode}")
-            quant_bytes = convert(exported, mode, io_dtype, rep.xs, tick)
+            quant_bytes = (lowbit.quantize_weights(float_bytes, mode) if mode in LOWBIT_MODES
+                           else convert(exported, mode, io_dtype, rep.xs, tick))
     qmodel = LoadedModel(runtime, quant_bytes, num_threads=threads)
 
     data = ev if ev is not None else rep
@@ -448,6 +452,7 @@ def build_bundle(opts: ConvertOptions, steps: Steps | None = None) -> tuple[Bund
             is_prob=is_prob),
         converter_version=converter.__version__,
         tensorflow_version=tf.__version__,
+        requires=lowbit.requires_for(mode),
     )
     schema = oldest_schema(manifest)  # schema 1 has no heads table: its task says it
     manifest = replace(manifest, schema_version=schema, heads={} if schema == 1 else heads)
@@ -475,6 +480,8 @@ def build_bundle(opts: ConvertOptions, steps: Steps | None = None) -> tuple[Bund
     report["unsupported_on_delegate"] = [r["op"] for r in report["ops"] if not r["delegate"]]
     if mixed is not None:
         report["mixed"] = mixed
+    if manifest.requires.as_dict():
+        report["requires"] = manifest.requires.as_dict()
     report["tradeoff"] = tradeoff_points(report, tried)
     report["warnings"] = build_warnings(report, has_eval=ev is not None)
     return Bundle(manifest, quant_bytes, report, str(opts.output)), report

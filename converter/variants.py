@@ -37,7 +37,8 @@ def parse_variant_spec(text: str) -> VariantSpec:
             raise InvalidRequestError(f"--variant {text!r}: unknown or repeated option {o!r} "
                                       "(delegate=, min_runtime=)")
         req[k] = v
-    return name, Path(path), Requires(**req)
+    return name, Path(path), Requires(delegate=req.get("delegate"),
+                                      min_runtime=req.get("min_runtime"))
 
 
 def add_variants(base: Bundle, specs: list[VariantSpec]) -> Bundle:
@@ -51,7 +52,9 @@ def add_variants(base: Bundle, specs: list[VariantSpec]) -> Bundle:
         m = vb.manifest
         variants.append(Variant(name=name, sha256=m.model_sha256, size_bytes=m.model_size,
                                 quantization_mode=m.quantization_mode, inputs=m.inputs,
-                                outputs=m.outputs, golden=m.golden, requires=req))
+                                outputs=m.outputs, golden=m.golden,
+                                # and what BUNDLE's model needs (int4 weights: its runtimes)
+                                requires=replace(req, runtimes=m.requires.runtimes)))
         models[name] = vb.model_bytes
     manifest = replace(base.manifest, variants=tuple(variants))
     checked = parse_manifest(json.loads(manifest.to_json()), base.source)  # the reader's rules

@@ -14,7 +14,8 @@
     │   └── NotFoundError           an unknown model, version or route (404)
     ├── ModelError                  a model does not do what its bundle promises
     │   ├── ModelLoadError          the runtime refused to load it
-    │   │   └── NoRunnableVariantError  no variant of the bundle runs here (each reason)
+    │   │   ├── NoRunnableVariantError  no variant of the bundle runs here (each reason)
+    │   │   └── RuntimeRequirementError  its manifest's ``requires`` rule this runtime out
     │   ├── VariantFaultError       the serving variant's delegate failed at invoke
     │   ├── InvokeHangError         an invoke exceeded its watchdog limit (abandoned)
     │   └── GoldenMismatchError     it loads but does not reproduce its golden vectors
@@ -109,6 +110,14 @@ class NoRunnableVariantError(ModelLoadError):
     (update code ``no_runnable_variant``); the message names each variant's reason."""
 
     code = "no_runnable_variant"
+
+
+class RuntimeRequirementError(ModelLoadError):
+    """The bundle's ``requires`` (manifest) rule out this device's runtime or delegate for
+    every model it carries, e.g. int4 weights on tflite-runtime (update code
+    ``runtime_unsupported``: refused before any load, the active version keeps serving)."""
+
+    code = "runtime_unsupported"
 
 
 class VariantFaultError(ModelError):

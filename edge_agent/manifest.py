@@ -38,6 +38,7 @@ import numpy as np
 
 from edge_agent import detection
 from edge_agent.errors import ManifestError
+from edge_agent.protocol.kinds import RUNTIME_NAMES
 
 SCHEMA_VERSION = 2  # what this agent writes for several tensors or heads
 SCHEMA_VERSIONS = (1, 2)  # what it reads: 1 = one input, one output (docs/bundle.md)
@@ -49,7 +50,8 @@ VERSION_RE = re.compile(r"^[0-9]{1,6}(\.[0-9]{1,6}){0,3}$")  # a runtime version
 DTYPES = ("int8", "uint8", "int16", "int32", "float32", "float16")
 QUANTIZED_DTYPES = ("int8", "uint8", "int16")  # the IO dtypes runtime.quant (de)quantizes
 # converter.modes.MODES; float32: a float model wrapped by ``edge-convert bundle``
-QUANTIZATION_MODES = ("int8", "int8-fallback", "int16x8", "float16", "dynamic", "float32")
+QUANTIZATION_MODES = ("int8", "int8-fallback", "int16x8", "float16", "dynamic",
+                      "int4-weights", "int8-weights", "float32")
 TASKS = ("classification", "regression", "multi_output", "detection", "raw")
 # what an output is: per-head metrics, drift, :classify; detection roles: edge_agent.detection
 HEADS = ("class", "regression", "raw", *detection.ROLES)
@@ -210,11 +212,20 @@ class DriftReference:
 
 @dataclass(frozen=True)
 class Requires:
-    """What a device needs to run one variant (all optional): a delegate by profile name
-    (``edgetpu``, ``gpu``, ``xnnpack``) and a minimum runtime version."""
+    """What a device needs to run a model (all optional): a delegate by profile name
+    (``edgetpu``, ``gpu``, ``xnnpack``), a minimum runtime version, and ``runtimes``: the
+    runtimes that can run it at all, each with its version floor (empty: any runtime).
+    ``model.tflite``'s are the manifest's top-level ``requires``, a variant's its own."""
 
     delegate: str | None = None
     min_runtime: str | None = None
+    # e.g. int4 weights: {"ai-edge-litert": "1.4.0", "tensorflow": "2.21.0"}: tflite-runtime
+    # cannot (converter.lowbit); keys from edge_agent.protocol.RUNTIME_NAMES
+    runtimes: dict[str, str] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        """The manifest's ``requires`` object: only what is set (empty: no requirement)."""
+        return {k: v for k, v in asdict(self).items() if v}
 
 
 @dataclass(frozen=True)
@@ -267,6 +278,8 @@ class Manifest:
     heads: dict[str, str] = field(default_factory=dict)
     # other models of this version, most preferred first, all before model.tflite
     variants: tuple[Variant, ...] = ()
+    # what model.tflite needs of the device (absent when nothing: older bundles' bytes)
+    requires: Requires = field(default_factory=Requires)
 
     def head(self, output: str) -> str:
         """What the output ``output`` is (HEADS): ``class``, ``regression``, ``raw``, or a
@@ -289,6 +302,9 @@ class Manifest:
         d = asdict(self)
         d.pop("heads")
         d.pop("variants")  # absent when empty: a single-model bundle keeps its bytes
+        d.pop("requires")
+        if self.requires.as_dict():
+            d["requires"] = self.requires.as_dict()
         if self.variants:
             d["variants"] = [_variant_dict(v, self.schema_version) for v in self.variants]
         if not self.preprocessing.image_input:  # optional: absent when inferred
@@ -333,9 +349,8 @@ def _golden_dicts(golden: tuple[GoldenVector, ...], schema: int) -> list[dict[st
 
 
 def _variant_dict(v: Variant, schema: int) -> dict[str, Any]:
-    req = {k: x for k, x in asdict(v.requires).items() if x is not None}
     return {"name": v.name, "file": v.file, "sha256": v.sha256, "size_bytes": v.size_bytes,
-            "quantization_mode": v.quantization_mode, "requires": req,
+            "quantization_mode": v.quantization_mode, "requires": v.requires.as_dict(),
             "inputs": [asdict(t) for t in v.inputs], "outputs": [asdict(t) for t in v.outputs],
             "golden": _golden_dicts(v.golden, schema)}
 
@@ -575,6 +590,7 @@ def parse_manifest(d: Any, source: str = "manifest.json") -> Manifest:
         extra=m["extra"].obj(default={}),
         heads=heads,
         variants=_variants(m["variants"], inputs, outputs, one),
+        requires=_requires(m["requires"]),
     )
 
 
@@ -594,12 +610,7 @@ def _variants(f: _Field, inputs: tuple[TensorSpec, ...], outputs: tuple[TensorSp
             if [(t.name, t.shape) for t in got] != [(t.name, t.shape) for t in want]:
                 raise fv.fail("expected the bundle's tensor names and shapes "
                               f"({', '.join(f'{t.name}{list(t.shape)}' for t in want)})")
-        r = v["requires"]
-        req = Requires(
-            delegate=r["delegate"].text(choices=VARIANT_DELEGATES, default="") or None
-            if r.present else None,
-            min_runtime=r["min_runtime"].text(pattern=VERSION_RE, default="") or None
-            if r.present else None)
+        req = _requires(v["requires"])
         out.append(Variant(
             name=name, sha256=v["sha256"].text(pattern=SHA256_RE),
             size_bytes=v["size_bytes"].integer(1, MAX_MODEL_BYTES),
@@ -609,6 +620,24 @@ def _variants(f: _Field, inputs: tuple[TensorSpec, ...], outputs: tuple[TensorSp
                          for g in v["golden"].items(0, MAX_GOLDEN, default=[])),
             requires=req))
     return tuple(out)
+
+
+def _requires(r: _Field) -> Requires:
+    """A ``requires`` object (absent: none): a known delegate, version floors, and runtimes
+    by their names (``RUNTIME_NAMES``), each to a version floor."""
+    if not r.present:
+        return Requires()
+    rts = r["runtimes"]
+    runtimes = {}
+    for name in rts.obj(default={}):
+        if name not in RUNTIME_NAMES:
+            raise rts.fail(f"expected runtime names from {', '.join(RUNTIME_NAMES)}, got "
+                           f"{_show(name)}")
+        runtimes[name] = rts[name].text(pattern=VERSION_RE)
+    return Requires(
+        delegate=r["delegate"].text(choices=VARIANT_DELEGATES, default="") or None,
+        min_runtime=r["min_runtime"].text(pattern=VERSION_RE, default="") or None,
+        runtimes=runtimes)
 
 
 def _tensors(f: _Field, most: int) -> tuple[TensorSpec, ...]:

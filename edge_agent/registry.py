@@ -371,11 +371,16 @@ class ModelRegistry:
         """:meth:`build`, golden vectors checked if ``verify``; of a bundle with variants,
         the best this device runs (not those in ``exclude``: name → why), the others
         standing by (:mod:`edge_agent.variants`).
-        Raises ModelLoadError (NoRunnableVariantError), GoldenMismatchError."""
+        Raises ModelLoadError (NoRunnableVariantError, RuntimeRequirementError: the
+        manifest's ``requires`` rule this runtime out), GoldenMismatchError."""
         if bundle.manifest.variants:
             from edge_agent.variants import build_variants
 
             return build_variants(self, bundle, verify=verify, exclude=exclude)
+        if bundle.manifest.requires.as_dict():
+            from edge_agent.variants import check_requires
+
+            check_requires(bundle, delegate=self.delegate, runtime=self.runtime)
         served = self.build(bundle)
         if verify and bundle.manifest.golden:
             served.verify_golden()

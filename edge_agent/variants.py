@@ -37,10 +37,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from edge_agent.bundle import Bundle
-from edge_agent.errors import EdgeError, NoRunnableVariantError
+from edge_agent.errors import EdgeError, NoRunnableVariantError, RuntimeRequirementError
 from edge_agent.invoke_watchdog import Watchdog
 from edge_agent.manifest import Requires
 from edge_agent.protocol.kinds import EventKind
+from edge_agent.runtime import fault_seam
 from edge_agent.runtime.backends import Runtime, parse_version
 from edge_agent.runtime.model import verify_golden
 from edge_agent.variant_rules import Decision, ErrorWindow, FailoverRules, classify, decide
@@ -83,18 +84,49 @@ def variant_bundles(bundle: Bundle) -> list[tuple[str, Requires, Bundle]]:
                          quantization_mode=v.quantization_mode, inputs=v.inputs,
                          outputs=v.outputs, golden=v.golden, variants=())))
         for v in m.variants]
-    return [*out, (DEFAULT, Requires(), replace(bundle, variant_bytes={},
+    return [*out, (DEFAULT, m.requires, replace(bundle, variant_bytes={},
                                                 manifest=replace(m, variants=())))]
 
 
 def unmet(req: Requires, *, delegate: str | None, runtime: Runtime) -> str | None:
-    """Why this device cannot run a variant requiring ``req`` (None: it can). Pure."""
+    """Why this device cannot run a model requiring ``req`` (None: it can). Pure (but for
+    the test seam :func:`edge_agent.runtime.fault_seam.seen`)."""
+    name, version = fault_seam.seen(runtime.name, runtime.version)
+    runtime = replace(runtime, name=name, version=version)
     if req.delegate and req.delegate not in (*BUILTIN_DELEGATES, delegate):
         return (f"needs the {req.delegate} delegate (loaded here: "
                 f"{delegate or 'none'}{'' if delegate else ', CPU only'})")
     if req.min_runtime and parse_version(runtime.version) < parse_version(req.min_runtime):
         return f"needs runtime >= {req.min_runtime} (here {runtime})"
+    if req.runtimes:
+        floor = req.runtimes.get(runtime.name)
+        if floor is None or parse_version(runtime.version) < parse_version(floor):
+            return ("needs " + " or ".join(f"{n} >= {v}" for n, v in req.runtimes.items())
+                    + f" (here {runtime})")
     return None
+
+
+def check_requires(bundle: Bundle, *, delegate: str | None, runtime: Runtime) -> None:
+    """Before any load: some model of ``bundle`` (a variant, or ``model.tflite``) must be
+    one this device can run by its manifest's requirements. Pure.
+
+    Raises RuntimeRequirementError naming each model's reason."""
+    reasons = {}
+    for v in bundle.manifest.variants:
+        why = unmet(v.requires, delegate=delegate, runtime=runtime)
+        if why is None:
+            return
+        reasons[v.name] = why
+    why = unmet(bundle.manifest.requires, delegate=delegate, runtime=runtime)
+    if why is None:
+        return
+    m = bundle.manifest
+    if not reasons:
+        raise RuntimeRequirementError(f"{m.name} v{m.version} ({m.quantization_mode}) {why}")
+    reasons[DEFAULT] = why
+    raise RuntimeRequirementError(
+        f"{m.name} v{m.version}: no model this device can run ("
+        + "; ".join(f"{n}: {w}" for n, w in reasons.items()) + ")")
 
 
 def servable(registry: ModelRegistry, bundle: Bundle) -> tuple[list[str], dict[str, str]]:

@@ -1,9 +1,18 @@
 #!/usr/bin/env bash
 # Set up a fresh Debian machine for edge-inference: system packages and a project venv.
 # Idempotent; safe to run again. Usage: scripts/setup.sh [extras]   (default: converter,fleet,dev)
+# The component `quant` (e.g. scripts/setup.sh converter,fleet,dev,quant) is not an extra: it
+# makes .venv-quant, ai-edge-quantizer's own venv for --mode int4-weights / int8-weights
+# (it pins its own ai-edge-litert, so it stays out of .venv and of the agent's install).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 extras="${1:-converter,fleet,dev}"
+quant=0
+if [[ ",$extras," == *",quant,"* ]]; then
+  quant=1
+  extras="$(echo ",$extras," | sed 's/,quant,/,/g; s/^,//; s/,$//')"
+fi
+QUANTIZER="ai-edge-quantizer==0.10.0"
 
 sudo_() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
 need=()
@@ -25,10 +34,21 @@ if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
 .venv/bin/python -m pip install -q --upgrade pip
-echo "setup: pip install -e .[$extras]"
-.venv/bin/python -m pip install -q -e ".[$extras]"
+spec="."; [ -z "$extras" ] || spec=".[$extras]"
+echo "setup: pip install -e $spec"
+.venv/bin/python -m pip install -q -e "$spec"
 if [[ ",$extras," == *",dev,"* ]]; then
   # TF Serving's official Python client, for the gRPC tests: it pins the full `tensorflow`
   # (the converter extra brings tensorflow-cpu), so without its dependencies.
   .venv/bin/python -m pip install -q --no-deps "tensorflow-serving-api>=2.16"
+fi
+if [ "$quant" -eq 1 ]; then
+  if [ ! -x .venv-quant/bin/python ]; then
+    echo "setup: creating .venv-quant with $($PY --version)"
+    "$PY" -m venv .venv-quant
+  fi
+  if ! .venv-quant/bin/python -c "import ai_edge_quantizer" 2>/dev/null; then
+    echo "setup: pip install $QUANTIZER into .venv-quant"
+    .venv-quant/bin/python -m pip install -q "$QUANTIZER"
+  fi
 fi

@@ -3,7 +3,7 @@
 # Usage: scripts/test.sh [pytest args...]
 set -uo pipefail
 cd "$(dirname "$0")/.."
-scripts/setup.sh converter,fleet,dev || exit 1
+scripts/setup.sh converter,fleet,dev,quant || exit 1  # quant: .venv-quant (--mode int4-weights)
 
 echo "== ruff"; .venv/bin/ruff check . || exit 1
 echo "== mypy"; .venv/bin/mypy edge_agent converter fleet || exit 1

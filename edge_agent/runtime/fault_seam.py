@@ -6,7 +6,10 @@ variant is switched away from at once), ``error`` raises a plain RuntimeError (a
 runtime error: counted, the N-th in the window switches), ``hang`` sleeps until the file is
 removed (a hung delegate: the invoke watchdog of :mod:`edge_agent.invoke_watchdog` gives
 up on it; see :mod:`edge_agent.variant_rules`). Removing the file clears the fault.
-Read once at import; unset in production (setting it needs control of the agent's
+``seen@<runtime>:<name>=<version>`` makes the requirement checks
+(:func:`edge_agent.variants.unmet`) see the installed ``<runtime>`` as ``<name> <version>``
+(an older runtime, e.g. ``seen@ai-edge-litert:tflite-runtime=2.14.0``) while it still runs
+the models. Read once at import; unset in production (setting it needs control of the agent's
 environment). A real Edge TPU is not available to tests; this is where it would fail.
 """
 
@@ -35,7 +38,26 @@ def _parse(spec: str) -> dict[str, tuple[str, Path]]:
     return out
 
 
+
+
+def _parse_seen(spec: str) -> dict[str, tuple[str, str]]:
+    out: dict[str, tuple[str, str]] = {}
+    for item in filter(None, (i.strip() for i in spec.split(","))):
+        action, _, where = item.partition("@")
+        runtime, _, seen = where.partition(":")
+        name, _, version = seen.partition("=")
+        if action == "seen" and runtime and name and version:
+            out[runtime] = (name, version)
+    return out
+
+
 _SPECS = _parse(os.environ.get(ENV, ""))
+_SEEN = _parse_seen(os.environ.get(ENV, ""))
+
+
+def seen(name: str, version: str) -> tuple[str, str]:
+    """The runtime ``name`` ``version`` as the requirement checks see it (``seen@``)."""
+    return _SEEN.get(name, (name, version))
 
 
 def hook(variant: str) -> Callable[[], None] | None:

@@ -92,7 +92,7 @@ from edge_agent.update.wire import (
     parse_command,
     parse_target_spec,
 )
-from edge_agent.variants import servable
+from edge_agent.variants import check_requires, servable
 
 if TYPE_CHECKING:
     from tuf.api.metadata import TargetFile
@@ -428,6 +428,8 @@ class UpdateFlow:
         except BundleError as e:
             raise from_bundle(e) from e
         policy.check_manifest(bundle.manifest, spec, self.d.identity)
+        # before any load: a model its runtime cannot run (int4 weights on tflite-runtime)
+        check_requires(bundle, delegate=self.d.registry.delegate, runtime=self.d.registry.runtime)
         self._event("info", EventKind.UPDATE_VERIFIED, f"{spec.name} v{spec.version}: signatures, "
                     "threshold, expiry, version, sha256, length and profile verified",
                     sha256=sha)

@@ -85,10 +85,12 @@ activate = false
         self.proc: subprocess.Popen[bytes] | None = None
         self.log = tmp / "agent.log"
 
-    def start(self, fault: str | None = None) -> None:
+    def start(self, fault: str | None = None, runtime_fault: str | None = None) -> None:
         env = {k: v for k, v in os.environ.items() if not k.startswith("EDGE_")}
         if fault:
             env["EDGE_UPDATE_FAULT"] = fault
+        if runtime_fault:  # edge_agent.runtime.fault_seam
+            env["EDGE_RUNTIME_FAULT"] = runtime_fault
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "edge_agent.cli", "run", "--config", str(self.config)],
             cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=open(self.log, "ab"))  # noqa: SIM115
