@@ -134,13 +134,14 @@ def targets(ds: Dataset, model: Any) -> np.ndarray:
     return t.reshape((len(t), *[int(d or 1) for d in output_shape(model)]))
 
 
-def fit_setup(model: Any, x: np.ndarray, y: np.ndarray) -> tuple[Any, str]:
-    """The loss to fine-tune with and the metric to report: sparse cross-entropy (on
-    probabilities or logits, told from the model's outputs) and top-1 for a class head,
-    mean squared error and MAE otherwise."""
+def fit_setup(model: Any, x: np.ndarray, y: np.ndarray | None) -> tuple[Any, str]:
+    """The loss to fit with and the metric to report: sparse cross-entropy (on
+    probabilities or logits, told from the model's outputs) and top-1 for a class head
+    fitted to class indices (or to no labels at all), mean squared error and MAE
+    otherwise."""
     import keras
 
-    if is_classifier(model) and y.ndim == 1 and y.dtype.kind in "iu":
+    if is_classifier(model) and (y is None or (y.ndim == 1 and y.dtype.kind in "iu")):
         return (keras.losses.SparseCategoricalCrossentropy(
             from_logits=not outputs_probabilities(model, x)), "top1")
     return keras.losses.MeanSquaredError(), "mae"
@@ -202,7 +203,7 @@ def write_keras(src: Path, out: Path) -> None:
     from edge_agent.fsutil import atomic_write_bytes
 
     try:
-        atomic_write_bytes(out, src.read_bytes())
+        atomic_write_bytes(out, src.read_bytes(), mode=0o644)
     except OSError as e:
         raise OutputError(f"{out}: cannot write model ({e.strerror or e})") from e
 
