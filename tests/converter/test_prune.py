@@ -9,6 +9,7 @@ and both models are converted by the real ``edge-convert convert -o X.tar.zst``.
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 
@@ -36,7 +37,7 @@ def test_schedule_ramps_polynomially_to_the_final_sparsity_then_holds() -> None:
     s = Schedule.for_steps(0.8, 400)
     values = [s.sparsity(t) for t in range(401)]
     assert values[0] == 0.0
-    assert all(b >= a for a, b in zip(values, values[1:], strict=False))
+    assert all(b >= a for a, b in itertools.pairwise(values))
     assert s.end_step == 300 and values[300] == pytest.approx(0.8)
     assert values[300:] == [pytest.approx(0.8)] * 101
     assert values[150] == pytest.approx(0.8 - 0.8 * 0.5 ** 3)  # (1 - t)^3 at t = 1/2
