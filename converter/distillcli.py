@@ -10,7 +10,6 @@ bundle to measure it, and only then is ``-o`` written, atomically.
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -122,13 +121,6 @@ def report_lines(r: dict[str, Any]) -> list[str]:
 
 
 def cmd_distill(a: argparse.Namespace) -> int:
-    from converter.cli import _quiet_native
+    from converter.prunecli import run_and_print
 
-    with _quiet_native(a.verbose):
-        report = run_distill(a)
-    if a.json:
-        print(json.dumps(report, indent=1))
-    else:
-        print("\n".join(report_lines(report)))
-        print(f"student written to {a.output}")
-    return 0
+    return run_and_print(a, run_distill, report_lines, "student")

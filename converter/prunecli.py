@@ -145,14 +145,20 @@ def report_lines(r: dict[str, Any]) -> list[str]:
     return lines
 
 
-def cmd_prune(a: argparse.Namespace) -> int:
+def run_and_print(a: argparse.Namespace, run: Callable[[argparse.Namespace], dict[str, Any]],
+                  lines: Callable[[dict[str, Any]], list[str]], written: str) -> int:
+    """Run a training command quietly, print its report (text or ``--json``)."""
     from converter.cli import _quiet_native
 
     with _quiet_native(a.verbose):
-        report = run_prune(a)
+        report = run(a)
     if a.json:
         print(json.dumps(report, indent=1))
     else:
-        print("\n".join(report_lines(report)))
-        print(f"pruned model written to {a.output}")
+        print("\n".join(lines(report)))
+        print(f"{written} written to {a.output}")
     return 0
+
+
+def cmd_prune(a: argparse.Namespace) -> int:
+    return run_and_print(a, run_prune, report_lines, "pruned model")
