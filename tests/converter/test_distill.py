@@ -7,7 +7,10 @@ scarce (here 100 labelled digits), the teacher exists, unlabelled inputs are ple
 weights, use the same seed, optimizer, learning rate and number of optimizer steps (the
 one trained alone runs more epochs over its 100 samples), and are scored here, on the 449
 held-out digits, from the written ``.keras`` files, not from the command's report.
-Measured margins: see ``MARGIN_POINTS``.
+Measured (this set-up, seeds 1, 2, 3; T 2, 15 epochs, lr 3e-3): distilled 98.00 / 93.32 /
+95.77 % against 91.98 / 86.19 / 89.09 % alone, +6.0 / +7.1 / +6.7 points; the test asserts
+half the smallest gain (``MARGIN_POINTS``). At *equal* labelled data (the full training
+split for both) distillation did not win on digits: −1.8 to +0.2 points.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ LABELLED = 100
 EPOCHS = 15
 LR = "3e-3"
 SEED = 1
-MARGIN_POINTS = 2.0
+MARGIN_POINTS = 3.0
 
 
 def _narrow(seed: int) -> Any:
@@ -77,6 +80,7 @@ def test_distilling_the_wide_cnn_beats_the_narrow_one_trained_alone(
     out = tmp_path / "distilled.keras"
     r = run_cli("distill", digits.keras, "--student", student, "--data", unlabelled,
                 "--eval", digits.eval_npz, "--epochs", EPOCHS, "--learning-rate", LR,
+                "--temperature", 2,
                 "--seed", SEED, "--json", "-o", out, env=THREADS, timeout=900)
     assert r.returncode == 0, r.stderr
     report = json.loads(r.stdout)

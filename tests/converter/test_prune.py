@@ -159,3 +159,20 @@ def test_a_savedmodel_cannot_be_pruned(train_npz: Path, tmp_path: Path) -> None:
     r = run_cli("prune", sm, "--train", train_npz, "--sparsity", "0.8", "-o", out)
     assert_one_line_error(r, "SavedModel", ".keras", code=2)
     assert_nothing_written(out)
+
+
+def test_the_time_limit_stops_fine_tuning_and_still_reaches_the_sparsity(digits) -> None:
+    import keras
+
+    from converter.digits import load_split
+    from converter.prune import prune_model
+
+    s = load_split()
+    model = keras.models.load_model(digits.keras, compile=False)
+    _, rep = prune_model(model, s.x_train, s.y_train, sparsity=0.7, epochs=50,
+                         time_limit_s=0.001)
+    assert rep.stopped_early and rep.steps < 50 * 43
+    assert rep.eval_source == "train" and rep.metric == "top1"
+    assert rep.sparsity == pytest.approx(0.7, abs=0.001)
+    for layer in rep.layers:
+        assert layer.sparsity == pytest.approx(0.7, abs=0.01), layer
