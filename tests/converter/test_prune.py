@@ -176,3 +176,18 @@ def test_the_time_limit_stops_fine_tuning_and_still_reaches_the_sparsity(digits)
     assert rep.sparsity == pytest.approx(0.7, abs=0.001)
     for layer in rep.layers:
         assert layer.sparsity == pytest.approx(0.7, abs=0.01), layer
+
+
+def test_a_model_with_two_outputs_is_one_line_and_writes_nothing(
+        train_npz: Path, tmp_path: Path) -> None:
+    import keras
+
+    inp = keras.Input((8, 8, 1))
+    h = keras.layers.Flatten()(inp)
+    two = tmp_path / "two.keras"
+    keras.Model(inp, [keras.layers.Dense(10, activation="softmax")(h),
+                      keras.layers.Dense(1)(h)]).save(two)
+    out = tmp_path / "p.keras"
+    r = run_cli("prune", two, "--train", train_npz, "--sparsity", "0.8", "-o", out)
+    assert_one_line_error(r, "one input and one output", code=2)
+    assert_nothing_written(out)
