@@ -48,20 +48,14 @@ def add_distill_parser(sub: Any) -> None:
 def _preflight(a: argparse.Namespace) -> None:
     from converter.data import check_data_path
     from converter.distill import check_options
-    from converter.prunebase import check_keras_output, check_labelled
     from converter.prunecli import check_training_options
     from converter.tfload import check_model_path
-    from edge_agent.profiles import load_profile
 
     check_options(a.temperature, a.alpha, a.epochs)
     check_training_options(a)
-    check_keras_output(a.output)
     check_model_path(a.teacher)
     check_model_path(a.student)
     check_data_path(a.data)
-    if a.eval_data is not None:
-        check_labelled(a.eval_data, "--eval")
-    load_profile(a.profile)
 
 
 def run_distill(a: argparse.Namespace) -> dict[str, Any]:

@@ -64,7 +64,9 @@ def add_training_options(p: argparse.ArgumentParser) -> None:
 
 
 def check_training_options(a: argparse.Namespace) -> None:
-    from converter.prunebase import check_time_limit
+    """What prune and distill share: training flags, ``-o``, ``--eval`` labels, profile."""
+    from converter.prunebase import check_keras_output, check_labelled, check_time_limit
+    from edge_agent.profiles import load_profile
 
     if a.batch_size < 1:
         raise OptionError(f"--batch-size must be >= 1, got {a.batch_size}")
@@ -73,23 +75,22 @@ def check_training_options(a: argparse.Namespace) -> None:
     if a.samples < 1:
         raise OptionError(f"--samples must be >= 1, got {a.samples}")
     check_time_limit(a.time_limit)
+    check_keras_output(a.output)
+    if a.eval_data is not None:
+        check_labelled(a.eval_data, "--eval")
+    load_profile(a.profile)
 
 
 def _preflight(a: argparse.Namespace) -> None:
     from converter.prune import check_epochs, check_sparsity
-    from converter.prunebase import check_keras_output, check_labelled
+    from converter.prunebase import check_labelled
     from converter.tfload import check_model_path
-    from edge_agent.profiles import load_profile
 
     check_sparsity(a.sparsity)
     check_epochs(a.epochs)
     check_training_options(a)
-    check_keras_output(a.output)
     check_model_path(a.model)
     check_labelled(a.train, "--train")
-    if a.eval_data is not None:
-        check_labelled(a.eval_data, "--eval")
-    load_profile(a.profile)
 
 
 def run_prune(a: argparse.Namespace) -> dict[str, Any]:
