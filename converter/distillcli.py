@@ -14,8 +14,6 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from converter.prunebase import DEFAULT_PROFILE
-
 
 def add_distill_parser(sub: Any) -> None:
     from converter.prunecli import add_training_options
@@ -36,13 +34,7 @@ def add_distill_parser(sub: Any) -> None:
                    help="weight of the label loss, 0..1, used only when DATA has labels; "
                    "the teacher's loss weighs 1 - A (default 0.1)")
     d.add_argument("--epochs", type=int, default=10, metavar="N", help="default 10")
-    add_training_options(d)
-    d.add_argument("--profile", default=DEFAULT_PROFILE, metavar="NAME",
-                   help="profile the student's int8 bundle is measured for")
-    d.add_argument("-o", "--output", type=Path, required=True, metavar="OUT.keras",
-                   help="the trained student (a plain .keras file)")
-    d.add_argument("--json", action="store_true", help="print the report as JSON")
-    d.add_argument("-v", "--verbose", action="store_true", help="show TF/LiteRT native logs")
+    add_training_options(d, "the trained student")
 
 
 def _preflight(a: argparse.Namespace) -> None:

@@ -38,19 +38,20 @@ def add_parsers(sub: Any, commands: dict[str, Callable[[argparse.Namespace], int
                    help="fine-tuning epochs; sparsity ramps up over the first 3/4 (default 10)")
     p.add_argument("--eval", dest="eval_data", type=Path, metavar="DATA",
                    help="labelled held-out data for the before/after figures (default: --train)")
-    add_training_options(p)
-    p.add_argument("--profile", default=DEFAULT_PROFILE, metavar="NAME",
-                   help="profile the int8 bundles are measured for (default generic-x86_64)")
-    p.add_argument("-o", "--output", type=Path, required=True, metavar="OUT.keras",
-                   help="the pruned model (a plain .keras file)")
-    p.add_argument("--json", action="store_true", help="print the report as JSON")
-    p.add_argument("-v", "--verbose", action="store_true", help="show TF/LiteRT native logs")
+    add_training_options(p, "the pruned model")
     commands["prune"] = cmd_prune
     add_distill_parser(sub)
     commands["distill"] = cmd_distill
 
 
-def add_training_options(p: argparse.ArgumentParser) -> None:
+def add_training_options(p: argparse.ArgumentParser, result: str) -> None:
+    """The flags prune and distill share; ``result`` names what ``-o`` receives."""
+    p.add_argument("--profile", default=DEFAULT_PROFILE, metavar="NAME",
+                   help="profile the int8 bundles are measured for (default generic-x86_64)")
+    p.add_argument("-o", "--output", type=Path, required=True, metavar="OUT.keras",
+                   help=f"{result} (a plain .keras file)")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.add_argument("-v", "--verbose", action="store_true", help="show TF/LiteRT native logs")
     p.add_argument("--batch-size", type=int, default=32, metavar="N")
     p.add_argument("--learning-rate", type=float, default=1e-3, metavar="LR",
                    help="Adam learning rate (default 1e-3)")
