@@ -92,6 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
     from converter.analyzecli import add_analyze_parser
 
     add_analyze_parser(sub)
+    from converter.prunecli import add_parsers  # prune, distill
+    add_parsers(sub, COMMANDS)
     pr = sub.add_parser("profiles", help="list device profiles")
     pr.add_argument("--json", action="store_true")
     i = sub.add_parser("inspect", help="print a bundle's manifest")
