@@ -110,7 +110,6 @@ class Row:
 class Result:
     case: Case
     rows: list[Row] = field(default_factory=list)
-    runtime: str = ""
 
 
 def _timed(fn: Callable[[], Any]) -> tuple[Any, float]:
@@ -187,7 +186,7 @@ def measure(case: Case, work: Path, threads: int) -> Result:
         return out
 
     exported = export(case.keras)
-    res = Result(case, runtime=str(runtime))
+    res = Result(case)
     fb, fs = _timed(lambda: convert(exported, "float32", "float32", None))
     res.rows.append(Row("float", fb, seconds=fs))
     fmodel = LoadedModel(runtime, fb, num_threads=threads)
@@ -210,7 +209,7 @@ def measure(case: Case, work: Path, threads: int) -> Result:
         c = chosen.tried[-1]
         res.rows.append(Row("mixed", chosen.content, seconds=ms, chosen=True,
                             note=f"{budget.flag} {budget.limit:.3g}: {c.label}, "
-                                 f"{len(chosen.tried)} candidates"))
+                                 f"{len(chosen.tried)} candidate(s)"))
     except mixed.BudgetError as e:
         res.rows.append(Row("mixed", note=_failed(e)))
     finally:
@@ -339,25 +338,25 @@ def main() -> None:
                     help="MobileNetV2: ops measured alone in the mixed search (default 16)")
     a = ap.parse_args()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    import tensorflow as tf
+
+    from edge_agent.runtime.backends import select_runtime
+
+    print(f"bench/convert: {platform.machine()} {_cpu()}, {select_runtime()}, TensorFlow "
+          f"{tf.__version__}, {a.threads} thread(s), batch 1, load {_load()} at start",
+          flush=True)
     with tempfile.TemporaryDirectory(prefix="bench-convert-") as tmp:
         work = a.workdir or Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
-        results = [measure(c, work, a.threads)
-                   for c in cases(work, not a.skip_mobilenet, a.mnv2_probes)]
-    import tensorflow as tf
-
-    print(f"bench/convert: {platform.machine()} {_cpu()}, {results[0].runtime}, TensorFlow "
-          f"{tf.__version__}, {a.threads} thread(s), batch 1, load {_load()}")
-    for res in results:
-        print()
-        print(table(res, a.markdown))
-        if a.tradeoff is not None:
-            a.tradeoff.mkdir(parents=True, exist_ok=True)
-            slug = res.case.keras.stem
-            note = tradeoff.write(points(res), a.tradeoff / f"{slug}.tradeoff.png",
-                                  f"bench/convert: {res.case.title}")
-            if note:
-                print(note)
+        for case in cases(work, not a.skip_mobilenet, a.mnv2_probes):
+            res = measure(case, work, a.threads)  # each table as soon as it is measured
+            print(f"\n{table(res, a.markdown)}\n(load {_load()} after it)", flush=True)
+            if a.tradeoff is not None:
+                a.tradeoff.mkdir(parents=True, exist_ok=True)
+                note = tradeoff.write(points(res), a.tradeoff / f"{case.keras.stem}.tradeoff.png",
+                                      f"bench/convert: {case.title}")
+                if note:
+                    print(note)
 
 
 def _load() -> str:
