@@ -60,8 +60,10 @@ def _place(boxes: list[tuple[float, float, float, float]], x: float, y: float, w
     return nudges[0]
 
 
-def write(points: list[dict[str, Any]], dest: Path, title: str) -> str | None:
-    """Draw ``points`` to ``dest`` atomically; a note (str) when matplotlib is missing."""
+def write(points: list[dict[str, Any]], dest: Path, title: str,
+          size_name: str = "model size") -> str | None:
+    """Draw ``points`` to ``dest`` atomically; a note (str) when matplotlib is missing.
+    ``size_name`` labels the x axis (what ``size_bytes`` measures)."""
     try:
         import matplotlib
 
@@ -89,12 +91,18 @@ def write(points: list[dict[str, Any]], dest: Path, title: str) -> str | None:
         name, colour = family(p["label"])
         ax.scatter(x, p[key] * (100 if acc else 1), s=s, alpha=0.75, color=colour,
                    edgecolors="black" if p.get("chosen") else "white",
-                   linewidths=3 if p.get("chosen") else 0.8, zorder=3 if p.get("chosen") else 2)
+                   linewidths=3 if p.get("chosen") else 0.8,
+                   zorder=1 if p.get("chosen") else 2)  # a point at the same spot stays seen
         legend.setdefault(name, colour)
     if max(xs) / min(xs) > LOG_SPAN:
+        from matplotlib.ticker import FuncFormatter
+
         ax.set_xscale("log")
+        plain = FuncFormatter(lambda v, _pos: f"{v:g}")  # 20, 30, 100 (not 2×10¹)
+        ax.xaxis.set_major_formatter(plain)
+        ax.xaxis.set_minor_formatter(plain)
     ax.margins(0.18)
-    ax.set_xlabel("model size (KiB" + (", log scale)" if ax.get_xscale() == "log" else ")"))
+    ax.set_xlabel(f"{size_name} (KiB" + (", log scale)" if ax.get_xscale() == "log" else ")"))
     ax.set_ylabel(ylabel)
     ax.set_title(f"{title}\nmarker area ∝ per-invoke latency (largest {top:.3g} ms); "
                  "black ring = chosen", fontsize=10)
