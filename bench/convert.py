@@ -15,7 +15,8 @@ Rows, every one converted from the same exported SavedModel, on the same LiteRT:
 - ``mixed``: the accuracy-budget search of ``edge-convert convert --max-drop 0.5``
   (:mod:`converter.mixedrun`: full int8, int16x8, then ops kept float); MobileNetV2 has
   no labels, so its budget is ``--max-error`` at half full-int8's relative output error,
-  with the per-op probe limited to ``--mnv2-probes`` ops.
+  with the per-op probe limited to ``--mnv2-probes`` ops and the search to
+  ``--mnv2-candidates`` candidates (a budget missed within them is reported as such).
 - ``int4-weights``: ``converter.lowbit.quantize_weights`` (ai-edge-quantizer in its venv).
 - ``pruned+int8``: ``converter.prune.prune_model`` (80% sparsity, fine-tuned on the training
   labels; MobileNetV2: 50%, 1 epoch, on the float model's own top-1), then full int8.
@@ -84,7 +85,8 @@ class Case:
     sparsity: float
     epochs: int
     runs: int  # timed invokes per model
-    probes: int = mixed.MAX_PROBED_OPS
+    probes: int = mixed.MAX_PROBED_OPS  # mixed search limits (MobileNetV2: smaller)
+    candidates: int = mixed.MAX_CANDIDATES
 
 
 @dataclass
@@ -201,7 +203,8 @@ def measure(case: Case, work: Path, threads: int) -> Result:
     y = class_indices(ev) if case.labelled else None
     q_out = run_all(LoadedModel(runtime, qb, num_threads=threads), ev.xs)[0]
     budget = case.budget(mixed.score(f_out, q_out, None).rel_error)
-    saved, mixed.MAX_PROBED_OPS = mixed.MAX_PROBED_OPS, case.probes
+    saved = mixed.MAX_PROBED_OPS, mixed.MAX_CANDIDATES
+    mixed.MAX_PROBED_OPS, mixed.MAX_CANDIDATES = case.probes, case.candidates
     try:
         chosen, ms = _timed(lambda: choose(exported, rep, ev, f_out, y,
                                            measure_fn(runtime, threads, ev, 0, 0), budget,
@@ -213,7 +216,7 @@ def measure(case: Case, work: Path, threads: int) -> Result:
     except mixed.BudgetError as e:
         res.rows.append(Row("mixed", note=_failed(e)))
     finally:
-        mixed.MAX_PROBED_OPS = saved
+        mixed.MAX_PROBED_OPS, mixed.MAX_CANDIDATES = saved
     content, s, note = _int4(fb)
     res.rows.append(Row("int4-weights", content, seconds=s, note=note))
     content, s, note = _pruned(case, work, rep, f_top1, int8)
@@ -246,7 +249,7 @@ def _upscaled_digits(x: np.ndarray) -> np.ndarray:
     return out
 
 
-def cases(work: Path, mobilenet: bool, probes: int) -> list[Case]:
+def cases(work: Path, mobilenet: bool, probes: int, candidates: int) -> list[Case]:
     from sensitive_model import build
 
     def drop(_: float) -> Budget:
@@ -266,11 +269,11 @@ def cases(work: Path, mobilenet: bool, probes: int) -> list[Case]:
     out.append(Case("sensitive model (6 dense, one -1e4 logit)", model, scal, sev, True, drop,
                     (strain, None), 0.8, 10, 500))
     if mobilenet:
-        out.append(_mobilenet(work, split, probes))
+        out.append(_mobilenet(work, split, probes, candidates))
     return out
 
 
-def _mobilenet(work: Path, split: Any, probes: int) -> Case:
+def _mobilenet(work: Path, split: Any, probes: int, candidates: int) -> Case:
     from converter.tfload import import_tf
 
     tf = import_tf()
@@ -292,7 +295,7 @@ def _mobilenet(work: Path, split: Any, probes: int) -> Case:
 
     return Case("MobileNetV2 224 (weights=None, BN stats from data, logits)", path,
                 work / "mnv2-calib.npz", work / "mnv2-eval.npz", False, half,
-                (_upscaled_digits(split.x_train[:96]), None), 0.5, 1, 50, probes)
+                (_upscaled_digits(split.x_train[:96]), None), 0.5, 1, 50, probes, candidates)
 
 
 def _kib(n: int | None) -> str:
@@ -335,8 +338,10 @@ def main() -> None:
     ap.add_argument("--tradeoff", type=Path, metavar="DIR",
                     help="write one tradeoff PNG per model here")
     ap.add_argument("--skip-mobilenet", action="store_true")
-    ap.add_argument("--mnv2-probes", type=int, default=16, metavar="N",
-                    help="MobileNetV2: ops measured alone in the mixed search (default 16)")
+    ap.add_argument("--mnv2-probes", type=int, default=8, metavar="N",
+                    help="MobileNetV2: ops measured alone in the mixed search (default 8)")
+    ap.add_argument("--mnv2-candidates", type=int, default=12, metavar="N",
+                    help="MobileNetV2: candidates the mixed search may try (default 12)")
     a = ap.parse_args()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     import tensorflow as tf
@@ -349,7 +354,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-convert-") as tmp:
         work = a.workdir or Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
-        for case in cases(work, not a.skip_mobilenet, a.mnv2_probes):
+        for case in cases(work, not a.skip_mobilenet, a.mnv2_probes, a.mnv2_candidates):
             res = measure(case, work, a.threads)  # each table as soon as it is measured
             print(f"\n{table(res, a.markdown)}\n(load {_load()} after it)", flush=True)
             if a.tradeoff is not None:

@@ -325,7 +325,7 @@ def search_budget(cal: Calibrated, analysis: Analysis, f_out: np.ndarray,
     max_float = int(len(analysis.ops) * MAX_FLOAT_FRACTION)
     tried = search([o.node for o in analysis.ops],
                    lambda nodes: scored(nodes, cal.quantize(nodes), False), max_float,
-                   alternatives=(int16x8,) if int16 else ())
+                   max_candidates=MAX_CANDIDATES, alternatives=(int16x8,) if int16 else ())
     chosen = tried[-1]
     if not chosen.meets:
         best = min(tried, key=lambda c: c.missed_by)
