@@ -30,12 +30,11 @@ from converter.floatops import explain
 from converter.goldens import drift_reference, golden_vectors, is_probability
 from converter.graph import inspect_graph
 from converter.imageinput import check_normalisation, image_preprocessing
-from converter.mixed import Budget, Candidate
-from converter.mixedrun import candidates_report, choose, measure_fn, tradeoff_points
+from converter.mixed import Budget
+from converter.mixedrun import Chosen, choose, measure_fn, tradeoff_points
 from converter.modes import (
     BUNDLE_MODES,
     CALIBRATED_MODES,
-    INT8_FLOAT_FALLBACK,
     INT8_MODES,
     LOWBIT_MODES,
     REFERENCE_MODE,
@@ -384,9 +383,8 @@ def build_bundle(opts: ConvertOptions, steps: Steps | None = None) -> tuple[Bund
         mixed: dict[str, Any] | None = None
         if opts.max_drop is not None or opts.max_error is not None:
             steps.stage("mixed-precision search")
-            quant_bytes, mixed, tried = _mixed(opts, exported, rep, ev, fmodel, runtime, threads,
-                                               scored)
-            mode = INT8_FLOAT_FALLBACK if tried[-1].float_nodes else mode
+            found = _mixed(opts, exported, rep, ev, fmodel, runtime, threads, scored, profile)
+            quant_bytes, mixed, tried, mode = found.content, found.section, found.tried, found.mode
         else:
             tried = []
             if mode in CALIBRATED_MODES:
@@ -508,9 +506,9 @@ def convert_to_bundle(opts: ConvertOptions, steps: Steps | None = None) -> dict[
 
 
 def _mixed(opts: ConvertOptions, exported: Path, rep: Dataset, ev: Dataset | None,
-           fmodel: LoadedModel, runtime: Any, threads: int, scored: int | None
-           ) -> tuple[bytes, dict[str, Any], list[Candidate]]:
-    """The budget search (:mod:`converter.mixedrun`): bytes, report section, candidates."""
+           fmodel: LoadedModel, runtime: Any, threads: int, scored: int | None,
+           profile: DeviceProfile) -> Chosen:
+    """The budget search (:mod:`converter.mixedrun`): bytes, mode, report section, candidates."""
     assert ev is not None  # check_budget
     budget = Budget(max_drop=opts.max_drop, max_error=opts.max_error)
     ref = scored if scored is not None else 0
@@ -520,7 +518,4 @@ def _mixed(opts: ConvertOptions, exported: Path, rep: Dataset, ev: Dataset | Non
                           "--max-error for other heads")
     f_out = run_all(fmodel, ev.xs)[ref]
     run = measure_fn(runtime, threads, ev, ref, min(opts.latency_runs, 20))
-    content, analysis, tried = choose(exported, rep, ev, f_out, y, run, budget)
-    section = {"budget": {budget.flag.lstrip("-"): budget.limit},
-               **candidates_report(tried, len(analysis.ops)), "analysis": analysis.as_dict()}
-    return content, section, tried
+    return choose(exported, rep, ev, f_out, y, run, budget, profile)

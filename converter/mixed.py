@@ -10,6 +10,12 @@ Two parts: :func:`search` is a pure core (no TensorFlow, no files): greedy by
 sensitivity rank until the budget is met, then it tries to drop each added op again.
 :class:`Calibrated` is the TensorFlow shell that measures.
 
+Where the profile's runtime has int16x8 kernels (every profile but the Edge TPU ones), the
+search also tries int16 activations (int8 weights) once full int8 misses. TFLite's
+int16x8 quantizer works on the whole graph and takes no per-op denylist, so that
+candidate has every quantized op in int16x8 and none float. The choice is the smallest
+candidate that meets the budget; ties go to the lower latency, then to fewer float ops.
+
 A candidate's ``float_nodes`` are output tensor names (what ``denylisted_nodes`` takes).
 Limits: at most :data:`MAX_FLOAT_FRACTION` of the quantized ops are kept float, the
 per-op "alone" measurement covers the :data:`MAX_PROBED_OPS` ops with the largest
@@ -95,15 +101,31 @@ class Candidate:
     score: Score
     missed_by: float  # <= 0: met the budget
     latency_ms: float | None = None
+    int16: bool = False  # int16x8: int16 activations on every quantized op not kept float
+    cpu_ops: tuple[str, ...] = ()  # Edge TPU profiles: the ops that would run on the CPU
 
     @property
     def meets(self) -> bool:
         return self.missed_by <= 0
 
+    @property
+    def label(self) -> str:
+        if self.int16:
+            return "int16x8"
+        return f"mixed ({len(self.float_nodes)} float)" if self.float_nodes else "int8"
+
     def as_dict(self) -> dict[str, Any]:
-        return {"float_ops": list(self.float_nodes), "size_bytes": self.size_bytes,
+        return {"label": self.label, "activations": "int16" if self.int16 else "int8",
+                "float_ops": list(self.float_nodes), "size_bytes": self.size_bytes,
                 **asdict(self.score), "missed_by": round(self.missed_by, 6), "meets": self.meets,
-                "latency_ms": self.latency_ms}
+                "latency_ms": self.latency_ms, "cpu_ops": list(self.cpu_ops)}
+
+
+def preferred(c: Candidate) -> tuple[float, float, int]:
+    """The order among candidates that meet the budget: smallest, then fastest, then the
+    fewest float ops."""
+    lat = c.latency_ms if c.latency_ms is not None else math.inf
+    return (c.size_bytes, lat, len(c.float_nodes))
 
 
 def rank(ops: Sequence[OpError], base: Score) -> list[OpError]:
@@ -122,13 +144,15 @@ def rank(ops: Sequence[OpError], base: Score) -> list[OpError]:
 
 
 def search(ranked: Sequence[str], measure: Callable[[tuple[str, ...]], Candidate],
-           max_float: int, max_candidates: int = MAX_CANDIDATES) -> list[Candidate]:
-    """Every candidate tried, in order; the last one that meets the budget (if any) is the
-    choice. Pure: ``measure`` builds and scores a candidate.
+           max_float: int, max_candidates: int = MAX_CANDIDATES,
+           alternatives: Sequence[Callable[[], Candidate | None]] = ()) -> list[Candidate]:
+    """Every candidate tried, in order, the choice last: of those that meet the budget,
+    the :func:`preferred` one. Pure: ``measure`` builds and scores a candidate.
 
-    Greedy: full int8, then add ops in ``ranked`` order (at most ``max_float``) until the
-    budget is met; then try removing each added op again (oldest first), keeping a
-    removal whenever the budget is still met.
+    Greedy: full int8; when it misses, each of ``alternatives`` (e.g. int16x8; None: not
+    possible for this model); then add ops in ``ranked`` order (at most ``max_float``)
+    until the budget is met; then try removing each added op again (oldest first),
+    keeping a removal whenever the budget is still met.
     """
     tried: list[Candidate] = []
 
@@ -139,21 +163,26 @@ def search(ranked: Sequence[str], measure: Callable[[tuple[str, ...]], Candidate
 
     kept: tuple[str, ...] = ()
     best = run(kept)
+    for alt in alternatives if not best.meets else ():
+        c = alt() if len(tried) < max_candidates else None
+        if c is not None:
+            tried.append(c)
     for node in ranked[:max_float]:
         if best.meets or len(tried) >= max_candidates:
             break
         kept = (*kept, node)
         best = run(kept)
-    if not best.meets:
-        return tried
-    for node in kept[:-1] if len(kept) > 1 else ():
+    for node in kept[:-1] if best.meets and len(kept) > 1 else ():
         if len(tried) >= max_candidates:
             break
         fewer = tuple(n for n in best.float_nodes if n != node)
         c = run(fewer)
         if c.meets:
             best = c
-    tried.append(tried.pop(tried.index(best)))  # the chosen one last
+    met = [i for i, c in enumerate(tried) if c.meets]
+    if met:
+        chosen = min(met, key=lambda i: (preferred(tried[i]), -i))  # ties: the later one
+        tried.append(tried.pop(chosen))  # the chosen one last
     return tried
 
 
@@ -180,6 +209,7 @@ class Calibrated:
 
         tf = import_tf()
         data = dict(rep)
+        self._exported, self._rep = exported, data
         n = len(next(iter(data.values())))
 
         def rep_by_name() -> Iterator[dict[str, np.ndarray]]:
@@ -226,6 +256,13 @@ class Calibrated:
             content: bytes = self._dbg.get_nondebug_quantized_model()
         return content
 
+    def quantize_int16(self) -> bytes:
+        """int16x8 on the whole graph (float IO): TFLite's int16 quantizer recalibrates and
+        takes no denylist. Raises UnsupportedOpsError when an op has no int16x8 kernel."""
+        from converter.quantize import convert
+
+        return convert(self._exported, "int16x8", "float32", self._rep)
+
 
 Measure = Callable[[bytes], tuple[np.ndarray, float | None]]  # model → (scored output, latency)
 
@@ -250,26 +287,52 @@ def analyze(cal: Calibrated, f_out: np.ndarray, y: np.ndarray | None, run: Measu
     return Analysis(base, rank(probed, base))
 
 
-def search_budget(cal: Calibrated, analysis: Analysis, f_out: np.ndarray,
-                  y: np.ndarray | None, run: Measure, budget: Budget
-                  ) -> tuple[bytes, list[Candidate]]:
-    """The chosen model's bytes and every candidate tried; BudgetError when none meets."""
-    models: dict[tuple[str, ...], bytes] = {}
+Placement = Callable[[bytes], tuple[str, ...]]  # model → the ops that run on the CPU
 
-    def measure(nodes: tuple[str, ...]) -> Candidate:
-        content = models[nodes] = cal.quantize(nodes)
+
+@dataclass
+class Searched:
+    """What :func:`search_budget` found: the chosen bytes, every candidate (chosen last)
+    and a note per alternative that could not be built."""
+
+    content: bytes
+    tried: list[Candidate]
+    notes: list[str]
+
+
+def search_budget(cal: Calibrated, analysis: Analysis, f_out: np.ndarray,
+                  y: np.ndarray | None, run: Measure, budget: Budget, *,
+                  int16: bool = False, placement: Placement | None = None) -> Searched:
+    """Search (int16x8 too when ``int16``: the profile's runtime has the kernels);
+    ``placement`` names each candidate's CPU ops. BudgetError when none meets."""
+    models: dict[tuple[tuple[str, ...], bool], bytes] = {}
+    notes: list[str] = []
+
+    def scored(nodes: tuple[str, ...], content: bytes, is16: bool) -> Candidate:
+        models[nodes, is16] = content
         q_out, lat = run(content)
         s = score(f_out, q_out, y)
-        return Candidate(nodes, len(content), s, budget.missed_by(s), lat)
+        return Candidate(nodes, len(content), s, budget.missed_by(s), lat, is16,
+                         placement(content) if placement else ())
+
+    def int16x8() -> Candidate | None:
+        try:
+            return scored((), cal.quantize_int16(), True)
+        except UnsupportedOpsError as e:
+            notes.append(f"int16x8 not tried: {e}")
+            return None
 
     max_float = int(len(analysis.ops) * MAX_FLOAT_FRACTION)
-    tried = search([o.node for o in analysis.ops], measure, max_float)
+    tried = search([o.node for o in analysis.ops],
+                   lambda nodes: scored(nodes, cal.quantize(nodes), False), max_float,
+                   max_candidates=MAX_CANDIDATES, alternatives=(int16x8,) if int16 else ())
     chosen = tried[-1]
     if not chosen.meets:
         best = min(tried, key=lambda c: c.missed_by)
         raise BudgetError(
             f"no candidate meets {budget.flag} {budget.limit:g}: best keeps "
-            f"{len(best.float_nodes)} op(s) float ({', '.join(best.float_nodes) or 'none'}) "
+            f"{len(best.float_nodes)} op(s) float ({', '.join(best.float_nodes) or 'none'})"
+            f"{' with int16 activations' if best.int16 else ''} "
             f"and misses by {best.missed_by:g} after {len(tried)} candidate(s), keeping at "
             f"most {max_float} of {len(analysis.ops)} ops float", tried)
-    return models[chosen.float_nodes], tried
+    return Searched(models[chosen.float_nodes, chosen.int16], tried, notes)

@@ -168,6 +168,10 @@ def print_report(r: dict[str, Any], file: TextIO | None = None) -> None:
             pc.add_row(row["label"], f"{row['precision']:.3f}", f"{row['recall']:.3f}",
                        f"{row['f1']:.3f}", str(row["support"]))
         con.print(pc)
+    if r.get("mixed"):
+        con.print(mixed_table(r))
+        for line in mixed_lines(r):
+            con.print(line, markup=False)
     ops = Table(title=f"ops on {r['profile']}")
     for c in ("op", "count", "dtypes", "runtime", "delegate"):
         ops.add_column(c)
@@ -177,6 +181,45 @@ def print_report(r: dict[str, Any], file: TextIO | None = None) -> None:
     con.print(ops)
     for w in r.get("warnings", []):
         con.print(f"[yellow]warning:[/yellow] {w}", markup=True)
+
+
+def mixed_table(r: dict[str, Any]) -> Any:
+    """Every candidate the accuracy budget search tried, the chosen one last (marked)."""
+    from rich.table import Table
+
+    m = r["mixed"]
+    edgetpu = r["delegate"]["delegate"] == "edgetpu"
+    (flag, limit), = m["budget"].items()
+    t = Table(title=f"mixed-precision candidates (--{flag} {limit:g}, "
+                    f"{m['quantized_ops']} quantized ops)")
+    for c in ("#", "candidate", "float ops", "int16 ops", "size", "accuracy", "drop",
+              "rel error", "latency", "meets", *(("CPU ops (Edge TPU)",) if edgetpu else ())):
+        t.add_column(c, justify="left" if c == "candidate" else "right")
+    for i, c in enumerate(m["candidates"], 1):
+        last = i == len(m["candidates"])
+        t.add_row(str(i), c["label"] + (" ← chosen" if last and c["meets"] else ""),
+                  str(len(c["float_ops"])), str(c["int16_ops"]), _kb(c["size_bytes"]),
+                  _pct(c["accuracy"]),
+                  "–" if c["drop_points"] is None else f"{c['drop_points']:.2f} pp",
+                  f"{c['rel_error']:.4g}", _ms(c["latency_ms"]), "yes" if c["meets"] else "no",
+                  *((str(len(c["cpu_ops"])),) if edgetpu else ()))
+    return t
+
+
+def mixed_lines(r: dict[str, Any]) -> list[str]:
+    """The chosen candidate's float ops, int16x8 availability and, on an Edge TPU
+    profile, what runs on the CPU."""
+    m = r["mixed"]
+    ch = m["chosen"]
+    out = [f"kept float: {', '.join(ch['float_ops']) or 'none'}"
+           + (f"; int16 activations on {ch['int16_ops']} op(s)" if ch["int16_ops"] else ""),
+           f"int16x8: {m['int16x8']}", *m.get("notes", [])]
+    if r["delegate"]["delegate"] == "edgetpu":
+        cpu = ch["cpu_ops"]
+        out.append(f"on {r['profile']}: {len(cpu)} of {r['delegate']['total_ops']} ops run on "
+                   f"the CPU ({', '.join(cpu) or 'none'}): float ops cannot go on the Edge "
+                   "TPU, and its compiler maps nothing after the first op it cannot map")
+    return out
 
 
 def print_profiles(profiles: list[DeviceProfile], file: TextIO | None = None) -> None:

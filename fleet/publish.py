@@ -241,7 +241,7 @@ def _bundle_target(bundle_path: Path, audience: Audience, chunk_size: int,
         bundle = read_bundle(bundle_path)
         name, version, profiles = (bundle.name, bundle.version,
                                    bundle.manifest.target_profiles)
-        data, ulen = _target_bytes(bundle_path, bundle)
+        data, ulen = target_bytes(bundle_path, bundle)
     if not profiles:
         raise BadInputError(f"{bundle_path}: manifest lists no target_profiles; devices "
                             "refuse a bundle that does not name their profile")
@@ -250,7 +250,7 @@ def _bundle_target(bundle_path: Path, audience: Audience, chunk_size: int,
     return target_path_for_model(name, version, compressed=ulen is not None), data, spec
 
 
-def _target_bytes(bundle_path: Path, bundle: Bundle) -> tuple[bytes, int | None]:
+def target_bytes(bundle_path: Path, bundle: Bundle) -> tuple[bytes, int | None]:
     """The bytes devices download: the deterministic tar, or for a ``.tar.zst`` input that
     tar in one zstd frame, with the tar's length (signed as ``uncompressed_length``)."""
     tar = tar_bytes(bundle)
@@ -365,7 +365,7 @@ def publish(repo: FleetRepo, bundle_path: Path, signers: Sequence[Signer], *,
 def _take_signed(bundle_path: Path, meta_dir: Path
                  ) -> tuple[str, bytes, TargetSpec, dict[str, bytes]]:
     """Use metadata signed elsewhere: find the bundle's entry in its targets metadata."""
-    data, _ = _target_bytes(bundle_path, read_bundle(bundle_path))
+    data, _ = target_bytes(bundle_path, read_bundle(bundle_path))
     sha = hashlib.sha256(data).hexdigest()
     files: dict[str, bytes] = {}
     for p in sorted(meta_dir.glob("*.json")):

@@ -109,7 +109,8 @@ def register(subparsers: Any) -> None:
     p = subparsers.add_parser("rollout", help="staged rollout in waves; halts on failures",
                               description=__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("bundle", type=Path, help="bundle directory or .tar")
+    p.add_argument("bundle", type=Path, help="bundle directory, .tar or .tar.zst "
+                   "(devices download the compressed bytes)")
     p.add_argument("--repo", type=Path, required=True, help="repository directory")
     p.add_argument("--key", action="append", default=[], metavar="KEY",
                    help="private key file (repeat: targets, snapshot, timestamp keys)")

@@ -29,7 +29,7 @@ from pathlib import Path
 
 from securesystemslib.signer import Signer
 
-from edge_agent.bundle import read_bundle, tar_bytes
+from edge_agent.bundle import read_bundle
 from edge_agent.errors import BadInputError, TransportError
 from edge_agent.fsutil import atomic_write_bytes, atomic_write_text
 from edge_agent.mqtt.client import MqttClient
@@ -40,7 +40,14 @@ from edge_agent.update.wire import Announcement, Audience, ChunkPlan, ShadowTerm
 from fleet.broker import as_config, client_config
 from fleet.chunk_server import ChunkServer
 from fleet.observer import FleetObserver
-from fleet.publish import DEFAULT_CHUNK, Broker, publish_chunks, rollback, sign_bundle
+from fleet.publish import (
+    DEFAULT_CHUNK,
+    Broker,
+    publish_chunks,
+    rollback,
+    sign_bundle,
+    target_bytes,
+)
 from fleet.repo import FleetRepo
 from fleet.rollout_core import (
     Outcome,
@@ -118,7 +125,8 @@ class Rollout:
         self.signers = list(signers)
         self.say = say
         bundle = read_bundle(req.bundle)
-        self.tar = tar_bytes(bundle)
+        # what devices download: the tar, or for a .tar.zst the zstd frame (signed so)
+        self.tar, self.raw_length = target_bytes(req.bundle, bundle)
         sha = hashlib.sha256(self.tar).hexdigest()
         self.target = Target(bundle.name, bundle.version, sha)
         self.id = rollout_id(self.target, req.scope)
@@ -273,7 +281,13 @@ class Rollout:
         return (f"rollout {st.rollout_id}: {st.target.label()} to {len(st.devices)} devices in "
                 f"{len(st.waves)} waves {[len(w.devices) for w in st.waves]} (canary "
                 f"{p.canary}, step {p.step}), halt over {p.max_failure:.0%} failures, wait "
-                f"{p.wait_s:g} s per wave")
+                f"{p.wait_s:g} s per wave; {self.size_text()}")
+
+    def size_text(self) -> str:
+        """What devices download: ``N bytes`` (tar) or ``N bytes zstd of M raw``."""
+        if self.raw_length is None:
+            return f"{len(self.tar)} bytes"
+        return f"{len(self.tar)} bytes zstd of {self.raw_length} raw"
 
     def _announcement(self) -> bytes:
         try:
