@@ -14,7 +14,8 @@ Where the profile's runtime has int16x8 kernels (every profile but the Edge TPU 
 search also tries int16 activations (int8 weights) once full int8 misses. TFLite's
 int16x8 quantizer works on the whole graph and takes no per-op denylist, so that
 candidate has every quantized op in int16x8 and none float. The choice is the smallest
-candidate that meets the budget; ties go to the lower latency, then to fewer float ops.
+candidate that meets the budget among those at most MAX_SLOWDOWN times slower than the
+fastest that meets it; ties go to the lower latency, then to fewer float ops.
 
 A candidate's ``float_nodes`` are output tensor names (what ``denylisted_nodes`` takes).
 Limits: at most :data:`MAX_FLOAT_FRACTION` of the quantized ops are kept float, the
@@ -41,6 +42,7 @@ from converter.errors import UnsupportedOpsError
 MAX_FLOAT_FRACTION = 0.5  # beyond half the ops float, mixed precision is not the tool
 MAX_PROBED_OPS = 48  # ops measured alone (largest layer error first)
 MAX_CANDIDATES = 64  # candidates re-measured on the eval data per search
+MAX_SLOWDOWN = 2.0  # the chosen one is at most this many times slower than the fastest met
 
 
 class BudgetError(UnsupportedOpsError):
@@ -179,11 +181,25 @@ def search(ranked: Sequence[str], measure: Callable[[tuple[str, ...]], Candidate
         c = run(fewer)
         if c.meets:
             best = c
-    met = [i for i, c in enumerate(tried) if c.meets]
-    if met:
-        chosen = min(met, key=lambda i: (preferred(tried[i]), -i))  # ties: the later one
+    chosen = choose(tried)
+    if chosen is not None:
         tried.append(tried.pop(chosen))  # the chosen one last
     return tried
+
+
+def choose(tried: Sequence[Candidate], max_slowdown: float = MAX_SLOWDOWN) -> int | None:
+    """The index of the candidate to keep, or None when none meets the budget: the
+    :func:`preferred` one among those that meet it and run at most ``max_slowdown`` times
+    slower than the fastest that meets it (LiteRT's int16x8 kernels can be 10x slower than
+    int8: a few bytes saved must not cost that). Ties: the later one."""
+    met = [i for i, c in enumerate(tried) if c.meets]
+    if not met:
+        return None
+    lats = [tried[i].latency_ms for i in met if tried[i].latency_ms is not None]
+    if lats:
+        limit = min(lats) * max_slowdown
+        met = [i for i in met if (tried[i].latency_ms or 0.0) <= limit] or met
+    return min(met, key=lambda i: (preferred(tried[i]), -i))
 
 
 def score(f_out: np.ndarray, q_out: np.ndarray, y: np.ndarray | None) -> Score:
