@@ -43,6 +43,7 @@ MAX_FLOAT_FRACTION = 0.5  # beyond half the ops float, mixed precision is not th
 MAX_PROBED_OPS = 48  # ops measured alone (largest layer error first)
 MAX_CANDIDATES = 64  # candidates re-measured on the eval data per search
 MAX_SLOWDOWN = 2.0  # the chosen one is at most this many times slower than the fastest met
+SLOWDOWN_FLOOR_MS = 5.0  # ... unless it is at most this much slower (sub-ms timings are noise)
 
 
 class BudgetError(UnsupportedOpsError):
@@ -190,14 +191,15 @@ def search(ranked: Sequence[str], measure: Callable[[tuple[str, ...]], Candidate
 def choose(tried: Sequence[Candidate], max_slowdown: float = MAX_SLOWDOWN) -> int | None:
     """The index of the candidate to keep, or None when none meets the budget: the
     :func:`preferred` one among those that meet it and run at most ``max_slowdown`` times
-    slower than the fastest that meets it (LiteRT's int16x8 kernels can be 10x slower than
-    int8: a few bytes saved must not cost that). Ties: the later one."""
+    (or :data:`SLOWDOWN_FLOOR_MS`) slower than the fastest that meets it (LiteRT's int16x8
+    kernels can be 10x slower than int8: a few bytes saved must not cost that; a model of a
+    few ms is timed too noisily on a busy workstation to judge). Ties: the later one."""
     met = [i for i, c in enumerate(tried) if c.meets]
     if not met:
         return None
     lats = [tried[i].latency_ms for i in met if tried[i].latency_ms is not None]
     if lats:
-        limit = min(lats) * max_slowdown
+        limit = max(min(lats) * max_slowdown, min(lats) + SLOWDOWN_FLOOR_MS)
         met = [i for i in met if (tried[i].latency_ms or 0.0) <= limit] or met
     return min(met, key=lambda i: (preferred(tried[i]), -i))
 

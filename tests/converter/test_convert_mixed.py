@@ -152,13 +152,17 @@ def test_search_tries_alternatives_after_int8_misses_and_picks_the_smallest() ->
 def test_a_smaller_candidate_more_than_twice_as_slow_as_the_fastest_is_not_chosen() -> None:
     # MobileNetV2 in bench/convert.py: int16x8 met the budget a little smaller than the
     # float-op candidate but 12x slower (LiteRT's int16 kernels); it must not be chosen.
-    fast = Candidate(("a",), 120, Score(None, None, 0.0), -1.0, 1.0)
-    slow = Candidate((), 100, Score(None, None, 0.0), -1.0, 12.0, int16=True)
+    fast = Candidate(("a",), 120, Score(None, None, 0.0), -1.0, 30.0)
+    slow = Candidate((), 100, Score(None, None, 0.0), -1.0, 360.0, int16=True)
     assert search(["a"], lambda n: fast if n else _cand(n, {"a"}), max_float=1,
                   alternatives=(lambda: slow,))[-1] is fast
-    twice = Candidate((), 100, Score(None, None, 0.0), -1.0, 2.0, int16=True)
+    twice = Candidate((), 100, Score(None, None, 0.0), -1.0, 60.0, int16=True)
     assert search(["a"], lambda n: fast if n else _cand(n, {"a"}), max_float=1,
                   alternatives=(lambda: twice,))[-1] is twice  # within 2x: the smaller
+    tiny = Candidate(("a",), 120, Score(None, None, 0.0), -1.0, 0.03)
+    noisy = Candidate((), 100, Score(None, None, 0.0), -1.0, 1.1, int16=True)
+    assert search(["a"], lambda n: tiny if n else _cand(n, {"a"}), max_float=1,
+                  alternatives=(lambda: noisy,))[-1] is noisy  # 37x but 1 ms: noise, smaller
 
 
 def test_search_skips_alternatives_when_full_int8_meets() -> None:
