@@ -280,7 +280,10 @@ class Server:
 
 
 def _ms(v: str) -> float:
-    num, unit = re.match(r"([\d.]+)(us|ms|s|m|h)$", v).groups()  # type: ignore[union-attr]
+    m = re.match(r"([\d.]+)(us|ms|s|m|h)$", v)
+    if m is None:  # wrk prints e.g. "-nan" when no request completed
+        raise RuntimeError(f"wrk latency not understood: {v!r}")
+    num, unit = m.groups()
     return float(num) * {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 6e4, "h": 3.6e6}[unit]
 
 
