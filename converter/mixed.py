@@ -197,7 +197,7 @@ def choose(tried: Sequence[Candidate], max_slowdown: float = MAX_SLOWDOWN) -> in
     met = [i for i, c in enumerate(tried) if c.meets]
     if not met:
         return None
-    lats = [tried[i].latency_ms for i in met if tried[i].latency_ms is not None]
+    lats = [lat for i in met if (lat := tried[i].latency_ms) is not None]
     if lats:
         limit = max(min(lats) * max_slowdown, min(lats) + SLOWDOWN_FLOOR_MS)
         met = [i for i in met if (tried[i].latency_ms or 0.0) <= limit] or met
