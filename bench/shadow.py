@@ -8,7 +8,9 @@ sending TF Serving ``:predict`` requests over one keep-alive connection. Its clo
 capacity is measured first; then every round the client sends at half of it on a fixed
 schedule, latency counted from each request's scheduled time (so queueing shows, no
 coordinated omission). Capacity is measured again before each pair of rounds, as the
-shared machine's load moves. Rounds alternate shadow off / on; for an "on" round the same model
+shared machine's load moves, and the rate is half the median of every measurement so far
+(one 1.5 s closed loop swings 2x on a shared machine; half of a lucky one is no longer half).
+Rounds alternate shadow off / on; for an "on" round the same model
 is published as the next version with ``--shadow`` (a duration of round + 3 s, gate
 ``errors==0``), and the round starts once the agent's update phase is ``shadow``. The
 figures are the medians over rounds of p50/p99 and the ratios on/off, the candidate's own
@@ -147,8 +149,12 @@ def main() -> int:
     from fleet.publish import publish
 
     bu = _bench_update()
-    src = a.bundle or Path(sorted(glob.glob(str(
-        ROOT / ".cache/test-artifacts/update-digits-*/digits-v1")))[-1])
+    pinned = sorted(glob.glob(str(ROOT / ".cache/test-artifacts/update-digits-*/digits-v1")))
+    if a.bundle is None and not pinned:
+        raise SystemExit("bench/shadow.py: no digits bundle: pass --bundle DIR, or build the "
+                         "tests' pinned one: .venv/bin/python -m pytest tests/update -k "
+                         "'shadow and promoted'")
+    src = a.bundle or Path(pinned[-1])
     work = Path(tempfile.mkdtemp(prefix="bench-shadow-"))
     broker, url = bu.start_broker(work)
     repo, signers = bu.make_repo(work)
@@ -185,13 +191,16 @@ keep_versions = 2
     try:
         wait("the agent", lambda: get(port, "/v1/models/digits")["model_version_status"], 60)
         run_client(port, 0, 1.0)  # warm up
-        version, caps = 1, []
+        version = 1
+        caps = [run_client(port, 0, 1.5)["rps"] for _ in range(2)]
         for r in range(a.rounds):
-            # capacity again before every pair: on a shared machine it moves within minutes
+            # capacity again before every pair (on a shared machine it moves within
+            # minutes), the rate from the median of every measurement so far: one 1.5 s
+            # closed loop swings 2x, and a rate set from a lucky one is at capacity, not half
             caps.append(run_client(port, 0, 1.5)["rps"])
-            rate = caps[-1] / 2
-            print(f"capacity {caps[-1]:.0f} req/s (1 connection, closed loop); pair at "
-                  f"{rate:.0f}", file=sys.stderr)
+            rate = statistics.median(caps) / 2
+            print(f"capacity {caps[-1]:.0f} req/s (1 connection, closed loop; median "
+                  f"{statistics.median(caps):.0f}); pair at {rate:.0f}", file=sys.stderr)
             for mode in (("off", "on") if r % 2 == 0 else ("on", "off")):
                 row: dict[str, Any] = {"mode": mode, "rate": rate}
                 if mode == "on":
@@ -235,6 +244,10 @@ keep_versions = 2
            "p99_ratio_per_pair": [on["p99"] / off["p99"] for on, off in zip(
                [r for r in rows if r["mode"] == "on"], [r for r in rows if r["mode"] == "off"],
                strict=True)],
+           "p99_ratio_pair_median": statistics.median(
+               on["p99"] / off["p99"] for on, off in zip(
+                   [r for r in rows if r["mode"] == "on"],
+                   [r for r in rows if r["mode"] == "off"], strict=True)),
            "failed": sum(r["failed"] for r in rows),
            "candidate_p50_ms": med("on", "p50_ms"), "candidate_p99_ms": med("on", "p99_ms"),
            "copied_per_round": statistics.median(r["sent"] for r in rows if r["mode"] == "on"),
