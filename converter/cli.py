@@ -205,7 +205,7 @@ def _progress(term: TextIO | None) -> Iterator[Any]:
 
 
 @contextlib.contextmanager
-def _quiet_native(verbose: bool) -> Iterator[None]:
+def quiet_native(verbose: bool) -> Iterator[None]:
     """Hide native TF/LiteRT chatter; surface error-looking lines and crash context."""
     from converter.quiet import captured_output
 
@@ -242,7 +242,7 @@ def cmd_convert(a: argparse.Namespace) -> int:
                           max_error=a.max_error)
     with terminal() as term:
         show = not a.json and not a.verbose and term.isatty()
-        with _quiet_native(a.verbose), _progress(term if show else None) as steps:
+        with quiet_native(a.verbose), _progress(term if show else None) as steps:
             report = convert_to_bundle(opts, steps)
     if a.json:
         print(json.dumps(report, indent=1))
@@ -266,10 +266,10 @@ def cmd_bundle(a: argparse.Namespace) -> int:
     if a.variant:  # wrapped beside OUT first: a bad variant leaves nothing at OUT
         from converter.variants import wrap_with_variants
 
-        with _quiet_native(a.verbose):
+        with quiet_native(a.verbose):
             report = wrap_with_variants(opts, a.variant)
     else:
-        with _quiet_native(a.verbose):
+        with quiet_native(a.verbose):
             report = wrap_to_bundle(opts)
     print(json.dumps(report, indent=1) if a.json else "\n".join(report_lines(report)))
     if not a.json:
@@ -311,7 +311,7 @@ def cmd_verify(a: argparse.Namespace) -> int:
 
     b = read_bundle(a.bundle)
     results: list[dict[str, Any]] = []
-    with _quiet_native(a.verbose):
+    with quiet_native(a.verbose):
         for rt in available_runtimes(include_tensorflow=True):
             try:
                 g = verify_golden(b, rt)

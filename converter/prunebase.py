@@ -56,10 +56,10 @@ def load_keras(path: Path, what: str, *, trust: bool = False) -> Any:
 
 
 def source_input(model: Any) -> SourceInput:
-    from converter.tfload import _signature_name
+    from converter.tfload import signature_name
 
     t = model.inputs[0]
-    return SourceInput(_signature_name(str(getattr(t, "name", "") or "input"), "input_0"),
+    return SourceInput(signature_name(str(getattr(t, "name", "") or "input"), "input_0"),
                        tuple(int(d) for d in t.shape[1:]), str(np.dtype(t.dtype)))
 
 

@@ -150,9 +150,9 @@ def report_lines(r: dict[str, Any]) -> list[str]:
 def run_and_print(a: argparse.Namespace, run: Callable[[argparse.Namespace], dict[str, Any]],
                   lines: Callable[[dict[str, Any]], list[str]], written: str) -> int:
     """Run a training command quietly, print its report (text or ``--json``)."""
-    from converter.cli import _quiet_native
+    from converter.cli import quiet_native
 
-    with _quiet_native(a.verbose):
+    with quiet_native(a.verbose):
         report = run(a)
     if a.json:
         print(json.dumps(report, indent=1))

@@ -150,12 +150,12 @@ def load_source(path: str | Path, *, trust: bool = False) -> SourceModel:
                 "if you trust this file pass --trust-model") from e
         raise ModelSourceError(f"{p}: cannot load Keras model ({short_error(e)})") from e
     _some_inputs(p, "the model", len(inputs))
-    names = _unique_names([_signature_name(str(getattr(t, "name", "") or "input"), f"input_{i}")
+    names = _unique_names([signature_name(str(getattr(t, "name", "") or "input"), f"input_{i}")
                            for i, t in enumerate(inputs)])
     ins = tuple(SourceInput(n, _static_shape(p, t.shape[1:], n), tf.dtypes.as_dtype(t.dtype).name)
                 for n, t in zip(names, inputs, strict=True))
     structure = getattr(model, "input", None)
-    out_names = [_signature_name(str(n), f"output_{i}")
+    out_names = [signature_name(str(n), f"output_{i}")
                  for i, n in enumerate(getattr(model, "output_names", None) or
                                        [f"output_{i}" for i in range(len(model.outputs))])]
     out_names = _unique_names(out_names)
@@ -169,7 +169,7 @@ def load_source(path: str | Path, *, trust: bool = False) -> SourceModel:
         feed = xs[0] if len(xs) == 1 else keras.tree.pack_sequence_as(structure, list(xs))
         y = model(feed, training=False)
         if isinstance(y, dict):
-            return {_signature_name(str(k), "output"): v for k, v in y.items()}
+            return {signature_name(str(k), "output"): v for k, v in y.items()}
         ys = list(y) if isinstance(y, (list, tuple)) else [y]
         return dict(zip(out_names, ys, strict=True))
 
@@ -209,7 +209,7 @@ def _load_saved_model(tf: Any, p: Path) -> SourceModel:
     if not sig.outputs:
         raise ModelSourceError(f"{p}: the {SIGNATURE!r} signature has no outputs")
     keys = sorted(sig.inputs)
-    names = _unique_names([_signature_name(str(k), f"input_{i}") for i, k in enumerate(keys)])
+    names = _unique_names([signature_name(str(k), f"input_{i}") for i, k in enumerate(keys)])
     ins = []
     for key, name in zip(keys, names, strict=True):
         info = sig.inputs[key]
@@ -352,7 +352,7 @@ def _some_inputs(p: Path, what: str, count: int) -> None:
 _NAME_BAD = re.compile(r"[^A-Za-z0-9_.\-]")
 
 
-def _signature_name(name: str, default: str) -> str:
+def signature_name(name: str, default: str) -> str:
     """A model's tensor name as a signature key (what clients send and get): the name
     without its ``:0`` suffix, characters TF refuses in op names replaced by ``_``."""
     base = name.rsplit(":", 1)[0] if name.rpartition(":")[2].isdigit() else name
