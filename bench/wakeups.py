@@ -1,14 +1,17 @@
 """How often an idle agent wakes up (issue 17 part 4: goal ≤ 3 wake-ups/s).
 
-    .venv/bin/python bench/wakeups.py [--seconds 60] [--interval 10] [--src DIR] [--json OUT]
+    .venv/bin/python bench/wakeups.py [--seconds 60] [--interval 10] [--burst N] [--src DIR]
+                                      [--json OUT]
 
 A real ``edge-agent run`` process (digits bundle, HTTP on, MQTT connected to a real
-Mosquitto, telemetry every ``--interval`` s) is started, given 5 s to settle, then left
-alone for ``--seconds``; the figure is the rise of every thread's voluntary + involuntary
-context switches (``/proc/PID/task/*/status``) over that window ÷ its length, with the
-per-thread breakdown (which thread wakes up). ``--src DIR`` runs the agent from another
-checkout (e.g. a worktree of main) for a before/after. Also reported: the process CPU time
-over the window (utime + stime) as % of one core, and the load average.
+Mosquitto, telemetry every ``--interval`` s) is started, given 5 s to settle (with
+``--burst N``: then sent N ``:predict`` requests, each on its own connection, and given 5 s
+more), then left alone for ``--seconds``; the figure is the rise of every thread's
+voluntary + involuntary context switches (``/proc/PID/task/*/status``) over that window ÷
+its length, with the per-thread breakdown (which thread wakes up). ``--src DIR`` runs the
+agent from another checkout (e.g. a worktree of main) for a before/after. Also reported:
+the process CPU time over the window (utime + stime) as % of one core, and the load
+average.
 """
 
 from __future__ import annotations
@@ -44,6 +47,29 @@ def measure(pid: int, seconds: float) -> dict[str, Any]:
             "cpu_pct": 100.0 * (cpu1 - cpu0) / dt}
 
 
+def burst(bundle: Path, log: str, n: int) -> None:
+    """``n`` ``:predict`` requests of zeros to the agent ``log`` says is ready, each on a
+    connection of its own that the client closes (as urllib does)."""
+    import re
+    import urllib.request
+
+    import numpy as np
+
+    from edge_agent.bundle import read_bundle
+
+    m = re.search(r"ready: .* on (http://[\d.:]+)", log)
+    if m is None:
+        sys.exit(f"no HTTP address in the agent's log:\n{log[-2000:]}")
+    man = read_bundle(bundle).manifest
+    x = np.zeros([1, *(max(1, d) for d in man.inputs[0].shape[1:])]).tolist()
+    body = json.dumps({"instances": x}).encode()
+    for _ in range(n):
+        req = urllib.request.Request(f"{m.group(1)}/v1/models/{man.name}:predict", data=body,
+                                     headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=10) as r:
+            r.read()
+
+
 def main() -> int:
     import importlib.util
 
@@ -59,6 +85,8 @@ def main() -> int:
     p.add_argument("--interval", type=float, default=10.0, help="telemetry interval_s")
     p.add_argument("--src", type=Path, default=ROOT, help="checkout to run the agent from")
     p.add_argument("--no-mqtt", action="store_true")
+    p.add_argument("--burst", type=int, default=0, metavar="N",
+                   help="N :predict requests (one connection each) before the idle window")
     p.add_argument("--json", type=Path)
     a = p.parse_args()
     bundle = find_digits()
@@ -84,9 +112,13 @@ def main() -> int:
                 sys.exit(f"agent did not start:\n{(tmp / 'agent.log').read_text()[-2000:]}")
             time.sleep(0.1)
         time.sleep(5.0)  # settle: birth, first telemetry, connections
+        if a.burst:
+            burst(bundle, (tmp / "agent.log").read_text(), a.burst)
+            time.sleep(5.0)  # the records folded, the answers' sockets closed
         load0 = os.getloadavg()[0]
         r = measure(proc.pid, a.seconds)
         r.update({"src": str(a.src), "mqtt": broker is not None, "interval_s": a.interval,
+                  "burst": a.burst,
                   "loadavg": [load0, os.getloadavg()[0]]})
         t0 = time.monotonic()
         proc.terminate()
@@ -102,7 +134,8 @@ def main() -> int:
     top = ", ".join(f"{tid}: {v:.2f}" for tid, v in list(r["per_thread"].items())[:6])
     print(f"src {a.src}: {r['wakeups_per_s']:.2f} wake-ups/s over {r['seconds']:.0f} s "
           f"({r['threads']} threads; busiest {top}), CPU {r['cpu_pct']:.3f} % of a core, "
-          f"MQTT {'on' if r['mqtt'] else 'off'}, telemetry {a.interval:g} s, SIGTERM → exit "
+          f"MQTT {'on' if r['mqtt'] else 'off'}, telemetry {a.interval:g} s, burst {a.burst}, "
+          "SIGTERM → exit "
           f"{r['sigterm_to_exit_s']:.2f} s (rc {r['exit_code']}), load {load0:.2f}")
     if a.json:
         a.json.write_text(json.dumps(r, indent=1))

@@ -31,6 +31,9 @@ Deadlines (RFC-free, ours; the same as the threaded server had), checked from a 
 
 Nothing here blocks: sends are non-blocking (the rest waits for ``EVENT_WRITE``), and the
 loop sleeps in ``select`` until a socket, a handler's answer, a deadline or :meth:`stop`.
+It wakes only for a deadline some open connection still has: checks left by closed
+connections or moved later are dropped before it sleeps (:meth:`EventLoop._next_timeout`),
+so an idle agent does not wake once per request it served before.
 """
 
 from __future__ import annotations
@@ -167,10 +170,7 @@ class EventLoop:
         forbid_waiting()  # a handler run here raises WouldBlock instead of waiting
         try:
             while not self._stopping:
-                timeout = None
-                if self._timers:
-                    timeout = max(0.0, self._timers[0][0] - time.monotonic())
-                for key, events in sel.select(timeout):
+                for key, events in sel.select(self._next_timeout()):
                     conn = key.data
                     if conn is None:
                         self._accept()
@@ -456,6 +456,29 @@ class EventLoop:
         if due is not None and due[0] < conn.check_at:
             conn.check_at = due[0]
             heapq.heappush(self._timers, (due[0], next(self._seq), conn))
+
+    def _next_timeout(self) -> float | None:
+        """Seconds the loop may sleep: until the earliest live deadline (None: there is
+        none). Checks nobody needs any more are dropped here, before sleeping, instead of
+        waking the loop when they come due: those of closed connections, superseded ones,
+        and a check a connection has since moved later (a request head's deadline once the
+        request was answered and the connection is idle again) is re-armed at its new
+        time. Without this, each of N requests on its own connection left two checks that
+        woke the idle loop N times 10 s later (head) and N times 30 s later (idle)."""
+        timers = self._timers
+        while timers:
+            at, _, conn = timers[0]
+            if conn.closed or at != conn.check_at:
+                heapq.heappop(timers)  # stale: closed, or a sooner check was scheduled
+                continue
+            due = self._due(conn)
+            if due is not None and due[0] <= at:
+                return max(0.0, at - time.monotonic())
+            heapq.heappop(timers)  # busy (no deadline while its handler runs) or later
+            conn.check_at = float("inf")
+            if due is not None:
+                self._schedule(conn)
+        return None
 
     def _expire(self) -> None:
         now = time.monotonic()

@@ -43,6 +43,22 @@ class _Interval:
     sources: Counter[str] = field(default_factory=Counter)
 
 
+def percentiles(values: np.ndarray, qs: tuple[float, ...]) -> list[float]:
+    """The ``qs`` percentiles (0–100) of ``values`` (not empty), linearly interpolated
+    between the closest ranks: ``np.percentile``'s default method, to within rounding.
+
+    Why not ``np.percentile``: it calls ``np.unique``, whose first call imports
+    ``numpy.ma`` (~18 ms of import under the GIL, 2.4). That landed in the first telemetry
+    tick after the first requests, and the threads queueing for the GIL meanwhile
+    doubled the tick's wake-ups (tests/telemetry/test_idle_wakeups.py); the agent needs
+    nothing else from ``numpy.ma``."""
+    a = np.sort(values)
+    pos = np.asarray(qs, dtype=np.float64) / 100.0 * (len(a) - 1)
+    lo = np.floor(pos).astype(np.intp)
+    hi = np.minimum(lo + 1, len(a) - 1)
+    return [float(v) for v in a[lo] + (a[hi] - a[lo]) * (pos - lo)]
+
+
 class ModelStats:
     """Counters and latency percentiles per model (thread-safe)."""
 
@@ -103,7 +119,7 @@ class ModelStats:
             out: dict[str, dict[str, Any]] = {}
             for name, m in self._models.items():
                 lat = m.latencies * 1000.0
-                p50, p90, p99 = (np.percentile(lat, [50, 90, 99]).round(3).tolist()
+                p50, p90, p99 = ([round(v, 3) for v in percentiles(lat, (50, 90, 99))]
                                  if len(lat) else (None, None, None))
                 out[name] = {
                     "version": m.version,
