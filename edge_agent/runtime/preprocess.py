@@ -152,7 +152,7 @@ class PixelTable:
         return out
 
 
-@lru_cache(maxsize=64)
+@lru_cache(maxsize=16)  # a pair table is 128 KiB: at most 2 MiB of them
 def pixel_table(pre: Preprocessing, spec: TensorSpec, channels: int) -> PixelTable | None:
     """The input ``spec``'s value for each 8-bit pixel value, per channel: ``(1 or C, 256)``
     in the tensor's dtype, row ``c`` = ``quantize(normalize(0…255))`` for channel ``c``
