@@ -27,13 +27,14 @@ Fair configuration: every server gets the same number of interpreter threads, ea
 own natural form. For ``digits`` that is 1 everywhere (one interpreter of one thread; an
 8×8 CNN invokes in ~10 µs, a second XNNPACK thread costs more than it saves). For
 MobileNetV2 it is 2 (the cores of the bench machine and the profile's
-``default_threads``): the agent runs ``workers = 2`` × ``threads = 1`` (the split issue 17
-part 5 measured best on 2 cores: 1.7× the throughput of 1 × 2 at c=2), gunicorn 2 sync
-workers × 1 thread (its own way to use 2 cores), FastAPI and Flask one interpreter of 2
-threads under a lock (one interpreter is what their minimal scripts hold; two interpreters
-behind an ``async def`` would still run one at a time). ``--agent-split WxT`` overrides the
-agent's MobileNetV2 split: ``1x2`` is FastAPI's own form, and the fairer one at c=1, where
-2 × 1 leaves a core idle (README: both were run).
+``default_threads``): the agent runs **its own default split** — what ``edge-agent run
+--profile generic-x86_64`` uses without ``[agent] workers``/``threads``
+(:func:`edge_agent.profiles.default_split`: 1 worker × 2 threads on this 2-core machine),
+so the table shows what a user gets; gunicorn 2 sync workers × 1 thread (its own way to
+use 2 cores), FastAPI and Flask one interpreter of 2 threads under a lock (one interpreter
+is what their minimal scripts hold; two interpreters behind an ``async def`` would still
+run one at a time). ``--agent-split WxT`` overrides the agent's MobileNetV2 split (``2x1``
+as gunicorn splits; ``2x2`` oversubscribes the 2 cores, which a profile does not allow).
 
 The load is ``wrk`` (a native load generator, one connection per client) at concurrency 1,
 4 and 16, in alternating rounds (agent, fastapi, gunicorn, flask, agent, …) of
@@ -64,12 +65,24 @@ CONCURRENCY = (1, 4, 16)
 CACHE = ROOT / ".cache" / "bench"
 DIGITS = CACHE / "digits" / "digits-v1"
 MNV2 = CACHE / "mobilenet_v2" / "bundle-int8"
-# case: (bundle, interpreter threads in total, the agent's workers × threads)
-CASES: dict[str, tuple[Path, int, tuple[int, int]]] = {
+PROFILE = "generic-x86_64"  # the agent's profile here
+# case: (bundle, the peers' interpreter threads in total, the agent's workers × threads;
+# None: the agent's own default on PROFILE, default_split)
+CASES: dict[str, tuple[Path, int, tuple[int, int] | None]] = {
     "digits": (DIGITS, 1, (1, 1)),
-    "mnv2-raw": (MNV2, 2, (2, 1)),
-    "mnv2-b64": (MNV2, 2, (2, 1)),
+    "mnv2-raw": (MNV2, 2, None),
+    "mnv2-b64": (MNV2, 2, None),
 }
+
+
+def agent_default_split() -> tuple[int, int]:
+    """The agent's workers × threads on PROFILE here, as ``edge-agent run`` derives them
+    (this checkout's code, as the agent it starts runs: ``PYTHONPATH=ROOT``)."""
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+    from edge_agent.profiles import default_split, load_profile
+
+    return default_split(load_profile(PROFILE), os.cpu_count())
 
 
 # ------------------------------------------------------------------ the peers' servers
@@ -233,7 +246,7 @@ class Server:
         self.port = _free_port()
         if kind == "agent":
             cmd = [sys.executable, "-m", "edge_agent.cli", "run", "--store", str(store),
-                   "--profile", "generic-x86_64", "--http", f"127.0.0.1:{self.port}",
+                   "--profile", PROFILE, "--http", f"127.0.0.1:{self.port}",
                    "--device-id", "peers", "--model", str(bundle)]
             env.update({"EDGE_AGENT__AGENT__WORKERS": str(split[0]),
                         "EDGE_AGENT__AGENT__THREADS": str(split[1]),
@@ -368,7 +381,8 @@ def run(cases: tuple[str, ...], rounds: int, seconds: int, peers: tuple[str, ...
     work = Path(tempfile.mkdtemp(prefix="bench-peers-"))
     try:
         for case in cases:
-            bundle, threads, split = CASES[case]
+            bundle, threads, fixed = CASES[case]
+            split = fixed or agent_default_split()
             if agent_split is not None and case != "digits":
                 split = agent_split
             res["cases"][case] = measure(case, bundle, threads, split, rounds, seconds,
@@ -467,7 +481,8 @@ def main() -> int:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--seconds", type=int, default=3)
     p.add_argument("--peers", default=",".join(PEERS))
-    p.add_argument("--agent-split", help="the agent's MobileNetV2 WORKERSxTHREADS (default 2x1)")
+    p.add_argument("--agent-split", help="the agent's MobileNetV2 WORKERSxTHREADS (default: "
+                   "the agent's own default on the profile, e.g. 1x2 on 2 cores)")
     p.add_argument("--json", type=Path)
     p.add_argument("--serve", help=argparse.SUPPRESS)
     p.add_argument("--bundle", type=Path, help=argparse.SUPPRESS)

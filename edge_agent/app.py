@@ -37,7 +37,7 @@ from edge_agent.config import AgentConfig
 from edge_agent.errors import ConfigError, EdgeError
 from edge_agent.hooks import AgentEvent, Hooks
 from edge_agent.loader import ModelLoader, VariantProbe
-from edge_agent.profiles import DeviceProfile, detect_profile, load_profile
+from edge_agent.profiles import DeviceProfile, default_split, detect_profile, load_profile
 from edge_agent.protocol.kinds import EventKind
 from edge_agent.registry import DelegateFactory, ModelRegistry, ServedModel
 from edge_agent.runtime.backends import Runtime, select_runtime
@@ -92,10 +92,11 @@ class Agent:
                               key="agent.store_dir") from e
         self.runtime_probes: dict[str, Any] | None = None
         self.runtime = runtime or self._select_runtime()
-        self.threads = a.threads or max(1, min(self.profile.default_threads, os.cpu_count() or 1))
+        workers, threads = default_split(self.profile, os.cpu_count())
+        self.threads = a.threads or threads
         self.delegate_error: str | None = None
         self.registry = registry or ModelRegistry(
-            self.runtime, self.hooks, workers=a.workers or self.profile.default_workers,
+            self.runtime, self.hooks, workers=a.workers or workers,
             num_threads=self.threads,
             delegates=self._delegates(), max_loaded_versions=a.max_loaded_versions)
         if self.registry.delegates is not None:  # bundle variants may require it

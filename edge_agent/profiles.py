@@ -87,6 +87,13 @@ def profile_paths() -> dict[str, Path]:
     return found
 
 
+def default_split(profile: DeviceProfile, cpus: int | None) -> tuple[int, int]:
+    """(workers, threads) an agent on ``profile`` runs without ``[agent] workers`` /
+    ``threads``: ``default_workers``, and ``default_threads`` capped at the ``cpus`` the
+    machine has (docs/agent.md#tuning-workers-and-threads)."""
+    return profile.default_workers, max(1, min(profile.default_threads, cpus or 1))
+
+
 def parse_profile(data: dict[str, Any], source: str) -> DeviceProfile:
     """Validate a parsed TOML mapping into a :class:`DeviceProfile` (the one config reader,
     raising ProfileError naming the file and the key)."""

@@ -34,6 +34,7 @@ from edge_agent.errors import (
     ShapeMismatchError,
     TransportError,
 )
+from edge_agent.fifo import FifoPool
 from edge_agent.hooks import Hooks, PredictionRecord
 from edge_agent.nowait import WouldBlock, waiting_forbidden
 from edge_agent.runtime import fault_seam
@@ -151,8 +152,9 @@ class ServedModel:
         self.hooks = hooks or Hooks()
         self.state = ModelState.LOADING
         self.borrow_timeout_s = borrow_timeout_s
-        # a C queue: a borrow is one uncontended get/put, no Condition (queue.Queue's)
-        self._pool: queue.SimpleQueue[LoadedModel] = queue.SimpleQueue()
+        # first come, first served: a released interpreter goes to the longest waiter,
+        # not to a request that just arrived (edge_agent/fifo.py: the c=16 p99)
+        self._pool: FifoPool[LoadedModel] = FifoPool()
         t0 = time.perf_counter()
         first = None
         self._num_threads, self._delegates = num_threads, delegates

@@ -14,17 +14,20 @@ Decoding (a JSON body → tensors) additionally holds one of ``workers`` decode 
 may have their bodies in memory, but only ``workers`` of them are expanded into Python
 objects at once (a 3 MB JSON body becomes ~10–25 MB of them), so peak memory is bounded
 by bodies + ``workers`` decodes, not by ``capacity`` decodes. A request that waits longer
-than ``decode_wait_s`` for a permit is refused (503).
+than ``decode_wait_s`` for a permit is refused (503). Permits are handed out in arrival
+order (:class:`~edge_agent.fifo.FifoPool`), as the model's interpreters are.
 """
 
 from __future__ import annotations
 
+import queue
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 from edge_agent import memtrim
 from edge_agent.errors import TransportError
+from edge_agent.fifo import FifoPool
 from edge_agent.nowait import WouldBlock, waiting_forbidden
 
 
@@ -43,7 +46,7 @@ class Admission:
                  decode_wait_s: float = 30.0) -> None:
         self.workers = max(1, workers)
         self.decode_wait_s = decode_wait_s
-        self._decodes = threading.BoundedSemaphore(self.workers)
+        self._decodes: FifoPool[bool] = FifoPool((True,) * self.workers)  # in arrival order
         self.queue_size = max(0, queue_size)
         self.capacity = self.workers + self.queue_size
         self.retry_after_s = retry_after_s
@@ -84,17 +87,19 @@ class Admission:
         a large body, give the freed heap back (:mod:`edge_agent.memtrim`). Raises
         Overloaded when no permit frees up within ``decode_wait_s``, and WouldBlock at once
         on a thread that must not wait (the HTTP loop: it then hands the request over)."""
-        if waiting_forbidden():
-            if not self._decodes.acquire(blocking=False):
-                raise WouldBlock("every decode permit is taken")
-        elif not self._decodes.acquire(timeout=self.decode_wait_s):
+        try:
+            permit = (self._decodes.get_nowait() if waiting_forbidden()
+                      else self._decodes.get(timeout=self.decode_wait_s))
+        except queue.Empty:
+            if waiting_forbidden():
+                raise WouldBlock("every decode permit is taken") from None
             raise Overloaded(f"request decoding is busy ({self.workers} at a time, none free "
                              f"within {self.decode_wait_s:g} s); retry later",
-                             retry_after_s=self.retry_after_s)
+                             retry_after_s=self.retry_after_s) from None
         try:
             yield
         finally:
-            self._decodes.release()
+            self._decodes.put(permit)
             memtrim.after_request(body_bytes)
 
     def snapshot(self) -> dict[str, tuple[int, int]]:

@@ -43,7 +43,7 @@ from edge_agent.bundle import TensorSpec
 from edge_agent.errors import EdgeError, InvalidRequestError
 from edge_agent.manifest import image_candidates
 from edge_agent.registry import ServedModel
-from edge_agent.runtime.preprocess import image_to_array
+from edge_agent.runtime.preprocess import image_to_input
 from edge_agent.serving.admission import Overloaded
 
 if TYPE_CHECKING:  # Pillow is imported by the first image (docs/agent.md#footprint)
@@ -55,7 +55,7 @@ MIB = 1024 * 1024
 PIXEL_BYTES = {"1": 1, "L": 1, "P": 1, "I;16": 2, "I;16B": 2, "I;16L": 2, "I;16N": 2,
                "LA": 4, "La": 4, "PA": 4, "RGB": 4, "RGBA": 4, "RGBa": 4, "RGBX": 4,
                "CMYK": 4, "YCbCr": 4, "LAB": 4, "HSV": 4, "I": 4, "F": 4}
-CONVERTED_BYTES = 4  # the L/RGB copy image_to_array makes (RGB is stored 4 bytes a pixel)
+CONVERTED_BYTES = 4  # the L/RGB copy image_to_pixels makes (RGB is stored 4 bytes a pixel)
 BUDGET_SHARE = 4  # the process-wide decode budget is memory_budget_mb / BUDGET_SHARE
 MAX_IMAGE_FACTOR = 64  # decoded pixels per model-input pixel an image may have
 WAIT_S = 5.0  # how long a request waits for budget that other requests hold
@@ -236,13 +236,16 @@ def image_target(served: ServedModel) -> TensorSpec:
 def image_batch(served: ServedModel, images: Sequence[bytes], max_pixels: int, *,
                 budget: DecodeBudget | None = None, spec: TensorSpec | None = None
                 ) -> np.ndarray:
-    """Encoded images → float batch with the bundle's preprocessing, memory-bounded, for
-    the input ``spec`` (default: the request is only images, for
-    :func:`image_target`).
+    """Encoded images → the input batch by the bundle's preprocessing, memory-bounded, for
+    the input ``spec`` (default: the request is only images, for :func:`image_target`):
+    in the tensor's dtype for a quantized input (what quantizing the float batch gives,
+    without the floats: :func:`~edge_agent.runtime.preprocess.image_to_input`), else
+    float model units.
 
     Raises InvalidRequestError (400), ImageTooLarge (413), Overloaded (503).
     """
-    shape = (spec or image_target(served)).shape
+    spec = spec or image_target(served)
+    shape = spec.shape
     pre = served.manifest.preprocessing
     h, w = pre.resize or (int(shape[1]), int(shape[2]))
     budget = budget or _PROCESS_BUDGET
@@ -256,7 +259,7 @@ def image_batch(served: ServedModel, images: Sequence[bytes], max_pixels: int, *
         cost = sum(hd.decode_bytes for _, hd in opened)
         stack.enter_context(budget.reserve(cost))
         try:
-            arrs = [image_to_array(img, pre, (int(shape[1]), int(shape[2])))
+            arrs = [image_to_input(img, pre, (int(shape[1]), int(shape[2])), spec)
                     for img, _ in opened]
         except EdgeError:
             raise

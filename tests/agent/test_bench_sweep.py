@@ -25,7 +25,7 @@ from edge_agent.cli_bench import (
     splits,
 )
 from edge_agent.errors import ProfileError
-from edge_agent.profiles import load_profile, load_profile_file
+from edge_agent.profiles import default_split, load_profile, load_profile_file
 
 ROOT = Path(__file__).resolve().parents[2]
 PROFILES = ROOT / "device_profiles"
@@ -90,6 +90,13 @@ def test_every_shipped_profile_fits_its_workers_and_threads_in_its_cores() -> No
     for f in sorted(PROFILES.glob("*.toml")):
         p = load_profile_file(f)
         assert p.default_workers * p.default_threads <= p.cores, f.name
+
+
+def test_the_default_split_is_the_profiles_with_threads_capped_at_the_cpus() -> None:
+    p = load_profile("rpi4")  # 1 worker x 4 threads
+    assert default_split(p, 4) == (p.default_workers, 4)
+    assert default_split(p, 2) == (p.default_workers, 2)  # never more threads than CPUs
+    assert default_split(p, None) == (p.default_workers, 1)  # cpu_count() unknown
 
 
 def test_an_agent_without_workers_uses_the_profiles_default_workers(
