@@ -77,6 +77,7 @@ CODES = {
     "sealed_bad_tag": "a GCM tag does not verify (tampered, or the wrong key)",
     "sealed_mismatch": "the decrypted manifest is not the release the header names",
     "device_key_missing": "the bundle is sealed and this device has no key",
+    "device_key_unsafe": "this device's key file may be read by group or others",
 }
 
 
