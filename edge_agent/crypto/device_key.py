@@ -33,6 +33,7 @@ from edge_agent.crypto.sealed import (
     open_files,
     parse_header,
     public_bytes,
+    recipient_key,
 )
 
 __all__ = ["DeviceKeys", "generate", "load_public", "open_sealed", "previous_path",
@@ -111,7 +112,7 @@ def load_public(spec: str) -> X25519PublicKey:
     or 64 hex digits of the raw key. Raises ValueError naming what was wrong."""
     s = spec.strip()
     if len(s) == 64 and all(c in "0123456789abcdefABCDEF" for c in s):
-        return X25519PublicKey.from_public_bytes(bytes.fromhex(s))
+        return recipient_key(bytes.fromhex(s))
     p = Path(spec)
     if not p.is_file():
         raise ValueError(f"{spec!r}: neither a key file nor 64 hex digits of an X25519 key")
@@ -124,7 +125,7 @@ def load_public(spec: str) -> X25519PublicKey:
         raise ValueError(f"{spec}: not a PEM public key ({e})") from e
     if not isinstance(pub, X25519PublicKey):
         raise ValueError(f"{spec}: not an X25519 public key")
-    return pub
+    return recipient_key(public_bytes(pub))
 
 
 def public_pem(pub: X25519PublicKey) -> bytes:
