@@ -210,6 +210,9 @@ class ServedModel:
         """One free interpreter; give it back with :meth:`_give`. Raises TransportError on
         timeout. (With ``_give``, the seam a subclass overrides to share another pool.)"""
         if waiting_forbidden():  # the HTTP loop: WouldBlock now, it hands the request over
+            if self.watchdog is not None:  # its invoke waits on the invoker thread, for up
+                raise WouldBlock(f"{self.name} v{self.version}: a watched variant's invoke "
+                                 "waits on its invoker thread")  # to the limit if it hangs
             try:
                 return self._pool.get_nowait()
             except queue.Empty:

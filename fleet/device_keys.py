@@ -30,6 +30,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from edge_agent.crypto.sealed import recipient_key
 from edge_agent.errors import BadInputError
 from edge_agent.fsutil import atomic_write_text
 
@@ -109,6 +110,10 @@ def _check_key(key: str) -> str:
     if not _HEX.match(k):
         raise DeviceKeysError(f"key {key!r}: expected the 64 hex digits `edge-agent keygen` "
                               "prints")
+    try:
+        recipient_key(bytes.fromhex(k))
+    except ValueError as e:
+        raise DeviceKeysError(f"key {key!r}: {e}") from e
     return k
 
 

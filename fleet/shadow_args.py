@@ -12,7 +12,7 @@ import re
 
 from edge_agent.errors import BadInputError
 from edge_agent.shadow.gate import parse_gate
-from edge_agent.update.wire import ShadowTerms
+from edge_agent.update.wire import MAX_SHADOW_DURATION_S, MAX_SHADOW_REQUESTS, ShadowTerms
 
 DEFAULT_GATE = "agreement>=0.98,p99_ms<=1.2x,errors==0"
 _UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0}
@@ -30,10 +30,11 @@ def shadow_terms(shadow: str | None, gate: str | None) -> ShadowTerms | None:
                             "duration (30s, 10m, 2h)")
     num, unit = m.groups()
     if not unit:
-        if "." in num or int(num) < 1:
-            raise BadInputError(f"--shadow {shadow!r}: a request count must be an integer >= 1")
+        if "." in num or not 1 <= int(num) <= MAX_SHADOW_REQUESTS:
+            raise BadInputError(f"--shadow {shadow!r}: a request count must be an integer "
+                                f"from 1 to {MAX_SHADOW_REQUESTS} (what a device accepts)")
         return ShadowTerms(g, int(num))
     secs = float(num) * _UNITS[unit]
-    if not 0 < secs <= 7 * 86400:
+    if not 0 < secs <= MAX_SHADOW_DURATION_S:
         raise BadInputError(f"--shadow {shadow!r}: a duration must be within 7 days")
     return ShadowTerms(g, 0, secs)

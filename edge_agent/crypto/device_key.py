@@ -3,7 +3,8 @@ bundle file into a :class:`~edge_agent.bundle.Bundle` in memory (the plaintext n
 touches disk).
 
 The private key is X25519 in PKCS#8 PEM, mode 0600, owned by the user that writes it
-(``edge-agent keygen``; ``install-service`` runs it as the service user). After a
+(``edge-agent keygen``; ``install-service`` runs it as the service user); a key file that
+group or others may read is refused when it is loaded. After a
 rotation (``keygen --rotate``) the old key is kept beside it as ``<key>.previous`` so
 that installed versions sealed for it still open until a release re-encrypted for the
 new key is committed; the recipient is picked by fingerprint, never by trial.
@@ -32,6 +33,7 @@ from edge_agent.crypto.sealed import (
     open_files,
     parse_header,
     public_bytes,
+    recipient_key,
 )
 
 __all__ = ["DeviceKeys", "generate", "load_public", "open_sealed", "previous_path",
@@ -82,7 +84,15 @@ def previous_path(path: Path) -> Path:
 
 
 def _load_private(path: Path) -> X25519PrivateKey:
+    """The key at ``path``; refused (``device_key_unsafe``) when group or others may read
+    it, as ssh refuses such a key: it may no longer be this device's secret."""
     with path.open("rb") as f:
+        mode = os.fstat(f.fileno()).st_mode & 0o777
+        if mode & 0o077:
+            raise SealedBundleError(f"{path}: mode {mode:o} lets others read this device's "
+                                    f"private key; chmod 600 {path} (or, if it may have "
+                                    "leaked, edge-agent keygen --rotate)",
+                                    code="device_key_unsafe")
         data = f.read(MAX_KEY_FILE_BYTES + 1)
     if len(data) > MAX_KEY_FILE_BYTES:
         raise SealedBundleError(f"{path}: over {MAX_KEY_FILE_BYTES} bytes, not a device key",
@@ -102,7 +112,7 @@ def load_public(spec: str) -> X25519PublicKey:
     or 64 hex digits of the raw key. Raises ValueError naming what was wrong."""
     s = spec.strip()
     if len(s) == 64 and all(c in "0123456789abcdefABCDEF" for c in s):
-        return X25519PublicKey.from_public_bytes(bytes.fromhex(s))
+        return recipient_key(bytes.fromhex(s))
     p = Path(spec)
     if not p.is_file():
         raise ValueError(f"{spec!r}: neither a key file nor 64 hex digits of an X25519 key")
@@ -115,7 +125,7 @@ def load_public(spec: str) -> X25519PublicKey:
         raise ValueError(f"{spec}: not a PEM public key ({e})") from e
     if not isinstance(pub, X25519PublicKey):
         raise ValueError(f"{spec}: not an X25519 public key")
-    return pub
+    return recipient_key(public_bytes(pub))
 
 
 def public_pem(pub: X25519PublicKey) -> bytes:

@@ -55,7 +55,7 @@ from edge_agent.errors import BundleError
 
 __all__ = ["CODES", "ENVELOPE_VERSION", "MAGIC", "Recipient", "SealedBundleError",
            "SealedHeader", "fingerprint", "is_sealed", "open_files", "parse_header",
-           "public_bytes", "rewrap", "seal_files"]
+           "public_bytes", "recipient_key", "rewrap", "seal_files"]
 
 ENVELOPE_VERSION = 1
 _PREFIX = struct.Struct(">8sBI")  # magic, version, header length
@@ -77,6 +77,7 @@ CODES = {
     "sealed_bad_tag": "a GCM tag does not verify (tampered, or the wrong key)",
     "sealed_mismatch": "the decrypted manifest is not the release the header names",
     "device_key_missing": "the bundle is sealed and this device has no key",
+    "device_key_unsafe": "this device's key file may be read by group or others",
 }
 
 
@@ -117,6 +118,18 @@ class SealedHeader:
 
 def public_bytes(key: X25519PublicKey) -> bytes:
     return key.public_bytes(Encoding.Raw, PublicFormat.Raw)
+
+
+def recipient_key(raw: bytes) -> X25519PublicKey:
+    """The X25519 public key of 32 ``raw`` bytes, refused when it is a small-order point
+    (its shared secret with any key is all zero: no device has it). Raises ValueError."""
+    pub = X25519PublicKey.from_public_bytes(raw)
+    try:
+        X25519PrivateKey.generate().exchange(pub)
+    except ValueError as e:
+        raise ValueError(f"{raw.hex()}: a small-order X25519 point, not a device's key "
+                         "(check what was pasted)") from e
+    return pub
 
 
 def fingerprint(key: X25519PublicKey | bytes) -> str:

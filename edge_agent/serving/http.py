@@ -68,6 +68,7 @@ from edge_agent.serving.routes import (
     status_for,
 )
 from edge_agent.serving.wire import (
+    MAX_HEAD_BYTES,
     MAX_LINE,
     HeadError,
     Headers,
@@ -208,6 +209,8 @@ class HttpServer:
         try:
             if len(line) > MAX_LINE:
                 raise HeadError(414, _REASONS[414])
+            if len(head.raw) > MAX_HEAD_BYTES:
+                raise HeadError(431, f"request head over {MAX_HEAD_BYTES} bytes")
             method, target, version = parse_request_line(line)
             headers = parse_headers(io.BytesIO(head.raw[len(line):]))
         except HeadError as e:
@@ -322,9 +325,16 @@ class HttpServer:
                                        "'Authorization: Bearer <token>')")
 
     def _content_length(self, headers: Headers) -> int:
-        if "chunked" in (headers.get("Transfer-Encoding") or "").lower():
+        """The body's length. Any Transfer-Encoding overrides Content-Length (RFC 9112
+        §6.3) and none is decoded here: chunked is 411, another coding 501 (never framed
+        by Content-Length: a proxy in front may frame it by the coding)."""
+        coding = headers.get("Transfer-Encoding")
+        if coding is not None and "chunked" in coding.lower():
             raise HTTPStatusError(411, "chunked request bodies are not supported; send "
                                        "Content-Length")
+        if coding is not None:
+            raise HTTPStatusError(501, f"Transfer-Encoding {coding[:40]!r} is not supported; "
+                                       "send the body as it is, with Content-Length")
         raw = headers.get("Content-Length")
         if raw is None:
             return 0

@@ -52,7 +52,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from edge_agent.nowait import WouldBlock, forbid_waiting
-from edge_agent.serving.wire import MAX_HEADERS, MAX_LINE, Headers
+from edge_agent.serving.wire import MAX_HEAD_BYTES, MAX_HEADERS, MAX_LINE, Headers
 
 if TYPE_CHECKING:
     from edge_agent.serving.http import HttpServer
@@ -300,6 +300,9 @@ class EventLoop:
         complete request in the buffer, in order, while each is answered at once."""
         while not conn.closed:
             if conn.state in (IDLE, HEAD):
+                if conn.state == IDLE and conn.buf and conn.buf[0] in b"\r\n":
+                    # RFC 9112 §2.2: empty lines before a request line are ignored
+                    del conn.buf[:len(conn.buf) - len(conn.buf.lstrip(b"\r\n"))]
                 if not conn.buf:
                     return
                 if conn.state == IDLE:
@@ -323,13 +326,14 @@ class EventLoop:
 
     def _head_end(self, conn: Conn) -> int:
         """Offset just past the head's empty line; -1 if not here yet. Also returns the
-        buffer's length once a line or the line count is over the limit, so that the
-        parser refuses it (431/414) without waiting for more."""
+        buffer's length once a line, the line count or the whole head is over its limit,
+        so that the parser refuses it (431/414) without waiting for more."""
         buf = conn.buf
         while True:
             i = buf.find(b"\n", conn.scan)
             if i < 0:
-                return len(buf) if len(buf) - conn.scan > MAX_LINE else -1
+                over = len(buf) - conn.scan > MAX_LINE or len(buf) > MAX_HEAD_BYTES
+                return len(buf) if over else -1
             if conn.lines > 0 and (i == conn.scan or (i == conn.scan + 1
                                                       and buf[conn.scan] == 0x0D)):
                 return i + 1  # the empty line: "\n" or "\r\n"

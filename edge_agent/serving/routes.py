@@ -129,15 +129,16 @@ class RouteTable:
                                   name or path_regex, auth, inline))
 
     def match(self, method: str, path: str) -> tuple[Route, re.Match[str]]:
-        """The first route for ``method`` fully matching ``path``. Raises 405 or 404."""
-        allowed = []
+        """The first route for ``method`` fully matching ``path``; HEAD is served by the
+        GET route (RFC 9110 §9.3.2; the server sends no body). Raises 405 or 404."""
+        allowed: list[str] = []
         for r in self._routes:
             m = r.pattern.fullmatch(path)
             if m is None:
                 continue
-            if r.method == method:
+            if r.method == method or (method == "HEAD" and r.method == "GET"):
                 return r, m
-            allowed.append(r.method)
+            allowed.extend((r.method, "HEAD") if r.method == "GET" else (r.method,))
         if allowed:
             methods = ", ".join(sorted(set(allowed)))
             raise HTTPStatusError(405, f"method {method} not allowed on {path} (allowed: "

@@ -47,7 +47,7 @@ MAX_GATE_CHARS = 512
 MAX_CLAUSES = 16
 _OPS: dict[str, Callable[[float, float], bool]] = {
     ">=": operator.ge, "<=": operator.le, "==": operator.eq, ">": operator.gt, "<": operator.lt}
-_CLAUSE = re.compile(r"^([a-z0-9_]+)(>=|<=|==|>|<)([0-9]+(?:\.[0-9]+)?(?:e-?[0-9]+)?)(x?)$")
+_CLAUSE = re.compile(r"^([a-z0-9_]+)(>=|<=|==|>|<)([0-9]+(?:\.[0-9]+)?(?:e[+-]?[0-9]+)?)(x?)$")
 
 
 class GateError(BadInputError):
@@ -66,7 +66,7 @@ class Clause:
     relative: bool = False  # value is a multiple of the active version's same metric
 
     def text(self) -> str:
-        return f"{self.metric}{self.op}{self.value:g}{'x' if self.relative else ''}"
+        return f"{self.metric}{self.op}{_number(self.value)}{'x' if self.relative else ''}"
 
 
 @dataclass(frozen=True)
@@ -80,7 +80,8 @@ class Gate:
     clauses: tuple[Clause, ...]
 
     def text(self) -> str:
-        """The normalized form (what is signed): no spaces, ``%g`` numbers, given order."""
+        """The normalized form (what is signed): no spaces, numbers exact (:func:`_number`),
+        given order."""
         return ",".join(c.text() for c in self.clauses)
 
     def evaluate(self, candidate: dict[str, float], active: dict[str, float]) -> GateVerdict:
@@ -98,6 +99,14 @@ class Gate:
         if failed:
             return GateVerdict(False, "; ".join(failed))
         return GateVerdict(True, "; ".join(shown))
+
+
+def _number(v: float) -> str:
+    """``%g`` when it is exact, else the shortest text that reads back as ``v``: the signed
+    gate is the one that was typed (``%g`` alone made 0.9999999 into 1, and 1234567
+    into ``1.23457e+06``)."""
+    short = f"{v:g}"
+    return short if float(short) == v else repr(v)
 
 
 def parse_gate(text: str) -> Gate:

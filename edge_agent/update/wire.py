@@ -49,6 +49,7 @@ from edge_agent.update.errors import (
 )
 
 __all__ = ["ANNOUNCE_TYPE", "CHUNK_HEADER_BYTES", "CHUNK_MAGIC", "FILE_KEY_RE", "MAX_CHUNKS",
+           "MAX_SHADOW_DURATION_S", "MAX_SHADOW_REQUESTS",
            "SCHEMA", "SHA256_RE", "Announcement", "Audience", "ChunkPlan", "Command",
            "ProbationTerms", "ShadowTerms", "TargetSpec", "announce_topic", "chunk_topic",
            "decode_chunk", "encode_chunk", "group_announce_topic", "parse_announcement",
@@ -199,6 +200,10 @@ def _probation_terms(d: dict[str, Any], path: str) -> ProbationTerms | None:
     return ProbationTerms(**vals)
 
 
+MAX_SHADOW_REQUESTS = 10_000_000  # compared requests a shadow release may ask for
+MAX_SHADOW_DURATION_S = 7 * 86400  # seconds
+
+
 @dataclass(frozen=True)
 class ShadowTerms:
     """How a shadow release is judged (signed): the gate's normalized text, and either a
@@ -237,11 +242,13 @@ def _shadow_terms(d: dict[str, Any], path: str) -> ShadowTerms | None:
     except GateError as e:
         raise BundleRejectedError(f"signed target {path!r}: shadow gate refused: {e}",
                                   code="shadow_gate") from e
-    if isinstance(n, bool) or not isinstance(n, int) or not 0 <= n <= 10_000_000 or (
+    if isinstance(n, bool) or not isinstance(n, int) or not 0 <= n <= MAX_SHADOW_REQUESTS or (
             dur is not None and (isinstance(dur, bool) or not isinstance(dur, (int, float))
-                                 or not 0 < dur <= 7 * 86400)) or (dur is None and n < 1):
-        raise BundleRejectedError(f"signed target {path!r}: shadow needs min_requests >= 1 "
-                                  f"or 0 < duration_s <= 7 days, got {n!r}, {dur!r}",
+                                 or not 0 < dur <= MAX_SHADOW_DURATION_S)) or (
+            dur is None and n < 1):
+        raise BundleRejectedError(f"signed target {path!r}: shadow needs 1 <= min_requests "
+                                  f"<= {MAX_SHADOW_REQUESTS} or 0 < duration_s <= 7 days, "
+                                  f"got {n!r}, {dur!r}",
                                   code="shadow_gate")
     return ShadowTerms(parsed.text(), n, float(dur) if dur is not None else None)
 

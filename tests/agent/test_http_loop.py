@@ -182,3 +182,96 @@ def test_an_idle_loop_wakes_once_per_open_connections_deadline_not_per_request_s
     print(f"idle loop after 21 requests: {wakes} wake-ups in 3 s")
     assert wakes <= 3, f"the idle loop woke {wakes} times for one connection's deadline"
     assert start_agent.client(agent).post(PREDICT, body=body).status == 200
+
+
+def test_a_request_head_over_the_head_limit_is_431_before_it_ends(
+        digits: Any, digits_eval: DigitsEval, tmp_path: Path) -> None:
+    """Heads of header lines each under the line limit, fewer than the field limit, that
+    never end: each is answered 431 as soon as it is over MAX_HEAD_BYTES. There was no
+    limit on the whole head: 16 clients sending 95 lines of 64 000 bytes grew a real
+    agent by 99 MB until the head deadline, and a 6 MB head was then served 200."""
+    from edge_agent.serving.wire import MAX_HEAD_BYTES
+
+    body = json.dumps({"instances": digits_eval.x[:1].tolist()}).encode()
+    toml = "[http]\nhead_timeout_s = 120\nidle_timeout_s = 120\n"
+    start = b"GET /healthz HTTP/1.1\r\nHost: x\r\n"
+    line = b"X-Pad: " + b"a" * 64000 + b"\r\n"
+    n = MAX_HEAD_BYTES // len(line)
+    # just over the limit, and no byte more: all of it is read before the answer (no RST)
+    tail = b"X-Pad: " + b"a" * (MAX_HEAD_BYTES + 1 - len(start) - n * len(line) - 7)
+    assert len(start) + n * len(line) + len(tail) == MAX_HEAD_BYTES + 1
+    with agent_process(tmp_path, digits.bundle, toml=toml) as agent:
+        c = Client(agent.host, agent.port)
+        want = c.post(PREDICT, body=body)
+        held = [socket.create_connection((agent.host, agent.port), timeout=10)
+                for _ in range(4)]
+        try:
+            for s in held:
+                s.sendall(start + line * n + tail)
+            answers = [_read_answers(s, 1) for s in held]
+            assert all(s.recv(1) == b"" for s in held), "a refused head left its socket open"
+        finally:
+            for s in held:
+                s.close()
+        assert [a[0][0] for a in answers] == [431] * 4, answers[0]
+        assert f"over {MAX_HEAD_BYTES} bytes" in answers[0][0][2].decode()
+        assert c.post(PREDICT, body=body).json() == want.json()
+
+
+def test_a_transfer_coding_other_than_chunked_is_501_not_read_by_content_length(
+        start_agent: Any, digits: Any, digits_eval: DigitsEval) -> None:
+    """RFC 9112 §6.1/§6.3: Transfer-Encoding overrides Content-Length; a server that does
+    not decode the coding must not frame the body by Content-Length (a proxy in front may
+    frame it otherwise: request smuggling). It was served 200 by Content-Length."""
+    agent = start_agent(digits.bundle)
+    host, port = agent.http.address
+    body = json.dumps({"instances": digits_eval.x[:1].tolist()}).encode()
+    want = start_agent.client(agent).post(PREDICT, body=body).json()
+    for coding in ("gzip", "identity", "gzip, chunked"):
+        with socket.create_connection((host, port), timeout=10) as s:
+            s.sendall(f"POST {PREDICT} HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: {coding}\r\n"
+                      f"Content-Length: {len(body)}\r\nX-Request-Id: t1\r\n\r\n".encode()
+                      + body)
+            answers = _read_answers(s, 1)
+            assert s.recv(1) == b"", "the connection stayed open after a refused coding"
+        status, _, doc = answers[0]
+        assert status == (411 if "chunked" in coding else 501), (coding, status, doc)
+        assert "Content-Length" in json.loads(doc)["error"]
+    assert start_agent.client(agent).post(PREDICT, body=body).json() == want
+
+
+def test_head_is_served_like_get_without_the_body(start_agent: Any, digits: Any) -> None:
+    """RFC 9110 §9.3.2: HEAD on a GET route is its GET's status and headers (the body's
+    Content-Length) with no body; it was 405. A request pipelined after it is read
+    where the HEAD answer ends."""
+    agent = start_agent(digits.bundle)
+    host, port = agent.http.address
+    get = start_agent.client(agent).get("/v1/models/digits")
+    with socket.create_connection((host, port), timeout=10) as s:
+        s.sendall(b"HEAD /v1/models/digits HTTP/1.1\r\nHost: x\r\n\r\n"
+                  b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Request-Id: h2\r\n\r\n")
+        buf = b""
+        while b"h2" not in buf or not buf.endswith(b"}"):
+            data = s.recv(65536)
+            assert data, buf
+            buf += data
+    head, _, rest = buf.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 "), head
+    assert f"Content-Length: {len(get.body)}".encode() in head
+    assert rest.startswith(b"HTTP/1.1 200 ") and rest.endswith(b'{"status":"ok"}'), rest
+    with socket.create_connection((host, port), timeout=10) as s:
+        s.sendall(b"HEAD /v1/models/digits:predict HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert s.recv(65536).startswith(b"HTTP/1.1 405 "), "HEAD must not run a POST route"
+
+
+def test_an_empty_line_before_a_request_line_is_ignored(start_agent: Any, digits: Any) -> None:
+    """RFC 9112 §2.2: a server SHOULD ignore at least one empty line before the request
+    line (old clients send CRLF after a POST body); it was a 400 that closed the
+    connection and lost the pipelined request."""
+    agent = start_agent(digits.bundle)
+    host, port = agent.http.address
+    with socket.create_connection((host, port), timeout=10) as s:
+        s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Request-Id: a1\r\n\r\n\r\n"
+                  b"\r\nGET /healthz HTTP/1.1\r\nHost: x\r\nX-Request-Id: a2\r\n\r\n")
+        answers = _read_answers(s, 2)
+    assert [(st, rid) for st, rid, _ in answers] == [(200, "a1"), (200, "a2")]

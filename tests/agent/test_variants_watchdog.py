@@ -121,6 +121,46 @@ def test_a_hung_delegate_is_given_up_on_and_its_requests_answered_by_the_cpu_var
               f"{len(s.results)}")
 
 
+def test_a_hung_variant_invoke_never_stalls_the_event_loop(
+        variant_bundle: Path, two_heads: TwoHeads, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Quick predicts run on the HTTP event loop (serving/inline.py); a watched variant's
+    invoke waits on its invoker thread, so one that hung there held every connection for
+    the whole watchdog limit (``/healthz`` took 2.0 s with a 2 s floor; 3 s on a Pi 3).
+    On the loop a watched invoke is WouldBlock: it runs on the pool, the loop serves on."""
+    floor_s = 2.0
+    toml = (f"variant_watchdog_floor_s = {floor_s}\nvariant_backoff_s = 30\n"
+            "variant_backoff_max_s = 60\nvariant_check_timeout_s = 0.5\n")
+    with faulty_agent(tmp_path, variant_bundle, monkeypatch, "hang", toml) as (fault, proc, c):
+        s = Stream(proc.host, proc.port, two_heads.x[:1].tolist(), 1)
+        wait_for(lambda: len(s.results) > 100, timeout_s=30)  # quick: measured inline
+        health: list[float] = []
+        stop = threading.Event()
+
+        def poll() -> None:
+            h = Client(proc.host, proc.port)
+            while not stop.is_set():
+                t0 = time.monotonic()
+                assert h.get("/healthz").status == 200
+                health.append(time.monotonic() - t0)
+                time.sleep(0.01)
+            h.close()
+        t = threading.Thread(target=poll, daemon=True)
+        t.start()
+        time.sleep(0.5)
+        fault.touch()
+        wait_for(lambda: serving(c)["degraded"] is True, timeout_s=20, poll_s=0.05)
+        n = len(health)
+        wait_for(lambda: len(health) > n + 10, timeout_s=10)
+        stop.set()
+        t.join(10)
+        s.stop()
+        slowest = max(r[1] for r in s.results)
+        assert floor_s * 0.9 < slowest < floor_s + 1.0  # the hang was real, and given up on
+        assert {r[0] for r in s.results} == {200}
+        assert max(health) < floor_s / 4, f"/healthz waited {max(health):.2f} s on the hang"
+
+
 def test_past_max_abandoned_the_hung_variant_stays_failed_until_restart(
         variant_bundle: Path, two_heads: TwoHeads, tmp_path: Path,
         monkeypatch: pytest.MonkeyPatch) -> None:

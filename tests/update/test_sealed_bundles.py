@@ -141,6 +141,24 @@ def test_a_device_without_a_key_refuses_naming_the_key_path(tmp_path: Path,
     assert str(tmp_path / "device.key") in str(ei.value)
 
 
+@pytest.mark.parametrize("mode", [0o640, 0o604, 0o644])
+def test_a_device_key_others_can_read_is_refused_naming_the_fix(
+        tmp_path: Path, bundles: Bundles, mode: int) -> None:
+    """A careless copy (``cp`` under umask 022, a restored backup) leaves the private key
+    readable by others; like ssh, the device refuses to use it rather than open
+    releases with a key that is no longer its own secret. It was used silently."""
+    key = tmp_path / "device.key"
+    pub = generate(key)
+    data = sealed_v(bundles, 3, pub)
+    key.chmod(mode)
+    with pytest.raises(SealedBundleError) as ei:
+        open_sealed(data, DeviceKeys(key), "t")
+    assert ei.value.code == "device_key_unsafe"
+    assert f"mode {mode:o}" in str(ei.value) and f"chmod 600 {key}" in str(ei.value)
+    key.chmod(0o600)  # fixed: the same release opens
+    assert open_sealed(data, DeviceKeys(key), "t").version == 3
+
+
 def test_keygen_writes_0600_refuses_to_overwrite_and_rotation_keeps_the_old_key(
         tmp_path: Path, bundles: Bundles) -> None:
     key = tmp_path / "k" / "device.key"

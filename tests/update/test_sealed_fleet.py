@@ -52,6 +52,25 @@ def test_the_registry_refuses_each_mistake_naming_it() -> None:
     assert reg.entry("pi-a").key == hexkey(a)  # frozen: the old registry did not move
 
 
+SMALL_ORDER = ["00" * 32, "01" + "00" * 31,  # X25519 points whose shared secret is all zero
+               "e0eb7a7c3b41b8ae1656e3faf19fc46ada098deb9c32b1fd866205165f49b800"]
+
+
+@pytest.mark.parametrize("bad", SMALL_ORDER)
+def test_a_small_order_key_is_refused_where_it_is_given_naming_it(
+        tmp_path: Path, bundles: Bundles, bad: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """A mistyped or forged recipient that is a small-order point (64 zeros) passed as a
+    key: the registry took it, and sealing then failed with cryptography's bare "Error
+    computing shared key." naming neither the key nor the device."""
+    with pytest.raises(DeviceKeysError, match="small-order"):
+        Registry().add("pi-a", bad)
+    out = tmp_path / "x.sealed"
+    assert fleet_main(["encrypt", str(bundles.v2), "--to", bad, "-o", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert bad in err and "small-order" in err and len(err.strip().splitlines()) == 1, err
+    assert not out.exists()
+
+
 def test_a_malformed_registry_file_is_named(tmp_path: Path, bundles: Bundles,
                                             capsys: pytest.CaptureFixture[str]) -> None:
     reg = tmp_path / "device-keys.json"

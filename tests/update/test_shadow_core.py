@@ -105,3 +105,34 @@ def test_a_summary_from_the_child_is_checked_like_any_input() -> None:
         from_wire({**s.wire(), "summary": {"requests": 1, "rm": 2}})
     with pytest.raises(ValueError, match="expected an object"):
         from_wire([1])
+
+
+@pytest.mark.parametrize("typed", ["agreement>=0.9999999", "errors<=1234567", "errors<=1e20",
+                                   "error<=0.0000001", "p99_ms<=1.000001x"])
+def test_the_signed_gate_is_the_typed_one_and_every_device_parses_it(typed: str) -> None:
+    """The publisher signs the normalized text; it must parse at the device (its own
+    parser, on the signed target) to the same bounds: %g had made 1234567 into
+    '1.23457e+06', which the device refused, and 0.9999999 into 1."""
+    from edge_agent.update.wire import parse_target_spec
+    from fleet.shadow_args import shadow_terms
+
+    terms = shadow_terms("100", typed)
+    assert terms is not None
+    spec = parse_target_spec({"edge": {"kind": "model", "name": "d", "version": 2,
+                                       "mode": "shadow", "shadow": terms.to_dict()}}, 1, "d")
+    assert spec.shadow is not None
+    assert parse_gate(spec.shadow.gate) == parse_gate(typed)
+
+
+def test_a_shadow_count_the_device_would_refuse_is_refused_at_publish() -> None:
+    from edge_agent.errors import BadInputError
+    from edge_agent.update.wire import MAX_SHADOW_REQUESTS, parse_target_spec
+    from fleet.shadow_args import shadow_terms
+
+    with pytest.raises(BadInputError, match=f"from 1 to {MAX_SHADOW_REQUESTS}"):
+        shadow_terms(str(MAX_SHADOW_REQUESTS + 1), None)
+    terms = shadow_terms(str(MAX_SHADOW_REQUESTS), None)  # the largest both sides accept
+    assert terms is not None
+    spec = parse_target_spec({"edge": {"kind": "model", "name": "d", "version": 2,
+                                       "mode": "shadow", "shadow": terms.to_dict()}}, 1, "d")
+    assert spec.shadow is not None and spec.shadow.min_requests == MAX_SHADOW_REQUESTS
