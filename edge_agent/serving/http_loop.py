@@ -23,7 +23,10 @@ admission answers (503 on a full queue) behave as before.
 
 Deadlines (RFC-free, ours; the same as the threaded server had), checked from a heap:
 
-* idle keep-alive connection: closed after ``idle_timeout_s`` without a byte;
+* idle keep-alive connection: closed after ``idle_timeout_s`` without a byte, or sooner
+  when every connection slot (``max_connections``, or the peer's
+  ``max_connections_per_client``) is taken and it has waited longest between requests:
+  a newcomer is refused (503) only when every slot is mid-request;
 * request head: ``head_timeout_s`` from its first byte (408), and no receive gap over
   ``idle_timeout_s``;
 * request body: ``body_timeout_s`` from the end of the head (408);
@@ -229,9 +232,10 @@ class EventLoop:
                 return
             peer = str(addr[0]) if addr else ""
             refusal = None
-            if len(self._conns) >= app.max_connections:
+            if len(self._conns) >= app.max_connections and not self._evict_idle(None):
                 refusal = f"too many open connections (limit {app.max_connections}); retry later"
-            elif self._per_client.get(peer, 0) >= app.max_connections_per_client:
+            elif (self._per_client.get(peer, 0) >= app.max_connections_per_client
+                  and not self._evict_idle(peer)):
                 refusal = (f"too many open connections from {peer} (limit "
                            f"{app.max_connections_per_client} per client); retry later")
             if refusal is not None:
@@ -245,6 +249,22 @@ class EventLoop:
             self._per_client[peer] = self._per_client.get(peer, 0) + 1
             self._watch(conn, selectors.EVENT_READ)
             self._schedule(conn)
+
+    def _evict_idle(self, peer: str | None) -> bool:
+        """Make room for a new connection, as nginx reuses keep-alive connections when it
+        runs out: close the connection (of ``peer``, or anyone's) that has waited longest
+        between requests, with nothing of a next request read. False: every slot is
+        mid-request, and the newcomer is refused. Without this, a few hosts holding idle
+        keep-alives (renewed by one request every ``idle_timeout_s``) locked everyone out."""
+        oldest: Conn | None = None
+        for conn in self._conns.values():
+            if (conn.state == IDLE and not conn.buf and (peer is None or conn.peer == peer)
+                    and (oldest is None or conn.last_io < oldest.last_io)):
+                oldest = conn
+        if oldest is None:
+            return False
+        self._close(oldest)
+        return True
 
     def _watch(self, conn: Conn, mask: int) -> None:
         if mask == conn.mask:

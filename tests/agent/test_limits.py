@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 import threading
+import time
 from typing import Any
 
 import pytest
@@ -148,20 +149,49 @@ def test_full_queue_is_503_with_retry_after_then_recovers(start_agent: Any, digi
 
 
 def test_connection_limit_refuses_extra_clients_with_503(start_agent: Any, digits: Any) -> None:
+    """Every slot mid-request (a head still arriving): a newcomer is refused, and the held
+    requests are served once they complete."""
     agent = start_agent(digits.bundle, **{"http.max_connections": 2})
     host, port = agent.http.address
-    held = [Client(host, port), Client(host, port)]
-    for c in held:
-        assert c.get("/healthz").status == 200  # keep-alive: each holds a connection
+    held = [socket.create_connection((host, port), timeout=5) for _ in range(2)]
+    for s in held:
+        s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")  # the head's end not yet sent
     wait_for(lambda: agent.http.open_connections() == 2, what="2 open connections")
     with socket.create_connection((host, port), timeout=5) as s:
         s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
         data = s.recv(4096).decode()
     assert data.startswith("HTTP/1.1 503") and "too many open connections" in data
-    for c in held:
-        c.close()
+    for s in held:
+        s.sendall(b"\r\n")
+        assert s.recv(4096).startswith(b"HTTP/1.1 200")
+        s.close()
     wait_for(lambda: agent.http.open_connections() == 0, what="connections closed")
     assert start_agent.client(agent).get("/healthz").status == 200
+
+
+@pytest.mark.parametrize("limit", ["http.max_connections", "http.max_connections_per_client"])
+def test_full_slots_close_the_longest_idle_keep_alive_for_a_newcomer(
+        start_agent: Any, digits: Any, limit: str) -> None:
+    """A few clients holding idle keep-alives (one request every idle_timeout_s renews
+    them) must not lock everyone out: as nginx does, the connection that has waited
+    longest between requests is closed for the newcomer; the other one keeps its slot."""
+    agent = start_agent(digits.bundle, **{limit: 2})
+    host, port = agent.http.address
+    get = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+    held = [socket.create_connection((host, port), timeout=5) for _ in range(2)]
+    for s in held:
+        s.sendall(get)
+        assert s.recv(4096).startswith(b"HTTP/1.1 200")
+        time.sleep(0.05)  # held[0] has waited longest
+    wait_for(lambda: agent.http.open_connections() == 2, what="2 open connections")
+    with socket.create_connection((host, port), timeout=5) as s:
+        s.sendall(get)
+        assert s.recv(4096).startswith(b"HTTP/1.1 200")
+    assert held[0].recv(4096) == b""  # closed by the agent, between requests
+    held[1].sendall(get)
+    assert held[1].recv(4096).startswith(b"HTTP/1.1 200")
+    for s in held:
+        s.close()
 
 
 def test_idle_keep_alive_connections_are_closed(start_agent: Any, digits: Any) -> None:
