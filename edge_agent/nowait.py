@@ -20,7 +20,15 @@ _local = threading.local()
 
 
 class WouldBlock(Exception):
-    """Raised instead of waiting, on a thread that called :func:`forbid_waiting`."""
+    """Raised instead of waiting, on a thread that called :func:`forbid_waiting`.
+
+    ``lasting``: the wait is not a moment's contention but how this request kind runs (a
+    watched variant's invoke waits on its invoker thread): the loop stops trying such
+    requests itself for a while instead of decoding each one twice."""
+
+    def __init__(self, message: str, *, lasting: bool = False) -> None:
+        super().__init__(message)
+        self.lasting = lasting
 
 
 def forbid_waiting() -> None:

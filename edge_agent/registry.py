@@ -212,7 +212,8 @@ class ServedModel:
         if waiting_forbidden():  # the HTTP loop: WouldBlock now, it hands the request over
             if self.watchdog is not None:  # its invoke waits on the invoker thread, for up
                 raise WouldBlock(f"{self.name} v{self.version}: a watched variant's invoke "
-                                 "waits on its invoker thread")  # to the limit if it hangs
+                                 "waits on its invoker thread",  # to the limit if it hangs
+                                 lasting=True)
             try:
                 return self._pool.get_nowait()
             except queue.Empty:

@@ -247,6 +247,12 @@ class HttpServer:
         return pending.route.inline and self._inline.inline(
             pending.kind, body_bytes, pool_busy)
 
+    def hold_off_loop(self, pending: object) -> None:
+        """On the loop: this request's kind cannot run there for now (a lasting
+        WouldBlock); its next ones go to the pool without a wasted decode."""
+        if isinstance(pending, Prepared):
+            self._inline.hold(pending.kind)
+
     def served(self, pending: object, seconds: float) -> None:
         """On the loop: a request's handler took ``seconds``; feeds the inline decisions."""
         if isinstance(pending, Prepared) and pending.route.inline:

@@ -387,8 +387,9 @@ class EventLoop:
             t0 = time.perf_counter()
             try:
                 data, close = self._run_request(conn, pending, body)
-            except WouldBlock:  # it would wait (an interpreter or permit is taken): pool
-                pass
+            except WouldBlock as e:  # it would wait (an interpreter or permit taken): pool
+                if e.lasting:  # not a moment's contention: how this kind runs, for now
+                    self.app.hold_off_loop(pending)
             else:
                 self.app.served(pending, time.perf_counter() - t0)
                 self._send(conn, data, close)

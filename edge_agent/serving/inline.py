@@ -24,6 +24,12 @@ wall time for 0.2 ms of work, and a pooled request's time includes its queueing;
 only ever add. The minimum of a short window ignores them, and still follows a model that
 really became slow (a new version under the same path) within ``window`` requests.
 At most ``max_kinds`` kinds are tracked; others go to the pool.
+
+A kind whose request raised a lasting :class:`~edge_agent.nowait.WouldBlock` (a watched
+variant: its invoke waits on an invoker thread, so it can never run on the loop) is
+:meth:`InlinePolicy.hold` on the pool for its next ``hold`` requests, then probed again
+(the model under that path may have changed): one wasted decode per ``hold`` requests,
+not one per request.
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ MAX_S = 0.001  # seconds: handler time a request may hold the loop for
 MAX_BODY_BYTES = 64 * 1024  # bytes: bigger bodies decode on the pool
 MAX_KINDS = 256  # request kinds tracked (method + path)
 WINDOW = 8  # recent handler times kept per kind
+HOLD = 64  # requests of a kind kept on the pool after a lasting WouldBlock
 
 
 @dataclass(slots=True)
@@ -45,11 +52,20 @@ class InlinePolicy:
     max_body_bytes: int = MAX_BODY_BYTES
     max_kinds: int = MAX_KINDS
     window: int = WINDOW
+    hold_requests: int = HOLD
     _times: dict[str, deque[float]] = field(default_factory=dict)
     _fastest: dict[str, float] = field(default_factory=dict)
+    _held: dict[str, int] = field(default_factory=dict)
 
     def inline(self, kind: str, body_bytes: int, pool_busy: int) -> bool:
         """True if a request of ``kind`` with that body should run on the loop thread."""
+        held = self._held.get(kind)
+        if held is not None:
+            if held > 1:
+                self._held[kind] = held - 1
+            else:
+                del self._held[kind]
+            return False
         if pool_busy or body_bytes > self.max_body_bytes:
             return False
         fastest = self._fastest.get(kind)
@@ -66,6 +82,12 @@ class InlinePolicy:
             times = self._times[kind] = deque(maxlen=self.window)
         times.append(seconds)
         self._fastest[kind] = min(times)
+
+    def hold(self, kind: str) -> None:
+        """A request of ``kind`` cannot run on the loop (a lasting WouldBlock): send the
+        next ``hold_requests`` of its kind to the pool without trying."""
+        if kind in self._held or len(self._held) < self.max_kinds:
+            self._held[kind] = self.hold_requests
 
     def fastest_s(self, kind: str) -> float | None:
         """The fastest recent handler time of ``kind`` (None: not measured yet)."""

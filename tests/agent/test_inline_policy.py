@@ -55,3 +55,23 @@ def test_at_most_max_kinds_are_tracked_and_others_go_to_the_pool() -> None:
     p.observe("GET /c", 0.0001)
     assert p.fastest_s("GET /c") is None
     assert p.inline("GET /a", 10, pool_busy=0)
+
+
+def test_a_held_kind_goes_to_the_pool_for_its_next_requests_then_is_probed_again() -> None:
+    """A lasting WouldBlock (a watched variant): no wasted decode on the loop per request,
+    one per ``hold_requests``; other kinds keep being served inline."""
+    p = InlinePolicy(max_s=0.001, hold_requests=3)
+    p.observe(K, 0.0002)  # fast on the pool, but it cannot run on the loop
+    p.hold(K)
+    assert [p.inline(K, 100, pool_busy=0) for _ in range(4)] == [False, False, False, True]
+    assert p.inline("GET /healthz", 10, pool_busy=0)
+    p.hold(K)
+    assert not p.inline(K, 100, pool_busy=0)
+
+
+def test_at_most_max_kinds_are_held() -> None:
+    p = InlinePolicy(max_kinds=1, hold_requests=5)
+    p.hold("GET /a")
+    p.hold("GET /b")  # not tracked: it is simply tried (and handed over) each time
+    assert not p.inline("GET /a", 10, pool_busy=0)
+    assert p.inline("GET /b", 10, pool_busy=0)
