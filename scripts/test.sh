@@ -43,14 +43,14 @@ timed "mypy"
 # then the `serial` tests in one process.
 workers="${EDGE_TEST_WORKERS:-2}"
 echo "== pytest (not serial, -n $workers)"
-.venv/bin/python -m pytest -n "$workers" --dist loadgroup -m "not serial" "$@"
+.venv/bin/python -m pytest -n "$workers" --dist loadgroup -m "not serial" --durations=25 "$@"
 rc_par=$?
 timed "pytest (not serial)"
 wait_boards
 rc_boards=$?
 timed "boards (after pytest, waited for)"
 echo "== pytest (serial)"
-.venv/bin/python -m pytest -p no:xdist -m serial "$@"
+.venv/bin/python -m pytest -p no:xdist -m serial --durations=10 "$@"
 rc_ser=$?
 timed "pytest (serial)"
 echo "== total: $(( $(date +%s) - t_start )) s"
