@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from build_lock import build_lock
 from model_fixtures import convert_cli
 
 SIZE, GRID = 32, 4  # image side, cells per side
@@ -161,20 +162,21 @@ def square_bundle_at(out: Path) -> SquareBundle:
     """:func:`square_detector` trained and converted by the real CLI (``edge-convert
     convert --task detection``) into ``out``, unless a complete build is already there
     (built in a sibling and renamed: never half a cache)."""
-    if not (out / "report.json").exists():
-        tmp = out.with_suffix(".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        det = square_detector(tmp)
-        r = convert_cli("convert", det.model, "--representative", det.calib, "--profile",
-                        "generic-x86_64", "--task", "detection", "--latency-runs", 2, "--json",
-                        "--name", "squares", "-o", tmp / "squares-v1")
-        assert r.returncode == 0, r.stderr
-        np.savez(tmp / "held.npz", x=det.held, truth=det.truth,
-                 **{f"want_{k}": v for k, v in det.want.items()})
-        (tmp / "report.json").write_text(r.stdout)
-        shutil.rmtree(out, ignore_errors=True)
-        os.replace(tmp, out)
+    with build_lock(out):
+        if not (out / "report.json").exists():
+            tmp = out.with_suffix(".tmp")
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+            det = square_detector(tmp)
+            r = convert_cli("convert", det.model, "--representative", det.calib, "--profile",
+                            "generic-x86_64", "--task", "detection", "--latency-runs", 2, "--json",
+                            "--name", "squares", "-o", tmp / "squares-v1")
+            assert r.returncode == 0, r.stderr
+            np.savez(tmp / "held.npz", x=det.held, truth=det.truth,
+                     **{f"want_{k}": v for k, v in det.want.items()})
+            (tmp / "report.json").write_text(r.stdout)
+            shutil.rmtree(out, ignore_errors=True)
+            os.replace(tmp, out)
     held = np.load(out / "held.npz")
     return SquareBundle(out / "squares-v1", out / "squares.keras", held["x"],
                         {k: held[f"want_{k}"] for k in ("boxes", "scores")}, held["truth"],

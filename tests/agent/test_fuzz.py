@@ -144,6 +144,7 @@ def test_arbitrary_paths_never_give_5xx_or_a_traceback(fuzz_client: tuple[Agent,
     assert tracebacks.records == []
 
 
+@pytest.mark.serial
 def test_agent_survives_the_fuzzing_with_bounded_rss(fuzz_client: tuple[Agent, Client],
                                                      digits_eval: Any) -> None:
     agent, c = fuzz_client

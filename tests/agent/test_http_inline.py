@@ -13,6 +13,7 @@ import threading
 import time
 from typing import Any
 
+import pytest
 from agent_helpers import DigitsEval
 from test_http_loop import _read_answers
 
@@ -54,6 +55,7 @@ def test_quick_predicts_run_on_the_loop_thread(start_agent: Any, digits: Any,
     assert set(ran_on) == {"edge-agent-http"}, f"handlers ran on {sorted(set(ran_on))}"
 
 
+@pytest.mark.serial
 def test_a_slow_inline_route_moves_to_the_pool_and_never_stalls_the_loop(
         start_agent: Any, digits: Any) -> None:
     """A route that may run inline but takes 0.4 s: after its first (probe) request it runs
@@ -81,6 +83,7 @@ def test_a_slow_inline_route_moves_to_the_pool_and_never_stalls_the_loop(
     assert start_agent.client(agent).get("/healthz").status == 200
 
 
+@pytest.mark.serial
 def test_a_held_interpreter_sends_the_request_to_the_pool_not_the_loop_to_sleep(
         start_agent: Any, digits: Any, digits_eval: DigitsEval) -> None:
     """With the only interpreter held elsewhere (as a gRPC or MQTT request holds it), a

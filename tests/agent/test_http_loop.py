@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
 from agent_helpers import Client, DigitsEval
 from attack_helpers import agent_process
 
@@ -26,6 +27,7 @@ def _threads(pid: int) -> int:
     return int(m.group(1))
 
 
+@pytest.mark.serial
 def test_200_half_sent_requests_cost_sockets_not_threads(
         digits: Any, digits_eval: DigitsEval, tmp_path: Path) -> None:
     """100 clients stop mid-head and 100 mid-body (long deadlines: they stay open): a normal

@@ -74,6 +74,7 @@ def test_the_lazy_prediction_equals_the_eager_computation(served: ServedModel,
                                                                  strict=True))
 
 
+@pytest.mark.serial
 def test_in_process_predict_is_a_fair_share_of_the_bare_interpreter_loop(
         served: ServedModel, digits: Any) -> None:
     with served.borrow() as m:

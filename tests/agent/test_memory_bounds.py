@@ -31,6 +31,7 @@ def _concurrently(n: int, fn: Any) -> list[Any]:
     return out
 
 
+@pytest.mark.serial
 def test_a_decompression_bomb_png_is_refused_from_its_header_and_rss_barely_moves(
         digits: Any, digits_eval: DigitsEval, tmp_path: Path) -> None:
     """8 concurrent 93 KB PNGs that decode to 96 MB each (12 MP, 16-bit RGBA; under
@@ -56,6 +57,7 @@ def test_a_decompression_bomb_png_is_refused_from_its_header_and_rss_barely_move
     assert "Traceback" not in "".join(agent.lines)
 
 
+@pytest.mark.serial
 def test_a_burst_of_3mb_json_bodies_at_c16_is_bounded_and_memory_comes_back(
         digits: Any, digits_eval: DigitsEval, tmp_path: Path) -> None:
     """16 clients × 3 bodies of 3 MB JSON (3300 digits instances each, ``max_batch`` raised

@@ -75,6 +75,7 @@ def test_every_fleet_command_takes_a_list_and_a_protocol() -> None:
         p.parse_args(["--broker", "mqtt://a", "--protocol", "4"])
 
 
+@pytest.mark.serial
 def test_the_client_fails_over_past_a_dead_broker(mosquitto: Any, tmp_path: Path) -> None:
     with socket.socket() as s:  # a port nobody listens on: the first broker is "dead"
         s.bind(("127.0.0.1", 0))

@@ -40,6 +40,7 @@ def _serve_for(host: str, port: int, body: Any, seconds: float, agent: Any
     return n, worst, statuses, in_flight
 
 
+@pytest.mark.serial
 def test_slowloris_heads_and_bodies_leave_a_normal_client_served(
         start_agent: Any, digits: Any, digits_eval: DigitsEval) -> None:
     """200 sockets dripping a head (one peer IP) + 17 dripping a body (two more IPs): the
@@ -74,6 +75,7 @@ def test_slowloris_heads_and_bodies_leave_a_normal_client_served(
     assert Client(host, port).post(PREDICT, body).status == 200
 
 
+@pytest.mark.serial
 @pytest.mark.parametrize("phase", ["head", "body"])
 def test_a_dripping_request_is_cut_with_408_at_its_total_deadline(
         start_agent: Any, digits: Any, phase: str) -> None:

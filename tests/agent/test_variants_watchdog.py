@@ -80,6 +80,7 @@ class Stream:
             t.join(15)
 
 
+@pytest.mark.serial
 def test_a_hung_delegate_is_given_up_on_and_its_requests_answered_by_the_cpu_variant(
         variant_bundle: Path, two_heads: TwoHeads, tmp_path: Path,
         monkeypatch: pytest.MonkeyPatch) -> None:
@@ -206,6 +207,7 @@ def test_n_transient_errors_within_the_window_switch_and_fewer_do_not(
         assert after == [200] * 20  # the CPU variant serves
 
 
+@pytest.mark.serial
 def test_the_last_variant_hanging_fails_its_request_and_keeps_its_pool(
         variant_bundle: Path, two_heads: TwoHeads, tmp_path: Path,
         monkeypatch: pytest.MonkeyPatch) -> None:

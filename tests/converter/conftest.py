@@ -94,3 +94,11 @@ def sin_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every test using ``mobilenet`` (a session fixture, so one conversion per process) goes
+    to the same pytest-xdist worker (``--dist loadgroup``): it is converted once, not twice."""
+    for item in items:
+        if "mobilenet" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.xdist_group("mobilenet"))

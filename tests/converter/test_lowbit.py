@@ -96,6 +96,7 @@ def test_int4_weights_mobilenetv2_is_at_most_0_6_of_int8_and_verifies_on_litert_
 # --- bad input: one line, nothing written -------------------------------------------------
 
 
+@pytest.mark.serial
 def test_int4_weights_on_a_profile_whose_runtime_cannot_run_it_is_refused(
         digits: Any, tmp_path: Path) -> None:
     out = tmp_path / "b"

@@ -14,6 +14,7 @@ from fleet.publish import Broker
 from fleet.sim_net import LinkProxy
 
 
+@pytest.mark.serial
 def test_a_connection_lost_before_the_pubacks_fails_the_flush_at_once(mosquitto: Any) -> None:
     proxy = LinkProxy((mosquitto.host, mosquitto.port), latency_s=0.3, name="ops")
     b = Broker(proxy.url, client_id="ops-link-loss")

@@ -127,6 +127,7 @@ def test_captured_inputs_pull_into_a_folder_convert_eval_reads(tmp_path: Path, b
         agent.stop()
 
 
+@pytest.mark.serial
 def test_capture_pull_for_an_unknown_device_fails_in_bounded_time(tmp_path: Path,
                                                                   broker: Any) -> None:
     out = tmp_path / "pulled"

@@ -29,7 +29,8 @@ from waiting import wait_for
 
 from edge_agent.telemetry.system import context_switches
 
-pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc")
+pytestmark = [pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc"),
+              pytest.mark.serial]  # a wake-up rate: CPU contention would blur it
 
 IDLE_BOUND_PER_S = 6.0  # goal 3/s (bench/wakeups.py measures it over 60 s); loose for CI
 TELEMETRY_S = 10.0  # the agent's telemetry interval

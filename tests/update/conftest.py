@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from build_lock import build_lock
 from update_helpers import (
     DEVICE,
     GROUP,
@@ -65,15 +66,16 @@ def update_digits(request: pytest.FixtureRequest) -> PinnedDigits:
     root = Path(__file__).resolve().parents[2]
     key = hashlib.sha256((root / "edge_agent" / "bundle.py").read_bytes()).hexdigest()[:12]
     pin = root / ".cache" / "test-artifacts" / f"update-digits-{key}"
-    if not (pin / "digits-v2" / "manifest.json").exists():
-        digits = request.getfixturevalue("digits")
-        tmp = pin.with_name(pin.name + f".tmp{os.getpid()}")
-        shutil.rmtree(tmp, ignore_errors=True)
-        shutil.copytree(digits.bundle, tmp / "digits-v1")
-        shutil.copytree(digits.bundle_v2, tmp / "digits-v2")
-        shutil.copy(digits.eval_npz, tmp / "eval.npz")
-        shutil.rmtree(pin, ignore_errors=True)
-        os.replace(tmp, pin)
+    with build_lock(pin):
+        if not (pin / "digits-v2" / "manifest.json").exists():
+            digits = request.getfixturevalue("digits")
+            tmp = pin.with_name(pin.name + f".tmp{os.getpid()}")
+            shutil.rmtree(tmp, ignore_errors=True)
+            shutil.copytree(digits.bundle, tmp / "digits-v1")
+            shutil.copytree(digits.bundle_v2, tmp / "digits-v2")
+            shutil.copy(digits.eval_npz, tmp / "eval.npz")
+            shutil.rmtree(pin, ignore_errors=True)
+            os.replace(tmp, pin)
     return PinnedDigits(pin / "digits-v1", pin / "digits-v2", pin / "eval.npz")
 
 
@@ -155,8 +157,9 @@ def wide_v3() -> Path:
     for p in sorted((root / "converter").glob("*.py")):
         h.update(p.read_bytes())
     out = root / ".cache" / "test-artifacts" / f"update-wide-{h.hexdigest()[:12]}"
-    if not (out / "manifest.json").exists():
-        subprocess.run([sys.executable, str(here / "update_models.py"), "wide", str(out),
-                        "--version", "3"], check=True, cwd=root, env={**os.environ},
-                       stdout=subprocess.DEVNULL)
+    with build_lock(out):
+        if not (out / "manifest.json").exists():
+            subprocess.run([sys.executable, str(here / "update_models.py"), "wide", str(out),
+                            "--version", "3"], check=True, cwd=root, env={**os.environ},
+                           stdout=subprocess.DEVNULL)
     return out

@@ -107,6 +107,7 @@ def fleet_status(url: str, *extra: str) -> list[dict[str, Any]]:
     return rows
 
 
+@pytest.mark.serial
 def test_agent_fails_over_to_the_second_cluster_node_and_an_update_through_it_commits(
         tmp_path: Path, fleet: Fleet, bundles: Bundles,
         cluster: ejabberd_cluster.Cluster) -> None:

@@ -298,6 +298,7 @@ def release_rejected(a: AgentProcess, fleet: Fleet, data: bytes, code: str, *,
     ("sparse", "bundle_sparse", "member './model.tflite': a sparse file claiming 535822336"),
     ("duplicate", "bundle_duplicate", "member './model.tflite': a second model.tflite"),
 ])
+@pytest.mark.serial
 def test_signed_hostile_tar_is_rejected_with_bounded_memory_and_nothing_moves(
         kind: str, code: str, reason: str, agent_proc: AgentProcess, fleet: Fleet,
         bundles: Bundles) -> None:

@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from build_lock import build_lock
 from update_agentproc import AgentProcess, settled, start
 from update_helpers import (
     ME,
@@ -50,10 +51,11 @@ def hang_v3(bundles: Bundles, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """digits v3 whose model is a real WHILE loop that never ends on the golden inputs."""
     h = hashlib.sha256((HERE / "update_models.py").read_bytes()).hexdigest()[:12]
     model = HERE.parents[1] / ".cache" / "test-artifacts" / f"update-while-{h}.tflite"
-    if not model.exists():
-        subprocess.run([sys.executable, str(HERE / "update_models.py"), "while", str(model)],
-                       check=True, cwd=HERE.parents[1], stdout=subprocess.DEVNULL,
-                       timeout=300)
+    with build_lock(model):
+        if not model.exists():
+            subprocess.run([sys.executable, str(HERE / "update_models.py"), "while", str(model)],
+                           check=True, cwd=HERE.parents[1], stdout=subprocess.DEVNULL,
+                           timeout=300)
     return derive(bundles.v1, tmp_path_factory.mktemp("hang") / "v3-while", version=3,
                   model_bytes=model.read_bytes())
 
@@ -101,6 +103,7 @@ def assert_rejected_and_blocked(a: AgentProcess, st: dict[str, Any], code: str, 
 # --- (a) a real model that never terminates --------------------------------------------------
 
 
+@pytest.mark.serial
 def test_a_model_whose_while_loop_never_ends_is_rejected_at_the_check_time_limit(
         tmp_path: Path, fleet: Fleet, bundles: Bundles, mosquitto: Any, hang_v3: Path,
         x: np.ndarray, agents: list[AgentProcess]) -> None:
@@ -191,6 +194,7 @@ def test_a_check_that_segfaults_is_rejected_and_the_agent_never_restarts(
 # --- (c) a check that wants too much memory --------------------------------------------------
 
 
+@pytest.mark.serial
 def test_a_memory_hungry_check_is_stopped_by_the_memory_limit_not_the_agent(
         tmp_path: Path, fleet: Fleet, bundles: Bundles, mosquitto: Any, x: np.ndarray,
         agents: list[AgentProcess]) -> None:

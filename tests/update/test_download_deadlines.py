@@ -128,6 +128,7 @@ def serves(a: AgentProcess) -> int | None:
 # --- (a) a dripping signed mirror is abandoned at the deadline; the next update runs -------
 
 
+@pytest.mark.serial
 def test_a_dripping_mirror_is_abandoned_at_the_deadline_and_the_next_update_commits(
         fleet: Fleet, bundles: Bundles, agent: Callable[..., AgentProcess],
         events: DeviceEvents) -> None:
@@ -223,6 +224,7 @@ def test_an_unsigned_mirror_outside_the_allowlist_is_never_contacted(
 # --- (c) the retained dripping announcement after a restart ---------------------------------
 
 
+@pytest.mark.serial
 def test_the_retained_dripping_announcement_does_not_hold_back_a_new_update_after_a_restart(
         fleet: Fleet, bundles: Bundles, agent: Callable[..., AgentProcess],
         events: DeviceEvents) -> None:
@@ -284,6 +286,7 @@ def test_mqtt_chunks_dripping_faster_than_the_stall_timeout_end_at_the_deadline(
     assert dev.serving() == 1
 
 
+@pytest.mark.serial
 def test_a_dripping_allowlisted_mirror_serving_metadata_is_cut_at_metadata_timeout_s(
         fleet: Fleet, bundles: Bundles, start_device: DeviceFactory) -> None:
     data = tar_bytes(read_bundle(bundles.v3))

@@ -116,6 +116,7 @@ def test_a_candidate_that_disagrees_is_discarded_in_shadow_and_never_answers_a_c
     assert_nothing_moved(a, before, accepted=signed_release(fleet.repo))
 
 
+@pytest.mark.serial
 def test_an_equivalent_candidate_passes_the_shadow_and_is_promoted(
         tmp_path: Path, fleet: Fleet, bundles: Bundles, mosquitto: Any, stream: np.ndarray,
         agents: list[AgentProcess]) -> None:
