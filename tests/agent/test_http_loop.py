@@ -149,6 +149,7 @@ def _switches(tid: int) -> int:
     return sum(int(n) for n in re.findall(r"ctxt_switches:\s+(\d+)", status))
 
 
+@pytest.mark.serial  # a wake-up count: CPU contention would blur it
 def test_an_idle_loop_wakes_once_per_open_connections_deadline_not_per_request_served(
         start_agent: Any, digits: Any, digits_eval: DigitsEval) -> None:
     """20 requests on 20 connections the clients close, and one keep-alive connection

@@ -122,6 +122,7 @@ def test_a_hung_delegate_is_given_up_on_and_its_requests_answered_by_the_cpu_var
               f"{len(s.results)}")
 
 
+@pytest.mark.serial  # a latency bound (/healthz under a quarter of the floor)
 def test_a_hung_variant_invoke_never_stalls_the_event_loop(
         variant_bundle: Path, two_heads: TwoHeads, tmp_path: Path,
         monkeypatch: pytest.MonkeyPatch) -> None:
