@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-from collections.abc import Iterator
+import os
+import shutil
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 
@@ -27,3 +29,18 @@ def build_lock(artefact: Path) -> Iterator[None]:
     with open(artefact.parent / f"{artefact.name}.lock", "w") as f:
         fcntl.flock(f, fcntl.LOCK_EX)
         yield
+
+
+def cached_build(out: Path, done: str, build: Callable[[Path], None]) -> Path:
+    """``out``, built once across processes: under :func:`build_lock`, unless ``out / done``
+    exists (the last file a build writes), ``build(tmp)`` fills a fresh sibling directory
+    that then replaces ``out`` — never half a cache. Returns ``out``."""
+    with build_lock(out):
+        if not (out / done).exists():
+            tmp = out.with_suffix(".tmp")
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+            build(tmp)
+            shutil.rmtree(out, ignore_errors=True)
+            os.replace(tmp, out)
+    return out

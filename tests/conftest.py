@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from build_lock import build_lock
+from build_lock import cached_build
 from det_models import SquareBundle, square_bundle_at
 from model_fixtures import KeywordSpotter, TwoHeads, keyword_spotter_at, raw_variant, two_heads_at
 
@@ -70,14 +70,7 @@ def _build_digits(out: Path) -> None:
 def digits() -> DigitsArtifacts:
     """A digits CNN trained on sklearn's load_digits and converted to full int8 (cached)."""
     out = CACHE / f"digits-{_source_key('converter', 'edge_agent/bundle.py')}"
-    with build_lock(out):
-        if not (out / "digits-v2" / "manifest.json").exists():
-            tmp = out.with_suffix(".tmp")
-            shutil.rmtree(tmp, ignore_errors=True)
-            tmp.mkdir(parents=True)
-            _build_digits(tmp)
-            shutil.rmtree(out, ignore_errors=True)
-            os.replace(tmp, out)
+    cached_build(out, "digits-v2/manifest.json", _build_digits)
     return DigitsArtifacts(out, out / "digits.keras", out / "calib.npz", out / "eval.npz",
                            out / "digits-v1", out / "digits-v2")
 

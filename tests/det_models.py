@@ -16,14 +16,12 @@
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from build_lock import build_lock
+from build_lock import cached_build
 from model_fixtures import convert_cli
 
 SIZE, GRID = 32, 4  # image side, cells per side
@@ -162,21 +160,17 @@ def square_bundle_at(out: Path) -> SquareBundle:
     """:func:`square_detector` trained and converted by the real CLI (``edge-convert
     convert --task detection``) into ``out``, unless a complete build is already there
     (built in a sibling and renamed: never half a cache)."""
-    with build_lock(out):
-        if not (out / "report.json").exists():
-            tmp = out.with_suffix(".tmp")
-            shutil.rmtree(tmp, ignore_errors=True)
-            tmp.mkdir(parents=True)
-            det = square_detector(tmp)
-            r = convert_cli("convert", det.model, "--representative", det.calib, "--profile",
-                            "generic-x86_64", "--task", "detection", "--latency-runs", 2, "--json",
-                            "--name", "squares", "-o", tmp / "squares-v1")
-            assert r.returncode == 0, r.stderr
-            np.savez(tmp / "held.npz", x=det.held, truth=det.truth,
-                     **{f"want_{k}": v for k, v in det.want.items()})
-            (tmp / "report.json").write_text(r.stdout)
-            shutil.rmtree(out, ignore_errors=True)
-            os.replace(tmp, out)
+    def build(tmp: Path) -> None:
+        det = square_detector(tmp)
+        r = convert_cli("convert", det.model, "--representative", det.calib, "--profile",
+                        "generic-x86_64", "--task", "detection", "--latency-runs", 2, "--json",
+                        "--name", "squares", "-o", tmp / "squares-v1")
+        assert r.returncode == 0, r.stderr
+        np.savez(tmp / "held.npz", x=det.held, truth=det.truth,
+                 **{f"want_{k}": v for k, v in det.want.items()})
+        (tmp / "report.json").write_text(r.stdout)
+
+    cached_build(out, "report.json", build)
     held = np.load(out / "held.npz")
     return SquareBundle(out / "squares-v1", out / "squares.keras", held["x"],
                         {k: held[f"want_{k}"] for k in ("boxes", "scores")}, held["truth"],

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from dataclasses import dataclass, replace
@@ -14,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from build_lock import build_lock
+from build_lock import cached_build
 
 from edge_agent.bundle import read_bundle, write_bundle
 
@@ -73,14 +72,7 @@ def build_two_heads(d: Path) -> None:
 def two_heads_at(out: Path) -> TwoHeads:
     """The two-head artefacts in ``out``, built there first unless a complete build is
     already there (built in a sibling and renamed: never half a cache)."""
-    with build_lock(out):
-        if not (out / "report.json").exists():
-            tmp = out.with_suffix(".tmp")
-            shutil.rmtree(tmp, ignore_errors=True)
-            tmp.mkdir(parents=True)
-            build_two_heads(tmp)
-            shutil.rmtree(out, ignore_errors=True)
-            os.replace(tmp, out)
+    cached_build(out, "report.json", build_two_heads)
     held = np.load(out / "held.npz")
     return TwoHeads(out / "two-v1", held["x"], held["want_class"], held["want_score"],
                     json.loads((out / "report.json").read_text()))
@@ -103,21 +95,17 @@ def keyword_spotter_at(out: Path) -> KeywordSpotter:
     there (built in a sibling and renamed: never half a cache)."""
     from multi_models import keyword_spotter
 
-    with build_lock(out):
-        if not (out / "report.json").exists():
-            tmp = out.with_suffix(".tmp")
-            shutil.rmtree(tmp, ignore_errors=True)
-            tmp.mkdir(parents=True)
-            built = keyword_spotter(tmp)
-            r = convert_cli("convert", built.keras, "--representative", built.calib, "--labels",
-                            tmp / "labels.txt", "--profile", "generic-x86_64", "--latency-runs", 2,
-                            "--json", "--name", "kws", "-o", tmp / "kws-v1")
-            assert r.returncode == 0, r.stderr
-            np.savez(tmp / "held.npz", x=built.held["audio"], y=built.held_y,
-                     want=built.want["keyword"])
-            (tmp / "report.json").write_text(r.stdout)
-            shutil.rmtree(out, ignore_errors=True)
-            os.replace(tmp, out)
+    def build(tmp: Path) -> None:
+        built = keyword_spotter(tmp)
+        r = convert_cli("convert", built.keras, "--representative", built.calib, "--labels",
+                        tmp / "labels.txt", "--profile", "generic-x86_64", "--latency-runs", 2,
+                        "--json", "--name", "kws", "-o", tmp / "kws-v1")
+        assert r.returncode == 0, r.stderr
+        np.savez(tmp / "held.npz", x=built.held["audio"], y=built.held_y,
+                 want=built.want["keyword"])
+        (tmp / "report.json").write_text(r.stdout)
+
+    cached_build(out, "report.json", build)
     held = np.load(out / "held.npz")
     return KeywordSpotter(out / "kws-v1", out / "kws.keras", out / "calib.npz", held["x"],
                           held["y"], held["want"], json.loads((out / "report.json").read_text()))
