@@ -63,6 +63,7 @@ from edge_agent.mqtt.session import (
     new_paho,
     resolve,
 )
+from edge_agent.mqtt.suback import Refusal, SubAckTable
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +96,7 @@ class MqttClient:
         self._paho: paho.Client | None = None
         self._connected = False
         self._acks = AckTable(self._lock)
+        self._subacks = SubAckTable()
         self._stop = threading.Event()
         self._net: threading.Thread | None = None
         self._dispatch = Dispatcher(f"mqtt-dispatch-{self.client_id}", dispatch_queue,
@@ -269,7 +271,7 @@ class MqttClient:
             self._subs.add(sub)
             c = self._paho if self._connected else None
         if c is not None:
-            c.subscribe(topic_filter, qos)
+            self._subscribe(c, {topic_filter: qos})
 
         def remove() -> None:
             with self._lock:
@@ -278,6 +280,36 @@ class MqttClient:
             if c is not None and last:
                 c.unsubscribe(topic_filter)
         return remove
+
+    def wait_subscribed(self, topic_filters: str | list[str], timeout_s: float) -> bool:
+        """Block until the broker granted every filter on the current connection (True),
+        or refused one or ``timeout_s`` passed (False; see :attr:`refused_subscriptions`)."""
+        filters = [topic_filters] if isinstance(topic_filters, str) else topic_filters
+        return self._subacks.wait(filters, timeout_s)
+
+    @property
+    def refused_subscriptions(self) -> dict[str, str]:
+        """Filter → the broker's reason, for subscriptions its last SUBACK refused (an ACL
+        that does not let this device read the topic, a filter the broker does not take)."""
+        return self._subacks.refused
+
+    def _subscribe(self, c: paho.Client, filters: dict[str, int]) -> None:
+        """Send one SUBSCRIBE for ``filters`` and track its SUBACK (never holding a lock:
+        paho may run the SUBACK callback before this returns)."""
+        try:
+            rc, mid = c.subscribe(list(filters.items()))
+        except (ValueError, OSError) as e:
+            log.warning("mqtt: could not subscribe to %s: %s", ", ".join(filters), e)
+            return
+        if rc == MQTTErrorCode.MQTT_ERR_SUCCESS and mid is not None:
+            self._report_refused(self._subacks.sent(mid, list(filters)))
+
+    @staticmethod
+    def _report_refused(refusals: list[Refusal]) -> None:
+        for r in refusals:
+            log.error("mqtt: the broker refused the subscription to %s (%s): this device "
+                      "will not receive those messages; check the broker's ACL for it",
+                      r.topic_filter, r.reason)
 
     def add_listener(self, *, on_connect: Callable[[], None] | None = None,
                      on_disconnect: Callable[[], None] | None = None) -> Callable[[], None]:
@@ -299,6 +331,7 @@ class MqttClient:
         c.on_disconnect = self._on_disconnect
         c.on_message = self._on_message
         c.on_publish = self._on_publish
+        c.on_subscribe = self._on_subscribe
         c.on_log = self._on_log
         return c
 
@@ -422,9 +455,10 @@ class MqttClient:
             self._conn_refusal = diagnose.connack_refusal(rc.value, str(rc),
                                                           self.config.at(self._broker))
             return
+        self._subacks.reset()
         subs = self._subs.filters()
         if subs:
-            c.subscribe(list(subs.items()))
+            self._subscribe(c, subs)
         with self._cond:
             self._connected = True
             self.connects += 1
@@ -450,6 +484,11 @@ class MqttClient:
                 cb(rc.value)
             except Exception:
                 log.exception("publish ack callback failed")
+
+    def _on_subscribe(self, _c: paho.Client, _u: Any, mid: int, codes: list[ReasonCode],
+                      _props: Properties | None) -> None:
+        self._report_refused(self._subacks.acked(
+            mid, [(not rc.is_failure, str(rc)) for rc in codes]))
 
     def _on_message(self, _c: paho.Client, _u: Any, msg: paho.MQTTMessage) -> None:
         props = getattr(msg, "properties", None)

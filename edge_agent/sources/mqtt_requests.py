@@ -164,6 +164,11 @@ class MqttRequestSource:
         except EdgeError as e:
             self._answer(topic, doc, response_topic, None, e)
             return
+        except Exception as e:  # a bug, not the request: still answered, never silent
+            log.exception("MQTT request on %s failed unexpectedly", topic)
+            self._answer(topic, doc, response_topic, None,
+                         EdgeError(f"internal error: {type(e).__name__}"), code=500)
+            return
         self._answer(topic, doc, response_topic, reply, None)
 
     def _destination(self, topic: str, doc: Any, response_topic: str | None) -> str:

@@ -374,7 +374,8 @@ class TelemetryService:
                    "outbox_refused": ob.refused, "requests": self._request_queue()},
             mqtt={"connects": self.client.connects, "protocol": self.client.protocol,
                   "dropped_incoming": self.client.dropped_incoming,
-                  "rejected_incoming": self.client.rejected_incoming},
+                  "rejected_incoming": self.client.rejected_incoming,
+                  "refused_subscriptions": self.client.refused_subscriptions},
         ).to_dict()
 
     def metrics_collector(self) -> TelemetryCollector:

@@ -43,6 +43,9 @@ def mqtt_agent(start_agent: Any, digits: Any, mqtt_link: Any, requester: MqttReq
     agent = start_agent(digits.bundle, digits.bundle_v2, link=mqtt_link)
     assert [s.name for s in agent.sources] == ["mqtt_requests"]
     requester.subscribe("edge/dev1/results/#")
+    # the agent's SUBSCRIBE and our PUBLISH travel on two connections: without its SUBACK
+    # the first request can reach the broker before the subscription does (and be lost)
+    assert mqtt_link.wait_subscribed(agent.sources[0].topic_filter, 10)
     return agent
 
 
@@ -155,6 +158,35 @@ def test_full_mqtt_request_queue_answers_503_at_once(digits: Any,
             assert link.sent[0][1]["id"] == 2
         wait_for(lambda: len(link.sent) == 3, what="the queued replies")
         assert sorted(m["id"] for _, m in link.sent[1:]) == [0, 1]
+    finally:
+        src.stop()
+
+
+def test_an_unexpected_failure_is_still_answered_500(digits: Any, digits_eval: DigitsEval,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """A bug below the source (not a bad request) must not leave the client waiting."""
+    from edge_agent.bundle import read_bundle
+    from edge_agent.serving import codec
+
+    reg = ModelRegistry(select_runtime(), Hooks(), num_threads=1)
+    reg.load(read_bundle(digits.bundle))
+    link = _Link()
+    src = MqttRequestSource(link, reg, "dev1")
+    src.start()
+    try:
+        def broken(*_a: Any, **_k: Any) -> Any:
+            raise KeyError("boom")
+        monkeypatch.setattr(codec, "decode_predict", broken)
+        link.handler("edge/dev1/infer/digits",
+                     json.dumps({"id": "k", "instances": digits_eval.x[:1].tolist()}).encode())
+        wait_for(lambda: len(link.sent) == 1, what="the error reply")
+        assert link.sent[0][1] == {"id": "k", "model": "digits", "code": 500,
+                                   "error": "internal error: KeyError"}
+        monkeypatch.undo()
+        link.handler("edge/dev1/infer/digits",
+                     json.dumps({"id": "ok", "instances": digits_eval.x[:1].tolist()}).encode())
+        wait_for(lambda: len(link.sent) == 2, what="the next reply")
+        assert link.sent[1][1]["id"] == "ok" and "predictions" in link.sent[1][1]
     finally:
         src.stop()
 

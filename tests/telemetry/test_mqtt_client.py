@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import threading
 import time
+from pathlib import Path
 
 import pytest
 from telemetry_helpers import free_port
@@ -169,3 +171,52 @@ def test_config_url_defaults_and_credentials() -> None:
 def test_bad_filters_are_refused(f: str) -> None:
     with pytest.raises(ValueError):
         check_filter(f)
+
+
+@pytest.mark.parametrize("protocol", ["5", "3.1.1"])
+def test_subacks_are_tracked_and_a_refused_subscription_is_reported(
+        mosquitto, protocol: str, caplog: pytest.LogCaptureFixture) -> None:
+    """The broker lets anonymous clients subscribe to ok/# only (Mosquitto's dynamic
+    security plugin: the ACL file checks only at delivery): wait_subscribed() says when a
+    subscription is live, and a refused one is logged and listed instead of silently deaf."""
+    plugin = Path("/usr/lib/x86_64-linux-gnu/mosquitto_dynamic_security.so")
+    if not plugin.exists():
+        pytest.fail(f"{plugin} is missing: apt-get install mosquitto")
+    dynsec = mosquitto.conf.parent / "dynsec.json"
+    dynsec.write_text(json.dumps({
+        "defaultACLAccess": {"publishClientSend": True, "publishClientReceive": True,
+                             "subscribe": False, "unsubscribe": True},
+        "clients": [], "anonymousGroup": "anon",
+        "groups": [{"groupname": "anon", "roles": [{"rolename": "ok-reader"}]}],
+        "roles": [{"rolename": "ok-reader", "acls": [
+            {"acltype": "subscribePattern", "topic": "ok/#", "priority": 0, "allow": True}]}],
+    }))
+    mosquitto.stop()
+    mosquitto.conf.write_text(mosquitto.conf.read_text()
+                              + f"plugin {plugin}\nplugin_opt_config_file {dynsec}\n")
+    mosquitto.start()
+    cfg = MqttConfig.from_url(mosquitto.url, reconnect_min_s=0.05, reconnect_max_s=0.5,
+                              keepalive_s=5, protocol=protocol)
+    c = MqttClient(config=cfg, client_id=f"acl-{protocol}")
+    c.subscribe("ok/early", lambda _t, _p: None)  # renewed on CONNACK
+    c.connect(5)
+    try:
+        assert c.protocol == protocol
+        assert c.wait_subscribed("ok/early", 5)
+        c.subscribe("ok/late/#", lambda _t, _p: None)  # sent on the live connection
+        c.subscribe("secret/#", lambda _t, _p: None)
+        assert c.wait_subscribed(["ok/early", "ok/late/#"], 5)
+        t0 = time.monotonic()
+        assert not c.wait_subscribed(["ok/late/#", "secret/#"], 5)
+        assert time.monotonic() - t0 < 4  # a refusal answers at once, not at the timeout
+        assert list(c.refused_subscriptions) == ["secret/#"]
+        _wait(lambda: any("refused the subscription to secret/#" in r.getMessage()
+                          for r in caplog.records), 5, "the refusal logged")
+        ups = c.connects
+        mosquitto.stop()
+        mosquitto.start()
+        _wait(lambda: c.connects > ups, 15, "reconnected")
+        assert c.wait_subscribed(["ok/early", "ok/late/#"], 5)  # renewed, acked again
+        assert not c.wait_subscribed("secret/#", 5)
+    finally:
+        c.stop()

@@ -95,6 +95,7 @@ def test_telemetry_reports_system_and_model_figures(digits_agent, recorder: Reco
     assert ms[-1]["quality"]["samples"] == 80  # a rolling window: all 80 by the last one
     assert abs(sum(ms[-1]["quality"]["class_hist"]) - 1) < 1e-3
     assert t["uptime_s"] > 0 and t["queue"]["outbox"] >= 0 and t["queue"]["requests"] == 0
+    assert t["mqtt"]["refused_subscriptions"] == {} and t["mqtt"]["connects"] >= 1
 
 
 def test_sequence_numbers_are_strictly_increasing_across_topics(digits_agent,
