@@ -151,8 +151,13 @@ class Wiring:
             agent=s.view, mqtt=c.mqtt, config=c.telemetry, client=s.mqtt, registry=s.registry,
             hooks=s.hooks, http=s.http, store_root=Path(s.store.root),
             groups=device_groups(c), update_status=self.update_status,
-            mqtt_requests=c.mqtt_requests.enabled, signed_updates=c.update is not None))
+            mqtt_requests=c.mqtt_requests.enabled, signed_updates=c.update is not None,
+            capture_counters=self.capture_counters))
         return self.telemetry_service
+
+    def capture_counters(self) -> dict[str, int] | None:
+        cs = self.capture_service
+        return cs.counters() if cs is not None else None
 
     def capture(self) -> CaptureService | None:
         """Data capture: needs ``[capture] enabled``; pulled over telemetry's commands."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -87,6 +88,9 @@ def test_the_birth_keeps_its_field_names_and_order() -> None:
 
 def test_telemetry_survives_the_wire() -> None:
     assert Telemetry.parse(_wire(TELEMETRY.to_dict())) == TELEMETRY
+    assert "capture" not in TELEMETRY.to_dict()  # capture off: no object
+    cap = replace(TELEMETRY, capture={"stored": 3, "limited": 1})
+    assert Telemetry.parse(_wire(cap.to_dict())) == cap
 
 
 def test_an_event_survives_the_wire() -> None:
@@ -153,6 +157,7 @@ def _status_with(**changes: Any) -> bytes:
     (_wire({**TELEMETRY.to_dict(), "interval_s": True}), Telemetry.parse, "interval_s"),
     (_wire({**TELEMETRY.to_dict(), "models": {"digits": 3}}), Telemetry.parse,
      "models.digits"),
+    (_wire({**TELEMETRY.to_dict(), "capture": [1]}), Telemetry.parse, "capture"),
     (_wire({**EVENT.to_dict(), "level": "panic"}), Event.parse, "level"),
     (_wire({**EVENT.to_dict(), "kind": "nodot"}), Event.parse, "kind"),
     (_wire({**EVENT.to_dict(), "kind": 5}), Event.parse, "kind"),

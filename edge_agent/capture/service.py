@@ -138,6 +138,14 @@ class CaptureService:
         self._thread = threading.Thread(target=self._work, daemon=True, name="capture")
         self._thread.start()
 
+    def counters(self) -> dict[str, int]:
+        """Telemetry's ``capture`` object: what happened to the inputs picked since start
+        (``stored``, ``limited`` by ``max_per_s``, ``dropped`` on a full queue, ``skipped``
+        by the store, ``evicted`` oldest-first) and the store's ``items`` and ``bytes``."""
+        return {"stored": self.stored, "limited": self.limited, "dropped": self.dropped,
+                "skipped": self.skipped, "evicted": self.evicted, "items": len(self.store),
+                "bytes": self.store.total_bytes}
+
     def stop(self) -> None:
         if self._undo is not None:
             self._undo()

@@ -22,7 +22,7 @@ the same client id): inside the agent get it from :func:`edge_agent.mqtt.shared_
 
 Around it: :class:`~edge_agent.mqtt.dispatch.Subscriptions` (who hears what) and
 :mod:`edge_agent.mqtt.session` (one attempt's paho client and PUBACK table). What stays here
-(~420 lines) is one class because its network thread, publish path and paho callbacks share
+(~500 lines) is one class because its network thread, publish path and paho callbacks share
 one lock and one connection state.
 
 Raises :class:`~edge_agent.mqtt.errors.MqttConnectError` from :meth:`connect` /

@@ -287,7 +287,8 @@ class Telemetry:
     """``edge/<device>/telemetry``: figures of the last interval (docs/mqtt.md lists them).
 
     ``models`` maps a model name to its figures (``requests_per_s``, ``latency_ms``,
-    ``quality`` …); ``system``, ``queue`` and ``mqtt`` are objects of named figures.
+    ``quality`` …); ``system``, ``queue`` and ``mqtt`` are objects of named figures;
+    ``capture`` (data capture's counters) is there only when capture is on.
     """
 
     interval_s: float
@@ -297,12 +298,16 @@ class Telemetry:
     queue: Mapping[str, Any] = field(default_factory=dict)
     mqtt: Mapping[str, Any] = field(default_factory=dict)
     header: Header | None = field(default=None, compare=False)
+    capture: Mapping[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"interval_s": self.interval_s, "uptime_s": self.uptime_s,
-                "system": dict(self.system), "models": {k: dict(v) for k, v in
-                                                        self.models.items()},
-                "queue": dict(self.queue), "mqtt": dict(self.mqtt)}
+        d = {"interval_s": self.interval_s, "uptime_s": self.uptime_s,
+             "system": dict(self.system), "models": {k: dict(v) for k, v in
+                                                     self.models.items()},
+             "queue": dict(self.queue), "mqtt": dict(self.mqtt)}
+        if self.capture is not None:
+            d["capture"] = dict(self.capture)
+        return d
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], header: Header | None = None) -> Telemetry:
@@ -316,7 +321,7 @@ class Telemetry:
             if not isinstance(m, Mapping):
                 raise f.fail(f"models.{name}", f"expected a JSON object, got {tname(m)}")
         return cls(interval, f.number("uptime_s"), f.obj("system") or {}, models,
-                   f.obj("queue") or {}, f.obj("mqtt") or {}, header)
+                   f.obj("queue") or {}, f.obj("mqtt") or {}, header, f.obj("capture"))
 
     @classmethod
     def parse(cls, payload: bytes) -> Telemetry:

@@ -90,6 +90,7 @@ class TelemetryDeps:
     update_status: Callable[[], dict[str, Any] | None]  # None: no update component
     mqtt_requests: bool = False  # [mqtt_requests] is on (a capability)
     signed_updates: bool = False  # [update] is configured (a capability)
+    capture_counters: Callable[[], dict[str, int] | None] = lambda: None  # None: capture off
 
 
 class TelemetryService:
@@ -376,6 +377,7 @@ class TelemetryService:
                   "dropped_incoming": self.client.dropped_incoming,
                   "rejected_incoming": self.client.rejected_incoming,
                   "refused_subscriptions": self.client.refused_subscriptions},
+            capture=self.deps.capture_counters(),
         ).to_dict()
 
     def metrics_collector(self) -> TelemetryCollector:
