@@ -255,16 +255,19 @@ class EventLoop:
         runs out: close the connection (of ``peer``, or anyone's) that has waited longest
         between requests, with nothing of a next request read. False: every slot is
         mid-request, and the newcomer is refused. Without this, a few hosts holding idle
-        keep-alives (renewed by one request every ``idle_timeout_s``) locked everyone out."""
-        oldest: Conn | None = None
-        for conn in self._conns.values():
-            if (conn.state == IDLE and not conn.buf and (peer is None or conn.peer == peer)
-                    and (oldest is None or conn.last_io < oldest.last_io)):
-                oldest = conn
-        if oldest is None:
-            return False
-        self._close(oldest)
-        return True
+        keep-alives (renewed by one request every ``idle_timeout_s``) locked everyone out.
+
+        "Nothing read" includes the kernel's buffer: a connection whose next request's
+        bytes arrived but were not read yet (its readable event comes after this accept in
+        the same select round) is mid-request, not idle."""
+        idle = sorted((c for c in self._conns.values()
+                       if c.state == IDLE and not c.buf and (peer is None or c.peer == peer)),
+                      key=lambda c: c.last_io)
+        for conn in idle:
+            if not _bytes_waiting(conn.sock):
+                self._close(conn)
+                return True
+        return False
 
     def _watch(self, conn: Conn, mask: int) -> None:
         if mask == conn.mask:
@@ -525,6 +528,14 @@ class EventLoop:
                 data = self.app.timed_out(conn, due[1], body=conn.state == BODY)
                 conn.pending = None
                 self._send(conn, data, True)
+
+
+def _bytes_waiting(sock: socket.socket) -> bool:
+    """True if the peer sent bytes not read yet (a closed peer's EOF is not bytes)."""
+    try:
+        return bool(sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT))
+    except OSError:  # nothing there (EAGAIN) or the connection is gone
+        return False
 
 
 def _refuse(sock: socket.socket, data: bytes) -> None:

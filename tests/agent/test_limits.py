@@ -169,6 +169,50 @@ def test_connection_limit_refuses_extra_clients_with_503(start_agent: Any, digit
     assert start_agent.client(agent).get("/healthz").status == 200
 
 
+def test_a_slot_whose_head_arrived_unread_is_not_taken_for_an_idle_keep_alive(
+        start_agent: Any, digits: Any) -> None:
+    """The race CI hit: a newcomer's accept handled before the readable events of held
+    connections whose heads had arrived: they looked idle (nothing read) and one was
+    closed for the newcomer. Made certain here: the loop is stalled (a slow route's first
+    request, the inline probe, runs on it) while the newcomer connects and then the held
+    connections send their heads, so one select round sees the accept first (the staller
+    stays mid-request after its answer: a pipelined half head)."""
+    agent = start_agent(digits.bundle, **{"http.max_connections": 3})
+    gate = threading.Event()
+
+    def slow(_req: Any) -> tuple[int, Any]:
+        gate.wait(5)
+        return 200, {"slow": True}
+    agent.http.add_route("GET", "/test-slow", slow, name="test-slow", auth=False,
+                         inline=True)
+    host, port = agent.http.address
+    held = [socket.create_connection((host, port), timeout=5) for _ in range(2)]
+    wait_for(lambda: agent.http.open_connections() == 2, what="2 open connections")
+    staller = socket.create_connection((host, port), timeout=5)
+    # holds the loop, then stays mid-request (a pipelined head without its end)
+    staller.sendall(b"GET /test-slow HTTP/1.1\r\nHost: x\r\n\r\n"
+                    b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+    time.sleep(0.2)
+    newcomer = socket.create_connection((host, port), timeout=5)  # in the backlog
+    time.sleep(0.05)
+    for s in held:
+        s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")  # no end of head yet
+    newcomer.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+    time.sleep(0.05)
+    gate.set()
+    assert staller.recv(4096).startswith(b"HTTP/1.1 200")
+    data = newcomer.recv(4096).decode()
+    assert data.startswith("HTTP/1.1 503") and "too many open connections" in data, data
+    for s in held:
+        s.sendall(b"\r\n")
+        assert s.recv(4096).startswith(b"HTTP/1.1 200")
+        s.close()
+    staller.sendall(b"\r\n")
+    assert b"HTTP/1.1 200" in staller.recv(4096)
+    staller.close()
+    newcomer.close()
+
+
 @pytest.mark.parametrize("limit", ["http.max_connections", "http.max_connections_per_client"])
 def test_full_slots_close_the_longest_idle_keep_alive_for_a_newcomer(
         start_agent: Any, digits: Any, limit: str) -> None:
