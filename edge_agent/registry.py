@@ -13,6 +13,7 @@ ModelLoadError / GoldenMismatchError (a bundle that does not load or verify).
 from __future__ import annotations
 
 import enum
+import os
 import queue
 import threading
 import time
@@ -122,6 +123,14 @@ class Prediction:
     def by_name(self) -> dict[str, np.ndarray]:
         """Every output by its name."""
         return dict(zip(self.names, self.outputs, strict=True))
+
+
+def usable_cpus() -> int:
+    """The cores this process may run on (its affinity mask, else every core)."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except (AttributeError, OSError):  # not Linux
+        return os.cpu_count() or 1
 
 
 def softmax(x: np.ndarray) -> np.ndarray:
@@ -365,6 +374,12 @@ class ModelRegistry:
         self._models: dict[str, dict[int, ServedModel]] = {}
         self._active: dict[str, int] = {}
         self._labels: dict[str, dict[str, int]] = {}
+
+    def invoke_takes_every_core(self) -> bool:
+        """One interpreter per model, of as many threads as this process has cores, and
+        no delegate: an invoke leaves no core for anything beside it (serving/inline.py)."""
+        return (self.workers == 1 and self.delegates is None
+                and (self.num_threads or 1) >= usable_cpus())
 
     def build(self, bundle: Bundle, variant: str = "default") -> ServedModel:
         """Load a bundle into a new ServedModel without serving it (test-load)."""

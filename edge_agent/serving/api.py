@@ -69,10 +69,13 @@ class ServingApi:
         http.add_route("GET", "/v1/models", self.models, name="models")
         http.add_route("GET", _MODEL, self.status, name="status", inline=True)
         http.add_route("GET", _MODEL + "/metadata", self.metadata, name="metadata", inline=True)
-        http.add_route("POST", _MODEL + ":predict", self.predict, name="predict", inline=True)
+        cores = self.registry.invoke_takes_every_core  # a longer inline budget (inline.py)
+        http.add_route("POST", _MODEL + ":predict", self.predict, name="predict", inline=True,
+                       takes_cores=cores)
         http.add_route("POST", _MODEL + ":classify", self.classify, name="classify",
-                       inline=True)
-        http.add_route("POST", _MODEL + ":regress", self.regress, name="regress", inline=True)
+                       inline=True, takes_cores=cores)
+        http.add_route("POST", _MODEL + ":regress", self.regress, name="regress", inline=True,
+                       takes_cores=cores)
 
     # ------------------------------------------------------------------ helpers
 

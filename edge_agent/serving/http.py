@@ -137,7 +137,8 @@ class HttpServer:
     # ------------------------------------------------------------------ routes
 
     def add_route(self, method: str, path_regex: str, handler: Handler, *,
-                  name: str | None = None, auth: bool = True, inline: bool = False) -> None:
+                  name: str | None = None, auth: bool = True, inline: bool = False,
+                  takes_cores: Callable[[], bool] | None = None) -> None:
         """Serve ``method`` on paths fully matching ``path_regex`` (named groups → params).
 
         Routes are tried in the order added; ``name`` labels metrics (default: the regex).
@@ -145,8 +146,11 @@ class HttpServer:
         ``inline=True``: the handler may run on the event loop thread when its measured
         time is under a millisecond (:mod:`edge_agent.serving.inline`); only for handlers
         that never wait on IO or a lock held for long (the data plane, not admin actions).
+        ``takes_cores()`` True: this request's work takes every core anyway (one interpreter
+        of as many threads as cores), so it may hold the loop longer (``cores_max_s``).
         """
-        self._routes.add(method, path_regex, handler, name=name, auth=auth, inline=inline)
+        self._routes.add(method, path_regex, handler, name=name, auth=auth, inline=inline,
+                         takes_cores=takes_cores)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -244,8 +248,9 @@ class HttpServer:
     def inline(self, pending: object, body_bytes: int, pool_busy: int) -> bool:
         """On the loop: serve this request there (True) or on the pool."""
         assert isinstance(pending, Prepared)
-        return pending.route.inline and self._inline.inline(
-            pending.kind, body_bytes, pool_busy)
+        route = pending.route
+        return route.inline and self._inline.inline(pending.kind, body_bytes, pool_busy,
+                                                    route.takes_cores)
 
     def hold_off_loop(self, pending: object) -> None:
         """On the loop: this request's kind cannot run there for now (a lasting

@@ -9,11 +9,12 @@ on every socket read and write, and a slow client held a thread for as long as i
 (:meth:`HttpServer.run`: decode + invoke, under the model's
 :class:`~edge_agent.serving.admission.Admission` and its ``workers`` decode permits).
 A request that is quick to serve (a small body, a route whose measured handler time is
-under a millisecond, nothing else on the pool: :mod:`edge_agent.serving.inline`) runs on
-the loop thread itself, as uvicorn runs its endpoints: no thread hand-off, no selector
-re-arm. Every other request goes to a pool of handler threads; its answer comes back
-through a queue and a wake-up socket pair, and the loop writes it. A client that drips
-its head or body costs a socket and a buffer, never a thread.
+under a millisecond, nothing else on the pool; or a prediction whose invoke takes every
+core anyway: :mod:`edge_agent.serving.inline`) runs on the loop thread itself, as uvicorn
+runs its endpoints: no thread hand-off, no selector re-arm. Every other request goes to a
+pool of handler threads; its answer comes back through a queue and a wake-up socket pair,
+and the loop writes it. A client that drips its head or body costs a socket and a buffer,
+never a thread.
 
 Per connection, one request at a time: while its handler runs the loop stops reading that
 socket, and pipelined requests already buffered are parsed after the answer is written, so

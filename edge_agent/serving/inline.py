@@ -19,6 +19,16 @@ the last ``window`` requests, wherever they ran. A request is served inline when
 * the fastest of its kind's recent times is at most ``max_s``, or the kind is new (the
   first request is the probe: one request's stall at most, then the times decide).
 
+A request whose work **takes every core anyway** (its route's ``takes_cores()``: one
+interpreter with as many threads as the machine has cores, no delegate) gets a larger
+budget, ``cores_max_s`` and ``cores_max_body_bytes``. Running it on the pool gains nothing:
+its invoke is the only thing that can use the cores, and the loop's reads and writes for
+other connections running beside it take a core from one of the invoke's threads, which
+the others then wait for (MobileNetV2 raw tensors, 1 × 2 threads on 2 cores: 0.86–0.90 of a
+single-threaded uvicorn on the pool, 1.03–1.09 inline). Other connections wait for that
+request, as they do in uvicorn; a route's other models, health checks and the dashboard
+wait at most ``cores_max_s``.
+
 Why the fastest, not an average: on a loaded board one preempted request takes 20 ms of
 wall time for 0.2 ms of work, and a pooled request's time includes its queueing; both
 only ever add. The minimum of a short window ignores them, and still follows a model that
@@ -35,6 +45,7 @@ not one per request.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 MAX_S = 0.001  # seconds: handler time a request may hold the loop for
@@ -42,6 +53,8 @@ MAX_BODY_BYTES = 64 * 1024  # bytes: bigger bodies decode on the pool
 MAX_KINDS = 256  # request kinds tracked (method + path)
 WINDOW = 8  # recent handler times kept per kind
 HOLD = 64  # requests of a kind kept on the pool after a lasting WouldBlock
+CORES_MAX_S = 0.1  # seconds: the same, for a request whose invoke takes every core anyway
+CORES_MAX_BODY_BYTES = 1024 * 1024  # bytes: the same (a 224×224×3 tensor or image fits)
 
 
 @dataclass(slots=True)
@@ -53,12 +66,17 @@ class InlinePolicy:
     max_kinds: int = MAX_KINDS
     window: int = WINDOW
     hold_requests: int = HOLD
+    cores_max_s: float = CORES_MAX_S
+    cores_max_body_bytes: int = CORES_MAX_BODY_BYTES
     _times: dict[str, deque[float]] = field(default_factory=dict)
     _fastest: dict[str, float] = field(default_factory=dict)
     _held: dict[str, int] = field(default_factory=dict)
 
-    def inline(self, kind: str, body_bytes: int, pool_busy: int) -> bool:
-        """True if a request of ``kind`` with that body should run on the loop thread."""
+    def inline(self, kind: str, body_bytes: int, pool_busy: int,
+               takes_cores: Callable[[], bool] | None = None) -> bool:
+        """True if a request of ``kind`` with that body should run on the loop thread.
+        ``takes_cores`` (asked only when the plain budget says no) tells if its work takes
+        every core anyway (the larger budget)."""
         held = self._held.get(kind)
         if held is not None:
             if held > 1:
@@ -66,12 +84,15 @@ class InlinePolicy:
             else:
                 del self._held[kind]
             return False
-        if pool_busy or body_bytes > self.max_body_bytes:
+        if pool_busy:
             return False
         fastest = self._fastest.get(kind)
-        if fastest is None:
-            return len(self._times) < self.max_kinds  # the probe (tracked from now on)
-        return fastest <= self.max_s
+        if fastest is None and len(self._times) >= self.max_kinds:
+            return False  # not tracked: never the probe
+        if body_bytes <= self.max_body_bytes and (fastest is None or fastest <= self.max_s):
+            return True  # quick, or the probe (tracked from now on)
+        return (takes_cores is not None and body_bytes <= self.cores_max_body_bytes
+                and (fastest is None or fastest <= self.cores_max_s) and takes_cores())
 
     def observe(self, kind: str, seconds: float) -> None:
         """A handler of ``kind`` took ``seconds`` of wall time (inline or on the pool)."""

@@ -100,6 +100,7 @@ class Route:
     name: str
     auth: bool  # False: served without the bearer token (health checks only)
     inline: bool = False  # may run on the event loop when measured quick (serving/inline.py)
+    takes_cores: Callable[[], bool] | None = None  # its work takes every core (inline.py)
 
 
 def status_for(e: BaseException) -> int:
@@ -124,9 +125,10 @@ class RouteTable:
         self._routes: list[Route] = []
 
     def add(self, method: str, path_regex: str, handler: Handler, *, name: str | None = None,
-            auth: bool = True, inline: bool = False) -> None:
+            auth: bool = True, inline: bool = False,
+            takes_cores: Callable[[], bool] | None = None) -> None:
         self._routes.append(Route(method.upper(), re.compile(path_regex), handler,
-                                  name or path_regex, auth, inline))
+                                  name or path_regex, auth, inline, takes_cores))
 
     def match(self, method: str, path: str) -> tuple[Route, re.Match[str]]:
         """The first route for ``method`` fully matching ``path``; HEAD is served by the

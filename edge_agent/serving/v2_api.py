@@ -53,7 +53,8 @@ class V2Api:
         http.add_route("GET", "/v2", self.server_metadata, name="v2_server_metadata")
         http.add_route("GET", _MODEL, self.model_metadata, name="v2_model_metadata")
         http.add_route("GET", _MODEL + "/ready", self.model_ready, name="v2_model_ready")
-        http.add_route("POST", _MODEL + "/infer", self.infer, name="v2_infer", inline=True)
+        http.add_route("POST", _MODEL + "/infer", self.infer, name="v2_infer", inline=True,
+                       takes_cores=self.registry.invoke_takes_every_core)
 
     def _served(self, req: Request) -> ServedModel:
         """The version the path names, or the active one. Raises NotFoundError (404) and

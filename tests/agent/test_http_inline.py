@@ -17,6 +17,7 @@ import pytest
 from agent_helpers import DigitsEval
 from test_http_loop import _read_answers
 
+from edge_agent.registry import usable_cpus
 from edge_agent.serving.http import Request
 
 PREDICT = "/v1/models/digits:predict"
@@ -53,6 +54,34 @@ def test_quick_predicts_run_on_the_loop_thread(start_agent: Any, digits: Any,
     assert all(r.json() == answers[0].json() for r in answers)
     assert len(ran_on) == 100
     assert set(ran_on) == {"edge-agent-http"}, f"handlers ran on {sorted(set(ran_on))}"
+
+
+@pytest.mark.parametrize("workers,threads,where", [
+    (1, usable_cpus(), {"edge-agent-http"}),  # the invoke takes every core: on the loop
+    (2, 1, None),  # two interpreters can run at once: the pool
+])
+def test_a_body_past_the_quick_budget_runs_inline_only_when_the_invoke_takes_every_core(
+        start_agent: Any, digits: Any, digits_eval: DigitsEval, workers: int, threads: int,
+        where: set[str] | None) -> None:
+    """A 64-instance JSON body (indented: > 64 KiB, the quick budget): inline when the
+    model has one interpreter of as many threads as cores (nothing could run beside its
+    invoke anyway), on the pool when two interpreters could run at once."""
+    agent = start_agent(digits.bundle, **{"agent.workers": workers, "agent.threads": threads})
+    assert agent.registry.invoke_takes_every_core() is (where is not None)
+    c = start_agent.client(agent)
+    body = json.dumps({"instances": digits_eval.x[:64].tolist()}, indent=4).encode()
+    assert 64 * 1024 < len(body) < 1024 * 1024
+    for _ in range(5):
+        assert c.post(PREDICT, body=body).status == 200
+    ran_on: list[str] = []
+    agent.hooks.on_prediction(lambda rec: ran_on.append(threading.current_thread().name))
+    answers = [c.post(PREDICT, body=body) for _ in range(20)]
+    assert {r.status for r in answers} == {200}
+    assert len(answers[0].json()["predictions"]) == 64
+    if where is None:
+        assert all(n.startswith(POOL) for n in ran_on), sorted(set(ran_on))
+    else:
+        assert set(ran_on) == where, sorted(set(ran_on))
 
 
 @pytest.mark.serial

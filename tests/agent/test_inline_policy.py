@@ -75,3 +75,29 @@ def test_at_most_max_kinds_are_held() -> None:
     p.hold("GET /b")  # not tracked: it is simply tried (and handed over) each time
     assert not p.inline("GET /a", 10, pool_busy=0)
     assert p.inline("GET /b", 10, pool_busy=0)
+
+
+def test_a_request_whose_work_takes_every_core_gets_the_larger_budget() -> None:
+    """Past the plain budget (slower than max_s or a bigger body), a request whose invoke
+    takes every core anyway runs inline up to cores_max_s / cores_max_body_bytes."""
+    p = InlinePolicy(max_s=0.001, max_body_bytes=1000, cores_max_s=0.1,
+                     cores_max_body_bytes=200_000)
+    asked: list[int] = []
+
+    def cores() -> bool:
+        asked.append(1)
+        return True
+    mnv2 = "POST /v1/models/mobilenet_v2:predict"
+    assert p.inline(mnv2, 150_528, pool_busy=0, takes_cores=cores)  # the probe, 150 KB
+    p.observe(mnv2, 0.004)
+    assert p.inline(mnv2, 150_528, pool_busy=0, takes_cores=cores)
+    assert not p.inline(mnv2, 150_528, pool_busy=0)  # no hint: the pool
+    assert not p.inline(mnv2, 150_528, pool_busy=0, takes_cores=lambda: False)
+    assert not p.inline(mnv2, 200_001, pool_busy=0, takes_cores=cores)  # too big a body
+    assert not p.inline(mnv2, 100, pool_busy=1, takes_cores=cores)  # the pool is busy
+    p.observe(K, 0.0002)
+    n = len(asked)
+    assert p.inline(K, 100, pool_busy=0, takes_cores=cores) and len(asked) == n  # not asked
+    slow = "POST /v1/models/big:predict"
+    p.observe(slow, 0.150)  # even with every core taken, 150 ms would stall the loop
+    assert not p.inline(slow, 100, pool_busy=0, takes_cores=cores)
