@@ -25,7 +25,7 @@ budget, ``cores_max_s`` and ``cores_max_body_bytes``. Running it on the pool gai
 its invoke is the only thing that can use the cores, and the loop's reads and writes for
 other connections running beside it take a core from one of the invoke's threads, which
 the others then wait for (MobileNetV2 raw tensors, 1 × 2 threads on 2 cores: 0.86–0.90 of a
-single-threaded uvicorn on the pool, 1.03–1.09 inline). Other connections wait for that
+single-threaded uvicorn on the pool, 1.03–1.11 inline). Other connections wait for that
 request, as they do in uvicorn; a route's other models, health checks and the dashboard
 wait at most ``cores_max_s``.
 
