@@ -29,6 +29,7 @@ import numpy as np
 
 from edge_agent.errors import InvokeHangError
 from edge_agent.runtime.model import Inputs, LoadedModel, batch_of
+from edge_agent.threadname import NamedThread
 from edge_agent.variant_rules import FailoverRules, watchdog_limit_s
 
 __all__ = ["IDLE_S", "Watchdog"]
@@ -137,7 +138,7 @@ class Watchdog:
                 job.done.release()
 
         self._queues[id(m)] = q
-        threading.Thread(target=run, name=f"invoke-{self.label}", daemon=True).start()
+        NamedThread(target=run, name=f"invoke-{self.label}", daemon=True).start()
         return q
 
     def _abandon(self, job: _Job) -> None:

@@ -34,6 +34,7 @@ from pathlib import Path
 
 from edge_agent.errors import ConfigError
 from edge_agent.fsutil import atomic_write_text
+from edge_agent.threadname import NamedThread
 
 log = logging.getLogger(__name__)
 
@@ -252,7 +253,7 @@ class Watchdog:
         self.env = env
         self.pings = 0
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="sd-watchdog", daemon=True)
+        self._thread = NamedThread(target=self._loop, name="sd-watchdog", daemon=True)
 
     def start(self) -> None:
         self._thread.start()

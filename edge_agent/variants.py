@@ -44,6 +44,7 @@ from edge_agent.protocol.kinds import EventKind
 from edge_agent.runtime import fault_seam
 from edge_agent.runtime.backends import Runtime, parse_version
 from edge_agent.runtime.model import verify_golden
+from edge_agent.threadname import NamedThread
 from edge_agent.variant_rules import Decision, ErrorWindow, FailoverRules, classify, decide
 
 if TYPE_CHECKING:
@@ -307,7 +308,7 @@ class Failover:
                 if not gave_up.is_set():
                     sm._give(m)
 
-        t = threading.Thread(target=check, name=f"variant-retry-{sm.name}", daemon=True)
+        t = NamedThread(target=check, name=f"variant-retry-{sm.name}", daemon=True)
         t.start()
         t.join(self.policy.check_timeout_s)
         with lock:

@@ -49,6 +49,7 @@ from edge_agent.monitor.feedback import FeedbackItem
 from edge_agent.protocol.kinds import EventKind
 from edge_agent.registry import ModelRegistry
 from edge_agent.runtime.quant import dequantize
+from edge_agent.threadname import NamedThread
 
 log = logging.getLogger(__name__)
 
@@ -135,7 +136,7 @@ class CaptureService:
         if self.deps.on_feedback is not None and self.cfg.on_feedback:
             self.deps.on_feedback(self.feedback)
         self._undo = self.deps.hooks.on_prediction(self._on_prediction)
-        self._thread = threading.Thread(target=self._work, daemon=True, name="capture")
+        self._thread = NamedThread(target=self._work, daemon=True, name="capture")
         self._thread.start()
 
     def counters(self) -> dict[str, int]:

@@ -49,6 +49,7 @@ from edge_agent.grpc.tfs import Caller, TfServingService
 from edge_agent.serving.admission import Overloaded
 from edge_agent.serving.images import ImageTooLarge
 from edge_agent.serving.metrics import Metrics
+from edge_agent.threadname import name_this_thread
 
 log = logging.getLogger(__name__)
 
@@ -200,7 +201,8 @@ class GrpcServer:
         if self._server is not None:
             return
         c = self.config
-        self._pool = ThreadPoolExecutor(max_workers=c.workers, thread_name_prefix="grpc")
+        self._pool = ThreadPoolExecutor(max_workers=c.workers, thread_name_prefix="grpc",
+                                        initializer=name_this_thread)
         server = grpc.server(self._pool, handlers=self._handlers(),
                              maximum_concurrent_rpcs=c.max_concurrent_rpcs,
                              options=[("grpc.max_receive_message_length", c.max_message_bytes),

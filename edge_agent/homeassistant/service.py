@@ -39,6 +39,7 @@ from edge_agent.mqtt.client import MqttClient
 from edge_agent.mqtt.topics import Topics
 from edge_agent.protocol.kinds import EventKind
 from edge_agent.registry import ModelRegistry
+from edge_agent.threadname import NamedThread
 
 if TYPE_CHECKING:
     from edge_agent.update.service import UpdateService
@@ -88,7 +89,7 @@ class HomeAssistantService:
                        c.subscribe(self.d.topics.ha_install, self._on_press, qos=1,
                                    max_bytes=MAX_PRESS_BYTES),
                        c.add_listener(on_connect=self._on_connect)]
-        self._thread = threading.Thread(target=self._loop, name="edge-homeassistant",
+        self._thread = NamedThread(target=self._loop, name="edge-homeassistant",
                                         daemon=True)
         self._thread.start()
 

@@ -64,6 +64,7 @@ from edge_agent.mqtt.session import (
     resolve,
 )
 from edge_agent.mqtt.suback import Refusal, SubAckTable
+from edge_agent.threadname import NamedThread
 
 log = logging.getLogger(__name__)
 
@@ -119,7 +120,7 @@ class MqttClient:
                 return
             self._stop.clear()
             self._dispatch.start()
-            self._net = threading.Thread(target=self._net_loop, daemon=True,
+            self._net = NamedThread(target=self._net_loop, daemon=True,
                                          name=f"mqtt-net-{self.client_id}")
             self._net.start()
 

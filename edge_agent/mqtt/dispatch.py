@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from edge_agent.errors import InvalidRequestError
+from edge_agent.threadname import NamedThread
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +73,7 @@ class Dispatcher:
 
     def start(self) -> None:
         if self._thread is None:
-            self._thread = threading.Thread(target=self._loop, daemon=True, name=self.name)
+            self._thread = NamedThread(target=self._loop, daemon=True, name=self.name)
             self._thread.start()
 
     def stop(self, timeout_s: float = 5.0) -> None:

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from edge_agent.errors import TransportError
+from edge_agent.threadname import NamedThread
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +83,7 @@ def start_embedded_broker(host: str = "127.0.0.1", port: int = 1883,
             loop.run_until_complete(loop.shutdown_asyncgens())
         loop.close()
 
-    t = threading.Thread(target=run, daemon=True, name="amqtt-broker")
+    t = NamedThread(target=run, daemon=True, name="amqtt-broker")
     t.start()
     if not started.wait(timeout_s) or "error" in box:
         loop.call_soon_threadsafe(loop.stop)

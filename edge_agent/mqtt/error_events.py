@@ -26,6 +26,7 @@ from collections.abc import Callable
 from typing import Any
 
 from edge_agent.hooks import Hooks
+from edge_agent.threadname import NamedThread
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +96,7 @@ class ErrorEvents:
     def _ensure_worker(self) -> None:
         with self._lock:
             if self._thread is None:
-                self._thread = threading.Thread(target=self._work, daemon=True,
+                self._thread = NamedThread(target=self._work, daemon=True,
                                                 name=f"error-events-{self.device}")
                 self._thread.start()
 

@@ -22,6 +22,7 @@ from collections.abc import Callable
 from edge_agent.errors import TransportError
 from edge_agent.mqtt.client import MqttClient
 from edge_agent.mqtt.outbox import Outbox
+from edge_agent.threadname import NamedThread
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +56,7 @@ class Forwarder:
     def start(self) -> None:
         if self._thread is None:
             self._stop.clear()
-            self._thread = threading.Thread(target=self._run, daemon=True, name="mqtt-outbox")
+            self._thread = NamedThread(target=self._run, daemon=True, name="mqtt-outbox")
             self._thread.start()
 
     def stop(self, drain_s: float = 0.0) -> None:

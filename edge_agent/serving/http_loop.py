@@ -57,6 +57,7 @@ from typing import TYPE_CHECKING
 
 from edge_agent.nowait import WouldBlock, forbid_waiting
 from edge_agent.serving.wire import MAX_HEAD_BYTES, MAX_HEADERS, MAX_LINE, Headers
+from edge_agent.threadname import NamedThread, name_this_thread
 
 if TYPE_CHECKING:
     from edge_agent.serving.http import HttpServer
@@ -132,8 +133,9 @@ class EventLoop:
         self._stopping = False
         self._unlistened = threading.Event()
         self._pool = ThreadPoolExecutor(max_workers=max(1, app.max_connections),
-                                        thread_name_prefix="edge-agent-http-worker")
-        self._thread = threading.Thread(target=self._run, name="edge-agent-http", daemon=True)
+                                        thread_name_prefix="http-worker",
+                                        initializer=name_this_thread)
+        self._thread = NamedThread(target=self._run, name="edge-agent-http", daemon=True)
 
     # ------------------------------------------------------------------ lifecycle
 

@@ -32,6 +32,7 @@ from typing import Any
 
 from edge_agent.runtime.isolate import ChildLimits, child_environment, signal_name
 from edge_agent.shadow import frames
+from edge_agent.threadname import NamedThread
 from edge_agent.update.check_child import bundle_args
 
 CHILD = "edge_agent.shadow.child"
@@ -95,7 +96,7 @@ class ShadowChild:
             raise ShadowChildError(data.decode(errors="replace")[:400] or "no ready frame",
                                    code="shadow_failed")
         self._write(frames.encode(b"C", json.dumps(config).encode()))
-        self._sender = threading.Thread(target=self._send_loop, name="shadow-sender",
+        self._sender = NamedThread(target=self._send_loop, name="shadow-sender",
                                         daemon=True)
         self._sender.start()
 

@@ -22,6 +22,7 @@ from edge_agent.registry import ModelRegistry
 from edge_agent.runtime.preprocess import image_to_array
 from edge_agent.serving.images import image_target
 from edge_agent.sources.base import ResultSink, classify_array
+from edge_agent.threadname import NamedThread
 
 log = logging.getLogger(__name__)
 
@@ -128,7 +129,7 @@ class CameraSource:
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="camera", daemon=True)
+        self._thread = NamedThread(target=self._run, name="camera", daemon=True)
         self._thread.start()
 
     def stop(self) -> None:

@@ -47,6 +47,7 @@ from edge_agent.registry import ModelRegistry
 from edge_agent.serving import codec
 from edge_agent.serving.http import status_for
 from edge_agent.sources.base import MessageLink, top_k_result
+from edge_agent.threadname import NamedThread
 
 log = logging.getLogger(__name__)
 _STOP = object()
@@ -74,7 +75,7 @@ class MqttRequestSource:
         self.reply_prefix = self.topics.check_reply_prefix(self.settings.reply_prefix)
         self.events = events or (hook_events(device_id, hooks) if hooks is not None else None)
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=self.settings.queue_size)
-        self._threads = [threading.Thread(target=self._work, name=f"mqtt-requests-{i}",
+        self._threads = [NamedThread(target=self._work, name=f"mqtt-requests-{i}",
                                           daemon=True) for i in range(max(1, threads))]
         self._stopped = threading.Event()
         self._unsubscribe: Callable[[], None] | None = None

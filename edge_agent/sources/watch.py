@@ -26,6 +26,7 @@ from edge_agent.config import WatchSettings
 from edge_agent.errors import BadInputError, EdgeError, NotFoundError
 from edge_agent.registry import ModelRegistry
 from edge_agent.sources.base import ResultSink, classify_image
+from edge_agent.threadname import NamedThread
 
 if TYPE_CHECKING:
     from edge_agent.sources.journal import Journal
@@ -85,7 +86,7 @@ class WatchFolderSource:
     def start(self) -> None:
         self.open()
         self._stop.clear()
-        self._thread = threading.Thread(target=self._run, name="watch-folder", daemon=True)
+        self._thread = NamedThread(target=self._run, name="watch-folder", daemon=True)
         self._thread.start()
 
     def stop(self) -> None:

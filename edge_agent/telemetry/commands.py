@@ -36,6 +36,7 @@ from edge_agent.mqtt.dispatch import Message
 from edge_agent.mqtt.payloads import parse_json
 from edge_agent.mqtt.topics import Topics
 from edge_agent.protocol.messages import CommandReply, CommandRequest, ErrorInfo
+from edge_agent.threadname import NamedThread
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +77,7 @@ class CommandHandler:
 
     def start(self) -> None:
         if self._thread is None:
-            self._thread = threading.Thread(target=self._work, daemon=True, name="mqtt-cmd")
+            self._thread = NamedThread(target=self._work, daemon=True, name="mqtt-cmd")
             self._thread.start()
 
     def stop(self) -> None:

@@ -61,6 +61,7 @@ from edge_agent.telemetry.prom import TelemetryCollector
 from edge_agent.telemetry.sample import Sample, sample_of
 from edge_agent.telemetry.stats import ModelStats
 from edge_agent.telemetry.system import SystemSampler
+from edge_agent.threadname import NamedThread
 
 log = logging.getLogger(__name__)
 
@@ -173,12 +174,12 @@ class TelemetryService:
         if http is not None:
             http.add_route("POST", FEEDBACK_ROUTE, self._http_feedback, name="feedback")
         self.forwarder.start()
-        self._drainer = threading.Thread(target=self._drain_loop, daemon=True,
+        self._drainer = NamedThread(target=self._drain_loop, daemon=True,
                                          name="telemetry-drain")
         self._drainer.start()
         c.start()
         if self.cfg.enabled:
-            self._thread = threading.Thread(target=self._loop, daemon=True, name="telemetry")
+            self._thread = NamedThread(target=self._loop, daemon=True, name="telemetry")
             self._thread.start()
         log.info("telemetry: %s as %s every %g s", self.mcfg.urls, self.topics.device,
                  self.interval_s)

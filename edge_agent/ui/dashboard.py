@@ -41,6 +41,7 @@ from edge_agent.registry import ModelRegistry
 from edge_agent.serving.http import HttpServer, HTTPStatusError, Request, Response
 from edge_agent.store import ModelStore
 from edge_agent.telemetry.system import SystemSampler
+from edge_agent.threadname import NamedThread
 from edge_agent.ui.rings import PredictionRing, SampleRing, SeriesRing, thumbnail, top_k
 
 if TYPE_CHECKING:
@@ -99,7 +100,7 @@ class Dashboard:
         self._stop.clear()
         self._undo = [self.d.hooks.on_prediction(self._on_prediction),
                       self.d.hooks.on_event(self._on_event)]
-        self._thread = threading.Thread(target=self._loop, name="edge-ui", daemon=True)
+        self._thread = NamedThread(target=self._loop, name="edge-ui", daemon=True)
         self._thread.start()
 
     def stop(self) -> None:

@@ -33,6 +33,7 @@ from edge_agent.mqtt.client import MqttClient
 from edge_agent.mqtt.topics import FleetTopics, Topics
 from edge_agent.protocol.kinds import UPDATE_STOPPED, EventKind, UpdateResult
 from edge_agent.serving.http import HttpServer, Request
+from edge_agent.threadname import NamedThread
 from edge_agent.update.config import UpdateConfig
 from edge_agent.update.retry import RetryBook
 from edge_agent.update.state import Outcome
@@ -103,7 +104,7 @@ class UpdateService:
         self._book.load()
 
         self.flow = UpdateFlow(self.deps, self._stop)
-        self._thread = threading.Thread(target=self._worker, name="edge-update", daemon=True)
+        self._thread = NamedThread(target=self._worker, name="edge-update", daemon=True)
         self._thread.start()
         client = self.client
         if client is not None:

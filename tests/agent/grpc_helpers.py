@@ -12,8 +12,9 @@ import json
 import re
 import time
 import urllib.request
+from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,7 @@ GRPC_TOML = "[grpc]\nenabled = true\nport = 0\n"
 class GrpcAgent:
     proc: AgentProcess
     grpc: str  # host:port
-    baseline_threads: int = 0  # set by a test that counts threads
+    baseline_threads: Counter[str] = field(default_factory=Counter)  # set by a test
 
     @property
     def http(self) -> str:
@@ -41,11 +42,13 @@ class GrpcAgent:
         with urllib.request.urlopen(req, timeout=10) as r:
             return json.loads(r.read())
 
-    def threads(self) -> int:
-        text = Path(f"/proc/{self.proc.proc.pid}/status").read_text()
-        m = re.search(r"Threads:\s+(\d+)", text)
-        assert m is not None
-        return int(m.group(1))
+    def thread_names(self) -> Counter[str]:
+        """The agent's threads by OS name (edge_agent.threadname gives them theirs)."""
+        names: Counter[str] = Counter()
+        for t in Path(f"/proc/{self.proc.proc.pid}/task").iterdir():
+            with contextlib.suppress(OSError):  # the thread ended while listed
+                names[(t / "comm").read_text().strip()] += 1
+        return names
 
     def alive(self) -> bool:
         return self.proc.proc.poll() is None

@@ -21,7 +21,7 @@ from edge_agent.registry import usable_cpus
 from edge_agent.serving.http import Request
 
 PREDICT = "/v1/models/digits:predict"
-POOL = "edge-agent-http-worker"
+POOL = "http-worker"
 
 
 def _pool_threads() -> int:
