@@ -244,14 +244,19 @@ def watchdog_interval_s(env: Mapping[str, str] | None = None) -> float | None:
 
 
 class Watchdog:
-    """Pings ``WATCHDOG=1`` every ``interval_s / 2`` while ``health()`` returns true."""
+    """Pings ``WATCHDOG=1`` every ``interval_s / 2`` while ``health()`` returns true and
+    ``stalled()`` (seconds the HTTP event loop has spent in one turn) is under that period:
+    a request that never returns on the loop stops the pings, and systemd restarts us."""
 
     def __init__(self, interval_s: float, health: Callable[[], bool],
-                 env: Mapping[str, str] | None = None) -> None:
+                 env: Mapping[str, str] | None = None,
+                 stalled: Callable[[], float] | None = None) -> None:
         self.period_s = interval_s / 2
         self.health = health
+        self.stalled = stalled
         self.env = env
         self.pings = 0
+        self._stall_logged = False
         self._stop = threading.Event()
         self._thread = NamedThread(target=self._loop, name="sd-watchdog", daemon=True)
 
@@ -265,13 +270,25 @@ class Watchdog:
 
     def _loop(self) -> None:
         while not self._stop.wait(self.period_s):
-            try:
-                healthy = bool(self.health())
-            except Exception:
-                log.exception("watchdog health check failed: not pinging")
-                healthy = False
-            if healthy and sd_notify("WATCHDOG=1", self.env):
+            if self.healthy() and sd_notify("WATCHDOG=1", self.env):
                 self.pings += 1
+
+    def healthy(self) -> bool:
+        """Whether to ping now (logs why not, a stall once per stall)."""
+        stalled = self.stalled() if self.stalled is not None else 0.0
+        if stalled >= self.period_s:
+            if not self._stall_logged:
+                log.error("the HTTP event loop has been in one turn for %.1f s (a request "
+                          "on the loop that does not return): not pinging the systemd "
+                          "watchdog, which restarts the agent", stalled)
+                self._stall_logged = True
+            return False
+        self._stall_logged = False
+        try:
+            return bool(self.health())
+        except Exception:
+            log.exception("watchdog health check failed: not pinging")
+            return False
 
 
 class SystemdNotifier:
@@ -280,16 +297,18 @@ class SystemdNotifier:
     ``health``: true while the agent can answer (it may block if the agent is wedged: then
     no ping goes out and systemd restarts us). ``status``: the ``STATUS=`` line sent with
     READY=1 (e.g. ``"serving digits"``). ``env``: the environment to read
-    ``$NOTIFY_SOCKET`` / ``$WATCHDOG_USEC`` from (default: ``os.environ``).
+    ``$NOTIFY_SOCKET`` / ``$WATCHDOG_USEC`` from (default: ``os.environ``). ``stalled``:
+    seconds the HTTP event loop has been in one turn (:class:`Watchdog`).
     """
 
     def __init__(self, *, health: Callable[[], bool], status: Callable[[], str] | None = None,
-                 env: Mapping[str, str] | None = None) -> None:
+                 env: Mapping[str, str] | None = None,
+                 stalled: Callable[[], float] | None = None) -> None:
         self.health = health
         self.status = status
         self.env = env
         interval = watchdog_interval_s(env)
-        self.watchdog = Watchdog(interval, health, env) if interval else None
+        self.watchdog = Watchdog(interval, health, env, stalled) if interval else None
 
     def start(self) -> None:
         ready = "READY=1" if self.status is None else f"READY=1\nSTATUS={self.status()}"

@@ -241,5 +241,6 @@ class Wiring:
         def status() -> str:
             return f"serving {', '.join(registry.names()) or 'no models'}"
 
+        http = self.s.http
         return SystemdNotifier(health=lambda: isinstance(view.status(), dict), status=status,
-                               env=self.env)
+                               env=self.env, stalled=http.stalled_s if http else None)

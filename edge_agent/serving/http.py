@@ -189,6 +189,12 @@ class HttpServer:
     def open_connections(self) -> int:
         return self._loop.open_connections() if self._loop else 0
 
+    def stalled_s(self) -> float:
+        """How long the event loop has been inside one turn (0: waiting, or not started);
+        the systemd watchdog stops pinging past its period (edge_agent/systemd.py)."""
+        loop = self._loop
+        return loop.stalled_s() if loop is not None else 0.0
+
     # ------------------------------------------------------------------ requests
 
     def _authorized(self, headers: Headers) -> bool:

@@ -127,6 +127,7 @@ class EventLoop:
         self._rbuf = bytearray(_RECV_BODY_MAX)
         self._rview = memoryview(self._rbuf)
         self._busy = 0  # requests on the pool (loop thread only)
+        self._turn_t0 = 0.0  # monotonic start of the loop's current turn; 0: in select()
         self._woken = False
         self._listening = True
         self._stop_listening = False
@@ -163,6 +164,12 @@ class EventLoop:
     def open_connections(self) -> int:
         return len(self._conns)
 
+    def stalled_s(self) -> float:
+        """How long the loop has been inside its current turn (0 while it waits in
+        select): a request that never returns on the loop shows here (any thread)."""
+        t0 = self._turn_t0
+        return time.monotonic() - t0 if t0 else 0.0
+
     def _wake(self) -> None:
         if not self._woken:
             self._woken = True
@@ -176,7 +183,10 @@ class EventLoop:
         forbid_waiting()  # a handler run here raises WouldBlock instead of waiting
         try:
             while not self._stopping:
-                for key, events in sel.select(self._next_timeout()):
+                self._turn_t0 = 0.0
+                ready = sel.select(self._next_timeout())
+                self._turn_t0 = time.monotonic()
+                for key, events in ready:
                     conn = key.data
                     if conn is None:
                         self._accept()

@@ -13,6 +13,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -233,6 +234,56 @@ def test_the_notifier_tells_systemd_when_a_real_agent_is_ready_and_stopping(
     finally:
         agent.stop()
     assert "STOPPING=1" in notify.drain(0.3)
+
+
+def test_a_request_that_never_returns_on_the_http_loop_stops_the_watchdog_pings(
+        notify: NotifySocket, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A hung request on the event loop (a first, inline probe of a route that blocks, as a
+    hung invoke would) stalls every connection; the watchdog sees the loop stuck in one
+    turn past its period, stops pinging and says why, so systemd restarts the agent. Once
+    the turn ends, pings resume."""
+    from edge_agent.app import Agent
+
+    monkeypatch.setenv("NOTIFY_SOCKET", str(notify.path))
+    monkeypatch.setenv("WATCHDOG_USEC", "400000")  # pings every 0.2 s
+    monkeypatch.setenv("WATCHDOG_PID", str(os.getpid()))
+    cfg = load_config(None, {"http.port": 0, "agent.store_dir": str(tmp_path / "store"),
+                             "agent.profile": "generic-x86_64", "agent.device_id": "svc-stall"},
+                      env={})
+    agent = Agent(cfg, components=["systemd"])
+    gate = threading.Event()
+
+    def hang(_req: object) -> tuple[int, object]:
+        gate.wait(10)
+        return 200, {"hung": False}
+    assert agent.http is not None
+    agent.http.add_route("GET", "/test-hang", hang, name="test-hang", auth=False, inline=True)
+    agent.start()
+    client = None
+    try:
+        assert notify.drain(0.7).count("WATCHDOG=1") >= 2  # idle in select: healthy
+        host, port = agent.http.address
+        client = socket.create_connection((host, port), timeout=5)
+        client.sendall(b"GET /test-hang HTTP/1.1\r\nHost: x\r\n\r\n")
+        with caplog.at_level(logging.ERROR, logger="edge_agent.systemd"):
+            deadline = time.monotonic() + 5
+            while agent.http.stalled_s() < 0.2 and time.monotonic() < deadline:
+                time.sleep(0.02)
+            time.sleep(0.25)  # a ping decided before the stall may still be on its way
+            notify.drain()
+            assert notify.drain(0.6) == []
+        stalls = [r.getMessage() for r in caplog.records if "one turn" in r.getMessage()]
+        assert len(stalls) == 1 and "not pinging the systemd watchdog" in stalls[0]
+        gate.set()
+        assert client.recv(4096).startswith(b"HTTP/1.1 200")
+        assert agent.http.stalled_s() < 0.2
+        assert notify.drain(0.7).count("WATCHDOG=1") >= 2
+    finally:
+        gate.set()
+        if client is not None:
+            client.close()
+        agent.stop()
 
 
 def test_the_notifier_reports_its_status_line_and_pings_while_healthy(
