@@ -23,6 +23,7 @@ import pytest
 from build_lock import cached_build
 from det_models import SquareBundle, square_bundle_at
 from model_fixtures import KeywordSpotter, TwoHeads, keyword_spotter_at, raw_variant, two_heads_at
+from waiting import port_accepts
 
 ROOT = Path(__file__).resolve().parents[1]
 CACHE = ROOT / ".cache" / "test-artifacts"
@@ -131,8 +132,7 @@ class Broker:
                                      stderr=open(self.log, "ab"))  # noqa: SIM115
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
-            with contextlib.suppress(OSError):
-                socket.create_connection((self.host, self.port), 0.2).close()
+            if port_accepts(self.host, self.port):
                 return
             if self.proc.poll() is not None:
                 raise RuntimeError(f"mosquitto exited: {self.log.read_text()[-2000:]}")

@@ -35,6 +35,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from waiting import port_accepts
+
 ERL = shutil.which("erl") or "/usr/bin/erl"
 EPMD = shutil.which("epmd") or "/usr/bin/epmd"
 ERL_LIBS = "/usr/lib/x86_64-linux-gnu"  # where Debian puts ejabberd and its p1_* deps
@@ -76,6 +78,24 @@ modules:
 """
 
 
+# true once ejabberd_app:start/2 has returned (config loaded, listeners and modules up)
+STARTED = "lists:keymember(ejabberd, 1, application:which_applications())"
+
+
+def rpc(node: Node, expr: str, *, expect: str | None = None) -> str:
+    """Evaluate an Erlang expression on ``node`` (a hidden control node); its value."""
+    ctl = f"i18ctl-{secrets.token_hex(3)}@localhost"
+    code = (f"R = rpc:call('{node.name}', erlang, apply, "
+            f"[fun() -> {expr} end, []], 60000), io:format(\"~w~n\", [R]), halt().")
+    out = subprocess.run([ERL, "-sname", ctl, "-hidden", "-noinput", "-eval", code],
+                         env=node.env, capture_output=True, timeout=90, check=False)
+    got = out.stdout.decode(errors="replace").strip()
+    if expect is not None and got != expect:
+        raise RuntimeError(f"{expr} on {node.name}: expected {expect}, got {got!r} "
+                           f"{out.stderr.decode(errors='replace')[-500:]}")
+    return got
+
+
 @dataclass
 class Node:
     name: str  # Erlang node name, e.g. i18a-41233@localhost
@@ -98,7 +118,11 @@ class Node:
         return self.proc.pid if self.proc is not None else None
 
     def start(self, timeout_s: float = 30.0) -> None:
-        """Boot the node (``erl -s ejabberd``) and wait until its MQTT port accepts."""
+        """Boot the node (``erl -s ejabberd``) and wait until its MQTT port accepts and the
+        node itself says the ejabberd application has started. (A port that accepts is not
+        proof: CI once joined a node whose options table was created but not yet filled,
+        i.e. still loading its config, before any listener; a TCP self-connect or another
+        process on a port ``free_port`` handed out would look the same.)"""
         (self.root / "spool").mkdir(parents=True, exist_ok=True)
         log = open(self.root / "erl.out", "ab")  # noqa: SIM115 - owned by the child
         self.proc = subprocess.Popen(
@@ -108,15 +132,16 @@ class Node:
             start_new_session=True)
         log.close()
         deadline = time.monotonic() + timeout_s
+        listening = False
         while time.monotonic() < deadline:
-            with contextlib.suppress(OSError):
-                socket.create_connection(("127.0.0.1", self.port), 0.2).close()
+            listening = listening or port_accepts("127.0.0.1", self.port)
+            if listening and rpc(self, STARTED) == "true":
                 return
             if self.proc.poll() is not None:
                 raise RuntimeError(f"ejabberd node {self.name} exited: {self.log_tail()}")
             time.sleep(0.1)
-        raise RuntimeError(f"ejabberd node {self.name} did not listen on {self.port}: "
-                           f"{self.log_tail()}")
+        raise RuntimeError(f"ejabberd node {self.name} did not start (listening on "
+                           f"{self.port}: {listening}): {self.log_tail()}")
 
     def kill(self) -> None:
         """SIGKILL: the node dies at once (no clean close of its MQTT connections)."""
@@ -192,17 +217,7 @@ class Cluster:
         self.rpc(self.a, "length(ejabberd_cluster:get_nodes())", expect="2")
 
     def rpc(self, node: Node, expr: str, *, expect: str | None = None) -> str:
-        """Evaluate an Erlang expression on ``node`` (a hidden control node); its value."""
-        ctl = f"i18ctl-{secrets.token_hex(3)}@localhost"
-        code = (f"R = rpc:call('{node.name}', erlang, apply, "
-                f"[fun() -> {expr} end, []], 60000), io:format(\"~w~n\", [R]), halt().")
-        out = subprocess.run([ERL, "-sname", ctl, "-hidden", "-noinput", "-eval", code],
-                             env=node.env, capture_output=True, timeout=90, check=False)
-        got = out.stdout.decode(errors="replace").strip()
-        if expect is not None and got != expect:
-            raise RuntimeError(f"{expr} on {node.name}: expected {expect}, got {got!r} "
-                               f"{out.stderr.decode(errors='replace')[-500:]}")
-        return got
+        return rpc(node, expr, expect=expect)
 
     def stop(self) -> None:
         for n in (self.b, self.a):

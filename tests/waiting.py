@@ -6,6 +6,7 @@ A plain top-level module (``tests`` is not a package; pytest puts this folder on
 
 from __future__ import annotations
 
+import socket
 import time
 from collections.abc import Callable
 from typing import TypeVar
@@ -29,3 +30,15 @@ def wait_for(pred: Callable[[], T], timeout_s: float = 20.0, what: str = "condit
         if time.monotonic() > deadline:
             pytest.fail(f"timed out after {timeout_s:g} s waiting for {what}")
         time.sleep(poll_s)
+
+
+def port_accepts(host: str, port: int, timeout_s: float = 0.2) -> bool:
+    """A listener answers on ``host:port``. A connection to itself does not count: while
+    nothing listens on a port in the ephemeral range, a client socket given that port as
+    its own connects to itself (TCP simultaneous open), which looks like a listener."""
+    try:
+        s = socket.create_connection((host, port), timeout_s)
+    except OSError:
+        return False
+    with s:
+        return bool(s.getsockname() != s.getpeername())
