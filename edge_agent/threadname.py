@@ -2,7 +2,7 @@
 
 Python before 3.14 leaves every thread it starts named after the process (``python``), so
 an operator looking at a busy or leaking agent cannot tell the HTTP workers from the gRPC
-pool or the telemetry loop. :class:`NamedThread` and the pool initializer
+pool or the telemetry loop. :class:`NamedThread`, :class:`NamedTimer` and the pool initializer
 :func:`name_this_thread` give each thread its Python name at the OS level too (Linux keeps
 the first 15 bytes). Elsewhere, or when libc is not reachable, they do nothing.
 """
@@ -45,3 +45,7 @@ class NamedThread(threading.Thread):
     def run(self) -> None:
         name_this_thread(self.name)
         super().run()
+
+
+class NamedTimer(NamedThread, threading.Timer):
+    """A ``threading.Timer`` that does the same (``run`` goes on to the timer's wait)."""

@@ -44,7 +44,7 @@ from edge_agent.protocol.kinds import EventKind
 from edge_agent.runtime import fault_seam
 from edge_agent.runtime.backends import Runtime, parse_version
 from edge_agent.runtime.model import verify_golden
-from edge_agent.threadname import NamedThread
+from edge_agent.threadname import NamedThread, NamedTimer
 from edge_agent.variant_rules import Decision, ErrorWindow, FailoverRules, classify, decide
 
 if TYPE_CHECKING:
@@ -275,7 +275,8 @@ class Failover:
         """Retry the better variants after the backoff (caller holds the lock)."""
         if self._timer is not None:
             self._timer.cancel()
-        self._timer = threading.Timer(self._delay, self._retry)
+        self._timer = NamedTimer(self._delay, self._retry)
+        self._timer.name = "variant-backoff"
         self._timer.daemon = True
         self._timer.start()
 

@@ -6,7 +6,7 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from edge_agent.threadname import NamedThread, name_this_thread
+from edge_agent.threadname import NamedThread, NamedTimer, name_this_thread
 
 
 def _comm(native_id: int) -> str:
@@ -29,3 +29,11 @@ def test_pool_threads_take_their_python_names() -> None:
         assert pool.submit(lambda: _comm(threading.get_native_id())).result(5) == \
             "http-worker_0"
 
+
+def test_a_named_timer_shows_its_name_when_it_fires() -> None:
+    seen: list[str] = []
+    t = NamedTimer(0.01, lambda: seen.append(_comm(threading.get_native_id())))
+    t.name = "variant-backoff"
+    t.start()
+    t.join(5)
+    assert seen == ["variant-backoff"]
